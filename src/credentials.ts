@@ -1,0 +1,75 @@
+/**
+ * Typed client credentials, as loaded from an SAP BTP service key.
+ *
+ * A service key reaches the machine in many shapes (JSON file, Kubernetes
+ * secret directory, servicebinding.io binding, VCAP_SERVICES, an env var);
+ * whatever the shape, the rest of the sidecar sees one of these three kinds.
+ */
+
+/** Where the service key is read from; resolved by `config` from flags and env. */
+export type CredentialSource =
+  /** `--service-key PATH` / `SIDECAR_SERVICE_KEY`: a JSON file or a secret directory. */
+  | { kind: 'path'; path: string }
+  /** servicebinding.io: `$SERVICE_BINDING_ROOT/<name>/` directories with a `type` file. */
+  | { kind: 'binding-root'; root: string; binding?: string }
+  /** Cloud Foundry: the `VCAP_SERVICES` JSON, binding `it-rt` or the one named. */
+  | { kind: 'vcap'; json: string; binding?: string }
+  /** `SIDECAR_SERVICE_KEY_JSON`: the service key JSON itself. */
+  | { kind: 'inline'; json: string; label: string };
+
+/** Where the key pair of an External Certificate key comes from. */
+export type ClientCertSource =
+  | { kind: 'files'; certFile: string; keyFile: string }
+  /** A `kubernetes.io/tls` secret directory with `tls.crt` and `tls.key`. */
+  | { kind: 'tls-dir'; dir: string };
+
+export interface CredentialSpec {
+  source: CredentialSource;
+  clientCert?: ClientCertSource;
+}
+
+interface CredentialsBase {
+  /** `clientid`; SAP ids contain `!` and `|`. */
+  clientId: string;
+  /** `tokenurl`, already switched to the `authentication.cert.` host for mTLS keys. */
+  tokenUrl: string;
+  /** `url`: the integration-flow (runtime) or API host; absent in some non-CPI keys. */
+  url: string | undefined;
+  /** Human-readable origin, e.g. `/etc/secrets/key.json` or `VCAP_SERVICES (it-rt/my-instance)`. */
+  source: string;
+}
+
+/** ClientId/Secret key: `client_secret_basic` or `client_secret_post` (RFC 6749 §2.3.1). */
+export interface SecretCredentials extends CredentialsBase {
+  kind: 'client-secret';
+  clientSecret: string;
+}
+
+/**
+ * Certificate key (SAP-generated) or External Certificate key plus its key pair:
+ * mTLS at the token server (RFC 8705 §2), `client_id` in the body, no secret.
+ */
+export interface CertificateCredentials extends CredentialsBase {
+  kind: 'certificate' | 'external-certificate';
+  /** PEM chain, leaf first, normalised (real newlines, 64-column bodies). */
+  certificate: string;
+  /** PEM private key (PKCS#1 or PKCS#8), normalised. */
+  key: string;
+  /** SHA-256 fingerprint of the leaf, for cache keys and logs. */
+  fingerprint: string;
+  /** Leaf `notAfter`. */
+  notAfter: Date;
+}
+
+export type Credentials = SecretCredentials | CertificateCredentials;
+
+/** Something worth telling the operator at load time (expiring certificate, host switch…). */
+export interface CredentialNotice {
+  level: 'info' | 'warn';
+  message: string;
+}
+
+export interface LoadedCredentials {
+  credentials: Credentials;
+  notices: CredentialNotice[];
+}

@@ -1,0 +1,79 @@
+/**
+ * Typed failures with stable codes.
+ *
+ * Every failure the sidecar can meet is a `SidecarError` with a `code` from one
+ * union, so callers `switch (err.code)` instead of matching messages. Messages
+ * are written for the person who has to fix the problem and never contain a
+ * secret, a private key or a token: callers build them from field names,
+ * sources, client ids and status codes only.
+ */
+
+export type ErrorCode =
+  /** Configuration or service key is unusable (exit code 2). */
+  | 'CONFIG_INVALID'
+  /** The token server refused the client (RFC 6749 §5.2 invalid_client, unauthorized_client, 400/401/403). */
+  | 'TOKEN_REJECTED'
+  /** The token server could not be reached: refused, reset, DNS, TLS. */
+  | 'TOKEN_UNREACHABLE'
+  /** The token server did not answer in time. */
+  | 'TOKEN_TIMEOUT'
+  /** The token server answered 5xx. */
+  | 'TOKEN_SERVER_ERROR'
+  /** The token server answered 429 (XSUAA limits /oauth/token per subaccount). */
+  | 'TOKEN_RATE_LIMITED'
+  /** The token server answered 200 with something that is not a usable token. */
+  | 'TOKEN_RESPONSE_INVALID';
+
+export interface SidecarErrorOptions {
+  cause?: unknown;
+  /** Seconds after which a retry makes sense (from `Retry-After` or our own backoff). */
+  retryAfter?: number;
+}
+
+export class SidecarError extends Error {
+  readonly code: ErrorCode;
+  readonly retryAfter: number | undefined;
+
+  constructor(code: ErrorCode, message: string, options: SidecarErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'SidecarError';
+    this.code = code;
+    this.retryAfter = options.retryAfter;
+  }
+}
+
+/** One problem in the configuration: where it is and what is wrong. */
+export interface ConfigProblem {
+  /** Where the value came from: a file path, `--flag`, `ENV_VAR`, `VCAP_SERVICES`… */
+  source: string;
+  /** The field, e.g. `oauth.clientid`, `routes[1].prefix`; empty when the whole source is wrong. */
+  field: string;
+  message: string;
+}
+
+/** Every problem found in one pass, so the user fixes them all at once (exit code 2). */
+export class ConfigError extends SidecarError {
+  readonly problems: readonly ConfigProblem[];
+
+  constructor(problems: readonly ConfigProblem[]) {
+    super('CONFIG_INVALID', formatProblems(problems));
+    this.name = 'ConfigError';
+    this.problems = problems;
+  }
+}
+
+function formatProblems(problems: readonly ConfigProblem[]): string {
+  const lines = problems.map((p) => `  - ${p.field ? `${p.field}: ` : ''}${p.message} (${p.source})`);
+  return `invalid configuration:\n${lines.join('\n')}`;
+}
+
+/** Token failures that a retry may cure; rejections and bad responses are final. */
+export function isTransientTokenError(err: unknown): boolean {
+  return (
+    err instanceof SidecarError &&
+    (err.code === 'TOKEN_UNREACHABLE' ||
+      err.code === 'TOKEN_TIMEOUT' ||
+      err.code === 'TOKEN_SERVER_ERROR' ||
+      err.code === 'TOKEN_RATE_LIMITED')
+  );
+}
