@@ -1,0 +1,58 @@
+/**
+ * Outbound HTTPS connection pools (undici) with the sidecar's TLS rules.
+ *
+ * TLS verification is always on: `ca` only ever *adds* trust anchors to the
+ * system roots. A corporate proxy (`HTTPS_PROXY`/`NO_PROXY`, resolved by
+ * `config`) is reached through undici's EnvHttpProxyAgent; the client
+ * certificate is given to both `connect` (direct connections) and `requestTls`
+ * (the TLS session inside the CONNECT tunnel), so mTLS works through a proxy.
+ */
+import { rootCertificates } from 'node:tls';
+import { Agent, EnvHttpProxyAgent, type Dispatcher } from 'undici';
+
+export interface OutboundNetwork {
+  /** Extra trust anchors (PEM), added to the system roots. */
+  ca: readonly string[];
+  /** `HTTPS_PROXY`; empty or absent for direct connections. */
+  httpsProxy?: string | undefined;
+  /** `NO_PROXY` as given (comma- or space-separated hosts, `*` for none). */
+  noProxy?: string | undefined;
+}
+
+export interface DispatcherOptions {
+  network: OutboundNetwork;
+  /** PEM chain (leaf first) and key for mTLS. */
+  clientCert?: { certificate: string; key: string } | undefined;
+  connectTimeoutMs: number;
+  headersTimeoutMs: number;
+  bodyTimeoutMs: number;
+  keepAliveTimeoutMs?: number;
+  /** Max connections per origin; undefined = unlimited. */
+  connections?: number | undefined;
+}
+
+export function createDispatcher(options: DispatcherOptions): Dispatcher {
+  const tls = {
+    ...(options.network.ca.length > 0 && { ca: [...rootCertificates, ...options.network.ca] }),
+    ...(options.clientCert && { cert: options.clientCert.certificate, key: options.clientCert.key }),
+    minVersion: 'TLSv1.2' as const,
+    timeout: options.connectTimeoutMs,
+  };
+  const agentOptions = {
+    connect: tls,
+    headersTimeout: options.headersTimeoutMs,
+    bodyTimeout: options.bodyTimeoutMs,
+    keepAliveTimeout: options.keepAliveTimeoutMs ?? 4_000,
+    ...(options.connections !== undefined && { connections: options.connections }),
+  };
+  const proxy = options.network.httpsProxy;
+  if (!proxy) return new Agent(agentOptions);
+  return new EnvHttpProxyAgent({
+    ...agentOptions,
+    requestTls: tls,
+    httpsProxy: proxy,
+    // '' (not undefined) keeps undici from reading the environment itself: only HTTPS is proxied.
+    httpProxy: '',
+    noProxy: options.network.noProxy ?? '',
+  });
+}

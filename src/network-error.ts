@@ -1,0 +1,76 @@
+/**
+ * Classify what went wrong on an outbound connection, from undici and Node
+ * error codes, without ever echoing an error message (which may carry URLs
+ * with proxy credentials).
+ */
+
+export type NetworkFailure =
+  | 'timeout'
+  /** The peer's certificate is not trusted: a missing CA, the typical on-premise trap. */
+  | 'tls-trust'
+  /** Any other TLS failure: handshake alert, our client certificate refused, protocol. */
+  | 'tls'
+  | 'refused'
+  | 'reset'
+  | 'dns'
+  /** The corporate proxy refused the CONNECT or failed. */
+  | 'proxy'
+  | 'aborted'
+  | 'other';
+
+const TIMEOUT_CODES = new Set([
+  'UND_ERR_CONNECT_TIMEOUT',
+  'UND_ERR_HEADERS_TIMEOUT',
+  'UND_ERR_BODY_TIMEOUT',
+  'ETIMEDOUT',
+  'ESOCKETTIMEDOUT',
+]);
+const TLS_TRUST_CODES = new Set([
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'CERT_HAS_EXPIRED',
+  'CERT_NOT_YET_VALID',
+  'CERT_UNTRUSTED',
+  'CERT_SIGNATURE_FAILURE',
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+]);
+
+export interface ClassifiedFailure {
+  failure: NetworkFailure;
+  /** The machine code (e.g. `ECONNREFUSED`), safe to show. */
+  code: string;
+}
+
+export function classifyNetworkError(err: unknown): ClassifiedFailure {
+  const e = innermost(err);
+  const code = typeof e.code === 'string' ? e.code : typeof e.name === 'string' ? e.name : 'UNKNOWN';
+  return { failure: failureOf(code, e), code };
+}
+
+function failureOf(code: string, e: { name?: unknown; message?: unknown }): NetworkFailure {
+  if (TIMEOUT_CODES.has(code) || code === 'TimeoutError') return 'timeout';
+  if (TLS_TRUST_CODES.has(code)) return 'tls-trust';
+  if (code.startsWith('ERR_SSL_') || code.startsWith('ERR_TLS_') || code === 'EPROTO') return 'tls';
+  if (code === 'ECONNREFUSED') return 'refused';
+  if (code === 'ECONNRESET' || code === 'EPIPE' || code === 'UND_ERR_SOCKET' || code === 'UND_ERR_CLOSED') return 'reset';
+  if (code === 'ENOTFOUND' || code === 'EAI_AGAIN') return 'dns';
+  if (code === 'UND_ERR_ABORTED' || code === 'AbortError' || code === 'ABORT_ERR') return 'aborted';
+  if (code === 'UND_ERR_PRX_TLS' || (e.name === 'ProxyError' || /proxy/i.test(String(e.name ?? '')))) return 'proxy';
+  return 'other';
+}
+
+/** undici wraps socket errors in `cause`; the innermost one with a code tells most. */
+function innermost(err: unknown): { code?: unknown; name?: unknown; message?: unknown } {
+  let current: unknown = err;
+  for (let depth = 0; depth < 5; depth++) {
+    if (typeof current !== 'object' || current === null) break;
+    const c = current as { code?: unknown; cause?: unknown; name?: unknown };
+    const hasSpecific = typeof c.code === 'string' && c.code !== 'UND_ERR_SOCKET' && c.code !== 'UND_ERR_ABORTED';
+    if (hasSpecific || c.cause === undefined) return c;
+    current = c.cause;
+  }
+  return typeof err === 'object' && err !== null ? (err as { code?: unknown }) : {};
+}

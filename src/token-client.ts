@@ -1,0 +1,356 @@
+/**
+ * One client-credentials token request (RFC 6749 §4.4) to the token server of
+ * a service key, with the client authentication the key calls for:
+ * `client_secret_basic` (RFC 6749 §2.3.1: id and secret form-urlencoded before
+ * base64, which XSUAA/UAA requires for ids with `!`/`|` and secrets with
+ * `$`/`=`), `client_secret_post`, or mTLS (RFC 8705 §2: the certificate chain
+ * on the TLS connection, `client_id` in the body, no secret).
+ *
+ * Transient failures (network, timeouts, 5xx, 429) are retried with bounded
+ * exponential backoff and full jitter, honouring `Retry-After`; rejections
+ * (400/401/403) and malformed responses are final. Errors carry stable codes
+ * and never the secret, the key or the token.
+ */
+import { createHash } from 'node:crypto';
+import { setTimeout as sleepFor } from 'node:timers/promises';
+import type { Dispatcher } from 'undici';
+import type { Credentials } from './credentials.js';
+import { SidecarError, isTransientTokenError } from './errors.js';
+import { decodeJwtClaims } from './jwt.js';
+import { classifyNetworkError } from './network-error.js';
+
+/** Lifetime assumed when the server gives neither `expires_in` nor a JWT `exp`. */
+export const DEFAULT_TOKEN_LIFETIME_S = 300;
+/** Token responses are small; anything larger is refused rather than buffered. */
+export const MAX_TOKEN_RESPONSE_BYTES = 64 * 1024;
+
+export type TokenAuthMethod = 'basic' | 'post';
+
+/** What to ask the token server for, beyond `grant_type=client_credentials`. */
+export interface TokenRequestSettings {
+  /** Client authentication for ClientId/Secret keys; certificate keys always use mTLS. */
+  auth: TokenAuthMethod;
+  scope?: string | undefined;
+  resource?: string | undefined;
+  audience?: string | undefined;
+  /** Extra form parameters, e.g. `token_format=jwt` for the Neo token endpoint. */
+  params: Readonly<Record<string, string>>;
+}
+
+export interface RetryPolicy {
+  /** Attempts per fetch, the first included. */
+  maxAttempts: number;
+  baseDelayMs: number;
+  maxDelayMs: number;
+  /** A `Retry-After` longer than this ends the fetch instead of waiting. */
+  maxRetryAfterMs: number;
+}
+
+export const DEFAULT_RETRY: RetryPolicy = { maxAttempts: 3, baseDelayMs: 250, maxDelayMs: 4_000, maxRetryAfterMs: 10_000 };
+
+export interface AccessToken {
+  readonly value: string;
+  /** Epoch ms when the request was sent: the lifetime is counted from here, conservatively. */
+  readonly issuedAt: number;
+  /** Epoch ms. */
+  readonly expiresAt: number;
+  readonly scopes: readonly string[];
+  /** Where the lifetime came from, for diagnostics. */
+  readonly lifetimeSource: 'expires_in' | 'jwt' | 'default';
+}
+
+export interface TokenClientOptions {
+  credentials: Credentials;
+  settings: TokenRequestSettings;
+  /** Pool to the token server; carries the client certificate for mTLS. */
+  dispatcher: Dispatcher;
+  /** Bound on one attempt, connect to last body byte. */
+  attemptTimeoutMs: number;
+  retry?: RetryPolicy;
+  now?: () => number;
+  random?: () => number;
+  sleep?: (ms: number, signal?: AbortSignal) => Promise<void>;
+}
+
+export class TokenClient {
+  /** Identifies the token this client obtains: never includes the secret. */
+  readonly cacheKey: string;
+  readonly credentials: Credentials;
+  readonly #settings: TokenRequestSettings;
+  readonly #dispatcher: Dispatcher;
+  readonly #attemptTimeoutMs: number;
+  readonly #retry: RetryPolicy;
+  readonly #now: () => number;
+  readonly #random: () => number;
+  readonly #sleep: (ms: number, signal?: AbortSignal) => Promise<void>;
+  readonly #body: string;
+  readonly #headers: Record<string, string>;
+  readonly #url: URL;
+
+  constructor(options: TokenClientOptions) {
+    this.credentials = options.credentials;
+    this.#settings = options.settings;
+    this.#dispatcher = options.dispatcher;
+    this.#attemptTimeoutMs = options.attemptTimeoutMs;
+    this.#retry = options.retry ?? DEFAULT_RETRY;
+    this.#now = options.now ?? Date.now;
+    this.#random = options.random ?? Math.random;
+    this.#sleep = options.sleep ?? ((ms, signal) => sleepFor(ms, undefined, signal ? { signal } : undefined));
+    this.#url = new URL(this.credentials.tokenUrl);
+    // Request body and headers never change for a client: build them once.
+    this.#body = buildForm(this.credentials, this.#settings);
+    this.#headers = buildHeaders(this.credentials, this.#settings);
+    this.cacheKey = cacheKeyOf(this.credentials, this.#settings);
+  }
+
+  /** The client authentication actually used, for logs and diagnostics. */
+  get authMethod(): 'client_secret_basic' | 'client_secret_post' | 'tls_client_auth' {
+    if (this.credentials.kind !== 'client-secret') return 'tls_client_auth';
+    return this.#settings.auth === 'post' ? 'client_secret_post' : 'client_secret_basic';
+  }
+
+  /** Obtain a new token, retrying transient failures within the policy. */
+  async fetchToken(signal?: AbortSignal): Promise<AccessToken> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.#attempt(signal);
+      } catch (err) {
+        const delay = this.#retryDelay(err, attempt);
+        if (delay === undefined || signal?.aborted) throw err;
+        await this.#sleep(delay, signal);
+      }
+    }
+  }
+
+  /** Milliseconds to wait before the next attempt, or undefined to give up. */
+  #retryDelay(err: unknown, attempt: number): number | undefined {
+    if (attempt >= this.#retry.maxAttempts || !isTransientTokenError(err)) return undefined;
+    const e = err as SidecarError;
+    if (e.retryAfter !== undefined) {
+      const ms = e.retryAfter * 1000;
+      return ms <= this.#retry.maxRetryAfterMs ? ms : undefined;
+    }
+    const ceiling = Math.min(this.#retry.maxDelayMs, this.#retry.baseDelayMs * 2 ** (attempt - 1));
+    return Math.round(this.#random() * ceiling);
+  }
+
+  async #attempt(outer: AbortSignal | undefined): Promise<AccessToken> {
+    const timeout = AbortSignal.timeout(this.#attemptTimeoutMs);
+    const signal = outer ? AbortSignal.any([outer, timeout]) : timeout;
+    const issuedAt = this.#now();
+    let response: Dispatcher.ResponseData;
+    try {
+      response = await this.#dispatcher.request({
+        origin: this.#url.origin,
+        path: this.#url.pathname + this.#url.search,
+        method: 'POST',
+        headers: this.#headers,
+        body: this.#body,
+        signal,
+      });
+    } catch (err) {
+      throw this.#networkError(err, timeout.aborted);
+    }
+    let text: string;
+    try {
+      text = await readBounded(response.body, MAX_TOKEN_RESPONSE_BYTES);
+    } catch (err) {
+      if (err instanceof SidecarError) throw err;
+      throw this.#networkError(err, timeout.aborted);
+    }
+    if (response.statusCode !== 200) throw this.#statusError(response.statusCode, response.headers, text);
+    return this.#parse(text, issuedAt);
+  }
+
+  #parse(text: string, issuedAt: number): AccessToken {
+    let json: unknown;
+    try {
+      json = JSON.parse(text);
+    } catch {
+      throw this.#invalid('the body is not JSON');
+    }
+    if (typeof json !== 'object' || json === null) throw this.#invalid('the body is not a JSON object');
+    const body = json as Record<string, unknown>;
+    const value = body['access_token'];
+    if (typeof value !== 'string' || value.length === 0) throw this.#invalid('it has no access_token');
+    const type = body['token_type'];
+    if (type !== undefined && (typeof type !== 'string' || type.toLowerCase() !== 'bearer')) {
+      throw this.#invalid(`token_type is ${JSON.stringify(String(type)).slice(0, 40)}, not bearer`);
+    }
+    const claims = decodeJwtClaims(value);
+    const { expiresAt, lifetimeSource } = lifetimeOf(body['expires_in'], claims?.exp, issuedAt);
+    const scopeField = body['scope'];
+    const scopes = typeof scopeField === 'string' ? scopeField.split(' ').filter(Boolean) : (claims?.scope ?? []);
+    return { value, issuedAt, expiresAt, scopes, lifetimeSource };
+  }
+
+  #where(): string {
+    return `service key ${this.credentials.source}`;
+  }
+
+  #invalid(why: string): SidecarError {
+    return new SidecarError(
+      'TOKEN_RESPONSE_INVALID',
+      `token server ${this.#url.host} answered 200 but ${why} — check that tokenurl of ${this.#where()} is the OAuth token endpoint`,
+    );
+  }
+
+  #statusError(status: number, headers: Dispatcher.ResponseData['headers'], text: string): SidecarError {
+    const host = this.#url.host;
+    const oauth = oauthError(text);
+    const detail = oauth ? ` ${oauth}` : '';
+    if (status === 429) {
+      const retryAfter = parseRetryAfter(headers['retry-after'], this.#now());
+      return new SidecarError('TOKEN_RATE_LIMITED', `token server ${host} is rate limiting (429${detail})`, {
+        retryAfter: retryAfter ?? 1,
+      });
+    }
+    if (status >= 500) {
+      return new SidecarError('TOKEN_SERVER_ERROR', `token server ${host} failed (${status}${detail})`);
+    }
+    if (status === 400 || status === 401 || status === 403) {
+      const fix =
+        this.credentials.kind === 'client-secret'
+          ? `check clientid/clientsecret of ${this.#where()}`
+          : `check that the client certificate of ${this.#where()} is valid for clientid and that tokenurl is the authentication.cert host`;
+      return new SidecarError('TOKEN_REJECTED', `token server rejected the client credentials (${status}${detail}) — ${fix}`);
+    }
+    return new SidecarError(
+      'TOKEN_REJECTED',
+      `token server ${host} answered ${status}${detail} — check tokenurl of ${this.#where()}`,
+    );
+  }
+
+  #networkError(err: unknown, timedOut: boolean): SidecarError {
+    const host = this.#url.host;
+    const { failure, code } = classifyNetworkError(err);
+    switch (timedOut ? 'timeout' : failure) {
+      case 'timeout':
+        return new SidecarError('TOKEN_TIMEOUT', `token server ${host} did not answer within ${this.#attemptTimeoutMs} ms`, {
+          cause: err,
+        });
+      case 'tls-trust':
+        return new SidecarError(
+          'TOKEN_UNREACHABLE',
+          `token server ${host}: TLS certificate not trusted (${code}) — add the issuing CA with --ca`,
+          { cause: err },
+        );
+      case 'tls':
+        return new SidecarError(
+          'TOKEN_UNREACHABLE',
+          `token server ${host}: TLS handshake failed (${code})${this.credentials.kind === 'client-secret' ? '' : ' — the client certificate may have been refused'}`,
+          { cause: err },
+        );
+      case 'proxy':
+        return new SidecarError('TOKEN_UNREACHABLE', `token server ${host}: the HTTPS proxy failed (${code}) — check HTTPS_PROXY/NO_PROXY`, {
+          cause: err,
+        });
+      default:
+        return new SidecarError('TOKEN_UNREACHABLE', `token server ${host} unreachable (${code})`, { cause: err });
+    }
+  }
+}
+
+function buildForm(credentials: Credentials, settings: TokenRequestSettings): string {
+  const form = new URLSearchParams({ grant_type: 'client_credentials' });
+  if (credentials.kind !== 'client-secret') {
+    form.set('client_id', credentials.clientId);
+  } else if (settings.auth === 'post') {
+    form.set('client_id', credentials.clientId);
+    form.set('client_secret', credentials.clientSecret);
+  }
+  if (settings.scope) form.set('scope', settings.scope);
+  if (settings.resource) form.set('resource', settings.resource);
+  if (settings.audience) form.set('audience', settings.audience);
+  for (const [name, value] of Object.entries(settings.params)) form.set(name, value);
+  return form.toString();
+}
+
+function buildHeaders(credentials: Credentials, settings: TokenRequestSettings): Record<string, string> {
+  const headers: Record<string, string> = {
+    'content-type': 'application/x-www-form-urlencoded',
+    accept: 'application/json',
+  };
+  if (credentials.kind === 'client-secret' && settings.auth === 'basic') {
+    const userPass = `${formEncode(credentials.clientId)}:${formEncode(credentials.clientSecret)}`;
+    headers['authorization'] = `Basic ${Buffer.from(userPass, 'utf8').toString('base64')}`;
+  }
+  return headers;
+}
+
+/** application/x-www-form-urlencoded, as RFC 6749 §2.3.1 requires before base64. */
+export function formEncode(value: string): string {
+  return new URLSearchParams({ v: value }).toString().slice(2);
+}
+
+function cacheKeyOf(credentials: Credentials, settings: TokenRequestSettings): string {
+  const parts = [
+    credentials.tokenUrl,
+    credentials.clientId,
+    credentials.kind === 'client-secret' ? settings.auth : `mtls:${credentials.fingerprint}`,
+    settings.scope ?? '',
+    settings.resource ?? '',
+    settings.audience ?? '',
+    ...Object.entries(settings.params)
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+      .map(([k, v]) => `${k}=${v}`),
+  ];
+  return createHash('sha256').update(JSON.stringify(parts)).digest('base64url');
+}
+
+function lifetimeOf(
+  expiresIn: unknown,
+  exp: number | undefined,
+  issuedAt: number,
+): Pick<AccessToken, 'expiresAt' | 'lifetimeSource'> {
+  const seconds = typeof expiresIn === 'string' ? Number(expiresIn) : expiresIn;
+  if (typeof seconds === 'number' && Number.isFinite(seconds) && seconds > 0) {
+    return { expiresAt: issuedAt + seconds * 1000, lifetimeSource: 'expires_in' };
+  }
+  if (exp !== undefined && exp * 1000 > issuedAt) return { expiresAt: exp * 1000, lifetimeSource: 'jwt' };
+  return { expiresAt: issuedAt + DEFAULT_TOKEN_LIFETIME_S * 1000, lifetimeSource: 'default' };
+}
+
+/** RFC 6749 §5.2 `error` and a short `error_description`, or undefined. */
+function oauthError(text: string): string | undefined {
+  try {
+    const json = JSON.parse(text) as Record<string, unknown>;
+    const error = typeof json['error'] === 'string' ? printable(json['error'], 60) : undefined;
+    if (!error) return undefined;
+    const description = typeof json['error_description'] === 'string' ? printable(json['error_description'], 160) : '';
+    return description ? `${error}: ${description}` : error;
+  } catch {
+    return undefined;
+  }
+}
+
+/** RFC 6749 limits these fields to printable ASCII; enforce it and bound the length. */
+function printable(text: string, max: number): string {
+  // eslint-disable-next-line no-control-regex
+  const clean = text.replace(/[^\x20-\x7e]/g, '?');
+  return clean.length > max ? `${clean.slice(0, max)}…` : clean;
+}
+
+/** RFC 9110 §10.2.3: delay-seconds or an HTTP-date; returns whole seconds. */
+export function parseRetryAfter(value: string | string[] | undefined, now: number): number | undefined {
+  const raw = Array.isArray(value) ? value[0] : value;
+  if (!raw) return undefined;
+  if (/^\s*\d+\s*$/.test(raw)) return Number(raw);
+  const date = Date.parse(raw);
+  if (Number.isNaN(date)) return undefined;
+  return Math.max(0, Math.ceil((date - now) / 1000));
+}
+
+async function readBounded(body: Dispatcher.ResponseData['body'], limit: number): Promise<string> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of body) {
+    size += (chunk as Buffer).length;
+    if (size > limit) {
+      body.destroy();
+      throw new SidecarError('TOKEN_RESPONSE_INVALID', `token server response exceeds ${limit} bytes — check tokenurl`);
+    }
+    chunks.push(chunk as Buffer);
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}

@@ -1,0 +1,191 @@
+/**
+ * Token cache: single-flight, refresh-ahead, invalidate-once.
+ *
+ * Built on lru-cache's `fetch()`, which coalesces concurrent fetches of a key
+ * (any number of callers on a cold cache cause exactly one token request) and,
+ * with `allowStale`, hands out the still-valid token while it refreshes in the
+ * background. The cache TTL of an entry is its *refresh point* (75 % of the
+ * lifetime), not its expiry; a token is never handed out within a safety
+ * margin of its real expiry. Failed fetches back off per key, so an outage of
+ * the token server is not hammered, and a still-valid token keeps serving.
+ *
+ * Keys come from `TokenClient.cacheKey` (token URL, client id, parameters,
+ * certificate fingerprint — never the secret).
+ */
+import { LRUCache } from 'lru-cache';
+import { SidecarError } from './errors.js';
+import type { AccessToken } from './token-client.js';
+
+/** What the provider needs of a token client. */
+export interface TokenSource {
+  readonly cacheKey: string;
+  fetchToken(signal?: AbortSignal): Promise<AccessToken>;
+}
+
+export type TokenEvent =
+  | { type: 'hit'; key: string }
+  | { type: 'fetch'; key: string; reason: 'cold' | 'refresh-ahead' | 'invalidated' | 'expired' }
+  | { type: 'fetched'; key: string; token: AccessToken; durationMs: number }
+  | { type: 'fetch-failed'; key: string; error: unknown; durationMs: number; retryInMs: number };
+
+export interface TokenProviderOptions {
+  /** Distinct tokens kept (routes × credentials); bounds memory. */
+  max?: number;
+  /** Fraction of the lifetime after which a token is refreshed in the background. */
+  refreshAhead?: number;
+  /** Upper bound of the expiry safety margin (the margin is 10 % of the lifetime, at most this). */
+  maxSafetyMarginMs?: number;
+  /** Backoff after a failed fetch: doubles from min to max. */
+  backoff?: { minMs: number; maxMs: number };
+  /** Epoch milliseconds; injected in tests. */
+  now?: () => number;
+  onEvent?: (event: TokenEvent) => void;
+}
+
+export interface TokenStats {
+  hits: number;
+  fetches: number;
+  failures: number;
+}
+
+interface Failure {
+  count: number;
+  until: number;
+  error: unknown;
+}
+
+export const DEFAULT_BACKOFF = { minMs: 1_000, maxMs: 30_000 } as const;
+
+export class TokenProvider {
+  readonly stats: TokenStats = { hits: 0, fetches: 0, failures: 0 };
+  readonly #cache: LRUCache<string, AccessToken, TokenSource>;
+  readonly #failures = new Map<string, Failure>();
+  /** Tokens the upstream rejected: never handed out again. */
+  readonly #revoked = new WeakSet<AccessToken>();
+  readonly #refreshAhead: number;
+  readonly #maxMarginMs: number;
+  readonly #backoff: { minMs: number; maxMs: number };
+  readonly #now: () => number;
+  readonly #onEvent: (event: TokenEvent) => void;
+
+  constructor(options: TokenProviderOptions = {}) {
+    this.#refreshAhead = options.refreshAhead ?? 0.75;
+    this.#maxMarginMs = options.maxSafetyMarginMs ?? 60_000;
+    this.#backoff = options.backoff ?? DEFAULT_BACKOFF;
+    this.#now = options.now ?? Date.now;
+    this.#onEvent = options.onEvent ?? (() => {});
+    const now = this.#now;
+    this.#cache = new LRUCache<string, AccessToken, TokenSource>({
+      max: options.max ?? 64,
+      allowStale: true,
+      noDeleteOnFetchRejection: true,
+      perf: { now },
+      // Read the clock on every check: a token is due at an exact time, and tests move the clock.
+      ttlResolution: 0,
+      fetchMethod: (key, stale, { options: setOptions, signal, context }) =>
+        this.#fetch(key, stale, context, signal, setOptions),
+    });
+  }
+
+  /** A usable token: from the cache, or fetched (once, for all concurrent callers) when cold. */
+  async getToken(source: TokenSource): Promise<AccessToken> {
+    const key = source.cacheKey;
+    const cached = await this.#cache.fetch(key, { context: source });
+    if (cached !== undefined && this.#usable(cached, this.#now())) {
+      this.stats.hits++;
+      this.#onEvent({ type: 'hit', key });
+      return cached;
+    }
+    // The stale value is past its safety margin (or revoked): wait for the fetch
+    // already started by the call above, or start one.
+    return this.#cache.forceFetch(key, { context: source, allowStale: false });
+  }
+
+  /**
+   * The upstream rejected `rejected` (401): refresh once, however many requests
+   * saw the same rejection, and return the token to retry with.
+   */
+  async refreshAfterRejection(source: TokenSource, rejected: AccessToken): Promise<AccessToken> {
+    const key = source.cacheKey;
+    const current = this.#cache.peek(key, { allowStale: true });
+    if (current === rejected && !this.#revoked.has(rejected)) {
+      this.#revoked.add(rejected);
+      // A rejection is news, not an outage: do not let an old backoff delay the refresh.
+      this.#failures.delete(key);
+      return this.#cache.forceFetch(key, { context: source, allowStale: false, forceRefresh: true });
+    }
+    return this.getToken(source);
+  }
+
+  /** The cached token if it is usable now, without fetching (readiness, diagnostics). */
+  peek(source: TokenSource): AccessToken | undefined {
+    const token = this.#cache.peek(source.cacheKey, { allowStale: true });
+    return token && this.#usable(token, this.#now()) ? token : undefined;
+  }
+
+  /** Drop a key (credentials rotated); the next call fetches anew. */
+  forget(source: TokenSource): void {
+    this.#cache.delete(source.cacheKey);
+    this.#failures.delete(source.cacheKey);
+  }
+
+  /** When the token may no longer be handed out. */
+  #usable(token: AccessToken, now: number): boolean {
+    return !this.#revoked.has(token) && now < token.expiresAt - this.#marginMs(token);
+  }
+
+  #marginMs(token: AccessToken): number {
+    return Math.min(this.#maxMarginMs, (token.expiresAt - token.issuedAt) * 0.1);
+  }
+
+  async #fetch(
+    key: string,
+    stale: AccessToken | undefined,
+    source: TokenSource,
+    signal: AbortSignal,
+    setOptions: LRUCache.SetOptions<string, AccessToken, TokenSource>,
+  ): Promise<AccessToken> {
+    const start = this.#now();
+    const failure = this.#failures.get(key);
+    if (failure && start < failure.until) {
+      // Backing off: keep serving a usable token, or fail fast with the last error.
+      if (stale && this.#usable(stale, start)) {
+        setOptions.ttl = Math.max(1, failure.until - start);
+        return stale;
+      }
+      throw withRetryAfter(failure.error, failure.until - start);
+    }
+    const reason = !stale
+      ? 'cold'
+      : this.#revoked.has(stale)
+        ? 'invalidated'
+        : this.#usable(stale, start)
+          ? 'refresh-ahead'
+          : 'expired';
+    this.stats.fetches++;
+    this.#onEvent({ type: 'fetch', key, reason });
+    try {
+      const token = await source.fetchToken(signal);
+      this.#failures.delete(key);
+      const lifetime = token.expiresAt - token.issuedAt;
+      const refreshAt = Math.min(token.issuedAt + lifetime * this.#refreshAhead, token.expiresAt - this.#marginMs(token));
+      setOptions.ttl = Math.max(1, Math.floor(refreshAt - this.#now()));
+      this.#onEvent({ type: 'fetched', key, token, durationMs: this.#now() - start });
+      return token;
+    } catch (error) {
+      const count = (failure?.count ?? 0) + 1;
+      const delay = Math.min(this.#backoff.maxMs, this.#backoff.minMs * 2 ** (count - 1));
+      this.#failures.set(key, { count, until: this.#now() + delay, error });
+      this.stats.failures++;
+      this.#onEvent({ type: 'fetch-failed', key, error, durationMs: this.#now() - start, retryInMs: delay });
+      throw error;
+    }
+  }
+}
+
+/** The last failure, re-thrown during backoff, tells the sender when to come back. */
+function withRetryAfter(error: unknown, remainingMs: number): unknown {
+  if (!(error instanceof SidecarError)) return error;
+  const seconds = Math.max(1, Math.ceil(remainingMs / 1000), error.retryAfter ?? 0);
+  return new SidecarError(error.code, error.message, { cause: error.cause, retryAfter: seconds });
+}

@@ -1,0 +1,173 @@
+import { describe, expect, it } from 'vitest';
+import { SidecarError } from '../../src/errors.js';
+import type { AccessToken } from '../../src/token-client.js';
+import { TokenProvider, type TokenEvent, type TokenSource } from '../../src/token-provider.js';
+
+/** A token source driven by the test: each fetch waits until the test settles it. */
+class FakeSource implements TokenSource {
+  readonly cacheKey = 'key-1';
+  calls = 0;
+  pending: Array<{ resolve: (t: AccessToken) => void; reject: (e: unknown) => void }> = [];
+  constructor(private readonly clock: { now: number }) {}
+
+  fetchToken(): Promise<AccessToken> {
+    this.calls++;
+    return new Promise((resolve, reject) => this.pending.push({ resolve, reject }));
+  }
+
+  /** Settle the oldest pending fetch with a token living `lifetimeMs`. */
+  async issue(lifetimeMs = 100_000): Promise<AccessToken> {
+    const next = this.pending.shift();
+    if (!next) throw new Error('no pending fetch');
+    const token: AccessToken = {
+      value: `token-${this.calls}`,
+      issuedAt: this.clock.now,
+      expiresAt: this.clock.now + lifetimeMs,
+      scopes: [],
+      lifetimeSource: 'expires_in',
+    };
+    next.resolve(token);
+    await flush();
+    return token;
+  }
+
+  async fail(error: unknown): Promise<void> {
+    const next = this.pending.shift();
+    if (!next) throw new Error('no pending fetch');
+    next.reject(error);
+    await flush();
+  }
+}
+
+const flush = () => new Promise((resolve) => setImmediate(resolve));
+
+function setup(options: { backoff?: { minMs: number; maxMs: number } } = {}) {
+  const clock = { now: 1_000_000 };
+  const events: TokenEvent[] = [];
+  const provider = new TokenProvider({ now: () => clock.now, onEvent: (e) => events.push(e), ...options });
+  const source = new FakeSource(clock);
+  return { clock, events, provider, source };
+}
+
+describe('TokenProvider', () => {
+  it('coalesces 200 concurrent callers on a cold cache into one fetch', async () => {
+    const { provider, source } = setup();
+    const callers = Array.from({ length: 200 }, () => provider.getToken(source));
+    await flush();
+    expect(source.calls).toBe(1);
+    const token = await source.issue();
+    const results = await Promise.all(callers);
+    expect(new Set(results.map((t) => t.value))).toEqual(new Set([token.value]));
+    expect(provider.stats.fetches).toBe(1);
+  });
+
+  it('serves from the cache until the refresh point, then refreshes in the background', async () => {
+    const { clock, provider, source, events } = setup();
+    const first = provider.getToken(source);
+    await flush();
+    const token = await source.issue(100_000);
+    expect(await first).toBe(token);
+
+    clock.now += 74_000; // before 75 % of the lifetime
+    expect(await provider.getToken(source)).toBe(token);
+    expect(source.calls).toBe(1);
+
+    clock.now += 2_000; // past the refresh point, far from expiry: old token served, refresh started
+    expect(await provider.getToken(source)).toBe(token);
+    expect(source.calls).toBe(2);
+    expect(events.some((e) => e.type === 'fetch' && e.reason === 'refresh-ahead')).toBe(true);
+    const fresh = await source.issue(100_000);
+    expect(await provider.getToken(source)).toBe(fresh);
+    expect(source.calls).toBe(2);
+  });
+
+  it('never hands out a token within the safety margin of its expiry', async () => {
+    const { clock, provider, source } = setup();
+    const first = provider.getToken(source);
+    await flush();
+    const old = await source.issue(100_000);
+    await first;
+    clock.now += 95_000; // margin is 10 % of the lifetime: 10 s
+    const waiting = provider.getToken(source);
+    await flush();
+    expect(source.calls).toBe(2);
+    const fresh = await source.issue(100_000);
+    const got = await waiting;
+    expect(got).toBe(fresh);
+    expect(got).not.toBe(old);
+  });
+
+  it('keeps serving a valid token while the token server fails, and backs off', async () => {
+    const { clock, provider, source } = setup({ backoff: { minMs: 5_000, maxMs: 20_000 } });
+    const first = provider.getToken(source);
+    await flush();
+    const token = await source.issue(100_000);
+    await first;
+    clock.now += 80_000; // refresh due
+    expect(await provider.getToken(source)).toBe(token);
+    await source.fail(new SidecarError('TOKEN_UNREACHABLE', 'down'));
+    // Within the backoff: the valid token is served and the server is not asked.
+    clock.now += 1_000;
+    expect(await provider.getToken(source)).toBe(token);
+    await flush();
+    expect(source.calls).toBe(2);
+    // After the backoff: one new attempt.
+    clock.now += 5_000;
+    expect(await provider.getToken(source)).toBe(token);
+    await flush();
+    expect(source.calls).toBe(3);
+    await source.issue();
+  });
+
+  it('fails fast with Retry-After during backoff when no usable token exists', async () => {
+    const { clock, provider, source } = setup({ backoff: { minMs: 4_000, maxMs: 20_000 } });
+    const first = expect(provider.getToken(source)).rejects.toMatchObject({ code: 'TOKEN_SERVER_ERROR' });
+    await flush();
+    await source.fail(new SidecarError('TOKEN_SERVER_ERROR', 'token server failed (500)'));
+    await first;
+
+    clock.now += 1_000;
+    const fast = provider.getToken(source);
+    await expect(fast).rejects.toMatchObject({ code: 'TOKEN_SERVER_ERROR', retryAfter: 3 });
+    expect(source.calls).toBe(1);
+
+    clock.now += 3_000; // backoff over: recovery
+    const again = provider.getToken(source);
+    await flush();
+    expect(source.calls).toBe(2);
+    const token = await source.issue();
+    expect(await again).toBe(token);
+  });
+
+  it('refreshes once after an upstream rejection, however many requests saw it', async () => {
+    const { provider, source, events } = setup();
+    const first = provider.getToken(source);
+    await flush();
+    const rejected = await source.issue();
+    await first;
+
+    const retries = Array.from({ length: 50 }, () => provider.refreshAfterRejection(source, rejected));
+    await flush();
+    expect(source.calls).toBe(2);
+    const fresh = await source.issue();
+    for (const t of await Promise.all(retries)) expect(t).toBe(fresh);
+    // A late 401 for the old token does not refresh again.
+    expect(await provider.refreshAfterRejection(source, rejected)).toBe(fresh);
+    expect(source.calls).toBe(2);
+    expect(events.filter((e) => e.type === 'fetch' && e.reason === 'invalidated')).toHaveLength(1);
+  });
+
+  it('peek returns only usable tokens and counts hits', async () => {
+    const { clock, provider, source } = setup();
+    expect(provider.peek(source)).toBeUndefined();
+    const first = provider.getToken(source);
+    await flush();
+    const token = await source.issue(10_000);
+    await first;
+    expect(provider.peek(source)).toBe(token);
+    await provider.getToken(source);
+    expect(provider.stats.hits).toBe(2);
+    clock.now += 9_500;
+    expect(provider.peek(source)).toBeUndefined();
+  });
+});
