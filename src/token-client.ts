@@ -15,12 +15,14 @@ import { createHash } from 'node:crypto';
 import { setTimeout as sleepFor } from 'node:timers/promises';
 import type { Dispatcher } from 'undici';
 import type { Credentials } from './credentials.js';
+import { createDispatcher, type OutboundNetwork } from './dispatcher.js';
 import { SidecarError, isTransientTokenError } from './errors.js';
 import { decodeJwtClaims } from './jwt.js';
 import { classifyNetworkError } from './network-error.js';
 
 /** Lifetime assumed when the server gives neither `expires_in` nor a JWT `exp`. */
 export const DEFAULT_TOKEN_LIFETIME_S = 300;
+const DEFAULT_CONNECT_TIMEOUT_MS = 5_000;
 /** Token responses are small; anything larger is refused rather than buffered. */
 export const MAX_TOKEN_RESPONSE_BYTES = 64 * 1024;
 
@@ -86,6 +88,11 @@ export class TokenClient {
   readonly #body: string;
   readonly #headers: Record<string, string>;
   readonly #url: URL;
+
+  /** Close the connection pool (credentials rotated, shutdown). */
+  close(): Promise<void> {
+    return this.#dispatcher.close();
+  }
 
   constructor(options: TokenClientOptions) {
     this.credentials = options.credentials;
@@ -353,4 +360,27 @@ async function readBounded(body: Dispatcher.ResponseData['body'], limit: number)
     chunks.push(chunk as Buffer);
   }
   return Buffer.concat(chunks).toString('utf8');
+}
+
+export interface TokenClientFactoryOptions {
+  credentials: Credentials;
+  settings: TokenRequestSettings;
+  network: OutboundNetwork;
+  /** Bound on one attempt; connect and header timeouts are derived from it. */
+  attemptTimeoutMs: number;
+  retry?: RetryPolicy;
+}
+
+/** A token client with its own connection pool (carrying the client certificate for mTLS). */
+export function createTokenClient(options: TokenClientFactoryOptions): TokenClient {
+  const { credentials } = options;
+  const dispatcher = createDispatcher({
+    network: options.network,
+    clientCert: credentials.kind === 'client-secret' ? undefined : { certificate: credentials.certificate, key: credentials.key },
+    connectTimeoutMs: Math.min(DEFAULT_CONNECT_TIMEOUT_MS, options.attemptTimeoutMs),
+    headersTimeoutMs: options.attemptTimeoutMs,
+    bodyTimeoutMs: options.attemptTimeoutMs,
+    connections: 4,
+  });
+  return new TokenClient({ ...options, dispatcher });
 }

@@ -1,0 +1,608 @@
+/**
+ * Configuration: argv + environment (+ an optional YAML/JSON file) parsed and
+ * validated once, at the edge, into a frozen typed object. Nothing else in the
+ * sidecar reads `process.env`.
+ *
+ * Precedence: command-line flag > environment variable > config file > default.
+ * Every problem is collected and reported at once (`ConfigError`, exit code 2).
+ */
+import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { parse as parseYaml } from 'yaml';
+import type { ClientCertSource, CredentialSource, CredentialSpec } from './credentials.js';
+import type { OutboundNetwork } from './dispatcher.js';
+import { ConfigError, type ConfigProblem } from './errors.js';
+import type { TokenAuthMethod, TokenRequestSettings } from './token-client.js';
+
+export const COMMANDS = ['serve', 'token'] as const;
+export type Command = (typeof COMMANDS)[number];
+
+export const DEFAULT_LISTEN = '127.0.0.1:8080';
+export const DEFAULT_TOKEN_TIMEOUT_MS = 10_000;
+export const DEFAULT_CONNECT_TIMEOUT_MS = 5_000;
+export const DEFAULT_RESPONSE_TIMEOUT_MS = 60_000;
+export const DEFAULT_IDLE_TIMEOUT_MS = 60_000;
+export const DEFAULT_MAX_REPLAY_BODY_BYTES = 1024 * 1024;
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+export interface RouteTimeouts {
+  /** TCP + TLS handshake to the upstream. */
+  connectMs: number;
+  /** Until the upstream's response headers arrive. */
+  responseMs: number;
+  /** Longest silence between body chunks, either way. */
+  idleMs: number;
+}
+
+export interface RouteConfig {
+  name: string;
+  /** Path prefix this route serves, always starting with `/`. */
+  prefix: string;
+  /** Upstream origin+base path; undefined means the service key's `url`. */
+  upstream: string | undefined;
+  /** Replaces `prefix` in the forwarded path when set. */
+  rewritePrefix: string | undefined;
+  credentials: CredentialSpec;
+  token: TokenRequestSettings;
+  csrf: 'auto' | 'off';
+  timeouts: RouteTimeouts;
+  maxReplayBodyBytes: number;
+}
+
+export interface InboundConfig {
+  basicAuthFile: string | undefined;
+  allowCidrs: readonly string[];
+  allowAnySender: boolean;
+}
+
+export interface Config {
+  command: Command;
+  listen: { host: string; port: number };
+  inbound: InboundConfig;
+  network: OutboundNetwork;
+  /** Paths of the `--ca` files, for messages. */
+  caFiles: readonly string[];
+  tokenTimeoutMs: number;
+  logLevel: LogLevel;
+  /** Where the routes came from: a config file path or `flags`. */
+  routesSource: string;
+  routes: readonly RouteConfig[];
+  /** `token` command: which route's token to print. */
+  routeName: string | undefined;
+}
+
+export type Env = Readonly<Record<string, string | undefined>>;
+
+/** What `cli` gets back: either a config, or a request for help/version. */
+export type ParseResult = { kind: 'run'; config: Readonly<Config> } | { kind: 'help' } | { kind: 'version' };
+
+interface FlagSpec {
+  type: 'string' | 'boolean';
+  multiple?: boolean;
+  env?: string;
+  description: string;
+  default?: string;
+  /** Only meaningful without --config (describes the single route). */
+  route?: boolean;
+}
+
+/** Every flag, its environment variable and default: the single source for parsing and `--help`. */
+export const FLAGS: Readonly<Record<string, FlagSpec>> = {
+  'service-key': { type: 'string', env: 'SIDECAR_SERVICE_KEY', route: true, description: 'service key JSON file or secret directory' },
+  binding: { type: 'string', env: 'SIDECAR_BINDING', route: true, description: 'binding name in VCAP_SERVICES or $SERVICE_BINDING_ROOT (default: it-rt)' },
+  'client-cert': { type: 'string', env: 'SIDECAR_CLIENT_CERT', route: true, description: 'client certificate PEM (External Certificate keys)' },
+  'client-key': { type: 'string', env: 'SIDECAR_CLIENT_KEY', route: true, description: 'private key PEM of --client-cert' },
+  'client-tls-dir': { type: 'string', env: 'SIDECAR_CLIENT_TLS_DIR', route: true, description: 'kubernetes.io/tls secret directory (tls.crt, tls.key)' },
+  'token-auth': { type: 'string', env: 'SIDECAR_TOKEN_AUTH', route: true, default: 'basic', description: 'client authentication for ClientId/Secret keys: basic | post' },
+  scope: { type: 'string', env: 'SIDECAR_SCOPE', route: true, description: 'scope parameter of the token request' },
+  resource: { type: 'string', env: 'SIDECAR_RESOURCE', route: true, description: 'resource parameter (RFC 8707)' },
+  audience: { type: 'string', env: 'SIDECAR_AUDIENCE', route: true, description: 'audience parameter' },
+  'token-param': { type: 'string', multiple: true, env: 'SIDECAR_TOKEN_PARAMS', route: true, description: 'extra token parameter NAME=VALUE (repeatable; env: form-encoded a=1&b=2)' },
+  upstream: { type: 'string', env: 'SIDECAR_UPSTREAM', route: true, description: "upstream URL (default: the service key's url)" },
+  csrf: { type: 'string', env: 'SIDECAR_CSRF', route: true, default: 'auto', description: 'CSRF token handling: auto | off' },
+  'upstream-timeout': { type: 'string', env: 'SIDECAR_UPSTREAM_TIMEOUT', route: true, default: String(DEFAULT_RESPONSE_TIMEOUT_MS), description: 'ms to wait for upstream response headers' },
+  'max-replay-body': { type: 'string', env: 'SIDECAR_MAX_REPLAY_BODY', route: true, default: String(DEFAULT_MAX_REPLAY_BODY_BYTES), description: 'bytes of request body kept to replay after a 401/CSRF 403' },
+  config: { type: 'string', env: 'SIDECAR_CONFIG', description: 'routes file (YAML or JSON)' },
+  route: { type: 'string', description: 'token: the route whose token to print (default: the first)' },
+  listen: { type: 'string', env: 'SIDECAR_LISTEN', default: DEFAULT_LISTEN, description: 'HOST:PORT of the proxy listener' },
+  'basic-auth-file': { type: 'string', env: 'SIDECAR_BASIC_AUTH_FILE', description: 'inbound basic auth: file of user:password lines' },
+  'allow-cidr': { type: 'string', multiple: true, env: 'SIDECAR_ALLOW_CIDRS', description: 'inbound allowlist of sender addresses (repeatable; env: comma-separated)' },
+  'allow-any-sender': { type: 'boolean', env: 'SIDECAR_ALLOW_ANY_SENDER', description: 'accept any sender on a non-loopback listener' },
+  ca: { type: 'string', multiple: true, env: 'SIDECAR_CA', description: 'extra CA certificate PEM file to trust (repeatable; env: comma-separated)' },
+  'token-timeout': { type: 'string', env: 'SIDECAR_TOKEN_TIMEOUT', default: String(DEFAULT_TOKEN_TIMEOUT_MS), description: 'ms for one token request attempt' },
+  'log-level': { type: 'string', env: 'SIDECAR_LOG_LEVEL', default: 'info', description: LOG_LEVELS.join(' | ') },
+  help: { type: 'boolean', description: 'show this help' },
+  version: { type: 'boolean', description: 'show the version' },
+};
+
+/** Parse argv (without node and script) and the environment into a frozen Config. */
+export function parseConfig(argv: readonly string[], env: Env, readFile: (path: string) => string = readText): ParseResult {
+  const problems: ConfigProblem[] = [];
+  let parsed: ReturnType<typeof parseArgs>;
+  try {
+    const options: ParseArgsConfig['options'] = {};
+    for (const [name, spec] of Object.entries(FLAGS)) {
+      options[name] = { type: spec.type, ...(spec.multiple && { multiple: true }) };
+    }
+    parsed = parseArgs({ args: [...argv], options, allowPositionals: true, strict: true });
+  } catch (err) {
+    throw new ConfigError([{ source: 'command line', field: '', message: (err as Error).message }]);
+  }
+  const values = parsed.values as Record<string, string | boolean | string[] | undefined>;
+  if (values['help']) return { kind: 'help' };
+  if (values['version']) return { kind: 'version' };
+
+  const [commandArg, ...extra] = parsed.positionals;
+  const command = (commandArg ?? 'serve') as Command;
+  if (!COMMANDS.includes(command)) {
+    problems.push({ source: 'command line', field: '', message: `unknown command "${commandArg}" (commands: ${COMMANDS.join(', ')})` });
+  }
+  if (extra.length > 0) problems.push({ source: 'command line', field: '', message: `unexpected argument "${extra[0]}"` });
+
+  const read = new Reader(values, env, problems);
+  const caFiles = read.list('ca');
+  const network: OutboundNetwork = {
+    ca: caFiles.map((file) => readCa(file, readFile, problems)).filter((pem): pem is string => pem !== undefined),
+    // Lower-case wins, as curl and undici do.
+    httpsProxy: env['https_proxy'] || env['HTTPS_PROXY'] || undefined,
+    noProxy: env['no_proxy'] ?? env['NO_PROXY'],
+  };
+
+  const configFile = read.string('config');
+  let file: FileConfig | undefined;
+  if (configFile) file = readConfigFile(configFile, readFile, problems);
+
+  const listenText = read.string('listen') ?? file?.listen ?? DEFAULT_LISTEN;
+  const listen = parseListen(listenText, problems);
+  const inbound: InboundConfig = {
+    basicAuthFile: read.string('basic-auth-file') ?? file?.inbound?.basicAuthFile,
+    allowCidrs: read.has('allow-cidr') ? read.list('allow-cidr') : (file?.inbound?.allowCidrs ?? []),
+    allowAnySender: read.boolean('allow-any-sender') ?? file?.inbound?.allowAnySender ?? false,
+  };
+
+  let routes: RouteConfig[];
+  let routesSource: string;
+  if (file && configFile) {
+    const routeFlags = Object.keys(FLAGS).filter((name) => FLAGS[name]?.route && values[name] !== undefined);
+    for (const name of routeFlags) {
+      problems.push({ source: 'command line', field: `--${name}`, message: `cannot be combined with --config; set it on the route in ${configFile}` });
+    }
+    routes = file.routes;
+    routesSource = configFile;
+  } else {
+    routes = [singleRoute(read, env, problems)];
+    routesSource = 'flags';
+  }
+  checkPrefixes(routes, routesSource, problems);
+
+  const logLevel = read.string('log-level') ?? file?.logLevel ?? 'info';
+  if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) {
+    problems.push({ source: read.sourceOf('log-level'), field: 'log-level', message: `must be one of ${LOG_LEVELS.join(', ')}` });
+  }
+  const routeName = read.string('route');
+  if (routeName !== undefined && !routes.some((r) => r.name === routeName)) {
+    problems.push({ source: '--route', field: 'route', message: `no route named "${routeName}" (routes: ${routes.map((r) => r.name).join(', ')})` });
+  }
+  const tokenTimeoutMs = read.integer('token-timeout', 1) ?? DEFAULT_TOKEN_TIMEOUT_MS;
+
+  if (problems.length > 0) throw new ConfigError(problems);
+  return {
+    kind: 'run',
+    config: deepFreeze({
+      command,
+      listen,
+      inbound,
+      network,
+      caFiles,
+      tokenTimeoutMs,
+      logLevel: logLevel as LogLevel,
+      routesSource,
+      routes,
+      routeName,
+    }),
+  };
+}
+
+/** The route a single-route invocation (flags and env only) describes. */
+function singleRoute(read: Reader, env: Env, problems: ConfigProblem[]): RouteConfig {
+  const binding = read.string('binding');
+  return {
+    name: 'default',
+    prefix: '/',
+    upstream: validUrl(read.string('upstream'), read.sourceOf('upstream'), 'upstream', problems),
+    rewritePrefix: undefined,
+    credentials: {
+      source: credentialSource(read, env, binding, problems),
+      ...optional('clientCert', clientCertSource(read.string('client-cert'), read.string('client-key'), read.string('client-tls-dir'), 'command line', problems)),
+    },
+    token: {
+      auth: tokenAuth(read.string('token-auth') ?? 'basic', read.sourceOf('token-auth'), problems),
+      scope: read.string('scope'),
+      resource: read.string('resource'),
+      audience: read.string('audience'),
+      params: tokenParams(read, problems),
+    },
+    csrf: csrfMode(read.string('csrf') ?? 'auto', read.sourceOf('csrf'), problems),
+    timeouts: {
+      connectMs: DEFAULT_CONNECT_TIMEOUT_MS,
+      responseMs: read.integer('upstream-timeout', 1) ?? DEFAULT_RESPONSE_TIMEOUT_MS,
+      idleMs: DEFAULT_IDLE_TIMEOUT_MS,
+    },
+    maxReplayBodyBytes: read.integer('max-replay-body', 0) ?? DEFAULT_MAX_REPLAY_BODY_BYTES,
+  };
+}
+
+/** Where the service key comes from, in order: flag, SIDECAR_SERVICE_KEY, SIDECAR_SERVICE_KEY_JSON, servicebinding.io, VCAP_SERVICES. */
+function credentialSource(read: Reader, env: Env, binding: string | undefined, problems: ConfigProblem[]): CredentialSource {
+  const path = read.string('service-key');
+  if (path) return { kind: 'path', path };
+  const json = env['SIDECAR_SERVICE_KEY_JSON'];
+  if (json) return { kind: 'inline', json, label: 'SIDECAR_SERVICE_KEY_JSON' };
+  const root = env['SERVICE_BINDING_ROOT'];
+  if (root) return { kind: 'binding-root', root, ...optional('binding', binding) };
+  const vcap = env['VCAP_SERVICES'];
+  if (vcap) return { kind: 'vcap', json: vcap, ...optional('binding', binding) };
+  problems.push({
+    source: 'command line',
+    field: '--service-key',
+    message:
+      'no service key: pass --service-key FILE|DIR, or set SIDECAR_SERVICE_KEY, SIDECAR_SERVICE_KEY_JSON, SERVICE_BINDING_ROOT or VCAP_SERVICES',
+  });
+  return { kind: 'path', path: '' };
+}
+
+function clientCertSource(
+  certFile: string | undefined,
+  keyFile: string | undefined,
+  tlsDir: string | undefined,
+  source: string,
+  problems: ConfigProblem[],
+): ClientCertSource | undefined {
+  if (tlsDir && (certFile || keyFile)) {
+    problems.push({ source, field: 'client-tls-dir', message: 'use either a TLS secret directory or --client-cert/--client-key, not both' });
+  }
+  if (tlsDir) return { kind: 'tls-dir', dir: tlsDir };
+  if (certFile && keyFile) return { kind: 'files', certFile, keyFile };
+  if (certFile || keyFile) {
+    problems.push({ source, field: certFile ? 'client-key' : 'client-cert', message: 'client certificate and key must be given together' });
+  }
+  return undefined;
+}
+
+function tokenAuth(value: string, source: string, problems: ConfigProblem[]): TokenAuthMethod {
+  if (value === 'basic' || value === 'post') return value;
+  problems.push({ source, field: 'token-auth', message: `must be basic or post, not "${value}"` });
+  return 'basic';
+}
+
+function csrfMode(value: string, source: string, problems: ConfigProblem[]): 'auto' | 'off' {
+  if (value === 'auto' || value === 'off') return value;
+  problems.push({ source, field: 'csrf', message: `must be auto or off, not "${value}"` });
+  return 'auto';
+}
+
+function tokenParams(read: Reader, problems: ConfigProblem[]): Record<string, string> {
+  const params: Record<string, string> = {};
+  const fromFlags = read.flagList('token-param');
+  const pairs: Array<[string, string]> = fromFlags
+    ? fromFlags.map((p) => {
+        const at = p.indexOf('=');
+        return at < 1 ? ['', p] : [p.slice(0, at), p.slice(at + 1)];
+      })
+    : [...new URLSearchParams(read.envValue('token-param') ?? '')];
+  for (const [name, value] of pairs) {
+    if (!name) problems.push({ source: read.sourceOf('token-param'), field: 'token-param', message: `"${value}" is not NAME=VALUE` });
+    else if (RESERVED_PARAMS.has(name)) problems.push({ source: read.sourceOf('token-param'), field: 'token-param', message: `${name} is set by the sidecar` });
+    else params[name] = value;
+  }
+  return params;
+}
+
+const RESERVED_PARAMS = new Set(['grant_type', 'client_id', 'client_secret']);
+
+function parseListen(text: string, problems: ConfigProblem[]): { host: string; port: number } {
+  const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(text.trim());
+  const host = match?.[1] ?? match?.[2];
+  const port = match ? Number(match[3]) : NaN;
+  if (!host || !(port >= 0 && port <= 65535) || (match?.[1] && isIP(match[1]) !== 6)) {
+    problems.push({ source: 'listen', field: 'listen', message: `"${text}" is not HOST:PORT (e.g. 127.0.0.1:8080, [::1]:8080, 0.0.0.0:8080)` });
+    return { host: '127.0.0.1', port: 8080 };
+  }
+  return { host, port };
+}
+
+function validUrl(value: string | undefined, source: string, field: string, problems: ConfigProblem[]): string | undefined {
+  if (value === undefined) return undefined;
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    problems.push({ source, field, message: `"${value}" is not a URL` });
+    return undefined;
+  }
+  const loopback = url.hostname === 'localhost' || url.hostname === '127.0.0.1' || url.hostname === '[::1]';
+  if (url.protocol !== 'https:' && !(url.protocol === 'http:' && loopback)) {
+    problems.push({ source, field, message: 'must be an https:// URL (http:// only for loopback hosts)' });
+  }
+  if (url.username || url.password || url.search || url.hash) {
+    problems.push({ source, field, message: 'must not carry credentials, a query or a fragment' });
+  }
+  return url.origin + url.pathname.replace(/\/+$/, '');
+}
+
+function checkPrefixes(routes: readonly RouteConfig[], source: string, problems: ConfigProblem[]): void {
+  const seenPrefix = new Set<string>();
+  const seenName = new Set<string>();
+  routes.forEach((route, i) => {
+    if (seenPrefix.has(route.prefix)) problems.push({ source, field: `routes[${i}].prefix`, message: `prefix ${route.prefix} is used twice` });
+    if (seenName.has(route.name)) problems.push({ source, field: `routes[${i}].name`, message: `name ${route.name} is used twice` });
+    seenPrefix.add(route.prefix);
+    seenName.add(route.name);
+  });
+}
+
+function readCa(file: string, readFile: (path: string) => string, problems: ConfigProblem[]): string | undefined {
+  let text: string;
+  try {
+    text = readFile(file);
+  } catch (err) {
+    problems.push({ source: file, field: 'ca', message: `cannot read CA file (${(err as NodeJS.ErrnoException).code ?? 'error'})` });
+    return undefined;
+  }
+  if (!text.includes('-----BEGIN CERTIFICATE-----')) {
+    problems.push({ source: file, field: 'ca', message: 'is not a PEM certificate file' });
+    return undefined;
+  }
+  return text;
+}
+
+// ---------------------------------------------------------------------------
+// Config file
+
+interface FileConfig {
+  listen?: string;
+  logLevel?: string;
+  inbound?: Partial<InboundConfig>;
+  routes: RouteConfig[];
+}
+
+const TOP_KEYS = new Set(['listen', 'logLevel', 'inbound', 'routes']);
+const INBOUND_KEYS = new Set(['basicAuthFile', 'allowCidrs', 'allowAnySender']);
+const ROUTE_KEYS = new Set([
+  'name', 'prefix', 'upstream', 'rewritePrefix', 'serviceKey', 'clientCert', 'clientKey', 'clientTlsDir',
+  'tokenAuth', 'scope', 'resource', 'audience', 'tokenParams', 'csrf', 'timeouts', 'maxReplayBodyBytes',
+]);
+const TIMEOUT_KEYS = new Set(['connectMs', 'responseMs', 'idleMs']);
+
+function readConfigFile(path: string, readFile: (p: string) => string, problems: ConfigProblem[]): FileConfig | undefined {
+  let text: string;
+  try {
+    text = readFile(path);
+  } catch (err) {
+    problems.push({ source: path, field: '', message: `cannot read config file (${(err as NodeJS.ErrnoException).code ?? 'error'})` });
+    return undefined;
+  }
+  let doc: unknown;
+  try {
+    doc = path.endsWith('.json') ? JSON.parse(text) : parseYaml(text);
+  } catch (err) {
+    // Position only: the file may hold secrets, so its content is never echoed.
+    const where = (err as { linePos?: Array<{ line: number }> }).linePos?.[0]?.line;
+    problems.push({ source: path, field: '', message: `is not valid ${path.endsWith('.json') ? 'JSON' : 'YAML'}${where ? ` (line ${where})` : ''}` });
+    return undefined;
+  }
+  const f = new FileReader(path, problems);
+  if (!f.object(doc, '', TOP_KEYS)) return undefined;
+  const top = doc as Record<string, unknown>;
+  const inboundRaw = top['inbound'];
+  let inbound: Partial<InboundConfig> | undefined;
+  if (inboundRaw !== undefined && f.object(inboundRaw, 'inbound', INBOUND_KEYS)) {
+    const o = inboundRaw as Record<string, unknown>;
+    inbound = {
+      ...optional('basicAuthFile', f.string(o, 'basicAuthFile', 'inbound')),
+      ...optional('allowCidrs', f.stringList(o, 'allowCidrs', 'inbound')),
+      ...optional('allowAnySender', f.boolean(o, 'allowAnySender', 'inbound')),
+    };
+  }
+  const routesRaw = top['routes'];
+  const routes: RouteConfig[] = [];
+  if (!Array.isArray(routesRaw) || routesRaw.length === 0) {
+    problems.push({ source: path, field: 'routes', message: 'must be a non-empty list of routes' });
+  } else {
+    routesRaw.forEach((raw, i) => {
+      const route = fileRoute(raw, `routes[${i}]`, f, problems, path);
+      if (route) routes.push(route);
+    });
+  }
+  return {
+    ...optional('listen', f.string(top, 'listen', '')),
+    ...optional('logLevel', f.string(top, 'logLevel', '')),
+    ...optional('inbound', inbound),
+    routes,
+  };
+}
+
+function fileRoute(raw: unknown, at: string, f: FileReader, problems: ConfigProblem[], path: string): RouteConfig | undefined {
+  if (!f.object(raw, at, ROUTE_KEYS)) return undefined;
+  const o = raw as Record<string, unknown>;
+  const prefix = f.string(o, 'prefix', at);
+  if (prefix === undefined || !prefix.startsWith('/')) {
+    problems.push({ source: path, field: `${at}.prefix`, message: 'is required and must start with /' });
+  }
+  const serviceKey = f.string(o, 'serviceKey', at);
+  if (!serviceKey) problems.push({ source: path, field: `${at}.serviceKey`, message: 'is required (a service key file or secret directory)' });
+  const rewritePrefix = f.string(o, 'rewritePrefix', at);
+  if (rewritePrefix !== undefined && !rewritePrefix.startsWith('/')) {
+    problems.push({ source: path, field: `${at}.rewritePrefix`, message: 'must start with /' });
+  }
+  const timeoutsRaw = o['timeouts'];
+  const timeouts: RouteTimeouts = { connectMs: DEFAULT_CONNECT_TIMEOUT_MS, responseMs: DEFAULT_RESPONSE_TIMEOUT_MS, idleMs: DEFAULT_IDLE_TIMEOUT_MS };
+  if (timeoutsRaw !== undefined && f.object(timeoutsRaw, `${at}.timeouts`, TIMEOUT_KEYS)) {
+    const t = timeoutsRaw as Record<string, unknown>;
+    for (const key of TIMEOUT_KEYS) {
+      const v = f.integer(t, key, `${at}.timeouts`, 1);
+      if (v !== undefined) timeouts[key as keyof RouteTimeouts] = v;
+    }
+  }
+  const paramsRaw = o['tokenParams'];
+  const params: Record<string, string> = {};
+  if (paramsRaw !== undefined && f.object(paramsRaw, `${at}.tokenParams`, undefined)) {
+    for (const [k, v] of Object.entries(paramsRaw as Record<string, unknown>)) {
+      if (typeof v !== 'string') problems.push({ source: path, field: `${at}.tokenParams.${k}`, message: 'must be a string' });
+      else if (RESERVED_PARAMS.has(k)) problems.push({ source: path, field: `${at}.tokenParams.${k}`, message: 'is set by the sidecar' });
+      else params[k] = v;
+    }
+  }
+  return {
+    name: f.string(o, 'name', at) ?? (prefix ?? at),
+    prefix: prefix ?? '/',
+    upstream: validUrl(f.string(o, 'upstream', at), path, `${at}.upstream`, problems),
+    rewritePrefix,
+    credentials: {
+      source: { kind: 'path', path: serviceKey ?? '' },
+      ...optional('clientCert', clientCertSource(f.string(o, 'clientCert', at), f.string(o, 'clientKey', at), f.string(o, 'clientTlsDir', at), path, problems)),
+    },
+    token: {
+      auth: tokenAuth(f.string(o, 'tokenAuth', at) ?? 'basic', path, problems),
+      scope: f.string(o, 'scope', at),
+      resource: f.string(o, 'resource', at),
+      audience: f.string(o, 'audience', at),
+      params,
+    },
+    csrf: csrfMode(f.string(o, 'csrf', at) ?? 'auto', path, problems),
+    timeouts,
+    maxReplayBodyBytes: f.integer(o, 'maxReplayBodyBytes', at, 0) ?? DEFAULT_MAX_REPLAY_BODY_BYTES,
+  };
+}
+
+/** Typed field access on a parsed file, recording problems with their paths. */
+class FileReader {
+  constructor(
+    private readonly path: string,
+    private readonly problems: ConfigProblem[],
+  ) {}
+
+  object(value: unknown, at: string, keys: ReadonlySet<string> | undefined): boolean {
+    if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+      this.problems.push({ source: this.path, field: at, message: 'must be a mapping' });
+      return false;
+    }
+    if (keys) {
+      for (const key of Object.keys(value)) {
+        if (!keys.has(key)) {
+          this.problems.push({ source: this.path, field: at ? `${at}.${key}` : key, message: `unknown key (known: ${[...keys].join(', ')})` });
+        }
+      }
+    }
+    return true;
+  }
+
+  string(o: Record<string, unknown>, key: string, at: string): string | undefined {
+    const v = o[key];
+    if (v === undefined || v === null) return undefined;
+    if (typeof v === 'string') return v;
+    this.problems.push({ source: this.path, field: at ? `${at}.${key}` : key, message: 'must be a string' });
+    return undefined;
+  }
+
+  boolean(o: Record<string, unknown>, key: string, at: string): boolean | undefined {
+    const v = o[key];
+    if (v === undefined) return undefined;
+    if (typeof v === 'boolean') return v;
+    this.problems.push({ source: this.path, field: `${at}.${key}`, message: 'must be true or false' });
+    return undefined;
+  }
+
+  integer(o: Record<string, unknown>, key: string, at: string, min: number): number | undefined {
+    const v = o[key];
+    if (v === undefined) return undefined;
+    if (typeof v === 'number' && Number.isSafeInteger(v) && v >= min) return v;
+    this.problems.push({ source: this.path, field: `${at}.${key}`, message: `must be an integer ≥ ${min}` });
+    return undefined;
+  }
+
+  stringList(o: Record<string, unknown>, key: string, at: string): string[] | undefined {
+    const v = o[key];
+    if (v === undefined) return undefined;
+    if (Array.isArray(v) && v.every((s) => typeof s === 'string')) return v as string[];
+    this.problems.push({ source: this.path, field: `${at}.${key}`, message: 'must be a list of strings' });
+    return undefined;
+  }
+}
+
+/** Flag-or-env access with the source of each value, for messages. */
+class Reader {
+  constructor(
+    private readonly values: Record<string, string | boolean | string[] | undefined>,
+    private readonly env: Env,
+    private readonly problems: ConfigProblem[],
+  ) {}
+
+  has(name: string): boolean {
+    return this.values[name] !== undefined || this.envValue(name) !== undefined;
+  }
+
+  envValue(name: string): string | undefined {
+    const envName = FLAGS[name]?.env;
+    const v = envName ? this.env[envName] : undefined;
+    return v === '' ? undefined : v;
+  }
+
+  sourceOf(name: string): string {
+    if (this.values[name] !== undefined) return `--${name}`;
+    return FLAGS[name]?.env ?? `--${name}`;
+  }
+
+  string(name: string): string | undefined {
+    const v = this.values[name];
+    if (typeof v === 'string') return v;
+    return this.envValue(name);
+  }
+
+  flagList(name: string): string[] | undefined {
+    const v = this.values[name];
+    return Array.isArray(v) ? v : undefined;
+  }
+
+  /** Repeatable flag, or its env variable split on commas. */
+  list(name: string): string[] {
+    return (this.flagList(name) ?? this.envValue(name)?.split(',') ?? []).map((s) => s.trim()).filter(Boolean);
+  }
+
+  boolean(name: string): boolean | undefined {
+    if (this.values[name] === true) return true;
+    const v = this.envValue(name);
+    if (v === undefined) return undefined;
+    if (/^(1|true|yes)$/i.test(v)) return true;
+    if (/^(0|false|no)$/i.test(v)) return false;
+    this.problems.push({ source: this.sourceOf(name), field: name, message: 'must be true or false' });
+    return undefined;
+  }
+
+  integer(name: string, min: number): number | undefined {
+    const v = this.string(name);
+    if (v === undefined) return undefined;
+    const n = Number(v);
+    if (/^\d+$/.test(v.trim()) && Number.isSafeInteger(n) && n >= min) return n;
+    this.problems.push({ source: this.sourceOf(name), field: name, message: `must be an integer ≥ ${min}, not "${v}"` });
+    return undefined;
+  }
+}
+
+function optional<K extends string, V>(key: K, value: V | undefined): { [P in K]?: V } {
+  return (value === undefined ? {} : { [key]: value }) as { [P in K]?: V };
+}
+
+function readText(path: string): string {
+  return readFileSync(path, 'utf8');
+}
+
+function deepFreeze<T>(value: T): T {
+  if (typeof value === 'object' && value !== null && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const child of Object.values(value)) deepFreeze(child);
+  }
+  return value;
+}

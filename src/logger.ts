@@ -1,0 +1,57 @@
+/**
+ * pino logger with redaction as a second line of defence: the sidecar never
+ * puts a secret, key or token into a log object on purpose, and these paths
+ * censor them should one slip in (headers, cookies, credentials, tokens).
+ * Redaction does not reach message strings, so messages are built from
+ * non-secret values only (see `errors.ts`).
+ */
+import { pino, type DestinationStream, type Logger } from 'pino';
+import type { LogLevel } from './config.js';
+
+export type { Logger };
+
+const SECRET_KEYS = [
+  'authorization',
+  'proxy-authorization',
+  'cookie',
+  'set-cookie',
+  'x-csrf-token',
+  'clientSecret',
+  'clientsecret',
+  'client_secret',
+  'key',
+  'privateKey',
+  'password',
+  'access_token',
+  'accessToken',
+  'token',
+];
+
+/** Paths at the top level, one level down and in request/response headers. */
+export const REDACT_PATHS = [
+  ...SECRET_KEYS.map((k) => `["${k}"]`),
+  ...SECRET_KEYS.map((k) => `*["${k}"]`),
+  ...SECRET_KEYS.map((k) => `*.headers["${k}"]`),
+];
+
+export interface LoggerOptions {
+  level: LogLevel;
+  /** File descriptor: 1 (stdout) for `serve`, 2 (stderr) when stdout carries a result. */
+  fd?: 1 | 2;
+  /** Test hook: write log lines here instead. */
+  stream?: DestinationStream;
+}
+
+export function createLogger(options: LoggerOptions): Logger {
+  const destination = options.stream ?? pino.destination({ fd: options.fd ?? 1, sync: false });
+  return pino(
+    {
+      level: options.level,
+      base: { name: 'oauth-sidecar' },
+      timestamp: pino.stdTimeFunctions.isoTime,
+      redact: { paths: REDACT_PATHS, censor: '[REDACTED]' },
+      formatters: { level: (label) => ({ level: label }) },
+    },
+    destination,
+  );
+}
