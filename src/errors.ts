@@ -22,7 +22,25 @@ export type ErrorCode =
   /** The token server answered 429 (XSUAA limits /oauth/token per subaccount). */
   | 'TOKEN_RATE_LIMITED'
   /** The token server answered 200 with something that is not a usable token. */
-  | 'TOKEN_RESPONSE_INVALID';
+  | 'TOKEN_RESPONSE_INVALID'
+  /** No route serves the request path. */
+  | 'ROUTE_NOT_FOUND'
+  /** Not a request the sidecar forwards: absolute-form target, CONNECT, Upgrade, malformed. */
+  | 'REQUEST_REFUSED'
+  /** Inbound basic auth missing or wrong. */
+  | 'SENDER_UNAUTHORIZED'
+  /** Sender address not in the allowlist. */
+  | 'SENDER_FORBIDDEN'
+  /** The upstream could not be reached or reset the connection. */
+  | 'UPSTREAM_UNREACHABLE'
+  /** The upstream's certificate is not trusted or the TLS handshake failed. */
+  | 'UPSTREAM_TLS'
+  /** The upstream did not answer in time. */
+  | 'UPSTREAM_TIMEOUT'
+  /** The upstream asked for a CSRF token and the fetch did not yield one. */
+  | 'CSRF_FETCH_FAILED'
+  /** A bug: never expected, always logged. */
+  | 'INTERNAL';
 
 export interface SidecarErrorOptions {
   cause?: unknown;
@@ -76,4 +94,45 @@ export function isTransientTokenError(err: unknown): boolean {
       err.code === 'TOKEN_SERVER_ERROR' ||
       err.code === 'TOKEN_RATE_LIMITED')
   );
+}
+
+/** The one HTTP answer a failure gets: status, stable code, and a message safe to show a sender. */
+export interface HttpFailure {
+  status: number;
+  code: ErrorCode;
+  message: string;
+  /** Seconds, for `Retry-After`. */
+  retryAfter: number | undefined;
+}
+
+const STATUS: Readonly<Record<ErrorCode, number>> = {
+  CONFIG_INVALID: 500,
+  TOKEN_REJECTED: 502,
+  TOKEN_RESPONSE_INVALID: 502,
+  TOKEN_UNREACHABLE: 503,
+  TOKEN_TIMEOUT: 503,
+  TOKEN_SERVER_ERROR: 503,
+  TOKEN_RATE_LIMITED: 503,
+  ROUTE_NOT_FOUND: 404,
+  REQUEST_REFUSED: 400,
+  SENDER_UNAUTHORIZED: 401,
+  SENDER_FORBIDDEN: 403,
+  UPSTREAM_UNREACHABLE: 502,
+  UPSTREAM_TLS: 502,
+  UPSTREAM_TIMEOUT: 504,
+  CSRF_FETCH_FAILED: 502,
+  INTERNAL: 500,
+};
+
+/** Transient token failures tell the sender when to retry (RFC 9110 §10.2.3). */
+const DEFAULT_RETRY_AFTER_S = 5;
+
+/** Map any failure to its HTTP answer; unknown errors become a 500 without details. */
+export function toHttpFailure(err: unknown): HttpFailure {
+  if (!(err instanceof SidecarError)) {
+    return { status: 500, code: 'INTERNAL', message: 'internal error in the sidecar (logged)', retryAfter: undefined };
+  }
+  const status = STATUS[err.code];
+  const retryAfter = status === 503 ? (err.retryAfter ?? DEFAULT_RETRY_AFTER_S) : err.retryAfter;
+  return { status, code: err.code, message: err.message, retryAfter };
 }

@@ -1,0 +1,144 @@
+#!/usr/bin/env node
+/**
+ * Command-line entry: argv/env → config → the command. The only place that
+ * calls `process.exit`. Exit codes: 0 ok, 1 runtime failure, 2 configuration
+ * error.
+ */
+import { readFileSync } from 'node:fs';
+import { COMMANDS, FLAGS, parseConfig, type Config } from './config.js';
+import { loadCredentials } from './credentials.js';
+import { ConfigError, SidecarError } from './errors.js';
+import { createLogger, type Logger } from './logger.js';
+import { startSidecar } from './sidecar.js';
+import { createTokenClient } from './token-client.js';
+import { TokenProvider } from './token-provider.js';
+
+export const EXIT_OK = 0;
+export const EXIT_RUNTIME = 1;
+export const EXIT_CONFIG = 2;
+
+async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<number> {
+  let config: Readonly<Config>;
+  try {
+    const result = parseConfig(argv, env);
+    if (result.kind === 'help') {
+      process.stdout.write(helpText());
+      return EXIT_OK;
+    }
+    if (result.kind === 'version') {
+      process.stdout.write(`${version()}\n`);
+      return EXIT_OK;
+    }
+    config = result.config;
+  } catch (err) {
+    return fail(err);
+  }
+  // `token` prints the token on stdout, so its logs go to stderr.
+  const log = createLogger({ level: config.logLevel, fd: config.command === 'token' ? 2 : 1 });
+  try {
+    switch (config.command) {
+      case 'token':
+        return await printToken(config, log);
+      case 'serve':
+        return await serve(config, log);
+    }
+  } catch (err) {
+    return fail(err);
+  } finally {
+    log.flush();
+  }
+}
+
+/** `oauth-sidecar token`: fetch one token for a route and print it, alone, on stdout. */
+async function printToken(config: Readonly<Config>, log: Logger): Promise<number> {
+  const route = config.routes.find((r) => r.name === config.routeName) ?? config.routes[0];
+  if (!route) throw new SidecarError('CONFIG_INVALID', 'no route configured');
+  const { credentials, notices } = await loadCredentials(route.credentials, {});
+  for (const notice of notices) log[notice.level]({ route: route.name, source: credentials.source }, notice.message);
+  const client = createTokenClient({
+    credentials,
+    settings: route.token,
+    network: config.network,
+    attemptTimeoutMs: config.tokenTimeoutMs,
+  });
+  try {
+    const token = await new TokenProvider().getToken(client);
+    log.debug(
+      { route: route.name, clientId: credentials.clientId, auth: client.authMethod, expiresAt: new Date(token.expiresAt).toISOString() },
+      'token obtained',
+    );
+    process.stdout.write(`${token.value}\n`);
+    return EXIT_OK;
+  } finally {
+    await client.close();
+  }
+}
+
+/** `oauth-sidecar serve`: run until SIGTERM/SIGINT, then drain and exit 0. */
+async function serve(config: Readonly<Config>, log: Logger): Promise<number> {
+  const sidecar = await startSidecar(config, log);
+  const signal = await new Promise<NodeJS.Signals>((resolve) => {
+    process.once('SIGTERM', resolve);
+    process.once('SIGINT', resolve);
+  });
+  log.info({ signal }, 'shutting down');
+  await sidecar.close();
+  log.info('stopped');
+  return EXIT_OK;
+}
+
+function fail(err: unknown): number {
+  if (err instanceof ConfigError || (err instanceof SidecarError && err.code === 'CONFIG_INVALID')) {
+    process.stderr.write(`oauth-sidecar: ${err.message}\n`);
+    return EXIT_CONFIG;
+  }
+  if (err instanceof SidecarError) {
+    process.stderr.write(`oauth-sidecar: ${err.code}: ${err.message}\n`);
+    return EXIT_RUNTIME;
+  }
+  // Unexpected: say what kind of failure without dumping internals that may hold values.
+  process.stderr.write(`oauth-sidecar: unexpected failure (${(err as Error)?.name ?? 'error'}: ${(err as Error)?.message ?? ''})\n`);
+  return EXIT_RUNTIME;
+}
+
+export function helpText(): string {
+  const lines = [
+    `oauth-sidecar ${version()} — adds OAuth 2.0 client-credentials tokens from an SAP BTP service key to plain HTTP`,
+    '',
+    `Usage: oauth-sidecar [${COMMANDS.join(' | ')}] [flags]`,
+    '',
+    'Commands:',
+    '  serve   forward plain HTTP to the integration flow with a Bearer token (default)',
+    '  token   print an access token for the service key on stdout',
+    '',
+    'Flags (flag > environment > config file > default):',
+  ];
+  for (const [name, spec] of Object.entries(FLAGS)) {
+    const flag = `--${name}${spec.type === 'string' ? ' VALUE' : ''}`;
+    const extras = [spec.env && `env ${spec.env}`, spec.default !== undefined && `default ${spec.default}`].filter(Boolean);
+    lines.push(`  ${flag.padEnd(26)} ${spec.description}${extras.length ? ` [${extras.join(', ')}]` : ''}`);
+  }
+  lines.push(
+    '',
+    'Service key sources, first found wins: --service-key / SIDECAR_SERVICE_KEY, SIDECAR_SERVICE_KEY_JSON,',
+    '$SERVICE_BINDING_ROOT (servicebinding.io), VCAP_SERVICES. HTTPS_PROXY / NO_PROXY are honoured.',
+    '',
+    'Exit codes: 0 ok, 1 runtime failure, 2 configuration error.',
+    '',
+  );
+  return lines.join('\n');
+}
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+main(process.argv.slice(2), process.env).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    process.exitCode = fail(err);
+  },
+);

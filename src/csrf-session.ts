@@ -1,0 +1,67 @@
+/**
+ * The CSRF session of one route, as SAP Cloud Integration's HTTPS sender
+ * adapter ("CSRF Protected", on by default) requires it: a modifying request
+ * answered `403` with `X-CSRF-Token: Required` needs a token fetched with
+ * `X-CSRF-Token: Fetch`, and the token is bound to the HTTP session, so the
+ * cookies of the fetch response go with it — byte for byte, because
+ * re-encoded cookie values break the load balancer's affinity.
+ *
+ * One fetch at a time per route, shared by every request that needs it.
+ */
+
+export interface CsrfCredentials {
+  /** Value for the `x-csrf-token` request header. */
+  token: string;
+  /** Value for the `cookie` request header (`a=1; b=2`), or undefined when none were set. */
+  cookie: string | undefined;
+}
+
+export class CsrfSession {
+  #current: CsrfCredentials | undefined;
+  #inflight: Promise<CsrfCredentials | undefined> | undefined;
+
+  get current(): CsrfCredentials | undefined {
+    return this.#current;
+  }
+
+  /**
+   * Replace the session via `fetch` unless another request already did so
+   * since `stale` was read; concurrent callers share one fetch.
+   */
+  renew(stale: CsrfCredentials | undefined, fetch: () => Promise<CsrfCredentials | undefined>): Promise<CsrfCredentials | undefined> {
+    if (this.#current !== stale) return Promise.resolve(this.#current);
+    if (!this.#inflight) {
+      this.#inflight = fetch()
+        .then((credentials) => {
+          this.#current = credentials;
+          return credentials;
+        })
+        .finally(() => {
+          this.#inflight = undefined;
+        });
+    }
+    return this.#inflight;
+  }
+}
+
+/** RFC 9110 §9.2.1: safe methods need no CSRF token. */
+export function isModifying(method: string): boolean {
+  return method !== 'GET' && method !== 'HEAD' && method !== 'OPTIONS' && method !== 'TRACE';
+}
+
+/** Does a 403 ask for a CSRF token (rather than deny a role)? */
+export function isCsrfRequired(status: number, headers: Readonly<Record<string, string | string[] | undefined>>): boolean {
+  const value = headers['x-csrf-token'];
+  return status === 403 && typeof value === 'string' && value.toLowerCase() === 'required';
+}
+
+/** The session from a fetch response: the token and a `cookie` header built from its `Set-Cookie`s. */
+export function csrfFromResponse(headers: Readonly<Record<string, string | string[] | undefined>>): CsrfCredentials | undefined {
+  const token = headers['x-csrf-token'];
+  if (typeof token !== 'string' || token === '' || token.toLowerCase() === 'required') return undefined;
+  const setCookie = headers['set-cookie'];
+  const list = setCookie === undefined ? [] : Array.isArray(setCookie) ? setCookie : [setCookie];
+  // RFC 6265 §5.2: the cookie-pair is everything before the first ';', kept as sent.
+  const pairs = list.map((c) => c.split(';', 1)[0]!.trim()).filter((pair) => pair.includes('='));
+  return { token, cookie: pairs.length > 0 ? pairs.join('; ') : undefined };
+}

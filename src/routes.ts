@@ -1,0 +1,103 @@
+/**
+ * Routes at run time: a path prefix bound to its upstream pool, token client
+ * and CSRF session. The longest matching prefix wins; the upstream comes only
+ * from configuration, never from the request, so the sidecar is never an open
+ * proxy.
+ */
+import type { Dispatcher } from 'undici';
+import type { RouteConfig } from './config.js';
+import type { Credentials } from './credentials.js';
+import { CsrfSession } from './csrf-session.js';
+import { createDispatcher, type OutboundNetwork } from './dispatcher.js';
+import { ConfigError } from './errors.js';
+import { createTokenClient, type TokenClient } from './token-client.js';
+
+export interface Route {
+  readonly name: string;
+  readonly prefix: string;
+  readonly config: RouteConfig;
+  readonly credentials: Credentials;
+  /** `https://host:port` of the upstream. */
+  readonly origin: string;
+  /** Path the upstream URL carries (`''` or `/base`), prepended to forwarded paths. */
+  readonly basePath: string;
+  readonly tokenClient: TokenClient;
+  readonly dispatcher: Dispatcher;
+  readonly csrf: CsrfSession | undefined;
+}
+
+export interface RouteDeps {
+  network: OutboundNetwork;
+  tokenTimeoutMs: number;
+}
+
+/** Bind a configured route to its credentials: pools, token client, CSRF session. */
+export function createRoute(config: RouteConfig, credentials: Credentials, deps: RouteDeps): Route {
+  const upstream = config.upstream ?? credentials.url;
+  if (!upstream) {
+    throw new ConfigError([
+      { source: credentials.source, field: 'url', message: `route ${config.name}: the service key has no url; set --upstream (or upstream: on the route)` },
+    ]);
+  }
+  const url = new URL(upstream);
+  return {
+    name: config.name,
+    prefix: config.prefix,
+    config,
+    credentials,
+    origin: url.origin,
+    basePath: url.pathname.replace(/\/+$/, ''),
+    tokenClient: createTokenClient({ credentials, settings: config.token, network: deps.network, attemptTimeoutMs: deps.tokenTimeoutMs }),
+    dispatcher: createDispatcher({
+      network: deps.network,
+      connectTimeoutMs: config.timeouts.connectMs,
+      headersTimeoutMs: config.timeouts.responseMs,
+      bodyTimeoutMs: config.timeouts.idleMs,
+      // Below the ~60 s idle timeout of SAP's load balancers, so the pool drops a socket before the server does.
+      keepAliveTimeoutMs: 30_000,
+    }),
+    csrf: config.csrf === 'auto' ? new CsrfSession() : undefined,
+  };
+}
+
+export async function closeRoute(route: Route): Promise<void> {
+  await Promise.all([route.dispatcher.close(), route.tokenClient.close()]);
+}
+
+export class RouteTable {
+  readonly routes: readonly Route[];
+  readonly #byLength: readonly Route[];
+
+  constructor(routes: readonly Route[]) {
+    this.routes = routes;
+    this.#byLength = [...routes].sort((a, b) => b.prefix.length - a.prefix.length);
+  }
+
+  /** The route with the longest prefix matching `pathname` at a segment boundary. */
+  match(pathname: string): Route | undefined {
+    for (const route of this.#byLength) {
+      if (prefixMatches(route.prefix, pathname)) return route;
+    }
+    return undefined;
+  }
+}
+
+function prefixMatches(prefix: string, pathname: string): boolean {
+  if (!pathname.startsWith(prefix)) return false;
+  // `/orders` serves `/orders` and `/orders/…`, not `/ordersx`.
+  return prefix.endsWith('/') || pathname.length === prefix.length || pathname.charCodeAt(prefix.length) === 0x2f;
+}
+
+/** The upstream request target for `target` (origin-form path + query) on `route`. */
+export function upstreamTarget(route: Route, target: string): string {
+  const rewrite = route.config.rewritePrefix;
+  const path = rewrite === undefined ? target : joinPath(rewrite, target.slice(route.prefix.length));
+  return route.basePath + path;
+}
+
+function joinPath(base: string, rest: string): string {
+  if (rest === '' || rest.startsWith('?')) return base + rest;
+  if (base.endsWith('/') && rest.startsWith('/')) return base + rest.slice(1);
+  if (!base.endsWith('/') && !rest.startsWith('/')) return `${base}/${rest}`;
+  return base + rest;
+}

@@ -1,0 +1,240 @@
+import { X509Certificate } from 'node:crypto';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import type { CertificateCredentials, SecretCredentials } from '../../src/credentials.js';
+import { SidecarError } from '../../src/errors.js';
+import { createTokenClient, MAX_TOKEN_RESPONSE_BYTES, type TokenClient, type TokenRequestSettings } from '../../src/token-client.js';
+import { TokenProvider } from '../../src/token-provider.js';
+import { createPki, type Pki } from '../helpers/pki.js';
+import { TokenEndpoint } from '../helpers/token-endpoint.js';
+
+const CLIENT_ID = 'sb-11111111-2222-3333-4444-555555555555!b123456|it-rt-acme-dev!b196';
+const SECRET = '66666666-7777$FAKE!|$=%+:secret=';
+const CERT_CLIENT_ID = 'sb-cert!b1|it-rt-acme!b196';
+const SETTINGS: TokenRequestSettings = { auth: 'basic', params: {} };
+const FAST_RETRY = { maxAttempts: 3, baseDelayMs: 10, maxDelayMs: 40, maxRetryAfterMs: 2_000 };
+
+let pki: Pki;
+let endpoint: TokenEndpoint;
+const clients: TokenClient[] = [];
+
+beforeAll(async () => {
+  pki = await createPki();
+  endpoint = await TokenEndpoint.start({
+    tls: { cert: pki.server.cert, key: pki.server.key, ca: pki.ca },
+    clients: [
+      { clientId: CLIENT_ID, secret: SECRET },
+      { clientId: CERT_CLIENT_ID, certCn: 'sidecar-client' },
+    ],
+  });
+});
+
+afterAll(async () => {
+  await Promise.all(clients.map((c) => c.close()));
+  await endpoint.close();
+});
+
+beforeEach(() => {
+  endpoint.requests.length = 0;
+});
+
+function secretCredentials(overrides: Partial<SecretCredentials> = {}): SecretCredentials {
+  return { kind: 'client-secret', clientId: CLIENT_ID, clientSecret: SECRET, tokenUrl: endpoint.tokenUrl, url: undefined, source: '/keys/test.json', ...overrides };
+}
+
+function certCredentials(chain: string, key: string): CertificateCredentials {
+  const leaf = new X509Certificate(chain);
+  return {
+    kind: 'certificate',
+    clientId: CERT_CLIENT_ID,
+    tokenUrl: endpoint.tokenUrl,
+    url: undefined,
+    source: '/keys/cert.json',
+    certificate: chain,
+    key,
+    fingerprint: leaf.fingerprint256,
+    notAfter: new Date(leaf.validTo),
+  };
+}
+
+function client(credentials: SecretCredentials | CertificateCredentials, settings: Partial<TokenRequestSettings> = {}, attemptTimeoutMs = 2_000): TokenClient {
+  const c = createTokenClient({ credentials, settings: { ...SETTINGS, ...settings }, network: { ca: [pki.ca] }, attemptTimeoutMs, retry: FAST_RETRY });
+  clients.push(c);
+  return c;
+}
+
+async function failure(promise: Promise<unknown>): Promise<SidecarError> {
+  const err = await promise.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(SidecarError);
+  return err as SidecarError;
+}
+
+/** No secret, key or token may appear in anything a user sees. */
+function expectNoSecrets(text: string): void {
+  expect(text).not.toContain(SECRET);
+  expect(text).not.toContain('PRIVATE KEY');
+  expect(text).not.toMatch(/tok-\d+-/);
+}
+
+describe('token client against a token endpoint that checks credentials', () => {
+  it('client_secret_basic form-encodes id and secret before base64', async () => {
+    const token = await client(secretCredentials()).fetchToken();
+    expect(token.value).toMatch(/^tok-/);
+    expect(token.expiresAt - token.issuedAt).toBe(3600_000);
+    expect(token.lifetimeSource).toBe('expires_in');
+    expect(token.scopes).toContain('it-rt-acme!b196.ESBMessaging.send');
+    expect(endpoint.requests.at(-1)).toMatchObject({ auth: 'basic', form: { grant_type: 'client_credentials' } });
+  });
+
+  it('client_secret_post sends id and secret in the body', async () => {
+    await client(secretCredentials(), { auth: 'post' }).fetchToken();
+    expect(endpoint.requests.at(-1)).toMatchObject({ auth: 'post', form: { client_id: CLIENT_ID } });
+  });
+
+  it('sends scope, resource, audience and extra parameters', async () => {
+    await client(secretCredentials(), { scope: 'a b', resource: 'https://r', audience: 'aud', params: { token_format: 'jwt' } }).fetchToken();
+    expect(endpoint.requests.at(-1)?.form).toEqual({ grant_type: 'client_credentials', scope: 'a b', resource: 'https://r', audience: 'aud', token_format: 'jwt' });
+  });
+
+  it('mTLS presents the chain with a PKCS#1 key and sends client_id without a secret', async () => {
+    const token = await client(certCredentials(pki.client.chain, pki.client.keyPkcs1)).fetchToken();
+    expect(token.value).toMatch(/^tok-/);
+    expect(endpoint.requests.at(-1)).toMatchObject({ auth: 'mtls', certAuthorized: true, form: { client_id: CERT_CLIENT_ID } });
+  });
+
+  it('a wrong secret is a final TOKEN_REJECTED that names the service key, without retries', async () => {
+    const err = await failure(client(secretCredentials({ clientSecret: 'wrong' })).fetchToken());
+    expect(err.code).toBe('TOKEN_REJECTED');
+    expect(err.message).toContain('401 invalid_client: Bad credentials');
+    expect(err.message).toContain('check clientid/clientsecret of service key /keys/test.json');
+    expect(endpoint.requests).toHaveLength(1);
+    expectNoSecrets(err.message);
+  });
+
+  it('a rogue certificate is rejected', async () => {
+    const err = await failure(client(certCredentials(pki.rogue.chain, pki.rogue.key)).fetchToken());
+    expect(err.code).toBe('TOKEN_REJECTED');
+    expect(endpoint.requests.at(-1)?.certAuthorized).toBe(false);
+    expectNoSecrets(err.message);
+  });
+
+  it('retries 500 with backoff and succeeds', async () => {
+    endpoint.fail({ kind: 'status', status: 500 }, { kind: 'status', status: 503 });
+    const token = await client(secretCredentials()).fetchToken();
+    expect(token.value).toMatch(/^tok-/);
+    expect(endpoint.requests).toHaveLength(3);
+  });
+
+  it('gives up after the bounded attempts with TOKEN_SERVER_ERROR', async () => {
+    endpoint.fail(...Array.from({ length: 3 }, () => ({ kind: 'status' as const, status: 500 })));
+    const err = await failure(client(secretCredentials()).fetchToken());
+    expect(err.code).toBe('TOKEN_SERVER_ERROR');
+    expect(endpoint.requests).toHaveLength(3);
+  });
+
+  it('honours Retry-After on 429', async () => {
+    endpoint.fail({ kind: 'status', status: 429, headers: { 'retry-after': '1' } });
+    const started = Date.now();
+    await client(secretCredentials()).fetchToken();
+    expect(Date.now() - started).toBeGreaterThanOrEqual(950);
+    expect(endpoint.requests).toHaveLength(2);
+  });
+
+  it('does not wait for a Retry-After beyond its limit and reports it', async () => {
+    endpoint.fail({ kind: 'status', status: 429, headers: { 'retry-after': '120' } });
+    const err = await failure(client(secretCredentials()).fetchToken());
+    expect(err.code).toBe('TOKEN_RATE_LIMITED');
+    expect(err.retryAfter).toBe(120);
+    expect(endpoint.requests).toHaveLength(1);
+  });
+
+  it('invalid JSON and a body without access_token are TOKEN_RESPONSE_INVALID, not retried', async () => {
+    endpoint.fail({ kind: 'body', body: '<html>login</html>' });
+    expect((await failure(client(secretCredentials()).fetchToken())).code).toBe('TOKEN_RESPONSE_INVALID');
+    endpoint.fail({ kind: 'body', body: '{"token_type":"bearer"}' });
+    const err = await failure(client(secretCredentials()).fetchToken());
+    expect(err.message).toContain('no access_token');
+    expect(endpoint.requests).toHaveLength(2);
+  });
+
+  it('refuses a huge response instead of buffering it', async () => {
+    endpoint.fail({ kind: 'huge', bytes: MAX_TOKEN_RESPONSE_BYTES * 16 });
+    const err = await failure(client(secretCredentials()).fetchToken());
+    expect(err.code).toBe('TOKEN_RESPONSE_INVALID');
+  });
+
+  it('a hanging token server times out as TOKEN_TIMEOUT', async () => {
+    endpoint.fail({ kind: 'hang' }, { kind: 'hang' }, { kind: 'hang' });
+    const err = await failure(client(secretCredentials(), {}, 300).fetchToken());
+    expect(err.code).toBe('TOKEN_TIMEOUT');
+    expect(endpoint.requests).toHaveLength(3);
+  });
+
+  it('a reset connection is retried', async () => {
+    endpoint.fail({ kind: 'reset' });
+    await client(secretCredentials()).fetchToken();
+    expect(endpoint.requests).toHaveLength(2);
+  });
+
+  it('an untrusted server certificate is TOKEN_UNREACHABLE with a --ca hint', async () => {
+    const untrusting = createTokenClient({ credentials: secretCredentials(), settings: SETTINGS, network: { ca: [] }, attemptTimeoutMs: 2_000, retry: FAST_RETRY });
+    clients.push(untrusting);
+    const err = await failure(untrusting.fetchToken());
+    expect(err.code).toBe('TOKEN_UNREACHABLE');
+    expect(err.message).toContain('--ca');
+  });
+
+  it('a server that is down is TOKEN_UNREACHABLE, and it recovers when back', async () => {
+    await endpoint.stop();
+    try {
+      const err = await failure(client(secretCredentials()).fetchToken());
+      expect(err.code).toBe('TOKEN_UNREACHABLE');
+      expect(err.message).toContain('ECONNREFUSED');
+    } finally {
+      await endpoint.start();
+    }
+    expect((await client(secretCredentials()).fetchToken()).value).toMatch(/^tok-/);
+  });
+});
+
+describe('token provider over a real token endpoint', () => {
+  it('200 concurrent callers on a cold cache cause exactly one token request', async () => {
+    const provider = new TokenProvider();
+    const c = client(secretCredentials());
+    const before = endpoint.issued;
+    const tokens = await Promise.all(Array.from({ length: 200 }, () => provider.getToken(c)));
+    expect(endpoint.issued - before).toBe(1);
+    expect(new Set(tokens.map((t) => t.value)).size).toBe(1);
+  });
+
+  it('refreshes ahead of expiry with a short token lifetime, callers never waiting', async () => {
+    endpoint.expiresIn = 2;
+    try {
+      const reasons: string[] = [];
+      let refreshed!: () => void;
+      const refreshDone = new Promise<void>((resolve) => (refreshed = resolve));
+      // The provider's clock runs ahead of the wall clock so the refresh point comes without sleeping.
+      let skew = 0;
+      const provider = new TokenProvider({
+        now: () => Date.now() + skew,
+        onEvent: (e) => {
+          if (e.type === 'fetch') reasons.push(e.reason);
+          if (e.type === 'fetched' && reasons.length === 2) refreshed();
+        },
+      });
+      const c = client(secretCredentials());
+      const first = await provider.getToken(c);
+      skew = 1_600; // past 75 % of 2 s, before the 10 % safety margin
+      expect(await provider.getToken(c)).toBe(first); // served at once while refreshing
+      await refreshDone;
+      const second = await provider.getToken(c);
+      expect(reasons).toEqual(['cold', 'refresh-ahead']);
+      expect(second.value).not.toBe(first.value);
+      expect(endpoint.requests).toHaveLength(2);
+    } finally {
+      endpoint.expiresIn = 3600;
+    }
+  });
+});
