@@ -1,0 +1,471 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { request as httpRequest } from 'node:http';
+import { connect } from 'node:net';
+import { Readable } from 'node:stream';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { request } from 'undici';
+import { ConfigError } from '../../src/errors.js';
+import { downloadSha256 } from '../helpers/upstream.js';
+import { startOAuthServer, type OAuthServer } from '../helpers/oauth-server.js';
+import { createPki, type Pki } from '../helpers/pki.js';
+import { runSidecar, scratch, type RunningSidecar } from '../helpers/sidecar.js';
+import { startUpstream, type Upstream } from '../helpers/upstream.js';
+
+const CLIENT_ID = 'sb-11111111-2222-3333-4444-555555555555!b123456|it-rt-acme-dev!b196';
+const SECRET = '66666666-7777$FAKE!|$=%+:secret=';
+
+let pki: Pki;
+let oauth: OAuthServer;
+let upstream: Upstream;
+let files: Awaited<ReturnType<typeof scratch>>;
+let keyPath: string;
+let caPath: string;
+let sidecar: RunningSidecar;
+const extraSidecars: RunningSidecar[] = [];
+
+function serviceKey(overrides: Record<string, string> = {}): string {
+  return JSON.stringify({ oauth: { clientid: CLIENT_ID, clientsecret: SECRET, tokenurl: oauth.tokenUrl, url: upstream.url, ...overrides } });
+}
+
+async function another(argv: string[], env: Record<string, string> = {}): Promise<RunningSidecar> {
+  const s = await runSidecar(['--ca', caPath, ...argv], env);
+  extraSidecars.push(s);
+  return s;
+}
+
+beforeAll(async () => {
+  pki = await createPki();
+  oauth = await startOAuthServer(pki, { clients: [{ clientId: CLIENT_ID, secret: SECRET, authMethod: 'client_secret_basic' }] });
+  upstream = await startUpstream(pki, { verify: (token) => oauth.verify(token) });
+  files = await scratch();
+  keyPath = await files.write('key.json', serviceKey());
+  caPath = await files.write('ca.pem', pki.ca);
+  sidecar = await runSidecar(['--service-key', keyPath, '--ca', caPath]);
+});
+
+afterAll(async () => {
+  await Promise.all([sidecar?.close(), ...extraSidecars.map((s) => s.close())]);
+  await Promise.all([upstream?.close(), oauth?.close()]);
+  await files?.cleanup();
+});
+
+beforeEach(() => {
+  upstream.setHandler(undefined);
+  oauth.setInterceptor(undefined);
+});
+
+async function echo(res: Awaited<ReturnType<typeof request>>) {
+  return (await res.body.json()) as { method: string; url: string; headers: Record<string, string>; bodyLength: number; bodySha256: string };
+}
+
+describe('forwarding', () => {
+  it('reaches the integration flow with a verified Bearer token', async () => {
+    const res = await request(`${sidecar.url}/http/GetTimestamp`);
+    expect(res.statusCode).toBe(200);
+    expect(await res.body.text()).toMatch(/^Current time \(UTC\): \d{4}-\d\d-\d\d \d\d:\d\d:\d\d$/);
+    const seen = upstream.requests.at(-1)!;
+    expect(seen.authorized).toBe(true);
+    expect(seen.headers.host).toBe(`127.0.0.1:${upstream.port}`);
+  });
+
+  it.each(['GET', 'DELETE', 'OPTIONS', 'HEAD'])('%s without a body passes method, path and query unchanged', async (method) => {
+    const res = await request(`${sidecar.url}/http/echo?a=1&b=%20x&a=2`, { method: method as 'GET' });
+    expect(res.statusCode).toBe(200);
+    if (method === 'HEAD') {
+      await res.body.dump();
+      expect(upstream.requests.at(-1)).toMatchObject({ method: 'HEAD', url: '/http/echo?a=1&b=%20x&a=2' });
+      return;
+    }
+    expect(await echo(res)).toMatchObject({ method, url: '/http/echo?a=1&b=%20x&a=2', bodyLength: 0 });
+  });
+
+  it.each(['POST', 'PUT', 'PATCH', 'DELETE'])('%s with a body passes it unchanged', async (method) => {
+    const body = randomBytes(10_000);
+    const res = await request(`${sidecar.url}/http/echo`, { method: method as 'POST', body, headers: { 'content-type': 'application/xml' } });
+    const seen = await echo(res);
+    expect(seen).toMatchObject({ method, bodyLength: body.length, bodySha256: createHash('sha256').update(body).digest('hex') });
+    expect(seen.headers['content-type']).toBe('application/xml');
+  });
+
+  it('strips the sender credentials and hop-by-hop headers, keeps the rest', async () => {
+    // node:http as the sender: undici would rewrite the Connection header itself.
+    const headers = await new Promise<Record<string, string>>((resolve, reject) => {
+      const req = httpRequest(`${sidecar.url}/http/echo`, {
+        headers: {
+          authorization: 'Basic bGVnYWN5OnBhc3N3b3Jk',
+          'proxy-authorization': 'Basic eDp5',
+          connection: 'keep-alive, x-drop-me',
+          'x-drop-me': '1',
+          'x-forwarded-for': '6.6.6.6',
+          soapaction: '"urn:order"',
+          'x-custom': 'kept',
+        },
+      });
+      req.on('response', (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => resolve((JSON.parse(Buffer.concat(chunks).toString()) as { headers: Record<string, string> }).headers));
+      });
+      req.on('error', reject);
+      req.end();
+    });
+    expect(headers['authorization']).toMatch(/^Bearer ey/);
+    expect(headers).not.toHaveProperty('proxy-authorization');
+    expect(headers).not.toHaveProperty('x-drop-me');
+    expect(headers).not.toHaveProperty('x-forwarded-for');
+    expect(headers).toMatchObject({ soapaction: '"urn:order"', 'x-custom': 'kept' });
+  });
+
+  it('returns status, headers and several Set-Cookie byte for byte', async () => {
+    const cookies = ['JSESSIONID=ABC123; Path=/; Secure; HttpOnly', '__VCAP_ID__=f00d%3D%3D; Path=/', 'weird=a,b c=\xe9; Path=/'];
+    upstream.setHandler((_req, res) => {
+      res.writeHead(207, { 'set-cookie': cookies, 'x-upstream': 'yes', 'content-type': 'text/plain' });
+      res.end('multi');
+      return true;
+    });
+    const res = await new Promise<import('node:http').IncomingMessage>((resolve, reject) =>
+      httpRequest(`${sidecar.url}/http/cookies`, resolve).on('error', reject).end(),
+    );
+    res.resume();
+    expect(res.statusCode).toBe(207);
+    expect(res.headers['x-upstream']).toBe('yes');
+    expect(res.headers['set-cookie']).toEqual(cookies);
+  });
+
+  it('handles Expect: 100-continue and still adds the token', async () => {
+    const body = randomBytes(50_000);
+    const { status, seen } = await new Promise<{ status: number; seen: { bodyLength: number; headers: Record<string, string> } }>((resolve, reject) => {
+      const req = httpRequest(`${sidecar.url}/http/echo`, { method: 'POST', headers: { expect: '100-continue', 'content-length': body.length } }, (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, seen: JSON.parse(Buffer.concat(chunks).toString()) }));
+      });
+      req.on('error', reject);
+      req.on('continue', () => req.end(body));
+    });
+    expect(status).toBe(200);
+    expect(seen.bodyLength).toBe(body.length);
+    expect(seen.headers['authorization']).toMatch(/^Bearer /);
+    expect(seen.headers).not.toHaveProperty('expect');
+  });
+
+  it('streams a large upload and download (hash compared)', async () => {
+    const size = 48 * 1024 * 1024;
+    const hash = createHash('sha256');
+    let sent = 0;
+    const source = Readable.from(
+      (function* () {
+        while (sent < size) {
+          const chunk = randomBytes(Math.min(256 * 1024, size - sent));
+          sent += chunk.length;
+          hash.update(chunk);
+          yield chunk;
+        }
+      })(),
+    );
+    const up = await echo(await request(`${sidecar.url}/http/echo`, { method: 'POST', body: source }));
+    expect(up.bodyLength).toBe(size);
+    expect(up.bodySha256).toBe(hash.digest('hex'));
+
+    const down = await request(`${sidecar.url}/http/download?bytes=${size}&chunked`);
+    const got = createHash('sha256');
+    let length = 0;
+    for await (const chunk of down.body) {
+      got.update(chunk as Buffer);
+      length += (chunk as Buffer).length;
+    }
+    expect(length).toBe(size);
+    expect(got.digest('hex')).toBe(downloadSha256(size));
+  });
+
+  it('aborts the upstream request when the sender disconnects mid-upload and mid-download', async () => {
+    // Mid-upload: announce 10 MB, send 1 MB, vanish once the upstream is receiving.
+    let arrived!: () => void;
+    const receiving = new Promise<void>((resolve) => (arrived = resolve));
+    upstream.setHandler((_req, _res, body) => {
+      body.once('data', () => arrived());
+      body.resume();
+      return true; // never answers: only the abort ends this request
+    });
+    const req = httpRequest(`${sidecar.url}/http/echo`, { method: 'POST', headers: { 'content-length': 10_000_000 } });
+    req.on('error', () => {});
+    req.write(randomBytes(1_000_000));
+    await receiving;
+    req.destroy();
+    await upstream.settled();
+    const upload = upstream.requests.at(-1)!;
+    expect(upload.aborted).toBe(true);
+    expect(upload.bodyLength).toBeLessThan(10_000_000);
+
+    // Mid-download: read one chunk of 256 MB, then vanish.
+    upstream.setHandler(undefined);
+    const res = await request(`${sidecar.url}/http/download?bytes=${256 * 1024 * 1024}`);
+    for await (const _ of res.body) break;
+    await expect.poll(() => upstream.requests.at(-1)?.aborted, { interval: 20 }).toBe(true);
+    await expect.poll(() => sidecar.logs.filter((l) => l['aborted'] === true).length, { interval: 20 }).toBeGreaterThanOrEqual(2);
+  });
+
+  it('an upstream reset mid-response closes the sender connection instead of a truncated success', async () => {
+    upstream.setHandler((_req, res) => {
+      res.writeHead(200, { 'content-length': '1000000' });
+      res.write(Buffer.alloc(1000));
+      setImmediate(() => res.socket?.destroy());
+      return true;
+    });
+    const res = await request(`${sidecar.url}/http/reset`);
+    expect(res.statusCode).toBe(200);
+    await expect(res.body.arrayBuffer()).rejects.toThrow();
+  });
+});
+
+describe('tokens on the request path', () => {
+  it('refreshes the token once and replays after an upstream 401', async () => {
+    let rejected: string | undefined;
+    upstream.setHandler((req, res) => {
+      const auth = req.headers.authorization;
+      if (rejected === undefined) rejected = auth;
+      if (auth === rejected) {
+        res.writeHead(401, { 'content-type': 'application/json' });
+        res.end('{"error":"unauthorised"}');
+        return true;
+      }
+      return false;
+    });
+    const before = oauth.tokenRequests;
+    const body = Buffer.from('<order id="1"/>');
+    const results = await Promise.all(
+      Array.from({ length: 5 }, () => request(`${sidecar.url}/http/echo`, { method: 'POST', body }).then(async (r) => ({ status: r.statusCode, body: await echo(r) }))),
+    );
+    for (const r of results) {
+      expect(r.status).toBe(200);
+      expect(r.body.bodyLength).toBe(body.length);
+    }
+    expect(oauth.tokenRequests - before).toBe(1);
+  });
+
+  it('returns the 401 when the body was too large to keep for a replay', async () => {
+    const small = await another(['--service-key', keyPath, '--max-replay-body', '1024']);
+    upstream.setHandler((_req, res, body) => {
+      body.resume();
+      body.on('end', () => {
+        res.writeHead(401, { 'content-type': 'application/json' });
+        res.end('{"error":"unauthorised"}');
+      });
+      return true;
+    });
+    const before = oauth.tokenRequests;
+    const res = await request(`${small.url}/http/echo`, { method: 'POST', body: randomBytes(4096) });
+    expect(res.statusCode).toBe(401);
+    await res.body.dump();
+    await small.tokens.getToken(small.routes.routes[0]!.tokenClient);
+    expect(oauth.tokenRequests - before).toBeLessThanOrEqual(1);
+  });
+
+  it('fetches a CSRF token with the session cookies, retries, and reuses them', async () => {
+    const session = { token: 'csrf-' + randomBytes(4).toString('hex'), cookie: 'JSESSIONID=s1' };
+    let fetches = 0;
+    const posts: Array<{ token?: string; cookie?: string }> = [];
+    upstream.setHandler((req, res, body) => {
+      body.resume();
+      if (req.method === 'GET' && req.headers['x-csrf-token'] === 'Fetch') {
+        fetches++;
+        res.writeHead(200, { 'x-csrf-token': session.token, 'set-cookie': [`${session.cookie}; Path=/; HttpOnly`, '__VCAP_ID__=abc; Path=/'] });
+        res.end();
+        return true;
+      }
+      posts.push({ token: req.headers['x-csrf-token'] as string | undefined, cookie: req.headers.cookie });
+      if (req.headers['x-csrf-token'] !== session.token || !req.headers.cookie?.includes(session.cookie)) {
+        res.writeHead(403, { 'x-csrf-token': 'Required', 'content-type': 'text/html' });
+        res.end('<html>Forbidden</html>');
+        return true;
+      }
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.end('processed');
+      return true;
+    });
+    const first = await request(`${sidecar.url}/http/order`, { method: 'POST', body: 'a' });
+    expect(first.statusCode).toBe(200);
+    expect(first.headers).not.toHaveProperty('x-csrf-token');
+    expect(await first.body.text()).toBe('processed');
+    const second = await request(`${sidecar.url}/http/order`, { method: 'POST', body: 'b' });
+    expect(second.statusCode).toBe(200);
+    await second.body.dump();
+    expect(fetches).toBe(1);
+    expect(posts).toHaveLength(3);
+    expect(posts[2]).toEqual({ token: session.token, cookie: `${session.cookie}; __VCAP_ID__=abc` });
+  });
+
+  it('passes a role 403 (no CSRF header) through untouched', async () => {
+    upstream.setHandler((_req, res, body) => {
+      body.resume();
+      res.writeHead(403, { 'content-type': 'text/html' });
+      res.end('role missing');
+      return true;
+    });
+    const res = await request(`${sidecar.url}/http/order`, { method: 'POST', body: 'x' });
+    expect(res.statusCode).toBe(403);
+    expect(await res.body.text()).toBe('role missing');
+  });
+});
+
+describe('errors a sender sees', () => {
+  async function errorOf(res: Awaited<ReturnType<typeof request>>) {
+    const body = (await res.body.json()) as { error: string; message: string; route: string | null };
+    expect(res.headers['x-sidecar-error']).toBe(body.error);
+    expect(JSON.stringify(body)).not.toContain(SECRET);
+    expect(JSON.stringify(body)).not.toMatch(/at .*\.ts:\d+/);
+    return body;
+  }
+
+  it('502 TOKEN_REJECTED when the token server rejects the credentials', async () => {
+    const badKey = await files.write('bad.json', serviceKey({ clientsecret: 'wrong' }));
+    const bad = await another(['--service-key', badKey]);
+    const res = await request(`${bad.url}/http/GetTimestamp`);
+    expect(res.statusCode).toBe(502);
+    const body = await errorOf(res);
+    expect(body).toMatchObject({ error: 'TOKEN_REJECTED', route: 'default' });
+    expect(body.message).toContain('invalid_client');
+    expect(bad.logText()).not.toContain('wrong');
+  });
+
+  it('503 with Retry-After when the token server fails and no token is cached', async () => {
+    oauth.setInterceptor((_req, res) => {
+      res.writeHead(500).end();
+      return true;
+    });
+    const cold = await another(['--service-key', keyPath, '--token-timeout', '2000']);
+    const res = await request(`${cold.url}/http/GetTimestamp`);
+    expect(res.statusCode).toBe(503);
+    expect(Number(res.headers['retry-after'])).toBeGreaterThan(0);
+    expect((await errorOf(res)).error).toBe('TOKEN_SERVER_ERROR');
+  });
+
+  it('a token-server outage does not affect traffic while the cached token is valid', async () => {
+    await request(`${sidecar.url}/http/GetTimestamp`).then((r) => r.body.dump());
+    await oauth.stop();
+    try {
+      const res = await request(`${sidecar.url}/http/GetTimestamp`);
+      expect(res.statusCode).toBe(200);
+      await res.body.dump();
+    } finally {
+      await oauth.start();
+    }
+  });
+
+  it('502 UPSTREAM_UNREACHABLE when the upstream refuses connections', async () => {
+    const dead = await another(['--service-key', keyPath, '--upstream', 'https://127.0.0.1:1']);
+    const res = await request(`${dead.url}/http/x`);
+    expect(res.statusCode).toBe(502);
+    expect((await errorOf(res)).error).toBe('UPSTREAM_UNREACHABLE');
+  });
+
+  it('504 UPSTREAM_TIMEOUT when the upstream does not answer in time', async () => {
+    const impatient = await another(['--service-key', keyPath, '--upstream-timeout', '200']);
+    upstream.setHandler(() => true); // never answers
+    const res = await request(`${impatient.url}/http/slow`);
+    expect(res.statusCode).toBe(504);
+    expect((await errorOf(res)).error).toBe('UPSTREAM_TIMEOUT');
+  });
+
+  it('logs no secret, key or token', async () => {
+    await request(`${sidecar.url}/http/GetTimestamp?secret=in-query`).then((r) => r.body.dump());
+    await expect.poll(() => sidecar.logs.some((l) => l['msg'] === 'request' && l['path'] === '/http/GetTimestamp'), { interval: 10 }).toBe(true);
+    const text = sidecar.logText() + extraSidecars.map((s) => s.logText()).join('\n');
+    expect(text).not.toContain(SECRET);
+    expect(text).not.toMatch(/Bearer |eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}/);
+    expect(text).not.toContain('in-query');
+  });
+});
+
+describe('never an open proxy', () => {
+  /** Send raw bytes and read the whole answer (the sidecar closes these connections). */
+  function raw(text: string): Promise<string> {
+    return new Promise((resolve, reject) => {
+      const socket = connect(sidecar.address.port, '127.0.0.1', () => socket.write(text));
+      let data = '';
+      socket.on('data', (c: Buffer) => (data += c.toString('latin1')));
+      socket.on('end', () => resolve(data));
+      socket.on('error', reject);
+    });
+  }
+
+  it.each([
+    ['absolute-form target', 'GET http://evil.example/ HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n', 400],
+    ['CONNECT', 'CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n', 405],
+    ['Upgrade', 'GET /http/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n', 400],
+    ['Content-Length with Transfer-Encoding', 'POST /http/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n', 400],
+  ])('refuses %s without calling the upstream', async (_name, text, status) => {
+    const before = upstream.requests.length;
+    const answer = await raw(text);
+    expect(answer).toMatch(new RegExp(`^HTTP/1.1 ${status} `));
+    expect(upstream.requests.length).toBe(before);
+  });
+});
+
+describe('inbound control and routes', () => {
+  it('refuses to start on a non-loopback address without inbound control', async () => {
+    await expect(runSidecar(['--service-key', keyPath, '--ca', caPath, '--listen', '0.0.0.0:0'])).rejects.toBeInstanceOf(ConfigError);
+  });
+
+  it('checks and strips inbound basic auth', async () => {
+    const users = await files.write('users', 'erp:sha256:' + createHash('sha256').update('s3cret:with:colons').digest('hex') + '\n');
+    const guarded = await another(['--service-key', keyPath, '--listen', '0.0.0.0:0', '--basic-auth-file', users]);
+    const url = `http://127.0.0.1:${guarded.address.port}/http/echo`;
+    const denied = await request(url);
+    expect(denied.statusCode).toBe(401);
+    expect(denied.headers['www-authenticate']).toMatch(/^Basic /);
+    await denied.body.dump();
+    const wrong = await request(url, { headers: { authorization: 'Basic ' + Buffer.from('erp:nope').toString('base64') } });
+    expect(wrong.statusCode).toBe(401);
+    await wrong.body.dump();
+    const ok = await request(url, { headers: { authorization: 'Basic ' + Buffer.from('erp:s3cret:with:colons').toString('base64') } });
+    expect(ok.statusCode).toBe(200);
+    expect((await echo(ok)).headers['authorization']).toMatch(/^Bearer /);
+  });
+
+  it('enforces a sender allowlist', async () => {
+    const listed = await another(['--service-key', keyPath, '--listen', '0.0.0.0:0', '--allow-cidr', '10.0.0.0/8']);
+    const res = await request(`http://127.0.0.1:${listed.address.port}/http/echo`);
+    expect(res.statusCode).toBe(403);
+    expect((await res.body.json()) as object).toMatchObject({ error: 'SENDER_FORBIDDEN' });
+    const open = await another(['--service-key', keyPath, '--listen', '0.0.0.0:0', '--allow-cidr', '127.0.0.0/8']);
+    const ok = await request(`http://127.0.0.1:${open.address.port}/http/GetTimestamp`);
+    expect(ok.statusCode).toBe(200);
+    await ok.body.dump();
+  });
+
+  it('routes by longest prefix, rewrites, and answers 404 for unrouted paths', async () => {
+    const config = await files.write(
+      'routes.yaml',
+      [
+        'routes:',
+        '  - name: orders',
+        '    prefix: /orders',
+        `    serviceKey: ${keyPath}`,
+        '    rewritePrefix: /http/echo',
+        '  - name: flows',
+        '    prefix: /http',
+        `    serviceKey: ${keyPath}`,
+        '  - name: orders-v2',
+        '    prefix: /orders/v2',
+        `    serviceKey: ${keyPath}`,
+        `    upstream: ${upstream.url}/http/echo/v2`,
+      ].join('\n'),
+    );
+    const multi = await another(['--config', config]);
+    upstream.setHandler((req, res, body) => {
+      body.resume();
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ url: req.url }));
+      return true;
+    });
+    expect((await echo(await request(`${multi.url}/orders/42?x=1`))).url).toBe('/http/echo/42?x=1');
+    expect((await echo(await request(`${multi.url}/orders/v2/7`))).url).toBe('/http/echo/v2/orders/v2/7');
+    expect((await echo(await request(`${multi.url}/http/anything`))).url).toBe('/http/anything');
+    const none = await request(`${multi.url}/ordersx`);
+    expect(none.statusCode).toBe(404);
+    expect(await none.body.json()).toMatchObject({ error: 'ROUTE_NOT_FOUND', route: null });
+    // Three routes, one credential set: one token serves them all.
+    expect(new Set(multi.routes.routes.map((r) => r.tokenClient.cacheKey)).size).toBe(1);
+  });
+});
