@@ -20,7 +20,7 @@ const clients: TokenClient[] = [];
 beforeAll(async () => {
   pki = await createPki();
   endpoint = await TokenEndpoint.start({
-    tls: { cert: pki.server.cert, key: pki.server.key, ca: pki.ca },
+    tls: { cert: pki.server.chain, key: pki.server.key, ca: pki.ca },
     clients: [
       { clientId: CLIENT_ID, secret: SECRET },
       { clientId: CERT_CLIENT_ID, certCn: 'sidecar-client' },
@@ -229,6 +229,7 @@ describe('token provider over a real token endpoint', () => {
       skew = 1_600; // past 75 % of 2 s, before the 10 % safety margin
       expect(await provider.getToken(c)).toBe(first); // served at once while refreshing
       await refreshDone;
+      await new Promise((resolve) => setImmediate(resolve)); // lru-cache stores the value after the event
       const second = await provider.getToken(c);
       expect(reasons).toEqual(['cold', 'refresh-ahead']);
       expect(second.value).not.toBe(first.value);
