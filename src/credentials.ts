@@ -4,7 +4,11 @@
  * A service key reaches the machine in many shapes (JSON file, Kubernetes
  * secret directory, servicebinding.io binding, VCAP_SERVICES, an env var);
  * whatever the shape, the rest of the sidecar sees one of these three kinds.
+ * `loadCredentials` ties reading (`credential-source`) and validation (`service-key`) together.
  */
+
+import { readClientCert, readCredentialSource, settleReads } from './credential-source.js';
+import { parseServiceKey } from './service-key.js';
 
 /** Where the service key is read from; resolved by `config` from flags and env. */
 export type CredentialSource =
@@ -72,4 +76,30 @@ export interface CredentialNotice {
 export interface LoadedCredentials {
   credentials: Credentials;
   notices: CredentialNotice[];
+}
+
+/** A client certificate chain and its private key as read, before validation. */
+export interface ClientKeyPair {
+  /** PEM text as found (escapes and odd wrapping are repaired by `service-key`). */
+  certificate: string;
+  key: string;
+  /** Where the pair came from, e.g. `/certs/tls.crt, /certs/tls.key` or a `kubernetes.io/tls` directory. */
+  source: string;
+}
+
+export interface LoadCredentialsOptions {
+  /** Clock for the certificate expiry checks. */
+  now?: Date;
+}
+
+/** Reads the service key (and client key pair, if any) and validates them; throws one ConfigError for all problems. */
+export async function loadCredentials(
+  spec: CredentialSpec,
+  opts: LoadCredentialsOptions = {},
+): Promise<LoadedCredentials> {
+  const [key, clientCert] = await settleReads(
+    readCredentialSource(spec.source),
+    spec.clientCert ? readClientCert(spec.clientCert) : Promise.resolve(undefined),
+  );
+  return parseServiceKey(key.raw, key.source, { now: opts.now, clientCert });
 }

@@ -1,0 +1,276 @@
+/** Reads service keys and client key pairs from files, secret mounts, bindings or env JSON; `service-key` validates. */
+
+import type { Stats } from 'node:fs';
+import { readdir, readFile, stat } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import type { ClientCertSource, ClientKeyPair, CredentialSource, CredentialSpec } from './credentials.js';
+import { ConfigError, type ConfigProblem } from './errors.js';
+
+/** The service key as found, not yet validated, and where it was found. */
+export interface RawServiceKey {
+  raw: unknown;
+  /** A file or directory path, or a label such as `VCAP_SERVICES (it-rt/my-instance)`. */
+  source: string;
+}
+
+/** btp-operator writes this beside the credential files; `container: true` marks the secretKey file. */
+const METADATA_FILE = '.metadata';
+/** servicebinding.io: a binding directory must hold a `type` entry; others are ignored. */
+const TYPE_FILE = 'type';
+/** The offering the sidecar is built for; preferred when several bindings are mounted. */
+const DEFAULT_SERVICE = 'it-rt';
+const VCAP_LABEL = 'VCAP_SERVICES';
+
+export async function readCredentialSource(source: CredentialSource): Promise<RawServiceKey> {
+  switch (source.kind) {
+    case 'path':
+      return readPath(source.path);
+    case 'binding-root':
+      return readBindingRoot(source.root, source.binding);
+    case 'vcap':
+      return readVcap(source.json, source.binding);
+    case 'inline':
+      return { raw: parseJson(source.json, source.label), source: source.label };
+  }
+}
+
+/** Reads the PEM pair from two files or a `kubernetes.io/tls` directory (`tls.crt`, `tls.key`). */
+export async function readClientCert(source: ClientCertSource): Promise<ClientKeyPair> {
+  const [certFile, keyFile] =
+    source.kind === 'files'
+      ? [source.certFile, source.keyFile]
+      : [join(source.dir, 'tls.crt'), join(source.dir, 'tls.key')];
+  const [certificate, key] = await settleReads(readNonEmpty(certFile), readNonEmpty(keyFile));
+  return { certificate, key, source: source.kind === 'files' ? `${certFile}, ${keyFile}` : source.dir };
+}
+
+/**
+ * Directories to watch, non-recursively, for rotation. A file is watched
+ * through its directory: the kubelet swaps the `..data` symlink, and a watch
+ * on the file itself goes silent after the first swap. Env values never change.
+ */
+export async function watchTargets(spec: CredentialSpec): Promise<string[]> {
+  const targets = [...(await sourceTargets(spec.source)), ...clientCertTargets(spec.clientCert)];
+  return [...new Set(targets)];
+}
+
+/** Awaits both reads, then throws one ConfigError with the problems of both; other errors pass through. */
+export async function settleReads<A, B>(a: Promise<A>, b: Promise<B>): Promise<[A, B]> {
+  const [ra, rb] = await Promise.allSettled([a, b]);
+  const problems: ConfigProblem[] = [];
+  for (const r of [ra, rb]) {
+    if (r.status === 'rejected' && !(r.reason instanceof ConfigError)) throw r.reason;
+    if (r.status === 'rejected') problems.push(...(r.reason as ConfigError).problems);
+  }
+  if (ra.status === 'rejected' || rb.status === 'rejected') throw new ConfigError(problems);
+  return [ra.value, rb.value];
+}
+
+async function sourceTargets(source: CredentialSource): Promise<string[]> {
+  switch (source.kind) {
+    case 'path':
+      return (await statOrFail(source.path)).isDirectory() ? directoryTargets(source.path) : [dirname(source.path)];
+    case 'binding-root':
+      return directoryTargets(source.root);
+    case 'vcap':
+    case 'inline':
+      return [];
+  }
+}
+
+/** The directory and, for a binding root, each binding in it: their `..data` swaps are invisible from above. */
+async function directoryTargets(dir: string): Promise<string[]> {
+  const bindings = await findBindings((await listDir(dir)).dirs);
+  return [dir, ...bindings.map((b) => b.dir)];
+}
+
+function clientCertTargets(source: ClientCertSource | undefined): string[] {
+  if (!source) return [];
+  return source.kind === 'files' ? [dirname(source.certFile), dirname(source.keyFile)] : [source.dir];
+}
+
+async function readPath(path: string): Promise<RawServiceKey> {
+  if ((await statOrFail(path)).isDirectory()) return readSecretDir(path);
+  return { raw: parseJson(await readNonEmpty(path), path), source: path };
+}
+
+/**
+ * A Kubernetes secret or binding directory: one file per field, JSON files
+ * parsed, `.metadata` honoured; or, without files, a root of bindings.
+ */
+async function readSecretDir(dir: string): Promise<RawServiceKey> {
+  const { files, dirs } = await listDir(dir);
+  if (files.length === 0) {
+    const bindings = await findBindings(dirs);
+    if (bindings.length > 0) return readSecretDir(pickBinding(dir, bindings, undefined).dir);
+    fail(dir, 'contains no service key files and no binding directories');
+  }
+  const values: Record<string, unknown> = {};
+  for (const name of files) values[name] = parseIfObject(await readText(join(dir, name)), join(dir, name));
+  const container = containerName(values[METADATA_FILE]);
+  if (container !== undefined && container in values) return { raw: values[container], source: join(dir, container) };
+  delete values[METADATA_FILE];
+  return { raw: values, source: dir };
+}
+
+/** The secretKey file named by btp-operator's `.metadata` (`{"name":X,"format":"json","container":true}`). */
+function containerName(metadata: unknown): string | undefined {
+  if (!isObject(metadata) || !Array.isArray(metadata.credentialProperties)) return undefined;
+  const marked: unknown = metadata.credentialProperties.find((p: unknown) => isObject(p) && p.container === true);
+  return isObject(marked) && typeof marked.name === 'string' ? marked.name : undefined;
+}
+
+/** Files holding a JSON object are parsed (as @sap/xsenv does); anything else stays text. */
+function parseIfObject(text: string, path: string): unknown {
+  return text.trim().startsWith('{') ? parseJson(text, path) : text;
+}
+
+interface Binding {
+  name: string;
+  type: string;
+  dir: string;
+}
+
+async function readBindingRoot(root: string, binding: string | undefined): Promise<RawServiceKey> {
+  if (!(await statOrFail(root)).isDirectory()) fail(root, 'is not a directory');
+  const bindings = await findBindings((await listDir(root)).dirs);
+  return readSecretDir(pickBinding(root, bindings, binding).dir);
+}
+
+async function findBindings(dirs: string[]): Promise<Binding[]> {
+  const bindings: Binding[] = [];
+  for (const dir of dirs) {
+    const type = await readTypeFile(dir);
+    if (type !== undefined) bindings.push({ name: basename(dir), type, dir });
+  }
+  return bindings;
+}
+
+async function readTypeFile(dir: string): Promise<string | undefined> {
+  try {
+    return (await readFile(join(dir, TYPE_FILE), 'utf8')).trim();
+  } catch (err) {
+    if (errorCode(err) === 'ENOENT' || errorCode(err) === 'EISDIR') return undefined;
+    fail(join(dir, TYPE_FILE), describeFsError(err));
+  }
+}
+
+/** The binding named, else the only `it-rt` one, else the only one. */
+function pickBinding(root: string, bindings: Binding[], wanted: string | undefined): Binding {
+  const found = bindings.map((b) => `${b.name} (type ${b.type})`).join(', ') || 'none';
+  if (wanted !== undefined) {
+    return bindings.find((b) => b.name === wanted) ?? fail(root, `has no binding named "${wanted}"; found: ${found}`);
+  }
+  const preferred = bindings.filter((b) => b.type === DEFAULT_SERVICE);
+  const candidates = preferred.length > 0 ? preferred : bindings;
+  const [only] = candidates;
+  if (candidates.length === 1 && only) return only;
+  if (candidates.length === 0) fail(root, 'has no bindings (subdirectories with a type file)');
+  return fail(root, `has several bindings, so the one to use must be named; found: ${found}`);
+}
+
+interface VcapInstance {
+  label: string;
+  instance: Record<string, unknown>;
+}
+
+/** Cloud Foundry: the first `it-rt` instance, or the one whose name (else label) is `binding`. */
+function readVcap(json: string, binding: string | undefined): RawServiceKey {
+  const services = parseJson(json, VCAP_LABEL);
+  if (!isObject(services)) fail(VCAP_LABEL, 'is not a JSON object');
+  const instances: VcapInstance[] = Object.entries(services).flatMap(([label, list]) =>
+    Array.isArray(list) ? list.filter(isObject).map((instance) => ({ label, instance })) : [],
+  );
+  const chosen =
+    binding === undefined
+      ? instances.find((i) => i.label === DEFAULT_SERVICE)
+      : (instances.find((i) => i.instance.name === binding) ?? instances.find((i) => i.label === binding));
+  if (!chosen) {
+    const found = instances.map(describeVcapInstance).join(', ') || 'none';
+    fail(VCAP_LABEL, `has no ${binding === undefined ? DEFAULT_SERVICE : `"${binding}"`} binding; found: ${found}`);
+  }
+  const source = `${VCAP_LABEL} (${describeVcapInstance(chosen)})`;
+  if (!('credentials' in chosen.instance)) fail(source, 'is missing', 'credentials');
+  return { raw: chosen.instance.credentials, source };
+}
+
+function describeVcapInstance({ label, instance }: VcapInstance): string {
+  return `${label}/${typeof instance.name === 'string' ? instance.name : '?'}`;
+}
+
+/** Visible entries of a directory, symlinks followed; `..`-prefixed names are the kubelet's own. */
+async function listDir(dir: string): Promise<{ files: string[]; dirs: string[] }> {
+  let names: string[];
+  try {
+    names = (await readdir(dir)).filter((n) => !n.startsWith('..')).sort();
+  } catch (err) {
+    fail(dir, describeFsError(err));
+  }
+  const files: string[] = [];
+  const dirs: string[] = [];
+  for (const name of names) {
+    const info = await statOrFail(join(dir, name));
+    if (info.isDirectory()) dirs.push(join(dir, name));
+    else if (info.isFile()) files.push(name);
+  }
+  return { files, dirs };
+}
+
+async function statOrFail(path: string): Promise<Stats> {
+  try {
+    return await stat(path);
+  } catch (err) {
+    fail(path, describeFsError(err));
+  }
+}
+
+async function readText(path: string): Promise<string> {
+  try {
+    return await readFile(path, 'utf8');
+  } catch (err) {
+    fail(path, describeFsError(err));
+  }
+}
+
+async function readNonEmpty(path: string): Promise<string> {
+  const text = await readText(path);
+  if (text.trim() === '') fail(path, 'is empty');
+  return text;
+}
+
+/** Parses JSON; a syntax error reports only the position, never the content (it may hold a secret). */
+function parseJson(text: string, source: string): unknown {
+  try {
+    return JSON.parse(text) as unknown;
+  } catch (err) {
+    fail(source, `is not valid JSON${jsonPosition(text, err)}`);
+  }
+}
+
+function jsonPosition(text: string, err: unknown): string {
+  const match = /at position (\d+)/.exec(err instanceof Error ? err.message : '');
+  if (!match) return '';
+  const before = text.slice(0, Number(match[1]));
+  const line = before.split('\n').length;
+  const column = before.length - before.lastIndexOf('\n');
+  return ` (line ${line}, column ${column})`;
+}
+
+function describeFsError(err: unknown): string {
+  const code = errorCode(err);
+  if (code === 'ENOENT') return 'does not exist';
+  if (code === 'EACCES' || code === 'EPERM') return 'cannot be read: permission denied';
+  return `cannot be read (${code ?? 'unknown error'})`;
+}
+
+function errorCode(err: unknown): string | undefined {
+  return (err as NodeJS.ErrnoException | undefined)?.code;
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function fail(source: string, message: string, field = ''): never {
+  throw new ConfigError([{ source, field, message }]);
+}

@@ -1,0 +1,113 @@
+/** PEM repair and parsing: service keys carry escaped, quoted or one-line PEMs that TLS stacks reject as they are. */
+
+import { createPrivateKey, X509Certificate, type KeyObject } from 'node:crypto';
+
+/** One `-----BEGIN <type>-----` block with its body reduced to bare base64. */
+export interface PemBlock {
+  /** The label, e.g. `CERTIFICATE`, `RSA PRIVATE KEY`, `PRIVATE KEY`, `EC PRIVATE KEY`. */
+  type: string;
+  base64: string;
+}
+
+/** A failure to read PEM text; the message names the problem, never the material. */
+export class PemError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'PemError';
+  }
+}
+
+const BLOCK = /-----BEGIN ([A-Z0-9 ]+)-----([\s\S]*?)-----END \1-----/g;
+/** A literal escape left over from JSON (`\n`, `\\n`, `\r\n`, `\t`) stands for whitespace. */
+const ESCAPED_WHITESPACE = /\\+[nrt]/g;
+const NOT_BASE64 = /[^A-Za-z0-9+/=]/g;
+const LINE_WIDTH = 64;
+
+/** Every PEM block in `text`, whatever newlines, escapes or quotes surround the base64. */
+export function splitPemBlocks(text: string): PemBlock[] {
+  const unescaped = text.replace(ESCAPED_WHITESPACE, '\n');
+  return [...unescaped.matchAll(BLOCK)].map((m) => ({
+    type: m[1] ?? '',
+    base64: (m[2] ?? '').replace(NOT_BASE64, ''),
+  }));
+}
+
+/** One block as RFC 7468 text: 64-column body, no trailing newline. */
+export function formatPemBlock(block: PemBlock): string {
+  const lines = block.base64.match(new RegExp(`.{1,${LINE_WIDTH}}`, 'g')) ?? [];
+  return [`-----BEGIN ${block.type}-----`, ...lines, `-----END ${block.type}-----`].join('\n');
+}
+
+/** All blocks of `text` re-wrapped, one per line group, ending in a newline; `''` when there are none. */
+export function normalizePem(text: string): string {
+  const blocks = splitPemBlocks(text);
+  return blocks.length === 0 ? '' : `${blocks.map(formatPemBlock).join('\n')}\n`;
+}
+
+/** A certificate chain ordered leaf first, with its normalised PEM. */
+export interface CertificateChain {
+  leaf: X509Certificate;
+  /** Leaf first, then its issuers, then any unrelated certificates in their given order. */
+  certificates: X509Certificate[];
+  pem: string;
+}
+
+/** Parses every `CERTIFICATE` block of `text`; throws `PemError` when there is none or one is broken. */
+export function parseCertificateChain(text: string): CertificateChain {
+  const blocks = splitPemBlocks(text).filter((b) => b.type === 'CERTIFICATE');
+  const certificates = orderLeafFirst(blocks.map((block, i) => parseCertificate(block, i + 1)));
+  const [leaf] = certificates;
+  if (!leaf) throw new PemError('no PEM CERTIFICATE block found');
+  return { leaf, certificates, pem: certificates.map((c) => c.toString()).join('') };
+}
+
+function parseCertificate(block: PemBlock, position: number): X509Certificate {
+  try {
+    return new X509Certificate(formatPemBlock(block));
+  } catch {
+    throw new PemError(`certificate ${position} is not valid X.509`);
+  }
+}
+
+/**
+ * Puts the certificate that issued no other first, then its issuers in turn;
+ * certificates outside that path keep their order at the end. Chains pasted
+ * root first would otherwise present the wrong leaf to the token server.
+ */
+function orderLeafFirst(certs: X509Certificate[]): X509Certificate[] {
+  const leaf = certs.find((c) => !certs.some((other) => other !== c && other.checkIssued(c))) ?? certs[0];
+  const ordered: X509Certificate[] = [];
+  let next = leaf;
+  while (next) {
+    const current: X509Certificate = next;
+    ordered.push(current);
+    next = certs.find((c) => !ordered.includes(c) && current.checkIssued(c));
+  }
+  return [...ordered, ...certs.filter((c) => !ordered.includes(c))];
+}
+
+/** A private key with its normalised PEM (PKCS#1, PKCS#8 or SEC1 EC, as given). */
+export interface PrivateKey {
+  key: KeyObject;
+  pem: string;
+}
+
+/** Parses the first `… PRIVATE KEY` block of `text`; throws `PemError` without echoing the key. */
+export function parsePrivateKey(text: string): PrivateKey {
+  const block = splitPemBlocks(text).find((b) => b.type.endsWith('PRIVATE KEY'));
+  if (!block) throw new PemError('no PEM PRIVATE KEY block found');
+  if (block.type === 'ENCRYPTED PRIVATE KEY') {
+    throw new PemError('the key is encrypted; supply it without a passphrase');
+  }
+  const pem = `${formatPemBlock(block)}\n`;
+  try {
+    return { key: createPrivateKey(pem), pem };
+  } catch {
+    throw new PemError(`the ${block.type} block is not valid`);
+  }
+}
+
+/** Whether `keyPem` is the private key of `leaf`; throws `PemError` when the key cannot be read. */
+export function checkKeyPair(leaf: X509Certificate, keyPem: string): boolean {
+  return leaf.checkPrivateKey(parsePrivateKey(keyPem).key);
+}

@@ -1,0 +1,266 @@
+/** Service-key validation: every SAP key shape becomes typed Credentials, or one ConfigError listing all problems. */
+
+import type {
+  CertificateCredentials,
+  ClientKeyPair,
+  CredentialNotice,
+  Credentials,
+  LoadedCredentials,
+  SecretCredentials,
+} from './credentials.js';
+import { ConfigError, type ConfigProblem } from './errors.js';
+import { checkKeyPair, parseCertificateChain, parsePrivateKey, PemError } from './pem.js';
+
+/** A certificate this close to `notAfter` earns a warning at load time. */
+export const EXPIRY_WARNING_DAYS = 30;
+
+export interface ParseServiceKeyOptions {
+  /** Clock for the expiry checks; tests pass a fixed date. */
+  now?: Date;
+  /** An explicitly supplied key pair; used for mTLS whatever the key type. */
+  clientCert?: ClientKeyPair;
+}
+
+const DAY_MS = 86_400_000;
+/** Fields that mark an object as the credential object itself (flat key, or the content of `oauth`). */
+const CREDENTIAL_FIELDS = ['clientid', 'clientsecret', 'tokenurl', 'url', 'certificate', 'key'];
+/** Plain HTTP is for local test servers only. */
+const LOOPBACK_HOSTS = new Set(['127.0.0.1', 'localhost', '[::1]']);
+/** `credentials` → `oauth` and the secretRootKey map are the deepest wrappings seen; stop soon after. */
+const MAX_WRAPPER_DEPTH = 3;
+/** `<sub>.authentication.<region>…` without `.cert.`: XSUAA only accepts client certificates on the `.cert.` host. */
+const NON_MTLS_AUTH_HOST = /^([^.]+)\.authentication\.(?!cert\.)(.+)$/;
+
+const EXTERNAL_CERTIFICATE_HELP =
+  'is missing: this is an External Certificate key (certificate without key), so its key pair must be supplied ' +
+  'with --client-cert/--client-key or SIDECAR_CLIENT_CERT/SIDECAR_CLIENT_KEY (or a kubernetes.io/tls secret directory)';
+
+type Fields = Record<string, unknown>;
+
+/** Where a PEM value came from, for problems and notices. */
+interface PemInput {
+  text: string;
+  field: string;
+  source: string;
+}
+
+/** Problems and notices gathered in one pass over one service key. */
+class Findings {
+  readonly problems: ConfigProblem[] = [];
+  readonly notices: CredentialNotice[] = [];
+
+  constructor(
+    readonly source: string,
+    readonly prefix: string,
+    readonly now: Date,
+  ) {}
+
+  /** A problem with a field of the service key (named with its prefix, e.g. `oauth.clientid`). */
+  keyProblem(name: string, message: string): void {
+    this.problems.push({ source: this.source, field: `${this.prefix}${name}`, message });
+  }
+
+  problem(input: Pick<PemInput, 'field' | 'source'>, message: string): void {
+    this.problems.push({ source: input.source, field: input.field, message });
+  }
+
+  notice(level: CredentialNotice['level'], message: string): void {
+    this.notices.push({ level, message });
+  }
+}
+
+/** Validates a parsed service key (any nesting) into credentials plus load-time notices. */
+export function parseServiceKey(raw: unknown, source: string, opts: ParseServiceKeyOptions = {}): LoadedCredentials {
+  const located = locateFields(raw, '', 0);
+  if ('problem' in located) throw new ConfigError([{ source, ...located.problem }]);
+  const found = new Findings(source, located.prefix, opts.now ?? new Date());
+  const { fields } = located;
+  const clientId = requiredString(found, fields, 'clientid');
+  const tokenUrl = urlField(found, fields, 'tokenurl', true);
+  const url = urlField(found, fields, 'url', false);
+  const auth = readAuth(found, fields, opts.clientCert);
+  if (found.problems.length > 0 || !clientId || !tokenUrl || !auth) throw new ConfigError(found.problems);
+  const credentials: Credentials =
+    auth.kind === 'client-secret'
+      ? { ...auth, clientId, tokenUrl, url, source }
+      : { ...auth, clientId, tokenUrl: mtlsTokenUrl(found, tokenUrl), url, source };
+  return { credentials, notices: found.notices };
+}
+
+type Located = { fields: Fields; prefix: string } | { problem: { field: string; message: string } };
+
+/** Finds the credential object: under `oauth`, flat, or inside one wrapper such as `credentials`. */
+function locateFields(value: unknown, prefix: string, depth: number): Located {
+  const object = asObject(value);
+  if (!object) return { problem: { field: prefix.slice(0, -1), message: 'is not a JSON object' } };
+  if ('oauth' in object) {
+    const oauth = asObject(object.oauth);
+    if (!oauth) return { problem: { field: `${prefix}oauth`, message: 'is not a JSON object' } };
+    return { fields: oauth, prefix: `${prefix}oauth.` };
+  }
+  // A wrapper may itself be named like a field (a secretRootKey called `key`): only scalars mark a flat key.
+  if (CREDENTIAL_FIELDS.some((f) => f in object && !asObject(object[f]))) return { fields: object, prefix };
+  const wrappers = Object.entries(object).filter(([, v]) => asObject(v));
+  const [only] = wrappers;
+  if (wrappers.length === 1 && only && depth < MAX_WRAPPER_DEPTH) {
+    return locateFields(only[1], `${prefix}${only[0]}.`, depth + 1);
+  }
+  return {
+    problem: {
+      field: prefix.slice(0, -1),
+      message:
+        'contains no service key: expected clientid, tokenurl and clientsecret or certificate, ' +
+        'under oauth or at the top level',
+    },
+  };
+}
+
+/** Objects may arrive JSON-encoded, even twice (btp-operator secretRootKey): decode up to two times. */
+function asObject(value: unknown): Fields | undefined {
+  const decoded = decodeJsonString(decodeJsonString(value));
+  return typeof decoded === 'object' && decoded !== null && !Array.isArray(decoded) ? (decoded as Fields) : undefined;
+}
+
+function decodeJsonString(value: unknown): unknown {
+  if (typeof value !== 'string') return value;
+  const text = value.trim();
+  if (!text.startsWith('{') && !text.startsWith('"')) return value;
+  try {
+    return JSON.parse(text) as unknown;
+  } catch {
+    return value;
+  }
+}
+
+/** A trimmed string, or undefined when absent or blank; secrets from files often end in a newline. */
+function optionalString(found: Findings, fields: Fields, name: string): string | undefined {
+  const value = fields[name];
+  if (value === undefined || value === null) return undefined;
+  if (typeof value !== 'string') {
+    found.keyProblem(name, 'must be a string');
+    return undefined;
+  }
+  return value.trim() || undefined;
+}
+
+function requiredString(found: Findings, fields: Fields, name: string): string | undefined {
+  const value = optionalString(found, fields, name);
+  if (value !== undefined) return value;
+  if (fields[name] == null) found.keyProblem(name, 'is missing');
+  else if (typeof fields[name] === 'string') found.keyProblem(name, 'is empty');
+  return undefined;
+}
+
+function urlField(found: Findings, fields: Fields, name: string, required: boolean): string | undefined {
+  const value = required ? requiredString(found, fields, name) : optionalString(found, fields, name);
+  if (value === undefined) return undefined;
+  let parsed: URL;
+  try {
+    parsed = new URL(value);
+  } catch {
+    found.keyProblem(name, 'is not a URL');
+    return undefined;
+  }
+  const loopbackHttp = parsed.protocol === 'http:' && LOOPBACK_HOSTS.has(parsed.hostname);
+  if (parsed.protocol === 'https:' || loopbackHttp) return value;
+  found.keyProblem(name, 'must be an https URL (http only for 127.0.0.1, localhost or ::1)');
+  return undefined;
+}
+
+/** What the key type contributes to the credentials; the rest is common to all kinds. */
+type BaseFields = 'clientId' | 'tokenUrl' | 'url' | 'source';
+type SecretAuth = Omit<SecretCredentials, BaseFields>;
+type CertificateAuth = Omit<CertificateCredentials, BaseFields>;
+type Auth = SecretAuth | CertificateAuth;
+
+/** Decides the key type from the fields present, preferring an explicitly supplied key pair. */
+function readAuth(found: Findings, fields: Fields, clientCert: ClientKeyPair | undefined): Auth | undefined {
+  const certificate = optionalString(found, fields, 'certificate');
+  const key = optionalString(found, fields, 'key');
+  const clientSecret = optionalString(found, fields, 'clientsecret');
+  if (clientCert) return readSuppliedPair(found, clientCert, { certificate, key });
+  if (certificate && key) {
+    const cert = { text: certificate, field: `${found.prefix}certificate`, source: found.source };
+    return readKeyPair(found, 'certificate', cert, { text: key, field: `${found.prefix}key`, source: found.source });
+  }
+  if (clientSecret) return { kind: 'client-secret', clientSecret };
+  if (certificate) found.keyProblem('key', EXTERNAL_CERTIFICATE_HELP);
+  else found.keyProblem('clientsecret', 'is missing: a service key needs clientsecret, or certificate and key');
+  return undefined;
+}
+
+function readSuppliedPair(
+  found: Findings,
+  pair: ClientKeyPair,
+  own: { certificate: string | undefined; key: string | undefined },
+): Auth | undefined {
+  const cert = { text: pair.certificate, field: 'certificate', source: pair.source };
+  const keyInput = { text: pair.key, field: 'key', source: pair.source };
+  const auth = readKeyPair(found, own.key ? 'certificate' : 'external-certificate', cert, keyInput);
+  if (own.key) found.notice('info', `using the client key pair from ${pair.source} instead of the service key's own`);
+  else if (own.certificate && auth) comparePinned(found, own.certificate, auth.fingerprint, pair.source);
+  return auth;
+}
+
+/** External Certificate keys may pin their certificate: a different one is likely refused. */
+function comparePinned(found: Findings, ownCertificate: string, suppliedFingerprint: string, pairSource: string): void {
+  const input = { text: ownCertificate, field: `${found.prefix}certificate`, source: found.source };
+  const own = parsePem(found, input, 'certificate', parseCertificateChain);
+  if (own && own.leaf.fingerprint256 !== suppliedFingerprint) {
+    found.notice(
+      'warn',
+      `the client certificate from ${pairSource} differs from ${found.prefix}certificate of the service key; ` +
+        'if certificate pinning is on, the token server will reject it',
+    );
+  }
+}
+
+function readKeyPair(
+  found: Findings,
+  kind: 'certificate' | 'external-certificate',
+  cert: PemInput,
+  key: PemInput,
+): CertificateAuth | undefined {
+  const chain = parsePem(found, cert, 'certificate', parseCertificateChain);
+  const privateKey = parsePem(found, key, 'private key', parsePrivateKey);
+  if (!chain || !privateKey) return undefined;
+  if (!checkKeyPair(chain.leaf, privateKey.pem)) found.problem(key, `does not match the certificate in ${cert.field}`);
+  const notAfter = new Date(chain.leaf.validTo);
+  checkExpiry(found, cert, notAfter);
+  return { kind, certificate: chain.pem, key: privateKey.pem, fingerprint: chain.leaf.fingerprint256, notAfter };
+}
+
+function parsePem<T>(found: Findings, input: PemInput, what: string, parse: (text: string) => T): T | undefined {
+  try {
+    return parse(input.text);
+  } catch (err) {
+    if (!(err instanceof PemError)) throw err;
+    found.problem(input, `is not a PEM ${what} (${err.message})`);
+    return undefined;
+  }
+}
+
+function checkExpiry(found: Findings, cert: PemInput, notAfter: Date): void {
+  const daysLeft = (notAfter.getTime() - found.now.getTime()) / DAY_MS;
+  if (daysLeft <= 0) {
+    found.problem(cert, `expired on ${notAfter.toISOString()}`);
+  } else if (daysLeft <= EXPIRY_WARNING_DAYS) {
+    const days = Math.round(daysLeft);
+    const when = `${notAfter.toISOString()}, in ${days} day${days === 1 ? '' : 's'}`;
+    found.notice('warn', `the client certificate in ${cert.field} (${cert.source}) expires on ${when}`);
+  }
+}
+
+/** Switches `<sub>.authentication.<region>…` to `<sub>.authentication.cert.<region>…` for mTLS. */
+function mtlsTokenUrl(found: Findings, tokenUrl: string): string {
+  const url = new URL(tokenUrl);
+  const match = NON_MTLS_AUTH_HOST.exec(url.hostname);
+  if (!match) return tokenUrl;
+  const from = url.hostname;
+  url.hostname = `${match[1]}.authentication.cert.${match[2]}`;
+  found.notice(
+    'info',
+    `token URL host switched from ${from} to ${url.hostname}: XSUAA accepts client certificates only there`,
+  );
+  return url.href;
+}

@@ -1,0 +1,382 @@
+import { mkdir, mkdtemp, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { readClientCert, readCredentialSource, settleReads, watchTargets } from '../../src/credential-source.js';
+import type { CredentialSource } from '../../src/credentials.js';
+import { ConfigError, type ConfigProblem } from '../../src/errors.js';
+import { parseServiceKey } from '../../src/service-key.js';
+
+const OAUTH = {
+  clientid: 'sb-fake-0000!b1|it-rt-acme-dev!b196',
+  clientsecret: 'fake-0000$FAKE_secret_value=',
+  url: 'https://acme-dev.it-cpi000-rt.cfapps.eu10-000.hana.ondemand.com',
+  tokenurl: 'https://acme-dev.authentication.eu10.hana.ondemand.com/oauth/token',
+};
+/** What btp-operator adds beside the credential fields of a default secret. */
+const INSTANCE_FILES = {
+  instance_name: 'my-instance',
+  instance_guid: '00000000-0000-0000-0000-00000000fake',
+  plan: 'integration-flow',
+  label: 'it-rt',
+  type: 'it-rt',
+  tags: '["it-rt"]',
+};
+const DEFAULT_METADATA = JSON.stringify({
+  credentialProperties: [{ name: 'oauth', format: 'json' }],
+  metaDataProperties: Object.keys(INSTANCE_FILES).map((name) => ({ name, format: 'text' })),
+});
+const FIRST_WRITE = '..2026_01_01_00_00_00.123';
+const vcapJson = () => readFile(new URL('../fixtures/service-keys/vcap-services.json', import.meta.url), 'utf8');
+
+const created: string[] = [];
+afterEach(async () => {
+  await Promise.all(created.splice(0).map((dir) => rm(dir, { recursive: true, force: true })));
+});
+
+async function tempDir(): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'credential-source-'));
+  created.push(dir);
+  return dir;
+}
+
+async function writeFiles(dir: string, files: Record<string, string>): Promise<string> {
+  await mkdir(dir, { recursive: true });
+  await Promise.all(Object.entries(files).map(([name, text]) => writeFile(join(dir, name), text)));
+  return dir;
+}
+
+/** Lays out `files` as the kubelet's AtomicWriter does: timestamped dir, `..data` → it, visible symlinks. */
+async function writeKubeletSecret(dir: string, files: Record<string, string>): Promise<string> {
+  await writeFiles(join(dir, FIRST_WRITE), files);
+  await symlink(FIRST_WRITE, join(dir, '..data'));
+  await Promise.all(Object.keys(files).map((name) => symlink(join('..data', name), join(dir, name))));
+  return dir;
+}
+
+/** A kubelet update: new timestamped dir, `..data_tmp` renamed over `..data`, old dir removed. */
+async function rotateKubeletSecret(dir: string, files: Record<string, string>): Promise<void> {
+  const next = '..2026_02_01_00_00_00.456';
+  await writeFiles(join(dir, next), files);
+  await symlink(next, join(dir, '..data_tmp'));
+  await rename(join(dir, '..data_tmp'), join(dir, '..data'));
+  await rm(join(dir, FIRST_WRITE), { recursive: true });
+}
+
+async function problemsOf(promise: Promise<unknown>): Promise<ConfigProblem[]> {
+  const err = await promise.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(ConfigError);
+  return [...(err as ConfigError).problems];
+}
+
+/** The client id the service-key parser finds in what was read: proves the layout is usable end to end. */
+async function clientIdFrom(source: CredentialSource): Promise<string> {
+  const { raw, source: label } = await readCredentialSource(source);
+  return parseServiceKey(raw, label).credentials.clientId;
+}
+
+describe('readCredentialSource: JSON file', () => {
+  it('reads a service key file', async () => {
+    const file = join(await tempDir(), 'key.json');
+    await writeFile(file, JSON.stringify({ oauth: OAUTH }));
+    expect(await readCredentialSource({ kind: 'path', path: file })).toEqual({ raw: { oauth: OAUTH }, source: file });
+  });
+
+  it('names a missing file', async () => {
+    const file = join(await tempDir(), 'nope.json');
+    expect(await problemsOf(readCredentialSource({ kind: 'path', path: file }))).toEqual([
+      { source: file, field: '', message: 'does not exist' },
+    ]);
+  });
+
+  it('names an empty file', async () => {
+    const file = join(await tempDir(), 'key.json');
+    await writeFile(file, '\n');
+    expect((await problemsOf(readCredentialSource({ kind: 'path', path: file })))[0]?.message).toBe('is empty');
+  });
+
+  it('reports a JSON syntax error by position, never by content', async () => {
+    const file = join(await tempDir(), 'key.json');
+    await writeFile(file, '{\n  "oauth": {"clientsecret": "FAKE-secret-1",}\n}');
+    expect(await problemsOf(readCredentialSource({ kind: 'path', path: file }))).toEqual([
+      { source: file, field: '', message: 'is not valid JSON (line 2, column 45)' },
+    ]);
+  });
+
+  it('does not echo content when the parser gives no position', async () => {
+    const file = join(await tempDir(), 'key.json');
+    await writeFile(file, 'FAKE-secret-2');
+    const [problem] = await problemsOf(readCredentialSource({ kind: 'path', path: file }));
+    expect(problem?.message).toBe('is not valid JSON');
+  });
+});
+
+describe('readCredentialSource: secret directories', () => {
+  it('reads the btp-operator default layout: oauth as JSON, instance fields, .metadata', async () => {
+    const dir = await writeFiles(await tempDir(), {
+      oauth: JSON.stringify(OAUTH),
+      '.metadata': DEFAULT_METADATA,
+      ...INSTANCE_FILES,
+    });
+    const { raw, source } = await readCredentialSource({ kind: 'path', path: dir });
+    expect(source).toBe(dir);
+    expect(raw).toEqual({ oauth: OAUTH, ...INSTANCE_FILES });
+    expect(await clientIdFrom({ kind: 'path', path: dir })).toBe(OAUTH.clientid);
+  });
+
+  it('reads one file per flat field, leaving trimming to the parser', async () => {
+    const files = Object.fromEntries(Object.entries(OAUTH).map(([k, v]) => [k, `${v}\n`]));
+    const dir = await writeFiles(await tempDir(), files);
+    const { raw } = await readCredentialSource({ kind: 'path', path: dir });
+    expect((raw as Record<string, string>).clientsecret).toBe(`${OAUTH.clientsecret}\n`);
+    expect(await clientIdFrom({ kind: 'path', path: dir })).toBe(OAUTH.clientid);
+  });
+
+  it('reads the secretKey layout through .metadata, naming the container file', async () => {
+    const dir = await writeFiles(await tempDir(), {
+      credentials: JSON.stringify({ oauth: OAUTH }),
+      '.metadata': JSON.stringify({ credentialProperties: [{ name: 'credentials', format: 'json', container: true }] }),
+      ...INSTANCE_FILES,
+    });
+    expect(await readCredentialSource({ kind: 'path', path: dir })).toEqual({
+      raw: { oauth: OAUTH },
+      source: join(dir, 'credentials'),
+    });
+  });
+
+  it('reads the secretKey layout without .metadata', async () => {
+    const files = { 'service-key': JSON.stringify({ oauth: OAUTH }), ...INSTANCE_FILES };
+    const dir = await writeFiles(await tempDir(), files);
+    expect(await clientIdFrom({ kind: 'path', path: dir })).toBe(OAUTH.clientid);
+  });
+
+  it('reads the secretRootKey layout: a map of strings with oauth encoded again', async () => {
+    const map = { oauth: JSON.stringify(OAUTH), ...INSTANCE_FILES };
+    const dir = await writeFiles(await tempDir(), { binding: JSON.stringify(map) });
+    const { raw } = await readCredentialSource({ kind: 'path', path: dir });
+    expect(typeof (raw as { binding: { oauth: unknown } }).binding.oauth).toBe('string');
+    expect(await clientIdFrom({ kind: 'path', path: dir })).toBe(OAUTH.clientid);
+  });
+
+  it('follows the kubelet ..data symlinks and hides the ..-prefixed entries', async () => {
+    const dir = await writeKubeletSecret(await tempDir(), { oauth: JSON.stringify(OAUTH), ...INSTANCE_FILES });
+    const { raw } = await readCredentialSource({ kind: 'path', path: dir });
+    expect(Object.keys(raw as object).sort()).toEqual(['oauth', ...Object.keys(INSTANCE_FILES)].sort());
+    expect(await clientIdFrom({ kind: 'path', path: dir })).toBe(OAUTH.clientid);
+  });
+
+  it('sees the new values after a kubelet rotation', async () => {
+    const dir = await writeKubeletSecret(await tempDir(), { oauth: JSON.stringify(OAUTH) });
+    await rotateKubeletSecret(dir, { oauth: JSON.stringify({ ...OAUTH, clientid: 'sb-rotated!b1' }) });
+    expect(await clientIdFrom({ kind: 'path', path: dir })).toBe('sb-rotated!b1');
+  });
+
+  it('names the file holding invalid JSON', async () => {
+    const dir = await writeKubeletSecret(await tempDir(), { oauth: '{"clientid": "x",', ...INSTANCE_FILES });
+    const [problem] = await problemsOf(readCredentialSource({ kind: 'path', path: dir }));
+    expect(problem?.source).toBe(join(dir, 'oauth'));
+    expect(problem?.message).toMatch(/^is not valid JSON/);
+  });
+
+  it('names an empty directory', async () => {
+    const dir = await tempDir();
+    expect(await problemsOf(readCredentialSource({ kind: 'path', path: dir }))).toEqual([
+      { source: dir, field: '', message: 'contains no service key files and no binding directories' },
+    ]);
+  });
+
+  it('treats a directory of binding directories as a binding root', async () => {
+    const root = await tempDir();
+    await writeFiles(join(root, 'db'), { type: 'postgresql', username: 'u' });
+    await writeKubeletSecret(join(root, 'cpi'), { type: 'it-rt', oauth: JSON.stringify(OAUTH) });
+    expect(await readCredentialSource({ kind: 'path', path: root })).toMatchObject({ source: join(root, 'cpi') });
+  });
+});
+
+describe('readCredentialSource: servicebinding.io binding root', () => {
+  async function bindingRoot(bindings: Record<string, string | undefined>): Promise<string> {
+    const root = await tempDir();
+    for (const [name, type] of Object.entries(bindings)) {
+      const oauth = JSON.stringify({ ...OAUTH, clientid: `id-${name}` });
+      await writeKubeletSecret(join(root, name), type === undefined ? { oauth } : { type, oauth });
+    }
+    return root;
+  }
+
+  it('picks the binding named', async () => {
+    const root = await bindingRoot({ a: 'it-rt', b: 'it-rt' });
+    expect(await clientIdFrom({ kind: 'binding-root', root, binding: 'b' })).toBe('id-b');
+  });
+
+  it('picks the it-rt binding among others', async () => {
+    const root = await bindingRoot({ a: 'xsuaa', b: 'it-rt', c: 'postgresql' });
+    expect(await clientIdFrom({ kind: 'binding-root', root })).toBe('id-b');
+  });
+
+  it('picks the only binding whatever its type, ignoring directories without type', async () => {
+    const root = await bindingRoot({ a: 'user-provided', b: undefined });
+    expect(await clientIdFrom({ kind: 'binding-root', root })).toBe('id-a');
+  });
+
+  it('lists the candidates when the choice is ambiguous', async () => {
+    const root = await bindingRoot({ a: 'xsuaa', b: 'destination' });
+    expect(await problemsOf(readCredentialSource({ kind: 'binding-root', root }))).toEqual([
+      {
+        source: root,
+        field: '',
+        message: 'has several bindings, so the one to use must be named; found: a (type xsuaa), b (type destination)',
+      },
+    ]);
+  });
+
+  it('lists the candidates when the named binding is absent', async () => {
+    const root = await bindingRoot({ a: 'it-rt' });
+    const [problem] = await problemsOf(readCredentialSource({ kind: 'binding-root', root, binding: 'cpi' }));
+    expect(problem?.message).toBe('has no binding named "cpi"; found: a (type it-rt)');
+  });
+
+  it('says when there is no binding at all', async () => {
+    const root = await bindingRoot({ a: undefined });
+    const [problem] = await problemsOf(readCredentialSource({ kind: 'binding-root', root }));
+    expect(problem?.message).toBe('has no bindings (subdirectories with a type file)');
+  });
+
+  it('names a missing root', async () => {
+    const root = join(await tempDir(), 'bindings');
+    expect((await problemsOf(readCredentialSource({ kind: 'binding-root', root })))[0]).toMatchObject({
+      source: root,
+      message: 'does not exist',
+    });
+  });
+});
+
+describe('readCredentialSource: VCAP_SERVICES and inline JSON', () => {
+  it('takes the first it-rt instance and labels the source', async () => {
+    const { raw, source } = await readCredentialSource({ kind: 'vcap', json: await vcapJson() });
+    expect(source).toBe('VCAP_SERVICES (it-rt/my-instance)');
+    expect(parseServiceKey(raw, source).credentials.clientId).toMatch(/\|it-rt-acme-dev!b196$/);
+  });
+
+  it('takes the instance named, across labels', async () => {
+    const json = await vcapJson();
+    expect((await readCredentialSource({ kind: 'vcap', json, binding: 'my-api-instance' })).source).toBe(
+      'VCAP_SERVICES (it-rt/my-api-instance)',
+    );
+    expect((await readCredentialSource({ kind: 'vcap', json, binding: 'my-xsuaa' })).source).toBe(
+      'VCAP_SERVICES (xsuaa/my-xsuaa)',
+    );
+  });
+
+  it('takes the first instance of the label named', async () => {
+    const { source } = await readCredentialSource({ kind: 'vcap', json: await vcapJson(), binding: 'xsuaa' });
+    expect(source).toBe('VCAP_SERVICES (xsuaa/my-xsuaa)');
+  });
+
+  it('lists what is bound when there is no it-rt', async () => {
+    const json = JSON.stringify({ xsuaa: [{ name: 'my-xsuaa', credentials: {} }], destination: [{ name: 'd' }] });
+    expect(await problemsOf(readCredentialSource({ kind: 'vcap', json }))).toEqual([
+      { source: 'VCAP_SERVICES', field: '', message: 'has no it-rt binding; found: xsuaa/my-xsuaa, destination/d' },
+    ]);
+  });
+
+  it('names the instance without credentials', async () => {
+    const json = JSON.stringify({ 'it-rt': [{ name: 'bare' }] });
+    expect(await problemsOf(readCredentialSource({ kind: 'vcap', json }))).toEqual([
+      { source: 'VCAP_SERVICES (it-rt/bare)', field: 'credentials', message: 'is missing' },
+    ]);
+  });
+
+  it('refuses VCAP_SERVICES that is not JSON', async () => {
+    const [problem] = await problemsOf(readCredentialSource({ kind: 'vcap', json: '{"it-rt": [' }));
+    expect(problem).toMatchObject({ source: 'VCAP_SERVICES', message: expect.stringMatching(/^is not valid JSON/) });
+  });
+
+  it('reads inline JSON under its label', async () => {
+    const json = JSON.stringify({ oauth: OAUTH });
+    expect(await readCredentialSource({ kind: 'inline', json, label: 'SIDECAR_SERVICE_KEY_JSON' })).toEqual({
+      raw: { oauth: OAUTH },
+      source: 'SIDECAR_SERVICE_KEY_JSON',
+    });
+  });
+
+  it('labels an inline JSON error with the variable, not the content', async () => {
+    const json = '{"oauth": {"clientsecret": "FAKE-secret-3" }';
+    const source = { kind: 'inline', json, label: 'SIDECAR_SERVICE_KEY_JSON' } as const;
+    const [problem] = await problemsOf(readCredentialSource(source));
+    expect(problem?.source).toBe('SIDECAR_SERVICE_KEY_JSON');
+    expect(problem?.message).not.toContain('FAKE-secret-3');
+  });
+});
+
+describe('readClientCert', () => {
+  it('reads a certificate file and a key file', async () => {
+    const dir = await writeFiles(await tempDir(), { 'client.crt': 'CERT-PEM', 'client.key': 'KEY-PEM' });
+    const certFile = join(dir, 'client.crt');
+    const keyFile = join(dir, 'client.key');
+    expect(await readClientCert({ kind: 'files', certFile, keyFile })).toEqual({
+      certificate: 'CERT-PEM',
+      key: 'KEY-PEM',
+      source: `${certFile}, ${keyFile}`,
+    });
+  });
+
+  it('reads a kubernetes.io/tls secret through ..data', async () => {
+    const dir = await writeKubeletSecret(await tempDir(), { 'tls.crt': 'CERT-PEM', 'tls.key': 'KEY-PEM' });
+    expect(await readClientCert({ kind: 'tls-dir', dir })).toEqual({
+      certificate: 'CERT-PEM',
+      key: 'KEY-PEM',
+      source: dir,
+    });
+  });
+
+  it('reports both files when both are missing or empty', async () => {
+    const dir = await writeFiles(await tempDir(), { 'tls.key': '  \n' });
+    expect(await problemsOf(readClientCert({ kind: 'tls-dir', dir }))).toEqual([
+      { source: join(dir, 'tls.crt'), field: '', message: 'does not exist' },
+      { source: join(dir, 'tls.key'), field: '', message: 'is empty' },
+    ]);
+  });
+});
+
+describe('settleReads', () => {
+  it('returns both values', async () => {
+    expect(await settleReads(Promise.resolve(1), Promise.resolve('two'))).toEqual([1, 'two']);
+  });
+
+  it('lets an unexpected error through', async () => {
+    await expect(settleReads(Promise.reject(new TypeError('bug')), Promise.resolve(1))).rejects.toThrow(TypeError);
+  });
+});
+
+describe('watchTargets', () => {
+  it('watches a file through its directory, and a directory itself', async () => {
+    const dir = await writeFiles(await tempDir(), { 'key.json': '{}' });
+    expect(await watchTargets({ source: { kind: 'path', path: join(dir, 'key.json') } })).toEqual([dir]);
+    expect(await watchTargets({ source: { kind: 'path', path: dir } })).toEqual([dir]);
+  });
+
+  it('does not mistake the kubelet ..data directories of a binding for bindings', async () => {
+    const dir = await writeKubeletSecret(await tempDir(), { type: 'it-rt', oauth: JSON.stringify(OAUTH) });
+    expect(await watchTargets({ source: { kind: 'path', path: dir } })).toEqual([dir]);
+  });
+
+  it('watches a binding root and each binding in it', async () => {
+    const root = await tempDir();
+    await writeKubeletSecret(join(root, 'cpi'), { type: 'it-rt' });
+    await writeFiles(join(root, 'not-a-binding'), { readme: 'x' });
+    expect(await watchTargets({ source: { kind: 'binding-root', root } })).toEqual([root, join(root, 'cpi')]);
+  });
+
+  it('adds the client certificate directories once, and nothing for env values', async () => {
+    const spec = {
+      source: { kind: 'vcap', json: '{}' },
+      clientCert: { kind: 'files', certFile: '/certs/tls.crt', keyFile: '/certs/tls.key' },
+    } as const;
+    expect(await watchTargets(spec)).toEqual(['/certs']);
+    const inline = { kind: 'inline', json: '{}', label: 'X' } as const;
+    expect(await watchTargets({ source: inline, clientCert: { kind: 'tls-dir', dir: '/tls' } })).toEqual(['/tls']);
+  });
+});

@@ -1,0 +1,193 @@
+import { X509Certificate } from 'node:crypto';
+import { describe, expect, it } from 'vitest';
+import {
+  checkKeyPair,
+  formatPemBlock,
+  normalizePem,
+  parseCertificateChain,
+  parsePrivateKey,
+  PemError,
+  splitPemBlocks,
+} from '../../src/pem.js';
+import { unitCerts } from '../helpers/unit-certs.js';
+
+const certs = await unitCerts();
+
+/** The same PEM as Node prints it: 64 columns, real newlines, trailing newline. */
+const canonical = (pem: string) => `${pem.trim()}\n`;
+
+/** The base64 body of the first block, for checks that errors never echo it. */
+const bodyOf = (pem: string) => pem.split('\n').filter((l) => l && !l.startsWith('-----')).join('');
+
+function thrownBy(fn: () => unknown): Error {
+  try {
+    fn();
+  } catch (err) {
+    return err as Error;
+  }
+  throw new Error('expected a throw');
+}
+
+describe('normalizePem', () => {
+  const leaf = canonical(certs.leafPem);
+
+  it('keeps a well-formed PEM as it is', () => {
+    expect(normalizePem(leaf)).toBe(leaf);
+  });
+
+  it.each([
+    ['CRLF line ends', leaf.replaceAll('\n', '\r\n')],
+    ['literal \\n escapes', leaf.replaceAll('\n', '\\n')],
+    ['double-escaped \\\\n', leaf.replaceAll('\n', '\\\\n')],
+    ['literal \\r\\n escapes', leaf.replaceAll('\n', '\\r\\n')],
+    ['a JSON-quoted value', JSON.stringify(leaf)],
+    ['a value quoted twice', JSON.stringify(JSON.stringify(leaf))],
+    ['single quotes around it', `'${leaf}'`],
+    ['one line with spaces', leaf.replaceAll('\n', ' ')],
+    ['surrounding whitespace and text', `  subject=CN=x\n\n${leaf}\n\n  `],
+    ['tabs and indentation', leaf.replaceAll('\n', '\n\t  ')],
+  ])('repairs %s', (_name, text) => {
+    expect(normalizePem(text)).toBe(leaf);
+  });
+
+  it('re-wraps bodies at 64 columns', () => {
+    const body = bodyOf(leaf);
+    const wide = `-----BEGIN CERTIFICATE-----\n${body.match(/.{1,76}/g)?.join('\n')}\n-----END CERTIFICATE-----`;
+    const lines = normalizePem(wide).split('\n');
+    expect(normalizePem(wide)).toBe(leaf);
+    expect(Math.max(...lines.map((l) => l.length))).toBe(64);
+  });
+
+  it('keeps every block of a chain, joined by newlines, ending in one', () => {
+    const escapedChain = certs.chainPem.replaceAll('\n', '\\n');
+    expect(normalizePem(escapedChain)).toBe(`${certs.leafPem}\n${certs.intermediatePem}\n`);
+  });
+
+  it('returns an empty string when there is no PEM block', () => {
+    expect(normalizePem('not a certificate')).toBe('');
+    expect(normalizePem('-----BEGIN CERTIFICATE-----\nMIIB')).toBe('');
+  });
+});
+
+describe('splitPemBlocks', () => {
+  it('names each block and strips its body to base64', () => {
+    const blocks = splitPemBlocks(`${certs.chainPem}${certs.leafKeyPkcs1}`.replaceAll('\n', '\\n'));
+    expect(blocks.map((b) => b.type)).toEqual(['CERTIFICATE', 'CERTIFICATE', 'RSA PRIVATE KEY']);
+    expect(blocks.every((b) => /^[A-Za-z0-9+/=]+$/.test(b.base64))).toBe(true);
+  });
+
+  it('ignores a block whose END label does not match', () => {
+    expect(splitPemBlocks('-----BEGIN CERTIFICATE-----\nAAAA\n-----END PRIVATE KEY-----\n')).toEqual([]);
+  });
+
+  it('round-trips through formatPemBlock', () => {
+    const [block] = splitPemBlocks(certs.leafPem);
+    expect(block && formatPemBlock(block)).toBe(certs.leafPem.trim());
+  });
+});
+
+describe('parseCertificateChain', () => {
+  const leafFingerprint = new X509Certificate(certs.leafPem).fingerprint256;
+  const intermediateFingerprint = new X509Certificate(certs.intermediatePem).fingerprint256;
+  const rootFingerprint = new X509Certificate(certs.rootPem).fingerprint256;
+
+  it('parses leaf and intermediate, leaf first, into canonical PEM', () => {
+    const chain = parseCertificateChain(certs.chainPem.replaceAll('\n', '\\n'));
+    expect(chain.leaf.fingerprint256).toBe(leafFingerprint);
+    expect(chain.certificates.map((c) => c.fingerprint256)).toEqual([leafFingerprint, intermediateFingerprint]);
+    expect(chain.pem).toBe(`${certs.leafPem}\n${certs.intermediatePem}\n`);
+  });
+
+  it('puts the leaf first when the chain was pasted root first', () => {
+    const chain = parseCertificateChain([certs.rootPem, certs.intermediatePem, certs.leafPem].join('\n'));
+    expect(chain.certificates.map((c) => c.fingerprint256)).toEqual([
+      leafFingerprint,
+      intermediateFingerprint,
+      rootFingerprint,
+    ]);
+  });
+
+  it('parses a single certificate', () => {
+    expect(parseCertificateChain(certs.ecLeafPem).certificates).toHaveLength(1);
+  });
+
+  it('skips private key blocks mixed into the text', () => {
+    const chain = parseCertificateChain(`${certs.leafKeyPkcs8}${certs.leafPem}`);
+    expect(chain.certificates.map((c) => c.fingerprint256)).toEqual([leafFingerprint]);
+  });
+
+  it('refuses text without a certificate', () => {
+    const err = thrownBy(() => parseCertificateChain(certs.leafKeyPkcs8));
+    expect(err).toBeInstanceOf(PemError);
+    expect(err.message).toBe('no PEM CERTIFICATE block found');
+  });
+
+  it('names the broken certificate by position', () => {
+    const broken = '-----BEGIN CERTIFICATE-----\nMIIBroken0000\n-----END CERTIFICATE-----\n';
+    const err = thrownBy(() => parseCertificateChain(`${certs.leafPem}\n${broken}`));
+    expect(err).toBeInstanceOf(PemError);
+    expect(err.message).toBe('certificate 2 is not valid X.509');
+  });
+});
+
+describe('parsePrivateKey', () => {
+  it.each([
+    ['PKCS#1', certs.leafKeyPkcs1, 'RSA PRIVATE KEY', 'rsa'],
+    ['PKCS#8', certs.leafKeyPkcs8, 'PRIVATE KEY', 'rsa'],
+    ['SEC1 EC', certs.ecKeySec1, 'EC PRIVATE KEY', 'ec'],
+  ])('reads a %s key and keeps its format', (_name, pem, label, type) => {
+    const key = parsePrivateKey(pem.replaceAll('\n', '\\n'));
+    expect(key.key.asymmetricKeyType).toBe(type);
+    expect(key.pem).toBe(canonical(pem));
+    expect(key.pem.startsWith(`-----BEGIN ${label}-----\n`)).toBe(true);
+  });
+
+  it('picks the key out of a combined certificate and key file', () => {
+    expect(parsePrivateKey(`${certs.leafPem}\n${certs.leafKeyPkcs1}`).pem).toBe(canonical(certs.leafKeyPkcs1));
+  });
+
+  it('refuses text without a private key', () => {
+    expect(() => parsePrivateKey(certs.leafPem)).toThrow(new PemError('no PEM PRIVATE KEY block found'));
+  });
+
+  it('refuses an encrypted key with a hint', () => {
+    const encrypted = [
+      '-----BEGIN ENCRYPTED PRIVATE KEY-----',
+      'MIIFHDBOBgkqhkiG9w0BBQ0wQTApBgkq',
+      '-----END ENCRYPTED PRIVATE KEY-----',
+    ].join('\n');
+    expect(() => parsePrivateKey(encrypted)).toThrow(/encrypted; supply it without a passphrase/);
+  });
+
+  it('never echoes key material when a key is corrupt', () => {
+    const body = bodyOf(certs.leafKeyPkcs1);
+    const corrupt = `-----BEGIN RSA PRIVATE KEY-----\n${body.slice(0, 400)}\n-----END RSA PRIVATE KEY-----\n`;
+    const err = thrownBy(() => parsePrivateKey(corrupt));
+    expect(err).toBeInstanceOf(PemError);
+    expect(err.message).toBe('the RSA PRIVATE KEY block is not valid');
+    expect(err.message).not.toContain(body.slice(40, 60));
+    expect(err.cause).toBeUndefined();
+  });
+});
+
+describe('checkKeyPair', () => {
+  const leaf = new X509Certificate(certs.leafPem);
+
+  it('accepts the leaf key as PKCS#1 and as PKCS#8, even escaped', () => {
+    expect(checkKeyPair(leaf, certs.leafKeyPkcs1)).toBe(true);
+    expect(checkKeyPair(leaf, certs.leafKeyPkcs8.replaceAll('\n', '\\\\n'))).toBe(true);
+  });
+
+  it('accepts an EC key for its EC certificate', () => {
+    expect(checkKeyPair(new X509Certificate(certs.ecLeafPem), certs.ecKeySec1)).toBe(true);
+  });
+
+  it('rejects another RSA key and a key of another type', () => {
+    expect(checkKeyPair(leaf, certs.otherKeyPkcs8)).toBe(false);
+    expect(checkKeyPair(leaf, certs.ecKeySec1)).toBe(false);
+  });
+
+  it('throws PemError when the key is not PEM', () => {
+    expect(() => checkKeyPair(leaf, 'clientsecret')).toThrow(PemError);
+  });
+});

@@ -1,0 +1,401 @@
+import { readFileSync } from 'node:fs';
+import { X509Certificate } from 'node:crypto';
+import { describe, expect, it } from 'vitest';
+import type { CertificateCredentials, ClientKeyPair, LoadedCredentials } from '../../src/credentials.js';
+import { ConfigError, type ConfigProblem } from '../../src/errors.js';
+import { normalizePem } from '../../src/pem.js';
+import { EXPIRY_WARNING_DAYS, parseServiceKey } from '../../src/service-key.js';
+import { unitCerts } from '../helpers/unit-certs.js';
+
+const certs = await unitCerts();
+const DAY_MS = 86_400_000;
+const SOURCE = '/etc/secrets/key.json';
+const fixture = (name: string): Record<string, unknown> => {
+  const text = readFileSync(new URL(`../fixtures/service-keys/${name}`, import.meta.url), 'utf8');
+  return JSON.parse(text) as Record<string, unknown>;
+};
+
+const CLIENT_ID = 'sb-11111111-2222-3333-4444-555555555555!b123456|it-rt-acme-dev!b196';
+const SECRET = '66666666-7777-8888-9999-000000000000$FAKE_fake-SECRET_value_0000000000000=';
+const RUNTIME_URL = 'https://acme-dev.it-cpi000-rt.cfapps.eu10-000.hana.ondemand.com';
+const TOKEN_URL = 'https://acme-dev.authentication.eu10.hana.ondemand.com/oauth/token';
+const CERT_TOKEN_URL = 'https://acme-dev.authentication.cert.eu10.hana.ondemand.com/oauth/token';
+
+/** An SAP-generated Certificate key around the unit test chain and PKCS#1 key. */
+function certificateKey(overrides: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    oauth: {
+      clientid: CLIENT_ID,
+      certificate: certs.chainPem,
+      key: certs.leafKeyPkcs1,
+      certificatedetails: { issuerdn: 'CN=Fake', subjectdn: 'CN=fake', serialnumber: '00', validuntil: '2030-01-01' },
+      url: RUNTIME_URL,
+      tokenurl: CERT_TOKEN_URL,
+      ...overrides,
+    },
+  };
+}
+
+function externalKey(overrides: Record<string, unknown> = {}): Record<string, unknown> {
+  const oauth = { clientid: CLIENT_ID, certificate: certs.leafPem, 'certificate-pinning': true, url: RUNTIME_URL };
+  return { oauth: { ...oauth, tokenurl: CERT_TOKEN_URL, ...overrides } };
+}
+
+const PAIR_SOURCE = '/certs/tls.crt, /certs/tls.key';
+const pair = (certificate: string, key: string): ClientKeyPair => ({ certificate, key, source: PAIR_SOURCE });
+
+/** The problems of the ConfigError thrown by `fn`. */
+function problemsOf(fn: () => unknown): ConfigProblem[] {
+  try {
+    fn();
+  } catch (err) {
+    expect(err).toBeInstanceOf(ConfigError);
+    return [...(err as ConfigError).problems];
+  }
+  throw new Error('expected a ConfigError');
+}
+
+const parse = (raw: unknown, opts = {}): LoadedCredentials => parseServiceKey(raw, SOURCE, opts);
+const asCertificate = (loaded: LoadedCredentials) => loaded.credentials as CertificateCredentials;
+
+describe('parseServiceKey: ClientId/Secret keys', () => {
+  it('reads an integration-flow key nested under oauth', () => {
+    expect(parse(fixture('client-secret.json'))).toEqual({
+      credentials: {
+        kind: 'client-secret',
+        clientId: CLIENT_ID,
+        clientSecret: SECRET,
+        tokenUrl: TOKEN_URL,
+        url: RUNTIME_URL,
+        source: SOURCE,
+      },
+      notices: [],
+    });
+  });
+
+  it('reads an api key and keeps the management url', () => {
+    const { credentials } = parse(fixture('client-secret-api.json'));
+    expect(credentials.clientId).toMatch(/\|it!b196$/);
+    expect(credentials.url).toBe('https://acme-dev.it-cpi000.cfapps.eu10-000.hana.ondemand.com');
+  });
+
+  it('reads a flat key and ignores unknown fields', () => {
+    const { credentials } = parse(fixture('flat.json'));
+    expect(credentials).toMatchObject({ kind: 'client-secret', clientId: 'sb-flat-fake!b1|it-rt-acme-dev!b196' });
+    expect(credentials).not.toHaveProperty('identityzone');
+  });
+
+  it('decodes oauth given as a JSON string (btp-operator secret)', () => {
+    const raw = { oauth: JSON.stringify(fixture('client-secret.json').oauth), plan: 'integration-flow', type: 'it-rt' };
+    expect(parse(raw).credentials.clientId).toBe(CLIENT_ID);
+  });
+
+  it('decodes a secretRootKey map whose oauth is JSON inside JSON', () => {
+    const map = { oauth: JSON.stringify(fixture('client-secret.json').oauth), instance_name: 'my-instance' };
+    expect(parse(JSON.stringify(map)).credentials.clientId).toBe(CLIENT_ID);
+    expect(parse({ key: JSON.stringify(map) }).credentials.clientId).toBe(CLIENT_ID);
+  });
+
+  it('unwraps a single wrapper such as credentials, beside plain metadata', () => {
+    const raw = { credentials: fixture('client-secret.json'), instance_name: 'my-instance', tags: ['it-rt'] };
+    expect(parse(raw).credentials.clientId).toBe(CLIENT_ID);
+  });
+
+  it('trims whitespace around values', () => {
+    const raw = {
+      clientid: ` ${CLIENT_ID}\n`,
+      clientsecret: `${SECRET}\n`,
+      tokenurl: `${TOKEN_URL}\n`,
+      url: `\t${RUNTIME_URL} `,
+    };
+    expect(parse(raw).credentials).toMatchObject({
+      clientId: CLIENT_ID,
+      clientSecret: SECRET,
+      tokenUrl: TOKEN_URL,
+      url: RUNTIME_URL,
+    });
+  });
+
+  it('accepts a key without url', () => {
+    expect(parse({ clientid: 'c', clientsecret: 's', tokenurl: TOKEN_URL }).credentials.url).toBeUndefined();
+  });
+
+  it('does not switch the token host for a secret key', () => {
+    expect(parse(fixture('client-secret.json'))).toMatchObject({ credentials: { tokenUrl: TOKEN_URL }, notices: [] });
+  });
+});
+
+describe('parseServiceKey: problems', () => {
+  it('names every missing field with its path and source', () => {
+    expect(problemsOf(() => parse({ oauth: { url: RUNTIME_URL } }))).toEqual([
+      { source: SOURCE, field: 'oauth.clientid', message: 'is missing' },
+      { source: SOURCE, field: 'oauth.tokenurl', message: 'is missing' },
+      {
+        source: SOURCE,
+        field: 'oauth.clientsecret',
+        message: 'is missing: a service key needs clientsecret, or certificate and key',
+      },
+    ]);
+  });
+
+  it('uses the flat field names for a flat key', () => {
+    const fields = problemsOf(() => parse({ clientid: 'c', tokenurl: TOKEN_URL })).map((p) => p.field);
+    expect(fields).toEqual(['clientsecret']);
+  });
+
+  it('prefixes the wrapper path', () => {
+    const fields = problemsOf(() => parse({ credentials: { oauth: { clientsecret: 's' } } })).map((p) => p.field);
+    expect(fields).toEqual(['credentials.oauth.clientid', 'credentials.oauth.tokenurl']);
+  });
+
+  it('reports blank and non-string values', () => {
+    const problems = problemsOf(() => parse({ oauth: { clientid: '  \n', clientsecret: 42, tokenurl: TOKEN_URL } }));
+    expect(problems).toContainEqual({ source: SOURCE, field: 'oauth.clientid', message: 'is empty' });
+    expect(problems).toContainEqual({ source: SOURCE, field: 'oauth.clientsecret', message: 'must be a string' });
+  });
+
+  it.each([
+    ['plain http on a real host', TOKEN_URL.replace('https:', 'http:'), 'must be an https URL'],
+    ['no URL at all', 'acme-dev.authentication.eu10.hana.ondemand.com', 'is not a URL'],
+    ['another scheme', 'ftp://acme-dev/oauth/token', 'must be an https URL'],
+  ])('refuses a tokenurl with %s', (_name, tokenurl, message) => {
+    const [problem] = problemsOf(() => parse({ clientid: 'c', clientsecret: 's', tokenurl }));
+    expect(problem).toMatchObject({ field: 'tokenurl', source: SOURCE });
+    expect(problem?.message).toContain(message);
+  });
+
+  it('validates url like tokenurl', () => {
+    const raw = { clientid: 'c', clientsecret: 's', tokenurl: TOKEN_URL, url: 'http://acme.example' };
+    const problems = problemsOf(() => parse(raw));
+    expect(problems.map((p) => p.field)).toEqual(['url']);
+  });
+
+  it.each(['http://127.0.0.1:8080/oauth/token', 'http://localhost/oauth/token', 'http://[::1]:9/oauth/token'])(
+    'allows plain http on loopback: %s',
+    (tokenurl) => {
+      expect(parse({ clientid: 'c', clientsecret: 's', tokenurl }).credentials.tokenUrl).toBe(tokenurl);
+    },
+  );
+
+  it.each([
+    ['an array', [], ''],
+    ['a number', 7, ''],
+    ['oauth that is not JSON', { oauth: 'not json' }, 'oauth'],
+  ])('refuses %s', (_name, raw, field) => {
+    const [problem] = problemsOf(() => parse(raw));
+    expect(problem).toEqual({ source: SOURCE, field, message: 'is not a JSON object' });
+  });
+
+  it('says when no service key is recognisable', () => {
+    const [problem] = problemsOf(() => parse({ foo: 'bar', instance_name: 'x' }));
+    expect(problem?.message).toMatch(/^contains no service key/);
+  });
+
+  it('reports all problems of one key at once', () => {
+    const problems = problemsOf(() =>
+      parse(certificateKey({ clientid: '', tokenurl: 'http://acme.example/t', certificate: 'garbage' })),
+    );
+    expect(problems.map((p) => p.field)).toEqual(['oauth.clientid', 'oauth.tokenurl', 'oauth.certificate']);
+  });
+
+  it('formats the error with field and source on one line each', () => {
+    try {
+      parse({ oauth: { clientid: 'c', tokenurl: TOKEN_URL } });
+      expect.unreachable();
+    } catch (err) {
+      expect((err as ConfigError).code).toBe('CONFIG_INVALID');
+      expect((err as Error).message).toContain(`  - oauth.clientsecret: is missing`);
+      expect((err as Error).message).toContain(`(${SOURCE})`);
+    }
+  });
+
+  it('never puts the secret into an error', () => {
+    const raw = { oauth: { clientsecret: SECRET, tokenurl: 'http://acme.example/t' } };
+    try {
+      parse(raw);
+      expect.unreachable();
+    } catch (err) {
+      expect((err as Error).message).not.toContain('FAKE_fake-SECRET');
+    }
+  });
+});
+
+describe('parseServiceKey: Certificate keys', () => {
+  const leaf = new X509Certificate(certs.leafPem);
+
+  it('reads a chain with a PKCS#1 key into normalised PEM, fingerprint and notAfter', () => {
+    const loaded = parse(certificateKey());
+    expect(loaded.credentials).toEqual({
+      kind: 'certificate',
+      clientId: CLIENT_ID,
+      tokenUrl: CERT_TOKEN_URL,
+      url: RUNTIME_URL,
+      source: SOURCE,
+      certificate: normalizePem(certs.chainPem),
+      key: normalizePem(certs.leafKeyPkcs1),
+      fingerprint: leaf.fingerprint256,
+      notAfter: new Date(leaf.validTo),
+    });
+    expect(asCertificate(loaded).key).toMatch(/^-----BEGIN RSA PRIVATE KEY-----\n/);
+    expect(loaded.notices).toEqual([]);
+  });
+
+  it('reads a PKCS#8 key', () => {
+    const loaded = parse(certificateKey({ key: certs.leafKeyPkcs8 }));
+    expect(asCertificate(loaded).key).toMatch(/^-----BEGIN PRIVATE KEY-----\n/);
+  });
+
+  it('reads an EC key', () => {
+    const loaded = parse(certificateKey({ certificate: certs.ecLeafPem, key: certs.ecKeySec1 }));
+    expect(asCertificate(loaded).fingerprint).toBe(new X509Certificate(certs.ecLeafPem).fingerprint256);
+  });
+
+  it.each([
+    ['literal \\n', (s: string) => s.replaceAll('\n', '\\n')],
+    ['double-escaped \\\\n', (s: string) => s.replaceAll('\n', '\\\\n')],
+    ['one line with spaces', (s: string) => s.replaceAll('\n', ' ')],
+    ['CRLF', (s: string) => s.replaceAll('\n', '\r\n')],
+  ])('repairs PEM values with %s', (_name, mangle) => {
+    const loaded = parse(certificateKey({ certificate: mangle(certs.chainPem), key: mangle(certs.leafKeyPkcs1) }));
+    expect(asCertificate(loaded).certificate).toBe(normalizePem(certs.chainPem));
+    expect(asCertificate(loaded).key).toBe(normalizePem(certs.leafKeyPkcs1));
+  });
+
+  it('switches the token host to authentication.cert and says so, naming hosts only', () => {
+    const loaded = parse(certificateKey({ tokenurl: TOKEN_URL }));
+    expect(loaded.credentials.tokenUrl).toBe(CERT_TOKEN_URL);
+    expect(loaded.notices).toEqual([
+      {
+        level: 'info',
+        message:
+          'token URL host switched from acme-dev.authentication.eu10.hana.ondemand.com to ' +
+          'acme-dev.authentication.cert.eu10.hana.ondemand.com: XSUAA accepts client certificates only there',
+      },
+    ]);
+  });
+
+  it('leaves a token host that is not XSUAA alone', () => {
+    const loaded = parse(certificateKey({ tokenurl: 'https://127.0.0.1:8443/oauth/token' }));
+    expect(loaded.credentials.tokenUrl).toBe('https://127.0.0.1:8443/oauth/token');
+    expect(loaded.notices).toEqual([]);
+  });
+
+  it('refuses a key that does not match the leaf', () => {
+    expect(problemsOf(() => parse(certificateKey({ key: certs.otherKeyPkcs8 })))).toEqual([
+      { source: SOURCE, field: 'oauth.key', message: 'does not match the certificate in oauth.certificate' },
+    ]);
+  });
+
+  it('refuses an expired certificate, giving the date', () => {
+    const expiredOn = new Date(new X509Certificate(certs.expiredPem).validTo).toISOString();
+    expect(problemsOf(() => parse(certificateKey({ certificate: certs.expiredPem })))).toEqual([
+      { source: SOURCE, field: 'oauth.certificate', message: `expired on ${expiredOn}` },
+    ]);
+  });
+
+  it('judges expiry by the injected clock', () => {
+    const notAfter = new Date(leaf.validTo);
+    const later = new Date(notAfter.getTime() + DAY_MS);
+    expect(problemsOf(() => parse(certificateKey(), { now: later })).map((p) => p.message)).toEqual([
+      `expired on ${notAfter.toISOString()}`,
+    ]);
+  });
+
+  it(`warns when the certificate expires within ${EXPIRY_WARNING_DAYS} days`, () => {
+    const loaded = parse(certificateKey({ certificate: certs.expiringPem }));
+    const notAfter = new Date(new X509Certificate(certs.expiringPem).validTo).toISOString();
+    expect(loaded.notices).toEqual([
+      {
+        level: 'warn',
+        message: `the client certificate in oauth.certificate (${SOURCE}) expires on ${notAfter}, in 10 days`,
+      },
+    ]);
+  });
+
+  it('does not warn when the injected clock is far from expiry', () => {
+    const monthEarlier = new Date(Date.now() - 30 * DAY_MS);
+    expect(parse(certificateKey({ certificate: certs.expiringPem }), { now: monthEarlier }).notices).toEqual([]);
+  });
+
+  it('reports PEM that is not PEM, per field, without echoing it', () => {
+    const problems = problemsOf(() => parse(certificateKey({ certificate: 'MIIFAKE', key: 'secret-key-material' })));
+    expect(problems).toEqual([
+      {
+        source: SOURCE,
+        field: 'oauth.certificate',
+        message: 'is not a PEM certificate (no PEM CERTIFICATE block found)',
+      },
+      { source: SOURCE, field: 'oauth.key', message: 'is not a PEM private key (no PEM PRIVATE KEY block found)' },
+    ]);
+  });
+
+  it('reports a corrupt key without its content', () => {
+    const corrupt = certs.leafKeyPkcs1.slice(0, 300) + '\n-----END RSA PRIVATE KEY-----\n';
+    const [problem] = problemsOf(() => parse(certificateKey({ key: corrupt })));
+    expect(problem).toEqual({
+      source: SOURCE,
+      field: 'oauth.key',
+      message: 'is not a PEM private key (the RSA PRIVATE KEY block is not valid)',
+    });
+  });
+});
+
+describe('parseServiceKey: External Certificate keys and supplied key pairs', () => {
+  it('asks for the key pair when the key has a certificate but no key', () => {
+    const [problem] = problemsOf(() => parse(externalKey()));
+    expect(problem?.field).toBe('oauth.key');
+    expect(problem?.message).toContain('External Certificate');
+    for (const name of ['--client-cert', '--client-key', 'SIDECAR_CLIENT_CERT', 'SIDECAR_CLIENT_KEY']) {
+      expect(problem?.message).toContain(name);
+    }
+  });
+
+  it('uses the supplied pair as an external-certificate credential', () => {
+    const loaded = parse(externalKey(), { clientCert: pair(certs.chainPem, certs.leafKeyPkcs8) });
+    expect(loaded.credentials).toMatchObject({
+      kind: 'external-certificate',
+      certificate: normalizePem(certs.chainPem),
+      key: normalizePem(certs.leafKeyPkcs8),
+      fingerprint: new X509Certificate(certs.leafPem).fingerprint256,
+    });
+    expect(loaded.notices).toEqual([]);
+  });
+
+  it('warns when the supplied certificate differs from the one in the key (pinning)', () => {
+    const clientCert = pair(certs.chainPem, certs.leafKeyPkcs1);
+    const loaded = parse(externalKey({ certificate: certs.ecLeafPem }), { clientCert });
+    expect(loaded.notices).toHaveLength(1);
+    expect(loaded.notices[0]).toMatchObject({ level: 'warn' });
+    expect(loaded.notices[0]?.message).toContain('differs from oauth.certificate');
+    expect(loaded.notices[0]?.message).toContain('pinning');
+  });
+
+  it('uses a supplied pair for mTLS even with a ClientId/Secret key', () => {
+    const loaded = parse(fixture('client-secret.json'), { clientCert: pair(certs.leafPem, certs.leafKeyPkcs1) });
+    expect(loaded.credentials.kind).toBe('external-certificate');
+    expect(loaded.credentials).not.toHaveProperty('clientSecret');
+    expect(loaded.credentials.tokenUrl).toBe(CERT_TOKEN_URL);
+  });
+
+  it("prefers a supplied pair over a Certificate key's own and says so", () => {
+    const loaded = parse(certificateKey(), { clientCert: pair(certs.ecLeafPem, certs.ecKeySec1) });
+    expect(loaded.credentials.kind).toBe('certificate');
+    expect(asCertificate(loaded).fingerprint).toBe(new X509Certificate(certs.ecLeafPem).fingerprint256);
+    expect(loaded.notices).toEqual([
+      { level: 'info', message: `using the client key pair from ${PAIR_SOURCE} instead of the service key's own` },
+    ]);
+  });
+
+  it('names the pair as source of its problems', () => {
+    const problems = problemsOf(() => parse(externalKey(), { clientCert: pair(certs.leafPem, certs.otherKeyPkcs8) }));
+    expect(problems).toEqual([
+      { source: PAIR_SOURCE, field: 'key', message: 'does not match the certificate in certificate' },
+    ]);
+  });
+
+  it('refuses an expired supplied certificate', () => {
+    const problems = problemsOf(() => parse(externalKey(), { clientCert: pair(certs.expiredPem, certs.leafKeyPkcs1) }));
+    expect(problems.map((p) => [p.field, p.source])).toEqual([['certificate', PAIR_SOURCE]]);
+    expect(problems[0]?.message).toMatch(/^expired on \d{4}-/);
+  });
+});
