@@ -34,7 +34,9 @@ async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
     return fail(err);
   }
   // `token` prints the token on stdout, so its logs go to stderr.
-  const log = createLogger({ level: config.logLevel, fd: config.command === 'token' ? 2 : 1 });
+  const fd = config.command === 'token' ? 2 : 1;
+  const pretty = config.logFormat === 'pretty' || (config.logFormat === 'auto' && Boolean(fd === 1 ? process.stdout.isTTY : process.stderr.isTTY));
+  const log = createLogger({ level: config.logLevel, fd, pretty });
   try {
     switch (config.command) {
       case 'token':
@@ -74,15 +76,19 @@ async function printToken(config: Readonly<Config>, log: Logger): Promise<number
   }
 }
 
-/** `oauth-sidecar serve`: run until SIGTERM/SIGINT, then drain and exit 0. */
+/** `oauth-sidecar serve`: run until SIGTERM/SIGINT, then drain gracefully and exit 0. */
 async function serve(config: Readonly<Config>, log: Logger): Promise<number> {
   const sidecar = await startSidecar(config, log);
   const signal = await new Promise<NodeJS.Signals>((resolve) => {
     process.once('SIGTERM', resolve);
     process.once('SIGINT', resolve);
   });
-  log.info({ signal }, 'shutting down');
-  await sidecar.close();
+  log.info({ signal, delayMs: config.shutdownDelayMs, graceMs: config.shutdownGraceMs }, 'shutting down');
+  // A second signal skips the delay and the grace period.
+  const again = () => void sidecar.close();
+  process.once('SIGTERM', again);
+  process.once('SIGINT', again);
+  await sidecar.shutdown();
   log.info('stopped');
   return EXIT_OK;
 }

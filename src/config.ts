@@ -19,6 +19,13 @@ export const COMMANDS = ['serve', 'token'] as const;
 export type Command = (typeof COMMANDS)[number];
 
 export const DEFAULT_LISTEN = '127.0.0.1:8080';
+export const DEFAULT_ADMIN_LISTEN = '127.0.0.1:9090';
+/** Kubernetes removes endpoints asynchronously: keep serving this long after SIGTERM. */
+export const DEFAULT_SHUTDOWN_DELAY_MS = 5_000;
+/** In-flight requests get this long to finish; below the default 30 s terminationGracePeriodSeconds. */
+export const DEFAULT_SHUTDOWN_GRACE_MS = 20_000;
+export const LOG_FORMATS = ['auto', 'json', 'pretty'] as const;
+export type LogFormat = (typeof LOG_FORMATS)[number];
 export const DEFAULT_TOKEN_TIMEOUT_MS = 10_000;
 export const DEFAULT_CONNECT_TIMEOUT_MS = 5_000;
 export const DEFAULT_RESPONSE_TIMEOUT_MS = 60_000;
@@ -60,6 +67,11 @@ export interface InboundConfig {
 export interface Config {
   command: Command;
   listen: { host: string; port: number };
+  /** Admin listener (health, readiness, metrics); undefined when `off`. */
+  adminListen: { host: string; port: number } | undefined;
+  shutdownDelayMs: number;
+  shutdownGraceMs: number;
+  logFormat: LogFormat;
   inbound: InboundConfig;
   network: OutboundNetwork;
   /** Paths of the `--ca` files, for messages. */
@@ -107,12 +119,16 @@ export const FLAGS: Readonly<Record<string, FlagSpec>> = {
   config: { type: 'string', env: 'SIDECAR_CONFIG', description: 'routes file (YAML or JSON)' },
   route: { type: 'string', description: 'token: the route whose token to print (default: the first)' },
   listen: { type: 'string', env: 'SIDECAR_LISTEN', default: DEFAULT_LISTEN, description: 'HOST:PORT of the proxy listener' },
+  'admin-listen': { type: 'string', env: 'SIDECAR_ADMIN_LISTEN', default: DEFAULT_ADMIN_LISTEN, description: 'HOST:PORT of /healthz, /readyz, /metrics, or off' },
+  'shutdown-delay': { type: 'string', env: 'SIDECAR_SHUTDOWN_DELAY', default: String(DEFAULT_SHUTDOWN_DELAY_MS), description: 'ms to keep serving after SIGTERM while readiness fails' },
+  'shutdown-grace': { type: 'string', env: 'SIDECAR_SHUTDOWN_GRACE', default: String(DEFAULT_SHUTDOWN_GRACE_MS), description: 'ms in-flight requests get to finish before connections are cut' },
   'basic-auth-file': { type: 'string', env: 'SIDECAR_BASIC_AUTH_FILE', description: 'inbound basic auth: file of user:password lines' },
   'allow-cidr': { type: 'string', multiple: true, env: 'SIDECAR_ALLOW_CIDRS', description: 'inbound allowlist of sender addresses (repeatable; env: comma-separated)' },
   'allow-any-sender': { type: 'boolean', env: 'SIDECAR_ALLOW_ANY_SENDER', description: 'accept any sender on a non-loopback listener' },
   ca: { type: 'string', multiple: true, env: 'SIDECAR_CA', description: 'extra CA certificate PEM file to trust (repeatable; env: comma-separated)' },
   'token-timeout': { type: 'string', env: 'SIDECAR_TOKEN_TIMEOUT', default: String(DEFAULT_TOKEN_TIMEOUT_MS), description: 'ms for one token request attempt' },
   'log-level': { type: 'string', env: 'SIDECAR_LOG_LEVEL', default: 'info', description: LOG_LEVELS.join(' | ') },
+  'log-format': { type: 'string', env: 'SIDECAR_LOG_FORMAT', default: 'auto', description: 'json | pretty | auto (pretty on a terminal)' },
   help: { type: 'boolean', description: 'show this help' },
   version: { type: 'boolean', description: 'show the version' },
 };
@@ -155,7 +171,13 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
   if (configFile) file = readConfigFile(configFile, readFile, problems);
 
   const listenText = read.string('listen') ?? file?.listen ?? DEFAULT_LISTEN;
-  const listen = parseListen(listenText, problems);
+  const listen = parseListen(listenText, 'listen', problems);
+  const adminText = read.string('admin-listen') ?? file?.adminListen ?? DEFAULT_ADMIN_LISTEN;
+  const adminListen = adminText === 'off' ? undefined : parseListen(adminText, 'admin-listen', problems);
+  const logFormat = read.string('log-format') ?? 'auto';
+  if (!(LOG_FORMATS as readonly string[]).includes(logFormat)) {
+    problems.push({ source: read.sourceOf('log-format'), field: 'log-format', message: `must be one of ${LOG_FORMATS.join(', ')}` });
+  }
   const inbound: InboundConfig = {
     basicAuthFile: read.string('basic-auth-file') ?? file?.inbound?.basicAuthFile,
     allowCidrs: read.has('allow-cidr') ? read.list('allow-cidr') : (file?.inbound?.allowCidrs ?? []),
@@ -186,6 +208,8 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
     problems.push({ source: '--route', field: 'route', message: `no route named "${routeName}" (routes: ${routes.map((r) => r.name).join(', ')})` });
   }
   const tokenTimeoutMs = read.integer('token-timeout', 1) ?? DEFAULT_TOKEN_TIMEOUT_MS;
+  const shutdownDelayMs = read.integer('shutdown-delay', 0) ?? DEFAULT_SHUTDOWN_DELAY_MS;
+  const shutdownGraceMs = read.integer('shutdown-grace', 0) ?? DEFAULT_SHUTDOWN_GRACE_MS;
 
   if (problems.length > 0) throw new ConfigError(problems);
   return {
@@ -193,6 +217,10 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
     config: deepFreeze({
       command,
       listen,
+      adminListen,
+      shutdownDelayMs,
+      shutdownGraceMs,
+      logFormat: logFormat as LogFormat,
       inbound,
       network,
       caFiles,
@@ -302,12 +330,12 @@ function tokenParams(read: Reader, problems: ConfigProblem[]): Record<string, st
 
 const RESERVED_PARAMS = new Set(['grant_type', 'client_id', 'client_secret']);
 
-function parseListen(text: string, problems: ConfigProblem[]): { host: string; port: number } {
+function parseListen(text: string, field: string, problems: ConfigProblem[]): { host: string; port: number } {
   const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(text.trim());
   const host = match?.[1] ?? match?.[2];
   const port = match ? Number(match[3]) : NaN;
   if (!host || !(port >= 0 && port <= 65535) || (match?.[1] && isIP(match[1]) !== 6)) {
-    problems.push({ source: 'listen', field: 'listen', message: `"${text}" is not HOST:PORT (e.g. 127.0.0.1:8080, [::1]:8080, 0.0.0.0:8080)` });
+    problems.push({ source: field, field, message: `"${text}" is not HOST:PORT (e.g. 127.0.0.1:8080, [::1]:8080, 0.0.0.0:8080)` });
     return { host: '127.0.0.1', port: 8080 };
   }
   return { host, port };
@@ -363,12 +391,13 @@ function readCa(file: string, readFile: (path: string) => string, problems: Conf
 
 interface FileConfig {
   listen?: string;
+  adminListen?: string;
   logLevel?: string;
   inbound?: Partial<InboundConfig>;
   routes: RouteConfig[];
 }
 
-const TOP_KEYS = new Set(['listen', 'logLevel', 'inbound', 'routes']);
+const TOP_KEYS = new Set(['listen', 'adminListen', 'logLevel', 'inbound', 'routes']);
 const INBOUND_KEYS = new Set(['basicAuthFile', 'allowCidrs', 'allowAnySender']);
 const ROUTE_KEYS = new Set([
   'name', 'prefix', 'upstream', 'rewritePrefix', 'serviceKey', 'clientCert', 'clientKey', 'clientTlsDir',
@@ -418,6 +447,7 @@ function readConfigFile(path: string, readFile: (p: string) => string, problems:
   }
   return {
     ...optional('listen', f.string(top, 'listen', '')),
+    ...optional('adminListen', f.string(top, 'adminListen', '')),
     ...optional('logLevel', f.string(top, 'logLevel', '')),
     ...optional('inbound', inbound),
     routes,

@@ -36,6 +36,8 @@ export const REDACT_PATHS = [
 
 export interface LoggerOptions {
   level: LogLevel;
+  /** Human-readable lines (pino-pretty, in a worker thread) instead of JSON. */
+  pretty?: boolean;
   /** File descriptor: 1 (stdout) for `serve`, 2 (stderr) when stdout carries a result. */
   fd?: 1 | 2;
   /** Test hook: write log lines here instead. */
@@ -43,15 +45,16 @@ export interface LoggerOptions {
 }
 
 export function createLogger(options: LoggerOptions): Logger {
+  const base = {
+    level: options.level,
+    base: { name: 'oauth-sidecar' },
+    timestamp: pino.stdTimeFunctions.isoTime,
+    redact: { paths: REDACT_PATHS, censor: '[REDACTED]' },
+  };
+  if (options.pretty && !options.stream) {
+    // Redaction runs before the transport, so pretty output is redacted too.
+    return pino({ ...base, transport: { target: 'pino-pretty', options: { destination: options.fd ?? 1, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname,name' } } });
+  }
   const destination = options.stream ?? pino.destination({ fd: options.fd ?? 1, sync: false });
-  return pino(
-    {
-      level: options.level,
-      base: { name: 'oauth-sidecar' },
-      timestamp: pino.stdTimeFunctions.isoTime,
-      redact: { paths: REDACT_PATHS, censor: '[REDACTED]' },
-      formatters: { level: (label) => ({ level: label }) },
-    },
-    destination,
-  );
+  return pino({ ...base, formatters: { level: (label) => ({ level: label }) } }, destination);
 }

@@ -12,6 +12,7 @@
  * one JSON error (see `errors.ts`); failures after it started close the
  * sender's connection, so a truncated body is never passed off as complete.
  */
+import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { Transform, type Readable, type TransformCallback } from 'node:stream';
@@ -28,12 +29,16 @@ import type { TokenProvider } from './token-provider.js';
 
 /** What happened to one request, for access logs and metrics. */
 export interface RequestRecord {
+  /** `x-request-id` as received, or generated; sent upstream and back. */
+  requestId: string;
   route: string | undefined;
   method: string;
   /** Path without the query (queries may carry ids or secrets). */
   path: string;
   status: number;
   upstreamStatus: number | undefined;
+  /** Time from sending upstream to the (last attempt's) response headers. */
+  upstreamMs: number | undefined;
   durationMs: number;
   bytesIn: number;
   bytesOut: number;
@@ -45,16 +50,25 @@ export interface RequestRecord {
   aborted: boolean;
 }
 
+/** Where the proxy reports what it did: logs and metrics, wired by `sidecar`. */
+export interface ProxyObserver {
+  requestStarted(): void;
+  requestFinished(record: RequestRecord): void;
+  csrfFetched(route: string, ok: boolean): void;
+  /** Malformed requests rejected by the HTTP parser. */
+  clientError(code: string): void;
+  /** Unexpected failures (bugs): logged, never shown to the sender. */
+  internalError(err: unknown): void;
+}
+
 export interface ProxyOptions {
   /** Current routes; a function so that credential rotation can swap them. */
   routes: () => RouteTable;
   tokens: TokenProvider;
   inbound: InboundControl;
-  onRequest?: (record: RequestRecord) => void;
-  /** Unexpected failures (bugs): logged by the caller, never shown to the sender. */
-  onInternalError?: (err: unknown) => void;
-  /** Malformed requests rejected by the HTTP parser. */
-  onClientError?: (code: string) => void;
+  observer: ProxyObserver;
+  /** True once shutdown began: answers carry `Connection: close`. */
+  draining: () => boolean;
 }
 
 export interface ServerLimits {
@@ -96,7 +110,7 @@ export function createProxyServer(options: ProxyOptions, limits: ServerLimits = 
   server.on('upgrade', (_req: IncomingMessage, socket: Socket) => refuseRaw(socket, 400, 'protocol upgrades are not supported'));
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
     const code = err.code ?? 'HPE_UNKNOWN';
-    options.onClientError?.(code);
+    options.observer.clientError(code);
     if (!socket.writable || (err as { bytesParsed?: number }).bytesParsed === 0 && code === 'ECONNRESET') {
       socket.destroy();
       return;
@@ -132,8 +146,10 @@ class Exchange {
   readonly #started = performance.now();
   readonly #abort = new AbortController();
   readonly #path: string;
+  readonly #requestId: string;
   #route: Route | undefined;
   #upstreamStatus: number | undefined;
+  #upstreamMs: number | undefined;
   #error: string | undefined;
   #retried: string | undefined;
   #body: RequestBody | undefined;
@@ -147,6 +163,8 @@ class Exchange {
     const url = req.url ?? '';
     const q = url.indexOf('?');
     this.#path = q === -1 ? url : url.slice(0, q);
+    this.#requestId = requestIdOf(req.headers['x-request-id']);
+    options.observer.requestStarted();
     res.once('close', () => {
       if (!res.writableFinished) this.#abort.abort();
       this.#report();
@@ -217,14 +235,15 @@ class Exchange {
     csrf: CsrfCredentials | undefined,
     attempt: number,
   ): Promise<Dispatcher.ResponseData> {
-    const extra: Record<string, string> = { authorization: `Bearer ${token.value}` };
+    const extra: Record<string, string> = { authorization: `Bearer ${token.value}`, 'x-request-id': this.#requestId };
     if (csrf) {
       extra['x-csrf-token'] = csrf.token;
       if (csrf.cookie) extra['cookie'] = this.#req.headers.cookie ? `${this.#req.headers.cookie}; ${csrf.cookie}` : csrf.cookie;
     }
     const headers = requestHeadersForUpstream(this.#req.headers, { extra });
+    const sent = performance.now();
     try {
-      return await route.dispatcher.request({
+      const response = await route.dispatcher.request({
         origin: route.origin,
         path,
         method: method as Dispatcher.HttpMethod,
@@ -232,6 +251,8 @@ class Exchange {
         body: attempt === 1 ? body.stream() : body.replay(),
         signal: this.#abort.signal,
       });
+      this.#upstreamMs = performance.now() - sent;
+      return response;
     } catch (err) {
       throw this.#upstreamError(route, err);
     }
@@ -239,20 +260,23 @@ class Exchange {
 
   /** GET the same URL with `X-CSRF-Token: Fetch`; the adapter answers without running the flow. */
   async #fetchCsrf(route: Route, path: string, token: AccessToken, stale: CsrfCredentials | undefined): Promise<CsrfCredentials | undefined> {
-    const headers: HeaderRecord = { authorization: `Bearer ${token.value}`, 'x-csrf-token': 'Fetch' };
+    const headers: HeaderRecord = { authorization: `Bearer ${token.value}`, 'x-csrf-token': 'Fetch', 'x-request-id': this.#requestId };
     if (stale?.cookie) headers['cookie'] = stale.cookie;
     try {
       const response = await route.dispatcher.request({ origin: route.origin, path, method: 'GET', headers, signal: this.#abort.signal });
       await response.body.dump();
-      return csrfFromResponse(response.headers);
+      const session = csrfFromResponse(response.headers);
+      this.#options.observer.csrfFetched(route.name, session !== undefined);
+      return session;
     } catch (err) {
+      this.#options.observer.csrfFetched(route.name, false);
       throw this.#upstreamError(route, err);
     }
   }
 
   async #respond(response: Dispatcher.ResponseData): Promise<void> {
     const res = this.#res;
-    res.writeHead(response.statusCode, responseHeadersForSender(response.headers));
+    res.writeHead(response.statusCode, responseHeadersForSender(response.headers, { extra: this.#ownHeaders() }));
     const length = response.headers['content-length'];
     // With a declared length the byte count is known; count only chunked bodies.
     const counter = typeof length === 'string' ? undefined : new ByteCounter();
@@ -294,7 +318,7 @@ class Exchange {
       this.#senderGone = true; // nobody left to tell
       return;
     }
-    if (!(err instanceof SidecarError)) this.#options.onInternalError?.(err);
+    if (!(err instanceof SidecarError)) this.#options.observer.internalError(err);
     this.#refuse(err);
   }
 
@@ -309,6 +333,7 @@ class Exchange {
       'cache-control': 'no-store',
       'x-sidecar-error': failure.code,
       ...(failure.retryAfter !== undefined && { 'retry-after': String(failure.retryAfter) }),
+      ...this.#ownHeaders(),
       ...headers,
     });
     res.end(body);
@@ -320,15 +345,20 @@ class Exchange {
     }
   }
 
+  /** Headers the sidecar adds to every answer. */
+  #ownHeaders(): Record<string, string> {
+    return this.#options.draining() ? { 'x-request-id': this.#requestId, connection: 'close' } : { 'x-request-id': this.#requestId };
+  }
+
   #report(): void {
-    const onRequest = this.#options.onRequest;
-    if (!onRequest) return;
-    onRequest({
+    this.#options.observer.requestFinished({
+      requestId: this.#requestId,
       route: this.#route?.name,
       method: this.#req.method ?? '',
       path: this.#path,
       status: this.#res.statusCode,
       upstreamStatus: this.#upstreamStatus,
+      upstreamMs: this.#upstreamMs,
       durationMs: performance.now() - this.#started,
       bytesIn: this.#body?.bytes ?? 0,
       bytesOut: this.#bytesOut,
@@ -407,6 +437,13 @@ class ByteCounter extends Transform {
     callback(null, chunk);
   }
 }
+
+/** A sender's `x-request-id` when it is a sane token, else a new UUID. */
+function requestIdOf(value: string | string[] | undefined): string {
+  return typeof value === 'string' && REQUEST_ID.test(value) ? value : randomUUID();
+}
+
+const REQUEST_ID = /^[\x21-\x7e]{1,128}$/;
 
 function truncate(text: string): string {
   return text.length > 120 ? `${text.slice(0, 120)}…` : text;

@@ -1,91 +1,215 @@
 /**
- * Assembles a running sidecar from a validated config: credentials per route,
- * token provider, inbound control, the proxy server; and takes it down again.
- * Logging happens here, at the edge: the modules below return results and
- * emit events.
+ * Assembles a running sidecar from a validated config — credentials per route
+ * (watched for rotation), token provider, inbound control, the proxy and
+ * admin listeners — and takes it down gracefully. Logging and metrics are
+ * wired here, at the edge: the modules below return results and emit events.
  */
 import { readFile } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { Config } from './config.js';
-import { loadCredentials } from './credentials.js';
+import { setTimeout as delay } from 'node:timers/promises';
+import { createAdminServer } from './admin-server.js';
+import type { Config, RouteConfig } from './config.js';
+import { CredentialWatcher } from './credential-watcher.js';
+import { loadCredentials, type LoadedCredentials } from './credentials.js';
 import { ConfigError, SidecarError, type ConfigProblem } from './errors.js';
 import { createInboundControl, exposureProblems, parseAllowlist, parseBasicAuthFile, type InboundControl, type InboundControlOptions } from './inbound-control.js';
 import type { Logger } from './logger.js';
-import { createProxyServer, type RequestRecord } from './proxy.js';
+import { Metrics } from './metrics.js';
+import { createProxyServer, type ProxyObserver, type RequestRecord } from './proxy.js';
 import { closeRoute, createRoute, RouteTable, type Route } from './routes.js';
-import { TokenProvider, type TokenEvent } from './token-provider.js';
+import { TokenProvider, type TokenEvent, type TokenProviderOptions } from './token-provider.js';
 
 export interface Sidecar {
   readonly server: Server;
-  /** The bound address (port 0 resolved). */
+  /** The bound proxy address (port 0 resolved). */
   readonly address: { host: string; port: number };
+  /** The bound admin address, when enabled. */
+  readonly adminAddress: { host: string; port: number } | undefined;
   readonly routes: RouteTable;
   readonly tokens: TokenProvider;
   readonly inbound: InboundControl;
-  /** Stop accepting, let in-flight requests finish, close pools. */
+  readonly metrics: Metrics;
+  /** Fail readiness, keep serving for the shutdown delay, drain, close. Idempotent. */
+  shutdown(): Promise<void>;
+  /** Immediate teardown for tests: no delay. */
   close(): Promise<void>;
 }
 
-export async function startSidecar(config: Readonly<Config>, log: Logger): Promise<Sidecar> {
+export interface SidecarOptions {
+  /** Token provider tuning (tests shorten the backoff). */
+  tokens?: Pick<TokenProviderOptions, 'backoff'>;
+  /** Credential watcher tuning (tests shorten the polling and debounce). */
+  watch?: { pollIntervalMs?: number; debounceMs?: number };
+  /** Process metrics; tests that start many sidecars turn them off. */
+  defaultMetrics?: boolean;
+}
+
+export async function startSidecar(config: Readonly<Config>, log: Logger, options: SidecarOptions = {}): Promise<Sidecar> {
   const inbound = await inboundControl(config);
-  const routes = new RouteTable(await Promise.all(config.routes.map((route) => loadRoute(route, config, log))));
-  const routeNames = new Map<string, string[]>();
-  for (const route of routes.routes) {
-    routeNames.set(route.tokenClient.cacheKey, [...(routeNames.get(route.tokenClient.cacheKey) ?? []), route.name]);
+  const loaded = await Promise.all(config.routes.map((route) => loadRouteCredentials(route, log)));
+  let table = new RouteTable(loaded.map((l, i) => createRoute(config.routes[i]!, l.credentials, routeDeps(config))));
+  const routes = () => table;
+  const credentialErrors = new Map<string, string>();
+  let draining = false;
+
+  const routesOfKey = (key: string) => table.routes.filter((r) => r.tokenClient.cacheKey === key).map((r) => r.name);
+  let metrics: Metrics | undefined;
+  const tokens = new TokenProvider({
+    ...options.tokens,
+    onEvent: (event) => {
+      metrics?.tokenEvent(event);
+      logTokenEvent(log, event, routesOfKey(event.key));
+    },
+  });
+  metrics = new Metrics({ routes, tokens, credentialErrors: () => credentialErrors, defaultMetrics: options.defaultMetrics ?? true });
+  const m = metrics;
+
+  const observer: ProxyObserver = {
+    requestStarted: () => m.requestStarted(),
+    requestFinished: (record) => {
+      m.requestFinished(record);
+      logRequest(log, record);
+    },
+    csrfFetched: (route, ok) => {
+      m.csrfFetched(route, ok);
+      log.info({ route, ok }, 'CSRF token fetched');
+    },
+    clientError: (code) => {
+      m.malformedRequest(code);
+      log.warn({ code }, 'malformed request rejected');
+    },
+    internalError: (err) => log.error({ err }, 'internal error while proxying'),
+  };
+  const server = createProxyServer({ routes, tokens, inbound, observer, draining: () => draining });
+  const admin = config.adminListen
+    ? createAdminServer({ routes, tokens, metrics: m, draining: () => draining, credentialErrors: () => credentialErrors })
+    : undefined;
+
+  const address = await listen(server, config.listen);
+  const adminAddress = admin && config.adminListen ? await listen(admin, config.adminListen) : undefined;
+
+  // Rotation: each route's credentials are watched; a valid change swaps the route atomically.
+  const swap = async (name: string, next: LoadedCredentials): Promise<void> => {
+    const old = table.routes.find((r) => r.name === name);
+    if (!old) return;
+    const fresh = createRoute(old.config, next.credentials, routeDeps(config));
+    try {
+      await tokens.refresh(fresh.tokenClient);
+    } catch (err) {
+      if (err instanceof SidecarError && err.code === 'TOKEN_REJECTED') {
+        await closeRoute(fresh);
+        throw err; // the token server refuses the new credentials: keep the old ones
+      }
+      // Transient: the new credentials are used; the cached token keeps serving meanwhile.
+    }
+    table = new RouteTable(table.routes.map((r) => (r === old ? fresh : r)));
+    credentialErrors.delete(name);
+    // The old pools finish their in-flight requests before closing.
+    void closeRoute(old);
+    for (const notice of next.notices) log[notice.level]({ route: name, source: next.credentials.source }, notice.message);
+    log.info({ route: name, source: next.credentials.source, keyType: next.credentials.kind, clientId: next.credentials.clientId }, 'credentials rotated');
+  };
+  const watchers = await Promise.all(
+    config.routes.map((route, i) =>
+      CredentialWatcher.start(route.credentials, {
+        initial: loaded[i]!,
+        ...options.watch,
+        onChange: (next) =>
+          swap(route.name, next).then(
+            () => m.credentialReload(route.name, 'applied'),
+            (err: unknown) => reloadFailed(route.name, err),
+          ),
+        onError: (err) => reloadFailed(route.name, err),
+      }),
+    ),
+  );
+  function reloadFailed(route: string, err: unknown): void {
+    const code = err instanceof SidecarError ? err.code : 'INTERNAL';
+    credentialErrors.set(route, `${code}: ${err instanceof SidecarError ? err.message : 'reload failed'}`);
+    m.credentialReload(route, code);
+    log.error({ route, code, error: err instanceof SidecarError ? err.message : undefined }, 'new credentials rejected; the previous credentials stay in use');
   }
-  const tokens = new TokenProvider({ onEvent: (event) => logTokenEvent(log, event, routeNames.get(event.key) ?? []) });
-  const server = createProxyServer({
-    routes: () => routes,
-    tokens,
-    inbound,
-    onRequest: (record) => logRequest(log, record),
-    onInternalError: (err) => log.error({ err }, 'internal error while proxying'),
-    onClientError: (code) => log.warn({ code }, 'malformed request rejected'),
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(config.listen.port, config.listen.host, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
-  const bound = server.address() as AddressInfo;
-  const address = { host: bound.address, port: bound.port };
+
   log.info(
     {
-      listen: `${address.host.includes(':') ? `[${address.host}]` : address.host}:${address.port}`,
+      listen: hostPort(address),
+      admin: adminAddress ? hostPort(adminAddress) : 'off',
       inbound: inbound.summary,
-      routes: routes.routes.map(describeRoute),
+      routes: table.routes.map(describeRoute),
     },
     'oauth-sidecar listening',
   );
   // Warm the cache so that the first request does not wait for a token.
-  for (const route of routes.routes) {
+  for (const route of table.routes) {
     tokens.getToken(route.tokenClient).catch(() => {
       /* logged through the token events; requests will retry */
     });
   }
+
+  let stopping: Promise<void> | undefined;
+  const stop = (delayMs: number, graceMs: number): Promise<void> => {
+    stopping ??= (async () => {
+      draining = true;
+      for (const w of watchers) w.close();
+      if (delayMs > 0) {
+        log.info({ delayMs }, 'readiness failed; still serving while endpoints are removed');
+        await delay(delayMs);
+      }
+      await drain(server, graceMs, log);
+      if (admin) await drain(admin, 0, log);
+      await Promise.all(table.routes.map(closeRoute));
+    })();
+    return stopping;
+  };
+
   return {
     server,
     address,
-    routes,
+    adminAddress,
+    get routes() {
+      return table;
+    },
     tokens,
     inbound,
-    async close() {
-      await new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        server.closeIdleConnections();
-      });
-      await Promise.all(routes.routes.map(closeRoute));
-    },
+    metrics: m,
+    shutdown: () => stop(config.shutdownDelayMs, config.shutdownGraceMs),
+    close: () => stop(0, 0),
   };
 }
 
-async function loadRoute(route: Config['routes'][number], config: Readonly<Config>, log: Logger): Promise<Route> {
-  const { credentials, notices } = await loadCredentials(route.credentials);
-  for (const notice of notices) log[notice.level]({ route: route.name, source: credentials.source }, notice.message);
-  return createRoute(route, credentials, { network: config.network, tokenTimeoutMs: config.tokenTimeoutMs });
+/** Stop accepting; give in-flight requests until the deadline; then cut what is left. */
+async function drain(server: Server, graceMs: number, log: Logger): Promise<void> {
+  if (!server.listening) return;
+  const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+  server.closeIdleConnections();
+  const deadline = delay(graceMs, 'deadline' as const);
+  if ((await Promise.race([closed, deadline])) === 'deadline') {
+    log.warn({ graceMs }, 'grace period over; closing remaining connections');
+    server.closeAllConnections();
+    await closed;
+  }
+}
+
+function listen(server: Server, at: { host: string; port: number }): Promise<{ host: string; port: number }> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(at.port, at.host, () => {
+      server.off('error', reject);
+      const bound = server.address() as AddressInfo;
+      resolve({ host: bound.address, port: bound.port });
+    });
+  });
+}
+
+function routeDeps(config: Readonly<Config>) {
+  return { network: config.network, tokenTimeoutMs: config.tokenTimeoutMs };
+}
+
+async function loadRouteCredentials(route: RouteConfig, log: Logger): Promise<LoadedCredentials> {
+  const loaded = await loadCredentials(route.credentials);
+  for (const notice of loaded.notices) log[notice.level]({ route: route.name, source: loaded.credentials.source }, notice.message);
+  return loaded;
 }
 
 async function inboundControl(config: Readonly<Config>): Promise<InboundControl> {
@@ -113,6 +237,10 @@ async function inboundControl(config: Readonly<Config>): Promise<InboundControl>
   problems.push(...exposureProblems(config.listen.host, options, '--listen'));
   if (problems.length > 0) throw new ConfigError(problems);
   return createInboundControl(options, 'inbound');
+}
+
+function hostPort(a: { host: string; port: number }): string {
+  return `${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`;
 }
 
 function describeRoute(route: Route) {
@@ -154,9 +282,10 @@ function logTokenEvent(log: Logger, event: TokenEvent, routes: string[]): void {
 }
 
 function logRequest(log: Logger, r: RequestRecord): void {
-  const level = r.status >= 500 || r.error === 'INTERNAL' ? 'warn' : 'info';
+  const level = r.status >= 500 ? 'warn' : 'info';
   log[level](
     {
+      requestId: r.requestId,
       route: r.route,
       method: r.method,
       path: r.path,

@@ -117,6 +117,15 @@ export class TokenProvider {
     return this.getToken(source);
   }
 
+  /**
+   * Fetch a new token now, even if one is cached (credentials rotated under the
+   * same cache key); until it arrives, callers keep getting the old one.
+   */
+  async refresh(source: TokenSource): Promise<AccessToken> {
+    this.#failures.delete(source.cacheKey);
+    return this.#cache.forceFetch(source.cacheKey, { context: source, forceRefresh: true, allowStale: false });
+  }
+
   /** The cached token if it is usable now, without fetching (readiness, diagnostics). */
   peek(source: TokenSource): AccessToken | undefined {
     const token = this.#cache.peek(source.cacheKey, { allowStale: true });

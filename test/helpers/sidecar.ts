@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { parseConfig } from '../../src/config.js';
 import { createLogger } from '../../src/logger.js';
-import { startSidecar, type Sidecar } from '../../src/sidecar.js';
+import { startSidecar, type Sidecar, type SidecarOptions } from '../../src/sidecar.js';
 
 export interface RunningSidecar extends Sidecar {
   /** `http://127.0.0.1:<port>` */
@@ -16,8 +16,9 @@ export interface RunningSidecar extends Sidecar {
   logText(): string;
 }
 
-export async function runSidecar(argv: string[], env: Record<string, string> = {}): Promise<RunningSidecar> {
-  const result = parseConfig(['serve', '--listen', '127.0.0.1:0', ...argv], env);
+export async function runSidecar(argv: string[], env: Record<string, string> = {}, options: SidecarOptions = {}): Promise<RunningSidecar> {
+  const defaults = ['--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0'];
+  const result = parseConfig(['serve', ...defaults, ...argv], env);
   if (result.kind !== 'run') throw new Error('expected a runnable config');
   const lines: string[] = [];
   const stream = new Writable({
@@ -27,7 +28,7 @@ export async function runSidecar(argv: string[], env: Record<string, string> = {
     },
   });
   const log = createLogger({ level: 'debug', stream });
-  const sidecar = await startSidecar(result.config, log);
+  const sidecar = await startSidecar(result.config, log, { defaultMetrics: false, ...options });
   // Not Object.assign: it would copy the getter's value once instead of the getter.
   return Object.defineProperties(sidecar as RunningSidecar, {
     url: { value: `http://127.0.0.1:${sidecar.address.port}` },

@@ -1,0 +1,102 @@
+/**
+ * The admin listener: liveness, readiness and Prometheus metrics on their own
+ * port, so they are never reachable through the proxy port and never
+ * forwarded.
+ *
+ * Readiness means "a request sent now would get a token": every route has a
+ * usable cached token, or can get one now (the token provider's backoff makes
+ * this cheap during an outage). It fails as soon as shutdown begins, so that
+ * Kubernetes stops sending traffic before the listener closes.
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { Metrics } from './metrics.js';
+import { SidecarError } from './errors.js';
+import type { RouteTable } from './routes.js';
+import type { TokenProvider } from './token-provider.js';
+
+export interface AdminOptions {
+  routes: () => RouteTable;
+  tokens: TokenProvider;
+  metrics: Metrics;
+  draining: () => boolean;
+  /** Routes whose last credential reload failed (old credentials still serve). */
+  credentialErrors: () => ReadonlyMap<string, string>;
+  /** Bound on the token fetch a readiness probe may start. */
+  readinessTimeoutMs?: number;
+}
+
+interface RouteReadiness {
+  route: string;
+  ready: boolean;
+  /** Error code and message when not ready. */
+  error?: string;
+  message?: string;
+  /** A failed credential reload: the old credentials still serve. */
+  credentialWarning?: string;
+}
+
+export function createAdminServer(options: AdminOptions): Server {
+  const server = createServer({ requireHostHeader: false, headersTimeout: 10_000, requestTimeout: 30_000 }, (req, res) => {
+    route(req, res, options).catch(() => {
+      if (!res.headersSent) send(res, 500, 'text/plain; charset=utf-8', 'internal error\n');
+      else res.destroy();
+    });
+  });
+  return server;
+}
+
+async function route(req: IncomingMessage, res: ServerResponse, options: AdminOptions): Promise<void> {
+  const path = (req.url ?? '/').split('?', 1)[0];
+  if (req.method !== 'GET' && req.method !== 'HEAD') {
+    res.setHeader('allow', 'GET, HEAD');
+    return send(res, 405, 'text/plain; charset=utf-8', 'method not allowed\n');
+  }
+  switch (path) {
+    case '/healthz':
+      return send(res, 200, 'text/plain; charset=utf-8', 'ok\n');
+    case '/readyz': {
+      const { status, body } = await readiness(options);
+      return send(res, status, 'application/json', `${JSON.stringify(body)}\n`);
+    }
+    case '/metrics': {
+      const { contentType, body } = await options.metrics.render();
+      return send(res, 200, contentType, body);
+    }
+    default:
+      return send(res, 404, 'text/plain; charset=utf-8', 'not found: /healthz, /readyz, /metrics\n');
+  }
+}
+
+export async function readiness(options: AdminOptions): Promise<{ status: number; body: { status: string; routes: RouteReadiness[] } }> {
+  if (options.draining()) return { status: 503, body: { status: 'shutting down', routes: [] } };
+  const warnings = options.credentialErrors();
+  const timeoutMs = options.readinessTimeoutMs ?? 5_000;
+  const routes = await Promise.all(
+    options.routes().routes.map(async (r): Promise<RouteReadiness> => {
+      const base: RouteReadiness = { route: r.name, ready: true, ...(warnings.has(r.name) && { credentialWarning: warnings.get(r.name) }) };
+      if (options.tokens.peek(r.tokenClient)) return base;
+      try {
+        await withTimeout(options.tokens.getToken(r.tokenClient), timeoutMs);
+        return base;
+      } catch (err) {
+        const e = err instanceof SidecarError ? err : undefined;
+        return { ...base, ready: false, error: e?.code ?? 'INTERNAL', message: e?.message ?? 'token check failed' };
+      }
+    }),
+  );
+  const ready = routes.every((r) => r.ready);
+  return { status: ready ? 200 : 503, body: { status: ready ? 'ready' : 'not ready', routes } };
+}
+
+function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new SidecarError('TOKEN_TIMEOUT', `no token within ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+function send(res: ServerResponse, status: number, contentType: string, body: string): void {
+  res.writeHead(status, { 'content-type': contentType, 'content-length': Buffer.byteLength(body), 'cache-control': 'no-store' });
+  res.end(res.req.method === 'HEAD' ? undefined : body);
+}

@@ -1,0 +1,176 @@
+/**
+ * Prometheus metrics (prom-client) for the admin port.
+ *
+ * Labels stay bounded: route names come from configuration, methods from a
+ * fixed list, statuses as classes (`2xx`…), outcomes from the error codes.
+ * Never a raw path, id, address or token key.
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { SidecarError } from './errors.js';
+import type { RequestRecord } from './proxy.js';
+import type { RouteTable } from './routes.js';
+import type { TokenEvent, TokenProvider } from './token-provider.js';
+
+const METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS']);
+const PREFIX = 'oauth_sidecar_';
+/** Upstream latency buckets in seconds: sub-millisecond hops to the 60 s response timeout. */
+const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+
+export interface MetricsOptions {
+  routes: () => RouteTable;
+  tokens: TokenProvider;
+  /** Routes whose last credential reload failed, with the error code. */
+  credentialErrors: () => ReadonlyMap<string, string>;
+  now?: () => number;
+  /** Process metrics (heap, GC, event loop); off in tests that build many registries. */
+  defaultMetrics?: boolean;
+}
+
+export class Metrics {
+  readonly registry = new Registry();
+  readonly #requests: Counter<'route' | 'method' | 'status_class'>;
+  readonly #upstreamLatency: Histogram<'route' | 'method' | 'status_class'>;
+  readonly #inFlight: Gauge;
+  readonly #tokenFetches: Counter<'outcome'>;
+  readonly #retries401: Counter<'route'>;
+  readonly #csrfFetches: Counter<'route' | 'outcome'>;
+  readonly #aborts: Counter<'route'>;
+  readonly #rejected: Counter<'reason'>;
+  readonly #credentialReloads: Counter<'route' | 'outcome'>;
+
+  constructor(options: MetricsOptions) {
+    const registers = [this.registry];
+    const now = options.now ?? Date.now;
+    this.#requests = new Counter({
+      name: `${PREFIX}requests_total`,
+      help: 'Requests answered, by route, method and status class.',
+      labelNames: ['route', 'method', 'status_class'],
+      registers,
+    });
+    this.#upstreamLatency = new Histogram({
+      name: `${PREFIX}upstream_duration_seconds`,
+      help: 'Time from sending a request upstream to its response headers.',
+      labelNames: ['route', 'method', 'status_class'],
+      buckets: LATENCY_BUCKETS,
+      registers,
+    });
+    this.#inFlight = new Gauge({ name: `${PREFIX}requests_in_flight`, help: 'Requests being handled now.', registers });
+    this.#tokenFetches = new Counter({
+      name: `${PREFIX}token_fetches_total`,
+      help: 'Token requests to token servers, by outcome (success or error code).',
+      labelNames: ['outcome'],
+      registers,
+    });
+    this.#retries401 = new Counter({
+      name: `${PREFIX}upstream_401_retries_total`,
+      help: 'Requests replayed with a refreshed token after an upstream 401.',
+      labelNames: ['route'],
+      registers,
+    });
+    this.#csrfFetches = new Counter({
+      name: `${PREFIX}csrf_fetches_total`,
+      help: 'CSRF token fetches after a 403 "X-CSRF-Token: Required", by outcome.',
+      labelNames: ['route', 'outcome'],
+      registers,
+    });
+    this.#aborts = new Counter({
+      name: `${PREFIX}client_aborts_total`,
+      help: 'Requests the sender abandoned before the answer was complete.',
+      labelNames: ['route'],
+      registers,
+    });
+    this.#rejected = new Counter({
+      name: `${PREFIX}malformed_requests_total`,
+      help: 'Connections rejected by the HTTP parser, by reason.',
+      labelNames: ['reason'],
+      registers,
+    });
+    this.#credentialReloads = new Counter({
+      name: `${PREFIX}credential_reloads_total`,
+      help: 'Credential reloads after a change on disk, by outcome (applied or error code).',
+      labelNames: ['route', 'outcome'],
+      registers,
+    });
+    new Gauge({
+      name: `${PREFIX}token_expiry_seconds`,
+      help: 'Seconds until the cached access token of a route expires (absent when none is cached).',
+      labelNames: ['route'],
+      registers,
+      collect() {
+        this.reset();
+        for (const route of options.routes().routes) {
+          const token = options.tokens.peek(route.tokenClient);
+          if (token) this.set({ route: route.name }, Math.round((token.expiresAt - now()) / 1000));
+        }
+      },
+    });
+    new Gauge({
+      name: `${PREFIX}client_certificate_expiry_seconds`,
+      help: 'Seconds until the client certificate of a route expires (certificate keys only).',
+      labelNames: ['route'],
+      registers,
+      collect() {
+        this.reset();
+        for (const route of options.routes().routes) {
+          const c = route.credentials;
+          if (c.kind !== 'client-secret') this.set({ route: route.name }, Math.round((c.notAfter.getTime() - now()) / 1000));
+        }
+      },
+    });
+    new Gauge({
+      name: `${PREFIX}credentials_reload_failing`,
+      help: '1 when the last credential reload of a route failed and the previous credentials are still in use.',
+      labelNames: ['route'],
+      registers,
+      collect() {
+        this.reset();
+        const failing = options.credentialErrors();
+        for (const route of options.routes().routes) this.set({ route: route.name }, failing.has(route.name) ? 1 : 0);
+      },
+    });
+    if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: this.registry, prefix: PREFIX });
+  }
+
+  requestStarted(): void {
+    this.#inFlight.inc();
+  }
+
+  requestFinished(r: RequestRecord): void {
+    this.#inFlight.dec();
+    const route = r.route ?? 'none';
+    const method = METHODS.has(r.method) ? r.method : 'OTHER';
+    this.#requests.inc({ route, method, status_class: statusClass(r.status) });
+    if (r.upstreamMs !== undefined && r.upstreamStatus !== undefined) {
+      this.#upstreamLatency.observe({ route, method, status_class: statusClass(r.upstreamStatus) }, r.upstreamMs / 1000);
+    }
+    if (r.retried === '401-refresh') this.#retries401.inc({ route });
+    if (r.aborted) this.#aborts.inc({ route });
+  }
+
+  csrfFetched(route: string, ok: boolean): void {
+    this.#csrfFetches.inc({ route, outcome: ok ? 'success' : 'failure' });
+  }
+
+  malformedRequest(code: string): void {
+    this.#rejected.inc({ reason: code.startsWith('HPE_') || code.startsWith('ERR_HTTP_') ? code : 'other' });
+  }
+
+  tokenEvent(event: TokenEvent): void {
+    if (event.type === 'fetched') this.#tokenFetches.inc({ outcome: 'success' });
+    else if (event.type === 'fetch-failed') {
+      this.#tokenFetches.inc({ outcome: event.error instanceof SidecarError ? event.error.code : 'INTERNAL' });
+    }
+  }
+
+  credentialReload(route: string, outcome: string): void {
+    this.#credentialReloads.inc({ route, outcome });
+  }
+
+  async render(): Promise<{ contentType: string; body: string }> {
+    return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+  }
+}
+
+function statusClass(status: number): string {
+  return status >= 100 && status < 600 ? `${Math.floor(status / 100)}xx` : 'other';
+}

@@ -1,0 +1,642 @@
+/** Credential rotation on real files: flat keys, kubelet AtomicWriter swaps, certificate pairs, polling, close. */
+
+import { EventEmitter } from 'node:events';
+import { watch } from 'node:fs';
+import { mkdir, mkdtemp, readdir, rename, rm, symlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
+import { afterEach, describe, expect, it } from 'vitest';
+import {
+  credentialFingerprint,
+  CredentialWatcher,
+  type CredentialWatcherOptions,
+  type DirectoryWatch,
+  type WatchFactory,
+} from '../../src/credential-watcher.js';
+import {
+  loadCredentials,
+  type CertificateCredentials,
+  type CredentialSpec,
+  type LoadedCredentials,
+  type SecretCredentials,
+} from '../../src/credentials.js';
+import { ConfigError } from '../../src/errors.js';
+import { unitCerts } from '../helpers/unit-certs.js';
+
+const certs = await unitCerts();
+const CLIENT_ID = 'sb-fake-0000!b1|it-rt-acme-dev!b196';
+const TOKEN_URL = 'https://acme-dev.authentication.eu10.hana.ondemand.com/oauth/token';
+const URL_ = 'https://acme-dev.it-cpi000-rt.cfapps.eu10-000.hana.ondemand.com';
+const OLD_SECRET = 'old-FAKE-secret$0000=';
+const NEW_SECRET = 'new-FAKE-secret$1111=';
+/** Short enough for fast tests, long enough to coalesce one swap. */
+const DEBOUNCE_MS = 20;
+/** Quiet time after which no more callbacks are expected (used only to assert that nothing happens). */
+const SETTLE_MS = DEBOUNCE_MS * 8;
+const DAY_MS = 86_400_000;
+
+const dirs: string[] = [];
+const watchers: CredentialWatcher[] = [];
+afterEach(async () => {
+  for (const w of watchers.splice(0)) w.close();
+  await Promise.all(dirs.splice(0).map((dir) => rm(dir, { recursive: true, force: true })));
+});
+
+async function tempDir(): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'credential-watcher-'));
+  dirs.push(dir);
+  return dir;
+}
+
+function secretKey(overrides: Record<string, unknown> = {}): string {
+  return JSON.stringify({ clientid: CLIENT_ID, clientsecret: OLD_SECRET, url: URL_, tokenurl: TOKEN_URL, ...overrides });
+}
+
+let tmpCounter = 0;
+/** Write-temp-then-rename, as editors and `kubectl cp`-style tools replace a file atomically. */
+async function replaceFile(path: string, text: string): Promise<void> {
+  const tmp = `${path}.tmp-${++tmpCounter}`;
+  await writeFile(tmp, text);
+  await rename(tmp, path);
+}
+
+/**
+ * A Secret volume written exactly as the kubelet's AtomicWriter does
+ * (`pkg/volume/util/atomic_writer.go`): payload in `..<timestamp>`, `..data`
+ * pointing at it, visible files as symlinks into `..data/`.
+ */
+class KubeletVolume {
+  private generation = 0;
+  private current: string | undefined;
+
+  private constructor(readonly dir: string) {}
+
+  static async create(files: Record<string, string>): Promise<KubeletVolume> {
+    const volume = new KubeletVolume(await tempDir());
+    await volume.update(files);
+    return volume;
+  }
+
+  async update(files: Record<string, string>): Promise<void> {
+    this.generation += 1;
+    const tsDir = `..2026_01_01_00_${String(this.generation - 1).padStart(2, '0')}_00.${String(this.generation).padStart(9, '0')}`;
+    await mkdir(join(this.dir, tsDir));
+    for (const [name, text] of Object.entries(files)) await writeFile(join(this.dir, tsDir, name), text);
+    await symlink(tsDir, join(this.dir, '..data_tmp'));
+    await rename(join(this.dir, '..data_tmp'), join(this.dir, '..data'));
+    const visible = (await readdir(this.dir)).filter((n) => !n.startsWith('..'));
+    for (const name of Object.keys(files)) {
+      if (!visible.includes(name)) await symlink(join('..data', name), join(this.dir, name));
+    }
+    for (const name of visible) if (!(name in files)) await rm(join(this.dir, name));
+    if (this.current) await rm(join(this.dir, this.current), { recursive: true });
+    this.current = tsDir;
+  }
+}
+
+/** Records callbacks; `until` resolves as soon as a condition on them holds (no fixed sleeps). */
+function recorder() {
+  const changes: LoadedCredentials[] = [];
+  const errors: unknown[] = [];
+  const watchErrors: Array<{ err: unknown; dir: string | undefined }> = [];
+  const waiters = new Set<() => void>();
+  const notify = () => {
+    for (const w of [...waiters]) w();
+  };
+  return {
+    changes,
+    errors,
+    watchErrors,
+    onChange: (loaded: LoadedCredentials) => {
+      changes.push(loaded);
+      notify();
+    },
+    onError: (err: unknown) => {
+      errors.push(err);
+      notify();
+    },
+    onWatchError: (err: unknown, dir: string | undefined) => {
+      watchErrors.push({ err, dir });
+      notify();
+    },
+    until(condition: () => boolean): Promise<void> {
+      return new Promise((resolve) => {
+        const check = () => {
+          if (!condition()) return;
+          waiters.delete(check);
+          resolve();
+        };
+        waiters.add(check);
+        check();
+      });
+    },
+    notify,
+  };
+}
+type Recorder = ReturnType<typeof recorder>;
+
+/** `loadCredentials`, counting calls and completions so tests can await a reload. */
+function countingLoad(rec: Recorder) {
+  const counts = { started: 0, finished: 0 };
+  const load: typeof loadCredentials = async (spec, opts) => {
+    counts.started += 1;
+    try {
+      return await loadCredentials(spec, opts);
+    } finally {
+      counts.finished += 1;
+      rec.notify();
+    }
+  };
+  return { load, counts };
+}
+
+async function startWatcher(
+  spec: CredentialSpec,
+  rec: Recorder,
+  options: Partial<CredentialWatcherOptions> = {},
+): Promise<CredentialWatcher> {
+  const initial = options.initial ?? (await loadCredentials(spec));
+  const watcher = await CredentialWatcher.start(spec, {
+    debounceMs: DEBOUNCE_MS,
+    onChange: rec.onChange,
+    onError: rec.onError,
+    onWatchError: rec.onWatchError,
+    ...options,
+    initial,
+  });
+  watchers.push(watcher);
+  return watcher;
+}
+
+/**
+ * `current` moves only once `onChange` has returned; this waits for the reload
+ * in flight (and runs one more, which finds nothing new).
+ */
+async function applied(watcher: CredentialWatcher): Promise<LoadedCredentials> {
+  await watcher.reloadNow();
+  return watcher.current;
+}
+
+function secretOf(loaded: LoadedCredentials | undefined): string | undefined {
+  return (loaded?.credentials as SecretCredentials | undefined)?.clientSecret;
+}
+
+function lastChange(rec: Recorder): LoadedCredentials | undefined {
+  return rec.changes.at(-1);
+}
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** A promise with its resolve function exposed. */
+function deferred<T>() {
+  let resolve!: (value: T) => void;
+  const promise = new Promise<T>((r) => {
+    resolve = r;
+  });
+  return { promise, resolve };
+}
+
+/** A fake `fs.FSWatcher`: tests fire events and errors by hand. */
+class FakeWatch extends EventEmitter implements DirectoryWatch {
+  closed = false;
+  constructor(
+    readonly dir: string,
+    readonly fire: () => void,
+  ) {
+    super();
+  }
+  close(): void {
+    this.closed = true;
+  }
+}
+
+function fakeWatchFactory(): { factory: WatchFactory; watches: FakeWatch[] } {
+  const watches: FakeWatch[] = [];
+  return {
+    watches,
+    factory: (dir, onEvent) => {
+      const w = new FakeWatch(dir, onEvent);
+      watches.push(w);
+      return w;
+    },
+  };
+}
+
+describe('CredentialWatcher on a flat service key file', () => {
+  it('reports a file rewritten in place, then one replaced by rename', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'key.json');
+    await writeFile(path, secretKey());
+    const rec = recorder();
+    const watcher = await startWatcher({ source: { kind: 'path', path } }, rec);
+    expect(watcher.watching).toEqual([dir]);
+
+    await writeFile(path, secretKey({ clientsecret: NEW_SECRET }));
+    await rec.until(() => secretOf(lastChange(rec)) === NEW_SECRET);
+    expect(secretOf(await applied(watcher))).toBe(NEW_SECRET);
+
+    await replaceFile(path, secretKey({ clientsecret: 'third-FAKE-secret' }));
+    await rec.until(() => secretOf(lastChange(rec)) === 'third-FAKE-secret');
+    expect(secretOf(await applied(watcher))).toBe('third-FAKE-secret');
+    expect(watcher.lastError).toBeUndefined();
+  });
+
+  it('ignores content rewritten identically', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'key.json');
+    await writeFile(path, secretKey());
+    const rec = recorder();
+    const { load, counts } = countingLoad(rec);
+    const watcher = await startWatcher({ source: { kind: 'path', path } }, rec, { load });
+    const initial = watcher.current;
+
+    await writeFile(path, secretKey());
+    await rec.until(() => counts.finished >= 1); // the event-driven reload ran
+    await watcher.reloadNow(); // and one that certainly read the final content
+    expect(rec.changes).toEqual([]);
+    expect(watcher.current).toBe(initial);
+    expect(watcher.lastError).toBeUndefined();
+  });
+
+  it('keeps the old credentials on invalid content and recovers on a valid rewrite', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'key.json');
+    await writeFile(path, secretKey());
+    const rec = recorder();
+    const watcher = await startWatcher({ source: { kind: 'path', path } }, rec);
+    const initial = watcher.current;
+
+    await replaceFile(path, secretKey({ clientsecret: undefined }));
+    await rec.until(() => rec.errors.length >= 1);
+    const missing = rec.errors[0];
+    expect(missing).toBeInstanceOf(ConfigError);
+    expect((missing as ConfigError).problems).toEqual([expect.objectContaining({ field: 'clientsecret', source: path })]);
+    expect(watcher.lastError).toBe(missing);
+    expect(watcher.current).toBe(initial);
+
+    // Half-written: the writer was interrupted mid-file.
+    const text = secretKey({ clientsecret: NEW_SECRET });
+    await replaceFile(path, text.slice(0, text.length / 2));
+    await rec.until(() => rec.errors.some((e) => /is not valid JSON/.test(errorText(e))));
+    expect(watcher.lastError).toBeInstanceOf(ConfigError);
+    expect(errorText(watcher.lastError)).not.toContain(NEW_SECRET);
+    expect(watcher.current).toBe(initial);
+    expect(rec.changes).toEqual([]);
+
+    await replaceFile(path, text);
+    await rec.until(() => rec.changes.length === 1);
+    expect(secretOf(lastChange(rec))).toBe(NEW_SECRET);
+    expect(await applied(watcher)).toBe(lastChange(rec));
+    expect(watcher.lastError).toBeUndefined();
+  });
+});
+
+describe('CredentialWatcher on a Kubernetes secret volume', () => {
+  const files = (secret: string) => ({ clientid: CLIENT_ID, clientsecret: secret, tokenurl: TOKEN_URL, url: URL_ });
+
+  it('reports an AtomicWriter swap of ..data exactly once', async () => {
+    const volume = await KubeletVolume.create(files(OLD_SECRET));
+    const rec = recorder();
+    const { load, counts } = countingLoad(rec);
+    const watcher = await startWatcher({ source: { kind: 'path', path: volume.dir } }, rec, { load });
+    expect(secretOf(watcher.current)).toBe(OLD_SECRET);
+    expect(watcher.watching).toEqual([volume.dir]);
+
+    await volume.update(files(NEW_SECRET));
+    await rec.until(() => rec.changes.length >= 1);
+    expect(secretOf(lastChange(rec))).toBe(NEW_SECRET);
+    expect(lastChange(rec)?.credentials.source).toBe(volume.dir);
+
+    // The rest of the burst (old directory removed) must not produce a second change.
+    await delay(SETTLE_MS);
+    await watcher.reloadNow();
+    expect(rec.changes).toHaveLength(1);
+    expect(rec.errors).toEqual([]);
+    expect(counts.started).toBeGreaterThanOrEqual(1);
+
+    // The directory watch survives the swap: a second rotation is seen too.
+    await volume.update(files('third-FAKE-secret'));
+    await rec.until(() => rec.changes.length >= 2);
+    expect(secretOf(await applied(watcher))).toBe('third-FAKE-secret');
+  });
+
+  it('reports a rotated Certificate key (certificate and key in the oauth entry)', async () => {
+    const oauth = (certificate: string, key: string) =>
+      JSON.stringify({ clientid: CLIENT_ID, certificate, key, tokenurl: TOKEN_URL, url: URL_ });
+    const volume = await KubeletVolume.create({ oauth: oauth(certs.chainPem, certs.leafKeyPkcs1), type: 'it-rt' });
+    const rec = recorder();
+    const watcher = await startWatcher({ source: { kind: 'path', path: volume.dir } }, rec);
+    const before = watcher.current.credentials as CertificateCredentials;
+    expect(before.kind).toBe('certificate');
+
+    await volume.update({ oauth: oauth(certs.ecLeafPem, certs.ecKeySec1), type: 'it-rt' });
+    await rec.until(() => rec.changes.length >= 1);
+    const after = lastChange(rec)?.credentials as CertificateCredentials;
+    expect(after.kind).toBe('certificate');
+    expect(after.fingerprint).not.toBe(before.fingerprint);
+    expect(after.key).toContain('PRIVATE KEY');
+    expect(after.key).not.toBe(before.key);
+    expect((await applied(watcher)).credentials).toBe(after);
+  });
+
+  it('reports a rotated kubernetes.io/tls pair of an External Certificate key', async () => {
+    const keyDir = await tempDir();
+    const keyPath = join(keyDir, 'key.json');
+    await writeFile(keyPath, JSON.stringify({ clientid: CLIENT_ID, tokenurl: TOKEN_URL, url: URL_, certificate: certs.leafPem }));
+    const tls = await KubeletVolume.create({ 'tls.crt': certs.chainPem, 'tls.key': certs.leafKeyPkcs8 });
+    const spec: CredentialSpec = { source: { kind: 'path', path: keyPath }, clientCert: { kind: 'tls-dir', dir: tls.dir } };
+    const rec = recorder();
+    const watcher = await startWatcher(spec, rec);
+    expect([...watcher.watching].sort()).toEqual([keyDir, tls.dir].sort());
+    const before = watcher.current.credentials as CertificateCredentials;
+
+    await tls.update({ 'tls.crt': certs.ecLeafPem, 'tls.key': certs.ecKeySec1 });
+    await rec.until(() => rec.changes.length >= 1);
+    const after = lastChange(rec)?.credentials as CertificateCredentials;
+    expect(after.kind).toBe('external-certificate');
+    expect(after.fingerprint).not.toBe(before.fingerprint);
+  });
+
+  it('rejects a certificate replaced before its key, then accepts the matching key', async () => {
+    const dir = await tempDir();
+    const certFile = join(dir, 'client.crt');
+    const keyFile = join(dir, 'client.key');
+    const keyPath = join(await tempDir(), 'key.json');
+    await writeFile(keyPath, JSON.stringify({ clientid: CLIENT_ID, tokenurl: TOKEN_URL }));
+    await writeFile(certFile, certs.chainPem);
+    await writeFile(keyFile, certs.leafKeyPkcs8);
+    const spec: CredentialSpec = { source: { kind: 'path', path: keyPath }, clientCert: { kind: 'files', certFile, keyFile } };
+    const rec = recorder();
+    const watcher = await startWatcher(spec, rec);
+    const initial = watcher.current;
+
+    await replaceFile(certFile, certs.ecLeafPem);
+    await rec.until(() => rec.errors.some((e) => /does not match the certificate/.test(errorText(e))));
+    expect(watcher.current).toBe(initial);
+    expect(errorText(watcher.lastError)).not.toContain('PRIVATE KEY');
+
+    await replaceFile(keyFile, certs.ecKeySec1);
+    await rec.until(() => rec.changes.length >= 1);
+    expect(((await applied(watcher)).credentials as CertificateCredentials).fingerprint).not.toBe(
+      (initial.credentials as CertificateCredentials).fingerprint,
+    );
+    expect(watcher.lastError).toBeUndefined();
+  });
+
+  it('reports a certificate that has expired since the last load, keeping it current', async () => {
+    const volume = await KubeletVolume.create({
+      oauth: JSON.stringify({ clientid: CLIENT_ID, certificate: certs.chainPem, key: certs.leafKeyPkcs1, tokenurl: TOKEN_URL }),
+    });
+    let clock = new Date();
+    const rec = recorder();
+    const watcher = await startWatcher({ source: { kind: 'path', path: volume.dir } }, rec, { now: () => clock });
+    const initial = watcher.current;
+
+    clock = new Date(Date.now() + 400 * DAY_MS);
+    await watcher.reloadNow();
+    expect(rec.errors).toHaveLength(1);
+    expect(errorText(watcher.lastError)).toMatch(/expired on/);
+    expect(watcher.current).toBe(initial);
+    expect(rec.changes).toEqual([]);
+  });
+});
+
+describe('CredentialWatcher polling', () => {
+  it('polls when the directory cannot be watched', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'key.json');
+    await writeFile(path, secretKey());
+    const rec = recorder();
+    const enospc = Object.assign(new Error('ENOSPC: System limit for number of file watchers reached'), { code: 'ENOSPC' });
+    const watcher = await startWatcher({ source: { kind: 'path', path } }, rec, {
+      pollIntervalMs: 30,
+      watch: () => {
+        throw enospc;
+      },
+    });
+    expect(rec.watchErrors).toEqual([{ err: enospc, dir }]);
+    expect(watcher.watching).toEqual([]);
+
+    await replaceFile(path, secretKey({ clientsecret: NEW_SECRET }));
+    await rec.until(() => rec.changes.length >= 1);
+    expect(secretOf(await applied(watcher))).toBe(NEW_SECRET);
+  });
+
+  it('falls back to polling when a watch fails later, without crashing', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'key.json');
+    await writeFile(path, secretKey());
+    const rec = recorder();
+    const fake = fakeWatchFactory();
+    const watcher = await startWatcher({ source: { kind: 'path', path } }, rec, { pollIntervalMs: 30, watch: fake.factory });
+    const [w] = fake.watches;
+    expect(w?.dir).toBe(dir);
+
+    const failure = new Error('watch failed');
+    w?.emit('error', failure);
+    expect(w?.closed).toBe(true);
+    expect(rec.watchErrors).toEqual([{ err: failure, dir }]);
+    expect(watcher.watching).toEqual([]);
+
+    await replaceFile(path, secretKey({ clientsecret: NEW_SECRET }));
+    await rec.until(() => rec.changes.length >= 1);
+    expect(secretOf(await applied(watcher))).toBe(NEW_SECRET);
+    expect(rec.errors).toEqual([]);
+  });
+
+  it('polls sources that have nothing to watch (a load whose result changes)', async () => {
+    const spec: CredentialSpec = { source: { kind: 'inline', json: secretKey(), label: 'SIDECAR_SERVICE_KEY_JSON' } };
+    const rec = recorder();
+    let secret = OLD_SECRET;
+    const load: typeof loadCredentials = (s, opts) =>
+      loadCredentials({ ...s, source: { kind: 'inline', json: secretKey({ clientsecret: secret }), label: 'test' } }, opts);
+    const watcher = await startWatcher(spec, rec, { pollIntervalMs: 10, load });
+    expect(watcher.watching).toEqual([]);
+
+    secret = NEW_SECRET;
+    await rec.until(() => rec.changes.length >= 1);
+    expect(secretOf(await applied(watcher))).toBe(NEW_SECRET);
+  });
+});
+
+describe('CredentialWatcher scheduling', () => {
+  const spec: CredentialSpec = { source: { kind: 'inline', json: secretKey(), label: 'test' } };
+
+  it('coalesces a burst of events into one reload', async () => {
+    const rec = recorder();
+    const { load, counts } = countingLoad(rec);
+    const fake = fakeWatchFactory();
+    const dir = await tempDir();
+    const path = join(dir, 'key.json');
+    await writeFile(path, secretKey());
+    await startWatcher({ source: { kind: 'path', path } }, rec, { load, watch: fake.factory });
+    const fire = fake.watches[0]?.fire;
+    expect(fire).toBeDefined();
+
+    for (let i = 0; i < 10; i++) fire?.();
+    await rec.until(() => counts.finished >= 1);
+    await delay(SETTLE_MS);
+    expect(counts.started).toBe(1);
+  });
+
+  it('still reloads while events keep coming', async () => {
+    const rec = recorder();
+    const { load, counts } = countingLoad(rec);
+    const fake = fakeWatchFactory();
+    const dir = await tempDir();
+    const path = join(dir, 'key.json');
+    await writeFile(path, secretKey());
+    await startWatcher({ source: { kind: 'path', path } }, rec, { load, watch: fake.factory });
+    const fire = fake.watches[0]?.fire ?? (() => undefined);
+
+    const storm = setInterval(fire, DEBOUNCE_MS / 4);
+    try {
+      await rec.until(() => counts.finished >= 1);
+    } finally {
+      clearInterval(storm);
+    }
+  });
+
+  it('never overlaps reloads and runs once more for a request made during one', async () => {
+    const rec = recorder();
+    const initial = await loadCredentials(spec);
+    const gates = [deferred<void>(), deferred<void>()];
+    let running = 0;
+    let maxRunning = 0;
+    let calls = 0;
+    const load: typeof loadCredentials = async (s, opts) => {
+      const gate = gates[calls++];
+      running += 1;
+      maxRunning = Math.max(maxRunning, running);
+      await gate?.promise;
+      running -= 1;
+      return loadCredentials(s, opts);
+    };
+    const watcher = await startWatcher(spec, rec, { initial, load });
+
+    const first = watcher.reloadNow();
+    const second = watcher.reloadNow();
+    const third = watcher.reloadNow();
+    expect(calls).toBe(1);
+    gates[0]?.resolve();
+    gates[1]?.resolve();
+    await Promise.all([first, second, third]);
+    expect(calls).toBe(2);
+    expect(maxRunning).toBe(1);
+  });
+
+  it('offers a change again when onChange fails', async () => {
+    const rec = recorder();
+    const initial = await loadCredentials(spec);
+    let secret = OLD_SECRET;
+    const load: typeof loadCredentials = (_s, opts) =>
+      loadCredentials({ source: { kind: 'inline', json: secretKey({ clientsecret: secret }), label: 'test' } }, opts);
+    const refused = new Error('token server refused the new credentials');
+    let attempts = 0;
+    const watcher = await startWatcher(spec, rec, {
+      initial,
+      load,
+      onChange: async (loaded) => {
+        attempts += 1;
+        if (attempts === 1) throw refused;
+        rec.onChange(loaded);
+      },
+    });
+
+    secret = NEW_SECRET;
+    await watcher.reloadNow();
+    expect(rec.errors).toEqual([refused]);
+    expect(watcher.lastError).toBe(refused);
+    expect(watcher.current).toBe(initial);
+
+    await watcher.reloadNow();
+    expect(attempts).toBe(2);
+    expect(secretOf(await applied(watcher))).toBe(NEW_SECRET);
+    expect(watcher.lastError).toBeUndefined();
+  });
+
+  it('rejects unusable timer options', async () => {
+    const rec = recorder();
+    const initial = await loadCredentials(spec);
+    await expect(startWatcher(spec, rec, { initial, debounceMs: -1 })).rejects.toThrow(RangeError);
+    await expect(startWatcher(spec, rec, { initial, pollIntervalMs: 0 })).rejects.toThrow(/pollIntervalMs/);
+  });
+});
+
+describe('CredentialWatcher.close', () => {
+  it('stops watching: later file changes trigger nothing', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'key.json');
+    await writeFile(path, secretKey());
+    const rec = recorder();
+    const { load, counts } = countingLoad(rec);
+    const watcher = await startWatcher({ source: { kind: 'path', path } }, rec, { load, pollIntervalMs: 20 });
+    watcher.close();
+    watcher.close();
+    expect(watcher.watching).toEqual([]);
+
+    // An independent watch proves the change happened and was observable.
+    const seen = deferred<void>();
+    const probe = watch(dir, { persistent: false }, () => seen.resolve());
+    try {
+      await replaceFile(path, secretKey({ clientsecret: NEW_SECRET }));
+      await seen.promise;
+      await delay(SETTLE_MS);
+    } finally {
+      probe.close();
+    }
+    await watcher.reloadNow();
+    expect(counts.started).toBe(0);
+    expect(rec.changes).toEqual([]);
+    expect(rec.errors).toEqual([]);
+    expect(secretOf(watcher.current)).toBe(OLD_SECRET);
+  });
+
+  it('drops the result of a reload in flight', async () => {
+    const spec: CredentialSpec = { source: { kind: 'inline', json: secretKey(), label: 'test' } };
+    const rec = recorder();
+    const initial = await loadCredentials(spec);
+    const gate = deferred<void>();
+    const load: typeof loadCredentials = async (_s, opts) => {
+      await gate.promise;
+      return loadCredentials({ source: { kind: 'inline', json: secretKey({ clientsecret: NEW_SECRET }), label: 'test' } }, opts);
+    };
+    const watcher = await startWatcher(spec, rec, { initial, load });
+
+    const reload = watcher.reloadNow();
+    watcher.close();
+    gate.resolve();
+    await reload;
+    expect(rec.changes).toEqual([]);
+    expect(watcher.current).toBe(initial);
+  });
+});
+
+describe('credentialFingerprint', () => {
+  const base: SecretCredentials = {
+    kind: 'client-secret',
+    clientId: CLIENT_ID,
+    clientSecret: OLD_SECRET,
+    tokenUrl: TOKEN_URL,
+    url: URL_,
+    source: '/a/key.json',
+  };
+
+  it('changes with anything used to authenticate, not with the source label', () => {
+    const fp = credentialFingerprint(base);
+    expect(fp).toMatch(/^[0-9a-f]{64}$/);
+    expect(fp).not.toContain(OLD_SECRET);
+    expect(credentialFingerprint({ ...base, source: '/b/key.json' })).toBe(fp);
+    for (const change of [
+      { clientSecret: NEW_SECRET },
+      { clientId: 'other' },
+      { tokenUrl: `${TOKEN_URL}2` },
+      { url: undefined },
+    ]) {
+      expect(credentialFingerprint({ ...base, ...change })).not.toBe(fp);
+    }
+  });
+});

@@ -1,0 +1,144 @@
+import { request as httpRequest } from 'node:http';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { request } from 'undici';
+import { startOAuthServer, type OAuthServer } from '../helpers/oauth-server.js';
+import { createPki, type Pki } from '../helpers/pki.js';
+import { runSidecar, scratch, type RunningSidecar } from '../helpers/sidecar.js';
+import { startUpstream, type Upstream } from '../helpers/upstream.js';
+
+const CLIENT_ID = 'sb-ops!b1|it-rt-acme!b196';
+const SECRET = 'ops$Secret=value!|%+:';
+
+let pki: Pki;
+let oauth: OAuthServer;
+let upstream: Upstream;
+let files: Awaited<ReturnType<typeof scratch>>;
+let keyPath: string;
+let caPath: string;
+const sidecars: RunningSidecar[] = [];
+
+beforeAll(async () => {
+  pki = await createPki();
+  oauth = await startOAuthServer(pki, { clients: [{ clientId: CLIENT_ID, secret: SECRET, authMethod: 'client_secret_basic' }] });
+  upstream = await startUpstream(pki, { verify: (token) => oauth.verify(token) });
+  files = await scratch();
+  keyPath = await files.write('key.json', JSON.stringify({ oauth: { clientid: CLIENT_ID, clientsecret: SECRET, tokenurl: oauth.tokenUrl, url: upstream.url } }));
+  caPath = await files.write('ca.pem', pki.ca);
+});
+
+afterAll(async () => {
+  await Promise.all(sidecars.map((s) => s.close()));
+  await Promise.all([upstream?.close(), oauth?.close()]);
+  await files?.cleanup();
+});
+
+async function start(argv: string[] = [], options: Parameters<typeof runSidecar>[2] = {}): Promise<RunningSidecar> {
+  const s = await runSidecar(['--service-key', keyPath, '--ca', caPath, ...argv], {}, options);
+  sidecars.push(s);
+  return s;
+}
+
+function admin(s: RunningSidecar, path: string) {
+  return request(`http://127.0.0.1:${s.adminAddress!.port}${path}`);
+}
+
+describe('admin server', () => {
+  it('answers liveness, and is not reachable through the proxy port', async () => {
+    const s = await start();
+    const live = await admin(s, '/healthz');
+    expect(live.statusCode).toBe(200);
+    expect(await live.body.text()).toBe('ok\n');
+    const viaProxy = await request(`${s.url}/healthz`);
+    await viaProxy.body.dump();
+    expect(viaProxy.statusCode).not.toBe(200); // forwarded upstream, which knows no /healthz
+    expect(upstream.requests.at(-1)?.url).toBe('/healthz');
+  });
+
+  it('readiness follows the token server: 503 naming the route while it is down with no token, 200 once back', async () => {
+    await oauth.stop();
+    let s!: RunningSidecar;
+    try {
+      s = await start([], { tokens: { backoff: { minMs: 50, maxMs: 100 } } });
+      const down = await admin(s, '/readyz');
+      expect(down.statusCode).toBe(503);
+      const body = (await down.body.json()) as { routes: Array<{ route: string; ready: boolean; error: string }> };
+      expect(body.routes[0]).toMatchObject({ route: 'default', ready: false, error: 'TOKEN_UNREACHABLE' });
+    } finally {
+      await oauth.start();
+    }
+    await expect
+      .poll(async () => (await admin(s, '/readyz').then(async (r) => (await r.body.dump(), r.statusCode))), { interval: 50, timeout: 5_000 })
+      .toBe(200);
+  });
+
+  it('exposes metrics after traffic, with bounded labels', async () => {
+    const s = await start();
+    for (const path of ['/http/GetTimestamp', '/http/GetTimestamp?id=123', '/http/missing']) {
+      await request(`${s.url}${path}`).then((r) => r.body.dump());
+    }
+    await request(`${s.url}/http/echo`, { method: 'PROPFIND' as 'GET' }).then((r) => r.body.dump());
+    const res = await admin(s, '/metrics');
+    expect(res.statusCode).toBe(200);
+    const text = await res.body.text();
+    expect(text).toMatch(/oauth_sidecar_requests_total\{route="default",method="GET",status_class="2xx"\} 2/);
+    expect(text).toMatch(/oauth_sidecar_requests_total\{route="default",method="GET",status_class="4xx"\} 1/);
+    expect(text).toMatch(/oauth_sidecar_requests_total\{route="default",method="OTHER",status_class="2xx"\} 1/);
+    expect(text).toMatch(/oauth_sidecar_upstream_duration_seconds_count\{route="default",method="GET",status_class="2xx"\} 2/);
+    expect(text).toMatch(/oauth_sidecar_token_fetches_total\{outcome="success"\} 1/);
+    expect(text).toMatch(/oauth_sidecar_token_expiry_seconds\{route="default"\} \d+/);
+    expect(text).toMatch(/oauth_sidecar_requests_in_flight 0/);
+    expect(text).not.toContain('/http/');
+    expect(text).not.toContain('123');
+  });
+});
+
+describe('request ids', () => {
+  it('propagates x-request-id to the upstream and back, generating one when absent', async () => {
+    const s = await start();
+    const given = await request(`${s.url}/http/echo`, { headers: { 'x-request-id': 'erp-job-42' } });
+    expect(given.headers['x-request-id']).toBe('erp-job-42');
+    expect(((await given.body.json()) as { headers: Record<string, string> }).headers['x-request-id']).toBe('erp-job-42');
+    const generated = await request(`${s.url}/http/echo`);
+    const id = generated.headers['x-request-id'] as string;
+    expect(id).toMatch(/^[0-9a-f-]{36}$/);
+    expect(((await generated.body.json()) as { headers: Record<string, string> }).headers['x-request-id']).toBe(id);
+    await expect.poll(() => s.logs.some((l) => l['requestId'] === id && l['msg'] === 'request'), { interval: 10 }).toBe(true);
+  });
+});
+
+describe('graceful shutdown', () => {
+  it('fails readiness, finishes a slow in-flight request with 200, then refuses new connections', async () => {
+    const s = await start(['--shutdown-delay', '200', '--shutdown-grace', '5000']);
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    let arrived!: () => void;
+    const arrival = new Promise<void>((resolve) => (arrived = resolve));
+    upstream.setHandler(async (req, res, body) => {
+      if (req.url !== '/http/slow') return false;
+      body.resume();
+      arrived();
+      await released;
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.end('slow but fine');
+      return true;
+    });
+    try {
+      const slow = request(`${s.url}/http/slow`);
+      await arrival;
+      const stopping = s.shutdown();
+      const ready = await admin(s, '/readyz');
+      expect(ready.statusCode).toBe(503);
+      await ready.body.dump();
+      release();
+      const res = await slow;
+      expect(res.statusCode).toBe(200);
+      expect(await res.body.text()).toBe('slow but fine');
+      await stopping;
+      await expect(
+        new Promise((resolve, reject) => httpRequest(`${s.url}/http/GetTimestamp`, resolve).on('error', reject).end()),
+      ).rejects.toMatchObject({ code: 'ECONNREFUSED' });
+    } finally {
+      upstream.setHandler(undefined);
+    }
+  });
+});
