@@ -50,7 +50,10 @@ export async function startSidecar(config: Readonly<Config>, log: Logger, option
   const loaded = await Promise.all(config.routes.map((route) => loadRouteCredentials(route, log)));
   let table = new RouteTable(loaded.map((l, i) => createRoute(config.routes[i]!, l.credentials, routeDeps(config))));
   const routes = () => table;
-  const credentialErrors = new Map<string, string>();
+  // Filled once the watchers exist; a route is failing while its watcher's last reload failed.
+  let watchers: CredentialWatcher[] = [];
+  const credentialErrors = (): ReadonlyMap<string, string> =>
+    new Map(watchers.flatMap((w, i) => (w.lastError === undefined ? [] : [[config.routes[i]!.name, describeError(w.lastError)] as const])));
   let draining = false;
 
   const routesOfKey = (key: string) => table.routes.filter((r) => r.tokenClient.cacheKey === key).map((r) => r.name);
@@ -62,7 +65,7 @@ export async function startSidecar(config: Readonly<Config>, log: Logger, option
       logTokenEvent(log, event, routesOfKey(event.key));
     },
   });
-  metrics = new Metrics({ routes, tokens, credentialErrors: () => credentialErrors, defaultMetrics: options.defaultMetrics ?? true });
+  metrics = new Metrics({ routes, tokens, credentialErrors, defaultMetrics: options.defaultMetrics ?? true });
   const m = metrics;
 
   const observer: ProxyObserver = {
@@ -83,7 +86,7 @@ export async function startSidecar(config: Readonly<Config>, log: Logger, option
   };
   const server = createProxyServer({ routes, tokens, inbound, observer, draining: () => draining });
   const admin = config.adminListen
-    ? createAdminServer({ routes, tokens, metrics: m, draining: () => draining, credentialErrors: () => credentialErrors })
+    ? createAdminServer({ routes, tokens, metrics: m, draining: () => draining, credentialErrors })
     : undefined;
 
   const address = await listen(server, config.listen);
@@ -104,29 +107,28 @@ export async function startSidecar(config: Readonly<Config>, log: Logger, option
       // Transient: the new credentials are used; the cached token keeps serving meanwhile.
     }
     table = new RouteTable(table.routes.map((r) => (r === old ? fresh : r)));
-    credentialErrors.delete(name);
     // The old pools finish their in-flight requests before closing.
     void closeRoute(old);
     for (const notice of next.notices) log[notice.level]({ route: name, source: next.credentials.source }, notice.message);
     log.info({ route: name, source: next.credentials.source, keyType: next.credentials.kind, clientId: next.credentials.clientId }, 'credentials rotated');
   };
-  const watchers = await Promise.all(
+  watchers = await Promise.all(
     config.routes.map((route, i) =>
       CredentialWatcher.start(route.credentials, {
         initial: loaded[i]!,
         ...options.watch,
-        onChange: (next) =>
-          swap(route.name, next).then(
-            () => m.credentialReload(route.name, 'applied'),
-            (err: unknown) => reloadFailed(route.name, err),
-          ),
+        // A change the token server refuses throws: the watcher reports it and offers it again at the next reload.
+        onChange: async (next) => {
+          await swap(route.name, next);
+          m.credentialReload(route.name, 'applied');
+        },
         onError: (err) => reloadFailed(route.name, err),
+        onWatchError: (err, dir) => log.warn({ dir, code: (err as NodeJS.ErrnoException)?.code }, 'cannot watch for credential changes; polling only'),
       }),
     ),
   );
   function reloadFailed(route: string, err: unknown): void {
     const code = err instanceof SidecarError ? err.code : 'INTERNAL';
-    credentialErrors.set(route, `${code}: ${err instanceof SidecarError ? err.message : 'reload failed'}`);
     m.credentialReload(route, code);
     log.error({ route, code, error: err instanceof SidecarError ? err.message : undefined }, 'new credentials rejected; the previous credentials stay in use');
   }
@@ -237,6 +239,10 @@ async function inboundControl(config: Readonly<Config>): Promise<InboundControl>
   problems.push(...exposureProblems(config.listen.host, options, '--listen'));
   if (problems.length > 0) throw new ConfigError(problems);
   return createInboundControl(options, 'inbound');
+}
+
+function describeError(err: unknown): string {
+  return err instanceof SidecarError ? `${err.code}: ${err.message}` : 'INTERNAL: reload failed';
 }
 
 function hostPort(a: { host: string; port: number }): string {

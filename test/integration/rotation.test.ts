@@ -1,0 +1,185 @@
+import { mkdir, rename, rm, symlink, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { request } from 'undici';
+import { startOAuthServer, type OAuthServer } from '../helpers/oauth-server.js';
+import { createPki, type Pki } from '../helpers/pki.js';
+import { runSidecar, scratch, type RunningSidecar } from '../helpers/sidecar.js';
+import { startUpstream, type Upstream } from '../helpers/upstream.js';
+
+const OLD = { id: 'sb-old!b1|it-rt-acme!b196', secret: 'old$Secret=1!|%+:' };
+const NEW = { id: 'sb-new!b2|it-rt-acme!b196', secret: 'new$Secret=2!|%+:' };
+const CERT_ID = 'sb-cert!b3|it-rt-acme!b196';
+const WATCH = { pollIntervalMs: 500, debounceMs: 20 };
+
+let pki: Pki;
+let oauth: OAuthServer;
+let upstream: Upstream;
+let files: Awaited<ReturnType<typeof scratch>>;
+let caPath: string;
+const sidecars: RunningSidecar[] = [];
+
+beforeAll(async () => {
+  pki = await createPki();
+  oauth = await startOAuthServer(pki, {
+    clients: [
+      { clientId: OLD.id, secret: OLD.secret, authMethod: 'client_secret_basic' },
+      { clientId: NEW.id, secret: NEW.secret, authMethod: 'client_secret_basic' },
+      { clientId: CERT_ID, authMethod: 'tls_client_auth', subjectDn: 'CN=sidecar-client, O=Test, C=DE' },
+    ],
+  });
+  upstream = await startUpstream(pki, { verify: (token) => oauth.verify(token) });
+  files = await scratch();
+  caPath = await files.write('ca.pem', pki.ca);
+});
+
+afterAll(async () => {
+  await Promise.all(sidecars.map((s) => s.close()));
+  await Promise.all([upstream?.close(), oauth?.close()]);
+  await files?.cleanup();
+});
+
+function keyJson(id: string, secret: string): string {
+  return JSON.stringify({ oauth: { clientid: id, clientsecret: secret, tokenurl: oauth.tokenUrl, url: upstream.url } });
+}
+
+async function start(serviceKey: string, extra: string[] = []): Promise<RunningSidecar> {
+  const s = await runSidecar(['--service-key', serviceKey, '--ca', caPath, ...extra], {}, { watch: WATCH });
+  sidecars.push(s);
+  return s;
+}
+
+/** Keep `concurrency` senders busy until `stop()`; count every answer that is not a 200. */
+function load(s: RunningSidecar, concurrency = 8) {
+  let running = true;
+  let ok = 0;
+  const failures: string[] = [];
+  const workers = Array.from({ length: concurrency }, async () => {
+    while (running) {
+      try {
+        const res = await request(`${s.url}/http/echo`, { method: 'POST', body: 'ping' });
+        const text = await res.body.text();
+        if (res.statusCode === 200) ok++;
+        else failures.push(`${res.statusCode} ${text.slice(0, 200)}`);
+      } catch (err) {
+        failures.push(String(err));
+      }
+    }
+  });
+  return {
+    get ok() {
+      return ok;
+    },
+    async stop() {
+      running = false;
+      await Promise.all(workers);
+      return { ok, failures };
+    },
+  };
+}
+
+const clientOfLastUpstreamRequest = () => (upstream.requests.at(-1)?.claims as { client_id?: string } | undefined)?.client_id;
+
+async function rotated(s: RunningSidecar, count = 1): Promise<void> {
+  await expect.poll(() => s.logs.filter((l) => l['msg'] === 'credentials rotated').length, { interval: 20, timeout: 10_000 }).toBeGreaterThanOrEqual(count);
+}
+
+describe('credential rotation under load', () => {
+  it('a flat service key file replaced in place: zero failed requests, new client afterwards', async () => {
+    const path = await files.write('flat.json', keyJson(OLD.id, OLD.secret));
+    const s = await start(path);
+    const traffic = load(s);
+    await expect.poll(() => traffic.ok, { interval: 10 }).toBeGreaterThan(20);
+    // Write-then-rename, as editors and config tools do.
+    await writeFile(`${path}.tmp`, keyJson(NEW.id, NEW.secret));
+    await rename(`${path}.tmp`, path);
+    await rotated(s);
+    const before = traffic.ok;
+    await expect.poll(() => traffic.ok, { interval: 10 }).toBeGreaterThan(before + 20);
+    const { failures } = await traffic.stop();
+    expect(failures).toEqual([]);
+    expect(clientOfLastUpstreamRequest()).toBe(NEW.id);
+  });
+
+  it('a Kubernetes secret volume rotated as the kubelet does (..data swap): zero failed requests', async () => {
+    const dir = join(files.dir, 'k8s');
+    await mkdir(dir);
+    const writeVersion = async (name: string, id: string, secret: string) => {
+      const version = join(dir, name);
+      await mkdir(version);
+      await writeFile(join(version, 'oauth'), JSON.stringify({ clientid: id, clientsecret: secret, tokenurl: oauth.tokenUrl, url: upstream.url }));
+      await writeFile(join(version, 'plan'), 'integration-flow');
+      await writeFile(join(version, 'type'), 'it-rt');
+    };
+    await writeVersion('..2026_01_01_00_00_00.000000001', OLD.id, OLD.secret);
+    await symlink('..2026_01_01_00_00_00.000000001', join(dir, '..data'));
+    for (const f of ['oauth', 'plan', 'type']) await symlink(join('..data', f), join(dir, f));
+
+    const s = await start(dir);
+    const traffic = load(s);
+    await expect.poll(() => traffic.ok, { interval: 10 }).toBeGreaterThan(20);
+    // AtomicWriter: new timestamped dir, ..data_tmp symlink renamed over ..data, old dir removed.
+    await writeVersion('..2026_01_01_00_01_00.000000002', NEW.id, NEW.secret);
+    await symlink('..2026_01_01_00_01_00.000000002', join(dir, '..data_tmp'));
+    await rename(join(dir, '..data_tmp'), join(dir, '..data'));
+    await rm(join(dir, '..2026_01_01_00_00_00.000000001'), { recursive: true });
+    await rotated(s);
+    const before = traffic.ok;
+    await expect.poll(() => traffic.ok, { interval: 10 }).toBeGreaterThan(before + 20);
+    const { failures } = await traffic.stop();
+    expect(failures).toEqual([]);
+    expect(clientOfLastUpstreamRequest()).toBe(NEW.id);
+    expect(s.logs.filter((l) => l['msg'] === 'credentials rotated')).toHaveLength(1);
+  });
+
+  it('a client certificate rotated under load: the new certificate gets its own token', async () => {
+    const certKey = (chain: string, key: string) =>
+      JSON.stringify({ oauth: { clientid: CERT_ID, certificate: chain, key, tokenurl: oauth.tokenUrl, url: upstream.url } });
+    const path = await files.write('cert.json', certKey(pki.client.chain, pki.client.keyPkcs1));
+    const s = await start(path);
+    const oldFingerprint = s.routes.routes[0]!.credentials;
+    const traffic = load(s);
+    await expect.poll(() => traffic.ok, { interval: 10 }).toBeGreaterThan(20);
+    const renewed = await pki.issueClientCert({ cn: 'sidecar-client' });
+    const tokensBefore = oauth.tokenRequests;
+    await writeFile(`${path}.tmp`, certKey(renewed.chain, renewed.keyPkcs8));
+    await rename(`${path}.tmp`, path);
+    await rotated(s);
+    const before = traffic.ok;
+    await expect.poll(() => traffic.ok, { interval: 10 }).toBeGreaterThan(before + 20);
+    const { failures } = await traffic.stop();
+    expect(failures).toEqual([]);
+    const current = s.routes.routes[0]!.credentials;
+    expect(current.kind).toBe('certificate');
+    expect(current.kind === 'certificate' && oldFingerprint.kind === 'certificate' && current.fingerprint !== oldFingerprint.fingerprint).toBe(true);
+    expect(oauth.tokenRequests).toBeGreaterThan(tokensBefore);
+    expect(oauth.lastRequest).toMatchObject({ authMethod: 'tls_client_auth', certAuthorized: true });
+  });
+
+  it('invalid new credentials are not applied: old ones keep serving, the error shows in logs, readiness and metrics', async () => {
+    const path = await files.write('broken.json', keyJson(OLD.id, OLD.secret));
+    const s = await start(path);
+    await request(`${s.url}/http/GetTimestamp`).then((r) => r.body.dump());
+    await writeFile(path, JSON.stringify({ oauth: { clientid: NEW.id, tokenurl: oauth.tokenUrl, url: upstream.url } }));
+    await expect.poll(() => s.logs.some((l) => l['msg']?.toString().startsWith('new credentials rejected')), { interval: 20, timeout: 10_000 }).toBe(true);
+    const res = await request(`${s.url}/http/echo`);
+    expect(res.statusCode).toBe(200);
+    expect(((await res.body.json()) as { headers: Record<string, string> }).headers['authorization']).toMatch(/^Bearer /);
+    expect(clientOfLastUpstreamRequest()).toBe(OLD.id);
+
+    const ready = await request(`http://127.0.0.1:${s.adminAddress!.port}/readyz`);
+    expect(ready.statusCode).toBe(200);
+    const body = (await ready.body.json()) as { routes: Array<{ credentialWarning?: string }> };
+    expect(body.routes[0]?.credentialWarning).toMatch(/CONFIG_INVALID.*clientsecret/s);
+    const metrics = await (await request(`http://127.0.0.1:${s.adminAddress!.port}/metrics`)).body.text();
+    expect(metrics).toMatch(/oauth_sidecar_credentials_reload_failing\{route="default"\} 1/);
+
+    // A later valid key is applied and clears the warning.
+    await writeFile(path, keyJson(NEW.id, NEW.secret));
+    await rotated(s);
+    const after = await request(`http://127.0.0.1:${s.adminAddress!.port}/readyz`);
+    expect(((await after.body.json()) as { routes: Array<{ credentialWarning?: string }> }).routes[0]?.credentialWarning).toBeUndefined();
+    expect(s.logText()).not.toContain(NEW.secret);
+    expect(s.logText()).not.toContain(OLD.secret);
+  });
+});
