@@ -185,8 +185,11 @@ async function drain(server: Server, graceMs: number, log: Logger): Promise<void
   if (!server.listening) return;
   const closed = new Promise<void>((resolve) => server.close(() => resolve()));
   server.closeIdleConnections();
-  const deadline = delay(graceMs, 'deadline' as const);
-  if ((await Promise.race([closed, deadline])) === 'deadline') {
+  const timer = new AbortController();
+  const deadline = delay(graceMs, 'deadline' as const, { signal: timer.signal }).catch(() => 'closed' as const);
+  const first = await Promise.race([closed.then(() => 'closed' as const), deadline]);
+  timer.abort(); // a pending grace timer must not keep the process alive
+  if (first === 'deadline') {
     log.warn({ graceMs }, 'grace period over; closing remaining connections');
     server.closeAllConnections();
     await closed;

@@ -1,0 +1,142 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { request } from 'undici';
+import { FLAGS } from '../../src/config.js';
+import { collect, runCli, startCli, waitForLog } from '../helpers/cli.js';
+import { startOAuthServer, type OAuthServer } from '../helpers/oauth-server.js';
+import { createPki, type Pki } from '../helpers/pki.js';
+import { scratch } from '../helpers/sidecar.js';
+import { startUpstream, type Upstream } from '../helpers/upstream.js';
+
+const CLIENT_ID = 'sb-cli!b1|it-rt-acme!b196';
+const SECRET = 'cli$Secret=value!|%+:';
+
+let pki: Pki;
+let oauth: OAuthServer;
+let upstream: Upstream;
+let files: Awaited<ReturnType<typeof scratch>>;
+let keyPath: string;
+let caPath: string;
+
+beforeAll(async () => {
+  pki = await createPki();
+  oauth = await startOAuthServer(pki, {
+    clients: [
+      { clientId: CLIENT_ID, secret: SECRET, authMethod: 'client_secret_basic' },
+      { clientId: 'sb-cert!b1|it-rt-acme!b196', authMethod: 'tls_client_auth', subjectDn: 'CN=sidecar-client, O=Test, C=DE' },
+    ],
+  });
+  upstream = await startUpstream(pki, { verify: (token) => oauth.verify(token) });
+  files = await scratch();
+  keyPath = await files.write('key.json', JSON.stringify({ oauth: { clientid: CLIENT_ID, clientsecret: SECRET, tokenurl: oauth.tokenUrl, url: upstream.url } }));
+  caPath = await files.write('ca.pem', pki.ca);
+});
+
+afterAll(async () => {
+  await Promise.all([upstream?.close(), oauth?.close()]);
+  await files?.cleanup();
+});
+
+describe('oauth-sidecar CLI', () => {
+  it('--help lists every flag with its environment variable and default', async () => {
+    const { code, stdout } = await runCli(['--help']);
+    expect(code).toBe(0);
+    for (const [name, spec] of Object.entries(FLAGS)) {
+      expect(stdout).toContain(`--${name}`);
+      if (spec.env) expect(stdout).toContain(spec.env);
+      if (spec.default) expect(stdout).toContain(`default ${spec.default}`);
+    }
+    expect(stdout).toMatch(/Exit codes: 0 ok, 1 runtime failure, 2 configuration error/);
+  });
+
+  it('--version prints the package version', async () => {
+    const { code, stdout } = await runCli(['--version']);
+    expect(code).toBe(0);
+    expect(stdout.trim()).toMatch(/^\d+\.\d+\.\d+/);
+  });
+
+  it('token prints only the token on stdout (ClientId/Secret key, Basic)', async () => {
+    const { code, stdout, stderr } = await runCli(['token', '--service-key', keyPath, '--ca', caPath, '--log-format', 'json']);
+    expect(stderr).not.toContain(SECRET);
+    expect(code).toBe(0);
+    const token = stdout.trim();
+    expect(stdout).toBe(`${token}\n`);
+    expect(await oauth.verify(token)).toMatchObject({ client_id: CLIENT_ID });
+  });
+
+  it('token works with a certificate key given as a Kubernetes-style environment variable', async () => {
+    const key = JSON.stringify({
+      oauth: { clientid: 'sb-cert!b1|it-rt-acme!b196', certificate: pki.client.chain, key: pki.client.keyPkcs1, tokenurl: oauth.tokenUrl, url: upstream.url },
+    });
+    const { code, stdout } = await runCli(['token', '--ca', caPath], { SIDECAR_SERVICE_KEY_JSON: key });
+    expect(code).toBe(0);
+    expect(await oauth.verify(stdout.trim())).toMatchObject({ client_id: 'sb-cert!b1|it-rt-acme!b196' });
+  });
+
+  it('exits 2 with one message listing every problem of a broken service key', async () => {
+    const broken = await files.write('broken.json', JSON.stringify({ oauth: { clientid: '', url: 'ftp://x' } }));
+    const { code, stdout, stderr } = await runCli(['token', '--service-key', broken]);
+    expect(code).toBe(2);
+    expect(stdout).toBe('');
+    expect(stderr).toContain('invalid configuration');
+    expect(stderr).toContain(broken);
+    expect(stderr).toMatch(/clientid/);
+    expect(stderr).toMatch(/tokenurl/);
+    expect(stderr).not.toMatch(/\n\s+at /); // no stack trace
+  });
+
+  it('exits 2 for unknown flags and for a non-loopback listener without inbound control', async () => {
+    expect((await runCli(['--no-such-flag'])).code).toBe(2);
+    const exposed = await runCli(['serve', '--service-key', keyPath, '--ca', caPath, '--listen', '0.0.0.0:0', '--admin-listen', 'off']);
+    expect(exposed.code).toBe(2);
+    expect(exposed.stderr).toMatch(/basic auth|allowlist|allowAnySender|allow-any-sender/);
+  });
+
+  it('exits 1 when the token server rejects the credentials, naming the service key and no secret', async () => {
+    const wrong = await files.write('wrong.json', JSON.stringify({ oauth: { clientid: CLIENT_ID, clientsecret: 'not-it', tokenurl: oauth.tokenUrl, url: upstream.url } }));
+    const { code, stdout, stderr } = await runCli(['token', '--service-key', wrong, '--ca', caPath]);
+    expect(code).toBe(1);
+    expect(stdout).toBe('');
+    expect(stderr).toContain('TOKEN_REJECTED');
+    expect(stderr).toContain(wrong);
+    expect(stderr).not.toContain('not-it');
+  });
+
+  it('serve: on SIGTERM an in-flight slow request completes with 200, new connections are refused, exit 0', async () => {
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    let arrived!: () => void;
+    const arrival = new Promise<void>((resolve) => (arrived = resolve));
+    upstream.setHandler(async (req, res, body) => {
+      if (req.url !== '/http/slow') return false;
+      body.resume();
+      arrived();
+      await released;
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.end('done');
+      return true;
+    });
+    const child = startCli([
+      'serve', '--service-key', keyPath, '--ca', caPath, '--listen', '127.0.0.1:0', '--admin-listen', 'off',
+      '--shutdown-delay', '100', '--shutdown-grace', '10000', '--log-format', 'json',
+    ]);
+    const result = collect(child);
+    try {
+      const listening = await waitForLog(child, (l) => l['msg'] === 'oauth-sidecar listening');
+      const url = `http://${listening['listen'] as string}`;
+      const slow = request(`${url}/http/slow`);
+      await arrival;
+      child.kill('SIGTERM');
+      await waitForLog(child, (l) => l['msg'] === 'shutting down');
+      release();
+      const res = await slow;
+      expect(res.statusCode).toBe(200);
+      expect(await res.body.text()).toBe('done');
+      const { code } = await result;
+      expect(code).toBe(0);
+      await expect(request(`${url}/http/GetTimestamp`)).rejects.toMatchObject({ code: 'ECONNREFUSED' });
+    } finally {
+      upstream.setHandler(undefined);
+      child.kill('SIGKILL');
+    }
+  });
+});
