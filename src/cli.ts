@@ -9,7 +9,7 @@ import { COMMANDS, FLAGS, parseConfig, type Config } from './config.js';
 import { loadCredentials } from './credentials.js';
 import { ConfigError, SidecarError } from './errors.js';
 import { createLogger, type Logger } from './logger.js';
-import { startSidecar } from './sidecar.js';
+import { startSidecar, type Sidecar } from './sidecar.js';
 import { createTokenClient } from './token-client.js';
 import { TokenProvider } from './token-provider.js';
 
@@ -18,6 +18,7 @@ export const EXIT_RUNTIME = 1;
 export const EXIT_CONFIG = 2;
 
 async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<number> {
+  if (argv[0] === 'demo') return demo(argv.slice(1), env);
   let config: Readonly<Config>;
   try {
     const result = parseConfig(argv, env);
@@ -33,10 +34,7 @@ async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
   } catch (err) {
     return fail(err);
   }
-  // `token` prints the token on stdout, so its logs go to stderr.
-  const fd = config.command === 'token' ? 2 : 1;
-  const pretty = config.logFormat === 'pretty' || (config.logFormat === 'auto' && Boolean(fd === 1 ? process.stdout.isTTY : process.stderr.isTTY));
-  const log = createLogger({ level: config.logLevel, fd, pretty });
+  const log = loggerFor(config);
   try {
     switch (config.command) {
       case 'token':
@@ -49,6 +47,69 @@ async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
   } finally {
     log.flush();
   }
+}
+
+function loggerFor(config: Readonly<Config>): Logger {
+  // `token` prints the token on stdout, so its logs go to stderr.
+  const fd = config.command === 'token' ? 2 : 1;
+  const pretty = config.logFormat === 'pretty' || (config.logFormat === 'auto' && Boolean(fd === 1 ? process.stdout.isTTY : process.stderr.isTTY));
+  return createLogger({ level: config.logLevel, fd, pretty });
+}
+
+/** Settings a user may give the demo; everything else comes from the demo tenant. */
+const DEMO_ENV = ['SIDECAR_LISTEN', 'SIDECAR_ADMIN_LISTEN', 'SIDECAR_LOG_LEVEL', 'SIDECAR_LOG_FORMAT'];
+
+/**
+ * `oauth-sidecar demo`: a local demo tenant (token server + CSRF-protected
+ * integration flow, certificates made on the fly) with the sidecar in front.
+ */
+async function demo(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<number> {
+  const { startDemoTenant } = await import('./demo-tenant.js');
+  const tenant = await startDemoTenant();
+  try {
+    const demoEnv = Object.fromEntries(DEMO_ENV.filter((k) => env[k] !== undefined).map((k) => [k, env[k]]));
+    // Interactive: Ctrl+C stops at once unless --shutdown-delay says otherwise.
+    const result = parseConfig(['serve', '--shutdown-delay', '0', '--service-key', tenant.serviceKeyPath, '--ca', tenant.caPath, ...argv], demoEnv);
+    if (result.kind !== 'run') {
+      process.stdout.write(helpText());
+      return EXIT_OK;
+    }
+    const config = result.config;
+    const log = loggerFor(config);
+    try {
+      return await serve(config, log, (sidecar) => {
+        const base = `http://${hostPort(sidecar.address)}`;
+        const admin = sidecar.adminAddress ? `http://${hostPort(sidecar.adminAddress)}` : undefined;
+        process.stdout.write(
+          [
+            '',
+            'oauth-sidecar demo: a local demo tenant is running, with the sidecar in front of it.',
+            `  token server      ${tenant.tokenUrl}`,
+            `  integration flow  ${tenant.url}  (needs a Bearer token and, for POST, a CSRF token)`,
+            `  service key       ${tenant.serviceKeyPath}`,
+            '',
+            'Try it (plain HTTP, no credentials — the sidecar adds them):',
+            `  curl ${base}/http/GetTimestamp`,
+            `  curl -X POST -H 'content-type: text/plain' --data 'hello from a legacy sender' ${base}/http/echo`,
+            ...(admin ? [`  curl ${admin}/readyz`, `  curl ${admin}/metrics`] : []),
+            '',
+            'Stop with Ctrl+C.',
+            '',
+          ].join('\n'),
+        );
+      });
+    } finally {
+      log.flush();
+    }
+  } catch (err) {
+    return fail(err);
+  } finally {
+    await tenant.close();
+  }
+}
+
+function hostPort(a: { host: string; port: number }): string {
+  return a.host.includes(':') ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`;
 }
 
 /** `oauth-sidecar token`: fetch one token for a route and print it, alone, on stdout. */
@@ -77,8 +138,9 @@ async function printToken(config: Readonly<Config>, log: Logger): Promise<number
 }
 
 /** `oauth-sidecar serve`: run until SIGTERM/SIGINT, then drain gracefully and exit 0. */
-async function serve(config: Readonly<Config>, log: Logger): Promise<number> {
+async function serve(config: Readonly<Config>, log: Logger, started?: (sidecar: Sidecar) => void): Promise<number> {
   const sidecar = await startSidecar(config, log);
+  started?.(sidecar);
   const signal = await new Promise<NodeJS.Signals>((resolve) => {
     process.once('SIGTERM', resolve);
     process.once('SIGINT', resolve);
@@ -116,6 +178,7 @@ export function helpText(): string {
     'Commands:',
     '  serve   forward plain HTTP to the integration flow with a Bearer token (default)',
     '  token   print an access token for the service key on stdout',
+    '  demo    start a local demo tenant and the sidecar in front of it (accepts --listen, --admin-listen, --log-*)',
     '',
     'Flags (flag > environment > config file > default):',
   ];

@@ -153,7 +153,8 @@ class Exchange {
   #error: string | undefined;
   #retried: string | undefined;
   #body: RequestBody | undefined;
-  #bytesOut = 0;
+  /** Declared response length, or the counter of a chunked body. */
+  #bytesOut: number | ByteCounter = 0;
   #senderGone = false;
 
   constructor(req: IncomingMessage, res: ServerResponse, options: ProxyOptions) {
@@ -280,9 +281,9 @@ class Exchange {
     const length = response.headers['content-length'];
     // With a declared length the byte count is known; count only chunked bodies.
     const counter = typeof length === 'string' ? undefined : new ByteCounter();
+    this.#bytesOut = counter ?? Number(length);
     try {
       await (counter ? pipeline(response.body, counter, res) : pipeline(response.body, res));
-      this.#bytesOut = counter ? counter.bytes : Number(length);
     } catch (err) {
       const { failure, code } = classifyNetworkError(err);
       if (failure === 'aborted' || code === 'ERR_STREAM_PREMATURE_CLOSE') this.#senderGone = true;
@@ -361,7 +362,7 @@ class Exchange {
       upstreamMs: this.#upstreamMs,
       durationMs: performance.now() - this.#started,
       bytesIn: this.#body?.bytes ?? 0,
-      bytesOut: this.#bytesOut,
+      bytesOut: typeof this.#bytesOut === 'number' ? (this.#res.writableFinished ? this.#bytesOut : 0) : this.#bytesOut.bytes,
       error: this.#error,
       retried: this.#retried,
       aborted: this.#senderGone || (!this.#res.writableFinished && this.#error === undefined),

@@ -370,6 +370,10 @@ describe('errors a sender sees', () => {
   it('logs no secret, key or token', async () => {
     await request(`${sidecar.url}/http/GetTimestamp?secret=in-query`).then((r) => r.body.dump());
     await expect.poll(() => sidecar.logs.some((l) => l['msg'] === 'request' && l['path'] === '/http/GetTimestamp'), { interval: 10 }).toBe(true);
+    const line = sidecar.logs.findLast((l) => l['msg'] === 'request' && l['path'] === '/http/GetTimestamp')!;
+    expect(line).toMatchObject({ route: 'default', method: 'GET', status: 200, upstreamStatus: 200, bytesIn: 0 });
+    expect(line['bytesOut']).toBe('Current time (UTC): 2026-01-01 00:00:00'.length);
+    expect(line['requestId']).toEqual(expect.any(String));
     const text = sidecar.logText() + extraSidecars.map((s) => s.logText()).join('\n');
     expect(text).not.toContain(SECRET);
     expect(text).not.toMatch(/Bearer |eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}/);
