@@ -46,9 +46,14 @@ export interface ClassifiedFailure {
 
 export function classifyNetworkError(err: unknown): ClassifiedFailure {
   const e = innermost(err);
+  // undici reports a refused CONNECT as an abort whose message carries the proxy's status.
+  const proxyStatus = typeof e.message === 'string' ? PROXY_REFUSED.exec(e.message)?.[1] : undefined;
+  if (proxyStatus) return { failure: 'proxy', code: `proxy answered ${proxyStatus}` };
   const code = typeof e.code === 'string' ? e.code : typeof e.name === 'string' ? e.name : 'UNKNOWN';
   return { failure: failureOf(code, e), code };
 }
+
+const PROXY_REFUSED = /^Proxy response \((\d{3})\)/;
 
 function failureOf(code: string, e: { name?: unknown; message?: unknown }): NetworkFailure {
   if (TIMEOUT_CODES.has(code) || code === 'TimeoutError') return 'timeout';

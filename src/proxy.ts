@@ -303,6 +303,8 @@ class Exchange {
         return new SidecarError('UPSTREAM_TLS', `upstream ${host}: TLS certificate not trusted (${code}) — add the issuing CA with --ca`, { cause: err });
       case 'tls':
         return new SidecarError('UPSTREAM_TLS', `upstream ${host}: TLS handshake failed (${code})`, { cause: err });
+      case 'proxy':
+        return new SidecarError('UPSTREAM_UNREACHABLE', `upstream ${host}: the HTTPS proxy failed (${code}) — check HTTPS_PROXY/NO_PROXY`, { cause: err });
       default:
         return new SidecarError('UPSTREAM_UNREACHABLE', `upstream ${host} unreachable (${code})`, { cause: err });
     }
