@@ -143,7 +143,7 @@ export class Metrics {
     if (r.upstreamMs !== undefined && r.upstreamStatus !== undefined) {
       this.#upstreamLatency.observe({ route, method, status_class: statusClass(r.upstreamStatus) }, r.upstreamMs / 1000);
     }
-    if (r.retried === '401-refresh') this.#retries401.inc({ route });
+    if (r.retried?.includes('401-refresh')) this.#retries401.inc({ route });
     if (r.aborted) this.#aborts.inc({ route });
   }
 

@@ -44,7 +44,7 @@ export interface RequestRecord {
   bytesOut: number;
   /** Sidecar error code when the sidecar answered itself. */
   error: string | undefined;
-  /** `401-refresh` / `csrf` when the request was replayed. */
+  /** `401-refresh`, `csrf` or both (`+`) when the request was replayed. */
   retried: string | undefined;
   /** The sender went away before the answer was complete. */
   aborted: boolean;
@@ -200,24 +200,25 @@ class Exchange {
     const csrfApplies = route.csrf !== undefined && isModifying(method);
     let token = await this.#options.tokens.getToken(route.tokenClient);
     let csrf = csrfApplies ? route.csrf?.current : undefined;
-    let attempt = 0;
-
-    for (;;) {
-      attempt++;
+    // Each cure is tried at most once per request: a refreshed token after a 401, a new CSRF session after a 403.
+    let refreshed = false;
+    let renewed = false;
+    for (let attempt = 1; ; attempt++) {
       const response = await this.#dispatch(route, method, path, body, token, csrf, attempt);
       const status = response.statusCode;
       this.#upstreamStatus = status;
-      const canReplay = attempt < 3 && this.#retried === undefined && body.replayable();
 
-      if (status === 401 && canReplay) {
+      if (status === 401 && !refreshed && body.replayable()) {
         await response.body.dump();
-        this.#retried = '401-refresh';
+        refreshed = true;
+        this.#retried = this.#retried ? `${this.#retried}+401-refresh` : '401-refresh';
         token = await this.#options.tokens.refreshAfterRejection(route.tokenClient, token);
         continue;
       }
-      if (csrfApplies && canReplay && isCsrfRequired(status, response.headers)) {
+      if (csrfApplies && !renewed && isCsrfRequired(status, response.headers) && body.replayable()) {
         await response.body.dump();
-        this.#retried = 'csrf';
+        renewed = true;
+        this.#retried = this.#retried ? `${this.#retried}+csrf` : 'csrf';
         const stale = csrf;
         csrf = await route.csrf!.renew(stale, () => this.#fetchCsrf(route, path, token, stale));
         if (!csrf) throw new SidecarError('CSRF_FETCH_FAILED', `route ${route.name}: the upstream asked for a CSRF token but the fetch returned none`);

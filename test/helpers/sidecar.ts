@@ -27,7 +27,8 @@ export async function runSidecar(argv: string[], env: Record<string, string> = {
       callback();
     },
   });
-  const log = createLogger({ level: 'debug', stream });
+  // The most verbose level, so that every test also checks that nothing secret is logged at any level.
+  const log = createLogger({ level: 'trace', stream });
   const sidecar = await startSidecar(result.config, log, { defaultMetrics: false, ...options });
   // Not Object.assign: it would copy the getter's value once instead of the getter.
   return Object.defineProperties(sidecar as RunningSidecar, {
