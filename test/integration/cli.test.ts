@@ -2,39 +2,32 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'undici';
 import { FLAGS } from '../../src/config.js';
 import { collect, runCli, startCli, waitForLog } from '../helpers/cli.js';
-import { startOAuthServer, type OAuthServer } from '../helpers/oauth-server.js';
-import { createPki, type Pki } from '../helpers/pki.js';
-import { scratch } from '../helpers/sidecar.js';
-import { startUpstream, type Upstream } from '../helpers/upstream.js';
+import type { OAuthServer } from '../helpers/oauth-server.js';
+import type { Pki } from '../helpers/pki.js';
+import type { Upstream } from '../helpers/upstream.js';
+import { holdRequests, startWorld, type World } from '../helpers/world.js';
 
 const CLIENT_ID = 'sb-cli!b1|it-rt-acme!b196';
 const SECRET = 'cli$Secret=value!|%+:';
 
+let world: World;
 let pki: Pki;
 let oauth: OAuthServer;
 let upstream: Upstream;
-let files: Awaited<ReturnType<typeof scratch>>;
+let files: World['files'];
 let keyPath: string;
 let caPath: string;
 
 beforeAll(async () => {
-  pki = await createPki();
-  oauth = await startOAuthServer(pki, {
-    clients: [
-      { clientId: CLIENT_ID, secret: SECRET, authMethod: 'client_secret_basic' },
-      { clientId: 'sb-cert!b1|it-rt-acme!b196', authMethod: 'tls_client_auth', subjectDn: 'CN=sidecar-client, O=Test, C=DE' },
-    ],
-  });
-  upstream = await startUpstream(pki, { verify: (token) => oauth.verify(token) });
-  files = await scratch();
-  keyPath = await files.write('key.json', JSON.stringify({ oauth: { clientid: CLIENT_ID, clientsecret: SECRET, tokenurl: oauth.tokenUrl, url: upstream.url } }));
-  caPath = await files.write('ca.pem', pki.ca);
+  world = await startWorld([
+    { clientId: CLIENT_ID, secret: SECRET, authMethod: 'client_secret_basic' },
+    { clientId: 'sb-cert!b1|it-rt-acme!b196', authMethod: 'tls_client_auth', subjectDn: 'CN=sidecar-client, O=Test, C=DE' },
+  ]);
+  ({ pki, oauth, upstream, files, caPath } = world);
+  keyPath = await world.secretKey('key.json', CLIENT_ID, SECRET);
 });
 
-afterAll(async () => {
-  await Promise.all([upstream?.close(), oauth?.close()]);
-  await files?.cleanup();
-});
+afterAll(() => world?.close());
 
 describe('oauth-sidecar CLI', () => {
   it('--help lists every flag with its environment variable and default', async () => {
@@ -102,19 +95,7 @@ describe('oauth-sidecar CLI', () => {
   });
 
   it('serve: on SIGTERM an in-flight slow request completes with 200, new connections are refused, exit 0', async () => {
-    let release!: () => void;
-    const released = new Promise<void>((resolve) => (release = resolve));
-    let arrived!: () => void;
-    const arrival = new Promise<void>((resolve) => (arrived = resolve));
-    upstream.setHandler(async (req, res, body) => {
-      if (req.url !== '/http/slow') return false;
-      body.resume();
-      arrived();
-      await released;
-      res.writeHead(200, { 'content-type': 'text/plain' });
-      res.end('done');
-      return true;
-    });
+    const { arrival, release } = holdRequests(upstream, '/http/slow');
     const child = startCli([
       'serve', '--service-key', keyPath, '--ca', caPath, '--listen', '127.0.0.1:0', '--admin-listen', 'off',
       '--shutdown-delay', '100', '--shutdown-grace', '10000', '--log-format', 'json',

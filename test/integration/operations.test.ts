@@ -1,39 +1,33 @@
 import { request as httpRequest } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'undici';
-import { startOAuthServer, type OAuthServer } from '../helpers/oauth-server.js';
-import { createPki, type Pki } from '../helpers/pki.js';
-import { runSidecar, scratch, type RunningSidecar } from '../helpers/sidecar.js';
-import { startUpstream, type Upstream } from '../helpers/upstream.js';
+import type { OAuthServer } from '../helpers/oauth-server.js';
+import { runSidecar, type RunningSidecar } from '../helpers/sidecar.js';
+import type { Upstream } from '../helpers/upstream.js';
+import { holdRequests, startWorld, type World } from '../helpers/world.js';
 
 const CLIENT_ID = 'sb-ops!b1|it-rt-acme!b196';
 const SECRET = 'ops$Secret=value!|%+:';
 
-let pki: Pki;
+let world: World;
 let oauth: OAuthServer;
 let upstream: Upstream;
-let files: Awaited<ReturnType<typeof scratch>>;
 let keyPath: string;
-let caPath: string;
 const sidecars: RunningSidecar[] = [];
 
 beforeAll(async () => {
-  pki = await createPki();
-  oauth = await startOAuthServer(pki, { clients: [{ clientId: CLIENT_ID, secret: SECRET, authMethod: 'client_secret_basic' }] });
-  upstream = await startUpstream(pki, { verify: (token) => oauth.verify(token) });
-  files = await scratch();
-  keyPath = await files.write('key.json', JSON.stringify({ oauth: { clientid: CLIENT_ID, clientsecret: SECRET, tokenurl: oauth.tokenUrl, url: upstream.url } }));
-  caPath = await files.write('ca.pem', pki.ca);
+  world = await startWorld([{ clientId: CLIENT_ID, secret: SECRET, authMethod: 'client_secret_basic' }]);
+  ({ oauth, upstream } = world);
+  keyPath = await world.secretKey('key.json', CLIENT_ID, SECRET);
 });
 
 afterAll(async () => {
   await Promise.all(sidecars.map((s) => s.close()));
-  await Promise.all([upstream?.close(), oauth?.close()]);
-  await files?.cleanup();
+  await world?.close();
 });
 
 async function start(argv: string[] = [], options: Parameters<typeof runSidecar>[2] = {}): Promise<RunningSidecar> {
-  const s = await runSidecar(['--service-key', keyPath, '--ca', caPath, ...argv], {}, options);
+  const s = await runSidecar(['--service-key', keyPath, '--ca', world.caPath, ...argv], {}, options);
   sidecars.push(s);
   return s;
 }
@@ -109,19 +103,7 @@ describe('request ids', () => {
 describe('graceful shutdown', () => {
   it('fails readiness, finishes a slow in-flight request with 200, then refuses new connections', async () => {
     const s = await start(['--shutdown-delay', '200', '--shutdown-grace', '5000']);
-    let release!: () => void;
-    const released = new Promise<void>((resolve) => (release = resolve));
-    let arrived!: () => void;
-    const arrival = new Promise<void>((resolve) => (arrived = resolve));
-    upstream.setHandler(async (req, res, body) => {
-      if (req.url !== '/http/slow') return false;
-      body.resume();
-      arrived();
-      await released;
-      res.writeHead(200, { 'content-type': 'text/plain' });
-      res.end('slow but fine');
-      return true;
-    });
+    const { arrival, release } = holdRequests(upstream, '/http/slow', 'slow but fine');
     try {
       const slow = request(`${s.url}/http/slow`);
       await arrival;

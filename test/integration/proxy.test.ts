@@ -6,18 +6,18 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { request } from 'undici';
 import { ConfigError } from '../../src/errors.js';
 import { downloadSha256 } from '../helpers/upstream.js';
-import { startOAuthServer, type OAuthServer } from '../helpers/oauth-server.js';
-import { createPki, type Pki } from '../helpers/pki.js';
-import { runSidecar, scratch, type RunningSidecar } from '../helpers/sidecar.js';
-import { startUpstream, type Upstream } from '../helpers/upstream.js';
+import type { OAuthServer } from '../helpers/oauth-server.js';
+import { runSidecar, type RunningSidecar } from '../helpers/sidecar.js';
+import type { Upstream } from '../helpers/upstream.js';
+import { startWorld, type World } from '../helpers/world.js';
 
 const CLIENT_ID = 'sb-11111111-2222-3333-4444-555555555555!b123456|it-rt-acme-dev!b196';
 const SECRET = '66666666-7777$FAKE!|$=%+:secret=';
 
-let pki: Pki;
+let world: World;
 let oauth: OAuthServer;
 let upstream: Upstream;
-let files: Awaited<ReturnType<typeof scratch>>;
+let files: World['files'];
 let keyPath: string;
 let caPath: string;
 let sidecar: RunningSidecar;
@@ -34,19 +34,15 @@ async function another(argv: string[], env: Record<string, string> = {}): Promis
 }
 
 beforeAll(async () => {
-  pki = await createPki();
-  oauth = await startOAuthServer(pki, { clients: [{ clientId: CLIENT_ID, secret: SECRET, authMethod: 'client_secret_basic' }] });
-  upstream = await startUpstream(pki, { verify: (token) => oauth.verify(token) });
-  files = await scratch();
-  keyPath = await files.write('key.json', serviceKey());
-  caPath = await files.write('ca.pem', pki.ca);
+  world = await startWorld([{ clientId: CLIENT_ID, secret: SECRET, authMethod: 'client_secret_basic' }]);
+  ({ oauth, upstream, files, caPath } = world);
+  keyPath = await world.secretKey('key.json', CLIENT_ID, SECRET);
   sidecar = await runSidecar(['--service-key', keyPath, '--ca', caPath]);
 });
 
 afterAll(async () => {
   await Promise.all([sidecar?.close(), ...extraSidecars.map((s) => s.close())]);
-  await Promise.all([upstream?.close(), oauth?.close()]);
-  await files?.cleanup();
+  await world?.close();
 });
 
 beforeEach(() => {
