@@ -16,7 +16,7 @@ import { ConfigError, SidecarError, type ConfigProblem } from './errors.js';
 import { createInboundControl, exposureProblems, parseAllowlist, parseBasicAuthFile, type InboundControl, type InboundControlOptions } from './inbound-control.js';
 import type { Logger } from './logger.js';
 import { Metrics } from './metrics.js';
-import { createProxyServer, type ProxyObserver, type RequestRecord } from './proxy.js';
+import { createProxyServer, DEFAULT_SERVER_LIMITS, type ProxyObserver, type RequestRecord, type ServerLimits } from './proxy.js';
 import { closeRoute, createRoute, RouteTable, type Route } from './routes.js';
 import { TokenProvider, type TokenEvent, type TokenProviderOptions } from './token-provider.js';
 
@@ -43,6 +43,8 @@ export interface SidecarOptions {
   watch?: { pollIntervalMs?: number; debounceMs?: number };
   /** Process metrics; tests that start many sidecars turn them off. */
   defaultMetrics?: boolean;
+  /** HTTP server limits (tests shorten the header timeout to exercise slowloris). */
+  limits?: Partial<ServerLimits>;
 }
 
 export async function startSidecar(config: Readonly<Config>, log: Logger, options: SidecarOptions = {}): Promise<Sidecar> {
@@ -84,7 +86,7 @@ export async function startSidecar(config: Readonly<Config>, log: Logger, option
     },
     internalError: (err) => log.error({ err }, 'internal error while proxying'),
   };
-  const server = createProxyServer({ routes, tokens, inbound, observer, draining: () => draining });
+  const server = createProxyServer({ routes, tokens, inbound, observer, draining: () => draining }, { ...DEFAULT_SERVER_LIMITS, ...options.limits });
   const admin = config.adminListen
     ? createAdminServer({ routes, tokens, metrics: m, draining: () => draining, credentialErrors })
     : undefined;
