@@ -5,6 +5,7 @@
  * error.
  */
 import { readFileSync } from 'node:fs';
+import { checkRoutes } from './check.js';
 import { COMMANDS, FLAGS, parseConfig, type Config } from './config.js';
 import { loadCredentials } from './credentials.js';
 import { ConfigError, SidecarError } from './errors.js';
@@ -41,6 +42,8 @@ async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
         return await printToken(config, log);
       case 'serve':
         return await serve(config, log);
+      case 'check':
+        return await check(config);
     }
   } catch (err) {
     return fail(err);
@@ -50,8 +53,8 @@ async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
 }
 
 function loggerFor(config: Readonly<Config>): Logger {
-  // `token` prints the token on stdout, so its logs go to stderr.
-  const fd = config.command === 'token' ? 2 : 1;
+  // `token` and `check` print their result on stdout, so their logs go to stderr.
+  const fd = config.command === 'serve' ? 1 : 2;
   const pretty = config.logFormat === 'pretty' || (config.logFormat === 'auto' && Boolean(fd === 1 ? process.stdout.isTTY : process.stderr.isTTY));
   return createLogger({ level: config.logLevel, fd, pretty });
 }
@@ -110,6 +113,21 @@ async function demo(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
 
 function hostPort(a: { host: string; port: number }): string {
   return a.host.includes(':') ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`;
+}
+
+/** `oauth-sidecar check`: diagnose every route; 0 all pass (warnings allowed), 1 a route failed, 2 a service key is unusable. */
+async function check(config: Readonly<Config>): Promise<number> {
+  const routes = config.routeName ? config.routes.filter((r) => r.name === config.routeName) : config.routes;
+  const report = await checkRoutes(
+    { ...config, routes },
+    {
+      ...(config.checkPath !== undefined && { path: config.checkPath }),
+      ...(config.checkRole !== undefined && { role: config.checkRole }),
+      out: (line) => process.stdout.write(`${line}\n`),
+    },
+  );
+  if (report.ok) return EXIT_OK;
+  return report.routes.some((r) => r.configInvalid) ? EXIT_CONFIG : EXIT_RUNTIME;
 }
 
 /** `oauth-sidecar token`: fetch one token for a route and print it, alone, on stdout. */
@@ -178,6 +196,7 @@ export function helpText(): string {
     'Commands:',
     '  serve   forward plain HTTP to the integration flow with a Bearer token (default)',
     '  token   print an access token for the service key on stdout',
+    '  check   diagnose each route: service key, token (client id, scopes, role), one GET upstream; explains failures',
     '  demo    start a local demo tenant and the sidecar in front of it (accepts --listen, --admin-listen, --log-*)',
     '',
     'Flags (flag > environment > config file > default):',

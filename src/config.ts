@@ -15,7 +15,7 @@ import type { OutboundNetwork } from './dispatcher.js';
 import { ConfigError, type ConfigProblem } from './errors.js';
 import type { TokenAuthMethod, TokenRequestSettings } from './token-client.js';
 
-export const COMMANDS = ['serve', 'token'] as const;
+export const COMMANDS = ['serve', 'token', 'check'] as const;
 export type Command = (typeof COMMANDS)[number];
 
 export const DEFAULT_LISTEN = '127.0.0.1:8080';
@@ -81,8 +81,11 @@ export interface Config {
   /** Where the routes came from: a config file path or `flags`. */
   routesSource: string;
   routes: readonly RouteConfig[];
-  /** `token` command: which route's token to print. */
+  /** `token`/`check` commands: which route. */
   routeName: string | undefined;
+  /** `check`: the upstream path to call and the role to look for. */
+  checkPath: string | undefined;
+  checkRole: string | undefined;
 }
 
 export type Env = Readonly<Record<string, string | undefined>>;
@@ -117,7 +120,9 @@ export const FLAGS: Readonly<Record<string, FlagSpec>> = {
   'upstream-timeout': { type: 'string', env: 'SIDECAR_UPSTREAM_TIMEOUT', route: true, default: String(DEFAULT_RESPONSE_TIMEOUT_MS), description: 'ms to wait for upstream response headers' },
   'max-replay-body': { type: 'string', env: 'SIDECAR_MAX_REPLAY_BODY', route: true, default: String(DEFAULT_MAX_REPLAY_BODY_BYTES), description: 'bytes of request body kept to replay after a 401/CSRF 403' },
   config: { type: 'string', env: 'SIDECAR_CONFIG', description: 'routes file (YAML or JSON)' },
-  route: { type: 'string', description: 'token: the route whose token to print (default: the first)' },
+  route: { type: 'string', description: 'token, check: the route to use (default: token the first, check all)' },
+  'check-path': { type: 'string', description: 'check: upstream path to GET (default /http/; /api/v1/ on an API host)' },
+  'check-role': { type: 'string', description: 'check: role the token must carry (default ESBMessaging.send)' },
   listen: { type: 'string', env: 'SIDECAR_LISTEN', default: DEFAULT_LISTEN, description: 'HOST:PORT of the proxy listener' },
   'admin-listen': { type: 'string', env: 'SIDECAR_ADMIN_LISTEN', default: DEFAULT_ADMIN_LISTEN, description: 'HOST:PORT of /healthz, /readyz, /metrics, or off' },
   'shutdown-delay': { type: 'string', env: 'SIDECAR_SHUTDOWN_DELAY', default: String(DEFAULT_SHUTDOWN_DELAY_MS), description: 'ms to keep serving after SIGTERM while readiness fails' },
@@ -208,6 +213,10 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
     problems.push({ source: '--route', field: 'route', message: `no route named "${routeName}" (routes: ${routes.map((r) => r.name).join(', ')})` });
   }
   const tokenTimeoutMs = read.integer('token-timeout', 1) ?? DEFAULT_TOKEN_TIMEOUT_MS;
+  const checkPath = read.string('check-path');
+  if (checkPath !== undefined && !checkPath.startsWith('/')) {
+    problems.push({ source: '--check-path', field: 'check-path', message: 'must start with /' });
+  }
   const shutdownDelayMs = read.integer('shutdown-delay', 0) ?? DEFAULT_SHUTDOWN_DELAY_MS;
   const shutdownGraceMs = read.integer('shutdown-grace', 0) ?? DEFAULT_SHUTDOWN_GRACE_MS;
 
@@ -229,6 +238,8 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
       routesSource,
       routes,
       routeName,
+      checkPath,
+      checkRole: read.string('check-role'),
     }),
   };
 }

@@ -36,6 +36,7 @@ const TLS_TRUST_CODES = new Set([
   'CERT_UNTRUSTED',
   'CERT_SIGNATURE_FAILURE',
   'ERR_TLS_CERT_ALTNAME_INVALID',
+  'INVALID_PURPOSE',
 ]);
 
 export interface ClassifiedFailure {

@@ -94,6 +94,18 @@ describe('oauth-sidecar CLI', () => {
     expect(stderr).not.toContain('not-it');
   });
 
+  it('check: exit 0 with a report for a healthy setup, 1 when the token server rejects the key', async () => {
+    const healthy = await runCli(['check', '--service-key', keyPath, '--ca', caPath, '--check-path', '/http/GetTimestamp']);
+    expect(healthy.code).toBe(0);
+    expect(healthy.stdout).toMatch(/^ok\s+token client id: sb-cli!b1\|it-rt-acme!b196$/m);
+    expect(healthy.stdout).toMatch(/^ok\s+summary: 1 route checked, all pass/m);
+    expect(healthy.stdout + healthy.stderr).not.toContain(SECRET);
+    const wrong = await files.write('check-wrong.json', JSON.stringify({ oauth: { clientid: CLIENT_ID, clientsecret: 'nope', tokenurl: oauth.tokenUrl, url: upstream.url } }));
+    const failed = await runCli(['check', '--service-key', wrong, '--ca', caPath]);
+    expect(failed.code).toBe(1);
+    expect(failed.stdout).toMatch(/^FAIL\s+TOKEN_REJECTED/m);
+  });
+
   it('serve: on SIGTERM an in-flight slow request completes with 200, new connections are refused, exit 0', async () => {
     const { arrival, release } = holdRequests(upstream, '/http/slow');
     const child = startCli([

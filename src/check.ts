@@ -1,0 +1,724 @@
+/** `oauth-sidecar check`: per route, load the service key, fetch a token, call the upstream, and explain each failure with its fix. */
+import { X509Certificate } from 'node:crypto';
+import type { Dispatcher } from 'undici';
+import type { Config, RouteConfig } from './config.js';
+import { loadCredentials, type Credentials, type LoadedCredentials } from './credentials.js';
+import { createDispatcher, type OutboundNetwork } from './dispatcher.js';
+import { ConfigError, SidecarError } from './errors.js';
+import { decodeJwtClaims, type JwtClaims } from './jwt.js';
+import { classifyNetworkError, type NetworkFailure } from './network-error.js';
+import { createTokenClient, type AccessToken, type RetryPolicy, type TokenClient } from './token-client.js';
+
+/** The role an HTTPS sender adapter requires unless the iFlow names a custom User Role. */
+export const DEFAULT_CHECK_ROLE = 'ESBMessaging.send';
+/** Under the `/http` servlet, which authenticates every request: a 404 there still proves the token was accepted. */
+export const DEFAULT_RUNTIME_CHECK_PATH = '/http/';
+/** The OData API's service document: answers 200 to any valid api-plan token. */
+export const DEFAULT_API_CHECK_PATH = '/api/v1/';
+/** Warn when a client certificate expires within this many days. */
+export const CERT_WARNING_DAYS = 30;
+
+/**
+ * One attempt only: a diagnosis reports the first failure instead of hiding it behind retries.
+ * (`maxRetryAfterMs: 0` also keeps a 429 from waiting.)
+ */
+const NO_RETRY: RetryPolicy = { maxAttempts: 1, baseDelayMs: 0, maxDelayMs: 0, maxRetryAfterMs: 0 };
+/** Enough of an error body to recognise the CF router, an MPL ID or an OAuth error; the body is never printed. */
+const MAX_BODY_BYTES = 16 * 1024;
+const MAX_SCOPES_SHOWN = 20;
+/** Secrets shorter than this are not searched for in output (they would match ordinary words). */
+const MIN_REDACT_LENGTH = 6;
+const REDACTED = '[redacted]';
+const DAY_MS = 86_400_000;
+/** More than this between the token's `iat` and the local clock is worth a warning. */
+const MAX_CLOCK_SKEW_MS = 120_000;
+
+const CSRF_HEADER = 'x-csrf-token';
+const CSRF_FETCH = 'Fetch';
+const CSRF_REQUIRED = 'required';
+const MPL_HEADER = 'sap_messageprocessinglogid';
+const CF_ROUTER_ERROR_HEADER = 'x-cf-routererror';
+const CF_ROUTE_MISSING = /Requested route \('([^'\s]{1,253})'\) does not exist/;
+const MPL_IN_BODY = /MPL ID for the failed message is\s*:?\s*([A-Za-z0-9_-]{8,64})/i;
+/** `<sub>.it-cpi018.cfapps.eu10-003.hana.ondemand.com`: the API (management) host; the runtime host has `-rt`. */
+const API_HOST = /^[^.]+\.it-cpi[^.]*\.cfapps\./i;
+const RUNTIME_HOST_MARK = /-rt\./i;
+
+const KEY_TYPE_NAMES: Readonly<Record<Credentials['kind'], string>> = {
+  'client-secret': 'ClientId/Secret',
+  certificate: 'Certificate (SAP-generated)',
+  'external-certificate': 'External Certificate',
+};
+
+export type Level = 'ok' | 'warn' | 'FAIL';
+
+/** One verdict with the fixes that go with it. */
+export interface Finding {
+  level: Level;
+  message: string;
+  hints: readonly string[];
+}
+
+export interface CheckOptions {
+  /** Upstream path to GET (after the upstream's base path); default `/http/` (`/api/v1/` on an API host). */
+  path?: string;
+  /** Role the token must carry; default `ESBMessaging.send` (none on an API host). */
+  role?: string;
+  out: (line: string) => void;
+  now?: () => number;
+}
+
+export interface RouteCheckResult {
+  name: string;
+  /** Worst level met. */
+  level: Level;
+  /** The route failed because its service key or settings are unusable (exit code 2 material). */
+  configInvalid: boolean;
+}
+
+export interface CheckReport {
+  ok: boolean;
+  routes: RouteCheckResult[];
+}
+
+/** Check every route; true only when every route passes (warnings allowed). */
+export async function runCheck(config: Readonly<Config>, options: CheckOptions): Promise<boolean> {
+  return (await checkRoutes(config, options)).ok;
+}
+
+/** Like `runCheck`, with the verdict of each route (for exit codes). */
+export async function checkRoutes(config: Readonly<Config>, options: CheckOptions): Promise<CheckReport> {
+  const secrets = new Set<string>();
+  const out = redacting(options.out, secrets);
+  const now = options.now ?? Date.now;
+  const count = config.routes.length;
+  out(`oauth-sidecar check: ${count} route${count === 1 ? '' : 's'} from ${config.routesSource}`);
+  const network = describeNetwork(config);
+  for (const finding of network) printFinding(out, finding);
+  const results: RouteCheckResult[] = [];
+  for (const route of config.routes) {
+    out('');
+    out(`route ${route.name} (prefix ${route.prefix})`);
+    const section = new Section(out);
+    const configInvalid = await checkRoute(route, config, options, now, section, secrets);
+    results.push({ name: route.name, level: section.level, configInvalid });
+  }
+  out('');
+  const failed = results.filter((r) => r.level === 'FAIL');
+  const warned = results.filter((r) => r.level === 'warn');
+  out(summaryLine(results.length, failed.map((r) => r.name), warned.length));
+  return { ok: failed.length === 0, routes: results };
+}
+
+/** The final line: `ok   …` or `FAIL …`. */
+export function summaryLine(total: number, failed: readonly string[], warned: number): string {
+  const routes = `${total} route${total === 1 ? '' : 's'}`;
+  const warnings = warned > 0 ? ` (${warned} with warnings)` : '';
+  if (failed.length === 0) return formatLine('ok', `summary: ${routes} checked, all pass${warnings}`);
+  return formatLine('FAIL', `summary: ${failed.length} of ${routes} failed: ${failed.join(', ')}${warnings}`);
+}
+
+/** `ok   message`, `warn message`, `FAIL message`. */
+export function formatLine(level: Level, message: string): string {
+  return `${level.padEnd(4)} ${message}`;
+}
+
+/** A fix or explanation under a finding, indented past the level column. */
+export function formatHint(hint: string): string {
+  return `       ${hint}`;
+}
+
+// ---------------------------------------------------------------------------
+// One route
+
+async function checkRoute(
+  route: RouteConfig,
+  config: Readonly<Config>,
+  options: CheckOptions,
+  now: () => number,
+  section: Section,
+  secrets: Set<string>,
+): Promise<boolean> {
+  let loaded: LoadedCredentials;
+  try {
+    loaded = await loadCredentials(route.credentials, { now: new Date(now()) });
+  } catch (err) {
+    for (const finding of credentialFailure(err)) section.add(finding);
+    return err instanceof ConfigError || (err instanceof SidecarError && err.code === 'CONFIG_INVALID');
+  }
+  const { credentials } = loaded;
+  if (credentials.kind === 'client-secret') secrets.add(credentials.clientSecret);
+  else secrets.add(credentials.key);
+  for (const finding of describeCredentials(loaded, now())) section.add(finding);
+
+  const upstream = route.upstream ?? credentials.url;
+  if (!upstream) {
+    section.fail(`no upstream: the service key ${credentials.source} has no url`, 'set --upstream URL (or upstream: on the route)');
+    return true;
+  }
+  const upstreamUrl = new URL(upstream);
+  const apiHost = isApiHost(upstreamUrl.hostname);
+  section.ok(`upstream: ${upstreamUrl.origin}${upstreamUrl.pathname.replace(/\/+$/, '')} (${route.upstream ? 'configured' : "the service key's url"})`);
+  const role = options.role ?? (apiHost ? undefined : DEFAULT_CHECK_ROLE);
+
+  const client = createTokenClient({
+    credentials,
+    settings: route.token,
+    network: config.network,
+    attemptTimeoutMs: config.tokenTimeoutMs,
+    retry: NO_RETRY,
+  });
+  let token: AccessToken;
+  try {
+    token = await client.fetchToken();
+  } catch (err) {
+    section.add(explainTokenError(err, { credentials, network: config.network, timeoutMs: config.tokenTimeoutMs }));
+    section.fail('upstream not called: no token');
+    return false;
+  } finally {
+    await client.close();
+  }
+  secrets.add(token.value);
+  const claims = decodeJwtClaims(token.value);
+  for (const finding of describeToken(token, claims, client, credentials)) section.add(finding);
+  const scopes = token.scopes.length > 0 ? token.scopes : (claims?.scope ?? []);
+  const roleGranted = role === undefined ? undefined : scopeGrantsRole(scopes, role);
+  section.add(describeScopes(scopes, role, roleGranted, apiHost));
+
+  const path = normalisePath(options.path ?? (apiHost ? DEFAULT_API_CHECK_PATH : DEFAULT_RUNTIME_CHECK_PATH));
+  const target = `${upstreamUrl.pathname.replace(/\/+$/, '')}${path}`;
+  const shown = `${upstreamUrl.origin}${target}`;
+  const context: UpstreamContext = {
+    url: shown,
+    pathGiven: options.path !== undefined,
+    csrf: route.csrf,
+    role,
+    roleGranted,
+    network: config.network,
+    timeoutMs: route.timeouts.responseMs,
+  };
+  try {
+    const answer = await callUpstream(upstreamUrl.origin, target, token.value, route, config.network);
+    for (const finding of explainUpstreamAnswer(answer, context)) section.add(finding);
+  } catch (err) {
+    section.add(explainUpstreamError(err, context));
+  }
+  return false;
+}
+
+/** What loading the key found: one FAIL per problem for a broken key. */
+export function credentialFailure(err: unknown): Finding[] {
+  if (err instanceof ConfigError) {
+    return [
+      finding('FAIL', `the service key is unusable (${err.problems.length} problem${err.problems.length === 1 ? '' : 's'}):`),
+      ...err.problems.map((p) => finding('FAIL', `${p.field ? `${p.field}: ` : ''}${p.message} (${p.source})`)),
+    ];
+  }
+  if (err instanceof SidecarError) return [finding('FAIL', `${err.code}: ${err.message}`)];
+  return [finding('FAIL', `could not load the service key (unexpected ${(err as Error)?.name ?? 'error'})`)];
+}
+
+/** Source, key type, client id, token URL, certificate facts and load notices. */
+export function describeCredentials(loaded: LoadedCredentials, now: number): Finding[] {
+  const { credentials, notices } = loaded;
+  const findings = [
+    finding('ok', `service key: ${credentials.source}`),
+    finding('ok', `key type: ${KEY_TYPE_NAMES[credentials.kind]}, clientid ${credentials.clientId}`),
+    finding('ok', `token URL: ${credentials.tokenUrl}`),
+  ];
+  if (credentials.kind !== 'client-secret') findings.push(...describeCertificate(credentials.certificate, credentials.notAfter, now));
+  for (const notice of notices) {
+    // Expiry is reported by describeCertificate, with the subject.
+    if (credentials.kind !== 'client-secret' && /expires on/.test(notice.message)) continue;
+    findings.push(finding(notice.level === 'warn' ? 'warn' : 'ok', notice.message));
+  }
+  return findings;
+}
+
+function describeCertificate(chainPem: string, notAfter: Date, now: number): Finding[] {
+  const findings: Finding[] = [];
+  let leaf: X509Certificate | undefined;
+  try {
+    leaf = new X509Certificate(chainPem);
+  } catch {
+    // Already validated by service-key; nothing more to say.
+  }
+  const chainLength = chainPem.match(/-----BEGIN CERTIFICATE-----/g)?.length ?? 0;
+  if (leaf) {
+    findings.push(finding('ok', `client certificate: ${oneLineDn(leaf.subject)}, issued by ${oneLineDn(leaf.issuer)}`));
+    if (chainLength < 2 && leaf.subject !== leaf.issuer) {
+      findings.push(
+        finding('warn', 'the certificate chain holds the leaf only', [
+          'SAP\'s load balancer passes a client certificate on only with its chain: put the intermediates after the leaf',
+        ]),
+      );
+    }
+  }
+  const daysLeft = Math.floor((notAfter.getTime() - now) / DAY_MS);
+  const expiry = `client certificate expires ${notAfter.toISOString()} (in ${daysLeft} day${daysLeft === 1 ? '' : 's'})`;
+  findings.push(
+    daysLeft < CERT_WARNING_DAYS
+      ? finding('warn', expiry, ['create a new service key (or renew the External Certificate) before then; the sidecar picks it up without restart'])
+      : finding('ok', expiry),
+  );
+  return findings;
+}
+
+/** Client authentication, lifetime and the token's own client id: never the token. */
+export function describeToken(token: AccessToken, claims: JwtClaims | undefined, client: Pick<TokenClient, 'authMethod'>, credentials: Credentials): Finding[] {
+  const lifetimeS = Math.round((token.expiresAt - token.issuedAt) / 1000);
+  const from = { expires_in: 'expires_in', jwt: 'the JWT exp', default: 'assumed: no expires_in, no JWT exp' }[token.lifetimeSource];
+  const findings = [
+    finding('ok', `token obtained with ${client.authMethod}: lifetime ${lifetimeS} s (${from}), expires ${new Date(token.expiresAt).toISOString()}`),
+  ];
+  if (!claims) {
+    findings.push(finding('warn', 'the token is opaque (not a JWT): its client id and scopes cannot be read', [
+      'CPI expects JWTs; for the Neo token endpoint add --token-param token_format=jwt',
+    ]));
+    return findings;
+  }
+  const tokenClientId = stringClaim(claims, 'client_id') ?? stringClaim(claims, 'cid') ?? stringClaim(claims, 'azp');
+  if (tokenClientId === undefined) findings.push(finding('warn', 'the token names no client (no client_id, cid or azp claim)'));
+  else if (tokenClientId !== credentials.clientId) {
+    findings.push(finding('warn', `the token's client id ${tokenClientId} differs from the key's clientid ${credentials.clientId}`));
+  } else findings.push(finding('ok', `token client id: ${tokenClientId}`));
+  const zone = stringClaim(claims, 'zid');
+  if (zone) findings.push(finding('ok', `token zone (subaccount tenant): ${zone}`));
+  if (claims.iat !== undefined && Math.abs(claims.iat * 1000 - token.issuedAt) > MAX_CLOCK_SKEW_MS) {
+    const skewS = Math.round((token.issuedAt - claims.iat * 1000) / 1000);
+    findings.push(finding('warn', `the local clock is ${Math.abs(skewS)} s ${skewS > 0 ? 'ahead of' : 'behind'} the token server's`, [
+      'synchronise the clock (NTP): tokens are refreshed by their lifetime and may look expired to the upstream',
+    ]));
+  }
+  return findings;
+}
+
+/** Granted scopes and whether the role is among them. */
+export function describeScopes(scopes: readonly string[], role: string | undefined, granted: boolean | undefined, apiHost: boolean): Finding {
+  const shown = scopes.length === 0 ? 'none' : scopes.slice(0, MAX_SCOPES_SHOWN).join(' ') + (scopes.length > MAX_SCOPES_SHOWN ? ` (+${scopes.length - MAX_SCOPES_SHOWN} more)` : '');
+  if (role === undefined) {
+    return finding('ok', `granted scopes: ${shown}`, apiHost ? ['API host: pass --check-role ROLE to check a role (e.g. WorkspacePackagesRead)'] : []);
+  }
+  if (granted) return finding('ok', `role ${role} granted; scopes: ${shown}`);
+  return finding('warn', `role ${role} not among the granted scopes: ${shown}`, [
+    `the integration flow's sender adapter needs role ${role}: add it to the service instance's roles (changes take up to 1 h)`,
+    `(if the adapter uses a custom User Role, pass it with --check-role)`,
+  ]);
+}
+
+/** SAP scopes are `<xsappname>.<role>` (e.g. `it-rt-acme!b196.ESBMessaging.send`): compare by suffix. */
+export function scopeGrantsRole(scopes: readonly string[], role: string): boolean {
+  return scopes.some((scope) => scope === role || scope.endsWith(`.${role}`));
+}
+
+/** The API (management) host `<sub>.it-cpi<nnn>.cfapps…`, as opposed to the runtime `…-rt.cfapps…`. */
+export function isApiHost(hostname: string): boolean {
+  return API_HOST.test(hostname) && !RUNTIME_HOST_MARK.test(hostname);
+}
+
+// ---------------------------------------------------------------------------
+// Token failures
+
+export interface TokenErrorContext {
+  credentials: Pick<Credentials, 'kind' | 'tokenUrl' | 'source'>;
+  network: OutboundNetwork;
+  timeoutMs: number;
+}
+
+/** A token failure, by code, with what to do about it. */
+export function explainTokenError(err: unknown, ctx: TokenErrorContext): Finding {
+  if (!(err instanceof SidecarError)) {
+    return finding('FAIL', `token request failed unexpectedly (${(err as Error)?.name ?? 'error'})`);
+  }
+  const message = `${err.code}: ${err.message}`;
+  const host = hostOf(ctx.credentials.tokenUrl);
+  const certKey = ctx.credentials.kind !== 'client-secret';
+  switch (err.code) {
+    case 'TOKEN_REJECTED':
+      if (!/rejected the client credentials/.test(err.message)) {
+        return finding('FAIL', message, ['the token URL answered, but not as an OAuth token endpoint: copy tokenurl from the service key (…/oauth/token)']);
+      }
+      return finding('FAIL', message, certKey
+        ? [
+            'the certificate must be the one of this service key (or the External Certificate registered for clientid), with its whole chain',
+            'the token URL must be the authentication.cert host (<sub>.authentication.cert.<region>.hana.ondemand.com)',
+            'a TLS-inspecting proxy replaces the client certificate: exempt the token host from inspection',
+          ]
+        : [
+            'the secret is wrong or was rotated (service key deleted and re-created): copy clientid and clientsecret from the current service key',
+            'a secret from another subaccount or instance does not work here: clientid, clientsecret and tokenurl must come from the same key',
+            'the sidecar form-encodes id and secret before base64 (RFC 6749 §2.3.1); a token server that does not decode them accepts --token-auth post',
+          ]);
+    case 'TOKEN_UNREACHABLE':
+      return finding('FAIL', message, networkHints(classifyNetworkError(err.cause).failure, host, ctx.network, 'token'));
+    case 'TOKEN_TIMEOUT':
+      return finding('FAIL', message, [
+        ...networkHints('timeout', host, ctx.network, 'token'),
+        `raise --token-timeout (now ${ctx.timeoutMs} ms) only if the server is known to be slow`,
+      ]);
+    case 'TOKEN_RATE_LIMITED':
+      return finding('FAIL', message, [
+        `XSUAA allows 60 token requests/s per subaccount: something else is fetching tokens per request; retry in ${err.retryAfter ?? 1} s`,
+        'clients should cache tokens until they expire (the sidecar does)',
+      ]);
+    case 'TOKEN_SERVER_ERROR':
+      return finding('FAIL', message, ['the token server failed: retry later and check the SAP BTP status page for the region']);
+    case 'TOKEN_RESPONSE_INVALID':
+      return finding('FAIL', message, ['tokenurl must be the OAuth token endpoint (…/oauth/token); a proxy login page also looks like this']);
+    default:
+      return finding('FAIL', message);
+  }
+}
+
+/** Fixes for a connection failure to the token server or the upstream. */
+export function networkHints(failure: NetworkFailure, host: string, network: OutboundNetwork, peer: 'token' | 'upstream'): string[] {
+  const proxy = proxyHost(network.httpsProxy);
+  const viaProxy = proxy ? [`outbound HTTPS goes through the proxy ${proxy}: check HTTPS_PROXY/NO_PROXY and that the proxy allows CONNECT to ${host}`] : [];
+  switch (failure) {
+    case 'tls-trust':
+      return [
+        peer === 'upstream'
+          ? `add --ca FILE with the root CA of ${host}'s certificate (the load balancer's root: take it from the CPI connectivity test (TLS) download)`
+          : `add --ca FILE with the root CA of ${host}'s certificate`,
+        ...(proxy ? [`a TLS-inspecting proxy (${proxy}) re-signs certificates: add the corporate CA with --ca`] : []),
+      ];
+    case 'tls':
+      return [
+        `the TLS handshake with ${host} failed: for certificate keys the server may have refused the client certificate (whole chain, supported root)`,
+        ...viaProxy,
+      ];
+    case 'proxy':
+      return [`the proxy ${proxy ?? '(HTTPS_PROXY)'} failed: check HTTPS_PROXY/NO_PROXY and that it allows CONNECT to ${host}`];
+    case 'dns':
+      return [`${host} does not resolve: check the host in the service key${proxy ? '' : '; a network that resolves only through a proxy needs HTTPS_PROXY'}`, ...viaProxy];
+    case 'timeout':
+      return [`no answer from ${host}: a firewall may drop the packets${proxy ? '' : '; a network that needs a proxy needs HTTPS_PROXY'}`, ...viaProxy];
+    case 'refused':
+    case 'reset':
+      return [`the connection to ${host} was ${failure === 'refused' ? 'refused' : 'reset'}: check host and port, firewall rules${proxy ? '' : ', and whether a proxy (HTTPS_PROXY) is needed'}`, ...viaProxy];
+    default:
+      return viaProxy;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The upstream call
+
+/** What the check saw from the upstream: status, headers and the start of the body (never printed). */
+export interface UpstreamAnswer {
+  status: number;
+  headers: Readonly<Record<string, string | string[] | undefined>>;
+  body: string;
+}
+
+export interface UpstreamContext {
+  /** `https://host/path` as called, for messages. */
+  url: string;
+  /** The user named the path (`--check-path`); a 404 on the default path is only a warning. */
+  pathGiven: boolean;
+  csrf: 'auto' | 'off';
+  role: string | undefined;
+  roleGranted: boolean | undefined;
+  network: OutboundNetwork;
+  timeoutMs: number;
+}
+
+/**
+ * GET with the token and `X-CSRF-Token: Fetch`: a CSRF-protected sender adapter
+ * (SAP's default) answers the fetch without running the integration flow.
+ */
+async function callUpstream(origin: string, path: string, token: string, route: RouteConfig, network: OutboundNetwork): Promise<UpstreamAnswer> {
+  const dispatcher = createDispatcher({
+    network,
+    connectTimeoutMs: route.timeouts.connectMs,
+    headersTimeoutMs: route.timeouts.responseMs,
+    bodyTimeoutMs: route.timeouts.idleMs,
+    connections: 1,
+  });
+  try {
+    const response = await dispatcher.request({
+      origin,
+      path,
+      method: 'GET',
+      headers: { authorization: `Bearer ${token}`, [CSRF_HEADER]: CSRF_FETCH, accept: '*/*' },
+    });
+    return { status: response.statusCode, headers: response.headers, body: await readStart(response.body, MAX_BODY_BYTES) };
+  } finally {
+    await dispatcher.close();
+  }
+}
+
+async function readStart(body: Dispatcher.ResponseData['body'], limit: number): Promise<string> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of body) {
+    chunks.push(chunk as Buffer);
+    size += (chunk as Buffer).length;
+    if (size >= limit) {
+      body.destroy();
+      break;
+    }
+  }
+  return Buffer.concat(chunks).toString('utf8').slice(0, limit);
+}
+
+/** What the upstream's answer means, with fixes. */
+export function explainUpstreamAnswer(answer: UpstreamAnswer, ctx: UpstreamContext): Finding[] {
+  const { status } = answer;
+  const seen = `GET ${ctx.url} answered ${status}`;
+  const mpl = mplIdOf(answer);
+  if (status >= 200 && status < 300) return explainSuccess(answer, ctx, seen, mpl);
+  if (status >= 300 && status < 400) {
+    const location = headerOf(answer.headers, 'location');
+    return [finding('FAIL', `${seen} (redirect${location ? ` to ${safeUrl(location)}` : ''})`, [
+      'a redirect (often to a login page) means this is not an integration-flow or API endpoint: use the url of the service key',
+    ])];
+  }
+  switch (status) {
+    case 401:
+      return [finding('FAIL', `${seen}: the token was not accepted${oauthErrorOf(answer)}`, [
+        'a token of an api-plan key does not work on the -rt (integration-flow) host, nor the reverse: use the key of the matching instance',
+        'the token must come from the subaccount of this tenant: clientid/tokenurl of another subaccount give tokens the runtime rejects',
+        'an expired token is rejected too: check the clock of this machine',
+      ])];
+    case 403:
+      return [explainForbidden(answer, ctx, seen)];
+    case 404:
+      return [explainNotFound(answer, ctx, seen)];
+    case 405:
+      return [finding('warn', `${seen}: the token was accepted, but the endpoint does not allow GET`, ['pass --check-path with an endpoint that answers GET to check further'])];
+    case 429:
+      return [finding('FAIL', `${seen}: rate limited`, ['too many requests to the runtime: retry later'])];
+    default:
+      break;
+  }
+  if (status >= 500) {
+    if (mpl || status === 500) {
+      return [finding('FAIL', `${seen}: the integration flow failed${mpl ? ` (MPL ID ${mpl})` : ''}`, [
+        mpl ? `Monitor > Message Processing: open the message with MPL ID ${mpl} for the error` : 'Monitor > Message Processing: the failed message shows the error',
+        'the check sends a GET without a body: an iFlow that needs a payload may fail on it alone; the token and role were accepted',
+      ])];
+    }
+    return [finding('FAIL', `${seen}: the runtime is unavailable or timed out`, ['retry later; check that the tenant and the iFlow are started (Monitor > Manage Integration Content)'])];
+  }
+  return [finding('FAIL', `${seen}${oauthErrorOf(answer)}`)];
+}
+
+function explainSuccess(answer: UpstreamAnswer, ctx: UpstreamContext, seen: string, mpl: string | undefined): Finding[] {
+  const findings = [finding('ok', `${seen}: the token is accepted`)];
+  const csrfToken = headerOf(answer.headers, CSRF_HEADER);
+  if (csrfToken !== undefined && csrfToken.toLowerCase() !== CSRF_REQUIRED) {
+    findings.push(
+      ctx.csrf === 'auto'
+        ? finding('ok', 'the endpoint is CSRF protected (it answered the token fetch without running the iFlow); the sidecar fetches CSRF tokens (csrf auto)')
+        : finding('warn', 'the endpoint is CSRF protected but csrf is off: POST/PUT/PATCH/DELETE will get 403', [
+            'set csrf auto (--csrf auto or csrf: auto on the route), or switch off "CSRF Protected" in the sender adapter',
+          ]),
+    );
+  } else if (mpl) {
+    findings.push(finding('ok', `the integration flow ran (MPL ID ${mpl})`));
+  }
+  return findings;
+}
+
+function explainForbidden(answer: UpstreamAnswer, ctx: UpstreamContext, seen: string): Finding {
+  if (headerOf(answer.headers, CSRF_HEADER)?.toLowerCase() === CSRF_REQUIRED) {
+    return ctx.csrf === 'auto'
+      ? finding('ok', `${seen} with X-CSRF-Token: Required: the endpoint is CSRF protected; the sidecar fetches a CSRF token and replays (csrf auto)`)
+      : finding('FAIL', `${seen} with X-CSRF-Token: Required: the endpoint is CSRF protected but csrf is off`, [
+          'set csrf auto (--csrf auto or csrf: auto on the route), or switch off "CSRF Protected" in the sender adapter',
+        ]);
+  }
+  const role = ctx.role ?? DEFAULT_CHECK_ROLE;
+  const why =
+    ctx.roleGranted === true
+      ? [
+          `the token carries ${role}, so the sender adapter probably requires a custom User Role (Monitor > Manage Security > User Roles): add that role to the service instance and check it with --check-role`,
+          'role changes take up to 1 h to reach the runtime (cached)',
+        ]
+      : [
+          `the sender adapter's User Role (default ${DEFAULT_CHECK_ROLE}) must be among the service instance's roles: add it (cockpit: the instance's parameters, "roles")`,
+          'role changes take up to 1 h to reach the runtime (cached); a new service key is not needed',
+        ];
+  return finding('FAIL', `${seen}: the token was accepted but lacks the role the endpoint requires`, why);
+}
+
+function explainNotFound(answer: UpstreamAnswer, ctx: UpstreamContext, seen: string): Finding {
+  const routerHost = cfRouterMissingRoute(answer);
+  if (routerHost !== undefined) {
+    return finding('FAIL', `${seen} from the Cloud Foundry router: no application serves ${routerHost || 'this host'}`, [
+      'the host is wrong (a typo, another region or tenant) or the runtime is not provisioned: use the url of the integration-flow service key (<sub>.it-cpi<nnn>-rt.cfapps.<region>.hana.ondemand.com)',
+    ]);
+  }
+  if (!ctx.pathGiven) {
+    return finding('warn', `${seen}: the host accepted the token, but this path is no integration flow`, [
+      'pass --check-path /http/<address of your iFlow> to check the iFlow and its role',
+    ]);
+  }
+  return finding('FAIL', `${seen}: no integration flow at this path (the runtime answered, not the router)`, [
+    "check the iFlow's address in its HTTPS sender adapter (case-insensitive, unique per tenant)",
+    'and the servlet: /http/<address> for the HTTPS adapter, /cxf/<address> for SOAP',
+    'a deployed endpoint appears 30 s to 3 min after deployment (Monitor > Manage Integration Content shows it)',
+  ]);
+}
+
+/** A failed upstream call (no HTTP answer), with fixes. */
+export function explainUpstreamError(err: unknown, ctx: UpstreamContext): Finding {
+  const { failure, code } = classifyNetworkError(err);
+  const host = hostOf(ctx.url);
+  const what: Record<NetworkFailure, string> = {
+    'tls-trust': `the certificate of ${host} is not trusted`,
+    tls: `the TLS handshake with ${host} failed`,
+    timeout: `no answer within ${ctx.timeoutMs} ms`,
+    refused: `${host} refused the connection`,
+    reset: `${host} reset the connection`,
+    dns: `${host} does not resolve`,
+    proxy: 'the HTTPS proxy failed',
+    aborted: 'the request was aborted',
+    other: 'the request failed',
+  };
+  const hints = networkHints(failure, host, ctx.network, 'upstream');
+  if (failure === 'timeout') hints.push('a slow iFlow needs a larger --upstream-timeout (timeouts.responseMs on the route)');
+  return finding('FAIL', `GET ${ctx.url}: ${what[failure]} (${code})`, hints);
+}
+
+/** The host of a CF router "Requested route ('…') does not exist" 404 (`''` when only the header says so), else undefined. */
+export function cfRouterMissingRoute(answer: Pick<UpstreamAnswer, 'headers' | 'body'>): string | undefined {
+  const match = CF_ROUTE_MISSING.exec(answer.body);
+  if (match) return match[1];
+  return headerOf(answer.headers, CF_ROUTER_ERROR_HEADER) !== undefined ? '' : undefined;
+}
+
+/** The message processing log id from the correlation header or the failure text. */
+export function mplIdOf(answer: Pick<UpstreamAnswer, 'headers' | 'body'>): string | undefined {
+  const header = headerOf(answer.headers, MPL_HEADER);
+  if (header && /^[A-Za-z0-9_-]{8,64}$/.test(header)) return header;
+  return MPL_IN_BODY.exec(answer.body)?.[1];
+}
+
+// ---------------------------------------------------------------------------
+// Output
+
+/** Collects findings for one route and remembers the worst level. */
+class Section {
+  level: Level = 'ok';
+
+  constructor(private readonly out: (line: string) => void) {}
+
+  add(f: Finding): void {
+    if (f.level === 'FAIL' || (f.level === 'warn' && this.level === 'ok')) this.level = f.level;
+    printFinding(this.out, f);
+  }
+
+  fail(message: string, ...hints: string[]): void {
+    this.add(finding('FAIL', message, hints));
+  }
+
+  ok(message: string): void {
+    this.add(finding('ok', message));
+  }
+}
+
+function printFinding(out: (line: string) => void, f: Finding): void {
+  out(formatLine(f.level, f.message));
+  for (const hint of f.hints) out(formatHint(hint));
+}
+
+function finding(level: Level, message: string, hints: readonly string[] = []): Finding {
+  return { level, message, hints };
+}
+
+/** Defence in depth: whatever a message may carry, the secret, the key and the token never reach the output. */
+function redacting(out: (line: string) => void, secrets: ReadonlySet<string>): (line: string) => void {
+  return (line) => {
+    let text = line;
+    for (const secret of secrets) {
+      if (secret.length >= MIN_REDACT_LENGTH && text.includes(secret)) text = text.split(secret).join(REDACTED);
+    }
+    out(text);
+  };
+}
+
+/** Trust anchors and proxy, once for all routes. */
+function describeNetwork(config: Readonly<Config>): Finding[] {
+  const findings = [finding('ok', `trusting the system CAs${config.caFiles.length ? ` plus --ca ${config.caFiles.join(', ')}` : ' (no --ca)'}`)];
+  const { httpsProxy, noProxy } = config.network;
+  if (httpsProxy) {
+    const host = proxyHost(httpsProxy);
+    findings.push(
+      host
+        ? finding('ok', `outbound HTTPS through the proxy ${host} (HTTPS_PROXY)${noProxy ? `, NO_PROXY ${noProxy}` : ''}`)
+        : finding('warn', 'HTTPS_PROXY is not a URL', ['set it as http://host:port']),
+    );
+  }
+  return findings;
+}
+
+// ---------------------------------------------------------------------------
+// Small helpers
+
+function normalisePath(path: string): string {
+  return path.startsWith('/') ? path : `/${path}`;
+}
+
+function headerOf(headers: UpstreamAnswer['headers'], name: string): string | undefined {
+  const value = headers[name];
+  return Array.isArray(value) ? value[0] : value;
+}
+
+/** ` (error: description)` from an OAuth/SAP JSON error body, printable and bounded; `''` otherwise. */
+function oauthErrorOf(answer: UpstreamAnswer): string {
+  try {
+    const json = JSON.parse(answer.body) as Record<string, unknown>;
+    const error = typeof json['error'] === 'string' ? printable(json['error'], 60) : undefined;
+    if (!error) return '';
+    const description = typeof json['error_description'] === 'string' ? `: ${printable(json['error_description'], 160)}` : '';
+    return ` (${error}${description})`;
+  } catch {
+    return '';
+  }
+}
+
+function printable(text: string, max: number): string {
+  // eslint-disable-next-line no-control-regex
+  const clean = text.replace(/[^\x20-\x7e]/g, '?');
+  return clean.length > max ? `${clean.slice(0, max)}…` : clean;
+}
+
+function stringClaim(claims: JwtClaims, name: string): string | undefined {
+  const value = claims[name];
+  return typeof value === 'string' && value ? printable(value, 200) : undefined;
+}
+
+/** `CN=a\nO=b` (Node) → `CN=a, O=b`. */
+function oneLineDn(dn: string): string {
+  return dn.split('\n').join(', ');
+}
+
+function hostOf(url: string): string {
+  try {
+    return new URL(url).host;
+  } catch {
+    return url;
+  }
+}
+
+/** host:port of the proxy, without any credentials in its URL. */
+function proxyHost(proxy: string | undefined): string | undefined {
+  if (!proxy) return undefined;
+  try {
+    return new URL(proxy).host || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** A redirect target without query or fragment (they may carry tokens). */
+function safeUrl(location: string): string {
+  try {
+    const url = new URL(location, 'https://upstream.invalid');
+    return url.origin === 'https://upstream.invalid' ? url.pathname : `${url.origin}${url.pathname}`;
+  } catch {
+    return '(unparsable Location)';
+  }
+}

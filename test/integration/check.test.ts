@@ -1,0 +1,385 @@
+import { createServer as createHttpsServer } from 'node:https';
+import { createServer as createTcpServer } from 'node:net';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { checkRoutes, describeCredentials, runCheck, type CheckOptions } from '../../src/check.js';
+import { parseConfig, type Env } from '../../src/config.js';
+import { loadCredentials } from '../../src/credentials.js';
+import { createDemoPki } from '../../src/demo-pki.js';
+import { decodeJwtClaims } from '../../src/jwt.js';
+import { SocketTracker, closeServer, listen } from '../helpers/net.js';
+import { DEFAULT_SCOPE, startOAuthServer, type OAuthServer } from '../helpers/oauth-server.js';
+import { CLIENT_SUBJECT, createPki, type Pki } from '../helpers/pki.js';
+import { scratch } from '../helpers/sidecar.js';
+import { startUpstream, type Upstream } from '../helpers/upstream.js';
+
+const CLIENT_ID = 'sb-check!b1|it-rt-acme!b196';
+const SECRET = 'check$Secret=value!|%+:';
+const CERT_CLIENT_ID = 'sb-check-cert!b1|it-rt-acme!b196';
+const JWT_SHAPE = /eyJ[\w-]+\.eyJ[\w-]+\.[\w-]+/;
+
+let pki: Pki;
+let oauth: OAuthServer;
+let upstream: Upstream;
+let files: Awaited<ReturnType<typeof scratch>>;
+let keyPath: string;
+let caPath: string;
+
+beforeAll(async () => {
+  pki = await createPki();
+  oauth = await startOAuthServer(pki, {
+    clients: [
+      { clientId: CLIENT_ID, secret: SECRET, authMethod: 'client_secret_basic' },
+      { clientId: CERT_CLIENT_ID, authMethod: 'tls_client_auth', subjectDn: CLIENT_SUBJECT },
+    ],
+  });
+  upstream = await startUpstream(pki, { verify: (token) => oauth.verify(token) });
+  files = await scratch();
+  keyPath = await writeKey('key.json', { clientid: CLIENT_ID, clientsecret: SECRET, tokenurl: oauth.tokenUrl, url: upstream.url });
+  caPath = await files.write('ca.pem', pki.ca);
+});
+
+afterEach(() => {
+  upstream.setHandler(undefined);
+  oauth.setInterceptor(undefined);
+});
+
+afterAll(async () => {
+  await Promise.all([upstream?.close(), oauth?.close()]);
+  await files?.cleanup();
+});
+
+function writeKey(name: string, oauthFields: Record<string, string>): Promise<string> {
+  return files.write(name, JSON.stringify({ oauth: oauthFields }));
+}
+
+interface CheckRun {
+  ok: boolean;
+  lines: string[];
+  text: string;
+}
+
+/** Build a config as the CLI would (the `token` command stands in for `check`) and run the check in-process. */
+async function check(argv: string[], options: Omit<CheckOptions, 'out'> = {}, env: Env = {}): Promise<CheckRun> {
+  const result = parseConfig(['token', ...argv], env);
+  if (result.kind !== 'run') throw new Error('expected a runnable config');
+  const lines: string[] = [];
+  const ok = await runCheck(result.config, { ...options, out: (line) => lines.push(line) });
+  return { ok, lines, text: lines.join('\n') };
+}
+
+/** The healthy flags: the key, the test CA, and the scope the test token server grants only on request. */
+function healthy(...extra: string[]): string[] {
+  return ['--service-key', keyPath, '--ca', caPath, '--scope', DEFAULT_SCOPE, ...extra];
+}
+
+function lastToken(): string {
+  const authorization = upstream.requests.at(-1)?.headers.authorization ?? '';
+  return authorization.replace(/^Bearer /, '');
+}
+
+function statusLines(run: CheckRun, level: 'ok' | 'warn' | 'FAIL'): string[] {
+  return run.lines.filter((line) => line.startsWith(`${level.padEnd(4)} `));
+}
+
+function expectNoSecrets(run: CheckRun, ...secrets: string[]): void {
+  for (const secret of [SECRET, ...secrets]) expect(run.text).not.toContain(secret);
+  expect(run.text).not.toMatch(JWT_SHAPE);
+  expect(run.text).not.toMatch(/PRIVATE KEY|BEGIN CERTIFICATE/);
+}
+
+describe('oauth-sidecar check: a working setup', () => {
+  it('reports key, token (client id, scope, expiry) and a 200 from the iFlow, with no secret or token', async () => {
+    const run = await check(healthy(), { path: '/http/GetTimestamp' });
+    expect(run.ok).toBe(true);
+    const token = lastToken();
+    expect(token).not.toBe('');
+    expectNoSecrets(run, token);
+    expect(upstream.requests.at(-1)?.url).toBe('/http/GetTimestamp');
+    expect(upstream.requests.at(-1)?.headers['x-csrf-token']).toBe('Fetch');
+    expect(run.text).toContain(`service key: ${keyPath}`);
+    expect(run.text).toContain(`key type: ClientId/Secret, clientid ${CLIENT_ID}`);
+    expect(run.text).toContain(`token URL: ${oauth.tokenUrl}`);
+    expect(run.text).toMatch(/token obtained with client_secret_basic: lifetime 300 s \(expires_in\), expires \d{4}-\d\d-\d\dT/);
+    expect(run.text).toContain(`token client id: ${CLIENT_ID}`);
+    expect(run.text).toContain(`role ESBMessaging.send granted; scopes: ${DEFAULT_SCOPE}`);
+    expect(run.text).toContain(`GET ${upstream.url}/http/GetTimestamp answered 200: the token is accepted`);
+    expect(statusLines(run, 'warn')).toEqual([]);
+    expect(statusLines(run, 'FAIL')).toEqual([]);
+    expect(run.lines.at(-1)).toBe('ok   summary: 1 route checked, all pass');
+  });
+
+  it('reports a CSRF-protected endpoint that answered the token fetch (and warns when csrf is off)', async () => {
+    upstream.setHandler((req, res) => {
+      const fetch = req.headers['x-csrf-token'] === 'Fetch';
+      res.writeHead(200, fetch ? { 'x-csrf-token': 'csrf-value-1234567890' } : {});
+      res.end();
+    });
+    const auto = await check(healthy(), { path: '/http/orders' });
+    expect(auto.ok).toBe(true);
+    expect(auto.text).toMatch(/^ok {3}the endpoint is CSRF protected .*csrf auto/m);
+    expect(auto.text).not.toContain('csrf-value-1234567890');
+    const off = await check(healthy('--csrf', 'off'), { path: '/http/orders' });
+    expect(off.ok).toBe(true);
+    expect(off.text).toMatch(/^warn the endpoint is CSRF protected but csrf is off/m);
+  });
+
+  it('a certificate key: mTLS, subject, expiry warning within 30 days, and never the private key', async () => {
+    const certKey = await writeKey('cert-key.json', {
+      clientid: CERT_CLIENT_ID,
+      certificate: pki.client.chain,
+      key: pki.client.keyPkcs1,
+      tokenurl: oauth.tokenUrl,
+      url: upstream.url,
+    });
+    const run = await check(['--service-key', certKey, '--ca', caPath, '--scope', DEFAULT_SCOPE], { path: '/http/GetTimestamp' });
+    expect(run.ok).toBe(true);
+    expectNoSecrets(run, lastToken());
+    expect(run.text).toContain('key type: Certificate (SAP-generated)');
+    expect(run.text).toContain('client certificate: CN=sidecar-client, O=Test, C=DE, issued by CN=oauth-sidecar Test Intermediate CA');
+    // The test PKI issues client certificates for 30 days.
+    expect(run.text).toMatch(/^warn client certificate expires \d{4}-.*\(in 29 days\)/m);
+    expect(run.text).toContain('token obtained with tls_client_auth');
+    expect(run.text).toContain(`token client id: ${CERT_CLIENT_ID}`);
+    expect(run.lines.at(-1)).toBe('ok   summary: 1 route checked, all pass (1 with warnings)');
+  });
+
+  it('tells about the .cert. token host switch of certificate keys', async () => {
+    const certKey = await writeKey('cert-sap.json', {
+      clientid: CERT_CLIENT_ID,
+      certificate: pki.client.chain,
+      key: pki.client.keyPkcs1,
+      tokenurl: 'https://acme.authentication.eu10.hana.ondemand.com/oauth/token',
+      url: 'https://acme.it-cpi018-rt.cfapps.eu10-003.hana.ondemand.com',
+    });
+    const loaded = await loadCredentials({ source: { kind: 'path', path: certKey } });
+    const messages = describeCredentials(loaded, Date.now()).map((f) => `${f.level} ${f.message}`);
+    expect(messages).toContain('ok token URL: https://acme.authentication.cert.eu10.hana.ondemand.com/oauth/token');
+    expect(messages.some((m) => m.startsWith('ok token URL host switched from acme.authentication.eu10'))).toBe(true);
+  });
+});
+
+describe('oauth-sidecar check: the upstream answer', () => {
+  it('a 404 on the default path is only a warning: the host accepted the token', async () => {
+    const run = await check(healthy());
+    expect(run.ok).toBe(true);
+    expect(upstream.requests.at(-1)?.url).toBe('/http/');
+    expect(run.text).toMatch(/^warn GET .*\/http\/ answered 404: the host accepted the token/m);
+    expect(run.text).toContain('--check-path /http/<address of your iFlow>');
+  });
+
+  it('a 404 from the application on a named path fails and explains address, servlet and deploy delay', async () => {
+    const run = await check(healthy(), { path: '/http/no-such-flow' });
+    expect(run.ok).toBe(false);
+    expect(run.text).toMatch(/^FAIL GET .*\/http\/no-such-flow answered 404: no integration flow at this path/m);
+    expect(run.text).toContain('/cxf/<address> for SOAP');
+    expect(run.text).toContain('30 s to 3 min after deployment');
+    expect(run.lines.at(-1)).toBe('FAIL summary: 1 of 1 route failed: default');
+  });
+
+  it('a 404 from the Cloud Foundry router fails even on the default path: wrong host', async () => {
+    const host = 'acme.it-cpi018-rt.cfapps.eu10-003.hana.ondemand.com';
+    upstream.setHandler((_req, res) => {
+      res.writeHead(404, { 'content-type': 'text/plain', 'x-cf-routererror': 'unknown_route' });
+      res.end(`404 Not Found: Requested route ('${host}') does not exist.\n`);
+    });
+    const run = await check(healthy());
+    expect(run.ok).toBe(false);
+    expect(run.text).toContain(`from the Cloud Foundry router: no application serves ${host}`);
+    expect(run.text).toMatch(/host is wrong/);
+  });
+
+  it('a 401 from the runtime fails: token not accepted (api vs -rt, subaccount, expiry)', async () => {
+    const strict = await startUpstream(pki, {
+      verify: async () => {
+        throw new Error('not for this tenant');
+      },
+    });
+    try {
+      const run = await check(healthy('--upstream', strict.url), { path: '/http/GetTimestamp' });
+      expect(run.ok).toBe(false);
+      expect(run.text).toMatch(/^FAIL GET .* answered 401: the token was not accepted \(unauthorised: An Authentication object/m);
+      expect(run.text).toContain('api-plan key does not work on the -rt');
+      expect(run.text).toContain('subaccount');
+      expectNoSecrets(run);
+    } finally {
+      await strict.close();
+    }
+  });
+
+  it('a 403 with X-CSRF-Token: Required is informative with csrf auto, a failure with csrf off', async () => {
+    upstream.setHandler((_req, res) => {
+      res.writeHead(403, { 'x-csrf-token': 'Required', 'content-type': 'text/html' });
+      res.end('<html><body>HTTP Status 403 – Forbidden</body></html>');
+    });
+    const auto = await check(healthy(), { path: '/http/orders' });
+    expect(auto.ok).toBe(true);
+    expect(auto.text).toMatch(/^ok {3}GET .* answered 403 with X-CSRF-Token: Required: the endpoint is CSRF protected; the sidecar fetches/m);
+    const off = await check(healthy('--csrf', 'off'), { path: '/http/orders' });
+    expect(off.ok).toBe(false);
+    expect(off.text).toMatch(/^FAIL .*CSRF protected but csrf is off/m);
+  });
+
+  it('missing role: a warning at the token, and the runtime\'s 403 fails with the instance-roles fix', async () => {
+    // Like the CPI runtime: the sender adapter's User Role must be a scope of the token.
+    upstream.setHandler((req, res) => {
+      const claims = decodeJwtClaims((req.headers.authorization ?? '').replace(/^Bearer /, ''));
+      if (claims?.scope?.some((s) => s.endsWith('.ESBMessaging.send'))) return false;
+      res.writeHead(403, { 'content-type': 'text/html' });
+      res.end('<html><body>HTTP Status 403 – Forbidden</body></html>');
+      return true;
+    });
+    // Without --scope the test token server grants no scope.
+    const run = await check(['--service-key', keyPath, '--ca', caPath], { path: '/http/GetTimestamp' });
+    expect(run.ok).toBe(false);
+    expect(run.text).toMatch(/^warn role ESBMessaging.send not among the granted scopes: none/m);
+    expect(run.text).toContain(
+      "the integration flow's sender adapter needs role ESBMessaging.send: add it to the service instance's roles (changes take up to 1 h)",
+    );
+    expect(run.text).toMatch(/^FAIL GET .* answered 403: the token was accepted but lacks the role/m);
+    expect(run.text).toContain("must be among the service instance's roles");
+    // The same role missing, but the iFlow answers anyway: the warning alone does not fail the check.
+    upstream.setHandler(undefined);
+    const warned = await check(['--service-key', keyPath, '--ca', caPath], { path: '/http/GetTimestamp' });
+    expect(warned.ok).toBe(true);
+    expect(statusLines(warned, 'warn')).toHaveLength(1);
+  });
+
+  it('a custom role is checked by suffix with the role option', async () => {
+    const run = await check(healthy(), { path: '/http/GetTimestamp', role: 'Custom.Sender' });
+    expect(run.text).toMatch(/^warn role Custom.Sender not among the granted scopes: it-rt-acme!b196.ESBMessaging.send/m);
+  });
+
+  it('a 500 from the iFlow fails and names the MPL ID', async () => {
+    upstream.setHandler((_req, res) => {
+      res.writeHead(500, { 'content-type': 'text/plain' });
+      res.end('Internal Server Error. The MPL ID for the failed message is : AGZrdXyZ_abc123-def456');
+    });
+    const run = await check(healthy(), { path: '/http/orders' });
+    expect(run.ok).toBe(false);
+    expect(run.text).toMatch(/^FAIL GET .* answered 500: the integration flow failed \(MPL ID AGZrdXyZ_abc123-def456\)/m);
+    expect(run.text).toContain('Monitor > Message Processing');
+  });
+
+  it('an untrusted upstream certificate fails with the --ca fix (the token server is trusted)', async () => {
+    // A server certificate from another CA (the demo PKI), as when the load balancer's root is missing.
+    const other = await createDemoPki();
+    const rogue = createHttpsServer({ cert: other.server.cert, key: other.server.key }, (_req, res) => res.end('never'));
+    const sockets = new SocketTracker(rogue);
+    const port = await listen(rogue);
+    try {
+      const run = await check(healthy('--upstream', `https://127.0.0.1:${port}`), { path: '/http/GetTimestamp' });
+      expect(run.ok).toBe(false);
+      expect(run.text).toContain('ok   token obtained');
+      expect(run.text).toMatch(/^FAIL GET https:\/\/127\.0\.0\.1:\d+\/http\/GetTimestamp: the certificate of 127\.0\.0\.1:\d+ is not trusted \([A-Z_]+\)/m);
+      expect(run.text).toContain('add --ca FILE with the root CA');
+      expect(run.text).toContain('connectivity test');
+    } finally {
+      await closeServer(rogue, sockets);
+    }
+  });
+
+  it('an upstream that refuses connections fails with the connection fix', async () => {
+    const port = await freePort();
+    const run = await check(healthy('--upstream', `https://127.0.0.1:${port}`), { path: '/http/x' });
+    expect(run.ok).toBe(false);
+    expect(run.text).toMatch(/^FAIL GET .*: 127\.0\.0\.1:\d+ refused the connection \(ECONNREFUSED\)/m);
+  });
+});
+
+describe('oauth-sidecar check: the token', () => {
+  it('a wrong secret: TOKEN_REJECTED with the secret fixes, no secret shown, upstream not called', async () => {
+    const wrongSecret = 'wrong-Secret$value=';
+    const wrong = await writeKey('wrong.json', { clientid: CLIENT_ID, clientsecret: wrongSecret, tokenurl: oauth.tokenUrl, url: upstream.url });
+    const before = upstream.requests.length;
+    const run = await check(['--service-key', wrong, '--ca', caPath]);
+    expect(run.ok).toBe(false);
+    expect(upstream.requests.length).toBe(before);
+    expect(run.text).toMatch(/^FAIL TOKEN_REJECTED: token server rejected the client credentials \(401/m);
+    expect(run.text).toContain('wrong or was rotated');
+    expect(run.text).toContain('another subaccount');
+    expect(run.text).toContain('FAIL upstream not called: no token');
+    expectNoSecrets(run, wrongSecret);
+  });
+
+  it('an untrusted token server: TOKEN_UNREACHABLE with the --ca fix', async () => {
+    const run = await check(['--service-key', keyPath]);
+    expect(run.ok).toBe(false);
+    expect(run.text).toContain('ok   trusting the system CAs (no --ca)');
+    expect(run.text).toMatch(/^FAIL TOKEN_UNREACHABLE: token server 127\.0\.0\.1:\d+: TLS certificate not trusted/m);
+    expect(run.text).toMatch(/add --ca FILE with the root CA of 127\.0\.0\.1:\d+'s certificate/);
+  });
+
+  it('a failing proxy: the HTTPS_PROXY/NO_PROXY fix', async () => {
+    const port = await freePort();
+    const run = await check(['--service-key', keyPath, '--ca', caPath], {}, { HTTPS_PROXY: `http://user:pw@127.0.0.1:${port}` });
+    expect(run.ok).toBe(false);
+    expect(run.text).toContain(`ok   outbound HTTPS through the proxy 127.0.0.1:${port} (HTTPS_PROXY)`);
+    expect(run.text).toMatch(/^FAIL TOKEN_UNREACHABLE/m);
+    expect(run.text).toContain('check HTTPS_PROXY/NO_PROXY');
+    expect(run.text).not.toContain('user:pw');
+  });
+
+  it('a rate-limited token server: TOKEN_RATE_LIMITED, one attempt, the 60/s explanation', async () => {
+    const before = oauth.tokenRequests;
+    oauth.setInterceptor((_req, res) => {
+      res.writeHead(429, { 'retry-after': '30', 'content-type': 'application/json' });
+      res.end('{"error":"too_many_requests"}');
+      return true;
+    });
+    const run = await check(healthy());
+    expect(run.ok).toBe(false);
+    expect(oauth.tokenRequests - before).toBe(1);
+    expect(run.text).toMatch(/^FAIL TOKEN_RATE_LIMITED/m);
+    expect(run.text).toContain('60 token requests/s per subaccount');
+    expect(run.text).toContain('retry in 30 s');
+  });
+
+  it('a token server that does not answer: TOKEN_TIMEOUT', async () => {
+    oauth.setInterceptor(() => true); // never answers
+    const run = await check(healthy('--token-timeout', '300'));
+    expect(run.ok).toBe(false);
+    expect(run.text).toMatch(/^FAIL TOKEN_TIMEOUT: token server 127\.0\.0\.1:\d+ did not answer within 300 ms/m);
+    expect(run.text).toContain('raise --token-timeout');
+  });
+});
+
+describe('oauth-sidecar check: several routes', () => {
+  it('a broken service key lists every problem, and the other routes are still checked', async () => {
+    const broken = await writeKey('broken.json', { clientid: '', url: 'ftp://x' });
+    const config = await files.write(
+      'routes.json',
+      JSON.stringify({
+        routes: [
+          { name: 'broken', prefix: '/broken', serviceKey: broken },
+          { name: 'orders', prefix: '/orders', serviceKey: keyPath, scope: DEFAULT_SCOPE },
+        ],
+      }),
+    );
+    const result = parseConfig(['token', '--config', config, '--ca', caPath], {});
+    if (result.kind !== 'run') throw new Error('expected a runnable config');
+    const lines: string[] = [];
+    const report = await checkRoutes(result.config, { path: '/http/GetTimestamp', out: (l) => lines.push(l) });
+    const text = lines.join('\n');
+    expect(report.ok).toBe(false);
+    expect(report.routes).toEqual([
+      { name: 'broken', level: 'FAIL', configInvalid: true },
+      { name: 'orders', level: 'ok', configInvalid: false },
+    ]);
+    expect(text).toContain('oauth-sidecar check: 2 routes from');
+    expect(text).toMatch(/^FAIL the service key is unusable \(\d+ problems\):/m);
+    expect(text).toMatch(/^FAIL oauth\.clientid: .*broken\.json\)$/m);
+    expect(text).toMatch(/^FAIL oauth\.tokenurl: /m);
+    expect(text).toContain('route orders (prefix /orders)');
+    expect(text).toContain('answered 200: the token is accepted');
+    expect(lines.at(-1)).toBe('FAIL summary: 1 of 2 routes failed: broken');
+    expect(text).not.toContain(SECRET);
+  });
+});
+
+/** A port nothing listens on. */
+async function freePort(): Promise<number> {
+  const server = createTcpServer();
+  const port = await listen(server);
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
