@@ -9,5 +9,7 @@ export default defineConfig({
     // parallel is safe and keeps `npm test` fast on two cores.
     pool: 'forks',
     restoreMocks: true,
+    // Polls wait for events under load (CI machines are shared): generous, never a fixed sleep.
+    expect: { poll: { timeout: 10_000 } },
   },
 });

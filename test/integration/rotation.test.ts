@@ -89,13 +89,13 @@ describe('credential rotation under load', () => {
     const path = await files.write('flat.json', keyJson(OLD.id, OLD.secret));
     const s = await start(path);
     const traffic = load(s);
-    await expect.poll(() => traffic.ok, { interval: 10 }).toBeGreaterThan(20);
+    await expect.poll(() => traffic.ok, { interval: 10, timeout: 20_000 }).toBeGreaterThan(20);
     // Write-then-rename, as editors and config tools do.
     await writeFile(`${path}.tmp`, keyJson(NEW.id, NEW.secret));
     await rename(`${path}.tmp`, path);
     await rotated(s);
     const before = traffic.ok;
-    await expect.poll(() => traffic.ok, { interval: 10 }).toBeGreaterThan(before + 20);
+    await expect.poll(() => traffic.ok, { interval: 10, timeout: 20_000 }).toBeGreaterThan(before + 20);
     const { failures } = await traffic.stop();
     expect(failures).toEqual([]);
     expect(clientOfLastUpstreamRequest()).toBe(NEW.id);
@@ -117,7 +117,7 @@ describe('credential rotation under load', () => {
 
     const s = await start(dir);
     const traffic = load(s);
-    await expect.poll(() => traffic.ok, { interval: 10 }).toBeGreaterThan(20);
+    await expect.poll(() => traffic.ok, { interval: 10, timeout: 20_000 }).toBeGreaterThan(20);
     // AtomicWriter: new timestamped dir, ..data_tmp symlink renamed over ..data, old dir removed.
     await writeVersion('..2026_01_01_00_01_00.000000002', NEW.id, NEW.secret);
     await symlink('..2026_01_01_00_01_00.000000002', join(dir, '..data_tmp'));
@@ -125,7 +125,7 @@ describe('credential rotation under load', () => {
     await rm(join(dir, '..2026_01_01_00_00_00.000000001'), { recursive: true });
     await rotated(s);
     const before = traffic.ok;
-    await expect.poll(() => traffic.ok, { interval: 10 }).toBeGreaterThan(before + 20);
+    await expect.poll(() => traffic.ok, { interval: 10, timeout: 20_000 }).toBeGreaterThan(before + 20);
     const { failures } = await traffic.stop();
     expect(failures).toEqual([]);
     expect(clientOfLastUpstreamRequest()).toBe(NEW.id);
@@ -139,14 +139,14 @@ describe('credential rotation under load', () => {
     const s = await start(path);
     const oldFingerprint = s.routes.routes[0]!.credentials;
     const traffic = load(s);
-    await expect.poll(() => traffic.ok, { interval: 10 }).toBeGreaterThan(20);
+    await expect.poll(() => traffic.ok, { interval: 10, timeout: 20_000 }).toBeGreaterThan(20);
     const renewed = await pki.issueClientCert({ cn: 'sidecar-client' });
     const tokensBefore = oauth.tokenRequests;
     await writeFile(`${path}.tmp`, certKey(renewed.chain, renewed.keyPkcs8));
     await rename(`${path}.tmp`, path);
     await rotated(s);
     const before = traffic.ok;
-    await expect.poll(() => traffic.ok, { interval: 10 }).toBeGreaterThan(before + 20);
+    await expect.poll(() => traffic.ok, { interval: 10, timeout: 20_000 }).toBeGreaterThan(before + 20);
     const { failures } = await traffic.stop();
     expect(failures).toEqual([]);
     const current = s.routes.routes[0]!.credentials;
