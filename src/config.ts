@@ -176,9 +176,10 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
   if (configFile) file = readConfigFile(configFile, readFile, problems);
 
   const listenText = read.string('listen') ?? file?.listen ?? DEFAULT_LISTEN;
-  const listen = parseListen(listenText, 'listen', problems);
+  const listen = parseListen(listenText, 'listen', read.has('listen') ? read.sourceOf('listen') : (configFile ?? 'default'), problems);
   const adminText = read.string('admin-listen') ?? file?.adminListen ?? DEFAULT_ADMIN_LISTEN;
-  const adminListen = adminText === 'off' ? undefined : parseListen(adminText, 'admin-listen', problems);
+  const adminSource = read.has('admin-listen') ? read.sourceOf('admin-listen') : (configFile ?? 'default');
+  const adminListen = adminText === 'off' ? undefined : parseListen(adminText, 'admin-listen', adminSource, problems);
   const logFormat = read.string('log-format') ?? 'auto';
   if (!(LOG_FORMATS as readonly string[]).includes(logFormat)) {
     problems.push({ source: read.sourceOf('log-format'), field: 'log-format', message: `must be one of ${LOG_FORMATS.join(', ')}` });
@@ -341,12 +342,12 @@ function tokenParams(read: Reader, problems: ConfigProblem[]): Record<string, st
 
 const RESERVED_PARAMS = new Set(['grant_type', 'client_id', 'client_secret']);
 
-function parseListen(text: string, field: string, problems: ConfigProblem[]): { host: string; port: number } {
+function parseListen(text: string, field: string, source: string, problems: ConfigProblem[]): { host: string; port: number } {
   const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(text.trim());
   const host = match?.[1] ?? match?.[2];
   const port = match ? Number(match[3]) : NaN;
   if (!host || !(port >= 0 && port <= 65535) || (match?.[1] && isIP(match[1]) !== 6)) {
-    problems.push({ source: field, field, message: `"${text}" is not HOST:PORT (e.g. 127.0.0.1:8080, [::1]:8080, 0.0.0.0:8080)` });
+    problems.push({ source, field, message: `"${text}" is not HOST:PORT (e.g. 127.0.0.1:8080, [::1]:8080, 0.0.0.0:8080)` });
     return { host: '127.0.0.1', port: 8080 };
   }
   return { host, port };

@@ -44,7 +44,7 @@ export interface RequestRecord {
   bytesOut: number;
   /** Sidecar error code when the sidecar answered itself. */
   error: string | undefined;
-  /** `401-refresh`, `csrf` or both (`+`) when the request was replayed. */
+  /** `401-refresh`, `csrf`, `reconnect` (joined with `+`) when the request was sent again. */
   retried: string | undefined;
   /** The sender went away before the answer was complete. */
   aborted: boolean;
@@ -92,9 +92,14 @@ export const DEFAULT_SERVER_LIMITS: ServerLimits = {
 /** The sidecar's HTTP server, hardened, with the proxy handler attached. */
 export function createProxyServer(options: ProxyOptions, limits: ServerLimits = DEFAULT_SERVER_LIMITS): Server {
   const handler = createProxyHandler(options);
+  // The response in progress per socket: a parser error after it started (a malformed chunk after an
+  // early answer) must cut the connection, never write a second response into the first.
+  const answering = new WeakMap<Socket, ServerResponse>();
   const server = createServer(
     {
       headersTimeout: limits.headersTimeoutMs,
+      // Node checks header and request timeouts on this interval (default 30 s): make slowloris cuts timely.
+      connectionsCheckingInterval: Math.max(50, Math.min(1_000, Math.floor(limits.headersTimeoutMs / 4))),
       // A whole 1 GiB upload may take long; stalls are cut by the socket idle timeout instead.
       requestTimeout: 0,
       keepAliveTimeout: limits.keepAliveTimeoutMs,
@@ -102,7 +107,13 @@ export function createProxyServer(options: ProxyOptions, limits: ServerLimits = 
       // Old HTTP/1.0 senders omit Host; the sidecar never routes on it.
       requireHostHeader: false,
     },
-    handler,
+    (req, res) => {
+      answering.set(req.socket, res);
+      res.once('close', () => {
+        if (answering.get(req.socket) === res) answering.delete(req.socket);
+      });
+      handler(req, res);
+    },
   );
   server.timeout = limits.socketIdleTimeoutMs;
   // Never a tunnel: CONNECT and Upgrade are refused before any upstream is involved.
@@ -111,7 +122,7 @@ export function createProxyServer(options: ProxyOptions, limits: ServerLimits = 
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
     const code = err.code ?? 'HPE_UNKNOWN';
     options.observer.clientError(code);
-    if (!socket.writable || (err as { bytesParsed?: number }).bytesParsed === 0 && code === 'ECONNRESET') {
+    if (!socket.writable || answering.get(socket)?.headersSent || code === 'ECONNRESET') {
       socket.destroy();
       return;
     }
@@ -185,6 +196,11 @@ class Exchange {
     }
     if (verdict === 'forbidden') return this.#refuse(new SidecarError('SENDER_FORBIDDEN', 'sender address not allowed'));
 
+    // RFC 9112 §6.3: only chunked framing is forwarded; node's parser refuses the rest, this is defence in depth.
+    const te = req.headers['transfer-encoding'];
+    if (te !== undefined && te.trim().toLowerCase() !== 'chunked') {
+      return this.#refuse(new SidecarError('REQUEST_REFUSED', 'unsupported Transfer-Encoding'));
+    }
     const route = this.#options.routes().match(this.#path);
     if (!route) return this.#refuse(new SidecarError('ROUTE_NOT_FOUND', `no route for ${truncate(this.#path)}`));
     this.#route = route;
@@ -203,8 +219,21 @@ class Exchange {
     // Each cure is tried at most once per request: a refreshed token after a 401, a new CSRF session after a 403.
     let refreshed = false;
     let renewed = false;
+    let reconnected = false;
     for (let attempt = 1; ; attempt++) {
-      const response = await this.#dispatch(route, method, path, body, token, csrf, attempt);
+      let response: Dispatcher.ResponseData;
+      try {
+        response = await this.#dispatch(route, method, path, body, token, csrf, attempt);
+      } catch (err) {
+        // A pooled connection the upstream closed as the request went out: an idempotent request may be
+        // sent again on a new one (RFC 9110 §9.2.2); anything else would risk doing the work twice.
+        if (!reconnected && IDEMPOTENT.has(method) && body.replayable() && this.#isReset(err)) {
+          reconnected = true;
+          this.#retried = this.#retried ? `${this.#retried}+reconnect` : 'reconnect';
+          continue;
+        }
+        throw err;
+      }
       const status = response.statusCode;
       this.#upstreamStatus = status;
 
@@ -226,6 +255,15 @@ class Exchange {
       }
       return this.#respond(response);
     }
+  }
+
+  #isReset(err: unknown): boolean {
+    return (
+      !this.#abort.signal.aborted &&
+      err instanceof SidecarError &&
+      err.code === 'UPSTREAM_UNREACHABLE' &&
+      classifyNetworkError(err.cause).failure === 'reset'
+    );
   }
 
   async #dispatch(
@@ -360,7 +398,7 @@ class Exchange {
       route: this.#route?.name,
       method: this.#req.method ?? '',
       path: this.#path,
-      status: this.#res.statusCode,
+      status: this.#res.headersSent ? this.#res.statusCode : 0,
       upstreamStatus: this.#upstreamStatus,
       upstreamMs: this.#upstreamMs,
       durationMs: performance.now() - this.#started,
@@ -441,6 +479,9 @@ class ByteCounter extends Transform {
     callback(null, chunk);
   }
 }
+
+/** Methods whose repetition has no further effect (RFC 9110 §9.2.2). */
+const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
 
 /** A sender's `x-request-id` when it is a sane token, else a new UUID. */
 function requestIdOf(value: string | string[] | undefined): string {

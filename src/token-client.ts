@@ -158,12 +158,14 @@ export class TokenClient {
     } catch (err) {
       throw this.#networkError(err, timeout.aborted);
     }
-    let text: string;
-    try {
-      text = await readBounded(response.body, MAX_TOKEN_RESPONSE_BYTES);
-    } catch (err) {
-      if (err instanceof SidecarError) throw err;
+    const text = await readBounded(response.body, MAX_TOKEN_RESPONSE_BYTES).catch((err: unknown) => {
       throw this.#networkError(err, timeout.aborted);
+    });
+    if (text === undefined) {
+      throw new SidecarError(
+        'TOKEN_RESPONSE_INVALID',
+        `token server ${this.#url.host} answered ${response.statusCode} with a body over ${MAX_TOKEN_RESPONSE_BYTES} bytes — check that tokenurl of ${this.#where()} is the OAuth token endpoint`,
+      );
     }
     if (response.statusCode !== 200) throw this.#statusError(response.statusCode, response.headers, text);
     return this.#parse(text, issuedAt);
@@ -348,14 +350,15 @@ export function parseRetryAfter(value: string | string[] | undefined, now: numbe
   return Math.max(0, Math.ceil((date - now) / 1000));
 }
 
-async function readBounded(body: Dispatcher.ResponseData['body'], limit: number): Promise<string> {
+/** The body as text, or undefined when it is larger than `limit` (then it is not read further). */
+async function readBounded(body: Dispatcher.ResponseData['body'], limit: number): Promise<string | undefined> {
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of body) {
     size += (chunk as Buffer).length;
     if (size > limit) {
       body.destroy();
-      throw new SidecarError('TOKEN_RESPONSE_INVALID', `token server response exceeds ${limit} bytes — check tokenurl`);
+      return undefined;
     }
     chunks.push(chunk as Buffer);
   }

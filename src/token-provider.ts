@@ -183,7 +183,10 @@ export class TokenProvider {
       return token;
     } catch (error) {
       const count = (failure?.count ?? 0) + 1;
-      const delay = Math.min(this.#backoff.maxMs, this.#backoff.minMs * 2 ** (count - 1));
+      const backoff = Math.min(this.#backoff.maxMs, this.#backoff.minMs * 2 ** (count - 1));
+      // A server that said when to come back (429 Retry-After) is not asked earlier.
+      const serverWait = error instanceof SidecarError && error.retryAfter !== undefined ? error.retryAfter * 1000 : 0;
+      const delay = Math.max(backoff, serverWait);
       this.#failures.set(key, { count, until: this.#now() + delay, error });
       this.stats.failures++;
       this.#onEvent({ type: 'fetch-failed', key, error, durationMs: this.#now() - start, retryInMs: delay });

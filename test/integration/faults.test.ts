@@ -1,0 +1,1120 @@
+/**
+ * Fault and abuse suite: what senders, the upstream and the logs see when the
+ * token server, the upstream, the senders or the configuration misbehave.
+ *
+ * Every case checks what the sender got, what the upstream got, that the
+ * sidecar still serves afterwards, and that no secret (client secret, private
+ * key, access token) appeared in a response or a log line. Real servers on
+ * port 0, no mocks; the sidecar runs in-process (`runSidecar`), the CLI as a
+ * child process (helpers/cli.ts). Raw-socket senders come from helpers/raw-http.ts.
+ *
+ * Cases that fail here describe sidecar behaviour to fix in src/, not test bugs.
+ */
+import type { IncomingHttpHeaders, IncomingMessage, Server as HttpServer, ServerResponse } from 'node:http';
+import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
+import type { Socket } from 'node:net';
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { request } from 'undici';
+import { createProxyServer, DEFAULT_SERVER_LIMITS, type ProxyObserver } from '../../src/proxy.js';
+import { startCli, collect, type CliResult } from '../helpers/cli.js';
+import { SocketTracker, closeServer, listen } from '../helpers/net.js';
+import { startOAuthServer, type OAuthServer } from '../helpers/oauth-server.js';
+import { createPki, type Pki } from '../helpers/pki.js';
+import { rawOpen, rawRequest, type RawAnswer } from '../helpers/raw-http.js';
+import { runSidecar, scratch, type RunningSidecar } from '../helpers/sidecar.js';
+import { TokenEndpoint, type Fault } from '../helpers/token-endpoint.js';
+
+const CLIENT_ID = 'sb-faults!b42|it-rt-acme!b196';
+const SECRET = 'f4ult$Secret=value!|%+:7b1c';
+/** Token provider backoff shortened so that recovery after a token-server failure takes milliseconds. */
+const FAST_BACKOFF = { tokens: { backoff: { minMs: 20, maxMs: 50 } } } as const;
+/** Senders vanishing mid-upload, and as many mid-download. */
+const ABORT_ROUNDS = 20;
+const JWT = /eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}/;
+
+// ---------------------------------------------------------------------------
+// A fault-injecting HTTPS upstream: records what it received per connection,
+// tracks its sockets, can stop and come back on the same port.
+
+interface Received {
+  readonly method: string;
+  readonly url: string;
+  readonly headers: IncomingHttpHeaders;
+  /** 1 for the first request on a connection, 2 for the next on the same (kept-alive) one… */
+  readonly onSocket: number;
+  authorized: boolean;
+  /** Body bytes received. */
+  bytes: number;
+  /** The body arrived in full. */
+  complete: boolean;
+  /** The upstream acted on the request (what an integration flow would do, e.g. book an order). */
+  processed: boolean;
+  /** The connection went away before the response finished. */
+  aborted: boolean;
+  /** The body as received (first MiB). */
+  body(): Buffer;
+  /** Resolves once the body has ended (true) or was cut off (false). */
+  readonly bodyDone: Promise<boolean>;
+  /** Resolves on the first body byte. */
+  readonly firstData: Promise<void>;
+  /** Resolves when the exchange is over, answered or not. */
+  readonly done: Promise<void>;
+}
+
+/** Return true when the request was handled; false falls through to the default routes. */
+type Handler = (req: IncomingMessage, res: ServerResponse, rec: Received) => boolean | Promise<boolean>;
+
+class FaultUpstream {
+  readonly requests: Received[] = [];
+  /** Every Bearer token presented: none of them may ever appear in a log or a sender's answer. */
+  readonly tokens = new Set<string>();
+  handler: Handler | undefined;
+  readonly #server: HttpsServer;
+  readonly #tracker: SocketTracker;
+  readonly #perSocket = new WeakMap<Socket, number>();
+  readonly #verify: (token: string) => Promise<unknown>;
+  #port = 0;
+
+  private constructor(pki: Pki, verify: (token: string) => Promise<unknown>) {
+    this.#verify = verify;
+    this.#server = createHttpsServer({ cert: pki.server.chain, key: pki.server.key }, (req, res) => void this.#serve(req, res));
+    this.#tracker = new SocketTracker(this.#server);
+  }
+
+  static async start(pki: Pki, verify: (token: string) => Promise<unknown>): Promise<FaultUpstream> {
+    const upstream = new FaultUpstream(pki, verify);
+    upstream.#port = await listen(upstream.#server);
+    return upstream;
+  }
+
+  get url(): string {
+    return `https://127.0.0.1:${this.#port}`;
+  }
+
+  /** Open connections to the upstream (server side). */
+  get openSockets(): number {
+    return this.#tracker.size;
+  }
+
+  /** Requests whose URL contains `marker`. */
+  seen(marker: string): Received[] {
+    return this.requests.filter((r) => r.url.includes(marker));
+  }
+
+  /** Stop listening and drop every connection: "connection refused" from now on. */
+  stop(): Promise<void> {
+    return closeServer(this.#server, this.#tracker);
+  }
+
+  /** Listen again on the same port. */
+  async start(): Promise<void> {
+    await listen(this.#server, this.#port);
+  }
+
+  close(): Promise<void> {
+    return closeServer(this.#server, this.#tracker);
+  }
+
+  async #serve(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const onSocket = (this.#perSocket.get(req.socket) ?? 0) + 1;
+    this.#perSocket.set(req.socket, onSocket);
+    const chunks: Buffer[] = [];
+    let kept = 0;
+    let firstData!: () => void;
+    const rec: Received = {
+      method: req.method ?? '',
+      url: req.url ?? '',
+      headers: req.headers,
+      onSocket,
+      authorized: false,
+      bytes: 0,
+      complete: false,
+      processed: false,
+      aborted: false,
+      body: () => Buffer.concat(chunks),
+      firstData: new Promise<void>((resolve) => (firstData = resolve)),
+      bodyDone: new Promise<boolean>((resolve) => {
+        req.once('end', () => resolve(true));
+        req.once('close', () => resolve(req.complete));
+      }),
+      done: new Promise<void>((resolve) =>
+        res.once('close', () => {
+          rec.aborted = !res.writableFinished;
+          resolve();
+        }),
+      ),
+    };
+    this.requests.push(rec);
+    req.on('error', () => undefined);
+    res.on('error', () => undefined);
+    req.on('data', (chunk: Buffer) => {
+      rec.bytes += chunk.length;
+      if (kept < 1024 * 1024) {
+        chunks.push(chunk);
+        kept += chunk.length;
+      }
+      firstData();
+    });
+    req.once('end', () => (rec.complete = true));
+
+    const token = /^Bearer (\S+)$/.exec(req.headers.authorization ?? '')?.[1];
+    if (token !== undefined) {
+      this.tokens.add(token);
+      rec.authorized = await this.#verify(token).then(
+        () => true,
+        () => false,
+      );
+    }
+    if (!rec.authorized) {
+      await rec.bodyDone;
+      res.writeHead(401, { 'content-type': 'application/json', 'www-authenticate': 'Bearer' }).end('{"error":"unauthorised"}');
+      return;
+    }
+    if (this.handler && (await this.handler(req, res, rec))) return;
+    await defaultRoute(req, res, rec);
+  }
+}
+
+async function defaultRoute(req: IncomingMessage, res: ServerResponse, rec: Received): Promise<void> {
+  const url = new URL(req.url ?? '/', 'https://upstream.invalid');
+  if (!(await rec.bodyDone)) return;
+  // `/http/echo/<anything>` echoes too (paths with odd encodings).
+  switch (url.pathname.startsWith('/http/echo/') ? '/http/echo' : url.pathname) {
+    case '/http/ok':
+      rec.processed = true;
+      send(res, 200, 'text/plain', 'ok');
+      return;
+    case '/http/echo':
+      rec.processed = true;
+      send(res, 200, 'application/json', JSON.stringify({ method: req.method, url: req.url, bodyLength: rec.bytes, body: rec.body().toString('latin1'), headers: { ...req.headers, authorization: '[checked]' } }));
+      return;
+    case '/http/download': {
+      rec.processed = true;
+      const total = Number(url.searchParams.get('bytes') ?? '0');
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(total) });
+      const chunk = Buffer.alloc(64 * 1024, 0x61);
+      for (let sent = 0; sent < total && !res.destroyed; sent += chunk.length) {
+        if (!res.write(chunk.subarray(0, Math.min(chunk.length, total - sent)))) {
+          await new Promise<void>((resolve) => {
+            res.once('drain', resolve);
+            res.once('close', resolve);
+          });
+        }
+      }
+      if (!res.destroyed) res.end();
+      return;
+    }
+    default:
+      send(res, 404, 'text/plain', `no route ${url.pathname}`);
+  }
+}
+
+function send(res: ServerResponse, status: number, type: string, body: string): void {
+  res.writeHead(status, { 'content-type': type, 'content-length': String(Buffer.byteLength(body)) });
+  res.end(body);
+}
+
+// ---------------------------------------------------------------------------
+// Shared fixtures
+
+let pki: Pki;
+let oauth: OAuthServer;
+let upstream: FaultUpstream;
+let files: Awaited<ReturnType<typeof scratch>>;
+let keyPath: string;
+let caPath: string;
+/** The long-lived sidecar in front of `upstream`. */
+let sidecar: RunningSidecar;
+/** Sidecars started by one test, closed after it. */
+const perTest: RunningSidecar[] = [];
+/** Every sidecar ever started, for the final log check. */
+const allSidecars: RunningSidecar[] = [];
+/** The CLI processes of the configuration cases, started in the background. */
+let configCliRuns: Promise<void> | undefined;
+
+beforeAll(async () => {
+  pki = await createPki();
+  oauth = await startOAuthServer(pki, { clients: [{ clientId: CLIENT_ID, secret: SECRET, authMethod: 'client_secret_basic' }] });
+  // Tokens come from the real OAuth server (JWTs) or, in the token-fault cases, from a TokenEndpoint (`tok-<n>-<hex>`).
+  upstream = await FaultUpstream.start(pki, async (token) => (/^tok-\d+-[0-9a-f]{24}$/.test(token) ? undefined : oauth.verify(token)));
+  files = await scratch();
+  keyPath = await files.write('key.json', JSON.stringify({ oauth: { clientid: CLIENT_ID, clientsecret: SECRET, tokenurl: oauth.tokenUrl, url: upstream.url } }));
+  caPath = await files.write('ca.pem', pki.ca);
+  sidecar = await runSidecar(['--service-key', keyPath, '--ca', caPath], {}, FAST_BACKOFF);
+  allSidecars.push(sidecar);
+  configCliRuns = startConfigRuns();
+  configCliRuns.catch(() => undefined);
+});
+
+afterEach(async () => {
+  upstream.handler = undefined;
+  const started = perTest.splice(0);
+  await Promise.all(started.map((s) => s.close()));
+  for (const s of [sidecar, ...started]) expectClean(s.logText());
+});
+
+afterAll(async () => {
+  await configCliRuns?.catch(() => undefined);
+  await Promise.all(allSidecars.map((s) => s.close()));
+  await Promise.all([upstream?.close(), oauth?.close()]);
+  await files?.cleanup();
+});
+
+/** A sidecar for one test (cold token cache), with the short token backoff. */
+async function extraSidecar(argv: string[] = []): Promise<RunningSidecar> {
+  const s = await runSidecar(['--service-key', keyPath, '--ca', caPath, ...argv], {}, FAST_BACKOFF);
+  perTest.push(s);
+  allSidecars.push(s);
+  return s;
+}
+
+/** No client secret, private key, access token or stack trace in `text`. */
+function expectClean(text: string): void {
+  expect(text).not.toContain(SECRET);
+  expect(text).not.toMatch(/BEGIN [A-Z ]*PRIVATE KEY/);
+  expect(text).not.toMatch(JWT);
+  expect(text).not.toMatch(/Bearer [A-Za-z0-9]/);
+  for (const token of upstream.tokens) expect(text).not.toContain(token);
+  expect(text).not.toMatch(/\n\s+at \S+ \(/);
+}
+
+interface Answer {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  text: string;
+}
+
+async function fetchText(url: string, options: Parameters<typeof request>[1] = {}): Promise<Answer> {
+  const res = await request(url, options);
+  const text = await res.body.text();
+  return { status: res.statusCode, headers: res.headers, text };
+}
+
+/** The sidecar's own JSON error: status, code in body and header, no secret, no stack. */
+function expectSidecarError(answer: Pick<Answer, 'status' | 'headers' | 'text'>, status: number, code: string, route: string | null = 'default'): { message: string } {
+  expect(answer.status, answer.text).toBe(status);
+  expect(answer.headers['x-sidecar-error']).toBe(code);
+  expect(String(answer.headers['content-type'])).toMatch(/^application\/json/);
+  const body = JSON.parse(answer.text) as { error: string; message: string; route: string | null };
+  expect(body).toEqual({ error: code, message: expect.any(String), route });
+  expect(body.message.length).toBeGreaterThan(10);
+  expectClean(answer.text);
+  return body;
+}
+
+/** The sidecar still serves: a normal request goes through to the upstream and back. */
+async function expectServing(s: RunningSidecar = sidecar): Promise<void> {
+  const marker = `follow-up-${Math.random().toString(36).slice(2)}`;
+  const answer = await fetchText(`${s.url}/http/ok?${marker}`);
+  expect(answer.status, answer.text).toBe(200);
+  expect(answer.text).toBe('ok');
+  const seen = upstream.seen(marker);
+  expect(seen).toHaveLength(1);
+  expect(seen[0]!.authorized).toBe(true);
+}
+
+/** Access-log lines of responses that started (200) and were cut by an upstream failure. */
+function cutResponses(): number {
+  return sidecar.logs.filter((l) => l['msg'] === 'request' && l['status'] === 200 && l['error'] === 'UPSTREAM_UNREACHABLE').length;
+}
+
+function activeSockets(): number {
+  return process.getActiveResourcesInfo().filter((r) => r === 'TCPSocketWrap' || r === 'TLSSocketWrap').length;
+}
+
+// ---------------------------------------------------------------------------
+
+describe('token server faults', () => {
+  interface TokenFault {
+    name: string;
+    /** Queued at the token endpoint, `count` times (default 6: the warm-up fetch and the sender's own, 3 attempts each). */
+    fault?: Fault;
+    count?: number;
+    /** Instead of a fault: the endpoint stops listening until the case is over. */
+    refuse?: boolean;
+    argv?: string[];
+    status: number;
+    code: string;
+    /** Expected Retry-After (seconds), `true` for any positive value, undefined for none. */
+    retryAfter?: number | true;
+    /** The message names the token server (host:port). */
+    namesHost: boolean;
+    /**
+     * How "still serving" is shown: `token` — once the token server is back, a request gets a token and
+     * goes through; `admin` — the sidecar must not ask the token server yet (a 429 asked for 120 s), so
+     * it shows that it still answers: /healthz, and senders get their 503 at once.
+     */
+    recovery?: 'token' | 'admin';
+  }
+  const status = (code: number, body: unknown, headers?: Record<string, string>): Fault => ({ kind: 'status', status: code, body: JSON.stringify(body), ...(headers && { headers }) });
+
+  const faults: TokenFault[] = [
+    { name: 'rejects the credentials (401 invalid_client)', fault: status(401, { error: 'invalid_client', error_description: 'Bad credentials' }), status: 502, code: 'TOKEN_REJECTED', namesHost: false },
+    { name: 'refuses connections', refuse: true, status: 503, code: 'TOKEN_UNREACHABLE', retryAfter: true, namesHost: true },
+    { name: 'resets the connection', fault: { kind: 'reset' }, status: 503, code: 'TOKEN_UNREACHABLE', retryAfter: true, namesHost: true },
+    // 3 hangs make the warm-up fetch last ≥ 1.5 s, so the sender's request surely joins it; a healthy
+    // attempt must fit in the timeout even on a loaded machine.
+    { name: 'hangs past --token-timeout', fault: { kind: 'hang' }, count: 3, argv: ['--token-timeout', '500'], status: 503, code: 'TOKEN_TIMEOUT', retryAfter: true, namesHost: true },
+    { name: 'answers 500', fault: status(500, { error: 'server_error' }), status: 503, code: 'TOKEN_SERVER_ERROR', retryAfter: true, namesHost: true },
+    { name: 'answers 429 with Retry-After: 120', fault: status(429, { error: 'rate_limited' }, { 'retry-after': '120' }), status: 503, code: 'TOKEN_RATE_LIMITED', retryAfter: 120, namesHost: true, recovery: 'admin' },
+    { name: 'answers 200 with invalid JSON', fault: { kind: 'body', body: '<html><body>Sign in</body></html>' }, status: 502, code: 'TOKEN_RESPONSE_INVALID', namesHost: true },
+    { name: 'answers 200 with JSON without access_token', fault: { kind: 'body', body: JSON.stringify({ token_type: 'bearer', expires_in: 3600 }) }, status: 502, code: 'TOKEN_RESPONSE_INVALID', namesHost: true },
+    { name: 'answers 200 with a huge body (4 MiB)', fault: { kind: 'huge', bytes: 4 * 1024 * 1024 }, status: 502, code: 'TOKEN_RESPONSE_INVALID', namesHost: true },
+  ];
+
+  /** Its own token endpoint and sidecar (cold cache), so that the cases run side by side. */
+  async function tokenCase(argv: string[] = []) {
+    const endpoint = await TokenEndpoint.start({ tls: { cert: pki.server.chain, key: pki.server.key, ca: pki.ca }, clients: [{ clientId: CLIENT_ID, secret: SECRET }] });
+    const key = await files.write(`key-${Math.random().toString(36).slice(2)}.json`, JSON.stringify({ oauth: { clientid: CLIENT_ID, clientsecret: SECRET, tokenurl: endpoint.tokenUrl, url: upstream.url } }));
+    let s: RunningSidecar | undefined;
+    return {
+      endpoint,
+      async start(): Promise<RunningSidecar> {
+        s = await runSidecar(['--service-key', key, '--ca', caPath, ...argv], {}, FAST_BACKOFF);
+        allSidecars.push(s);
+        return s;
+      },
+      async close(): Promise<void> {
+        await s?.close();
+        await endpoint.close();
+      },
+    };
+  }
+
+  // Side by side (each has its own token endpoint and sidecar); `expect` from the test context, as concurrent tests need.
+  it.concurrent.for(faults)('token server $name → $status $code, nothing forwarded, still serving afterwards', async (c, { expect }) => {
+    const t = await tokenCase(c.argv);
+    try {
+      if (c.refuse) await t.endpoint.stop();
+      // Enough for the warm-up fetch and the sender's own fetch; what is left drains during recovery.
+      if (c.fault) t.endpoint.fail(...Array.from({ length: c.count ?? 6 }, () => c.fault!));
+      const s = await t.start(); // its warm-up fetch already meets the fault
+      const marker = `token-fault-${c.code}-${Math.random().toString(36).slice(2)}`;
+      const started = performance.now();
+      const answer = await fetchText(`${s.url}/http/ok?${marker}`);
+      expect(performance.now() - started).toBeLessThan(5_000);
+      const body = expectSidecarError(answer, c.status, c.code);
+      if (c.namesHost) expect(body.message).toContain(new URL(t.endpoint.tokenUrl).host);
+      if (c.retryAfter === undefined) expect(answer.headers['retry-after']).toBeUndefined();
+      else if (c.retryAfter === true) expect(Number(answer.headers['retry-after'])).toBeGreaterThan(0);
+      else expect(Number(answer.headers['retry-after'])).toBe(c.retryAfter);
+      expect(upstream.seen(marker)).toHaveLength(0); // no token, no upstream call
+
+      if (c.recovery === 'admin') {
+        const health = await fetchText(`http://127.0.0.1:${s.adminAddress!.port}/healthz`);
+        expect(health.status).toBe(200);
+        const again = performance.now();
+        expectSidecarError(await fetchText(`${s.url}/http/ok?${marker}-again`), c.status, c.code);
+        expect(performance.now() - again).toBeLessThan(1_000);
+      } else {
+        // The token server is back: after the (shortened) backoff a request gets a token and goes through.
+        if (c.refuse) await t.endpoint.start();
+        await expect.poll(async () => (await fetchText(`${s.url}/http/ok?${marker}-recovery`)).status, { timeout: 8_000, interval: 30 }).toBe(200);
+        await expectServing(s);
+      }
+      expect(s.logs.some((l) => l['msg'] !== 'request' && l['code'] === c.code), 'the failure is logged with its code').toBe(true);
+      expectClean(s.logText());
+    } finally {
+      await t.close();
+    }
+  });
+
+  it.concurrent('a 429 with a short Retry-After (1 s) is waited out within the fetch: the sender gets 200, the token server is asked twice', async ({ expect }) => {
+    const t = await tokenCase();
+    try {
+      t.endpoint.fail(status(429, { error: 'rate_limited' }, { 'retry-after': '1' }));
+      const s = await t.start();
+      const started = performance.now();
+      const answer = await fetchText(`${s.url}/http/ok?short-429`);
+      expect(answer.status, answer.text).toBe(200);
+      expect(performance.now() - started).toBeGreaterThanOrEqual(700); // the wait happened (warm-up began just before)
+      expect(t.endpoint.requests).toHaveLength(2);
+      expect(upstream.seen('short-429')).toHaveLength(1);
+      expectClean(s.logText());
+    } finally {
+      await t.close();
+    }
+  });
+
+  it('after a 429 with a long Retry-After, the token server is not asked again before it (senders get 503 at once)', async () => {
+    const t = await tokenCase();
+    try {
+      t.endpoint.fail(...Array.from({ length: 20 }, () => status(429, { error: 'rate_limited' }, { 'retry-after': '120' })));
+      const s = await t.start();
+      expectSidecarError(await fetchText(`${s.url}/http/ok`), 503, 'TOKEN_RATE_LIMITED');
+      const asked = t.endpoint.requests.length;
+      // Well past the provider's own (shortened) backoff, well within the server's Retry-After.
+      for (let i = 0; i < 4; i++) {
+        await new Promise((resolve) => setTimeout(resolve, 60));
+        const again = await fetchText(`${s.url}/http/ok`);
+        expectSidecarError(again, 503, 'TOKEN_RATE_LIMITED');
+        expect(Number(again.headers['retry-after'])).toBeGreaterThan(100);
+      }
+      expect(t.endpoint.requests.length - asked, 'token requests sent while the server asked to wait 120 s').toBe(0);
+    } finally {
+      await t.close();
+    }
+  });
+});
+
+describe('upstream faults', () => {
+  it('refuses connections → 502 UPSTREAM_UNREACHABLE; serves again when the upstream is back', async () => {
+    await expectServing(); // warm: token cached, a pooled connection exists
+    await upstream.stop();
+    let answer: Answer;
+    try {
+      answer = await fetchText(`${sidecar.url}/http/ok?refused`);
+    } finally {
+      await upstream.start();
+    }
+    const body = expectSidecarError(answer, 502, 'UPSTREAM_UNREACHABLE');
+    expect(body.message).toContain(new URL(upstream.url).host);
+    expect(upstream.seen('refused')).toHaveLength(0);
+    await expectServing();
+  });
+
+  it('resets a POST before the response → 502, the upstream processed it exactly once (no replay)', async () => {
+    upstream.handler = async (req, _res, rec) => {
+      if (!req.url?.includes('reset-before')) return false;
+      await rec.bodyDone;
+      rec.processed = true;
+      req.socket.destroy();
+      return true;
+    };
+    const answer = await fetchText(`${sidecar.url}/http/echo?reset-before`, { method: 'POST', body: '<order id="rb-1"/>' });
+    expectSidecarError(answer, 502, 'UPSTREAM_UNREACHABLE');
+    const seen = upstream.seen('reset-before');
+    expect(seen.filter((r) => r.processed)).toHaveLength(1);
+    expect(seen).toHaveLength(1);
+    upstream.handler = undefined;
+    await expectServing();
+  });
+
+  it('resets every GET before the response → 502 (at most one retry)', async () => {
+    upstream.handler = (req) => {
+      if (!req.url?.includes('reset-get')) return false;
+      req.socket.destroy();
+      return true;
+    };
+    const answer = await fetchText(`${sidecar.url}/http/ok?reset-get`);
+    expectSidecarError(answer, 502, 'UPSTREAM_UNREACHABLE');
+    expect(upstream.seen('reset-get').length).toBeGreaterThanOrEqual(1);
+    expect(upstream.seen('reset-get').length).toBeLessThanOrEqual(2);
+    upstream.handler = undefined;
+    await expectServing();
+  });
+
+  it.each<[string, Record<string, string>]>([
+    ['with Content-Length', { 'content-length': '100000' }],
+    ['chunked', {}],
+  ])('resets during the response (%s) → the sender sees a cut connection, never a complete success', async (_name, headers) => {
+    upstream.handler = (req, res) => {
+      if (!req.url?.includes('reset-during')) return false;
+      res.writeHead(200, { 'content-type': 'application/octet-stream', ...headers });
+      res.write(Buffer.alloc(1000, 0x62));
+      // Let the first bytes reach the sidecar before the connection dies.
+      setTimeout(() => req.socket.destroy(), 20);
+      return true;
+    };
+    const cutBefore = cutResponses();
+    const answer = await rawRequest(
+      sidecar.address.port,
+      'GET /http/ok?reset-during HTTP/1.1\r\nHost: sidecar\r\nConnection: keep-alive\r\n\r\n',
+      { timeoutMs: 5_000 },
+    );
+    expect(answer.ended).not.toBe('timeout'); // the sidecar closed the sender's connection
+    expect(answer.status).toBe(200);
+    const bodyStart = answer.text.indexOf('\r\n\r\n') + 4;
+    if (headers['content-length']) {
+      expect(answer.headers['content-length']).toBe('100000');
+      expect(answer.text.length - bodyStart).toBeLessThan(100_000);
+    } else {
+      expect(answer.headers['transfer-encoding']).toBe('chunked');
+      expect(answer.text.endsWith('0\r\n\r\n')).toBe(false); // no terminating chunk: not a complete message
+    }
+    // The same outcome through a client library: the body read fails.
+    const res = await request(`${sidecar.url}/http/ok?reset-during-undici`);
+    expect(res.statusCode).toBe(200);
+    await expect(res.body.arrayBuffer()).rejects.toThrow();
+    // Logged as an upstream failure with the status already sent, not as a success.
+    await expect.poll(cutResponses).toBe(cutBefore + 2);
+    upstream.handler = undefined;
+    await expectServing();
+  });
+
+  it('answers slower than --upstream-timeout → 504 UPSTREAM_TIMEOUT and the upstream request is abandoned', async () => {
+    const impatient = await extraSidecar(['--upstream-timeout', '300']);
+    upstream.handler = (req, res) => {
+      if (!req.url?.includes('slow')) return false;
+      const timer = setTimeout(() => send(res, 200, 'text/plain', 'late'), 3_000);
+      res.once('close', () => clearTimeout(timer));
+      return true;
+    };
+    const started = performance.now();
+    const answer = await fetchText(`${impatient.url}/http/ok?slow`);
+    const elapsed = performance.now() - started;
+    const body = expectSidecarError(answer, 504, 'UPSTREAM_TIMEOUT');
+    expect(body.message).toContain(new URL(upstream.url).host);
+    expect(elapsed).toBeGreaterThanOrEqual(250);
+    expect(elapsed).toBeLessThan(2_500);
+    const [slow] = upstream.seen('slow');
+    await slow!.done;
+    expect(slow!.aborted).toBe(true); // the sidecar did not keep the upstream connection waiting
+    upstream.handler = undefined;
+    await expectServing(impatient);
+  });
+
+  describe('keep-alive connections the upstream closed', () => {
+    it('an upstream that closes each connection right after its response: GET and POST keep working, each sent once', async () => {
+      upstream.handler = (req, res) => {
+        if (!req.url?.includes('close-after')) return false;
+        res.once('finish', () => setImmediate(() => req.socket.destroy()));
+        return false; // default route answers; the connection dies right after
+      };
+      const results: number[] = [];
+      for (const [i, method] of (['GET', 'GET', 'POST', 'GET', 'POST'] as const).entries()) {
+        const path = method === 'GET' ? '/http/ok' : '/http/echo';
+        const answer = await fetchText(`${sidecar.url}${path}?close-after=${i}`, { method, ...(method === 'POST' && { body: `<order n="${i}"/>` }) });
+        results.push(answer.status);
+      }
+      expect(results).toEqual([200, 200, 200, 200, 200]);
+      for (let i = 0; i < 5; i++) expect(upstream.seen(`close-after=${i}`)).toHaveLength(1);
+      upstream.handler = undefined;
+      await expectServing();
+    });
+
+    it('a GET on a pooled connection the upstream closes as the request arrives is retried on a new one → 200', async () => {
+      let dropped = 0;
+      upstream.handler = (req, _res, rec) => {
+        if (!req.url?.includes('ka-get=target') || rec.onSocket === 1 || dropped > 0) return false;
+        dropped++;
+        req.socket.destroy(); // the keep-alive race: the server's idle timeout fired as the request arrived
+        return true;
+      };
+      await expectServing(); // leaves an idle pooled connection
+      const answer = await fetchText(`${sidecar.url}/http/ok?ka-get=target`);
+      const seen = upstream.seen('ka-get=target');
+      expect(seen[0]?.onSocket, 'the request went out on a reused connection').toBeGreaterThan(1);
+      expect(dropped).toBe(1);
+      expect(answer.status, answer.text).toBe(200);
+      expect(answer.text).toBe('ok');
+      expect(seen).toHaveLength(2); // dropped once, then served
+      expect(seen.filter((r) => r.processed)).toHaveLength(1);
+      upstream.handler = undefined;
+      await expectServing();
+    });
+
+    it('a POST on a pooled connection the upstream closes as the request arrives is never processed twice', async () => {
+      let dropped = 0;
+      upstream.handler = (req, _res, rec) => {
+        if (!req.url?.includes('ka-post=target') || rec.onSocket === 1 || dropped > 0) return false;
+        dropped++;
+        req.socket.destroy(); // dropped unprocessed
+        return true;
+      };
+      await expectServing();
+      const answer = await fetchText(`${sidecar.url}/http/echo?ka-post=target`, { method: 'POST', body: '<order id="ka-1"/>' });
+      const seen = upstream.seen('ka-post=target');
+      expect(seen[0]?.onSocket, 'the request went out on a reused connection').toBeGreaterThan(1);
+      const processed = seen.filter((r) => r.processed);
+      expect(processed.length).toBeLessThanOrEqual(1);
+      if (answer.status === 200) {
+        expect(processed).toHaveLength(1);
+        expect((JSON.parse(answer.text) as { body: string }).body).toBe('<order id="ka-1"/>');
+      } else {
+        expectSidecarError(answer, 502, 'UPSTREAM_UNREACHABLE');
+        expect(processed).toHaveLength(0);
+      }
+      upstream.handler = undefined;
+      await expectServing();
+    });
+
+    it('a POST the upstream processed before the pooled connection died is not replayed → 502, processed once', async () => {
+      let cut = 0;
+      upstream.handler = async (req, _res, rec) => {
+        if (!req.url?.includes('ka-post-processed') || rec.onSocket === 1 || cut > 0) return false;
+        cut++;
+        await rec.bodyDone;
+        rec.processed = true; // e.g. the order was booked…
+        req.socket.destroy(); // …and the connection died before the answer
+        return true;
+      };
+      await expectServing();
+      const answer = await fetchText(`${sidecar.url}/http/echo?ka-post-processed`, { method: 'POST', body: '<order id="ka-2"/>' });
+      const seen = upstream.seen('ka-post-processed');
+      expect(seen[0]?.onSocket, 'the request went out on a reused connection').toBeGreaterThan(1);
+      expectSidecarError(answer, 502, 'UPSTREAM_UNREACHABLE');
+      expect(seen).toHaveLength(1); // never replayed
+      expect(seen.filter((r) => r.processed)).toHaveLength(1);
+      upstream.handler = undefined;
+      await expectServing();
+    });
+  });
+});
+
+describe('sender faults and abuse', () => {
+  it(`${ABORT_ROUNDS} senders vanish mid-upload and ${ABORT_ROUNDS} mid-download: upstream requests are aborted, sockets return to baseline`, async () => {
+    await expectServing();
+    await expect.poll(() => upstream.requests.every((r) => r.complete || r.aborted)).toBe(true);
+    const baseline = { process: activeSockets(), upstream: upstream.openSockets };
+    upstream.handler = (req) => req.url?.includes('/http/sink') === true; // reads, never answers
+
+    for (let i = 0; i < ABORT_ROUNDS; i++) {
+      const marker = `sink?up=${i}`;
+      const head = `POST /http/${marker} HTTP/1.1\r\nHost: sidecar\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000000\r\n\r\n`;
+      const sender = await rawOpen(sidecar.address.port, Buffer.concat([Buffer.from(head, 'latin1'), Buffer.alloc(64 * 1024, 0x75)]));
+      const rec = await waitFor(() => upstream.seen(marker)[0]);
+      await rec.firstData; // the upload is streaming through
+      sender.socket.destroy();
+      await rec.done;
+      expect(rec.aborted).toBe(true);
+      expect(rec.complete).toBe(false);
+    }
+    for (let i = 0; i < ABORT_ROUNDS; i++) {
+      const marker = `download?bytes=${64 * 1024 * 1024}&down=${i}`;
+      const sender = await rawOpen(sidecar.address.port, `GET /http/${marker} HTTP/1.1\r\nHost: sidecar\r\n\r\n`);
+      await waitFor(() => (sender.received().length > 1024 ? true : undefined), sender.socket);
+      sender.socket.destroy();
+      const rec = await waitFor(() => upstream.seen(marker)[0]);
+      await rec.done;
+      expect(rec.aborted).toBe(true);
+    }
+
+    await expect.poll(activeSockets, { timeout: 5_000, interval: 20 }).toBeLessThanOrEqual(baseline.process);
+    await expect.poll(() => upstream.openSockets, { timeout: 5_000, interval: 20 }).toBeLessThanOrEqual(baseline.upstream);
+    // Each abandoned request was logged as aborted by the sender.
+    await expect
+      .poll(() => sidecar.logs.filter((l) => l['msg'] === 'request' && l['aborted'] === true && /^\/http\/(sink|download)$/.test(String(l['path']))).length)
+      .toBeGreaterThanOrEqual(2 * ABORT_ROUNDS);
+    upstream.handler = undefined;
+    await expectServing();
+  }, 60_000); // each round opens a new upstream TLS connection: slow on a loaded machine
+
+  it('slow headers (slowloris) never reach the upstream and do not block other senders', async () => {
+    const before = upstream.requests.length;
+    const slow = await rawOpen(sidecar.address.port, 'GET /http/ok?slowloris HTTP/1.1\r\nHost: sidecar\r\nX-Slow: a');
+    for (let i = 0; i < 3; i++) {
+      slow.socket.write('a'); // trickle, never finish the head
+      await expectServing();
+    }
+    expect(upstream.seen('slowloris')).toHaveLength(0);
+    expect(upstream.requests.length - before).toBe(3);
+    // The sidecar's own limit is the documented 20 s; nothing in the configuration shortens it.
+    expect(sidecar.server.headersTimeout).toBe(DEFAULT_SERVER_LIMITS.headersTimeoutMs);
+    slow.socket.destroy();
+  });
+
+  describe('the proxy server with a short headers timeout (createProxyServer limits)', () => {
+    let server: HttpServer;
+    const codes: string[] = [];
+    async function start(tweak?: (s: HttpServer) => void): Promise<number> {
+      const observer: ProxyObserver = {
+        requestStarted: () => undefined,
+        requestFinished: () => undefined,
+        csrfFetched: () => undefined,
+        clientError: (code) => codes.push(code),
+        internalError: () => undefined,
+      };
+      server = createProxyServer(
+        { routes: () => sidecar.routes, tokens: sidecar.tokens, inbound: sidecar.inbound, observer, draining: () => false },
+        { ...DEFAULT_SERVER_LIMITS, headersTimeoutMs: 300 },
+      );
+      tweak?.(server);
+      return listen(server);
+    }
+    afterEach(async () => {
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      codes.length = 0;
+    });
+
+    it('answers an unfinished head with 408 REQUEST_REFUSED and closes the connection', async () => {
+      // Node checks header timeouts every connectionsCheckingInterval (30 s by default): shorten it here.
+      const port = await start((s) => ((s as HttpServer & { connectionsCheckingInterval: number }).connectionsCheckingInterval = 50));
+      const answer = await rawRequest(port, 'GET /http/ok?slowloris-408 HTTP/1.1\r\nHost: sidecar\r\nX-Slow: a', { timeoutMs: 3_000 });
+      expect(answer.ended).toBe('closed');
+      expectRefused(answer, 408);
+      expect(codes).toContain('ERR_HTTP_REQUEST_TIMEOUT');
+      expect(upstream.seen('slowloris-408')).toHaveLength(0);
+    });
+
+    it('cuts an unfinished head within its headers timeout, not tens of seconds later', async () => {
+      const port = await start(); // as the sidecar creates it
+      const answer = await rawRequest(port, 'GET /http/ok?slowloris-bound HTTP/1.1\r\nHost: sidecar\r\nX-Slow: a', { timeoutMs: 1_500 });
+      expect(answer.ended, 'connection still open 1.5 s after a 300 ms headers timeout').toBe('closed');
+      expectRefused(answer, 408);
+    });
+  });
+
+  function expectRefused(answer: RawAnswer, status: number): void {
+    expect(answer.status, answer.text).toBe(status);
+    expectSidecarError({ status: answer.status!, headers: answer.headers, text: answer.body }, status, 'REQUEST_REFUSED', null);
+  }
+
+  /**
+   * Send raw bytes, expect the sidecar to refuse them and to forward nothing; then a normal request still works.
+   * With `closes`, the connection must be closed after the answer (a message whose framing cannot be trusted).
+   */
+  async function expectRefusedRaw(bytes: string, status: number, closes = true): Promise<RawAnswer> {
+    const before = upstream.requests.length;
+    const answer = await rawRequest(sidecar.address.port, bytes, { timeoutMs: 3_000, untilResponse: !closes });
+    expect(answer.ended, closes ? 'the sidecar closes the connection after refusing' : 'an answer arrives').not.toBe('timeout');
+    expectRefused(answer, status);
+    await expectServing();
+    // Only the follow-up reached the upstream: nothing of the refused request, nothing smuggled.
+    expect(upstream.requests.slice(before).map((r) => r.url)).toEqual([expect.stringMatching(/^\/http\/ok\?follow-up-/)]);
+    expect(upstream.seen('smuggled')).toHaveLength(0);
+    return answer;
+  }
+
+  it('oversized headers → 431, nothing forwarded', async () => {
+    await expectRefusedRaw(`GET /http/ok HTTP/1.1\r\nHost: sidecar\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`, 431);
+    const many = Array.from({ length: 400 }, (_, i) => `X-H${i}: ${'b'.repeat(40)}\r\n`).join('');
+    await expectRefusedRaw(`GET /http/ok HTTP/1.1\r\nHost: sidecar\r\n${many}\r\n`, 431);
+  });
+
+  it.each([
+    ['a space in the name', 'Bad Header: x'],
+    ['parentheses in the name', 'X(y): x'],
+    ['an empty name', ': x'],
+    ['a NUL in the value', 'X-A: a\x00b'],
+  ])('an invalid header (%s) → 400, nothing forwarded', async (_name, field) => {
+    await expectRefusedRaw(`GET /http/ok HTTP/1.1\r\nHost: sidecar\r\n${field}\r\n\r\n`, 400);
+  });
+
+  it('a Trailer header on a GET is forwarded without it; a chunked POST with trailer fields passes its body', async () => {
+    const get = await rawRequest(sidecar.address.port, 'GET /http/echo?trailer-get HTTP/1.1\r\nHost: sidecar\r\nTrailer: X-Checksum\r\nConnection: close\r\n\r\n');
+    expect(get.status, get.text).toBe(200);
+    const [seenGet] = upstream.seen('trailer-get');
+    expect(seenGet?.headers).not.toHaveProperty('trailer');
+
+    const post = await rawRequest(
+      sidecar.address.port,
+      'POST /http/echo?trailer-post HTTP/1.1\r\nHost: sidecar\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\nConnection: close\r\n\r\n' +
+        '5\r\nhello\r\n0\r\nX-Checksum: abc\r\n\r\n',
+    );
+    expect(post.status, post.text).toBe(200);
+    expect(JSON.parse(post.body)).toMatchObject({ bodyLength: 5, body: 'hello' });
+    const [seenPost] = upstream.seen('trailer-post');
+    expect(seenPost?.headers).not.toHaveProperty('trailer');
+    expect(seenPost?.complete).toBe(true);
+    await expectServing();
+  });
+
+  const SMUGGLED = 'GET /http/ok?smuggled HTTP/1.1\r\nHost: sidecar\r\n\r\n';
+  it.each([
+    ['Content-Length with Transfer-Encoding', `POST /http/ok HTTP/1.1\r\nHost: s\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n${SMUGGLED}`],
+    ['Transfer-Encoding with Content-Length', `POST /http/ok HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: chunked\r\nContent-Length: 48\r\n\r\n0\r\n\r\n${SMUGGLED}`],
+    ['two different Content-Length values', `POST /http/ok HTTP/1.1\r\nHost: s\r\nContent-Length: 0\r\nContent-Length: 48\r\n\r\n${SMUGGLED}`],
+    ['a Content-Length list', `POST /http/ok HTTP/1.1\r\nHost: s\r\nContent-Length: 0, 48\r\n\r\n${SMUGGLED}`],
+    ['Transfer-Encoding: chunked, identity', `POST /http/ok HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n${SMUGGLED}`],
+    ['Transfer-Encoding twice (chunked, then identity)', `POST /http/ok HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n${SMUGGLED}`],
+    ['Transfer-Encoding: identity', `POST /http/ok HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n${SMUGGLED}`],
+    ['Transfer-Encoding: xchunked', `POST /http/ok HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n${SMUGGLED}`],
+    ['a bare CR hiding Transfer-Encoding', `POST /http/ok HTTP/1.1\r\nHost: s\r\nX-A: a\rTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n${SMUGGLED}`],
+    ['a bare LF between Content-Length and Transfer-Encoding', `POST /http/ok HTTP/1.1\r\nHost: s\r\nContent-Length: 5\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n${SMUGGLED}`],
+    ['a space before the colon (Transfer-Encoding : chunked)', `POST /http/ok HTTP/1.1\r\nHost: s\r\nTransfer-Encoding : chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n${SMUGGLED}`],
+    ['a space before the colon (Content-Length : 0)', `POST /http/ok HTTP/1.1\r\nHost: s\r\nContent-Length : 0\r\n\r\n${SMUGGLED}`],
+    ['an obs-fold Transfer-Encoding', `POST /http/ok HTTP/1.1\r\nHost: s\r\nTransfer-Encoding:\r\n chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n${SMUGGLED}`],
+    ['a vertical tab before chunked', `POST /http/ok HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: \x0bchunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n${SMUGGLED}`],
+  ])('smuggling shape: %s → 400, nothing forwarded', async (_name, bytes) => {
+    await expectRefusedRaw(bytes, 400);
+  });
+
+  it('smuggling shape in the chunked body (bare-LF chunk lines) → 400, no complete request upstream, nothing smuggled', async () => {
+    const before = upstream.requests.length;
+    const answer = await rawRequest(
+      sidecar.address.port,
+      `POST /http/echo?bare-lf-chunks HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\n0\n\n${SMUGGLED}`,
+      { timeoutMs: 3_000 },
+    );
+    expect(answer.ended).not.toBe('timeout');
+    expectRefused(answer, 400);
+    await expectServing();
+    for (const rec of upstream.requests.slice(before)) {
+      if (rec.url.includes('bare-lf-chunks')) {
+        await rec.done;
+        expect(rec.complete, 'a cut request body must not reach the upstream as complete').toBe(false);
+      }
+    }
+    expect(upstream.seen('smuggled')).toHaveLength(0);
+  });
+
+  it.each<[string, Record<string, string>]>([
+    ['chunked', {}],
+    ['with Content-Length', { 'content-length': '200' }],
+  ])('a malformed chunk after the response (%s) has started cuts the connection; nothing is written into that response', async (_name, headers) => {
+    let answered!: () => void;
+    const responding = new Promise<void>((resolve) => (answered = resolve));
+    const firstPart = 'first part of a long answer\n';
+    upstream.handler = (req, res) => {
+      if (!req.url?.includes('early-answer')) return false;
+      res.writeHead(200, { 'content-type': 'text/plain', ...headers }); // answers before the upload has ended
+      res.write(firstPart);
+      answered();
+      return true;
+    };
+    const sender = await rawOpen(
+      sidecar.address.port,
+      'POST /http/echo?early-answer HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n',
+    );
+    await responding;
+    await waitFor(() => (sender.received().includes('first part') ? true : undefined), sender.socket);
+    sender.socket.write('zz-not-a-chunk-size\r\n\r\n');
+    const how = await Promise.race([sender.closed, new Promise<'open'>((resolve) => setTimeout(() => resolve('open'), 3_000))]);
+    sender.socket.destroy();
+    const text = sender.received();
+    expect(how, 'the sidecar closes the connection').not.toBe('open');
+    expect(text.startsWith('HTTP/1.1 200 ')).toBe(true);
+    const body = text.slice(text.indexOf('\r\n\r\n') + 4);
+    // Whatever follows the first part is not sidecar output: a 400 written here would be read as body bytes.
+    expect(body, `the answer as the sender got it:\n${text}`).not.toContain('REQUEST_REFUSED');
+    expect(text.match(/HTTP\/1\.1 \d{3} /g)).toHaveLength(1);
+    if (headers['content-length']) expect(body.length).toBeLessThan(200);
+    else expect(text.endsWith('0\r\n\r\n')).toBe(false);
+    upstream.handler = undefined;
+    await expectServing();
+  });
+
+  it.each([
+    // Well-framed requests the handler refuses: the connection may stay open.
+    ['an absolute-form target', 400, false, 'GET http://evil.example/http/ok HTTP/1.1\r\nHost: evil.example\r\n\r\n'],
+    ['an asterisk-form target', 400, false, 'OPTIONS * HTTP/1.1\r\nHost: sidecar\r\n\r\n'],
+    ['an authority-form target on GET', 400, true, 'GET evil.example:443 HTTP/1.1\r\nHost: evil.example\r\n\r\n'],
+    ['CONNECT', 405, true, 'CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n'],
+    ['Upgrade: websocket', 400, true, 'GET /http/ok HTTP/1.1\r\nHost: s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n'],
+    ['Upgrade: h2c', 400, true, 'GET /http/ok HTTP/1.1\r\nHost: s\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n'],
+  ] as const)('never an open proxy: %s → %i, nothing forwarded', async (_name, status, closes, bytes) => {
+    await expectRefusedRaw(bytes, status, closes);
+  });
+
+  it('invalid percent-encoding and UTF-8 in the path are forwarded byte for byte', async () => {
+    const target = '/http/echo/%ff%fe%zz%/caf%C3%A9%C0%AF?q=%E0%A4%A&x=%00';
+    const answer = await rawRequest(sidecar.address.port, `GET ${target} HTTP/1.1\r\nHost: s\r\nConnection: close\r\n\r\n`);
+    expect(answer.status, answer.text).toBe(200);
+    const [seen] = upstream.requests.filter((r) => r.url.startsWith('/http/echo/%ff'));
+    expect(seen?.url).toBe(target);
+    await expectServing();
+  });
+
+  it('raw non-ASCII bytes in the path are refused cleanly (400) and nothing is forwarded', async () => {
+    await expectRefusedRaw('GET /http/caf\xc3\xa9/\xff\xfe HTTP/1.1\r\nHost: s\r\n\r\n', 400);
+  });
+
+  it('after all this abuse the process serves and logged every malformed request; no log of any sidecar holds a secret', async () => {
+    await expectServing();
+    const malformed = sidecar.logs.filter((l) => l['msg'] === 'malformed request rejected');
+    expect(malformed.length).toBeGreaterThan(10);
+    for (const s of allSidecars) expectClean(s.logText());
+  });
+});
+
+/** Poll `probe` until it yields a value (woken by socket data when given, else every 5 ms). */
+async function waitFor<T>(probe: () => T | undefined, socket?: Socket, timeoutMs = 5_000): Promise<T> {
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    const value = probe();
+    if (value !== undefined) return value;
+    if (performance.now() > deadline) throw new Error('waitFor: timed out');
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(done, 5);
+      function done(): void {
+        clearTimeout(timer);
+        socket?.off('data', done);
+        resolve();
+      }
+      socket?.once('data', done);
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------
+
+// The CLI cases spawn one process each (~0.8 s of CPU: tsx + module loading). They start in the
+// background when the file starts, while the in-process cases (mostly waiting on
+// timers and sockets) run; each test below awaits its own result. One at a time: the in-process
+// cases keep the other core.
+
+interface ConfigCase {
+  name: string;
+  /** Builds the files; returns the CLI arguments (after `token`), the source the message must name, and the problem line. */
+  setup(ctx: ConfigContext): Promise<{ args: string[]; source: string; problem: RegExp }>;
+}
+
+interface ConfigContext {
+  dir: string;
+  goodKey: string;
+  write(name: string, content: string): Promise<string>;
+}
+
+/** Fails fast if validation ever lets it through: the token URL refuses connections. */
+const GOOD_KEY = { clientid: CLIENT_ID, clientsecret: SECRET, tokenurl: 'https://127.0.0.1:1/oauth/token', url: 'https://127.0.0.1:1' };
+
+function keyWithout(field: keyof typeof GOOD_KEY): string {
+  const { [field]: _dropped, ...rest } = GOOD_KEY;
+  return JSON.stringify({ oauth: rest });
+}
+
+function certificateKey(certificate: string, key: string): string {
+  const { clientsecret: _secret, ...rest } = GOOD_KEY;
+  return JSON.stringify({ oauth: { ...rest, certificate, key } });
+}
+
+const keyArgs = (file: string) => ({ args: ['--service-key', file], source: file });
+
+const CONFIG_CASES: ConfigCase[] = [
+  { name: 'missing service key file', setup: async ({ dir }) => ({ ...keyArgs(join(dir, 'nope.json')), problem: /does not exist/ }) },
+  {
+    name: 'directory without a key',
+    setup: async ({ dir }) => {
+      const empty = join(dir, 'empty-dir');
+      await mkdir(empty, { recursive: true });
+      return { ...keyArgs(empty), problem: /contains no service key/ };
+    },
+  },
+  { name: 'invalid JSON', setup: async ({ write }) => ({ ...keyArgs(await write('invalid.json', '{"oauth": {"clientid": ')), problem: /is not valid JSON/ }) },
+  { name: 'a JSON array', setup: async ({ write }) => ({ ...keyArgs(await write('array.json', '[{"clientid": "x"}]')), problem: /is not a JSON object/ }) },
+  { name: 'missing clientid', setup: async ({ write }) => ({ ...keyArgs(await write('no-id.json', keyWithout('clientid'))), problem: /oauth\.clientid: is missing/ }) },
+  { name: 'missing clientsecret', setup: async ({ write }) => ({ ...keyArgs(await write('no-secret.json', keyWithout('clientsecret'))), problem: /oauth\.clientsecret: is missing/ }) },
+  { name: 'missing tokenurl', setup: async ({ write }) => ({ ...keyArgs(await write('no-url.json', keyWithout('tokenurl'))), problem: /oauth\.tokenurl: is missing/ }) },
+  {
+    name: 'http tokenurl',
+    setup: async ({ write }) => ({
+      ...keyArgs(await write('http-url.json', JSON.stringify({ oauth: { ...GOOD_KEY, tokenurl: 'http://acme.authentication.eu10.hana.ondemand.com/oauth/token' } }))),
+      problem: /oauth\.tokenurl: must be an https URL/,
+    }),
+  },
+  {
+    name: 'bad PEM',
+    setup: async ({ write }) => ({
+      ...keyArgs(await write('bad-pem.json', certificateKey('-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n', 'not a key'))),
+      problem: /oauth\.certificate: is not a PEM certificate/,
+    }),
+  },
+  {
+    name: 'key and certificate do not match',
+    setup: async ({ write }) => {
+      const other = await pki.issueClientCert({ cn: 'someone-else' });
+      return { ...keyArgs(await write('mismatch.json', certificateKey(pki.client.chain, other.keyPkcs8))), problem: /oauth\.key: does not match the certificate/ };
+    },
+  },
+  {
+    name: 'expired certificate',
+    setup: async ({ write }) => {
+      const day = 86_400_000;
+      const expired = await pki.issueClientCert({ cn: 'expired', notBefore: new Date(Date.now() - 10 * day), notAfter: new Date(Date.now() - day) });
+      return { ...keyArgs(await write('expired.json', certificateKey(expired.chain, expired.keyPkcs8))), problem: /oauth\.certificate: expired on/ };
+    },
+  },
+  {
+    name: 'config file with an unknown key',
+    setup: async ({ write, goodKey }) => {
+      const file = await write('unknown.yaml', `routes:\n  - name: a\n    prefix: /a\n    serviceKey: ${goodKey}\n    tokenUrl: https://elsewhere\n`);
+      return { args: ['--config', file], source: file, problem: /routes\[0\]\.tokenUrl: unknown key/ };
+    },
+  },
+  {
+    name: 'invalid YAML',
+    setup: async ({ write, goodKey }) => {
+      const file = await write('invalid.yaml', `routes:\n  - name: a\n    prefix: [/a\n    serviceKey: ${goodKey}\n`);
+      return { args: ['--config', file], source: file, problem: /is not valid YAML/ };
+    },
+  },
+  {
+    name: 'empty routes',
+    setup: async ({ write }) => {
+      const file = await write('empty.yaml', 'routes: []\n');
+      return { args: ['--config', file], source: file, problem: /routes: must be a non-empty list/ };
+    },
+  },
+  {
+    name: 'duplicate prefix',
+    setup: async ({ write, goodKey }) => {
+      const route = (name: string) => `  - name: ${name}\n    prefix: /orders\n    serviceKey: ${goodKey}\n`;
+      const file = await write('dup.yaml', `routes:\n${route('a')}${route('b')}`);
+      return { args: ['--config', file], source: file, problem: /routes\[1\]\.prefix: prefix \/orders is used twice/ };
+    },
+  },
+  {
+    name: 'bad listen address (flag)',
+    setup: async ({ goodKey }) => ({ args: ['--service-key', goodKey, '--listen', 'localhost:99999'], source: '--listen', problem: /listen: "localhost:99999" is not HOST:PORT/ }),
+  },
+  {
+    name: 'bad listen address (config file)',
+    setup: async ({ write, goodKey }) => {
+      const file = await write('listen.yaml', `listen: nowhere\nroutes:\n  - name: a\n    prefix: /\n    serviceKey: ${goodKey}\n`);
+      return { args: ['--config', file], source: file, problem: /listen: "nowhere" is not HOST:PORT/ };
+    },
+  },
+  {
+    name: 'unknown --token-auth',
+    setup: async ({ goodKey }) => ({ args: ['--service-key', goodKey, '--token-auth', 'digest'], source: '--token-auth', problem: /token-auth: must be basic or post, not "digest"/ }),
+  },
+];
+
+interface ConfigRun {
+  result: CliResult;
+  source: string;
+  problem: RegExp;
+}
+
+const configRuns = new Map<string, Promise<ConfigRun>>();
+
+/** Start every CLI case, one process at a time; results are awaited by the tests. */
+async function startConfigRuns(): Promise<void> {
+  const dir = join(files.dir, 'config-cases');
+  await mkdir(dir);
+  const ctx: ConfigContext = { dir, goodKey: '', write: (name, content) => files.write(join('config-cases', name), content) };
+  ctx.goodKey = await ctx.write('good.json', JSON.stringify({ oauth: GOOD_KEY }));
+  const queue = [...CONFIG_CASES];
+  const settle = new Map<string, { resolve(run: ConfigRun): void; reject(err: unknown): void }>();
+  for (const c of CONFIG_CASES) {
+    const promise = new Promise<ConfigRun>((resolve, reject) => settle.set(c.name, { resolve, reject }));
+    promise.catch(() => undefined); // reported by the test that awaits it
+    configRuns.set(c.name, promise);
+  }
+  const worker = async (): Promise<void> => {
+    for (let c = queue.shift(); c; c = queue.shift()) {
+      const done = settle.get(c.name)!;
+      try {
+        const { args, source, problem } = await c.setup(ctx);
+        done.resolve({ result: await runCliBounded(['token', ...args]), source, problem });
+      } catch (err) {
+        done.reject(err);
+      }
+    }
+  };
+  await worker();
+}
+
+describe('broken configuration (real CLI): exit code 2, one clear message naming the field and its source', () => {
+  it.each(CONFIG_CASES.map((c) => c.name))('%s', async (name) => {
+    const { result, source, problem } = await configRuns.get(name)!;
+    expect(result.code, result.stderr).toBe(2);
+    expect(result.stdout).toBe('');
+    const lines = result.stderr.trimEnd().split('\n');
+    expect(lines[0]).toBe('oauth-sidecar: invalid configuration:');
+    expect(result.stderr.match(/oauth-sidecar:/g)).toHaveLength(1); // one message…
+    expect(lines.length).toBeGreaterThanOrEqual(2);
+    for (const line of lines.slice(1)) expect(line).toMatch(/^ {2}- \S/); // …listing problems, nothing else
+    const line = lines.find((l) => problem.test(l));
+    expect(line, `no line matching ${problem} in:\n${result.stderr}`).toBeDefined();
+    expect(line, 'the problem names where the value came from').toContain(`(${source})`);
+    expect(result.stderr).not.toMatch(/\n\s+at /); // no stack trace
+    expect(result.stderr).not.toContain(SECRET);
+    expect(result.stderr).not.toMatch(/BEGIN [A-Z ]*PRIVATE KEY/);
+  }, 60_000); // waits for its CLI run, which may still be queued behind the others
+});
+
+/** runCli with a hard bound, so that a case that unexpectedly starts serving cannot hang the suite. */
+async function runCliBounded(args: string[], env: Record<string, string> = {}): Promise<CliResult> {
+  const child = startCli(args, env);
+  const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
+  try {
+    return await collect(child);
+  } finally {
+    clearTimeout(timer);
+  }
+}
