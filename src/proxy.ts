@@ -379,7 +379,7 @@ class Exchange {
       ...headers,
     });
     res.end(body);
-    // A request body nobody will read: drain it so the connection can be reused, or close when it's large.
+    // A request body nobody will read: drain it, and close the connection after this answer.
     const req = this.#req;
     if (!req.complete) {
       res.shouldKeepAlive = false;
