@@ -9,7 +9,7 @@ import { checkRoutes } from './check.js';
 import { COMMANDS, FLAGS, parseConfig, type Config } from './config.js';
 import { loadCredentials } from './credentials.js';
 import { ConfigError, SidecarError } from './errors.js';
-import { createLogger, type Logger } from './logger.js';
+import { createLoggers, type Logger, type Loggers } from './logger.js';
 import { startSidecar, type Sidecar } from './sidecar.js';
 import { createTokenClient } from './token-client.js';
 import { TokenProvider } from './token-provider.js';
@@ -35,13 +35,14 @@ async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
   } catch (err) {
     return fail(err);
   }
-  const log = loggerFor(config);
+  const loggers = loggersFor(config);
+  const log = loggers.log;
   try {
     switch (config.command) {
       case 'token':
         return await printToken(config, log);
       case 'serve':
-        return await serve(config, log);
+        return await serve(config, loggers);
       case 'check':
         return await check(config);
     }
@@ -49,14 +50,15 @@ async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
     return fail(err);
   } finally {
     log.flush();
+    loggers.access.flush();
   }
 }
 
-function loggerFor(config: Readonly<Config>): Logger {
+function loggersFor(config: Readonly<Config>): Loggers {
   // `token` and `check` print their result on stdout, so their logs go to stderr.
   const fd = config.command === 'serve' ? 1 : 2;
   const pretty = config.logFormat === 'pretty' || (config.logFormat === 'auto' && Boolean(fd === 1 ? process.stdout.isTTY : process.stderr.isTTY));
-  return createLogger({ level: config.logLevel, fd, pretty });
+  return createLoggers({ level: config.logLevel, fd, pretty });
 }
 
 /** Settings a user may give the demo; everything else comes from the demo tenant. */
@@ -78,9 +80,9 @@ async function demo(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
       return EXIT_OK;
     }
     const config = result.config;
-    const log = loggerFor(config);
+    const loggers = loggersFor(config);
     try {
-      return await serve(config, log, (sidecar) => {
+      return await serve(config, loggers, (sidecar) => {
         const base = `http://${hostPort(sidecar.address)}`;
         const admin = sidecar.adminAddress ? `http://${hostPort(sidecar.adminAddress)}` : undefined;
         process.stdout.write(
@@ -102,7 +104,8 @@ async function demo(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
         );
       });
     } finally {
-      log.flush();
+      loggers.log.flush();
+      loggers.access.flush();
     }
   } catch (err) {
     return fail(err);
@@ -156,8 +159,9 @@ async function printToken(config: Readonly<Config>, log: Logger): Promise<number
 }
 
 /** `oauth-sidecar serve`: run until SIGTERM/SIGINT, then drain gracefully and exit 0. */
-async function serve(config: Readonly<Config>, log: Logger, started?: (sidecar: Sidecar) => void): Promise<number> {
-  const sidecar = await startSidecar(config, log);
+async function serve(config: Readonly<Config>, loggers: Loggers, started?: (sidecar: Sidecar) => void): Promise<number> {
+  const log = loggers.log;
+  const sidecar = await startSidecar(config, loggers);
   started?.(sidecar);
   const signal = await new Promise<NodeJS.Signals>((resolve) => {
     process.once('SIGTERM', resolve);

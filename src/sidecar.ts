@@ -14,7 +14,7 @@ import { CredentialWatcher } from './credential-watcher.js';
 import { loadCredentials, type LoadedCredentials } from './credentials.js';
 import { ConfigError, SidecarError, type ConfigProblem } from './errors.js';
 import { createInboundControl, exposureProblems, parseAllowlist, parseBasicAuthFile, type InboundControl, type InboundControlOptions } from './inbound-control.js';
-import type { Logger } from './logger.js';
+import type { Logger, Loggers } from './logger.js';
 import { Metrics } from './metrics.js';
 import { createProxyServer, DEFAULT_SERVER_LIMITS, type ProxyObserver, type RequestRecord, type ServerLimits } from './proxy.js';
 import { closeRoute, createRoute, RouteTable, type Route } from './routes.js';
@@ -47,7 +47,8 @@ export interface SidecarOptions {
   limits?: Partial<ServerLimits>;
 }
 
-export async function startSidecar(config: Readonly<Config>, log: Logger, options: SidecarOptions = {}): Promise<Sidecar> {
+export async function startSidecar(config: Readonly<Config>, loggers: Loggers, options: SidecarOptions = {}): Promise<Sidecar> {
+  const log = loggers.log;
   const inbound = await inboundControl(config);
   const loaded = await Promise.all(config.routes.map((route) => loadRouteCredentials(route, log)));
   let table = new RouteTable(loaded.map((l, i) => createRoute(config.routes[i]!, l.credentials, routeDeps(config))));
@@ -74,7 +75,7 @@ export async function startSidecar(config: Readonly<Config>, log: Logger, option
     requestStarted: () => m.requestStarted(),
     requestFinished: (record) => {
       m.requestFinished(record);
-      logRequest(log, record);
+      logRequest(loggers.access, record);
     },
     csrfFetched: (route, ok) => {
       m.csrfFetched(route, ok);

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { parseConfig } from '../../src/config.js';
-import { createLogger } from '../../src/logger.js';
+import { createLoggers } from '../../src/logger.js';
 import { startSidecar, type Sidecar, type SidecarOptions } from '../../src/sidecar.js';
 
 export interface RunningSidecar extends Sidecar {
@@ -28,8 +28,8 @@ export async function runSidecar(argv: string[], env: Record<string, string> = {
     },
   });
   // The most verbose level, so that every test also checks that nothing secret is logged at any level.
-  const log = createLogger({ level: 'trace', stream });
-  const sidecar = await startSidecar(result.config, log, { defaultMetrics: false, ...options });
+  const loggers = createLoggers({ level: 'trace', stream });
+  const sidecar = await startSidecar(result.config, loggers, { defaultMetrics: false, ...options });
   // Not Object.assign: it would copy the getter's value once instead of the getter.
   return Object.defineProperties(sidecar as RunningSidecar, {
     url: { value: `http://127.0.0.1:${sidecar.address.port}` },
