@@ -1,0 +1,133 @@
+/**
+ * Pure arithmetic for the benchmark and the soak: medians over rounds, ratios
+ * between contenders, percentiles of latency samples, token-refresh
+ * expectations and the "is this series flat" verdict. No I/O, unit-tested in
+ * `test/unit/bench-stats.test.ts`.
+ */
+
+/** Median of the finite values; `undefined` when there are none. */
+export function median(values: readonly number[]): number | undefined {
+  const sorted = values.filter(Number.isFinite).sort((a, b) => a - b);
+  const n = sorted.length;
+  if (n === 0) return undefined;
+  const mid = n >> 1;
+  return n % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
+
+/** Largest finite value; `undefined` when there is none. */
+export function max(values: readonly number[]): number | undefined {
+  const finite = values.filter(Number.isFinite);
+  return finite.length === 0 ? undefined : Math.max(...finite);
+}
+
+/** `a / b`, or `undefined` when either is missing or `b` is not positive. */
+export function ratio(a: number | undefined, b: number | undefined): number | undefined {
+  if (a === undefined || b === undefined || !Number.isFinite(a) || !Number.isFinite(b) || b <= 0) return undefined;
+  return a / b;
+}
+
+/**
+ * Nearest-rank percentile (0 < p ≤ 100) of unsorted samples; `undefined` for
+ * no samples. p50 of [1, 2, 3, 4] is 2, p100 the maximum.
+ */
+export function percentile(samples: readonly number[], p: number): number | undefined {
+  if (samples.length === 0) return undefined;
+  if (!(p > 0 && p <= 100)) throw new RangeError(`percentile must be in (0, 100], got ${p}`);
+  const sorted = [...samples].sort((a, b) => a - b);
+  const rank = Math.ceil((p / 100) * sorted.length);
+  return sorted[Math.min(sorted.length, Math.max(1, rank)) - 1];
+}
+
+/** (max − min) / median: how much the rounds disagree; `undefined` below two values. */
+export function spread(values: readonly number[]): number | undefined {
+  const finite = values.filter(Number.isFinite);
+  if (finite.length < 2) return undefined;
+  const m = median(finite);
+  if (m === undefined || m === 0) return undefined;
+  return (Math.max(...finite) - Math.min(...finite)) / Math.abs(m);
+}
+
+/**
+ * When the sidecar's token cache refreshes a token of `lifetimeMs`: at 75 % of
+ * the lifetime, but never later than the safety margin before expiry (10 % of
+ * the lifetime, at most 60 s). Mirrors `TokenProvider` defaults.
+ */
+export function refreshIntervalMs(lifetimeMs: number, refreshAhead = 0.75, maxMarginMs = 60_000): number {
+  const margin = Math.min(maxMarginMs, lifetimeMs * 0.1);
+  return Math.min(lifetimeMs * refreshAhead, lifetimeMs - margin);
+}
+
+/**
+ * Token requests a cache with one-request-per-lifetime behaviour makes while
+ * serving continuously: one at the start of each segment (start, credential
+ * rotation) plus one per refresh interval elapsed within it. A segment ending
+ * within `slackMs` of a refresh boundary may or may not have made that
+ * request yet, so the answer is a range.
+ */
+export function expectedTokenRequests(segmentsMs: readonly number[], intervalMs: number, slackMs = 1_000): { min: number; max: number } {
+  if (!(intervalMs > 0)) throw new RangeError('interval must be positive');
+  let min = 0;
+  let maxCount = 0;
+  for (const length of segmentsMs) {
+    const low = Math.floor(Math.max(0, length - slackMs) / intervalMs);
+    const high = Math.floor((length + slackMs) / intervalMs);
+    min += 1 + low;
+    maxCount += 1 + high;
+  }
+  return { min, max: maxCount };
+}
+
+/**
+ * True when consecutive token requests are never closer than the refresh
+ * interval (minus `slackMs`): no token was fetched twice within a lifetime.
+ * `resets` are instants (e.g. a credential rotation) after which one early
+ * request is expected.
+ */
+export function tokenGapsOk(requestTimesMs: readonly number[], intervalMs: number, resets: readonly number[] = [], slackMs = 250): boolean {
+  const times = [...requestTimesMs].sort((a, b) => a - b);
+  for (let i = 1; i < times.length; i++) {
+    const prev = times[i - 1]!;
+    const cur = times[i]!;
+    const reset = resets.some((r) => r > prev - slackMs && r <= cur + slackMs);
+    if (!reset && cur - prev < intervalMs - slackMs) return false;
+  }
+  return true;
+}
+
+export interface FlatnessVerdict {
+  flat: boolean;
+  first: number;
+  last: number;
+  /** last − first */
+  delta: number;
+  /** (last − first) / first */
+  relative: number;
+}
+
+/**
+ * Compares the first and the last window of a series (e.g. per-minute RSS
+ * maxima): flat when the last exceeds the first by at most
+ * `max(relative × first, absolute)`.
+ */
+export function flatness(series: readonly number[], tolerance: { relative: number; absolute: number }): FlatnessVerdict | undefined {
+  if (series.length < 2) return undefined;
+  const first = series[0]!;
+  const last = series[series.length - 1]!;
+  const delta = last - first;
+  const allowed = Math.max(tolerance.relative * first, tolerance.absolute);
+  return { flat: delta <= allowed, first, last, delta, relative: first === 0 ? 0 : delta / first };
+}
+
+/** The rotated order for round `round`: A B C, then B C A, then C A B… */
+export function rotate<T>(items: readonly T[], round: number): T[] {
+  if (items.length === 0) return [];
+  const k = ((round % items.length) + items.length) % items.length;
+  return [...items.slice(k), ...items.slice(0, k)];
+}
+
+/** Round to `digits` decimals (for tables and JSON). */
+export function round(value: number | undefined, digits = 0): number | undefined {
+  if (value === undefined || !Number.isFinite(value)) return undefined;
+  const f = 10 ** digits;
+  return Math.round(value * f) / f;
+}

@@ -1,0 +1,34 @@
+/** Result shapes shared by the load generators, the harness and the report. */
+
+/** One fixed-duration GET run (wrk or autocannon). */
+export interface LoadResult {
+  tool: 'wrk' | 'autocannon';
+  connections: number;
+  durationS: number;
+  requests: number;
+  requestsPerS: number;
+  /** Answers that were not 2xx/3xx. */
+  non2xx: number;
+  /** Connect/read/write errors and timeouts. */
+  errors: number;
+  /** Latency percentiles in microseconds. */
+  latencyUs: { p50: number; p90: number; p99: number; max: number };
+}
+
+/** Figures of one contender in one round. */
+export interface RoundFigures {
+  rps?: number;
+  p50Us?: number;
+  p99Us?: number;
+  uploadMBps?: number;
+  peakRssGetBytes?: number;
+  peakRssUploadBytes?: number;
+  /** CPU time (user + system) of the proxy process per GET request at 64 connections. */
+  cpuUsPerRequest?: number;
+  /** CPU time of the proxy process per uploaded GB (10^9 bytes), ms: upload efficiency, independent of the load generator's speed. */
+  uploadCpuMsPerGB?: number;
+  /** CPU other processes on the machine used during each measurement, % of one CPU (noisy-neighbour indicator). */
+  foreignCpuPct: { get?: number; latency?: number; upload?: number };
+  /** Problems that make a figure suspect (errors, non-2xx answers, short uploads). */
+  problems: string[];
+}

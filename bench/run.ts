@@ -1,0 +1,421 @@
+/**
+ * `npm run bench`: oauth-sidecar against the limit (direct), the floor of its
+ * architecture (bare undici forwarder), the design card's original choice
+ * (bare http-proxy forwarder) and nginx, all forwarding plain HTTP to the
+ * same local HTTPS upstream that insists on a valid Bearer token.
+ *
+ * Contenders run interleaved and repeated (A B C…, then B C A…), each as its
+ * own process pinned away from the load generator where the machine allows;
+ * the report gives medians, per-round ratios to the bare undici forwarder and
+ * to direct, peak RSS, CPU per request and the token requests, and checks the
+ * project's targets. Results: bench/results/latest.json and latest.md.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
+import { GET_PATH, UPLOAD_PATH, type ServersStats } from './servers/protocol.js';
+import { helpText, parse, type Flags } from './lib/args.js';
+import { ROOT, makeRunner, tsxRunner, variantRunner, type Runner } from './lib/build.js';
+import {
+  CONTENDER_LABELS,
+  CONTENDER_NAMES,
+  contenderSpec,
+  fetchText,
+  metricValue,
+  nginxAvailable,
+  nginxVersion,
+  startContender,
+  type ContenderName,
+  type ContenderSpec,
+  type RunningContender,
+} from './lib/contenders.js';
+import { startEnvironment, type Environment } from './lib/environment.js';
+import { createLoadGenerator, wrkAvailable, type LoadGenerator } from './lib/loadgen.js';
+import { machineLine } from './lib/machine.js';
+import { ForeignCpuMeter, PeakTracker, commandVersion, cpuLayout, cpuTimeMs, waitForQuiet } from './lib/proc.js';
+import { fmt, markdown, noise, summarize, verdicts, type RoundRecord, type TargetVerdict, type TokenFigures } from './lib/report.js';
+import { refreshIntervalMs, rotate, tokenGapsOk } from './lib/stats.js';
+import type { RoundFigures } from './lib/types.js';
+
+const FLAGS: Flags = {
+  rounds: { type: 'string', default: '3', description: 'interleaved rounds (each contender once per phase per round)' },
+  duration: { type: 'string', default: '5', description: 'seconds of each GET run (64 connections, and again at 1 connection)' },
+  warmup: { type: 'string', default: '2', description: 'seconds of GET load (plus one upload) per contender before measuring' },
+  prewarm: { type: 'string', default: '1', description: 'seconds of unmeasured GET load right before each throughput run (connection pools idle out while the others run)' },
+  connections: { type: 'string', default: '64', description: 'connections of the throughput run' },
+  'upload-mib': { type: 'string', default: '64', description: 'size of one upload, MiB' },
+  uploads: { type: 'string', default: '2', description: 'uploads per contender per round (sequential)' },
+  contenders: { type: 'string', default: CONTENDER_NAMES.join(','), description: 'which contenders (nginx is skipped when not installed)' },
+  'token-lifetime': { type: 'string', default: '60', description: 'expires_in of the bench token server, seconds (short, so the run sees refreshes)' },
+  tool: { type: 'string', default: 'wrk', description: 'GET load generator: wrk (falls back to autocannon when not installed) or autocannon' },
+  runner: { type: 'string', default: 'dist', description: 'dist: compile with tsc into a temp dir and run plain JS; tsx: run the sources through tsx' },
+  'quiet-threshold': { type: 'string', default: '25', description: 'other processes using more than this % of a CPU make the machine "busy"; a run with twice that is measured again once' },
+  'quiet-wait': { type: 'string', default: '15', description: 'seconds to wait (at most) for a quiet machine before each measurement; 0 disables' },
+  variant: {
+    type: 'string',
+    default: '',
+    description: 'also run the sidecar of other source trees, interleaved: LABEL=DIR[,LABEL=DIR…] (e.g. a patched copy) — A/B a fix the same way',
+  },
+  'variant-node-args': {
+    type: 'string',
+    default: '',
+    description: 'node options per sidecar contender: ID=OPTIONS[;ID=OPTIONS…], ID "sidecar" or a variant label (e.g. "fix=--max-semi-space-size=4")',
+  },
+  'sidecar-args': { type: 'string', default: '', description: 'extra oauth-sidecar flags, space-separated (e.g. "--log-level warn")' },
+  'no-pin': { type: 'boolean', description: 'do not pin processes to CPUs with taskset' },
+  out: { type: 'string', default: 'bench/results', description: 'directory for latest.json and latest.md' },
+  'no-write': { type: 'boolean', description: 'print the results only' },
+  keep: { type: 'boolean', description: 'keep the scratch directory (logs, keys, nginx.conf)' },
+  strict: { type: 'boolean', description: 'exit 1 when oauth-sidecar misses a target' },
+};
+
+const SUMMARY = 'oauth-sidecar benchmark: throughput, latency, upload speed, RSS and token requests against direct, bare undici, bare http-proxy and nginx.';
+const MiB = 1024 * 1024;
+
+function say(line: string): void {
+  process.stdout.write(`${line}\n`);
+}
+
+async function main(): Promise<number> {
+  const args = parse(process.argv.slice(2), FLAGS);
+  if (args.help) {
+    process.stdout.write(helpText('npm run bench --', SUMMARY, FLAGS));
+    return 0;
+  }
+  const rounds = Math.floor(args.number('rounds', 1));
+  const durationS = Math.floor(args.number('duration', 1));
+  const warmupS = Math.floor(args.number('warmup', 0));
+  const prewarmS = Math.floor(args.number('prewarm', 0));
+  const connections = Math.floor(args.number('connections', 1));
+  const uploadMiB = Math.floor(args.number('upload-mib', 1));
+  const uploads = Math.floor(args.number('uploads', 1));
+  const tokenLifetimeS = Math.floor(args.number('token-lifetime', 10));
+  const quiet: Quiet = { thresholdPct: args.number('quiet-threshold', 1), maxWaitS: args.number('quiet-wait', 0) };
+  const notes: string[] = [];
+
+  // Optional tools: say what is missing and what happens instead.
+  let kinds = args.list('contenders') as ContenderName[];
+  for (const name of kinds) if (!CONTENDER_NAMES.includes(name)) throw new Error(`unknown contender "${name}" (known: ${CONTENDER_NAMES.join(', ')})`);
+  if (kinds.includes('nginx') && !nginxAvailable()) {
+    kinds = kinds.filter((c) => c !== 'nginx');
+    const note = 'nginx is not installed: skipped (Debian: apt-get install nginx-light)';
+    say(`bench: ${note}`);
+    notes.push(note);
+  }
+  const preferWrk = args.string('tool') === 'wrk';
+  if (preferWrk && !wrkAvailable()) {
+    const note = 'wrk is not installed: using autocannon for GET load (Debian: apt-get install wrk); autocannon in one process may limit the fastest contenders';
+    say(`bench: ${note}`);
+    notes.push(note);
+  }
+  const layout = cpuLayout(!args.boolean('no-pin'));
+  if (layout.proxy === undefined) notes.push(`processes ${layout.description}`);
+
+  let runner: Runner;
+  try {
+    runner = makeRunner(args.string('runner') === 'tsx' ? 'tsx' : 'dist', (l) => say(`bench: ${l}`));
+  } catch (err) {
+    say(`bench: ${(err as Error).message}\nbench: falling back to running the sources through tsx`);
+    notes.push('tsc build failed: contenders ran through tsx');
+    runner = tsxRunner();
+  }
+  const runners: Runner[] = [runner];
+  const secret = (): string => `bench$${randomBytes(12).toString('base64url')}=`;
+  const specs: ContenderSpec[] = kinds.map((kind) => ({ ...contenderSpec(kind), ...(kind === 'sidecar' && { client: { id: 'sb-bench!b1|it-rt-bench!b1', secret: secret() } }) }));
+  // Variants: the sidecar of another source tree (a patched copy, another checkout), interleaved like the rest.
+  for (const [i, variant] of args.list('variant').entries()) {
+    const eq = variant.indexOf('=');
+    if (eq <= 0) throw new Error(`--variant takes LABEL=DIR, not "${variant}"`);
+    const label = variant.slice(0, eq);
+    const variantRunnerForTree = variantRunner(variant.slice(eq + 1), (l) => say(`bench: ${l}`));
+    runners.push(variantRunnerForTree);
+    specs.push({ id: `sidecar@${label}`, kind: 'sidecar', label: `${CONTENDER_LABELS.sidecar} [${label}]`, runner: variantRunnerForTree, client: { id: `sb-bench-${i + 2}!b1|it-rt-bench!b1`, secret: secret() } });
+  }
+  for (const entry of args.string('variant-node-args').split(';').filter((e) => e.trim())) {
+    const eq = entry.indexOf('=');
+    const id = entry.slice(0, eq).trim();
+    const spec = specs.find((c) => c.id === id || c.id === `sidecar@${id}`);
+    if (eq <= 0 || !spec) throw new Error(`--variant-node-args: "${entry}" names no sidecar contender`);
+    spec.nodeArgs = entry.slice(eq + 1).trim().split(/\s+/).filter(Boolean);
+    spec.label += ` (node ${spec.nodeArgs.join(' ')})`;
+  }
+  const ids = specs.map((c) => c.id);
+  const loadgen = createLoadGenerator({ runner, cpu: layout.loadgen, prefer: preferWrk ? 'wrk' : 'autocannon' });
+  say(`bench: ${layout.description}; load generator ${loadgen.tool}; contenders ${ids.join(', ')}`);
+  const plannedS = specs.length * (warmupS + 1 + rounds * (2 * durationS + prewarmS + 4));
+  say(`bench: about ${Math.ceil(plannedS / 60)} min on a quiet machine`);
+
+  let env: Environment | undefined;
+  const running = new Map<string, RunningContender>();
+  try {
+    const clients = specs.flatMap((c) => (c.client ? [c.client] : []));
+    env = await startEnvironment({ runner, cpu: layout.servers, tokenLifetimeS, clients, keep: args.boolean('keep') });
+    const environment = env;
+    const sidecarArgs = args.string('sidecar-args').split(' ').filter(Boolean);
+    const startedAt = new Map<string, number>();
+    for (const spec of specs) {
+      startedAt.set(spec.id, Date.now());
+      running.set(spec.id, await startContender(spec, { env, runner, cpu: layout.proxy, client: { id: '', secret: '' }, sidecarArgs }));
+      say(`bench: started ${spec.label}`);
+    }
+
+    if (warmupS > 0) {
+      say('bench: warming up');
+      for (const c of running.values()) {
+        await loadgen.get(c.target, GET_PATH, connections, warmupS);
+        await loadgen.upload(c.target, UPLOAD_PATH, uploadMiB * MiB, 1);
+        c.truncateLog();
+      }
+    }
+
+    const upstreamConnections = async (): Promise<number> => (await environment.stats()).upstream.connections;
+    const records: RoundRecord[] = [];
+    for (let r = 0; r < rounds; r++) {
+      const order = rotate(ids, r);
+      const record: RoundRecord = { round: r + 1, order, figures: {} };
+      for (const id of order) record.figures[id] = { problems: [], foreignCpuPct: {} };
+      records.push(record);
+      const label = `${r + 1}/${rounds}`;
+      const each = async (phase: Phase, run: (c: RunningContender) => Promise<PhaseResult>): Promise<void> => {
+        for (const id of order) {
+          const c = running.get(id)!;
+          await measure(phase, c, record.figures[id]!, quiet, label, () => run(c));
+        }
+      };
+      await each('get', (c) => measureGet(loadgen, c, connections, durationS, prewarmS, upstreamConnections));
+      await each('latency', (c) => measureLatency(loadgen, c, durationS));
+      await each('upload', (c) => measureUpload(loadgen, c, uploadMiB * MiB, uploads));
+    }
+    const endedAt = Date.now();
+
+    const stats = await env.stats();
+    const tokens: Record<string, TokenFigures> = {};
+    for (const spec of specs) {
+      const c = running.get(spec.id);
+      if (spec.kind !== 'sidecar' || !c || !spec.client) continue;
+      const metricsText = c.adminUrl ? await fetchText(`${c.adminUrl}/metrics`) : undefined;
+      tokens[spec.id] = tokenFigures(stats, spec.client.id, tokenLifetimeS, startedAt.get(spec.id)!, endedAt, metricsText);
+    }
+
+    for (const spec of specs) {
+      const status = await running.get(spec.id)?.stop();
+      if (spec.kind === 'sidecar' && status && (status.code !== 0 || status.killed)) notes.push(`${spec.label} did not exit cleanly on SIGTERM (exit ${status.code ?? status.signal})`);
+    }
+    running.clear();
+
+    const summary = summarize(records, ids);
+    const busy = noise(records);
+    notes.push(
+      `other processes on the machine used a median ${fmt(busy.medianPct, 0)}% (max ${fmt(busy.maxPct, 0)}%) of one CPU during the ${busy.runs} measurements ` +
+        `(runs above ${2 * quiet.thresholdPct}% were measured again once and the quieter kept)`,
+    );
+    if (sidecarArgs.length > 0) notes.push(`oauth-sidecar ran with extra flags: ${sidecarArgs.join(' ')}`);
+    const targets: Record<string, TargetVerdict[]> = {};
+    for (const spec of specs) if (spec.kind === 'sidecar') targets[spec.id] = verdicts(summary, spec.id, tokens[spec.id]);
+    const machine = `${machineLine()} (shared VM: compare ratios, not absolute numbers)`;
+    const date = new Date().toISOString();
+    const table = markdown(summary, specs, targets, tokens, {
+      machine,
+      date,
+      tool: toolLine(loadgen),
+      layout: layout.description,
+      rounds,
+      durationS,
+      connections,
+      uploadMiB,
+      uploadsPerRound: uploads,
+      runner: runner.kind === 'dist' ? 'compiled JavaScript (tsc → node cli.js)' : 'TypeScript through tsx',
+      notes,
+    });
+    say('');
+    say(table);
+
+    if (!args.boolean('no-write')) {
+      const out = resolve(ROOT, args.string('out'));
+      mkdirSync(out, { recursive: true });
+      const json = {
+        schema: 1,
+        date,
+        machine,
+        node: process.version,
+        tools: { loadgen: toolLine(loadgen), nginx: kinds.includes('nginx') ? nginxVersion() : undefined },
+        layout: layout.description,
+        runner: runner.kind,
+        options: { rounds, durationS, warmupS, prewarmS, connections, uploadMiB, uploads, tokenLifetimeS, contenders: ids, sidecarArgs },
+        summary,
+        noise: busy,
+        targets,
+        tokens,
+        rounds: records,
+        notes,
+      };
+      writeFileSync(resolve(out, 'latest.json'), `${JSON.stringify(json, null, 2)}\n`);
+      writeFileSync(resolve(out, 'latest.md'), table);
+      say(`bench: results written to ${out}/latest.json and latest.md`);
+    }
+    return args.boolean('strict') && Object.values(targets).some((list) => list.some((t) => t.pass === false)) ? 1 : 0;
+  } finally {
+    for (const c of running.values()) await c.stop();
+    await env?.close();
+    for (const r of runners) r.dispose();
+  }
+}
+
+type Phase = 'get' | 'latency' | 'upload';
+
+interface PhaseResult {
+  figures: Partial<Omit<RoundFigures, 'problems' | 'foreignCpuPct'>>;
+  problems: string[];
+  line: string;
+}
+
+interface Quiet {
+  thresholdPct: number;
+  maxWaitS: number;
+}
+
+/**
+ * One measurement of one contender: wait (bounded) for the machine to be
+ * quiet, measure, and if other processes took more than twice the quiet
+ * threshold during it, measure once more and keep the quieter of the two.
+ */
+async function measure(phase: Phase, c: RunningContender, f: RoundFigures, quiet: Quiet, label: string, run: () => Promise<PhaseResult>): Promise<void> {
+  let best: { result: PhaseResult; foreign: number } | undefined;
+  for (let attempt = 1; attempt <= 2; attempt++) {
+    if (quiet.maxWaitS > 0) await waitForQuiet(quiet.thresholdPct, quiet.maxWaitS * 1000);
+    const meter = new ForeignCpuMeter();
+    const result = await run();
+    const foreign = meter.stop();
+    c.truncateLog();
+    if (!best || foreign < best.foreign) best = { result, foreign };
+    const noisy = foreign > 2 * quiet.thresholdPct;
+    say(`round ${label}  ${phaseLabel(phase)} ${c.id.padEnd(12)} ${result.line}${foreign >= 1 ? `  [other processes: ${Math.round(foreign)}% CPU${noisy && attempt === 1 ? ', measuring again' : ''}]` : ''}`);
+    await delay(200);
+    if (!noisy) break;
+  }
+  Object.assign(f, best!.result.figures);
+  f.problems.push(...best!.result.problems);
+  f.foreignCpuPct[phase] = best!.foreign;
+}
+
+function phaseLabel(phase: Phase): string {
+  return { get: 'GET ×N  ', latency: 'GET ×1  ', upload: 'upload  ' }[phase];
+}
+
+async function measureGet(
+  loadgen: LoadGenerator,
+  c: RunningContender,
+  connections: number,
+  durationS: number,
+  prewarmS: number,
+  upstreamConnections: () => Promise<number>,
+): Promise<PhaseResult> {
+  // Pools to the upstream idle out while the others run: re-establish them, unmeasured, in slices of
+  // `prewarmS` until a slice opens no new upstream connection (at most 10 slices). Direct opens fresh ones by design.
+  if (prewarmS > 0) {
+    for (let slice = 0; slice < 10; slice++) {
+      const before = await upstreamConnections();
+      await loadgen.get(c.target, GET_PATH, connections, prewarmS).catch(() => undefined);
+      if (c.name === 'direct' || (await upstreamConnections()) === before) break;
+    }
+  }
+  const cpuBefore = c.pid === undefined ? undefined : cpuTimeMs(c.pid);
+  const peak = c.pid === undefined ? undefined : new PeakTracker(c.pid);
+  const problems: string[] = [];
+  try {
+    const result = await loadgen.get(c.target, GET_PATH, connections, durationS);
+    const cpuAfter = c.pid === undefined ? undefined : cpuTimeMs(c.pid);
+    const cpuUsPerRequest = cpuBefore !== undefined && cpuAfter !== undefined && result.requests > 0 ? ((cpuAfter - cpuBefore) * 1000) / result.requests : undefined;
+    if (result.non2xx > 0) problems.push(`${result.non2xx} non-2xx answers under GET load`);
+    if (result.errors > 0) problems.push(`${result.errors} socket errors/timeouts under GET load`);
+    const peakBytes = peak?.stop();
+    return {
+      figures: { rps: result.requestsPerS, cpuUsPerRequest, peakRssGetBytes: peakBytes },
+      problems,
+      line: `${Math.round(result.requestsPerS).toLocaleString('en-US').padStart(8)} req/s` +
+        (cpuUsPerRequest !== undefined ? `  ${cpuUsPerRequest.toFixed(1)} µs CPU/req` : '') +
+        (peakBytes !== undefined ? `  peak RSS ${(peakBytes / 1e6).toFixed(1)} MB` : ''),
+    };
+  } catch (err) {
+    peak?.stop();
+    return { figures: {}, problems: [`GET run failed: ${(err as Error).message}`], line: `FAILED ${(err as Error).message}` };
+  }
+}
+
+async function measureLatency(loadgen: LoadGenerator, c: RunningContender, durationS: number): Promise<PhaseResult> {
+  try {
+    const result = await loadgen.get(c.target, GET_PATH, 1, durationS);
+    const problems: string[] = [];
+    if (result.non2xx > 0) problems.push(`${result.non2xx} non-2xx answers at 1 connection`);
+    if (result.errors > 0) problems.push(`${result.errors} socket errors/timeouts at 1 connection`);
+    return {
+      figures: { p50Us: result.latencyUs.p50, p99Us: result.latencyUs.p99 },
+      problems,
+      line: `p50 ${Math.round(result.latencyUs.p50)} µs  p99 ${Math.round(result.latencyUs.p99)} µs`,
+    };
+  } catch (err) {
+    return { figures: {}, problems: [`latency run failed: ${(err as Error).message}`], line: `FAILED ${(err as Error).message}` };
+  }
+}
+
+async function measureUpload(loadgen: LoadGenerator, c: RunningContender, bytes: number, count: number): Promise<PhaseResult> {
+  const peak = c.pid === undefined ? undefined : new PeakTracker(c.pid);
+  const cpuBefore = c.pid === undefined ? undefined : cpuTimeMs(c.pid);
+  try {
+    const result = await loadgen.upload(c.target, UPLOAD_PATH, bytes, count);
+    const cpuAfter = c.pid === undefined ? undefined : cpuTimeMs(c.pid);
+    const peakBytes = peak?.stop();
+    const problems: string[] = [];
+    if (result.error) problems.push(`upload failed: ${result.error}`);
+    const good = result.uploads.filter((u) => u.status === 200 && u.counted === u.bytes);
+    if (good.length < result.uploads.length) problems.push(`${result.uploads.length - good.length} upload(s) not answered 200 with every byte counted`);
+    const totalMs = result.uploads.reduce((sum, u) => sum + u.ms, 0);
+    const totalBytes = result.uploads.reduce((sum, u) => sum + u.bytes, 0);
+    const ok = good.length > 0 && good.length === result.uploads.length && !result.error;
+    const uploadMBps = ok ? totalBytes / 1e6 / (totalMs / 1000) : undefined;
+    const uploadCpuMsPerGB = ok && cpuBefore !== undefined && cpuAfter !== undefined ? (cpuAfter - cpuBefore) / (totalBytes / 1e9) : undefined;
+    return {
+      figures: { uploadMBps, uploadCpuMsPerGB, peakRssUploadBytes: peakBytes },
+      problems,
+      line:
+        `${uploadMBps === undefined ? 'FAILED' : `${Math.round(uploadMBps)} MB/s`}` +
+        `${uploadCpuMsPerGB !== undefined ? `  ${Math.round(uploadCpuMsPerGB)} ms CPU/GB` : ''}${peakBytes !== undefined ? `  peak RSS ${(peakBytes / 1e6).toFixed(1)} MB` : ''}`,
+    };
+  } catch (err) {
+    peak?.stop();
+    return { figures: {}, problems: [`upload run failed: ${(err as Error).message}`], line: `FAILED ${(err as Error).message}` };
+  }
+}
+
+function tokenFigures(stats: ServersStats, clientId: string, lifetimeS: number, start: number, end: number, metricsText: string | undefined): TokenFigures {
+  const times = stats.token.requests.filter((t) => t.clientId === clientId && t.at >= start).map((t) => t.at);
+  const intervalMs = refreshIntervalMs(lifetimeS * 1000);
+  const first = times[0] ?? start;
+  return {
+    lifetimeS,
+    refreshIntervalS: intervalMs / 1000,
+    requests: times.length,
+    requestTimesS: times.map((t) => (t - start) / 1000),
+    metricsFetches: metricsText ? metricValue(metricsText, 'oauth_sidecar_token_fetches_total', 'outcome="success"') : undefined,
+    allowedMax: 1 + Math.floor((end - first) / intervalMs),
+    gapsOk: tokenGapsOk(times, intervalMs),
+    upstreamRejectedExpired: stats.upstream.rejectedExpired,
+    upstreamRejectedUnknown: stats.upstream.rejectedUnknown,
+  };
+}
+
+function toolLine(loadgen: LoadGenerator): string {
+  if (loadgen.tool === 'wrk') return commandVersion('wrk', ['-v'])?.replace(/\s*Copyright.*$/, '') ?? 'wrk';
+  return 'autocannon 8';
+}
+
+main().then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    process.stderr.write(`bench: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exitCode = 1;
+  },
+);

@@ -1,0 +1,428 @@
+/**
+ * `npm run soak`: a bounded run of mixed traffic through oauth-sidecar (its
+ * real CLI, default logging, metrics on) with token lifetimes short enough to
+ * refresh many times and a credential rotation (new client id and secret;
+ * the old ones revoked) in the middle.
+ *
+ * Pass criteria: zero failed requests; RSS and open file descriptors flat
+ * from the first to the last interval (printed as a series); token requests
+ * equal to the number of token lifetimes (refresh periods) elapsed, one more
+ * for the rotation, and never an expired token at the upstream. Results:
+ * bench/results/soak-latest.json and soak-latest.md.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, readFileSync, renameSync, truncateSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
+import type { ClientSecret } from './servers/protocol.js';
+import type { SoakJob, SoakProgress } from './tools/soak-client.js';
+import { helpText, parse, type Flags } from './lib/args.js';
+import { ROOT, makeRunner, tsxRunner, type Runner } from './lib/build.js';
+import { contenderSpec, fetchText, metricValue, startContender, writeServiceKey, type RunningContender } from './lib/contenders.js';
+import { startEnvironment, type Environment } from './lib/environment.js';
+import { machineLine } from './lib/machine.js';
+import { Child, ForeignCpuMeter, cleanEnv, cpuLayout, cpuTimeMs, memoryOf, openFds } from './lib/proc.js';
+import { fmt } from './lib/report.js';
+import { expectedTokenRequests, flatness, refreshIntervalMs, tokenGapsOk, type FlatnessVerdict } from './lib/stats.js';
+
+const FLAGS: Flags = {
+  duration: { type: 'string', default: '600', description: 'seconds of traffic (the run also ends at --max-requests)' },
+  'max-requests': { type: 'string', default: '2000000', description: 'request budget' },
+  concurrency: { type: 'string', default: '16', description: 'concurrent senders (keep-alive connections)' },
+  rate: { type: 'string', default: '0', description: 'requests/s over all senders; 0 = as fast as the sidecar answers' },
+  'token-lifetime': { type: 'string', default: '20', description: 'expires_in of issued tokens, seconds (refreshed at 75 %)' },
+  'rotate-at': { type: 'string', default: '0.5', description: 'credential rotation at this fraction of the duration' },
+  interval: { type: 'string', default: 'auto', description: 'seconds per row of the printed series (auto: 60, or duration/12 for runs under 10 min)' },
+  runner: { type: 'string', default: 'dist', description: 'dist (compiled with tsc) or tsx' },
+  'no-pin': { type: 'boolean', description: 'do not pin processes to CPUs with taskset' },
+  out: { type: 'string', default: 'bench/results', description: 'directory for soak-latest.json and soak-latest.md' },
+  'no-write': { type: 'boolean', description: 'print the results only' },
+  keep: { type: 'boolean', description: 'keep the scratch directory (sidecar log tail, keys)' },
+};
+
+const SUMMARY = 'oauth-sidecar soak: mixed traffic, short token lifetimes, a credential rotation; zero failures, flat RSS and handles, one token request per lifetime.';
+/** Allowed growth from the first to the last interval. */
+const RSS_TOLERANCE = { relative: 0.1, absolute: 8e6 };
+/** Sockets come and go with `Connection: close` senders; a leak grows without bound. */
+const FD_TOLERANCE = { relative: 0, absolute: 4 };
+
+function say(line: string): void {
+  process.stdout.write(`${line}\n`);
+}
+
+interface Sample {
+  t: number;
+  rss: number;
+  fds: number;
+  cpuMs: number;
+}
+
+interface Row {
+  /** End of the interval, s since traffic started. */
+  t: number;
+  requests: number;
+  failed: number;
+  rps: number;
+  rssMaxMB: number;
+  rssLastMB: number;
+  fdsMax: number;
+  fdsLast: number;
+  cpuPct: number;
+  tokenRequests: number;
+}
+
+async function main(): Promise<number> {
+  const args = parse(process.argv.slice(2), FLAGS);
+  if (args.help) {
+    process.stdout.write(helpText('npm run soak --', SUMMARY, FLAGS));
+    return 0;
+  }
+  const durationS = args.number('duration', 10);
+  const maxRequests = Math.floor(args.number('max-requests', 1));
+  const concurrency = Math.floor(args.number('concurrency', 1));
+  const rate = args.number('rate', 0);
+  const lifetimeS = Math.floor(args.number('token-lifetime', 5));
+  const rotateAt = args.number('rotate-at', 0);
+  const intervalText = args.string('interval');
+  const intervalS = intervalText === 'auto' ? (durationS >= 600 ? 60 : Math.max(5, Math.round(durationS / 12))) : args.number('interval', 1);
+
+  const layout = cpuLayout(!args.boolean('no-pin'));
+  let runner: Runner;
+  try {
+    runner = makeRunner(args.string('runner') === 'tsx' ? 'tsx' : 'dist', (l) => say(`soak: ${l}`));
+  } catch (err) {
+    say(`soak: ${(err as Error).message}\nsoak: falling back to running the sources through tsx`);
+    runner = tsxRunner();
+  }
+  const first: ClientSecret = { id: 'sb-soak-1!b1|it-rt-soak!b1', secret: `one$${randomBytes(12).toString('base64url')}=` };
+  const second: ClientSecret = { id: 'sb-soak-2!b2|it-rt-soak!b1', secret: `two$${randomBytes(12).toString('base64url')}=` };
+  say(`soak: ${durationS} s or ${maxRequests.toLocaleString('en-US')} requests, ${concurrency} senders, token lifetime ${lifetimeS} s, rotation at ${Math.round(rotateAt * durationS)} s; ${layout.description}`);
+
+  let env: Environment | undefined;
+  let sidecar: RunningContender | undefined;
+  let client: Child | undefined;
+  try {
+    env = await startEnvironment({ runner, cpu: layout.servers, tokenLifetimeS: lifetimeS, clients: [first], keep: args.boolean('keep') });
+    const sidecarStart = Date.now();
+    sidecar = await startContender(contenderSpec('sidecar'), { env, runner, cpu: layout.proxy, client: first });
+    const pid = sidecar.pid!;
+    const logFile = sidecar.logFile!;
+    say(`soak: oauth-sidecar pid ${pid} listening on ${sidecar.target.base}`);
+
+    const job: SoakJob = { base: sidecar.target.base, concurrency, durationS, maxRequests, rate, seed: 20_251_122 };
+    client = new Child('soak-client', process.execPath, [...runner.args('bench/tools/soak-client.ts'), JSON.stringify(job)], { cpu: layout.loadgen, env: cleanEnv() });
+    const trafficStart = Date.now();
+    const meter = new ForeignCpuMeter();
+
+    const samples: Sample[] = [];
+    const logs = new LogWatch(logFile);
+    let rotation: { requestedAt: number; appliedAt?: number; revokedAt?: number; error?: string } | undefined;
+    let lastScrape = 0;
+    const hardDeadline = trafficStart + durationS * 1000 + 120_000;
+
+    while (client.running && Date.now() < hardDeadline) {
+      await delay(1000);
+      const t = (Date.now() - trafficStart) / 1000;
+      const memory = memoryOf(pid);
+      samples.push({ t, rss: memory?.rss ?? Number.NaN, fds: openFds(pid) ?? Number.NaN, cpuMs: cpuTimeMs(pid) ?? Number.NaN });
+      // Scrape like Prometheus would, every 10 s.
+      if (sidecar.adminUrl && Date.now() - lastScrape >= 10_000) {
+        lastScrape = Date.now();
+        await fetchText(`${sidecar.adminUrl}/metrics`);
+      }
+      if (!rotation && rotateAt > 0 && t >= rotateAt * durationS) {
+        rotation = { requestedAt: Date.now() };
+        say(`soak: ${t.toFixed(0)} s: rotating credentials (${first.id} → ${second.id})`);
+        // Like a new service key: the token server knows both for a while, the file is swapped atomically, then the old one is revoked.
+        await env.setClients([first, second]);
+        const tmp = join(sidecar.keyFile!, '..', '.service-key.json.tmp');
+        writeServiceKey(tmp, second, env);
+        renameSync(tmp, sidecar.keyFile!);
+      }
+      if (rotation && rotation.appliedAt === undefined) {
+        if (logs.seen('credentials rotated')) {
+          rotation.appliedAt = Date.now();
+          await env.setClients([second]);
+          rotation.revokedAt = Date.now();
+          say(`soak: rotation applied after ${((rotation.appliedAt - rotation.requestedAt) / 1000).toFixed(1)} s; old client revoked`);
+        } else if (Date.now() - rotation.requestedAt > 90_000) {
+          rotation.error = 'the sidecar did not log "credentials rotated" within 90 s';
+          rotation.appliedAt = Number.NaN;
+        }
+      }
+      // Keep the scratch disk small: scan the new log lines for warnings/errors, then drop them.
+      logs.scan();
+      if (!rotation || rotation.appliedAt !== undefined) logs.truncate();
+      if (samples.length % intervalS === 0) printProgress(samples, client.stdout);
+    }
+    if (client.running) {
+      await client.stop(2_000);
+      say('soak: the traffic generator overran its deadline and was stopped');
+    }
+    await client.exited();
+    const trafficEnd = Date.now();
+    const foreignPct = meter.stop();
+    const done = lastProgress(client.stdout, 'done') ?? lastProgress(client.stdout, 'progress');
+    const progressLines = allProgress(client.stdout);
+    logs.scan();
+
+    const metricsText = sidecar.adminUrl ? await fetchText(`${sidecar.adminUrl}/metrics`) : undefined;
+    const stats = await env.stats();
+    const exit = await sidecar.stop();
+    sidecar = undefined;
+
+    // Tokens.
+    const tokenRequests = stats.token.requests.filter((r) => r.at >= sidecarStart);
+    const okTokenTimes = tokenRequests.filter((r) => r.status === 200).map((r) => r.at);
+    const rotationFetch = tokenRequests.find((r) => r.clientId === second.id && r.status === 200)?.at;
+    const intervalMs = refreshIntervalMs(lifetimeS * 1000);
+    const firstFetch = okTokenTimes[0] ?? sidecarStart;
+    const segments = rotationFetch ? [rotationFetch - firstFetch, trafficEnd - rotationFetch] : [trafficEnd - firstFetch];
+    const expected = expectedTokenRequests(segments, intervalMs);
+    const gapsOk = tokenGapsOk(okTokenTimes, intervalMs, rotationFetch ? [rotationFetch] : []);
+    const refused = tokenRequests.filter((r) => r.status !== 200);
+    const lifetimesElapsed = segments.reduce((n, ms) => n + ms / intervalMs, 0);
+
+    // Series.
+    const rows = series(samples, progressLines, intervalS, okTokenTimes.map((t) => (t - trafficStart) / 1000));
+    // "From the first to the last minute": the largest value in the first and in the last window.
+    const windowS = Math.min(60, elapsedTrafficS(samples) / 2);
+    const rssVerdict = flatness(windowMaxima(samples, windowS, (s) => s.rss), RSS_TOLERANCE);
+    const fdVerdict = flatness(windowMaxima(samples, windowS, (s) => s.fds), FD_TOLERANCE);
+    const failed = done?.failed ?? Number.NaN;
+    const ok = done?.ok ?? 0;
+    const elapsedS = (trafficEnd - trafficStart) / 1000;
+
+    const verdicts: Array<{ what: string; value: string; pass: boolean }> = [
+      { what: 'zero failed requests', value: `${ok.toLocaleString('en-US')} ok, ${failed} failed`, pass: failed === 0 && ok > 0 },
+      { what: `RSS flat (max of the first vs the last ${fmt(windowS, 0)} s)`, value: flatText(rssVerdict, 'MB', 1e6), pass: rssVerdict?.flat ?? false },
+      { what: `open file descriptors flat (max of the first vs the last ${fmt(windowS, 0)} s)`, value: flatText(fdVerdict, '', 1), pass: fdVerdict?.flat ?? false },
+      {
+        what: 'token requests = lifetimes elapsed (+1 for the rotation)',
+        value:
+          `${okTokenTimes.length} (expected ${expected.min === expected.max ? expected.min : `${expected.min}–${expected.max}`}: ${fmt(lifetimesElapsed, 1)} refresh periods of ${fmt(intervalMs / 1000, 0)} s in ${segments.length} segment(s)); ` +
+          `${gapsOk ? 'never' : 'SOME'} two within a period; ${refused.length} refused; ${stats.upstream.rejectedExpired} expired tokens at the upstream`,
+        pass: okTokenTimes.length >= expected.min && okTokenTimes.length <= expected.max && gapsOk && refused.length === 0 && stats.upstream.rejectedExpired === 0,
+      },
+      {
+        what: 'credential rotation applied, old client revoked, no request failed',
+        value: rotation ? (rotation.error ?? `applied ${fmt(((rotation.appliedAt ?? Number.NaN) - rotation.requestedAt) / 1000, 1)} s after the key file changed`) : 'no rotation (--rotate-at 0)',
+        pass: rotation ? rotation.error === undefined && rotationFetch !== undefined : true,
+      },
+      { what: 'clean shutdown on SIGTERM (exit 0)', value: `exit ${exit?.code ?? exit?.signal}${exit?.killed ? ' (killed)' : ''}`, pass: exit?.code === 0 && !exit.killed },
+    ];
+
+    const md = soakMarkdown({
+      machine: machineLine(),
+      date: new Date().toISOString(),
+      config: `${fmt(elapsedS, 0)} s, ${concurrency} senders${rate > 0 ? ` at ${rate} req/s` : ' (as fast as answered)'}, token lifetime ${lifetimeS} s, rotation at ${fmt(rotateAt * durationS, 0)} s; ${layout.description}; sidecar run as ${runner.kind === 'dist' ? 'compiled JavaScript' : 'TypeScript through tsx'}`,
+      totals: `${(ok + (Number.isFinite(failed) ? failed : 0)).toLocaleString('en-US')} requests (${fmt((ok + (failed || 0)) / elapsedS, 0)} req/s); mix: ${Object.entries(done?.byKind ?? {}).map(([k, n]) => `${k} ${n.toLocaleString('en-US')}`).join(', ')}`,
+      rows,
+      verdicts,
+      notes: [
+        `other processes on the machine used ${fmt(foreignPct, 0)}% of one CPU on average during the run`,
+        `sidecar log: ${logs.counts.warn} warn, ${logs.counts.error} error, ${logs.counts.fatal} fatal lines${logs.samples.length ? ` — first: ${logs.samples.slice(0, 3).join(' | ')}` : ''}`,
+        `sidecar metrics at the end: ${metricValue(metricsText ?? '', 'oauth_sidecar_requests_total')?.toLocaleString('en-US') ?? '–'} requests, ` +
+          `${metricValue(metricsText ?? '', 'oauth_sidecar_token_fetches_total', 'outcome="success"') ?? '–'} token fetches, ` +
+          `${metricValue(metricsText ?? '', 'oauth_sidecar_upstream_401_retries_total') ?? 0} upstream-401 retries, ` +
+          `${metricValue(metricsText ?? '', 'oauth_sidecar_credential_reloads_total', 'outcome="applied"') ?? 0} credential reloads applied`,
+        ...(done?.failures.length ? [`first failures: ${done.failures.slice(0, 5).join(' | ')}`] : []),
+      ],
+    });
+    say('');
+    say(md);
+    if (!args.boolean('no-write')) {
+      const out = resolve(ROOT, args.string('out'));
+      mkdirSync(out, { recursive: true });
+      const json = {
+        schema: 1,
+        date: new Date().toISOString(),
+        machine: machineLine(),
+        layout: layout.description,
+        runner: runner.kind,
+        options: { durationS, maxRequests, concurrency, rate, lifetimeS, rotateAt, intervalS },
+        totals: { ok, failed, elapsedS, byKind: done?.byKind, failures: done?.failures },
+        rows,
+        tokens: {
+          requests: tokenRequests.map((r) => ({ t: (r.at - trafficStart) / 1000, clientId: r.clientId, status: r.status })),
+          expected,
+          intervalMs,
+          gapsOk,
+          upstreamRejectedExpired: stats.upstream.rejectedExpired,
+          upstreamRejectedUnknown: stats.upstream.rejectedUnknown,
+        },
+        rotation,
+        verdicts,
+        logs: logs.counts,
+        foreignCpuPct: foreignPct,
+      };
+      writeFileSync(resolve(out, 'soak-latest.json'), `${JSON.stringify(json, null, 2)}\n`);
+      writeFileSync(resolve(out, 'soak-latest.md'), md);
+      say(`soak: results written to ${out}/soak-latest.json and soak-latest.md`);
+    }
+    return verdicts.every((v) => v.pass) ? 0 : 1;
+  } finally {
+    if (client?.running) await client.stop(1_000);
+    if (sidecar) await sidecar.stop();
+    await env?.close();
+    runner.dispose();
+  }
+}
+
+/** Reads new lines of the sidecar's log: counts warn/error/fatal, remembers the first few, finds a message. */
+class LogWatch {
+  readonly counts = { warn: 0, error: 0, fatal: 0 };
+  readonly samples: string[] = [];
+  #offset = 0;
+  #found = new Set<string>();
+  readonly #file: string;
+
+  constructor(file: string) {
+    this.#file = file;
+  }
+
+  scan(): void {
+    let text: string;
+    try {
+      text = readFileSync(this.#file, 'utf8');
+    } catch {
+      return;
+    }
+    if (text.length < this.#offset) this.#offset = 0;
+    const fresh = text.slice(this.#offset);
+    const end = fresh.lastIndexOf('\n') + 1;
+    this.#offset += end;
+    for (const line of fresh.slice(0, end).split('\n')) {
+      if (!line) continue;
+      const level = /"level":"(\w+)"/.exec(line)?.[1];
+      const msg = /"msg":"([^"]*)"/.exec(line)?.[1];
+      if (msg) this.#found.add(msg);
+      if (level === 'warn' || level === 'error' || level === 'fatal') {
+        this.counts[level]++;
+        if (this.samples.length < 10) this.samples.push(`${level}: ${msg ?? line.slice(0, 160)}`);
+      }
+    }
+  }
+
+  seen(message: string): boolean {
+    this.scan();
+    return this.#found.has(message);
+  }
+
+  truncate(): void {
+    try {
+      truncateSync(this.#file, 0);
+      this.#offset = 0;
+    } catch {
+      /* gone */
+    }
+  }
+}
+
+function allProgress(stdout: string): SoakProgress[] {
+  return stdout
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => JSON.parse(l) as SoakProgress);
+}
+
+function lastProgress(stdout: string, type: SoakProgress['type']): SoakProgress | undefined {
+  return allProgress(stdout)
+    .filter((p) => p.type === type)
+    .at(-1);
+}
+
+function printProgress(samples: readonly Sample[], stdout: string): void {
+  const s = samples.at(-1);
+  const p = lastProgress(stdout, 'progress');
+  if (!s || !p) return;
+  say(`soak: ${s.t.toFixed(0).padStart(4)} s  ${p.ok.toLocaleString('en-US').padStart(10)} ok  ${p.failed} failed  RSS ${(s.rss / 1e6).toFixed(1)} MB  fds ${s.fds}`);
+}
+
+/** Per-interval rows from 1 s samples and the client's 1 s progress lines. */
+function series(samples: readonly Sample[], progress: readonly SoakProgress[], intervalS: number, tokenTimesS: readonly number[]): Row[] {
+  const rows: Row[] = [];
+  const end = Math.max(samples.at(-1)?.t ?? 0, progress.at(-1)?.t ?? 0);
+  const countAt = (t: number): { ok: number; failed: number } => {
+    let best: SoakProgress | undefined;
+    for (const p of progress) if (p.t <= t + 0.5) best = p;
+    return { ok: best?.ok ?? 0, failed: best?.failed ?? 0 };
+  };
+  let prevCpu = samples[0]?.cpuMs ?? 0;
+  for (let from = 0; from < end - 0.5; from += intervalS) {
+    const to = Math.min(from + intervalS, end);
+    const inside = samples.filter((s) => s.t > from && s.t <= to + 0.5);
+    if (inside.length === 0) continue;
+    const a = countAt(from);
+    const b = countAt(to);
+    const last = inside.at(-1)!;
+    rows.push({
+      t: Math.round(to),
+      requests: b.ok + b.failed - (a.ok + a.failed),
+      failed: b.failed - a.failed,
+      rps: (b.ok + b.failed - (a.ok + a.failed)) / Math.max(1e-3, to - from),
+      rssMaxMB: Math.max(...inside.map((s) => s.rss)) / 1e6,
+      rssLastMB: last.rss / 1e6,
+      fdsMax: Math.max(...inside.map((s) => s.fds)),
+      fdsLast: last.fds,
+      cpuPct: ((last.cpuMs - prevCpu) / 1000 / Math.max(1e-3, to - from)) * 100,
+      tokenRequests: tokenTimesS.filter((t) => t <= to).length,
+    });
+    prevCpu = last.cpuMs;
+  }
+  // A last sliver shorter than half an interval is folded away: it would compare a partial window.
+  if (rows.length > 2 && end - (rows.at(-2)?.t ?? 0) < intervalS / 2) rows.pop();
+  return rows;
+}
+
+function elapsedTrafficS(samples: readonly Sample[]): number {
+  return samples.at(-1)?.t ?? 0;
+}
+
+/** [max over the first `windowS` seconds, max over the last `windowS` seconds] of a sampled value. */
+function windowMaxima(samples: readonly Sample[], windowS: number, pick: (s: Sample) => number): number[] {
+  const end = elapsedTrafficS(samples);
+  const first = samples.filter((s) => s.t <= windowS).map(pick).filter(Number.isFinite);
+  const last = samples.filter((s) => s.t >= end - windowS).map(pick).filter(Number.isFinite);
+  return first.length && last.length ? [Math.max(...first), Math.max(...last)] : [];
+}
+
+function flatText(v: FlatnessVerdict | undefined, unit: string, scale: number): string {
+  if (!v) return 'n/a (fewer than two intervals)';
+  const u = unit ? ` ${unit}` : '';
+  return `${fmt(v.first / scale, scale === 1 ? 0 : 1)} → ${fmt(v.last / scale, scale === 1 ? 0 : 1)}${u} (${v.delta >= 0 ? '+' : ''}${fmt(v.delta / scale, scale === 1 ? 0 : 1)}${u})`;
+}
+
+function soakMarkdown(r: {
+  machine: string;
+  date: string;
+  config: string;
+  totals: string;
+  rows: readonly Row[];
+  verdicts: ReadonlyArray<{ what: string; value: string; pass: boolean }>;
+  notes: readonly string[];
+}): string {
+  const lines = [`Machine: ${r.machine}`, `Run: ${r.date}; ${r.config}.`, `Traffic: ${r.totals}.`, ''];
+  lines.push('| t (s) | requests | failed | req/s | RSS max MB | RSS end MB | fds max | fds end | sidecar CPU % | token requests (cumulative) |');
+  lines.push('|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|');
+  for (const row of r.rows) {
+    lines.push(
+      `| ${row.t} | ${row.requests.toLocaleString('en-US')} | ${row.failed} | ${fmt(row.rps, 0)} | ${fmt(row.rssMaxMB, 1)} | ${fmt(row.rssLastMB, 1)} | ${row.fdsMax} | ${row.fdsLast} | ${fmt(row.cpuPct, 0)} | ${row.tokenRequests} |`,
+    );
+  }
+  lines.push('', '| criterion | measured | verdict |', '|---|---|---|');
+  for (const v of r.verdicts) lines.push(`| ${v.what} | ${v.value} | ${v.pass ? 'met' : '**missed**'} |`);
+  lines.push('');
+  for (const note of r.notes) lines.push(`- ${note}`);
+  return `${lines.join('\n')}\n`;
+}
+
+main().then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    process.stderr.write(`soak: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exitCode = 1;
+  },
+);

@@ -1,0 +1,93 @@
+import { describe, expect, it } from 'vitest';
+import {
+  expectedTokenRequests,
+  flatness,
+  max,
+  median,
+  percentile,
+  ratio,
+  refreshIntervalMs,
+  rotate,
+  round,
+  spread,
+  tokenGapsOk,
+} from '../../bench/lib/stats.js';
+
+describe('bench statistics', () => {
+  it('median of odd and even counts, ignoring non-finite values', () => {
+    expect(median([3, 1, 2])).toBe(2);
+    expect(median([4, 1, 3, 2])).toBe(2.5);
+    expect(median([5, Number.NaN, 1])).toBe(3);
+    expect(median([])).toBeUndefined();
+  });
+
+  it('max ignores non-finite values', () => {
+    expect(max([1, 7, Number.NaN, 3])).toBe(7);
+    expect(max([])).toBeUndefined();
+  });
+
+  it('ratio needs a positive denominator', () => {
+    expect(ratio(9, 10)).toBe(0.9);
+    expect(ratio(1, 0)).toBeUndefined();
+    expect(ratio(undefined, 2)).toBeUndefined();
+    expect(ratio(2, undefined)).toBeUndefined();
+  });
+
+  it('nearest-rank percentiles', () => {
+    const samples = [4, 1, 3, 2];
+    expect(percentile(samples, 50)).toBe(2);
+    expect(percentile(samples, 75)).toBe(3);
+    expect(percentile(samples, 100)).toBe(4);
+    expect(percentile(Array.from({ length: 1000 }, (_, i) => i + 1), 99)).toBe(990);
+    expect(percentile([], 50)).toBeUndefined();
+    expect(() => percentile([1], 0)).toThrow(RangeError);
+  });
+
+  it('spread is the range relative to the median', () => {
+    expect(spread([90, 100, 110])).toBeCloseTo(0.2);
+    expect(spread([1])).toBeUndefined();
+  });
+
+  it('refresh interval follows the token cache: 75 % of the lifetime, margin capped at 60 s', () => {
+    expect(refreshIntervalMs(20_000)).toBe(15_000);
+    expect(refreshIntervalMs(3_600_000)).toBe(2_700_000);
+    // 75 % would be later than 10 % before expiry only for tiny refreshAhead changes; margin wins when smaller.
+    expect(refreshIntervalMs(100_000, 0.95)).toBe(90_000);
+  });
+
+  it('expected token requests per segment, as a range near boundaries', () => {
+    // 60 s of traffic with a 15 s interval: the first request, then at 15, 30, 45 (60 is the boundary).
+    expect(expectedTokenRequests([59_000], 15_000, 500)).toEqual({ min: 4, max: 4 });
+    expect(expectedTokenRequests([60_000], 15_000, 500)).toEqual({ min: 4, max: 5 });
+    // A rotation in the middle starts a second segment with its own first request.
+    expect(expectedTokenRequests([31_000, 29_000], 15_000, 500)).toEqual({ min: 3 + 2, max: 3 + 2 });
+    expect(() => expectedTokenRequests([1], 0)).toThrow(RangeError);
+  });
+
+  it('token gaps: no two requests within one refresh interval, except right after a reset', () => {
+    expect(tokenGapsOk([0, 15_000, 30_100], 15_000)).toBe(true);
+    expect(tokenGapsOk([0, 15_000, 20_000], 15_000)).toBe(false);
+    expect(tokenGapsOk([0, 15_000, 20_000], 15_000, [19_990])).toBe(true);
+    expect(tokenGapsOk([], 15_000)).toBe(true);
+  });
+
+  it('flatness compares the first and last window with a relative or absolute allowance', () => {
+    expect(flatness([100, 120, 105], { relative: 0.1, absolute: 0 })?.flat).toBe(true);
+    expect(flatness([100, 100, 111], { relative: 0.1, absolute: 0 })?.flat).toBe(false);
+    expect(flatness([20, 23], { relative: 0, absolute: 4 })).toMatchObject({ flat: true, delta: 3 });
+    expect(flatness([1], { relative: 0.1, absolute: 0 })).toBeUndefined();
+  });
+
+  it('rotate gives each contender a turn at the front', () => {
+    expect(rotate(['a', 'b', 'c'], 0)).toEqual(['a', 'b', 'c']);
+    expect(rotate(['a', 'b', 'c'], 1)).toEqual(['b', 'c', 'a']);
+    expect(rotate(['a', 'b', 'c'], 5)).toEqual(['c', 'a', 'b']);
+    expect(rotate([], 3)).toEqual([]);
+  });
+
+  it('round keeps undefined for missing values', () => {
+    expect(round(1.23456, 2)).toBe(1.23);
+    expect(round(undefined)).toBeUndefined();
+    expect(round(Number.NaN)).toBeUndefined();
+  });
+});
