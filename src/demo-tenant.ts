@@ -112,6 +112,9 @@ export async function startDemoTenant(options: DemoTenantOptions = {}): Promise<
   let tokenRequests = 0;
   let tokenUrl = '';
 
+  // Server side of mTLS, like XSUAA: a client certificate is requested but optional (secret clients send
+  // none); the handler admits a certificate only when `socket.authorized` says it chains to the demo CA.
+  // This is not client-side verification being switched off: the sidecar always verifies servers.
   const tokenServer = new TrackedServer(
     { ...tlsOptions(pki), requestCert: true, rejectUnauthorized: false },
     (req, res) => {
