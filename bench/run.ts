@@ -42,7 +42,11 @@ const FLAGS: Flags = {
   rounds: { type: 'string', default: '3', description: 'interleaved rounds (each contender once per phase per round)' },
   duration: { type: 'string', default: '5', description: 'seconds of each GET run (64 connections, and again at 1 connection)' },
   warmup: { type: 'string', default: '2', description: 'seconds of GET load (plus one upload) per contender before measuring' },
-  prewarm: { type: 'string', default: '1', description: 'seconds of unmeasured GET load right before each throughput run (connection pools idle out while the others run)' },
+  prewarm: {
+    type: 'string',
+    default: '1',
+    description: 'seconds per slice of unmeasured GET load before each throughput run, repeated until a slice opens no new upstream connection (pools idle out while the others run)',
+  },
   connections: { type: 'string', default: '64', description: 'connections of the throughput run' },
   'upload-mib': { type: 'string', default: '64', description: 'size of one upload, MiB' },
   uploads: { type: 'string', default: '2', description: 'uploads per contender per round (sequential)' },
@@ -317,7 +321,7 @@ async function measureGet(
     for (let slice = 0; slice < 10; slice++) {
       const before = await upstreamConnections();
       await loadgen.get(c.target, GET_PATH, connections, prewarmS).catch(() => undefined);
-      if (c.name === 'direct' || (await upstreamConnections()) === before) break;
+      if (c.kind === 'direct' || (await upstreamConnections()) === before) break;
     }
   }
   const cpuBefore = c.pid === undefined ? undefined : cpuTimeMs(c.pid);

@@ -20,7 +20,7 @@ export function helpText(command: string, summary: string, flags: Flags): string
   const lines = [summary, '', `Usage: ${command} [flags]`, '', 'Flags:'];
   for (const [name, spec] of Object.entries(flags)) {
     const flag = `--${name}${spec.type === 'string' ? ' VALUE' : ''}`;
-    lines.push(`  ${flag.padEnd(26)} ${spec.description}${spec.default !== undefined ? ` [default ${spec.default}]` : ''}`);
+    lines.push(`  ${flag.padEnd(26)} ${spec.description}${spec.default ? ` [default ${spec.default}]` : ''}`);
   }
   return `${lines.join('\n')}\n`;
 }

@@ -50,7 +50,7 @@ export function contenderSpec(kind: ContenderName): ContenderSpec {
 
 export interface RunningContender {
   readonly id: string;
-  readonly name: ContenderName;
+  readonly kind: ContenderName;
   readonly target: Target;
   /** The proxy process; undefined for direct. */
   readonly pid: number | undefined;
@@ -100,7 +100,7 @@ export async function startContender(spec: ContenderSpec, shared: StartContext):
   switch (name) {
     case 'direct':
       running = {
-        name,
+        kind: name,
         target: { base: ctx.env.upstreamUrl, headers: { authorization: `Bearer ${ctx.env.staticToken}` }, caFile: ctx.env.caFile },
         pid: undefined,
         logFile: undefined,
@@ -241,9 +241,9 @@ http {
   return processContender('nginx', child, base, join(dir, 'access.log'), undefined);
 }
 
-function processContender(name: ContenderName, child: Child, base: string, logFile: string | undefined, adminUrl: string | undefined): Omit<RunningContender, 'id'> {
+function processContender(kind: ContenderName, child: Child, base: string, logFile: string | undefined, adminUrl: string | undefined): Omit<RunningContender, 'id'> {
   return {
-    name,
+    kind,
     target: { base, headers: {} },
     pid: child.pid,
     logFile,
@@ -263,11 +263,11 @@ function processContender(name: ContenderName, child: Child, base: string, logFi
 
 /** Every contender must answer the GET route with 200 — proof that the Bearer check passes through it. */
 async function checkAnswers(contender: RunningContender): Promise<void> {
-  if (contender.name === 'direct') return; // https; the load run itself reports non-2xx answers
+  if (contender.kind === 'direct') return; // https; the load run itself reports non-2xx answers
   const status = await probe(contender.target.base + GET_PATH);
   if (status !== 200) {
     await contender.stop();
-    throw new Error(`${contender.name}: GET ${GET_PATH} answered ${status ?? 'nothing'}, expected 200`);
+    throw new Error(`${contender.id}: GET ${GET_PATH} answered ${status ?? 'nothing'}, expected 200`);
   }
 }
 

@@ -1,0 +1,94 @@
+import { describe, expect, it } from 'vitest';
+import { markdown, summarize, verdicts, type RoundRecord, type TokenFigures } from '../../bench/lib/report.js';
+import type { RoundFigures } from '../../bench/lib/types.js';
+
+function figures(f: Partial<RoundFigures>): RoundFigures {
+  return { problems: [], foreignCpuPct: {}, ...f };
+}
+
+/** Two rounds where the sidecar does 0.9× undici in one and 0.8× in the other. */
+const rounds: RoundRecord[] = [
+  {
+    round: 1,
+    order: ['direct', 'undici', 'http-proxy', 'sidecar'],
+    figures: {
+      direct: figures({ rps: 20_000, p50Us: 30, p99Us: 80, uploadMBps: 500 }),
+      undici: figures({ rps: 10_000, p50Us: 130, p99Us: 600, uploadMBps: 400, peakRssGetBytes: 90e6, peakRssUploadBytes: 100e6, cpuUsPerRequest: 80 }),
+      'http-proxy': figures({ rps: 6_000, p50Us: 150, p99Us: 500, uploadMBps: 450 }),
+      sidecar: figures({ rps: 9_000, p50Us: 150, p99Us: 900, uploadMBps: 460, peakRssGetBytes: 95e6, peakRssUploadBytes: 110e6, cpuUsPerRequest: 90 }),
+    },
+  },
+  {
+    round: 2,
+    order: ['undici', 'http-proxy', 'sidecar', 'direct'],
+    figures: {
+      direct: figures({ rps: 10_000, p50Us: 50, p99Us: 90, uploadMBps: 400 }),
+      undici: figures({ rps: 5_000, p50Us: 150, p99Us: 700, uploadMBps: 300, peakRssGetBytes: 92e6, peakRssUploadBytes: 101e6 }),
+      'http-proxy': figures({ rps: 3_000, p50Us: 170, p99Us: 500, uploadMBps: 350 }),
+      sidecar: figures({ rps: 4_000, p50Us: 200, p99Us: 1_200, uploadMBps: 360, peakRssGetBytes: 99e6, peakRssUploadBytes: 125e6, problems: ['1 non-2xx answers under GET load'] }),
+    },
+  },
+];
+const ids = ['direct', 'undici', 'http-proxy', 'sidecar'];
+
+describe('bench report', () => {
+  it('summarises medians, per-round ratios and peaks', () => {
+    const s = summarize(rounds, ids);
+    expect(s['sidecar']?.rps).toBe(6_500);
+    // Per-round ratios 0.9 and 0.8, not the ratio of medians (6500 / 7500).
+    expect(s['sidecar']?.vsUndici.rps).toBeCloseTo(0.85);
+    // Added latency: 150 − 30 = 120 and 200 − 50 = 150, against undici's 100 and 100.
+    expect(s['sidecar']?.addedP50Us).toBe(135);
+    expect(s['sidecar']?.vsUndici.addedP50).toBeCloseTo(1.35);
+    expect(s['sidecar']?.peakRssUploadMB).toBe(125);
+    expect(s['sidecar']?.problems).toEqual(['1 non-2xx answers under GET load']);
+    expect(s['direct']?.vsDirect.rps).toBe(1);
+  });
+
+  it('checks the targets without loosening them', () => {
+    const tokens: TokenFigures = {
+      lifetimeS: 60,
+      refreshIntervalS: 45,
+      requests: 3,
+      requestTimesS: [0.5, 46, 92],
+      metricsFetches: 3,
+      allowedMax: 3,
+      gapsOk: true,
+      upstreamRejectedExpired: 0,
+      upstreamRejectedUnknown: 0,
+    };
+    const v = Object.fromEntries(verdicts(summarize(rounds, ids), 'sidecar', tokens).map((t) => [t.id, t.pass]));
+    expect(v).toEqual({
+      throughput: false, // 0.85× < 0.9×
+      'latency-p50': false, // 1.35× > 1.2×
+      'latency-p99': false, // median 1050 µs
+      upload: true, // 410 ≥ max(350, 400)
+      'rss-get': true, // 99 MB
+      'rss-upload': false, // 125 MB
+      tokens: true,
+    });
+    expect(verdicts(summarize(rounds, ids), 'sidecar', { ...tokens, upstreamRejectedExpired: 1 }).find((t) => t.id === 'tokens')?.pass).toBe(false);
+    expect(verdicts(summarize(rounds, ids), 'missing', tokens)).toEqual([]);
+  });
+
+  it('renders a table row per contender and a verdict table', () => {
+    const s = summarize(rounds, ids);
+    const specs = ids.map((id) => ({ id, kind: id as 'direct', label: id }));
+    const text = markdown(s, specs, { sidecar: verdicts(s, 'sidecar', undefined) }, {}, {
+      machine: 'test machine',
+      date: '2026-01-01',
+      tool: 'wrk',
+      layout: 'not pinned',
+      rounds: 2,
+      durationS: 5,
+      connections: 64,
+      uploadMiB: 64,
+      uploadsPerRound: 2,
+      runner: 'dist',
+      notes: ['a note'],
+    });
+    expect(text).toContain('| sidecar ⚠ | 6,500 | 0.85× |');
+    expect(text).toContain('| GET req/s ≥ 0.9 × bare undici forwarder | 0.85× | **missed** |');
+    expect(text).toContain('- a note');
+  });
+});
