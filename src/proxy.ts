@@ -13,8 +13,7 @@
  * sender's connection, so a truncated body is never passed off as complete.
  */
 import { randomUUID } from 'node:crypto';
-import { EventEmitter } from 'node:events';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer, type IncomingHttpHeaders, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { Transform, type Readable, type TransformCallback } from 'node:stream';
 import type { Dispatcher } from 'undici';
@@ -155,7 +154,6 @@ class Exchange {
   readonly #res: ServerResponse;
   readonly #options: ProxyOptions;
   readonly #started = performance.now();
-  readonly #abort = new SenderGone();
   readonly #path: string;
   readonly #requestId: string;
   #route: Route | undefined;
@@ -164,8 +162,9 @@ class Exchange {
   #error: string | undefined;
   #retried: string | undefined;
   #body: RequestBody | undefined;
-  /** Declared response length, or the counter of a chunked body. */
-  #bytesOut: number | ByteCounter = 0;
+  /** The upstream call in progress (or the last one): told when the sender goes away. */
+  #call: UpstreamCall | undefined;
+  /** The sender closed its connection before the answer was complete. */
   #senderGone = false;
 
   constructor(req: IncomingMessage, res: ServerResponse, options: ProxyOptions) {
@@ -178,7 +177,10 @@ class Exchange {
     this.#requestId = requestIdOf(req.headers['x-request-id']);
     options.observer.requestStarted();
     res.once('close', () => {
-      if (!res.writableFinished) this.#abort.abort();
+      if (!res.writableFinished) {
+        this.#senderGone = true;
+        this.#call?.abort(senderGoneError());
+      }
       this.#report();
     });
   }
@@ -214,16 +216,25 @@ class Exchange {
     this.#body = body;
     const path = upstreamTarget(route, target);
     const csrfApplies = route.csrf !== undefined && isModifying(method);
-    let token = await this.#options.tokens.getToken(route.tokenClient);
+    const tokens = this.#options.tokens;
+    let token = tokens.cachedToken(route.tokenClient) ?? (await tokens.getToken(route.tokenClient));
     let csrf = csrfApplies ? route.csrf?.current : undefined;
     // Each cure is tried at most once per request: a refreshed token after a 401, a new CSRF session after a 403.
     let refreshed = false;
     let renewed = false;
     let reconnected = false;
+    // Decided when the upstream's response head arrives, before any of its body: pass it on, or cure and send again.
+    const decide = (status: number, headers: IncomingHttpHeaders): Verdict => {
+      this.#upstreamStatus = status;
+      if (status === 401 && !refreshed && body.replayable()) return 'retry-401';
+      if (csrfApplies && !renewed && isCsrfRequired(status, headers) && body.replayable()) return 'retry-csrf';
+      this.#res.writeHead(status, responseHeadersForSender(headers, { extra: this.#ownHeaders() }));
+      return 'deliver';
+    };
     for (let attempt = 1; ; attempt++) {
-      let response: Dispatcher.ResponseData;
+      let verdict: Verdict;
       try {
-        response = await this.#dispatch(route, method, path, body, token, csrf, attempt);
+        verdict = await this.#attempt(route, method, path, body, token, csrf, attempt, decide);
       } catch (err) {
         // A pooled connection the upstream closed as the request went out: an idempotent request may be
         // sent again on a new one (RFC 9110 §9.2.2); anything else would risk doing the work twice.
@@ -234,39 +245,32 @@ class Exchange {
         }
         throw err;
       }
-      const status = response.statusCode;
-      this.#upstreamStatus = status;
-
-      if (status === 401 && !refreshed && body.replayable()) {
-        await response.body.dump();
+      if (verdict === 'deliver') return;
+      if (verdict === 'retry-401') {
         refreshed = true;
         this.#retried = this.#retried ? `${this.#retried}+401-refresh` : '401-refresh';
-        token = await this.#options.tokens.refreshAfterRejection(route.tokenClient, token);
+        token = await tokens.refreshAfterRejection(route.tokenClient, token);
         continue;
       }
-      if (csrfApplies && !renewed && isCsrfRequired(status, response.headers) && body.replayable()) {
-        await response.body.dump();
-        renewed = true;
-        this.#retried = this.#retried ? `${this.#retried}+csrf` : 'csrf';
-        const stale = csrf;
-        csrf = await route.csrf!.renew(stale, () => this.#fetchCsrf(route, path, token, stale));
-        if (!csrf) throw new SidecarError('CSRF_FETCH_FAILED', `route ${route.name}: the upstream asked for a CSRF token but the fetch returned none`);
-        continue;
-      }
-      return this.#respond(response);
+      renewed = true;
+      this.#retried = this.#retried ? `${this.#retried}+csrf` : 'csrf';
+      const stale = csrf;
+      csrf = await route.csrf!.renew(stale, () => this.#fetchCsrf(route, path, token, stale));
+      if (!csrf) throw new SidecarError('CSRF_FETCH_FAILED', `route ${route.name}: the upstream asked for a CSRF token but the fetch returned none`);
     }
   }
 
   #isReset(err: unknown): boolean {
     return (
-      !this.#abort.aborted &&
+      !this.#senderGone &&
       err instanceof SidecarError &&
       err.code === 'UPSTREAM_UNREACHABLE' &&
       classifyNetworkError(err.cause).failure === 'reset'
     );
   }
 
-  async #dispatch(
+  /** Send the request upstream once; settles when the answer has been passed on, or its body discarded for a retry. */
+  async #attempt(
     route: Route,
     method: string,
     path: string,
@@ -274,27 +278,38 @@ class Exchange {
     token: AccessToken,
     csrf: CsrfCredentials | undefined,
     attempt: number,
-  ): Promise<Dispatcher.ResponseData> {
+    decide: (status: number, headers: IncomingHttpHeaders) => Verdict,
+  ): Promise<Verdict> {
+    if (this.#senderGone) throw senderGoneError();
     const extra: Record<string, string> = { authorization: `Bearer ${token.value}`, 'x-request-id': this.#requestId };
     if (csrf) {
       extra['x-csrf-token'] = csrf.token;
       if (csrf.cookie) extra['cookie'] = this.#req.headers.cookie ? `${this.#req.headers.cookie}; ${csrf.cookie}` : csrf.cookie;
     }
-    const headers = requestHeadersForUpstream(this.#req.headers, { extra });
     const sent = performance.now();
-    try {
-      const response = await route.dispatcher.request({
+    const call = new UpstreamCall(this.#res, (status, headers) => {
+      this.#upstreamMs = performance.now() - sent;
+      return decide(status, headers);
+    });
+    this.#call = call;
+    route.dispatcher.dispatch(
+      {
         origin: route.origin,
         path,
         method: method as Dispatcher.HttpMethod,
-        headers,
+        headers: requestHeadersForUpstream(this.#req.headers, { extra }),
         body: attempt === 1 ? body.stream() : body.replay(),
-        signal: this.#abort,
-      });
-      this.#upstreamMs = performance.now() - sent;
-      return response;
+      },
+      call,
+    );
+    try {
+      return await call.settled;
     } catch (err) {
-      throw this.#upstreamError(route, err);
+      if (!call.delivering) throw this.#upstreamError(route, err);
+      // The answer had started: the sender's connection is cut (by `fail`), never left with a truncated body.
+      const { failure, code } = classifyNetworkError(err);
+      if (!this.#senderGone && failure !== 'aborted' && code !== 'ERR_STREAM_PREMATURE_CLOSE') this.#error = 'UPSTREAM_UNREACHABLE';
+      throw err;
     }
   }
 
@@ -302,8 +317,9 @@ class Exchange {
   async #fetchCsrf(route: Route, path: string, token: AccessToken, stale: CsrfCredentials | undefined): Promise<CsrfCredentials | undefined> {
     const headers: HeaderRecord = { authorization: `Bearer ${token.value}`, 'x-csrf-token': 'Fetch', 'x-request-id': this.#requestId };
     if (stale?.cookie) headers['cookie'] = stale.cookie;
+    if (this.#senderGone) throw senderGoneError();
     try {
-      const response = await route.dispatcher.request({ origin: route.origin, path, method: 'GET', headers, signal: this.#abort });
+      const response = await route.dispatcher.request({ origin: route.origin, path, method: 'GET', headers });
       await response.body.dump();
       const session = csrfFromResponse(response.headers);
       this.#options.observer.csrfFetched(route.name, session !== undefined);
@@ -314,25 +330,8 @@ class Exchange {
     }
   }
 
-  async #respond(response: Dispatcher.ResponseData): Promise<void> {
-    const res = this.#res;
-    res.writeHead(response.statusCode, responseHeadersForSender(response.headers, { extra: this.#ownHeaders() }));
-    const length = response.headers['content-length'];
-    // With a declared length the byte count is known; count only chunked bodies.
-    const counter = typeof length === 'string' ? undefined : new ByteCounter();
-    this.#bytesOut = counter ?? Number(length);
-    try {
-      await pump(response.body, counter, res);
-    } catch (err) {
-      const { failure, code } = classifyNetworkError(err);
-      if (failure === 'aborted' || code === 'ERR_STREAM_PREMATURE_CLOSE') this.#senderGone = true;
-      else this.#error = 'UPSTREAM_UNREACHABLE'; // reset mid-response: the sender's connection is cut
-      throw err;
-    }
-  }
-
   #upstreamError(route: Route, err: unknown): unknown {
-    if (err instanceof SidecarError || this.#abort.aborted) return err;
+    if (err instanceof SidecarError || this.#senderGone) return err;
     const { failure, code } = classifyNetworkError(err);
     const host = new URL(route.origin).host;
     switch (failure) {
@@ -356,7 +355,7 @@ class Exchange {
       res.destroy();
       return;
     }
-    if (this.#abort.aborted || res.destroyed) {
+    if (this.#senderGone || res.destroyed) {
       this.#senderGone = true; // nobody left to tell
       return;
     }
@@ -393,22 +392,115 @@ class Exchange {
   }
 
   #report(): void {
+    const res = this.#res;
     this.#options.observer.requestFinished({
       requestId: this.#requestId,
       route: this.#route?.name,
       method: this.#req.method ?? '',
       path: this.#path,
-      status: this.#res.headersSent ? this.#res.statusCode : 0,
+      status: res.headersSent ? res.statusCode : 0,
       upstreamStatus: this.#upstreamStatus,
       upstreamMs: this.#upstreamMs,
       durationMs: performance.now() - this.#started,
       bytesIn: this.#body?.bytes ?? 0,
-      bytesOut: typeof this.#bytesOut === 'number' ? (this.#res.writableFinished ? this.#bytesOut : 0) : this.#bytesOut.bytes,
+      bytesOut: this.#call?.bytesOut ?? 0,
       error: this.#error,
       retried: this.#retried,
-      aborted: this.#senderGone || (!this.#res.writableFinished && this.#error === undefined),
+      aborted: this.#senderGone || (!res.writableFinished && this.#error === undefined),
     });
   }
+}
+
+/** What to do with an upstream answer: pass it on, or discard it and send the request again with a cure. */
+type Verdict = 'deliver' | 'retry-401' | 'retry-csrf';
+
+/**
+ * One upstream attempt as an undici dispatch handler (undici's lowest-level API,
+ * `Dispatcher.dispatch`): the head is judged as it arrives (`decide` writes it
+ * to the sender when it is to be passed on), and body chunks go straight into
+ * the ServerResponse with backpressure — no intermediate Readable, pipe, abort
+ * signal or promise per chunk. `settled` resolves once the body has been
+ * handed to the sender (or, for a retry, discarded) and rejects on any upstream
+ * failure.
+ */
+class UpstreamCall implements Dispatcher.DispatchHandler {
+  readonly settled: Promise<Verdict>;
+  /** Body bytes handed to the sender. */
+  bytesOut = 0;
+  readonly #res: ServerResponse;
+  readonly #decide: (status: number, headers: IncomingHttpHeaders) => Verdict;
+  #controller: Dispatcher.DispatchController | undefined;
+  #verdict: Verdict | undefined;
+  #pendingAbort: Error | undefined;
+  #waitingForDrain = false;
+  #resolve!: (verdict: Verdict) => void;
+  #reject!: (err: unknown) => void;
+
+  constructor(res: ServerResponse, decide: (status: number, headers: IncomingHttpHeaders) => Verdict) {
+    this.#res = res;
+    this.#decide = decide;
+    this.settled = new Promise<Verdict>((resolve, reject) => {
+      this.#resolve = resolve;
+      this.#reject = reject;
+    });
+  }
+
+  /** True once the response head went to the sender: a failure now can only cut the connection. */
+  get delivering(): boolean {
+    return this.#verdict === 'deliver';
+  }
+
+  /** The sender went away: stop the upstream request (now, or as soon as undici starts it). */
+  abort(reason: Error): void {
+    if (this.#controller) this.#controller.abort(reason);
+    else this.#pendingAbort = reason;
+  }
+
+  onRequestStart(controller: Dispatcher.DispatchController): void {
+    this.#controller = controller;
+    if (this.#pendingAbort) controller.abort(this.#pendingAbort);
+  }
+
+  onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders): void {
+    this.#controller = controller;
+    try {
+      this.#verdict = this.#decide(statusCode, headers);
+    } catch (err) {
+      // e.g. a header value node refuses to write: nothing reached the sender yet.
+      controller.abort(err as Error);
+    }
+  }
+
+  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (this.#verdict !== 'deliver') return; // a body to discard before the retry
+    this.bytesOut += chunk.length;
+    if (!this.#res.write(chunk) && !this.#waitingForDrain) {
+      controller.pause();
+      this.#waitingForDrain = true;
+      this.#res.once('drain', this.#onDrain);
+    }
+  }
+
+  readonly #onDrain = (): void => {
+    this.#waitingForDrain = false;
+    this.#controller?.resume();
+  };
+
+  onResponseEnd(): void {
+    if (this.#verdict === 'deliver') this.#res.end();
+    this.#resolve(this.#verdict ?? 'deliver');
+  }
+
+  onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {
+    if (this.#waitingForDrain) this.#res.off('drain', this.#onDrain);
+    // A body being discarded for a retry may fail: the retry goes out on another connection all the same.
+    if (this.#verdict === 'retry-401' || this.#verdict === 'retry-csrf') this.#resolve(this.#verdict);
+    else this.#reject(err);
+  }
+}
+
+function senderGoneError(): Error {
+  return Object.assign(new Error('the sender went away'), { code: 'UND_ERR_ABORTED' });
 }
 
 /**
@@ -468,63 +560,6 @@ class RequestBody {
 
   replay(): Buffer | undefined {
     return this.#present && this.#copy ? Buffer.concat(this.#copy, this.#copied) : undefined;
-  }
-}
-
-/**
- * Tells undici the sender went away. undici accepts an EventEmitter with `aborted` as a signal; on
- * Node 20 an AbortController per request (plus its listeners) was a measurable share of the
- * per-request CPU in the benchmark.
- */
-class SenderGone extends EventEmitter {
-  aborted = false;
-  reason: unknown = undefined;
-
-  abort(): void {
-    if (this.aborted) return;
-    this.aborted = true;
-    this.reason = Object.assign(new Error('the sender went away'), { code: 'UND_ERR_ABORTED' });
-    this.emit('abort');
-  }
-}
-
-/**
- * Stream the upstream body to the sender: `pipe`, settled on finish, error or premature close. Any
- * failure destroys every stream, so the sender's connection is cut rather than left with a truncated
- * body that looks complete. (`stream.pipeline` does the same with more per-call allocation.)
- */
-function pump(source: Readable, through: Transform | undefined, res: ServerResponse): Promise<void> {
-  return new Promise((resolve, reject) => {
-    let settled = false;
-    const fail = (err: Error): void => {
-      if (settled) return;
-      settled = true;
-      source.destroy();
-      through?.destroy();
-      res.destroy(err);
-      reject(err);
-    };
-    source.once('error', fail);
-    through?.once('error', fail);
-    res.once('error', fail);
-    res.once('finish', () => {
-      if (settled) return;
-      settled = true;
-      resolve();
-    });
-    res.once('close', () => {
-      if (!res.writableFinished) fail(Object.assign(new Error('Premature close'), { code: 'ERR_STREAM_PREMATURE_CLOSE' }));
-    });
-    (through ? source.pipe(through) : source).pipe(res);
-  });
-}
-
-/** Counts response bytes on their way to the sender. */
-class ByteCounter extends Transform {
-  bytes = 0;
-  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
-    this.bytes += chunk.length;
-    callback(null, chunk);
   }
 }
 

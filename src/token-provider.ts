@@ -87,6 +87,21 @@ export class TokenProvider {
     });
   }
 
+  /**
+   * The cached token while it is fresh (before its refresh point), without a promise: the hot path of
+   * every proxied request. `undefined` when cold, due for refresh or unusable: then call `getToken`.
+   */
+  cachedToken(source: TokenSource): AccessToken | undefined {
+    const key = source.cacheKey;
+    // `has` is false for a missing, stale (past its refresh point) or still-fetching entry.
+    if (!this.#cache.has(key)) return undefined;
+    const token = this.#cache.peek(key);
+    if (token === undefined || !this.#usable(token, this.#now())) return undefined;
+    this.stats.hits++;
+    this.#onEvent({ type: 'hit', key });
+    return token;
+  }
+
   /** A usable token: from the cache, or fetched (once, for all concurrent callers) when cold. */
   async getToken(source: TokenSource): Promise<AccessToken> {
     const key = source.cacheKey;
