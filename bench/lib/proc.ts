@@ -136,9 +136,14 @@ export class Child {
         this.#stderr += `\n${err.message}`;
         resolve({ code: -1, signal: null });
       });
-      this.process.once('exit', () => children.delete(this.process));
-      // 'close' comes after 'exit' once stdout and stderr are drained, so the output is complete.
-      this.process.once('close', (code, signal) => resolve({ code, signal }));
+      // Exited once the process is gone and its piped output fully read. (Not the 'close' event: with an IPC
+      // channel that the parent disconnected, Node 20 never emits it.)
+      const streams = [this.process.stdout, this.process.stderr].filter((s): s is NonNullable<typeof s> => s !== null);
+      const drained = Promise.all(streams.map((s) => new Promise<void>((done) => (s.closed ? done() : s.once('close', () => done())))));
+      this.process.once('exit', (code, signal) => {
+        children.delete(this.process);
+        void drained.then(() => resolve({ code, signal }));
+      });
     });
   }
 
