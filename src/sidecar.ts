@@ -16,7 +16,7 @@ import { ConfigError, SidecarError, type ConfigProblem } from './errors.js';
 import { createInboundControl, exposureProblems, parseAllowlist, parseBasicAuthFile, type InboundControl, type InboundControlOptions } from './inbound-control.js';
 import type { Logger, Loggers } from './logger.js';
 import { Metrics } from './metrics.js';
-import { createProxyServer, DEFAULT_SERVER_LIMITS, type ProxyObserver, type RequestRecord, type ServerLimits } from './proxy.js';
+import { createProxyServer, DEFAULT_SERVER_LIMITS, type ProxyObserver, type ServerLimits } from './proxy.js';
 import { closeRoute, createRoute, RouteTable, type Route } from './routes.js';
 import { TokenProvider, type TokenEvent, type TokenProviderOptions } from './token-provider.js';
 
@@ -75,7 +75,7 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
     requestStarted: () => m.requestStarted(),
     requestFinished: (record) => {
       m.requestFinished(record);
-      logRequest(loggers.access, record);
+      loggers.access.write(record);
     },
     csrfFetched: (route, ok) => {
       m.csrfFetched(route, ok);
@@ -291,25 +291,4 @@ function logTokenEvent(log: Logger, event: TokenEvent, routes: string[]): void {
     case 'hit':
       return;
   }
-}
-
-function logRequest(log: Logger, r: RequestRecord): void {
-  const level = r.status >= 500 ? 'warn' : 'info';
-  log[level](
-    {
-      requestId: r.requestId,
-      route: r.route,
-      method: r.method,
-      path: r.path,
-      status: r.status,
-      upstreamStatus: r.upstreamStatus,
-      durationMs: Math.round(r.durationMs * 10) / 10,
-      bytesIn: r.bytesIn,
-      bytesOut: r.bytesOut,
-      ...(r.error && { error: r.error }),
-      ...(r.retried && { retried: r.retried }),
-      ...(r.aborted && { aborted: true }),
-    },
-    'request',
-  );
 }
