@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { jsonAccessLog } from '../../src/access-log.js';
 import type { RequestRecord } from '../../src/proxy.js';
 
@@ -20,7 +20,7 @@ const record: RequestRecord = {
 
 function capture(level: Parameters<typeof jsonAccessLog>[0]['level']) {
   const lines: string[] = [];
-  const log = jsonAccessLog({ level, destination: { write: (line: string) => lines.push(line) }, time: () => ',"time":"2026-01-01T00:00:00.000Z"', name: 'oauth-sidecar' });
+  const log = jsonAccessLog({ level, destination: { write: (line: string) => lines.push(line) }, time: () => ',"time":"2026-01-01T00:00:00.000Z"', name: 'oauth-sidecar', batchChars: 0 });
   return { log, lines };
 }
 
@@ -73,5 +73,59 @@ describe('access log', () => {
       log.write({ ...record, status: 503 });
       expect(lines, level).toHaveLength(expected);
     }
+  });
+
+  describe('batches', () => {
+    afterEach(() => {
+      vi.useRealTimers();
+    });
+
+    function batched(batchChars: number) {
+      const writes: string[] = [];
+      const flushes: number[] = [];
+      const log = jsonAccessLog({
+        level: 'info',
+        destination: { write: (chunk: string) => writes.push(chunk), flush: () => flushes.push(writes.length) },
+        time: () => ',"time":"2026-01-01T00:00:00.000Z"',
+        name: 'oauth-sidecar',
+        batchChars,
+        batchMs: 250,
+      });
+      return { log, writes, flushes };
+    }
+
+    it('hands lines over once enough have gathered, whole lines only', () => {
+      const { log, writes } = batched(1_000);
+      const lineLength = 230; // about; the exact split point does not matter
+      for (let i = 0; i < 10; i++) log.write({ ...record, requestId: `r${i}` });
+      expect(writes.length).toBeGreaterThanOrEqual(1);
+      expect(writes.length).toBeLessThan(10);
+      for (const chunk of writes) {
+        expect(chunk.length).toBeGreaterThanOrEqual(1_000 - lineLength);
+        expect(chunk.endsWith('\n')).toBe(true);
+        for (const line of chunk.trimEnd().split('\n')) expect(JSON.parse(line)).toMatchObject({ msg: 'request' });
+      }
+    });
+
+    it('hands a small batch over after the delay, and flush writes what is pending at once', () => {
+      vi.useFakeTimers();
+      const { log, writes, flushes } = batched(16 * 1024);
+      log.write(record);
+      log.write({ ...record, requestId: 'second' });
+      expect(writes).toHaveLength(0);
+      vi.advanceTimersByTime(249);
+      expect(writes).toHaveLength(0);
+      vi.advanceTimersByTime(1);
+      expect(writes).toHaveLength(1);
+      expect(writes[0]!.trimEnd().split('\n').map((l) => (JSON.parse(l) as { requestId: string }).requestId)).toEqual(['req-1', 'second']);
+
+      log.write({ ...record, requestId: 'last' });
+      log.flush();
+      expect(writes).toHaveLength(2);
+      expect(JSON.parse(writes[1]!)).toMatchObject({ requestId: 'last' });
+      expect(flushes.at(-1)).toBe(2); // the destination is flushed after the pending lines were handed over
+      vi.advanceTimersByTime(1_000);
+      expect(writes).toHaveLength(2); // no stray timer writes an empty batch
+    });
   });
 });
