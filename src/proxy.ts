@@ -91,9 +91,6 @@ export const DEFAULT_SERVER_LIMITS: ServerLimits = {
 /** The sidecar's HTTP server, hardened, with the proxy handler attached. */
 export function createProxyServer(options: ProxyOptions, limits: ServerLimits = DEFAULT_SERVER_LIMITS): Server {
   const handler = createProxyHandler(options);
-  // The response in progress per socket: a parser error after it started (a malformed chunk after an
-  // early answer) must cut the connection, never write a second response into the first.
-  const answering = new WeakMap<Socket, ServerResponse>();
   const server = createServer(
     {
       headersTimeout: limits.headersTimeoutMs,
@@ -107,10 +104,7 @@ export function createProxyServer(options: ProxyOptions, limits: ServerLimits = 
       requireHostHeader: false,
     },
     (req, res) => {
-      answering.set(req.socket, res);
-      res.once('close', () => {
-        if (answering.get(req.socket) === res) answering.delete(req.socket);
-      });
+      (req.socket as AnsweringSocket)[ANSWERING] = res;
       handler(req, res);
     },
   );
@@ -121,7 +115,8 @@ export function createProxyServer(options: ProxyOptions, limits: ServerLimits = 
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
     const code = err.code ?? 'HPE_UNKNOWN';
     options.observer.clientError(code);
-    if (!socket.writable || answering.get(socket)?.headersSent || code === 'ECONNRESET') {
+    const answering = (socket as AnsweringSocket)[ANSWERING];
+    if (!socket.writable || (answering !== undefined && answering.headersSent && !answering.writableFinished) || code === 'ECONNRESET') {
       socket.destroy();
       return;
     }
@@ -130,6 +125,13 @@ export function createProxyServer(options: ProxyOptions, limits: ServerLimits = 
   });
   return server;
 }
+
+/**
+ * The latest response on a connection. A parser error while it is being written (a malformed chunk
+ * after an early answer) must cut the connection, never write a second response into the first.
+ */
+const ANSWERING = Symbol('oauth-sidecar.answering');
+type AnsweringSocket = Socket & { [ANSWERING]?: ServerResponse };
 
 /** Answer on a raw socket (no ServerResponse exists for these) and close it. */
 function refuseRaw(socket: Socket, status: number, message: string): void {
