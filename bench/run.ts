@@ -39,7 +39,7 @@ import { refreshIntervalMs, rotate, tokenGapsOk } from './lib/stats.js';
 import type { RoundFigures } from './lib/types.js';
 
 const FLAGS: Flags = {
-  rounds: { type: 'string', default: '3', description: 'interleaved rounds (each contender once per phase per round)' },
+  rounds: { type: 'string', default: '5', description: 'interleaved rounds (each contender once per phase per round)' },
   duration: { type: 'string', default: '5', description: 'seconds of each GET run (64 connections, and again at 1 connection)' },
   warmup: { type: 'string', default: '2', description: 'seconds of GET load (plus one upload) per contender before measuring' },
   prewarm: {
@@ -48,7 +48,7 @@ const FLAGS: Flags = {
     description: 'seconds per slice of unmeasured GET load before each throughput run, repeated until a slice opens no new upstream connection (pools idle out while the others run)',
   },
   connections: { type: 'string', default: '64', description: 'connections of the throughput run' },
-  'upload-mib': { type: 'string', default: '64', description: 'size of one upload, MiB' },
+  'upload-mib': { type: 'string', default: '256', description: 'size of one upload, MiB (large enough that connection start-up and GC timing do not dominate)' },
   uploads: { type: 'string', default: '2', description: 'uploads per contender per round (sequential)' },
   contenders: { type: 'string', default: CONTENDER_NAMES.join(','), description: 'which contenders (nginx is skipped when not installed)' },
   'token-lifetime': { type: 'string', default: '60', description: 'expires_in of the bench token server, seconds (short, so the run sees refreshes)' },

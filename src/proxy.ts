@@ -336,6 +336,9 @@ class Exchange {
     if (err instanceof SidecarError || this.#senderGone) return err;
     const { failure, code } = classifyNetworkError(err);
     const host = new URL(route.origin).host;
+    if (UNFORWARDABLE_HEAD.has(code)) {
+      return new SidecarError('UPSTREAM_UNREACHABLE', `upstream ${host} answered with a header that cannot be passed on (${code})`, { cause: err });
+    }
     switch (failure) {
       case 'timeout':
         return new SidecarError('UPSTREAM_TIMEOUT', `upstream ${host} did not answer in time (${code})`, { cause: err });
@@ -564,6 +567,9 @@ class RequestBody {
     return this.#present && this.#copy ? Buffer.concat(this.#copy, this.#copied) : undefined;
   }
 }
+
+/** node's `writeHead` refusals: the upstream's response head cannot be passed on as it is. */
+const UNFORWARDABLE_HEAD: ReadonlySet<string | undefined> = new Set(['ERR_INVALID_CHAR', 'ERR_INVALID_HTTP_TOKEN', 'ERR_HTTP_INVALID_HEADER_VALUE', 'ERR_HTTP_INVALID_STATUS_CODE']);
 
 /** Methods whose repetition has no further effect (RFC 9110 §9.2.2). */
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
