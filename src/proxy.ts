@@ -116,7 +116,7 @@ export function createProxyServer(options: ProxyOptions, limits: ServerLimits = 
     const code = err.code ?? 'HPE_UNKNOWN';
     options.observer.clientError(code);
     const answering = (socket as AnsweringSocket)[ANSWERING];
-    if (!socket.writable || (answering !== undefined && answering.headersSent && !answering.writableFinished) || code === 'ECONNRESET') {
+    if (!socket.writable || answering?.headersSent || code === 'ECONNRESET') {
       socket.destroy();
       return;
     }
@@ -127,8 +127,9 @@ export function createProxyServer(options: ProxyOptions, limits: ServerLimits = 
 }
 
 /**
- * The latest response on a connection. A parser error while it is being written (a malformed chunk
- * after an early answer) must cut the connection, never write a second response into the first.
+ * The response being written on a connection (set by the server, cleared when it closes). A parser
+ * error while it is being written (a malformed chunk after an early answer) must cut the connection,
+ * never write a second response into the first.
  */
 const ANSWERING = Symbol('oauth-sidecar.answering');
 type AnsweringSocket = Socket & { [ANSWERING]?: ServerResponse };
@@ -183,6 +184,9 @@ class Exchange {
         this.#senderGone = true;
         this.#call?.abort(senderGoneError());
       }
+      // Not kept alive by its (long-lived) socket until the next request on it.
+      const socket = req.socket as AnsweringSocket | null;
+      if (socket?.[ANSWERING] === res) socket[ANSWERING] = undefined;
       this.#report();
     });
   }
