@@ -147,7 +147,11 @@ function refuseRaw(socket: Socket, status: number, message: string): void {
 export function createProxyHandler(options: ProxyOptions): (req: IncomingMessage, res: ServerResponse) => void {
   return (req, res) => {
     const exchange = new Exchange(req, res, options);
-    exchange.run().catch((err: unknown) => exchange.fail(err));
+    try {
+      exchange.run()?.catch((err: unknown) => exchange.fail(err));
+    } catch (err) {
+      exchange.fail(err);
+    }
   };
 }
 
@@ -161,7 +165,6 @@ class Exchange {
   readonly #requestId: string;
   #route: Route | undefined;
   #upstreamStatus: number | undefined;
-  #upstreamMs: number | undefined;
   #error: string | undefined;
   #retried: string | undefined;
   #body: RequestBody | undefined;
@@ -191,7 +194,8 @@ class Exchange {
     });
   }
 
-  async run(): Promise<void> {
+  /** Refusals are answered at once; a forwarded request returns the promise of its forwarding. */
+  run(): Promise<void> | undefined {
     const req = this.#req;
     const target = req.url ?? '';
     // Origin-form only (RFC 9112 §3.2.1): an absolute-form target would make this an open proxy.
@@ -212,7 +216,7 @@ class Exchange {
     const route = this.#options.routes().match(this.#path);
     if (!route) return this.#refuse(new SidecarError('ROUTE_NOT_FOUND', `no route for ${truncate(this.#path)}`));
     this.#route = route;
-    await this.#forward(route, target);
+    return this.#forward(route, target);
   }
 
   async #forward(route: Route, target: string): Promise<void> {
@@ -239,9 +243,12 @@ class Exchange {
     };
     for (let attempt = 1; ; attempt++) {
       let verdict: Verdict;
+      let call: UpstreamCall | undefined;
       try {
-        verdict = await this.#attempt(route, method, path, body, token, csrf, attempt, decide);
-      } catch (err) {
+        call = this.#send(route, method, path, body, token, csrf, attempt, decide);
+        verdict = await call.settled;
+      } catch (thrown) {
+        const err = call ? this.#attemptError(route, call, thrown) : thrown;
         // A pooled connection the upstream closed as the request went out: an idempotent request may be
         // sent again on a new one (RFC 9110 §9.2.2); anything else would risk doing the work twice.
         if (!reconnected && IDEMPOTENT.has(method) && body.replayable() && this.#isReset(err)) {
@@ -275,8 +282,8 @@ class Exchange {
     );
   }
 
-  /** Send the request upstream once; settles when the answer has been passed on, or its body discarded for a retry. */
-  async #attempt(
+  /** Send the request upstream once; its `settled` says when the answer has been passed on, or its body discarded for a retry. */
+  #send(
     route: Route,
     method: string,
     path: string,
@@ -285,18 +292,14 @@ class Exchange {
     csrf: CsrfCredentials | undefined,
     attempt: number,
     decide: (status: number, headers: IncomingHttpHeaders) => Verdict,
-  ): Promise<Verdict> {
+  ): UpstreamCall {
     if (this.#senderGone) throw senderGoneError();
     const extra: Record<string, string> = { authorization: `Bearer ${token.value}`, 'x-request-id': this.#requestId };
     if (csrf) {
       extra['x-csrf-token'] = csrf.token;
       if (csrf.cookie) extra['cookie'] = this.#req.headers.cookie ? `${this.#req.headers.cookie}; ${csrf.cookie}` : csrf.cookie;
     }
-    const sent = performance.now();
-    const call = new UpstreamCall(this.#res, (status, headers) => {
-      this.#upstreamMs = performance.now() - sent;
-      return decide(status, headers);
-    });
+    const call = new UpstreamCall(this.#res, decide);
     this.#call = call;
     route.dispatcher.dispatch(
       {
@@ -308,15 +311,16 @@ class Exchange {
       },
       call,
     );
-    try {
-      return await call.settled;
-    } catch (err) {
-      if (!call.delivering) throw this.#upstreamError(route, err);
-      // The answer had started: the sender's connection is cut (by `fail`), never left with a truncated body.
-      const { failure, code } = classifyNetworkError(err);
-      if (!this.#senderGone && failure !== 'aborted' && code !== 'ERR_STREAM_PREMATURE_CLOSE') this.#error = 'UPSTREAM_UNREACHABLE';
-      throw err;
-    }
+    return call;
+  }
+
+  /** What a failed attempt means for the sender. */
+  #attemptError(route: Route, call: UpstreamCall, err: unknown): unknown {
+    if (!call.delivering) return this.#upstreamError(route, err);
+    // The answer had started: the sender's connection is cut (by `fail`), never left with a truncated body.
+    const { failure, code } = classifyNetworkError(err);
+    if (!this.#senderGone && failure !== 'aborted' && code !== 'ERR_STREAM_PREMATURE_CLOSE') this.#error = 'UPSTREAM_UNREACHABLE';
+    return err;
   }
 
   /** GET the same URL with `X-CSRF-Token: Fetch`; the adapter answers without running the flow. */
@@ -372,7 +376,7 @@ class Exchange {
     this.#refuse(err);
   }
 
-  #refuse(err: unknown, headers: Record<string, string> = {}): void {
+  #refuse(err: unknown, headers: Record<string, string> = {}): undefined {
     const failure: HttpFailure = toHttpFailure(err);
     this.#error = failure.code;
     const body = JSON.stringify({ error: failure.code, message: failure.message, route: this.#route?.name ?? null });
@@ -393,6 +397,7 @@ class Exchange {
       res.shouldKeepAlive = false;
       req.resume();
     }
+    return undefined;
   }
 
   /** Headers the sidecar adds to every answer. */
@@ -409,7 +414,7 @@ class Exchange {
       path: this.#path,
       status: res.headersSent ? res.statusCode : 0,
       upstreamStatus: this.#upstreamStatus,
-      upstreamMs: this.#upstreamMs,
+      upstreamMs: this.#call?.upstreamMs,
       durationMs: performance.now() - this.#started,
       bytesIn: this.#body?.bytes ?? 0,
       bytesOut: this.#call?.bytesOut ?? 0,
@@ -436,6 +441,9 @@ class UpstreamCall implements Dispatcher.DispatchHandler {
   readonly settled: Promise<Verdict>;
   /** Body bytes handed to the sender. */
   bytesOut = 0;
+  /** Time from sending to the response head. */
+  upstreamMs: number | undefined;
+  readonly #sentAt = performance.now();
   readonly #res: ServerResponse;
   readonly #decide: (status: number, headers: IncomingHttpHeaders) => Verdict;
   #controller: Dispatcher.DispatchController | undefined;
@@ -472,6 +480,7 @@ class UpstreamCall implements Dispatcher.DispatchHandler {
 
   onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders): void {
     this.#controller = controller;
+    this.upstreamMs = performance.now() - this.#sentAt;
     try {
       this.#verdict = this.#decide(statusCode, headers);
     } catch (err) {
