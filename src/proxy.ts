@@ -12,7 +12,6 @@
  * one JSON error (see `errors.ts`); failures after it started close the
  * sender's connection, so a truncated body is never passed off as complete.
  */
-import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingHttpHeaders, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { Transform, type Readable, type TransformCallback } from 'node:stream';
@@ -22,6 +21,7 @@ import { SidecarError, toHttpFailure, type HttpFailure } from './errors.js';
 import { requestHeadersForUpstream, responseHeadersForSender, type HeaderRecord } from './headers.js';
 import { BASIC_AUTH_CHALLENGE, type InboundControl } from './inbound-control.js';
 import { classifyNetworkError } from './network-error.js';
+import { requestIdOf } from './request-id.js';
 import { upstreamTarget, type Route, type RouteTable } from './routes.js';
 import type { AccessToken } from './token-client.js';
 import type { TokenProvider } from './token-provider.js';
@@ -495,14 +495,16 @@ class UpstreamCall implements Dispatcher.DispatchHandler {
     if (!this.#res.write(chunk) && !this.#waitingForDrain) {
       controller.pause();
       this.#waitingForDrain = true;
+      this.#onDrain ??= () => {
+        this.#waitingForDrain = false;
+        this.#controller?.resume();
+      };
       this.#res.once('drain', this.#onDrain);
     }
   }
 
-  readonly #onDrain = (): void => {
-    this.#waitingForDrain = false;
-    this.#controller?.resume();
-  };
+  /** Made on the first full write only: most answers never wait for the sender. */
+  #onDrain: (() => void) | undefined;
 
   onResponseEnd(): void {
     if (this.#verdict === 'deliver') this.#res.end();
@@ -510,7 +512,7 @@ class UpstreamCall implements Dispatcher.DispatchHandler {
   }
 
   onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {
-    if (this.#waitingForDrain) this.#res.off('drain', this.#onDrain);
+    if (this.#waitingForDrain && this.#onDrain) this.#res.off('drain', this.#onDrain);
     // A body being discarded for a retry may fail: the retry goes out on another connection all the same.
     if (this.#verdict === 'retry-401' || this.#verdict === 'retry-csrf') this.#resolve(this.#verdict);
     else this.#reject(err);
@@ -586,13 +588,6 @@ const UNFORWARDABLE_HEAD: ReadonlySet<string | undefined> = new Set(['ERR_INVALI
 
 /** Methods whose repetition has no further effect (RFC 9110 §9.2.2). */
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
-
-/** A sender's `x-request-id` when it is a sane token, else a new UUID. */
-function requestIdOf(value: string | string[] | undefined): string {
-  return typeof value === 'string' && REQUEST_ID.test(value) ? value : randomUUID();
-}
-
-const REQUEST_ID = /^[\x21-\x7e]{1,128}$/;
 
 function truncate(text: string): string {
   return text.length > 120 ? `${text.slice(0, 120)}…` : text;
