@@ -182,7 +182,8 @@ class Exchange {
     this.#path = q === -1 ? url : url.slice(0, q);
     this.#requestId = requestIdOf(req.headers['x-request-id']);
     options.observer.requestStarted();
-    res.once('close', () => {
+    // 'close' comes once per response; `on` spares the wrapper `once` would make.
+    res.on('close', () => {
       if (!res.writableFinished) {
         this.#senderGone = true;
         this.#call?.abort(senderGoneError());
@@ -294,7 +295,7 @@ class Exchange {
     decide: (status: number, headers: IncomingHttpHeaders) => Verdict,
   ): UpstreamCall {
     if (this.#senderGone) throw senderGoneError();
-    const extra: Record<string, string> = { authorization: `Bearer ${token.value}`, 'x-request-id': this.#requestId };
+    const extra: Record<string, string> = { authorization: bearer(token), 'x-request-id': this.#requestId };
     if (csrf) {
       extra['x-csrf-token'] = csrf.token;
       if (csrf.cookie) extra['cookie'] = this.#req.headers.cookie ? `${this.#req.headers.cookie}; ${csrf.cookie}` : csrf.cookie;
@@ -325,7 +326,7 @@ class Exchange {
 
   /** GET the same URL with `X-CSRF-Token: Fetch`; the adapter answers without running the flow. */
   async #fetchCsrf(route: Route, path: string, token: AccessToken, stale: CsrfCredentials | undefined): Promise<CsrfCredentials | undefined> {
-    const headers: HeaderRecord = { authorization: `Bearer ${token.value}`, 'x-csrf-token': 'Fetch', 'x-request-id': this.#requestId };
+    const headers: HeaderRecord = { authorization: bearer(token), 'x-csrf-token': 'Fetch', 'x-request-id': this.#requestId };
     if (stale?.cookie) headers['cookie'] = stale.cookie;
     if (this.#senderGone) throw senderGoneError();
     try {
@@ -517,6 +518,14 @@ class UpstreamCall implements Dispatcher.DispatchHandler {
     if (this.#verdict === 'retry-401' || this.#verdict === 'retry-csrf') this.#resolve(this.#verdict);
     else this.#reject(err);
   }
+}
+
+/** `Bearer <token>`, made once per token rather than once per request. */
+const bearers = new WeakMap<AccessToken, string>();
+function bearer(token: AccessToken): string {
+  let value = bearers.get(token);
+  if (value === undefined) bearers.set(token, (value = `Bearer ${token.value}`));
+  return value;
 }
 
 function senderGoneError(): Error {
