@@ -481,6 +481,8 @@ class UpstreamCall implements Dispatcher.DispatchHandler {
 
   onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders): void {
     this.#controller = controller;
+    // Informational answers (102, 103 Early Hints) come before the real one and are not passed on.
+    if (statusCode < 200) return;
     this.upstreamMs = performance.now() - this.#sentAt;
     try {
       this.#verdict = this.#decide(statusCode, headers);

@@ -112,6 +112,19 @@ describe('forwarding', () => {
     expect(headers).toMatchObject({ soapaction: '"urn:order"', 'x-custom': 'kept' });
   });
 
+  it('passes the final answer on after informational ones (103 Early Hints), not the 103 itself', async () => {
+    upstream.setHandler((_req, res) => {
+      res.writeEarlyHints({ link: '</style.css>; rel=preload; as=style' });
+      res.writeHead(200, { 'content-type': 'text/plain', 'x-final': 'yes' });
+      res.end('after the hints');
+      return true;
+    });
+    const res = await request(`${sidecar.url}/http/hints`);
+    expect(res.statusCode).toBe(200);
+    expect(res.headers['x-final']).toBe('yes');
+    expect(await res.body.text()).toBe('after the hints');
+  });
+
   it('returns status, headers and several Set-Cookie byte for byte', async () => {
     const cookies = ['JSESSIONID=ABC123; Path=/; Secure; HttpOnly', '__VCAP_ID__=f00d%3D%3D; Path=/', 'weird=a,b c=\xe9; Path=/'];
     upstream.setHandler((_req, res) => {
