@@ -14,6 +14,7 @@
  * pretty output (a person at a terminal) the lines go through the pino logger
  * instead.
  */
+import { pino } from 'pino';
 import type { LogLevel } from './config.js';
 import type { Logger } from './logger.js';
 import type { RequestRecord } from './proxy.js';
@@ -22,9 +23,6 @@ export interface AccessLog {
   write(record: RequestRecord): void;
   flush(): void;
 }
-
-/** pino's numeric levels. */
-const LEVEL_VALUES: Readonly<Record<LogLevel, number>> = { trace: 10, debug: 20, info: 30, warn: 40, error: 50, fatal: 60, silent: Number.POSITIVE_INFINITY };
 
 export interface JsonAccessLogOptions {
   level: LogLevel;
@@ -45,9 +43,10 @@ export const ACCESS_BATCH_MS = 250;
 
 export function jsonAccessLog(options: JsonAccessLogOptions): AccessLog {
   const { destination, time } = options;
-  const threshold = LEVEL_VALUES[options.level];
-  const infoOn = threshold <= LEVEL_VALUES.info;
-  const warnOn = threshold <= LEVEL_VALUES.warn;
+  const levels = pino.levels.values;
+  const threshold = levels[options.level] ?? Number.POSITIVE_INFINITY; // 'silent' has no value
+  const infoOn = threshold <= levels['info']!;
+  const warnOn = threshold <= levels['warn']!;
   const name = JSON.stringify(options.name);
   const batchChars = options.batchChars ?? ACCESS_BATCH_CHARS;
   const batchMs = options.batchMs ?? ACCESS_BATCH_MS;

@@ -103,10 +103,7 @@ export function createProxyServer(options: ProxyOptions, limits: ServerLimits = 
       // Old HTTP/1.0 senders omit Host; the sidecar never routes on it.
       requireHostHeader: false,
     },
-    (req, res) => {
-      (req.socket as AnsweringSocket)[ANSWERING] = res;
-      handler(req, res);
-    },
+    handler,
   );
   server.timeout = limits.socketIdleTimeoutMs;
   // Never a tunnel: CONNECT and Upgrade are refused before any upstream is involved.
@@ -127,7 +124,7 @@ export function createProxyServer(options: ProxyOptions, limits: ServerLimits = 
 }
 
 /**
- * The response being written on a connection (set by the server, cleared when it closes). A parser
+ * The response being written on a connection (set and cleared by its `Exchange`). A parser
  * error while it is being written (a malformed chunk after an early answer) must cut the connection,
  * never write a second response into the first.
  */
@@ -182,6 +179,8 @@ class Exchange {
     this.#path = q === -1 ? url : url.slice(0, q);
     this.#requestId = requestIdOf(req.headers['x-request-id']);
     options.observer.requestStarted();
+    const socket = req.socket as AnsweringSocket;
+    socket[ANSWERING] = res;
     // 'close' comes once per response; `on` spares the wrapper `once` would make.
     res.on('close', () => {
       if (!res.writableFinished) {
@@ -189,8 +188,7 @@ class Exchange {
         this.#call?.abort(senderGoneError());
       }
       // Not kept alive by its (long-lived) socket until the next request on it.
-      const socket = req.socket as AnsweringSocket | null;
-      if (socket?.[ANSWERING] === res) socket[ANSWERING] = undefined;
+      if (socket[ANSWERING] === res) socket[ANSWERING] = undefined;
       this.#report();
     });
   }
@@ -480,7 +478,6 @@ class UpstreamCall implements Dispatcher.DispatchHandler {
   }
 
   onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders): void {
-    this.#controller = controller;
     // Informational answers (102, 103 Early Hints) come before the real one and are not passed on.
     if (statusCode < 200) return;
     this.upstreamMs = performance.now() - this.#sentAt;

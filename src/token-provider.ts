@@ -97,9 +97,7 @@ export class TokenProvider {
     if (!this.#cache.has(key)) return undefined;
     const token = this.#cache.peek(key);
     if (token === undefined || !this.#usable(token, this.#now())) return undefined;
-    this.stats.hits++;
-    this.#onEvent({ type: 'hit', key });
-    return token;
+    return this.#hit(key, token);
   }
 
   /** A usable token: from the cache, or fetched (once, for all concurrent callers) when cold. */
@@ -107,13 +105,17 @@ export class TokenProvider {
     const key = source.cacheKey;
     const cached = await this.#cache.fetch(key, { context: source });
     if (cached !== undefined && this.#usable(cached, this.#now())) {
-      this.stats.hits++;
-      this.#onEvent({ type: 'hit', key });
-      return cached;
+      return this.#hit(key, cached);
     }
     // The stale value is past its safety margin (or revoked): wait for the fetch
     // already started by the call above, or start one.
     return this.#cache.forceFetch(key, { context: source, allowStale: false });
+  }
+
+  #hit(key: string, token: AccessToken): AccessToken {
+    this.stats.hits++;
+    this.#onEvent({ type: 'hit', key });
+    return token;
   }
 
   /**
