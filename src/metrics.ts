@@ -5,8 +5,9 @@
  * fixed list, statuses as classes (`2xx`…), outcomes from the error codes.
  * Never a raw path, id, address or token key.
  */
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { SidecarError } from './errors.js';
+import { FastHistogram, type HistogramSeries } from './histogram.js';
 import type { RequestRecord } from './proxy.js';
 import type { RouteTable } from './routes.js';
 import type { TokenEvent, TokenProvider } from './token-provider.js';
@@ -28,14 +29,18 @@ export interface MetricsOptions {
 
 export class Metrics {
   readonly registry = new Registry();
-  readonly #upstreamLatency: Histogram<'route' | 'method' | 'status_class'>;
+  readonly #upstreamLatency: FastHistogram;
+  /** The latency series by route → method → upstream status class. */
+  readonly #latencySeries: BySeries<HistogramSeries> = new Map();
+  readonly #newLatencySeries = (route: string, method: string, status_class: string): HistogramSeries =>
+    this.#upstreamLatency.series({ route, method, status_class });
   /** Requests being handled: a plain number, read by the gauge at scrape time. */
   #inFlight = 0;
   /**
    * Answered requests by route → method → status class, counted here and handed to the prom-client
    * counter at scrape time: the per-request path then costs three map look-ups instead of a label hash.
    */
-  readonly #answered = new Map<string, Map<string, Map<string, { count: number }>>>();
+  readonly #answered: BySeries<{ count: number }> = new Map();
   readonly #tokenFetches: Counter<'outcome'>;
   readonly #retries401: Counter<'route'>;
   readonly #csrfFetches: Counter<'route' | 'outcome'>;
@@ -61,10 +66,9 @@ export class Metrics {
         }
       },
     });
-    this.#upstreamLatency = new Histogram({
+    this.#upstreamLatency = new FastHistogram({
       name: `${PREFIX}upstream_duration_seconds`,
       help: 'Time from sending a request upstream to its response headers.',
-      labelNames: ['route', 'method', 'status_class'],
       buckets: LATENCY_BUCKETS,
       registers,
     });
@@ -161,22 +165,13 @@ export class Metrics {
     this.#inFlight--;
     const route = r.route ?? 'none';
     const method = METHODS.has(r.method) ? r.method : 'OTHER';
-    this.#count(route, method, statusClass(r.status));
+    seriesOf(this.#answered, route, method, statusClass(r.status), newCount).count++;
     if (r.upstreamMs !== undefined && r.upstreamStatus !== undefined) {
-      this.#upstreamLatency.observe({ route, method, status_class: statusClass(r.upstreamStatus) }, r.upstreamMs / 1000);
+      const series = seriesOf(this.#latencySeries, route, method, statusClass(r.upstreamStatus), this.#newLatencySeries);
+      this.#upstreamLatency.observe(series, r.upstreamMs / 1000);
     }
     if (r.retried?.includes('401-refresh')) this.#retries401.inc({ route });
     if (r.aborted) this.#aborts.inc({ route });
-  }
-
-  #count(route: string, method: string, statusClass: string): void {
-    let byMethod = this.#answered.get(route);
-    if (byMethod === undefined) this.#answered.set(route, (byMethod = new Map()));
-    let byStatus = byMethod.get(method);
-    if (byStatus === undefined) byMethod.set(method, (byStatus = new Map()));
-    const series = byStatus.get(statusClass);
-    if (series === undefined) byStatus.set(statusClass, { count: 1 });
-    else series.count++;
   }
 
   csrfFetched(route: string, ok: boolean): void {
@@ -202,6 +197,21 @@ export class Metrics {
     return { contentType: this.registry.contentType, body: await this.registry.metrics() };
   }
 }
+
+/** Per-request series by route → method → status class: three map look-ups, no label hash. */
+type BySeries<T> = Map<string, Map<string, Map<string, T>>>;
+
+function seriesOf<T>(map: BySeries<T>, route: string, method: string, statusClass: string, create: (route: string, method: string, statusClass: string) => T): T {
+  let byMethod = map.get(route);
+  if (byMethod === undefined) map.set(route, (byMethod = new Map()));
+  let byStatus = byMethod.get(method);
+  if (byStatus === undefined) byMethod.set(method, (byStatus = new Map()));
+  let series = byStatus.get(statusClass);
+  if (series === undefined) byStatus.set(statusClass, (series = create(route, method, statusClass)));
+  return series;
+}
+
+const newCount = (): { count: number } => ({ count: 0 });
 
 const STATUS_CLASSES = ['1xx', '2xx', '3xx', '4xx', '5xx'];
 

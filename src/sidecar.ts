@@ -288,7 +288,5 @@ function logTokenEvent(log: Logger, event: TokenEvent, routes: string[]): void {
     case 'fetch':
       log.debug({ routes, reason: event.reason }, 'fetching token');
       return;
-    case 'hit':
-      return;
   }
 }

@@ -22,8 +22,8 @@ export interface TokenSource {
   fetchToken(signal?: AbortSignal): Promise<AccessToken>;
 }
 
+/** Token traffic, for logs and metrics. Cache hits are only counted (`stats.hits`): they happen on every request. */
 export type TokenEvent =
-  | { type: 'hit'; key: string }
   | { type: 'fetch'; key: string; reason: 'cold' | 'refresh-ahead' | 'invalidated' | 'expired' }
   | { type: 'fetched'; key: string; token: AccessToken; durationMs: number }
   | { type: 'fetch-failed'; key: string; error: unknown; durationMs: number; retryInMs: number };
@@ -97,7 +97,7 @@ export class TokenProvider {
     if (!this.#cache.has(key)) return undefined;
     const token = this.#cache.peek(key);
     if (token === undefined || !this.#usable(token, this.#now())) return undefined;
-    return this.#hit(key, token);
+    return this.#hit(token);
   }
 
   /** A usable token: from the cache, or fetched (once, for all concurrent callers) when cold. */
@@ -105,16 +105,15 @@ export class TokenProvider {
     const key = source.cacheKey;
     const cached = await this.#cache.fetch(key, { context: source });
     if (cached !== undefined && this.#usable(cached, this.#now())) {
-      return this.#hit(key, cached);
+      return this.#hit(cached);
     }
     // The stale value is past its safety margin (or revoked): wait for the fetch
     // already started by the call above, or start one.
     return this.#cache.forceFetch(key, { context: source, allowStale: false });
   }
 
-  #hit(key: string, token: AccessToken): AccessToken {
+  #hit(token: AccessToken): AccessToken {
     this.stats.hits++;
-    this.#onEvent({ type: 'hit', key });
     return token;
   }
 

@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { jsonAccessLog } from '../../src/access-log.js';
+import { jsonAccessLog, quoted, tenths } from '../../src/access-log.js';
 import type { RequestRecord } from '../../src/proxy.js';
 
 const record: RequestRecord = {
@@ -127,5 +127,19 @@ describe('access log', () => {
       vi.advanceTimersByTime(1_000);
       expect(writes).toHaveLength(2); // no stray timer writes an empty batch
     });
+  });
+});
+
+describe('access log field writers', () => {
+  it('quoted() gives exactly JSON.stringify for every kind of character', () => {
+    const samples = ['', 'plain', '/http/a b', 'quo"te', 'back\\slash', 'tab\there', 'nl\n', '\u0000\u001f\u007f', 'ümlaut ÿ', '€ 𝄞', '\ud800 lone', 'x\udfff'];
+    for (let c = 0; c < 0x3000; c += 7) samples.push(`a${String.fromCharCode(c)}b`);
+    for (const s of samples) expect(quoted(s)).toBe(JSON.stringify(s));
+  });
+
+  it('tenths() writes a duration as JSON.stringify writes it rounded to a tenth', () => {
+    const values = [0, 0.04, 0.05, 0.06, 0.95, 1, 1.25, 2.345, 9.99, 10, 123.45, 59_999.96, 3_600_000.04];
+    for (let v = 0; v < 50; v += 0.0137) values.push(v);
+    for (const v of values) expect(tenths(v)).toBe(JSON.stringify(Math.round(v * 10) / 10));
   });
 });
