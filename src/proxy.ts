@@ -145,7 +145,7 @@ export function createProxyHandler(options: ProxyOptions): (req: IncomingMessage
   return (req, res) => {
     const exchange = new Exchange(req, res, options);
     try {
-      exchange.run()?.catch((err: unknown) => exchange.fail(err));
+      exchange.run();
     } catch (err) {
       exchange.fail(err);
     }
@@ -167,6 +167,18 @@ class Exchange {
   #body: RequestBody | undefined;
   /** The upstream call in progress (or the last one): told when the sender goes away. */
   #call: UpstreamCall | undefined;
+  // What each attempt sends: set by `#forward`, changed by the cures between attempts.
+  #method = 'GET';
+  #upstreamPath = '';
+  #token: AccessToken | undefined;
+  #csrf: CsrfCredentials | undefined;
+  #csrfApplies = false;
+  // Each cure is tried at most once per request: a refreshed token after a 401, a new CSRF session
+  // after a 403, a new connection after a reset of a pooled one.
+  #refreshed = false;
+  #renewed = false;
+  #reconnected = false;
+  #attempts = 0;
   /** The sender closed its connection before the answer was complete. */
   #senderGone = false;
 
@@ -193,8 +205,11 @@ class Exchange {
     });
   }
 
-  /** Refusals are answered at once; a forwarded request returns the promise of its forwarding. */
-  run(): Promise<void> | undefined {
+  /**
+   * Refusals are answered at once; a forwarded request goes out at once when its token is cached.
+   * Whatever fails later ends in `fail`; whatever throws here, the caller hands to `fail`.
+   */
+  run(): void {
     const req = this.#req;
     const target = req.url ?? '';
     // Origin-form only (RFC 9112 §3.2.1): an absolute-form target would make this an open proxy.
@@ -215,61 +230,110 @@ class Exchange {
     const route = this.#options.routes().match(this.#path);
     if (!route) return this.#refuse(new SidecarError('ROUTE_NOT_FOUND', `no route for ${truncate(this.#path)}`));
     this.#route = route;
-    return this.#forward(route, target);
+    this.#forward(route, target);
   }
 
-  async #forward(route: Route, target: string): Promise<void> {
+  /**
+   * Send the request upstream and cure what can be cured, without a promise on the common path
+   * (token cached, answer passed on): each attempt is an `UpstreamCall` that reports back to
+   * `decide`, `attemptSettled` or `attemptFailed`.
+   */
+  #forward(route: Route, target: string): void {
     const req = this.#req;
-    const method = req.method ?? 'GET';
-    const body = new RequestBody(req, route.config.maxReplayBodyBytes);
-    this.#body = body;
-    const path = upstreamTarget(route, target);
-    const csrfApplies = route.csrf !== undefined && isModifying(method);
+    this.#method = req.method ?? 'GET';
+    this.#body = new RequestBody(req, route.config.maxReplayBodyBytes);
+    this.#upstreamPath = upstreamTarget(route, target);
+    this.#csrfApplies = route.csrf !== undefined && isModifying(this.#method);
+    this.#csrf = this.#csrfApplies ? route.csrf?.current : undefined;
     const tokens = this.#options.tokens;
-    let token = tokens.cachedToken(route.tokenClient) ?? (await tokens.getToken(route.tokenClient));
-    let csrf = csrfApplies ? route.csrf?.current : undefined;
-    // Each cure is tried at most once per request: a refreshed token after a 401, a new CSRF session after a 403.
-    let refreshed = false;
-    let renewed = false;
-    let reconnected = false;
-    // Decided when the upstream's response head arrives, before any of its body: pass it on, or cure and send again.
-    const decide = (status: number, headers: IncomingHttpHeaders): Verdict => {
-      this.#upstreamStatus = status;
-      if (status === 401 && !refreshed && body.replayable()) return 'retry-401';
-      if (csrfApplies && !renewed && isCsrfRequired(status, headers) && body.replayable()) return 'retry-csrf';
-      this.#res.writeHead(status, responseHeadersForSender(headers, { extra: this.#ownHeaders() }));
-      return 'deliver';
-    };
-    for (let attempt = 1; ; attempt++) {
-      let verdict: Verdict;
-      let call: UpstreamCall | undefined;
-      try {
-        call = this.#send(route, method, path, body, token, csrf, attempt, decide);
-        verdict = await call.settled;
-      } catch (thrown) {
-        const err = call ? this.#attemptError(route, call, thrown) : thrown;
-        // A pooled connection the upstream closed as the request went out: an idempotent request may be
-        // sent again on a new one (RFC 9110 §9.2.2); anything else would risk doing the work twice.
-        if (!reconnected && IDEMPOTENT.has(method) && body.replayable() && this.#isReset(err)) {
-          reconnected = true;
-          this.#retried = this.#retried ? `${this.#retried}+reconnect` : 'reconnect';
-          continue;
-        }
-        throw err;
-      }
-      if (verdict === 'deliver') return;
-      if (verdict === 'retry-401') {
-        refreshed = true;
-        this.#retried = this.#retried ? `${this.#retried}+401-refresh` : '401-refresh';
-        token = await tokens.refreshAfterRejection(route.tokenClient, token);
-        continue;
-      }
-      renewed = true;
-      this.#retried = this.#retried ? `${this.#retried}+csrf` : 'csrf';
-      const stale = csrf;
-      csrf = await route.csrf!.renew(stale, () => this.#fetchCsrf(route, path, token, stale));
-      if (!csrf) throw new SidecarError('CSRF_FETCH_FAILED', `route ${route.name}: the upstream asked for a CSRF token but the fetch returned none`);
+    const token = tokens.cachedToken(route.tokenClient);
+    if (token !== undefined) {
+      this.#token = token;
+      this.#attempt(route);
+    } else {
+      this.#continueWith(tokens.getToken(route.tokenClient), (fresh) => {
+        this.#token = fresh;
+        this.#attempt(route);
+      });
     }
+  }
+
+  /** Go on with `next` once `pending` resolves; any failure (there or in `next`) ends in `fail`. */
+  #continueWith<T>(pending: Promise<T>, next: (value: T) => void): void {
+    pending.then(next).catch((err: unknown) => this.fail(err));
+  }
+
+  #attempt(route: Route): void {
+    this.#attempts++;
+    this.#call = this.#send(route, this.#method, this.#upstreamPath, this.#body!, this.#token!, this.#csrf, this.#attempts);
+  }
+
+  /** Decided when the upstream's response head arrives, before any of its body: pass it on, or cure and send again. */
+  decide(status: number, headers: IncomingHttpHeaders): Verdict {
+    this.#upstreamStatus = status;
+    const body = this.#body!;
+    if (status === 401 && !this.#refreshed && body.replayable()) return 'retry-401';
+    if (this.#csrfApplies && !this.#renewed && isCsrfRequired(status, headers) && body.replayable()) return 'retry-csrf';
+    this.#res.writeHead(status, responseHeadersForSender(headers, { extra: this.#ownHeaders() }));
+    return 'deliver';
+  }
+
+  /** An attempt's answer was passed on (nothing left to do), or its body discarded for a cure. */
+  attemptSettled(verdict: Verdict): void {
+    if (verdict === 'deliver') return;
+    // Cures run outside undici's callbacks.
+    queueMicrotask(() => {
+      try {
+        this.#cure(verdict);
+      } catch (err) {
+        this.fail(err);
+      }
+    });
+  }
+
+  #cure(verdict: 'retry-401' | 'retry-csrf'): void {
+    const route = this.#route!;
+    const token = this.#token!;
+    if (verdict === 'retry-401') {
+      this.#refreshed = true;
+      this.#retried = this.#retried ? `${this.#retried}+401-refresh` : '401-refresh';
+      this.#continueWith(this.#options.tokens.refreshAfterRejection(route.tokenClient, token), (fresh) => {
+        this.#token = fresh;
+        this.#attempt(route);
+      });
+      return;
+    }
+    this.#renewed = true;
+    this.#retried = this.#retried ? `${this.#retried}+csrf` : 'csrf';
+    const stale = this.#csrf;
+    this.#continueWith(
+      route.csrf!.renew(stale, () => this.#fetchCsrf(route, this.#upstreamPath, token, stale)),
+      (csrf) => {
+        if (!csrf) throw new SidecarError('CSRF_FETCH_FAILED', `route ${route.name}: the upstream asked for a CSRF token but the fetch returned none`);
+        this.#csrf = csrf;
+        this.#attempt(route);
+      },
+    );
+  }
+
+  /** An attempt failed: send it again on a new connection when that is safe, else answer with the failure. */
+  attemptFailed(call: UpstreamCall, thrown: unknown): void {
+    queueMicrotask(() => {
+      const err = this.#attemptError(this.#route!, call, thrown);
+      // A pooled connection the upstream closed as the request went out: an idempotent request may be
+      // sent again on a new one (RFC 9110 §9.2.2); anything else would risk doing the work twice.
+      if (!this.#reconnected && IDEMPOTENT.has(this.#method) && this.#body!.replayable() && this.#isReset(err)) {
+        this.#reconnected = true;
+        this.#retried = this.#retried ? `${this.#retried}+reconnect` : 'reconnect';
+        try {
+          this.#attempt(this.#route!);
+        } catch (again) {
+          this.fail(again);
+        }
+        return;
+      }
+      this.fail(err);
+    });
   }
 
   #isReset(err: unknown): boolean {
@@ -281,7 +345,7 @@ class Exchange {
     );
   }
 
-  /** Send the request upstream once; its `settled` says when the answer has been passed on, or its body discarded for a retry. */
+  /** Send the request upstream once; the call reports back to this exchange. */
   #send(
     route: Route,
     method: string,
@@ -290,7 +354,6 @@ class Exchange {
     token: AccessToken,
     csrf: CsrfCredentials | undefined,
     attempt: number,
-    decide: (status: number, headers: IncomingHttpHeaders) => Verdict,
   ): UpstreamCall {
     if (this.#senderGone) throw senderGoneError();
     const extra: Record<string, string> = { authorization: bearer(token), 'x-request-id': this.#requestId };
@@ -298,7 +361,7 @@ class Exchange {
       extra['x-csrf-token'] = csrf.token;
       if (csrf.cookie) extra['cookie'] = this.#req.headers.cookie ? `${this.#req.headers.cookie}; ${csrf.cookie}` : csrf.cookie;
     }
-    const call = new UpstreamCall(this.#res, decide);
+    const call = new UpstreamCall(this.#res, this);
     this.#call = call;
     route.dispatcher.dispatch(
       {
@@ -432,33 +495,26 @@ type Verdict = 'deliver' | 'retry-401' | 'retry-csrf';
  * `Dispatcher.dispatch`): the head is judged as it arrives (`decide` writes it
  * to the sender when it is to be passed on), and body chunks go straight into
  * the ServerResponse with backpressure — no intermediate Readable, pipe, abort
- * signal or promise per chunk. `settled` resolves once the body has been
- * handed to the sender (or, for a retry, discarded) and rejects on any upstream
- * failure.
+ * signal or promise per chunk, and no promise per call: the exchange is told
+ * when the body has been handed to the sender (or, for a retry, discarded), or
+ * of any upstream failure.
  */
 class UpstreamCall implements Dispatcher.DispatchHandler {
-  readonly settled: Promise<Verdict>;
   /** Body bytes handed to the sender. */
   bytesOut = 0;
   /** Time from sending to the response head. */
   upstreamMs: number | undefined;
   readonly #sentAt = performance.now();
   readonly #res: ServerResponse;
-  readonly #decide: (status: number, headers: IncomingHttpHeaders) => Verdict;
+  readonly #exchange: Exchange;
   #controller: Dispatcher.DispatchController | undefined;
   #verdict: Verdict | undefined;
   #pendingAbort: Error | undefined;
   #waitingForDrain = false;
-  #resolve!: (verdict: Verdict) => void;
-  #reject!: (err: unknown) => void;
 
-  constructor(res: ServerResponse, decide: (status: number, headers: IncomingHttpHeaders) => Verdict) {
+  constructor(res: ServerResponse, exchange: Exchange) {
     this.#res = res;
-    this.#decide = decide;
-    this.settled = new Promise<Verdict>((resolve, reject) => {
-      this.#resolve = resolve;
-      this.#reject = reject;
-    });
+    this.#exchange = exchange;
   }
 
   /** True once the response head went to the sender: a failure now can only cut the connection. */
@@ -482,7 +538,7 @@ class UpstreamCall implements Dispatcher.DispatchHandler {
     if (statusCode < 200) return;
     this.upstreamMs = performance.now() - this.#sentAt;
     try {
-      this.#verdict = this.#decide(statusCode, headers);
+      this.#verdict = this.#exchange.decide(statusCode, headers);
     } catch (err) {
       // e.g. a header value node refuses to write: nothing reached the sender yet.
       controller.abort(err as Error);
@@ -508,14 +564,14 @@ class UpstreamCall implements Dispatcher.DispatchHandler {
 
   onResponseEnd(): void {
     if (this.#verdict === 'deliver') this.#res.end();
-    this.#resolve(this.#verdict ?? 'deliver');
+    this.#exchange.attemptSettled(this.#verdict ?? 'deliver');
   }
 
   onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {
     if (this.#waitingForDrain && this.#onDrain) this.#res.off('drain', this.#onDrain);
     // A body being discarded for a retry may fail: the retry goes out on another connection all the same.
-    if (this.#verdict === 'retry-401' || this.#verdict === 'retry-csrf') this.#resolve(this.#verdict);
-    else this.#reject(err);
+    if (this.#verdict === 'retry-401' || this.#verdict === 'retry-csrf') this.#exchange.attemptSettled(this.#verdict);
+    else this.#exchange.attemptFailed(this, err);
   }
 }
 
