@@ -263,9 +263,34 @@ class Exchange {
     pending.then(next).catch((err: unknown) => this.fail(err));
   }
 
+  /** Send the request upstream once (the first time streaming the body, then from its kept copy); the call reports back here. */
   #attempt(route: Route): void {
+    if (this.#senderGone) throw senderGoneError();
     this.#attempts++;
-    this.#call = this.#send(route, this.#method, this.#upstreamPath, this.#body!, this.#token!, this.#csrf, this.#attempts);
+    const extra: Record<string, string> = { authorization: bearer(this.#token!), 'x-request-id': this.#requestId };
+    const csrf = this.#csrf;
+    if (csrf) {
+      extra['x-csrf-token'] = csrf.token;
+      if (csrf.cookie) extra['cookie'] = this.#req.headers.cookie ? `${this.#req.headers.cookie}; ${csrf.cookie}` : csrf.cookie;
+    }
+    const body = this.#body!;
+    const call = new UpstreamCall(this.#res, this);
+    this.#call = call;
+    route.dispatcher.dispatch(
+      {
+        origin: route.origin,
+        path: this.#upstreamPath,
+        method: this.#method as Dispatcher.HttpMethod,
+        headers: requestHeadersForUpstream(this.#req.headers, { extra }),
+        body: this.#attempts === 1 ? body.stream() : body.replay(),
+      },
+      call,
+    );
+  }
+
+  /** Notes a cure in the access log's `retried` field. */
+  #retrying(cure: string): void {
+    this.#retried = this.#retried ? `${this.#retried}+${cure}` : cure;
   }
 
   /** Decided when the upstream's response head arrives, before any of its body: pass it on, or cure and send again. */
@@ -296,7 +321,7 @@ class Exchange {
     const token = this.#token!;
     if (verdict === 'retry-401') {
       this.#refreshed = true;
-      this.#retried = this.#retried ? `${this.#retried}+401-refresh` : '401-refresh';
+      this.#retrying('401-refresh');
       this.#continueWith(this.#options.tokens.refreshAfterRejection(route.tokenClient, token), (fresh) => {
         this.#token = fresh;
         this.#attempt(route);
@@ -304,7 +329,7 @@ class Exchange {
       return;
     }
     this.#renewed = true;
-    this.#retried = this.#retried ? `${this.#retried}+csrf` : 'csrf';
+    this.#retrying('csrf');
     const stale = this.#csrf;
     this.#continueWith(
       route.csrf!.renew(stale, () => this.#fetchCsrf(route, this.#upstreamPath, token, stale)),
@@ -324,7 +349,7 @@ class Exchange {
       // sent again on a new one (RFC 9110 §9.2.2); anything else would risk doing the work twice.
       if (!this.#reconnected && IDEMPOTENT.has(this.#method) && this.#body!.replayable() && this.#isReset(err)) {
         this.#reconnected = true;
-        this.#retried = this.#retried ? `${this.#retried}+reconnect` : 'reconnect';
+        this.#retrying('reconnect');
         try {
           this.#attempt(this.#route!);
         } catch (again) {
@@ -345,36 +370,6 @@ class Exchange {
     );
   }
 
-  /** Send the request upstream once; the call reports back to this exchange. */
-  #send(
-    route: Route,
-    method: string,
-    path: string,
-    body: RequestBody,
-    token: AccessToken,
-    csrf: CsrfCredentials | undefined,
-    attempt: number,
-  ): UpstreamCall {
-    if (this.#senderGone) throw senderGoneError();
-    const extra: Record<string, string> = { authorization: bearer(token), 'x-request-id': this.#requestId };
-    if (csrf) {
-      extra['x-csrf-token'] = csrf.token;
-      if (csrf.cookie) extra['cookie'] = this.#req.headers.cookie ? `${this.#req.headers.cookie}; ${csrf.cookie}` : csrf.cookie;
-    }
-    const call = new UpstreamCall(this.#res, this);
-    this.#call = call;
-    route.dispatcher.dispatch(
-      {
-        origin: route.origin,
-        path,
-        method: method as Dispatcher.HttpMethod,
-        headers: requestHeadersForUpstream(this.#req.headers, { extra }),
-        body: attempt === 1 ? body.stream() : body.replay(),
-      },
-      call,
-    );
-    return call;
-  }
 
   /** What a failed attempt means for the sender. */
   #attemptError(route: Route, call: UpstreamCall, err: unknown): unknown {
