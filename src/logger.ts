@@ -57,17 +57,29 @@ export interface Loggers {
 }
 
 /**
- * pino's ISO timestamp (`,"time":"…"`), formatted once per millisecond: under load many access lines
- * share a millisecond, and `toISOString` was a measurable part of each line.
+ * pino's ISO timestamp (`,"time":"…"`). Under load many access lines share a millisecond and all of a
+ * second share everything up to the milliseconds, while `toISOString` costs about 0.7 µs: it runs once
+ * per second, and the milliseconds are appended.
  */
 let lastMs = Number.NaN;
 let lastTime = '';
+let lastSecond = Number.NaN;
+let secondPrefix = '';
 function isoTime(): string {
-  const now = Date.now();
-  if (now !== lastMs) {
-    lastMs = now;
-    lastTime = `,"time":"${new Date(now).toISOString()}"`;
+  return isoTimeOf(Date.now());
+}
+
+/** `,"time":"<now as ISO 8601>"`, from the cache when `now` is the last millisecond asked for. Exported for tests. */
+export function isoTimeOf(now: number): string {
+  if (now === lastMs) return lastTime;
+  lastMs = now;
+  const ms = now % 1000;
+  const second = now - ms;
+  if (second !== lastSecond) {
+    lastSecond = second;
+    secondPrefix = `,"time":"${new Date(second).toISOString().slice(0, 20)}`; // …T19:53:12.
   }
+  lastTime = `${secondPrefix}${ms < 10 ? '00' : ms < 100 ? '0' : ''}${ms}Z"`;
   return lastTime;
 }
 
