@@ -78,10 +78,6 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
   CMD ["/nodejs/bin/node", "-e", "const a=process.env.SIDECAR_ADMIN_LISTEN||'127.0.0.1:9090';if(a==='off')process.exit(0);const i=a.lastIndexOf(':');let h=a.slice(0,i);if(h===''||h==='0.0.0.0'||h==='[::]')h='127.0.0.1';fetch('http://'+h+':'+a.slice(i+1)+'/healthz',{signal:AbortSignal.timeout(4000)}).then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"]
 
 # Node runs as PID 1 and handles SIGTERM/SIGINT itself (readiness fails, in-flight requests drain,
-# exit 0); no init process is needed. --single-threaded-gc: V8's garbage collector works on the main
-# thread instead of four helper threads, which a sidecar with a one-CPU budget only time-shares with
-# it (measured: uploads need about a third less CPU per GB; see the README's benchmark notes). It is a
-# V8 option that NODE_OPTIONS does not accept, hence here. The same flags as SHIPPED_NODE_FLAGS in
-# bench/lib/contenders.ts and the npm scripts (a unit test keeps them equal).
-ENTRYPOINT ["/nodejs/bin/node", "--single-threaded-gc", "dist/cli.js"]
+# exit 0); no init process is needed.
+ENTRYPOINT ["/nodejs/bin/node", "dist/cli.js"]
 CMD ["serve"]

@@ -22,7 +22,6 @@ import {
   CONTENDER_NAMES,
   contenderSpec,
   fetchText,
-  SHIPPED_NODE_FLAGS,
   metricValue,
   nginxAvailable,
   nginxVersion,
@@ -230,7 +229,7 @@ async function main(): Promise<number> {
       connections,
       uploadMiB,
       uploadsPerRound: uploads,
-      runner: `${runner.kind === 'dist' ? 'compiled JavaScript (tsc → node' : 'TypeScript through tsx (node'} ${SHIPPED_NODE_FLAGS.join(' ')} cli.js, as shipped)`,
+      runner: runner.kind === 'dist' ? 'compiled JavaScript (tsc → node cli.js)' : 'TypeScript through tsx',
       notes,
     });
     say('');

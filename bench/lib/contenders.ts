@@ -139,12 +139,6 @@ async function startForwarder(name: ContenderName, program: string, ctx: StartCo
   return processContender(name, child, `http://127.0.0.1:${port}`, undefined, undefined);
 }
 
-/**
- * The node options oauth-sidecar is started with where the project starts it (the Dockerfile's ENTRYPOINT,
- * `npm start`, `npm run demo`), so the bench measures it as shipped. A unit test keeps these equal.
- */
-export const SHIPPED_NODE_FLAGS: readonly string[] = ['--single-threaded-gc'];
-
 /** oauth-sidecar through its CLI with a service key for the bench token server; logs (JSON, level info) go to a file. */
 async function startSidecar(ctx: StartContext): Promise<Omit<RunningContender, 'id'>> {
   // The key gets a directory of its own, like a mounted secret: the sidecar watches that directory.
@@ -156,7 +150,6 @@ async function startSidecar(ctx: StartContext): Promise<Omit<RunningContender, '
   writeServiceKey(keyFile, ctx.client, ctx.env);
   const logFile = join(ctx.env.dir, `sidecar-${port}.log`);
   const args = [
-    ...SHIPPED_NODE_FLAGS,
     ...(ctx.nodeArgs ?? []),
     ...ctx.runner.args('src/cli.ts'),
     'serve',

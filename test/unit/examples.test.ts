@@ -9,7 +9,6 @@ import { dirname, posix } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
-import { SHIPPED_NODE_FLAGS } from '../../bench/lib/contenders.js';
 import { FLAGS, parseConfig, type Config, type Env } from '../../src/config.js';
 import { exposureProblems, parseBasicAuthFile } from '../../src/inbound-control.js';
 
@@ -28,8 +27,7 @@ const ALL_FILES = ['Dockerfile', '.dockerignore', ...Object.values(EXAMPLES)];
 /** Every environment variable the sidecar reads under the SIDECAR_ prefix. */
 const KNOWN_ENV = new Set([...Object.values(FLAGS).flatMap((f) => (f.env ? [f.env] : [])), 'SIDECAR_SERVICE_KEY_JSON']);
 /** Flags of other tools (docker, docker compose, npm) that the examples' comments mention. */
-// docker and npm flags in comments, and the node options the sidecar is started with.
-const TOOL_FLAGS = new Set(['rm', 'build', 'build-arg', 'omit', ...SHIPPED_NODE_FLAGS.map((f) => f.slice(2))]);
+const TOOL_FLAGS = new Set(['rm', 'build', 'build-arg', 'omit']);
 
 // ---------------------------------------------------------------------------------------------------
 // Parsing helpers
@@ -297,16 +295,9 @@ describe('Dockerfile', () => {
     expect(install.some((r) => /\bnpm (i|install|ci)\b(?!.*--omit=dev)/.test(r)), 'no full install in that stage').toBe(false);
   });
 
-  it('ENTRYPOINT is the CLI under the image node, with the node options it ships with; CMD serve', () => {
-    expect(SHIPPED_NODE_FLAGS).toContain('--single-threaded-gc');
-    expect(ENTRYPOINT).toEqual(['/nodejs/bin/node', ...SHIPPED_NODE_FLAGS, PKG.bin['oauth-sidecar']]);
+  it('ENTRYPOINT is the CLI under the image node, CMD serve', () => {
+    expect(ENTRYPOINT).toEqual(['/nodejs/bin/node', PKG.bin['oauth-sidecar']]);
     expect(execForm(runtimeOne('CMD').args)).toEqual(['serve']);
-  });
-
-  it('npm start and npm run demo start node with the same options as the image (and the benchmark)', () => {
-    const scripts = (JSON.parse(read('package.json')) as { scripts: Record<string, string> }).scripts;
-    expect(scripts['start']).toBe(`node ${SHIPPED_NODE_FLAGS.join(' ')} --import tsx src/cli.ts`);
-    expect(scripts['demo']).toBe(`node ${SHIPPED_NODE_FLAGS.join(' ')} --import tsx src/cli.ts demo`);
   });
 
   it('listens on all interfaces with admin for probes; EXPOSE matches', () => {
