@@ -305,11 +305,14 @@ class Exchange {
 
   /** An attempt's answer was passed on (nothing left to do), or its body discarded for a cure. */
   attemptSettled(verdict: Verdict): void {
-    if (verdict === 'deliver') return;
-    // Cures run outside undici's callbacks.
+    if (verdict !== 'deliver') this.#later(() => this.#cure(verdict));
+  }
+
+  /** Run `step` outside undici's callbacks (cures, resends, failures); whatever it throws ends in `fail`. */
+  #later(step: () => void): void {
     queueMicrotask(() => {
       try {
-        this.#cure(verdict);
+        step();
       } catch (err) {
         this.fail(err);
       }
@@ -343,18 +346,14 @@ class Exchange {
 
   /** An attempt failed: send it again on a new connection when that is safe, else answer with the failure. */
   attemptFailed(call: UpstreamCall, thrown: unknown): void {
-    queueMicrotask(() => {
+    this.#later(() => {
       const err = this.#attemptError(this.#route!, call, thrown);
       // A pooled connection the upstream closed as the request went out: an idempotent request may be
       // sent again on a new one (RFC 9110 §9.2.2); anything else would risk doing the work twice.
       if (!this.#reconnected && IDEMPOTENT.has(this.#method) && this.#body!.replayable() && this.#isReset(err)) {
         this.#reconnected = true;
         this.#retrying('reconnect');
-        try {
-          this.#attempt(this.#route!);
-        } catch (again) {
-          this.fail(again);
-        }
+        this.#attempt(this.#route!);
         return;
       }
       this.fail(err);
@@ -369,7 +368,6 @@ class Exchange {
       classifyNetworkError(err.cause).failure === 'reset'
     );
   }
-
 
   /** What a failed attempt means for the sender. */
   #attemptError(route: Route, call: UpstreamCall, err: unknown): unknown {
