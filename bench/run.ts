@@ -22,6 +22,7 @@ import {
   CONTENDER_NAMES,
   contenderSpec,
   fetchText,
+  SHIPPED_NODE_FLAGS,
   metricValue,
   nginxAvailable,
   nginxVersion,
@@ -229,7 +230,7 @@ async function main(): Promise<number> {
       connections,
       uploadMiB,
       uploadsPerRound: uploads,
-      runner: runner.kind === 'dist' ? 'compiled JavaScript (tsc → node cli.js)' : 'TypeScript through tsx',
+      runner: `${runner.kind === 'dist' ? 'compiled JavaScript (tsc → node' : 'TypeScript through tsx (node'} ${SHIPPED_NODE_FLAGS.join(' ')} cli.js, as the image starts it)`,
       notes,
     });
     say('');

@@ -139,6 +139,13 @@ async function startForwarder(name: ContenderName, program: string, ctx: StartCo
   return processContender(name, child, `http://127.0.0.1:${port}`, undefined, undefined);
 }
 
+/**
+ * The node options the container image starts oauth-sidecar with (its `NODE_OPTIONS`), so the bench
+ * measures it as shipped. On an unconstrained host they are node's own defaults; under a container
+ * memory limit they are not (see the Dockerfile). A unit test keeps the two equal.
+ */
+export const SHIPPED_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=16'];
+
 /** oauth-sidecar through its CLI with a service key for the bench token server; logs (JSON, level info) go to a file. */
 async function startSidecar(ctx: StartContext): Promise<Omit<RunningContender, 'id'>> {
   // The key gets a directory of its own, like a mounted secret: the sidecar watches that directory.
@@ -150,6 +157,7 @@ async function startSidecar(ctx: StartContext): Promise<Omit<RunningContender, '
   writeServiceKey(keyFile, ctx.client, ctx.env);
   const logFile = join(ctx.env.dir, `sidecar-${port}.log`);
   const args = [
+    ...SHIPPED_NODE_FLAGS,
     ...(ctx.nodeArgs ?? []),
     ...ctx.runner.args('src/cli.ts'),
     'serve',

@@ -9,6 +9,7 @@ import { dirname, posix } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
+import { SHIPPED_NODE_FLAGS } from '../../bench/lib/contenders.js';
 import { FLAGS, parseConfig, type Config, type Env } from '../../src/config.js';
 import { exposureProblems, parseBasicAuthFile } from '../../src/inbound-control.js';
 
@@ -27,7 +28,8 @@ const ALL_FILES = ['Dockerfile', '.dockerignore', ...Object.values(EXAMPLES)];
 /** Every environment variable the sidecar reads under the SIDECAR_ prefix. */
 const KNOWN_ENV = new Set([...Object.values(FLAGS).flatMap((f) => (f.env ? [f.env] : [])), 'SIDECAR_SERVICE_KEY_JSON']);
 /** Flags of other tools (docker, docker compose, npm) that the examples' comments mention. */
-const TOOL_FLAGS = new Set(['rm', 'build', 'build-arg', 'omit']);
+// docker and npm flags in comments, and the node options the image starts the sidecar with.
+const TOOL_FLAGS = new Set(['rm', 'build', 'build-arg', 'omit', ...SHIPPED_NODE_FLAGS.map((f) => f.slice(2).replace(/=.*/, ''))]);
 
 // ---------------------------------------------------------------------------------------------------
 // Parsing helpers
@@ -298,6 +300,11 @@ describe('Dockerfile', () => {
   it('ENTRYPOINT is the CLI under the image node, CMD serve', () => {
     expect(ENTRYPOINT).toEqual(['/nodejs/bin/node', PKG.bin['oauth-sidecar']]);
     expect(execForm(runtimeOne('CMD').args)).toEqual(['serve']);
+  });
+
+  it('NODE_OPTIONS pins the young generation, with the options the benchmark starts the sidecar with', () => {
+    expect(SHIPPED_NODE_FLAGS).toEqual(['--max-semi-space-size=16']);
+    expect(IMAGE_ENV['NODE_OPTIONS']).toBe(SHIPPED_NODE_FLAGS.join(' '));
   });
 
   it('listens on all interfaces with admin for probes; EXPOSE matches', () => {
