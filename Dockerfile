@@ -66,7 +66,8 @@ COPY --from=build /src/package.json ./package.json
 ENV SIDECAR_LISTEN=0.0.0.0:8080 \
     SIDECAR_ADMIN_LISTEN=0.0.0.0:9090
 
-# V8's young generation, pinned at what node picks on an unconstrained host (two 16 MB semi-spaces).
+# V8's young generation, pinned at what node 20 picks on an unconstrained host (two 16 MB semi-spaces;
+# measured on the build machines; the image's newer node is held to the same size).
 # Under a container memory limit node sizes it from the limit instead: with the Kubernetes example's
 # 192Mi that is 1 MB semi-spaces, and the sidecar spent about 15 % more CPU per request (garbage
 # collection pauses 10.7 instead of 1.7 µs per request; README: Benchmarks and soak). Pinned, the
@@ -74,6 +75,7 @@ ENV SIDECAR_LISTEN=0.0.0.0:8080 \
 # (e.g. --max-semi-space-size=4: about 24 MB less RSS, about 10 % more CPU per request). The same
 # value as SHIPPED_NODE_FLAGS in bench/lib/contenders.ts (a unit test keeps them equal).
 ENV NODE_OPTIONS=--max-semi-space-size=16
+
 EXPOSE 8080 9090
 
 # Numeric, so that Kubernetes' runAsNonRoot can verify it (65532 is distroless' "nonroot").
