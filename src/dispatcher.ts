@@ -9,8 +9,9 @@
  *
  * Both classes come from their own modules, not undici's index: the index also
  * loads fetch, WebSocket, EventSource, the cache stores and the mocks, none of
- * which the sidecar uses, and that costs about 7.5 MB of resident memory (measured
- * after a full GC: 65–66 MB with the index, 58 MB without; node alone is 45 MB).
+ * which the sidecar uses, and that costs about 7.5 MB of resident memory (a process
+ * loading the sidecar's dependencies, after a full GC: 65–66 MB with the index,
+ * 58 MB without; node alone is 45 MB).
  * The one thing the index does that the sidecar needs is below: it gives every
  * dispatcher `request()` (and `stream()`, …) by mixing undici's api into
  * `Dispatcher.prototype`; doing it twice, should something load the index too,

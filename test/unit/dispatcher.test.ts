@@ -38,7 +38,7 @@ describe('dispatcher modules', () => {
     }
   });
 
-  it("are all of undici the sidecar's modules load (not its index, fetch or WebSocket), and its dispatchers still have request()", async () => {
+  it('are the only undici modules the sidecar loads (no index, fetch or WebSocket), and its dispatchers still have request()', async () => {
     // A fresh process (vitest's own workers load undici's index for the tests): import the sidecar's
     // entry modules and list the undici files node loaded.
     const script = [

@@ -27,8 +27,7 @@ const ALL_FILES = ['Dockerfile', '.dockerignore', ...Object.values(EXAMPLES)];
 
 /** Every environment variable the sidecar reads under the SIDECAR_ prefix. */
 const KNOWN_ENV = new Set([...Object.values(FLAGS).flatMap((f) => (f.env ? [f.env] : [])), 'SIDECAR_SERVICE_KEY_JSON']);
-/** Flags of other tools (docker, docker compose, npm) that the examples' comments mention. */
-// docker and npm flags in comments, and the node options the image starts the sidecar with.
+/** Flags of other tools (docker, docker compose, npm) that the examples' comments mention, and the node options the image sets. */
 const TOOL_FLAGS = new Set(['rm', 'build', 'build-arg', 'omit', ...SHIPPED_NODE_FLAGS.map((f) => f.slice(2).replace(/=.*/, ''))]);
 
 // ---------------------------------------------------------------------------------------------------
