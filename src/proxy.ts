@@ -247,15 +247,14 @@ class Exchange {
     this.#csrf = this.#csrfApplies ? route.csrf?.current : undefined;
     const tokens = this.#options.tokens;
     const token = tokens.cachedToken(route.tokenClient);
-    if (token !== undefined) {
-      this.#token = token;
-      this.#attempt(route);
-    } else {
-      this.#continueWith(tokens.getToken(route.tokenClient), (fresh) => {
-        this.#token = fresh;
-        this.#attempt(route);
-      });
-    }
+    if (token !== undefined) this.#attemptWith(route, token);
+    else this.#continueWith(tokens.getToken(route.tokenClient), (fresh) => this.#attemptWith(route, fresh));
+  }
+
+  /** Send with this token from now on (the cached one, or one just fetched). */
+  #attemptWith(route: Route, token: AccessToken): void {
+    this.#token = token;
+    this.#attempt(route);
   }
 
   /** Go on with `next` once `pending` resolves; any failure (there or in `next`) ends in `fail`. */
@@ -325,10 +324,7 @@ class Exchange {
     if (verdict === 'retry-401') {
       this.#refreshed = true;
       this.#retrying('401-refresh');
-      this.#continueWith(this.#options.tokens.refreshAfterRejection(route.tokenClient, token), (fresh) => {
-        this.#token = fresh;
-        this.#attempt(route);
-      });
+      this.#continueWith(this.#options.tokens.refreshAfterRejection(route.tokenClient, token), (fresh) => this.#attemptWith(route, fresh));
       return;
     }
     this.#renewed = true;
