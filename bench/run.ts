@@ -35,7 +35,8 @@ import { startEnvironment, type Environment } from './lib/environment.js';
 import { createLoadGenerator, wrkAvailable, type LoadGenerator } from './lib/loadgen.js';
 import { machineLine } from './lib/machine.js';
 import { ForeignCpuMeter, PeakTracker, commandVersion, cpuLayout, cpuTimeMs, waitForQuiet } from './lib/proc.js';
-import { fmt, markdown, noise, summarize, verdicts, type RoundRecord, type TargetVerdict, type TokenFigures } from './lib/report.js';
+import { fmt, markdown, noise, stallNote, summarize, verdicts, type RoundRecord, type TargetVerdict, type TokenFigures } from './lib/report.js';
+import { probeStalls } from './lib/stall.js';
 import { refreshIntervalMs, rotate, tokenGapsOk } from './lib/stats.js';
 import type { RoundFigures } from './lib/types.js';
 
@@ -77,6 +78,8 @@ const FLAGS: Flags = {
 
 const SUMMARY = 'oauth-sidecar benchmark: throughput, latency, upload speed, RSS and token requests against direct, bare undici, bare http-proxy and nginx.';
 const MiB = 1024 * 1024;
+/** Seconds of the CPU stall probe per round (see lib/stall.ts). */
+const STALL_PROBE_S = 2;
 
 function say(line: string): void {
   process.stdout.write(`${line}\n`);
@@ -148,7 +151,7 @@ async function main(): Promise<number> {
   const ids = specs.map((c) => c.id);
   const loadgen = createLoadGenerator({ runner, cpu: layout.loadgen, prefer: preferWrk ? 'wrk' : 'autocannon' });
   say(`bench: ${layout.description}; load generator ${loadgen.tool}; contenders ${ids.join(', ')}`);
-  const plannedS = specs.length * (warmupS + 1 + rounds * (2 * durationS + prewarmS + 4));
+  const plannedS = specs.length * (warmupS + 1 + rounds * (2 * durationS + prewarmS + 4)) + rounds * STALL_PROBE_S;
   say(`bench: about ${Math.ceil(plannedS / 60)} min on a quiet machine`);
 
   let env: Environment | undefined;
@@ -189,6 +192,7 @@ async function main(): Promise<number> {
         }
       };
       await each('get', (c) => measureGet(loadgen, c, connections, durationS, prewarmS, upstreamConnections));
+      record.stall = await probeStalls(runner, layout.proxy, STALL_PROBE_S);
       await each('latency', (c) => measureLatency(loadgen, c, durationS));
       await each('upload', (c) => measureUpload(loadgen, c, uploadMiB * MiB, uploads));
     }
@@ -215,6 +219,8 @@ async function main(): Promise<number> {
       `other processes on the machine used a median ${fmt(busy.medianPct, 0)}% (max ${fmt(busy.maxPct, 0)}%) of one CPU during the ${busy.runs} measurements ` +
         `(runs above ${2 * quiet.thresholdPct}% were measured again once and the quieter kept)`,
     );
+    const stallLine = stallNote(records, STALL_PROBE_S);
+    if (stallLine) notes.push(stallLine);
     if (sidecarArgs.length > 0) notes.push(`oauth-sidecar ran with extra flags: ${sidecarArgs.join(' ')}`);
     const targets: Record<string, TargetVerdict[]> = {};
     for (const spec of specs) if (spec.kind === 'sidecar') targets[spec.id] = verdicts(summary, spec.id, tokens[spec.id]);

@@ -3,6 +3,7 @@
  * target verdicts and the markdown table. Pure functions over plain data.
  */
 import type { ContenderSpec } from './contenders.js';
+import { SLOW_FACTOR, type StallFigures } from './stall.js';
 import { max, median, ratio, round, spread } from './stats.js';
 import type { RoundFigures } from './types.js';
 
@@ -11,6 +12,8 @@ export interface RoundRecord {
   /** Contender ids in the order they ran. */
   order: string[];
   figures: Record<string, RoundFigures>;
+  /** The proxy CPU's stalls, probed before the round's 1-connection runs. */
+  stall?: StallFigures | undefined;
 }
 
 export interface ContenderSummary {
@@ -102,6 +105,24 @@ function divide(value: number | undefined, by: number): number | undefined {
 export function noise(rounds: readonly RoundRecord[]): { medianPct: number | undefined; maxPct: number | undefined; runs: number } {
   const values = rounds.flatMap((r) => Object.values(r.figures).flatMap((f) => (f ? Object.values(f.foreignCpuPct).filter((v): v is number => v !== undefined) : [])));
   return { medianPct: median(values), maxPct: max(values), runs: values.length };
+}
+
+/** The proxy CPU's stalls over the rounds: medians of the share and slowdown, the worst piece of all. */
+export function stalls(rounds: readonly RoundRecord[]): { slowSharePct: number | undefined; slowdown: number | undefined; worst: number | undefined; probes: number } {
+  const probes = rounds.flatMap((r) => (r.stall ? [r.stall] : []));
+  const share = median(probes.map((p) => p.slowShare * 100));
+  return { slowSharePct: share, slowdown: median(probes.map((p) => p.slowdown)), worst: max(probes.map((p) => p.worst)), probes: probes.length };
+}
+
+/** The stall figures as a note under the table (undefined without probes). */
+export function stallNote(rounds: readonly RoundRecord[], probeS: number): string | undefined {
+  const s = stalls(rounds);
+  if (s.probes === 0) return undefined;
+  return (
+    `the proxy's CPU, probed for ${probeS} s before each round's 1-connection runs (a fixed piece of work, repeated), ran ${SLOW_FACTOR}× slower than usual or worse ` +
+    `for a median ${fmt(s.slowSharePct, 1)}% of the time, slowed a median ${fmt(s.slowdown, 1)}× (at worst ${fmt(s.worst, 0)}×): the host's stalls, which every process in the VM shares; ` +
+    'a 1-connection p99 on this machine cannot fall much below p50 times that slowdown'
+  );
 }
 
 export interface TokenFigures {

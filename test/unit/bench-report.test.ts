@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { markdown, summarize, verdicts, type RoundRecord, type TokenFigures } from '../../bench/lib/report.js';
+import { markdown, stallNote, stalls, summarize, verdicts, type RoundRecord, type TokenFigures } from '../../bench/lib/report.js';
+import { stallFigures } from '../../bench/lib/stall.js';
 import type { RoundFigures } from '../../bench/lib/types.js';
 
 function figures(f: Partial<RoundFigures>): RoundFigures {
@@ -90,5 +91,29 @@ describe('bench report', () => {
     expect(text).toContain('| sidecar ⚠ | 6,500 | 0.85× |');
     expect(text).toContain('| GET req/s ≥ 0.9 × bare undici forwarder | 0.85× | **missed** |');
     expect(text).toContain('- a note');
+  });
+
+  it('reads the stall probe: the share of time in pieces 4× the median or slower, and their slowdown', () => {
+    // 96 pieces of 50 µs and 4 stalled ones (100 µs: under 4×; 250, 500, 600 µs), over 10 ms.
+    const pieces = [...Array<number>(96).fill(50), 100, 250, 500, 600];
+    const f = stallFigures(pieces, 10_000)!;
+    expect(f.medianUs).toBe(50);
+    expect(f.slowShare).toBeCloseTo((250 + 500 + 600) / 10_000);
+    expect(f.slowdown).toBe(10); // median of 250, 500, 600 = 500 µs
+    expect(f.worst).toBe(12);
+    expect(stallFigures(Array<number>(10).fill(50), 1_000)).toMatchObject({ slowShare: 0, slowdown: 1, worst: 1 });
+    expect(stallFigures([], 1_000)).toBeUndefined();
+  });
+
+  it('summarizes the stall probes of the rounds into a note, and says nothing without them', () => {
+    const probed: RoundRecord[] = [
+      { ...rounds[0]!, stall: { medianUs: 50, slowShare: 0.02, slowdown: 8, worst: 12 } },
+      { ...rounds[1]!, stall: { medianUs: 52, slowShare: 0.04, slowdown: 10, worst: 20 } },
+      { ...rounds[1]!, round: 3, stall: undefined },
+    ];
+    expect(stalls(probed)).toEqual({ slowSharePct: 3, slowdown: 9, worst: 20, probes: 2 });
+    const note = stallNote(probed, 2)!;
+    expect(note).toContain('for a median 3.0% of the time, slowed a median 9.0× (at worst 20×)');
+    expect(stallNote(rounds, 2)).toBeUndefined();
   });
 });
