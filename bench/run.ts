@@ -360,10 +360,12 @@ async function measureLatency(loadgen: LoadGenerator, c: RunningContender, durat
     const problems: string[] = [];
     if (result.non2xx > 0) problems.push(`${result.non2xx} non-2xx answers at 1 connection`);
     if (result.errors > 0) problems.push(`${result.errors} socket errors/timeouts at 1 connection`);
+    const corrected = result.correctedLatencyUs;
+    if (result.tool === 'wrk' && !corrected) problems.push("1-connection percentiles are wrk's coordinated-omission-corrected ones (the per-request histogram could not be rebuilt)");
     return {
-      figures: { p50Us: result.latencyUs.p50, p99Us: result.latencyUs.p99 },
+      figures: { p50Us: result.latencyUs.p50, p99Us: result.latencyUs.p99, ...(corrected && { p99CorrectedUs: corrected.p99 }) },
       problems,
-      line: `p50 ${Math.round(result.latencyUs.p50)} µs  p99 ${Math.round(result.latencyUs.p99)} µs`,
+      line: `p50 ${Math.round(result.latencyUs.p50)} µs  p99 ${Math.round(result.latencyUs.p99)} µs${corrected ? `  (wrk's CO-corrected p99 ${Math.round(corrected.p99)} µs)` : ''}`,
     };
   } catch (err) {
     return { figures: {}, problems: [`latency run failed: ${(err as Error).message}`], line: `FAILED ${(err as Error).message}` };

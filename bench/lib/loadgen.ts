@@ -42,14 +42,22 @@ export function createLoadGenerator(options: { runner: Runner; cpu: number | und
 async function runWrk(cpu: number | undefined, target: Target, path: string, connections: number, durationS: number): Promise<LoadResult> {
   const headerArgs = Object.entries(target.headers).flatMap(([k, v]) => ['-H', `${k}: ${v}`]);
   const args = ['-t1', `-c${connections}`, `-d${durationS}s`, '--timeout', '5s', '-s', resolve(ROOT, 'bench/tools/wrk-report.lua'), ...headerArgs, target.base + path];
-  const child = new Child('wrk', 'wrk', args, { cpu, env: cleanEnv() });
+  const child = new Child('wrk', 'wrk', args, { cpu, env: cleanEnv({ BENCH_CONNECTIONS: String(connections) }) });
   const line = await finish(child, durationS * 1000 + 30_000, (out) => /^BENCH_JSON (.+)$/m.exec(out)?.[1]);
   const raw = JSON.parse(line) as {
     requests: number;
     duration_us: number;
     errors: { connect: number; read: number; write: number; status: number; timeout: number };
     latency: { p50: number; p90: number; p99: number; max: number };
+    per_request_count: number;
+    corrected: { p50: number; p99: number };
   };
+  // The script rebuilds the requests' own histogram from wrk's corrected one (0: it could not, and `latency` is
+  // wrk's); every recorded request must be in it.
+  const perRequest = raw.per_request_count > 0;
+  if (perRequest && raw.per_request_count !== raw.requests - raw.errors.timeout) {
+    throw new Error(`wrk: the per-request latency histogram has ${raw.per_request_count} requests, wrk recorded ${raw.requests - raw.errors.timeout}`);
+  }
   const seconds = raw.duration_us / 1e6;
   return {
     tool: 'wrk',
@@ -60,6 +68,7 @@ async function runWrk(cpu: number | undefined, target: Target, path: string, con
     non2xx: raw.errors.status,
     errors: raw.errors.connect + raw.errors.read + raw.errors.write + raw.errors.timeout,
     latencyUs: raw.latency,
+    ...(perRequest && { correctedLatencyUs: raw.corrected }),
   };
 }
 

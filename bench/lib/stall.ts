@@ -3,8 +3,8 @@
  * the proxy's CPU ran several times slower than usual. On a shared VM the host
  * slows whole vCPUs down in bursts (every process alike, for tens of
  * milliseconds); at one connection every request caught in such a burst takes
- * that many times longer, so the share and the slowdown say how far a p99 on
- * this machine can fall.
+ * that many times longer, so the share and the slowdown tell how much of a
+ * latency tail on this machine is the machine's.
  */
 import type { Runner } from './build.js';
 import { Child } from './proc.js';

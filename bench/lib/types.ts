@@ -11,8 +11,14 @@ export interface LoadResult {
   non2xx: number;
   /** Connect/read/write errors and timeouts. */
   errors: number;
-  /** Latency percentiles in microseconds. */
+  /** Latency percentiles of the requests themselves, in microseconds. */
   latencyUs: { p50: number; p90: number; p99: number; max: number };
+  /**
+   * wrk only: its own percentiles, "corrected" for coordinated omission (phantom samples for the requests an
+   * open-loop sender would have sent during each slow one; see tools/wrk-report.lua). Absent when the
+   * requests' own histogram could not be rebuilt: `latencyUs` is then wrk's corrected one.
+   */
+  correctedLatencyUs?: { p50: number; p99: number };
 }
 
 /** Figures of one contender in one round. */
@@ -20,6 +26,8 @@ export interface RoundFigures {
   rps?: number;
   p50Us?: number;
   p99Us?: number;
+  /** wrk's coordinated-omission-corrected p99 at 1 connection (wrk only). */
+  p99CorrectedUs?: number;
   uploadMBps?: number;
   peakRssGetBytes?: number;
   peakRssUploadBytes?: number;

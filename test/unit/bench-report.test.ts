@@ -105,6 +105,21 @@ describe('bench report', () => {
     expect(stallFigures([], 1_000)).toBeUndefined();
   });
 
+  it("judges p99 on the requests' own latencies and shows wrk's corrected p99 beside them", () => {
+    const withCorrected: RoundRecord[] = rounds.map((r) => ({
+      ...r,
+      figures: { ...r.figures, sidecar: { ...r.figures.sidecar!, p99Us: 400, p99CorrectedUs: r.round === 1 ? 1_500 : 1_700 } },
+    }));
+    const s = summarize(withCorrected, ids);
+    expect(s.sidecar?.p99CorrectedUs).toBe(1_600);
+    const p99 = verdicts(s, 'sidecar', undefined).find((t) => t.id === 'latency-p99')!;
+    expect(p99).toMatchObject({ pass: true, value: "400 µs (wrk's coordinated-omission-corrected p99: 1,600 µs)" });
+    const specs = ids.map((id) => ({ id, kind: id as 'direct', label: id }));
+    const text = markdown(s, specs, {}, {}, { machine: 'm', date: 'd', tool: 'wrk', layout: 'l', rounds: 2, durationS: 5, connections: 64, uploadMiB: 64, uploadsPerRound: 2, runner: 'dist', notes: [] });
+    expect(text).toContain('| 175 | 400 | 1,600 |'); // p50, p99, wrk-corrected p99
+    expect(text).toContain('| 140 | 650 | – |'); // undici: no corrected figure recorded
+  });
+
   it('summarizes the stall probes of the rounds into a note, and says nothing without them', () => {
     const probed: RoundRecord[] = [
       { ...rounds[0]!, stall: { medianUs: 50, slowShare: 0.02, slowdown: 8, worst: 12 } },
