@@ -111,10 +111,23 @@ export function noise(rounds: readonly RoundRecord[]): { medianPct: number | und
 }
 
 /** The proxy CPU's stalls over the rounds: medians of the share and slowdown, the worst piece of all. */
-export function stalls(rounds: readonly RoundRecord[]): { slowSharePct: number | undefined; slowdown: number | undefined; worst: number | undefined; probes: number } {
+export function stalls(rounds: readonly RoundRecord[]): {
+  slowSharePct: number | undefined;
+  slowdown: number | undefined;
+  worst: number | undefined;
+  /** The fastest and slowest round's median piece, µs: how much the CPU's own speed moved between rounds. */
+  pieceUs: { min: number | undefined; max: number | undefined };
+  probes: number;
+} {
   const probes = rounds.flatMap((r) => (r.stall ? [r.stall] : []));
-  const share = median(probes.map((p) => p.slowShare * 100));
-  return { slowSharePct: share, slowdown: median(probes.map((p) => p.slowdown)), worst: max(probes.map((p) => p.worst)), probes: probes.length };
+  const pieces = probes.map((p) => p.medianUs);
+  return {
+    slowSharePct: median(probes.map((p) => p.slowShare * 100)),
+    slowdown: median(probes.map((p) => p.slowdown)),
+    worst: max(probes.map((p) => p.worst)),
+    pieceUs: { min: pieces.length > 0 ? Math.min(...pieces) : undefined, max: max(pieces) },
+    probes: probes.length,
+  };
 }
 
 /** The stall figures as a note under the table (undefined without probes). */
@@ -124,7 +137,8 @@ export function stallNote(rounds: readonly RoundRecord[], probeS: number): strin
   return (
     `the proxy's CPU, probed for ${probeS} s before each round's 1-connection runs (a fixed piece of work, repeated), ran ${SLOW_FACTOR}× slower than usual or worse ` +
     `for a median ${fmt(s.slowSharePct, 1)}% of the time, slowed a median ${fmt(s.slowdown, 1)}× (at worst ${fmt(s.worst, 0)}×): the host's stalls, which every process in the VM shares; ` +
-    'a request that meets one takes that many times longer, whichever proxy it goes through'
+    'a request that meets one takes that many times longer, whichever proxy it goes through. ' +
+    `Outside the stalls, the probe's piece took ${fmt(s.pieceUs.min, 0)}–${fmt(s.pieceUs.max, 0)} µs from round to round: the CPU's own speed moved that much`
   );
 }
 
@@ -164,13 +178,13 @@ export function verdicts(s: Summary, id: string, tokens: TokenFigures | undefine
   if (!side) return out;
 
   const rpsRatio = side.vsUndici.rps;
-  verdict('throughput', 'GET req/s ≥ 0.9 × bare undici forwarder', rpsRatio === undefined ? 'n/a' : `${fmt(rpsRatio, 2)}×`, rpsRatio === undefined ? undefined : rpsRatio >= 0.9);
+  verdict('throughput', 'GET req/s ≥ 0.9 × bare undici forwarder', rpsRatio === undefined ? 'n/a' : `${fmt(rpsRatio, 3)}×`, rpsRatio === undefined ? undefined : rpsRatio >= 0.9);
 
   const addedRatio = side.vsUndici.addedP50;
   verdict(
     'latency-p50',
     'added p50 over direct ≤ 1.2 × bare undici forwarder’s',
-    addedRatio === undefined ? 'n/a' : `${fmt(side.addedP50Us, 0)} µs vs ${fmt(undici?.addedP50Us, 0)} µs (${fmt(addedRatio, 2)}×)`,
+    addedRatio === undefined ? 'n/a' : `${fmt(side.addedP50Us, 0)} µs vs ${fmt(undici?.addedP50Us, 0)} µs (${fmt(addedRatio, 3)}×)`,
     addedRatio === undefined ? undefined : addedRatio <= 1.2,
   );
   const corrected = side.p99CorrectedUs === undefined ? '' : ` (wrk's coordinated-omission-corrected p99: ${fmt(side.p99CorrectedUs, 0)} µs)`;

@@ -89,7 +89,7 @@ describe('bench report', () => {
       notes: ['a note'],
     });
     expect(text).toContain('| sidecar ⚠ | 6,500 | 0.85× |');
-    expect(text).toContain('| GET req/s ≥ 0.9 × bare undici forwarder | 0.85× | **missed** |');
+    expect(text).toContain('| GET req/s ≥ 0.9 × bare undici forwarder | 0.850× | **missed** |');
     expect(text).toContain('- a note');
   });
 
@@ -126,9 +126,10 @@ describe('bench report', () => {
       { ...rounds[1]!, stall: { medianUs: 52, slowShare: 0.04, slowdown: 10, worst: 20 } },
       { ...rounds[1]!, round: 3, stall: undefined },
     ];
-    expect(stalls(probed)).toEqual({ slowSharePct: 3, slowdown: 9, worst: 20, probes: 2 });
+    expect(stalls(probed)).toEqual({ slowSharePct: 3, slowdown: 9, worst: 20, pieceUs: { min: 50, max: 52 }, probes: 2 });
     const note = stallNote(probed, 2)!;
     expect(note).toContain('for a median 3.0% of the time, slowed a median 9.0× (at worst 20×)');
+    expect(note).toContain('the probe\'s piece took 50–52 µs from round to round');
     expect(stallNote(rounds, 2)).toBeUndefined();
   });
 });
