@@ -8,7 +8,7 @@
  */
 import type { Runner } from './build.js';
 import { Child } from './proc.js';
-import { median } from './stats.js';
+import { max, median } from './stats.js';
 
 export interface StallFigures {
   /** How long the probe's fixed piece of work usually took (median), µs. */
@@ -33,7 +33,7 @@ export function stallFigures(pieceUs: readonly number[], elapsedUs: number): Sta
     medianUs: typical,
     slowShare: slowUs / elapsedUs,
     slowdown: slow.length > 0 ? median(slow)! / typical : 1,
-    worst: Math.max(...pieceUs) / typical,
+    worst: max(pieceUs)! / typical,
   };
 }
 
