@@ -37,12 +37,17 @@ import { machineLine } from './lib/machine.js';
 import { ForeignCpuMeter, PeakTracker, commandVersion, cpuLayout, cpuTimeMs, waitForQuiet } from './lib/proc.js';
 import { fmt, markdown, noise, stallNote, summarize, verdicts, type RoundRecord, type TargetVerdict, type TokenFigures } from './lib/report.js';
 import { probeStalls } from './lib/stall.js';
-import { refreshIntervalMs, rotate, tokenGapsOk } from './lib/stats.js';
+import { histogramPercentile, median, mergeHistogram, refreshIntervalMs, rotate, tokenGapsOk } from './lib/stats.js';
 import type { RoundFigures } from './lib/types.js';
 
 const FLAGS: Flags = {
   rounds: { type: 'string', default: '5', description: 'interleaved rounds (each contender once per phase per round)' },
   duration: { type: 'string', default: '5', description: 'seconds of each GET run (64 connections, and again at 1 connection)' },
+  'latency-slices': {
+    type: 'string',
+    default: '5',
+    description: 'the 1-connection run of each contender in this many slices (whole seconds), contenders alternating slice by slice (wrk only)',
+  },
   warmup: { type: 'string', default: '2', description: 'seconds of GET load (plus one upload) per contender before measuring' },
   prewarm: {
     type: 'string',
@@ -116,6 +121,15 @@ async function main(): Promise<number> {
     const note = 'wrk is not installed: using autocannon for GET load (Debian: apt-get install wrk); autocannon in one process may limit the fastest contenders';
     say(`bench: ${note}`);
     notes.push(note);
+  }
+  // Whole-second slices (wrk's -d); one slice = one run as before. Histograms to merge come from wrk only.
+  const sliceS = Math.max(1, Math.floor(durationS / Math.max(1, Math.floor(args.number('latency-slices', 1)))));
+  const latencySlices: Slices = { count: preferWrk && wrkAvailable() ? Math.max(1, Math.round(durationS / sliceS)) : 1, seconds: sliceS };
+  if (latencySlices.count > 1) {
+    notes.push(
+      `1-connection runs: ${latencySlices.count} slices of ${sliceS} s per contender and round, the contenders alternating slice by slice; ` +
+        'p50/p99 of the merged histograms',
+    );
   }
   const layout = cpuLayout(!args.boolean('no-pin'));
   if (layout.proxy === undefined) notes.push(`processes ${layout.description}`);
@@ -193,7 +207,8 @@ async function main(): Promise<number> {
       };
       await each('get', (c) => measureGet(loadgen, c, connections, durationS, prewarmS, upstreamConnections));
       record.stall = await probeStalls(runner, layout.proxy, STALL_PROBE_S);
-      await each('latency', (c) => measureLatency(loadgen, c, durationS));
+      if (latencySlices.count > 1) await latencyInSlices(loadgen, order, running, record, quiet, label, latencySlices);
+      else await each('latency', (c) => measureLatency(loadgen, c, durationS));
       await each('upload', (c) => measureUpload(loadgen, c, uploadMiB * MiB, uploads));
     }
     const endedAt = Date.now();
@@ -369,6 +384,67 @@ async function measureLatency(loadgen: LoadGenerator, c: RunningContender, durat
     };
   } catch (err) {
     return { figures: {}, problems: [`latency run failed: ${(err as Error).message}`], line: `FAILED ${(err as Error).message}` };
+  }
+}
+
+interface Slices {
+  count: number;
+  seconds: number;
+}
+
+/**
+ * The 1-connection runs of one round in slices, the contenders alternating (A B C, A B C, …), each
+ * contender's histograms merged. The CPU's own speed moves within seconds on a shared VM (lib/stall.ts);
+ * alternating every second lets every contender meet the same weather, where one 5-s run each did not.
+ * One wait for a quiet machine per pass; every slice is kept, and other processes' share is reported.
+ */
+async function latencyInSlices(
+  loadgen: LoadGenerator,
+  order: readonly string[],
+  running: ReadonlyMap<string, RunningContender>,
+  record: RoundRecord,
+  quiet: Quiet,
+  label: string,
+  slices: Slices,
+): Promise<void> {
+  const merged = new Map(order.map((id) => [id, { own: new Map<number, number>(), corrected: new Map<number, number>(), foreign: [] as number[], non2xx: 0, errors: 0, failures: [] as string[] }]));
+  for (let s = 0; s < slices.count; s++) {
+    if (quiet.maxWaitS > 0) await waitForQuiet(quiet.thresholdPct, quiet.maxWaitS * 1000);
+    for (const id of order) {
+      const c = running.get(id)!;
+      const m = merged.get(id)!;
+      const meter = new ForeignCpuMeter();
+      try {
+        const result = await loadgen.get(c.target, GET_PATH, 1, slices.seconds, { histogram: true });
+        m.non2xx += result.non2xx;
+        m.errors += result.errors;
+        if (result.histogramUs && result.correctedHistogramUs) {
+          mergeHistogram(m.own, result.histogramUs);
+          mergeHistogram(m.corrected, result.correctedHistogramUs);
+        } else m.failures.push('a 1-connection slice came without a per-request histogram (left out)');
+      } catch (err) {
+        m.failures.push(`a 1-connection slice failed: ${(err as Error).message}`);
+      }
+      m.foreign.push(meter.stop());
+      c.truncateLog();
+    }
+  }
+  for (const id of order) {
+    const m = merged.get(id)!;
+    const f = record.figures[id]!;
+    const p50 = histogramPercentile(m.own, 50);
+    const p99 = histogramPercentile(m.own, 99);
+    const corrected = histogramPercentile(m.corrected, 99);
+    if (p50 !== undefined && p99 !== undefined) Object.assign(f, { p50Us: p50, p99Us: p99 }, corrected !== undefined && { p99CorrectedUs: corrected });
+    if (m.non2xx > 0) f.problems.push(`${m.non2xx} non-2xx answers at 1 connection`);
+    if (m.errors > 0) f.problems.push(`${m.errors} socket errors/timeouts at 1 connection`);
+    f.problems.push(...new Set(m.failures));
+    f.foreignCpuPct.latency = median(m.foreign);
+    const foreign = f.foreignCpuPct.latency ?? 0;
+    say(
+      `round ${label}  ${phaseLabel('latency')} ${id.padEnd(12)} p50 ${p50 ?? '–'} µs  p99 ${p99 ?? '–'} µs  (wrk's CO-corrected p99 ${corrected ?? '–'} µs; ` +
+        `${slices.count} × ${slices.seconds} s)${foreign >= 1 ? `  [other processes: ${Math.round(foreign)}% CPU]` : ''}`,
+    );
   }
 }
 

@@ -19,9 +19,14 @@ export interface Target {
   caFile?: string | undefined;
 }
 
+export interface GetOptions {
+  /** Also return the latency histograms (wrk only), for merging several runs. */
+  histogram?: boolean;
+}
+
 export interface LoadGenerator {
   readonly tool: 'wrk' | 'autocannon';
-  get(target: Target, path: string, connections: number, durationS: number): Promise<LoadResult>;
+  get(target: Target, path: string, connections: number, durationS: number, options?: GetOptions): Promise<LoadResult>;
   upload(target: Target, path: string, bytes: number, count: number): Promise<UploadResult>;
 }
 
@@ -34,15 +39,15 @@ export function createLoadGenerator(options: { runner: Runner; cpu: number | und
   const upload = (target: Target, path: string, bytes: number, count: number): Promise<UploadResult> =>
     runUpload(options.runner, options.cpu, { url: target.base + path, headers: target.headers, caFile: target.caFile, bytes, count, timeoutMs: 120_000 });
   if (useWrk) {
-    return { tool: 'wrk', get: (target, path, c, d) => runWrk(options.cpu, target, path, c, d), upload };
+    return { tool: 'wrk', get: (target, path, c, d, o) => runWrk(options.cpu, target, path, c, d, o?.histogram === true), upload };
   }
   return { tool: 'autocannon', get: (target, path, c, d) => runAutocannon(options.runner, options.cpu, target, path, c, d), upload };
 }
 
-async function runWrk(cpu: number | undefined, target: Target, path: string, connections: number, durationS: number): Promise<LoadResult> {
+async function runWrk(cpu: number | undefined, target: Target, path: string, connections: number, durationS: number, histogram: boolean): Promise<LoadResult> {
   const headerArgs = Object.entries(target.headers).flatMap(([k, v]) => ['-H', `${k}: ${v}`]);
   const args = ['-t1', `-c${connections}`, `-d${durationS}s`, '--timeout', '5s', '-s', resolve(ROOT, 'bench/tools/wrk-report.lua'), ...headerArgs, target.base + path];
-  const child = new Child('wrk', 'wrk', args, { cpu, env: cleanEnv({ BENCH_CONNECTIONS: String(connections) }) });
+  const child = new Child('wrk', 'wrk', args, { cpu, env: cleanEnv({ BENCH_CONNECTIONS: String(connections), BENCH_HISTOGRAM: histogram ? '1' : '0' }) });
   const line = await finish(child, durationS * 1000 + 30_000, (out) => /^BENCH_JSON (.+)$/m.exec(out)?.[1]);
   const raw = JSON.parse(line) as {
     requests: number;
@@ -51,6 +56,8 @@ async function runWrk(cpu: number | undefined, target: Target, path: string, con
     latency: { p50: number; p90: number; p99: number; max: number };
     per_request_count: number;
     corrected: { p50: number; p99: number };
+    histogram?: Array<[number, number]>;
+    corrected_histogram?: Array<[number, number]>;
   };
   // The script rebuilds the requests' own histogram from wrk's corrected one (0: it could not, and `latency` is
   // wrk's); every recorded request must be in it.
@@ -69,6 +76,7 @@ async function runWrk(cpu: number | undefined, target: Target, path: string, con
     errors: raw.errors.connect + raw.errors.read + raw.errors.write + raw.errors.timeout,
     latencyUs: raw.latency,
     ...(perRequest && { correctedLatencyUs: raw.corrected }),
+    ...(raw.histogram && raw.corrected_histogram && { histogramUs: raw.histogram, correctedHistogramUs: raw.corrected_histogram }),
   };
 }
 

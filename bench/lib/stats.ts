@@ -38,6 +38,26 @@ export function percentile(samples: readonly number[], p: number): number | unde
   return sorted[Math.min(sorted.length, Math.max(1, rank)) - 1];
 }
 
+/** Add `[value, count]` pairs to a histogram (value → count). */
+export function mergeHistogram(into: Map<number, number>, entries: ReadonlyArray<readonly [number, number]>): void {
+  for (const [value, count] of entries) into.set(value, (into.get(value) ?? 0) + count);
+}
+
+/** Nearest-rank percentile of a histogram (value → count), as `percentile` of the samples it counts. */
+export function histogramPercentile(histogram: ReadonlyMap<number, number>, p: number): number | undefined {
+  if (!(p > 0 && p <= 100)) throw new RangeError(`percentile must be in (0, 100], got ${p}`);
+  const values = [...histogram.keys()].sort((a, b) => a - b);
+  const total = values.reduce((sum, v) => sum + histogram.get(v)!, 0);
+  if (total === 0) return undefined;
+  const rank = Math.max(1, Math.ceil((p / 100) * total));
+  let seen = 0;
+  for (const v of values) {
+    seen += histogram.get(v)!;
+    if (seen >= rank) return v;
+  }
+  return values.at(-1);
+}
+
 /** (max − min) / median: how much the rounds disagree; `undefined` below two values. */
 export function spread(values: readonly number[]): number | undefined {
   const finite = values.filter(Number.isFinite);

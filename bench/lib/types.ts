@@ -19,6 +19,9 @@ export interface LoadResult {
    * requests' own histogram could not be rebuilt: `latencyUs` is then wrk's corrected one.
    */
   correctedLatencyUs?: { p50: number; p99: number };
+  /** wrk only, when asked: the requests' own latency histogram, `[µs, count]` pairs, and wrk's corrected one. */
+  histogramUs?: Array<[number, number]>;
+  correctedHistogramUs?: Array<[number, number]>;
 }
 
 /** Figures of one contender in one round. */

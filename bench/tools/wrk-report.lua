@@ -15,8 +15,9 @@
 -- histogram is walked (wrk's accessor scans the range once per value).
 local MAX_RANGE_US = 2000000
 
+-- Nearest rank, as the harness takes it of merged histograms (lib/stats.ts).
 local function percentile(values, counts, total, p)
-  local rank = math.floor(p / 100 * total + 0.5)
+  local rank = math.ceil(p / 100 * total)
   if rank < 1 then rank = 1 end
   local seen = 0
   for _, v in ipairs(values) do
@@ -26,14 +27,29 @@ local function percentile(values, counts, total, p)
   return values[#values] or 0
 end
 
--- The histogram without wrk's phantom samples: values ascending, count per value, and the total.
-local function uncorrected(latency, requests, duration_us, connections)
+-- wrk's histogram: values ascending and the count per value.
+local function histogram(latency)
   local values, counts = {}, {}
   for i = 1, #latency do
     local v, c = latency(i)
     values[i] = v
     counts[v] = c
   end
+  return values, counts
+end
+
+-- "[[value,count],…]" for the harness, which merges the histograms of several runs.
+local function pairs_json(values, counts)
+  local parts = {}
+  for _, v in ipairs(values) do
+    if counts[v] > 0 then parts[#parts + 1] = string.format('[%d,%d]', v, counts[v]) end
+  end
+  return '[' .. table.concat(parts, ',') .. ']'
+end
+
+-- The histogram without wrk's phantom samples: values ascending, count per value, and the total.
+local function uncorrected(latency, requests, duration_us, connections)
+  local values, counts = histogram(latency)
   local per_connection = math.floor(requests / connections)
   if per_connection == 0 then return values, counts, requests end
   local interval = math.floor(duration_us / per_connection)
@@ -61,9 +77,13 @@ done = function(summary, latency, requests)
   local p50, p90, p99, mean = latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.mean
   local corrected_p50, corrected_p99 = p50, p99
   local own = 0 -- requests in the per-request histogram (0: it could not be rebuilt)
+  local histograms = '' -- both histograms, when the harness asks (BENCH_HISTOGRAM=1)
   if #latency > 0 and latency.max - latency.min <= MAX_RANGE_US then
+    local want = os.getenv('BENCH_HISTOGRAM') == '1'
+    local corrected_json = want and pairs_json(histogram(latency)) or nil
     local values, counts, total = uncorrected(latency, summary.requests, summary.duration, connections)
     if total > 0 then
+      if want then histograms = string.format(',"histogram":%s,"corrected_histogram":%s', pairs_json(values, counts), corrected_json) end
       local sum = 0
       for _, v in ipairs(values) do sum = sum + v * counts[v] end
       p50, p90, p99 = percentile(values, counts, total, 50), percentile(values, counts, total, 90), percentile(values, counts, total, 99)
@@ -75,9 +95,9 @@ done = function(summary, latency, requests)
     'BENCH_JSON {"requests":%d,"duration_us":%d,"bytes":%d,' ..
     '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},' ..
     '"latency":{"p50":%.1f,"p90":%.1f,"p99":%.1f,"max":%.1f,"mean":%.1f},' ..
-    '"per_request_count":%d,"corrected":{"p50":%.1f,"p99":%.1f}}\n',
+    '"per_request_count":%d,"corrected":{"p50":%.1f,"p99":%.1f}%s}\n',
     summary.requests, summary.duration, summary.bytes,
     e.connect, e.read, e.write, e.status, e.timeout,
     p50, p90, p99, latency.max, mean,
-    own, corrected_p50, corrected_p99))
+    own, corrected_p50, corrected_p99, histograms))
 end

@@ -2,8 +2,10 @@ import { describe, expect, it } from 'vitest';
 import {
   expectedTokenRequests,
   flatness,
+  histogramPercentile,
   max,
   median,
+  mergeHistogram,
   percentile,
   ratio,
   refreshIntervalMs,
@@ -89,5 +91,16 @@ describe('bench statistics', () => {
     expect(round(1.23456, 2)).toBe(1.23);
     expect(round(undefined)).toBeUndefined();
     expect(round(Number.NaN)).toBeUndefined();
+  });
+
+  it('merges histograms and takes the same nearest-rank percentile as of the samples they count', () => {
+    const h = new Map<number, number>();
+    mergeHistogram(h, [[100, 3], [200, 1]]);
+    mergeHistogram(h, [[100, 1], [900, 1], [150, 4]]);
+    expect([...h].sort((a, b) => a[0] - b[0])).toEqual([[100, 4], [150, 4], [200, 1], [900, 1]]);
+    const samples = [...h].flatMap(([v, c]) => Array<number>(c).fill(v));
+    for (const p of [1, 40, 50, 80, 90, 99, 100]) expect(histogramPercentile(h, p)).toBe(percentile(samples, p));
+    expect(histogramPercentile(new Map(), 50)).toBeUndefined();
+    expect(() => histogramPercentile(h, 0)).toThrow(RangeError);
   });
 });
