@@ -122,15 +122,6 @@ async function main(): Promise<number> {
     say(`bench: ${note}`);
     notes.push(note);
   }
-  // Whole-second slices (wrk's -d); one slice = one run as before. Histograms to merge come from wrk only.
-  const sliceS = Math.max(1, Math.floor(durationS / Math.max(1, Math.floor(args.number('latency-slices', 1)))));
-  const latencySlices: Slices = { count: preferWrk && wrkAvailable() ? Math.max(1, Math.round(durationS / sliceS)) : 1, seconds: sliceS };
-  if (latencySlices.count > 1) {
-    notes.push(
-      `1-connection runs: ${latencySlices.count} slices of ${sliceS} s per contender and round, the contenders alternating slice by slice; ` +
-        'p50/p99 of the merged histograms',
-    );
-  }
   const layout = cpuLayout(!args.boolean('no-pin'));
   if (layout.proxy === undefined) notes.push(`processes ${layout.description}`);
 
@@ -165,6 +156,15 @@ async function main(): Promise<number> {
   const ids = specs.map((c) => c.id);
   const loadgen = createLoadGenerator({ runner, cpu: layout.loadgen, prefer: preferWrk ? 'wrk' : 'autocannon' });
   say(`bench: ${layout.description}; load generator ${loadgen.tool}; contenders ${ids.join(', ')}`);
+  // Whole-second slices (wrk's -d); one slice = one run as before. Histograms to merge come from wrk only.
+  const sliceS = Math.max(1, Math.floor(durationS / Math.max(1, Math.floor(args.number('latency-slices', 1)))));
+  const latencySlices: Slices = { count: loadgen.tool === 'wrk' ? Math.max(1, Math.round(durationS / sliceS)) : 1, seconds: sliceS };
+  if (latencySlices.count > 1) {
+    notes.push(
+      `1-connection runs: ${latencySlices.count} slices of ${sliceS} s per contender and round, the contenders alternating slice by slice; ` +
+        'p50/p99 of the merged histograms',
+    );
+  }
   const plannedS = specs.length * (warmupS + 1 + rounds * (2 * durationS + prewarmS + 4)) + rounds * STALL_PROBE_S;
   say(`bench: about ${Math.ceil(plannedS / 60)} min on a quiet machine`);
 

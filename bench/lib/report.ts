@@ -252,8 +252,8 @@ export function markdown(
   const lines: string[] = [];
   lines.push(`Machine: ${ctx.machine}`);
   lines.push(`Run: ${ctx.date}; ${ctx.rounds} interleaved rounds; GET ${ctx.durationS} s at ${ctx.connections} connections and ${ctx.durationS} s at 1 connection (${ctx.tool}); ` +
-    `${ctx.uploadsPerRound} × ${ctx.uploadMiB} MiB POST per round; ${ctx.layout}; sidecar run as ${ctx.runner}. Medians over rounds; ratios are medians of per-round ratios; RSS is the peak over all rounds; ` +
-    "latency percentiles are the requests' own (wrk's coordinated-omission correction taken out, its corrected p99 in its own column).");
+    `${ctx.uploadsPerRound} × ${ctx.uploadMiB} MiB POST per round; ${ctx.layout}; sidecar run as ${ctx.runner}. Medians over rounds; ratios are medians of per-round ratios; RSS is the peak over all rounds` +
+    (ctx.tool.startsWith('wrk') ? "; latency percentiles are the requests' own (wrk's coordinated-omission correction taken out, its corrected p99 in its own column)." : '.'));
   lines.push('');
   lines.push('| contender | GET req/s | × undici | × direct | p50 µs | p99 µs | p99 µs, wrk-corrected | added p50 µs | added × undici | upload MB/s | × undici | × direct | peak RSS GET MB | peak RSS upload MB | CPU µs/req | upload CPU ms/GB |');
   lines.push('|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|');

@@ -118,6 +118,8 @@ describe('bench report', () => {
     const text = markdown(s, specs, {}, {}, { machine: 'm', date: 'd', tool: 'wrk', layout: 'l', rounds: 2, durationS: 5, connections: 64, uploadMiB: 64, uploadsPerRound: 2, runner: 'dist', notes: [] });
     expect(text).toContain('| 175 | 400 | 1,600 |'); // p50, p99, wrk-corrected p99
     expect(text).toContain('| 140 | 650 | – |'); // undici: no corrected figure recorded
+    expect(text).toContain("latency percentiles are the requests' own");
+    expect(markdown(s, specs, {}, {}, { machine: 'm', date: 'd', tool: 'autocannon 8', layout: 'l', rounds: 2, durationS: 5, connections: 64, uploadMiB: 64, uploadsPerRound: 2, runner: 'dist', notes: [] })).not.toContain('coordinated-omission');
   });
 
   it('summarizes the stall probes of the rounds into a note, and says nothing without them', () => {
