@@ -37,12 +37,17 @@ import { machineLine } from './lib/machine.js';
 import { ForeignCpuMeter, PeakTracker, commandVersion, cpuLayout, cpuTimeMs, waitForQuiet } from './lib/proc.js';
 import { fmt, markdown, noise, stallNote, summarize, verdicts, type RoundRecord, type TargetVerdict, type TokenFigures } from './lib/report.js';
 import { probeStalls } from './lib/stall.js';
-import { histogramPercentile, median, mergeHistogram, refreshIntervalMs, rotate, tokenGapsOk } from './lib/stats.js';
+import { histogramPercentile, max, median, mergeHistogram, refreshIntervalMs, rotate, tokenGapsOk } from './lib/stats.js';
 import type { RoundFigures } from './lib/types.js';
 
 const FLAGS: Flags = {
   rounds: { type: 'string', default: '5', description: 'interleaved rounds (each contender once per phase per round)' },
   duration: { type: 'string', default: '5', description: 'seconds of each GET run (64 connections, and again at 1 connection)' },
+  'get-slices': {
+    type: 'string',
+    default: '5',
+    description: 'the 64-connection run of each contender in this many slices (whole seconds), contenders alternating slice by slice, each after the pool prewarm',
+  },
   'latency-slices': {
     type: 'string',
     default: '5',
@@ -156,16 +161,25 @@ async function main(): Promise<number> {
   const ids = specs.map((c) => c.id);
   const loadgen = createLoadGenerator({ runner, cpu: layout.loadgen, prefer: preferWrk ? 'wrk' : 'autocannon' });
   say(`bench: ${layout.description}; load generator ${loadgen.tool}; contenders ${ids.join(', ')}`);
-  // Whole-second slices (wrk's -d); one slice = one run as before. Histograms to merge come from wrk only.
-  const sliceS = Math.max(1, Math.floor(durationS / Math.max(1, Math.floor(args.number('latency-slices', 1)))));
-  const latencySlices: Slices = { count: loadgen.tool === 'wrk' ? Math.max(1, Math.round(durationS / sliceS)) : 1, seconds: sliceS };
+  // Whole-second slices (wrk's -d); one slice = one run as before. Latency histograms to merge come from wrk only.
+  const getSlices = slicesOf(durationS, args.number('get-slices', 1));
+  const latencySlices = loadgen.tool === 'wrk' ? slicesOf(durationS, args.number('latency-slices', 1)) : { count: 1, seconds: durationS };
+  if (getSlices.count > 1) {
+    notes.push(
+      `64-connection runs: ${getSlices.count} slices of ${getSlices.seconds} s per contender and round, the contenders alternating slice by slice, ` +
+        "each slice after the pool prewarm (direct: one run); req/s = all requests over all slices' time",
+    );
+  }
   if (latencySlices.count > 1) {
     notes.push(
-      `1-connection runs: ${latencySlices.count} slices of ${sliceS} s per contender and round, the contenders alternating slice by slice; ` +
+      `1-connection runs: ${latencySlices.count} slices of ${latencySlices.seconds} s per contender and round, the contenders alternating slice by slice; ` +
         'p50/p99 of the merged histograms',
     );
   }
-  const plannedS = specs.length * (warmupS + 1 + rounds * (2 * durationS + prewarmS + 4)) + rounds * STALL_PROBE_S;
+  // Per contender: warm-up, then per round the measured seconds, a prewarm per GET slice and ~4 s of waits and
+  // uploads; per round: the stall probe and one quiet-wait per slice pass.
+  const plannedS =
+    specs.length * (warmupS + 1 + rounds * (2 * durationS + prewarmS * getSlices.count + 4)) + rounds * (STALL_PROBE_S + getSlices.count + latencySlices.count);
   say(`bench: about ${Math.ceil(plannedS / 60)} min on a quiet machine`);
 
   let env: Environment | undefined;
@@ -205,7 +219,8 @@ async function main(): Promise<number> {
           await measure(phase, c, record.figures[id]!, quiet, label, () => run(c));
         }
       };
-      await each('get', (c) => measureGet(loadgen, c, connections, durationS, prewarmS, upstreamConnections));
+      if (getSlices.count > 1) await getInSlices(loadgen, order, running, record, quiet, label, getSlices, connections, prewarmS, upstreamConnections);
+      else await each('get', (c) => measureGet(loadgen, c, connections, durationS, prewarmS, upstreamConnections));
       record.stall = await probeStalls(runner, layout.proxy, STALL_PROBE_S);
       if (latencySlices.count > 1) await latencyInSlices(loadgen, order, running, record, quiet, label, latencySlices);
       else await each('latency', (c) => measureLatency(loadgen, c, durationS));
@@ -329,14 +344,25 @@ function phaseLabel(phase: Phase): string {
   return { get: 'GET ×N  ', latency: 'GET ×1  ', upload: 'upload  ' }[phase];
 }
 
-async function measureGet(
+/** One measured 64-connection run of one contender (after the pool prewarm), as raw sums. */
+interface GetSample {
+  requests: number;
+  seconds: number;
+  /** CPU time of the proxy process during the run (undefined for direct). */
+  cpuMs: number | undefined;
+  peakBytes: number | undefined;
+  non2xx: number;
+  errors: number;
+}
+
+async function getSample(
   loadgen: LoadGenerator,
   c: RunningContender,
   connections: number,
-  durationS: number,
+  seconds: number,
   prewarmS: number,
   upstreamConnections: () => Promise<number>,
-): Promise<PhaseResult> {
+): Promise<GetSample> {
   // Pools to the upstream idle out while the others run: re-establish them, unmeasured, in slices of
   // `prewarmS` until a slice opens no new upstream connection (at most 10 slices). Direct opens fresh ones by design.
   if (prewarmS > 0) {
@@ -348,24 +374,106 @@ async function measureGet(
   }
   const cpuBefore = c.pid === undefined ? undefined : cpuTimeMs(c.pid);
   const peak = c.pid === undefined ? undefined : new PeakTracker(c.pid);
-  const problems: string[] = [];
   try {
-    const result = await loadgen.get(c.target, GET_PATH, connections, durationS);
+    const result = await loadgen.get(c.target, GET_PATH, connections, seconds);
     const cpuAfter = c.pid === undefined ? undefined : cpuTimeMs(c.pid);
-    const cpuUsPerRequest = cpuBefore !== undefined && cpuAfter !== undefined && result.requests > 0 ? ((cpuAfter - cpuBefore) * 1000) / result.requests : undefined;
-    if (result.non2xx > 0) problems.push(`${result.non2xx} non-2xx answers under GET load`);
-    if (result.errors > 0) problems.push(`${result.errors} socket errors/timeouts under GET load`);
-    const peakBytes = peak?.stop();
     return {
-      figures: { rps: result.requestsPerS, cpuUsPerRequest, peakRssGetBytes: peakBytes },
-      problems,
-      line: `${Math.round(result.requestsPerS).toLocaleString('en-US').padStart(8)} req/s` +
-        (cpuUsPerRequest !== undefined ? `  ${cpuUsPerRequest.toFixed(1)} µs CPU/req` : '') +
-        (peakBytes !== undefined ? `  peak RSS ${(peakBytes / 1e6).toFixed(1)} MB` : ''),
+      requests: result.requests,
+      seconds: result.durationS,
+      cpuMs: cpuBefore !== undefined && cpuAfter !== undefined ? cpuAfter - cpuBefore : undefined,
+      peakBytes: peak?.stop(),
+      non2xx: result.non2xx,
+      errors: result.errors,
     };
   } catch (err) {
     peak?.stop();
+    throw err;
+  }
+}
+
+/** The GET figures of one or more samples of one contender: total requests over total time, CPU per request, peak RSS. */
+function getFigures(samples: readonly GetSample[]): PhaseResult {
+  const requests = samples.reduce((sum, x) => sum + x.requests, 0);
+  const seconds = samples.reduce((sum, x) => sum + x.seconds, 0);
+  const rps = seconds > 0 ? requests / seconds : undefined;
+  const cpuMs = samples.every((x) => x.cpuMs !== undefined) ? samples.reduce((sum, x) => sum + x.cpuMs!, 0) : undefined;
+  const cpuUsPerRequest = cpuMs !== undefined && requests > 0 ? (cpuMs * 1000) / requests : undefined;
+  const peakBytes = max(samples.flatMap((x) => (x.peakBytes === undefined ? [] : [x.peakBytes])));
+  const non2xx = samples.reduce((sum, x) => sum + x.non2xx, 0);
+  const errors = samples.reduce((sum, x) => sum + x.errors, 0);
+  const problems: string[] = [];
+  if (non2xx > 0) problems.push(`${non2xx} non-2xx answers under GET load`);
+  if (errors > 0) problems.push(`${errors} socket errors/timeouts under GET load`);
+  return {
+    figures: { ...(rps !== undefined && { rps }), cpuUsPerRequest, peakRssGetBytes: peakBytes },
+    problems,
+    line: `${rps === undefined ? '–' : Math.round(rps).toLocaleString('en-US').padStart(8)} req/s` +
+      (cpuUsPerRequest !== undefined ? `  ${cpuUsPerRequest.toFixed(1)} µs CPU/req` : '') +
+      (peakBytes !== undefined ? `  peak RSS ${(peakBytes / 1e6).toFixed(1)} MB` : ''),
+  };
+}
+
+async function measureGet(
+  loadgen: LoadGenerator,
+  c: RunningContender,
+  connections: number,
+  durationS: number,
+  prewarmS: number,
+  upstreamConnections: () => Promise<number>,
+): Promise<PhaseResult> {
+  try {
+    return getFigures([await getSample(loadgen, c, connections, durationS, prewarmS, upstreamConnections)]);
+  } catch (err) {
     return { figures: {}, problems: [`GET run failed: ${(err as Error).message}`], line: `FAILED ${(err as Error).message}` };
+  }
+}
+
+/**
+ * The 64-connection runs of one round in slices, the contenders alternating, like `latencyInSlices`; each
+ * slice comes after the pool prewarm (the sidecar's pool idles out after 4 s, while the others run). Direct
+ * runs once for the whole time, in the first pass: its 64 connections are TLS handshakes wrk makes at the
+ * start of every run, which 1-s slices would measure five times over.
+ */
+async function getInSlices(
+  loadgen: LoadGenerator,
+  order: readonly string[],
+  running: ReadonlyMap<string, RunningContender>,
+  record: RoundRecord,
+  quiet: Quiet,
+  label: string,
+  slices: Slices,
+  connections: number,
+  prewarmS: number,
+  upstreamConnections: () => Promise<number>,
+): Promise<void> {
+  const samples = new Map(order.map((id) => [id, { taken: [] as GetSample[], foreign: [] as number[], failures: [] as string[] }]));
+  for (let s = 0; s < slices.count; s++) {
+    if (quiet.maxWaitS > 0) await waitForQuiet(quiet.thresholdPct, quiet.maxWaitS * 1000);
+    for (const id of order) {
+      const c = running.get(id)!;
+      const m = samples.get(id)!;
+      if (c.kind === 'direct' && s > 0) continue;
+      const meter = new ForeignCpuMeter();
+      try {
+        const seconds = c.kind === 'direct' ? slices.count * slices.seconds : slices.seconds;
+        m.taken.push(await getSample(loadgen, c, connections, seconds, prewarmS, upstreamConnections));
+      } catch (err) {
+        m.failures.push(`a GET slice failed: ${(err as Error).message}`);
+      }
+      m.foreign.push(meter.stop());
+      c.truncateLog();
+    }
+  }
+  for (const id of order) {
+    const m = samples.get(id)!;
+    const f = record.figures[id]!;
+    const result = getFigures(m.taken);
+    Object.assign(f, result.figures);
+    f.problems.push(...result.problems, ...new Set(m.failures));
+    f.foreignCpuPct.get = median(m.foreign);
+    const foreign = f.foreignCpuPct.get ?? 0;
+    const spans = m.taken.map((x) => Math.round(x.seconds));
+    say(`round ${label}  ${phaseLabel('get')} ${id.padEnd(12)} ${result.line}  (${spans.length} × ${spans[0] ?? '–'} s)${foreign >= 1 ? `  [other processes: ${Math.round(foreign)}% CPU]` : ''}`);
   }
 }
 
@@ -390,6 +498,12 @@ async function measureLatency(loadgen: LoadGenerator, c: RunningContender, durat
 interface Slices {
   count: number;
   seconds: number;
+}
+
+/** `durationS` split into about `wanted` slices of whole seconds (wrk's -d), at least one. */
+function slicesOf(durationS: number, wanted: number): Slices {
+  const seconds = Math.max(1, Math.floor(durationS / Math.max(1, Math.floor(wanted))));
+  return { count: Math.max(1, Math.round(durationS / seconds)), seconds };
 }
 
 /**
