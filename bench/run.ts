@@ -446,31 +446,25 @@ async function getInSlices(
   prewarmS: number,
   upstreamConnections: () => Promise<number>,
 ): Promise<void> {
-  const samples = new Map(order.map((id) => [id, { taken: [] as GetSample[], foreign: [] as number[], failures: [] as string[] }]));
-  for (let s = 0; s < slices.count; s++) {
-    if (quiet.maxWaitS > 0) await waitForQuiet(quiet.thresholdPct, quiet.maxWaitS * 1000);
-    for (const id of order) {
-      const c = running.get(id)!;
-      const m = samples.get(id)!;
-      if (c.kind === 'direct' && s > 0) continue;
-      const meter = new ForeignCpuMeter();
-      try {
-        const seconds = c.kind === 'direct' ? slices.count * slices.seconds : slices.seconds;
-        m.taken.push(await getSample(loadgen, c, connections, seconds, prewarmS, upstreamConnections));
-      } catch (err) {
-        m.failures.push(`a GET slice failed: ${(err as Error).message}`);
-      }
-      m.foreign.push(meter.stop());
-      c.truncateLog();
+  const samples = new Map(order.map((id) => [id, { taken: [] as GetSample[], failures: [] as string[] }]));
+  const foreignShares = await alternate(order, running, quiet, slices.count, async (c, pass) => {
+    if (c.kind === 'direct' && pass > 0) return false;
+    const m = samples.get(c.id)!;
+    try {
+      const seconds = c.kind === 'direct' ? slices.count * slices.seconds : slices.seconds;
+      m.taken.push(await getSample(loadgen, c, connections, seconds, prewarmS, upstreamConnections));
+    } catch (err) {
+      m.failures.push(`a GET slice failed: ${(err as Error).message}`);
     }
-  }
+    return true;
+  });
   for (const id of order) {
     const m = samples.get(id)!;
     const f = record.figures[id]!;
     const result = getFigures(m.taken);
     Object.assign(f, result.figures);
     f.problems.push(...result.problems, ...new Set(m.failures));
-    f.foreignCpuPct.get = median(m.foreign);
+    f.foreignCpuPct.get = median(foreignShares.get(id)!);
     const foreign = f.foreignCpuPct.get ?? 0;
     const spans = m.taken.map((x) => Math.round(x.seconds));
     say(`round ${label}  ${phaseLabel('get')} ${id.padEnd(12)} ${result.line}  (${spans.length} × ${spans[0] ?? '–'} s)${foreign >= 1 ? `  [other processes: ${Math.round(foreign)}% CPU]` : ''}`);
@@ -500,6 +494,35 @@ interface Slices {
   seconds: number;
 }
 
+/**
+ * Run `step` for every contender in `order`, `passes` times over (A B C, A B C, …), with one wait for a
+ * quiet machine per pass. Returns, per contender, other processes' CPU share during each step it ran
+ * (`step` returns false when it skipped one).
+ */
+async function alternate(
+  order: readonly string[],
+  running: ReadonlyMap<string, RunningContender>,
+  quiet: Quiet,
+  passes: number,
+  step: (c: RunningContender, pass: number) => Promise<boolean>,
+): Promise<Map<string, number[]>> {
+  const foreign = new Map(order.map((id) => [id, [] as number[]]));
+  for (let pass = 0; pass < passes; pass++) {
+    if (quiet.maxWaitS > 0) await waitForQuiet(quiet.thresholdPct, quiet.maxWaitS * 1000);
+    for (const id of order) {
+      const c = running.get(id)!;
+      const meter = new ForeignCpuMeter();
+      const ran = await step(c, pass);
+      const share = meter.stop();
+      if (ran) {
+        foreign.get(id)!.push(share);
+        c.truncateLog();
+      }
+    }
+  }
+  return foreign;
+}
+
 /** `durationS` split into about `wanted` slices of whole seconds (wrk's -d), at least one. */
 function slicesOf(durationS: number, wanted: number): Slices {
   const seconds = Math.max(1, Math.floor(durationS / Math.max(1, Math.floor(wanted))));
@@ -521,28 +544,22 @@ async function latencyInSlices(
   label: string,
   slices: Slices,
 ): Promise<void> {
-  const merged = new Map(order.map((id) => [id, { own: new Map<number, number>(), corrected: new Map<number, number>(), foreign: [] as number[], non2xx: 0, errors: 0, failures: [] as string[] }]));
-  for (let s = 0; s < slices.count; s++) {
-    if (quiet.maxWaitS > 0) await waitForQuiet(quiet.thresholdPct, quiet.maxWaitS * 1000);
-    for (const id of order) {
-      const c = running.get(id)!;
-      const m = merged.get(id)!;
-      const meter = new ForeignCpuMeter();
-      try {
-        const result = await loadgen.get(c.target, GET_PATH, 1, slices.seconds, { histogram: true });
-        m.non2xx += result.non2xx;
-        m.errors += result.errors;
-        if (result.histogramUs && result.correctedHistogramUs) {
-          mergeHistogram(m.own, result.histogramUs);
-          mergeHistogram(m.corrected, result.correctedHistogramUs);
-        } else m.failures.push('a 1-connection slice came without a per-request histogram (left out)');
-      } catch (err) {
-        m.failures.push(`a 1-connection slice failed: ${(err as Error).message}`);
-      }
-      m.foreign.push(meter.stop());
-      c.truncateLog();
+  const merged = new Map(order.map((id) => [id, { own: new Map<number, number>(), corrected: new Map<number, number>(), non2xx: 0, errors: 0, failures: [] as string[] }]));
+  const foreignShares = await alternate(order, running, quiet, slices.count, async (c) => {
+    const m = merged.get(c.id)!;
+    try {
+      const result = await loadgen.get(c.target, GET_PATH, 1, slices.seconds, { histogram: true });
+      m.non2xx += result.non2xx;
+      m.errors += result.errors;
+      if (result.histogramUs && result.correctedHistogramUs) {
+        mergeHistogram(m.own, result.histogramUs);
+        mergeHistogram(m.corrected, result.correctedHistogramUs);
+      } else m.failures.push('a 1-connection slice came without a per-request histogram (left out)');
+    } catch (err) {
+      m.failures.push(`a 1-connection slice failed: ${(err as Error).message}`);
     }
-  }
+    return true;
+  });
   for (const id of order) {
     const m = merged.get(id)!;
     const f = record.figures[id]!;
@@ -553,7 +570,7 @@ async function latencyInSlices(
     if (m.non2xx > 0) f.problems.push(`${m.non2xx} non-2xx answers at 1 connection`);
     if (m.errors > 0) f.problems.push(`${m.errors} socket errors/timeouts at 1 connection`);
     f.problems.push(...new Set(m.failures));
-    f.foreignCpuPct.latency = median(m.foreign);
+    f.foreignCpuPct.latency = median(foreignShares.get(id)!);
     const foreign = f.foreignCpuPct.latency ?? 0;
     say(
       `round ${label}  ${phaseLabel('latency')} ${id.padEnd(12)} p50 ${p50 ?? '–'} µs  p99 ${p99 ?? '–'} µs  (wrk's CO-corrected p99 ${corrected ?? '–'} µs; ` +
