@@ -4,8 +4,8 @@
  * connection, and prints how long each piece took. On a shared VM the host
  * now and then slows a whole vCPU down (on the build machine: every process
  * 5–13× slower for 30–80 ms, every ~1.5 s); nothing inside the VM can avoid
- * that, and it sets a floor under any 1-connection p99. `lib/stall.ts` runs it
- * and reads the output.
+ * that, and a request caught in one takes that many times longer, through any
+ * proxy. `lib/stall.ts` runs it and reads the output.
  *
  * Usage: node stall-probe.js <seconds>
  * Prints one JSON line: {"pieceUs":[…], "elapsedUs": n}
