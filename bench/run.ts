@@ -219,10 +219,11 @@ async function main(): Promise<number> {
           await measure(phase, c, record.figures[id]!, quiet, label, () => run(c));
         }
       };
-      if (getSlices.count > 1) await getInSlices(loadgen, order, running, record, quiet, label, getSlices, connections, prewarmS, upstreamConnections);
+      const round: SlicedRound = { loadgen, order, running, record, quiet, label };
+      if (getSlices.count > 1) await getInSlices(round, getSlices, connections, prewarmS, upstreamConnections);
       else await each('get', (c) => measureGet(loadgen, c, connections, durationS, prewarmS, upstreamConnections));
       record.stall = await probeStalls(runner, layout.proxy, STALL_PROBE_S);
-      if (latencySlices.count > 1) await latencyInSlices(loadgen, order, running, record, quiet, label, latencySlices);
+      if (latencySlices.count > 1) await latencyInSlices(round, latencySlices);
       else await each('latency', (c) => measureLatency(loadgen, c, durationS));
       await each('upload', (c) => measureUpload(loadgen, c, uploadMiB * MiB, uploads));
     }
@@ -435,12 +436,7 @@ async function measureGet(
  * start of every run, which 1-s slices would measure five times over.
  */
 async function getInSlices(
-  loadgen: LoadGenerator,
-  order: readonly string[],
-  running: ReadonlyMap<string, RunningContender>,
-  record: RoundRecord,
-  quiet: Quiet,
-  label: string,
+  { loadgen, order, running, record, quiet, label }: SlicedRound,
   slices: Slices,
   connections: number,
   prewarmS: number,
@@ -489,6 +485,17 @@ async function measureLatency(loadgen: LoadGenerator, c: RunningContender, durat
   }
 }
 
+/** What a sliced phase of one round works with. */
+interface SlicedRound {
+  loadgen: LoadGenerator;
+  /** Contender ids in this round's order. */
+  order: readonly string[];
+  running: ReadonlyMap<string, RunningContender>;
+  record: RoundRecord;
+  quiet: Quiet;
+  label: string;
+}
+
 interface Slices {
   count: number;
   seconds: number;
@@ -535,15 +542,7 @@ function slicesOf(durationS: number, wanted: number): Slices {
  * alternating every second lets every contender meet the same weather, where one 5-s run each did not.
  * One wait for a quiet machine per pass; every slice is kept, and other processes' share is reported.
  */
-async function latencyInSlices(
-  loadgen: LoadGenerator,
-  order: readonly string[],
-  running: ReadonlyMap<string, RunningContender>,
-  record: RoundRecord,
-  quiet: Quiet,
-  label: string,
-  slices: Slices,
-): Promise<void> {
+async function latencyInSlices({ loadgen, order, running, record, quiet, label }: SlicedRound, slices: Slices): Promise<void> {
   const merged = new Map(order.map((id) => [id, { own: new Map<number, number>(), corrected: new Map<number, number>(), non2xx: 0, errors: 0, failures: [] as string[] }]));
   const foreignShares = await alternate(order, running, quiet, slices.count, async (c) => {
     const m = merged.get(c.id)!;
