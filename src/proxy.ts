@@ -23,6 +23,7 @@ import { BASIC_AUTH_CHALLENGE, type InboundControl } from './inbound-control.js'
 import { classifyNetworkError } from './network-error.js';
 import { requestIdOf } from './request-id.js';
 import { upstreamTarget, type Route, type RouteTable } from './routes.js';
+import type { Scavenger } from './scavenger.js';
 import type { AccessToken } from './token-client.js';
 import type { TokenProvider } from './token-provider.js';
 
@@ -68,6 +69,8 @@ export interface ProxyOptions {
   observer: ProxyObserver;
   /** True once shutdown began: answers carry `Connection: close`. */
   draining: () => boolean;
+  /** Told of every body chunk passed on, so that dead chunks are collected soon (see `scavenger.ts`). */
+  scavenger?: Scavenger;
 }
 
 export interface ServerLimits {
@@ -241,7 +244,7 @@ class Exchange {
   #forward(route: Route, target: string): void {
     const req = this.#req;
     this.#method = req.method ?? 'GET';
-    this.#body = new RequestBody(req, route.config.maxReplayBodyBytes);
+    this.#body = new RequestBody(req, route.config.maxReplayBodyBytes, this.#options.scavenger);
     this.#upstreamPath = upstreamTarget(route, target);
     this.#csrfApplies = route.csrf !== undefined && isModifying(this.#method);
     this.#csrf = this.#csrfApplies ? route.csrf?.current : undefined;
@@ -273,7 +276,7 @@ class Exchange {
       if (csrf.cookie) extra['cookie'] = this.#req.headers.cookie ? `${this.#req.headers.cookie}; ${csrf.cookie}` : csrf.cookie;
     }
     const body = this.#body!;
-    const call = new UpstreamCall(this.#res, this);
+    const call = new UpstreamCall(this.#res, this, this.#options.scavenger);
     this.#call = call;
     route.dispatcher.dispatch(
       {
@@ -496,14 +499,16 @@ class UpstreamCall implements Dispatcher.DispatchHandler {
   readonly #sentAt = performance.now();
   readonly #res: ServerResponse;
   readonly #exchange: Exchange;
+  readonly #scavenger: Scavenger | undefined;
   #controller: Dispatcher.DispatchController | undefined;
   #verdict: Verdict | undefined;
   #pendingAbort: Error | undefined;
   #waitingForDrain = false;
 
-  constructor(res: ServerResponse, exchange: Exchange) {
+  constructor(res: ServerResponse, exchange: Exchange, scavenger: Scavenger | undefined) {
     this.#res = res;
     this.#exchange = exchange;
+    this.#scavenger = scavenger;
   }
 
   /** True once the response head went to the sender: a failure now can only cut the connection. */
@@ -535,6 +540,7 @@ class UpstreamCall implements Dispatcher.DispatchHandler {
   }
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    this.#scavenger?.passed(chunk.length);
     if (this.#verdict !== 'deliver') return; // a body to discard before the retry
     this.bytesOut += chunk.length;
     if (!this.#res.write(chunk) && !this.#waitingForDrain) {
@@ -578,20 +584,23 @@ function senderGoneError(): Error {
 
 /**
  * The request body as undici's body: streamed, with a copy of the first
- * `limit` bytes kept so that a small body can be sent again.
+ * `limit` bytes kept so that a small body can be sent again, each chunk
+ * counted for the scavenger.
  */
 class RequestBody {
   readonly #req: IncomingMessage;
   readonly #limit: number;
+  readonly #scavenger: Scavenger | undefined;
   readonly #present: boolean;
   #copy: Buffer[] | undefined = [];
   #copied = 0;
   #seen = 0;
   #ended = false;
 
-  constructor(req: IncomingMessage, limit: number) {
+  constructor(req: IncomingMessage, limit: number, scavenger: Scavenger | undefined) {
     this.#req = req;
     this.#limit = limit;
+    this.#scavenger = scavenger;
     const length = req.headers['content-length'];
     this.#present = (length !== undefined && length !== '0') || req.headers['transfer-encoding'] !== undefined;
     // A declared length over the limit can never be replayed: stream it untouched.
@@ -600,10 +609,11 @@ class RequestBody {
 
   stream(): Readable | undefined {
     if (!this.#present) return undefined;
-    if (this.#copy === undefined) return this.#req;
+    if (this.#copy === undefined && this.#scavenger === undefined) return this.#req;
     const tee = new Transform({
       transform: (chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback) => {
         this.#seen += chunk.length;
+        this.#scavenger?.passed(chunk.length);
         if (this.#copy !== undefined) {
           this.#copied += chunk.length;
           if (this.#copied > this.#limit) this.#copy = undefined;

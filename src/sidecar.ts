@@ -18,6 +18,7 @@ import type { Logger, Loggers } from './logger.js';
 import { Metrics } from './metrics.js';
 import { createProxyServer, DEFAULT_SERVER_LIMITS, type ProxyObserver, type ServerLimits } from './proxy.js';
 import { closeRoute, createRoute, RouteTable, type Route } from './routes.js';
+import { createScavenger, youngGenerationCollector, type Scavenger } from './scavenger.js';
 import { TokenProvider, type TokenEvent, type TokenProviderOptions } from './token-provider.js';
 
 export interface Sidecar {
@@ -45,6 +46,8 @@ export interface SidecarOptions {
   defaultMetrics?: boolean;
   /** HTTP server limits (tests shorten the header timeout to exercise slowloris). */
   limits?: Partial<ServerLimits>;
+  /** Collects body chunks as they pass (default: a scavenge every 4 MiB; tests count them). */
+  scavenger?: Scavenger;
 }
 
 export async function startSidecar(config: Readonly<Config>, loggers: Loggers, options: SidecarOptions = {}): Promise<Sidecar> {
@@ -87,7 +90,8 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
     },
     internalError: (err) => log.error({ err }, 'internal error while proxying'),
   };
-  const server = createProxyServer({ routes, tokens, inbound, observer, draining: () => draining }, { ...DEFAULT_SERVER_LIMITS, ...options.limits });
+  const scavenger = options.scavenger ?? createScavenger({ collect: youngGenerationCollector() });
+  const server = createProxyServer({ routes, tokens, inbound, observer, draining: () => draining, scavenger }, { ...DEFAULT_SERVER_LIMITS, ...options.limits });
   const admin = config.adminListen
     ? createAdminServer({ routes, tokens, metrics: m, draining: () => draining, credentialErrors })
     : undefined;

@@ -5,6 +5,7 @@ import { Readable } from 'node:stream';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { request } from 'undici';
 import { ConfigError } from '../../src/errors.js';
+import { createScavenger, SCAVENGE_STEP_BYTES, youngGenerationCollector } from '../../src/scavenger.js';
 import { downloadSha256 } from '../helpers/upstream.js';
 import type { OAuthServer } from '../helpers/oauth-server.js';
 import { runSidecar, type RunningSidecar } from '../helpers/sidecar.js';
@@ -185,6 +186,25 @@ describe('forwarding', () => {
     }
     expect(length).toBe(size);
     expect(got.digest('hex')).toBe(downloadSha256(size));
+  });
+
+  it('collects body chunks as they pass: a scavenge every 4 MiB each way (scavenger.ts)', async () => {
+    const scavenger = createScavenger({ collect: youngGenerationCollector() });
+    const s = await runSidecar(['--service-key', keyPath, '--ca', caPath], {}, { scavenger });
+    extraSidecars.push(s);
+    const size = 16 * 1024 * 1024;
+    const body = randomBytes(size);
+    const up = await echo(await request(`${s.url}/http/echo`, { method: 'POST', body: Readable.from([body.subarray(0, size / 2), body.subarray(size / 2)]) }));
+    expect(up.bodySha256).toBe(createHash('sha256').update(body).digest('hex'));
+    const afterUpload = scavenger.runs;
+    expect(afterUpload).toBeGreaterThanOrEqual(2);
+    expect(afterUpload).toBeLessThanOrEqual(size / SCAVENGE_STEP_BYTES);
+
+    const down = await request(`${s.url}/http/download?bytes=${size}`);
+    const got = createHash('sha256');
+    for await (const chunk of down.body) got.update(chunk as Buffer);
+    expect(got.digest('hex')).toBe(downloadSha256(size));
+    expect(scavenger.runs - afterUpload).toBeGreaterThanOrEqual(2);
   });
 
   it('aborts the upstream request when the sender disconnects mid-upload and mid-download', async () => {

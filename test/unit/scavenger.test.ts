@@ -1,0 +1,89 @@
+import { PerformanceObserver, constants, type PerformanceEntry } from 'node:perf_hooks';
+import { describe, expect, it } from 'vitest';
+import { createScavenger, youngGenerationCollector } from '../../src/scavenger.js';
+
+/** A scavenger whose scheduled tasks wait in `tasks` until the test runs them. */
+function manual(stepBytes: number) {
+  const tasks: Array<() => void> = [];
+  let collected = 0;
+  const scavenger = createScavenger({ stepBytes, collect: () => collected++, schedule: (task) => tasks.push(task) });
+  return {
+    scavenger,
+    tasks,
+    collected: () => collected,
+    runAll: () => tasks.splice(0).forEach((t) => t()),
+  };
+}
+
+describe('scavenger', () => {
+  it('schedules one collection each time a step of bytes has passed', () => {
+    const m = manual(1000);
+    m.scavenger.passed(600);
+    expect(m.tasks).toHaveLength(0);
+    m.scavenger.passed(400);
+    expect(m.tasks).toHaveLength(1);
+    m.runAll();
+    expect(m.collected()).toBe(1);
+    expect(m.scavenger.runs).toBe(1);
+    // Counting starts again after a collection.
+    m.scavenger.passed(999);
+    expect(m.tasks).toHaveLength(0);
+    m.scavenger.passed(1);
+    m.runAll();
+    expect(m.collected()).toBe(2);
+  });
+
+  it('coalesces the steps crossed while a collection is waiting to run', () => {
+    const m = manual(1000);
+    for (let i = 0; i < 10; i++) m.scavenger.passed(1000);
+    expect(m.tasks).toHaveLength(1);
+    m.runAll();
+    expect(m.collected()).toBe(1);
+    // What passed before the collection ran is not carried over.
+    m.scavenger.passed(500);
+    expect(m.tasks).toHaveLength(0);
+  });
+
+  it('does nothing without a collector', () => {
+    const tasks: Array<() => void> = [];
+    const scavenger = createScavenger({ stepBytes: 1, collect: undefined, schedule: (task) => tasks.push(task) });
+    scavenger.passed(1_000_000);
+    expect(tasks).toHaveLength(0);
+    expect(scavenger.runs).toBe(0);
+  });
+
+  it('runs on setImmediate by default, outside the caller', async () => {
+    let collected = 0;
+    const scavenger = createScavenger({ stepBytes: 10, collect: () => collected++ });
+    scavenger.passed(10);
+    expect(collected).toBe(0);
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(collected).toBe(1);
+  });
+});
+
+describe('youngGenerationCollector', () => {
+  it('runs a real young-generation collection without exposing a global gc', async () => {
+    const collect = youngGenerationCollector();
+    expect(collect).toBeTypeOf('function');
+    expect((globalThis as { gc?: unknown }).gc).toBeUndefined();
+
+    // The entry of a collection started between `before` and `after`, i.e. by the call.
+    let before = Infinity;
+    let after = -Infinity;
+    const seen = new Promise<PerformanceEntry>((resolve) => {
+      const observer = new PerformanceObserver((list) => {
+        const minor = list.getEntries().find((e) => (e as PerformanceEntry & { detail?: { kind?: number } }).detail?.kind === constants.NODE_PERFORMANCE_GC_MINOR && e.startTime >= before);
+        if (minor) {
+          observer.disconnect();
+          resolve(minor);
+        }
+      });
+      observer.observe({ entryTypes: ['gc'] });
+    });
+    before = performance.now();
+    collect!();
+    after = performance.now();
+    expect((await seen).startTime).toBeLessThanOrEqual(after);
+  });
+});
