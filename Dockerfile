@@ -72,7 +72,8 @@ ENV SIDECAR_LISTEN=0.0.0.0:8080 \
 # 192Mi that is 1 MB semi-spaces, and the sidecar spent about 15 % more CPU per request (garbage
 # collection pauses 10.7 instead of 1.7 µs per request; README: Benchmarks and soak). Pinned, the
 # sidecar runs as benchmarked whatever the limit. Set NODE_OPTIONS yourself to trade CPU for memory
-# (e.g. --max-semi-space-size=4: about 24 MB less RSS, about 10 % more CPU per request). The same
+# (e.g. --max-semi-space-size=4: about 24 MB less RSS, 4-11 % more CPU per request and a higher p99
+# from more frequent collections). The same
 # value as SHIPPED_NODE_FLAGS in bench/lib/contenders.ts (a unit test keeps them equal).
 ENV NODE_OPTIONS=--max-semi-space-size=16
 
