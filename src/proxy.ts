@@ -603,7 +603,7 @@ class RequestBody {
     this.#scavenger = scavenger;
     const length = req.headers['content-length'];
     this.#present = (length !== undefined && length !== '0') || req.headers['transfer-encoding'] !== undefined;
-    // A declared length over the limit can never be replayed: stream it untouched.
+    // A declared length over the limit can never be replayed: no copy is kept.
     if (length !== undefined && Number(length) > limit) this.#copy = undefined;
   }
 

@@ -12,7 +12,8 @@
  * per 512 MiB uploaded, with concurrent markers competing for the proxy's CPU,
  * measured at 330–430 MB/s and +30–40 MB of RSS. A scavenge while the young
  * generation holds little costs well under a millisecond; one every 4 MiB frees
- * the chunks before any of that happens (bench/README.md, "Uploads").
+ * the chunks before any of that happens (README.md, "Benchmarks and soak":
+ * Uploads).
  *
  * The collector comes from V8's `gc` extension, made for a fresh context only
  * (`--expose-gc` is switched on for the moment it is made and off again), so no
