@@ -494,6 +494,8 @@ type Verdict = 'deliver' | 'retry-401' | 'retry-csrf';
 class UpstreamCall implements Dispatcher.DispatchHandler {
   /** Body bytes handed to the sender. */
   bytesOut = 0;
+  /** Body bytes received, handed on or discarded. */
+  #received = 0;
   /** Time from sending to the response head. */
   upstreamMs: number | undefined;
   readonly #sentAt = performance.now();
@@ -540,7 +542,8 @@ class UpstreamCall implements Dispatcher.DispatchHandler {
   }
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
-    this.#scavenger?.passed(chunk.length);
+    this.#scavenger?.passed(this.#received, chunk.length);
+    this.#received += chunk.length;
     if (this.#verdict !== 'deliver') return; // a body to discard before the retry
     this.bytesOut += chunk.length;
     if (!this.#res.write(chunk) && !this.#waitingForDrain) {
@@ -612,8 +615,8 @@ class RequestBody {
     if (this.#copy === undefined && this.#scavenger === undefined) return this.#req;
     const tee = new Transform({
       transform: (chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback) => {
+        this.#scavenger?.passed(this.#seen, chunk.length);
         this.#seen += chunk.length;
-        this.#scavenger?.passed(chunk.length);
         if (this.#copy !== undefined) {
           this.#copied += chunk.length;
           if (this.#copied > this.#limit) this.#copy = undefined;

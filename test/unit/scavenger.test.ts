@@ -3,10 +3,10 @@ import { describe, expect, it } from 'vitest';
 import { createScavenger, youngGenerationCollector } from '../../src/scavenger.js';
 
 /** A scavenger whose scheduled tasks wait in `tasks` until the test runs them. */
-function manual(stepBytes: number) {
+function manual(stepBytes: number, longBodyBytes = 0) {
   const tasks: Array<() => void> = [];
   let collected = 0;
-  const scavenger = createScavenger({ stepBytes, collect: () => collected++, schedule: (task) => tasks.push(task) });
+  const scavenger = createScavenger({ stepBytes, longBodyBytes, collect: () => collected++, schedule: (task) => tasks.push(task) });
   return {
     scavenger,
     tasks,
@@ -18,44 +18,60 @@ function manual(stepBytes: number) {
 describe('scavenger', () => {
   it('schedules one collection each time a step of bytes has passed', () => {
     const m = manual(1000);
-    m.scavenger.passed(600);
+    m.scavenger.passed(0, 600);
     expect(m.tasks).toHaveLength(0);
-    m.scavenger.passed(400);
+    m.scavenger.passed(600, 400);
     expect(m.tasks).toHaveLength(1);
     m.runAll();
     expect(m.collected()).toBe(1);
     expect(m.scavenger.runs).toBe(1);
     // Counting starts again after a collection.
-    m.scavenger.passed(999);
+    m.scavenger.passed(0, 999);
     expect(m.tasks).toHaveLength(0);
-    m.scavenger.passed(1);
+    m.scavenger.passed(0, 1);
     m.runAll();
     expect(m.collected()).toBe(2);
   });
 
   it('coalesces the steps crossed while a collection is waiting to run', () => {
     const m = manual(1000);
-    for (let i = 0; i < 10; i++) m.scavenger.passed(1000);
+    for (let i = 0; i < 10; i++) m.scavenger.passed(i * 1000, 1000);
     expect(m.tasks).toHaveLength(1);
     m.runAll();
     expect(m.collected()).toBe(1);
     // What passed before the collection ran is not carried over.
-    m.scavenger.passed(500);
+    m.scavenger.passed(10_000, 500);
     expect(m.tasks).toHaveLength(0);
+  });
+
+  it("counts only what lies beyond each body's first longBodyBytes", () => {
+    const m = manual(1000, 5000);
+    // Two bodies of 5,000 bytes each: nothing counted.
+    for (let body = 0; body < 2; body++) for (let at = 0; at < 5000; at += 1000) m.scavenger.passed(at, 1000);
+    expect(m.tasks).toHaveLength(0);
+    // A chunk across the boundary counts its part beyond it: 4,500 + 1,000 → 500.
+    m.scavenger.passed(4500, 1000);
+    expect(m.tasks).toHaveLength(0);
+    m.scavenger.passed(5500, 499);
+    expect(m.tasks).toHaveLength(0);
+    m.scavenger.passed(5999, 1);
+    expect(m.tasks).toHaveLength(1);
+    m.runAll();
+    expect(m.collected()).toBe(1);
   });
 
   it('does nothing without a collector', () => {
     const tasks: Array<() => void> = [];
     const scavenger = createScavenger({ stepBytes: 1, collect: undefined, schedule: (task) => tasks.push(task) });
-    scavenger.passed(1_000_000);
+    scavenger.passed(0, 1_000_000);
     expect(tasks).toHaveLength(0);
     expect(scavenger.runs).toBe(0);
   });
 
   it('runs on setImmediate by default, outside the caller', async () => {
     let collected = 0;
-    const scavenger = createScavenger({ stepBytes: 10, collect: () => collected++ });
-    scavenger.passed(10);
+    const scavenger = createScavenger({ stepBytes: 10, longBodyBytes: 0, collect: () => collected++ });
+    scavenger.passed(0, 10);
     expect(collected).toBe(0);
     await new Promise((resolve) => setImmediate(resolve));
     expect(collected).toBe(1);
