@@ -10,7 +10,7 @@
  * MB of dead chunks between them. V8 (11.3, Node 20) counts that memory against
  * the old generation's limit and answers with full mark-compacts: 12–24 of them
  * per 512 MiB uploaded, with concurrent markers competing for the proxy's CPU,
- * measured at 330–430 MB/s and +30–40 MB of RSS. A scavenge while the young
+ * measured at 330–500 MB/s and +30–40 MB of RSS. A scavenge while the young
  * generation holds little costs well under a millisecond; one every 4 MiB frees
  * the chunks before any of that happens (README.md, "Benchmarks and soak":
  * Uploads).
@@ -21,7 +21,7 @@
  * concurrent 256 KiB uploads, counting every byte cost ~20 % more CPU per
  * request and removed no mark-compact. A long body's chunks are dead soon
  * after they are sent, whatever else is in flight: with 16 concurrent 16 MiB
- * uploads, 4 mark-compacts instead of 374 and ~20 % less CPU.
+ * uploads, 10 mark-compacts instead of 351 and ~40 % less CPU per request.
  *
  * The collector comes from V8's `gc` extension, made for a fresh context only
  * (`--expose-gc` is switched on for the moment it is made and off again), so no
