@@ -46,7 +46,7 @@ export interface SidecarOptions {
   defaultMetrics?: boolean;
   /** HTTP server limits (tests shorten the header timeout to exercise slowloris). */
   limits?: Partial<ServerLimits>;
-  /** Collects body chunks as they pass (default: a scavenge every 4 MiB; tests count them). */
+  /** Collects body chunks as they pass (default: a scavenge every 4 MiB of long bodies; tests count them). */
   scavenger?: Scavenger;
 }
 
