@@ -1,3 +1,6 @@
+import { execFile } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { parseConfig, type Config } from '../../src/config.js';
 import { ConfigError } from '../../src/errors.js';
@@ -162,5 +165,30 @@ routes:
     const list = problems(['--config', '/c.yaml'], {}, { '/c.yaml': 'routes: [\n  clientsecret: s3cr3t' });
     expect(list[0]?.message).toMatch(/not valid YAML/);
     expect(JSON.stringify(list)).not.toContain('s3cr3t');
+  });
+});
+
+describe('the YAML parser', () => {
+  it('is loaded only when a YAML config file is read', async () => {
+    // A fresh process (vitest's workers may have loaded yaml already): the modules `cli` imports, a config
+    // from flags alone, then one from a YAML file; yaml's files in node's module cache after each step.
+    const script = [
+      "for (const m of ['check', 'credentials', 'logger', 'sidecar', 'token-client', 'token-provider']) await import(`./src/${m}.ts`);",
+      "const { parseConfig } = await import('./src/config.ts');",
+      "const { createRequire } = await import('node:module');",
+      'const yamlFiles = () => Object.keys(createRequire(import.meta.url).cache).filter((f) => f.includes("/node_modules/yaml/")).length;',
+      "const flagsOnly = parseConfig(['--service-key', '/k.json'], {}, () => '');",
+      'const before = yamlFiles();',
+      "const files = { '/c.yaml': 'routes:\\n  - name: a\\n    prefix: /a\\n    serviceKey: /k.json\\n' };",
+      "const fromYaml = parseConfig(['--config', '/c.yaml'], {}, (p) => files[p]);",
+      'console.log(JSON.stringify({ before, after: yamlFiles(), kinds: [flagsOnly.kind, fromYaml.kind], routes: fromYaml.config.routes.map((r) => r.name) }));',
+    ].join('\n');
+    const root = fileURLToPath(new URL('../..', import.meta.url));
+    const { stdout } = await promisify(execFile)(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: root });
+    const result = JSON.parse(stdout) as { before: number; after: number; kinds: string[]; routes: string[] };
+    expect(result.kinds).toEqual(['run', 'run']);
+    expect(result.before).toBe(0);
+    expect(result.after).toBeGreaterThan(0);
+    expect(result.routes).toEqual(['a']);
   });
 });
