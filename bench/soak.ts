@@ -18,6 +18,7 @@ import type { ClientSecret } from './servers/protocol.js';
 import type { SoakJob, SoakProgress } from './tools/soak-client.js';
 import { helpText, parse, type Flags } from './lib/args.js';
 import { ROOT, makeRunner, tsxRunner, type Runner } from './lib/build.js';
+import { checkCgroupDir, readCgroupMemory, type CgroupMemory } from './lib/cgroup.js';
 import { contenderSpec, fetchText, metricValue, SHIPPED_NODE_FLAGS, startContender, writeServiceKey, type RunningContender } from './lib/contenders.js';
 import { startEnvironment, type Environment } from './lib/environment.js';
 import { machineLine } from './lib/machine.js';
@@ -38,6 +39,11 @@ const FLAGS: Flags = {
   out: { type: 'string', default: 'bench/results', description: 'directory for soak-latest.json and soak-latest.md' },
   'no-write': { type: 'boolean', description: 'print the results only' },
   keep: { type: 'boolean', description: 'keep the scratch directory (sidecar log tail, keys)' },
+  cgroup: {
+    type: 'string',
+    default: '',
+    description: 'start the sidecar inside this cgroup directory, made and memory-limited beforehand (as root); the report adds its limit, peak charge and OOM kills',
+  },
 };
 
 const SUMMARY = 'oauth-sidecar soak: mixed traffic, short token lifetimes, a credential rotation; zero failures, flat RSS and handles, one token request per lifetime.';
@@ -45,6 +51,14 @@ const SUMMARY = 'oauth-sidecar soak: mixed traffic, short token lifetimes, a cre
 const RSS_TOLERANCE = { relative: 0.1, absolute: 8e6 };
 /** Sockets come and go with `Connection: close` senders; a leak grows without bound. */
 const FD_TOLERANCE = { relative: 0, absolute: 4 };
+
+function cgroupNote(c: CgroupMemory & { dir: string }): string {
+  const mib = (bytes: number | undefined): string => (bytes === undefined ? '–' : `${fmt(bytes / 1048576, 1)} MiB`);
+  return (
+    `sidecar run in cgroup ${c.dir}: memory limit ${c.limitBytes === undefined ? 'none' : mib(c.limitBytes)}, peak charge ${mib(c.peakBytes)}, ` +
+    `${c.oomKills ?? '–'} OOM kills (the peak covers what the sidecar allocated and the page cache it read in; pages of node already cached elsewhere stay charged there)`
+  );
+}
 
 function say(line: string): void {
   process.stdout.write(`${line}\n`);
@@ -86,6 +100,8 @@ async function main(): Promise<number> {
   const intervalText = args.string('interval');
   const intervalS = intervalText === 'auto' ? (durationS >= 600 ? 60 : Math.max(5, Math.round(durationS / 12))) : args.number('interval', 1);
 
+  const cgroupDir = args.string('cgroup') || undefined;
+  if (cgroupDir) checkCgroupDir(cgroupDir);
   const layout = cpuLayout(!args.boolean('no-pin'));
   let runner: Runner;
   try {
@@ -104,7 +120,7 @@ async function main(): Promise<number> {
   try {
     env = await startEnvironment({ runner, cpu: layout.servers, tokenLifetimeS: lifetimeS, clients: [first], keep: args.boolean('keep') });
     const sidecarStart = Date.now();
-    sidecar = await startContender(contenderSpec('sidecar'), { env, runner, cpu: layout.proxy, client: first });
+    sidecar = await startContender(contenderSpec('sidecar'), { env, runner, cpu: layout.proxy, client: first, cgroupDir });
     const pid = sidecar.pid!;
     const logFile = sidecar.logFile!;
     say(`soak: oauth-sidecar pid ${pid} listening on ${sidecar.target.base}`);
@@ -170,6 +186,7 @@ async function main(): Promise<number> {
     const stats = await env.stats();
     const exit = await sidecar.stop();
     sidecar = undefined;
+    const cgroup = cgroupDir ? { dir: cgroupDir, ...readCgroupMemory(cgroupDir) } : undefined;
 
     // Tokens.
     const tokenRequests = stats.token.requests.filter((r) => r.at >= sidecarStart);
@@ -227,6 +244,7 @@ async function main(): Promise<number> {
           `${metricValue(metricsText ?? '', 'oauth_sidecar_upstream_401_retries_total') ?? 0} upstream-401 retries, ` +
           `${metricValue(metricsText ?? '', 'oauth_sidecar_credential_reloads_total', 'outcome="applied"') ?? 0} credential reloads applied`,
         ...(done?.failures.length ? [`first failures: ${done.failures.slice(0, 5).join(' | ')}`] : []),
+        ...(cgroup ? [cgroupNote(cgroup)] : []),
       ],
     });
     say('');
@@ -255,6 +273,7 @@ async function main(): Promise<number> {
         verdicts,
         logs: logs.counts,
         foreignCpuPct: foreignPct,
+        cgroup,
       };
       writeFileSync(resolve(out, 'soak-latest.json'), `${JSON.stringify(json, null, 2)}\n`);
       writeFileSync(resolve(out, 'soak-latest.md'), md);

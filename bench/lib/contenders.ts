@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { GET_PATH } from '../servers/protocol.js';
 import type { Runner } from './build.js';
+import { inCgroup } from './cgroup.js';
 import type { Environment } from './environment.js';
 import type { Target } from './loadgen.js';
 import { Child, cleanEnv, commandExists, commandVersion, freePort } from './proc.js';
@@ -76,6 +77,8 @@ export interface StartContext {
   nodeArgs?: readonly string[];
   /** Extra oauth-sidecar flags (e.g. `--log-level warn`), after the harness's own. */
   sidecarArgs?: readonly string[];
+  /** Start the sidecar inside this cgroup (see lib/cgroup.ts). */
+  cgroupDir?: string | undefined;
 }
 
 const START_TIMEOUT_MS = 30_000;
@@ -169,7 +172,8 @@ async function startSidecar(ctx: StartContext): Promise<Omit<RunningContender, '
     '--shutdown-grace', '2000',
     ...(ctx.sidecarArgs ?? []),
   ];
-  const child = new Child('sidecar', process.execPath, args, { cpu: ctx.cpu, env: cleanEnv(), stdoutFile: logFile });
+  const [command, argv] = ctx.cgroupDir ? inCgroup(ctx.cgroupDir, process.execPath, args) : [process.execPath, args];
+  const child = new Child('sidecar', command, argv, { cpu: ctx.cpu, env: cleanEnv(), stdoutFile: logFile });
   const admin = `http://127.0.0.1:${adminPort}`;
   // Started once the admin listener answers; warm once the first token is in (the cache is warmed at start).
   const deadline = Date.now() + START_TIMEOUT_MS;
