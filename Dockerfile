@@ -77,14 +77,6 @@ ENV SIDECAR_LISTEN=0.0.0.0:8080 \
 # value as SHIPPED_NODE_FLAGS in bench/lib/contenders.ts (a unit test keeps them equal).
 ENV NODE_OPTIONS=--max-semi-space-size=16
 
-# glibc's malloc: return freed memory at the top of a heap once 128 KiB are free, and serve blocks of
-# 128 KiB or more with their own mappings. By default both thresholds grow with the largest block freed
-# so far (up to 32/64 MB), and the malloc arenas of V8's compiler threads then keep what compilation
-# freed: about 9.5 MB resident at idle under node 24. Measured A/B (bench/FINDINGS.md): peak RSS 8-21 MB
-# lower under node 24 and 7-10 MB under node 20 in most runs, CPU per request the same within noise.
-# The same value as SHIPPED_ENV in bench/lib/contenders.ts (a unit test keeps them equal).
-ENV GLIBC_TUNABLES=glibc.malloc.trim_threshold=131072:glibc.malloc.mmap_threshold=131072
-
 EXPOSE 8080 9090
 
 # Numeric, so that Kubernetes' runAsNonRoot can verify it (65532 is distroless' "nonroot").

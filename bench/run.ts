@@ -22,7 +22,7 @@ import {
   CONTENDER_NAMES,
   contenderSpec,
   fetchText,
-  shippedStartLine,
+  SHIPPED_NODE_FLAGS,
   metricValue,
   nginxAvailable,
   nginxVersion,
@@ -267,7 +267,7 @@ async function main(): Promise<number> {
       connections,
       uploadMiB,
       uploadsPerRound: uploads,
-      runner: `${runner.kind === 'dist' ? 'compiled JavaScript (tsc →' : 'TypeScript through tsx ('} ${shippedStartLine()} cli.js, as the image starts it)`,
+      runner: `${runner.kind === 'dist' ? 'compiled JavaScript (tsc → node' : 'TypeScript through tsx (node'} ${SHIPPED_NODE_FLAGS.join(' ')} cli.js, as the image starts it)`,
       notes,
     });
     say('');

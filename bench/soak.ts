@@ -19,7 +19,7 @@ import type { SoakJob, SoakProgress } from './tools/soak-client.js';
 import { helpText, parse, type Flags } from './lib/args.js';
 import { ROOT, makeRunner, tsxRunner, type Runner } from './lib/build.js';
 import { checkCgroupDir, readCgroupMemory, type CgroupMemory } from './lib/cgroup.js';
-import { contenderSpec, fetchText, metricValue, shippedStartLine, startContender, writeServiceKey, type RunningContender } from './lib/contenders.js';
+import { contenderSpec, fetchText, metricValue, SHIPPED_NODE_FLAGS, startContender, writeServiceKey, type RunningContender } from './lib/contenders.js';
 import { startEnvironment, type Environment } from './lib/environment.js';
 import { machineLine } from './lib/machine.js';
 import { Child, ForeignCpuMeter, cleanEnv, cpuLayout, cpuTimeMs, memoryOf, openFds } from './lib/proc.js';
@@ -232,7 +232,7 @@ async function main(): Promise<number> {
     const md = soakMarkdown({
       machine: machineLine(),
       date: new Date().toISOString(),
-      config: `${fmt(elapsedS, 0)} s, ${concurrency} senders${rate > 0 ? ` at ${rate} req/s` : ' (as fast as answered)'}, token lifetime ${lifetimeS} s, rotation at ${fmt(rotateAt * durationS, 0)} s; ${layout.description}; sidecar run as ${runner.kind === 'dist' ? 'compiled JavaScript' : 'TypeScript through tsx'} as ${shippedStartLine()} (as the image starts it)`,
+      config: `${fmt(elapsedS, 0)} s, ${concurrency} senders${rate > 0 ? ` at ${rate} req/s` : ' (as fast as answered)'}, token lifetime ${lifetimeS} s, rotation at ${fmt(rotateAt * durationS, 0)} s; ${layout.description}; sidecar run as ${runner.kind === 'dist' ? 'compiled JavaScript' : 'TypeScript through tsx'} with node ${SHIPPED_NODE_FLAGS.join(' ')} (as the image starts it)`,
       totals: `${(ok + (Number.isFinite(failed) ? failed : 0)).toLocaleString('en-US')} requests (${fmt((ok + (failed || 0)) / elapsedS, 0)} req/s); mix: ${Object.entries(done?.byKind ?? {}).map(([k, n]) => `${k} ${n.toLocaleString('en-US')}`).join(', ')}`,
       rows,
       verdicts,

@@ -149,20 +149,6 @@ async function startForwarder(name: ContenderName, program: string, ctx: StartCo
  */
 export const SHIPPED_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=16'];
 
-/**
- * The environment the container image adds for the process itself (its `GLIBC_TUNABLES`): glibc's
- * malloc returns freed memory at the top of its heaps from 128 KiB on, instead of after a threshold
- * that grows with the largest block freed so far (see the Dockerfile). A unit test keeps the two equal.
- */
-export const SHIPPED_ENV: Readonly<Record<string, string>> = {
-  GLIBC_TUNABLES: 'glibc.malloc.trim_threshold=131072:glibc.malloc.mmap_threshold=131072',
-};
-
-/** How the bench and the soak start the sidecar, for their reports. */
-export function shippedStartLine(): string {
-  return `${Object.entries(SHIPPED_ENV).map(([k, v]) => `${k}=${v}`).join(' ')} node ${SHIPPED_NODE_FLAGS.join(' ')}`;
-}
-
 /** oauth-sidecar through its CLI with a service key for the bench token server; logs (JSON, level info) go to a file. */
 async function startSidecar(ctx: StartContext): Promise<Omit<RunningContender, 'id'>> {
   // The key gets a directory of its own, like a mounted secret: the sidecar watches that directory.
@@ -187,7 +173,7 @@ async function startSidecar(ctx: StartContext): Promise<Omit<RunningContender, '
     ...(ctx.sidecarArgs ?? []),
   ];
   const [command, argv] = ctx.cgroupDir ? inCgroup(ctx.cgroupDir, process.execPath, args) : [process.execPath, args];
-  const child = new Child('sidecar', command, argv, { cpu: ctx.cpu, env: cleanEnv(SHIPPED_ENV), stdoutFile: logFile });
+  const child = new Child('sidecar', command, argv, { cpu: ctx.cpu, env: cleanEnv(), stdoutFile: logFile });
   const admin = `http://127.0.0.1:${adminPort}`;
   // Started once the admin listener answers; warm once the first token is in (the cache is warmed at start).
   const deadline = Date.now() + START_TIMEOUT_MS;

@@ -9,7 +9,7 @@ import { dirname, posix } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
-import { SHIPPED_ENV, SHIPPED_NODE_FLAGS } from '../../bench/lib/contenders.js';
+import { SHIPPED_NODE_FLAGS } from '../../bench/lib/contenders.js';
 import { FLAGS, parseConfig, type Config, type Env } from '../../src/config.js';
 import { exposureProblems, parseBasicAuthFile } from '../../src/inbound-control.js';
 
@@ -304,11 +304,6 @@ describe('Dockerfile', () => {
   it('NODE_OPTIONS pins the young generation, with the options the benchmark starts the sidecar with', () => {
     expect(SHIPPED_NODE_FLAGS).toEqual(['--max-semi-space-size=16']);
     expect(IMAGE_ENV['NODE_OPTIONS']).toBe(SHIPPED_NODE_FLAGS.join(' '));
-  });
-
-  it('GLIBC_TUNABLES returns freed malloc memory, with the environment the benchmark starts the sidecar with', () => {
-    expect(SHIPPED_ENV).toEqual({ GLIBC_TUNABLES: 'glibc.malloc.trim_threshold=131072:glibc.malloc.mmap_threshold=131072' });
-    expect(IMAGE_ENV['GLIBC_TUNABLES']).toBe(SHIPPED_ENV['GLIBC_TUNABLES']);
   });
 
   it('listens on all interfaces with admin for probes; EXPOSE matches', () => {
