@@ -58,6 +58,14 @@ describe('requestHeadersForUpstream', () => {
     expect(out).toEqual({ 'x-custom': 'v' });
   });
 
+  it('lower-cases a name whatever letter is upper-case, both ways and in extra headers', () => {
+    const out = requestHeadersForUpstream({ connectioN: 'close', 'keep-alivE': 'x', 'x-a': '1', 'X-b': '2', 'x-C': '3' }, { extra: { 'X-Request-ID': 'id' } });
+    expect(out).toEqual({ 'x-a': '1', 'x-b': '2', 'x-c': '3', 'x-request-id': 'id' });
+    expect(responseHeadersForSender({ 'Proxy-AuthenticatE': 'Basic', 'Content-Type': 'text/plain', tE: 'trailers' })).toEqual({ 'content-type': 'text/plain' });
+    // Past ASCII the locale-free lower-casing still runs: the Kelvin sign becomes "k".
+    expect(responseHeadersForSender({ '\u212Aeep-alive': 'x', 'x-\u00c9': 'y' })).toEqual({ 'x-\u00e9': 'y' });
+  });
+
   it('keeps content-length, cookies and everything else, values by identity', () => {
     const cookies = ['a=1', 'b=2'];
     const incoming: IncomingHttpHeaders = {
