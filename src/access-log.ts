@@ -133,16 +133,10 @@ export function tenths(ms: number): string {
   return digit === 0 ? `${t / 10}` : `${(t - digit) / 10}.${digit}`;
 }
 
-/**
- * `JSON.stringify(text)`, without its cost for the common case: ids, routes, methods and paths rarely need
- * escaping. A look at each character is what `JSON.stringify` would escape (RFC 8259 §7: `"`, `\\`,
- * control characters; and lone surrogates, here any surrogate); it costs less than a regular expression's
- * test, which ran four times per line.
- */
+/** What `JSON.stringify` would escape in a string (RFC 8259 §7, plus lone surrogates). */
+const NEEDS_ESCAPE = /["\\\u0000-\u001f\ud800-\udfff]/;
+
+/** `JSON.stringify(text)`, without its cost for the common case: ids, routes, methods and paths rarely need escaping. */
 export function quoted(text: string): string {
-  for (let i = 0; i < text.length; i++) {
-    const code = text.charCodeAt(i);
-    if (code < 0x20 || code === 0x22 || code === 0x5c || (code >= 0xd800 && code <= 0xdfff)) return JSON.stringify(text);
-  }
-  return `"${text}"`;
+  return NEEDS_ESCAPE.test(text) ? JSON.stringify(text) : `"${text}"`;
 }
