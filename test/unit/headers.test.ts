@@ -62,7 +62,7 @@ describe('requestHeadersForUpstream', () => {
     const out = requestHeadersForUpstream({ connectioN: 'close', 'keep-alivE': 'x', 'x-a': '1', 'X-b': '2', 'x-C': '3' }, { extra: { 'X-Request-ID': 'id' } });
     expect(out).toEqual({ 'x-a': '1', 'x-b': '2', 'x-c': '3', 'x-request-id': 'id' });
     expect(responseHeadersForSender({ 'Proxy-AuthenticatE': 'Basic', 'Content-Type': 'text/plain', tE: 'trailers' })).toEqual({ 'content-type': 'text/plain' });
-    // Past ASCII the locale-free lower-casing still runs: the Kelvin sign becomes "k".
+    // Beyond ASCII too: the Kelvin sign lower-cases to "k", so this name is keep-alive and dropped.
     expect(responseHeadersForSender({ '\u212Aeep-alive': 'x', 'x-\u00c9': 'y' })).toEqual({ 'x-\u00e9': 'y' });
   });
 
