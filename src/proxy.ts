@@ -17,6 +17,7 @@ import type { Socket } from 'node:net';
 import { Transform, type Readable, type TransformCallback } from 'node:stream';
 import type { Dispatcher } from 'undici';
 import { csrfFromResponse, isCsrfRequired, isModifying, type CsrfCredentials } from './csrf-session.js';
+import { awaitConnection, type ConnectionListener } from './connection-reuse.js';
 import { SidecarError, toHttpFailure, type HttpFailure } from './errors.js';
 import { requestHeadersForUpstream, responseHeadersForSender, type HeaderRecord } from './headers.js';
 import { BASIC_AUTH_CHALLENGE, type InboundControl } from './inbound-control.js';
@@ -348,8 +349,9 @@ class Exchange {
     this.#later(() => {
       const err = this.#attemptError(this.#route!, call, thrown);
       // A pooled connection the upstream closed as the request went out: an idempotent request may be
-      // sent again on a new one (RFC 9110 §9.2.2); anything else would risk doing the work twice.
-      if (!this.#reconnected && IDEMPOTENT.has(this.#method) && this.#body!.replayable() && this.#isReset(err)) {
+      // sent again (RFC 9110 §9.2.2); anything else would risk doing the work twice. A reset on a fresh
+      // connection is the upstream's answer to this request, not that race: never sent again.
+      if (!this.#reconnected && call.reusedConnection && IDEMPOTENT.has(this.#method) && this.#body!.replayable() && this.#isReset(err)) {
         this.#reconnected = true;
         this.#retrying('reconnect');
         this.#attempt(this.#route!);
@@ -491,7 +493,9 @@ type Verdict = 'deliver' | 'retry-401' | 'retry-csrf';
  * when the body has been handed to the sender (or, for a retry, discarded), or
  * of any upstream failure.
  */
-class UpstreamCall implements Dispatcher.DispatchHandler {
+class UpstreamCall implements Dispatcher.DispatchHandler, ConnectionListener {
+  /** The request went out on a pooled connection that had carried one before (see `connection-reuse`). */
+  reusedConnection = false;
   /** Body bytes handed to the sender. */
   bytesOut = 0;
   /** Body bytes received, handed on or discarded. */
@@ -527,6 +531,7 @@ class UpstreamCall implements Dispatcher.DispatchHandler {
   onRequestStart(controller: Dispatcher.DispatchController): void {
     this.#controller = controller;
     if (this.#pendingAbort) controller.abort(this.#pendingAbort);
+    else awaitConnection(this);
   }
 
   onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders): void {
