@@ -168,7 +168,7 @@ async function serve(config: Readonly<Config>, loggers: Loggers, started?: (side
     process.once('SIGINT', resolve);
   });
   log.info({ signal, delayMs: config.shutdownDelayMs, graceMs: config.shutdownGraceMs }, 'shutting down');
-  // A second signal skips the delay and the grace period.
+  // A second signal ends the delay and the grace period at once (`close` hurries the stop under way).
   const again = () => void sidecar.close();
   process.once('SIGTERM', again);
   process.once('SIGINT', again);

@@ -33,7 +33,7 @@ export interface Sidecar {
   readonly metrics: Metrics;
   /** Fail readiness, keep serving for the shutdown delay, drain, close. Idempotent. */
   shutdown(): Promise<void>;
-  /** Immediate teardown for tests: no delay. */
+  /** Stop now: no delay, no grace; during a `shutdown()` it ends that one's waiting (the second signal). */
   close(): Promise<void>;
 }
 
@@ -157,15 +157,21 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
   }
 
   let stopping: Promise<void> | undefined;
+  // Aborted by `close()` during a graceful stop: the delay and the grace period end at once.
+  const hurry = new AbortController();
   const stop = (delayMs: number, graceMs: number): Promise<void> => {
-    stopping ??= (async () => {
+    if (stopping) {
+      if (delayMs === 0 && graceMs === 0) hurry.abort();
+      return stopping;
+    }
+    stopping = (async () => {
       draining = true;
       for (const w of watchers) w.close();
       if (delayMs > 0) {
         log.info({ delayMs }, 'readiness failed; still serving while endpoints are removed');
-        await delay(delayMs);
+        await delay(delayMs, undefined, { signal: hurry.signal }).catch(() => undefined);
       }
-      await drain(server, graceMs, log);
+      await drain(server, graceMs, log, hurry.signal);
       if (admin) await drain(admin, 0, log);
       await Promise.all(table.routes.map(closeRoute));
     })();
@@ -187,17 +193,21 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
   };
 }
 
-/** Stop accepting; give in-flight requests until the deadline; then cut what is left. */
-async function drain(server: Server, graceMs: number, log: Logger): Promise<void> {
+/** Stop accepting; give in-flight requests until the deadline (or until `hurry` aborts); then cut what is left. */
+async function drain(server: Server, graceMs: number, log: Logger, hurry?: AbortSignal): Promise<void> {
   if (!server.listening) return;
   const closed = new Promise<void>((resolve) => server.close(() => resolve()));
   server.closeIdleConnections();
-  const timer = new AbortController();
-  const deadline = delay(graceMs, 'deadline' as const, { signal: timer.signal }).catch(() => 'closed' as const);
+  const over = new AbortController(); // ends a pending grace timer: it must not keep the process alive
+  const signal = hurry ? AbortSignal.any([over.signal, hurry]) : over.signal;
+  const deadline = delay(graceMs, undefined, { signal }).then(
+    () => 'deadline' as const,
+    () => 'deadline' as const,
+  );
   const first = await Promise.race([closed.then(() => 'closed' as const), deadline]);
-  timer.abort(); // a pending grace timer must not keep the process alive
+  over.abort();
   if (first === 'deadline') {
-    log.warn({ graceMs }, 'grace period over; closing remaining connections');
+    log.warn({ graceMs }, hurry?.aborted ? 'second signal; closing remaining connections' : 'grace period over; closing remaining connections');
     server.closeAllConnections();
     await closed;
   }

@@ -132,4 +132,41 @@ describe('oauth-sidecar CLI', () => {
       child.kill('SIGKILL');
     }
   });
+
+  it('serve: a second signal ends the shutdown delay and the grace period at once, cutting what is in flight, exit 0', async () => {
+    const { arrival, release } = holdRequests(upstream, '/http/slow');
+    const child = startCli([
+      'serve', '--service-key', keyPath, '--ca', caPath, '--listen', '127.0.0.1:0', '--admin-listen', 'off',
+      '--shutdown-delay', '60000', '--shutdown-grace', '60000', '--log-format', 'json',
+    ]);
+    const result = collect(child);
+    try {
+      const listening = await waitForLog(child, (l) => l['msg'] === 'oauth-sidecar listening');
+      const url = `http://${listening['listen'] as string}`;
+      const slow = request(`${url}/http/slow`).then(
+        (res) => res.body.text().then(() => 'completed' as const, () => 'cut' as const),
+        () => 'cut' as const,
+      );
+      await arrival;
+      child.kill('SIGTERM');
+      await waitForLog(child, (l) => l['msg'] === 'readiness failed; still serving while endpoints are removed');
+      // Still serving during the delay…
+      const during = await request(`${url}/http/GetTimestamp`);
+      expect(during.statusCode).toBe(200);
+      await during.body.dump();
+      // …until the second signal: neither the 60-s delay nor the 60-s grace period is waited out.
+      const second = performance.now();
+      child.kill('SIGTERM');
+      const { code, stdout } = await result;
+      expect(code).toBe(0);
+      expect(performance.now() - second).toBeLessThan(30_000);
+      expect(await slow).toBe('cut'); // the held request never completes
+      expect(stdout).toContain('second signal; closing remaining connections');
+      expect(stdout).toContain('"msg":"stopped"');
+    } finally {
+      release();
+      upstream.setHandler(undefined);
+      child.kill('SIGKILL');
+    }
+  });
 });
