@@ -193,9 +193,14 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
   let routes: RouteConfig[];
   let routesSource: string;
   if (file && configFile) {
-    const routeFlags = Object.keys(FLAGS).filter((name) => FLAGS[name]?.route && values[name] !== undefined);
-    for (const name of routeFlags) {
-      problems.push({ source: 'command line', field: `--${name}`, message: `cannot be combined with --config; set it on the route in ${configFile}` });
+    // A route setting given beside the file would be silently ignored: say so instead, flag or variable.
+    for (const name of Object.keys(FLAGS).filter((n) => FLAGS[n]?.route && read.has(n))) {
+      const flag = values[name] !== undefined;
+      problems.push({
+        source: flag ? 'command line' : 'environment',
+        field: flag ? `--${name}` : FLAGS[name]!.env!,
+        message: `cannot be combined with --config; set it on the route in ${configFile}`,
+      });
     }
     routes = file.routes;
     routesSource = configFile;

@@ -969,8 +969,11 @@ async function waitFor<T>(probe: () => T | undefined, socket?: Socket, timeoutMs
 
 interface ConfigCase {
   name: string;
-  /** Builds the files; returns the CLI arguments (after `token`), the source the message must name, and the problem line. */
-  setup(ctx: ConfigContext): Promise<{ args: string[]; source: string; problem: RegExp }>;
+  /**
+   * Builds the files; returns the CLI arguments (after the command: `token` unless `serve` is asked for), the
+   * environment, the source the message must name, and the problem line.
+   */
+  setup(ctx: ConfigContext): Promise<{ args: string[]; source: string; problem: RegExp; command?: 'serve'; env?: Record<string, string> }>;
 }
 
 interface ConfigContext {
@@ -1004,7 +1007,10 @@ const CONFIG_CASES: ConfigCase[] = [
       return { ...keyArgs(empty), problem: /contains no service key/ };
     },
   },
-  { name: 'invalid JSON', setup: async ({ write }) => ({ ...keyArgs(await write('invalid.json', '{"oauth": {"clientid": ')), problem: /is not valid JSON/ }) },
+  {
+    name: 'invalid JSON (cut off after the secret)',
+    setup: async ({ write }) => ({ ...keyArgs(await write('invalid.json', `{"oauth": {"clientsecret": "${SECRET}", "clientid": `)), problem: /is not valid JSON/ }),
+  },
   { name: 'a JSON array', setup: async ({ write }) => ({ ...keyArgs(await write('array.json', '[{"clientid": "x"}]')), problem: /is not a JSON object/ }) },
   { name: 'missing clientid', setup: async ({ write }) => ({ ...keyArgs(await write('no-id.json', keyWithout('clientid'))), problem: /oauth\.clientid: is missing/ }) },
   { name: 'missing clientsecret', setup: async ({ write }) => ({ ...keyArgs(await write('no-secret.json', keyWithout('clientsecret'))), problem: /oauth\.clientsecret: is missing/ }) },
@@ -1079,6 +1085,29 @@ const CONFIG_CASES: ConfigCase[] = [
     },
   },
   {
+    name: 'serve: missing clientsecret',
+    setup: async ({ write }) => ({
+      command: 'serve',
+      ...keyArgs(await write('serve-no-secret.json', keyWithout('clientsecret'))),
+      problem: /oauth\.clientsecret: is missing/,
+    }),
+  },
+  {
+    name: "serve: config file whose second route's key lacks tokenurl",
+    setup: async ({ write, goodKey }) => {
+      const broken = await write('second-no-url.json', keyWithout('tokenurl'));
+      const file = await write('second.yaml', `routes:\n  - name: a\n    prefix: /a\n    serviceKey: ${goodKey}\n  - name: b\n    prefix: /b\n    serviceKey: ${broken}\n`);
+      return { command: 'serve', args: ['--config', file], source: broken, problem: /oauth\.tokenurl: is missing/ };
+    },
+  },
+  {
+    name: 'serve: a route variable beside the config file',
+    setup: async ({ write, goodKey }) => {
+      const file = await write('env-beside.yaml', `routes:\n  - name: a\n    prefix: /\n    serviceKey: ${goodKey}\n`);
+      return { command: 'serve', args: ['--config', file], env: { SIDECAR_UPSTREAM_TIMEOUT: '5' }, source: 'environment', problem: /SIDECAR_UPSTREAM_TIMEOUT: cannot be combined with --config/ };
+    },
+  },
+  {
     name: 'unknown --token-auth',
     setup: async ({ goodKey }) => ({ args: ['--service-key', goodKey, '--token-auth', 'digest'], source: '--token-auth', problem: /token-auth: must be basic or post, not "digest"/ }),
   },
@@ -1094,10 +1123,7 @@ const configRuns = new Map<string, Promise<ConfigRun>>();
 
 /** Start every CLI case, one process at a time; results are awaited by the tests. */
 async function startConfigRuns(): Promise<void> {
-  const dir = join(files.dir, 'config-cases');
-  await mkdir(dir);
-  const ctx: ConfigContext = { dir, goodKey: '', write: (name, content) => files.write(join('config-cases', name), content) };
-  ctx.goodKey = await ctx.write('good.json', JSON.stringify({ oauth: GOOD_KEY }));
+  // Registered before the first await: a test may ask for its run as soon as the file's hooks are done.
   const queue = [...CONFIG_CASES];
   const settle = new Map<string, { resolve(run: ConfigRun): void; reject(err: unknown): void }>();
   for (const c of CONFIG_CASES) {
@@ -1105,12 +1131,17 @@ async function startConfigRuns(): Promise<void> {
     promise.catch(() => undefined); // reported by the test that awaits it
     configRuns.set(c.name, promise);
   }
+  const dir = join(files.dir, 'config-cases');
+  await mkdir(dir);
+  const ctx: ConfigContext = { dir, goodKey: '', write: (name, content) => files.write(join('config-cases', name), content) };
+  ctx.goodKey = await ctx.write('good.json', JSON.stringify({ oauth: GOOD_KEY }));
   const worker = async (): Promise<void> => {
     for (let c = queue.shift(); c; c = queue.shift()) {
       const done = settle.get(c.name)!;
       try {
-        const { args, source, problem } = await c.setup(ctx);
-        done.resolve({ result: await runCliBounded(['token', ...args]), source, problem });
+        const { args, source, problem, command, env } = await c.setup(ctx);
+        const serveArgs = command === 'serve' ? ['--listen', '127.0.0.1:0', '--admin-listen', 'off'] : [];
+        done.resolve({ result: await runCliBounded([command ?? 'token', ...args, ...serveArgs], env), source, problem });
       } catch (err) {
         done.reject(err);
       }

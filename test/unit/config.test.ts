@@ -161,6 +161,19 @@ routes:
     expect(list.every((p) => p.source === '/c.yaml' || p.source === 'command line')).toBe(true);
   });
 
+  it('rejects route settings from the environment beside the file instead of ignoring them', () => {
+    const file = { '/c.yaml': 'routes:\n  - prefix: /\n    serviceKey: /k.json\n' };
+    const list = problems(['--config', '/c.yaml'], { SIDECAR_UPSTREAM_TIMEOUT: '5', SIDECAR_SERVICE_KEY: '/other.json' }, file);
+    expect(list).toEqual([
+      { source: 'environment', field: 'SIDECAR_SERVICE_KEY', message: 'cannot be combined with --config; set it on the route in /c.yaml' },
+      { source: 'environment', field: 'SIDECAR_UPSTREAM_TIMEOUT', message: 'cannot be combined with --config; set it on the route in /c.yaml' },
+    ]);
+    // The config file itself may come from the environment too; empty variables count as unset.
+    expect(run([], { SIDECAR_CONFIG: '/c.yaml', SIDECAR_SCOPE: '' }, file).routes[0]?.credentials.source).toEqual({ kind: 'path', path: '/k.json' });
+    // Top-level settings still override the file from the environment.
+    expect(run(['--config', '/c.yaml'], { SIDECAR_LISTEN: '127.0.0.1:9999' }, file).listen.port).toBe(9999);
+  });
+
   it('reports a syntax error by position without echoing the file', () => {
     const list = problems(['--config', '/c.yaml'], {}, { '/c.yaml': 'routes: [\n  clientsecret: s3cr3t' });
     expect(list[0]?.message).toMatch(/not valid YAML/);
