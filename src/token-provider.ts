@@ -211,9 +211,12 @@ export class TokenProvider {
   }
 }
 
-/** The last failure, re-thrown during backoff, tells the sender when to come back. */
+/**
+ * The last failure, re-thrown during backoff, tells the sender when to come back: the time left until the
+ * next attempt, which already includes the token server's own Retry-After, counting down.
+ */
 function withRetryAfter(error: unknown, remainingMs: number): unknown {
   if (!(error instanceof SidecarError)) return error;
-  const seconds = Math.max(1, Math.ceil(remainingMs / 1000), error.retryAfter ?? 0);
+  const seconds = Math.max(1, Math.ceil(remainingMs / 1000));
   return new SidecarError(error.code, error.message, { cause: error.cause, retryAfter: seconds });
 }

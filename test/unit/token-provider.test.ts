@@ -119,6 +119,27 @@ describe('TokenProvider', () => {
     await source.issue();
   });
 
+  it("counts the token server's Retry-After down for senders, and asks again only once it has passed", async () => {
+    const { clock, provider, source } = setup({ backoff: { minMs: 1_000, maxMs: 5_000 } });
+    const first = expect(provider.getToken(source)).rejects.toMatchObject({ code: 'TOKEN_RATE_LIMITED', retryAfter: 120 });
+    await flush();
+    await source.fail(new SidecarError('TOKEN_RATE_LIMITED', 'token server answered 429', { retryAfter: 120 }));
+    await first;
+
+    clock.now += 60_000;
+    await expect(provider.getToken(source)).rejects.toMatchObject({ code: 'TOKEN_RATE_LIMITED', retryAfter: 60 });
+    clock.now += 59_500;
+    await expect(provider.getToken(source)).rejects.toMatchObject({ retryAfter: 1 });
+    expect(source.calls).toBe(1);
+
+    clock.now += 500; // the server's wait is over: one new attempt
+    const again = provider.getToken(source);
+    await flush();
+    expect(source.calls).toBe(2);
+    const token = await source.issue();
+    expect(await again).toBe(token);
+  });
+
   it('fails fast with Retry-After during backoff when no usable token exists', async () => {
     const { clock, provider, source } = setup({ backoff: { minMs: 4_000, maxMs: 20_000 } });
     const first = expect(provider.getToken(source)).rejects.toMatchObject({ code: 'TOKEN_SERVER_ERROR' });
