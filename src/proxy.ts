@@ -111,7 +111,10 @@ export function createProxyServer(options: ProxyOptions, limits: ServerLimits = 
   );
   server.timeout = limits.socketIdleTimeoutMs;
   // Never a tunnel: CONNECT and Upgrade are refused before any upstream is involved.
-  server.on('connect', (_req: IncomingMessage, socket: Socket) => refuseRaw(socket, 405, 'CONNECT is not supported: this is not a forward proxy'));
+  server.on('connect', (_req: IncomingMessage, socket: Socket) =>
+    // RFC 9110 §15.5.6: a 405 lists the methods that are supported.
+    refuseRaw(socket, 405, 'CONNECT is not supported: this is not a forward proxy', 'allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n'),
+  );
   server.on('upgrade', (_req: IncomingMessage, socket: Socket) => refuseRaw(socket, 400, 'protocol upgrades are not supported'));
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
     const code = err.code ?? 'HPE_UNKNOWN';
@@ -136,12 +139,12 @@ const ANSWERING = Symbol('oauth-sidecar.answering');
 type AnsweringSocket = Socket & { [ANSWERING]?: ServerResponse };
 
 /** Answer on a raw socket (no ServerResponse exists for these) and close it. */
-function refuseRaw(socket: Socket, status: number, message: string): void {
+function refuseRaw(socket: Socket, status: number, message: string, extraHeaders = ''): void {
   const body = JSON.stringify({ error: 'REQUEST_REFUSED', message, route: null });
   const reason = status === 405 ? 'Method Not Allowed' : status === 431 ? 'Request Header Fields Too Large' : status === 408 ? 'Request Timeout' : 'Bad Request';
   socket.end(
     `HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
-      `x-sidecar-error: REQUEST_REFUSED\r\nconnection: close\r\n\r\n${body}`,
+      `x-sidecar-error: REQUEST_REFUSED\r\n${extraHeaders}connection: close\r\n\r\n${body}`,
   );
 }
 
@@ -375,7 +378,10 @@ class Exchange {
     if (!call.delivering) return this.#upstreamError(route, err);
     // The answer had started: the sender's connection is cut (by `fail`), never left with a truncated body.
     const { failure, code } = classifyNetworkError(err);
-    if (!this.#senderGone && failure !== 'aborted' && code !== 'ERR_STREAM_PREMATURE_CLOSE') this.#error = 'UPSTREAM_UNREACHABLE';
+    if (!this.#senderGone && failure !== 'aborted' && code !== 'ERR_STREAM_PREMATURE_CLOSE') {
+      // e.g. the body stalled past the route's idle timeout, or the connection died mid-body
+      this.#error = failure === 'timeout' ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNREACHABLE';
+    }
     return err;
   }
 

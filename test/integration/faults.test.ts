@@ -411,7 +411,11 @@ describe('token server faults', () => {
       if (c.namesHost) expect(body.message).toContain(new URL(t.endpoint.tokenUrl).host);
       if (c.retryAfter === undefined) expect(answer.headers['retry-after']).toBeUndefined();
       else if (c.retryAfter === true) expect(Number(answer.headers['retry-after'])).toBeGreaterThan(0);
-      else expect(Number(answer.headers['retry-after'])).toBe(c.retryAfter);
+      else {
+        // The server's wait, counting down from when the sidecar heard it (its start-up fetch came first).
+        expect(Number(answer.headers['retry-after'])).toBeLessThanOrEqual(c.retryAfter);
+        expect(Number(answer.headers['retry-after'])).toBeGreaterThan(c.retryAfter - 10);
+      }
       expect(upstream.seen(marker)).toHaveLength(0); // no token, no upstream call
 
       if (c.recovery === 'admin') {
@@ -554,6 +558,7 @@ describe('upstream faults', () => {
       return true;
     };
     const cutBefore = cutResponses();
+    const requestsBefore = upstream.requests.length;
     const answer = await rawRequest(
       sidecar.address.port,
       'GET /http/ok?reset-during HTTP/1.1\r\nHost: sidecar\r\nConnection: keep-alive\r\n\r\n',
@@ -573,6 +578,9 @@ describe('upstream faults', () => {
     const res = await request(`${sidecar.url}/http/ok?reset-during-undici`);
     expect(res.statusCode).toBe(200);
     await expect(res.body.arrayBuffer()).rejects.toThrow();
+    // Each sent upstream once: a response already under way is never retried.
+    const sent = upstream.requests.slice(requestsBefore).map((r) => r.url);
+    expect(sent).toEqual(['/http/ok?reset-during', '/http/ok?reset-during-undici']);
     // Logged as an upstream failure with the status already sent, not as a success.
     await expect.poll(cutResponses).toBe(cutBefore + 2);
     upstream.handler = undefined;
@@ -599,6 +607,33 @@ describe('upstream faults', () => {
     expect(slow!.aborted).toBe(true); // the sidecar did not keep the upstream connection waiting
     upstream.handler = undefined;
     await expectServing(impatient);
+  });
+
+  it('stalls mid-body longer than the route\'s idle timeout → the sender\'s connection is cut, the upstream request abandoned', async () => {
+    const config = await files.write('idle.yaml', `routes:\n  - prefix: /\n    serviceKey: ${keyPath}\n    timeouts: { idleMs: 300 }\n`);
+    const s = await runSidecar(['--config', config, '--ca', caPath], {}, FAST_BACKOFF);
+    perTest.push(s);
+    allSidecars.push(s);
+    upstream.handler = (req, res) => {
+      if (!req.url?.includes('stall-body')) return false;
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': '100000' });
+      res.write(Buffer.alloc(1000, 0x73)); // then nothing, until the connection goes away
+      return true;
+    };
+    const started = performance.now();
+    const res = await request(`${s.url}/http/ok?stall-body`);
+    expect(res.statusCode).toBe(200); // the head had gone out before the stall
+    await expect(res.body.arrayBuffer()).rejects.toThrow(); // never passed off as complete
+    expect(performance.now() - started).toBeLessThan(10_000); // cut by the 300 ms idle timeout, not left hanging
+    const [rec] = upstream.seen('stall-body');
+    await rec!.done;
+    expect(rec!.aborted).toBe(true);
+    expect(upstream.seen('stall-body')).toHaveLength(1);
+    await expect
+      .poll(() => s.logs.find((l) => l['msg'] === 'request' && l['status'] === 200 && String(l['path']) === '/http/ok')?.['error'])
+      .toBe('UPSTREAM_TIMEOUT');
+    upstream.handler = undefined;
+    await expectServing(s);
   });
 
   describe('keep-alive connections the upstream closed', () => {
@@ -692,15 +727,22 @@ describe('sender faults and abuse', () => {
     upstream.handler = (req) => req.url?.includes('/http/sink') === true; // reads, never answers
 
     for (let i = 0; i < ABORT_ROUNDS; i++) {
+      // Every other upload is chunked: a cut chunked body must not reach the upstream looking complete either.
+      const chunked = i % 2 === 1;
       const marker = `sink?up=${i}`;
-      const head = `POST /http/${marker} HTTP/1.1\r\nHost: sidecar\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000000\r\n\r\n`;
-      const sender = await rawOpen(sidecar.address.port, Buffer.concat([Buffer.from(head, 'latin1'), Buffer.alloc(64 * 1024, 0x75)]));
+      const framing = chunked ? 'Transfer-Encoding: chunked' : 'Content-Length: 1000000';
+      const head = `POST /http/${marker} HTTP/1.1\r\nHost: sidecar\r\nContent-Type: application/octet-stream\r\n${framing}\r\n\r\n`;
+      const data = Buffer.alloc(64 * 1024, 0x75);
+      const body = chunked ? Buffer.concat([Buffer.from(`${data.length.toString(16)}\r\n`, 'latin1'), data, Buffer.from('\r\n', 'latin1')]) : data;
+      const sender = await rawOpen(sidecar.address.port, Buffer.concat([Buffer.from(head, 'latin1'), body]));
       const rec = await waitFor(() => upstream.seen(marker)[0]);
       await rec.firstData; // the upload is streaming through
       sender.socket.destroy();
       await rec.done;
       expect(rec.aborted).toBe(true);
       expect(rec.complete).toBe(false);
+      expect(await rec.bodyDone).toBe(false);
+      expect(rec.headers['transfer-encoding']).toBe(chunked ? 'chunked' : undefined);
     }
     for (let i = 0; i < ABORT_ROUNDS; i++) {
       const marker = `download?bytes=${64 * 1024 * 1024}&down=${i}`;
@@ -917,7 +959,8 @@ describe('sender faults and abuse', () => {
     ['Upgrade: websocket', 400, true, 'GET /http/ok HTTP/1.1\r\nHost: s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n'],
     ['Upgrade: h2c', 400, true, 'GET /http/ok HTTP/1.1\r\nHost: s\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n'],
   ] as const)('never an open proxy: %s → %i, nothing forwarded', async (_name, status, closes, bytes) => {
-    await expectRefusedRaw(bytes, status, closes);
+    const answer = await expectRefusedRaw(bytes, status, closes);
+    if (status === 405) expect(answer.headers['allow']).toBe('GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS');
   });
 
   it('invalid percent-encoding and UTF-8 in the path are forwarded byte for byte', async () => {
