@@ -106,7 +106,7 @@ interface FlagSpec {
 /** Every flag, its environment variable and default: the single source for parsing and `--help`. */
 export const FLAGS: Readonly<Record<string, FlagSpec>> = {
   'service-key': { type: 'string', env: 'SIDECAR_SERVICE_KEY', route: true, description: 'service key JSON file or secret directory' },
-  binding: { type: 'string', env: 'SIDECAR_BINDING', route: true, description: 'binding name in VCAP_SERVICES or $SERVICE_BINDING_ROOT (default: it-rt)' },
+  binding: { type: 'string', env: 'SIDECAR_BINDING', route: true, description: 'binding name in VCAP_SERVICES or $SERVICE_BINDING_ROOT (default: the only it-rt binding)' },
   'client-cert': { type: 'string', env: 'SIDECAR_CLIENT_CERT', route: true, description: 'client certificate PEM (External Certificate keys)' },
   'client-key': { type: 'string', env: 'SIDECAR_CLIENT_KEY', route: true, description: 'private key PEM of --client-cert' },
   'client-tls-dir': { type: 'string', env: 'SIDECAR_CLIENT_TLS_DIR', route: true, description: 'kubernetes.io/tls secret directory (tls.crt, tls.key)' },
@@ -122,7 +122,7 @@ export const FLAGS: Readonly<Record<string, FlagSpec>> = {
   config: { type: 'string', env: 'SIDECAR_CONFIG', description: 'routes file (YAML or JSON)' },
   route: { type: 'string', description: 'token, check: the route to use (default: token the first, check all)' },
   'check-path': { type: 'string', description: 'check: upstream path to GET (default /http/; /api/v1/ on an API host)' },
-  'check-role': { type: 'string', description: 'check: role the token must carry (default ESBMessaging.send)' },
+  'check-role': { type: 'string', description: 'check: role the token must carry (default ESBMessaging.send; none on an API host)' },
   listen: { type: 'string', env: 'SIDECAR_LISTEN', default: DEFAULT_LISTEN, description: 'HOST:PORT of the proxy listener' },
   'admin-listen': { type: 'string', env: 'SIDECAR_ADMIN_LISTEN', default: DEFAULT_ADMIN_LISTEN, description: 'HOST:PORT of /healthz, /readyz, /metrics, or off' },
   'shutdown-delay': { type: 'string', env: 'SIDECAR_SHUTDOWN_DELAY', default: String(DEFAULT_SHUTDOWN_DELAY_MS), description: 'ms to keep serving after SIGTERM while readiness fails' },

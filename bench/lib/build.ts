@@ -6,8 +6,8 @@
  * and runs the sources through tsx instead (a few MB more RSS per process and
  * slower start-up; the request path is the same JavaScript).
  */
-import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -69,7 +69,8 @@ export function makeRunner(kind: 'dist' | 'tsx', log: (line: string) => void): R
 
 /**
  * A runner for the sidecar of another source tree (a checkout or a patched
- * copy with its own node_modules, or none: the project's are linked): its
+ * copy with its own node_modules, or none: the project's are linked in for
+ * the build and into the output): its
  * `src/` is compiled with its own tsconfig.build.json into a temp directory.
  * Only `src/cli.ts` can be run from it; the bench's own programs come from
  * this checkout.
@@ -79,11 +80,19 @@ export function variantRunner(root: string, log: (line: string) => void): Runner
   const dir = mkdtempSync(join(tmpdir(), 'oauth-sidecar-bench-variant-'));
   const tsc = resolve(ROOT, 'node_modules/typescript/bin/tsc');
   const out = join(dir, 'dist');
-  const result = spawnSync(process.execPath, [tsc, '-p', join(absolute, 'tsconfig.build.json'), '--outDir', out, '--sourceMap', 'false'], {
-    cwd: absolute,
-    encoding: 'utf8',
-    timeout: 180_000,
-  });
+  // A copy of `src/` without its own node_modules compiles against the project's: linked for the build only.
+  const borrowed = existsSync(join(absolute, 'node_modules')) ? undefined : join(absolute, 'node_modules');
+  if (borrowed) symlinkSync(resolve(ROOT, 'node_modules'), borrowed, 'dir');
+  let result: SpawnSyncReturns<string>;
+  try {
+    result = spawnSync(process.execPath, [tsc, '-p', join(absolute, 'tsconfig.build.json'), '--outDir', out, '--sourceMap', 'false'], {
+      cwd: absolute,
+      encoding: 'utf8',
+      timeout: 180_000,
+    });
+  } finally {
+    if (borrowed) rmSync(borrowed, { force: true });
+  }
   if (result.status !== 0) {
     rmSync(dir, { recursive: true, force: true });
     throw new Error(`tsc build of ${absolute} failed:\n${`${result.stdout ?? ''}${result.stderr ?? ''}`.trim().slice(0, 4000)}`);
