@@ -46,7 +46,21 @@ afterAll(async () => {
 function secretsSeen(): string[] {
   const tokens = upstream.requests.map((r) => r.headers.authorization?.replace(/^Bearer /, '')).filter((t): t is string => Boolean(t));
   const keyBody = pki.client.keyPkcs1.split('\n').slice(1, 3).join('');
-  return [SECRET, PROXY_PASSWORD, SENDER_PASSWORD, CSRF_TOKEN, SESSION_COOKIE.split('=')[1]!, keyBody, ...tokens];
+  return [SECRET, PROXY_PASSWORD, SENDER_PASSWORD, CSRF_TOKEN, SESSION_COOKIE.split('=')[1]!, keyBody, ...tokens, ...encodedForms()];
+}
+
+/** The same secrets as they travel: in Basic headers (token request, proxy, sender), form- and URL-encoded. */
+function encodedForms(): string[] {
+  const basic = (user: string, password: string) => Buffer.from(`${user}:${password}`).toString('base64');
+  return [
+    basic(SECRET_ID, SECRET),
+    basic(encodeURIComponent(SECRET_ID), encodeURIComponent(SECRET)), // RFC 6749 §2.3.1 form-encodes both first
+    basic('corp', PROXY_PASSWORD),
+    basic('erp', SENDER_PASSWORD),
+    encodeURIComponent(SECRET),
+    new URLSearchParams({ s: SECRET }).toString().slice(2),
+    encodeURIComponent(PROXY_PASSWORD),
+  ];
 }
 
 describe('no secret, key or token reaches the log at any level', () => {
