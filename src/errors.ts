@@ -46,17 +46,21 @@ export interface SidecarErrorOptions {
   cause?: unknown;
   /** Seconds after which a retry makes sense (from `Retry-After` or our own backoff). */
   retryAfter?: number;
+  /** A more specific 4xx for `REQUEST_REFUSED` than its 400 (e.g. 405 for a method the sidecar never forwards). */
+  refusalStatus?: 405;
 }
 
 export class SidecarError extends Error {
   readonly code: ErrorCode;
   readonly retryAfter: number | undefined;
+  readonly refusalStatus: 405 | undefined;
 
   constructor(code: ErrorCode, message: string, options: SidecarErrorOptions = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'SidecarError';
     this.code = code;
     this.retryAfter = options.retryAfter;
+    this.refusalStatus = options.refusalStatus;
   }
 }
 
@@ -132,7 +136,7 @@ export function toHttpFailure(err: unknown): HttpFailure {
   if (!(err instanceof SidecarError)) {
     return { status: 500, code: 'INTERNAL', message: 'internal error in the sidecar (logged)', retryAfter: undefined };
   }
-  const status = STATUS[err.code];
+  const status = err.code === 'REQUEST_REFUSED' && err.refusalStatus !== undefined ? err.refusalStatus : STATUS[err.code];
   const retryAfter = status === 503 ? (err.retryAfter ?? DEFAULT_RETRY_AFTER_S) : err.retryAfter;
   return { status, code: err.code, message: err.message, retryAfter };
 }

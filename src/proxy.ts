@@ -112,8 +112,7 @@ export function createProxyServer(options: ProxyOptions, limits: ServerLimits = 
   server.timeout = limits.socketIdleTimeoutMs;
   // Never a tunnel: CONNECT and Upgrade are refused before any upstream is involved.
   server.on('connect', (_req: IncomingMessage, socket: Socket) =>
-    // RFC 9110 §15.5.6: a 405 lists the methods that are supported.
-    refuseRaw(socket, 405, 'CONNECT is not supported: this is not a forward proxy', 'allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n'),
+    refuseRaw(socket, 405, 'CONNECT is not supported: this is not a forward proxy', `allow: ${ALLOWED_METHODS}\r\n`),
   );
   server.on('upgrade', (_req: IncomingMessage, socket: Socket) => refuseRaw(socket, 400, 'protocol upgrades are not supported'));
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
@@ -129,6 +128,9 @@ export function createProxyServer(options: ProxyOptions, limits: ServerLimits = 
   });
   return server;
 }
+
+/** What a 405 lists (RFC 9110 §15.5.6): the standard methods the sidecar forwards (all but CONNECT and TRACE). */
+const ALLOWED_METHODS = 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS';
 
 /**
  * The response being written on a connection (set and cleared by its `Exchange`). A parser
@@ -228,6 +230,12 @@ class Exchange {
       return this.#refuse(new SidecarError('SENDER_UNAUTHORIZED', 'basic authentication required'), { 'www-authenticate': BASIC_AUTH_CHALLENGE });
     }
     if (verdict === 'forbidden') return this.#refuse(new SidecarError('SENDER_FORBIDDEN', 'sender address not allowed'));
+    // The upstream would echo the request as it received it, with the access token the sidecar added: a client
+    // must not send credentials in a TRACE (RFC 9110 §9.3.8).
+    if (req.method === 'TRACE') {
+      const refusal = new SidecarError('REQUEST_REFUSED', 'TRACE is not forwarded: the answer would echo the access token', { refusalStatus: 405 });
+      return this.#refuse(refusal, { allow: ALLOWED_METHODS });
+    }
 
     // RFC 9112 §6.3: only chunked framing is forwarded; node's parser refuses the rest, this is defence in depth.
     const te = req.headers['transfer-encoding'];
@@ -353,8 +361,10 @@ class Exchange {
       const err = this.#attemptError(this.#route!, call, thrown);
       // A pooled connection the upstream closed as the request went out: an idempotent request may be
       // sent again (RFC 9110 §9.2.2); anything else would risk doing the work twice. A reset on a fresh
-      // connection is the upstream's answer to this request, not that race: never sent again.
-      if (!this.#reconnected && call.reusedConnection && IDEMPOTENT.has(this.#method) && this.#body!.replayable() && this.#isReset(err)) {
+      // connection is the upstream's answer to this request, not that race: not sent again, unless the
+      // connection died before the request was handed to it (e.g. during the TLS handshake).
+      const sentOnFresh = call.started && !call.reusedConnection;
+      if (!this.#reconnected && !sentOnFresh && IDEMPOTENT.has(this.#method) && this.#body!.replayable() && this.#isReset(err)) {
         this.#reconnected = true;
         this.#retrying('reconnect');
         this.#attempt(this.#route!);
@@ -502,6 +512,8 @@ type Verdict = 'deliver' | 'retry-401' | 'retry-csrf';
 class UpstreamCall implements Dispatcher.DispatchHandler, ConnectionListener {
   /** The request went out on a pooled connection that had carried one before (see `connection-reuse`). */
   reusedConnection = false;
+  /** undici handed the request to a connection (`onRequestStart`): from here on it may have been sent. */
+  started = false;
   /** Body bytes handed to the sender. */
   bytesOut = 0;
   /** Body bytes received, handed on or discarded. */
@@ -536,6 +548,7 @@ class UpstreamCall implements Dispatcher.DispatchHandler, ConnectionListener {
 
   onRequestStart(controller: Dispatcher.DispatchController): void {
     this.#controller = controller;
+    this.started = true;
     if (this.#pendingAbort) controller.abort(this.#pendingAbort);
     else awaitConnection(this);
   }
@@ -664,7 +677,7 @@ class RequestBody {
 const UNFORWARDABLE_HEAD: ReadonlySet<string | undefined> = new Set(['ERR_INVALID_CHAR', 'ERR_INVALID_HTTP_TOKEN', 'ERR_HTTP_INVALID_HEADER_VALUE', 'ERR_HTTP_INVALID_STATUS_CODE']);
 
 /** Methods whose repetition has no further effect (RFC 9110 §9.2.2). */
-const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
+const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']);
 
 function truncate(text: string): string {
   return text.length > 120 ? `${text.slice(0, 120)}…` : text;

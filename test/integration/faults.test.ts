@@ -12,7 +12,7 @@
  */
 import type { IncomingHttpHeaders, IncomingMessage, Server as HttpServer, ServerResponse } from 'node:http';
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
-import type { Socket } from 'node:net';
+import { connect, createServer as createNetServer, type Socket } from 'node:net';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -528,6 +528,41 @@ describe('upstream faults', () => {
     await expectServing(fresh);
   });
 
+  it('a connection reset before the request was handed to it (in the TLS handshake) → a GET is sent on a new one → 200', async () => {
+    // A TCP front for the upstream that resets its first connection at once, then passes bytes through.
+    const target = Number(new URL(upstream.url).port);
+    let accepted = 0;
+    const open = new Set<Socket>();
+    const front = createNetServer((socket) => {
+      open.add(socket);
+      socket.once('close', () => open.delete(socket));
+      if (++accepted === 1) {
+        socket.resetAndDestroy();
+        return;
+      }
+      const back = connect(target, '127.0.0.1');
+      open.add(back);
+      back.once('close', () => open.delete(back));
+      socket.pipe(back).pipe(socket);
+      socket.on('error', () => back.destroy());
+      back.on('error', () => socket.destroy());
+    });
+    const frontPort = await listen(front);
+    try {
+      const s = await extraSidecar(['--upstream', `https://127.0.0.1:${frontPort}`]);
+      const answer = await fetchText(`${s.url}/http/ok?handshake-reset`);
+      expect(answer.status, answer.text).toBe(200);
+      expect(accepted).toBe(2);
+      const seen = upstream.seen('handshake-reset');
+      expect(seen).toHaveLength(1);
+      expect(seen[0]!.onSocket).toBe(1);
+      await expect.poll(() => s.logs.find((l) => l['msg'] === 'request' && l['status'] === 200)?.['retried']).toBe('reconnect');
+    } finally {
+      for (const socket of open) socket.destroy();
+      await new Promise<void>((resolve) => front.close(() => resolve()));
+    }
+  });
+
   it('resets every GET before the response, the first on a reused connection → one retry, then 502', async () => {
     const s = await extraSidecar();
     await expectServing(s); // leaves an idle pooled connection
@@ -973,6 +1008,12 @@ describe('sender faults and abuse', () => {
   ] as const)('never an open proxy: %s → %i, nothing forwarded', async (_name, status, closes, bytes) => {
     const answer = await expectRefusedRaw(bytes, status, closes);
     if (status === 405) expect(answer.headers['allow']).toBe('GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS');
+  });
+
+  it('TRACE → 405 with Allow, never forwarded: the upstream would echo the access token back', async () => {
+    const answer = await expectRefusedRaw('TRACE /http/echo HTTP/1.1\r\nHost: sidecar\r\nMax-Forwards: 1\r\n\r\n', 405, false);
+    expect(answer.headers['allow']).toBe('GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS');
+    expect(answer.body).toContain('TRACE');
   });
 
   it('invalid percent-encoding and UTF-8 in the path are forwarded byte for byte', async () => {
