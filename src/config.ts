@@ -106,7 +106,7 @@ interface FlagSpec {
 /** Every flag, its environment variable and default: the single source for parsing and `--help`. */
 export const FLAGS: Readonly<Record<string, FlagSpec>> = {
   'service-key': { type: 'string', env: 'SIDECAR_SERVICE_KEY', route: true, description: 'service key JSON file or secret directory' },
-  binding: { type: 'string', env: 'SIDECAR_BINDING', route: true, description: 'binding name in VCAP_SERVICES or $SERVICE_BINDING_ROOT (default: the only it-rt binding)' },
+  binding: { type: 'string', env: 'SIDECAR_BINDING', route: true, description: 'binding name in VCAP_SERVICES or $SERVICE_BINDING_ROOT (default: the it-rt one)' },
   'client-cert': { type: 'string', env: 'SIDECAR_CLIENT_CERT', route: true, description: 'client certificate PEM (External Certificate keys)' },
   'client-key': { type: 'string', env: 'SIDECAR_CLIENT_KEY', route: true, description: 'private key PEM of --client-cert' },
   'client-tls-dir': { type: 'string', env: 'SIDECAR_CLIENT_TLS_DIR', route: true, description: 'kubernetes.io/tls secret directory (tls.crt, tls.key)' },
@@ -200,6 +200,13 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
         source: flag ? 'command line' : 'environment',
         field: flag ? `--${name}` : FLAGS[name]!.env!,
         message: `cannot be combined with --config; set it on the route in ${configFile}`,
+      });
+    }
+    if (env['SIDECAR_SERVICE_KEY_JSON']) {
+      problems.push({
+        source: 'environment',
+        field: 'SIDECAR_SERVICE_KEY_JSON',
+        message: `cannot be combined with --config; give each route its serviceKey in ${configFile}`,
       });
     }
     routes = file.routes;

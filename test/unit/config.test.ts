@@ -163,11 +163,16 @@ routes:
 
   it('rejects route settings from the environment beside the file instead of ignoring them', () => {
     const file = { '/c.yaml': 'routes:\n  - prefix: /\n    serviceKey: /k.json\n' };
-    const list = problems(['--config', '/c.yaml'], { SIDECAR_UPSTREAM_TIMEOUT: '5', SIDECAR_SERVICE_KEY: '/other.json' }, file);
+    const env = { SIDECAR_UPSTREAM_TIMEOUT: '5', SIDECAR_SERVICE_KEY: '/other.json', SIDECAR_SERVICE_KEY_JSON: '{"oauth":{}}' };
+    const list = problems(['--config', '/c.yaml'], env, file);
     expect(list).toEqual([
       { source: 'environment', field: 'SIDECAR_SERVICE_KEY', message: 'cannot be combined with --config; set it on the route in /c.yaml' },
       { source: 'environment', field: 'SIDECAR_UPSTREAM_TIMEOUT', message: 'cannot be combined with --config; set it on the route in /c.yaml' },
+      { source: 'environment', field: 'SIDECAR_SERVICE_KEY_JSON', message: 'cannot be combined with --config; give each route its serviceKey in /c.yaml' },
     ]);
+    // What platforms set (Cloud Foundry, servicebinding.io) is not an error: routes name their own keys.
+    const platform = run(['--config', '/c.yaml'], { VCAP_SERVICES: '{}', SERVICE_BINDING_ROOT: '/bindings' }, file);
+    expect(platform.routes[0]?.credentials.source).toEqual({ kind: 'path', path: '/k.json' });
     // The config file itself may come from the environment too; empty variables count as unset.
     expect(run([], { SIDECAR_CONFIG: '/c.yaml', SIDECAR_SCOPE: '' }, file).routes[0]?.credentials.source).toEqual({ kind: 'path', path: '/k.json' });
     // Top-level settings still override the file from the environment.
