@@ -6,8 +6,8 @@
  * and runs the sources through tsx instead (a few MB more RSS per process and
  * slower start-up; the request path is the same JavaScript).
  */
-import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -68,38 +68,38 @@ export function makeRunner(kind: 'dist' | 'tsx', log: (line: string) => void): R
 }
 
 /**
- * A runner for the sidecar of another source tree (a checkout or a patched
- * copy with its own node_modules, or none: the project's are linked in for
- * the build and into the output): its
- * `src/` is compiled with its own tsconfig.build.json into a temp directory.
- * Only `src/cli.ts` can be run from it; the bench's own programs come from
- * this checkout.
+ * A runner for the sidecar of another source tree (a checkout, or a patched
+ * copy of `src/` with package.json and the tsconfig files): its `src/`,
+ * `package.json` and `tsconfig*.json` are
+ * copied into a temp directory and compiled there with its
+ * tsconfig.build.json, against the tree's own node_modules or, when it has
+ * none, the project's (the same ones are linked next to the output). The tree
+ * itself is never written to. Only `src/cli.ts` can be run from it; the
+ * bench's own programs come from this checkout.
  */
 export function variantRunner(root: string, log: (line: string) => void): Runner {
   const absolute = resolve(root);
   const dir = mkdtempSync(join(tmpdir(), 'oauth-sidecar-bench-variant-'));
   const tsc = resolve(ROOT, 'node_modules/typescript/bin/tsc');
   const out = join(dir, 'dist');
-  // A copy of `src/` without its own node_modules compiles against the project's: linked for the build only.
-  const borrowed = existsSync(join(absolute, 'node_modules')) ? undefined : join(absolute, 'node_modules');
-  if (borrowed) symlinkSync(resolve(ROOT, 'node_modules'), borrowed, 'dir');
-  let result: SpawnSyncReturns<string>;
-  try {
-    result = spawnSync(process.execPath, [tsc, '-p', join(absolute, 'tsconfig.build.json'), '--outDir', out, '--sourceMap', 'false'], {
-      cwd: absolute,
-      encoding: 'utf8',
-      timeout: 180_000,
-    });
-  } finally {
-    if (borrowed) rmSync(borrowed, { force: true });
-  }
+  const modules = existsSync(join(absolute, 'node_modules')) ? join(absolute, 'node_modules') : resolve(ROOT, 'node_modules');
+  const tree = join(dir, 'tree');
+  cpSync(join(absolute, 'src'), join(tree, 'src'), { recursive: true });
+  // package.json too: its "type" decides whether tsc emits ES modules.
+  for (const name of readdirSync(absolute).filter((n) => /^tsconfig.*\.json$|^package\.json$/.test(n))) cpSync(join(absolute, name), join(tree, name));
+  symlinkSync(modules, join(tree, 'node_modules'), 'dir');
+  const result = spawnSync(process.execPath, [tsc, '-p', join(tree, 'tsconfig.build.json'), '--outDir', out, '--sourceMap', 'false'], {
+    cwd: tree,
+    encoding: 'utf8',
+    timeout: 180_000,
+  });
   if (result.status !== 0) {
     rmSync(dir, { recursive: true, force: true });
     throw new Error(`tsc build of ${absolute} failed:\n${`${result.stdout ?? ''}${result.stderr ?? ''}`.trim().slice(0, 4000)}`);
   }
   const pkg = JSON.parse(readFileSync(join(absolute, 'package.json'), 'utf8')) as { version?: string };
   writeFileSync(join(dir, 'package.json'), `${JSON.stringify({ name: 'oauth-sidecar-bench-variant', version: pkg.version ?? '0.0.0', type: 'module', private: true })}\n`);
-  symlinkSync(resolve(ROOT, 'node_modules'), join(dir, 'node_modules'), 'dir');
+  symlinkSync(modules, join(dir, 'node_modules'), 'dir');
   log(`built the sidecar of ${absolute} into ${out}`);
   return {
     kind: 'dist',
