@@ -336,6 +336,11 @@ function activeSockets(): number {
   return process.getActiveResourcesInfo().filter((r) => r === 'TCPSocketWrap' || r === 'TLSSocketWrap').length;
 }
 
+/** Every active handle and request of this process (sockets, servers, timers, pending fs requests…). */
+function activeResources(): number {
+  return process.getActiveResourcesInfo().length;
+}
+
 // ---------------------------------------------------------------------------
 
 describe('token server faults', () => {
@@ -758,7 +763,7 @@ describe('sender faults and abuse', () => {
   it(`${ABORT_ROUNDS} senders vanish mid-upload and ${ABORT_ROUNDS} mid-download: upstream requests are aborted, sockets return to baseline`, async () => {
     await expectServing();
     await expect.poll(() => upstream.requests.every((r) => r.complete || r.aborted)).toBe(true);
-    const baseline = { process: activeSockets(), upstream: upstream.openSockets };
+    const baseline = { process: activeSockets(), resources: activeResources(), upstream: upstream.openSockets };
     upstream.handler = (req) => req.url?.includes('/http/sink') === true; // reads, never answers
 
     for (let i = 0; i < ABORT_ROUNDS; i++) {
@@ -790,6 +795,8 @@ describe('sender faults and abuse', () => {
     }
 
     await expect.poll(activeSockets, { timeout: 5_000, interval: 20 }).toBeLessThanOrEqual(baseline.process);
+    // Not only sockets: no timer, fs request or other handle per aborted request is left behind either.
+    await expect.poll(activeResources, { timeout: 5_000, interval: 20 }).toBeLessThanOrEqual(baseline.resources);
     await expect.poll(() => upstream.openSockets, { timeout: 5_000, interval: 20 }).toBeLessThanOrEqual(baseline.upstream);
     // Each abandoned request was logged as aborted by the sender.
     await expect
