@@ -15,7 +15,11 @@
  * then the request head is built and published with its socket). So the
  * handler registers itself in `onRequestStart`, and the next publication
  * settles it. A request aborted in between publishes nothing and is simply
- * never retried; the registration is overwritten by the next request.
+ * never retried; the registration is overwritten by the next request. The
+ * channel and its `socket` are documented undici API; the order is not, so the
+ * fault suite pins it down (a fresh connection's reset is sent once, a reused
+ * one's retried once): should it change, at worst an idempotent request is
+ * judged wrongly, and `POST`/`PATCH` are never sent twice either way.
  */
 import { subscribe } from 'node:diagnostics_channel';
 
