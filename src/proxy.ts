@@ -23,7 +23,7 @@ import { requestHeadersForUpstream, responseHeadersForSender, type HeaderRecord 
 import { BASIC_AUTH_CHALLENGE, type InboundControl } from './inbound-control.js';
 import { classifyNetworkError } from './network-error.js';
 import { requestIdOf } from './request-id.js';
-import { upstreamTarget, type Route, type RouteTable } from './routes.js';
+import { hasDotSegment, upstreamTarget, type Route, type RouteTable } from './routes.js';
 import type { Scavenger } from './scavenger.js';
 import type { AccessToken } from './token-client.js';
 import type { TokenProvider } from './token-provider.js';
@@ -197,7 +197,9 @@ class Exchange {
     this.#options = options;
     const url = req.url ?? '';
     const q = url.indexOf('?');
-    this.#path = q === -1 ? url : url.slice(0, q);
+    const path = q === -1 ? url : url.slice(0, q);
+    // An absolute-form target (refused in `run`, but logged) may carry `user:password@`: never logged.
+    this.#path = path.charCodeAt(0) === 0x2f ? path : path.replace(/^([a-z][a-z0-9+.-]*:\/\/)?[^/@]*@/i, '$1');
     this.#requestId = requestIdOf(req.headers['x-request-id']);
     options.observer.requestStarted();
     const socket = req.socket as AnsweringSocket;
@@ -230,6 +232,9 @@ class Exchange {
       return this.#refuse(new SidecarError('SENDER_UNAUTHORIZED', 'basic authentication required'), { 'www-authenticate': BASIC_AUTH_CHALLENGE });
     }
     if (verdict === 'forbidden') return this.#refuse(new SidecarError('SENDER_FORBIDDEN', 'sender address not allowed'));
+    if (hasDotSegment(this.#path)) {
+      return this.#refuse(new SidecarError('REQUEST_REFUSED', 'dot segments (. or ..) in the path are not accepted: they would leave the route'));
+    }
     // The upstream would echo the request as it received it, with the access token the sidecar added: a client
     // must not send credentials in a TRACE (RFC 9110 §9.3.8).
     if (req.method === 'TRACE') {

@@ -1017,6 +1017,24 @@ describe('sender faults and abuse', () => {
     if (status === 405) expect(answer.headers['allow']).toBe('GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS');
   });
 
+  it.each([
+    ['..', 'GET /http/ok/../../api/v1/IntegrationPackages HTTP/1.1\r\nHost: s\r\n\r\n'],
+    ['%2e%2e', 'GET /http/ok/%2e%2e/%2E%2E/api/v1/x HTTP/1.1\r\nHost: s\r\n\r\n'],
+    ['..;', 'GET /http/ok/..;/x HTTP/1.1\r\nHost: s\r\n\r\n'],
+    ['..%2f', 'GET /http/ok/..%2f..%2fapi HTTP/1.1\r\nHost: s\r\n\r\n'],
+    ['.', 'POST /http/./echo HTTP/1.1\r\nHost: s\r\nContent-Length: 2\r\n\r\nhi'],
+  ])('dot segments (%s) that would leave the route → 400, nothing forwarded', async (_name, bytes) => {
+    const answer = await expectRefusedRaw(bytes, 400, false);
+    expect(answer.body).toContain('dot segments');
+  });
+
+  it('an absolute-form target with user:password@ → 400; the access log keeps the host, not the credentials', async () => {
+    const password = encodeURIComponent(SECRET);
+    await expectRefusedRaw(`GET http://erp:${password}@cpi.example/http/ok?x=1 HTTP/1.1\r\nHost: cpi.example\r\n\r\n`, 400, false);
+    await expect.poll(() => sidecar.logs.some((l) => l['msg'] === 'request' && l['path'] === 'http://cpi.example/http/ok')).toBe(true);
+    expect(sidecar.logText()).not.toContain(password); // and afterEach checks every other form of the secret
+  });
+
   it('TRACE → 405 with Allow, never forwarded: the upstream would echo the access token back', async () => {
     const answer = await expectRefusedRaw('TRACE /http/echo HTTP/1.1\r\nHost: sidecar\r\nMax-Forwards: 1\r\n\r\n', 405, false);
     expect(answer.headers['allow']).toBe('GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS');
