@@ -110,11 +110,13 @@ export function createProxyServer(options: ProxyOptions, limits: ServerLimits = 
     handler,
   );
   server.timeout = limits.socketIdleTimeoutMs;
-  // Never a tunnel: CONNECT and Upgrade are refused before any upstream is involved.
+  // Never a tunnel: CONNECT is refused before any upstream is involved. With no 'upgrade' listener node serves
+  // a request asking for `Upgrade` (Java's HttpClient asks for h2c on every http:// request) as a plain
+  // HTTP/1.1 request, which RFC 9110 §7.8 allows, and the header filter drops `Upgrade` and the fields its
+  // `Connection` names: nothing is ever switched to another protocol.
   server.on('connect', (_req: IncomingMessage, socket: Socket) =>
     refuseRaw(socket, 405, 'CONNECT is not supported: this is not a forward proxy', `allow: ${ALLOWED_METHODS}\r\n`),
   );
-  server.on('upgrade', (_req: IncomingMessage, socket: Socket) => refuseRaw(socket, 400, 'protocol upgrades are not supported'));
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
     const code = err.code ?? 'HPE_UNKNOWN';
     options.observer.clientError(code);

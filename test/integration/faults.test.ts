@@ -1010,8 +1010,6 @@ describe('sender faults and abuse', () => {
     ['an asterisk-form target', 400, false, 'OPTIONS * HTTP/1.1\r\nHost: sidecar\r\n\r\n'],
     ['an authority-form target on GET', 400, true, 'GET evil.example:443 HTTP/1.1\r\nHost: evil.example\r\n\r\n'],
     ['CONNECT', 405, true, 'CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n'],
-    ['Upgrade: websocket', 400, true, 'GET /http/ok HTTP/1.1\r\nHost: s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n'],
-    ['Upgrade: h2c', 400, true, 'GET /http/ok HTTP/1.1\r\nHost: s\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n'],
   ] as const)('never an open proxy: %s → %i, nothing forwarded', async (_name, status, closes, bytes) => {
     const answer = await expectRefusedRaw(bytes, status, closes);
     if (status === 405) expect(answer.headers['allow']).toBe('GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS');
@@ -1033,6 +1031,25 @@ describe('sender faults and abuse', () => {
     await expectRefusedRaw(`GET http://erp:${password}@cpi.example/http/ok?x=1 HTTP/1.1\r\nHost: cpi.example\r\n\r\n`, 400, false);
     await expect.poll(() => sidecar.logs.some((l) => l['msg'] === 'request' && l['path'] === 'http://cpi.example/http/ok')).toBe(true);
     expect(sidecar.logText()).not.toContain(password); // and afterEach checks every other form of the secret
+  });
+
+  it.each([
+    ['h2c, as Java\'s HttpClient asks on http://', 'Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__'],
+    ['websocket', 'Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13'],
+  ])('Upgrade (%s) is not granted: served as plain HTTP/1.1, no upgrade header reaches the upstream, the connection stays HTTP', async (_name, fields) => {
+    const marker = `upgrade-${Math.random().toString(36).slice(2)}`;
+    const sender = await rawOpen(sidecar.address.port, `GET /http/ok?${marker} HTTP/1.1\r\nHost: s\r\n${fields}\r\n\r\n`);
+    await waitFor(() => (/\r\n\r\nok$/.test(sender.received()) ? true : undefined), sender.socket);
+    expect(sender.received()).toMatch(/^HTTP\/1\.1 200 /);
+    const [seen] = upstream.seen(marker);
+    expect(seen!.headers['upgrade']).toBeUndefined();
+    expect(seen!.headers['http2-settings']).toBeUndefined();
+    expect(String(seen!.headers['connection'] ?? '')).not.toMatch(/upgrade/i);
+    // The same connection carries a second, ordinary request: nothing was switched.
+    sender.socket.write(`GET /http/ok?${marker}-again HTTP/1.1\r\nHost: s\r\n\r\n`);
+    await waitFor(() => (sender.received().match(/HTTP\/1\.1 200 /g)?.length === 2 && sender.received().endsWith('ok') ? true : undefined), sender.socket);
+    expect(upstream.seen(`${marker}-again`)).toHaveLength(1);
+    sender.socket.destroy();
   });
 
   it('TRACE → 405 with Allow, never forwarded: the upstream would echo the access token back', async () => {
