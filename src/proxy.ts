@@ -318,7 +318,17 @@ class Exchange {
   decide(status: number, headers: IncomingHttpHeaders): Verdict {
     this.#upstreamStatus = status;
     const body = this.#body!;
-    if (status === 401 && !this.#refreshed && body.replayable()) return 'retry-401';
+    if (status === 401 && !this.#refreshed) {
+      const tokens = this.#options.tokens;
+      const route = this.#route!;
+      if (body.replayable()) {
+        if (tokens.retryAfterRejection(route.tokenClient, this.#token!)) return 'retry-401';
+      } else {
+        // Cannot be sent again (a long or unfinished body), but the token may be bad: the next request
+        // should not find it. The 401 itself goes to the sender.
+        tokens.refreshAfterRejection(route.tokenClient, this.#token!).catch(() => undefined);
+      }
+    }
     if (this.#csrfApplies && !this.#renewed && isCsrfRequired(status, headers) && body.replayable()) return 'retry-csrf';
     this.#res.writeHead(status, responseHeadersForSender(headers, { extra: this.#ownHeaders() }));
     return 'deliver';

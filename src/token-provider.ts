@@ -56,12 +56,21 @@ interface Failure {
 
 export const DEFAULT_BACKOFF = { minMs: 1_000, maxMs: 30_000 } as const;
 
+/**
+ * At most one token request per key and this interval because the upstream rejected a token. An upstream
+ * that rejects every token (an API-plan key on the runtime host, a key of another subaccount) would
+ * otherwise turn every proxied request into a token request, and XSUAA limits them per subaccount.
+ */
+export const REJECTION_INTERVAL_MS = 30_000;
+
 export class TokenProvider {
   readonly stats: TokenStats = { hits: 0, fetches: 0, failures: 0 };
   readonly #cache: LRUCache<string, AccessToken, TokenSource>;
   readonly #failures = new Map<string, Failure>();
   /** Tokens the upstream rejected: never handed out again. */
   readonly #revoked = new WeakSet<AccessToken>();
+  /** When a rejection last caused a token request, per key. */
+  readonly #rejectedAt = new Map<string, number>();
   readonly #refreshAhead: number;
   readonly #maxMarginMs: number;
   readonly #backoff: { minMs: number; maxMs: number };
@@ -107,9 +116,9 @@ export class TokenProvider {
     if (cached !== undefined && this.#usable(cached, this.#now())) {
       return this.#hit(cached);
     }
-    // The stale value is past its safety margin (or revoked): wait for the fetch
-    // already started by the call above, or start one.
-    return this.#cache.forceFetch(key, { context: source, allowStale: false });
+    // The stale value is past its safety margin, or revoked (then possibly still within its TTL, e.g. after
+    // a failed refresh): wait for the fetch already started by the call above, or start one. Never hand it out.
+    return this.#cache.forceFetch(key, { context: source, allowStale: false, forceRefresh: cached !== undefined });
   }
 
   #hit(token: AccessToken): AccessToken {
@@ -118,19 +127,41 @@ export class TokenProvider {
   }
 
   /**
+   * Whether a request the upstream answered 401 with `rejected` is worth sending again: a newer token is
+   * cached, or a new one may be fetched (see `REJECTION_INTERVAL_MS`). If not, the 401 goes to the sender.
+   */
+  retryAfterRejection(source: TokenSource, rejected: AccessToken): boolean {
+    // Another request saw this rejection first: its refresh is under way (or done), so retry with what it brings.
+    if (this.#revoked.has(rejected)) return true;
+    const key = source.cacheKey;
+    const now = this.#now();
+    const current = this.#cache.peek(key, { allowStale: true });
+    if (current !== undefined && current !== rejected && this.#usable(current, now)) return true;
+    return this.#rejectionAllowed(key, now);
+  }
+
+  /**
    * The upstream rejected `rejected` (401): refresh once, however many requests
-   * saw the same rejection, and return the token to retry with.
+   * saw the same rejection, and return the token to retry with. Within
+   * `REJECTION_INTERVAL_MS` of the last such refresh the token is kept.
    */
   async refreshAfterRejection(source: TokenSource, rejected: AccessToken): Promise<AccessToken> {
     const key = source.cacheKey;
+    const now = this.#now();
     const current = this.#cache.peek(key, { allowStale: true });
-    if (current === rejected && !this.#revoked.has(rejected)) {
+    if (current === rejected && !this.#revoked.has(rejected) && this.#rejectionAllowed(key, now)) {
       this.#revoked.add(rejected);
+      this.#rejectedAt.set(key, now);
       // A rejection is news, not an outage: do not let an old backoff delay the refresh.
       this.#failures.delete(key);
       return this.#cache.forceFetch(key, { context: source, allowStale: false, forceRefresh: true });
     }
     return this.getToken(source);
+  }
+
+  #rejectionAllowed(key: string, now: number): boolean {
+    const last = this.#rejectedAt.get(key);
+    return last === undefined || now - last >= REJECTION_INTERVAL_MS;
   }
 
   /**
@@ -152,6 +183,7 @@ export class TokenProvider {
   forget(source: TokenSource): void {
     this.#cache.delete(source.cacheKey);
     this.#failures.delete(source.cacheKey);
+    this.#rejectedAt.delete(source.cacheKey);
   }
 
   /** When the token may no longer be handed out. */

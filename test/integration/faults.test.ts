@@ -676,6 +676,49 @@ describe('upstream faults', () => {
     await expectServing(s);
   });
 
+  it('an upstream that rejects every token: the 401 reaches the sender, at most one token request per 30 s', async () => {
+    const s = await extraSidecar();
+    await expectServing(s); // the start-up token is in place
+    const before = s.tokens.stats.fetches;
+    upstream.handler = async (req, res, rec) => {
+      if (!req.url?.includes('always-401')) return false;
+      await rec.bodyDone;
+      res.writeHead(401, { 'content-type': 'application/json', 'www-authenticate': 'Bearer error="invalid_token"' }).end('{"error":"unauthorised"}');
+      return true;
+    };
+    for (let i = 0; i < 10; i++) {
+      const answer = await fetchText(`${s.url}/http/ok?always-401=${i}`);
+      expect(answer.status).toBe(401);
+      expect(answer.headers['www-authenticate']).toBe('Bearer error="invalid_token"');
+    }
+    // The first rejection refreshed the token (and that request was sent again); the other nine were passed on.
+    expect(s.tokens.stats.fetches - before).toBe(1);
+    expect(upstream.requests.filter((r) => r.url.includes('always-401')).length).toBe(11);
+    upstream.handler = undefined;
+  });
+
+  it('a 401 to a request that cannot be sent again (2 MiB body) still retires the token: the next request carries a new one', async () => {
+    const s = await extraSidecar();
+    await expectServing(s);
+    const before = s.tokens.stats.fetches;
+    let rejected: string | undefined;
+    upstream.handler = async (req, res, rec) => {
+      if (!req.url?.includes('big-401')) return false;
+      rejected = req.headers.authorization;
+      await rec.bodyDone;
+      res.writeHead(401, { 'content-type': 'application/json', 'www-authenticate': 'Bearer' }).end('{"error":"unauthorised"}');
+      return true;
+    };
+    const answer = await fetchText(`${s.url}/http/echo?big-401`, { method: 'POST', body: Buffer.alloc(2 * 1024 * 1024, 0x62) });
+    expect(answer.status).toBe(401); // passed on: the body was too long to keep for a replay
+    expect(upstream.seen('big-401')).toHaveLength(1);
+    await expect.poll(() => s.tokens.stats.fetches).toBe(before + 1);
+    upstream.handler = undefined;
+    const marker = `after-big-401-${Math.random().toString(36).slice(2)}`;
+    expect((await fetchText(`${s.url}/http/ok?${marker}`)).status).toBe(200);
+    expect(upstream.seen(marker)[0]!.headers.authorization).not.toBe(rejected);
+  });
+
   describe('keep-alive connections the upstream closed', () => {
     it('an upstream that closes each connection right after its response: GET and POST keep working, each sent once', async () => {
       upstream.handler = (req, res) => {

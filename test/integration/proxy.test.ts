@@ -295,7 +295,10 @@ describe('tokens on the request path', () => {
     expect(res.statusCode).toBe(401);
     await res.body.dump();
     await small.tokens.getToken(small.routes.routes[0]!.tokenClient);
-    expect(oauth.tokenRequests - before).toBeLessThanOrEqual(1);
+    // The start-up fetch may still have been under way, and the rejected token is retired all the same
+    // (a new one fetched) though the request itself could not be sent again.
+    expect(oauth.tokenRequests - before).toBeLessThanOrEqual(2);
+    expect(oauth.tokenRequests - before).toBeGreaterThanOrEqual(1);
   });
 
   it('fetches a CSRF token with the session cookies, retries, and reuses them', async () => {

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { SidecarError } from '../../src/errors.js';
 import type { AccessToken } from '../../src/token-client.js';
-import { TokenProvider, type TokenEvent, type TokenSource } from '../../src/token-provider.js';
+import { REJECTION_INTERVAL_MS, TokenProvider, type TokenEvent, type TokenSource } from '../../src/token-provider.js';
 
 /** A token source driven by the test: each fetch waits until the test settles it. */
 class FakeSource implements TokenSource {
@@ -138,6 +138,59 @@ describe('TokenProvider', () => {
     expect(source.calls).toBe(2);
     const token = await source.issue();
     expect(await again).toBe(token);
+  });
+
+  it('never hands out a rejected token again, even when the refresh after the rejection failed', async () => {
+    const { clock, provider, source } = setup({ backoff: { minMs: 1_000, maxMs: 5_000 } });
+    const first = provider.getToken(source);
+    await flush();
+    const rejected = await source.issue();
+    expect(await first).toBe(rejected);
+
+    const refresh = expect(provider.refreshAfterRejection(source, rejected)).rejects.toMatchObject({ code: 'TOKEN_SERVER_ERROR' });
+    await flush();
+    await source.fail(new SidecarError('TOKEN_SERVER_ERROR', 'token server failed (500)'));
+    await refresh;
+    // Within the backoff: a 503 for the sender, not the token the upstream refused.
+    await expect(provider.getToken(source)).rejects.toMatchObject({ code: 'TOKEN_SERVER_ERROR' });
+    expect(provider.cachedToken(source)).toBeUndefined();
+    // After it: a new token.
+    clock.now += 1_000;
+    const again = provider.getToken(source);
+    await flush();
+    expect(source.calls).toBe(3);
+    const fresh = await source.issue();
+    expect(await again).toBe(fresh);
+    expect(fresh).not.toBe(rejected);
+  });
+
+  it('an upstream that rejects every token causes at most one token request per key and REJECTION_INTERVAL_MS', async () => {
+    const { clock, provider, source } = setup();
+    const first = provider.getToken(source);
+    await flush();
+    const a = await source.issue();
+    await first;
+    expect(provider.retryAfterRejection(source, a)).toBe(true);
+    const refreshed = provider.refreshAfterRejection(source, a);
+    await flush();
+    // Another request answered 401 with a meanwhile: it retries with the token under way.
+    expect(provider.retryAfterRejection(source, a)).toBe(true);
+    const b = await source.issue();
+    expect(await refreshed).toBe(b);
+    // b is rejected too, right away: not worth another token request yet.
+    expect(provider.retryAfterRejection(source, b)).toBe(false);
+    expect(await provider.refreshAfterRejection(source, b)).toBe(b);
+    // A request that still carried a (the first rejected token) is sent again with b: that costs no fetch.
+    expect(provider.retryAfterRejection(source, a)).toBe(true);
+    expect(source.calls).toBe(2);
+    // Once the interval has passed, the next rejection may refresh again.
+    clock.now += REJECTION_INTERVAL_MS;
+    expect(provider.retryAfterRejection(source, b)).toBe(true);
+    const later = provider.refreshAfterRejection(source, b);
+    await flush();
+    expect(source.calls).toBe(3);
+    const c = await source.issue();
+    expect(await later).toBe(c);
   });
 
   it('fails fast with Retry-After during backoff when no usable token exists', async () => {
