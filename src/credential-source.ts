@@ -241,7 +241,8 @@ async function readNonEmpty(path: string): Promise<string> {
 /** Parses JSON; a syntax error reports only the position, never the content (it may hold a secret). */
 function parseJson(text: string, source: string): unknown {
   try {
-    return JSON.parse(text) as unknown;
+    // A byte order mark (a key saved by a Windows editor) is not JSON, but nobody means it.
+    return JSON.parse(text.charCodeAt(0) === 0xfeff ? text.slice(1) : text) as unknown;
   } catch (err) {
     fail(source, `is not valid JSON${jsonPosition(text, err)}`);
   }

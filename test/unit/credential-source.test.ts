@@ -85,6 +85,12 @@ describe('readCredentialSource: JSON file', () => {
     expect(await readCredentialSource({ kind: 'path', path: file })).toEqual({ raw: { oauth: OAUTH }, source: file });
   });
 
+  it('reads a key file saved with a byte order mark (Windows editors)', async () => {
+    const file = join(await tempDir(), 'key.json');
+    await writeFile(file, `\uFEFF${JSON.stringify({ oauth: OAUTH })}`);
+    expect(await readCredentialSource({ kind: 'path', path: file })).toEqual({ raw: { oauth: OAUTH }, source: file });
+  });
+
   it('names a missing file', async () => {
     const file = join(await tempDir(), 'nope.json');
     expect(await problemsOf(readCredentialSource({ kind: 'path', path: file }))).toEqual([
