@@ -579,8 +579,18 @@ class UpstreamCall implements Dispatcher.DispatchHandler, ConnectionListener {
     } catch (err) {
       // e.g. a header value node refuses to write: nothing reached the sender yet.
       controller.abort(err as Error);
+      return;
+    }
+    // 204 and 304 have no content (RFC 9110 §15.3.5, §15.4.5): the answer is complete with its head. undici
+    // may still fail the exchange over the Content-Length a 304 may carry (it describes the representation).
+    if (this.#verdict === 'deliver' && (statusCode === 204 || statusCode === 304)) {
+      this.#bodiless = true;
+      this.#res.end();
     }
   }
+
+  /** The answer was complete with its head (204, 304). */
+  #bodiless = false;
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
     this.#scavenger?.passed(this.#received, chunk.length);
@@ -602,11 +612,15 @@ class UpstreamCall implements Dispatcher.DispatchHandler, ConnectionListener {
   #onDrain: (() => void) | undefined;
 
   onResponseEnd(): void {
-    if (this.#verdict === 'deliver') this.#res.end();
+    if (this.#verdict === 'deliver' && !this.#bodiless) this.#res.end();
     this.#exchange.attemptSettled(this.#verdict ?? 'deliver');
   }
 
   onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {
+    if (this.#bodiless) {
+      this.#exchange.attemptSettled('deliver'); // already answered in full
+      return;
+    }
     if (this.#waitingForDrain && this.#onDrain) this.#res.off('drain', this.#onDrain);
     // A body being discarded for a retry may fail: the retry goes out on another connection all the same.
     if (this.#verdict === 'retry-401' || this.#verdict === 'retry-csrf') this.#exchange.attemptSettled(this.#verdict);

@@ -719,6 +719,32 @@ describe('upstream faults', () => {
     expect(upstream.seen(marker)[0]!.headers.authorization).not.toBe(rejected);
   });
 
+  it.each([
+    ['304 with Content-Length (it describes the representation)', 304, { etag: '"v1"', 'content-length': '1234' }],
+    ['304 without Content-Length', 304, { etag: '"v1"' }],
+    ['204', 204, {}],
+  ] as const)('an answer without content, %s: the sender gets it whole, and its connection goes on', async (_name, status, headers) => {
+    const marker = `bodiless-${status}-${Math.random().toString(36).slice(2)}`;
+    upstream.handler = (req, res) => {
+      if (!req.url?.includes(marker)) return false;
+      res.writeHead(status, headers).end();
+      return true;
+    };
+    const sender = await rawOpen(sidecar.address.port, `GET /http/ok?${marker} HTTP/1.1\r\nHost: s\r\nIf-None-Match: "v1"\r\n\r\n`);
+    await waitFor(() => (sender.received().includes('\r\n\r\n') ? true : undefined), sender.socket);
+    expect(sender.received()).toMatch(new RegExp(`^HTTP/1\\.1 ${status} `));
+    if ('etag' in headers) expect(sender.received()).toContain('etag: "v1"');
+    upstream.handler = undefined;
+    sender.socket.write(`GET /http/ok?${marker}-next HTTP/1.1\r\nHost: s\r\n\r\n`);
+    await waitFor(() => (sender.received().endsWith('ok') ? true : undefined), sender.socket);
+    expect(upstream.seen(`${marker}-next`)).toHaveLength(1);
+    sender.socket.destroy();
+    await expect.poll(() => sidecar.logs.find((l) => l['msg'] === 'request' && l['status'] === status && l['upstreamStatus'] === status)).toBeDefined();
+    const line = sidecar.logs.filter((l) => l['msg'] === 'request' && l['status'] === status).at(-1)!;
+    expect(line['error']).toBeUndefined();
+    expect(line['aborted']).toBeFalsy();
+  });
+
   describe('keep-alive connections the upstream closed', () => {
     it('an upstream that closes each connection right after its response: GET and POST keep working, each sent once', async () => {
       upstream.handler = (req, res) => {
