@@ -350,8 +350,19 @@ class Exchange {
     });
   }
 
+  /**
+   * The request's route as the table has it now: credentials rotated since the request began close the old
+   * route's pools (once their requests are done), so a resend goes out through the new one.
+   */
+  #currentRoute(): Route {
+    const name = this.#route!.name;
+    const route = this.#options.routes().routes.find((r) => r.name === name) ?? this.#route!;
+    this.#route = route;
+    return route;
+  }
+
   #cure(verdict: 'retry-401' | 'retry-csrf'): void {
-    const route = this.#route!;
+    const route = this.#currentRoute();
     const token = this.#token!;
     if (verdict === 'retry-401') {
       this.#refreshed = true;
@@ -384,7 +395,7 @@ class Exchange {
       if (!this.#reconnected && !sentOnFresh && IDEMPOTENT.has(this.#method) && this.#body!.replayable() && this.#isReset(err)) {
         this.#reconnected = true;
         this.#retrying('reconnect');
-        this.#attempt(this.#route!);
+        this.#attempt(this.#currentRoute());
         return;
       }
       this.fail(err);

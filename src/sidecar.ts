@@ -107,11 +107,11 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
     try {
       await tokens.refresh(fresh.tokenClient);
     } catch (err) {
-      if (err instanceof SidecarError && err.code === 'TOKEN_REJECTED') {
-        await closeRoute(fresh);
-        throw err; // the token server refuses the new credentials: keep the old ones
-      }
-      // Transient: the new credentials are used; the cached token keeps serving meanwhile.
+      // Not applied until a token has been obtained with them: a refusal, but also a new token URL that
+      // does not resolve, a new certificate the server's TLS refuses, or an outage. The old credentials (and
+      // their cached token) keep serving; the watcher offers the change again at its next check.
+      await closeRoute(fresh);
+      throw err;
     }
     table = new RouteTable(table.routes.map((r) => (r === old ? fresh : r)));
     // The old pools finish their in-flight requests before closing.

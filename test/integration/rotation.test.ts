@@ -156,6 +156,63 @@ describe('credential rotation under load', () => {
     expect(oauth.lastRequest).toMatchObject({ authMethod: 'tls_client_auth', certAuthorized: true });
   });
 
+  it('new credentials no token could be obtained with (token URL unreachable) are not applied until one can', async () => {
+    const path = await files.write('unreachable.json', keyJson(OLD.id, OLD.secret));
+    const s = await start(path);
+    await request(`${s.url}/http/GetTimestamp`).then((r) => r.body.dump());
+    // A valid-looking key for the new client, but its token URL refuses connections.
+    await writeFile(path, JSON.stringify({ oauth: { clientid: NEW.id, clientsecret: NEW.secret, tokenurl: 'https://127.0.0.1:1/oauth/token', url: upstream.url } }));
+    await expect
+      .poll(() => s.logs.some((l) => String(l['msg']).startsWith('new credentials rejected') && l['code'] === 'TOKEN_UNREACHABLE'), { interval: 20, timeout: 10_000 })
+      .toBe(true);
+    expect(s.logs.some((l) => l['msg'] === 'credentials rotated')).toBe(false);
+    const res = await request(`${s.url}/http/echo`);
+    expect(res.statusCode).toBe(200);
+    await res.body.dump();
+    expect(clientOfLastUpstreamRequest()).toBe(OLD.id); // the old credentials and their token keep serving
+    // Fixed: applied at the next check.
+    await writeFile(path, keyJson(NEW.id, NEW.secret));
+    await rotated(s);
+    const after = await request(`${s.url}/http/echo`);
+    expect(after.statusCode).toBe(200);
+    await after.body.dump();
+    expect(clientOfLastUpstreamRequest()).toBe(NEW.id);
+  });
+
+  it('a request in flight across a rotation that needs a resend (401) goes out through the new route', async () => {
+    const path = await files.write('inflight.json', keyJson(OLD.id, OLD.secret));
+    const s = await start(path);
+    await request(`${s.url}/http/GetTimestamp`).then((r) => r.body.dump());
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    let arrived!: () => void;
+    const arrival = new Promise<void>((resolve) => (arrived = resolve));
+    let held = 0;
+    upstream.setHandler(async (req, res, body) => {
+      if (req.url !== '/http/echo?inflight' || held > 0) return false;
+      held++;
+      body.resume();
+      arrived();
+      await released;
+      res.writeHead(401, { 'content-type': 'application/json' }).end('{"error":"unauthorised"}');
+      return true;
+    });
+    try {
+      const pending = request(`${s.url}/http/echo?inflight`, { method: 'POST', body: '<order/>' });
+      await arrival;
+      await writeFile(path, keyJson(NEW.id, NEW.secret));
+      await rotated(s);
+      release(); // the old route's answer: 401, so the request is sent again — now with the new client
+      const res = await pending;
+      expect(res.statusCode).toBe(200);
+      await res.body.dump();
+      expect(clientOfLastUpstreamRequest()).toBe(NEW.id);
+    } finally {
+      release();
+      upstream.setHandler(undefined);
+    }
+  });
+
   it('invalid new credentials are not applied: old ones keep serving, the error shows in logs, readiness and metrics', async () => {
     const path = await files.write('broken.json', keyJson(OLD.id, OLD.secret));
     const s = await start(path);
