@@ -55,13 +55,38 @@ export function isCsrfRequired(status: number, headers: Readonly<Record<string, 
   return status === 403 && typeof value === 'string' && value.toLowerCase() === 'required';
 }
 
-/** The session from a fetch response: the token and a `cookie` header built from its `Set-Cookie`s. */
-export function csrfFromResponse(headers: Readonly<Record<string, string | string[] | undefined>>): CsrfCredentials | undefined {
+/**
+ * The session from a fetch response: the token and a `cookie` header built from its `Set-Cookie`s. A fetch
+ * sent with the cookies of an earlier session (`sentCookie`) keeps those the server did not replace: a
+ * session it still accepts sets no new cookie, and the token is bound to it.
+ */
+export function csrfFromResponse(
+  headers: Readonly<Record<string, string | string[] | undefined>>,
+  sentCookie?: string,
+): CsrfCredentials | undefined {
   const token = headers['x-csrf-token'];
   if (typeof token !== 'string' || token === '' || token.toLowerCase() === 'required') return undefined;
   const setCookie = headers['set-cookie'];
   const list = setCookie === undefined ? [] : Array.isArray(setCookie) ? setCookie : [setCookie];
   // RFC 6265 §5.2: the cookie-pair is everything before the first ';', kept as sent.
   const pairs = list.map((c) => c.split(';', 1)[0]!.trim()).filter((pair) => pair.includes('='));
-  return { token, cookie: pairs.length > 0 ? pairs.join('; ') : undefined };
+  const cookie = sentCookie ? mergeCookies(sentCookie, pairs.join('; ')) : pairs.join('; ');
+  return { token, cookie: cookie === '' ? undefined : cookie };
+}
+
+/**
+ * `base` with `override`'s cookie pairs in place of those of the same name (RFC 6265 §5.4 `cookie` syntax,
+ * pairs kept byte for byte). Used for a sender's own cookies beside the CSRF session's: an upstream reading
+ * the first `JSESSIONID` must see the session's, not one the sender's cookie jar kept from an earlier answer.
+ */
+export function mergeCookies(base: string, override: string): string {
+  if (override === '') return base;
+  const names = new Set(override.split(';').map(cookieName));
+  const kept = base.split(';').map((pair) => pair.trim()).filter((pair) => pair !== '' && !names.has(cookieName(pair)));
+  return kept.length > 0 ? `${kept.join('; ')}; ${override}` : override;
+}
+
+function cookieName(pair: string): string {
+  const eq = pair.indexOf('=');
+  return (eq === -1 ? pair : pair.slice(0, eq)).trim();
 }

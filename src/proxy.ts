@@ -16,7 +16,7 @@ import { createServer, type IncomingHttpHeaders, type IncomingMessage, type Serv
 import type { Socket } from 'node:net';
 import { Transform, type Readable, type TransformCallback } from 'node:stream';
 import type { Dispatcher } from 'undici';
-import { csrfFromResponse, isCsrfRequired, isModifying, type CsrfCredentials } from './csrf-session.js';
+import { csrfFromResponse, isCsrfRequired, isModifying, mergeCookies, type CsrfCredentials } from './csrf-session.js';
 import { awaitConnection, type ConnectionListener } from './connection-reuse.js';
 import { SidecarError, toHttpFailure, type HttpFailure } from './errors.js';
 import { requestHeadersForUpstream, responseHeadersForSender, type HeaderRecord } from './headers.js';
@@ -292,7 +292,7 @@ class Exchange {
     const csrf = this.#csrf;
     if (csrf) {
       extra['x-csrf-token'] = csrf.token;
-      if (csrf.cookie) extra['cookie'] = this.#req.headers.cookie ? `${this.#req.headers.cookie}; ${csrf.cookie}` : csrf.cookie;
+      if (csrf.cookie) extra['cookie'] = this.#req.headers.cookie ? mergeCookies(this.#req.headers.cookie, csrf.cookie) : csrf.cookie;
     }
     const body = this.#body!;
     const call = new UpstreamCall(this.#res, this, this.#options.scavenger);
@@ -431,7 +431,7 @@ class Exchange {
     try {
       const response = await route.dispatcher.request({ origin: route.origin, path, method: 'GET', headers });
       await response.body.dump();
-      const session = csrfFromResponse(response.headers);
+      const session = csrfFromResponse(response.headers, stale?.cookie);
       this.#options.observer.csrfFetched(route.name, session !== undefined);
       return session;
     } catch (err) {

@@ -333,6 +333,12 @@ describe('tokens on the request path', () => {
     expect(fetches).toBe(1);
     expect(posts).toHaveLength(3);
     expect(posts[2]).toEqual({ token: session.token, cookie: `${session.cookie}; __VCAP_ID__=abc` });
+    // A sender whose cookie jar kept an old JSESSIONID: the session's goes upstream in its place, its own others stay.
+    const jar = await request(`${sidecar.url}/http/order`, { method: 'POST', body: 'c', headers: { cookie: 'JSESSIONID=stale; theme=dark' } });
+    expect(jar.statusCode).toBe(200);
+    await jar.body.dump();
+    expect(posts[3]).toEqual({ token: session.token, cookie: `theme=dark; ${session.cookie}; __VCAP_ID__=abc` });
+    expect(fetches).toBe(1);
   });
 
   it('passes a role 403 (no CSRF header) through untouched', async () => {

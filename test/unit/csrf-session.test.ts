@@ -1,0 +1,41 @@
+/**
+ * `csrf-session`: the session a fetch response describes, and the `cookie`
+ * header a request carries beside it. Pure logic; the proxy tests drive the
+ * whole CSRF exchange against a real upstream.
+ */
+import { describe, expect, it } from 'vitest';
+import { csrfFromResponse, mergeCookies } from '../../src/csrf-session.js';
+
+describe('csrfFromResponse', () => {
+  it('builds the cookie header from the Set-Cookie pairs, byte for byte', () => {
+    const session = csrfFromResponse({ 'x-csrf-token': 't1', 'set-cookie': ['JSESSIONID=s1; Path=/; HttpOnly', '__VCAP_ID__=a%2Fb; Path=/'] });
+    expect(session).toEqual({ token: 't1', cookie: 'JSESSIONID=s1; __VCAP_ID__=a%2Fb' });
+  });
+
+  it('keeps the cookies the fetch was sent with when the server set none (the session it still accepts)', () => {
+    expect(csrfFromResponse({ 'x-csrf-token': 't2' }, 'JSESSIONID=s1; __VCAP_ID__=a')).toEqual({ token: 't2', cookie: 'JSESSIONID=s1; __VCAP_ID__=a' });
+  });
+
+  it('replaces only the cookies the server set anew', () => {
+    const session = csrfFromResponse({ 'x-csrf-token': 't3', 'set-cookie': 'JSESSIONID=s2; Path=/' }, 'JSESSIONID=s1; __VCAP_ID__=a');
+    expect(session).toEqual({ token: 't3', cookie: '__VCAP_ID__=a; JSESSIONID=s2' });
+  });
+
+  it('is no session without a token, or when the answer only says Required', () => {
+    expect(csrfFromResponse({ 'set-cookie': 'JSESSIONID=s1' })).toBeUndefined();
+    expect(csrfFromResponse({ 'x-csrf-token': 'Required' })).toBeUndefined();
+    expect(csrfFromResponse({ 'x-csrf-token': 't4' })).toEqual({ token: 't4', cookie: undefined });
+  });
+});
+
+describe('mergeCookies', () => {
+  it("drops the sender's pairs that the session sets, keeps the others in order, session last", () => {
+    expect(mergeCookies('JSESSIONID=old; theme=dark; __VCAP_ID__=x', 'JSESSIONID=s2; __VCAP_ID__=y')).toBe('theme=dark; JSESSIONID=s2; __VCAP_ID__=y');
+  });
+
+  it('copes with odd spacing, empty pairs and nothing to keep', () => {
+    expect(mergeCookies(' a=1 ;;b=2', 'b=3')).toBe('a=1; b=3');
+    expect(mergeCookies('JSESSIONID=old', 'JSESSIONID=s2')).toBe('JSESSIONID=s2');
+    expect(mergeCookies('a=1', '')).toBe('a=1');
+  });
+});
