@@ -80,7 +80,8 @@ async function sourceTargets(source: CredentialSource): Promise<string[]> {
 
 /** The directory and, for a binding root, each binding in it: their `..data` swaps are invisible from above. */
 async function directoryTargets(dir: string): Promise<string[]> {
-  const bindings = await findBindings((await listDir(dir)).dirs);
+  const { files, dirs } = await listDir(dir);
+  const bindings = files.length === 0 ? await bindingsBelow(dir, dirs) : [];
   return [dir, ...bindings.map((b) => b.dir)];
 }
 
@@ -101,8 +102,8 @@ async function readPath(path: string): Promise<RawServiceKey> {
 async function readSecretDir(dir: string): Promise<RawServiceKey> {
   const { files, dirs } = await listDir(dir);
   if (files.length === 0) {
-    const bindings = await findBindings(dirs);
-    if (bindings.length > 0) return readSecretDir(pickBinding(dir, bindings, undefined).dir);
+    const bindings = await bindingsBelow(dir, dirs);
+    if (bindings.length > 0) return readSecretDir(pickBinding(dir, bindings, undefined, 'point --service-key at the one to use').dir);
     fail(dir, 'contains no service key files and no binding directories');
   }
   const values: Record<string, unknown> = {};
@@ -137,6 +138,31 @@ async function readBindingRoot(root: string, binding: string | undefined): Promi
   return readSecretDir(pickBinding(root, bindings, binding).dir);
 }
 
+/**
+ * The bindings in a directory without files: servicebinding.io-style directories with a `type` file; else
+ * @sap/xsenv's layout (`/etc/secrets/sapcp/<service>/<instance>/`, sap.md §2), given the service directory
+ * or its root, where an instance without a `type` file takes its service directory's name as its type.
+ */
+async function bindingsBelow(dir: string, dirs: string[]): Promise<Binding[]> {
+  const typed = await findBindings(dirs);
+  if (typed.length > 0) return typed;
+  const instances = await xsenvInstances(basename(dir), dirs);
+  if (instances.length > 0) return instances;
+  const nested: Binding[] = [];
+  for (const service of dirs) nested.push(...(await xsenvInstances(basename(service), (await listDir(service)).dirs)));
+  return nested;
+}
+
+/** Directories holding files, as instances of `service`. */
+async function xsenvInstances(service: string, dirs: string[]): Promise<Binding[]> {
+  const instances: Binding[] = [];
+  for (const dir of dirs) {
+    if ((await listDir(dir)).files.length === 0) continue;
+    instances.push({ name: basename(dir), type: (await readTypeFile(dir)) ?? service, dir });
+  }
+  return instances;
+}
+
 async function findBindings(dirs: string[]): Promise<Binding[]> {
   const bindings: Binding[] = [];
   for (const dir of dirs) {
@@ -156,7 +182,7 @@ async function readTypeFile(dir: string): Promise<string | undefined> {
 }
 
 /** The binding named, else the only `it-rt` one, else the only one. */
-function pickBinding(root: string, bindings: Binding[], wanted: string | undefined): Binding {
+function pickBinding(root: string, bindings: Binding[], wanted: string | undefined, choose = 'the one to use must be named'): Binding {
   const found = bindings.map((b) => `${b.name} (type ${b.type})`).join(', ') || 'none';
   if (wanted !== undefined) {
     return bindings.find((b) => b.name === wanted) ?? fail(root, `has no binding named "${wanted}"; found: ${found}`);
@@ -166,7 +192,7 @@ function pickBinding(root: string, bindings: Binding[], wanted: string | undefin
   const [only] = candidates;
   if (candidates.length === 1 && only) return only;
   if (candidates.length === 0) fail(root, 'has no bindings (subdirectories with a type file)');
-  return fail(root, `has several bindings, so the one to use must be named; found: ${found}`);
+  return fail(root, `has several bindings, so ${choose}; found: ${found}`);
 }
 
 interface VcapInstance {

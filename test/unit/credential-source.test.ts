@@ -202,6 +202,41 @@ describe('readCredentialSource: secret directories', () => {
   });
 });
 
+describe("readCredentialSource: @sap/xsenv's layout (/etc/secrets/sapcp/<service>/<instance>/)", () => {
+  async function sapcp(): Promise<string> {
+    const root = await tempDir();
+    // Hand-made secrets: no `type` file; the service directory names the service.
+    await writeKubeletSecret(join(root, 'it-rt', 'my-instance'), { oauth: JSON.stringify({ ...OAUTH, clientid: 'id-cpi' }) });
+    await writeKubeletSecret(join(root, 'xsuaa', 'my-uaa'), { clientid: 'id-uaa', clientsecret: 's' });
+    return root;
+  }
+
+  it('given the root, picks the it-rt instance', async () => {
+    const root = await sapcp();
+    expect(await clientIdFrom({ kind: 'path', path: root })).toBe('id-cpi');
+    expect(await readCredentialSource({ kind: 'path', path: root })).toMatchObject({ source: join(root, 'it-rt', 'my-instance') });
+  });
+
+  it('given the service directory, picks its only instance', async () => {
+    const root = await sapcp();
+    expect(await clientIdFrom({ kind: 'path', path: join(root, 'it-rt') })).toBe('id-cpi');
+  });
+
+  it('lists the instances when several could be meant', async () => {
+    const root = await sapcp();
+    await writeKubeletSecret(join(root, 'it-rt', 'second'), { oauth: JSON.stringify(OAUTH) });
+    const [problem] = await problemsOf(readCredentialSource({ kind: 'path', path: root }));
+    expect(problem?.message).toBe(
+      'has several bindings, so point --service-key at the one to use; found: my-instance (type it-rt), second (type it-rt), my-uaa (type xsuaa)',
+    );
+  });
+
+  it('watches the root and each instance directory (the kubelet swaps ..data inside them)', async () => {
+    const root = await sapcp();
+    expect(await watchTargets({ source: { kind: 'path', path: root } })).toEqual([root, join(root, 'it-rt', 'my-instance'), join(root, 'xsuaa', 'my-uaa')]);
+  });
+});
+
 describe('readCredentialSource: servicebinding.io binding root', () => {
   async function bindingRoot(bindings: Record<string, string | undefined>): Promise<string> {
     const root = await tempDir();
