@@ -131,6 +131,9 @@ export function createProxyServer(options: ProxyOptions, limits: ServerLimits = 
   return server;
 }
 
+/** The `Via` entry the sidecar adds: received protocol and a pseudonym (RFC 9110 §7.6.3). */
+const VIA = '1.1 oauth-sidecar';
+
 /** What a 405 lists (RFC 9110 §15.5.6): the standard methods the sidecar forwards (all but CONNECT and TRACE). */
 const ALLOWED_METHODS = 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS';
 
@@ -190,6 +193,8 @@ class Exchange {
   #renewed = false;
   #reconnected = false;
   #attempts = 0;
+  /** `Max-Forwards` of an OPTIONS request, when it had one above 0. */
+  #maxForwards: number | undefined;
   /** The sender closed its connection before the answer was complete. */
   #senderGone = false;
 
@@ -243,6 +248,13 @@ class Exchange {
       const refusal = new SidecarError('REQUEST_REFUSED', 'TRACE is not forwarded: the answer would echo the access token', { refusalStatus: 405 });
       return this.#refuse(refusal, { allow: ALLOWED_METHODS });
     }
+    // RFC 9110 §7.6.2: an OPTIONS with Max-Forwards 0 is answered here, any other value is counted down.
+    const maxForwards = req.method === 'OPTIONS' ? req.headers['max-forwards'] : undefined;
+    if (typeof maxForwards === 'string') {
+      const hops = Number.parseInt(maxForwards, 10);
+      if (hops === 0) return this.#answerOptions();
+      if (hops > 0) this.#maxForwards = hops;
+    }
 
     // RFC 9112 §6.3: only chunked framing is forwarded; node's parser refuses the rest, this is defence in depth.
     const te = req.headers['transfer-encoding'];
@@ -288,7 +300,14 @@ class Exchange {
   #attempt(route: Route): void {
     if (this.#senderGone) throw senderGoneError();
     this.#attempts++;
-    const extra: Record<string, string> = { authorization: bearer(this.#token!), 'x-request-id': this.#requestId };
+    const via = this.#req.headers.via;
+    const extra: Record<string, string> = {
+      authorization: bearer(this.#token!),
+      'x-request-id': this.#requestId,
+      // RFC 9110 §7.6.3: a gateway adds itself to Via on the requests it forwards.
+      via: via === undefined ? VIA : `${via}, ${VIA}`,
+    };
+    if (this.#maxForwards !== undefined) extra['max-forwards'] = String(this.#maxForwards - 1);
     const csrf = this.#csrf;
     if (csrf) {
       extra['x-csrf-token'] = csrf.token;
@@ -501,6 +520,13 @@ class Exchange {
   }
 
   /** Headers the sidecar adds to every answer. */
+  /** `OPTIONS` with `Max-Forwards: 0`: the sidecar is the final recipient. */
+  #answerOptions(): undefined {
+    this.#res.writeHead(200, { allow: ALLOWED_METHODS, 'content-length': '0', ...this.#ownHeaders() });
+    this.#res.end();
+    return undefined;
+  }
+
   #ownHeaders(): Record<string, string> {
     return this.#options.draining() ? { 'x-request-id': this.#requestId, connection: 'close' } : { 'x-request-id': this.#requestId };
   }

@@ -1121,6 +1121,27 @@ describe('sender faults and abuse', () => {
     sender.socket.destroy();
   });
 
+  it('Via: the sidecar adds itself to what the sender sent (RFC 9110 §7.6.3)', async () => {
+    const plain = `via-plain-${Math.random().toString(36).slice(2)}`;
+    expect((await fetchText(`${sidecar.url}/http/ok?${plain}`)).status).toBe(200);
+    expect(upstream.seen(plain)[0]!.headers['via']).toBe('1.1 oauth-sidecar');
+    const chained = `via-chained-${Math.random().toString(36).slice(2)}`;
+    expect((await fetchText(`${sidecar.url}/http/ok?${chained}`, { headers: { via: '1.0 erp-gateway' } })).status).toBe(200);
+    expect(upstream.seen(chained)[0]!.headers['via']).toBe('1.0 erp-gateway, 1.1 oauth-sidecar');
+  });
+
+  it('OPTIONS with Max-Forwards: 0 is answered by the sidecar; a higher value is counted down (RFC 9110 §7.6.2)', async () => {
+    const here = `mf0-${Math.random().toString(36).slice(2)}`;
+    const answer = await fetchText(`${sidecar.url}/http/ok?${here}`, { method: 'OPTIONS', headers: { 'max-forwards': '0' } });
+    expect(answer.status).toBe(200);
+    expect(answer.headers['allow']).toBe('GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS');
+    expect(upstream.seen(here)).toHaveLength(0);
+    const onward = `mf3-${Math.random().toString(36).slice(2)}`;
+    await fetchText(`${sidecar.url}/http/ok?${onward}`, { method: 'OPTIONS', headers: { 'max-forwards': '3' } });
+    expect(upstream.seen(onward)[0]!.headers['max-forwards']).toBe('2');
+    await expectServing();
+  });
+
   it('TRACE → 405 with Allow, never forwarded: the upstream would echo the access token back', async () => {
     const answer = await expectRefusedRaw('TRACE /http/echo HTTP/1.1\r\nHost: sidecar\r\nMax-Forwards: 1\r\n\r\n', 405, false);
     expect(answer.headers['allow']).toBe('GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS');
