@@ -519,7 +519,6 @@ class Exchange {
     return undefined;
   }
 
-  /** Headers the sidecar adds to every answer. */
   /** `OPTIONS` with `Max-Forwards: 0`: the sidecar is the final recipient. */
   #answerOptions(): undefined {
     this.#res.writeHead(200, { allow: ALLOWED_METHODS, 'content-length': '0', ...this.#ownHeaders() });
@@ -527,6 +526,7 @@ class Exchange {
     return undefined;
   }
 
+  /** Headers the sidecar adds to every answer. */
   #ownHeaders(): Record<string, string> {
     return this.#options.draining() ? { 'x-request-id': this.#requestId, connection: 'close' } : { 'x-request-id': this.#requestId };
   }
