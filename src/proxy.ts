@@ -566,8 +566,6 @@ type Verdict = 'deliver' | 'retry-401' | 'retry-csrf';
 class UpstreamCall implements Dispatcher.DispatchHandler, ConnectionListener {
   /** The request went out on a pooled connection that had carried one before (see `connection-reuse`). */
   reusedConnection = false;
-  /** undici handed the request to a connection (`onRequestStart`): from here on it may have been sent. */
-  started = false;
   /** Body bytes handed to the sender. */
   bytesOut = 0;
   /** Body bytes received, handed on or discarded. */
@@ -589,6 +587,11 @@ class UpstreamCall implements Dispatcher.DispatchHandler, ConnectionListener {
     this.#scavenger = scavenger;
   }
 
+  /** undici handed the request to a connection (`onRequestStart`): from here on it may have been sent. */
+  get started(): boolean {
+    return this.#controller !== undefined;
+  }
+
   /** True once the response head went to the sender: a failure now can only cut the connection. */
   get delivering(): boolean {
     return this.#verdict === 'deliver';
@@ -602,7 +605,6 @@ class UpstreamCall implements Dispatcher.DispatchHandler, ConnectionListener {
 
   onRequestStart(controller: Dispatcher.DispatchController): void {
     this.#controller = controller;
-    this.started = true;
     if (this.#pendingAbort) controller.abort(this.#pendingAbort);
     else awaitConnection(this);
   }
