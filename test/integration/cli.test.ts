@@ -106,16 +106,26 @@ describe('oauth-sidecar CLI', () => {
     expect(failed.stdout).toMatch(/^FAIL\s+TOKEN_REJECTED/m);
   });
 
-  it('serve: on SIGTERM an in-flight slow request completes with 200, new connections are refused, exit 0', async () => {
-    const { arrival, release } = holdRequests(upstream, '/http/slow');
+  /** `serve` on a port of its own with JSON logs and this shutdown delay and grace, once it listens. */
+  async function serving(delayMs: number, graceMs: number) {
     const child = startCli([
       'serve', '--service-key', keyPath, '--ca', caPath, '--listen', '127.0.0.1:0', '--admin-listen', 'off',
-      '--shutdown-delay', '100', '--shutdown-grace', '10000', '--log-format', 'json',
+      '--shutdown-delay', String(delayMs), '--shutdown-grace', String(graceMs), '--log-format', 'json',
     ]);
     const result = collect(child);
     try {
       const listening = await waitForLog(child, (l) => l['msg'] === 'oauth-sidecar listening');
-      const url = `http://${listening['listen'] as string}`;
+      return { child, result, url: `http://${listening['listen'] as string}` };
+    } catch (err) {
+      child.kill('SIGKILL');
+      throw err;
+    }
+  }
+
+  it('serve: on SIGTERM an in-flight slow request completes with 200, new connections are refused, exit 0', async () => {
+    const { arrival, release } = holdRequests(upstream, '/http/slow');
+    const { child, result, url } = await serving(100, 10_000);
+    try {
       const slow = request(`${url}/http/slow`);
       await arrival;
       child.kill('SIGTERM');
@@ -135,14 +145,8 @@ describe('oauth-sidecar CLI', () => {
 
   it('serve: a second signal ends the shutdown delay and the grace period at once, cutting what is in flight, exit 0', async () => {
     const { arrival, release } = holdRequests(upstream, '/http/slow');
-    const child = startCli([
-      'serve', '--service-key', keyPath, '--ca', caPath, '--listen', '127.0.0.1:0', '--admin-listen', 'off',
-      '--shutdown-delay', '60000', '--shutdown-grace', '60000', '--log-format', 'json',
-    ]);
-    const result = collect(child);
+    const { child, result, url } = await serving(60_000, 60_000);
     try {
-      const listening = await waitForLog(child, (l) => l['msg'] === 'oauth-sidecar listening');
-      const url = `http://${listening['listen'] as string}`;
       const slow = request(`${url}/http/slow`).then(
         (res) => res.body.text().then(() => 'completed' as const, () => 'cut' as const),
         () => 'cut' as const,
