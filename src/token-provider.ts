@@ -19,14 +19,15 @@ import type { AccessToken } from './token-client.js';
 /** What the provider needs of a token client. */
 export interface TokenSource {
   readonly cacheKey: string;
-  fetchToken(signal?: AbortSignal): Promise<AccessToken>;
+  fetchToken(): Promise<AccessToken>;
 }
 
 /** Token traffic, for logs and metrics. Cache hits are only counted (`stats.hits`): they happen on every request. */
 export type TokenEvent =
-  | { type: 'fetch'; key: string; reason: 'cold' | 'refresh-ahead' | 'invalidated' | 'expired' }
+  | { type: 'fetch'; key: string; reason: 'cold' | 'refresh-ahead' | 'invalidated' | 'expired' | 'rotated' }
   | { type: 'fetched'; key: string; token: AccessToken; durationMs: number }
-  | { type: 'fetch-failed'; key: string; error: unknown; durationMs: number; retryInMs: number };
+  /** `retryInMs` is undefined for a rotation's validation fetch: the credential watcher offers the change again. */
+  | { type: 'fetch-failed'; key: string; error: unknown; durationMs: number; retryInMs: number | undefined };
 
 export interface TokenProviderOptions {
   /** Distinct tokens kept (routes × credentials); bounds memory. */
@@ -88,11 +89,11 @@ export class TokenProvider {
       max: options.max ?? 64,
       allowStale: true,
       noDeleteOnFetchRejection: true,
+      ignoreFetchAbort: true,
       perf: { now },
       // Read the clock on every check: a token is due at an exact time, and tests move the clock.
       ttlResolution: 0,
-      fetchMethod: (key, stale, { options: setOptions, signal, context }) =>
-        this.#fetch(key, stale, context, signal, setOptions),
+      fetchMethod: (key, stale, { options: setOptions, context }) => this.#fetch(key, stale, context, setOptions),
     });
   }
 
@@ -165,12 +166,30 @@ export class TokenProvider {
   }
 
   /**
-   * Fetch a new token now, even if one is cached (credentials rotated under the
-   * same cache key); until it arrives, callers keep getting the old one.
+   * Validate new credentials (a rotation) by fetching a token with them, and cache it. The fetch is made
+   * directly, never joined with one already under way for the same key: with a rotated secret the key stays
+   * the same, and that fetch may be using the old secret. A failure changes nothing: the cached token, and
+   * the key's backoff, stay as they were. A fetch under way still answers its callers but no longer writes
+   * to the cache (`ignoreFetchAbort`).
    */
   async refresh(source: TokenSource): Promise<AccessToken> {
-    this.#failures.delete(source.cacheKey);
-    return this.#cache.forceFetch(source.cacheKey, { context: source, forceRefresh: true, allowStale: false });
+    const key = source.cacheKey;
+    const start = this.#now();
+    this.stats.fetches++;
+    this.#onEvent({ type: 'fetch', key, reason: 'rotated' });
+    let token: AccessToken;
+    try {
+      token = await source.fetchToken();
+    } catch (error) {
+      this.stats.failures++;
+      this.#onEvent({ type: 'fetch-failed', key, error, durationMs: this.#now() - start, retryInMs: undefined });
+      throw error;
+    }
+    this.#failures.delete(key);
+    this.#rejectedAt.delete(key);
+    this.#cache.set(key, token, { ttl: this.#ttlOf(token) });
+    this.#onEvent({ type: 'fetched', key, token, durationMs: this.#now() - start });
+    return token;
   }
 
   /** The cached token if it is usable now, without fetching (readiness, diagnostics). */
@@ -191,6 +210,13 @@ export class TokenProvider {
     return !this.#revoked.has(token) && now < token.expiresAt - this.#marginMs(token);
   }
 
+  /** Cache TTL: until the refresh point, which is never inside the safety margin. */
+  #ttlOf(token: AccessToken): number {
+    const lifetime = token.expiresAt - token.issuedAt;
+    const refreshAt = Math.min(token.issuedAt + lifetime * this.#refreshAhead, token.expiresAt - this.#marginMs(token));
+    return Math.max(1, Math.floor(refreshAt - this.#now()));
+  }
+
   #marginMs(token: AccessToken): number {
     return Math.min(this.#maxMarginMs, (token.expiresAt - token.issuedAt) * 0.1);
   }
@@ -199,7 +225,6 @@ export class TokenProvider {
     key: string,
     stale: AccessToken | undefined,
     source: TokenSource,
-    signal: AbortSignal,
     setOptions: LRUCache.SetOptions<string, AccessToken, TokenSource>,
   ): Promise<AccessToken> {
     const start = this.#now();
@@ -222,11 +247,10 @@ export class TokenProvider {
     this.stats.fetches++;
     this.#onEvent({ type: 'fetch', key, reason });
     try {
-      const token = await source.fetchToken(signal);
+      // Not aborted by lru-cache's signal: a fetch whose entry was replaced (`refresh`) still answers its callers.
+      const token = await source.fetchToken();
       this.#failures.delete(key);
-      const lifetime = token.expiresAt - token.issuedAt;
-      const refreshAt = Math.min(token.issuedAt + lifetime * this.#refreshAhead, token.expiresAt - this.#marginMs(token));
-      setOptions.ttl = Math.max(1, Math.floor(refreshAt - this.#now()));
+      setOptions.ttl = this.#ttlOf(token);
       this.#onEvent({ type: 'fetched', key, token, durationMs: this.#now() - start });
       return token;
     } catch (error) {

@@ -244,4 +244,64 @@ describe('TokenProvider', () => {
     clock.now += 9_500;
     expect(provider.peek(source)).toBeUndefined();
   });
+
+  describe('refresh (new credentials under the same cache key, e.g. a rotated secret)', () => {
+    /** A cached token past its refresh point, with the background refresh (old credentials) still pending. */
+    async function refreshUnderWay(options: Parameters<typeof setup>[0] = {}) {
+      const ctx = setup(options);
+      const first = ctx.provider.getToken(ctx.source);
+      await flush();
+      const old = await ctx.source.issue(100_000);
+      await first;
+      ctx.clock.now += 80_000;
+      expect(await ctx.provider.getToken(ctx.source)).toBe(old);
+      expect(ctx.source.pending).toHaveLength(1);
+      const rotated = new FakeSource(ctx.clock);
+      return { ...ctx, old, rotated };
+    }
+
+    it('validates with the new credentials, not by joining a fetch under way with the old ones', async () => {
+      const { provider, source, rotated, old } = await refreshUnderWay();
+      const validation = provider.refresh(rotated);
+      await flush();
+      expect(rotated.calls).toBe(1);
+      // The old secret's fetch succeeding must not pass the new secret off as valid.
+      await source.issue(100_000);
+      const rejected = expect(validation).rejects.toMatchObject({ code: 'TOKEN_REJECTED' });
+      await rotated.fail(new SidecarError('TOKEN_REJECTED', 'The token server rejected the client credentials (HTTP 401).'));
+      await rejected;
+      // The old credentials keep serving, and the failed validation put no backoff on them.
+      expect(provider.cachedToken(source)?.value).not.toBe(old.value);
+    });
+
+    it('caches the new token; the old fetch still answers its callers but does not overwrite it', async () => {
+      const { clock, provider, source, rotated } = await refreshUnderWay();
+      clock.now += 16_000; // the old token is now past its safety margin: callers wait for the fetch under way
+      const waiting = provider.getToken(source);
+      const validation = provider.refresh(rotated);
+      await flush();
+      const fresh = await rotated.issue(100_000);
+      expect(await validation).toBe(fresh);
+      expect(provider.cachedToken(rotated)).toBe(fresh);
+      const late = await source.issue(100_000);
+      expect(await waiting).toBe(late);
+      expect(provider.cachedToken(rotated)).toBe(fresh);
+    });
+
+    it('a failed validation does not make the old credentials back off', async () => {
+      const { clock, provider, source, rotated } = await refreshUnderWay({ backoff: { minMs: 300_000, maxMs: 300_000 } });
+      await source.issue(100_000);
+      const validation = provider.refresh(rotated);
+      await flush();
+      const rejected = expect(validation).rejects.toMatchObject({ code: 'TOKEN_REJECTED' });
+      await rotated.fail(new SidecarError('TOKEN_REJECTED', 'rejected'));
+      await rejected;
+      clock.now += 200_000; // every token expired, well within a backoff: the old credentials fetch at once
+      const next = provider.getToken(source);
+      await flush();
+      expect(source.pending).toHaveLength(1);
+      const token = await source.issue(100_000);
+      expect(await next).toBe(token);
+    });
+  });
 });
