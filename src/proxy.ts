@@ -500,6 +500,10 @@ class Exchange {
     this.#error = failure.code;
     const body = JSON.stringify({ error: failure.code, message: failure.message, route: this.#route?.name ?? null });
     const res = this.#res;
+    const req = this.#req;
+    // A request body nobody will read: close the connection after this answer (decided before the head is
+    // written, which is when node settles `Connection`), and drain what arrives until then.
+    if (!req.complete) res.shouldKeepAlive = false;
     res.writeHead(failure.status, {
       'content-type': 'application/json',
       'content-length': Buffer.byteLength(body),
@@ -510,12 +514,7 @@ class Exchange {
       ...headers,
     });
     res.end(body);
-    // A request body nobody will read: drain it, and close the connection after this answer.
-    const req = this.#req;
-    if (!req.complete) {
-      res.shouldKeepAlive = false;
-      req.resume();
-    }
+    if (!req.complete) req.resume();
     return undefined;
   }
 

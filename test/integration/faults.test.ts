@@ -964,6 +964,23 @@ describe('sender faults and abuse', () => {
     return answer;
   }
 
+  it.each([
+    ['dot segments, 400', 'POST /http/../admin'],
+    ['TRACE, 405', 'TRACE /http/ok'],
+  ])('a refusal (%s) of a request whose body is still coming closes the connection: the body is not read on and on', async (_name, line) => {
+    // 100 MB announced, 3 bytes sent: a sender the sidecar refused must not keep streaming into it.
+    const sender = await rawOpen(sidecar.address.port, `${line} HTTP/1.1\r\nHost: s\r\nContent-Length: 100000000\r\n\r\nabc`);
+    let timer: NodeJS.Timeout | undefined;
+    const stillOpen = new Promise((resolve) => (timer = setTimeout(resolve, 5_000, 'still open')));
+    const outcome = await Promise.race([sender.closed, stillOpen]);
+    clearTimeout(timer);
+    sender.socket.destroy();
+    expect(outcome).toBe('closed');
+    expect(sender.received()).toMatch(/^HTTP\/1\.1 40[05] /);
+    expect(sender.received()).toMatch(/\r\nconnection: close\r\n/i);
+    await expectServing();
+  });
+
   it('oversized headers → 431, nothing forwarded', async () => {
     await expectRefusedRaw(`GET /http/ok HTTP/1.1\r\nHost: sidecar\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`, 431);
     const many = Array.from({ length: 400 }, (_, i) => `X-H${i}: ${'b'.repeat(40)}\r\n`).join('');
