@@ -56,7 +56,8 @@ export function parseBasicAuthFile(text: string, source: string): BasicAuthVerif
   const problems: ConfigProblem[] = [];
   const digests = new Map<string, Buffer>();
   const firstLine = new Map<string, number>();
-  const lines = text.split('\n');
+  // A byte order mark (Windows editors write one) is not part of the first line.
+  const lines = (text.charCodeAt(0) === 0xfeff ? text.slice(1) : text).split('\n');
   for (let i = 0; i < lines.length; i++) {
     const field = `line ${i + 1}`;
     let line = lines[i]!;

@@ -72,6 +72,14 @@ describe('parseBasicAuthFile', () => {
     expect(verifier.verify(user, Buffer.from(`${password}x`, 'utf8'))).toBe(false);
   });
 
+  it('ignores a byte order mark (Windows editors write one): the first line is neither a wrong user nor a live comment', () => {
+    const first = parseBasicAuthFile('\uFEFFerp:secret\n', SOURCE);
+    expect(first.verify('erp', Buffer.from('secret'))).toBe(true);
+    const comment = parseBasicAuthFile('\uFEFF# format: user:password\nerp:secret\n', SOURCE);
+    expect(comment.userCount).toBe(1);
+    expect(comment.verify('\uFEFF# format', Buffer.from('user:password'))).toBe(false);
+  });
+
   it('does not treat the sha256 line as a plaintext password', () => {
     expect(verifier.verify('carol', Buffer.from(`sha256:${hex('hashed secret')}`))).toBe(false);
   });
