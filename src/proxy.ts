@@ -197,6 +197,8 @@ class Exchange {
   #maxForwards: number | undefined;
   /** The sender closed its connection before the answer was complete. */
   #senderGone = false;
+  /** The head of an answer discarded for a cure while the body was still arriving (see `decide`). */
+  #held: { status: number; headers: IncomingHttpHeaders } | undefined;
 
   constructor(req: IncomingMessage, res: ServerResponse, options: ProxyOptions) {
     this.#req = req;
@@ -337,25 +339,89 @@ class Exchange {
   decide(status: number, headers: IncomingHttpHeaders): Verdict {
     this.#upstreamStatus = status;
     const body = this.#body!;
+    // Upstreams (and SAP's CSRF filter) answer a 401 or 403 on the head, before the sender has finished the
+    // body: a body still within the copy's limit is then read to its end before the cure, and the answer
+    // held for the case that the body outgrows the copy meanwhile.
+    const holding = !body.replayable() && body.pending();
+    const resendable = body.replayable() || holding;
+    let verdict: Verdict = 'deliver';
     if (status === 401 && !this.#refreshed) {
       const tokens = this.#options.tokens;
       const route = this.#route!;
-      if (body.replayable()) {
-        if (tokens.retryAfterRejection(route.tokenClient, this.#token!)) return 'retry-401';
+      if (resendable) {
+        if (tokens.retryAfterRejection(route.tokenClient, this.#token!)) verdict = 'retry-401';
       } else {
-        // Cannot be sent again (a long or unfinished body), but the token may be bad: the next request
-        // should not find it. The 401 itself goes to the sender.
-        tokens.refreshAfterRejection(route.tokenClient, this.#token!).catch(() => undefined);
+        this.#retire();
       }
     }
-    if (this.#csrfApplies && !this.#renewed && isCsrfRequired(status, headers) && body.replayable()) return 'retry-csrf';
-    this.#res.writeHead(status, responseHeadersForSender(headers, { extra: this.#ownHeaders() }));
+    if (verdict === 'deliver' && this.#csrfApplies && !this.#renewed && isCsrfRequired(status, headers) && resendable) verdict = 'retry-csrf';
+    if (verdict !== 'deliver') {
+      this.#held = holding ? { status, headers } : undefined;
+      return verdict;
+    }
+    this.#writeHead(status, headers);
     return 'deliver';
   }
 
-  /** An attempt's answer was passed on (nothing left to do), or its body discarded for a cure. */
-  attemptSettled(verdict: Verdict): void {
-    if (verdict !== 'deliver') this.#later(() => this.#cure(verdict));
+  /**
+   * A 401 for a request that cannot be sent again (a long or unfinished body): the token may be bad all the
+   * same, and the next request should not find it. The 401 itself goes to the sender.
+   */
+  #retire(): void {
+    this.#options.tokens.refreshAfterRejection(this.#route!.tokenClient, this.#token!).catch(() => undefined);
+  }
+
+  #writeHead(status: number, headers: IncomingHttpHeaders): void {
+    // The sender is still sending a body nobody will read on (an early answer): close the connection after
+    // this answer, decided before the head is written, which is when node settles `Connection`.
+    if (!this.#req.complete) this.#res.shouldKeepAlive = false;
+    this.#res.writeHead(status, responseHeadersForSender(headers, { extra: this.#ownHeaders() }));
+  }
+
+  /** Whether the answer being discarded should be kept, in case the cure cannot be made (see `decide`). */
+  get holdingAnswer(): boolean {
+    return this.#held !== undefined && this.#body!.pending();
+  }
+
+  /** A held answer is too long to hold on: it goes to the sender now, and the request is not sent again. */
+  passOnHeld(verdict: 'retry-401' | 'retry-csrf'): 'deliver' {
+    const head = this.#held!;
+    this.#held = undefined;
+    if (verdict === 'retry-401') this.#retire();
+    this.#body!.discardRest();
+    this.#writeHead(head.status, head.headers);
+    return 'deliver';
+  }
+
+  /**
+   * An attempt's answer was passed on (nothing left to do), or discarded for a cure (`held`: its body, when
+   * the answer was held and arrived whole). A cure waits for a body still arriving.
+   */
+  attemptSettled(verdict: Verdict, held?: Buffer[]): void {
+    const body = this.#body!;
+    if (verdict === 'deliver') {
+      // An early answer: the upstream no longer takes the body, so drain what the sender still sends.
+      if (!this.#req.complete) body.discardRest();
+      return;
+    }
+    const next = (): void => this.#later(() => this.#cureOrDeliver(verdict, held));
+    if (body.pending()) body.whenSettled(next);
+    else next();
+  }
+
+  #cureOrDeliver(verdict: 'retry-401' | 'retry-csrf', held: Buffer[] | undefined): void {
+    if (this.#body!.replayable()) return this.#cure(verdict);
+    // The body outgrew its copy while the answer waited: the upstream's answer goes to the sender after all.
+    const head = this.#held;
+    if (this.#senderGone) throw senderGoneError();
+    if (head === undefined || held === undefined) {
+      throw new SidecarError('UPSTREAM_UNREACHABLE', `upstream ${new URL(this.#route!.origin).host}: its answer was cut off while the request body was still arriving`);
+    }
+    if (verdict === 'retry-401') this.#retire();
+    this.#body!.discardRest();
+    this.#writeHead(head.status, head.headers);
+    for (const chunk of held) this.#call!.bytesOut += chunk.length;
+    this.#res.end(held.length === 1 ? held[0] : Buffer.concat(held));
   }
 
   /** Run `step` outside undici's callbacks (cures, resends, failures); whatever it throws ends in `fail`. */
@@ -614,6 +680,7 @@ class UpstreamCall implements Dispatcher.DispatchHandler, ConnectionListener {
     this.upstreamMs = performance.now() - this.#sentAt;
     try {
       this.#verdict = this.#exchange.decide(statusCode, headers);
+      if (this.#verdict !== 'deliver' && this.#exchange.holdingAnswer) this.#held = [];
     } catch (err) {
       // e.g. a header value node refuses to write: nothing reached the sender yet.
       controller.abort(err as Error);
@@ -629,11 +696,29 @@ class UpstreamCall implements Dispatcher.DispatchHandler, ConnectionListener {
 
   /** The answer was complete with its head (204, 304). */
   #bodiless = false;
+  /** The body of an answer discarded for a retry, kept (up to `HOLDABLE_ANSWER_BYTES`) in case the retry cannot be made. */
+  #held: Buffer[] | undefined;
+  #heldBytes = 0;
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
     this.#scavenger?.passed(this.#received, chunk.length);
     this.#received += chunk.length;
-    if (this.#verdict !== 'deliver') return; // a body to discard before the retry
+    if (this.#verdict !== 'deliver') {
+      // A body to discard before the retry, or to hold in case the retry cannot be made.
+      const held = this.#held;
+      if (held === undefined) return;
+      if (this.#heldBytes + chunk.length <= HOLDABLE_ANSWER_BYTES) {
+        held.push(chunk);
+        this.#heldBytes += chunk.length;
+        return;
+      }
+      this.#held = undefined;
+      if (!this.#exchange.holdingAnswer) return; // the body has settled meanwhile: the retry needs no answer
+      // Too long to hold while the request body settles: passed on now, the request is not sent again.
+      this.#verdict = this.#exchange.passOnHeld(this.#verdict!);
+      for (const part of held) this.#res.write(part);
+      this.bytesOut += this.#heldBytes;
+    }
     this.bytesOut += chunk.length;
     if (!this.#res.write(chunk) && !this.#waitingForDrain) {
       controller.pause();
@@ -651,7 +736,7 @@ class UpstreamCall implements Dispatcher.DispatchHandler, ConnectionListener {
 
   onResponseEnd(): void {
     if (this.#verdict === 'deliver' && !this.#bodiless) this.#res.end();
-    this.#exchange.attemptSettled(this.#verdict ?? 'deliver');
+    this.#exchange.attemptSettled(this.#verdict ?? 'deliver', this.#held);
   }
 
   onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {
@@ -660,7 +745,8 @@ class UpstreamCall implements Dispatcher.DispatchHandler, ConnectionListener {
       return;
     }
     if (this.#waitingForDrain && this.#onDrain) this.#res.off('drain', this.#onDrain);
-    // A body being discarded for a retry may fail: the retry goes out on another connection all the same.
+    // A body being discarded for a retry may fail: the retry goes out on another connection all the same
+    // (but the answer, if held, is incomplete).
     if (this.#verdict === 'retry-401' || this.#verdict === 'retry-csrf') this.#exchange.attemptSettled(this.#verdict);
     else this.#exchange.attemptFailed(this, err);
   }
@@ -681,7 +767,9 @@ function senderGoneError(): Error {
 /**
  * The request body as undici's body: streamed, with a copy of the first
  * `limit` bytes kept so that a small body can be sent again, each chunk
- * counted for the scavenger.
+ * counted for the scavenger. The copy is taken from the sender's stream
+ * itself, so it stays whole when the upstream stops taking the body (an early
+ * answer) and the rest is read on for a resend (`whenSettled`).
  */
 class RequestBody {
   readonly #req: IncomingMessage;
@@ -692,6 +780,10 @@ class RequestBody {
   #copied = 0;
   #seen = 0;
   #ended = false;
+  #tee: Transform | undefined;
+  /** The upstream stopped taking the body; it is read on here (`whenSettled`). */
+  #readingOn = false;
+  #settled: (() => void) | undefined;
 
   constructor(req: IncomingMessage, limit: number, scavenger: Scavenger | undefined) {
     this.#req = req;
@@ -705,30 +797,52 @@ class RequestBody {
 
   stream(): Readable | undefined {
     if (!this.#present) return undefined;
-    if (this.#copy === undefined && this.#scavenger === undefined) return this.#req;
+    const req = this.#req;
+    if (this.#copy === undefined && this.#scavenger === undefined) return req;
     const tee = new Transform({
       transform: (chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback) => {
         this.#scavenger?.passed(this.#seen, chunk.length);
         this.#seen += chunk.length;
-        if (this.#copy !== undefined) {
-          this.#copied += chunk.length;
-          if (this.#copied > this.#limit) this.#copy = undefined;
-          else this.#copy.push(chunk);
-        }
         callback(null, chunk);
       },
-      flush: (callback: TransformCallback) => {
-        this.#ended = true;
-        callback();
-      },
     });
-    this.#req.on('error', (err) => tee.destroy(err));
-    return this.#req.pipe(tee);
+    this.#tee = tee;
+    req.on('error', (err) => tee.destroy(err));
+    req.pipe(tee);
+    if (this.#copy !== undefined) {
+      req.on('data', this.#keep);
+      req.once('end', this.#end);
+    }
+    return tee;
+  }
+
+  readonly #keep = (chunk: Buffer): void => {
+    if (this.#readingOn) this.#seen += chunk.length;
+    if (this.#copy === undefined) return;
+    this.#copied += chunk.length;
+    if (this.#copied <= this.#limit) {
+      this.#copy.push(chunk);
+      return;
+    }
+    this.#copy = undefined;
+    this.#req.off('end', this.#end);
+    this.#settle();
+  };
+
+  readonly #end = (): void => {
+    this.#ended = true;
+    this.#settle();
+  };
+
+  #settle(): void {
+    const settled = this.#settled;
+    this.#settled = undefined;
+    settled?.();
   }
 
   /** Bytes received from the sender (declared length when streamed untouched). */
   get bytes(): number {
-    if (this.#copy === undefined && this.#seen === 0) return this.#req.complete ? Number(this.#req.headers['content-length'] ?? 0) : 0;
+    if (this.#tee === undefined) return this.#req.complete ? Number(this.#req.headers['content-length'] ?? 0) : 0;
     return this.#seen;
   }
 
@@ -737,10 +851,52 @@ class RequestBody {
     return !this.#present || (this.#copy !== undefined && this.#ended);
   }
 
+  /** Still arriving, and still within the copy's limit: it may yet become replayable. */
+  pending(): boolean {
+    return this.#present && this.#copy !== undefined && !this.#ended;
+  }
+
+  /**
+   * Call `done` once the body is no longer `pending` (ended, outgrown the copy, or the sender gone). If the
+   * upstream stopped taking it, the rest is read on here.
+   */
+  whenSettled(done: () => void): void {
+    if (!this.pending()) return done();
+    this.#settled = done;
+    const req = this.#req;
+    req.once('close', () => {
+      if (!req.complete) this.#settle();
+    });
+    const readOn = (): void => {
+      if (!this.pending()) return;
+      this.#readingOn = true;
+      req.unpipe(this.#tee);
+      req.resume();
+    };
+    if (this.#tee === undefined || this.#tee.destroyed) readOn();
+    else this.#tee.once('close', readOn);
+  }
+
+  /** The upstream will not take the rest: read it into nothing (the connection closes after the answer). */
+  discardRest(): void {
+    const req = this.#req;
+    if (req.complete) return;
+    this.#copy = undefined;
+    this.#readingOn = true; // still counted, when `#keep` listens
+    if (this.#tee) req.unpipe(this.#tee);
+    req.resume();
+  }
+
   replay(): Buffer | undefined {
     return this.#present && this.#copy ? Buffer.concat(this.#copy, this.#copied) : undefined;
   }
 }
+
+/**
+ * How much of a 401 or CSRF 403 is held while the request body settles (they carry a few hundred bytes);
+ * a longer one is passed on at once instead.
+ */
+const HOLDABLE_ANSWER_BYTES = 64 * 1024;
 
 /** node's `writeHead` refusals: the upstream's response head cannot be passed on as it is. */
 const UNFORWARDABLE_HEAD: ReadonlySet<string | undefined> = new Set(['ERR_INVALID_CHAR', 'ERR_INVALID_HTTP_TOKEN', 'ERR_HTTP_INVALID_HEADER_VALUE', 'ERR_HTTP_INVALID_STATUS_CODE']);

@@ -341,6 +341,130 @@ describe('tokens on the request path', () => {
     expect(fetches).toBe(1);
   });
 
+  describe('an answer that comes before the sender has finished its body', () => {
+    /** A sender body that ends only once `release()` is called: its first `first` bytes come at once. */
+    function heldBody(first: Buffer, rest: Buffer) {
+      const stream = new Readable({ read() {} });
+      stream.push(first);
+      return {
+        stream,
+        release() {
+          stream.push(rest);
+          stream.push(null);
+        },
+        sha256: createHash('sha256').update(Buffer.concat([first, rest])).digest('hex'),
+      };
+    }
+
+    it.each([
+      ['the upstream reads on after its 401', false],
+      ['the upstream closes the connection after its 401', true],
+    ])('a 401 before a small body ended: the body is kept to its end and replayed with a new token (%s)', async (_name, closes) => {
+      const body = heldBody(randomBytes(1000), randomBytes(3000));
+      let rejected: string | undefined;
+      upstream.setHandler((req, res) => {
+        rejected ??= req.headers.authorization;
+        if (req.headers.authorization !== rejected) return false;
+        res.writeHead(401, { 'content-type': 'application/json', ...(closes && { connection: 'close' }) });
+        res.end('{"error":"unauthorised"}', () => body.release());
+        return true;
+      });
+      // A sidecar of its own: the shared one refreshed after a 401 less than REJECTION_INTERVAL_MS ago.
+      const fresh = await another(['--service-key', keyPath]);
+      await fresh.tokens.getToken(fresh.routes.routes[0]!.tokenClient);
+      const before = upstream.requests.length;
+      const res = await request(`${fresh.url}/http/echo`, { method: 'POST', body: body.stream });
+      expect(res.statusCode).toBe(200);
+      expect(await echo(res)).toMatchObject({ method: 'POST', bodyLength: 4000, bodySha256: body.sha256 });
+      expect(upstream.requests.slice(before)).toHaveLength(2);
+    });
+
+    it('a CSRF 403 before a small body ended: the token is fetched and the whole body sent again', async () => {
+      const body = heldBody(randomBytes(1000), randomBytes(3000));
+      const session = { token: 'csrf-' + randomBytes(4).toString('hex') };
+      upstream.setHandler((req, res) => {
+        if (req.method === 'GET' && req.headers['x-csrf-token'] === 'Fetch') {
+          res.writeHead(200, { 'x-csrf-token': session.token, 'set-cookie': 'JSESSIONID=early; Path=/' });
+          res.end();
+          return true;
+        }
+        if (req.headers['x-csrf-token'] === session.token) return false; // the echo
+        res.writeHead(403, { 'x-csrf-token': 'Required', 'content-type': 'text/html' });
+        res.end('<html>Forbidden</html>', () => body.release());
+        return true;
+      });
+      const res = await request(`${sidecar.url}/http/echo?early-csrf`, { method: 'POST', body: body.stream });
+      expect(res.statusCode).toBe(200);
+      expect(res.headers).not.toHaveProperty('x-csrf-token');
+      expect(await echo(res)).toMatchObject({ bodyLength: 4000, bodySha256: body.sha256 });
+    });
+
+    it('a 401 before a body that then outgrows --max-replay-body: the 401 goes to the sender as the upstream sent it', async () => {
+      const small = await another(['--service-key', keyPath, '--max-replay-body', '1024']);
+      const body = heldBody(randomBytes(512), randomBytes(4096));
+      upstream.setHandler((_req, res) => {
+        res.writeHead(401, { 'content-type': 'application/json', 'www-authenticate': 'Bearer' });
+        res.end('{"error":"unauthorised"}', () => body.release());
+        return true;
+      });
+      const res = await request(`${small.url}/http/echo`, { method: 'POST', body: body.stream });
+      expect(res.statusCode).toBe(401);
+      expect(res.headers['www-authenticate']).toBe('Bearer');
+      expect(await res.body.text()).toBe('{"error":"unauthorised"}');
+    });
+
+    it('a 401 too long to hold while the body is still coming (over 64 KiB, chunked) is passed on at once', async () => {
+      const fresh = await another(['--service-key', keyPath]);
+      const body = heldBody(randomBytes(512), randomBytes(512));
+      const long = randomBytes(100 * 1024).toString('hex');
+      upstream.setHandler((_req, res) => {
+        res.writeHead(401, { 'content-type': 'text/plain' });
+        res.end(long);
+        return true;
+      });
+      const res = await request(`${fresh.url}/http/echo`, { method: 'POST', body: body.stream });
+      expect(res.statusCode).toBe(401);
+      expect(await res.body.text()).toBe(long);
+      body.release();
+      upstream.setHandler(undefined);
+      expect((await request(`${fresh.url}/http/echo`)).statusCode).toBe(200);
+    });
+
+    it('a complete answer before the sender finished uploading: the sender gets it, and its connection is not left hanging', async () => {
+      upstream.setHandler((_req, res) => {
+        res.writeHead(200, { 'content-type': 'text/plain' });
+        res.end('early');
+        return true;
+      });
+      const socket = connect(sidecar.address.port, '127.0.0.1');
+      const chunks: Buffer[] = [];
+      socket.on('data', (c: Buffer) => chunks.push(c));
+      socket.on('error', () => undefined);
+      const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+      socket.write(`POST /http/early HTTP/1.1\r\nHost: s\r\nContent-Length: ${8 * 1024 * 1024}\r\n\r\n`);
+      // Pump the body as fast as the socket takes it, like a sender that writes everything before reading.
+      const chunk = Buffer.alloc(64 * 1024);
+      let sent = 0;
+      const pump = (): void => {
+        while (sent < 8 * 1024 * 1024 && !socket.destroyed) {
+          sent += chunk.length;
+          if (!socket.write(chunk)) return void socket.once('drain', pump);
+        }
+      };
+      pump();
+      let timer: NodeJS.Timeout | undefined;
+      const hanging = new Promise((resolve) => (timer = setTimeout(resolve, 5_000, 'hanging')));
+      const outcome = await Promise.race([closed.then(() => 'closed'), hanging]);
+      clearTimeout(timer);
+      socket.destroy();
+      expect(outcome).toBe('closed');
+      const text = Buffer.concat(chunks).toString('latin1');
+      expect(text).toMatch(/^HTTP\/1\.1 200 /);
+      expect(text).toMatch(/\r\nconnection: close\r\n/i);
+      expect(text).toMatch(/\r\n\r\n5\r\nearly\r\n0\r\n\r\n$/); // the whole answer
+    });
+  });
+
   it('passes a role 403 (no CSRF header) through untouched', async () => {
     upstream.setHandler((_req, res, body) => {
       body.resume();
