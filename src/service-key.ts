@@ -145,10 +145,15 @@ function optionalString(found: Findings, fields: Fields, name: string): string |
 
 function requiredString(found: Findings, fields: Fields, name: string): string | undefined {
   const value = optionalString(found, fields, name);
-  if (value !== undefined) return value;
-  if (fields[name] == null) found.keyProblem(name, 'is missing');
-  else if (typeof fields[name] === 'string') found.keyProblem(name, 'is empty');
-  return undefined;
+  if (value === undefined) reportAbsent(found, fields, name, 'is missing');
+  return value;
+}
+
+/** The one problem of a required field that gave no value; one that is not a string was reported by `optionalString`. */
+function reportAbsent(found: Findings, fields: Fields, name: string, missing: string): void {
+  const value = fields[name];
+  if (value === undefined || value === null) found.keyProblem(name, missing);
+  else if (typeof value === 'string') found.keyProblem(name, 'is empty');
 }
 
 function urlField(found: Findings, fields: Fields, name: string, required: boolean): string | undefined {
@@ -162,9 +167,16 @@ function urlField(found: Findings, fields: Fields, name: string, required: boole
     return undefined;
   }
   const loopbackHttp = parsed.protocol === 'http:' && LOOPBACK_HOSTS.has(parsed.hostname);
-  if (parsed.protocol === 'https:' || loopbackHttp) return value;
-  found.keyProblem(name, 'must be an https URL (http only for 127.0.0.1, localhost or ::1)');
-  return undefined;
+  if (parsed.protocol !== 'https:' && !loopbackHttp) {
+    found.keyProblem(name, 'must be an https URL (http only for 127.0.0.1, localhost or ::1)');
+    return undefined;
+  }
+  // Would be dropped silently on the way out, or echoed wherever the URL is shown.
+  if (parsed.username || parsed.password) {
+    found.keyProblem(name, 'must not carry a user name or password');
+    return undefined;
+  }
+  return value;
 }
 
 /** What the key type contributes to the credentials; the rest is common to all kinds. */
@@ -185,7 +197,7 @@ function readAuth(found: Findings, fields: Fields, clientCert: ClientKeyPair | u
   }
   if (clientSecret) return { kind: 'client-secret', clientSecret };
   if (certificate) found.keyProblem('key', EXTERNAL_CERTIFICATE_HELP);
-  else found.keyProblem('clientsecret', 'is missing: a service key needs clientsecret, or certificate and key');
+  else reportAbsent(found, fields, 'clientsecret', 'is missing: a service key needs clientsecret, or certificate and key');
   return undefined;
 }
 

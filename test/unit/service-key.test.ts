@@ -154,6 +154,28 @@ describe('parseServiceKey: problems', () => {
     expect(problems).toContainEqual({ source: SOURCE, field: 'oauth.clientsecret', message: 'must be a string' });
   });
 
+  it('gives exactly one problem per field: a number is not a string, a blank value is empty', () => {
+    expect(problemsOf(() => parse({ oauth: { clientid: 'c', clientsecret: 12345, tokenurl: TOKEN_URL } }))).toEqual([
+      { source: SOURCE, field: 'oauth.clientsecret', message: 'must be a string' },
+    ]);
+    expect(problemsOf(() => parse({ oauth: { clientid: 12345, clientsecret: 's', tokenurl: TOKEN_URL } }))).toEqual([
+      { source: SOURCE, field: 'oauth.clientid', message: 'must be a string' },
+    ]);
+    expect(problemsOf(() => parse({ oauth: { clientid: ' ', clientsecret: ' \n', tokenurl: TOKEN_URL } }))).toEqual([
+      { source: SOURCE, field: 'oauth.clientid', message: 'is empty' },
+      { source: SOURCE, field: 'oauth.clientsecret', message: 'is empty' },
+    ]);
+  });
+
+  it.each(['tokenurl', 'url'])('refuses a user name or password in %s without echoing it', (name) => {
+    const raw = { clientid: 'c', clientsecret: 's', tokenurl: TOKEN_URL, [name]: 'https://user:TOPSECRET@acme.example/oauth/token' };
+    const problems = problemsOf(() => parse(raw));
+    expect(problems).toEqual([
+      { source: SOURCE, field: name, message: 'must not carry a user name or password' },
+    ]);
+    expect(JSON.stringify(problems)).not.toContain('TOPSECRET');
+  });
+
   it.each([
     ['plain http on a real host', TOKEN_URL.replace('https:', 'http:'), 'must be an https URL'],
     ['no URL at all', 'acme-dev.authentication.eu10.hana.ondemand.com', 'is not a URL'],
