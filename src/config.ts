@@ -13,6 +13,7 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import type { ClientCertSource, CredentialSource, CredentialSpec } from './credentials.js';
 import type { OutboundNetwork } from './dispatcher.js';
 import { ConfigError, type ConfigProblem } from './errors.js';
+import { parseCertificates, PemError } from './pem.js';
 import type { TokenAuthMethod, TokenRequestSettings } from './token-client.js';
 
 export const COMMANDS = ['serve', 'token', 'check'] as const;
@@ -31,6 +32,10 @@ export const DEFAULT_CONNECT_TIMEOUT_MS = 5_000;
 export const DEFAULT_RESPONSE_TIMEOUT_MS = 60_000;
 export const DEFAULT_IDLE_TIMEOUT_MS = 60_000;
 export const DEFAULT_MAX_REPLAY_BODY_BYTES = 1024 * 1024;
+/** Node timers hold at most 2^31−1 ms (~24.8 days): a longer delay fires after 1 ms or throws a RangeError. */
+export const MAX_TIMER_MS = 2_147_483_647;
+/** The replay copy of a request body is held in memory, per request: more than 1 GiB is a mistake. */
+export const MAX_REPLAY_BODY_BYTES = 1024 * 1024 * 1024;
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
 
@@ -158,9 +163,12 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
   const [commandArg, ...extra] = parsed.positionals;
   const command = (commandArg ?? 'serve') as Command;
   if (!COMMANDS.includes(command)) {
-    problems.push({ source: 'command line', field: '', message: `unknown command "${commandArg}" (commands: ${COMMANDS.join(', ')})` });
+    // Positionals are not echoed: a value split off its flag by a space may be a secret.
+    problems.push({ source: 'command line', field: '', message: `unknown command (commands: ${COMMANDS.join(', ')})` });
   }
-  if (extra.length > 0) problems.push({ source: 'command line', field: '', message: `unexpected argument "${extra[0]}"` });
+  if (extra.length > 0) {
+    problems.push({ source: 'command line', field: '', message: 'unexpected argument after the command (a value with spaces needs quotes)' });
+  }
 
   const read = new Reader(values, env, problems);
   const caFiles = read.list('ca');
@@ -192,7 +200,7 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
 
   let routes: RouteConfig[];
   let routesSource: string;
-  if (file && configFile) {
+  if (configFile) {
     // A route setting given beside the file would be silently ignored: say so instead, flag or variable.
     for (const name of Object.keys(FLAGS).filter((n) => FLAGS[n]?.route && read.has(n))) {
       const flag = values[name] !== undefined;
@@ -209,7 +217,8 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
         message: `cannot be combined with --config; give each route its serviceKey in ${configFile}`,
       });
     }
-    routes = file.routes;
+    // A file that could not be read has reported why; no fallback to flags, whose problems would be noise.
+    routes = file?.routes ?? [];
     routesSource = configFile;
   } else {
     routes = [singleRoute(read, env, problems)];
@@ -219,19 +228,21 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
 
   const logLevel = read.string('log-level') ?? file?.logLevel ?? 'info';
   if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) {
-    problems.push({ source: read.sourceOf('log-level'), field: 'log-level', message: `must be one of ${LOG_LEVELS.join(', ')}` });
+    const [source, field] = read.has('log-level') ? [read.sourceOf('log-level'), 'log-level'] : [configFile ?? 'default', 'logLevel'];
+    problems.push({ source, field, message: `must be one of ${LOG_LEVELS.join(', ')}` });
   }
   const routeName = read.string('route');
-  if (routeName !== undefined && !routes.some((r) => r.name === routeName)) {
+  // Without routes (an unreadable file) there is nothing to look the name up in.
+  if (routeName !== undefined && routes.length > 0 && !routes.some((r) => r.name === routeName)) {
     problems.push({ source: '--route', field: 'route', message: `no route named "${routeName}" (routes: ${routes.map((r) => r.name).join(', ')})` });
   }
-  const tokenTimeoutMs = read.integer('token-timeout', 1) ?? DEFAULT_TOKEN_TIMEOUT_MS;
+  const tokenTimeoutMs = read.integer('token-timeout', ms(1)) ?? DEFAULT_TOKEN_TIMEOUT_MS;
   const checkPath = read.string('check-path');
   if (checkPath !== undefined && !checkPath.startsWith('/')) {
     problems.push({ source: '--check-path', field: 'check-path', message: 'must start with /' });
   }
-  const shutdownDelayMs = read.integer('shutdown-delay', 0) ?? DEFAULT_SHUTDOWN_DELAY_MS;
-  const shutdownGraceMs = read.integer('shutdown-grace', 0) ?? DEFAULT_SHUTDOWN_GRACE_MS;
+  const shutdownDelayMs = read.integer('shutdown-delay', ms(0)) ?? DEFAULT_SHUTDOWN_DELAY_MS;
+  const shutdownGraceMs = read.integer('shutdown-grace', ms(0)) ?? DEFAULT_SHUTDOWN_GRACE_MS;
 
   if (problems.length > 0) throw new ConfigError(problems);
   return {
@@ -279,10 +290,10 @@ function singleRoute(read: Reader, env: Env, problems: ConfigProblem[]): RouteCo
     csrf: csrfMode(read.string('csrf') ?? 'auto', read.sourceOf('csrf'), problems),
     timeouts: {
       connectMs: DEFAULT_CONNECT_TIMEOUT_MS,
-      responseMs: read.integer('upstream-timeout', 1) ?? DEFAULT_RESPONSE_TIMEOUT_MS,
+      responseMs: read.integer('upstream-timeout', ms(1)) ?? DEFAULT_RESPONSE_TIMEOUT_MS,
       idleMs: DEFAULT_IDLE_TIMEOUT_MS,
     },
-    maxReplayBodyBytes: read.integer('max-replay-body', 0) ?? DEFAULT_MAX_REPLAY_BODY_BYTES,
+    maxReplayBodyBytes: read.integer('max-replay-body', BODY_BYTES) ?? DEFAULT_MAX_REPLAY_BODY_BYTES,
   };
 }
 
@@ -325,27 +336,29 @@ function clientCertSource(
 
 function tokenAuth(value: string, source: string, problems: ConfigProblem[]): TokenAuthMethod {
   if (value === 'basic' || value === 'post') return value;
-  problems.push({ source, field: 'token-auth', message: `must be basic or post, not "${value}"` });
+  problems.push({ source, field: 'token-auth', message: `must be basic or post${shownWord(value)}` });
   return 'basic';
 }
 
 function csrfMode(value: string, source: string, problems: ConfigProblem[]): 'auto' | 'off' {
   if (value === 'auto' || value === 'off') return value;
-  problems.push({ source, field: 'csrf', message: `must be auto or off, not "${value}"` });
+  problems.push({ source, field: 'csrf', message: `must be auto or off${shownWord(value)}` });
   return 'auto';
+}
+
+/** `, not "x"` for a short plain word (a misspelt choice); nothing for anything that might be a pasted secret. */
+function shownWord(value: string): string {
+  return /^[A-Za-z0-9_-]{1,20}$/.test(value) ? `, not "${value}"` : '';
 }
 
 function tokenParams(read: Reader, problems: ConfigProblem[]): Record<string, string> {
   const params: Record<string, string> = {};
   const fromFlags = read.flagList('token-param');
-  const pairs: Array<[string, string]> = fromFlags
-    ? fromFlags.map((p) => {
-        const at = p.indexOf('=');
-        return at < 1 ? ['', p] : [p.slice(0, at), p.slice(at + 1)];
-      })
-    : [...new URLSearchParams(read.envValue('token-param') ?? '')];
-  for (const [name, value] of pairs) {
-    if (!name) problems.push({ source: read.sourceOf('token-param'), field: 'token-param', message: `"${value}" is not NAME=VALUE` });
+  // Flags are NAME=VALUE as given; the variable is form-encoded (a=1&b=2), each pair decoded on its own.
+  const raw = fromFlags ?? (read.envValue('token-param') ?? '').split('&').filter(Boolean);
+  for (const text of raw) {
+    const [name, value] = splitParam(text, fromFlags === undefined);
+    if (!name) problems.push({ source: read.sourceOf('token-param'), field: 'token-param', message: notNameValue(text) });
     else if (RESERVED_PARAMS.has(name)) problems.push({ source: read.sourceOf('token-param'), field: 'token-param', message: `${name} is set by the sidecar` });
     else params[name] = value;
   }
@@ -353,6 +366,20 @@ function tokenParams(read: Reader, problems: ConfigProblem[]): Record<string, st
 }
 
 const RESERVED_PARAMS = new Set(['grant_type', 'client_id', 'client_secret']);
+
+/** `NAME=VALUE` as given on a flag, or form-decoded from the variable; no name without a `=` after one. */
+function splitParam(text: string, formEncoded: boolean): [string, string] {
+  const at = text.indexOf('=');
+  if (at < 1) return ['', ''];
+  if (!formEncoded) return [text.slice(0, at), text.slice(at + 1)];
+  return [...new URLSearchParams(text)][0] ?? ['', ''];
+}
+
+/** Names what came before a likely separator (`client_assertion:…`), never the rest: that may be the secret. */
+function notNameValue(text: string): string {
+  const name = /^([A-Za-z0-9_.-]+)[:\s]/.exec(text)?.[1];
+  return name ? `"${name}…" is not NAME=VALUE` : 'is not NAME=VALUE';
+}
 
 function parseListen(text: string, field: string, source: string, problems: ConfigProblem[]): { host: string; port: number } {
   const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(text.trim());
@@ -367,30 +394,39 @@ function parseListen(text: string, field: string, source: string, problems: Conf
 
 function validUrl(value: string | undefined, source: string, field: string, problems: ConfigProblem[]): string | undefined {
   if (value === undefined) return undefined;
+  // Messages never echo the value: it may carry a password or a signed query.
   let url: URL;
   try {
     url = new URL(value);
   } catch {
-    problems.push({ source, field, message: `"${value}" is not a URL` });
+    problems.push({ source, field, message: 'is not a valid https:// URL' });
     return undefined;
   }
   const loopback = url.hostname === 'localhost' || url.hostname === '127.0.0.1' || url.hostname === '[::1]';
   if (url.protocol !== 'https:' && !(url.protocol === 'http:' && loopback)) {
     problems.push({ source, field, message: 'must be an https:// URL (http:// only for loopback hosts)' });
   }
-  if (url.username || url.password || url.search || url.hash) {
-    problems.push({ source, field, message: 'must not carry credentials, a query or a fragment' });
+  if (url.username || url.password) {
+    problems.push({ source, field, message: 'must not carry a user name or password (credentials come from the service key)' });
   }
+  if (url.search || url.hash) problems.push({ source, field, message: 'must not carry a query or a fragment' });
   return url.origin + url.pathname.replace(/\/+$/, '');
 }
 
+/** `/a` and `/a/` serve the same paths (the longer would shadow the other), so they count as one prefix. */
 function checkPrefixes(routes: readonly RouteConfig[], source: string, problems: ConfigProblem[]): void {
-  const seenPrefix = new Set<string>();
+  const seenPrefix = new Map<string, { at: number; prefix: string }>();
   const seenName = new Set<string>();
   routes.forEach((route, i) => {
-    if (seenPrefix.has(route.prefix)) problems.push({ source, field: `routes[${i}].prefix`, message: `prefix ${route.prefix} is used twice` });
+    const key = route.prefix.replace(/\/+$/, '');
+    const first = seenPrefix.get(key);
+    if (first) {
+      const same = first.prefix === route.prefix ? '' : ` (routes[${first.at}] has ${first.prefix}; a trailing / makes no difference)`;
+      problems.push({ source, field: `routes[${i}].prefix`, message: `prefix ${route.prefix} is used twice${same}` });
+    } else {
+      seenPrefix.set(key, { at: i, prefix: route.prefix });
+    }
     if (seenName.has(route.name)) problems.push({ source, field: `routes[${i}].name`, message: `name ${route.name} is used twice` });
-    seenPrefix.add(route.prefix);
     seenName.add(route.name);
   });
 }
@@ -403,8 +439,12 @@ function readCa(file: string, readFile: (path: string) => string, problems: Conf
     problems.push({ source: file, field: 'ca', message: `cannot read CA file (${(err as NodeJS.ErrnoException).code ?? 'error'})` });
     return undefined;
   }
-  if (!text.includes('-----BEGIN CERTIFICATE-----')) {
-    problems.push({ source: file, field: 'ca', message: 'is not a PEM certificate file' });
+  // Node's TLS stack skips what it cannot parse without a word: a broken anchor must fail here instead.
+  try {
+    parseCertificates(text);
+  } catch (err) {
+    if (!(err instanceof PemError)) throw err;
+    problems.push({ source: file, field: 'ca', message: `is not a PEM CA certificate file (${err.message})` });
     return undefined;
   }
   return text;
@@ -505,7 +545,7 @@ function fileRoute(raw: unknown, at: string, f: FileReader, problems: ConfigProb
   if (timeoutsRaw !== undefined && f.object(timeoutsRaw, `${at}.timeouts`, TIMEOUT_KEYS)) {
     const t = timeoutsRaw as Record<string, unknown>;
     for (const key of TIMEOUT_KEYS) {
-      const v = f.integer(t, key, `${at}.timeouts`, 1);
+      const v = f.integer(t, key, `${at}.timeouts`, ms(1));
       if (v !== undefined) timeouts[key as keyof RouteTimeouts] = v;
     }
   }
@@ -536,7 +576,7 @@ function fileRoute(raw: unknown, at: string, f: FileReader, problems: ConfigProb
     },
     csrf: csrfMode(f.string(o, 'csrf', at) ?? 'auto', path, problems),
     timeouts,
-    maxReplayBodyBytes: f.integer(o, 'maxReplayBodyBytes', at, 0) ?? DEFAULT_MAX_REPLAY_BODY_BYTES,
+    maxReplayBodyBytes: f.integer(o, 'maxReplayBodyBytes', at, BODY_BYTES) ?? DEFAULT_MAX_REPLAY_BODY_BYTES,
   };
 }
 
@@ -578,11 +618,11 @@ class FileReader {
     return undefined;
   }
 
-  integer(o: Record<string, unknown>, key: string, at: string, min: number): number | undefined {
+  integer(o: Record<string, unknown>, key: string, at: string, range: IntegerRange): number | undefined {
     const v = o[key];
     if (v === undefined) return undefined;
-    if (typeof v === 'number' && Number.isSafeInteger(v) && v >= min) return v;
-    this.problems.push({ source: this.path, field: `${at}.${key}`, message: `must be an integer ≥ ${min}` });
+    if (typeof v === 'number' && inRange(v, range)) return v;
+    this.problems.push({ source: this.path, field: `${at}.${key}`, message: rangeMessage(range) });
     return undefined;
   }
 
@@ -644,14 +684,37 @@ class Reader {
     return undefined;
   }
 
-  integer(name: string, min: number): number | undefined {
+  integer(name: string, range: IntegerRange): number | undefined {
     const v = this.string(name);
     if (v === undefined) return undefined;
     const n = Number(v);
-    if (/^\d+$/.test(v.trim()) && Number.isSafeInteger(n) && n >= min) return n;
-    this.problems.push({ source: this.sourceOf(name), field: name, message: `must be an integer ≥ ${min}, not "${v}"` });
+    if (/^\d+$/.test(v.trim()) && inRange(n, range)) return n;
+    // The value is not echoed: a secret pasted into the wrong variable must not reach the log.
+    this.problems.push({ source: this.sourceOf(name), field: name, message: rangeMessage(range) });
     return undefined;
   }
+}
+
+/** Bounds of a numeric option, with its unit for messages. */
+interface IntegerRange {
+  min: number;
+  max: number;
+  unit: 'ms' | 'bytes';
+}
+
+/** Milliseconds, from `min` up to what a Node timer can hold. */
+function ms(min: number): IntegerRange {
+  return { min, max: MAX_TIMER_MS, unit: 'ms' };
+}
+
+const BODY_BYTES: IntegerRange = { min: 0, max: MAX_REPLAY_BODY_BYTES, unit: 'bytes' };
+
+function inRange(n: number, range: IntegerRange): boolean {
+  return Number.isSafeInteger(n) && n >= range.min && n <= range.max;
+}
+
+function rangeMessage(range: IntegerRange): string {
+  return `must be an integer from ${range.min} to ${range.max} ${range.unit}`;
 }
 
 function optional<K extends string, V>(key: K, value: V | undefined): { [P in K]?: V } {

@@ -7,6 +7,8 @@ export interface PemBlock {
   /** The label, e.g. `CERTIFICATE`, `RSA PRIVATE KEY`, `PRIVATE KEY`, `EC PRIVATE KEY`. */
   type: string;
   base64: string;
+  /** RFC 1421 headers mark the body encrypted (`Proc-Type: 4,ENCRYPTED`: OpenSSL's legacy `-traditional` keys). */
+  encrypted: boolean;
 }
 
 /** A failure to read PEM text; the message names the problem, never the material. */
@@ -21,6 +23,8 @@ const BLOCK = /-----BEGIN ([A-Z0-9 ]+)-----([\s\S]*?)-----END \1-----/g;
 /** A literal escape left over from JSON (`\n`, `\\n`, `\r\n`, `\t`) stands for whitespace. */
 const ESCAPED_WHITESPACE = /\\+[nrt]/g;
 const NOT_BASE64 = /[^A-Za-z0-9+/=]/g;
+/** Looked for before the body is reduced to base64, which would keep the header's letters as key material. */
+const ENCRYPTED_HEADER = /Proc-Type:\s*4\s*,\s*ENCRYPTED/i;
 const LINE_WIDTH = 64;
 
 /** Every PEM block in `text`, whatever newlines, escapes or quotes surround the base64. */
@@ -29,11 +33,12 @@ export function splitPemBlocks(text: string): PemBlock[] {
   return [...unescaped.matchAll(BLOCK)].map((m) => ({
     type: m[1] ?? '',
     base64: (m[2] ?? '').replace(NOT_BASE64, ''),
+    encrypted: ENCRYPTED_HEADER.test(m[2] ?? ''),
   }));
 }
 
 /** One block as RFC 7468 text: 64-column body, no trailing newline. */
-export function formatPemBlock(block: PemBlock): string {
+export function formatPemBlock(block: Pick<PemBlock, 'type' | 'base64'>): string {
   const lines = block.base64.match(new RegExp(`.{1,${LINE_WIDTH}}`, 'g')) ?? [];
   return [`-----BEGIN ${block.type}-----`, ...lines, `-----END ${block.type}-----`].join('\n');
 }
@@ -52,10 +57,16 @@ export interface CertificateChain {
   pem: string;
 }
 
-/** Parses every `CERTIFICATE` block of `text`; throws `PemError` when there is none or one is broken. */
-export function parseCertificateChain(text: string): CertificateChain {
+/** Parses every `CERTIFICATE` block of `text`, in order; throws `PemError` when there is none or one is broken. */
+export function parseCertificates(text: string): X509Certificate[] {
   const blocks = splitPemBlocks(text).filter((b) => b.type === 'CERTIFICATE');
-  const certificates = orderLeafFirst(blocks.map((block, i) => parseCertificate(block, i + 1)));
+  if (blocks.length === 0) throw new PemError('no PEM CERTIFICATE block found');
+  return blocks.map((block, i) => parseCertificate(block, i + 1));
+}
+
+/** Parses a client certificate chain, leaf first; throws `PemError` like `parseCertificates`. */
+export function parseCertificateChain(text: string): CertificateChain {
+  const certificates = orderLeafFirst(parseCertificates(text));
   const [leaf] = certificates;
   if (!leaf) throw new PemError('no PEM CERTIFICATE block found');
   return { leaf, certificates, pem: certificates.map((c) => c.toString()).join('') };
@@ -96,7 +107,7 @@ export interface PrivateKey {
 export function parsePrivateKey(text: string): PrivateKey {
   const block = splitPemBlocks(text).find((b) => b.type.endsWith('PRIVATE KEY'));
   if (!block) throw new PemError('no PEM PRIVATE KEY block found');
-  if (block.type === 'ENCRYPTED PRIVATE KEY') {
+  if (block.type === 'ENCRYPTED PRIVATE KEY' || block.encrypted) {
     throw new PemError('the key is encrypted; supply it without a passphrase');
   }
   const pem = `${formatPemBlock(block)}\n`;

@@ -4,8 +4,12 @@ import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { parseConfig, type Config } from '../../src/config.js';
 import { ConfigError } from '../../src/errors.js';
+import { unitCerts } from '../helpers/unit-certs.js';
 
-const CA = '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n';
+const certs = await unitCerts();
+const CA = certs.rootPem;
+/** Planted in values that may be secret: no message may contain it. */
+const SECRET = 'TOPSECRET';
 
 function files(map: Record<string, string>) {
   return (path: string) => {
@@ -89,13 +93,103 @@ describe('parseConfig', () => {
 
   it('rejects unknown flags and commands', () => {
     expect(problems(['--service-kee', '/k'])[0]?.message).toMatch(/service-kee/);
-    expect(problems(['launch', '--service-key', '/k'])[0]?.message).toMatch(/unknown command "launch"/);
+    expect(problems(['launch', '--service-key', '/k'])).toEqual([
+      { source: 'command line', field: '', message: 'unknown command (commands: serve, token, check)' },
+    ]);
   });
 
   it('refuses upstream URLs that are not https or carry credentials', () => {
     expect(problems(['--service-key', '/k', '--upstream', 'http://example.com'])[0]?.field).toBe('upstream');
     expect(problems(['--service-key', '/k', '--upstream', 'https://u:p@example.com'])[0]?.message).toMatch(/credentials/);
     expect(run(['--service-key', '/k', '--upstream', 'https://example.com/base/']).routes[0]?.upstream).toBe('https://example.com/base');
+  });
+
+  it('bounds millisecond options by the longest Node timer and byte sizes by 1 GiB', () => {
+    const [timeout, ...rest] = problems(['--service-key', '/k', '--token-timeout', '3000000000']);
+    expect(rest).toEqual([]);
+    expect(timeout).toEqual({ source: '--token-timeout', field: 'token-timeout', message: 'must be an integer from 1 to 2147483647 ms' });
+    const env = { SIDECAR_SHUTDOWN_GRACE: '2147483648', SIDECAR_UPSTREAM_TIMEOUT: '9999999999', SIDECAR_MAX_REPLAY_BODY: String(2 ** 30 + 1) };
+    expect(problems(['--service-key', '/k', '--shutdown-delay', '2147483648'], env)).toEqual([
+      { source: 'SIDECAR_UPSTREAM_TIMEOUT', field: 'upstream-timeout', message: 'must be an integer from 1 to 2147483647 ms' },
+      { source: 'SIDECAR_MAX_REPLAY_BODY', field: 'max-replay-body', message: 'must be an integer from 0 to 1073741824 bytes' },
+      { source: '--shutdown-delay', field: 'shutdown-delay', message: 'must be an integer from 0 to 2147483647 ms' },
+      { source: 'SIDECAR_SHUTDOWN_GRACE', field: 'shutdown-grace', message: 'must be an integer from 0 to 2147483647 ms' },
+    ]);
+    const atLimit = run(['--service-key', '/k', '--token-timeout', '2147483647', '--max-replay-body', String(2 ** 30)]);
+    expect(atLimit.tokenTimeoutMs).toBe(2_147_483_647);
+    expect(atLimit.routes[0]?.maxReplayBodyBytes).toBe(2 ** 30);
+  });
+
+  it('validates every certificate of a --ca file, naming the file', () => {
+    const garbage = '-----BEGIN CERTIFICATE-----\nMIIBgarbage0000\n-----END CERTIFICATE-----\n';
+    const truncated = '-----BEGIN CERTIFICATE-----\nMIIB\n';
+    const fs = { '/bad.pem': `${CA}${garbage}`, '/cut.pem': truncated, '/key.pem': certs.leafKeyPkcs8 };
+    expect(problems(['--service-key', '/k', '--ca', '/bad.pem', '--ca', '/cut.pem', '--ca', '/key.pem'], {}, fs)).toEqual([
+      { source: '/bad.pem', field: 'ca', message: 'is not a PEM CA certificate file (certificate 2 is not valid X.509)' },
+      { source: '/cut.pem', field: 'ca', message: 'is not a PEM CA certificate file (no PEM CERTIFICATE block found)' },
+      { source: '/key.pem', field: 'ca', message: 'is not a PEM CA certificate file (no PEM CERTIFICATE block found)' },
+    ]);
+    const bundle = `${certs.rootPem}\n${certs.intermediatePem}\n`;
+    expect(run(['--service-key', '/k', '--ca', '/ok.pem'], {}, { '/ok.pem': bundle }).network.ca).toEqual([bundle]);
+  });
+
+  it('reads each --ca file once', () => {
+    const reads: string[] = [];
+    const result = parseConfig(['--service-key', '/k', '--ca', '/ca.pem'], {}, (path) => {
+      reads.push(path);
+      return CA;
+    });
+    expect(result.kind).toBe('run');
+    expect(reads).toEqual(['/ca.pem']);
+  });
+
+  it('never echoes a value that may be secret', () => {
+    const cases: Array<[string[], Record<string, string>, string]> = [
+      [['--upstream', `https://user:${SECRET}@host.example:99999`], {}, 'upstream'],
+      [['--upstream', `https://user:${SECRET}@host.example/`], {}, 'upstream'],
+      [['--upstream', `https://host.example/?sig=${SECRET}`], {}, 'upstream'],
+      [['--upstream', `not a url ${SECRET}`], {}, 'upstream'],
+      [['--token-param', `client_assertion:eyJ${SECRET}`], {}, 'token-param'],
+      [['--token-param', `eyJ${SECRET}`], {}, 'token-param'],
+      [[], { SIDECAR_TOKEN_PARAMS: `token_format=jwt&client_assertion:eyJ${SECRET}` }, 'token-param'],
+      [['--token-timeout', SECRET], {}, 'token-timeout'],
+      [['--token-auth', `s3cr3t$${SECRET}=`], {}, 'token-auth'],
+      [['--csrf', `eyJhbGciOiJIUzI1NiJ9.${SECRET}`], {}, 'csrf'],
+    ];
+    for (const [argv, env, field] of cases) {
+      const list = problems(['--service-key', '/k', ...argv], env);
+      expect(list.map((p) => p.field)).toEqual([field]);
+      expect(JSON.stringify(list)).not.toContain(SECRET);
+    }
+    // A value split by a space instead of `=` leaves the secret as a positional argument.
+    const split = problems(['--service-key', '/k', '--token-param', 'client_assertion', `eyJ${SECRET}`]);
+    expect(split.map((p) => p.field)).toEqual(['', 'token-param']);
+    expect(JSON.stringify(split)).not.toContain(SECRET);
+    const extra = problems(['token', '--service-key', '/k', '--scope', 'a', SECRET]);
+    expect(extra).toEqual([{ source: 'command line', field: '', message: 'unexpected argument after the command (a value with spaces needs quotes)' }]);
+    // A misspelt choice is still shown: a short plain word, not something a secret looks like.
+    expect(problems(['--service-key', '/k', '--token-auth', 'digest'])[0]?.message).toBe('must be basic or post, not "digest"');
+  });
+
+  it('names the parameter, never its value, when a token parameter lacks =', () => {
+    const [flag] = problems(['--service-key', '/k', '--token-param', `client_assertion:eyJ${SECRET}`]);
+    expect(flag).toEqual({ source: '--token-param', field: 'token-param', message: '"client_assertion…" is not NAME=VALUE' });
+    const [env] = problems(['--service-key', '/k'], { SIDECAR_TOKEN_PARAMS: `client_assertion:eyJ${SECRET}` });
+    expect(env).toEqual({ source: 'SIDECAR_TOKEN_PARAMS', field: 'token-param', message: '"client_assertion…" is not NAME=VALUE' });
+    const [bare] = problems(['--service-key', '/k', '--token-param', SECRET]);
+    expect(bare).toEqual({ source: '--token-param', field: 'token-param', message: 'is not NAME=VALUE' });
+  });
+
+  it('says an unparseable upstream is not a valid https URL, and refuses credentials in one', () => {
+    expect(problems(['--service-key', '/k', '--upstream', `https://user:${SECRET}@host.example:99999`])).toEqual([
+      { source: '--upstream', field: 'upstream', message: 'is not a valid https:// URL' },
+    ]);
+    expect(problems(['--service-key', '/k', '--upstream', `https://user:${SECRET}@host.example`])).toEqual([
+      { source: '--upstream', field: 'upstream', message: 'must not carry a user name or password (credentials come from the service key)' },
+    ]);
+    expect(problems(['--service-key', '/k', '--upstream', 'https://host.example/?a=1'])).toEqual([
+      { source: '--upstream', field: 'upstream', message: 'must not carry a query or a fragment' },
+    ]);
   });
 
   it('returns help and version requests', () => {
@@ -177,6 +271,56 @@ routes:
     expect(run([], { SIDECAR_CONFIG: '/c.yaml', SIDECAR_SCOPE: '' }, file).routes[0]?.credentials.source).toEqual({ kind: 'path', path: '/k.json' });
     // Top-level settings still override the file from the environment.
     expect(run(['--config', '/c.yaml'], { SIDECAR_LISTEN: '127.0.0.1:9999' }, file).listen.port).toBe(9999);
+  });
+
+  it.each([
+    ['a YAML syntax error', '/c.yaml', 'routes: [\n', /^is not valid YAML/],
+    ['an empty file', '/c.yaml', '', /^must be a mapping$/],
+    ['JSON behind a byte order mark', '/c.json', '\uFEFF{"routes":[]}', /^is not valid JSON$/],
+    ['a list instead of a mapping', '/c.yaml', '- prefix: /\n', /^must be a mapping$/],
+  ])('reports only the real problem of %s, not a missing service key', (_name, path, text, message) => {
+    const list = problems(['--config', path, '--route', 'orders'], {}, { [path]: text });
+    expect(list).toHaveLength(1);
+    expect(list[0]?.source).toBe(path);
+    expect(list[0]?.message).toMatch(message);
+  });
+
+  it('reports only the unreadable file when --config names a wrong path', () => {
+    expect(problems(['--config', '/nope.yaml'])).toEqual([{ source: '/nope.yaml', field: '', message: 'cannot read config file (ENOENT)' }]);
+  });
+
+  it('names the file and logLevel for a bad logLevel in the file', () => {
+    const file = { '/c.yaml': 'logLevel: verbose\nroutes:\n  - prefix: /\n    serviceKey: /k.json\n' };
+    expect(problems(['--config', '/c.yaml'], {}, file)).toEqual([
+      { source: '/c.yaml', field: 'logLevel', message: 'must be one of fatal, error, warn, info, debug, trace, silent' },
+    ]);
+    expect(problems(['--config', '/c.yaml'], { SIDECAR_LOG_LEVEL: 'loud' }, file)).toEqual([
+      { source: 'SIDECAR_LOG_LEVEL', field: 'log-level', message: 'must be one of fatal, error, warn, info, debug, trace, silent' },
+    ]);
+    expect(run(['--config', '/c.yaml', '--log-level', 'debug'], {}, file).logLevel).toBe('debug');
+  });
+
+  it('bounds file timeouts and body sizes', () => {
+    const file = {
+      '/c.yaml': 'routes:\n  - prefix: /\n    serviceKey: /k.json\n    maxReplayBodyBytes: 2000000000\n    timeouts: { responseMs: 3000000000, idleMs: 2147483647 }\n',
+    };
+    expect(problems(['--config', '/c.yaml'], {}, file)).toEqual([
+      { source: '/c.yaml', field: 'routes[0].timeouts.responseMs', message: 'must be an integer from 1 to 2147483647 ms' },
+      { source: '/c.yaml', field: 'routes[0].maxReplayBodyBytes', message: 'must be an integer from 0 to 1073741824 bytes' },
+    ]);
+  });
+
+  it('treats /a and /a/ as the same prefix', () => {
+    const file = { '/c.yaml': 'routes:\n  - prefix: /a\n    serviceKey: /k\n  - prefix: /a/\n    serviceKey: /k\n  - prefix: /b/\n    serviceKey: /k\n' };
+    expect(problems(['--config', '/c.yaml'], {}, file)).toEqual([
+      { source: '/c.yaml', field: 'routes[1].prefix', message: 'prefix /a/ is used twice (routes[0] has /a; a trailing / makes no difference)' },
+    ]);
+  });
+
+  it('never echoes a file upstream that may carry a secret', () => {
+    const file = { '/c.yaml': `routes:\n  - prefix: /\n    serviceKey: /k\n    upstream: "https://user:${SECRET}@host.example:99999"\n` };
+    const list = problems(['--config', '/c.yaml'], {}, file);
+    expect(list).toEqual([{ source: '/c.yaml', field: 'routes[0].upstream', message: 'is not a valid https:// URL' }]);
   });
 
   it('reports a syntax error by position without echoing the file', () => {

@@ -5,6 +5,7 @@ import {
   formatPemBlock,
   normalizePem,
   parseCertificateChain,
+  parseCertificates,
   parsePrivateKey,
   PemError,
   splitPemBlocks,
@@ -130,6 +131,22 @@ describe('parseCertificateChain', () => {
   });
 });
 
+describe('parseCertificates', () => {
+  it('parses every certificate in the given order', () => {
+    const parsed = parseCertificates(`${certs.rootPem}\n${certs.leafPem}`);
+    expect(parsed.map((c) => c.fingerprint256)).toEqual([
+      new X509Certificate(certs.rootPem).fingerprint256,
+      new X509Certificate(certs.leafPem).fingerprint256,
+    ]);
+  });
+
+  it('refuses a garbage block and text without a certificate', () => {
+    const garbage = '-----BEGIN CERTIFICATE-----\nMIIBgarbage0000\n-----END CERTIFICATE-----\n';
+    expect(() => parseCertificates(garbage)).toThrow(new PemError('certificate 1 is not valid X.509'));
+    expect(() => parseCertificates('-----BEGIN CERTIFICATE-----\nMIIB\n')).toThrow(new PemError('no PEM CERTIFICATE block found'));
+  });
+});
+
 describe('parsePrivateKey', () => {
   it.each([
     ['PKCS#1', certs.leafKeyPkcs1, 'RSA PRIVATE KEY', 'rsa'],
@@ -157,6 +174,30 @@ describe('parsePrivateKey', () => {
       '-----END ENCRYPTED PRIVATE KEY-----',
     ].join('\n');
     expect(() => parsePrivateKey(encrypted)).toThrow(/encrypted; supply it without a passphrase/);
+  });
+
+  it('refuses a legacy OpenSSL-encrypted key (Proc-Type header) with the same hint', () => {
+    // `openssl genrsa -aes128 -traditional -passout pass:fixture 512`: a throwaway key, encrypted.
+    const legacy = [
+      '-----BEGIN RSA PRIVATE KEY-----',
+      'Proc-Type: 4,ENCRYPTED',
+      'DEK-Info: AES-128-CBC,2A81E326272264459235F3B791B0F6AA',
+      '',
+      '24rSaUj3+Vjh+bZTxBuvvbTQtWTVMMGSCenFU6yeZNSPgt2v8JjWBEtXzVdglG7q',
+      'Te+iFFeXsXmfExegfmA2zVBkd8WQaE3sJxoNk5woPywZyVmQDdAH7TDMEiif02fH',
+      'GqA34qqDejwAB0LXZ1TxoQMLGr29zla9W3Kl7ciQ0RioR4iZ+FKGkZ2phMyKsTqm',
+      'NvMhZV2UY40LEEh8GYnUoBAsHquZIG9NOYFb50WEUXIT3YxjrU7JDNrks0bUZmAj',
+      'CfEmeB6rwDTfM97Vam3yvF9AA5Jq5XH2R1wDeDfjnAPqmpwgbavAU7V8IOLYNnvb',
+      'azxYQv+iY+3NZw9IItKRgWjfBrW4hf6O4F/GiYJ0s6q1UK4FovxhZzzAVN3DchBv',
+      'sW4ayZxNQgUbX4/STV7iO6Vs1f3DEksRAhlZdpe4CVs=',
+      '-----END RSA PRIVATE KEY-----',
+      '',
+    ].join('\n');
+    const message = 'the key is encrypted; supply it without a passphrase';
+    expect(() => parsePrivateKey(legacy)).toThrow(new PemError(message));
+    // As a service key carries it: JSON-escaped newlines.
+    expect(() => parsePrivateKey(legacy.replaceAll('\n', '\\n'))).toThrow(new PemError(message));
+    expect(() => parsePrivateKey(legacy.replace('RSA PRIVATE', 'EC PRIVATE').replace('RSA PRIVATE', 'EC PRIVATE'))).toThrow(new PemError(message));
   });
 
   it('never echoes key material when a key is corrupt', () => {
