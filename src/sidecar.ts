@@ -96,8 +96,18 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
     ? createAdminServer({ routes, tokens, metrics: m, draining: () => draining, credentialErrors })
     : undefined;
 
-  const address = await listen(server, config.listen);
-  const adminAddress = admin && config.adminListen ? await listen(admin, config.adminListen) : undefined;
+  let address: { host: string; port: number };
+  let adminAddress: { host: string; port: number } | undefined;
+  try {
+    address = await listen(server, config.listen, 'listen');
+    adminAddress = admin && config.adminListen ? await listen(admin, config.adminListen, 'admin-listen') : undefined;
+  } catch (err) {
+    // Nothing half-started is left behind: a proxy serving without its admin port would never be restarted.
+    server.close();
+    admin?.close();
+    await Promise.all(table.routes.map(closeRoute));
+    throw err;
+  }
 
   // Rotation: each route's credentials are watched; a valid change swaps the route atomically.
   const swap = async (name: string, next: LoadedCredentials): Promise<void> => {
@@ -213,16 +223,29 @@ async function drain(server: Server, graceMs: number, log: Logger, hurry?: Abort
   }
 }
 
-function listen(server: Server, at: { host: string; port: number }): Promise<{ host: string; port: number }> {
+/** Listen on `at`; a failure is a `ConfigError` naming the address and why (exit code 2). */
+function listen(server: Server, at: { host: string; port: number }, field: string): Promise<{ host: string; port: number }> {
   return new Promise((resolve, reject) => {
-    server.once('error', reject);
+    const failed = (err: NodeJS.ErrnoException): void => {
+      const where = `${at.host.includes(':') ? `[${at.host}]` : at.host}:${at.port}`;
+      reject(new ConfigError([{ source: `--${field}`, field, message: `cannot listen on ${where}: ${LISTEN_FAILURES[err.code ?? ''] ?? 'failed'} (${err.code ?? 'error'})` }]));
+    };
+    server.once('error', failed);
     server.listen(at.port, at.host, () => {
-      server.off('error', reject);
+      server.off('error', failed);
       const bound = server.address() as AddressInfo;
       resolve({ host: bound.address, port: bound.port });
     });
   });
 }
+
+const LISTEN_FAILURES: Readonly<Record<string, string>> = {
+  EADDRINUSE: 'the address is in use',
+  EADDRNOTAVAIL: 'the address is not on this machine',
+  EACCES: 'permission denied (ports below 1024 need privileges)',
+  ENOTFOUND: 'the host does not resolve',
+  EAI_AGAIN: 'the host does not resolve',
+};
 
 function routeDeps(config: Readonly<Config>) {
   return { network: config.network, tokenTimeoutMs: config.tokenTimeoutMs };

@@ -1,3 +1,4 @@
+import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'undici';
 import { FLAGS } from '../../src/config.js';
@@ -82,6 +83,30 @@ describe('oauth-sidecar CLI', () => {
     const exposed = await runCli(['serve', '--service-key', keyPath, '--ca', caPath, '--listen', '0.0.0.0:0', '--admin-listen', 'off']);
     expect(exposed.code).toBe(2);
     expect(exposed.stderr).toMatch(/basic auth|allowlist|allowAnySender|allow-any-sender/);
+  });
+
+  it.each([
+    ['the admin port is taken', 'admin-listen'],
+    ['the proxy port is taken', 'listen'],
+  ])('exits 2, closing everything it opened, when a listener cannot start (%s)', async (_name, flag) => {
+    const taken = createNetServer();
+    await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve));
+    const port = (taken.address() as AddressInfo).port;
+    try {
+      const other = flag === 'listen' ? ['--admin-listen', '127.0.0.1:0'] : ['--listen', '127.0.0.1:0'];
+      const { code, stderr } = await runCli(['serve', '--service-key', keyPath, '--ca', caPath, `--${flag}`, `127.0.0.1:${port}`, ...other]);
+      expect(code).toBe(2);
+      expect(stderr).toContain(`cannot listen on 127.0.0.1:${port}: the address is in use (EADDRINUSE)`);
+      expect(stderr).not.toMatch(/unexpected failure|\n\s+at /);
+    } finally {
+      taken.close();
+    }
+  });
+
+  it('exits 2 when a listen host does not resolve', async () => {
+    const { code, stderr } = await runCli(['serve', '--service-key', keyPath, '--ca', caPath, '--admin-listen', 'no-such-host.invalid:0']);
+    expect(code).toBe(2);
+    expect(stderr).toMatch(/cannot listen on no-such-host\.invalid:0: the host does not resolve/);
   });
 
   it('exits 1 when the token server rejects the credentials, naming the service key and no secret', async () => {
