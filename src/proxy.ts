@@ -205,10 +205,7 @@ class Exchange {
     this.#res = res;
     this.#options = options;
     const url = req.url ?? '';
-    const q = url.indexOf('?');
-    const path = q === -1 ? url : url.slice(0, q);
-    // An absolute-form target (refused in `run`, but logged) may carry `user:password@`: never logged.
-    this.#path = path.charCodeAt(0) === 0x2f ? path : path.replace(/^([a-z][a-z0-9+.-]*:\/\/)?[^/@]*@/i, '$1');
+    this.#path = url.charCodeAt(0) === 0x2f ? withoutQuery(url) : loggableTarget(url);
     this.#requestId = requestIdOf(req.headers['x-request-id']);
     options.observer.requestStarted();
     const socket = req.socket as AnsweringSocket;
@@ -903,6 +900,22 @@ const UNFORWARDABLE_HEAD: ReadonlySet<string | undefined> = new Set(['ERR_INVALI
 
 /** Methods whose repetition has no further effect (RFC 9110 §9.2.2). */
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']);
+
+function withoutQuery(target: string): string {
+  const q = target.indexOf('?');
+  return q === -1 ? target : target.slice(0, q);
+}
+
+/**
+ * An absolute- or authority-form target (refused in `run`, but logged) may carry `user:password@`, and the
+ * password may hold `@`, `/` or `?`: everything up to the last `@` goes, then the query.
+ */
+function loggableTarget(target: string): string {
+  const at = target.lastIndexOf('@');
+  if (at === -1) return withoutQuery(target);
+  const scheme = /^[a-z][a-z0-9+.-]*:\/\//i.exec(target)?.[0] ?? '';
+  return withoutQuery(scheme + target.slice(at + 1));
+}
 
 function truncate(text: string): string {
   return text.length > 120 ? `${text.slice(0, 120)}…` : text;

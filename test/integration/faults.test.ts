@@ -1117,6 +1117,16 @@ describe('sender faults and abuse', () => {
     await expectRefusedRaw(`GET http://erp:${password}@cpi.example/http/ok?x=1 HTTP/1.1\r\nHost: cpi.example\r\n\r\n`, 400, false);
     await expect.poll(() => sidecar.logs.some((l) => l['msg'] === 'request' && l['path'] === 'http://cpi.example/http/ok')).toBe(true);
     expect(sidecar.logText()).not.toContain(password); // and afterEach checks every other form of the secret
+    // A password with `@`, `/` or `?` in it, sent unencoded: whatever the split, none of it is logged.
+    for (const [target, logged] of [
+      ['http://erp:pa@ss-one@cpi.example/http/ok', 'http://cpi.example/http/ok'],
+      ['http://erp:pa/ss-two@cpi.example/http/ok', 'http://cpi.example/http/ok'],
+      ['http://erp:pw?ss-three@cpi.example/http/ok?x', 'http://cpi.example/http/ok'],
+    ] as const) {
+      await expectRefusedRaw(`GET ${target} HTTP/1.1\r\nHost: cpi.example\r\n\r\n`, 400, false);
+      await expect.poll(() => sidecar.logs.filter((l) => l['msg'] === 'request' && l['path'] === logged).length).toBeGreaterThan(0);
+    }
+    expect(sidecar.logText()).not.toMatch(/ss-one|ss-two|ss-three/);
   });
 
   it.each([
