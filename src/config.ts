@@ -67,6 +67,8 @@ export interface InboundConfig {
   basicAuthFile: string | undefined;
   allowCidrs: readonly string[];
   allowAnySender: boolean;
+  /** Host names a loopback-only listener accepts beyond IP addresses and `localhost` (DNS-rebinding guard). */
+  allowHosts: readonly string[];
 }
 
 export interface Config {
@@ -135,6 +137,7 @@ export const FLAGS: Readonly<Record<string, FlagSpec>> = {
   'basic-auth-file': { type: 'string', env: 'SIDECAR_BASIC_AUTH_FILE', description: 'inbound basic auth: file of user:password lines' },
   'allow-cidr': { type: 'string', multiple: true, env: 'SIDECAR_ALLOW_CIDRS', description: 'inbound allowlist of sender addresses (repeatable; env: comma-separated)' },
   'allow-any-sender': { type: 'boolean', env: 'SIDECAR_ALLOW_ANY_SENDER', description: 'accept any sender on a non-loopback listener' },
+  'allow-host': { type: 'string', multiple: true, env: 'SIDECAR_ALLOW_HOSTS', description: 'a Host name loopback-only senders may use besides IP addresses and localhost (repeatable; env: comma-separated)' },
   ca: { type: 'string', multiple: true, env: 'SIDECAR_CA', description: 'extra CA certificate PEM file to trust (repeatable; env: comma-separated)' },
   'token-timeout': { type: 'string', env: 'SIDECAR_TOKEN_TIMEOUT', default: String(DEFAULT_TOKEN_TIMEOUT_MS), description: 'ms for one token request attempt' },
   'log-level': { type: 'string', env: 'SIDECAR_LOG_LEVEL', default: 'info', description: LOG_LEVELS.join(' | ') },
@@ -196,6 +199,7 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
     basicAuthFile: read.string('basic-auth-file') ?? file?.inbound?.basicAuthFile,
     allowCidrs: read.has('allow-cidr') ? read.list('allow-cidr') : (file?.inbound?.allowCidrs ?? []),
     allowAnySender: read.boolean('allow-any-sender') ?? file?.inbound?.allowAnySender ?? false,
+    allowHosts: hostNames(read.has('allow-host') ? read.list('allow-host') : (file?.inbound?.allowHosts ?? []), read.has('allow-host') ? read.sourceOf('allow-host') : (configFile ?? ''), problems),
   };
 
   let routes: RouteConfig[];
@@ -381,6 +385,16 @@ function notNameValue(text: string): string {
   return name ? `"${name}…" is not NAME=VALUE` : 'is not NAME=VALUE';
 }
 
+/** Host names as a Host header carries them: lower case, no port. */
+function hostNames(names: readonly string[], source: string, problems: ConfigProblem[]): string[] {
+  return names.flatMap((name) => {
+    const host = name.trim().toLowerCase();
+    if (/^[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?$/.test(host)) return [host];
+    problems.push({ source, field: 'allow-host', message: 'must be a host name without port or scheme (e.g. erp-sidecar)' });
+    return [];
+  });
+}
+
 function parseListen(text: string, field: string, source: string, problems: ConfigProblem[]): { host: string; port: number } {
   const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(text.trim());
   const host = match?.[1] ?? match?.[2];
@@ -462,7 +476,7 @@ interface FileConfig {
 }
 
 const TOP_KEYS = new Set(['listen', 'adminListen', 'logLevel', 'inbound', 'routes']);
-const INBOUND_KEYS = new Set(['basicAuthFile', 'allowCidrs', 'allowAnySender']);
+const INBOUND_KEYS = new Set(['basicAuthFile', 'allowCidrs', 'allowAnySender', 'allowHosts']);
 const ROUTE_KEYS = new Set([
   'name', 'prefix', 'upstream', 'rewritePrefix', 'serviceKey', 'clientCert', 'clientKey', 'clientTlsDir',
   'tokenAuth', 'scope', 'resource', 'audience', 'tokenParams', 'csrf', 'timeouts', 'maxReplayBodyBytes',
@@ -506,6 +520,7 @@ function readConfigFile(path: string, readFile: (p: string) => string, problems:
       ...optional('basicAuthFile', f.string(o, 'basicAuthFile', 'inbound')),
       ...optional('allowCidrs', f.stringList(o, 'allowCidrs', 'inbound')),
       ...optional('allowAnySender', f.boolean(o, 'allowAnySender', 'inbound')),
+      ...optional('allowHosts', f.stringList(o, 'allowHosts', 'inbound')),
     };
   }
   const routesRaw = top['routes'];

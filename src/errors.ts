@@ -29,7 +29,7 @@ export type ErrorCode =
   | 'REQUEST_REFUSED'
   /** Inbound basic auth missing or wrong. */
   | 'SENDER_UNAUTHORIZED'
-  /** Sender address not in the allowlist. */
+  /** Sender address not in the allowlist, or a request from a web page (inbound-control `webPageRefusal`). */
   | 'SENDER_FORBIDDEN'
   /** The upstream could not be reached or reset the connection. */
   | 'UPSTREAM_UNREACHABLE'

@@ -1,6 +1,7 @@
 /** @module Who may use the proxy port: HTTP Basic credentials (RFC 7617) and a sender address allowlist (CIDR, RFC 4632 / RFC 4291 §2.3); loopback-only when neither is configured. */
 
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import type { IncomingHttpHeaders } from 'node:http';
 import { BlockList, isIP } from 'node:net';
 import { ConfigError, type ConfigProblem } from './errors.js';
 
@@ -355,6 +356,11 @@ export interface InboundControlOptions {
    * loopback senders are accepted. Cannot be combined with `allowlist`.
    */
   readonly allowAnySender?: boolean | undefined;
+  /**
+   * Host names a loopback-only listener accepts besides IP addresses and `localhost` / `*.localhost`
+   * (names that `/etc/hosts` or Kubernetes `hostAliases` point at 127.0.0.1).
+   */
+  readonly allowHosts?: readonly string[] | undefined;
 }
 
 export interface InboundControl {
@@ -362,6 +368,8 @@ export interface InboundControl {
   readonly summary: string;
   /** Decides one request from its socket's `remoteAddress` and its `Authorization` header. */
   check(remoteAddress: string | undefined, authorization: string | undefined): InboundDecision;
+  /** Why a request that passed `check` still comes from a web page and is refused (see `webPageRefusal`), or undefined. */
+  webPageRefusal(headers: IncomingHttpHeaders): string | undefined;
 }
 
 /**
@@ -391,6 +399,8 @@ export function createInboundControl(options: InboundControlOptions, source = 'i
         : 'loopback senders only',
   ];
   if (basicAuth !== undefined) parts.push(`basic auth (${basicAuth.userCount} users)`);
+  // Loopback senders only, and nothing else to prove: a web page in a browser on this machine is such a sender.
+  const hostCheck = allowlist === undefined && !anySender ? new LoopbackHostCheck(options.allowHosts ?? []) : undefined;
 
   return Object.freeze({
     summary: parts.join(' + '),
@@ -399,7 +409,58 @@ export function createInboundControl(options: InboundControlOptions, source = 'i
       if (basicAuth !== undefined && !checkBasicAuth(basicAuth, authorization)) return 'unauthorized';
       return 'ok';
     },
+    webPageRefusal: (headers: IncomingHttpHeaders) => webPageRefusal(headers, hostCheck),
   });
+}
+
+/**
+ * The sidecar adds credentials to whatever reaches it, so a web page must not be able to send through it:
+ * any page open in a browser on the same machine can send requests to `127.0.0.1` (cross-site request
+ * forgery: a form POST runs an integration flow), and a page whose name is re-pointed at 127.0.0.1 (DNS
+ * rebinding) can even read the answers. Legacy senders send neither `Origin` nor `Sec-Fetch-Site`; browsers
+ * send `Origin` on every cross-origin and every POST request, and `Sec-Fetch-Site` on every request to
+ * `localhost` (Fetch Metadata; `none` is a person typing the address). A rebound page sends neither, but
+ * its own name as `Host`, which a loopback-only listener therefore refuses unless it is an IP address,
+ * `localhost`, `*.localhost` (never resolved through DNS, RFC 6761 §6.3) or an allowed name.
+ */
+function webPageRefusal(headers: IncomingHttpHeaders, hostCheck: LoopbackHostCheck | undefined): string | undefined {
+  if (headers.origin !== undefined) return 'requests from web pages (Origin) are not forwarded';
+  const site = headers['sec-fetch-site'];
+  if (site !== undefined && site !== 'none') return 'requests from web pages (Sec-Fetch-Site) are not forwarded';
+  if (hostCheck !== undefined && !hostCheck.allows(headers.host)) {
+    return 'Host is not an IP address, localhost or an --allow-host name: refused as DNS rebinding';
+  }
+  return undefined;
+}
+
+/** The Host a loopback listener accepts; the last verdict is kept, as a sender sends the same Host every time. */
+class LoopbackHostCheck {
+  readonly #allowed: ReadonlySet<string>;
+  #lastHost: string | undefined;
+  #lastVerdict = false;
+
+  constructor(allowHosts: readonly string[]) {
+    this.#allowed = new Set(allowHosts.map((h) => h.toLowerCase()));
+  }
+
+  allows(host: string | undefined): boolean {
+    // HTTP/1.0 senders may send none; browsers always do.
+    if (host === undefined) return true;
+    if (host === this.#lastHost) return this.#lastVerdict;
+    const verdict = this.#decide(host);
+    this.#lastHost = host;
+    this.#lastVerdict = verdict;
+    return verdict;
+  }
+
+  #decide(host: string): boolean {
+    // `name:port`, `[v6]:port`, `v4`, `name`: drop the port.
+    const bracket = host.startsWith('[') ? host.indexOf(']') : -1;
+    let name = (bracket > 0 ? host.slice(1, bracket) : host.replace(/:\d*$/, '')).toLowerCase();
+    if (name.endsWith('.')) name = name.slice(0, -1);
+    if (isIP(name) !== 0) return true; // an address is not re-pointed by DNS
+    return name === LOCALHOST || name.endsWith(`.${LOCALHOST}`) || this.#allowed.has(name);
+  }
 }
 
 /**

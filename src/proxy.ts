@@ -238,6 +238,8 @@ class Exchange {
       return this.#refuse(new SidecarError('SENDER_UNAUTHORIZED', 'basic authentication required'), { 'www-authenticate': BASIC_AUTH_CHALLENGE });
     }
     if (verdict === 'forbidden') return this.#refuse(new SidecarError('SENDER_FORBIDDEN', 'sender address not allowed'));
+    const webPage = this.#options.inbound.webPageRefusal(req.headers);
+    if (webPage !== undefined) return this.#refuse(new SidecarError('SENDER_FORBIDDEN', webPage));
     if (hasDotSegment(this.#path)) {
       return this.#refuse(new SidecarError('REQUEST_REFUSED', 'dot segments (. or ..) in the path are not accepted: they would leave the route'));
     }

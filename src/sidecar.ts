@@ -261,6 +261,7 @@ async function inboundControl(config: Readonly<Config>): Promise<InboundControl>
   const problems: ConfigProblem[] = [];
   const options: { -readonly [K in keyof InboundControlOptions]: InboundControlOptions[K] } = {
     allowAnySender: config.inbound.allowAnySender,
+    allowHosts: config.inbound.allowHosts,
   };
   const file = config.inbound.basicAuthFile;
   if (file) {

@@ -601,7 +601,7 @@ describe('upstream faults', () => {
     const requestsBefore = upstream.requests.length;
     const answer = await rawRequest(
       sidecar.address.port,
-      'GET /http/ok?reset-during HTTP/1.1\r\nHost: sidecar\r\nConnection: keep-alive\r\n\r\n',
+      'GET /http/ok?reset-during HTTP/1.1\r\nHost: localhost\r\nConnection: keep-alive\r\n\r\n',
       { timeoutMs: 5_000 },
     );
     expect(answer.ended).not.toBe('timeout'); // the sidecar closed the sender's connection
@@ -730,12 +730,12 @@ describe('upstream faults', () => {
       res.writeHead(status, headers).end();
       return true;
     };
-    const sender = await rawOpen(sidecar.address.port, `GET /http/ok?${marker} HTTP/1.1\r\nHost: s\r\nIf-None-Match: "v1"\r\n\r\n`);
+    const sender = await rawOpen(sidecar.address.port, `GET /http/ok?${marker} HTTP/1.1\r\nHost: localhost\r\nIf-None-Match: "v1"\r\n\r\n`);
     await waitFor(() => (sender.received().includes('\r\n\r\n') ? true : undefined), sender.socket);
     expect(sender.received()).toMatch(new RegExp(`^HTTP/1\\.1 ${status} `));
     if ('etag' in headers) expect(sender.received()).toContain('etag: "v1"');
     upstream.handler = undefined;
-    sender.socket.write(`GET /http/ok?${marker}-next HTTP/1.1\r\nHost: s\r\n\r\n`);
+    sender.socket.write(`GET /http/ok?${marker}-next HTTP/1.1\r\nHost: localhost\r\n\r\n`);
     await waitFor(() => (sender.received().endsWith('ok') ? true : undefined), sender.socket);
     expect(upstream.seen(`${marker}-next`)).toHaveLength(1);
     sender.socket.destroy();
@@ -840,7 +840,7 @@ describe('sender faults and abuse', () => {
       const chunked = i % 2 === 1;
       const marker = `sink?up=${i}`;
       const framing = chunked ? 'Transfer-Encoding: chunked' : 'Content-Length: 1000000';
-      const head = `POST /http/${marker} HTTP/1.1\r\nHost: sidecar\r\nContent-Type: application/octet-stream\r\n${framing}\r\n\r\n`;
+      const head = `POST /http/${marker} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/octet-stream\r\n${framing}\r\n\r\n`;
       const data = Buffer.alloc(64 * 1024, 0x75);
       const body = chunked ? Buffer.concat([Buffer.from(`${data.length.toString(16)}\r\n`, 'latin1'), data, Buffer.from('\r\n', 'latin1')]) : data;
       const sender = await rawOpen(sidecar.address.port, Buffer.concat([Buffer.from(head, 'latin1'), body]));
@@ -855,7 +855,7 @@ describe('sender faults and abuse', () => {
     }
     for (let i = 0; i < ABORT_ROUNDS; i++) {
       const marker = `download?bytes=${64 * 1024 * 1024}&down=${i}`;
-      const sender = await rawOpen(sidecar.address.port, `GET /http/${marker} HTTP/1.1\r\nHost: sidecar\r\n\r\n`);
+      const sender = await rawOpen(sidecar.address.port, `GET /http/${marker} HTTP/1.1\r\nHost: localhost\r\n\r\n`);
       await waitFor(() => (sender.received().length > 1024 ? true : undefined), sender.socket);
       sender.socket.destroy();
       const rec = await waitFor(() => upstream.seen(marker)[0]);
@@ -877,7 +877,7 @@ describe('sender faults and abuse', () => {
 
   it('slow headers (slowloris) never reach the upstream and do not block other senders', async () => {
     const before = upstream.requests.length;
-    const slow = await rawOpen(sidecar.address.port, 'GET /http/ok?slowloris HTTP/1.1\r\nHost: sidecar\r\nX-Slow: a');
+    const slow = await rawOpen(sidecar.address.port, 'GET /http/ok?slowloris HTTP/1.1\r\nHost: localhost\r\nX-Slow: a');
     for (let i = 0; i < 3; i++) {
       slow.socket.write('a'); // trickle, never finish the head
       await expectServing();
@@ -916,7 +916,7 @@ describe('sender faults and abuse', () => {
     it('answers an unfinished head with 408 REQUEST_REFUSED and closes the connection', async () => {
       // Node checks header timeouts every connectionsCheckingInterval (30 s by default): shorten it here.
       const port = await start((s) => ((s as HttpServer & { connectionsCheckingInterval: number }).connectionsCheckingInterval = 50));
-      const answer = await rawRequest(port, 'GET /http/ok?slowloris-408 HTTP/1.1\r\nHost: sidecar\r\nX-Slow: a', { timeoutMs: 3_000 });
+      const answer = await rawRequest(port, 'GET /http/ok?slowloris-408 HTTP/1.1\r\nHost: localhost\r\nX-Slow: a', { timeoutMs: 3_000 });
       expect(answer.ended).toBe('closed');
       expectRefused(answer, 408);
       expect(codes).toContain('ERR_HTTP_REQUEST_TIMEOUT');
@@ -925,7 +925,7 @@ describe('sender faults and abuse', () => {
 
     it('cuts an unfinished head within its headers timeout, trickling bytes does not extend it, and it still serves', async () => {
       const port = await start(); // as the sidecar creates it
-      const slow = await rawOpen(port, 'GET /http/ok?slowloris-bound HTTP/1.1\r\nHost: sidecar\r\nX-Slow: a');
+      const slow = await rawOpen(port, 'GET /http/ok?slowloris-bound HTTP/1.1\r\nHost: localhost\r\nX-Slow: a');
       const trickle = setInterval(() => slow.socket.writable && slow.socket.write('a'), 50);
       try {
         const bound = new Promise<'open'>((resolve) => setTimeout(() => resolve('open'), 1_500).unref());
@@ -969,7 +969,7 @@ describe('sender faults and abuse', () => {
     ['TRACE, 405', 'TRACE /http/ok'],
   ])('a refusal (%s) of a request whose body is still coming closes the connection: the body is not read on and on', async (_name, line) => {
     // 100 MB announced, 3 bytes sent: a sender the sidecar refused must not keep streaming into it.
-    const sender = await rawOpen(sidecar.address.port, `${line} HTTP/1.1\r\nHost: s\r\nContent-Length: 100000000\r\n\r\nabc`);
+    const sender = await rawOpen(sidecar.address.port, `${line} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000000\r\n\r\nabc`);
     let timer: NodeJS.Timeout | undefined;
     const stillOpen = new Promise((resolve) => (timer = setTimeout(resolve, 5_000, 'still open')));
     const outcome = await Promise.race([sender.closed, stillOpen]);
@@ -981,10 +981,23 @@ describe('sender faults and abuse', () => {
     await expectServing();
   });
 
+  it.each([
+    ['a cross-site form POST (Origin)', 'POST /http/echo?web-1 HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: https://attacker.example\r\nContent-Length: 2\r\n\r\nok'],
+    ['an image or script tag (Sec-Fetch-Site)', 'GET /http/ok?web-2 HTTP/1.1\r\nHost: localhost\r\nSec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: no-cors\r\n\r\n'],
+    ['a page re-pointed at 127.0.0.1 (DNS rebinding: its own name as Host)', 'GET /http/ok?web-3 HTTP/1.1\r\nHost: rebind.attacker.example:8080\r\n\r\n'],
+  ])('a web page cannot send through the sidecar: %s → 403, nothing forwarded', async (_name, bytes) => {
+    const before = upstream.requests.length;
+    const answer = await rawRequest(sidecar.address.port, bytes, { timeoutMs: 3_000, untilResponse: true });
+    expect(answer.status, answer.text).toBe(403);
+    expectSidecarError({ status: 403, headers: answer.headers, text: answer.body }, 403, 'SENDER_FORBIDDEN', null);
+    expect(upstream.requests.slice(before)).toHaveLength(0);
+    await expectServing();
+  });
+
   it('oversized headers → 431, nothing forwarded', async () => {
-    await expectRefusedRaw(`GET /http/ok HTTP/1.1\r\nHost: sidecar\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`, 431);
+    await expectRefusedRaw(`GET /http/ok HTTP/1.1\r\nHost: localhost\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`, 431);
     const many = Array.from({ length: 400 }, (_, i) => `X-H${i}: ${'b'.repeat(40)}\r\n`).join('');
-    await expectRefusedRaw(`GET /http/ok HTTP/1.1\r\nHost: sidecar\r\n${many}\r\n`, 431);
+    await expectRefusedRaw(`GET /http/ok HTTP/1.1\r\nHost: localhost\r\n${many}\r\n`, 431);
   });
 
   it.each([
@@ -993,18 +1006,18 @@ describe('sender faults and abuse', () => {
     ['an empty name', ': x'],
     ['a NUL in the value', 'X-A: a\x00b'],
   ])('an invalid header (%s) → 400, nothing forwarded', async (_name, field) => {
-    await expectRefusedRaw(`GET /http/ok HTTP/1.1\r\nHost: sidecar\r\n${field}\r\n\r\n`, 400);
+    await expectRefusedRaw(`GET /http/ok HTTP/1.1\r\nHost: localhost\r\n${field}\r\n\r\n`, 400);
   });
 
   it('a Trailer header on a GET is forwarded without it; a chunked POST with trailer fields passes its body', async () => {
-    const get = await rawRequest(sidecar.address.port, 'GET /http/echo?trailer-get HTTP/1.1\r\nHost: sidecar\r\nTrailer: X-Checksum\r\nConnection: close\r\n\r\n');
+    const get = await rawRequest(sidecar.address.port, 'GET /http/echo?trailer-get HTTP/1.1\r\nHost: localhost\r\nTrailer: X-Checksum\r\nConnection: close\r\n\r\n');
     expect(get.status, get.text).toBe(200);
     const [seenGet] = upstream.seen('trailer-get');
     expect(seenGet?.headers).not.toHaveProperty('trailer');
 
     const post = await rawRequest(
       sidecar.address.port,
-      'POST /http/echo?trailer-post HTTP/1.1\r\nHost: sidecar\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\nConnection: close\r\n\r\n' +
+      'POST /http/echo?trailer-post HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\nConnection: close\r\n\r\n' +
         '5\r\nhello\r\n0\r\nX-Checksum: abc\r\n\r\n',
     );
     expect(post.status, post.text).toBe(200);
@@ -1015,22 +1028,22 @@ describe('sender faults and abuse', () => {
     await expectServing();
   });
 
-  const SMUGGLED = 'GET /http/ok?smuggled HTTP/1.1\r\nHost: sidecar\r\n\r\n';
+  const SMUGGLED = 'GET /http/ok?smuggled HTTP/1.1\r\nHost: localhost\r\n\r\n';
   it.each([
-    ['Content-Length with Transfer-Encoding', `POST /http/ok HTTP/1.1\r\nHost: s\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n${SMUGGLED}`],
-    ['Transfer-Encoding with Content-Length', `POST /http/ok HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: chunked\r\nContent-Length: 48\r\n\r\n0\r\n\r\n${SMUGGLED}`],
-    ['two different Content-Length values', `POST /http/ok HTTP/1.1\r\nHost: s\r\nContent-Length: 0\r\nContent-Length: 48\r\n\r\n${SMUGGLED}`],
-    ['a Content-Length list', `POST /http/ok HTTP/1.1\r\nHost: s\r\nContent-Length: 0, 48\r\n\r\n${SMUGGLED}`],
-    ['Transfer-Encoding: chunked, identity', `POST /http/ok HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n${SMUGGLED}`],
-    ['Transfer-Encoding twice (chunked, then identity)', `POST /http/ok HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n${SMUGGLED}`],
-    ['Transfer-Encoding: identity', `POST /http/ok HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n${SMUGGLED}`],
-    ['Transfer-Encoding: xchunked', `POST /http/ok HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n${SMUGGLED}`],
-    ['a bare CR hiding Transfer-Encoding', `POST /http/ok HTTP/1.1\r\nHost: s\r\nX-A: a\rTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n${SMUGGLED}`],
-    ['a bare LF between Content-Length and Transfer-Encoding', `POST /http/ok HTTP/1.1\r\nHost: s\r\nContent-Length: 5\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n${SMUGGLED}`],
-    ['a space before the colon (Transfer-Encoding : chunked)', `POST /http/ok HTTP/1.1\r\nHost: s\r\nTransfer-Encoding : chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n${SMUGGLED}`],
-    ['a space before the colon (Content-Length : 0)', `POST /http/ok HTTP/1.1\r\nHost: s\r\nContent-Length : 0\r\n\r\n${SMUGGLED}`],
-    ['an obs-fold Transfer-Encoding', `POST /http/ok HTTP/1.1\r\nHost: s\r\nTransfer-Encoding:\r\n chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n${SMUGGLED}`],
-    ['a vertical tab before chunked', `POST /http/ok HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: \x0bchunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n${SMUGGLED}`],
+    ['Content-Length with Transfer-Encoding', `POST /http/ok HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n${SMUGGLED}`],
+    ['Transfer-Encoding with Content-Length', `POST /http/ok HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nContent-Length: 48\r\n\r\n0\r\n\r\n${SMUGGLED}`],
+    ['two different Content-Length values', `POST /http/ok HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nContent-Length: 48\r\n\r\n${SMUGGLED}`],
+    ['a Content-Length list', `POST /http/ok HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0, 48\r\n\r\n${SMUGGLED}`],
+    ['Transfer-Encoding: chunked, identity', `POST /http/ok HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n${SMUGGLED}`],
+    ['Transfer-Encoding twice (chunked, then identity)', `POST /http/ok HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n${SMUGGLED}`],
+    ['Transfer-Encoding: identity', `POST /http/ok HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n${SMUGGLED}`],
+    ['Transfer-Encoding: xchunked', `POST /http/ok HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n${SMUGGLED}`],
+    ['a bare CR hiding Transfer-Encoding', `POST /http/ok HTTP/1.1\r\nHost: localhost\r\nX-A: a\rTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n${SMUGGLED}`],
+    ['a bare LF between Content-Length and Transfer-Encoding', `POST /http/ok HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n${SMUGGLED}`],
+    ['a space before the colon (Transfer-Encoding : chunked)', `POST /http/ok HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding : chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n${SMUGGLED}`],
+    ['a space before the colon (Content-Length : 0)', `POST /http/ok HTTP/1.1\r\nHost: localhost\r\nContent-Length : 0\r\n\r\n${SMUGGLED}`],
+    ['an obs-fold Transfer-Encoding', `POST /http/ok HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding:\r\n chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n${SMUGGLED}`],
+    ['a vertical tab before chunked', `POST /http/ok HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: \x0bchunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n${SMUGGLED}`],
   ])('smuggling shape: %s → 400, nothing forwarded', async (_name, bytes) => {
     await expectRefusedRaw(bytes, 400);
   });
@@ -1039,7 +1052,7 @@ describe('sender faults and abuse', () => {
     const before = upstream.requests.length;
     const answer = await rawRequest(
       sidecar.address.port,
-      `POST /http/echo?bare-lf-chunks HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\n0\n\n${SMUGGLED}`,
+      `POST /http/echo?bare-lf-chunks HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\n0\n\n${SMUGGLED}`,
       { timeoutMs: 3_000 },
     );
     expect(answer.ended).not.toBe('timeout');
@@ -1070,7 +1083,7 @@ describe('sender faults and abuse', () => {
     };
     const sender = await rawOpen(
       sidecar.address.port,
-      'POST /http/echo?early-answer HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n',
+      'POST /http/echo?early-answer HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n',
     );
     await responding;
     await waitFor(() => (sender.received().includes('first part') ? true : undefined), sender.socket);
@@ -1093,7 +1106,7 @@ describe('sender faults and abuse', () => {
   it.each([
     // Well-framed requests the handler refuses: the connection may stay open.
     ['an absolute-form target', 400, false, 'GET http://evil.example/http/ok HTTP/1.1\r\nHost: evil.example\r\n\r\n'],
-    ['an asterisk-form target', 400, false, 'OPTIONS * HTTP/1.1\r\nHost: sidecar\r\n\r\n'],
+    ['an asterisk-form target', 400, false, 'OPTIONS * HTTP/1.1\r\nHost: localhost\r\n\r\n'],
     ['an authority-form target on GET', 400, true, 'GET evil.example:443 HTTP/1.1\r\nHost: evil.example\r\n\r\n'],
     ['CONNECT', 405, true, 'CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n'],
   ] as const)('never an open proxy: %s → %i, nothing forwarded', async (_name, status, closes, bytes) => {
@@ -1102,11 +1115,11 @@ describe('sender faults and abuse', () => {
   });
 
   it.each([
-    ['..', 'GET /http/ok/../../api/v1/IntegrationPackages HTTP/1.1\r\nHost: s\r\n\r\n'],
-    ['%2e%2e', 'GET /http/ok/%2e%2e/%2E%2E/api/v1/x HTTP/1.1\r\nHost: s\r\n\r\n'],
-    ['..;', 'GET /http/ok/..;/x HTTP/1.1\r\nHost: s\r\n\r\n'],
-    ['..%2f', 'GET /http/ok/..%2f..%2fapi HTTP/1.1\r\nHost: s\r\n\r\n'],
-    ['.', 'POST /http/./echo HTTP/1.1\r\nHost: s\r\nContent-Length: 2\r\n\r\nhi'],
+    ['..', 'GET /http/ok/../../api/v1/IntegrationPackages HTTP/1.1\r\nHost: localhost\r\n\r\n'],
+    ['%2e%2e', 'GET /http/ok/%2e%2e/%2E%2E/api/v1/x HTTP/1.1\r\nHost: localhost\r\n\r\n'],
+    ['..;', 'GET /http/ok/..;/x HTTP/1.1\r\nHost: localhost\r\n\r\n'],
+    ['..%2f', 'GET /http/ok/..%2f..%2fapi HTTP/1.1\r\nHost: localhost\r\n\r\n'],
+    ['.', 'POST /http/./echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\nhi'],
   ])('dot segments (%s) that would leave the route → 400, nothing forwarded', async (_name, bytes) => {
     const answer = await expectRefusedRaw(bytes, 400, false);
     expect(answer.body).toContain('dot segments');
@@ -1134,7 +1147,7 @@ describe('sender faults and abuse', () => {
     ['websocket', 'Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13'],
   ])('Upgrade (%s) is not granted: served as plain HTTP/1.1, no upgrade header reaches the upstream, the connection stays HTTP', async (_name, fields) => {
     const marker = `upgrade-${Math.random().toString(36).slice(2)}`;
-    const sender = await rawOpen(sidecar.address.port, `GET /http/ok?${marker} HTTP/1.1\r\nHost: s\r\n${fields}\r\n\r\n`);
+    const sender = await rawOpen(sidecar.address.port, `GET /http/ok?${marker} HTTP/1.1\r\nHost: localhost\r\n${fields}\r\n\r\n`);
     await waitFor(() => (/\r\n\r\nok$/.test(sender.received()) ? true : undefined), sender.socket);
     expect(sender.received()).toMatch(/^HTTP\/1\.1 200 /);
     const [seen] = upstream.seen(marker);
@@ -1142,7 +1155,7 @@ describe('sender faults and abuse', () => {
     expect(seen!.headers['http2-settings']).toBeUndefined();
     expect(String(seen!.headers['connection'] ?? '')).not.toMatch(/upgrade/i);
     // The same connection carries a second, ordinary request: nothing was switched.
-    sender.socket.write(`GET /http/ok?${marker}-again HTTP/1.1\r\nHost: s\r\n\r\n`);
+    sender.socket.write(`GET /http/ok?${marker}-again HTTP/1.1\r\nHost: localhost\r\n\r\n`);
     await waitFor(() => (sender.received().match(/HTTP\/1\.1 200 /g)?.length === 2 && sender.received().endsWith('ok') ? true : undefined), sender.socket);
     expect(upstream.seen(`${marker}-again`)).toHaveLength(1);
     sender.socket.destroy();
@@ -1170,14 +1183,14 @@ describe('sender faults and abuse', () => {
   });
 
   it('TRACE → 405 with Allow, never forwarded: the upstream would echo the access token back', async () => {
-    const answer = await expectRefusedRaw('TRACE /http/echo HTTP/1.1\r\nHost: sidecar\r\nMax-Forwards: 1\r\n\r\n', 405, false);
+    const answer = await expectRefusedRaw('TRACE /http/echo HTTP/1.1\r\nHost: localhost\r\nMax-Forwards: 1\r\n\r\n', 405, false);
     expect(answer.headers['allow']).toBe('GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS');
     expect(answer.body).toContain('TRACE');
   });
 
   it('invalid percent-encoding and UTF-8 in the path are forwarded byte for byte', async () => {
     const target = '/http/echo/%ff%fe%zz%/caf%C3%A9%C0%AF?q=%E0%A4%A&x=%00';
-    const answer = await rawRequest(sidecar.address.port, `GET ${target} HTTP/1.1\r\nHost: s\r\nConnection: close\r\n\r\n`);
+    const answer = await rawRequest(sidecar.address.port, `GET ${target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n`);
     expect(answer.status, answer.text).toBe(200);
     const [seen] = upstream.requests.filter((r) => r.url.startsWith('/http/echo/%ff'));
     expect(seen?.url).toBe(target);
@@ -1185,7 +1198,7 @@ describe('sender faults and abuse', () => {
   });
 
   it('raw non-ASCII bytes in the path are refused cleanly (400) and nothing is forwarded', async () => {
-    await expectRefusedRaw('GET /http/caf\xc3\xa9/\xff\xfe HTTP/1.1\r\nHost: s\r\n\r\n', 400);
+    await expectRefusedRaw('GET /http/caf\xc3\xa9/\xff\xfe HTTP/1.1\r\nHost: localhost\r\n\r\n', 400);
   });
 
   it('after all this abuse the process serves and logged every malformed request; no log of any sidecar holds a secret', async () => {

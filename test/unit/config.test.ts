@@ -91,6 +91,17 @@ describe('parseConfig', () => {
     expect(list.find((p) => p.field === 'ca')?.source).toBe('/missing.pem');
   });
 
+  it('reads --allow-host from flags, the variable or the file, lower-cased, and refuses anything but a host name', () => {
+    expect(run(['--service-key', '/k']).inbound.allowHosts).toEqual([]);
+    expect(run(['--service-key', '/k', '--allow-host', 'ERP-Sidecar', '--allow-host', 'erp.local']).inbound.allowHosts).toEqual(['erp-sidecar', 'erp.local']);
+    expect(run(['--service-key', '/k'], { SIDECAR_ALLOW_HOSTS: 'a, b' }).inbound.allowHosts).toEqual(['a', 'b']);
+    const file = 'inbound:\n  allowHosts: [erp-sidecar]\nroutes:\n  - prefix: /\n    serviceKey: /k\n';
+    expect(run(['--config', '/c.yaml'], {}, { '/c.yaml': file }).inbound.allowHosts).toEqual(['erp-sidecar']);
+    for (const bad of ['http://erp', 'erp:8080', 'erp/x', 'erp!']) {
+      expect(problems(['--service-key', '/k', '--allow-host', bad]).map((p) => p.field)).toEqual(['allow-host']);
+    }
+  });
+
   it('rejects unknown flags and commands', () => {
     expect(problems(['--service-kee', '/k'])[0]?.message).toMatch(/service-kee/);
     expect(problems(['launch', '--service-key', '/k'])).toEqual([

@@ -397,6 +397,54 @@ describe('createInboundControl', () => {
     expect(err.problems).toEqual([{ source: 'config.yaml', field: 'allowAnySender', message: 'cannot be combined with an allowlist' }]);
   });
 
+  describe('webPageRefusal: a web page in a browser must not send through the sidecar', () => {
+    it.each([
+      [{ origin: 'https://attacker.example' }, /Origin/],
+      [{ origin: 'null' }, /Origin/],
+      [{ 'sec-fetch-site': 'cross-site' }, /Sec-Fetch-Site/],
+      [{ 'sec-fetch-site': 'same-site' }, /Sec-Fetch-Site/],
+      [{ 'sec-fetch-site': 'same-origin' }, /Sec-Fetch-Site/],
+    ])('refuses a browser request (%o) whatever the sender rule', (headers, reason) => {
+      for (const control of [createInboundControl({}), createInboundControl({ allowAnySender: true }), createInboundControl({ basicAuth }), createInboundControl({ allowlist })]) {
+        expect(control.webPageRefusal({ host: '127.0.0.1:8080', ...headers })).toMatch(reason);
+      }
+    });
+
+    it.each([
+      ['127.0.0.1:8080', true],
+      ['127.0.0.1', true],
+      ['[::1]:8080', true],
+      ['10.1.2.3:8080', true],
+      ['localhost:8080', true],
+      ['LOCALHOST.:8080', true],
+      ['erp.localhost:8080', true],
+      [undefined, true], // HTTP/1.0 senders may send no Host; browsers always do
+      ['rebind.attacker.example:8080', false],
+      ['localhost.attacker.example', false],
+      ['erp-sidecar:8080', false],
+    ])('loopback only: Host %s is accepted: %s (a re-pointed name is DNS rebinding)', (host, accepted) => {
+      const control = createInboundControl({});
+      // twice: the second answer comes from the remembered verdict
+      for (let i = 0; i < 2; i++) {
+        if (accepted) expect(control.webPageRefusal({ host })).toBeUndefined();
+        else expect(control.webPageRefusal({ host })).toMatch(/DNS rebinding/);
+      }
+    });
+
+    it('loopback only: an --allow-host name is accepted, in any case, with any port', () => {
+      const control = createInboundControl({ allowHosts: ['erp-sidecar'] });
+      expect(control.webPageRefusal({ host: 'ERP-Sidecar:8080' })).toBeUndefined();
+      expect(control.webPageRefusal({ host: 'other:8080' })).toMatch(/DNS rebinding/);
+    });
+
+    it('other sender rules do not check Host (senders reach them by any name), and a person typing the address is fine', () => {
+      for (const control of [createInboundControl({ allowAnySender: true }), createInboundControl({ basicAuth }), createInboundControl({ allowlist })]) {
+        expect(control.webPageRefusal({ host: 'oauth-sidecar.erp.svc:8080' })).toBeUndefined();
+      }
+      expect(createInboundControl({}).webPageRefusal({ host: 'localhost:8080', 'sec-fetch-site': 'none' })).toBeUndefined();
+    });
+  });
+
   it('exports the 401 challenge (RFC 7617 §2.1)', () => {
     expect(BASIC_AUTH_CHALLENGE).toBe('Basic realm="oauth-sidecar", charset="UTF-8"');
   });
