@@ -13,6 +13,7 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import type { ClientCertSource, CredentialSource, CredentialSpec } from './credentials.js';
 import type { OutboundNetwork } from './dispatcher.js';
 import { ConfigError, type ConfigProblem } from './errors.js';
+import { exposureProblems, parseAllowlist } from './inbound-control.js';
 import { parseCertificates, PemError } from './pem.js';
 import type { TokenAuthMethod, TokenRequestSettings } from './token-client.js';
 
@@ -187,7 +188,8 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
   if (configFile) file = readConfigFile(configFile, readFile, problems);
 
   const listenText = read.string('listen') ?? file?.listen ?? DEFAULT_LISTEN;
-  const listen = parseListen(listenText, 'listen', read.has('listen') ? read.sourceOf('listen') : (configFile ?? 'default'), problems);
+  const listenSource = read.has('listen') ? read.sourceOf('listen') : (configFile ?? 'default');
+  const listen = parseListen(listenText, 'listen', listenSource, problems);
   const adminText = read.string('admin-listen') ?? file?.adminListen ?? DEFAULT_ADMIN_LISTEN;
   const adminSource = read.has('admin-listen') ? read.sourceOf('admin-listen') : (configFile ?? 'default');
   const adminListen = adminText === 'off' ? undefined : parseListen(adminText, 'admin-listen', adminSource, problems);
@@ -201,6 +203,19 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
     allowAnySender: read.boolean('allow-any-sender') ?? file?.inbound?.allowAnySender ?? false,
     allowHosts: hostNames(read.has('allow-host') ? read.list('allow-host') : (file?.inbound?.allowHosts ?? []), read.has('allow-host') ? read.sourceOf('allow-host') : (configFile ?? ''), problems),
   };
+  // Checked here, where each value's source is known, so that `check` sees them too.
+  const [cidrSource, cidrField] = read.has('allow-cidr') ? [read.sourceOf('allow-cidr'), 'allow-cidr'] : [configFile ?? '', 'inbound.allowCidrs'];
+  if (inbound.allowCidrs.length > 0) {
+    try {
+      parseAllowlist(inbound.allowCidrs, cidrSource, cidrField);
+    } catch (err) {
+      if (!(err instanceof ConfigError)) throw err;
+      problems.push(...err.problems);
+    }
+    if (inbound.allowAnySender) problems.push({ source: cidrSource, field: cidrField, message: 'cannot be combined with allowAnySender (allow-any-sender)' });
+  }
+  const exposure = { basicAuth: inbound.basicAuthFile, allowlist: inbound.allowCidrs.length > 0 ? inbound.allowCidrs : undefined, allowAnySender: inbound.allowAnySender };
+  problems.push(...exposureProblems(listen.host, exposure, listenSource, 'listen'));
 
   let routes: RouteConfig[];
   let routesSource: string;

@@ -470,7 +470,7 @@ class LoopbackHostCheck {
  */
 export function exposureProblems(
   listenHost: string,
-  options: InboundControlOptions,
+  options: { readonly basicAuth?: unknown; readonly allowlist?: unknown; readonly allowAnySender?: boolean | undefined },
   source: string,
   field = 'listen',
 ): ConfigProblem[] {

@@ -13,7 +13,7 @@ import type { Config, RouteConfig } from './config.js';
 import { CredentialWatcher } from './credential-watcher.js';
 import { loadCredentials, type LoadedCredentials } from './credentials.js';
 import { ConfigError, SidecarError, type ConfigProblem } from './errors.js';
-import { createInboundControl, exposureProblems, parseAllowlist, parseBasicAuthFile, type InboundControl, type InboundControlOptions } from './inbound-control.js';
+import { createInboundControl, parseAllowlist, parseBasicAuthFile, type InboundControl, type InboundControlOptions } from './inbound-control.js';
 import type { Logger, Loggers } from './logger.js';
 import { Metrics } from './metrics.js';
 import { createProxyServer, DEFAULT_SERVER_LIMITS, type ProxyObserver, type ServerLimits } from './proxy.js';
@@ -227,8 +227,8 @@ async function drain(server: Server, graceMs: number, log: Logger, hurry?: Abort
 function listen(server: Server, at: { host: string; port: number }, field: string): Promise<{ host: string; port: number }> {
   return new Promise((resolve, reject) => {
     const failed = (err: NodeJS.ErrnoException): void => {
-      const where = `${at.host.includes(':') ? `[${at.host}]` : at.host}:${at.port}`;
-      reject(new ConfigError([{ source: `--${field}`, field, message: `cannot listen on ${where}: ${LISTEN_FAILURES[err.code ?? ''] ?? 'failed'} (${err.code ?? 'error'})` }]));
+      const why = `${LISTEN_FAILURES[err.code ?? ''] ?? 'failed'} (${err.code ?? 'error'})`;
+      reject(new ConfigError([{ source: `--${field}`, field, message: `cannot listen on ${hostPort(at)}: ${why}` }]));
     };
     server.once('error', failed);
     server.listen(at.port, at.host, () => {
@@ -272,15 +272,8 @@ async function inboundControl(config: Readonly<Config>): Promise<InboundControl>
       else problems.push({ source: file, field: 'basic-auth-file', message: `cannot read (${(err as NodeJS.ErrnoException).code ?? 'error'})` });
     }
   }
-  if (config.inbound.allowCidrs.length > 0) {
-    try {
-      options.allowlist = parseAllowlist(config.inbound.allowCidrs, 'allow-cidr');
-    } catch (err) {
-      if (!(err instanceof ConfigError)) throw err;
-      problems.push(...err.problems);
-    }
-  }
-  problems.push(...exposureProblems(config.listen.host, options, '--listen'));
+  // Validated, with the source of each entry, by `parseConfig`.
+  if (config.inbound.allowCidrs.length > 0) options.allowlist = parseAllowlist(config.inbound.allowCidrs, 'allow-cidr');
   if (problems.length > 0) throw new ConfigError(problems);
   return createInboundControl(options, 'inbound');
 }

@@ -102,6 +102,26 @@ describe('parseConfig', () => {
     }
   });
 
+  it('checks inbound control where each value came from, so that check sees it too', () => {
+    const file = (inbound: string, listen = '127.0.0.1:8080') => ({ '/c.yaml': `listen: ${listen}\ninbound:\n${inbound}routes:\n  - prefix: /\n    serviceKey: /k\n` });
+    expect(problems(['check', '--config', '/c.yaml'], {}, file('  allowCidrs: [10.0.0.0/8, bogus]\n'))).toEqual([
+      { source: '/c.yaml', field: 'inbound.allowCidrs[1]', message: '"bogus": not an IPv4 or IPv6 address or CIDR block' },
+    ]);
+    expect(problems(['--config', '/c.yaml'], {}, file('  allowAnySender: false\n', '0.0.0.0:8080'))).toEqual([
+      { source: '/c.yaml', field: 'listen', message: expect.stringMatching(/"0\.0\.0\.0" is not a loopback address/) },
+    ]);
+    expect(problems(['--config', '/c.yaml'], {}, file('  allowCidrs: [10.0.0.0/8]\n  allowAnySender: true\n')).map((p) => [p.source, p.field])).toEqual([
+      ['/c.yaml', 'inbound.allowCidrs'],
+    ]);
+    expect(problems(['--service-key', '/k', '--allow-cidr', '10.0.0.1/8'])).toEqual([
+      { source: '--allow-cidr', field: 'allow-cidr[0]', message: expect.stringMatching(/^"10\.0\.0\.1\/8": /) },
+    ]);
+    expect(problems(['--service-key', '/k', '--listen', '0.0.0.0:8080']).map((p) => [p.source, p.field])).toEqual([['--listen', 'listen']]);
+    // Protected by basic auth, an allowlist or the explicit opt-in: fine.
+    expect(run(['--service-key', '/k', '--listen', '0.0.0.0:8080', '--basic-auth-file', '/u']).listen.host).toBe('0.0.0.0');
+    expect(run(['--service-key', '/k', '--listen', '0.0.0.0:8080', '--allow-cidr', '10.0.0.0/8']).inbound.allowCidrs).toEqual(['10.0.0.0/8']);
+  });
+
   it('rejects unknown flags and commands', () => {
     expect(problems(['--service-kee', '/k'])[0]?.message).toMatch(/service-kee/);
     expect(problems(['launch', '--service-key', '/k'])).toEqual([

@@ -11,6 +11,7 @@ import { describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
 import { SHIPPED_NODE_FLAGS } from '../../bench/lib/contenders.js';
 import { FLAGS, parseConfig, type Config, type Env } from '../../src/config.js';
+import { ConfigError } from '../../src/errors.js';
 import { exposureProblems, parseBasicAuthFile } from '../../src/inbound-control.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -314,10 +315,19 @@ describe('Dockerfile', () => {
   });
 
   it('the image env alone is protected mode: a non-loopback listener without inbound control is refused', () => {
-    const config = runConfig(['serve'], { ...IMAGE_ENV, SIDECAR_SERVICE_KEY: '/etc/oauth-sidecar/key.json' });
+    let refused: unknown;
+    try {
+      runConfig(['serve'], { ...IMAGE_ENV, SIDECAR_SERVICE_KEY: '/etc/oauth-sidecar/key.json' });
+    } catch (err) {
+      refused = err;
+    }
+    expect(refused).toBeInstanceOf(ConfigError);
+    expect((refused as ConfigError).problems).toEqual([
+      { source: 'SIDECAR_LISTEN', field: 'listen', message: expect.stringMatching(/"0\.0\.0\.0" is not a loopback address/) },
+    ]);
+    const config = runConfig(['serve'], { ...IMAGE_ENV, SIDECAR_SERVICE_KEY: '/etc/oauth-sidecar/key.json', SIDECAR_ALLOW_ANY_SENDER: 'true' });
     expect(config.listen).toEqual({ host: '0.0.0.0', port: 8080 });
     expect(config.adminListen).toEqual({ host: '0.0.0.0', port: 9090 });
-    expect(exposureProblems(config.listen.host, { allowAnySender: config.inbound.allowAnySender }, 'listen')).toHaveLength(1);
   });
 
   it('HEALTHCHECK: exec form with the image node against /healthz of the admin listener, no shell', () => {
