@@ -373,13 +373,13 @@ class Exchange {
   #writeHead(status: number, headers: IncomingHttpHeaders): void {
     // The sender is still sending a body nobody will read on (an early answer): close the connection after
     // this answer, decided before the head is written, which is when node settles `Connection`.
-    if (!this.#req.complete) this.#res.shouldKeepAlive = false;
+    if (bodyStillComing(this.#req)) this.#res.shouldKeepAlive = false;
     this.#res.writeHead(status, responseHeadersForSender(headers, { extra: this.#ownHeaders() }));
   }
 
-  /** Whether the answer being discarded should be kept, in case the cure cannot be made (see `decide`). */
+  /** Whether the answer being discarded must be kept: the cure may yet prove impossible (see `decide`). */
   get holdingAnswer(): boolean {
-    return this.#held !== undefined && this.#body!.pending();
+    return this.#held !== undefined && !this.#body!.replayable();
   }
 
   /** A held answer is too long to hold on: it goes to the sender now, and the request is not sent again. */
@@ -568,7 +568,7 @@ class Exchange {
     const req = this.#req;
     // A request body nobody will read: close the connection after this answer (decided before the head is
     // written, which is when node settles `Connection`), and drain what arrives until then.
-    if (!req.complete) res.shouldKeepAlive = false;
+    if (bodyStillComing(req)) res.shouldKeepAlive = false;
     res.writeHead(failure.status, {
       'content-type': 'application/json',
       'content-length': Buffer.byteLength(body),
@@ -712,8 +712,9 @@ class UpstreamCall implements Dispatcher.DispatchHandler, ConnectionListener {
         return;
       }
       this.#held = undefined;
-      if (!this.#exchange.holdingAnswer) return; // the body has settled meanwhile: the retry needs no answer
-      // Too long to hold while the request body settles: passed on now, the request is not sent again.
+      if (!this.#exchange.holdingAnswer) return; // the body ended within the copy meanwhile: the retry needs no answer
+      // Too long to hold while the request body settles (or the body outgrew the copy): passed on now, the
+      // request is not sent again.
       this.#verdict = this.#exchange.passOnHeld(this.#verdict!);
       for (const part of held) this.#res.write(part);
       this.bytesOut += this.#heldBytes;
@@ -777,11 +778,12 @@ class RequestBody {
   readonly #present: boolean;
   #copy: Buffer[] | undefined = [];
   #copied = 0;
+  /** Bytes received from the sender. */
   #seen = 0;
+  /** Bytes handed on towards the upstream (what the scavenger counts). */
+  #passed = 0;
   #ended = false;
   #tee: Transform | undefined;
-  /** The upstream stopped taking the body; it is read on here (`whenSettled`). */
-  #readingOn = false;
   #settled: (() => void) | undefined;
 
   constructor(req: IncomingMessage, limit: number, scavenger: Scavenger | undefined) {
@@ -800,15 +802,18 @@ class RequestBody {
     if (this.#copy === undefined && this.#scavenger === undefined) return req;
     const tee = new Transform({
       transform: (chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback) => {
-        this.#scavenger?.passed(this.#seen, chunk.length);
-        this.#seen += chunk.length;
+        this.#scavenger?.passed(this.#passed, chunk.length);
+        this.#passed += chunk.length;
+        if (!keeping) this.#seen += chunk.length;
         callback(null, chunk);
       },
     });
     this.#tee = tee;
     req.on('error', (err) => tee.destroy(err));
     req.pipe(tee);
-    if (this.#copy !== undefined) {
+    // `#keep` sees every chunk (also those the upstream never took) and counts them; else the tee counts.
+    const keeping = this.#copy !== undefined;
+    if (keeping) {
       req.on('data', this.#keep);
       req.once('end', this.#end);
     }
@@ -816,7 +821,7 @@ class RequestBody {
   }
 
   readonly #keep = (chunk: Buffer): void => {
-    if (this.#readingOn) this.#seen += chunk.length;
+    this.#seen += chunk.length;
     if (this.#copy === undefined) return;
     this.#copied += chunk.length;
     if (this.#copied <= this.#limit) {
@@ -868,7 +873,6 @@ class RequestBody {
     });
     const readOn = (): void => {
       if (!this.pending()) return;
-      this.#readingOn = true;
       req.unpipe(this.#tee);
       req.resume();
     };
@@ -880,8 +884,7 @@ class RequestBody {
   discardRest(): void {
     const req = this.#req;
     if (req.complete) return;
-    this.#copy = undefined;
-    this.#readingOn = true; // still counted, when `#keep` listens
+    this.#copy = undefined; // `#keep`, if it listens, still counts what is drained
     if (this.#tee) req.unpipe(this.#tee);
     req.resume();
   }
@@ -902,6 +905,16 @@ const UNFORWARDABLE_HEAD: ReadonlySet<string | undefined> = new Set(['ERR_INVALI
 
 /** Methods whose repetition has no further effect (RFC 9110 §9.2.2). */
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']);
+
+/**
+ * A request body is announced and not yet all received. Not `!req.complete` alone: node marks even a
+ * request without a body complete only after its 'request' listener has returned.
+ */
+function bodyStillComing(req: IncomingMessage): boolean {
+  if (req.complete) return false;
+  const length = req.headers['content-length'];
+  return req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
+}
 
 function withoutQuery(target: string): string {
   const q = target.indexOf('?');

@@ -994,6 +994,17 @@ describe('sender faults and abuse', () => {
     await expectServing();
   });
 
+  it('a refusal of a request without a body keeps the connection: the next request on it is answered', async () => {
+    const sender = await rawOpen(sidecar.address.port, 'GET /http/../x HTTP/1.1\r\nHost: localhost\r\n\r\n');
+    await waitFor(() => (/\r\n\r\n\{[^]*\}$/.test(sender.received()) ? true : undefined), sender.socket);
+    expect(sender.received()).toMatch(/^HTTP\/1\.1 400 /);
+    expect(sender.received()).not.toMatch(/\r\nconnection: close\r\n/i);
+    sender.socket.write('GET /http/ok?kept-alive HTTP/1.1\r\nHost: localhost\r\n\r\n');
+    await waitFor(() => (sender.received().endsWith('ok') ? true : undefined), sender.socket);
+    expect(upstream.seen('kept-alive')).toHaveLength(1);
+    sender.socket.destroy();
+  });
+
   it('oversized headers → 431, nothing forwarded', async () => {
     await expectRefusedRaw(`GET /http/ok HTTP/1.1\r\nHost: localhost\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`, 431);
     const many = Array.from({ length: 400 }, (_, i) => `X-H${i}: ${'b'.repeat(40)}\r\n`).join('');

@@ -430,6 +430,27 @@ describe('tokens on the request path', () => {
       expect((await request(`${fresh.url}/http/echo`)).statusCode).toBe(200);
     });
 
+    it('a long 401 held while the body outgrows the copy: passed on whole once too long to hold', async () => {
+      const small = await another(['--service-key', keyPath, '--max-replay-body', '1024']);
+      const body = heldBody(randomBytes(512), randomBytes(4096));
+      const head = randomBytes(32 * 1024).toString('hex'); // 64 KiB of text
+      const tail = 'x'.repeat(8 * 1024);
+      upstream.setHandler((_req, res, upload) => {
+        res.writeHead(401, { 'content-type': 'text/plain' });
+        res.write(head, () => body.release());
+        // Once the whole body has passed the sidecar, its copy has been dropped: then the rest of the answer.
+        let received = 0;
+        upload.on('data', (c: Buffer) => {
+          received += c.length;
+          if (received === 512 + 4096) res.end(tail);
+        });
+        return true;
+      });
+      const res = await request(`${small.url}/http/echo`, { method: 'POST', body: body.stream });
+      expect(res.statusCode).toBe(401);
+      expect(await res.body.text()).toBe(head + tail);
+    });
+
     it('a complete answer before the sender finished uploading: the sender gets it, and its connection is not left hanging', async () => {
       upstream.setHandler((_req, res) => {
         res.writeHead(200, { 'content-type': 'text/plain' });
