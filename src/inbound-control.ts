@@ -444,8 +444,8 @@ class LoopbackHostCheck {
   }
 
   allows(host: string | undefined): boolean {
-    // HTTP/1.0 senders may send none; browsers always do.
-    if (host === undefined) return true;
+    // HTTP/1.0 senders may send none, and RFC 9112 §3.2 allows an empty one; browsers always send a name.
+    if (host === undefined || host === '') return true;
     if (host === this.#lastHost) return this.#lastVerdict;
     const verdict = this.#decide(host);
     this.#lastHost = host;
@@ -454,7 +454,8 @@ class LoopbackHostCheck {
   }
 
   #decide(host: string): boolean {
-    // `name:port`, `[v6]:port`, `v4`, `name`: drop the port.
+    if (isIP(host) !== 0) return true; // also an IPv6 address without brackets (not valid syntax, but unambiguous)
+    // `name:port`, `[v6]:port`, `v4:port`, `name`: drop the port.
     const bracket = host.startsWith('[') ? host.indexOf(']') : -1;
     let name = (bracket > 0 ? host.slice(1, bracket) : host.replace(/:\d*$/, '')).toLowerCase();
     if (name.endsWith('.')) name = name.slice(0, -1);

@@ -419,6 +419,8 @@ describe('createInboundControl', () => {
       ['LOCALHOST.:8080', true],
       ['erp.localhost:8080', true],
       [undefined, true], // HTTP/1.0 senders may send no Host; browsers always do
+      ['', true], // allowed empty (RFC 9112 §3.2)
+      ['::1', true], // unbracketed: invalid, but an address all the same
       ['rebind.attacker.example:8080', false],
       ['localhost.attacker.example', false],
       ['erp-sidecar:8080', false],
