@@ -254,6 +254,10 @@ export class TokenProvider {
       this.#onEvent({ type: 'fetched', key, token, durationMs: this.#now() - start });
       return token;
     } catch (error) {
+      // Replaced meanwhile by a validated token (`refresh`, new credentials under this key): the old
+      // credentials' failure is theirs, not the key's; its callers get the new token.
+      const current = this.#cache.peek(key, { allowStale: true });
+      if (current !== undefined && current !== stale && this.#usable(current, this.#now())) return current;
       const count = (failure?.count ?? 0) + 1;
       const backoff = Math.min(this.#backoff.maxMs, this.#backoff.minMs * 2 ** (count - 1));
       // A server that said when to come back (429 Retry-After) is not asked earlier.

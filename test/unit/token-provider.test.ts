@@ -266,12 +266,13 @@ describe('TokenProvider', () => {
       await flush();
       expect(rotated.calls).toBe(1);
       // The old secret's fetch succeeding must not pass the new secret off as valid.
-      await source.issue(100_000);
+      const renewed = await source.issue(100_000);
+      expect(renewed).not.toBe(old);
       const rejected = expect(validation).rejects.toMatchObject({ code: 'TOKEN_REJECTED' });
       await rotated.fail(new SidecarError('TOKEN_REJECTED', 'The token server rejected the client credentials (HTTP 401).'));
       await rejected;
-      // The old credentials keep serving, and the failed validation put no backoff on them.
-      expect(provider.cachedToken(source)?.value).not.toBe(old.value);
+      // The old credentials keep serving what their own refresh brought.
+      expect(provider.cachedToken(source)).toBe(renewed);
     });
 
     it('caches the new token; the old fetch still answers its callers but does not overwrite it', async () => {
@@ -286,6 +287,20 @@ describe('TokenProvider', () => {
       const late = await source.issue(100_000);
       expect(await waiting).toBe(late);
       expect(provider.cachedToken(rotated)).toBe(fresh);
+    });
+
+    it('a fetch with the old credentials that fails after the new ones were validated: its callers get the new token, no backoff', async () => {
+      const { clock, provider, source, rotated } = await refreshUnderWay({ backoff: { minMs: 300_000, maxMs: 300_000 } });
+      clock.now += 16_000; // past the old token's safety margin: callers wait for the old credentials' fetch
+      const waiting = provider.getToken(source);
+      const validation = provider.refresh(rotated);
+      await flush();
+      const fresh = await rotated.issue(100_000);
+      expect(await validation).toBe(fresh);
+      await source.fail(new SidecarError('TOKEN_REJECTED', 'the old secret was revoked'));
+      expect(await waiting).toBe(fresh);
+      expect(await provider.getToken(rotated)).toBe(fresh);
+      expect(provider.stats.failures).toBe(0);
     });
 
     it('a failed validation does not make the old credentials back off', async () => {
