@@ -800,6 +800,8 @@ class RequestBody {
     if (!this.#present) return undefined;
     const req = this.#req;
     if (this.#copy === undefined && this.#scavenger === undefined) return req;
+    // `#keep` sees every chunk (also those the upstream never took) and counts them; else the tee counts.
+    const keeping = this.#copy !== undefined;
     const tee = new Transform({
       transform: (chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback) => {
         this.#scavenger?.passed(this.#passed, chunk.length);
@@ -811,8 +813,6 @@ class RequestBody {
     this.#tee = tee;
     req.on('error', (err) => tee.destroy(err));
     req.pipe(tee);
-    // `#keep` sees every chunk (also those the upstream never took) and counts them; else the tee counts.
-    const keeping = this.#copy !== undefined;
     if (keeping) {
       req.on('data', this.#keep);
       req.once('end', this.#end);
