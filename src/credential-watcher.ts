@@ -242,15 +242,19 @@ export class CredentialWatcher {
       return;
     }
     if (this.#closed) return;
-    this.#lastError = undefined;
     const fingerprint = credentialFingerprint(loaded.credentials);
-    if (fingerprint === this.#fingerprint) return;
+    if (fingerprint === this.#fingerprint) {
+      this.#lastError = undefined; // back to what is in use
+      return;
+    }
+    // The last error stays until the change is applied: readiness must not report a retry as recovered.
     try {
       await this.#options.onChange(loaded);
     } catch (err) {
       this.#failed(err);
       return;
     }
+    this.#lastError = undefined;
     this.#current = loaded;
     this.#fingerprint = fingerprint;
   }

@@ -6,7 +6,7 @@ import { mkdir, mkdtemp, readdir, rename, rm, symlink, writeFile } from 'node:fs
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import {
   credentialFingerprint,
   CredentialWatcher,
@@ -536,12 +536,17 @@ describe('CredentialWatcher scheduling', () => {
       loadCredentials({ source: { kind: 'inline', json: secretKey({ clientsecret: secret }), label: 'test' } }, opts);
     const refused = new Error('token server refused the new credentials');
     let attempts = 0;
+    let release!: () => void;
+    const retrying = new Promise<void>((resolve) => (release = resolve));
+    let lastErrorDuringRetry: unknown = 'not seen';
     const watcher = await startWatcher(spec, rec, {
       initial,
       load,
       onChange: async (loaded) => {
         attempts += 1;
         if (attempts === 1) throw refused;
+        lastErrorDuringRetry = watcher.lastError;
+        await retrying;
         rec.onChange(loaded);
       },
     });
@@ -552,7 +557,12 @@ describe('CredentialWatcher scheduling', () => {
     expect(watcher.lastError).toBe(refused);
     expect(watcher.current).toBe(initial);
 
-    await watcher.reloadNow();
+    const retry = watcher.reloadNow();
+    await vi.waitFor(() => expect(attempts).toBe(2));
+    // Not applied yet: readiness and the reload-failing gauge must not flip to healthy during the retry.
+    expect(lastErrorDuringRetry).toBe(refused);
+    release();
+    await retry;
     expect(attempts).toBe(2);
     expect(secretOf(await applied(watcher))).toBe(NEW_SECRET);
     expect(watcher.lastError).toBeUndefined();
