@@ -123,6 +123,11 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
       await closeRoute(fresh);
       throw err;
     }
+    // Stopped while the token request was under way: the routes being closed are the old ones; not applied.
+    if (stopping) {
+      await closeRoute(fresh);
+      return;
+    }
     table = new RouteTable(table.routes.map((r) => (r === old ? fresh : r)));
     // The old pools finish their in-flight requests before closing.
     void closeRoute(old);

@@ -1,4 +1,5 @@
 import { mkdir, rename, rm, symlink, writeFile } from 'node:fs/promises';
+import type { ServerResponse } from 'node:http';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'undici';
@@ -210,6 +211,34 @@ describe('credential rotation under load', () => {
     } finally {
       release();
       upstream.setHandler(undefined);
+    }
+  });
+
+  it('a rotation whose token request is still under way at shutdown is not applied, and its new route is closed', async () => {
+    const path = await files.write('late.json', keyJson(OLD.id, OLD.secret));
+    const s = await start(path);
+    const fromNewClient = (auth: string | undefined) => Buffer.from((auth ?? '').replace(/^Basic /, ''), 'base64').toString().startsWith('sb-new');
+    let held: ServerResponse | undefined;
+    oauth.setInterceptor((req, res) => {
+      if (!fromNewClient(req.headers.authorization)) return false;
+      held = res;
+      return true;
+    });
+    try {
+      await writeFile(path, keyJson(NEW.id, NEW.secret));
+      await expect.poll(() => held, { interval: 10, timeout: 10_000 }).toBeDefined();
+      const closing = s.close();
+      held!.writeHead(200, { 'content-type': 'application/json' });
+      held!.end(JSON.stringify({ access_token: 'late-token', token_type: 'bearer', expires_in: 3600 }));
+      await closing;
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(s.logs.filter((l) => l['msg'] === 'credentials rotated')).toHaveLength(0);
+      const route = s.routes.routes[0]!;
+      expect(route.credentials.clientId).toBe(OLD.id);
+      // undici's dispatchers say whether they were closed (`DispatcherBase#closed`), though its types do not.
+      expect((route.dispatcher as unknown as { closed: boolean }).closed).toBe(true);
+    } finally {
+      oauth.setInterceptor(undefined);
     }
   });
 
