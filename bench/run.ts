@@ -35,7 +35,7 @@ import { startEnvironment, type Environment } from './lib/environment.js';
 import { createLoadGenerator, wrkAvailable, type LoadGenerator } from './lib/loadgen.js';
 import { machineLine } from './lib/machine.js';
 import { ForeignCpuMeter, PeakTracker, commandVersion, cpuLayout, cpuTimeMs, waitForQuiet } from './lib/proc.js';
-import { fmt, markdown, noise, stallNote, summarize, verdicts, type RoundRecord, type TargetVerdict, type TokenFigures } from './lib/report.js';
+import { fmt, markdown, noise, quieterAttempt, remeasureNote, stallNote, summarize, tokenBounds, verdicts, type RoundRecord, type TargetVerdict, type TokenFigures } from './lib/report.js';
 import { probeStalls } from './lib/stall.js';
 import { histogramPercentile, max, median, mergeHistogram, refreshIntervalMs, rotate, tokenGapsOk } from './lib/stats.js';
 import type { RoundFigures } from './lib/types.js';
@@ -66,7 +66,12 @@ const FLAGS: Flags = {
   'token-lifetime': { type: 'string', default: '60', description: 'expires_in of the bench token server, seconds (short, so the run sees refreshes)' },
   tool: { type: 'string', default: 'wrk', description: 'GET load generator: wrk (falls back to autocannon when not installed) or autocannon' },
   runner: { type: 'string', default: 'dist', description: 'dist: compile with tsc into a temp dir and run plain JS; tsx: run the sources through tsx' },
-  'quiet-threshold': { type: 'string', default: '25', description: 'other processes using more than this % of a CPU make the machine "busy"; a run with twice that is measured again once' },
+  'quiet-threshold': {
+    type: 'string',
+    default: '25',
+    description:
+      'other processes using more than this % of a CPU make the machine "busy"; an upload run (and a GET run that is not sliced) with twice that is measured again once',
+  },
   'quiet-wait': { type: 'string', default: '15', description: 'seconds to wait (at most) for a quiet machine before each measurement; 0 disables' },
   variant: {
     type: 'string',
@@ -93,6 +98,11 @@ const STALL_PROBE_S = 2;
 
 function say(line: string): void {
   process.stdout.write(`${line}\n`);
+}
+
+/** Dispose `runner` in main's finally (its build directory is also removed on exit, Ctrl-C included: `build.ts`). */
+function keepUntilExit(runners: Runner[], runner: Runner): void {
+  runners.push(runner);
 }
 
 async function main(): Promise<number> {
@@ -130,61 +140,63 @@ async function main(): Promise<number> {
   const layout = cpuLayout(!args.boolean('no-pin'));
   if (layout.proxy === undefined) notes.push(`processes ${layout.description}`);
 
-  let runner: Runner;
-  try {
-    runner = makeRunner(args.string('runner') === 'tsx' ? 'tsx' : 'dist', (l) => say(`bench: ${l}`));
-  } catch (err) {
-    say(`bench: ${(err as Error).message}\nbench: falling back to running the sources through tsx`);
-    notes.push('tsc build failed: contenders ran through tsx');
-    runner = tsxRunner();
-  }
-  const runners: Runner[] = [runner];
-  const secret = (): string => `bench$${randomBytes(12).toString('base64url')}=`;
-  const specs: ContenderSpec[] = kinds.map((kind) => ({ ...contenderSpec(kind), ...(kind === 'sidecar' && { client: { id: 'sb-bench!b1|it-rt-bench!b1', secret: secret() } }) }));
-  // Variants: the sidecar of another source tree (a patched copy, another checkout), interleaved like the rest.
-  for (const [i, variant] of args.list('variant').entries()) {
-    const eq = variant.indexOf('=');
-    if (eq <= 0) throw new Error(`--variant takes LABEL=DIR, not "${variant}"`);
-    const label = variant.slice(0, eq);
-    const variantRunnerForTree = variantRunner(variant.slice(eq + 1), (l) => say(`bench: ${l}`));
-    runners.push(variantRunnerForTree);
-    specs.push({ id: `sidecar@${label}`, kind: 'sidecar', label: `${CONTENDER_LABELS.sidecar} [${label}]`, runner: variantRunnerForTree, client: { id: `sb-bench-${i + 2}!b1|it-rt-bench!b1`, secret: secret() } });
-  }
-  for (const entry of args.string('variant-node-args').split(';').filter((e) => e.trim())) {
-    const eq = entry.indexOf('=');
-    const id = entry.slice(0, eq).trim();
-    const spec = specs.find((c) => c.id === id || c.id === `sidecar@${id}`);
-    if (eq <= 0 || !spec) throw new Error(`--variant-node-args: "${entry}" names no sidecar contender`);
-    spec.nodeArgs = entry.slice(eq + 1).trim().split(/\s+/).filter(Boolean);
-    spec.label += ` (node ${spec.nodeArgs.join(' ')})`;
-  }
-  const ids = specs.map((c) => c.id);
-  const loadgen = createLoadGenerator({ runner, cpu: layout.loadgen, prefer: preferWrk ? 'wrk' : 'autocannon' });
-  say(`bench: ${layout.description}; load generator ${loadgen.tool}; contenders ${ids.join(', ')}`);
-  // Whole-second slices (wrk's -d); one slice = one run as before. Latency histograms to merge come from wrk only.
-  const getSlices = slicesOf(durationS, args.number('get-slices', 1));
-  const latencySlices = loadgen.tool === 'wrk' ? slicesOf(durationS, args.number('latency-slices', 1)) : { count: 1, seconds: durationS };
-  if (getSlices.count > 1) {
-    notes.push(
-      `64-connection runs: ${getSlices.count} slices of ${getSlices.seconds} s per contender and round, the contenders alternating slice by slice, ` +
-        "each slice after the pool prewarm (direct: one run); req/s = all requests over all slices' time",
-    );
-  }
-  if (latencySlices.count > 1) {
-    notes.push(
-      `1-connection runs: ${latencySlices.count} slices of ${latencySlices.seconds} s per contender and round, the contenders alternating slice by slice; ` +
-        'p50/p99 of the merged histograms',
-    );
-  }
-  // Per contender: warm-up, then per round the measured seconds, a prewarm per GET slice and ~4 s of waits and
-  // uploads; per round: the stall probe and one quiet-wait per slice pass.
-  const plannedS =
-    specs.length * (warmupS + 1 + rounds * (2 * durationS + prewarmS * getSlices.count + 4)) + rounds * (STALL_PROBE_S + getSlices.count + latencySlices.count);
-  say(`bench: about ${Math.ceil(plannedS / 60)} min on a quiet machine`);
-
   let env: Environment | undefined;
   const running = new Map<string, RunningContender>();
+  // Every build directory, for the finally below (and registered for the exit hook: Ctrl-C skips the finally).
+  const runners: Runner[] = [];
   try {
+    let runner: Runner;
+    try {
+      runner = makeRunner(args.string('runner') === 'tsx' ? 'tsx' : 'dist', (l) => say(`bench: ${l}`));
+    } catch (err) {
+      say(`bench: ${(err as Error).message}\nbench: falling back to running the sources through tsx`);
+      notes.push('tsc build failed: contenders ran through tsx');
+      runner = tsxRunner();
+    }
+    keepUntilExit(runners, runner);
+    const secret = (): string => `bench$${randomBytes(12).toString('base64url')}=`;
+    const specs: ContenderSpec[] = kinds.map((kind) => ({ ...contenderSpec(kind), ...(kind === 'sidecar' && { client: { id: 'sb-bench!b1|it-rt-bench!b1', secret: secret() } }) }));
+    // Variants: the sidecar of another source tree (a patched copy, another checkout), interleaved like the rest.
+    for (const [i, variant] of args.list('variant').entries()) {
+      const eq = variant.indexOf('=');
+      if (eq <= 0) throw new Error(`--variant takes LABEL=DIR, not "${variant}"`);
+      const label = variant.slice(0, eq);
+      const variantRunnerForTree = variantRunner(variant.slice(eq + 1), (l) => say(`bench: ${l}`));
+      keepUntilExit(runners, variantRunnerForTree);
+      specs.push({ id: `sidecar@${label}`, kind: 'sidecar', label: `${CONTENDER_LABELS.sidecar} [${label}]`, runner: variantRunnerForTree, client: { id: `sb-bench-${i + 2}!b1|it-rt-bench!b1`, secret: secret() } });
+    }
+    for (const entry of args.string('variant-node-args').split(';').filter((e) => e.trim())) {
+      const eq = entry.indexOf('=');
+      const id = entry.slice(0, eq).trim();
+      const spec = specs.find((c) => c.id === id || c.id === `sidecar@${id}`);
+      if (eq <= 0 || !spec) throw new Error(`--variant-node-args: "${entry}" names no sidecar contender`);
+      spec.nodeArgs = entry.slice(eq + 1).trim().split(/\s+/).filter(Boolean);
+      spec.label += ` (node ${spec.nodeArgs.join(' ')})`;
+    }
+    const ids = specs.map((c) => c.id);
+    const loadgen = createLoadGenerator({ runner, cpu: layout.loadgen, prefer: preferWrk ? 'wrk' : 'autocannon' });
+    say(`bench: ${layout.description}; load generator ${loadgen.tool}; contenders ${ids.join(', ')}`);
+    // Whole-second slices (wrk's -d); one slice = one run as before. Latency histograms to merge come from wrk only.
+    const getSlices = slicesOf(durationS, args.number('get-slices', 1));
+    const latencySlices = loadgen.tool === 'wrk' ? slicesOf(durationS, args.number('latency-slices', 1)) : { count: 1, seconds: durationS };
+    if (getSlices.count > 1) {
+      notes.push(
+        `64-connection runs: ${getSlices.count} slices of ${getSlices.seconds} s per contender and round, the contenders alternating slice by slice, ` +
+          "each slice after the pool prewarm (direct: one run); req/s = all requests over all slices' time",
+      );
+    }
+    if (latencySlices.count > 1) {
+      notes.push(
+        `1-connection runs: ${latencySlices.count} slices of ${latencySlices.seconds} s per contender and round, the contenders alternating slice by slice; ` +
+          'p50/p99 of the merged histograms',
+      );
+    }
+    // Per contender: warm-up, then per round the measured seconds, a prewarm per GET slice and ~4 s of waits and
+    // uploads; per round: the stall probe and one quiet-wait per slice pass.
+    const plannedS =
+      specs.length * (warmupS + 1 + rounds * (2 * durationS + prewarmS * getSlices.count + 4)) + rounds * (STALL_PROBE_S + getSlices.count + latencySlices.count);
+    say(`bench: about ${Math.ceil(plannedS / 60)} min on a quiet machine`);
+
     const clients = specs.flatMap((c) => (c.client ? [c.client] : []));
     env = await startEnvironment({ runner, cpu: layout.servers, tokenLifetimeS, clients, keep: args.boolean('keep') });
     const environment = env;
@@ -248,7 +260,7 @@ async function main(): Promise<number> {
     const busy = noise(records);
     notes.push(
       `other processes on the machine used a median ${fmt(busy.medianPct, 0)}% (max ${fmt(busy.maxPct, 0)}%) of one CPU during the ${busy.runs} measurements ` +
-        `(runs above ${2 * quiet.thresholdPct}% were measured again once and the quieter kept)`,
+        `(${remeasureNote(quiet.thresholdPct, { get: getSlices.count > 1, latency: latencySlices.count > 1 })})`,
     );
     const stallLine = stallNote(records, STALL_PROBE_S);
     if (stallLine) notes.push(stallLine);
@@ -323,29 +335,31 @@ interface Quiet {
  * threshold during it, measure once more and keep the quieter of the two.
  */
 async function measure(phase: Phase, c: RunningContender, f: RoundFigures, quiet: Quiet, label: string, run: () => Promise<PhaseResult>): Promise<void> {
-  let best: { result: PhaseResult; foreign: number } | undefined;
+  const attempts: Array<PhaseResult & { foreign: number }> = [];
   for (let attempt = 1; attempt <= 2; attempt++) {
     if (quiet.maxWaitS > 0) await waitForQuiet(quiet.thresholdPct, quiet.maxWaitS * 1000);
     const meter = new ForeignCpuMeter();
     const result = await run();
     const foreign = meter.stop();
     c.truncateLog();
-    if (!best || foreign < best.foreign) best = { result, foreign };
+    attempts.push({ ...result, foreign });
     const noisy = foreign > 2 * quiet.thresholdPct;
     say(`round ${label}  ${phaseLabel(phase)} ${c.id.padEnd(12)} ${result.line}${foreign >= 1 ? `  [other processes: ${Math.round(foreign)}% CPU${noisy && attempt === 1 ? ', measuring again' : ''}]` : ''}`);
     await delay(200);
     if (!noisy) break;
   }
-  Object.assign(f, best!.result.figures);
-  f.problems.push(...best!.result.problems);
-  f.foreignCpuPct[phase] = best!.foreign;
+  // The quieter attempt's figures, but the peak RSS of both: memory the process took counts, noisy or not.
+  const best = quieterAttempt(attempts);
+  Object.assign(f, best.figures);
+  f.problems.push(...attempts[best.index]!.problems);
+  f.foreignCpuPct[phase] = best.foreign;
 }
 
 function phaseLabel(phase: Phase): string {
   return { get: 'GET ×N  ', latency: 'GET ×1  ', upload: 'upload  ' }[phase];
 }
 
-/** One measured 64-connection run of one contender (after the pool prewarm), as raw sums. */
+/** One measured 64-connection run of one contender (after the pool prewarm), as raw sums; the peak RSS includes the prewarm. */
 interface GetSample {
   requests: number;
   seconds: number;
@@ -364,18 +378,20 @@ async function getSample(
   prewarmS: number,
   upstreamConnections: () => Promise<number>,
 ): Promise<GetSample> {
-  // Pools to the upstream idle out while the others run: re-establish them, unmeasured, in slices of
-  // `prewarmS` until a slice opens no new upstream connection (at most 10 slices). Direct opens fresh ones by design.
-  if (prewarmS > 0) {
-    for (let slice = 0; slice < 10; slice++) {
-      const before = await upstreamConnections();
-      await loadgen.get(c.target, GET_PATH, connections, prewarmS).catch(() => undefined);
-      if (c.kind === 'direct' || (await upstreamConnections()) === before) break;
-    }
-  }
-  const cpuBefore = c.pid === undefined ? undefined : cpuTimeMs(c.pid);
+  // The peak RSS covers the prewarm too: re-opening the upstream pool (TLS handshakes, buffers) is part of serving
+  // GET load, and its spike would otherwise go uncounted (each tracker resets the kernel's high-water mark).
   const peak = c.pid === undefined ? undefined : new PeakTracker(c.pid);
   try {
+    // Pools to the upstream idle out while the others run: re-establish them, unmeasured (but for the peak RSS), in
+    // slices of `prewarmS` until a slice opens no new upstream connection (at most 10 slices). Direct opens fresh ones by design.
+    if (prewarmS > 0) {
+      for (let slice = 0; slice < 10; slice++) {
+        const before = await upstreamConnections();
+        await loadgen.get(c.target, GET_PATH, connections, prewarmS).catch(() => undefined);
+        if (c.kind === 'direct' || (await upstreamConnections()) === before) break;
+      }
+    }
+    const cpuBefore = c.pid === undefined ? undefined : cpuTimeMs(c.pid);
     const result = await loadgen.get(c.target, GET_PATH, connections, seconds);
     const cpuAfter = c.pid === undefined ? undefined : cpuTimeMs(c.pid);
     return {
@@ -617,7 +633,8 @@ function tokenFigures(stats: ServersStats, clientId: string, lifetimeS: number, 
     requests: times.length,
     requestTimesS: times.map((t) => (t - start) / 1000),
     metricsFetches: metricsText ? metricValue(metricsText, 'oauth_sidecar_token_fetches_total', 'outcome="success"') : undefined,
-    allowedMax: 1 + Math.floor((end - first) / intervalMs),
+    elapsedS: (end - first) / 1000,
+    ...tokenBounds(end - first, intervalMs),
     gapsOk: tokenGapsOk(times, intervalMs),
     upstreamRejectedExpired: stats.upstream.rejectedExpired,
     upstreamRejectedUnknown: stats.upstream.rejectedUnknown,

@@ -11,6 +11,7 @@ import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, sym
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { registerTempDir } from './proc.js';
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
@@ -39,6 +40,7 @@ export function tsxRunner(): Runner {
  */
 export function buildRunner(log: (line: string) => void): Runner {
   const dir = mkdtempSync(join(tmpdir(), 'oauth-sidecar-bench-build-'));
+  registerTempDir(dir);
   const started = Date.now();
   const tsc = resolve(ROOT, 'node_modules/typescript/bin/tsc');
   const result = spawnSync(process.execPath, [tsc, '-p', resolve(ROOT, 'bench/tsconfig.build.json'), '--outDir', dir], {
@@ -80,6 +82,7 @@ export function makeRunner(kind: 'dist' | 'tsx', log: (line: string) => void): R
 export function variantRunner(root: string, log: (line: string) => void): Runner {
   const absolute = resolve(root);
   const dir = mkdtempSync(join(tmpdir(), 'oauth-sidecar-bench-variant-'));
+  registerTempDir(dir);
   const tsc = resolve(ROOT, 'node_modules/typescript/bin/tsc');
   const out = join(dir, 'dist');
   const modules = existsSync(join(absolute, 'node_modules')) ? join(absolute, 'node_modules') : resolve(ROOT, 'node_modules');

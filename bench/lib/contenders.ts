@@ -135,11 +135,26 @@ async function startForwarder(name: ContenderName, program: string, ctx: StartCo
     cpu: ctx.cpu,
     env: cleanEnv(),
   });
-  const port = await child.waitForStdout((out) => {
-    const m = /\{"listening":(\d+)\}/.exec(out);
-    return m ? Number(m[1]) : undefined;
-  }, START_TIMEOUT_MS);
-  return processContender(name, child, `http://127.0.0.1:${port}`, undefined, undefined);
+  return stopOnFailure(child, async () => {
+    const port = await child.waitForStdout((out) => {
+      const m = /\{"listening":(\d+)\}/.exec(out);
+      return m ? Number(m[1]) : undefined;
+    }, START_TIMEOUT_MS);
+    return processContender(name, child, `http://127.0.0.1:${port}`, undefined, undefined);
+  });
+}
+
+/**
+ * Run the start-up checks of `child`; if they fail (timeout, early exit), stop the child before passing the
+ * error on: a child left running keeps the harness's event loop alive through its pipes, so it would never exit.
+ */
+async function stopOnFailure<T>(child: Child, started: () => Promise<T>): Promise<T> {
+  try {
+    return await started();
+  } catch (err) {
+    await child.stop(1_000);
+    throw err;
+  }
 }
 
 /**
@@ -176,18 +191,17 @@ async function startSidecar(ctx: StartContext): Promise<Omit<RunningContender, '
   const child = new Child('sidecar', command, argv, { cpu: ctx.cpu, env: cleanEnv(), stdoutFile: logFile });
   const admin = `http://127.0.0.1:${adminPort}`;
   // Started once the admin listener answers; warm once the first token is in (the cache is warmed at start).
-  const deadline = Date.now() + START_TIMEOUT_MS;
-  for (;;) {
-    if (!child.running) throw new Error(`oauth-sidecar exited at start: ${child.stderr.trim().slice(-2000)}`);
-    const metrics = await fetchText(`${admin}/metrics`);
-    if (metrics !== undefined && (metricValue(metrics, 'oauth_sidecar_token_fetches_total', 'outcome="success"') ?? 0) >= 1) break;
-    if (Date.now() > deadline) {
-      await child.stop(1_000);
-      throw new Error('oauth-sidecar did not become ready (admin listener + first token) in time');
+  return stopOnFailure(child, async () => {
+    const deadline = Date.now() + START_TIMEOUT_MS;
+    for (;;) {
+      if (!child.running) throw new Error(`oauth-sidecar exited at start: ${child.stderr.trim().slice(-2000)}`);
+      const metrics = await fetchText(`${admin}/metrics`);
+      if (metrics !== undefined && (metricValue(metrics, 'oauth_sidecar_token_fetches_total', 'outcome="success"') ?? 0) >= 1) break;
+      if (Date.now() > deadline) throw new Error('oauth-sidecar did not become ready (admin listener + first token) in time');
+      await delay(50);
     }
-    await delay(50);
-  }
-  return { ...processContender('sidecar', child, `http://127.0.0.1:${port}`, logFile, admin), keyFile };
+    return { ...processContender('sidecar', child, `http://127.0.0.1:${port}`, logFile, admin), keyFile };
+  });
 }
 
 export function writeServiceKey(path: string, client: { id: string; secret: string }, env: Environment): void {
@@ -243,14 +257,16 @@ http {
   writeFileSync(confFile, conf);
   const child = new Child('nginx', 'nginx', ['-e', join(dir, 'error.log'), '-p', dir, '-c', confFile], { cpu: ctx.cpu, env: cleanEnv() });
   const base = `http://127.0.0.1:${port}`;
-  const deadline = Date.now() + START_TIMEOUT_MS;
-  for (;;) {
-    if (!child.running) throw new Error(`nginx exited: ${child.stderr.trim()}`);
-    if ((await probe(base + GET_PATH)) !== undefined) break;
-    if (Date.now() > deadline) throw new Error('nginx did not start listening in time');
-    await delay(50);
-  }
-  return processContender('nginx', child, base, join(dir, 'access.log'), undefined);
+  return stopOnFailure(child, async () => {
+    const deadline = Date.now() + START_TIMEOUT_MS;
+    for (;;) {
+      if (!child.running) throw new Error(`nginx exited: ${child.stderr.trim()}`);
+      if ((await probe(base + GET_PATH)) !== undefined) break;
+      if (Date.now() > deadline) throw new Error('nginx did not start listening in time');
+      await delay(50);
+    }
+    return processContender('nginx', child, base, join(dir, 'access.log'), undefined);
+  });
 }
 
 function processContender(kind: ContenderName, child: Child, base: string, logFile: string | undefined, adminUrl: string | undefined): Omit<RunningContender, 'id'> {

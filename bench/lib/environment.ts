@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { createDemoPki } from '../../src/demo-pki.js';
 import type { ClientSecret, FromServers, ServersConfig, ServersStats, ToServers } from '../servers/protocol.js';
 import type { Runner } from './build.js';
-import { Child, cleanEnv } from './proc.js';
+import { Child, cleanEnv, registerTempDir } from './proc.js';
 
 export interface Environment {
   /** Scratch directory for keys, configs and logs (removed by `close`). */
@@ -40,6 +40,8 @@ const REPLY_TIMEOUT_MS = 10_000;
 
 export async function startEnvironment(options: EnvironmentOptions): Promise<Environment> {
   const dir = mkdtempSync(join(tmpdir(), 'oauth-sidecar-bench-'));
+  // Holds the PKI's keys and the service keys' client secrets: removed however the harness exits.
+  if (!options.keep) registerTempDir(dir);
   const pki = await createDemoPki();
   const caFile = join(dir, 'ca.pem');
   const certFile = join(dir, 'server.pem');

@@ -2,28 +2,56 @@
  * Child processes for the benchmark: spawned (optionally pinned with
  * `taskset`), watched through their output, measured through `/proc`, and
  * always stopped — every wait has a deadline, and whatever is still running
- * when the harness exits is killed by pid.
+ * when the harness exits is killed by pid. Temp directories registered with
+ * `registerTempDir` are removed on exit too, Ctrl-C included.
  */
 import { spawn, spawnSync, type ChildProcess, type StdioOptions } from 'node:child_process';
-import { closeSync, openSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { setTimeout as delay } from 'node:timers/promises';
 
 /** Every child started by this process, for the exit hook. */
 const children = new Set<ChildProcess>();
+/** Temp directories of this run (builds, scratch with keys and logs), for the exit hook. */
+const tempDirs = new Set<string>();
 let exitHookInstalled = false;
 
 function installExitHook(): void {
   if (exitHookInstalled) return;
   exitHookInstalled = true;
+  // 'exit' runs on a normal end, after an uncaught error and after process.exit() (the signal handlers below),
+  // where no `finally` of the harness runs; only synchronous work counts here.
   process.once('exit', () => {
     for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    removeTempDirs();
   });
   for (const signal of ['SIGINT', 'SIGTERM'] as const) {
     process.once(signal, () => {
-      process.stderr.write(`\nbench: ${signal} received, stopping child processes\n`);
+      process.stderr.write(`\nbench: ${signal} received, stopping child processes and removing temp directories\n`);
       process.exit(130);
     });
+  }
+}
+
+/**
+ * Remove `path` (recursively) when this process exits, however it exits: also on Ctrl-C and after an early
+ * error. Removing it earlier (a runner's `dispose`, an environment's `close`) does no harm.
+ */
+export function registerTempDir(path: string): void {
+  installExitHook();
+  tempDirs.add(path);
+}
+
+/** Remove every registered temp directory now (synchronously); a failure is reported, not thrown. */
+export function removeTempDirs(): void {
+  for (const dir of tempDirs) {
+    try {
+      // Retries: a child killed a moment ago may still be writing into it (ENOTEMPTY).
+      rmSync(dir, { recursive: true, force: true, maxRetries: 3, retryDelay: 50 });
+      tempDirs.delete(dir);
+    } catch (err) {
+      process.stderr.write(`bench: could not remove ${dir}: ${(err as Error).message}\n`);
+    }
   }
 }
 

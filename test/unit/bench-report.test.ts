@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { markdown, stallNote, stalls, summarize, verdicts, type RoundRecord, type TokenFigures } from '../../bench/lib/report.js';
+import { markdown, quieterAttempt, remeasureNote, stallNote, stalls, summarize, tokenBounds, verdicts, type RoundRecord, type TokenFigures } from '../../bench/lib/report.js';
 import { stallFigures } from '../../bench/lib/stall.js';
 import type { RoundFigures } from '../../bench/lib/types.js';
 
@@ -32,6 +32,25 @@ const rounds: RoundRecord[] = [
 ];
 const ids = ['direct', 'undici', 'http-proxy', 'sidecar'];
 
+/** A 60-s token refreshed every 45 s, three requests in 100 s from the first. */
+const tokens: TokenFigures = {
+  lifetimeS: 60,
+  refreshIntervalS: 45,
+  requests: 3,
+  requestTimesS: [0.5, 46, 92],
+  metricsFetches: 3,
+  elapsedS: 100,
+  ...tokenBounds(100_000, 45_000),
+  gapsOk: true,
+  upstreamRejectedExpired: 0,
+  upstreamRejectedUnknown: 0,
+};
+
+/** The rounds without one contender's figures (left out of the run). */
+function without(id: string): RoundRecord[] {
+  return rounds.map((r) => ({ ...r, order: r.order.filter((x) => x !== id), figures: Object.fromEntries(Object.entries(r.figures).filter(([x]) => x !== id)) }));
+}
+
 describe('bench report', () => {
   it('summarises medians, per-round ratios and peaks', () => {
     const s = summarize(rounds, ids);
@@ -47,17 +66,6 @@ describe('bench report', () => {
   });
 
   it('checks the targets without loosening them', () => {
-    const tokens: TokenFigures = {
-      lifetimeS: 60,
-      refreshIntervalS: 45,
-      requests: 3,
-      requestTimesS: [0.5, 46, 92],
-      metricsFetches: 3,
-      allowedMax: 3,
-      gapsOk: true,
-      upstreamRejectedExpired: 0,
-      upstreamRejectedUnknown: 0,
-    };
     const v = Object.fromEntries(verdicts(summarize(rounds, ids), 'sidecar', tokens).map((t) => [t.id, t.pass]));
     expect(v).toEqual({
       throughput: false, // 0.85× < 0.9×
@@ -70,6 +78,59 @@ describe('bench report', () => {
     });
     expect(verdicts(summarize(rounds, ids), 'sidecar', { ...tokens, upstreamRejectedExpired: 1 }).find((t) => t.id === 'tokens')?.pass).toBe(false);
     expect(verdicts(summarize(rounds, ids), 'missing', tokens)).toEqual([]);
+  });
+
+  it('judges uploads against the bare forwarder that has a figure when the other has none', () => {
+    // http-proxy left out of the run: undici's 350 (median of 400, 300) is the one to beat.
+    const noHp = verdicts(summarize(without('http-proxy'), ids), 'sidecar', undefined).find((t) => t.id === 'upload')!;
+    expect(noHp).toMatchObject({ pass: true, value: '410 vs 350 MB/s (undici)' });
+    // Every http-proxy upload failed (no figure in any round): likewise.
+    const failed = rounds.map((r) => ({ ...r, figures: { ...r.figures, 'http-proxy': figures({ rps: 6_000 }) } }));
+    expect(verdicts(summarize(failed, ids), 'sidecar', undefined).find((t) => t.id === 'upload')).toMatchObject({ pass: true, value: '410 vs 350 MB/s (undici)' });
+    // undici left out: http-proxy's 400 is the one, and 410 beats it.
+    expect(verdicts(summarize(without('undici'), ids), 'sidecar', undefined).find((t) => t.id === 'upload')).toMatchObject({ pass: true, value: '410 vs 400 MB/s (http-proxy)' });
+    // Neither: nothing to compare with.
+    expect(verdicts(summarize(without('undici').map((r) => ({ ...r, figures: { ...r.figures, 'http-proxy': figures({}) } })), ids), 'sidecar', undefined).find((t) => t.id === 'upload')).toMatchObject({
+      pass: undefined,
+      value: 'n/a',
+    });
+  });
+
+  it('counts token requests per refresh period, with a lower bound, and says so', () => {
+    expect(tokenBounds(100_000, 45_000)).toEqual({ refreshPeriods: 2, allowedMin: 1, allowedMax: 3 });
+    expect(tokenBounds(600_000, 45_000)).toEqual({ refreshPeriods: 13, allowedMin: 12, allowedMax: 14 });
+    expect(tokenBounds(10_000, 45_000)).toEqual({ refreshPeriods: 0, allowedMin: 1, allowedMax: 1 });
+    const s = summarize(rounds, ids);
+    const judge = (t: TokenFigures) => verdicts(s, 'sidecar', t).find((v) => v.id === 'tokens')!;
+    const t = judge(tokens);
+    expect(t.description).toBe('one token request per token lifetime (one per refresh period at 75 % of it, none early)');
+    expect(t.value).toBe('3 request(s) in 100 s from the first: 2.2 refresh periods of 45 s (2 whole), 1.7 token lifetimes of 60 s; 1–3 allowed; no early refreshes; 0 expired-token rejections');
+    // Ten minutes, 13 whole refresh periods: a sidecar that stopped refreshing after its first token misses.
+    const long = { ...tokens, elapsedS: 600, ...tokenBounds(600_000, 45_000) };
+    expect(judge({ ...long, requests: 1 }).pass).toBe(false);
+    expect(judge({ ...long, requests: 11 }).pass).toBe(false);
+    expect(judge({ ...long, requests: 12 }).pass).toBe(true);
+    expect(judge({ ...long, requests: 14 }).pass).toBe(true);
+    expect(judge({ ...long, requests: 15 }).pass).toBe(false);
+    expect(judge({ ...long, requests: 14, gapsOk: false }).pass).toBe(false);
+  });
+
+  it('says which runs are measured again on a busy machine', () => {
+    expect(remeasureNote(25, { get: true, latency: true })).toBe(
+      'upload runs above 50% were measured again once and the quieter kept; the sliced 64-connection GET and 1-connection GET runs were not measured again (every slice kept)',
+    );
+    expect(remeasureNote(25, { get: false, latency: false })).toBe('64-connection GET, 1-connection GET, upload runs above 50% were measured again once and the quieter kept');
+    expect(remeasureNote(10, { get: true, latency: false })).toBe(
+      '1-connection GET, upload runs above 20% were measured again once and the quieter kept; the sliced 64-connection GET runs were not measured again (every slice kept)',
+    );
+  });
+
+  it("keeps the quieter attempt's figures but the peak RSS of every attempt", () => {
+    const noisy = { figures: { uploadMBps: 300, peakRssUploadBytes: 130e6 }, foreign: 80 };
+    const quiet = { figures: { uploadMBps: 400, peakRssUploadBytes: 110e6 }, foreign: 5 };
+    expect(quieterAttempt([noisy, quiet])).toEqual({ index: 1, foreign: 5, figures: { uploadMBps: 400, peakRssUploadBytes: 130e6 } });
+    expect(quieterAttempt([{ figures: { rps: 9_000, peakRssGetBytes: 90e6 }, foreign: 1 }])).toEqual({ index: 0, foreign: 1, figures: { rps: 9_000, peakRssGetBytes: 90e6 } });
+    expect(quieterAttempt([{ figures: { rps: 1 }, foreign: 60 }, { figures: { rps: 2 }, foreign: 60 }]).index).toBe(0);
   });
 
   it('renders a table row per contender and a verdict table', () => {
