@@ -1,8 +1,8 @@
 /** Reads service keys and client key pairs from files, secret mounts, bindings or env JSON; `service-key` validates. */
 
 import type { Stats } from 'node:fs';
-import { readdir, readFile, stat } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { lstat, readdir, readFile, stat } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
 import type { ClientCertSource, ClientKeyPair, CredentialSource, CredentialSpec } from './credentials.js';
 import { ConfigError, type ConfigProblem } from './errors.js';
 
@@ -51,7 +51,28 @@ export async function readClientCert(source: ClientCertSource): Promise<ClientKe
  */
 export async function watchTargets(spec: CredentialSpec): Promise<string[]> {
   const targets = [...(await sourceTargets(spec.source)), ...clientCertTargets(spec.clientCert)];
-  return [...new Set(targets)];
+  const volumes = await Promise.all(targets.map(volumeOfLink));
+  return [...new Set([...targets, ...volumes.flatMap((v) => (v === undefined ? [] : [v]))])];
+}
+
+/**
+ * The secret volume a target is reached through by a link: a key in a subdirectory of a Kubernetes volume (an
+ * `items: path: sub/key.json` entry, a projected volume) sits behind `<volume>/sub → ..data/sub`. A watch on
+ * the target follows the link into one timestamped directory and goes silent once the kubelet's `..data` swap
+ * removes it; the volume's own directory sees every swap.
+ */
+async function volumeOfLink(target: string): Promise<string | undefined> {
+  let current = resolve(target);
+  for (;;) {
+    const parent = dirname(current);
+    if (parent === current) return undefined;
+    try {
+      if ((await lstat(current)).isSymbolicLink() && (await lstat(join(parent, '..data'))).isSymbolicLink()) return parent;
+    } catch {
+      /* not there (yet): keep going up */
+    }
+    current = parent;
+  }
 }
 
 /** Awaits both reads, then throws one ConfigError with the problems of both; other errors pass through. */

@@ -4,7 +4,7 @@ import { EventEmitter } from 'node:events';
 import { watch } from 'node:fs';
 import { mkdir, mkdtemp, readdir, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import {
@@ -82,14 +82,19 @@ class KubeletVolume {
     this.generation += 1;
     const tsDir = `..2026_01_01_00_${String(this.generation - 1).padStart(2, '0')}_00.${String(this.generation).padStart(9, '0')}`;
     await mkdir(join(this.dir, tsDir));
-    for (const [name, text] of Object.entries(files)) await writeFile(join(this.dir, tsDir, name), text);
+    for (const [name, text] of Object.entries(files)) {
+      // `sub/key.json` (an `items: path:` entry): the volume shows `sub` as a link to `..data/sub`.
+      await mkdir(dirname(join(this.dir, tsDir, name)), { recursive: true });
+      await writeFile(join(this.dir, tsDir, name), text);
+    }
     await symlink(tsDir, join(this.dir, '..data_tmp'));
     await rename(join(this.dir, '..data_tmp'), join(this.dir, '..data'));
     const visible = (await readdir(this.dir)).filter((n) => !n.startsWith('..'));
-    for (const name of Object.keys(files)) {
+    const tops = [...new Set(Object.keys(files).map((name) => name.split('/')[0]!))];
+    for (const name of tops) {
       if (!visible.includes(name)) await symlink(join('..data', name), join(this.dir, name));
     }
-    for (const name of visible) if (!(name in files)) await rm(join(this.dir, name));
+    for (const name of visible) if (!tops.includes(name)) await rm(join(this.dir, name));
     if (this.current) await rm(join(this.dir, this.current), { recursive: true });
     this.current = tsDir;
   }
@@ -321,6 +326,20 @@ describe('CredentialWatcher on a Kubernetes secret volume', () => {
     await volume.update(files('third-FAKE-secret'));
     await rec.until(() => rec.changes.length >= 2);
     expect(secretOf(await applied(watcher))).toBe('third-FAKE-secret');
+  });
+
+  it('a key in a subdirectory of the volume (sub → ..data/sub): every swap is seen by a watch, not only the first', async () => {
+    const key = (secret: string) => ({ 'sub/key.json': JSON.stringify({ clientid: CLIENT_ID, clientsecret: secret, tokenurl: TOKEN_URL, url: URL_ }) });
+    const volume = await KubeletVolume.create(key(OLD_SECRET));
+    const rec = recorder();
+    // Polling far away: only the watches can see the swaps within the test.
+    const watcher = await startWatcher({ source: { kind: 'path', path: join(volume.dir, 'sub', 'key.json') } }, rec, { pollIntervalMs: 600_000 });
+    expect(watcher.watching).toContain(volume.dir);
+    for (const [i, secret] of [NEW_SECRET, 'third-FAKE-secret', 'fourth-FAKE-secret'].entries()) {
+      await volume.update(key(secret));
+      await rec.until(() => rec.changes.length >= i + 1);
+      expect(secretOf(await applied(watcher))).toBe(secret);
+    }
   });
 
   it('reports a rotated Certificate key (certificate and key in the oauth entry)', async () => {
