@@ -5,6 +5,7 @@ import type { Config, RouteConfig } from './config.js';
 import { loadCredentials, type Credentials, type LoadedCredentials } from './credentials.js';
 import { createDispatcher, type OutboundNetwork } from './dispatcher.js';
 import { ConfigError, SidecarError } from './errors.js';
+import { readBasicAuthFile } from './inbound-control.js';
 import { decodeJwtClaims, type JwtClaims } from './jwt.js';
 import { classifyNetworkError, type NetworkFailure } from './network-error.js';
 import { createTokenClient, type AccessToken, type RetryPolicy, type TokenClient } from './token-client.js';
@@ -79,6 +80,8 @@ export interface RouteCheckResult {
 export interface CheckReport {
   ok: boolean;
   routes: RouteCheckResult[];
+  /** The inbound basic-auth file cannot be read or parsed (exit code 2 material, like a broken service key). */
+  inboundInvalid: boolean;
 }
 
 /** Check every route; true only when every route passes (warnings allowed). */
@@ -95,6 +98,9 @@ export async function checkRoutes(config: Readonly<Config>, options: CheckOption
   out(`oauth-sidecar check: ${count} route${count === 1 ? '' : 's'} from ${config.routesSource}`);
   const network = describeNetwork(config);
   for (const finding of network) printFinding(out, finding);
+  const inbound = await describeInbound(config);
+  if (inbound) printFinding(out, inbound);
+  const inboundInvalid = inbound?.level === 'FAIL';
   const results: RouteCheckResult[] = [];
   for (const route of config.routes) {
     out('');
@@ -107,7 +113,8 @@ export async function checkRoutes(config: Readonly<Config>, options: CheckOption
   const failed = results.filter((r) => r.level === 'FAIL');
   const warned = results.filter((r) => r.level === 'warn');
   out(summaryLine(results.length, failed.map((r) => r.name), warned.length));
-  return { ok: failed.length === 0, routes: results };
+  if (inboundInvalid) out(formatLine('FAIL', 'the inbound basic-auth file is unusable: serve would refuse to start'));
+  return { ok: failed.length === 0 && !inboundInvalid, routes: results, inboundInvalid };
 }
 
 /** The final line: `ok   …` or `FAIL …`. */
@@ -640,6 +647,23 @@ function redacting(out: (line: string) => void, secrets: ReadonlySet<string>): (
 }
 
 /** Trust anchors and proxy, once for all routes. */
+/** The inbound basic-auth file, read and parsed as `serve` would (its problems by line number, never content). */
+async function describeInbound(config: Readonly<Config>): Promise<Finding | undefined> {
+  const file = config.inbound.basicAuthFile;
+  if (!file) return undefined;
+  try {
+    const users = await readBasicAuthFile(file);
+    return finding('ok', `inbound basic auth: ${users.userCount} user${users.userCount === 1 ? '' : 's'} in ${file}`);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    return finding(
+      'FAIL',
+      `inbound basic auth file: ${err.problems.map((p) => `${p.field}: ${p.message}`).join('; ')} (${file})`,
+      ['one user:password or user:sha256:<hex> per line; blank lines and # comments are ignored'],
+    );
+  }
+}
+
 function describeNetwork(config: Readonly<Config>): Finding[] {
   const findings = [finding('ok', `trusting the system CAs${config.caFiles.length ? ` plus --ca ${config.caFiles.join(', ')}` : ' (no --ca)'}`)];
   const { httpsProxy, noProxy } = config.network;

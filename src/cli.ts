@@ -130,7 +130,7 @@ async function check(config: Readonly<Config>): Promise<number> {
     },
   );
   if (report.ok) return EXIT_OK;
-  return report.routes.some((r) => r.configInvalid) ? EXIT_CONFIG : EXIT_RUNTIME;
+  return report.inboundInvalid || report.routes.some((r) => r.configInvalid) ? EXIT_CONFIG : EXIT_RUNTIME;
 }
 
 /** `oauth-sidecar token`: fetch one token for a route and print it, alone, on stdout. */

@@ -1,6 +1,7 @@
 /** @module Who may use the proxy port: HTTP Basic credentials (RFC 7617) and a sender address allowlist (CIDR, RFC 4632 / RFC 4291 §2.3); loopback-only when neither is configured. */
 
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
 import type { IncomingHttpHeaders } from 'node:http';
 import { BlockList, isIP } from 'node:net';
 import { ConfigError, type ConfigProblem } from './errors.js';
@@ -41,6 +42,17 @@ const UNKNOWN_USER_DIGEST = randomBytes(32);
 
 function sha256(data: string | Uint8Array): Buffer {
   return createHash('sha256').update(data).digest();
+}
+
+/** Reads and parses a basic-auth file (see `parseBasicAuthFile`); an unreadable file is a `ConfigError` too. */
+export async function readBasicAuthFile(file: string): Promise<BasicAuthVerifier> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError([{ source: file, field: 'basic-auth-file', message: `cannot read (${(err as NodeJS.ErrnoException).code ?? 'error'})` }]);
+  }
+  return parseBasicAuthFile(text, file);
 }
 
 /**

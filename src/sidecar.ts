@@ -4,7 +4,6 @@
  * admin listeners — and takes it down gracefully. Logging and metrics are
  * wired here, at the edge: the modules below return results and emit events.
  */
-import { readFile } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -13,7 +12,7 @@ import type { Config, RouteConfig } from './config.js';
 import { CredentialWatcher } from './credential-watcher.js';
 import { loadCredentials, type LoadedCredentials } from './credentials.js';
 import { ConfigError, SidecarError, type ConfigProblem } from './errors.js';
-import { createInboundControl, parseAllowlist, parseBasicAuthFile, type InboundControl, type InboundControlOptions } from './inbound-control.js';
+import { createInboundControl, parseAllowlist, readBasicAuthFile, type InboundControl, type InboundControlOptions } from './inbound-control.js';
 import type { Logger, Loggers } from './logger.js';
 import { Metrics } from './metrics.js';
 import { createProxyServer, DEFAULT_SERVER_LIMITS, type ProxyObserver, type ServerLimits } from './proxy.js';
@@ -271,10 +270,10 @@ async function inboundControl(config: Readonly<Config>): Promise<InboundControl>
   const file = config.inbound.basicAuthFile;
   if (file) {
     try {
-      options.basicAuth = parseBasicAuthFile(await readFile(file, 'utf8'), file);
+      options.basicAuth = await readBasicAuthFile(file);
     } catch (err) {
-      if (err instanceof ConfigError) problems.push(...err.problems);
-      else problems.push({ source: file, field: 'basic-auth-file', message: `cannot read (${(err as NodeJS.ErrnoException).code ?? 'error'})` });
+      if (!(err instanceof ConfigError)) throw err;
+      problems.push(...err.problems);
     }
   }
   // Validated, with the source of each entry, by `parseConfig`.

@@ -158,6 +158,26 @@ describe('oauth-sidecar check: a working setup', () => {
   });
 });
 
+describe('oauth-sidecar check: the inbound basic-auth file', () => {
+  it('reads it as serve would: the user count when usable; line numbers, never content, and a failed check when not', async () => {
+    const good = await files.write('users.txt', '# senders\nerp:first-Pa55word\nsoap:sha256:' + 'a'.repeat(64) + '\n');
+    const usable = await check(healthy('--basic-auth-file', good), { path: '/http/GetTimestamp' });
+    expect(usable.ok).toBe(true);
+    expect(usable.text).toContain(`ok   inbound basic auth: 2 users in ${good}`);
+
+    const broken = await files.write('users-broken.txt', 'erp:first-Pa55word\nnocolon-Secr3t-line\n');
+    const refused = await check(healthy('--basic-auth-file', broken), { path: '/http/GetTimestamp' });
+    expect(refused.ok).toBe(false);
+    expect(refused.text).toContain(`FAIL inbound basic auth file: line 2: expected user:password or user:sha256:<hex> (${broken})`);
+    expect(refused.lines.at(-1)).toBe('FAIL the inbound basic-auth file is unusable: serve would refuse to start');
+    expect(refused.text).not.toMatch(/Secr3t|Pa55word/);
+
+    const missing = await check(healthy('--basic-auth-file', `${broken}.missing`), { path: '/http/GetTimestamp' });
+    expect(missing.ok).toBe(false);
+    expect(missing.text).toContain('FAIL inbound basic auth file: basic-auth-file: cannot read (ENOENT)');
+  });
+});
+
 describe('oauth-sidecar check: the upstream answer', () => {
   it('a 404 on the default path is only a warning: the host accepted the token', async () => {
     const run = await check(healthy());

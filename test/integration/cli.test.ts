@@ -129,6 +129,11 @@ describe('oauth-sidecar CLI', () => {
     const failed = await runCli(['check', '--service-key', wrong, '--ca', caPath]);
     expect(failed.code).toBe(1);
     expect(failed.stdout).toMatch(/^FAIL\s+TOKEN_REJECTED/m);
+    // An unusable inbound basic-auth file is a configuration error, as it is for serve.
+    const users = await files.write('check-users.txt', 'no-colon-here\n');
+    const unusable = await runCli(['check', '--service-key', keyPath, '--ca', caPath, '--check-path', '/http/GetTimestamp', '--basic-auth-file', users]);
+    expect(unusable.code).toBe(2);
+    expect(unusable.stdout).toMatch(/^FAIL\s+inbound basic auth file: line 1: /m);
   });
 
   /** `serve` on a port of its own with JSON logs and this shutdown delay and grace, once it listens. */
