@@ -32,7 +32,7 @@ const FLAGS: Flags = {
   concurrency: { type: 'string', default: '16', description: 'concurrent senders (keep-alive connections)' },
   rate: { type: 'string', default: '0', description: 'requests/s over all senders; 0 = as fast as the sidecar answers' },
   'token-lifetime': { type: 'string', default: '20', description: 'expires_in of issued tokens, seconds (refreshed at 75 %)' },
-  'rotate-at': { type: 'string', default: '0.5', description: 'credential rotation at this fraction of the duration' },
+  'rotate-at': { type: 'string', default: '0.5', description: 'credential rotation at this fraction of the duration or of the request budget, whichever comes first' },
   interval: { type: 'string', default: 'auto', description: 'seconds per row of the printed series (auto: 60, or duration/12 for runs under 10 min)' },
   runner: { type: 'string', default: 'dist', description: 'dist (compiled with tsc) or tsx' },
   'no-pin': { type: 'boolean', description: 'do not pin processes to CPUs with taskset' },
@@ -242,11 +242,16 @@ async function main(): Promise<number> {
       {
         what: 'credential rotation applied, old client revoked, no request failed',
         value: rotation
-          ? (rotation.error ?? `applied ${fmt(((rotation.appliedAt ?? Number.NaN) - rotation.requestedAt) / 1000, 1)} s after the key file changed`)
+          ? (rotation.error ??
+            (rotation.appliedAt === undefined
+              ? 'requested, but not applied before the run ended'
+              : `applied ${fmt((rotation.appliedAt - rotation.requestedAt) / 1000, 1)} s after the key file changed`))
           : rotateAt > 0
             ? 'no rotation: the run ended before it'
             : 'no rotation (--rotate-at 0)',
-        pass: rotation ? rotation.error === undefined && rotationFetch !== undefined : rotateAt === 0,
+        pass: rotation
+          ? rotation.error === undefined && rotationFetch !== undefined && Number.isFinite(rotation.appliedAt) && rotation.revokedAt !== undefined
+          : rotateAt === 0,
       },
       { what: 'clean shutdown on SIGTERM (exit 0)', value: `exit ${exit?.code ?? exit?.signal}${exit?.killed ? ' (killed)' : ''}`, pass: exit?.code === 0 && !exit.killed },
     ];

@@ -646,7 +646,6 @@ function redacting(out: (line: string) => void, secrets: ReadonlySet<string>): (
   };
 }
 
-/** Trust anchors and proxy, once for all routes. */
 /** The inbound basic-auth file, read and parsed as `serve` would (its problems by line number, never content). */
 async function describeInbound(config: Readonly<Config>): Promise<Finding | undefined> {
   const file = config.inbound.basicAuthFile;
@@ -664,6 +663,7 @@ async function describeInbound(config: Readonly<Config>): Promise<Finding | unde
   }
 }
 
+/** Trust anchors and proxy, once for all routes. */
 function describeNetwork(config: Readonly<Config>): Finding[] {
   const findings = [finding('ok', `trusting the system CAs${config.caFiles.length ? ` plus --ca ${config.caFiles.join(', ')}` : ' (no --ca)'}`)];
   const { httpsProxy, noProxy } = config.network;

@@ -118,7 +118,7 @@ function hostPort(a: { host: string; port: number }): string {
   return a.host.includes(':') ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`;
 }
 
-/** `oauth-sidecar check`: diagnose every route; 0 all pass (warnings allowed), 1 a route failed, 2 a service key is unusable. */
+/** `oauth-sidecar check`: diagnose every route; 0 all pass (warnings allowed), 1 a route failed, 2 a service key or the basic-auth file is unusable. */
 async function check(config: Readonly<Config>): Promise<number> {
   const routes = config.routeName ? config.routes.filter((r) => r.name === config.routeName) : config.routes;
   const report = await checkRoutes(

@@ -108,6 +108,8 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
     throw err;
   }
 
+  /** Set once `shutdown()` or `close()` began; a rotation finishing after that is not applied. */
+  let stopping: Promise<void> | undefined;
   // Rotation: each route's credentials are watched; a valid change swaps the route atomically.
   const swap = async (name: string, next: LoadedCredentials): Promise<void> => {
     const old = table.routes.find((r) => r.name === name);
@@ -170,7 +172,6 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
     });
   }
 
-  let stopping: Promise<void> | undefined;
   // Aborted by `close()` during a graceful stop: the delay and the grace period end at once.
   const hurry = new AbortController();
   const stop = (delayMs: number, graceMs: number): Promise<void> => {
