@@ -10,7 +10,7 @@ import { COMMANDS, FLAGS, parseConfig, type Config } from './config.js';
 import { loadCredentials } from './credentials.js';
 import { ConfigError, SidecarError } from './errors.js';
 import { createLoggers, type Logger, type Loggers } from './logger.js';
-import { startSidecar, type Sidecar } from './sidecar.js';
+import { hostPort, startSidecar, type Sidecar } from './sidecar.js';
 import { createTokenClient } from './token-client.js';
 import { TokenProvider } from './token-provider.js';
 
@@ -112,10 +112,6 @@ async function demo(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
   } finally {
     await tenant.close();
   }
-}
-
-function hostPort(a: { host: string; port: number }): string {
-  return a.host.includes(':') ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`;
 }
 
 /** `oauth-sidecar check`: diagnose every route; 0 all pass (warnings allowed), 1 a route failed, 2 a service key or the basic-auth file is unusable. */

@@ -791,7 +791,7 @@ class RequestBody {
     this.#limit = limit;
     this.#scavenger = scavenger;
     const length = req.headers['content-length'];
-    this.#present = (length !== undefined && length !== '0') || req.headers['transfer-encoding'] !== undefined;
+    this.#present = announcesBody(req);
     // A declared length over the limit can never be replayed: no copy is kept.
     if (length !== undefined && Number(length) > limit) this.#copy = undefined;
   }
@@ -906,14 +906,18 @@ const UNFORWARDABLE_HEAD: ReadonlySet<string | undefined> = new Set(['ERR_INVALI
 /** Methods whose repetition has no further effect (RFC 9110 §9.2.2). */
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']);
 
+/** The request has a body: a non-zero `Content-Length` or a `Transfer-Encoding` (RFC 9112 §6.3). */
+function announcesBody(req: IncomingMessage): boolean {
+  const length = req.headers['content-length'];
+  return (length !== undefined && length !== '0') || req.headers['transfer-encoding'] !== undefined;
+}
+
 /**
  * A request body is announced and not yet all received. Not `!req.complete` alone: node marks even a
  * request without a body complete only after its 'request' listener has returned.
  */
 function bodyStillComing(req: IncomingMessage): boolean {
-  if (req.complete) return false;
-  const length = req.headers['content-length'];
-  return req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
+  return !req.complete && announcesBody(req);
 }
 
 function withoutQuery(target: string): string {

@@ -287,7 +287,8 @@ function describeError(err: unknown): string {
   return err instanceof SidecarError ? `${err.code}: ${err.message}` : 'INTERNAL: reload failed';
 }
 
-function hostPort(a: { host: string; port: number }): string {
+/** `host:port`, an IPv6 host in brackets. */
+export function hostPort(a: { host: string; port: number }): string {
   return `${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`;
 }
 
