@@ -341,7 +341,7 @@ class Exchange {
     // Upstreams (and SAP's CSRF filter) answer a 401 or 403 on the head, before the sender has finished the
     // body: a body still within the copy's limit is then read to its end before the cure, and the answer
     // held for the case that the body outgrows the copy meanwhile.
-    const holding = !body.replayable() && body.pending();
+    const holding = body.pending(); // still arriving, so not yet replayable
     const resendable = body.replayable() || holding;
     let verdict: Verdict = 'deliver';
     if (status === 401 && !this.#refreshed) {
@@ -400,7 +400,7 @@ class Exchange {
     const body = this.#body!;
     if (verdict === 'deliver') {
       // An early answer: the upstream no longer takes the body, so drain what the sender still sends.
-      if (!this.#req.complete) body.discardRest();
+      body.discardRest();
       return;
     }
     const next = (): void => this.#later(() => this.#cureOrDeliver(verdict, held));
