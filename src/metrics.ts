@@ -107,7 +107,7 @@ export class Metrics {
     });
     this.#rejected = new Counter({
       name: `${PREFIX}malformed_requests_total`,
-      help: 'Connections rejected by the HTTP parser, by reason.',
+      help: 'Requests rejected by the HTTP parser, and CONNECT requests, by reason.',
       labelNames: ['reason'],
       registers,
     });
@@ -179,7 +179,7 @@ export class Metrics {
   }
 
   malformedRequest(code: string): void {
-    this.#rejected.inc({ reason: code.startsWith('HPE_') || code.startsWith('ERR_HTTP_') ? code : 'other' });
+    this.#rejected.inc({ reason: code.startsWith('HPE_') || code.startsWith('ERR_HTTP_') || code === 'CONNECT' ? code : 'other' });
   }
 
   tokenEvent(event: TokenEvent): void {

@@ -56,7 +56,7 @@ export interface ProxyObserver {
   requestStarted(): void;
   requestFinished(record: RequestRecord): void;
   csrfFetched(route: string, ok: boolean): void;
-  /** Malformed requests rejected by the HTTP parser. */
+  /** A request the HTTP parser rejected (its code says why), or a `CONNECT` (code `CONNECT`); not socket errors. */
   clientError(code: string): void;
   /** Unexpected failures (bugs): logged, never shown to the sender. */
   internalError(err: unknown): void;
@@ -114,14 +114,21 @@ export function createProxyServer(options: ProxyOptions, limits: ServerLimits = 
   // a request asking for `Upgrade` (Java's HttpClient asks for h2c on every http:// request) as a plain
   // HTTP/1.1 request, which RFC 9110 §7.8 allows, and the header filter drops `Upgrade` and the fields its
   // `Connection` names: nothing is ever switched to another protocol.
-  server.on('connect', (_req: IncomingMessage, socket: Socket) =>
-    refuseRaw(socket, 405, 'CONNECT is not supported: this is not a forward proxy', `allow: ${ALLOWED_METHODS}\r\n`),
-  );
+  server.on('connect', (_req: IncomingMessage, socket: Socket) => {
+    options.observer.clientError('CONNECT');
+    refuseRaw(socket, 405, 'CONNECT is not supported: this is not a forward proxy', `allow: ${ALLOWED_METHODS}\r\n`);
+  });
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
     const code = err.code ?? 'HPE_UNKNOWN';
+    // A reset or broken pipe is the sender going away (counted as an abort when an answer was under way), not
+    // a malformed request: only the parser's and node's HTTP errors are.
+    if (!code.startsWith('HPE_') && !code.startsWith('ERR_HTTP_')) {
+      socket.destroy();
+      return;
+    }
     options.observer.clientError(code);
     const answering = (socket as AnsweringSocket)[ANSWERING];
-    if (!socket.writable || answering?.headersSent || code === 'ECONNRESET') {
+    if (!socket.writable || answering?.headersSent) {
       socket.destroy();
       return;
     }
@@ -131,8 +138,9 @@ export function createProxyServer(options: ProxyOptions, limits: ServerLimits = 
   return server;
 }
 
-/** The `Via` entry the sidecar adds: received protocol and a pseudonym (RFC 9110 §7.6.3). */
-const VIA = '1.1 oauth-sidecar';
+/** The `Via` entries the sidecar adds: received protocol and a pseudonym (RFC 9110 §7.6.3). */
+const VIA_1_1 = '1.1 oauth-sidecar';
+const VIA_1_0 = '1.0 oauth-sidecar';
 
 /** What a 405 lists (RFC 9110 §15.5.6): the standard methods the sidecar forwards (all but CONNECT and TRACE). */
 const ALLOWED_METHODS = 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS';
@@ -153,7 +161,15 @@ function refuseRaw(socket: Socket, status: number, message: string, extraHeaders
     `HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
       `x-sidecar-error: REQUEST_REFUSED\r\n${extraHeaders}connection: close\r\n\r\n${body}`,
   );
+  // node's server no longer minds this socket (after CONNECT not even its idle timeout), and a sender may keep
+  // its half open: give it a moment to read the answer, then close, so no refused socket outlives the refusal
+  // or holds up a shutdown.
+  socket.once('end', () => socket.destroy());
+  socket.setTimeout(REFUSAL_LINGER_MS, () => socket.destroy());
 }
+
+/** How long a refused connection is kept for the sender to read the answer before it is closed. */
+const REFUSAL_LINGER_MS = 2_000;
 
 export function createProxyHandler(options: ProxyOptions): (req: IncomingMessage, res: ServerResponse) => void {
   return (req, res) => {
@@ -289,6 +305,9 @@ class Exchange {
   /** Send with this token from now on (the cached one, or one just fetched). */
   #attemptWith(route: Route, token: AccessToken): void {
     this.#token = token;
+    // A route known to want a CSRF token, without a session (a fetch failed, or one is under way): fetch
+    // first rather than send a request bound to be refused, whose body may be too long to send again.
+    if (this.#csrfApplies && this.#csrf === undefined && !this.#renewed && route.csrf!.required) return this.#renewSession(route);
     this.#attempt(route);
   }
 
@@ -301,18 +320,21 @@ class Exchange {
   #attempt(route: Route): void {
     if (this.#senderGone) throw senderGoneError();
     this.#attempts++;
-    const via = this.#req.headers.via;
-    const extra: Record<string, string> = {
-      authorization: bearer(this.#token!),
-      'x-request-id': this.#requestId,
-      // RFC 9110 §7.6.3: a gateway adds itself to Via on the requests it forwards.
-      via: via === undefined ? VIA : `${via}, ${VIA}`,
-    };
-    if (this.#maxForwards !== undefined) extra['max-forwards'] = String(this.#maxForwards - 1);
+    // The sender's fields as forwarded (hop-by-hop and `Connection`-listed ones gone); the sidecar's own
+    // extend them, so a `Via` or `Cookie` the sender named in `Connection` does not come back in here.
+    const headers = requestHeadersForUpstream(this.#req.headers);
+    headers['authorization'] = bearer(this.#token!);
+    headers['x-request-id'] = this.#requestId;
+    // RFC 9110 §7.6.3: a gateway adds itself to Via on the requests it forwards, with the protocol it received.
+    const via = headers['via'];
+    const own = this.#req.httpVersion === '1.0' ? VIA_1_0 : VIA_1_1;
+    headers['via'] = via === undefined ? own : `${typeof via === 'string' ? via : via.join(', ')}, ${own}`;
+    if (this.#maxForwards !== undefined && headers['max-forwards'] !== undefined) headers['max-forwards'] = String(this.#maxForwards - 1);
     const csrf = this.#csrf;
     if (csrf) {
-      extra['x-csrf-token'] = csrf.token;
-      if (csrf.cookie) extra['cookie'] = this.#req.headers.cookie ? mergeCookies(this.#req.headers.cookie, csrf.cookie) : csrf.cookie;
+      headers['x-csrf-token'] = csrf.token;
+      const cookie = headers['cookie'];
+      if (csrf.cookie) headers['cookie'] = typeof cookie === 'string' ? mergeCookies(cookie, csrf.cookie) : csrf.cookie;
     }
     const body = this.#body!;
     const call = new UpstreamCall(this.#res, this, this.#options.scavenger);
@@ -322,7 +344,7 @@ class Exchange {
         origin: route.origin,
         path: this.#upstreamPath,
         method: this.#method as Dispatcher.HttpMethod,
-        headers: requestHeadersForUpstream(this.#req.headers, { extra }),
+        headers,
         body: this.#attempts === 1 ? body.stream() : body.replay(),
       },
       call,
@@ -353,7 +375,11 @@ class Exchange {
         this.#retire();
       }
     }
-    if (verdict === 'deliver' && this.#csrfApplies && !this.#renewed && isCsrfRequired(status, headers) && resendable) verdict = 'retry-csrf';
+    if (verdict === 'deliver' && this.#csrfApplies && !this.#renewed && isCsrfRequired(status, headers)) {
+      this.#route!.csrf!.markRequired();
+      if (resendable) verdict = 'retry-csrf';
+      else this.#renewInBackground();
+    }
     if (verdict !== 'deliver') {
       this.#held = holding ? { status, headers } : undefined;
       return verdict;
@@ -368,6 +394,22 @@ class Exchange {
    */
   #retire(): void {
     this.#options.tokens.refreshAfterRejection(this.#route!.tokenClient, this.#token!).catch(() => undefined);
+  }
+
+  /** A cure the request cannot have after all (its body outgrew the copy): the next request gets it instead. */
+  #forgo(verdict: 'retry-401' | 'retry-csrf'): void {
+    if (verdict === 'retry-401') this.#retire();
+    else this.#renewInBackground();
+  }
+
+  /**
+   * A CSRF 403 for a request that cannot be sent again: the 403 goes to the sender, and a new session is
+   * fetched now, so that the sender's next modifying request carries a token (one fetch, shared as in `#cure`).
+   */
+  #renewInBackground(): void {
+    const route = this.#route!;
+    const stale = this.#csrf;
+    route.csrf!.renew(stale, () => this.#fetchCsrf(route, this.#upstreamPath, this.#token!, stale)).catch(() => undefined);
   }
 
   #writeHead(status: number, headers: IncomingHttpHeaders): void {
@@ -386,7 +428,7 @@ class Exchange {
   passOnHeld(verdict: 'retry-401' | 'retry-csrf'): 'deliver' {
     const head = this.#held!;
     this.#held = undefined;
-    if (verdict === 'retry-401') this.#retire();
+    this.#forgo(verdict);
     this.#body!.discardRest();
     this.#writeHead(head.status, head.headers);
     return 'deliver';
@@ -416,7 +458,7 @@ class Exchange {
     if (head === undefined || held === undefined) {
       throw new SidecarError('UPSTREAM_UNREACHABLE', `upstream ${new URL(this.#route!.origin).host}: its answer was cut off while the request body was still arriving`);
     }
-    if (verdict === 'retry-401') this.#retire();
+    this.#forgo(verdict);
     this.#body!.discardRest();
     this.#writeHead(head.status, head.headers);
     for (const chunk of held) this.#call!.bytesOut += chunk.length;
@@ -454,11 +496,16 @@ class Exchange {
       this.#continueWith(this.#options.tokens.refreshAfterRejection(route.tokenClient, token), (fresh) => this.#attemptWith(route, fresh));
       return;
     }
-    this.#renewed = true;
     this.#retrying('csrf');
+    this.#renewSession(route);
+  }
+
+  /** A new CSRF session (or one another request fetched meanwhile), then the attempt with it; once per request. */
+  #renewSession(route: Route): void {
+    this.#renewed = true;
     const stale = this.#csrf;
     this.#continueWith(
-      route.csrf!.renew(stale, () => this.#fetchCsrf(route, this.#upstreamPath, token, stale)),
+      route.csrf!.renew(stale, () => this.#fetchCsrf(route, this.#upstreamPath, this.#token!, stale)),
       (csrf) => {
         if (!csrf) throw new SidecarError('CSRF_FETCH_FAILED', `route ${route.name}: the upstream asked for a CSRF token but the fetch returned none`);
         this.#csrf = csrf;

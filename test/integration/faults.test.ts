@@ -941,6 +941,35 @@ describe('sender faults and abuse', () => {
       expect(answer.status, answer.text).toBe(200);
       expect(upstream.seen(marker)).toHaveLength(1);
     });
+
+    it('closes a refused CONNECT whose sender keeps its half open, so that closing the server does not wait for it', async () => {
+      const port = await start();
+      const sender = connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+      let received = '';
+      sender.on('data', (chunk: Buffer) => (received += chunk.toString('latin1')));
+      const ended = new Promise<void>((resolve) => sender.once('end', resolve));
+      try {
+        sender.write('CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n');
+        await ended;
+        expect(received).toMatch(/^HTTP\/1\.1 405 /);
+        // The sender never ends its side: the server's close completes only once the sidecar closed the socket.
+        await new Promise<void>((resolve) => server.close(() => resolve()));
+      } finally {
+        sender.destroy();
+      }
+      expect(codes).toEqual(['CONNECT']);
+    });
+
+    it('a sender resetting an idle connection is not a malformed request', async () => {
+      const port = await start();
+      const sender = await rawOpen(port, 'GET /http/ok?idle-reset HTTP/1.1\r\nHost: localhost\r\n\r\n');
+      await waitFor(() => (/\r\n\r\nok$/.test(sender.received()) ? true : undefined), sender.socket);
+      sender.socket.resetAndDestroy();
+      await sender.closed;
+      // The server notices the reset on its next read: the connection count drops once it has.
+      await expect.poll(() => new Promise<number>((resolve) => server.getConnections((_e, n) => resolve(n)))).toBe(0);
+      expect(codes).toEqual([]);
+    });
   });
 
   function expectRefused(answer: RawAnswer, status: number): void {
@@ -1179,6 +1208,26 @@ describe('sender faults and abuse', () => {
     const chained = `via-chained-${Math.random().toString(36).slice(2)}`;
     expect((await fetchText(`${sidecar.url}/http/ok?${chained}`, { headers: { via: '1.0 erp-gateway' } })).status).toBe(200);
     expect(upstream.seen(chained)[0]!.headers['via']).toBe('1.0 erp-gateway, 1.1 oauth-sidecar');
+  });
+
+  it('Via, Cookie and Max-Forwards the sender names in Connection stay behind; Via names the protocol received', async () => {
+    const listed = `via-listed-${Math.random().toString(36).slice(2)}`;
+    const answer = await rawRequest(
+      sidecar.address.port,
+      `OPTIONS /http/ok?${listed} HTTP/1.1\r\nHost: localhost\r\nConnection: keep-alive, via, cookie, max-forwards\r\n` +
+        `Via: 1.0 internal-gw\r\nCookie: sender-private=1\r\nMax-Forwards: 5\r\n\r\n`,
+      { timeoutMs: 3_000, untilResponse: true },
+    );
+    expect(answer.status).toBe(200);
+    const [seen] = upstream.seen(listed);
+    expect(seen!.headers['via']).toBe('1.1 oauth-sidecar');
+    expect(seen!.headers['cookie']).toBeUndefined();
+    expect(seen!.headers['max-forwards']).toBeUndefined();
+    const old = `via-http10-${Math.random().toString(36).slice(2)}`;
+    const ten = await rawRequest(sidecar.address.port, `GET /http/ok?${old} HTTP/1.0\r\nHost: localhost\r\n\r\n`, { timeoutMs: 3_000 });
+    expect(ten.status).toBe(200);
+    expect(upstream.seen(old)[0]!.headers['via']).toBe('1.0 oauth-sidecar');
+    await expectServing();
   });
 
   it('OPTIONS with Max-Forwards: 0 is answered by the sidecar; a higher value is counted down (RFC 9110 §7.6.2)', async () => {

@@ -341,6 +341,60 @@ describe('tokens on the request path', () => {
     expect(fetches).toBe(1);
   });
 
+  /** An upstream that wants CSRF on POSTs; its fetch answers as `fetchAnswers` says, in turn (then with the session). */
+  function csrfUpstream(session: { token: string; cookie: string }, fetchAnswers: Array<'none' | 'session'> = []) {
+    const seen: string[] = [];
+    let fetched: () => void = () => undefined;
+    let fetchedOnce = new Promise<void>((resolve) => (fetched = resolve));
+    upstream.setHandler((req, res, body) => {
+      body.resume();
+      if (req.method === 'GET' && req.headers['x-csrf-token'] === 'Fetch') {
+        seen.push('fetch');
+        const answer = fetchAnswers.shift() ?? 'session';
+        res.writeHead(200, answer === 'session' ? { 'x-csrf-token': session.token, 'set-cookie': `${session.cookie}; Path=/` } : {});
+        res.end(() => fetched());
+        return true;
+      }
+      const ok = req.headers['x-csrf-token'] === session.token && req.headers.cookie === session.cookie;
+      seen.push(ok ? 'post' : 'post-403');
+      res.writeHead(ok ? 200 : 403, ok ? { 'content-type': 'text/plain' } : { 'x-csrf-token': 'Required', 'content-type': 'text/html' });
+      res.end(ok ? 'processed' : '<html>Forbidden</html>');
+      return true;
+    });
+    return {
+      seen,
+      /** Resolves once a fetch has been answered (the next call waits for the next one). */
+      fetchAnswered: () => fetchedOnce.then(() => void (fetchedOnce = new Promise<void>((resolve) => (fetched = resolve)))),
+    };
+  }
+
+  it('a CSRF 403 to a request too long to send again goes to the sender, and the session is fetched at once for the next', async () => {
+    const small = await another(['--service-key', keyPath, '--max-replay-body', '16']);
+    const csrf = csrfUpstream({ token: 'csrf-' + randomBytes(4).toString('hex'), cookie: 'JSESSIONID=big' });
+    const first = await request(`${small.url}/http/order`, { method: 'POST', body: randomBytes(100) });
+    expect(first.statusCode).toBe(403);
+    expect(first.headers['x-csrf-token']).toBe('Required');
+    await first.body.dump();
+    await csrf.fetchAnswered();
+    const second = await request(`${small.url}/http/order`, { method: 'POST', body: randomBytes(100) });
+    expect(second.statusCode).toBe(200);
+    expect(await second.body.text()).toBe('processed');
+    expect(csrf.seen).toEqual(['post-403', 'fetch', 'post']);
+  });
+
+  it('on a route known to want CSRF, a request without a session fetches one before it is sent', async () => {
+    const own = await another(['--service-key', keyPath]);
+    const csrf = csrfUpstream({ token: 'csrf-' + randomBytes(4).toString('hex'), cookie: 'JSESSIONID=pre' }, ['none']);
+    const first = await request(`${own.url}/http/order`, { method: 'POST', body: 'a' });
+    expect(first.statusCode).toBe(502);
+    expect(await first.body.json()).toMatchObject({ error: 'CSRF_FETCH_FAILED' });
+    // The next POST goes out only with a session: no second refusal upstream, nothing sent twice.
+    const second = await request(`${own.url}/http/order`, { method: 'POST', body: 'b' });
+    expect(second.statusCode).toBe(200);
+    expect(await second.body.text()).toBe('processed');
+    expect(csrf.seen).toEqual(['post-403', 'fetch', 'fetch', 'post']);
+  });
+
   describe('an answer that comes before the sender has finished its body', () => {
     /** A sender body that ends only once `release()` is called: its first `first` bytes come at once. */
     function heldBody(first: Buffer, rest: Buffer) {

@@ -4,7 +4,7 @@
  * whole CSRF exchange against a real upstream.
  */
 import { describe, expect, it } from 'vitest';
-import { csrfFromResponse, mergeCookies } from '../../src/csrf-session.js';
+import { CsrfSession, csrfFromResponse, mergeCookies, type CsrfCredentials } from '../../src/csrf-session.js';
 
 describe('csrfFromResponse', () => {
   it('builds the cookie header from the Set-Cookie pairs, byte for byte', () => {
@@ -37,5 +37,39 @@ describe('mergeCookies', () => {
     expect(mergeCookies(' a=1 ;;b=2', 'b=3')).toBe('a=1; b=3');
     expect(mergeCookies('JSESSIONID=old', 'JSESSIONID=s2')).toBe('JSESSIONID=s2');
     expect(mergeCookies('a=1', '')).toBe('a=1');
+  });
+});
+
+describe('CsrfSession.renew', () => {
+  const one: CsrfCredentials = { token: 't1', cookie: 'JSESSIONID=s1' };
+  const two: CsrfCredentials = { token: 't2', cookie: 'JSESSIONID=s2' };
+
+  it('shares one fetch between concurrent callers, and hands a later caller with the stale session the new one', async () => {
+    const session = new CsrfSession();
+    let fetches = 0;
+    const fetch = async (): Promise<CsrfCredentials> => {
+      fetches++;
+      return one;
+    };
+    expect(await Promise.all([session.renew(undefined, fetch), session.renew(undefined, fetch)])).toEqual([one, one]);
+    expect(await session.renew(undefined, fetch)).toBe(one);
+    expect(fetches).toBe(1);
+  });
+
+  it('fetches for a stale session when there is no current one: a failed fetch, or the new session of a rotated route', async () => {
+    const failed = new CsrfSession();
+    await failed.renew(undefined, async () => one);
+    expect(await failed.renew(one, async () => undefined)).toBeUndefined();
+    expect(await failed.renew(one, async () => two)).toBe(two);
+    const rotated = new CsrfSession();
+    expect(await rotated.renew(one, async () => two)).toBe(two);
+    expect(rotated.current).toBe(two);
+  });
+
+  it('is required only once marked so', () => {
+    const session = new CsrfSession();
+    expect(session.required).toBe(false);
+    session.markRequired();
+    expect(session.required).toBe(true);
   });
 });
