@@ -299,7 +299,18 @@ class Exchange {
     const tokens = this.#options.tokens;
     const token = tokens.cachedToken(route.tokenClient);
     if (token !== undefined) this.#attemptWith(route, token);
-    else this.#continueWith(tokens.getToken(route.tokenClient), (fresh) => this.#attemptWith(route, fresh));
+    else this.#continueWith(tokens.getToken(route.tokenClient), (fresh) => this.#resume(route, fresh));
+  }
+
+  /**
+   * Go on after a wait (a token, a CSRF fetch) through the route as it is now: credentials rotated meanwhile
+   * close the old route's pools, so the request goes out through the new route, with its token when it has one.
+   */
+  #resume(before: Route, token: AccessToken): void {
+    const route = this.#currentRoute();
+    if (route === before) return this.#attemptWith(route, token);
+    this.#upstreamPath = upstreamTarget(route, this.#req.url ?? '');
+    this.#attemptWith(route, this.#options.tokens.cachedToken(route.tokenClient) ?? token);
   }
 
   /** Send with this token from now on (the cached one, or one just fetched). */
@@ -493,7 +504,7 @@ class Exchange {
     if (verdict === 'retry-401') {
       this.#refreshed = true;
       this.#retrying('401-refresh');
-      this.#continueWith(this.#options.tokens.refreshAfterRejection(route.tokenClient, token), (fresh) => this.#attemptWith(route, fresh));
+      this.#continueWith(this.#options.tokens.refreshAfterRejection(route.tokenClient, token), (fresh) => this.#resume(route, fresh));
       return;
     }
     this.#retrying('csrf');
@@ -509,7 +520,7 @@ class Exchange {
       (csrf) => {
         if (!csrf) throw new SidecarError('CSRF_FETCH_FAILED', `route ${route.name}: the upstream asked for a CSRF token but the fetch returned none`);
         this.#csrf = csrf;
-        this.#attempt(route);
+        this.#resume(route, this.#token!);
       },
     );
   }

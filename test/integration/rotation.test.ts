@@ -214,6 +214,36 @@ describe('credential rotation under load', () => {
     }
   });
 
+  it('a request waiting for its token across a rotation goes out through the new route, not the closed old one', async () => {
+    const path = await files.write('waiting.json', keyJson(OLD.id, OLD.secret));
+    const fromOldClient = (auth: string | undefined) => Buffer.from((auth ?? '').replace(/^Basic /, ''), 'base64').toString().startsWith('sb-old');
+    let held: ServerResponse | undefined;
+    oauth.setInterceptor((req, res) => {
+      if (!fromOldClient(req.headers.authorization)) return false;
+      req.resume();
+      held = res;
+      return true;
+    });
+    try {
+      const s = await start(path);
+      await expect.poll(() => held, { interval: 10, timeout: 10_000 }).toBeDefined(); // the start-up token request
+      const pending = request(`${s.url}/http/echo?waiting`, { method: 'POST', body: '<order/>' });
+      const inFlight = async () => (await s.metrics.render()).body.match(/^oauth_sidecar_requests_in_flight (\d+)$/m)?.[1];
+      await expect.poll(inFlight, { interval: 10, timeout: 10_000 }).toBe('1'); // it waits for that token
+      await writeFile(path, keyJson(NEW.id, NEW.secret));
+      await rotated(s);
+      // The old client's token comes only now: the request that waited for it must not use the old route's closed pools.
+      held!.writeHead(200, { 'content-type': 'application/json' });
+      held!.end(JSON.stringify({ access_token: 'old-client-token', token_type: 'bearer', expires_in: 3600 }));
+      const res = await pending;
+      expect(res.statusCode).toBe(200);
+      await res.body.dump();
+      expect(clientOfLastUpstreamRequest()).toBe(NEW.id);
+    } finally {
+      oauth.setInterceptor(undefined);
+    }
+  });
+
   it('a rotation whose token request is still under way at shutdown is not applied, and its new route is closed', async () => {
     const path = await files.write('late.json', keyJson(OLD.id, OLD.secret));
     const s = await start(path);
