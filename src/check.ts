@@ -665,7 +665,7 @@ async function describeInbound(config: Readonly<Config>): Promise<Finding | unde
 
 /** Trust anchors and proxy, once for all routes. */
 function describeNetwork(config: Readonly<Config>): Finding[] {
-  const findings = [finding('ok', `trusting the system CAs${config.caFiles.length ? ` plus --ca ${config.caFiles.join(', ')}` : ' (no --ca)'}`)];
+  const findings = [describeTrust(config)];
   const { httpsProxy, noProxy } = config.network;
   if (httpsProxy) {
     const host = proxyHost(httpsProxy);
@@ -676,6 +676,20 @@ function describeNetwork(config: Readonly<Config>): Finding[] {
     );
   }
   return findings;
+}
+
+/**
+ * What the TLS clients trust: Node's default store, which is its bundled Mozilla list (not the OS store,
+ * unless node runs with --use-system-ca) plus NODE_EXTRA_CA_CERTS, and the --ca files on top.
+ */
+export function describeTrust(config: Pick<Config, 'caFiles' | 'nodeExtraCaFile'>): Finding {
+  const extra = config.nodeExtraCaFile;
+  const added = [
+    ...(extra ? [`NODE_EXTRA_CA_CERTS ${extra}`] : []),
+    ...(config.caFiles.length > 0 ? [`--ca ${config.caFiles.join(', ')}`] : []),
+  ];
+  const store = "Node's bundled Mozilla CA list (the OS store only with node --use-system-ca)";
+  return finding('ok', `trusting ${store}${added.length > 0 ? ` plus ${added.join(' plus ')}` : ' (no NODE_EXTRA_CA_CERTS, no --ca)'}`);
 }
 
 // ---------------------------------------------------------------------------

@@ -51,11 +51,11 @@ export interface RouteTimeouts {
 
 export interface RouteConfig {
   name: string;
-  /** Path prefix this route serves, always starting with `/`. */
+  /** Path prefix this route serves: starts with `/`, no trailing `/` unless it is the root `/` (`routePath`). */
   prefix: string;
   /** Upstream origin+base path; undefined means the service key's `url`. */
   upstream: string | undefined;
-  /** Replaces `prefix` in the forwarded path when set. */
+  /** Replaces `prefix` in the forwarded path when set; no trailing `/` unless it is the root `/` (`routePath`). */
   rewritePrefix: string | undefined;
   credentials: CredentialSpec;
   token: TokenRequestSettings;
@@ -84,6 +84,8 @@ export interface Config {
   network: OutboundNetwork;
   /** Paths of the `--ca` files, for messages. */
   caFiles: readonly string[];
+  /** `NODE_EXTRA_CA_CERTS` as set (node's own addition to its CA store), for messages. */
+  nodeExtraCaFile: string | undefined;
   tokenTimeoutMs: number;
   logLevel: LogLevel;
   /** Where the routes came from: a config file path or `flags`. */
@@ -176,8 +178,15 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
 
   const read = new Reader(values, env, problems);
   const caFiles = read.list('ca');
+  // Node reads NODE_EXTRA_CA_CERTS itself, but a `ca` option (--ca) replaces the store it went into: with
+  // --ca, read it here, the edge, so that the dispatcher can keep it (and a broken file fails now, not as
+  // "not trusted" later). Without --ca node's own store is used as it is, and the file is node's business.
+  const nodeExtraCaFile = env['NODE_EXTRA_CA_CERTS'] || undefined;
+  const extraCaFile = caFiles.length > 0 ? nodeExtraCaFile : undefined;
+  const extraCaPem = extraCaFile === undefined ? undefined : readCa(extraCaFile, 'NODE_EXTRA_CA_CERTS', readFile, problems);
   const network: OutboundNetwork = {
-    ca: caFiles.map((file) => readCa(file, readFile, problems)).filter((pem): pem is string => pem !== undefined),
+    ca: caFiles.map((file) => readCa(file, 'ca', readFile, problems)).filter((pem): pem is string => pem !== undefined),
+    ...(extraCaFile !== undefined && extraCaPem !== undefined && { extraCaCerts: { file: extraCaFile, pem: extraCaPem } }),
     // Lower-case wins, as curl and undici do.
     httpsProxy: env['https_proxy'] || env['HTTPS_PROXY'] || undefined,
     noProxy: env['no_proxy'] ?? env['NO_PROXY'],
@@ -243,7 +252,7 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
     routes = [singleRoute(read, env, problems)];
     routesSource = 'flags';
   }
-  checkPrefixes(routes, routesSource, problems);
+  routes = normaliseRoutePaths(routes, routesSource, problems);
 
   const logLevel = read.string('log-level') ?? file?.logLevel ?? 'info';
   if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) {
@@ -276,6 +285,7 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
       inbound,
       network,
       caFiles,
+      nodeExtraCaFile,
       tokenTimeoutMs,
       logLevel: logLevel as LogLevel,
       routesSource,
@@ -442,12 +452,15 @@ function validUrl(value: string | undefined, source: string, field: string, prob
   return url.origin + url.pathname.replace(/\/+$/, '');
 }
 
-/** `/a` and `/a/` serve the same paths (the longer would shadow the other), so they count as one prefix. */
-function checkPrefixes(routes: readonly RouteConfig[], source: string, problems: ConfigProblem[]): void {
+/**
+ * The routes with `prefix` and `rewritePrefix` as `routePath` has them, checking that no prefix or name is
+ * used twice: `/a` and `/a/` serve the same paths (the longer would shadow the other), so they count as one.
+ */
+function normaliseRoutePaths(routes: readonly RouteConfig[], source: string, problems: ConfigProblem[]): RouteConfig[] {
   const seenPrefix = new Map<string, { at: number; prefix: string }>();
   const seenName = new Set<string>();
   routes.forEach((route, i) => {
-    const key = route.prefix.replace(/\/+$/, '');
+    const key = routePath(route.prefix);
     const first = seenPrefix.get(key);
     if (first) {
       const same = first.prefix === route.prefix ? '' : ` (routes[${first.at}] has ${first.prefix}; a trailing / makes no difference)`;
@@ -458,14 +471,30 @@ function checkPrefixes(routes: readonly RouteConfig[], source: string, problems:
     if (seenName.has(route.name)) problems.push({ source, field: `routes[${i}].name`, message: `name ${route.name} is used twice` });
     seenName.add(route.name);
   });
+  return routes.map((route) => ({
+    ...route,
+    prefix: routePath(route.prefix),
+    rewritePrefix: route.rewritePrefix === undefined ? undefined : routePath(route.rewritePrefix),
+  }));
 }
 
-function readCa(file: string, readFile: (path: string) => string, problems: ConfigProblem[]): string | undefined {
+/**
+ * A route path without trailing slashes, the root `/` aside: prefix `/orders/` serves `/orders` too, and a
+ * trailing `/` on the sender's path (`/orders/`) is the sender's to keep, not the route's to add or drop.
+ */
+export function routePath(path: string): string {
+  return path.replace(/\/+$/, '') || '/';
+}
+
+/** A `--ca` or `NODE_EXTRA_CA_CERTS` file (`field`), whose every certificate must parse. */
+function readCa(file: string, field: 'ca' | 'NODE_EXTRA_CA_CERTS', readFile: (path: string) => string, problems: ConfigProblem[]): string | undefined {
+  // Node starts with a warning only for a broken NODE_EXTRA_CA_CERTS; say what to do about it.
+  const fix = field === 'NODE_EXTRA_CA_CERTS' ? ': fix the file or unset the variable' : '';
   let text: string;
   try {
     text = readFile(file);
   } catch (err) {
-    problems.push({ source: file, field: 'ca', message: `cannot read CA file (${(err as NodeJS.ErrnoException).code ?? 'error'})` });
+    problems.push({ source: file, field, message: `cannot read CA file (${(err as NodeJS.ErrnoException).code ?? 'error'})${fix}` });
     return undefined;
   }
   // Node's TLS stack skips what it cannot parse without a word: a broken anchor must fail here instead.
@@ -473,7 +502,7 @@ function readCa(file: string, readFile: (path: string) => string, problems: Conf
     parseCertificates(text);
   } catch (err) {
     if (!(err instanceof PemError)) throw err;
-    problems.push({ source: file, field: 'ca', message: `is not a PEM CA certificate file (${err.message})` });
+    problems.push({ source: file, field, message: `is not a PEM CA certificate file (${err.message})${fix}` });
     return undefined;
   }
   return text;

@@ -1,8 +1,8 @@
 /**
  * Outbound HTTPS connection pools (undici) with the sidecar's TLS rules.
  *
- * TLS verification is always on: `ca` only ever *adds* trust anchors to the
- * system roots. A corporate proxy (`HTTPS_PROXY`/`NO_PROXY`, resolved by
+ * TLS verification is always on, and `--ca` only ever *adds* trust anchors to
+ * Node's default store (`trustAnchors`). A corporate proxy (`HTTPS_PROXY`/`NO_PROXY`, resolved by
  * `config`) is reached through undici's EnvHttpProxyAgent; the client
  * certificate is given to both `connect` (direct connections) and `requestTls`
  * (the TLS session inside the CONNECT tunnel), so mTLS works through a proxy.
@@ -17,7 +17,7 @@
  * `Dispatcher.prototype`; doing it twice, should something load the index too,
  * changes nothing.
  */
-import { createSecureContext, rootCertificates } from 'node:tls';
+import * as tls from 'node:tls';
 import type { Dispatcher } from 'undici';
 import api from 'undici/lib/api/index.js';
 import Agent from 'undici/lib/dispatcher/agent.js';
@@ -27,8 +27,13 @@ import EnvHttpProxyAgent from 'undici/lib/dispatcher/env-http-proxy-agent.js';
 Object.assign(DispatcherClass.prototype, api);
 
 export interface OutboundNetwork {
-  /** Extra trust anchors (PEM), added to the system roots. */
+  /** `--ca` trust anchors (PEM), added to Node's default store. */
   ca: readonly string[];
+  /**
+   * The `NODE_EXTRA_CA_CERTS` file as `config` read it. Node adds it to its default store at start, but a
+   * `ca` option replaces that store; `trustAnchors` puts it back.
+   */
+  extraCaCerts?: { file: string; pem: string } | undefined;
   /** `HTTPS_PROXY`; empty or absent for direct connections. */
   httpsProxy?: string | undefined;
   /** `NO_PROXY` as given (comma- or space-separated hosts, `*` for none). */
@@ -50,14 +55,15 @@ export interface DispatcherOptions {
 export function createDispatcher(options: DispatcherOptions): Dispatcher {
   // One secure context per pool: built per connection, the root store alone costs ~45 ms of CPU once
   // extra CAs are given. Rotation builds a new pool, hence a new context.
-  const secureContext = createSecureContext({
-    ...(options.network.ca.length > 0 && { ca: [...rootCertificates, ...options.network.ca] }),
+  const ca = trustAnchors(options.network);
+  const secureContext = tls.createSecureContext({
+    ...(ca && { ca }),
     ...(options.clientCert && { cert: options.clientCert.certificate, key: options.clientCert.key }),
     minVersion: 'TLSv1.2',
   });
-  const tls = { secureContext, timeout: options.connectTimeoutMs };
+  const connect = { secureContext, timeout: options.connectTimeoutMs };
   const agentOptions = {
-    connect: tls,
+    connect,
     headersTimeout: options.headersTimeoutMs,
     bodyTimeout: options.bodyTimeoutMs,
     keepAliveTimeout: options.keepAliveTimeoutMs ?? 4_000,
@@ -67,10 +73,29 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
   if (!proxy) return new Agent(agentOptions);
   return new EnvHttpProxyAgent({
     ...agentOptions,
-    requestTls: tls,
+    requestTls: connect,
     httpsProxy: proxy,
     // '' (not undefined) keeps undici from reading the environment itself: only HTTPS is proxied.
     httpProxy: '',
     noProxy: options.network.noProxy ?? '',
   });
+}
+
+/** The part of `node:tls` that knows the default CA store; `getCACertificates` is Node ≥ 22.15 / 23.10. */
+export interface CaStoreApi {
+  readonly rootCertificates: readonly string[];
+  getCACertificates?: (type: 'default') => string[];
+}
+
+/**
+ * The `ca` option for `network`, or undefined to keep Node's default store. A `ca` option *replaces* that
+ * store (bundled Mozilla list + NODE_EXTRA_CA_CERTS + the OS store under `--use-system-ca`), so with
+ * `--ca` the list starts from the default store: `getCACertificates('default')` where Node has it, else
+ * (Node 20) the bundled list plus the NODE_EXTRA_CA_CERTS certificates `config` read. Those are added on
+ * Node 24 too (a duplicate anchor is harmless), so the trust is what the config says on every version.
+ */
+export function trustAnchors(network: OutboundNetwork, api: CaStoreApi = tls): string[] | undefined {
+  if (network.ca.length === 0) return undefined;
+  const defaults = api.getCACertificates ? api.getCACertificates('default') : api.rootCertificates;
+  return [...defaults, ...(network.extraCaCerts ? [network.extraCaCerts.pem] : []), ...network.ca];
 }

@@ -82,10 +82,11 @@ export class RouteTable {
   }
 }
 
+/** `prefix` as `config` normalises it (`routePath`): no trailing `/` unless it is the root. */
 function prefixMatches(prefix: string, pathname: string): boolean {
   if (!pathname.startsWith(prefix)) return false;
-  // `/orders` serves `/orders` and `/orders/…`, not `/ordersx`.
-  return prefix.endsWith('/') || pathname.length === prefix.length || pathname.charCodeAt(prefix.length) === 0x2f;
+  // `/orders` serves `/orders`, `/orders/` and `/orders/…`, not `/ordersx`; `/` serves every path.
+  return prefix === '/' || pathname.length === prefix.length || pathname.charCodeAt(prefix.length) === 0x2f;
 }
 
 /**
@@ -106,16 +107,20 @@ export function hasDotSegment(pathname: string): boolean {
   return false;
 }
 
-/** The upstream request target for `target` (origin-form path + query) on `route`. */
+/**
+ * The upstream request target for `target` (origin-form path + query) on `route`: the upstream's base path,
+ * then `target` with the route's prefix replaced by `rewritePrefix` when one is set. What follows the prefix
+ * is kept as sent, a trailing `/` included: `/orders` and `/orders/` are different resources upstream.
+ */
 export function upstreamTarget(route: Route, target: string): string {
   const rewrite = route.config.rewritePrefix;
-  const path = rewrite === undefined ? target : joinPath(rewrite, target.slice(route.prefix.length));
-  return route.basePath + path;
+  if (rewrite === undefined) return route.basePath + target;
+  const path = route.basePath + segments(rewrite) + target.slice(segments(route.prefix).length);
+  // Only an empty base, a rewrite to `/` and a sender's path equal to the prefix leave nothing.
+  return path === '' || path.startsWith('?') ? `/${path}` : path;
 }
 
-function joinPath(base: string, rest: string): string {
-  if (rest === '' || rest.startsWith('?')) return base + rest;
-  if (base.endsWith('/') && rest.startsWith('/')) return base + rest.slice(1);
-  if (!base.endsWith('/') && !rest.startsWith('/')) return `${base}/${rest}`;
-  return base + rest;
+/** A normalised route path as the segments it stands for: the root `/` stands for none. */
+function segments(path: string): string {
+  return path === '/' ? '' : path;
 }

@@ -164,6 +164,35 @@ describe('parseConfig', () => {
     expect(run(['--service-key', '/k', '--ca', '/ok.pem'], {}, { '/ok.pem': bundle }).network.ca).toEqual([bundle]);
   });
 
+  it('reads the NODE_EXTRA_CA_CERTS file from its env input, beside --ca, validated the same way', () => {
+    const bundle = `${certs.rootPem}\n${certs.intermediatePem}\n`;
+    const config = run(['--service-key', '/k', '--ca', '/ca.pem'], { NODE_EXTRA_CA_CERTS: '/corp.pem' }, { '/ca.pem': CA, '/corp.pem': bundle });
+    expect(config.network).toEqual({ ca: [CA], extraCaCerts: { file: '/corp.pem', pem: bundle } });
+    expect(config.caFiles).toEqual(['/ca.pem']);
+    // Without --ca node's own store is used as it is: the file is node's to read (an empty variable is no file).
+    const alone = run(['--service-key', '/k'], { NODE_EXTRA_CA_CERTS: '/corp.pem' }, {});
+    expect(alone.network).toEqual({ ca: [] });
+    expect(alone.nodeExtraCaFile).toBe('/corp.pem');
+    expect(run(['--service-key', '/k'], { NODE_EXTRA_CA_CERTS: '' }).nodeExtraCaFile).toBeUndefined();
+  });
+
+  it('refuses an unreadable or broken NODE_EXTRA_CA_CERTS file, which node itself only warns about', () => {
+    const garbage = '-----BEGIN CERTIFICATE-----\nMIIBgarbage0000\n-----END CERTIFICATE-----\n';
+    expect(problems(['--service-key', '/k', '--ca', '/ca.pem'], { NODE_EXTRA_CA_CERTS: '/missing.pem' }, { '/ca.pem': CA })).toEqual([
+      { source: '/missing.pem', field: 'NODE_EXTRA_CA_CERTS', message: 'cannot read CA file (ENOENT): fix the file or unset the variable' },
+    ]);
+    expect(problems(['--service-key', '/k', '--ca', '/ca.pem'], { NODE_EXTRA_CA_CERTS: '/bad.pem' }, { '/ca.pem': CA, '/bad.pem': `${CA}${garbage}` })).toEqual([
+      {
+        source: '/bad.pem',
+        field: 'NODE_EXTRA_CA_CERTS',
+        message: 'is not a PEM CA certificate file (certificate 2 is not valid X.509): fix the file or unset the variable',
+      },
+    ]);
+    expect(problems(['--service-key', '/k', '--ca', '/ca.pem'], { NODE_EXTRA_CA_CERTS: '/key.pem' }, { '/ca.pem': CA, '/key.pem': certs.leafKeyPkcs8 })[0]?.message).toBe(
+      'is not a PEM CA certificate file (no PEM CERTIFICATE block found): fix the file or unset the variable',
+    );
+  });
+
   it('reads each --ca file once', () => {
     const reads: string[] = [];
     const result = parseConfig(['--service-key', '/k', '--ca', '/ca.pem'], {}, (path) => {
@@ -346,6 +375,24 @@ routes:
     expect(problems(['--config', '/c.yaml'], {}, file)).toEqual([
       { source: '/c.yaml', field: 'routes[1].prefix', message: 'prefix /a/ is used twice (routes[0] has /a; a trailing / makes no difference)' },
     ]);
+  });
+
+  it('normalises prefix and rewritePrefix: no trailing slash, the root / aside', () => {
+    const file = [
+      'routes:',
+      '  - { name: a, prefix: /orders/, rewritePrefix: /http/orders/, serviceKey: /k }',
+      '  - { name: b, prefix: /api//, rewritePrefix: /, serviceKey: /k }',
+      '  - { name: c, prefix: /, serviceKey: /k }',
+      '  - { name: d, prefix: /x, rewritePrefix: /y, serviceKey: /k }',
+    ].join('\n');
+    const routes = run(['--config', '/c.yaml'], {}, { '/c.yaml': file }).routes;
+    expect(routes.map((r) => [r.prefix, r.rewritePrefix])).toEqual([
+      ['/orders', '/http/orders'],
+      ['/api', '/'],
+      ['/', undefined],
+      ['/x', '/y'],
+    ]);
+    expect(Object.isFrozen(routes[0])).toBe(true);
   });
 
   it('never echoes a file upstream that may carry a secret', () => {

@@ -13,7 +13,7 @@ import AgentModule from 'undici/lib/dispatcher/agent.js';
 import DispatcherModule from 'undici/lib/dispatcher/dispatcher.js';
 import EnvHttpProxyAgentModule from 'undici/lib/dispatcher/env-http-proxy-agent.js';
 import { describe, expect, it } from 'vitest';
-import { createDispatcher } from '../../src/dispatcher.js';
+import { createDispatcher, trustAnchors } from '../../src/dispatcher.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const base = { connectTimeoutMs: 1_000, headersTimeoutMs: 1_000, bodyTimeoutMs: 1_000 };
@@ -58,5 +58,27 @@ describe('dispatcher modules', () => {
     expect(loaded).toContain('lib/dispatcher/agent.js');
     expect(loaded).not.toContain('index.js');
     expect(loaded.filter((f) => /^lib\/(web|mock|cache)\//.test(f))).toEqual([]);
+  });
+});
+
+describe('trustAnchors', () => {
+  const extraCaCerts = { file: '/corp.pem', pem: 'EXTRA' };
+
+  it('leaves Node\'s default store alone without --ca (it already holds NODE_EXTRA_CA_CERTS)', () => {
+    expect(trustAnchors({ ca: [], extraCaCerts })).toBeUndefined();
+  });
+
+  it('with --ca, starts from the default store where Node lists it (>= 22.15), keeping NODE_EXTRA_CA_CERTS', () => {
+    const api = { rootCertificates: ['BUNDLED'], getCACertificates: (type: 'default') => [`${type.toUpperCase()}-STORE`] };
+    expect(trustAnchors({ ca: ['CA-1', 'CA-2'], extraCaCerts }, api)).toEqual(['DEFAULT-STORE', 'EXTRA', 'CA-1', 'CA-2']);
+    expect(trustAnchors({ ca: ['CA-1'] }, api)).toEqual(['DEFAULT-STORE', 'CA-1']);
+  });
+
+  it('with --ca on Node 20, starts from the bundled list plus NODE_EXTRA_CA_CERTS', () => {
+    expect(trustAnchors({ ca: ['CA-1'], extraCaCerts }, { rootCertificates: ['BUNDLED'] })).toEqual(['BUNDLED', 'EXTRA', 'CA-1']);
+    // This process's node: its own store, whichever version runs the tests.
+    const anchors = trustAnchors({ ca: ['CA-1'], extraCaCerts });
+    expect(anchors?.slice(-2)).toEqual(['EXTRA', 'CA-1']);
+    expect(anchors?.length).toBeGreaterThan(100);
   });
 });

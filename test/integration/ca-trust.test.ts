@@ -1,0 +1,134 @@
+/**
+ * Trust anchors: `--ca` adds to Node's default store instead of replacing it, so
+ * the CAs of NODE_EXTRA_CA_CERTS (a corporate image's TLS-inspecting proxy) stay
+ * trusted beside an internal CA given with `--ca`, for the token and the upstream
+ * pools alike; a CA named nowhere is still refused. Three real CAs, servers on
+ * port 0; NODE_EXTRA_CA_CERTS reaches the sidecar through the config's env input.
+ */
+import { createServer, type Server } from 'node:https';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { request } from 'undici';
+import { checkRoutes } from '../../src/check.js';
+import { parseConfig, type Config } from '../../src/config.js';
+import { createDemoPki } from '../../src/demo-pki.js';
+import { createDispatcher } from '../../src/dispatcher.js';
+import { closeServer, listen, SocketTracker } from '../helpers/net.js';
+import { createPki } from '../helpers/pki.js';
+import { runSidecar, scratch, type RunningSidecar } from '../helpers/sidecar.js';
+import { TokenEndpoint } from '../helpers/token-endpoint.js';
+
+const CLIENT = { clientId: 'sb-ca!b1|it-rt-acme!b196', secret: 'ca$Secret=value' };
+
+interface Tls {
+  cert: string;
+  key: string;
+  ca: string;
+}
+
+/** An HTTPS upstream under `tls` that echoes the path and whether a Bearer token came with it. */
+async function startEcho(tls: Tls): Promise<{ url: string; close(): Promise<void> }> {
+  const server: Server = createServer({ cert: tls.cert, key: tls.key }, (req, res) => {
+    req.resume();
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ url: req.url, bearer: /^Bearer tok-/.test(req.headers.authorization ?? '') }));
+  });
+  const sockets = new SocketTracker(server);
+  const port = await listen(server);
+  return { url: `https://127.0.0.1:${port}`, close: () => closeServer(server, sockets) };
+}
+
+let files: Awaited<ReturnType<typeof scratch>>;
+/** CA A: the corporate CA, named by NODE_EXTRA_CA_CERTS. */
+let caAPath: string;
+/** CA B: the internal CA, given with --ca. */
+let caBPath: string;
+type CaName = 'A' | 'B' | 'C';
+/** Per CA, an echoing upstream and a token endpoint with server certificates it issued. */
+let servers: Record<CaName, { echo: { url: string; close(): Promise<void> }; token: TokenEndpoint }>;
+const sidecars: RunningSidecar[] = [];
+
+beforeAll(async () => {
+  const [pki, demoB, demoC] = await Promise.all([createPki(), createDemoPki(), createDemoPki()]);
+  const tls: Record<CaName, Tls> = {
+    A: { cert: pki.server.chain, key: pki.server.key, ca: pki.ca },
+    B: { cert: demoB.server.cert, key: demoB.server.key, ca: demoB.ca },
+    // C: a CA named nowhere.
+    C: { cert: demoC.server.cert, key: demoC.server.key, ca: demoC.ca },
+  };
+  const start = async (name: CaName) => ({ echo: await startEcho(tls[name]), token: await TokenEndpoint.start({ tls: tls[name], clients: [CLIENT] }) });
+  servers = { A: await start('A'), B: await start('B'), C: await start('C') };
+  files = await scratch();
+  caAPath = await files.write('corporate-ca.pem', pki.ca);
+  caBPath = await files.write('internal-ca.pem', demoB.ca);
+});
+
+afterAll(async () => {
+  await Promise.all(sidecars.map((s) => s.close()));
+  await Promise.all(Object.values(servers ?? {}).flatMap((s) => [s.echo.close(), s.token.close()]));
+  await files?.cleanup();
+});
+
+/** Config as `serve` parses it: --ca B on the command line, NODE_EXTRA_CA_CERTS A in the environment. */
+function config(argv: string[]): Readonly<Config> {
+  const result = parseConfig([...argv, '--ca', caBPath], { NODE_EXTRA_CA_CERTS: caAPath });
+  if (result.kind !== 'run') throw new Error('expected a config');
+  return result.config;
+}
+
+function serviceKey(name: string, token: CaName, upstream: CaName): Promise<string> {
+  const oauth = { clientid: CLIENT.clientId, clientsecret: CLIENT.secret, tokenurl: servers[token].token.tokenUrl, url: servers[upstream].echo.url };
+  return files.write(name, JSON.stringify({ oauth }));
+}
+
+describe('NODE_EXTRA_CA_CERTS and --ca together', () => {
+  it('a dispatcher trusts servers under either CA and still refuses one under a CA named nowhere', async () => {
+    const { network } = config(['serve', '--service-key', '/unused']);
+    const dispatcher = createDispatcher({ network, connectTimeoutMs: 5_000, headersTimeoutMs: 5_000, bodyTimeoutMs: 5_000 });
+    const get = async (name: CaName) => {
+      const res = await dispatcher.request({ origin: servers[name].echo.url, path: `/${name}`, method: 'GET' });
+      return { status: res.statusCode, body: await res.body.json() };
+    };
+    try {
+      expect(await get('A')).toEqual({ status: 200, body: { url: '/A', bearer: false } });
+      expect(await get('B')).toEqual({ status: 200, body: { url: '/B', bearer: false } });
+      await expect(get('C')).rejects.toMatchObject({ code: expect.stringMatching(/^(UNABLE_TO_VERIFY_LEAF_SIGNATURE|SELF_SIGNED_CERT_IN_CHAIN|UNABLE_TO_GET_ISSUER_CERT_LOCALLY)$/) });
+    } finally {
+      await dispatcher.close();
+    }
+  });
+
+  it('a sidecar reaches token servers and upstreams under either CA; under an unnamed CA it answers 503 and 502', async () => {
+    const routes = [
+      ['tokenB-upstreamA', await serviceKey('k1.json', 'B', 'A')],
+      ['tokenA-upstreamB', await serviceKey('k2.json', 'A', 'B')],
+      ['tokenC', await serviceKey('k3.json', 'C', 'A')],
+      ['upstreamC', await serviceKey('k4.json', 'A', 'C')],
+    ];
+    const file = await files.write(
+      'routes.yaml',
+      ['routes:', ...routes.map(([name, key]) => `  - { name: ${name}, prefix: /${name}, serviceKey: ${key} }`)].join('\n'),
+    );
+    const sidecar = await runSidecar(['--config', file, '--ca', caBPath], { NODE_EXTRA_CA_CERTS: caAPath }, { tokens: { backoff: { minMs: 1, maxMs: 1 } } });
+    sidecars.push(sidecar);
+    const call = async (path: string) => {
+      const res = await request(`${sidecar.url}${path}`);
+      return { status: res.statusCode, body: (await res.body.json()) as Record<string, unknown> };
+    };
+    expect(await call('/tokenB-upstreamA/x')).toEqual({ status: 200, body: { url: '/tokenB-upstreamA/x', bearer: true } });
+    expect(await call('/tokenA-upstreamB/y')).toEqual({ status: 200, body: { url: '/tokenA-upstreamB/y', bearer: true } });
+    expect(await call('/tokenC/z')).toMatchObject({ status: 503, body: { error: 'TOKEN_UNREACHABLE' } });
+    expect(await call('/upstreamC/z')).toMatchObject({ status: 502, body: { error: 'UPSTREAM_TLS' } });
+  });
+
+  it('check says what is trusted and passes for a route whose token server and upstream are under the two CAs', async () => {
+    const key = await serviceKey('k5.json', 'B', 'A');
+    const lines: string[] = [];
+    await checkRoutes(config(['check', '--service-key', key]), { path: '/http/x', out: (line) => lines.push(line) });
+    const text = lines.join('\n');
+    expect(text).toContain(`ok   trusting Node's bundled Mozilla CA list (the OS store only with node --use-system-ca) plus NODE_EXTRA_CA_CERTS ${caAPath} plus --ca ${caBPath}`);
+    expect(text).toMatch(/^ok {3}token obtained with /m);
+    expect(text).toMatch(/^ok {3}GET https:\/\/127\.0\.0\.1:\d+\/http\/x .*the token is accepted/m);
+    expect(text).not.toMatch(/not trusted/);
+    expect(text).toMatch(/^ok {3}summary: 1 route checked, all pass/m);
+  });
+});
