@@ -191,7 +191,7 @@ export function helpText(): string {
   const lines = [
     `oauth-sidecar ${version()} — adds OAuth 2.0 client-credentials tokens from an SAP BTP service key to plain HTTP`,
     '',
-    `Usage: oauth-sidecar [${COMMANDS.join(' | ')}] [flags]`,
+    `Usage: oauth-sidecar [${[...COMMANDS, 'demo'].join(' | ')}] [flags]`,
     '',
     'Commands:',
     '  serve   forward plain HTTP to the integration flow with a Bearer token (default)',
@@ -209,7 +209,8 @@ export function helpText(): string {
   lines.push(
     '',
     'Service key sources, first found wins: --service-key / SIDECAR_SERVICE_KEY, SIDECAR_SERVICE_KEY_JSON,',
-    '$SERVICE_BINDING_ROOT (servicebinding.io), VCAP_SERVICES. HTTPS_PROXY / NO_PROXY are honoured.',
+    '$SERVICE_BINDING_ROOT (servicebinding.io), VCAP_SERVICES. HTTPS_PROXY / NO_PROXY and NODE_EXTRA_CA_CERTS',
+    'are honoured.',
     '',
     'Exit codes: 0 ok, 1 runtime failure, 2 configuration error.',
     '',

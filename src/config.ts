@@ -137,7 +137,7 @@ export const FLAGS: Readonly<Record<string, FlagSpec>> = {
   'admin-listen': { type: 'string', env: 'SIDECAR_ADMIN_LISTEN', default: DEFAULT_ADMIN_LISTEN, description: 'HOST:PORT of /healthz, /readyz, /metrics, or off' },
   'shutdown-delay': { type: 'string', env: 'SIDECAR_SHUTDOWN_DELAY', default: String(DEFAULT_SHUTDOWN_DELAY_MS), description: 'ms to keep serving after SIGTERM while readiness fails' },
   'shutdown-grace': { type: 'string', env: 'SIDECAR_SHUTDOWN_GRACE', default: String(DEFAULT_SHUTDOWN_GRACE_MS), description: 'ms in-flight requests get to finish before connections are cut' },
-  'basic-auth-file': { type: 'string', env: 'SIDECAR_BASIC_AUTH_FILE', description: 'inbound basic auth: file of user:password lines' },
+  'basic-auth-file': { type: 'string', env: 'SIDECAR_BASIC_AUTH_FILE', description: 'inbound basic auth: file of user:password or user:sha256:<hex> lines' },
   'allow-cidr': { type: 'string', multiple: true, env: 'SIDECAR_ALLOW_CIDRS', description: 'inbound allowlist of sender addresses (repeatable; env: comma-separated)' },
   'allow-any-sender': { type: 'boolean', env: 'SIDECAR_ALLOW_ANY_SENDER', description: 'accept any sender on a non-loopback listener' },
   'allow-host': { type: 'string', multiple: true, env: 'SIDECAR_ALLOW_HOSTS', description: 'a Host name loopback-only senders may use besides IP addresses and localhost (repeatable; env: comma-separated)' },
