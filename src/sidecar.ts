@@ -66,8 +66,13 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
   const tokens = new TokenProvider({
     ...options.tokens,
     onEvent: (event) => {
-      metrics?.tokenEvent(event);
-      logTokenEvent(log, event, routesOfKey(event.key));
+      try {
+        metrics?.tokenEvent(event);
+        logTokenEvent(log, event, routesOfKey(event.key));
+      } catch (err) {
+        // A bug here; the provider carries on regardless. Not the event: it may hold the token.
+        log.error({ type: event.type, error: err instanceof Error ? err.name : typeof err }, 'token event not recorded');
+      }
     },
   });
   metrics = new Metrics({ routes, tokens, credentialErrors, defaultMetrics: options.defaultMetrics ?? true });
@@ -110,11 +115,14 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
 
   /** Set once `shutdown()` or `close()` began; a rotation finishing after that is not applied. */
   let stopping: Promise<void> | undefined;
+  /** Routes outside the table whose token client may still be fetching: being validated, or replaced. */
+  const offTable = new Set<Route>();
   // Rotation: each route's credentials are watched; a valid change swaps the route atomically.
   const swap = async (name: string, next: LoadedCredentials): Promise<void> => {
     const old = table.routes.find((r) => r.name === name);
     if (!old) return;
     const fresh = createRoute(old.config, next.credentials, routeDeps(config));
+    offTable.add(fresh);
     try {
       await tokens.refresh(fresh.tokenClient);
     } catch (err) {
@@ -122,7 +130,11 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
       // does not resolve, a new certificate the server's TLS refuses, or an outage. The old credentials (and
       // their cached token) keep serving; the watcher offers the change again at its next check.
       await closeRoute(fresh);
+      // Abandoned because the sidecar is stopping: no verdict on the new credentials.
+      if (stopping) return;
       throw err;
+    } finally {
+      offTable.delete(fresh);
     }
     // Stopped while the token request was under way: the routes being closed are the old ones; not applied.
     if (stopping) {
@@ -131,7 +143,8 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
     }
     table = new RouteTable(table.routes.map((r) => (r === old ? fresh : r)));
     // The old pools finish their in-flight requests before closing.
-    void closeRoute(old);
+    offTable.add(old);
+    void closeRoute(old).finally(() => offTable.delete(old));
     for (const notice of next.notices) log[notice.level]({ route: name, source: next.credentials.source }, notice.message);
     log.info({ route: name, source: next.credentials.source, keyType: next.credentials.kind, clientId: next.credentials.clientId }, 'credentials rotated');
   };
@@ -188,6 +201,9 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
       }
       await drain(server, graceMs, log, hurry.signal);
       if (admin) await drain(admin, 0, log);
+      // No request is left to use a token: a token request under way (a hanging token server, a retry
+      // waiting out Retry-After) is abandoned rather than waited for, up to --token-timeout per attempt.
+      for (const route of [...table.routes, ...offTable]) route.tokenClient.abandon();
       await Promise.all(table.routes.map(closeRoute));
     })();
     return stopping;
@@ -310,7 +326,7 @@ function logTokenEvent(log: Logger, event: TokenEvent, routes: string[]): void {
   switch (event.type) {
     case 'fetched':
       log.info(
-        { routes, expiresAt: new Date(event.token.expiresAt).toISOString(), lifetimeSource: event.token.lifetimeSource, durationMs: Math.round(event.durationMs) },
+        { routes, expiresAt: isoTime(event.token.expiresAt), lifetimeSource: event.token.lifetimeSource, durationMs: Math.round(event.durationMs) },
         'token obtained',
       );
       return;
@@ -326,4 +342,10 @@ function logTokenEvent(log: Logger, event: TokenEvent, routes: string[]): void {
       log.debug({ routes, reason: event.reason }, 'fetching token');
       return;
   }
+}
+
+/** An epoch-ms time as ISO 8601; one outside what a Date can hold as the number itself, rather than a throw. */
+function isoTime(ms: number): string | number {
+  const date = new Date(ms);
+  return Number.isNaN(date.getTime()) ? ms : date.toISOString();
 }

@@ -22,6 +22,12 @@ import { classifyNetworkError } from './network-error.js';
 
 /** Lifetime assumed when the server gives neither `expires_in` nor a JWT `exp`. */
 export const DEFAULT_TOKEN_LIFETIME_S = 300;
+/**
+ * Longest lifetime believed: 24 h, the longest Access Token Validity XSUAA lets an instance or subaccount
+ * set. A longer `expires_in` or `exp` is no real token's, and an absurd one (1e13 s, or one overflowing to
+ * Infinity) is not a valid date; the token is refreshed at 75 % of the capped lifetime like any other.
+ */
+export const MAX_TOKEN_LIFETIME_S = 86_400;
 const DEFAULT_CONNECT_TIMEOUT_MS = 5_000;
 /** Token responses are small; anything larger is refused rather than buffered. */
 export const MAX_TOKEN_RESPONSE_BYTES = 64 * 1024;
@@ -88,10 +94,21 @@ export class TokenClient {
   readonly #body: string;
   readonly #headers: Record<string, string>;
   readonly #url: URL;
+  /** Aborted by `abandon()`: ends the attempts and retry waits of every fetch. */
+  readonly #abandoned = new AbortController();
 
-  /** Close the connection pool (credentials rotated, shutdown). */
+  /** Close the connection pool once its requests are done (credentials rotated, shutdown). */
   close(): Promise<void> {
     return this.#dispatcher.close();
+  }
+
+  /**
+   * Give up every token request under way, and any later one, at once (shutdown: nobody is left to use
+   * the token). An attempt in flight is aborted and a retry wait ends; the fetch rejects with
+   * TOKEN_UNREACHABLE, and `close()` no longer waits for a token server that does not answer.
+   */
+  abandon(): void {
+    this.#abandoned.abort();
   }
 
   constructor(options: TokenClientOptions) {
@@ -118,15 +135,30 @@ export class TokenClient {
 
   /** Obtain a new token, retrying transient failures within the policy. */
   async fetchToken(signal?: AbortSignal): Promise<AccessToken> {
+    const abandoned = this.#abandoned.signal;
+    if (abandoned.aborted) throw this.#abandonedError(undefined);
+    const stop = signal ? AbortSignal.any([signal, abandoned]) : abandoned;
     for (let attempt = 1; ; attempt++) {
       try {
-        return await this.#attempt(signal);
+        return await this.#attempt(stop);
       } catch (err) {
+        if (abandoned.aborted) throw this.#abandonedError(err);
         const delay = this.#retryDelay(err, attempt);
-        if (delay === undefined || signal?.aborted) throw err;
-        await this.#sleep(delay, signal);
+        if (delay === undefined || stop.aborted) throw err;
+        try {
+          await this.#sleep(delay, stop);
+        } catch {
+          // The wait was cut short: by `abandon()`, or by the caller's signal (then the last failure stands).
+          throw abandoned.aborted ? this.#abandonedError(err) : err;
+        }
       }
     }
+  }
+
+  #abandonedError(cause: unknown): SidecarError {
+    return new SidecarError('TOKEN_UNREACHABLE', `token request to ${this.#url.host} abandoned: the sidecar is stopping`, {
+      cause,
+    });
   }
 
   /** Milliseconds to wait before the next attempt, or undefined to give up. */
@@ -161,13 +193,15 @@ export class TokenClient {
     const text = await readBounded(response.body, MAX_TOKEN_RESPONSE_BYTES).catch((err: unknown) => {
       throw this.#networkError(err, timeout.aborted);
     });
+    // The status decides first: a 5xx or 429 with a large HTML page is still an outage or a rate limit,
+    // retried and its Retry-After honoured; only its body (an OAuth error, if any) is lost.
+    if (response.statusCode !== 200) throw this.#statusError(response.statusCode, response.headers, text ?? '');
     if (text === undefined) {
       throw new SidecarError(
         'TOKEN_RESPONSE_INVALID',
-        `token server ${this.#url.host} answered ${response.statusCode} with a body over ${MAX_TOKEN_RESPONSE_BYTES} bytes — check that tokenurl of ${this.#where()} is the OAuth token endpoint`,
+        `token server ${this.#url.host} answered 200 with a body over ${MAX_TOKEN_RESPONSE_BYTES} bytes — check that tokenurl of ${this.#where()} is the OAuth token endpoint`,
       );
     }
-    if (response.statusCode !== 200) throw this.#statusError(response.statusCode, response.headers, text);
     return this.#parse(text, issuedAt);
   }
 
@@ -182,6 +216,11 @@ export class TokenClient {
     const body = json as Record<string, unknown>;
     const value = body['access_token'];
     if (typeof value !== 'string' || value.length === 0) throw this.#invalid('it has no access_token');
+    // It goes into an Authorization header of every request: a character a header cannot carry would fail
+    // each of them (and the token would never be retired). Never quote it: it is the token.
+    if (!TOKEN_CHARS.test(value)) {
+      throw this.#invalid('its access_token has characters an HTTP header cannot carry (only printable ASCII without spaces is accepted)');
+    }
     const type = body['token_type'];
     if (type !== undefined && (typeof type !== 'string' || type.toLowerCase() !== 'bearer')) {
       throw this.#invalid(`token_type is ${JSON.stringify(String(type)).slice(0, 40)}, not bearer`);
@@ -307,16 +346,28 @@ function cacheKeyOf(credentials: Credentials, settings: TokenRequestSettings): s
   return createHash('sha256').update(JSON.stringify(parts)).digest('base64url');
 }
 
+/**
+ * RFC 6749 Appendix A.12: `access-token = 1*VSCHAR` (0x20–0x7E); the space is left out too, since RFC 6750
+ * §2.1 puts the token after `Bearer ` as one b64token. Anything else cannot go into a header.
+ */
+const TOKEN_CHARS = /^[\x21-\x7e]+$/;
+
+/**
+ * `expires_in` when positive, else the JWT `exp` when still ahead, else the default; never more than
+ * `MAX_TOKEN_LIFETIME_S` (so an earlier `exp` wins over the cap).
+ */
 function lifetimeOf(
   expiresIn: unknown,
   exp: number | undefined,
   issuedAt: number,
 ): Pick<AccessToken, 'expiresAt' | 'lifetimeSource'> {
+  const latest = issuedAt + MAX_TOKEN_LIFETIME_S * 1000;
   const seconds = typeof expiresIn === 'string' ? Number(expiresIn) : expiresIn;
-  if (typeof seconds === 'number' && Number.isFinite(seconds) && seconds > 0) {
-    return { expiresAt: issuedAt + seconds * 1000, lifetimeSource: 'expires_in' };
+  // Infinity (`1e999` in the JSON) is a lifetime too long to count: capped like any other.
+  if (typeof seconds === 'number' && seconds > 0) {
+    return { expiresAt: Math.min(issuedAt + seconds * 1000, latest), lifetimeSource: 'expires_in' };
   }
-  if (exp !== undefined && exp * 1000 > issuedAt) return { expiresAt: exp * 1000, lifetimeSource: 'jwt' };
+  if (exp !== undefined && exp * 1000 > issuedAt) return { expiresAt: Math.min(exp * 1000, latest), lifetimeSource: 'jwt' };
   return { expiresAt: issuedAt + DEFAULT_TOKEN_LIFETIME_S * 1000, lifetimeSource: 'default' };
 }
 
@@ -340,14 +391,21 @@ function printable(text: string, max: number): string {
   return clean.length > max ? `${clean.slice(0, max)}…` : clean;
 }
 
-/** RFC 9110 §10.2.3: delay-seconds or an HTTP-date; returns whole seconds. */
+/**
+ * RFC 9110 §10.2.3: delay-seconds or an HTTP-date, as whole seconds from `now`; undefined when absent,
+ * unparseable, zero or already past, so that the caller's own backoff applies instead of an immediate retry.
+ */
 export function parseRetryAfter(value: string | string[] | undefined, now: number): number | undefined {
-  const raw = Array.isArray(value) ? value[0] : value;
+  const raw = (Array.isArray(value) ? value[0] : value)?.trim();
   if (!raw) return undefined;
-  if (/^\s*\d+\s*$/.test(raw)) return Number(raw);
+  if (/^\d+$/.test(raw)) return Number(raw) > 0 ? Number(raw) : undefined;
+  // An HTTP-date names its weekday and month; a number that is not delay-seconds ("1.5", "-1") is not a
+  // date, although Date.parse would make one of it.
+  if (!/[a-z]/i.test(raw)) return undefined;
   const date = Date.parse(raw);
   if (Number.isNaN(date)) return undefined;
-  return Math.max(0, Math.ceil((date - now) / 1000));
+  const seconds = Math.ceil((date - now) / 1000);
+  return seconds > 0 ? seconds : undefined;
 }
 
 /** The body as text, or undefined when it is larger than `limit` (then it is not read further). */

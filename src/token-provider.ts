@@ -52,6 +52,8 @@ export interface TokenStats {
 interface Failure {
   count: number;
   until: number;
+  /** End of the wait the token server asked for (`Retry-After`), or 0: an upstream 401 does not shorten it. */
+  serverUntil: number;
   error: unknown;
 }
 
@@ -83,7 +85,16 @@ export class TokenProvider {
     this.#maxMarginMs = options.maxSafetyMarginMs ?? 60_000;
     this.#backoff = options.backoff ?? DEFAULT_BACKOFF;
     this.#now = options.now ?? Date.now;
-    this.#onEvent = options.onEvent ?? (() => {});
+    const onEvent = options.onEvent;
+    // An observer that throws (a logger choking on an odd value) must not turn a good token into a failed
+    // fetch, nor a failure into another error: the event is lost, the token traffic is not.
+    this.#onEvent = (event) => {
+      try {
+        onEvent?.(event);
+      } catch {
+        /* the hook's own failure is the hook's to report */
+      }
+    };
     const now = this.#now;
     this.#cache = new LRUCache<string, AccessToken, TokenSource>({
       max: options.max ?? 64,
@@ -153,8 +164,11 @@ export class TokenProvider {
     if (current === rejected && !this.#revoked.has(rejected) && this.#rejectionAllowed(key, now)) {
       this.#revoked.add(rejected);
       this.#rejectedAt.set(key, now);
-      // A rejection is news, not an outage: do not let an old backoff delay the refresh.
-      this.#failures.delete(key);
+      // A rejection is news, not an outage: do not let our own backoff delay the refresh. A wait the token
+      // server asked for (429 Retry-After) stands: until it ends, senders get 503 with the time left.
+      const failure = this.#failures.get(key);
+      if (failure !== undefined && failure.serverUntil > now) failure.until = failure.serverUntil;
+      else this.#failures.delete(key);
       return this.#cache.forceFetch(key, { context: source, allowStale: false, forceRefresh: true });
     }
     return this.getToken(source);
@@ -246,13 +260,10 @@ export class TokenProvider {
           : 'expired';
     this.stats.fetches++;
     this.#onEvent({ type: 'fetch', key, reason });
+    let token: AccessToken;
     try {
       // Not aborted by lru-cache's signal: a fetch whose entry was replaced (`refresh`) still answers its callers.
-      const token = await source.fetchToken();
-      this.#failures.delete(key);
-      setOptions.ttl = this.#ttlOf(token);
-      this.#onEvent({ type: 'fetched', key, token, durationMs: this.#now() - start });
-      return token;
+      token = await source.fetchToken();
     } catch (error) {
       // Replaced meanwhile by a validated token (`refresh`, new credentials under this key): the old
       // credentials' failure is theirs, not the key's; its callers get the new token.
@@ -263,11 +274,16 @@ export class TokenProvider {
       // A server that said when to come back (429 Retry-After) is not asked earlier.
       const serverWait = error instanceof SidecarError && error.retryAfter !== undefined ? error.retryAfter * 1000 : 0;
       const delay = Math.max(backoff, serverWait);
-      this.#failures.set(key, { count, until: this.#now() + delay, error });
+      const failedAt = this.#now();
+      this.#failures.set(key, { count, until: failedAt + delay, serverUntil: serverWait > 0 ? failedAt + serverWait : 0, error });
       this.stats.failures++;
-      this.#onEvent({ type: 'fetch-failed', key, error, durationMs: this.#now() - start, retryInMs: delay });
+      this.#onEvent({ type: 'fetch-failed', key, error, durationMs: failedAt - start, retryInMs: delay });
       throw error;
     }
+    this.#failures.delete(key);
+    setOptions.ttl = this.#ttlOf(token);
+    this.#onEvent({ type: 'fetched', key, token, durationMs: this.#now() - start });
+    return token;
   }
 }
 

@@ -1,8 +1,15 @@
 import { X509Certificate } from 'node:crypto';
+import { Agent } from 'undici';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { CertificateCredentials, SecretCredentials } from '../../src/credentials.js';
 import { SidecarError } from '../../src/errors.js';
-import { createTokenClient, MAX_TOKEN_RESPONSE_BYTES, type TokenClient, type TokenRequestSettings } from '../../src/token-client.js';
+import {
+  createTokenClient,
+  MAX_TOKEN_LIFETIME_S,
+  MAX_TOKEN_RESPONSE_BYTES,
+  TokenClient,
+  type TokenRequestSettings,
+} from '../../src/token-client.js';
 import { TokenProvider } from '../../src/token-provider.js';
 import { createPki, type Pki } from '../helpers/pki.js';
 import { TokenEndpoint } from '../helpers/token-endpoint.js';
@@ -163,6 +170,98 @@ describe('token client against a token endpoint that checks credentials', () => 
     endpoint.fail({ kind: 'huge', bytes: MAX_TOKEN_RESPONSE_BYTES * 16 });
     const err = await failure(client(secretCredentials()).fetchToken());
     expect(err.code).toBe('TOKEN_RESPONSE_INVALID');
+  });
+
+  it('an access_token a header cannot carry is TOKEN_RESPONSE_INVALID, not retried, and never quoted', async () => {
+    // A trailing newline, a control character, a space, non-ASCII, a tab: each would fail every proxied request.
+    const values = ['tok-1-abc\n', 'tok-2-a\u0001b', 'tok-3-a b', 'tok-4-caf\u00e9', '\ttok-5-x'];
+    for (const value of values) {
+      endpoint.fail({ kind: 'body', body: JSON.stringify({ access_token: value, token_type: 'bearer', expires_in: 3600 }) });
+      const err = await failure(client(secretCredentials()).fetchToken());
+      expect(err.code).toBe('TOKEN_RESPONSE_INVALID');
+      expect(err.message).toContain('characters an HTTP header cannot carry');
+      expectNoSecrets(err.message);
+    }
+    expect(endpoint.requests).toHaveLength(values.length);
+  });
+
+  it('a 5xx or 429 with a body over the limit is classified by its status: retried, Retry-After kept', async () => {
+    const page = `<html>${'x'.repeat(MAX_TOKEN_RESPONSE_BYTES + 1024)}</html>`;
+    endpoint.fail({ kind: 'status', status: 503, body: page });
+    const token = await client(secretCredentials()).fetchToken();
+    expect(token.value).toMatch(/^tok-/);
+    expect(endpoint.requests).toHaveLength(2);
+
+    endpoint.fail({ kind: 'status', status: 429, body: page, headers: { 'retry-after': '120' } });
+    const err = await failure(client(secretCredentials()).fetchToken());
+    expect(err.code).toBe('TOKEN_RATE_LIMITED');
+    expect(err.retryAfter).toBe(120);
+    expect(endpoint.requests).toHaveLength(3);
+  });
+
+  it('caps the lifetime at MAX_TOKEN_LIFETIME_S, from expires_in or the JWT exp; an earlier exp wins over the cap', async () => {
+    const day = MAX_TOKEN_LIFETIME_S * 1000;
+    const body = (fields: string) => `{"access_token":"tok-9-x","token_type":"bearer"${fields}}`;
+    // 1e13 s is past what a Date can hold; 1e308 s overflows to Infinity in ms; 1e999 parses as Infinity.
+    for (const expiresIn of ['1e13', '1e308', '1e999', '"99999999999999"']) {
+      endpoint.fail({ kind: 'body', body: body(`,"expires_in":${expiresIn}`) });
+      const token = await client(secretCredentials()).fetchToken();
+      expect({ expiresIn, lifetime: token.expiresAt - token.issuedAt, source: token.lifetimeSource }).toEqual({ expiresIn, lifetime: day, source: 'expires_in' });
+      expect(Number.isNaN(new Date(token.expiresAt).getTime())).toBe(false);
+    }
+    const jwt = (exp: number) =>
+      [{ alg: 'none' }, { exp }].map((part) => Buffer.from(JSON.stringify(part)).toString('base64url')).join('.') + '.sig';
+    endpoint.fail({ kind: 'body', body: JSON.stringify({ access_token: jwt(1e13), token_type: 'bearer' }) });
+    const far = await client(secretCredentials()).fetchToken();
+    expect([far.expiresAt - far.issuedAt, far.lifetimeSource]).toEqual([day, 'jwt']);
+    const exp = Math.floor(Date.now() / 1000) + 7200;
+    endpoint.fail({ kind: 'body', body: JSON.stringify({ access_token: jwt(exp), token_type: 'bearer' }) });
+    const near = await client(secretCredentials()).fetchToken();
+    expect([near.expiresAt, near.lifetimeSource]).toEqual([exp * 1000, 'jwt']);
+  });
+
+  it('a 429 with Retry-After 0 or a non-integer waits the normal 429 backoff, not 0 ms', async () => {
+    for (const retryAfter of ['0', '1.5', '-1']) {
+      const waits: number[] = [];
+      const dispatcher = new Agent({ connect: { ca: pki.ca } });
+      const c = new TokenClient({
+        credentials: secretCredentials(),
+        settings: SETTINGS,
+        dispatcher,
+        attemptTimeoutMs: 2_000,
+        retry: FAST_RETRY,
+        // The wait is recorded, not slept.
+        sleep: async (ms) => void waits.push(ms),
+      });
+      clients.push(c);
+      endpoint.fail({ kind: 'status', status: 429, headers: { 'retry-after': retryAfter } });
+      await c.fetchToken();
+      expect({ retryAfter, waits }).toEqual({ retryAfter, waits: [1_000] });
+    }
+  });
+
+  it('abandon() ends an attempt in flight and a retry wait at once, and refuses later fetches', async () => {
+    // Hanging: without abandon() this attempt would run for a minute.
+    endpoint.fail({ kind: 'hang' });
+    const hanging = client(secretCredentials(), {}, 60_000);
+    const inFlight = failure(hanging.fetchToken());
+    await expect.poll(() => endpoint.requests.length, { interval: 5 }).toBe(1);
+    hanging.abandon();
+    const err = await inFlight;
+    expect([err.code, err.message]).toEqual(['TOKEN_UNREACHABLE', `token request to ${new URL(endpoint.tokenUrl).host} abandoned: the sidecar is stopping`]);
+    expect((await failure(hanging.fetchToken())).message).toContain('abandoned');
+    expect(endpoint.requests).toHaveLength(1);
+
+    // Waiting out a Retry-After (2 s, the most FAST_RETRY waits): abandon() ends the wait, no second attempt.
+    endpoint.fail({ kind: 'status', status: 429, headers: { 'retry-after': '2' } });
+    const waiting = client(secretCredentials());
+    const started = Date.now();
+    const retrying = failure(waiting.fetchToken());
+    await expect.poll(() => endpoint.requests.length, { interval: 5 }).toBe(2);
+    waiting.abandon();
+    expect((await retrying).message).toContain('abandoned');
+    expect(Date.now() - started).toBeLessThan(1_900);
+    expect(endpoint.requests).toHaveLength(2);
   });
 
   it('a hanging token server times out as TOKEN_TIMEOUT', async () => {

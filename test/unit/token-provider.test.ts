@@ -231,6 +231,67 @@ describe('TokenProvider', () => {
     expect(events.filter((e) => e.type === 'fetch' && e.reason === 'invalidated')).toHaveLength(1);
   });
 
+  it("an upstream 401 inside the token server's Retry-After window does not ask it early; senders get the time left", async () => {
+    const { clock, provider, source } = setup({ backoff: { minMs: 1_000, maxMs: 5_000 } });
+    const first = provider.getToken(source);
+    await flush();
+    const rejected = await source.issue(100_000);
+    await first;
+    clock.now += 80_000; // past the refresh point: the background refresh meets a 429
+    expect(await provider.getToken(source)).toBe(rejected);
+    await source.fail(new SidecarError('TOKEN_RATE_LIMITED', 'token server answered 429', { retryAfter: 120 }));
+
+    clock.now += 5_000; // the upstream rejects the token, 5 s into the server's 120 s
+    expect(provider.retryAfterRejection(source, rejected)).toBe(true);
+    const refreshing = provider.refreshAfterRejection(source, rejected).catch((e: unknown) => e);
+    await flush();
+    expect(source.calls).toBe(2); // not asked
+    expect(await refreshing).toMatchObject({ code: 'TOKEN_RATE_LIMITED', retryAfter: 115 });
+    await expect(provider.getToken(source)).rejects.toMatchObject({ code: 'TOKEN_RATE_LIMITED', retryAfter: 115 });
+    expect(provider.cachedToken(source)).toBeUndefined();
+    expect(source.calls).toBe(2);
+
+    clock.now += 115_000; // the server's wait is over: one new attempt
+    const again = provider.getToken(source);
+    await flush();
+    expect(source.calls).toBe(3);
+    const fresh = await source.issue();
+    expect(await again).toBe(fresh);
+  });
+
+  it('an event hook that throws never turns a good fetch into a failure, nor changes a failure', async () => {
+    const clock = { now: 1_000_000 };
+    const seen: string[] = [];
+    const provider = new TokenProvider({
+      now: () => clock.now,
+      backoff: { minMs: 1_000, maxMs: 1_000 },
+      onEvent: (e) => {
+        seen.push(e.type);
+        throw new RangeError('Invalid time value');
+      },
+    });
+    const source = new FakeSource(clock);
+    const first = provider.getToken(source);
+    await flush();
+    const token = await source.issue();
+    expect(await first).toBe(token);
+    expect(provider.cachedToken(source)).toBe(token);
+    expect(provider.stats).toMatchObject({ fetches: 1, failures: 0 });
+
+    const rotated = new FakeSource(clock);
+    const validation = provider.refresh(rotated);
+    await flush();
+    const renewed = await rotated.issue();
+    expect(await validation).toBe(renewed);
+
+    clock.now += 200_000; // every token expired: the next fetch fails with its own error
+    const failing = expect(provider.getToken(source)).rejects.toMatchObject({ code: 'TOKEN_SERVER_ERROR' });
+    await flush();
+    await source.fail(new SidecarError('TOKEN_SERVER_ERROR', 'token server failed (500)'));
+    await failing;
+    expect(seen).toEqual(['fetch', 'fetched', 'fetch', 'fetched', 'fetch', 'fetch-failed']);
+  });
+
   it('peek returns only usable tokens and counts hits', async () => {
     const { clock, provider, source } = setup();
     expect(provider.peek(source)).toBeUndefined();

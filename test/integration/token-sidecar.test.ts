@@ -1,0 +1,56 @@
+/**
+ * Token responses that are well-formed but odd, end to end: what a sender gets through a running sidecar
+ * (real token endpoint and upstream on port 0).
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { request } from 'undici';
+import { MAX_TOKEN_LIFETIME_S } from '../../src/token-client.js';
+import { createPki, type Pki } from '../helpers/pki.js';
+import { runSidecar, scratch, type RunningSidecar } from '../helpers/sidecar.js';
+import { TokenEndpoint } from '../helpers/token-endpoint.js';
+import { startUpstream, type Upstream } from '../helpers/upstream.js';
+
+const CLIENT_ID = 'sb-lifetime!b7|it-rt-acme!b196';
+const SECRET = 'l1fe$time=secret!|%+:';
+
+let pki: Pki;
+let endpoint: TokenEndpoint;
+let upstream: Upstream;
+let files: Awaited<ReturnType<typeof scratch>>;
+let sidecar: RunningSidecar | undefined;
+
+beforeAll(async () => {
+  pki = await createPki();
+  endpoint = await TokenEndpoint.start({ tls: { cert: pki.server.chain, key: pki.server.key, ca: pki.ca }, clients: [{ clientId: CLIENT_ID, secret: SECRET }] });
+  upstream = await startUpstream(pki, { verify: null });
+  files = await scratch();
+});
+
+afterAll(async () => {
+  await sidecar?.close();
+  await Promise.all([endpoint?.close(), upstream?.close()]);
+  await files?.cleanup();
+});
+
+describe('a token server announcing an absurd lifetime', () => {
+  it('expires_in of 1e13 s: the token is used (lifetime capped at 24 h), not failed and fetched again', async () => {
+    endpoint.expiresIn = 1e13; // past what a Date can hold, in milliseconds
+    const key = await files.write('key.json', JSON.stringify({ oauth: { clientid: CLIENT_ID, clientsecret: SECRET, tokenurl: endpoint.tokenUrl, url: upstream.url } }));
+    const caPath = await files.write('ca.pem', pki.ca);
+    const s = (sidecar = await runSidecar(['--service-key', key, '--ca', caPath]));
+    for (let i = 0; i < 3; i++) {
+      const res = await request(`${s.url}/http/echo`);
+      expect(res.statusCode).toBe(200);
+      const echoed = (await res.body.json()) as { headers: Record<string, string> };
+      expect(echoed.headers['authorization']).toMatch(/^Bearer tok-1-/);
+    }
+    expect(endpoint.issued).toBe(1);
+    const obtained = s.logs.filter((l) => l['msg'] === 'token obtained');
+    expect(obtained).toHaveLength(1);
+    const expiresAt = Date.parse(String(obtained[0]!['expiresAt']));
+    const lifetime = expiresAt - Date.parse(String(obtained[0]!['time']));
+    expect(lifetime).toBeGreaterThan(MAX_TOKEN_LIFETIME_S * 1000 - 10_000);
+    expect(lifetime).toBeLessThanOrEqual(MAX_TOKEN_LIFETIME_S * 1000);
+    expect(s.logs.filter((l) => l['level'] === 'error' || l['msg'] === 'token event not recorded')).toEqual([]);
+  });
+});

@@ -1,0 +1,15 @@
+import { describe, expect, it } from 'vitest';
+import { parseRetryAfter } from '../../src/token-client.js';
+
+const NOW = Date.parse('2025-06-01T12:00:00Z');
+
+describe('parseRetryAfter (RFC 9110 §10.2.3)', () => {
+  it('gives undefined, so that the normal backoff applies, for zero, a past date and anything not RFC 9110; real waits still count', () => {
+    const none = ['0', '00', '1.5', '-1', '+5', '1e3', 'Sun, 01 Jun 2025 11:59:00 GMT', 'soon', '', undefined];
+    expect(none.map((value) => [value, parseRetryAfter(value, NOW)])).toEqual(none.map((value) => [value, undefined]));
+    expect(parseRetryAfter('120', NOW)).toBe(120);
+    expect(parseRetryAfter(' 7 ', NOW)).toBe(7);
+    expect(parseRetryAfter(['3', '9'], NOW)).toBe(3);
+    expect(parseRetryAfter('Sun, 01 Jun 2025 12:00:30 GMT', NOW)).toBe(30);
+  });
+});
