@@ -64,6 +64,14 @@ export async function closeRoute(route: Route): Promise<void> {
   await Promise.all([route.dispatcher.close(), route.tokenClient.close()]);
 }
 
+/**
+ * Close a route's pools at shutdown, once every sender has been answered or cut: what the upstream pool still
+ * carries (a CSRF fetch no sender waits for any more) is dropped, not waited for up to its timeout.
+ */
+export async function discardRoute(route: Route): Promise<void> {
+  await Promise.all([route.dispatcher.destroy(), route.tokenClient.close()]);
+}
+
 export class RouteTable {
   readonly routes: readonly Route[];
   readonly #byLength: readonly Route[];

@@ -16,7 +16,7 @@ import { createInboundControl, parseAllowlist, readBasicAuthFile, type InboundCo
 import type { Logger, Loggers } from './logger.js';
 import { Metrics } from './metrics.js';
 import { createProxyServer, DEFAULT_SERVER_LIMITS, type ProxyObserver, type ServerLimits } from './proxy.js';
-import { closeRoute, createRoute, RouteTable, type Route } from './routes.js';
+import { closeRoute, discardRoute, createRoute, RouteTable, type Route } from './routes.js';
 import { createScavenger, youngGenerationCollector, type Scavenger } from './scavenger.js';
 import { TokenProvider, type TokenEvent, type TokenProviderOptions } from './token-provider.js';
 
@@ -83,6 +83,9 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
     requestFinished: (record) => {
       m.requestFinished(record);
       loggers.access.write(record);
+      // An answer begun before the drain went out keep-alive: its connection is idle now, and node's server
+      // does not close such a one by itself (its keep-alive timeout outlasts the grace period).
+      if (draining) setImmediate(() => server.closeIdleConnections());
     },
     csrfFetched: (route, ok) => {
       m.csrfFetched(route, ok);
@@ -204,7 +207,7 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
       // No request is left to use a token: a token request under way (a hanging token server, a retry
       // waiting out Retry-After) is abandoned rather than waited for, up to --token-timeout per attempt.
       for (const route of [...table.routes, ...offTable]) route.tokenClient.abandon();
-      await Promise.all(table.routes.map(closeRoute));
+      await Promise.all(table.routes.map(discardRoute));
     })();
     return stopping;
   };

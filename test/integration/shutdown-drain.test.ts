@@ -1,0 +1,89 @@
+/**
+ * Shutdown against real servers on port 0: what the drain waits for and what it does not. An answer that
+ * began before the drain goes out keep-alive, and its connection must close once the answer is done, not at
+ * the end of the grace period; an upstream request no sender waits for any more (a CSRF fetch) must not
+ * hold the stop up to its timeout. Both grace periods and timeouts here outlast the test timeout (20 s), so
+ * waiting for them fails the test.
+ */
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { request } from 'undici';
+import { runSidecar, type RunningSidecar } from '../helpers/sidecar.js';
+import { startWorld, type World } from '../helpers/world.js';
+
+const CLIENT_ID = 'sb-drain!b7|it-rt-acme!b196';
+const SECRET = 'dr4in$secret=value!|%+:';
+
+let world: World;
+let keyPath: string;
+const sidecars: RunningSidecar[] = [];
+
+beforeAll(async () => {
+  world = await startWorld([{ clientId: CLIENT_ID, secret: SECRET, authMethod: 'client_secret_basic' }]);
+  keyPath = await world.secretKey('key.json', CLIENT_ID, SECRET);
+});
+
+afterEach(async () => {
+  world.upstream.setHandler(undefined);
+  await Promise.all(sidecars.splice(0).map((s) => s.close()));
+});
+
+afterAll(async () => {
+  await world?.close();
+});
+
+async function start(argv: string[]): Promise<RunningSidecar> {
+  const s = await runSidecar(['--service-key', keyPath, '--ca', world.caPath, '--shutdown-delay', '0', ...argv]);
+  sidecars.push(s);
+  await s.tokens.getToken(s.routes.routes[0]!.tokenClient);
+  return s;
+}
+
+describe('shutdown drain', () => {
+  it('closes the keep-alive connection of an answer begun before the drain once that answer is done', async () => {
+    const s = await start(['--shutdown-grace', '60000']);
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    world.upstream.setHandler(async (req, res, body) => {
+      if (req.url !== '/http/slow-body') return false;
+      body.resume();
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.write('first ');
+      await released;
+      res.end('last');
+      return true;
+    });
+    const res = await request(`${s.url}/http/slow-body`); // the head has arrived: written before the drain
+    expect(res.headers['connection']).toBe('keep-alive');
+    const stopping = s.shutdown();
+    release();
+    expect(await res.body.text()).toBe('first last');
+    await stopping; // within the test's timeout, not the 60-s grace period
+    expect(s.server.listening).toBe(false);
+    expect(s.logs.some((l) => String(l['msg']).startsWith('grace period over'))).toBe(false);
+  });
+
+  it('does not wait for a CSRF fetch still under way once its sender is gone', async () => {
+    const s = await start(['--shutdown-grace', '0', '--upstream-timeout', '60000']);
+    let fetchArrived!: () => void;
+    const fetching = new Promise<void>((resolve) => (fetchArrived = resolve));
+    world.upstream.setHandler((req, res, body) => {
+      body.resume();
+      if (req.method === 'GET' && req.headers['x-csrf-token'] === 'Fetch') {
+        fetchArrived(); // and never answered
+        return true;
+      }
+      res.writeHead(403, { 'x-csrf-token': 'Required', 'content-type': 'text/html' });
+      res.end('<html>Forbidden</html>');
+      return true;
+    });
+    const outcome = request(`${s.url}/http/order`, { method: 'POST', body: '<order/>' }).then(
+      (r) => r.body.dump().then(() => r.statusCode),
+      (err: unknown) => err,
+    );
+    await fetching;
+    await s.shutdown(); // within the test's timeout, not the 60-s upstream timeout
+    expect(s.server.listening).toBe(false);
+    expect(await outcome).toBeInstanceOf(Error); // cut with the grace period over: never left hanging
+    expect(s.logs.filter((l) => l['level'] === 50)).toEqual([]); // no internal error on the way out
+  });
+});
