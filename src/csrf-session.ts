@@ -19,23 +19,9 @@ export interface CsrfCredentials {
 export class CsrfSession {
   #current: CsrfCredentials | undefined;
   #inflight: Promise<CsrfCredentials | undefined> | undefined;
-  #required = false;
 
   get current(): CsrfCredentials | undefined {
     return this.#current;
-  }
-
-  /**
-   * Whether the upstream has asked for a token on this route (a `403` with `X-CSRF-Token: Required`).
-   * Only then may a session be fetched before a request is sent: a fetch is a GET to the request's own
-   * URL, which an endpoint without CSRF protection would run as a request of its own.
-   */
-  get required(): boolean {
-    return this.#required;
-  }
-
-  markRequired(): void {
-    this.#required = true;
   }
 
   /**

@@ -316,9 +316,6 @@ class Exchange {
   /** Send with this token from now on (the cached one, or one just fetched). */
   #attemptWith(route: Route, token: AccessToken): void {
     this.#token = token;
-    // A route known to want a CSRF token, without a session (a fetch failed, or one is under way): fetch
-    // first rather than send a request bound to be refused, whose body may be too long to send again.
-    if (this.#csrfApplies && this.#csrf === undefined && !this.#renewed && route.csrf!.required) return this.#renewSession(route);
     this.#attempt(route);
   }
 
@@ -387,7 +384,6 @@ class Exchange {
       }
     }
     if (verdict === 'deliver' && this.#csrfApplies && !this.#renewed && isCsrfRequired(status, headers)) {
-      this.#route!.csrf!.markRequired();
       if (resendable) verdict = 'retry-csrf';
       else this.#renewInBackground();
     }
@@ -507,13 +503,8 @@ class Exchange {
       this.#continueWith(this.#options.tokens.refreshAfterRejection(route.tokenClient, token), (fresh) => this.#resume(route, fresh));
       return;
     }
-    this.#retrying('csrf');
-    this.#renewSession(route);
-  }
-
-  /** A new CSRF session (or one another request fetched meanwhile), then the attempt with it; once per request. */
-  #renewSession(route: Route): void {
     this.#renewed = true;
+    this.#retrying('csrf');
     const stale = this.#csrf;
     this.#continueWith(
       route.csrf!.renew(stale, () => this.#fetchCsrf(route, this.#upstreamPath, this.#token!, stale)),

@@ -65,11 +65,12 @@ export async function closeRoute(route: Route): Promise<void> {
 }
 
 /**
- * Close a route's pools at shutdown, once every sender has been answered or cut: what the upstream pool still
- * carries (a CSRF fetch no sender waits for any more) is dropped, not waited for up to its timeout.
+ * Drop a route's pools at shutdown, once every sender has been answered or cut and its token requests were
+ * abandoned: what they still carry (a CSRF fetch no sender waits for any more) is not waited for up to its
+ * timeout. Idempotent, also for a route whose `closeRoute` is under way or done.
  */
 export async function discardRoute(route: Route): Promise<void> {
-  await Promise.all([route.dispatcher.destroy(), route.tokenClient.close()]);
+  await Promise.all([route.dispatcher.destroy(), route.tokenClient.destroy()]);
 }
 
 export class RouteTable {

@@ -60,6 +60,8 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
   const credentialErrors = (): ReadonlyMap<string, string> =>
     new Map(watchers.flatMap((w, i) => (w.lastError === undefined ? [] : [[config.routes[i]!.name, describeError(w.lastError)] as const])));
   let draining = false;
+  /** Set when the drain begins, after the shutdown delay (during which senders are served as usual). */
+  let closingConnections = false;
 
   const routesOfKey = (key: string) => table.routes.filter((r) => r.tokenClient.cacheKey === key).map((r) => r.name);
   let metrics: Metrics | undefined;
@@ -85,7 +87,7 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
       loggers.access.write(record);
       // An answer begun before the drain went out keep-alive: its connection is idle now, and node's server
       // does not close such a one by itself (its keep-alive timeout outlasts the grace period).
-      if (draining) setImmediate(() => server.closeIdleConnections());
+      if (closingConnections) setImmediate(() => server.closeIdleConnections());
     },
     csrfFetched: (route, ok) => {
       m.csrfFetched(route, ok);
@@ -120,6 +122,8 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
   let stopping: Promise<void> | undefined;
   /** Routes outside the table whose token client may still be fetching: being validated, or replaced. */
   const offTable = new Set<Route>();
+  /** Replaced routes whose pools are still closing (their requests finishing). */
+  const retiring = new Set<Route>();
   // Rotation: each route's credentials are watched; a valid change swaps the route atomically.
   const swap = async (name: string, next: LoadedCredentials): Promise<void> => {
     const old = table.routes.find((r) => r.name === name);
@@ -147,7 +151,11 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
     table = new RouteTable(table.routes.map((r) => (r === old ? fresh : r)));
     // The old pools finish their in-flight requests before closing.
     offTable.add(old);
-    void closeRoute(old).finally(() => offTable.delete(old));
+    retiring.add(old);
+    void closeRoute(old).finally(() => {
+      offTable.delete(old);
+      retiring.delete(old);
+    });
     for (const notice of next.notices) log[notice.level]({ route: name, source: next.credentials.source }, notice.message);
     log.info({ route: name, source: next.credentials.source, keyType: next.credentials.kind, clientId: next.credentials.clientId }, 'credentials rotated');
   };
@@ -202,12 +210,13 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
         log.info({ delayMs }, 'readiness failed; still serving while endpoints are removed');
         await delay(delayMs, undefined, { signal: hurry.signal }).catch(() => undefined);
       }
+      closingConnections = true;
       await drain(server, graceMs, log, hurry.signal);
       if (admin) await drain(admin, 0, log);
       // No request is left to use a token: a token request under way (a hanging token server, a retry
       // waiting out Retry-After) is abandoned rather than waited for, up to --token-timeout per attempt.
       for (const route of [...table.routes, ...offTable]) route.tokenClient.abandon();
-      await Promise.all(table.routes.map(discardRoute));
+      await Promise.all([...table.routes, ...retiring].map(discardRoute));
     })();
     return stopping;
   };

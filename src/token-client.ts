@@ -102,6 +102,11 @@ export class TokenClient {
     return this.#dispatcher.close();
   }
 
+  /** Drop the connection pool now, whatever it carries (shutdown, after `abandon()`); idempotent. */
+  destroy(): Promise<void> {
+    return this.#dispatcher.destroy();
+  }
+
   /**
    * Give up every token request under way, and any later one, at once (shutdown: nobody is left to use
    * the token). An attempt in flight is aborted and a retry wait ends; the fetch rejects with

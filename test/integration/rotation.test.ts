@@ -265,8 +265,8 @@ describe('credential rotation under load', () => {
       expect(s.logs.filter((l) => l['msg'] === 'credentials rotated')).toHaveLength(0);
       const route = s.routes.routes[0]!;
       expect(route.credentials.clientId).toBe(OLD.id);
-      // undici's dispatchers say whether they were closed (`DispatcherBase#closed`), though its types do not.
-      expect((route.dispatcher as unknown as { closed: boolean }).closed).toBe(true);
+      // undici's dispatchers say whether they were destroyed (`DispatcherBase#destroyed`), though its types do not.
+      expect((route.dispatcher as unknown as { destroyed: boolean }).destroyed).toBe(true);
     } finally {
       oauth.setInterceptor(undefined);
     }

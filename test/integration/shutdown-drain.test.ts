@@ -5,20 +5,26 @@
  * hold the stop up to its timeout. Both grace periods and timeouts here outlast the test timeout (20 s), so
  * waiting for them fails the test.
  */
+import { writeFile } from 'node:fs/promises';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'undici';
+import { rawOpen } from '../helpers/raw-http.js';
 import { runSidecar, type RunningSidecar } from '../helpers/sidecar.js';
 import { startWorld, type World } from '../helpers/world.js';
 
 const CLIENT_ID = 'sb-drain!b7|it-rt-acme!b196';
 const SECRET = 'dr4in$secret=value!|%+:';
+const NEXT = { id: 'sb-drain-next!b8|it-rt-acme!b196', secret: 'n3xt$secret=value!|%+:' };
 
 let world: World;
 let keyPath: string;
 const sidecars: RunningSidecar[] = [];
 
 beforeAll(async () => {
-  world = await startWorld([{ clientId: CLIENT_ID, secret: SECRET, authMethod: 'client_secret_basic' }]);
+  world = await startWorld([
+    { clientId: CLIENT_ID, secret: SECRET, authMethod: 'client_secret_basic' },
+    { clientId: NEXT.id, secret: NEXT.secret, authMethod: 'client_secret_basic' },
+  ]);
   keyPath = await world.secretKey('key.json', CLIENT_ID, SECRET);
 });
 
@@ -31,8 +37,8 @@ afterAll(async () => {
   await world?.close();
 });
 
-async function start(argv: string[]): Promise<RunningSidecar> {
-  const s = await runSidecar(['--service-key', keyPath, '--ca', world.caPath, '--shutdown-delay', '0', ...argv]);
+async function start(argv: string[], key = keyPath): Promise<RunningSidecar> {
+  const s = await runSidecar(['--service-key', key, '--ca', world.caPath, '--shutdown-delay', '0', ...argv], {}, { watch: { pollIntervalMs: 500, debounceMs: 20 } });
   sidecars.push(s);
   await s.tokens.getToken(s.routes.routes[0]!.tokenClient);
   return s;
@@ -85,5 +91,49 @@ describe('shutdown drain', () => {
     expect(s.server.listening).toBe(false);
     expect(await outcome).toBeInstanceOf(Error); // cut with the grace period over: never left hanging
     expect(s.logs.filter((l) => l['level'] === 50)).toEqual([]); // no internal error on the way out
+  });
+
+  it("keeps other senders' idle keep-alive connections open during the shutdown delay", async () => {
+    const s = await start(['--shutdown-delay', '60000']);
+    const a = await rawOpen(s.address.port, 'GET /http/echo?a1 HTTP/1.1\r\nHost: localhost\r\n\r\n');
+    await expect.poll(() => a.received().match(/HTTP\/1\.1 200 /g)?.length ?? 0).toBe(1);
+    void s.shutdown(); // the delay: readiness fails, senders are served as before
+    const b = await request(`${s.url}/http/echo?b`);
+    expect(b.statusCode).toBe(200);
+    await b.body.dump();
+    // A's idle connection was not closed when B's answer finished: it carries A's next request.
+    a.socket.write('GET /http/echo?a2 HTTP/1.1\r\nHost: localhost\r\n\r\n');
+    await expect.poll(() => a.received().match(/HTTP\/1\.1 200 /g)?.length ?? 0).toBe(2);
+    a.socket.destroy();
+    await s.close();
+  });
+
+  it("at shutdown, a replaced route's pool is dropped too, with a CSRF fetch no sender waits for", async () => {
+    const path = await world.files.write('rotating.json', JSON.stringify({ oauth: { clientid: CLIENT_ID, clientsecret: SECRET, tokenurl: world.oauth.tokenUrl, url: world.upstream.url } }));
+    const s = await start(['--shutdown-grace', '0', '--upstream-timeout', '60000', '--max-replay-body', '16'], path);
+    let fetchArrived!: () => void;
+    const fetching = new Promise<void>((resolve) => (fetchArrived = resolve));
+    world.upstream.setHandler((req, res, body) => {
+      body.resume();
+      if (req.method === 'GET' && req.headers['x-csrf-token'] === 'Fetch') {
+        fetchArrived(); // and never answered
+        return true;
+      }
+      res.writeHead(403, { 'x-csrf-token': 'Required', 'content-type': 'text/html' });
+      res.end('<html>Forbidden</html>');
+      return true;
+    });
+    const old = s.routes.routes[0]!;
+    // Too long to replay: the 403 goes to the sender, and a session is fetched in the background.
+    const refused = await request(`${s.url}/http/order`, { method: 'POST', body: 'x'.repeat(100) });
+    expect(refused.statusCode).toBe(403);
+    await refused.body.dump();
+    await fetching;
+    await writeFile(path, JSON.stringify({ oauth: { clientid: NEXT.id, clientsecret: NEXT.secret, tokenurl: world.oauth.tokenUrl, url: world.upstream.url } }));
+    await expect.poll(() => s.logs.some((l) => l['msg'] === 'credentials rotated')).toBe(true);
+    expect(s.routes.routes[0]).not.toBe(old);
+    await s.shutdown();
+    // undici's dispatchers say whether they were destroyed (`DispatcherBase#destroyed`), though its types do not.
+    expect((old.dispatcher as unknown as { destroyed: boolean }).destroyed).toBe(true);
   });
 });

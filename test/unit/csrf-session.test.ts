@@ -65,11 +65,4 @@ describe('CsrfSession.renew', () => {
     expect(await rotated.renew(one, async () => two)).toBe(two);
     expect(rotated.current).toBe(two);
   });
-
-  it('is required only once marked so', () => {
-    const session = new CsrfSession();
-    expect(session.required).toBe(false);
-    session.markRequired();
-    expect(session.required).toBe(true);
-  });
 });
