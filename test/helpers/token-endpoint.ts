@@ -24,10 +24,27 @@ export type Fault =
   | { kind: 'hang' }
   | { kind: 'reset' }
   | { kind: 'body'; body: string }
-  | { kind: 'huge'; bytes: number };
+  /**
+   * A 200 of `bytes` bytes: `'a'` repeated, or with `json` a valid token response (`access_token`, `token_type`,
+   * `expires_in`) padded with a long `pad` field, so that only a size limit can refuse it.
+   */
+  | { kind: 'huge'; bytes: number; json?: boolean }
+  /**
+   * 429 with `Retry-After: retryAfterS`, enforced as a real rate limiter would: a request that comes back
+   * before half of that wait has passed (half, to allow for clock and scheduling skew) gets another 429.
+   */
+  | { kind: 'rate-limit'; retryAfterS: number };
+
+/** How a `huge` answer went: `finished` resolves true once it was all handed to the connection, false if the client closed first. */
+export interface HugeAnswer {
+  readonly bytes: number;
+  readonly finished: Promise<boolean>;
+}
 
 export interface TokenRequestRecord {
   auth: 'basic' | 'post' | 'mtls' | 'none';
+  /** Answered 429 because it came back before the wait of a `rate-limit` fault was over. */
+  early?: true;
   form: Record<string, string>;
   /** True when the request carried a client certificate the CA vouches for. */
   certAuthorized: boolean;
@@ -41,7 +58,11 @@ export interface TokenEndpointOptions {
 
 export class TokenEndpoint {
   readonly requests: TokenRequestRecord[] = [];
+  /** Every `huge` fault answered, in order. */
+  readonly hugeAnswers: HugeAnswer[] = [];
   #faults: Fault[] = [];
+  /** `performance.now()` before which a `rate-limit` fault refuses requests. */
+  #limitedUntil = 0;
   #expiresIn: number;
   #issued = 0;
   readonly #server: Server;
@@ -104,6 +125,13 @@ export class TokenEndpoint {
     delete record.form['client_secret'];
     this.requests.push(record);
 
+    const early = this.#limitedUntil - performance.now();
+    if (early > 0) {
+      record.early = true;
+      res.writeHead(429, { 'content-type': 'application/json', 'retry-after': String(Math.ceil(early / 1000)) });
+      res.end(JSON.stringify({ error: 'rate_limited', error_description: 'came back too early' }));
+      return;
+    }
     const fault = this.#faults.shift();
     if (fault) return this.#inject(fault, req, res);
 
@@ -167,18 +195,36 @@ export class TokenEndpoint {
       case 'huge': {
         res.writeHead(200, { 'content-type': 'application/json' });
         const chunk = Buffer.alloc(64 * 1024, 'a');
-        let left = fault.bytes;
+        // A valid token response whose `pad` string runs to `bytes` in all.
+        const head = fault.json ? `{"access_token":"tok-0-${randomBytes(12).toString('hex')}","token_type":"bearer","expires_in":300,"pad":"` : '';
+        const tail = fault.json ? '"}' : '';
+        let left = fault.bytes - head.length - tail.length;
+        if (head) res.write(head);
         const pump = (): void => {
           while (left > 0) {
-            left -= chunk.length;
-            if (!res.write(chunk)) return void res.once('drain', pump);
+            const part = Math.min(left, chunk.length);
+            left -= part;
+            // Without `json`, whole chunks as before (the body may overshoot `bytes` by less than a chunk).
+            if (!res.write(fault.json ? chunk.subarray(0, part) : chunk)) return void res.once('drain', pump);
           }
-          res.end();
+          res.end(tail);
         };
         res.on('error', () => {});
+        this.hugeAnswers.push({
+          bytes: fault.bytes,
+          finished: new Promise<boolean>((resolve) => {
+            res.once('finish', () => resolve(true));
+            res.once('close', () => resolve(res.writableFinished));
+          }),
+        });
         pump();
         return;
       }
+      case 'rate-limit':
+        this.#limitedUntil = performance.now() + (fault.retryAfterS * 1000) / 2;
+        res.writeHead(429, { 'content-type': 'application/json', 'retry-after': String(fault.retryAfterS) });
+        res.end(JSON.stringify({ error: 'rate_limited' }));
+        return;
     }
   }
 }

@@ -188,12 +188,11 @@ describe('oauth-sidecar CLI', () => {
       const during = await request(`${url}/http/GetTimestamp`);
       expect(during.statusCode).toBe(200);
       await during.body.dump();
-      // …until the second signal: neither the 60-s delay nor the 60-s grace period is waited out.
-      const second = performance.now();
+      // …until the second signal: neither the 60-s delay nor the 60-s grace period is waited out (either
+      // would outlast the test's own timeout).
       child.kill('SIGTERM');
       const { code, stdout } = await result;
       expect(code).toBe(0);
-      expect(performance.now() - second).toBeLessThan(10_000); // not the 60 s of either wait
       expect(await slow).toBe('cut'); // the held request never completes
       expect(stdout).toContain('second signal; closing remaining connections');
       expect(stdout).toContain('"msg":"stopped"');

@@ -44,6 +44,16 @@ function externalKey(overrides: Record<string, unknown> = {}): Record<string, un
 const PAIR_SOURCE = '/certs/tls.crt, /certs/tls.key';
 const pair = (certificate: string, key: string): ClientKeyPair => ({ certificate, key, source: PAIR_SOURCE });
 
+/** What `fn` throws; fails the test when it returns instead (outside any `try` of the caller). */
+function thrownBy(fn: () => unknown): unknown {
+  try {
+    fn();
+  } catch (err) {
+    return err;
+  }
+  return expect.unreachable('expected it to throw, but it returned');
+}
+
 /** The problems of the ConfigError thrown by `fn`. */
 function problemsOf(fn: () => unknown): ConfigProblem[] {
   try {
@@ -221,24 +231,21 @@ describe('parseServiceKey: problems', () => {
   });
 
   it('formats the error with field and source on one line each', () => {
-    try {
-      parse({ oauth: { clientid: 'c', tokenurl: TOKEN_URL } });
-      expect.unreachable();
-    } catch (err) {
-      expect((err as ConfigError).code).toBe('CONFIG_INVALID');
-      expect((err as Error).message).toContain(`  - oauth.clientsecret: is missing`);
-      expect((err as Error).message).toContain(`(${SOURCE})`);
-    }
+    const err = thrownBy(() => parse({ oauth: { clientid: 'c', tokenurl: TOKEN_URL } }));
+    expect(err).toBeInstanceOf(ConfigError);
+    expect((err as ConfigError).code).toBe('CONFIG_INVALID');
+    expect((err as Error).message).toContain(`  - oauth.clientsecret: is missing`);
+    expect((err as Error).message).toContain(`(${SOURCE})`);
   });
 
   it('never puts the secret into an error', () => {
     const raw = { oauth: { clientsecret: SECRET, tokenurl: 'http://acme.example/t' } };
-    try {
-      parse(raw);
-      expect.unreachable();
-    } catch (err) {
-      expect((err as Error).message).not.toContain('FAKE_fake-SECRET');
-    }
+    const err = thrownBy(() => parse(raw));
+    expect(err).toBeInstanceOf(ConfigError);
+    // The key is refused for its own problems (no clientid, an http token URL), and says so without the secret.
+    expect((err as ConfigError).problems.map((p) => p.field)).toEqual(expect.arrayContaining(['oauth.clientid', 'oauth.tokenurl']));
+    expect((err as Error).message).not.toContain('FAKE_fake-SECRET');
+    expect(JSON.stringify((err as ConfigError).problems)).not.toContain('FAKE_fake-SECRET');
   });
 });
 

@@ -1,0 +1,225 @@
+/**
+ * Broken configuration, through the real CLI (a child process each): exit code 2 and one clear message
+ * naming the field and where its value came from, never a secret or a stack trace. Apart from the fault
+ * suite (faults.test.ts) so that these processes neither overlap its cases nor enter its resource counts.
+ */
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { collect, startCli, type CliResult } from '../helpers/cli.js';
+import { createPki, type Pki } from '../helpers/pki.js';
+import { scratch } from '../helpers/sidecar.js';
+
+const CLIENT_ID = 'sb-faults!b42|it-rt-acme!b196';
+const SECRET = 'f4ult$Secret=value!|%+:7b1c';
+
+/** The client secret as it could leak: raw, inside a Basic header, form- or URL-encoded, or JSON-escaped. */
+const SECRET_FORMS = [
+  SECRET,
+  Buffer.from(`${CLIENT_ID}:${SECRET}`).toString('base64'),
+  Buffer.from(`${encodeURIComponent(CLIENT_ID)}:${encodeURIComponent(SECRET)}`).toString('base64'),
+  encodeURIComponent(SECRET),
+  new URLSearchParams({ s: SECRET }).toString().slice(2),
+  JSON.stringify(SECRET).slice(1, -1),
+];
+
+/** No client secret (in any of its forms), private key or stack trace in `text`. */
+function expectClean(text: string): void {
+  for (const form of SECRET_FORMS) expect(text).not.toContain(form);
+  expect(text).not.toMatch(/BEGIN [A-Z ]*PRIVATE KEY/);
+  expect(text).not.toMatch(/(?:\n|\\n)\s+at \S+ \(/);
+  expect(text).not.toMatch(/(?:\n|\\n)\s+at (?:file:|node:|\/)\S+:\d+:\d+/);
+}
+
+let pki: Pki;
+let files: Awaited<ReturnType<typeof scratch>>;
+let ctx: ConfigContext;
+
+beforeAll(async () => {
+  pki = await createPki();
+  files = await scratch();
+  const dir = join(files.dir, 'config-cases');
+  await mkdir(dir);
+  ctx = { dir, goodKey: '', write: (name, content) => files.write(join('config-cases', name), content) };
+  ctx.goodKey = await ctx.write('good.json', JSON.stringify({ oauth: GOOD_KEY }));
+});
+
+afterAll(async () => {
+  await files?.cleanup();
+});
+
+interface ConfigCase {
+  name: string;
+  /**
+   * Builds the files; returns the CLI arguments (after the command: `token` unless `serve` is asked for), the
+   * environment, the source the message must name, and the problem line.
+   */
+  setup(ctx: ConfigContext): Promise<{ args: string[]; source: string; problem: RegExp; command?: 'serve'; env?: Record<string, string> }>;
+}
+
+interface ConfigContext {
+  dir: string;
+  goodKey: string;
+  write(name: string, content: string): Promise<string>;
+}
+
+/** Fails fast if validation ever lets it through: the token URL refuses connections. */
+const GOOD_KEY = { clientid: CLIENT_ID, clientsecret: SECRET, tokenurl: 'https://127.0.0.1:1/oauth/token', url: 'https://127.0.0.1:1' };
+
+function keyWithout(field: keyof typeof GOOD_KEY): string {
+  const { [field]: _dropped, ...rest } = GOOD_KEY;
+  return JSON.stringify({ oauth: rest });
+}
+
+function certificateKey(certificate: string, key: string): string {
+  const { clientsecret: _secret, ...rest } = GOOD_KEY;
+  return JSON.stringify({ oauth: { ...rest, certificate, key } });
+}
+
+const keyArgs = (file: string) => ({ args: ['--service-key', file], source: file });
+
+const CONFIG_CASES: ConfigCase[] = [
+  { name: 'missing service key file', setup: async ({ dir }) => ({ ...keyArgs(join(dir, 'nope.json')), problem: /does not exist/ }) },
+  {
+    name: 'directory without a key',
+    setup: async ({ dir }) => {
+      const empty = join(dir, 'empty-dir');
+      await mkdir(empty, { recursive: true });
+      return { ...keyArgs(empty), problem: /contains no service key/ };
+    },
+  },
+  {
+    name: 'invalid JSON (cut off after the secret)',
+    setup: async ({ write }) => ({ ...keyArgs(await write('invalid.json', `{"oauth": {"clientsecret": "${SECRET}", "clientid": `)), problem: /is not valid JSON/ }),
+  },
+  { name: 'a JSON array', setup: async ({ write }) => ({ ...keyArgs(await write('array.json', '[{"clientid": "x"}]')), problem: /is not a JSON object/ }) },
+  { name: 'missing clientid', setup: async ({ write }) => ({ ...keyArgs(await write('no-id.json', keyWithout('clientid'))), problem: /oauth\.clientid: is missing/ }) },
+  { name: 'missing clientsecret', setup: async ({ write }) => ({ ...keyArgs(await write('no-secret.json', keyWithout('clientsecret'))), problem: /oauth\.clientsecret: is missing/ }) },
+  { name: 'missing tokenurl', setup: async ({ write }) => ({ ...keyArgs(await write('no-url.json', keyWithout('tokenurl'))), problem: /oauth\.tokenurl: is missing/ }) },
+  {
+    name: 'http tokenurl',
+    setup: async ({ write }) => ({
+      ...keyArgs(await write('http-url.json', JSON.stringify({ oauth: { ...GOOD_KEY, tokenurl: 'http://acme.authentication.eu10.hana.ondemand.com/oauth/token' } }))),
+      problem: /oauth\.tokenurl: must be an https URL/,
+    }),
+  },
+  {
+    name: 'bad PEM',
+    setup: async ({ write }) => ({
+      ...keyArgs(await write('bad-pem.json', certificateKey('-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n', 'not a key'))),
+      problem: /oauth\.certificate: is not a PEM certificate/,
+    }),
+  },
+  {
+    name: 'key and certificate do not match',
+    setup: async ({ write }) => {
+      const other = await pki.issueClientCert({ cn: 'someone-else' });
+      return { ...keyArgs(await write('mismatch.json', certificateKey(pki.client.chain, other.keyPkcs8))), problem: /oauth\.key: does not match the certificate/ };
+    },
+  },
+  {
+    name: 'expired certificate',
+    setup: async ({ write }) => {
+      const day = 86_400_000;
+      const expired = await pki.issueClientCert({ cn: 'expired', notBefore: new Date(Date.now() - 10 * day), notAfter: new Date(Date.now() - day) });
+      return { ...keyArgs(await write('expired.json', certificateKey(expired.chain, expired.keyPkcs8))), problem: /oauth\.certificate: expired on/ };
+    },
+  },
+  {
+    name: 'config file with an unknown key',
+    setup: async ({ write, goodKey }) => {
+      const file = await write('unknown.yaml', `routes:\n  - name: a\n    prefix: /a\n    serviceKey: ${goodKey}\n    tokenUrl: https://elsewhere\n`);
+      return { args: ['--config', file], source: file, problem: /routes\[0\]\.tokenUrl: unknown key/ };
+    },
+  },
+  {
+    name: 'invalid YAML',
+    setup: async ({ write, goodKey }) => {
+      const file = await write('invalid.yaml', `routes:\n  - name: a\n    prefix: [/a\n    serviceKey: ${goodKey}\n`);
+      return { args: ['--config', file], source: file, problem: /is not valid YAML/ };
+    },
+  },
+  {
+    name: 'empty routes',
+    setup: async ({ write }) => {
+      const file = await write('empty.yaml', 'routes: []\n');
+      return { args: ['--config', file], source: file, problem: /routes: must be a non-empty list/ };
+    },
+  },
+  {
+    name: 'duplicate prefix',
+    setup: async ({ write, goodKey }) => {
+      const route = (name: string) => `  - name: ${name}\n    prefix: /orders\n    serviceKey: ${goodKey}\n`;
+      const file = await write('dup.yaml', `routes:\n${route('a')}${route('b')}`);
+      return { args: ['--config', file], source: file, problem: /routes\[1\]\.prefix: prefix \/orders is used twice/ };
+    },
+  },
+  {
+    name: 'bad listen address (flag)',
+    setup: async ({ goodKey }) => ({ args: ['--service-key', goodKey, '--listen', 'localhost:99999'], source: '--listen', problem: /listen: "localhost:99999" is not HOST:PORT/ }),
+  },
+  {
+    name: 'bad listen address (config file)',
+    setup: async ({ write, goodKey }) => {
+      const file = await write('listen.yaml', `listen: nowhere\nroutes:\n  - name: a\n    prefix: /\n    serviceKey: ${goodKey}\n`);
+      return { args: ['--config', file], source: file, problem: /listen: "nowhere" is not HOST:PORT/ };
+    },
+  },
+  {
+    name: 'serve: missing clientsecret',
+    setup: async ({ write }) => ({
+      command: 'serve',
+      ...keyArgs(await write('serve-no-secret.json', keyWithout('clientsecret'))),
+      problem: /oauth\.clientsecret: is missing/,
+    }),
+  },
+  {
+    name: "serve: config file whose second route's key lacks tokenurl",
+    setup: async ({ write, goodKey }) => {
+      const broken = await write('second-no-url.json', keyWithout('tokenurl'));
+      const file = await write('second.yaml', `routes:\n  - name: a\n    prefix: /a\n    serviceKey: ${goodKey}\n  - name: b\n    prefix: /b\n    serviceKey: ${broken}\n`);
+      return { command: 'serve', args: ['--config', file], source: broken, problem: /oauth\.tokenurl: is missing/ };
+    },
+  },
+  {
+    name: 'serve: a route variable beside the config file',
+    setup: async ({ write, goodKey }) => {
+      const file = await write('env-beside.yaml', `routes:\n  - name: a\n    prefix: /\n    serviceKey: ${goodKey}\n`);
+      return { command: 'serve', args: ['--config', file], env: { SIDECAR_UPSTREAM_TIMEOUT: '5' }, source: 'environment', problem: /SIDECAR_UPSTREAM_TIMEOUT: cannot be combined with --config/ };
+    },
+  },
+  {
+    name: 'unknown --token-auth',
+    setup: async ({ goodKey }) => ({ args: ['--service-key', goodKey, '--token-auth', 'digest'], source: '--token-auth', problem: /token-auth: must be basic or post, not "digest"/ }),
+  },
+];
+
+describe('broken configuration (real CLI): exit code 2, one clear message naming the field and its source', () => {
+  it.each(CONFIG_CASES.map((c) => [c.name, c] as const))('%s', async (_name, c) => {
+    const { args, source, problem, command, env } = await c.setup(ctx);
+    const serveArgs = command === 'serve' ? ['--listen', '127.0.0.1:0', '--admin-listen', 'off'] : [];
+    const result = await runCliBounded([command ?? 'token', ...args, ...serveArgs], env);
+    expect(result.code, result.stderr).toBe(2);
+    expect(result.stdout).toBe('');
+    const lines = result.stderr.trimEnd().split('\n');
+    expect(lines[0]).toBe('oauth-sidecar: invalid configuration:');
+    expect(result.stderr.match(/oauth-sidecar:/g)).toHaveLength(1); // one message…
+    expect(lines.length).toBeGreaterThanOrEqual(2);
+    for (const line of lines.slice(1)) expect(line).toMatch(/^ {2}- \S/); // …listing problems, nothing else
+    const line = lines.find((l) => problem.test(l));
+    expect(line, `no line matching ${problem} in:\n${result.stderr}`).toBeDefined();
+    expect(line, 'the problem names where the value came from').toContain(`(${source})`);
+    expectClean(result.stdout + result.stderr); // no secret in any encoding, no key, no stack trace
+  });
+});
+
+/** A CLI run with a hard bound, so that a case that unexpectedly starts serving cannot hang the suite. */
+async function runCliBounded(args: string[], env: Record<string, string> = {}): Promise<CliResult> {
+  const child = startCli(args, env);
+  const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
+  try {
+    return await collect(child);
+  } finally {
+    clearTimeout(timer);
+  }
+}
