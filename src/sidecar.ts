@@ -120,8 +120,8 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
 
   /** Set once `shutdown()` or `close()` began; a rotation finishing after that is not applied. */
   let stopping: Promise<void> | undefined;
-  /** Routes outside the table whose token client may still be fetching: being validated, or replaced. */
-  const offTable = new Set<Route>();
+  /** New routes whose credentials are being validated (their token request under way). */
+  const validating = new Set<Route>();
   /** Replaced routes whose pools are still closing (their requests finishing). */
   const retiring = new Set<Route>();
   // Rotation: each route's credentials are watched; a valid change swaps the route atomically.
@@ -129,7 +129,7 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
     const old = table.routes.find((r) => r.name === name);
     if (!old) return;
     const fresh = createRoute(old.config, next.credentials, routeDeps(config));
-    offTable.add(fresh);
+    validating.add(fresh);
     try {
       await tokens.refresh(fresh.tokenClient);
     } catch (err) {
@@ -141,7 +141,7 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
       if (stopping) return;
       throw err;
     } finally {
-      offTable.delete(fresh);
+      validating.delete(fresh);
     }
     // Stopped while the token request was under way: the routes being closed are the old ones; not applied.
     if (stopping) {
@@ -150,12 +150,8 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
     }
     table = new RouteTable(table.routes.map((r) => (r === old ? fresh : r)));
     // The old pools finish their in-flight requests before closing.
-    offTable.add(old);
     retiring.add(old);
-    void closeRoute(old).finally(() => {
-      offTable.delete(old);
-      retiring.delete(old);
-    });
+    void closeRoute(old).finally(() => retiring.delete(old));
     for (const notice of next.notices) log[notice.level]({ route: name, source: next.credentials.source }, notice.message);
     log.info({ route: name, source: next.credentials.source, keyType: next.credentials.kind, clientId: next.credentials.clientId }, 'credentials rotated');
   };
@@ -215,7 +211,7 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
       if (admin) await drain(admin, 0, log);
       // No request is left to use a token: a token request under way (a hanging token server, a retry
       // waiting out Retry-After) is abandoned rather than waited for, up to --token-timeout per attempt.
-      for (const route of [...table.routes, ...offTable]) route.tokenClient.abandon();
+      for (const route of [...table.routes, ...validating, ...retiring]) route.tokenClient.abandon();
       await Promise.all([...table.routes, ...retiring].map(discardRoute));
     })();
     return stopping;
