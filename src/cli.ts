@@ -202,7 +202,7 @@ export function helpText(): string {
     'Flags (flag > environment > config file > default):',
   ];
   for (const [name, spec] of Object.entries(FLAGS)) {
-    const flag = `--${name}${spec.type === 'string' ? ' VALUE' : ''}`;
+    const flag = `--${name}${spec.type === 'string' ? (spec.path ? ' PATH' : ' VALUE') : ''}`;
     const extras = [spec.env && `env ${spec.env}`, spec.default !== undefined && `default ${spec.default}`].filter(Boolean);
     lines.push(`  ${flag.padEnd(26)} ${spec.description}${extras.length ? ` [${extras.join(', ')}]` : ''}`);
   }

@@ -111,15 +111,17 @@ interface FlagSpec {
   default?: string;
   /** Only meaningful without --config (describes the single route). */
   route?: boolean;
+  /** A file or directory path: content given instead (a PEM, a key's JSON) is refused without being echoed. */
+  path?: boolean;
 }
 
 /** Every flag, its environment variable and default: the single source for parsing and `--help`. */
 export const FLAGS: Readonly<Record<string, FlagSpec>> = {
-  'service-key': { type: 'string', env: 'SIDECAR_SERVICE_KEY', route: true, description: 'service key JSON file or secret directory' },
+  'service-key': { type: 'string', env: 'SIDECAR_SERVICE_KEY', route: true, path: true, description: 'service key JSON file or secret directory' },
   binding: { type: 'string', env: 'SIDECAR_BINDING', route: true, description: 'binding name in VCAP_SERVICES or $SERVICE_BINDING_ROOT (default: the it-rt one)' },
-  'client-cert': { type: 'string', env: 'SIDECAR_CLIENT_CERT', route: true, description: 'client certificate PEM (External Certificate keys)' },
-  'client-key': { type: 'string', env: 'SIDECAR_CLIENT_KEY', route: true, description: 'private key PEM of --client-cert' },
-  'client-tls-dir': { type: 'string', env: 'SIDECAR_CLIENT_TLS_DIR', route: true, description: 'kubernetes.io/tls secret directory (tls.crt, tls.key)' },
+  'client-cert': { type: 'string', env: 'SIDECAR_CLIENT_CERT', route: true, path: true, description: 'client certificate PEM file (External Certificate keys)' },
+  'client-key': { type: 'string', env: 'SIDECAR_CLIENT_KEY', route: true, path: true, description: 'private key PEM file of --client-cert' },
+  'client-tls-dir': { type: 'string', env: 'SIDECAR_CLIENT_TLS_DIR', route: true, path: true, description: 'kubernetes.io/tls secret directory (tls.crt, tls.key)' },
   'token-auth': { type: 'string', env: 'SIDECAR_TOKEN_AUTH', route: true, default: 'basic', description: 'client authentication for ClientId/Secret keys: basic | post' },
   scope: { type: 'string', env: 'SIDECAR_SCOPE', route: true, description: 'scope parameter of the token request' },
   resource: { type: 'string', env: 'SIDECAR_RESOURCE', route: true, description: 'resource parameter (RFC 8707)' },
@@ -129,7 +131,7 @@ export const FLAGS: Readonly<Record<string, FlagSpec>> = {
   csrf: { type: 'string', env: 'SIDECAR_CSRF', route: true, default: 'auto', description: 'CSRF token handling: auto | off' },
   'upstream-timeout': { type: 'string', env: 'SIDECAR_UPSTREAM_TIMEOUT', route: true, default: String(DEFAULT_RESPONSE_TIMEOUT_MS), description: 'ms to wait for upstream response headers' },
   'max-replay-body': { type: 'string', env: 'SIDECAR_MAX_REPLAY_BODY', route: true, default: String(DEFAULT_MAX_REPLAY_BODY_BYTES), description: 'bytes of request body kept to replay after a 401/CSRF 403' },
-  config: { type: 'string', env: 'SIDECAR_CONFIG', description: 'routes file (YAML or JSON)' },
+  config: { type: 'string', env: 'SIDECAR_CONFIG', path: true, description: 'routes file (YAML or JSON)' },
   route: { type: 'string', description: 'token, check: the route to use (default: token the first, check all)' },
   'check-path': { type: 'string', description: 'check: upstream path to GET (default /http/; /api/v1/ on an API host)' },
   'check-role': { type: 'string', description: 'check: role the token must carry (default ESBMessaging.send; none on an API host)' },
@@ -137,11 +139,11 @@ export const FLAGS: Readonly<Record<string, FlagSpec>> = {
   'admin-listen': { type: 'string', env: 'SIDECAR_ADMIN_LISTEN', default: DEFAULT_ADMIN_LISTEN, description: 'HOST:PORT of /healthz, /readyz, /metrics, or off' },
   'shutdown-delay': { type: 'string', env: 'SIDECAR_SHUTDOWN_DELAY', default: String(DEFAULT_SHUTDOWN_DELAY_MS), description: 'ms to keep serving after SIGTERM while readiness fails' },
   'shutdown-grace': { type: 'string', env: 'SIDECAR_SHUTDOWN_GRACE', default: String(DEFAULT_SHUTDOWN_GRACE_MS), description: 'ms in-flight requests get to finish before connections are cut' },
-  'basic-auth-file': { type: 'string', env: 'SIDECAR_BASIC_AUTH_FILE', description: 'inbound basic auth: file of user:password or user:sha256:<hex> lines' },
+  'basic-auth-file': { type: 'string', env: 'SIDECAR_BASIC_AUTH_FILE', path: true, description: 'inbound basic auth: file of user:password or user:sha256:<hex> lines' },
   'allow-cidr': { type: 'string', multiple: true, env: 'SIDECAR_ALLOW_CIDRS', description: 'inbound allowlist of sender addresses (repeatable; env: comma-separated)' },
   'allow-any-sender': { type: 'boolean', env: 'SIDECAR_ALLOW_ANY_SENDER', description: 'accept any sender on a non-loopback listener' },
   'allow-host': { type: 'string', multiple: true, env: 'SIDECAR_ALLOW_HOSTS', description: 'a Host name loopback-only senders may use besides IP addresses and localhost (repeatable; env: comma-separated)' },
-  ca: { type: 'string', multiple: true, env: 'SIDECAR_CA', description: 'extra CA certificate PEM file to trust (repeatable; env: comma-separated)' },
+  ca: { type: 'string', multiple: true, env: 'SIDECAR_CA', path: true, description: 'extra CA certificate PEM file to trust (repeatable; env: comma-separated)' },
   'token-timeout': { type: 'string', env: 'SIDECAR_TOKEN_TIMEOUT', default: String(DEFAULT_TOKEN_TIMEOUT_MS), description: 'ms for one token request attempt' },
   'log-level': { type: 'string', env: 'SIDECAR_LOG_LEVEL', default: 'info', description: LOG_LEVELS.join(' | ') },
   'log-format': { type: 'string', env: 'SIDECAR_LOG_FORMAT', default: 'auto', description: 'json | pretty | auto (pretty on a terminal)' },
@@ -176,7 +178,7 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
     problems.push({ source: 'command line', field: '', message: 'unexpected argument after the command (a value with spaces needs quotes)' });
   }
 
-  const read = new Reader(values, env, problems);
+  const read = new Reader(values, withoutContentForPaths(values, env, problems), problems);
   const caFiles = read.list('ca');
   // Node reads NODE_EXTRA_CA_CERTS itself, but a `ca` option (--ca) replaces the store it went into: with
   // --ca, read it here, the edge, so that the dispatcher can keep it (and a broken file fails now, not as
@@ -488,6 +490,7 @@ export function routePath(path: string): string {
 
 /** A `--ca` or `NODE_EXTRA_CA_CERTS` file (`field`), whose every certificate must parse. */
 function readCa(file: string, field: 'ca' | 'NODE_EXTRA_CA_CERTS', readFile: (path: string) => string, problems: ConfigProblem[]): string | undefined {
+  if (file === CONTENT_GIVEN) return undefined;
   // Node starts with a warning only for a broken NODE_EXTRA_CA_CERTS; say what to do about it.
   const fix = field === 'NODE_EXTRA_CA_CERTS' ? ': fix the file or unset the variable' : '';
   let text: string;
@@ -537,6 +540,7 @@ function parseYaml(text: string): unknown {
 }
 
 function readConfigFile(path: string, readFile: (p: string) => string, problems: ConfigProblem[]): FileConfig | undefined {
+  if (path === CONTENT_GIVEN) return undefined;
   let text: string;
   try {
     text = readFile(path);
@@ -561,7 +565,7 @@ function readConfigFile(path: string, readFile: (p: string) => string, problems:
   if (inboundRaw !== undefined && f.object(inboundRaw, 'inbound', INBOUND_KEYS)) {
     const o = inboundRaw as Record<string, unknown>;
     inbound = {
-      ...optional('basicAuthFile', f.string(o, 'basicAuthFile', 'inbound')),
+      ...optional('basicAuthFile', f.pathValue(o, 'basicAuthFile', 'inbound')),
       ...optional('allowCidrs', f.stringList(o, 'allowCidrs', 'inbound')),
       ...optional('allowAnySender', f.boolean(o, 'allowAnySender', 'inbound')),
       ...optional('allowHosts', f.stringList(o, 'allowHosts', 'inbound')),
@@ -593,7 +597,7 @@ function fileRoute(raw: unknown, at: string, f: FileReader, problems: ConfigProb
   if (prefix === undefined || !prefix.startsWith('/')) {
     problems.push({ source: path, field: `${at}.prefix`, message: 'is required and must start with /' });
   }
-  const serviceKey = f.string(o, 'serviceKey', at);
+  const serviceKey = f.pathValue(o, 'serviceKey', at);
   if (!serviceKey) problems.push({ source: path, field: `${at}.serviceKey`, message: 'is required (a service key file or secret directory)' });
   const rewritePrefix = f.string(o, 'rewritePrefix', at);
   if (rewritePrefix !== undefined && !rewritePrefix.startsWith('/')) {
@@ -624,7 +628,7 @@ function fileRoute(raw: unknown, at: string, f: FileReader, problems: ConfigProb
     rewritePrefix,
     credentials: {
       source: { kind: 'path', path: serviceKey ?? '' },
-      ...optional('clientCert', clientCertSource(f.string(o, 'clientCert', at), f.string(o, 'clientKey', at), f.string(o, 'clientTlsDir', at), path, problems)),
+      ...optional('clientCert', clientCertSource(f.pathValue(o, 'clientCert', at), f.pathValue(o, 'clientKey', at), f.pathValue(o, 'clientTlsDir', at), path, problems)),
     },
     token: {
       auth: tokenAuth(f.string(o, 'tokenAuth', at) ?? 'basic', path, problems),
@@ -669,6 +673,14 @@ class FileReader {
     return undefined;
   }
 
+  /** A file or directory path; content in its place (a PEM, JSON) is refused without being shown. */
+  pathValue(o: Record<string, unknown>, key: string, at: string): string | undefined {
+    const v = this.string(o, key, at);
+    if (v === undefined || !isContent(v)) return v;
+    this.problems.push({ source: this.path, field: at ? `${at}.${key}` : key, message: 'holds file content (PEM or JSON), not a path: write it to a file and give its path; the value is not shown' });
+    return CONTENT_GIVEN;
+  }
+
   boolean(o: Record<string, unknown>, key: string, at: string): boolean | undefined {
     const v = o[key];
     if (v === undefined) return undefined;
@@ -695,6 +707,44 @@ class FileReader {
 }
 
 /** Flag-or-env access with the source of each value, for messages. */
+/**
+ * A path option (flag or variable) that holds the content itself — a PEM, a service key's JSON — is a
+ * problem of its own, and the value is replaced by `CONTENT_GIVEN`: every later message would name it as
+ * a path, echoing a private key or a client secret. (The option still counts as given, so no "missing"
+ * message follows, and nothing reads it: the problem ends the parse.) Returns the environment so replaced;
+ * `values` is replaced in place.
+ */
+function withoutContentForPaths(values: Record<string, string | boolean | string[] | undefined>, env: Env, problems: ConfigProblem[]): Env {
+  let kept = env;
+  for (const [name, spec] of Object.entries(FLAGS)) {
+    if (!spec.path) continue;
+    const given = values[name];
+    if ((typeof given === 'string' && isContent(given)) || (Array.isArray(given) && given.some(isContent))) {
+      problems.push({ source: `--${name}`, field: name, message: notAPath(name) });
+      values[name] = Array.isArray(given) ? given.map((v) => (isContent(v) ? CONTENT_GIVEN : v)) : CONTENT_GIVEN;
+    }
+    const fromEnv = spec.env === undefined ? undefined : env[spec.env];
+    if (spec.env !== undefined && fromEnv !== undefined && (spec.multiple ? fromEnv.split(',') : [fromEnv]).some(isContent)) {
+      problems.push({ source: spec.env, field: name, message: notAPath(name) });
+      kept = { ...kept, [spec.env]: CONTENT_GIVEN };
+    }
+  }
+  return kept;
+}
+
+/** Stands in for a path option that held content (see `withoutContentForPaths`); never read. */
+const CONTENT_GIVEN = '(content given as a path, not shown)';
+
+/** Content rather than a path: a PEM block, JSON, or several lines. */
+function isContent(value: string): boolean {
+  return value.includes('-----BEGIN') || value.includes('\n') || /^\s*[{[]/.test(value);
+}
+
+function notAPath(name: string): string {
+  const instead = name === 'service-key' ? ' (or pass the JSON in SIDECAR_SERVICE_KEY_JSON)' : '';
+  return `holds file content (PEM or JSON), not a path: write it to a file and give the file's path${instead}; the value is not shown`;
+}
+
 class Reader {
   constructor(
     private readonly values: Record<string, string | boolean | string[] | undefined>,

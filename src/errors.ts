@@ -85,8 +85,18 @@ export class ConfigError extends SidecarError {
 }
 
 function formatProblems(problems: readonly ConfigProblem[]): string {
-  const lines = problems.map((p) => `  - ${p.field ? `${p.field}: ` : ''}${p.message} (${p.source})`);
+  const lines = problems.map((p) => `  - ${p.field ? `${p.field}: ` : ''}${p.message} (${shownSource(p.source)})`);
   return `invalid configuration:\n${lines.join('\n')}`;
+}
+
+/**
+ * A source as a message may show it. Sources are paths, flags and variable names; one that holds content
+ * instead (a PEM, JSON: a value given where a path belongs) may be a private key or a secret, never shown.
+ */
+function shownSource(source: string): string {
+  return source.includes('-----BEGIN') || source.includes('\n') || /^\s*[{[]/.test(source) || source.length > 4096
+    ? 'a value given as a path that holds content, not shown'
+    : source;
 }
 
 /** Token failures that a retry may cure; rejections and bad responses are final. */

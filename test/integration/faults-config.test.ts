@@ -189,6 +189,20 @@ const CONFIG_CASES: ConfigCase[] = [
     },
   },
   {
+    name: 'the service key JSON itself in SIDECAR_SERVICE_KEY (a path belongs there)',
+    setup: async () => ({ args: [], env: { SIDECAR_SERVICE_KEY: JSON.stringify({ oauth: GOOD_KEY }) }, source: 'SIDECAR_SERVICE_KEY', problem: /service-key: holds file content \(PEM or JSON\), not a path/ }),
+  },
+  {
+    name: 'a private key PEM itself in SIDECAR_CLIENT_KEY, and a certificate PEM in --client-cert',
+    setup: async ({ goodKey }) => ({
+      command: 'serve',
+      args: ['--service-key', goodKey, `--client-cert=${pki.client.chain}`],
+      env: { SIDECAR_CLIENT_KEY: pki.client.keyPkcs8 },
+      source: 'SIDECAR_CLIENT_KEY',
+      problem: /client-key: holds file content \(PEM or JSON\), not a path/,
+    }),
+  },
+  {
     name: 'unknown --token-auth',
     setup: async ({ goodKey }) => ({ args: ['--service-key', goodKey, '--token-auth', 'digest'], source: '--token-auth', problem: /token-auth: must be basic or post, not "digest"/ }),
   },

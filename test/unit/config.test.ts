@@ -432,3 +432,32 @@ describe('the YAML parser', () => {
     expect(result.routes).toEqual(['a']);
   });
 });
+
+describe('content given where a path belongs', () => {
+  const PEM = '-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkq\n-----END PRIVATE KEY-----\n';
+  const KEY_JSON = '{"oauth":{"clientid":"c","clientsecret":"s3cr3t-value","tokenurl":"https://t.example/oauth/token","url":"https://u.example"}}';
+
+  it('refuses a PEM or JSON in a path flag or variable with one problem each, never showing it', () => {
+    const found = problems(['--client-cert', '/c.pem', '--ca', '/ca.pem', `--ca=${PEM}`], { SIDECAR_SERVICE_KEY: KEY_JSON, SIDECAR_CLIENT_KEY: PEM }, { '/ca.pem': CA });
+    expect(found).toEqual([
+      { source: 'SIDECAR_SERVICE_KEY', field: 'service-key', message: expect.stringMatching(/^holds file content \(PEM or JSON\), not a path: .*SIDECAR_SERVICE_KEY_JSON/) },
+      { source: 'SIDECAR_CLIENT_KEY', field: 'client-key', message: expect.stringMatching(/^holds file content/) },
+      { source: '--ca', field: 'ca', message: expect.stringMatching(/^holds file content/) },
+    ]);
+    const text = JSON.stringify(found);
+    expect(text).not.toContain('s3cr3t-value');
+    expect(text).not.toContain('BEGIN PRIVATE KEY');
+  });
+
+  it("refuses it in a config file's path keys too", () => {
+    const yaml = `routes:\n  - name: a\n    prefix: /\n    serviceKey: '${KEY_JSON}'\n    clientCert: /c.pem\n    clientKey: "${PEM.replace(/\n/g, '\\n')}"\n`;
+    const found = problems(['--config', '/routes.yaml'], {}, { '/routes.yaml': yaml });
+    expect(found.map((p) => p.field)).toEqual(['routes[0].serviceKey', 'routes[0].clientKey']);
+    expect(JSON.stringify(found)).not.toMatch(/s3cr3t-value|BEGIN PRIVATE KEY/);
+  });
+
+  it('accepts ordinary paths, with or without spaces', () => {
+    expect(run(['--service-key', '/keys/my key.json']).routes[0]!.credentials.source).toEqual({ kind: 'path', path: '/keys/my key.json' });
+  });
+});
+
