@@ -64,9 +64,12 @@ export function parseCertificates(text: string): X509Certificate[] {
   return blocks.map((block, i) => parseCertificate(block, i + 1));
 }
 
-/** Parses a client certificate chain, leaf first; throws `PemError` like `parseCertificates`. */
-export function parseCertificateChain(text: string): CertificateChain {
-  const certificates = orderLeafFirst(parseCertificates(text));
+/**
+ * Parses a client certificate chain, leaf first; throws `PemError` like `parseCertificates`.
+ * With `privateKey`, the certificate of that key is the leaf, whatever its position.
+ */
+export function parseCertificateChain(text: string, privateKey?: KeyObject): CertificateChain {
+  const certificates = orderLeafFirst(parseCertificates(text), privateKey);
   const [leaf] = certificates;
   if (!leaf) throw new PemError('no PEM CERTIFICATE block found');
   return { leaf, certificates, pem: certificates.map((c) => c.toString()).join('') };
@@ -81,12 +84,16 @@ function parseCertificate(block: PemBlock, position: number): X509Certificate {
 }
 
 /**
- * Puts the certificate that issued no other first, then its issuers in turn;
- * certificates outside that path keep their order at the end. Chains pasted
- * root first would otherwise present the wrong leaf to the token server.
+ * Puts the leaf first, then its issuers in turn; certificates outside that path
+ * keep their order at the end. Chains pasted root first would otherwise present
+ * the wrong leaf to the token server. The leaf is the certificate of the private
+ * key when one is given and matches; else the first that issued no other, which
+ * picks an unrelated root when the intermediate is left out and the root comes first.
  */
-function orderLeafFirst(certs: X509Certificate[]): X509Certificate[] {
-  const leaf = certs.find((c) => !certs.some((other) => other !== c && other.checkIssued(c))) ?? certs[0];
+function orderLeafFirst(certs: X509Certificate[], privateKey: KeyObject | undefined): X509Certificate[] {
+  const issuedNone = (c: X509Certificate) => !certs.some((other) => other !== c && other.checkIssued(c));
+  const ofKey = privateKey ? certs.filter((c) => c.checkPrivateKey(privateKey)) : [];
+  const leaf = ofKey.find(issuedNone) ?? ofKey[0] ?? certs.find(issuedNone) ?? certs[0];
   const ordered: X509Certificate[] = [];
   let next = leaf;
   while (next) {

@@ -9,7 +9,7 @@ import type {
   SecretCredentials,
 } from './credentials.js';
 import { ConfigError, type ConfigProblem } from './errors.js';
-import { checkKeyPair, parseCertificateChain, parsePrivateKey, PemError } from './pem.js';
+import { parseCertificateChain, parsePrivateKey, PemError } from './pem.js';
 
 /** A certificate this close to `notAfter` earns a warning at load time. */
 export const EXPIRY_WARNING_DAYS = 30;
@@ -192,13 +192,44 @@ function readAuth(found: Findings, fields: Fields, clientCert: ClientKeyPair | u
   const clientSecret = optionalString(found, fields, 'clientsecret');
   if (clientCert) return readSuppliedPair(found, clientCert, { certificate, key });
   if (certificate && key) {
-    const cert = { text: certificate, field: `${found.prefix}certificate`, source: found.source };
-    return readKeyPair(found, 'certificate', cert, { text: key, field: `${found.prefix}key`, source: found.source });
+    return readKeyPair(found, 'certificate', ownPem(found, 'certificate', certificate), ownPem(found, 'key', key));
   }
   if (clientSecret) return { kind: 'client-secret', clientSecret };
-  if (certificate) found.keyProblem('key', EXTERNAL_CERTIFICATE_HELP);
-  else reportAbsent(found, fields, 'clientsecret', 'is missing: a service key needs clientsecret, or certificate and key');
+  if (isAbsent(fields.certificate) && isAbsent(fields.key)) {
+    reportAbsent(found, fields, 'clientsecret', 'is missing: a service key needs clientsecret, or certificate and key');
+  } else {
+    reportIncompletePair(found, fields, certificate, key);
+  }
   return undefined;
+}
+
+function isAbsent(value: unknown): boolean {
+  return value === undefined || value === null;
+}
+
+function ownPem(found: Findings, name: 'certificate' | 'key', text: string): PemInput {
+  return { text, field: `${found.prefix}${name}`, source: found.source };
+}
+
+/**
+ * A key with `certificate` or `key` but not both usable: one problem per field of the pair.
+ * Only a readable certificate with no `key` at all is taken for an External Certificate key.
+ */
+function reportIncompletePair(
+  found: Findings,
+  fields: Fields,
+  certificate: string | undefined,
+  key: string | undefined,
+): void {
+  if (certificate === undefined) {
+    reportAbsent(found, fields, 'certificate', 'is missing (the key has a "key")');
+  } else {
+    const chain = parsePem(found, ownPem(found, 'certificate', certificate), 'certificate', parseCertificateChain);
+    if (chain && isAbsent(fields.key)) found.keyProblem('key', EXTERNAL_CERTIFICATE_HELP);
+  }
+  // A `key` that is not a string was reported as such by `optionalString`.
+  if (key !== undefined) parsePem(found, ownPem(found, 'key', key), 'private key', parsePrivateKey);
+  else if (typeof fields.key === 'string') found.keyProblem('key', 'is empty');
 }
 
 function readSuppliedPair(
@@ -210,15 +241,17 @@ function readSuppliedPair(
   const keyInput = { text: pair.key, field: 'key', source: pair.source };
   const auth = readKeyPair(found, own.key ? 'certificate' : 'external-certificate', cert, keyInput);
   if (own.key) found.notice('info', `using the client key pair from ${pair.source} instead of the service key's own`);
-  else if (own.certificate && auth) comparePinned(found, own.certificate, auth.fingerprint, pair.source);
+  else if (own.certificate && auth) comparePinned(found, own.certificate, auth, pair.source);
   return auth;
 }
 
 /** External Certificate keys may pin their certificate: a different one is likely refused. */
-function comparePinned(found: Findings, ownCertificate: string, suppliedFingerprint: string, pairSource: string): void {
-  const input = { text: ownCertificate, field: `${found.prefix}certificate`, source: found.source };
-  const own = parsePem(found, input, 'certificate', parseCertificateChain);
-  if (own && own.leaf.fingerprint256 !== suppliedFingerprint) {
+function comparePinned(found: Findings, ownCertificate: string, supplied: CertificateAuth, pairSource: string): void {
+  // The supplied key picks the pinned leaf out of the key's own certificate, whatever the order.
+  const suppliedKey = parsePrivateKey(supplied.key).key;
+  const parse = (text: string) => parseCertificateChain(text, suppliedKey);
+  const own = parsePem(found, ownPem(found, 'certificate', ownCertificate), 'certificate', parse);
+  if (own && own.leaf.fingerprint256 !== supplied.fingerprint) {
     found.notice(
       'warn',
       `the client certificate from ${pairSource} differs from ${found.prefix}certificate of the service key; ` +
@@ -233,23 +266,37 @@ function readKeyPair(
   cert: PemInput,
   key: PemInput,
 ): CertificateAuth | undefined {
-  const chain = parsePem(found, cert, 'certificate', parseCertificateChain);
-  const privateKey = parsePem(found, key, 'private key', parsePrivateKey);
-  if (!chain || !privateKey) return undefined;
-  if (!checkKeyPair(chain.leaf, privateKey.pem)) found.problem(key, `does not match the certificate in ${cert.field}`);
+  // The key is read first so that it can pick the leaf out of a chain in any order; its problems still come second.
+  const privateKey = tryPem(key.text, parsePrivateKey);
+  const keyObject = privateKey instanceof PemError ? undefined : privateKey.key;
+  const chain = parsePem(found, cert, 'certificate', (text) => parseCertificateChain(text, keyObject));
+  if (privateKey instanceof PemError) reportPem(found, key, 'private key', privateKey);
+  if (!chain || privateKey instanceof PemError) return undefined;
+  if (!chain.leaf.checkPrivateKey(privateKey.key)) found.problem(key, `does not match the certificate in ${cert.field}`);
   const notAfter = new Date(chain.leaf.validTo);
   checkExpiry(found, cert, notAfter);
   return { kind, certificate: chain.pem, key: privateKey.pem, fingerprint: chain.leaf.fingerprint256, notAfter };
 }
 
 function parsePem<T>(found: Findings, input: PemInput, what: string, parse: (text: string) => T): T | undefined {
+  const parsed = tryPem(input.text, parse);
+  if (!(parsed instanceof PemError)) return parsed;
+  reportPem(found, input, what, parsed);
+  return undefined;
+}
+
+/** The parsed value, or the `PemError` that refused it (any other error is a bug and thrown). */
+function tryPem<T>(text: string, parse: (text: string) => T): T | PemError {
   try {
-    return parse(input.text);
+    return parse(text);
   } catch (err) {
     if (!(err instanceof PemError)) throw err;
-    found.problem(input, `is not a PEM ${what} (${err.message})`);
-    return undefined;
+    return err;
   }
+}
+
+function reportPem(found: Findings, input: PemInput, what: string, err: PemError): void {
+  found.problem(input, `is not a PEM ${what} (${err.message})`);
 }
 
 function checkExpiry(found: Findings, cert: PemInput, notAfter: Date): void {

@@ -57,6 +57,21 @@ describe('loadCredentials', () => {
     expect((loaded.credentials as CertificateCredentials).fingerprint).toBe(leafFingerprint);
   });
 
+  it('loads --client-cert/--client-key files whose chain is root first without the intermediate', async () => {
+    const oauth = { clientid: CLIENT_ID, certificate: certs.leafPem, tokenurl: CERT_TOKEN_URL };
+    const keyDir = await secretDir({ oauth: JSON.stringify(oauth) });
+    const rootThenLeaf = `${certs.rootPem}\n${certs.leafPem}`;
+    const certDir = await secretDir({ 'client.crt': rootThenLeaf, 'client.key': certs.leafKeyPkcs1 });
+    const loaded = await loadCredentials({
+      source: { kind: 'path', path: keyDir },
+      clientCert: { kind: 'files', certFile: join(certDir, 'client.crt'), keyFile: join(certDir, 'client.key') },
+    });
+    const credentials = loaded.credentials as CertificateCredentials;
+    expect(credentials.fingerprint).toBe(new X509Certificate(certs.leafPem).fingerprint256);
+    expect(credentials.certificate.startsWith(certs.leafPem.trim())).toBe(true);
+    expect(loaded.notices).toEqual([]);
+  });
+
   it('loads from VCAP_SERVICES', async () => {
     const oauth = { clientid: CLIENT_ID, clientsecret: 's', tokenurl: TOKEN_URL };
     const json = JSON.stringify({ 'it-rt': [{ name: 'cpi', credentials: { oauth } }] });

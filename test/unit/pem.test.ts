@@ -1,4 +1,4 @@
-import { X509Certificate } from 'node:crypto';
+import { X509Certificate, type KeyObject } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import {
   checkKeyPair,
@@ -105,6 +105,33 @@ describe('parseCertificateChain', () => {
       leafFingerprint,
       intermediateFingerprint,
       rootFingerprint,
+    ]);
+  });
+
+  it('takes the certificate of the private key as leaf, else the first that issued no other', () => {
+    // Root first and no intermediate: the root issued nothing here either, so only the key tells the leaf.
+    const rootThenLeaf = `${certs.rootPem}\n${certs.leafPem}`;
+    const leafKey = parsePrivateKey(certs.leafKeyPkcs1).key;
+    const order = (text: string, key?: KeyObject) =>
+      parseCertificateChain(text, key).certificates.map((c) => c.fingerprint256);
+    expect(order(rootThenLeaf, leafKey)).toEqual([leafFingerprint, rootFingerprint]);
+    expect(parseCertificateChain(rootThenLeaf, leafKey).pem).toBe(`${certs.leafPem}\n${certs.rootPem}\n`);
+    // Without a key, or with one that matches none, the order is as before.
+    expect(order(rootThenLeaf)).toEqual([rootFingerprint, leafFingerprint]);
+    const reversed = [certs.rootPem, certs.intermediatePem, certs.leafPem].join('\n');
+    const unrelatedKey = parsePrivateKey(certs.otherKeyPkcs8).key;
+    expect(order(reversed, unrelatedKey)).toEqual([leafFingerprint, intermediateFingerprint, rootFingerprint]);
+  });
+
+  it('picks the certificate of the key among several leaves and puts its issuers after it', () => {
+    const ecFingerprint = new X509Certificate(certs.ecLeafPem).fingerprint256;
+    const text = [certs.leafPem, certs.ecLeafPem, certs.intermediatePem].join('\n');
+    const chain = parseCertificateChain(text, parsePrivateKey(certs.ecKeySec1).key);
+    expect(chain.leaf.fingerprint256).toBe(ecFingerprint);
+    expect(chain.certificates.map((c) => c.fingerprint256)).toEqual([
+      ecFingerprint,
+      intermediateFingerprint,
+      leafFingerprint,
     ]);
   });
 

@@ -358,6 +358,12 @@ describe('parseServiceKey: Certificate keys', () => {
     ]);
   });
 
+  it('reads a chain pasted root first without its intermediate, leaf first', () => {
+    const loaded = parse(certificateKey({ certificate: `${certs.rootPem}\n${certs.leafPem}` }));
+    expect(asCertificate(loaded).fingerprint).toBe(leaf.fingerprint256);
+    expect(asCertificate(loaded).certificate).toBe(`${certs.leafPem}\n${certs.rootPem}\n`);
+  });
+
   it('reports a corrupt key without its content', () => {
     const corrupt = certs.leafKeyPkcs1.slice(0, 300) + '\n-----END RSA PRIVATE KEY-----\n';
     const [problem] = problemsOf(() => parse(certificateKey({ key: corrupt })));
@@ -366,6 +372,46 @@ describe('parseServiceKey: Certificate keys', () => {
       field: 'oauth.key',
       message: 'is not a PEM private key (the RSA PRIVATE KEY block is not valid)',
     });
+  });
+});
+
+describe('parseServiceKey: Certificate keys with half a pair', () => {
+  const { clientsecret: _secret, ...noSecret } = fixture('client-secret.json').oauth as Record<string, unknown>;
+  const keyBody = certs.leafKeyPkcs1.split('\n')[3] ?? '';
+  const problemsOfOauth = (oauth: Record<string, unknown>) =>
+    problemsOf(() => parse({ oauth: { ...noSecret, ...oauth } }));
+  const keyOnly = { key: certs.leafKeyPkcs1 };
+  const certOnly = { certificate: certs.chainPem };
+  const noCertificate = 'is missing (the key has a "key")';
+
+  it.each([
+    ['a blank certificate', { ...keyOnly, certificate: '  \n' }, 'oauth.certificate', 'is empty'],
+    ['a key without certificate', keyOnly, 'oauth.certificate', noCertificate],
+    ['a key with a null certificate', { ...keyOnly, certificate: null }, 'oauth.certificate', noCertificate],
+    ['an empty key', { ...certOnly, key: '' }, 'oauth.key', 'is empty'],
+    ['a blank key', { ...certOnly, key: ' \n ' }, 'oauth.key', 'is empty'],
+    ['a key that is not a string', { ...certOnly, key: { pem: certs.leafKeyPkcs1 } }, 'oauth.key', 'must be a string'],
+  ])('names the broken half for %s, once, without values', (_name, oauth, field, message) => {
+    const problems = problemsOfOauth(oauth);
+    expect(problems).toEqual([{ source: SOURCE, field, message }]);
+    expect(JSON.stringify(problems)).not.toContain(keyBody);
+  });
+
+  it('reports both halves when each is broken', () => {
+    expect(problemsOfOauth({ certificate: '', key: 'not-a-key' })).toEqual([
+      { source: SOURCE, field: 'oauth.certificate', message: 'is empty' },
+      { source: SOURCE, field: 'oauth.key', message: 'is not a PEM private key (no PEM PRIVATE KEY block found)' },
+    ]);
+  });
+
+  it('gives the External Certificate hint only for a readable certificate', () => {
+    expect(problemsOfOauth({ certificate: 'MIIFAKE' })).toEqual([
+      {
+        source: SOURCE,
+        field: 'oauth.certificate',
+        message: 'is not a PEM certificate (no PEM CERTIFICATE block found)',
+      },
+    ]);
   });
 });
 
@@ -397,6 +443,22 @@ describe('parseServiceKey: External Certificate keys and supplied key pairs', ()
     expect(loaded.notices[0]).toMatchObject({ level: 'warn' });
     expect(loaded.notices[0]?.message).toContain('differs from oauth.certificate');
     expect(loaded.notices[0]?.message).toContain('pinning');
+  });
+
+  it('takes the leaf of a supplied chain pasted root first without its intermediate', () => {
+    const loaded = parse(externalKey(), { clientCert: pair(`${certs.rootPem}\n${certs.leafPem}`, certs.leafKeyPkcs8) });
+    expect(loaded.credentials).toMatchObject({
+      kind: 'external-certificate',
+      certificate: `${certs.leafPem}\n${certs.rootPem}\n`,
+      fingerprint: new X509Certificate(certs.leafPem).fingerprint256,
+    });
+    expect(loaded.notices).toEqual([]);
+  });
+
+  it("finds the pinned leaf in the key's own certificate whatever the order", () => {
+    const own = `${certs.rootPem}\n${certs.leafPem}`;
+    const loaded = parse(externalKey({ certificate: own }), { clientCert: pair(certs.chainPem, certs.leafKeyPkcs1) });
+    expect(loaded.notices).toEqual([]);
   });
 
   it('uses a supplied pair for mTLS even with a ClientId/Secret key', () => {
