@@ -1,8 +1,8 @@
 /** Reads service keys and client key pairs from files, secret mounts, bindings or env JSON; `service-key` validates. */
 
 import type { Stats } from 'node:fs';
-import { lstat, readdir, readFile, stat } from 'node:fs/promises';
-import { basename, dirname, join, resolve } from 'node:path';
+import { lstat, readdir, readFile, readlink, stat } from 'node:fs/promises';
+import { basename, dirname, isAbsolute, join, parse, resolve, sep } from 'node:path';
 import type { ClientCertSource, ClientKeyPair, CredentialSource, CredentialSpec } from './credentials.js';
 import { ConfigError, type ConfigProblem } from './errors.js';
 
@@ -45,34 +45,69 @@ export async function readClientCert(source: ClientCertSource): Promise<ClientKe
 }
 
 /**
- * Directories to watch, non-recursively, for rotation. A file is watched
- * through its directory: the kubelet swaps the `..data` symlink, and a watch
- * on the file itself goes silent after the first swap. Env values never change.
+ * Real directories to watch, non-recursively, for rotation; recomputed by the watcher as links and directories
+ * change. A file is watched through its directory: the kubelet swaps the `..data` symlink, and a watch on the
+ * file itself goes silent after the first swap. Env values never change.
  */
 export async function watchTargets(spec: CredentialSpec): Promise<string[]> {
-  const targets = [...(await sourceTargets(spec.source)), ...clientCertTargets(spec.clientCert)];
-  const volumes = await Promise.all(targets.map(volumeOfLink));
-  return [...new Set([...targets, ...volumes.flatMap((v) => (v === undefined ? [] : [v]))])];
+  const paths = [...(await sourcePaths(spec.source)), ...clientCertPaths(spec.clientCert)];
+  const dirs = await Promise.all(paths.map(announcingDirs));
+  return [...new Set(dirs.flat())];
 }
 
+/** The most links followed in one path (Linux's MAXSYMLINKS); beyond it the path is treated as not there. */
+const MAX_LINKS = 40;
+
 /**
- * The secret volume a target is reached through by a link: a key in a subdirectory of a Kubernetes volume (an
- * `items: path: sub/key.json` entry, a projected volume) sits behind `<volume>/sub → ..data/sub`. A watch on
- * the target follows the link into one timestamped directory and goes silent once the kubelet's `..data` swap
- * removes it; the volume's own directory sees every swap.
+ * The directories where a change to what `path` names shows up: the one holding each symlink on the way (a link
+ * replaced by `rename()` — the kubelet's `..data`, `ln -sfn`'s `current → v2` — is an event there, not below it)
+ * and the real directory itself, or for a file the real directory holding it. A path that does not exist is
+ * watched through its deepest existing ancestor, where it will appear. Left out: the kubelet's `..<timestamp>`
+ * payload directories (never changed, only swapped, which the volume's directory sees; a key behind
+ * `sub → ..data/sub` is thus watched through the volume) and the filesystem root (a link there, such as macOS's
+ * `/tmp`, is the system's layout, not a rotation).
  */
-async function volumeOfLink(target: string): Promise<string | undefined> {
-  let current = resolve(target);
-  for (;;) {
-    const parent = dirname(current);
-    if (parent === current) return undefined;
-    try {
-      if ((await lstat(current)).isSymbolicLink() && (await lstat(join(parent, '..data'))).isSymbolicLink()) return parent;
-    } catch {
-      /* not there (yet): keep going up */
+async function announcingDirs(path: string): Promise<string[]> {
+  const absolute = resolve(path);
+  const dirs: string[] = [];
+  const pending = segments(absolute);
+  let real = parse(absolute).root;
+  let isDir = true;
+  let links = 0;
+  for (let name = pending.shift(); name !== undefined; name = pending.shift()) {
+    if (name === '..') {
+      real = dirname(real); // `real` has no links left in it, so `..` is its parent
+      continue;
     }
-    current = parent;
+    const next = join(real, name);
+    let info: Stats;
+    try {
+      info = await lstat(next);
+    } catch {
+      break; // not there (yet): `real` is where it would appear
+    }
+    if (info.isSymbolicLink()) {
+      dirs.push(real);
+      if (++links > MAX_LINKS) break;
+      let target: string;
+      try {
+        target = await readlink(next);
+      } catch {
+        break;
+      }
+      if (isAbsolute(target)) real = parse(target).root;
+      pending.unshift(...segments(target));
+      continue;
+    }
+    real = next;
+    isDir = info.isDirectory();
   }
+  dirs.push(isDir ? real : dirname(real));
+  return dirs.filter((dir) => dirname(dir) !== dir && !dir.split(sep).some((s) => s.startsWith('..')));
+}
+
+function segments(path: string): string[] {
+  return path.split(sep).filter((s) => s !== '' && s !== '.');
 }
 
 /** Awaits both reads, then throws one ConfigError with the problems of both; other errors pass through. */
@@ -87,28 +122,47 @@ export async function settleReads<A, B>(a: Promise<A>, b: Promise<B>): Promise<[
   return [ra.value, rb.value];
 }
 
-async function sourceTargets(source: CredentialSource): Promise<string[]> {
+/** The paths whose directories announce a change of the source: a file, or a directory and its bindings. */
+async function sourcePaths(source: CredentialSource): Promise<string[]> {
   switch (source.kind) {
     case 'path':
-      return (await statOrFail(source.path)).isDirectory() ? directoryTargets(source.path) : [dirname(source.path)];
+      return (await isDirectory(source.path)) ? directoryPaths(source.path, false) : [source.path];
     case 'binding-root':
-      return directoryTargets(source.root);
+      return directoryPaths(source.root, true);
     case 'vcap':
     case 'inline':
       return [];
   }
 }
 
-/** The directory and, for a binding root, each binding in it: their `..data` swaps are invisible from above. */
-async function directoryTargets(dir: string): Promise<string[]> {
-  const { files, dirs } = await listDir(dir);
-  const bindings = files.length === 0 ? await bindingsBelow(dir, dirs) : [];
-  return [dir, ...bindings.map((b) => b.dir)];
+/**
+ * The directory and, for a binding root, each binding in it: their `..data` swaps are invisible from above.
+ * `bindingRoot` is the binding-root source (`$SERVICE_BINDING_ROOT`), a root whatever files lie beside the
+ * bindings. Best effort: a directory that cannot be listed (an entry removed mid-swap) is watched alone; the
+ * next reload, which fails then if the problem stays, looks again.
+ */
+async function directoryPaths(dir: string, bindingRoot: boolean): Promise<string[]> {
+  try {
+    const { files, dirs } = await listDir(dir);
+    if (bindingRoot) return [dir, ...(await findBindings(dirs)).map((b) => b.dir)];
+    const bindings = keyFiles(files).length === 0 ? await bindingsBelow(dir, dirs) : [];
+    return [dir, ...bindings.map((b) => b.dir)];
+  } catch {
+    return [dir];
+  }
 }
 
-function clientCertTargets(source: ClientCertSource | undefined): string[] {
+function clientCertPaths(source: ClientCertSource | undefined): string[] {
   if (!source) return [];
-  return source.kind === 'files' ? [dirname(source.certFile), dirname(source.keyFile)] : [source.dir];
+  return source.kind === 'files' ? [source.certFile, source.keyFile] : [source.dir];
+}
+
+async function isDirectory(path: string): Promise<boolean> {
+  try {
+    return (await stat(path)).isDirectory();
+  } catch {
+    return false; // watched as a file: through the deepest directory there is
+  }
 }
 
 async function readPath(path: string): Promise<RawServiceKey> {
@@ -118,14 +172,14 @@ async function readPath(path: string): Promise<RawServiceKey> {
 
 /**
  * A Kubernetes secret or binding directory: one file per field, JSON files
- * parsed, `.metadata` honoured; or, without files, a root of bindings.
+ * parsed, `.metadata` honoured; or, without files (dot-files aside), a root of bindings.
  */
 async function readSecretDir(dir: string): Promise<RawServiceKey> {
   const { files, dirs } = await listDir(dir);
-  if (files.length === 0) {
+  if (keyFiles(files).length === 0) {
     const bindings = await bindingsBelow(dir, dirs);
     if (bindings.length > 0) return readSecretDir(pickBinding(dir, bindings, undefined, 'point --service-key at the one to use').dir);
-    fail(dir, 'contains no service key files and no binding directories');
+    if (files.length === 0) fail(dir, 'contains no service key files and no binding directories');
   }
   const values: Record<string, unknown> = {};
   for (const name of files) values[name] = parseIfObject(await readText(join(dir, name)), join(dir, name));
@@ -160,7 +214,15 @@ async function readBindingRoot(root: string, binding: string | undefined): Promi
 }
 
 /**
- * The bindings in a directory without files: servicebinding.io-style directories with a `type` file; else
+ * The files that can hold a key field. Dot-files (`.keep`, `.DS_Store`, btp-operator's `.metadata`, which is
+ * never alone) do not make a directory a secret rather than a root of bindings.
+ */
+function keyFiles(files: string[]): string[] {
+  return files.filter((name) => !name.startsWith('.'));
+}
+
+/**
+ * The bindings in a directory without key files: servicebinding.io-style directories with a `type` file; else
  * @sap/xsenv's layout (`/etc/secrets/sapcp/<service>/<instance>/`, sap.md §2), given the service directory
  * or its root, where an instance without a `type` file takes its service directory's name as its type.
  */
@@ -174,11 +236,11 @@ async function bindingsBelow(dir: string, dirs: string[]): Promise<Binding[]> {
   return nested;
 }
 
-/** Directories holding files, as instances of `service`. */
+/** Directories holding key files, as instances of `service`. */
 async function xsenvInstances(service: string, dirs: string[]): Promise<Binding[]> {
   const instances: Binding[] = [];
   for (const dir of dirs) {
-    if ((await listDir(dir)).files.length === 0) continue;
+    if (keyFiles((await listDir(dir)).files).length === 0) continue;
     instances.push({ name: basename(dir), type: (await readTypeFile(dir)) ?? service, dir });
   }
   return instances;

@@ -12,6 +12,13 @@
  * swap can also surface as an unexpected event type, or `fs.watch` can fail
  * (jimmidyson/configmap-reload#190, inotify limits), hence the poll.
  *
+ * Why the watches are recomputed: a watch follows its directory's inode, not
+ * its path. Once the directory is deleted and recreated or renamed away, or
+ * a link on the way to it (`current → v2`) is swapped, the watch is on the
+ * wrong directory or on none, silently. Each reload (every event and every
+ * poll) therefore recomputes `watchTargets`, and re-creates a watch whose
+ * directory left, whose path now names another directory, or that failed.
+ *
  * A reload re-reads and validates everything through `loadCredentials` and
  * compares a SHA-256 fingerprint of what authenticates; only a real change is
  * handed to `onChange`. Invalid content (half-written, mismatched key pair,
@@ -21,6 +28,8 @@
 
 import { createHash } from 'node:crypto';
 import { watch as fsWatch } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import { basename } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { watchTargets } from './credential-source.js';
 import { loadCredentials, type CredentialSpec, type Credentials, type LoadedCredentials } from './credentials.js';
@@ -40,8 +49,11 @@ export interface DirectoryWatch {
   close(): void;
 }
 
-/** Starts a non-recursive watch on a directory; `fs.watch` unless a test injects another. */
-export type WatchFactory = (dir: string, onEvent: () => void) => DirectoryWatch;
+/**
+ * Starts a non-recursive watch on a directory; `fs.watch` unless a test injects another. `onEvent` gets the name
+ * of the entry that changed when the platform tells it: the directory's own name means it left its place.
+ */
+export type WatchFactory = (dir: string, onEvent: (filename?: string | null) => void) => DirectoryWatch;
 
 export interface CredentialWatcherOptions {
   /** The credentials in use now, as loaded at startup; the first fingerprint. */
@@ -61,7 +73,9 @@ export interface CredentialWatcherOptions {
   onError: (err: unknown) => void;
   /**
    * A directory could not be watched (or its watch failed later); `dir` is
-   * undefined when the directories could not even be listed. Polling goes on.
+   * undefined when the directories could not even be listed. Polling goes on,
+   * and each reload tries again; the same failure is reported once, until a
+   * watch on that directory works again.
    */
   onWatchError?: (err: unknown, dir: string | undefined) => void;
   /** Reads and validates the credentials; injectable for tests. */
@@ -86,7 +100,19 @@ export function credentialFingerprint(credentials: Credentials): string {
   return createHash('sha256').update(JSON.stringify(material)).digest('hex');
 }
 
-const defaultWatch: WatchFactory = (dir, onEvent) => fsWatch(dir, { persistent: false }, onEvent);
+const defaultWatch: WatchFactory = (dir, onEvent) => fsWatch(dir, { persistent: false }, (_event, filename) => onEvent(filename));
+
+/** A live watch and what it was set up on. */
+interface Watched {
+  watch: DirectoryWatch;
+  /** `dev:ino` of the directory when the watch was set up; undefined if it could not be read. */
+  identity: string | undefined;
+  /** The directory itself was renamed or removed: the watch follows it no longer, or to elsewhere. */
+  left: boolean;
+}
+
+/** The `#failing` key of a failure to compute the targets at all. */
+const NO_TARGETS = '';
 
 export class CredentialWatcher {
   readonly #spec: CredentialSpec;
@@ -94,7 +120,11 @@ export class CredentialWatcher {
   readonly #load: typeof loadCredentials;
   readonly #debounceMs: number;
   readonly #pollIntervalMs: number;
-  readonly #watches = new Map<string, DirectoryWatch>();
+  readonly #watches = new Map<string, Watched>();
+  /** The failure last reported per directory (`NO_TARGETS` for the list), so a retry failing alike stays quiet. */
+  readonly #failing = new Map<string, string>();
+  /** Target updates, one at a time. */
+  #retargeting: Promise<boolean> = Promise.resolve(false);
 
   #current: LoadedCredentials;
   #fingerprint: string;
@@ -141,7 +171,7 @@ export class CredentialWatcher {
     return this.#lastError;
   }
 
-  /** Directories with a live watch (fewer than the targets after a watch failure). */
+  /** Real directories with a live watch (fewer than the targets after a watch failure). */
   get watching(): readonly string[] {
     return [...this.#watches.keys()];
   }
@@ -165,42 +195,93 @@ export class CredentialWatcher {
     clearTimeout(this.#debounceTimer);
     this.#pollTimer = undefined;
     this.#debounceTimer = undefined;
-    for (const watch of this.#watches.values()) closeQuietly(watch);
+    for (const { watch } of this.#watches.values()) closeQuietly(watch);
     this.#watches.clear();
   }
 
   async #arm(): Promise<void> {
-    let dirs: string[] = [];
-    try {
-      dirs = await watchTargets(this.#spec);
-    } catch (err) {
-      this.#watchFailed(err, undefined);
-    }
-    for (const dir of dirs) this.#watchDirectory(dir);
+    await this.#retarget();
+    if (this.#closed) return;
+    // Each poll is a reload, and each reload recomputes the targets.
     this.#pollTimer = setInterval(() => this.#schedule(), this.#pollIntervalMs).unref();
   }
 
-  #watchDirectory(dir: string): void {
+  /** Brings the watches in line with `watchTargets` now; true if a watch was set up. Never rejects. */
+  #retarget(): Promise<boolean> {
+    const next = this.#retargeting
+      .then(() => this.#updateWatches())
+      .catch((err: unknown) => {
+        this.#watchFailed(err, undefined); // a bug; the chain must go on
+        return false;
+      });
+    this.#retargeting = next;
+    return next;
+  }
+
+  async #updateWatches(): Promise<boolean> {
+    if (this.#closed) return false;
+    let targets: string[];
+    try {
+      targets = await watchTargets(this.#spec);
+    } catch (err) {
+      this.#watchFailed(err, undefined);
+      return false; // the watches there are stay
+    }
+    this.#failing.delete(NO_TARGETS);
+    const wanted = new Set(targets);
+    for (const dir of this.#watches.keys()) if (!wanted.has(dir)) this.#unwatch(dir);
+    for (const dir of this.#failing.keys()) if (dir !== NO_TARGETS && !wanted.has(dir)) this.#failing.delete(dir);
+    let added = false;
+    for (const dir of targets) {
+      // Read before the watch is set up: if the directory is replaced in between, the next update sees it.
+      const identity = await directoryIdentity(dir);
+      if (this.#closed) return false;
+      const watched = this.#watches.get(dir);
+      if (watched && !watched.left && watched.identity === identity) continue;
+      if (watched) this.#unwatch(dir);
+      added = this.#watchDirectory(dir, identity) || added;
+    }
+    return added;
+  }
+
+  #watchDirectory(dir: string, identity: string | undefined): boolean {
     const factory = this.#options.watch ?? defaultWatch;
-    let watch: DirectoryWatch;
+    const name = basename(dir);
+    let entry: Watched | undefined;
     try {
       // Any event counts, whatever its type or name: the fingerprint makes spurious reloads harmless.
-      watch = factory(dir, () => this.#schedule());
+      const watch = factory(dir, (filename) => {
+        if (filename === name && entry && this.#watches.get(dir) === entry) entry.left = true;
+        this.#schedule();
+      });
+      entry = { watch, identity, left: false };
     } catch (err) {
       this.#watchFailed(err, dir);
-      return;
+      return false;
     }
-    watch.on('error', (err) => {
-      if (this.#watches.get(dir) !== watch) return;
-      this.#watches.delete(dir);
-      closeQuietly(watch);
+    entry.watch.on('error', (err) => {
+      if (this.#watches.get(dir) !== entry) return;
+      this.#unwatch(dir);
       this.#watchFailed(err, dir);
+      this.#schedule(); // whose reload sets the watch up again
     });
-    this.#watches.set(dir, watch);
+    this.#watches.set(dir, entry);
+    this.#failing.delete(dir);
+    return true;
+  }
+
+  #unwatch(dir: string): void {
+    const watched = this.#watches.get(dir);
+    this.#watches.delete(dir);
+    if (watched) closeQuietly(watched.watch);
   }
 
   #watchFailed(err: unknown, dir: string | undefined): void {
     if (this.#closed) return;
+    const key = dir ?? NO_TARGETS;
+    const reason = failureReason(err);
+    if (this.#failing.get(key) === reason) return;
+    this.#failing.set(key, reason);
     callQuietly(() => this.#options.onWatchError?.(err, dir));
   }
 
@@ -234,13 +315,19 @@ export class CredentialWatcher {
   }
 
   async #reloadOnce(): Promise<void> {
-    let loaded: LoadedCredentials;
+    let result: { loaded: LoadedCredentials } | { err: unknown };
     try {
-      loaded = await this.#load(this.#spec, this.#options.now ? { now: this.#options.now() } : {});
+      result = { loaded: await this.#load(this.#spec, this.#options.now ? { now: this.#options.now() } : {}) };
     } catch (err) {
-      this.#failed(err);
+      result = { err };
+    }
+    // After the read: anything written before a new watch was up is read by the one more reload it asks for.
+    if (await this.#retarget()) this.#dirty = true;
+    if ('err' in result) {
+      this.#failed(result.err);
       return;
     }
+    const { loaded } = result;
     if (this.#closed) return;
     const fingerprint = credentialFingerprint(loaded.credentials);
     if (fingerprint === this.#fingerprint) {
@@ -271,6 +358,21 @@ function timerOption(name: string, value: number, min: number): number {
     throw new RangeError(`"${name}" must be a number of milliseconds from ${min} to ${MAX_TIMER_MS}`);
   }
   return value;
+}
+
+/** `dev:ino`: the directory a path names now, to tell a replaced one from the one watched. */
+async function directoryIdentity(dir: string): Promise<string | undefined> {
+  try {
+    const { dev, ino } = await stat(dir);
+    return `${dev}:${ino}`;
+  } catch {
+    return undefined;
+  }
+}
+
+/** What makes two watch failures the same failure. */
+function failureReason(err: unknown): string {
+  return err instanceof Error ? `${(err as NodeJS.ErrnoException).code ?? err.name}: ${err.message}` : String(err);
 }
 
 function closeQuietly(watch: DirectoryWatch): void {

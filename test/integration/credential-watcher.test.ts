@@ -1,6 +1,7 @@
 /** Credential rotation on real files: flat keys, kubelet AtomicWriter swaps, certificate pairs, polling, close. */
 
 import { EventEmitter } from 'node:events';
+import { watch as fsWatch, type FSWatcher } from 'node:fs';
 import { mkdir, mkdtemp, readdir, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -68,8 +69,10 @@ class KubeletVolume {
 
   private constructor(readonly dir: string) {}
 
-  static async create(files: Record<string, string>): Promise<KubeletVolume> {
-    const volume = new KubeletVolume(await tempDir());
+  /** In a new temporary directory, or in `dir` (created), such as a binding under a binding root. */
+  static async create(files: Record<string, string>, dir?: string): Promise<KubeletVolume> {
+    if (dir !== undefined) await mkdir(dir);
+    const volume = new KubeletVolume(dir ?? (await tempDir()));
     await volume.update(files);
     return volume;
   }
@@ -415,6 +418,154 @@ describe('CredentialWatcher on a Kubernetes secret volume', () => {
     expect(watcher.current).toBe(initial);
     expect(rec.changes).toEqual([]);
   });
+});
+
+describe('CredentialWatcher re-watching: a watch follows an inode, the key a path', () => {
+  // Polling ten minutes away: within a test only a watch can report a change.
+  const WATCH_ONLY = { pollIntervalMs: 600_000 };
+  const fields = (secret: string) => ({ clientid: CLIENT_ID, clientsecret: secret, tokenurl: TOKEN_URL, url: URL_ });
+  const ROUNDS = ['second-FAKE-secret', 'third-FAKE-secret', 'fourth-FAKE-secret'];
+
+  it('a key directory deleted and recreated, or renamed away and replaced: every change is seen', async () => {
+    const root = await tempDir();
+    const keyDir = join(root, 'key');
+    const writeKeyDir = (dir: string, secret: string) => Promise.all(Object.entries(fields(secret)).map(([n, v]) => writeFile(join(dir, n), v)));
+    await mkdir(keyDir);
+    await writeKeyDir(keyDir, OLD_SECRET);
+    const rec = recorder();
+    const watcher = await startWatcher({ source: { kind: 'path', path: keyDir } }, rec, WATCH_ONLY);
+    for (const [i, secret] of ROUNDS.entries()) {
+      if (i % 2 === 0) {
+        await rm(keyDir, { recursive: true });
+        await mkdir(keyDir);
+        await writeKeyDir(keyDir, secret);
+      } else {
+        const next = join(root, `key-${i}`);
+        await mkdir(next);
+        await writeKeyDir(next, secret);
+        await rename(keyDir, join(root, `old-${i}`));
+        await rename(next, keyDir);
+      }
+      await rec.until(() => secretOf(lastChange(rec)) === secret);
+    }
+    expect(secretOf(await applied(watcher))).toBe(ROUNDS.at(-1));
+  });
+
+  it('a key file whose directory is deleted and recreated: every change is seen', async () => {
+    const root = await tempDir();
+    const dir = join(root, 'd');
+    const path = join(dir, 'key.json');
+    await mkdir(dir);
+    await writeFile(path, secretKey());
+    const rec = recorder();
+    const watcher = await startWatcher({ source: { kind: 'path', path } }, rec, WATCH_ONLY);
+    for (const secret of ROUNDS) {
+      await rm(dir, { recursive: true });
+      await mkdir(dir);
+      await writeFile(path, secretKey({ clientsecret: secret }));
+      await rec.until(() => secretOf(lastChange(rec)) === secret);
+    }
+    expect(secretOf(await applied(watcher))).toBe(ROUNDS.at(-1));
+  });
+
+  it('a key behind a `current → vN` directory link swapped by rename (ln -sfn), then edited in place', async () => {
+    const root = await tempDir();
+    const version = async (n: number, secret: string) => {
+      await mkdir(join(root, `v${n}`));
+      await writeFile(join(root, `v${n}`, 'key.json'), secretKey({ clientsecret: secret }));
+    };
+    await version(0, OLD_SECRET);
+    await symlink('v0', join(root, 'current'));
+    const rec = recorder();
+    const watcher = await startWatcher({ source: { kind: 'path', path: join(root, 'current', 'key.json') } }, rec, WATCH_ONLY);
+    expect([...watcher.watching].sort()).toEqual([root, join(root, 'v0')].sort());
+    for (const [i, secret] of ROUNDS.entries()) {
+      await version(i + 1, secret);
+      await symlink(`v${i + 1}`, join(root, 'current.tmp'));
+      await rename(join(root, 'current.tmp'), join(root, 'current'));
+      await rec.until(() => secretOf(lastChange(rec)) === secret);
+    }
+    // The version now current is watched too: an edit inside it, with no link swapped, is seen.
+    await applied(watcher);
+    expect(watcher.watching).toContain(join(root, `v${ROUNDS.length}`));
+    await replaceFile(join(root, `v${ROUNDS.length}`, 'key.json'), secretKey({ clientsecret: NEW_SECRET }));
+    await rec.until(() => secretOf(lastChange(rec)) === NEW_SECRET);
+  });
+
+  it('a key file linked from another directory (cfg/key.json → secret/key.json) replaced where it really is', async () => {
+    const root = await tempDir();
+    await mkdir(join(root, 'secret'));
+    await mkdir(join(root, 'cfg'));
+    await writeFile(join(root, 'secret', 'key.json'), secretKey());
+    await symlink(join(root, 'secret', 'key.json'), join(root, 'cfg', 'key.json'));
+    const rec = recorder();
+    const watcher = await startWatcher({ source: { kind: 'path', path: join(root, 'cfg', 'key.json') } }, rec, WATCH_ONLY);
+    expect(watcher.watching).toEqual([join(root, 'cfg'), join(root, 'secret')]);
+    for (const secret of ROUNDS) {
+      await replaceFile(join(root, 'secret', 'key.json'), secretKey({ clientsecret: secret }));
+      await rec.until(() => secretOf(lastChange(rec)) === secret);
+    }
+  });
+
+  it('sets a watch up again after it failed, and reports a failure that repeats once', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'key.json');
+    await writeFile(path, secretKey());
+    const rec = recorder();
+    const enospc = Object.assign(new Error('ENOSPC: System limit for number of file watchers reached'), { code: 'ENOSPC' });
+    const live: FSWatcher[] = [];
+    let refusals = 2;
+    const watch: WatchFactory = (d, onEvent) => {
+      if (refusals-- > 0) throw enospc;
+      const w = fsWatch(d, { persistent: false }, (_event, filename) => onEvent(filename));
+      live.push(w);
+      rec.notify();
+      return w;
+    };
+    const watcher = await startWatcher({ source: { kind: 'path', path } }, rec, { ...WATCH_ONLY, watch });
+    expect(watcher.watching).toEqual([]);
+    await watcher.reloadNow(); // refused again, alike: not reported again
+    await watcher.reloadNow(); // set up
+    expect(rec.watchErrors).toEqual([{ err: enospc, dir }]);
+    expect(watcher.watching).toEqual([dir]);
+
+    // A watch that fails later (inotify overflow, a removed mount) is set up again by the reload it asks for.
+    const failure = new Error('watch failed');
+    live[0]?.emit('error', failure);
+    expect(watcher.watching).toEqual([]);
+    await rec.until(() => live.length === 2);
+    await watcher.reloadNow(); // the reloads the failure set off are over: from here only the new watch can report
+    expect(watcher.watching).toEqual([dir]);
+    expect(rec.watchErrors).toEqual([{ err: enospc, dir }, { err: failure, dir }]);
+
+    await replaceFile(path, secretKey({ clientsecret: NEW_SECRET }));
+    await rec.until(() => rec.changes.length >= 1);
+    expect(secretOf(lastChange(rec))).toBe(NEW_SECRET);
+  });
+});
+
+describe('CredentialWatcher on a binding root with dot-files beside the bindings', () => {
+  const oauth = (secret: string) => ({ type: 'it-rt', oauth: JSON.stringify({ clientid: CLIENT_ID, clientsecret: secret, tokenurl: TOKEN_URL, url: URL_ }) });
+
+  for (const [name, source] of [
+    ['$SERVICE_BINDING_ROOT', (root: string) => ({ kind: 'binding-root', root }) as const],
+    ['--service-key at the root', (root: string) => ({ kind: 'path', path: root }) as const],
+  ] as const) {
+    it(`${name}: a rotation inside the binding is seen by a watch`, async () => {
+      const root = await tempDir();
+      const cpi = await KubeletVolume.create(oauth(OLD_SECRET), join(root, 'cpi'));
+      await writeFile(join(root, '.keep'), '');
+      await writeFile(join(root, '.DS_Store'), '\x00\x00\x00\x01Bud1');
+      const rec = recorder();
+      const watcher = await startWatcher({ source: source(root) }, rec, { pollIntervalMs: 600_000 });
+      expect(watcher.current.credentials.source).toBe(join(root, 'cpi'));
+      expect(watcher.watching).toEqual([root, join(root, 'cpi')]);
+
+      await cpi.update(oauth(NEW_SECRET));
+      await rec.until(() => rec.changes.length >= 1);
+      expect(secretOf(await applied(watcher))).toBe(NEW_SECRET);
+    });
+  }
 });
 
 describe('CredentialWatcher polling', () => {

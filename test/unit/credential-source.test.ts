@@ -200,6 +200,16 @@ describe('readCredentialSource: secret directories', () => {
     await writeKubeletSecret(join(root, 'cpi'), { type: 'it-rt', oauth: JSON.stringify(OAUTH) });
     expect(await readCredentialSource({ kind: 'path', path: root })).toMatchObject({ source: join(root, 'cpi') });
   });
+
+  it('treats it as a binding root whatever dot-files lie beside the bindings (.keep, .DS_Store)', async () => {
+    const root = await writeFiles(await tempDir(), { '.keep': '', '.DS_Store': 'Bud1' });
+    await writeKubeletSecret(join(root, 'cpi'), { type: 'it-rt', oauth: JSON.stringify(OAUTH) });
+    expect(await readCredentialSource({ kind: 'path', path: root })).toMatchObject({ source: join(root, 'cpi') });
+    expect(await clientIdFrom({ kind: 'path', path: root })).toBe(OAUTH.clientid);
+    // A key file beside them still makes it a secret directory.
+    await writeFile(join(root, 'clientid'), 'sb-beside!b1');
+    expect(await readCredentialSource({ kind: 'path', path: root })).toMatchObject({ source: root });
+  });
 });
 
 describe("readCredentialSource: @sap/xsenv's layout (/etc/secrets/sapcp/<service>/<instance>/)", () => {
@@ -229,6 +239,13 @@ describe("readCredentialSource: @sap/xsenv's layout (/etc/secrets/sapcp/<service
     expect(problem?.message).toBe(
       'has several bindings, so point --service-key at the one to use; found: my-instance (type it-rt), second (type it-rt), my-uaa (type xsuaa)',
     );
+  });
+
+  it('given the root, finds the instance whatever dot-files lie in the root and service directories', async () => {
+    const root = await sapcp();
+    await writeFiles(root, { '.DS_Store': 'Bud1' });
+    await writeFiles(join(root, 'it-rt'), { '.keep': '' });
+    expect(await readCredentialSource({ kind: 'path', path: root })).toMatchObject({ source: join(root, 'it-rt', 'my-instance') });
   });
 
   it('watches the root and each instance directory (the kubelet swaps ..data inside them)', async () => {
@@ -411,13 +428,51 @@ describe('watchTargets', () => {
     expect(await watchTargets({ source: { kind: 'binding-root', root } })).toEqual([root, join(root, 'cpi')]);
   });
 
+  it('watches the bindings of a root with files beside them: any for $SERVICE_BINDING_ROOT, dot-files for a path', async () => {
+    const root = await writeFiles(await tempDir(), { '.keep': '' });
+    await writeKubeletSecret(join(root, 'cpi'), { type: 'it-rt' });
+    expect(await watchTargets({ source: { kind: 'path', path: root } })).toEqual([root, join(root, 'cpi')]);
+    await writeFiles(root, { README: 'bindings of this pod' });
+    expect(await watchTargets({ source: { kind: 'binding-root', root } })).toEqual([root, join(root, 'cpi')]);
+    expect(await watchTargets({ source: { kind: 'path', path: root } })).toEqual([root]); // a secret directory now
+  });
+
+  it('watches where each link on the way lives and the real directory, never a kubelet payload directory', async () => {
+    const dir = await tempDir();
+    // cfg/key.json → secret/key.json
+    await writeFiles(join(dir, 'secret'), { 'key.json': '{}' });
+    await mkdir(join(dir, 'cfg'));
+    await symlink(join(dir, 'secret', 'key.json'), join(dir, 'cfg', 'key.json'));
+    expect(await watchTargets({ source: { kind: 'path', path: join(dir, 'cfg', 'key.json') } })).toEqual([join(dir, 'cfg'), join(dir, 'secret')]);
+    // current → v1 (relative), as `ln -sfn v1 current` leaves it; for a file in it and for the directory itself.
+    await writeFiles(join(dir, 'v1'), { 'key.json': '{}' });
+    await symlink('v1', join(dir, 'current'));
+    expect(await watchTargets({ source: { kind: 'path', path: join(dir, 'current', 'key.json') } })).toEqual([dir, join(dir, 'v1')]);
+    expect(await watchTargets({ source: { kind: 'path', path: join(dir, 'current') } })).toEqual([dir, join(dir, 'v1')]);
+    // A kubelet volume: key.json → ..data/key.json → ..<timestamp>/key.json; only the volume sees every swap.
+    const volume = await writeKubeletSecret(join(dir, 'volume'), { 'key.json': '{}' });
+    expect(await watchTargets({ source: { kind: 'path', path: join(volume, 'key.json') } })).toEqual([volume]);
+    const tls = await writeKubeletSecret(join(dir, 'tls'), { 'tls.crt': 'c', 'tls.key': 'k' });
+    const files = { kind: 'files', certFile: join(tls, 'tls.crt'), keyFile: join(tls, 'tls.key') } as const;
+    expect(await watchTargets({ source: { kind: 'path', path: join(dir, 'cfg', 'key.json') }, clientCert: files })).toEqual([join(dir, 'cfg'), join(dir, 'secret'), tls]);
+  });
+
+  it('watches a path that is not there through its deepest existing directory, where it will appear', async () => {
+    const dir = await tempDir();
+    expect(await watchTargets({ source: { kind: 'path', path: join(dir, 'gone', 'key.json') } })).toEqual([dir]);
+    expect(await watchTargets({ source: { kind: 'path', path: join(dir, 'gone') } })).toEqual([dir]);
+    await symlink('nowhere', join(dir, 'dangling'));
+    expect(await watchTargets({ source: { kind: 'path', path: join(dir, 'dangling') } })).toEqual([dir]);
+  });
+
   it('adds the client certificate directories once, and nothing for env values', async () => {
+    const certs = await writeFiles(await tempDir(), { 'tls.crt': 'c', 'tls.key': 'k' });
     const spec = {
       source: { kind: 'vcap', json: '{}' },
-      clientCert: { kind: 'files', certFile: '/certs/tls.crt', keyFile: '/certs/tls.key' },
+      clientCert: { kind: 'files', certFile: join(certs, 'tls.crt'), keyFile: join(certs, 'tls.key') },
     } as const;
-    expect(await watchTargets(spec)).toEqual(['/certs']);
+    expect(await watchTargets(spec)).toEqual([certs]);
     const inline = { kind: 'inline', json: '{}', label: 'X' } as const;
-    expect(await watchTargets({ source: inline, clientCert: { kind: 'tls-dir', dir: '/tls' } })).toEqual(['/tls']);
+    expect(await watchTargets({ source: inline, clientCert: { kind: 'tls-dir', dir: certs } })).toEqual([certs]);
   });
 });
