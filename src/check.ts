@@ -4,7 +4,7 @@ import type { Dispatcher } from 'undici';
 import type { Config, RouteConfig } from './config.js';
 import { loadCredentials, type Credentials, type LoadedCredentials } from './credentials.js';
 import { createDispatcher, type OutboundNetwork } from './dispatcher.js';
-import { ConfigError, SidecarError } from './errors.js';
+import { ConfigError, shownSource, SidecarError } from './errors.js';
 import { readBasicAuthFile } from './inbound-control.js';
 import { decodeJwtClaims, type JwtClaims } from './jwt.js';
 import { classifyNetworkError, type NetworkFailure } from './network-error.js';
@@ -218,7 +218,7 @@ export function credentialFailure(err: unknown): Finding[] {
   if (err instanceof ConfigError) {
     return [
       finding('FAIL', `the service key is unusable (${err.problems.length} problem${err.problems.length === 1 ? '' : 's'}):`),
-      ...err.problems.map((p) => finding('FAIL', `${p.field ? `${p.field}: ` : ''}${p.message} (${p.source})`)),
+      ...err.problems.map((p) => finding('FAIL', `${p.field ? `${p.field}: ` : ''}${p.message} (${shownSource(p.source)})`)),
     ];
   }
   if (err instanceof SidecarError) return [finding('FAIL', `${err.code}: ${err.message}`)];

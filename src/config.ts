@@ -737,7 +737,16 @@ const CONTENT_GIVEN = '(content given as a path, not shown)';
 
 /** Content rather than a path: a PEM block, JSON, or several lines. */
 function isContent(value: string): boolean {
-  return value.includes('-----BEGIN') || value.includes('\n') || /^\s*[{[]/.test(value);
+  if (value.includes('-----BEGIN') || value.includes('\n')) return true;
+  // JSON, also as an env file keeps it in quotes ('{"clientid": …}'); `[prod]/key.json` is a path.
+  const bare = value.trim().replace(/^(['"])(.*)\1$/s, '$2').trim();
+  if (!/^[{[]/.test(bare)) return false;
+  try {
+    JSON.parse(bare);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 function notAPath(name: string): string {

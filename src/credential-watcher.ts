@@ -74,8 +74,9 @@ export interface CredentialWatcherOptions {
   /**
    * A directory could not be watched (or its watch failed later); `dir` is
    * undefined when the directories could not even be listed. Polling goes on,
-   * and each reload tries again; the same failure is reported once, until a
-   * watch on that directory works again.
+   * and each reload tries again (a watch that failed later: the next reload,
+   * not at once); the same failure is reported once, until a watch on that
+   * directory has delivered an event.
    */
   onWatchError?: (err: unknown, dir: string | undefined) => void;
   /** Reads and validates the credentials; injectable for tests. */
@@ -251,7 +252,10 @@ export class CredentialWatcher {
     try {
       // Any event counts, whatever its type or name: the fingerprint makes spurious reloads harmless.
       const watch = factory(dir, (filename) => {
-        if (filename === name && entry && this.#watches.get(dir) === entry) entry.left = true;
+        if (entry && this.#watches.get(dir) === entry) {
+          this.#failing.delete(dir); // it works: a failure after this is news again
+          if (filename === name) entry.left = true;
+        }
         this.#schedule();
       });
       entry = { watch, identity, left: false };
@@ -263,10 +267,10 @@ export class CredentialWatcher {
       if (this.#watches.get(dir) !== entry) return;
       this.#unwatch(dir);
       this.#watchFailed(err, dir);
-      this.#schedule(); // whose reload sets the watch up again
+      // Set up again by the next reload (a file event elsewhere, or the poll): not at once, so that a watch
+      // that keeps failing costs one attempt per poll, not a loop.
     });
     this.#watches.set(dir, entry);
-    this.#failing.delete(dir);
     return true;
   }
 

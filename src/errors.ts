@@ -90,14 +90,23 @@ function formatProblems(problems: readonly ConfigProblem[]): string {
 }
 
 /**
- * A source as a message may show it. Sources are paths, flags and variable names; one that holds content
- * instead (a PEM, JSON: a value given where a path belongs) may be a private key or a secret, never shown.
+ * A source as a message may show it. Sources are file paths, flags, variable names and a few fixed words; a
+ * value given where a path belongs may instead be a secret (a key's JSON, a PEM, base64, `user:password`),
+ * and a message about it — "does not exist (…)" — must not carry it. Shown: what looks like a path (a
+ * separator or a file extension), a flag or a variable name, or a fixed word; nothing with quotes, braces
+ * around JSON, line breaks, a PEM header or a long base64 run.
  */
-function shownSource(source: string): string {
-  return source.includes('-----BEGIN') || source.includes('\n') || /^\s*[{[]/.test(source) || source.length > 4096
-    ? 'a value given as a path that holds content, not shown'
-    : source;
+export function shownSource(source: string): string {
+  return isShowableSource(source) ? source : 'the value given, not shown: it does not look like a path';
 }
+
+function isShowableSource(s: string): boolean {
+  if (s.length > 1024 || /[\n\r"'`]/.test(s) || s.includes('-----BEGIN') || /[A-Za-z0-9+=]{40,}/.test(s)) return false;
+  if (/^--[a-z][a-z-]*$/.test(s) || /^[A-Z][A-Z0-9_]*$/.test(s) || FIXED_SOURCES.has(s)) return true;
+  return /[/\\]/.test(s) || /\.[A-Za-z0-9]{1,8}$/.test(s);
+}
+
+const FIXED_SOURCES: ReadonlySet<string> = new Set(['command line', 'environment', 'default', 'flags']);
 
 /** Token failures that a retry may cure; rejections and bad responses are final. */
 export function isTransientTokenError(err: unknown): boolean {

@@ -92,7 +92,9 @@ function parseCertificate(block: PemBlock, position: number): X509Certificate {
  */
 function orderLeafFirst(certs: X509Certificate[], privateKey: KeyObject | undefined): X509Certificate[] {
   const issuedNone = (c: X509Certificate) => !certs.some((other) => other !== c && other.checkIssued(c));
-  const ofKey = privateKey ? certs.filter((c) => c.checkPrivateKey(privateKey)) : [];
+  // A CA certificate is never the leaf, even when the key given is its own (the wrong file): then the
+  // usual leaf stays first, and the key check reports the mismatch instead of presenting the CA.
+  const ofKey = privateKey ? certs.filter((c) => !c.ca && c.checkPrivateKey(privateKey)) : [];
   const leaf = ofKey.find(issuedNone) ?? ofKey[0] ?? certs.find(issuedNone) ?? certs[0];
   const ordered: X509Certificate[] = [];
   let next = leaf;

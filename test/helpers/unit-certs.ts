@@ -20,6 +20,8 @@ export interface UnitCerts {
   leafKeyPkcs1: string;
   /** An RSA key that matches none of the certificates. */
   otherKeyPkcs8: string;
+  /** The intermediate CA's own key (PKCS#8): the wrong file to pair with the leaf. */
+  intermediateKeyPkcs8: string;
   /** Same key as the leaf; expired yesterday. */
   expiredPem: string;
   /** Same key as the leaf; expires in 10 days. */
@@ -117,6 +119,7 @@ async function generate(): Promise<UnitCerts> {
     leafKeyPkcs8: leafKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
     leafKeyPkcs1: leafKey.export({ type: 'pkcs1', format: 'pem' }).toString(),
     otherKeyPkcs8: (await toKeyObject(otherKeys.privateKey)).export({ type: 'pkcs8', format: 'pem' }).toString(),
+    intermediateKeyPkcs8: (await toKeyObject(intermediateKeys.privateKey)).export({ type: 'pkcs8', format: 'pem' }).toString(),
     expiredPem: expired.toString('pem'),
     expiringPem: expiring.toString('pem'),
     ecLeafPem: ecLeaf.toString('pem'),

@@ -456,8 +456,24 @@ describe('content given where a path belongs', () => {
     expect(JSON.stringify(found)).not.toMatch(/s3cr3t-value|BEGIN PRIVATE KEY/);
   });
 
-  it('accepts ordinary paths, with or without spaces', () => {
-    expect(run(['--service-key', '/keys/my key.json']).routes[0]!.credentials.source).toEqual({ kind: 'path', path: '/keys/my key.json' });
+  it('accepts ordinary paths, with spaces or brackets; refuses JSON also in the quotes an env file keeps', () => {
+    for (const path of ['/keys/my key.json', '[prod]/key.json', '{tenant-a}/key.json']) {
+      expect(run(['--service-key', path]).routes[0]!.credentials.source).toEqual({ kind: 'path', path });
+    }
+    expect(problems([], { SIDECAR_SERVICE_KEY: `'${KEY_JSON}'` })).toEqual([
+      { source: 'SIDECAR_SERVICE_KEY', field: 'service-key', message: expect.stringMatching(/^holds file content/) },
+    ]);
+  });
+
+  it('never shows a source that does not look like a path in a configuration error', () => {
+    const shown = (source: string) => new ConfigError([{ source, field: 'service-key', message: 'does not exist' }]).message;
+    for (const secret of ['admin:S3cretPassw0rd', 'eyJjbGllbnRpZCI6InNiLXgiLCJjbGllbnRzZWNyZXQiOiJUT1BTRUNSRVQifQ==', `'${KEY_JSON}'`, PEM]) {
+      expect(shown(secret)).toContain('(the value given, not shown: it does not look like a path)');
+      expect(shown(secret)).not.toContain(secret);
+    }
+    for (const source of ['/etc/secrets/cpi/key.json', 'key.json', '[prod]/key.json', 'C:\\keys\\key.json', 'SIDECAR_SERVICE_KEY', '--service-key', 'command line']) {
+      expect(shown(source)).toContain(`(${source})`);
+    }
   });
 });
 

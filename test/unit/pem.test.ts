@@ -123,6 +123,12 @@ describe('parseCertificateChain', () => {
     expect(order(reversed, unrelatedKey)).toEqual([leafFingerprint, intermediateFingerprint, rootFingerprint]);
   });
 
+  it('never takes a CA certificate as the leaf, even with its own key (the wrong file)', () => {
+    const chain = parseCertificateChain(certs.chainPem, parsePrivateKey(certs.intermediateKeyPkcs8).key);
+    expect(chain.leaf.fingerprint256).toBe(leafFingerprint);
+    expect(chain.certificates.map((c) => c.fingerprint256)).toEqual([leafFingerprint, intermediateFingerprint]);
+  });
+
   it('picks the certificate of the key among several leaves and puts its issuers after it', () => {
     const ecFingerprint = new X509Certificate(certs.ecLeafPem).fingerprint256;
     const text = [certs.leafPem, certs.ecLeafPem, certs.intermediatePem].join('\n');

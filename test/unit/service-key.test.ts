@@ -313,6 +313,10 @@ describe('parseServiceKey: Certificate keys', () => {
     expect(problemsOf(() => parse(certificateKey({ key: certs.otherKeyPkcs8 })))).toEqual([
       { source: SOURCE, field: 'oauth.key', message: 'does not match the certificate in oauth.certificate' },
     ]);
+    // The key of a CA in the chain (the wrong file) is no match either: the CA is never presented as the client.
+    expect(problemsOf(() => parse(certificateKey({ key: certs.intermediateKeyPkcs8 })))).toEqual([
+      { source: SOURCE, field: 'oauth.key', message: 'does not match the certificate in oauth.certificate' },
+    ]);
   });
 
   it('refuses an expired certificate, giving the date', () => {
