@@ -449,25 +449,39 @@ async function callUpstream(origin: string, path: string, token: string, route: 
       method: 'GET',
       headers: { authorization: `Bearer ${token}`, [CSRF_HEADER]: CSRF_FETCH, accept: '*/*' },
     });
-    return { status: response.statusCode, headers: response.headers, body: await readStart(response.body, MAX_BODY_BYTES) };
+    // The start of the body explains an error; one that stalls (a streaming flow) must not turn the answer
+    // already received into "no answer" after the idle timeout.
+    const waitMs = Math.min(route.timeouts.responseMs, route.timeouts.idleMs, MAX_BODY_WAIT_MS);
+    return { status: response.statusCode, headers: response.headers, body: await readStart(response.body, MAX_BODY_BYTES, waitMs) };
   } finally {
     await dispatcher.close();
   }
 }
 
-async function readStart(body: Dispatcher.ResponseData['body'], limit: number): Promise<string> {
+/** Up to `limit` bytes of the body, or what came within `waitMs`. */
+async function readStart(body: Dispatcher.ResponseData['body'], limit: number, waitMs: number): Promise<string> {
   const chunks: Buffer[] = [];
   let size = 0;
-  for await (const chunk of body) {
-    chunks.push(chunk as Buffer);
-    size += (chunk as Buffer).length;
-    if (size >= limit) {
-      body.destroy();
-      break;
+  const timer = setTimeout(() => body.destroy(), waitMs);
+  try {
+    for await (const chunk of body) {
+      chunks.push(chunk as Buffer);
+      size += (chunk as Buffer).length;
+      if (size >= limit) {
+        body.destroy();
+        break;
+      }
     }
+  } catch {
+    // Cut short (the wait, or the connection): the status, the headers and what came are the answer.
+  } finally {
+    clearTimeout(timer);
   }
   return Buffer.concat(chunks).toString('utf8').slice(0, limit);
 }
+
+/** How long the start of the upstream's body is waited for once its head has come. */
+const MAX_BODY_WAIT_MS = 5_000;
 
 /** What the upstream's answer means, with fixes. */
 export function explainUpstreamAnswer(answer: UpstreamAnswer, ctx: UpstreamContext): Finding[] {
@@ -642,8 +656,13 @@ function redacting(out: (line: string) => void, secrets: ReadonlySet<string>): (
     for (const secret of secrets) {
       if (secret.length >= MIN_REDACT_LENGTH && text.includes(secret)) text = text.split(secret).join(REDACTED);
     }
-    out(text);
+    out(withoutCredentials(text));
   };
+}
+
+/** `Bearer <anything>` and whatever looks like a JWT (or the start of one), replaced by `REDACTED`. */
+function withoutCredentials(text: string): string {
+  return text.replace(/\bBearer\s+\S+/gi, `Bearer ${REDACTED}`).replace(/\beyJ[A-Za-z0-9_-]{6,}(?:\.[A-Za-z0-9_-]*){0,2}/g, REDACTED);
 }
 
 /** The inbound basic-auth file, read and parsed as `serve` would (its problems by line number, never content). */
@@ -718,8 +737,10 @@ function oauthErrorOf(answer: UpstreamAnswer): string {
 }
 
 function printable(text: string, max: number): string {
+  // A server's text may quote the request's credentials: taken out before the cut, which would leave a piece
+  // of a token that the output's redaction no longer recognises.
   // eslint-disable-next-line no-control-regex
-  const clean = text.replace(/[^\x20-\x7e]/g, '?');
+  const clean = withoutCredentials(text).replace(/[^\x20-\x7e]/g, '?');
   return clean.length > max ? `${clean.slice(0, max)}…` : clean;
 }
 

@@ -226,6 +226,38 @@ describe('oauth-sidecar check: the upstream answer', () => {
     }
   });
 
+  it('a 401 whose body quotes the Authorization header: no piece of the token is shown', async () => {
+    upstream.setHandler((req, res) => {
+      res.writeHead(401, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ error: 'invalid_token', error_description: `token ${req.headers.authorization} not accepted` }));
+      return true;
+    });
+    const run = await check(healthy(), { path: '/http/echo-401' });
+    expect(run.ok).toBe(false);
+    expect(run.text).toMatch(/^FAIL GET .* answered 401: the token was not accepted \(invalid_token: token Bearer \[redacted\] not accepted\)/m);
+    expect(run.text).not.toMatch(/eyJ[A-Za-z0-9_-]{6,}/);
+    expectNoSecrets(run);
+  });
+
+  it('a 200 whose body stalls is diagnosed from its head, not as no answer', async () => {
+    const stalled: Array<() => void> = [];
+    upstream.setHandler((_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.write('a');
+      stalled.push(() => res.end());
+      return true;
+    });
+    try {
+      // The idle timeout (60 s) would outlast the test: the head and what came of the body are the answer.
+      const run = await check(healthy(), { path: '/http/streaming' });
+      expect(run.ok).toBe(true);
+      expect(run.text).toMatch(/^ok {3}GET .*answered 200/m);
+      expect(run.text).not.toMatch(/no answer/);
+    } finally {
+      for (const end of stalled) end();
+    }
+  });
+
   it('a 403 with X-CSRF-Token: Required is informative with csrf auto, a failure with csrf off', async () => {
     upstream.setHandler((_req, res) => {
       res.writeHead(403, { 'x-csrf-token': 'Required', 'content-type': 'text/html' });
