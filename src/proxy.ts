@@ -414,9 +414,13 @@ class Exchange {
    * fetched now, so that the sender's next modifying request carries a token (one fetch, shared as in `#cure`).
    */
   #renewInBackground(): void {
-    const route = this.#route!;
+    this.#renewCsrf(this.#route!).catch(() => undefined);
+  }
+
+  /** A new CSRF session for `route` from the URL that asked, unless another request renewed it since this one's. */
+  #renewCsrf(route: Route): Promise<CsrfCredentials | undefined> {
     const stale = this.#csrf;
-    route.csrf!.renew(stale, () => this.#fetchCsrf(route, this.#upstreamPath, this.#token!, stale)).catch(() => undefined);
+    return route.csrf!.renew(stale, () => this.#fetchCsrf(route, this.#upstreamPath, this.#token!, stale));
   }
 
   #writeHead(status: number, headers: IncomingHttpHeaders): void {
@@ -505,15 +509,11 @@ class Exchange {
     }
     this.#renewed = true;
     this.#retrying('csrf');
-    const stale = this.#csrf;
-    this.#continueWith(
-      route.csrf!.renew(stale, () => this.#fetchCsrf(route, this.#upstreamPath, this.#token!, stale)),
-      (csrf) => {
-        if (!csrf) throw new SidecarError('CSRF_FETCH_FAILED', `route ${route.name}: the upstream asked for a CSRF token but the fetch returned none`);
-        this.#csrf = csrf;
-        this.#resume(route, this.#token!);
-      },
-    );
+    this.#continueWith(this.#renewCsrf(route), (csrf) => {
+      if (!csrf) throw new SidecarError('CSRF_FETCH_FAILED', `route ${route.name}: the upstream asked for a CSRF token but the fetch returned none`);
+      this.#csrf = csrf;
+      this.#resume(route, this.#token!);
+    });
   }
 
   /** An attempt failed: send it again on a new connection when that is safe, else answer with the failure. */

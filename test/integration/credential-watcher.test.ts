@@ -40,6 +40,9 @@ afterEach(async () => {
   await Promise.all(dirs.splice(0).map((dir) => rm(dir, { recursive: true, force: true })));
 });
 
+/** What fs.watch throws once inotify's watch limit is reached. */
+const ENOSPC_ERROR = Object.assign(new Error('ENOSPC: System limit for number of file watchers reached'), { code: 'ENOSPC' });
+
 async function tempDir(): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'credential-watcher-'));
   dirs.push(dir);
@@ -512,11 +515,10 @@ describe('CredentialWatcher re-watching: a watch follows an inode, the key a pat
     const path = join(dir, 'key.json');
     await writeFile(path, secretKey());
     const rec = recorder();
-    const enospc = Object.assign(new Error('ENOSPC: System limit for number of file watchers reached'), { code: 'ENOSPC' });
     const live: FSWatcher[] = [];
     let refusals = 2;
     const watch: WatchFactory = (d, onEvent) => {
-      if (refusals-- > 0) throw enospc;
+      if (refusals-- > 0) throw ENOSPC_ERROR;
       const w = fsWatch(d, { persistent: false }, (_event, filename) => onEvent(filename));
       live.push(w);
       rec.notify();
@@ -526,7 +528,7 @@ describe('CredentialWatcher re-watching: a watch follows an inode, the key a pat
     expect(watcher.watching).toEqual([]);
     await watcher.reloadNow(); // refused again, alike: not reported again
     await watcher.reloadNow(); // set up
-    expect(rec.watchErrors).toEqual([{ err: enospc, dir }]);
+    expect(rec.watchErrors).toEqual([{ err: ENOSPC_ERROR, dir }]);
     expect(watcher.watching).toEqual([dir]);
 
     // A watch that fails later (inotify overflow, a removed mount) is set up again by the next reload (the poll).
@@ -536,7 +538,7 @@ describe('CredentialWatcher re-watching: a watch follows an inode, the key a pat
     await watcher.reloadNow();
     expect(live).toHaveLength(2);
     expect(watcher.watching).toEqual([dir]);
-    expect(rec.watchErrors).toEqual([{ err: enospc, dir }, { err: failure, dir }]);
+    expect(rec.watchErrors).toEqual([{ err: ENOSPC_ERROR, dir }, { err: failure, dir }]);
     // Failing again at once, alike: not reported again, and not set up again before the next reload (no loop).
     live[1]?.emit('error', new Error('watch failed'));
     expect(watcher.watching).toEqual([]);
@@ -581,14 +583,13 @@ describe('CredentialWatcher polling', () => {
     const path = join(dir, 'key.json');
     await writeFile(path, secretKey());
     const rec = recorder();
-    const enospc = Object.assign(new Error('ENOSPC: System limit for number of file watchers reached'), { code: 'ENOSPC' });
     const watcher = await startWatcher({ source: { kind: 'path', path } }, rec, {
       pollIntervalMs: 30,
       watch: () => {
-        throw enospc;
+        throw ENOSPC_ERROR;
       },
     });
-    expect(rec.watchErrors).toEqual([{ err: enospc, dir }]);
+    expect(rec.watchErrors).toEqual([{ err: ENOSPC_ERROR, dir }]);
     expect(watcher.watching).toEqual([]);
 
     await replaceFile(path, secretKey({ clientsecret: NEW_SECRET }));

@@ -8,28 +8,13 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { collect, startCli, type CliResult } from '../helpers/cli.js';
 import { createPki, type Pki } from '../helpers/pki.js';
+import { expectNoSecretOrStack, secretForms } from '../helpers/secrets.js';
 import { scratch } from '../helpers/sidecar.js';
 
 const CLIENT_ID = 'sb-faults!b42|it-rt-acme!b196';
 const SECRET = 'f4ult$Secret=value!|%+:7b1c';
 
-/** The client secret as it could leak: raw, inside a Basic header, form- or URL-encoded, or JSON-escaped. */
-const SECRET_FORMS = [
-  SECRET,
-  Buffer.from(`${CLIENT_ID}:${SECRET}`).toString('base64'),
-  Buffer.from(`${encodeURIComponent(CLIENT_ID)}:${encodeURIComponent(SECRET)}`).toString('base64'),
-  encodeURIComponent(SECRET),
-  new URLSearchParams({ s: SECRET }).toString().slice(2),
-  JSON.stringify(SECRET).slice(1, -1),
-];
-
-/** No client secret (in any of its forms), private key or stack trace in `text`. */
-function expectClean(text: string): void {
-  for (const form of SECRET_FORMS) expect(text).not.toContain(form);
-  expect(text).not.toMatch(/BEGIN [A-Z ]*PRIVATE KEY/);
-  expect(text).not.toMatch(/(?:\n|\\n)\s+at \S+ \(/);
-  expect(text).not.toMatch(/(?:\n|\\n)\s+at (?:file:|node:|\/)\S+:\d+:\d+/);
-}
+const SECRET_FORMS = secretForms(CLIENT_ID, SECRET);
 
 let pki: Pki;
 let files: Awaited<ReturnType<typeof scratch>>;
@@ -223,7 +208,7 @@ describe('broken configuration (real CLI): exit code 2, one clear message naming
     const line = lines.find((l) => problem.test(l));
     expect(line, `no line matching ${problem} in:\n${result.stderr}`).toBeDefined();
     expect(line, 'the problem names where the value came from').toContain(`(${source})`);
-    expectClean(result.stdout + result.stderr); // no secret in any encoding, no key, no stack trace
+    expectNoSecretOrStack(result.stdout + result.stderr, SECRET_FORMS); // no secret in any encoding, no key, no stack trace
   });
 });
 

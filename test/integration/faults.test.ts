@@ -22,6 +22,7 @@ import { SocketTracker, closeServer, listen } from '../helpers/net.js';
 import { startOAuthServer, type OAuthServer } from '../helpers/oauth-server.js';
 import { createPki, type Pki } from '../helpers/pki.js';
 import { parseAnswer, rawOpen, rawRequest, type RawAnswer } from '../helpers/raw-http.js';
+import { expectNoSecretOrStack, secretForms } from '../helpers/secrets.js';
 import { runSidecar, scratch, type RunningSidecar } from '../helpers/sidecar.js';
 import { TokenEndpoint, type Fault } from '../helpers/token-endpoint.js';
 
@@ -271,26 +272,14 @@ async function extraSidecar(argv: string[] = []): Promise<RunningSidecar> {
   return s;
 }
 
-/** The client secret as it could leak: raw, inside a Basic header, form- or URL-encoded, or JSON-escaped. */
-const SECRET_FORMS = [
-  SECRET,
-  Buffer.from(`${CLIENT_ID}:${SECRET}`).toString('base64'),
-  Buffer.from(`${encodeURIComponent(CLIENT_ID)}:${encodeURIComponent(SECRET)}`).toString('base64'),
-  encodeURIComponent(SECRET),
-  new URLSearchParams({ s: SECRET }).toString().slice(2),
-  JSON.stringify(SECRET).slice(1, -1),
-];
+const SECRET_FORMS = secretForms(CLIENT_ID, SECRET);
 
 /** No client secret, private key, access token or stack trace in `text` (raw, or escaped inside JSON). */
 function expectClean(text: string): void {
-  for (const form of SECRET_FORMS) expect(text).not.toContain(form);
-  expect(text).not.toMatch(/BEGIN [A-Z ]*PRIVATE KEY/);
+  expectNoSecretOrStack(text, SECRET_FORMS);
   expect(text).not.toMatch(JWT);
   expect(text).not.toMatch(/Bearer [A-Za-z0-9]/);
   for (const token of upstream.tokens) expect(text).not.toContain(token);
-  // A stack frame on its own line, or as JSON holds it (`\n    at fn (file:1:2)`).
-  expect(text).not.toMatch(/(?:\n|\\n)\s+at \S+ \(/);
-  expect(text).not.toMatch(/(?:\n|\\n)\s+at (?:file:|node:|\/)\S+:\d+:\d+/);
 }
 
 interface Answer {
@@ -949,16 +938,8 @@ describe('sender faults and abuse', () => {
     perTest.push(s); // closed, and its log checked for secrets, after the test
     allSidecars.push(s);
     const before = upstream.requests.length;
-    const slow = await rawOpen(s.address.port, 'GET /http/ok?slowloris-sidecar HTTP/1.1\r\nHost: localhost\r\nX-Slow: a');
-    // Trickling bytes must not extend the timeout; if nothing cuts the connection, the test's own timeout does.
-    const trickle = setInterval(() => slow.socket.writable && slow.socket.write('a'), 50);
-    try {
-      expect(await slow.closed).toBe('closed');
-    } finally {
-      clearInterval(trickle);
-      slow.socket.destroy();
-    }
-    expectRefused(parseAnswer(slow.received(), 'closed', 0), 408);
+    const received = await trickleUntilCut(s.address.port, 'slowloris-sidecar');
+    expectRefused(parseAnswer(received, 'closed', 0), 408);
     expect(upstream.seen('slowloris-sidecar')).toHaveLength(0);
     await expect.poll(() => s.logs.some((l) => l['msg'] === 'malformed request rejected' && l['code'] === 'ERR_HTTP_REQUEST_TIMEOUT')).toBe(true);
     await expectServing(s);
@@ -1009,16 +990,7 @@ describe('sender faults and abuse', () => {
 
     it('cuts an unfinished head within its headers timeout, trickling bytes does not extend it, and it still serves', async () => {
       const port = await start(); // as the sidecar creates it
-      const slow = await rawOpen(port, 'GET /http/ok?slowloris-bound HTTP/1.1\r\nHost: localhost\r\nX-Slow: a');
-      const trickle = setInterval(() => slow.socket.writable && slow.socket.write('a'), 50);
-      try {
-        // Cut, however long the trickle goes on: else the test's own timeout ends it.
-        expect(await slow.closed).toBe('closed');
-      } finally {
-        clearInterval(trickle);
-        slow.socket.destroy();
-      }
-      expect(slow.received()).toMatch(/^HTTP\/1\.1 408 /);
+      expect(await trickleUntilCut(port, 'slowloris-bound')).toMatch(/^HTTP\/1\.1 408 /);
       expect(upstream.seen('slowloris-bound')).toHaveLength(0);
       // The same server goes on serving others.
       const marker = `after-slowloris-${Math.random().toString(36).slice(2)}`;
@@ -1362,6 +1334,22 @@ describe('sender faults and abuse', () => {
 });
 
 /** Poll `probe` until it yields a value (woken by socket data when given, else every 5 ms). */
+/**
+ * A head that never ends, a byte every 50 ms: trickling must not extend the headers timeout. Resolves with what
+ * the sender received once the sidecar closed the connection (else the test's own timeout ends it).
+ */
+async function trickleUntilCut(port: number, marker: string): Promise<string> {
+  const slow = await rawOpen(port, `GET /http/ok?${marker} HTTP/1.1\r\nHost: localhost\r\nX-Slow: a`);
+  const trickle = setInterval(() => slow.socket.writable && slow.socket.write('a'), 50);
+  try {
+    expect(await slow.closed).toBe('closed');
+  } finally {
+    clearInterval(trickle);
+    slow.socket.destroy();
+  }
+  return slow.received();
+}
+
 async function waitFor<T>(probe: () => T | undefined, socket?: Socket, timeoutMs = 5_000): Promise<T> {
   const deadline = performance.now() + timeoutMs;
   for (;;) {

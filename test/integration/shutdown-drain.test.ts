@@ -44,6 +44,22 @@ async function start(argv: string[], key = keyPath): Promise<RunningSidecar> {
   return s;
 }
 
+/** The upstream asks every request for a CSRF token and never answers the fetch; resolves once one arrived. */
+function csrfFetchNeverAnswered(): Promise<void> {
+  return new Promise<void>((fetchArrived) => {
+    world.upstream.setHandler((req, res, body) => {
+      body.resume();
+      if (req.method === 'GET' && req.headers['x-csrf-token'] === 'Fetch') {
+        fetchArrived(); // and never answered
+        return true;
+      }
+      res.writeHead(403, { 'x-csrf-token': 'Required', 'content-type': 'text/html' });
+      res.end('<html>Forbidden</html>');
+      return true;
+    });
+  });
+}
+
 describe('shutdown drain', () => {
   it('closes the keep-alive connection of an answer begun before the drain once that answer is done', async () => {
     const s = await start(['--shutdown-grace', '60000']);
@@ -70,18 +86,7 @@ describe('shutdown drain', () => {
 
   it('does not wait for a CSRF fetch still under way once its sender is gone', async () => {
     const s = await start(['--shutdown-grace', '0', '--upstream-timeout', '60000']);
-    let fetchArrived!: () => void;
-    const fetching = new Promise<void>((resolve) => (fetchArrived = resolve));
-    world.upstream.setHandler((req, res, body) => {
-      body.resume();
-      if (req.method === 'GET' && req.headers['x-csrf-token'] === 'Fetch') {
-        fetchArrived(); // and never answered
-        return true;
-      }
-      res.writeHead(403, { 'x-csrf-token': 'Required', 'content-type': 'text/html' });
-      res.end('<html>Forbidden</html>');
-      return true;
-    });
+    const fetching = csrfFetchNeverAnswered();
     const outcome = request(`${s.url}/http/order`, { method: 'POST', body: '<order/>' }).then(
       (r) => r.body.dump().then(() => r.statusCode),
       (err: unknown) => err,
@@ -111,18 +116,7 @@ describe('shutdown drain', () => {
   it("at shutdown, a replaced route's pool is dropped too, with a CSRF fetch no sender waits for", async () => {
     const path = await world.files.write('rotating.json', JSON.stringify({ oauth: { clientid: CLIENT_ID, clientsecret: SECRET, tokenurl: world.oauth.tokenUrl, url: world.upstream.url } }));
     const s = await start(['--shutdown-grace', '0', '--upstream-timeout', '60000', '--max-replay-body', '16'], path);
-    let fetchArrived!: () => void;
-    const fetching = new Promise<void>((resolve) => (fetchArrived = resolve));
-    world.upstream.setHandler((req, res, body) => {
-      body.resume();
-      if (req.method === 'GET' && req.headers['x-csrf-token'] === 'Fetch') {
-        fetchArrived(); // and never answered
-        return true;
-      }
-      res.writeHead(403, { 'x-csrf-token': 'Required', 'content-type': 'text/html' });
-      res.end('<html>Forbidden</html>');
-      return true;
-    });
+    const fetching = csrfFetchNeverAnswered();
     const old = s.routes.routes[0]!;
     // Too long to replay: the 403 goes to the sender, and a session is fetched in the background.
     const refused = await request(`${s.url}/http/order`, { method: 'POST', body: 'x'.repeat(100) });
