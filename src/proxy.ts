@@ -247,7 +247,14 @@ class Exchange {
     const target = req.url ?? '';
     // Origin-form only (RFC 9112 §3.2.1): an absolute-form target would make this an open proxy.
     if (target.charCodeAt(0) !== 0x2f) {
-      return this.#refuse(new SidecarError('REQUEST_REFUSED', 'only origin-form request targets (/path) are accepted: this is not a forward proxy'));
+      const why = target === '*' ? 'OPTIONS * (asterisk-form) is not forwarded' : 'this is not a forward proxy';
+      return this.#refuse(new SidecarError('REQUEST_REFUSED', `only origin-form request targets (/path) are accepted: ${why}`));
+    }
+    const framing = framingRefusal(req, target);
+    if (framing !== undefined) {
+      // The connection's framing is in doubt (RFC 9112 §6.1): nothing more is read from it.
+      this.#res.shouldKeepAlive = false;
+      return this.#refuse(new SidecarError('REQUEST_REFUSED', framing));
     }
     const verdict = this.#options.inbound.check(req.socket.remoteAddress, req.headers.authorization);
     if (verdict === 'unauthorized') {
@@ -273,11 +280,6 @@ class Exchange {
       if (hops > 0) this.#maxForwards = hops;
     }
 
-    // RFC 9112 §6.3: only chunked framing is forwarded; node's parser refuses the rest, this is defence in depth.
-    const te = req.headers['transfer-encoding'];
-    if (te !== undefined && te.trim().toLowerCase() !== 'chunked') {
-      return this.#refuse(new SidecarError('REQUEST_REFUSED', 'unsupported Transfer-Encoding'));
-    }
     const route = this.#options.routes().match(this.#path);
     if (!route) return this.#refuse(new SidecarError('ROUTE_NOT_FOUND', `no route for ${truncate(this.#path)}`));
     this.#route = route;
@@ -367,6 +369,12 @@ class Exchange {
   /** Decided when the upstream's response head arrives, before any of its body: pass it on, or cure and send again. */
   decide(status: number, headers: IncomingHttpHeaders): Verdict {
     this.#upstreamStatus = status;
+    const codings = headers['transfer-encoding'];
+    if (codings !== undefined && !onlyChunked(codings)) {
+      // undici removes only the chunked framing: a gzip coding would reach the sender as a corrupt 200.
+      const host = new URL(this.#route!.origin).host;
+      throw new SidecarError('UPSTREAM_UNREACHABLE', `upstream ${host} answered with a transfer coding other than chunked, which cannot be passed on`);
+    }
     const body = this.#body!;
     // Upstreams (and SAP's CSRF filter) answer a 401 or 403 on the head, before the sender has finished the
     // body: a body still within the copy's limit is then read to its end before the cure, and the answer
@@ -421,6 +429,20 @@ class Exchange {
   #renewCsrf(route: Route): Promise<CsrfCredentials | undefined> {
     const stale = this.#csrf;
     return route.csrf!.renew(stale, () => this.#fetchCsrf(route, this.#upstreamPath, this.#token!, stale));
+  }
+
+  /**
+   * A proxy forwards the 1xx it did not ask for (RFC 9110 §15.2): 103 Early Hints (RFC 8297) with its `Link`,
+   * never to an HTTP/1.0 sender, and never once the final answer has begun.
+   */
+  earlyHints(headers: IncomingHttpHeaders): void {
+    const link = headers['link'];
+    if (link === undefined || this.#res.headersSent || this.#req.httpVersion === '1.0') return;
+    try {
+      this.#res.writeEarlyHints({ link });
+    } catch {
+      // A `Link` node refuses to write: the hints are only hints.
+    }
   }
 
   #writeHead(status: number, headers: IncomingHttpHeaders): void {
@@ -598,6 +620,10 @@ class Exchange {
   fail(err: unknown): void {
     const res = this.#res;
     if (res.headersSent) {
+      // Cut with a reset, not a close: an answer to an HTTP/1.0 sender (or one without a length) ends at the
+      // close, so a plain close would pass a truncated body off as complete (RFC 9112 §6.3, item 8).
+      const socket = res.socket;
+      if (socket && !socket.destroyed) socket.resetAndDestroy();
       res.destroy();
       return;
     }
@@ -723,8 +749,11 @@ class UpstreamCall implements Dispatcher.DispatchHandler, ConnectionListener {
   }
 
   onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders): void {
-    // Informational answers (102, 103 Early Hints) come before the real one and are not passed on.
-    if (statusCode < 200) return;
+    // Informational answers come before the real one; of them, only 103 Early Hints is for the sender.
+    if (statusCode < 200) {
+      if (statusCode === 103) this.#exchange.earlyHints(headers);
+      return;
+    }
     this.upstreamMs = performance.now() - this.#sentAt;
     try {
       this.#verdict = this.#exchange.decide(statusCode, headers);
@@ -967,6 +996,40 @@ function announcesBody(req: IncomingMessage): boolean {
  */
 function bodyStillComing(req: IncomingMessage): boolean {
   return !req.complete && announcesBody(req);
+}
+
+/**
+ * Why a request's framing or target cannot be trusted, checked before anything else (RFC 9112): a
+ * `Transfer-Encoding` other than chunked, or any in an HTTP/1.0 request (§6.1); an HTTP/1.1 request without
+ * `Host`, or any request with two (§3.2: node keeps the first and drops the rest, and HTTP/1.0 senders may
+ * omit it); a fragment, which no request target carries (§3.2.1).
+ */
+function framingRefusal(req: IncomingMessage, target: string): string | undefined {
+  const codings = req.headers['transfer-encoding'];
+  if (codings !== undefined) {
+    // node's parser refuses other codings already: this is defence in depth.
+    if (!onlyChunked(codings)) return 'unsupported Transfer-Encoding';
+    if (req.httpVersion === '1.0') return 'Transfer-Encoding in an HTTP/1.0 request: its framing cannot be trusted (RFC 9112 §6.1)';
+  }
+  const hosts = hostFields(req.rawHeaders);
+  if (hosts > 1) return 'more than one Host header';
+  if (hosts === 0 && req.httpVersion !== '1.0') return 'an HTTP/1.1 request must carry a Host header';
+  if (target.includes('#')) return 'a fragment (#) is not part of a request target';
+  return undefined;
+}
+
+function hostFields(raw: readonly string[]): number {
+  let count = 0;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!;
+    if (name.length === 4 && name.toLowerCase() === 'host') count++;
+  }
+  return count;
+}
+
+/** `Transfer-Encoding: chunked` and nothing else, as requests and answers are framed here. */
+function onlyChunked(codings: string | string[]): boolean {
+  return typeof codings === 'string' && codings.trim().toLowerCase() === 'chunked';
 }
 
 function withoutQuery(target: string): string {

@@ -1,0 +1,185 @@
+/**
+ * Message framing at both ends (RFC 9112): what the sidecar refuses from a
+ * sender before anything is forwarded, and what it does with an upstream
+ * answer it cannot pass on as it is. The upstream here is a raw TLS server
+ * that writes exact bytes (a node HTTPS server would frame its answers itself);
+ * the token server checks the client secret; senders are raw sockets.
+ */
+import { createServer as createTlsServer, type TLSSocket } from 'node:tls';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { SocketTracker, closeServer, listen } from '../helpers/net.js';
+import { createPki } from '../helpers/pki.js';
+import { rawOpen, rawRequest } from '../helpers/raw-http.js';
+import { expectNoSecretOrStack, secretForms } from '../helpers/secrets.js';
+import { runSidecar, scratch, type RunningSidecar } from '../helpers/sidecar.js';
+import { TokenEndpoint } from '../helpers/token-endpoint.js';
+
+const CLIENT_ID = 'sb-framing!b7|it-rt-acme!b196';
+const SECRET = 'fr4ming$Secret=value!|%+:9c';
+/** Far beyond any real answer, below the test timeout: a hung exchange fails with its own message. */
+const BOUND_MS = 10_000;
+
+/** What the raw upstream writes for a request whose target contains the key (the head is all it reads). */
+const ANSWERS: Record<string, (socket: TLSSocket) => void> = {
+  // A chunked answer that dies after its first chunk: the sender must not see a complete message.
+  '/cut': (socket) => {
+    socket.write('HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\na\r\n0123456789\r\n', () => socket.destroy());
+  },
+  '/gzip-te': (socket) => {
+    socket.write('HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n5\r\n\x1f\x8b\x08\x00\x00\r\n0\r\n\r\n');
+  },
+  '/hints': (socket) => {
+    socket.write('HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload; as=style\r\n\r\n');
+    socket.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok');
+  },
+};
+
+let upstreamTargets: string[] = [];
+let sidecar: RunningSidecar;
+let cleanup: () => Promise<void>;
+
+beforeAll(async () => {
+  const pki = await createPki();
+  const upstream = createTlsServer({ cert: pki.server.chain, key: pki.server.key }, (socket) => {
+    socket.on('error', () => undefined);
+    let head = '';
+    socket.on('data', (chunk: Buffer) => {
+      head += chunk.toString('latin1');
+      let end: number;
+      while ((end = head.indexOf('\r\n\r\n')) !== -1) {
+        const target = head.slice(0, end).split(' ')[1] ?? '';
+        head = head.slice(end + 4);
+        upstreamTargets.push(target);
+        const answer = Object.entries(ANSWERS).find(([key]) => target.includes(key))?.[1];
+        if (answer) answer(socket);
+        else socket.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok');
+      }
+    });
+  });
+  const upstreamSockets = new SocketTracker(upstream);
+  const upstreamPort = await listen(upstream);
+  const tokens = await TokenEndpoint.start({ tls: { cert: pki.server.chain, key: pki.server.key, ca: pki.ca }, clients: [{ clientId: CLIENT_ID, secret: SECRET }] });
+  const files = await scratch();
+  const key = await files.write(
+    'key.json',
+    JSON.stringify({ oauth: { clientid: CLIENT_ID, clientsecret: SECRET, tokenurl: tokens.tokenUrl, url: `https://127.0.0.1:${upstreamPort}` } }),
+  );
+  const ca = await files.write('ca.pem', pki.ca);
+  sidecar = await runSidecar(['--service-key', key, '--ca', ca]);
+  cleanup = async () => {
+    await sidecar.close();
+    await closeServer(upstream, upstreamSockets);
+    await tokens.close();
+    await files.cleanup();
+  };
+});
+
+afterAll(async () => {
+  expectNoSecretOrStack(sidecar?.logText() ?? '', secretForms(CLIENT_ID, SECRET));
+  await cleanup?.();
+});
+
+/** The first log line `match` accepts, once the access log (written in batches) has it. */
+async function logged(match: (line: Record<string, unknown>) => boolean): Promise<Record<string, unknown>> {
+  const deadline = performance.now() + BOUND_MS;
+  for (;;) {
+    const line = sidecar.logs.find(match);
+    if (line !== undefined) return line;
+    if (performance.now() > deadline) throw new Error('no such log line');
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+/** The sidecar still answers a plain request, and forwards it. */
+async function expectServing(): Promise<void> {
+  const before = upstreamTargets.length;
+  const answer = await rawRequest(sidecar.address.port, 'GET /still-serving HTTP/1.1\r\nHost: localhost\r\n\r\n', { timeoutMs: BOUND_MS, untilResponse: true });
+  expect(answer.status, answer.text).toBe(200);
+  expect(upstreamTargets.slice(before)).toEqual(['/still-serving']);
+}
+
+describe('requests whose framing or target cannot be trusted: 400, connection closed, nothing forwarded', () => {
+  it.each([
+    ['Transfer-Encoding in an HTTP/1.0 request', 'POST /te-1.0 HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\nGET /te-1.0-second HTTP/1.0\r\n\r\n', /HTTP\/1\.0/],
+    ['an HTTP/1.1 request without Host', 'GET /no-host HTTP/1.1\r\n\r\n', /must carry a Host/],
+    ['two Host headers', 'GET /two-hosts HTTP/1.1\r\nHost: localhost\r\nHost: other.example\r\n\r\n', /more than one Host/],
+    ['two Host headers in HTTP/1.0', 'GET /two-hosts-1.0 HTTP/1.0\r\nHost: localhost\r\nhost: other.example\r\n\r\n', /more than one Host/],
+    ['a fragment in the target', 'GET /fragment#part?x HTTP/1.1\r\nHost: localhost\r\n\r\n', /fragment/],
+  ])('%s', async (_name, bytes, message) => {
+    const before = upstreamTargets.length;
+    const answer = await rawRequest(sidecar.address.port, bytes, { timeoutMs: BOUND_MS });
+    expect(answer.ended, answer.text).toBe('closed');
+    expect(answer.status, answer.text).toBe(400);
+    expect(answer.headers['x-sidecar-error']).toBe('REQUEST_REFUSED');
+    expect(answer.headers['connection']).toBe('close');
+    expect((JSON.parse(answer.body) as { message: string }).message).toMatch(message);
+    // One answer only: a second request on the connection was never read.
+    expect(answer.text.match(/HTTP\/1\.1 \d{3} /g)).toHaveLength(1);
+    expect(upstreamTargets.slice(before)).toEqual([]);
+    await expectServing();
+  });
+
+  it('OPTIONS * (asterisk-form) → 400 naming it, nothing forwarded', async () => {
+    const before = upstreamTargets.length;
+    const answer = await rawRequest(sidecar.address.port, 'OPTIONS * HTTP/1.1\r\nHost: localhost\r\n\r\n', { timeoutMs: BOUND_MS, untilResponse: true });
+    expect(answer.status, answer.text).toBe(400);
+    expect((JSON.parse(answer.body) as { message: string }).message).toMatch(/OPTIONS \* \(asterisk-form\) is not forwarded/);
+    expect(upstreamTargets.slice(before)).toEqual([]);
+  });
+
+  it('an HTTP/1.0 request without Host is served (old senders omit it)', async () => {
+    const answer = await rawRequest(sidecar.address.port, 'GET /no-host-1.0 HTTP/1.0\r\n\r\n', { timeoutMs: BOUND_MS });
+    expect(answer.status, answer.text).toBe(200);
+    expect(answer.body).toBe('ok');
+    expect(upstreamTargets).toContain('/no-host-1.0');
+  });
+});
+
+describe('upstream answers that cannot be passed on as they are', () => {
+  it('a body cut mid-way reaches an HTTP/1.0 sender as a reset, never as a close that would pass for the end', async () => {
+    const answer = await rawRequest(sidecar.address.port, 'GET /cut?1.0 HTTP/1.0\r\n\r\n', { timeoutMs: BOUND_MS });
+    expect(answer.text).toMatch(/^HTTP\/1\.1 200 /); // the head had gone out
+    expect(answer.text).toContain('0123456789');
+    expect(answer.ended).toBe('reset');
+    const line = await logged((l) => l['msg'] === 'request' && l['path'] === '/cut' && l['error'] !== undefined);
+    expect(line['error']).toBe('UPSTREAM_UNREACHABLE');
+    expect(line['aborted']).toBe(true);
+    await expectServing();
+  });
+
+  it('… and an HTTP/1.1 sender sees no last chunk, and a reset', async () => {
+    const answer = await rawRequest(sidecar.address.port, 'GET /cut?1.1 HTTP/1.1\r\nHost: localhost\r\n\r\n', { timeoutMs: BOUND_MS });
+    expect(answer.text).toMatch(/^HTTP\/1\.1 200 /);
+    expect(answer.text).toContain('0123456789');
+    expect(answer.text).not.toMatch(/\r\n0\r\n\r\n$/);
+    expect(answer.ended).toBe('reset');
+  });
+
+  it('a transfer coding other than chunked (gzip, chunked) → 502 UPSTREAM_UNREACHABLE, never a corrupt 200', async () => {
+    const answer = await rawRequest(sidecar.address.port, 'GET /gzip-te HTTP/1.1\r\nHost: localhost\r\n\r\n', { timeoutMs: BOUND_MS, untilResponse: true });
+    expect(answer.status, answer.text).toBe(502);
+    expect(answer.headers['x-sidecar-error']).toBe('UPSTREAM_UNREACHABLE');
+    expect((JSON.parse(answer.body) as { message: string }).message).toMatch(/transfer coding other than chunked/);
+    await expectServing();
+  });
+
+  it('103 Early Hints is passed on with its Link before the answer (RFC 9110 §15.2), but not to an HTTP/1.0 sender', async () => {
+    const sender = await rawOpen(sidecar.address.port, 'GET /hints HTTP/1.1\r\nHost: localhost\r\n\r\n');
+    try {
+      await new Promise<void>((resolve, reject) => {
+        const check = (): void => {
+          if (sender.received().endsWith('\r\n\r\nok')) resolve();
+        };
+        sender.socket.on('data', check);
+        sender.socket.once('close', () => reject(new Error(`closed early: ${sender.received()}`)));
+        check();
+      });
+      expect(sender.received()).toMatch(/^HTTP\/1\.1 103 Early Hints\r\nlink: <\/style\.css>; rel=preload; as=style\r\n\r\nHTTP\/1\.1 200 OK\r\n/i);
+    } finally {
+      sender.socket.destroy();
+    }
+    const old = await rawRequest(sidecar.address.port, 'GET /hints?1.0 HTTP/1.0\r\n\r\n', { timeoutMs: BOUND_MS });
+    expect(old.status, old.text).toBe(200);
+    expect(old.text).not.toMatch(/103/);
+  });
+});
