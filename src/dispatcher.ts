@@ -61,7 +61,9 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
     ...(options.clientCert && { cert: options.clientCert.certificate, key: options.clientCert.key }),
     minVersion: 'TLSv1.2',
   });
-  const connect = { secureContext, timeout: options.connectTimeoutMs };
+  // Explicit, so that NODE_TLS_REJECT_UNAUTHORIZED=0 in the environment (set in some corporate images to get
+  // past a TLS-inspecting proxy) cannot turn verification off: node reads it only when this is left unset.
+  const connect = { secureContext, timeout: options.connectTimeoutMs, rejectUnauthorized: true };
   const agentOptions = {
     connect,
     headersTimeout: options.headersTimeoutMs,
@@ -74,6 +76,8 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
   return new EnvHttpProxyAgent({
     ...agentOptions,
     requestTls: connect,
+    // An https:// proxy is verified against Node's default store, never not at all.
+    proxyTls: { rejectUnauthorized: true },
     httpsProxy: proxy,
     // '' (not undefined) keeps undici from reading the environment itself: only HTTPS is proxied.
     httpProxy: '',

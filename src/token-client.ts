@@ -15,6 +15,7 @@ import { createHash } from 'node:crypto';
 import { setTimeout as sleepFor } from 'node:timers/promises';
 import type { Dispatcher } from 'undici';
 import type { Credentials } from './credentials.js';
+import { redact, secretForms } from './redaction.js';
 import { createDispatcher, type OutboundNetwork } from './dispatcher.js';
 import { SidecarError, isTransientTokenError } from './errors.js';
 import { decodeJwtClaims } from './jwt.js';
@@ -130,7 +131,11 @@ export class TokenClient {
     this.#body = buildForm(this.credentials, this.#settings);
     this.#headers = buildHeaders(this.credentials, this.#settings);
     this.cacheKey = cacheKeyOf(this.credentials, this.#settings);
+    this.#secrets = this.credentials.kind === 'client-secret' ? secretForms(this.credentials.clientId, this.credentials.clientSecret) : [];
   }
+
+  /** What the token server's error text must not echo into a message (see `redaction`). */
+  readonly #secrets: readonly string[];
 
   /** The client authentication actually used, for logs and diagnostics. */
   get authMethod(): 'client_secret_basic' | 'client_secret_post' | 'tls_client_auth' {
@@ -250,7 +255,7 @@ export class TokenClient {
 
   #statusError(status: number, headers: Dispatcher.ResponseData['headers'], text: string): SidecarError {
     const host = this.#url.host;
-    const oauth = oauthError(text);
+    const oauth = oauthError(text, this.#secrets);
     const detail = oauth ? ` ${oauth}` : '';
     if (status === 429) {
       const retryAfter = parseRetryAfter(headers['retry-after'], this.#now());
@@ -376,13 +381,16 @@ function lifetimeOf(
   return { expiresAt: issuedAt + DEFAULT_TOKEN_LIFETIME_S * 1000, lifetimeSource: 'default' };
 }
 
-/** RFC 6749 §5.2 `error` and a short `error_description`, or undefined. */
-function oauthError(text: string): string | undefined {
+/**
+ * RFC 6749 §5.2 `error` and a short `error_description`, or undefined; redacted before they are cut, so that
+ * no part of an echoed secret survives.
+ */
+function oauthError(text: string, secrets: readonly string[]): string | undefined {
   try {
     const json = JSON.parse(text) as Record<string, unknown>;
-    const error = typeof json['error'] === 'string' ? printable(json['error'], 60) : undefined;
+    const error = typeof json['error'] === 'string' ? printable(redact(json['error'], secrets), 60) : undefined;
     if (!error) return undefined;
-    const description = typeof json['error_description'] === 'string' ? printable(json['error_description'], 160) : '';
+    const description = typeof json['error_description'] === 'string' ? printable(redact(json['error_description'], secrets), 160) : '';
     return description ? `${error}: ${description}` : error;
   } catch {
     return undefined;

@@ -120,6 +120,28 @@ describe('NODE_EXTRA_CA_CERTS and --ca together', () => {
     expect(await call('/upstreamC/z')).toMatchObject({ status: 502, body: { error: 'UPSTREAM_TLS' } });
   });
 
+  it('NODE_TLS_REJECT_UNAUTHORIZED=0 in the environment does not turn verification off, for token servers or upstreams', async () => {
+    const key = await serviceKey('k6.json', 'C', 'A');
+    const upstreamC = await serviceKey('k7.json', 'A', 'C');
+    const file = await files.write('routes-insecure.yaml', ['routes:', `  - { name: tokenC, prefix: /tokenC, serviceKey: ${key} }`, `  - { name: upstreamC, prefix: /upstreamC, serviceKey: ${upstreamC} }`].join('\n'));
+    const saved = process.env['NODE_TLS_REJECT_UNAUTHORIZED'];
+    // node's TLS reads the process environment itself when a connection leaves rejectUnauthorized unset.
+    process.env['NODE_TLS_REJECT_UNAUTHORIZED'] = '0';
+    try {
+      const sidecar = await runSidecar(['--config', file, '--ca', caBPath], { NODE_EXTRA_CA_CERTS: caAPath }, { tokens: { backoff: { minMs: 1, maxMs: 1 } } });
+      sidecars.push(sidecar);
+      const token = await request(`${sidecar.url}/tokenC/x`);
+      expect(await token.body.json()).toMatchObject({ error: 'TOKEN_UNREACHABLE' });
+      expect(servers.C.token.requests).toHaveLength(0); // the secret never went to a server nobody vouched for
+      const upstream = await request(`${sidecar.url}/upstreamC/y`);
+      expect(upstream.statusCode).toBe(502);
+      expect(await upstream.body.json()).toMatchObject({ error: 'UPSTREAM_TLS' });
+    } finally {
+      if (saved === undefined) delete process.env['NODE_TLS_REJECT_UNAUTHORIZED'];
+      else process.env['NODE_TLS_REJECT_UNAUTHORIZED'] = saved;
+    }
+  });
+
   it('check says what is trusted and passes for a route whose token server and upstream are under the two CAs', async () => {
     const key = await serviceKey('k5.json', 'B', 'A');
     const lines: string[] = [];

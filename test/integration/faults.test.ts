@@ -371,6 +371,15 @@ describe('token server faults', () => {
 
   const faults: TokenFault[] = [
     { name: 'rejects the credentials (401 invalid_client)', fault: status(401, { error: 'invalid_client', error_description: 'Bad credentials' }), status: 502, code: 'TOKEN_REJECTED', attempts: 1, namesHost: false },
+    {
+      name: 'rejects the credentials quoting them back (error_description echoes the secret and the Basic header)',
+      fault: status(401, { error: `invalid_client ${SECRET}`, error_description: `Bad credentials: client_secret=${encodeURIComponent(SECRET)}, Authorization: Basic ${Buffer.from(`${encodeURIComponent(CLIENT_ID)}:${encodeURIComponent(SECRET)}`).toString('base64')}, secret ${SECRET}` }),
+      status: 502,
+      code: 'TOKEN_REJECTED',
+      attempts: 1,
+      namesHost: false,
+      says: 'Bad credentials: client_secret=[redacted]',
+    },
     { name: 'refuses connections', refuse: true, status: 503, code: 'TOKEN_UNREACHABLE', attempts: 3, retryAfter: true, namesHost: true },
     { name: 'resets the connection', fault: { kind: 'reset' }, status: 503, code: 'TOKEN_UNREACHABLE', attempts: 3, retryAfter: true, namesHost: true },
     // 6 hangs: whether the sender's request joins the warm-up fetch or starts its own, it meets 3 of them.
@@ -415,6 +424,8 @@ describe('token server faults', () => {
       const marker = `token-fault-${c.code}-${Math.random().toString(36).slice(2)}`;
       const answer = await fetchText(`${s.url}/http/ok?${marker}`);
       const body = expectSidecarError(answer, c.status, c.code);
+      expectClean(answer.text);
+      expectClean((await fetchText(`http://127.0.0.1:${s.adminAddress!.port}/readyz`)).text);
       if (c.namesHost) expect(body.message).toContain(new URL(t.endpoint.tokenUrl).host);
       if (c.says) expect(body.message).toContain(c.says);
       if (c.retryAfter === undefined) expect(answer.headers['retry-after']).toBeUndefined();
