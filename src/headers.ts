@@ -1,6 +1,7 @@
 /** @module Header hygiene for the forward path: hop-by-hop and `Connection`-listed fields are dropped both ways (RFC 9110 §7.6.1), sender credentials and forwarding claims never reach the upstream. */
 
 import type { IncomingHttpHeaders } from 'node:http';
+import { REDACTED } from './redaction.js';
 
 /** Header object in the shape undici's `headers` option and node's `res.writeHead` both accept. */
 export type HeaderRecord = Record<string, string | string[]>;
@@ -15,6 +16,12 @@ export interface HeaderFilterOptions {
    * They are trusted as given: never pass hop-by-hop names here.
    */
   readonly extra?: ExtraHeaders;
+  /**
+   * Responses only: the access token the request carried. An upstream that echoes the request's headers
+   * back (a flow returning its message headers, a `WWW-Authenticate` quoting the token) would hand it to
+   * the sender; it is replaced by `[redacted]` in any value holding it.
+   */
+  readonly token?: string | undefined;
 }
 
 /**
@@ -97,7 +104,7 @@ export function requestHeadersForUpstream(
   incoming: Readonly<IncomingHttpHeaders>,
   opts?: HeaderFilterOptions,
 ): HeaderRecord {
-  return filter(incoming, REQUEST_DROP, true, opts?.extra);
+  return filter(incoming, REQUEST_DROP, true, opts?.extra, undefined);
 }
 
 /**
@@ -112,7 +119,7 @@ export function responseHeadersForSender(
   upstream: Readonly<Record<string, string | string[] | undefined>>,
   opts?: HeaderFilterOptions,
 ): HeaderRecord {
-  return filter(upstream, RESPONSE_DROP, false, opts?.extra);
+  return filter(upstream, RESPONSE_DROP, false, opts?.extra, opts?.token);
 }
 
 function filter(
@@ -120,6 +127,7 @@ function filter(
   drop: ReadonlySet<string>,
   dropForwarding: boolean,
   extra: ExtraHeaders | undefined,
+  token: string | undefined,
 ): HeaderRecord {
   const out: HeaderRecord = {};
   const connection = source['connection'];
@@ -135,7 +143,7 @@ function filter(
     if (drop.has(lower)) continue;
     if (named !== undefined && named.has(lower)) continue;
     if (dropForwarding && lower.charCodeAt(0) === CHAR_X && lower.startsWith(X_FORWARDED)) continue;
-    put(out, lower, value);
+    put(out, lower, token === undefined ? value : withoutToken(value, token));
   }
   if (extra !== undefined) {
     const extraNames = Object.keys(extra);
@@ -145,6 +153,12 @@ function filter(
     }
   }
   return out;
+}
+
+function withoutToken(value: string | string[], token: string): string | string[] {
+  if (typeof value !== 'string') return value.map((v) => withoutToken(v, token) as string);
+  // Most values are shorter than any token: one length comparison each.
+  return value.length >= token.length && value.includes(token) ? value.split(token).join(REDACTED) : value;
 }
 
 /** Assigns without ever touching the prototype: undici delivers a `__proto__` response field as an own key. */

@@ -301,7 +301,27 @@ class Exchange {
     const tokens = this.#options.tokens;
     const token = tokens.cachedToken(route.tokenClient);
     if (token !== undefined) this.#attemptWith(route, token);
-    else this.#continueWith(tokens.getToken(route.tokenClient), (fresh) => this.#resume(route, fresh));
+    else this.#continueWithToken(route, tokens.getToken(route.tokenClient));
+  }
+
+  /**
+   * Go on once `pending` (a token for `route`) settles. When it fails after credentials rotated, the old
+   * client's failure (its pool closed by the swap) says nothing about the new one: the request moves to the
+   * route as it is now and waits for its token instead.
+   */
+  #continueWithToken(route: Route, pending: Promise<AccessToken>): void {
+    pending
+      .then(
+        (fresh) => this.#resume(route, fresh),
+        (err: unknown) => {
+          const now = this.#currentRoute();
+          if (now === route || this.#senderGone) throw err;
+          const cached = this.#options.tokens.cachedToken(now.tokenClient);
+          if (cached !== undefined) this.#attemptWith(now, cached);
+          else this.#continueWithToken(now, this.#options.tokens.getToken(now.tokenClient));
+        },
+      )
+      .catch((err: unknown) => this.fail(err));
   }
 
   /**
@@ -310,9 +330,7 @@ class Exchange {
    */
   #resume(before: Route, token: AccessToken): void {
     const route = this.#currentRoute();
-    if (route === before) return this.#attemptWith(route, token);
-    this.#upstreamPath = upstreamTarget(route, this.#req.url ?? '');
-    this.#attemptWith(route, this.#options.tokens.cachedToken(route.tokenClient) ?? token);
+    this.#attemptWith(route, route === before ? token : (this.#options.tokens.cachedToken(route.tokenClient) ?? token));
   }
 
   /** Send with this token from now on (the cached one, or one just fetched). */
@@ -422,13 +440,20 @@ class Exchange {
    * fetched now, so that the sender's next modifying request carries a token (one fetch, shared as in `#cure`).
    */
   #renewInBackground(): void {
-    this.#renewCsrf(this.#route!).catch(() => undefined);
+    const route = this.#latest(this.#route!);
+    if (route === this.#route) {
+      this.#renewCsrf(route).catch(() => undefined);
+      return;
+    }
+    // Credentials rotated since the request went out (the old route's pools are closing): the session is
+    // fetched for the route that the sender's next attempt will take, with its token when it has one.
+    const token = this.#options.tokens.cachedToken(route.tokenClient) ?? this.#token!;
+    this.#renewCsrf(route, upstreamTarget(route, this.#req.url ?? ''), token, undefined).catch(() => undefined);
   }
 
   /** A new CSRF session for `route` from the URL that asked, unless another request renewed it since this one's. */
-  #renewCsrf(route: Route): Promise<CsrfCredentials | undefined> {
-    const stale = this.#csrf;
-    return route.csrf!.renew(stale, () => this.#fetchCsrf(route, this.#upstreamPath, this.#token!, stale));
+  #renewCsrf(route: Route, path = this.#upstreamPath, token = this.#token!, stale = this.#csrf): Promise<CsrfCredentials | undefined> {
+    return route.csrf!.renew(stale, () => this.#fetchCsrf(route, path, token, stale));
   }
 
   /**
@@ -449,7 +474,7 @@ class Exchange {
     // The sender is still sending a body nobody will read on (an early answer): close the connection after
     // this answer, decided before the head is written, which is when node settles `Connection`.
     if (bodyStillComing(this.#req)) this.#res.shouldKeepAlive = false;
-    this.#res.writeHead(status, responseHeadersForSender(headers, { extra: this.#ownHeaders() }));
+    this.#res.writeHead(status, responseHeadersForSender(headers, { extra: this.#ownHeaders(), token: this.#token?.value }));
   }
 
   /** Whether the answer being discarded must be kept: the cure may yet prove impossible (see `decide`). */
@@ -514,10 +539,18 @@ class Exchange {
    * route's pools (once their requests are done), so a resend goes out through the new one.
    */
   #currentRoute(): Route {
-    const name = this.#route!.name;
-    const route = this.#options.routes().routes.find((r) => r.name === name) ?? this.#route!;
-    this.#route = route;
+    const before = this.#route!;
+    const route = this.#latest(before);
+    if (route !== before) {
+      this.#route = route;
+      this.#upstreamPath = upstreamTarget(route, this.#req.url ?? '');
+    }
     return route;
+  }
+
+  /** `route` as the table has it now (itself unless credentials rotated since). */
+  #latest(route: Route): Route {
+    return this.#options.routes().routes.find((r) => r.name === route.name) ?? route;
   }
 
   #cure(verdict: 'retry-401' | 'retry-csrf'): void {
@@ -526,7 +559,7 @@ class Exchange {
     if (verdict === 'retry-401') {
       this.#refreshed = true;
       this.#retrying('401-refresh');
-      this.#continueWith(this.#options.tokens.refreshAfterRejection(route.tokenClient, token), (fresh) => this.#resume(route, fresh));
+      this.#continueWithToken(route, this.#options.tokens.refreshAfterRejection(route.tokenClient, token));
       return;
     }
     this.#renewed = true;

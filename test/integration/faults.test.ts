@@ -520,6 +520,25 @@ describe('token server faults', () => {
 });
 
 describe('upstream faults', () => {
+  it('an upstream echoing the access token in response headers: the sender gets them with the token redacted', async () => {
+    upstream.handler = (req, res) => {
+      if (!req.url?.includes('echo-token')) return false;
+      req.resume();
+      const auth = req.headers.authorization ?? '';
+      const token = auth.slice('Bearer '.length);
+      res.writeHead(200, { 'x-echo-auth': auth, 'set-cookie': [`a=1`, `t=${token}`], 'content-length': '2' });
+      res.end('ok');
+      return true;
+    };
+    const answer = await fetchText(`${sidecar.url}/http/ok?echo-token`);
+    expect(answer.status, answer.text).toBe(200);
+    expect(answer.headers['x-echo-auth']).toBe('Bearer [redacted]');
+    expect(answer.headers['set-cookie']).toEqual(['a=1', 't=[redacted]']);
+    const [seen] = upstream.seen('echo-token');
+    expect(seen?.authorized).toBe(true); // the upstream did get the token
+    expectClean(JSON.stringify(answer.headers));
+  });
+
   it('refuses connections → 502 UPSTREAM_UNREACHABLE; serves again when the upstream is back', async () => {
     await expectServing(); // warm: token cached, a pooled connection exists
     await upstream.stop();
