@@ -39,6 +39,13 @@ const TLS_TRUST_CODES = new Set([
   'INVALID_PURPOSE',
 ]);
 
+/** What to do about a `tls-trust` failure: a missing CA is the usual cause, but not of every code in it. */
+export function trustAdvice(code: string): string {
+  if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') return 'the certificate does not name this host: check the host of the URL (a CA would not help)';
+  if (code === 'CERT_HAS_EXPIRED' || code === 'CERT_NOT_YET_VALID') return "the certificate is outside its validity (or this machine's clock is wrong)";
+  return 'add the issuing CA with --ca';
+}
+
 export interface ClassifiedFailure {
   failure: NetworkFailure;
   /** The machine code (e.g. `ECONNREFUSED`), safe to show. */

@@ -21,7 +21,7 @@ import { awaitConnection, type ConnectionListener } from './connection-reuse.js'
 import { SidecarError, toHttpFailure, type HttpFailure } from './errors.js';
 import { requestHeadersForUpstream, responseHeadersForSender, type HeaderRecord } from './headers.js';
 import { BASIC_AUTH_CHALLENGE, type InboundControl } from './inbound-control.js';
-import { classifyNetworkError } from './network-error.js';
+import { classifyNetworkError, trustAdvice } from './network-error.js';
 import { requestIdOf } from './request-id.js';
 import { hasDotSegment, upstreamTarget, type Route, type RouteTable } from './routes.js';
 import type { Scavenger } from './scavenger.js';
@@ -639,7 +639,7 @@ class Exchange {
       case 'timeout':
         return new SidecarError('UPSTREAM_TIMEOUT', `upstream ${host} did not answer in time (${code})`, { cause: err });
       case 'tls-trust':
-        return new SidecarError('UPSTREAM_TLS', `upstream ${host}: TLS certificate not trusted (${code}) — add the issuing CA with --ca`, { cause: err });
+        return new SidecarError('UPSTREAM_TLS', `upstream ${host}: TLS certificate not trusted (${code}) — ${trustAdvice(code)}`, { cause: err });
       case 'tls':
         return new SidecarError('UPSTREAM_TLS', `upstream ${host}: TLS handshake failed (${code})`, { cause: err });
       case 'proxy':

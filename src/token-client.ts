@@ -19,7 +19,7 @@ import { redact, secretForms } from './redaction.js';
 import { createDispatcher, type OutboundNetwork } from './dispatcher.js';
 import { SidecarError, isTransientTokenError } from './errors.js';
 import { decodeJwtClaims } from './jwt.js';
-import { classifyNetworkError } from './network-error.js';
+import { classifyNetworkError, trustAdvice } from './network-error.js';
 
 /** Lifetime assumed when the server gives neither `expires_in` nor a JWT `exp`. */
 export const DEFAULT_TOKEN_LIFETIME_S = 300;
@@ -290,7 +290,7 @@ export class TokenClient {
       case 'tls-trust':
         return new SidecarError(
           'TOKEN_UNREACHABLE',
-          `token server ${host}: TLS certificate not trusted (${code}) — add the issuing CA with --ca`,
+          `token server ${host}: TLS certificate not trusted (${code}) — ${trustAdvice(code)}`,
           { cause: err },
         );
       case 'tls':

@@ -142,6 +142,29 @@ describe('NODE_EXTRA_CA_CERTS and --ca together', () => {
     }
   });
 
+  it('a certificate that does not name the host: 502 UPSTREAM_TLS saying so, not advice to add a CA', async () => {
+    const pki = await createPki(); // the same (memoised) PKI as CA A's servers: trusted, named for 127.0.0.1
+    const server: Server = createServer({ cert: pki.server.chain, key: pki.server.key }, (_req, res) => res.end('never'));
+    const sockets = new SocketTracker(server);
+    // The certificate names localhost, 127.0.0.1 and ::1; 127.0.0.2 is loopback all the same.
+    const port = await listen(server, 0, '127.0.0.2');
+    try {
+      const oauth = { clientid: CLIENT.clientId, clientsecret: CLIENT.secret, tokenurl: servers.B.token.tokenUrl, url: `https://127.0.0.2:${port}` };
+      const key = await files.write('k8.json', JSON.stringify({ oauth }));
+      const sidecar = await runSidecar(['--service-key', key, '--ca', caBPath], { NODE_EXTRA_CA_CERTS: caAPath });
+      sidecars.push(sidecar);
+      const res = await request(`${sidecar.url}/x`);
+      expect(res.statusCode).toBe(502);
+      const body = (await res.body.json()) as { error: string; message: string };
+      expect(body.error).toBe('UPSTREAM_TLS');
+      expect(body.message).toContain('ERR_TLS_CERT_ALTNAME_INVALID');
+      expect(body.message).toContain('does not name this host');
+      expect(body.message).not.toContain('--ca');
+    } finally {
+      await closeServer(server, sockets);
+    }
+  });
+
   it('check says what is trusted and passes for a route whose token server and upstream are under the two CAs', async () => {
     const key = await serviceKey('k5.json', 'B', 'A');
     const lines: string[] = [];
