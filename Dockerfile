@@ -59,7 +59,8 @@ COPY --from=build /src/package.json ./package.json
 
 # Listen on all interfaces inside the container. 0.0.0.0 is not loopback, so `serve` refuses to start
 # until inbound control is chosen (protected mode): SIDECAR_BASIC_AUTH_FILE, SIDECAR_ALLOW_CIDRS, or
-# SIDECAR_ALLOW_ANY_SENDER=true. A pod-local sidecar sets SIDECAR_LISTEN=127.0.0.1:8080 instead.
+# SIDECAR_ALLOW_ANY_SENDER=true. `token` and `check` never listen and run without it (`check` warns).
+# A pod-local sidecar sets SIDECAR_LISTEN=127.0.0.1:8080 instead.
 # The admin listener (/healthz, /readyz, /metrics) must be reachable by the kubelet and by Docker's
 # health check; it exposes no secret (route names, states, error codes and counters only) and never
 # forwards anything.

@@ -5,9 +5,10 @@ import type { Config, RouteConfig } from './config.js';
 import { loadCredentials, type Credentials, type LoadedCredentials } from './credentials.js';
 import { createDispatcher, type OutboundNetwork } from './dispatcher.js';
 import { ConfigError, shownSource, SidecarError } from './errors.js';
-import { readBasicAuthFile } from './inbound-control.js';
+import { exposureProblems, readBasicAuthFile } from './inbound-control.js';
 import { decodeJwtClaims, type JwtClaims } from './jwt.js';
-import { classifyNetworkError, type NetworkFailure } from './network-error.js';
+import { classifyNetworkError, trustAdvice, type NetworkFailure } from './network-error.js';
+import { redact, withoutCredentials } from './redaction.js';
 import { createTokenClient, type AccessToken, type RetryPolicy, type TokenClient } from './token-client.js';
 
 /** The role an HTTPS sender adapter requires unless the iFlow names a custom User Role. */
@@ -29,7 +30,6 @@ const MAX_BODY_BYTES = 16 * 1024;
 const MAX_SCOPES_SHOWN = 20;
 /** Secrets shorter than this are not searched for in output (they would match ordinary words). */
 const MIN_REDACT_LENGTH = 6;
-const REDACTED = '[redacted]';
 const DAY_MS = 86_400_000;
 /** More than this between the token's `iat` and the local clock is worth a warning. */
 const MAX_CLOCK_SKEW_MS = 120_000;
@@ -92,15 +92,17 @@ export async function runCheck(config: Readonly<Config>, options: CheckOptions):
 /** Like `runCheck`, with the verdict of each route (for exit codes). */
 export async function checkRoutes(config: Readonly<Config>, options: CheckOptions): Promise<CheckReport> {
   const secrets = new Set<string>();
-  const out = redacting(options.out, secrets);
+  const out = redacting(options.out, secrets, hiddenPaths(config));
   const now = options.now ?? Date.now;
   const count = config.routes.length;
-  out(`oauth-sidecar check: ${count} route${count === 1 ? '' : 's'} from ${config.routesSource}`);
+  out(`oauth-sidecar check: ${count} route${count === 1 ? '' : 's'} from ${shownSource(config.routesSource)}`);
   const network = describeNetwork(config);
   for (const finding of network) printFinding(out, finding);
   const inbound = await describeInbound(config);
   if (inbound) printFinding(out, inbound);
   const inboundInvalid = inbound?.level === 'FAIL';
+  const exposure = describeExposure(config);
+  if (exposure) printFinding(out, exposure);
   const results: RouteCheckResult[] = [];
   for (const route of config.routes) {
     out('');
@@ -114,6 +116,7 @@ export async function checkRoutes(config: Readonly<Config>, options: CheckOption
   const warned = results.filter((r) => r.level === 'warn');
   out(summaryLine(results.length, failed.map((r) => r.name), warned.length));
   if (inboundInvalid) out(formatLine('FAIL', 'the inbound basic-auth file is unusable: serve would refuse to start'));
+  if (exposure) out(formatLine('warn', 'the proxy listener is not loopback and has no inbound control: serve would refuse to start'));
   return { ok: failed.length === 0 && !inboundInvalid, routes: results, inboundInvalid };
 }
 
@@ -160,7 +163,7 @@ async function checkRoute(
 
   const upstream = route.upstream ?? credentials.url;
   if (!upstream) {
-    section.fail(`no upstream: the service key ${credentials.source} has no url`, 'set --upstream URL (or upstream: on the route)');
+    section.fail(`no upstream: the service key ${shownSource(credentials.source)} has no url`, 'set --upstream URL (or upstream: on the route)');
     return true;
   }
   const upstreamUrl = new URL(upstream);
@@ -229,7 +232,7 @@ export function credentialFailure(err: unknown): Finding[] {
 export function describeCredentials(loaded: LoadedCredentials, now: number): Finding[] {
   const { credentials, notices } = loaded;
   const findings = [
-    finding('ok', `service key: ${credentials.source}`),
+    finding('ok', `service key: ${shownSource(credentials.source)}`),
     finding('ok', `key type: ${KEY_TYPE_NAMES[credentials.kind]}, clientid ${credentials.clientId}`),
     finding('ok', `token URL: ${credentials.tokenUrl}`),
   ];
@@ -356,8 +359,10 @@ export function explainTokenError(err: unknown, ctx: TokenErrorContext): Finding
             'a secret from another subaccount or instance does not work here: clientid, clientsecret and tokenurl must come from the same key',
             'the sidecar form-encodes id and secret before base64 (RFC 6749 §2.3.1); a token server that does not decode them accepts --token-auth post',
           ]);
-    case 'TOKEN_UNREACHABLE':
-      return finding('FAIL', message, networkHints(classifyNetworkError(err.cause).failure, host, ctx.network, 'token'));
+    case 'TOKEN_UNREACHABLE': {
+      const { failure, code } = classifyNetworkError(err.cause);
+      return finding('FAIL', message, networkHints(failure, host, ctx.network, 'token', code));
+    }
     case 'TOKEN_TIMEOUT':
       return finding('FAIL', message, [
         ...networkHints('timeout', host, ctx.network, 'token'),
@@ -378,11 +383,13 @@ export function explainTokenError(err: unknown, ctx: TokenErrorContext): Finding
 }
 
 /** Fixes for a connection failure to the token server or the upstream. */
-export function networkHints(failure: NetworkFailure, host: string, network: OutboundNetwork, peer: 'token' | 'upstream'): string[] {
+export function networkHints(failure: NetworkFailure, host: string, network: OutboundNetwork, peer: 'token' | 'upstream', code = ''): string[] {
   const proxy = proxyHost(network.httpsProxy);
   const viaProxy = proxy ? [`outbound HTTPS goes through the proxy ${proxy}: check HTTPS_PROXY/NO_PROXY and that the proxy allows CONNECT to ${host}`] : [];
   switch (failure) {
     case 'tls-trust':
+      // A name mismatch or an expired certificate is not cured by a CA.
+      if (trustAdvice(code) !== trustAdvice('')) return [`${trustAdvice(code)} (${host})`];
       return [
         peer === 'upstream'
           ? `add --ca FILE with the root CA of ${host}'s certificate (the load balancer's root: take it from the CPI connectivity test (TLS) download)`
@@ -598,7 +605,7 @@ export function explainUpstreamError(err: unknown, ctx: UpstreamContext): Findin
     aborted: 'the request was aborted',
     other: 'the request failed',
   };
-  const hints = networkHints(failure, host, ctx.network, 'upstream');
+  const hints = networkHints(failure, host, ctx.network, 'upstream', code);
   if (failure === 'timeout') hints.push('a slow iFlow needs a larger --upstream-timeout (timeouts.responseMs on the route)');
   return finding('FAIL', `GET ${ctx.url}: ${what[failure]} (${code})`, hints);
 }
@@ -649,21 +656,34 @@ function finding(level: Level, message: string, hints: readonly string[] = []): 
   return { level, message, hints };
 }
 
-/** Defence in depth: whatever a message may carry, the secret, the key and the token never reach the output. */
-function redacting(out: (line: string) => void, secrets: ReadonlySet<string>): (line: string) => void {
+/**
+ * Defence in depth: whatever a message may carry, the secret, the key and the token never reach the output, nor
+ * does a configured path that `shownSource` would not show (messages built elsewhere, e.g. a client key pair's
+ * `cert, key` source in a notice, may quote it).
+ */
+function redacting(out: (line: string) => void, secrets: ReadonlySet<string>, hidden: ReadonlySet<string>): (line: string) => void {
   return (line) => {
-    let text = line;
-    for (const secret of secrets) {
-      if (secret.length >= MIN_REDACT_LENGTH && text.includes(secret)) text = text.split(secret).join(REDACTED);
+    let text = redact(line, secrets);
+    for (const value of hidden) {
+      if (text.includes(value)) text = text.split(value).join(shownSource(value));
     }
-    out(withoutCredentials(text));
+    out(text);
   };
 }
 
-/** `Bearer <anything>` and whatever looks like a JWT (or the start of one), replaced by `REDACTED`. */
-function withoutCredentials(text: string): string {
-  return text.replace(/\bBearer\s+\S+/gi, `Bearer ${REDACTED}`).replace(/\beyJ[A-Za-z0-9_-]{6,}(?:\.[A-Za-z0-9_-]*){0,2}/g, REDACTED);
+/** The configured paths (and path-like settings) that do not look like paths: a value pasted in the wrong place. */
+function hiddenPaths(config: Readonly<Config>): Set<string> {
+  const values = [config.routesSource, config.inbound.basicAuthFile, config.nodeExtraCaFile, ...config.caFiles];
+  for (const route of config.routes) {
+    const { source, clientCert } = route.credentials;
+    if (source.kind === 'path') values.push(source.path);
+    else if (source.kind === 'binding-root') values.push(source.root);
+    if (clientCert?.kind === 'files') values.push(clientCert.certFile, clientCert.keyFile);
+    else if (clientCert?.kind === 'tls-dir') values.push(clientCert.dir);
+  }
+  return new Set(values.filter((v): v is string => v !== undefined && v.length >= MIN_REDACT_LENGTH && shownSource(v) !== v));
 }
+
 
 /** The inbound basic-auth file, read and parsed as `serve` would (its problems by line number, never content). */
 async function describeInbound(config: Readonly<Config>): Promise<Finding | undefined> {
@@ -671,15 +691,27 @@ async function describeInbound(config: Readonly<Config>): Promise<Finding | unde
   if (!file) return undefined;
   try {
     const users = await readBasicAuthFile(file);
-    return finding('ok', `inbound basic auth: ${users.userCount} user${users.userCount === 1 ? '' : 's'} in ${file}`);
+    return finding('ok', `inbound basic auth: ${users.userCount} user${users.userCount === 1 ? '' : 's'} in ${shownSource(file)}`);
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
     return finding(
       'FAIL',
-      `inbound basic auth file: ${err.problems.map((p) => `${p.field}: ${p.message}`).join('; ')} (${file})`,
+      `inbound basic auth file: ${err.problems.map((p) => `${p.field}: ${p.message}`).join('; ')} (${shownSource(file)})`,
       ['one user:password or user:sha256:<hex> per line; blank lines and # comments are ignored'],
     );
   }
+}
+
+/**
+ * A proxy listener that `serve` would refuse (config.ts checks it for `serve` only): `check` does not listen, so
+ * it runs — the image's own 0.0.0.0 is such a listener until inbound control is chosen — and says so instead.
+ */
+function describeExposure(config: Readonly<Config>): Finding | undefined {
+  const { listen, inbound } = config;
+  const control = { basicAuth: inbound.basicAuthFile, allowlist: inbound.allowCidrs.length > 0 ? inbound.allowCidrs : undefined, allowAnySender: inbound.allowAnySender };
+  const [problem] = exposureProblems(listen.host, control, 'listen', 'listen', { configFile: config.routesSource !== 'flags' });
+  if (!problem) return undefined;
+  return finding('warn', `proxy listener: ${problem.message}`, ['serve would refuse to start with these settings; token and check do not listen, so they run without it']);
 }
 
 /** Trust anchors and proxy, once for all routes. */
@@ -704,8 +736,8 @@ function describeNetwork(config: Readonly<Config>): Finding[] {
 export function describeTrust(config: Pick<Config, 'caFiles' | 'nodeExtraCaFile'>): Finding {
   const extra = config.nodeExtraCaFile;
   const added = [
-    ...(extra ? [`NODE_EXTRA_CA_CERTS ${extra}`] : []),
-    ...(config.caFiles.length > 0 ? [`--ca ${config.caFiles.join(', ')}`] : []),
+    ...(extra ? [`NODE_EXTRA_CA_CERTS ${shownSource(extra)}`] : []),
+    ...(config.caFiles.length > 0 ? [`--ca ${config.caFiles.map(shownSource).join(', ')}`] : []),
   ];
   const store = "Node's bundled Mozilla CA list (the OS store only with node --use-system-ca)";
   return finding('ok', `trusting ${store}${added.length > 0 ? ` plus ${added.join(' plus ')}` : ' (no NODE_EXTRA_CA_CERTS, no --ca)'}`);

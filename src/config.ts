@@ -12,7 +12,7 @@ import { isIP } from 'node:net';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import type { ClientCertSource, CredentialSource, CredentialSpec } from './credentials.js';
 import type { OutboundNetwork } from './dispatcher.js';
-import { ConfigError, type ConfigProblem } from './errors.js';
+import { ConfigError, shownSource, type ConfigProblem } from './errors.js';
 import { exposureProblems, parseAllowlist } from './inbound-control.js';
 import { parseCertificates, PemError } from './pem.js';
 import type { TokenAuthMethod, TokenRequestSettings } from './token-client.js';
@@ -68,7 +68,7 @@ export interface InboundConfig {
   basicAuthFile: string | undefined;
   allowCidrs: readonly string[];
   allowAnySender: boolean;
-  /** Host names a loopback-only listener accepts beyond IP addresses and `localhost` (DNS-rebinding guard). */
+  /** Host names a loopback-only listener accepts beyond IP addresses, `localhost` and `*.localhost` (DNS-rebinding guard). */
   allowHosts: readonly string[];
 }
 
@@ -118,7 +118,7 @@ interface FlagSpec {
 /** Every flag, its environment variable and default: the single source for parsing and `--help`. */
 export const FLAGS: Readonly<Record<string, FlagSpec>> = {
   'service-key': { type: 'string', env: 'SIDECAR_SERVICE_KEY', route: true, path: true, description: 'service key JSON file or secret directory' },
-  binding: { type: 'string', env: 'SIDECAR_BINDING', route: true, description: 'binding name in VCAP_SERVICES or $SERVICE_BINDING_ROOT (default: the it-rt one)' },
+  binding: { type: 'string', env: 'SIDECAR_BINDING', route: true, description: 'binding to use: an instance name or service label in VCAP_SERVICES, a binding directory name under $SERVICE_BINDING_ROOT (default: the it-rt one)' },
   'client-cert': { type: 'string', env: 'SIDECAR_CLIENT_CERT', route: true, path: true, description: 'client certificate PEM file (External Certificate keys)' },
   'client-key': { type: 'string', env: 'SIDECAR_CLIENT_KEY', route: true, path: true, description: 'private key PEM file of --client-cert' },
   'client-tls-dir': { type: 'string', env: 'SIDECAR_CLIENT_TLS_DIR', route: true, path: true, description: 'kubernetes.io/tls secret directory (tls.crt, tls.key)' },
@@ -142,7 +142,7 @@ export const FLAGS: Readonly<Record<string, FlagSpec>> = {
   'basic-auth-file': { type: 'string', env: 'SIDECAR_BASIC_AUTH_FILE', path: true, description: 'inbound basic auth: file of user:password or user:sha256:<hex> lines' },
   'allow-cidr': { type: 'string', multiple: true, env: 'SIDECAR_ALLOW_CIDRS', description: 'inbound allowlist of sender addresses (repeatable; env: comma-separated)' },
   'allow-any-sender': { type: 'boolean', env: 'SIDECAR_ALLOW_ANY_SENDER', description: 'accept any sender on a non-loopback listener' },
-  'allow-host': { type: 'string', multiple: true, env: 'SIDECAR_ALLOW_HOSTS', description: 'a Host name loopback-only senders may use besides IP addresses and localhost (repeatable; env: comma-separated)' },
+  'allow-host': { type: 'string', multiple: true, env: 'SIDECAR_ALLOW_HOSTS', description: 'a Host name loopback-only senders may use besides IP addresses, localhost and *.localhost (repeatable; env: comma-separated)' },
   ca: { type: 'string', multiple: true, env: 'SIDECAR_CA', path: true, description: 'extra CA certificate PEM file to trust (repeatable; env: comma-separated)' },
   'token-timeout': { type: 'string', env: 'SIDECAR_TOKEN_TIMEOUT', default: String(DEFAULT_TOKEN_TIMEOUT_MS), description: 'ms for one token request attempt' },
   'log-level': { type: 'string', env: 'SIDECAR_LOG_LEVEL', default: 'info', description: LOG_LEVELS.join(' | ') },
@@ -225,26 +225,32 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
     }
     if (inbound.allowAnySender) problems.push({ source: cidrSource, field: cidrField, message: 'cannot be combined with allowAnySender (allow-any-sender)' });
   }
-  const exposure = { basicAuth: inbound.basicAuthFile, allowlist: inbound.allowCidrs.length > 0 ? inbound.allowCidrs : undefined, allowAnySender: inbound.allowAnySender };
-  problems.push(...exposureProblems(listen.host, exposure, listenSource, 'listen'));
+  // Only `serve` (and `demo`, which runs it) listens for senders. `token` and `check` must run where the
+  // image's 0.0.0.0 listener has no inbound control yet; `check` reports it instead (check.ts `describeInbound`).
+  if (command === 'serve') {
+    const exposure = { basicAuth: inbound.basicAuthFile, allowlist: inbound.allowCidrs.length > 0 ? inbound.allowCidrs : undefined, allowAnySender: inbound.allowAnySender };
+    problems.push(...exposureProblems(listen.host, exposure, listenSource, 'listen', { configFile: Boolean(configFile) }));
+  }
 
   let routes: RouteConfig[];
   let routesSource: string;
   if (configFile) {
+    // A message shows the file's path only as a problem's source would (`shownSource`): it may be a pasted secret.
+    const fileShown = shownSource(configFile) === configFile ? configFile : 'the config file';
     // A route setting given beside the file would be silently ignored: say so instead, flag or variable.
     for (const name of Object.keys(FLAGS).filter((n) => FLAGS[n]?.route && read.has(n))) {
       const flag = values[name] !== undefined;
       problems.push({
         source: flag ? 'command line' : 'environment',
         field: flag ? `--${name}` : FLAGS[name]!.env!,
-        message: `cannot be combined with --config; set it on the route in ${configFile}`,
+        message: `cannot be combined with --config; set it on the route in ${fileShown}`,
       });
     }
     if (env['SIDECAR_SERVICE_KEY_JSON']) {
       problems.push({
         source: 'environment',
         field: 'SIDECAR_SERVICE_KEY_JSON',
-        message: `cannot be combined with --config; give each route its serviceKey in ${configFile}`,
+        message: `cannot be combined with --config; give each route its serviceKey in ${fileShown}`,
       });
     }
     // A file that could not be read has reported why; no fallback to flags, whose problems would be noise.

@@ -476,24 +476,33 @@ class LoopbackHostCheck {
   }
 }
 
+/** The settings that choose inbound control, as a user sets them: flag (variable). */
+const INBOUND_CONTROL_OPTIONS =
+  '--basic-auth-file (SIDECAR_BASIC_AUTH_FILE), --allow-cidr (SIDECAR_ALLOW_CIDRS) or --allow-any-sender (SIDECAR_ALLOW_ANY_SENDER=true)';
+/** The same, as keys of a routes file. */
+const INBOUND_CONTROL_FILE_KEYS = 'inbound.basicAuthFile, inbound.allowCidrs or inbound.allowAnySender';
+
 /**
  * Config-time rule: a proxy port reachable from other hosts must be protected
  * by basic auth or an allowlist, or opened explicitly with `allowAnySender`.
- * Returns the problem (if any) for the caller's single `ConfigError`.
+ * Returns the problem (if any) for the caller's single `ConfigError`; it names the
+ * flags and variables to set, and the file's keys when a routes file is in use.
  */
 export function exposureProblems(
   listenHost: string,
   options: { readonly basicAuth?: unknown; readonly allowlist?: unknown; readonly allowAnySender?: boolean | undefined },
   source: string,
   field = 'listen',
+  names: { readonly configFile?: boolean } = {},
 ): ConfigProblem[] {
   if (isLoopbackHost(listenHost)) return [];
   if (options.basicAuth !== undefined || options.allowlist !== undefined || options.allowAnySender === true) return [];
+  const fileKeys = names.configFile ? `, or ${INBOUND_CONTROL_FILE_KEYS} in the config file` : '';
   return [
     {
       source,
       field,
-      message: `${JSON.stringify(listenHost)} is not a loopback address; configure basic auth or an allowlist, or set allowAnySender`,
+      message: `${JSON.stringify(listenHost)} is not a loopback address: choose inbound control with ${INBOUND_CONTROL_OPTIONS}${fileKeys}`,
     },
   ];
 }

@@ -29,9 +29,10 @@ export function redact(text: string, secrets: Iterable<string>): string {
   return withoutCredentials(out);
 }
 
-/** `Bearer …`, `Basic …` and whatever looks like a JWT (or the start of one), replaced by `REDACTED`. */
+/** `Bearer …`, `Basic <base64>` and whatever looks like a JWT (or the start of one), replaced by `REDACTED`. */
 export function withoutCredentials(text: string): string {
   return text
-    .replace(/\b(Bearer|Basic)\s+\S+/gi, `$1 ${REDACTED}`)
+    .replace(/\bBearer\s+\S+/gi, `Bearer ${REDACTED}`)
+    .replace(/\bBasic\s+[A-Za-z0-9+/]{8,}={0,2}/gi, `Basic ${REDACTED}`)
     .replace(/\beyJ[A-Za-z0-9_-]{6,}(?:\.[A-Za-z0-9_-]*){0,2}/g, REDACTED);
 }

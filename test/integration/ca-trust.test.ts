@@ -8,7 +8,7 @@
 import { createServer, type Server } from 'node:https';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'undici';
-import { checkRoutes } from '../../src/check.js';
+import { checkRoutes, networkHints } from '../../src/check.js';
 import { parseConfig, type Config } from '../../src/config.js';
 import { createDemoPki } from '../../src/demo-pki.js';
 import { createDispatcher } from '../../src/dispatcher.js';
@@ -160,6 +160,10 @@ describe('NODE_EXTRA_CA_CERTS and --ca together', () => {
       expect(body.message).toContain('ERR_TLS_CERT_ALTNAME_INVALID');
       expect(body.message).toContain('does not name this host');
       expect(body.message).not.toContain('--ca');
+      // check gives the same advice.
+      const hints = networkHints('tls-trust', '127.0.0.2', { ca: [] }, 'upstream', 'ERR_TLS_CERT_ALTNAME_INVALID');
+      expect(hints.join('\n')).toContain('does not name this host');
+      expect(hints.join('\n')).not.toContain('--ca');
     } finally {
       await closeServer(server, sockets);
     }

@@ -178,6 +178,69 @@ describe('oauth-sidecar check: the inbound basic-auth file', () => {
   });
 });
 
+describe('oauth-sidecar check: the proxy listener', () => {
+  /** As the CLI builds it for `check` itself, which never listens. */
+  async function checkCommand(argv: string[], env: Env = {}): Promise<CheckRun> {
+    const result = parseConfig(['check', ...argv], env);
+    if (result.kind !== 'run') throw new Error('expected a runnable config');
+    const lines: string[] = [];
+    const ok = await runCheck(result.config, { path: '/http/GetTimestamp', out: (line) => lines.push(line) });
+    return { ok, lines, text: lines.join('\n') };
+  }
+
+  it("runs with the image's 0.0.0.0 listener and no inbound control, warning that serve would refuse it", async () => {
+    const exposed = await checkCommand(healthy(), { SIDECAR_LISTEN: '0.0.0.0:8080' });
+    expect(exposed.ok).toBe(true);
+    expect(exposed.text).toContain(
+      'warn proxy listener: "0.0.0.0" is not a loopback address: choose inbound control with --basic-auth-file (SIDECAR_BASIC_AUTH_FILE), ' +
+        '--allow-cidr (SIDECAR_ALLOW_CIDRS) or --allow-any-sender (SIDECAR_ALLOW_ANY_SENDER=true)',
+    );
+    expect(exposed.text).toContain('answered 200: the token is accepted');
+    expect(exposed.lines.at(-1)).toBe('warn the proxy listener is not loopback and has no inbound control: serve would refuse to start');
+
+    for (const control of [{ SIDECAR_ALLOW_ANY_SENDER: 'true' }, { SIDECAR_ALLOW_CIDRS: '10.0.0.0/8' }]) {
+      const chosen = await checkCommand(healthy(), { SIDECAR_LISTEN: '0.0.0.0:8080', ...control });
+      expect(chosen.ok).toBe(true);
+      expect(chosen.text).not.toContain('proxy listener');
+    }
+    expect((await checkCommand(healthy())).text).not.toContain('proxy listener');
+  });
+});
+
+describe('oauth-sidecar check: values given where a path belongs', () => {
+  const PASTED = 'admin:S3cretPassw0rd';
+  const NOT_SHOWN = 'the value given, not shown: it does not look like a path';
+
+  it('a basic-auth file, a NODE_EXTRA_CA_CERTS file or a service key that is no path is never shown', async () => {
+    const users = await check(healthy('--basic-auth-file', PASTED), { path: '/http/GetTimestamp' });
+    expect(users.text).toContain(`FAIL inbound basic auth file: basic-auth-file: cannot read (ENOENT) (${NOT_SHOWN})`);
+    expect(users.text).not.toContain('S3cretPassw0rd');
+
+    // Without --ca node reads NODE_EXTRA_CA_CERTS itself: check only names it.
+    const extraCa = await check(['--service-key', keyPath], { path: '/http/GetTimestamp' }, { NODE_EXTRA_CA_CERTS: PASTED });
+    expect(extraCa.text).toContain(`plus NODE_EXTRA_CA_CERTS ${NOT_SHOWN}`);
+    expect(extraCa.text).not.toContain('S3cretPassw0rd');
+
+    const key = await check(['--service-key', PASTED, '--ca', caPath]);
+    expect(key.text).toContain(NOT_SHOWN);
+    expect(key.text).not.toContain('S3cretPassw0rd');
+  });
+
+  it('a service key found under such a name is not shown either, also where the token error quotes its source', async () => {
+    const cwd = process.cwd();
+    process.chdir(files.dir);
+    try {
+      await writeKey(PASTED, { clientid: CLIENT_ID, clientsecret: 'not-the-secret', tokenurl: oauth.tokenUrl, url: upstream.url });
+      const run = await check(['--service-key', PASTED, '--ca', caPath]);
+      expect(run.text).toContain(`ok   service key: ${NOT_SHOWN}`);
+      expect(run.text).toMatch(/^FAIL TOKEN_REJECTED: /m);
+      expect(run.text).not.toContain('S3cretPassw0rd');
+    } finally {
+      process.chdir(cwd);
+    }
+  });
+});
+
 describe('oauth-sidecar check: the upstream answer', () => {
   it('a 404 on the default path is only a warning: the host accepted the token', async () => {
     const run = await check(healthy());

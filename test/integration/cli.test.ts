@@ -82,7 +82,35 @@ describe('oauth-sidecar CLI', () => {
     expect((await runCli(['--no-such-flag'])).code).toBe(2);
     const exposed = await runCli(['serve', '--service-key', keyPath, '--ca', caPath, '--listen', '0.0.0.0:0', '--admin-listen', 'off']);
     expect(exposed.code).toBe(2);
-    expect(exposed.stderr).toMatch(/basic auth|allowlist|allowAnySender|allow-any-sender/);
+    // It names what to set, as flag and variable.
+    expect(exposed.stderr).toContain(
+      '"0.0.0.0" is not a loopback address: choose inbound control with --basic-auth-file (SIDECAR_BASIC_AUTH_FILE), ' +
+        '--allow-cidr (SIDECAR_ALLOW_CIDRS) or --allow-any-sender (SIDECAR_ALLOW_ANY_SENDER=true) (--listen)',
+    );
+  });
+
+  it("token and check run with the image's 0.0.0.0 listener and the service key alone; serve refuses it", async () => {
+    const image = { SIDECAR_LISTEN: '0.0.0.0:8080', SIDECAR_ADMIN_LISTEN: '0.0.0.0:9090', SIDECAR_SERVICE_KEY: keyPath };
+    const token = await runCli(['token', '--ca', caPath], image);
+    expect(token.code, token.stderr).toBe(0);
+    expect(await oauth.verify(token.stdout.trim())).toMatchObject({ client_id: CLIENT_ID });
+    const check = await runCli(['check', '--ca', caPath, '--check-path', '/http/GetTimestamp'], image);
+    expect(check.code, check.stdout + check.stderr).toBe(0);
+    expect(check.stdout).toMatch(/^warn\s+proxy listener: "0\.0\.0\.0" is not a loopback address: choose inbound control with --basic-auth-file/m);
+    expect(check.stdout).toMatch(/^ok\s+summary: 1 route checked, all pass/m);
+    const serve = await runCli(['serve', '--ca', caPath], image);
+    expect(serve.code).toBe(2);
+    expect(serve.stderr).toMatch(/not a loopback address/);
+  });
+
+  it('--help says what --allow-host and --binding accept, as the code does', async () => {
+    const { stdout } = await runCli(['--help']);
+    const line = (flag: string) => stdout.split('\n').find((l) => l.trimStart().startsWith(`--${flag} `)) ?? '';
+    // The DNS-rebinding guard passes *.localhost names too (inbound-control LoopbackHostCheck).
+    expect(line('allow-host')).toContain('besides IP addresses, localhost and *.localhost');
+    // VCAP_SERVICES matches an instance name, else a service label; a binding root matches directory names.
+    expect(line('binding')).toContain('an instance name or service label in VCAP_SERVICES');
+    expect(line('binding')).toContain('a binding directory name under $SERVICE_BINDING_ROOT');
   });
 
   it.each([

@@ -122,6 +122,31 @@ describe('parseConfig', () => {
     expect(run(['--service-key', '/k', '--listen', '0.0.0.0:8080', '--allow-cidr', '10.0.0.0/8']).inbound.allowCidrs).toEqual(['10.0.0.0/8']);
   });
 
+  it('refuses an unprotected non-loopback listener for serve only: token and check never listen for senders', () => {
+    // The container image sets SIDECAR_LISTEN=0.0.0.0:8080; `docker run … token` / `check` with the key alone must run.
+    const image = { SIDECAR_LISTEN: '0.0.0.0:8080', SIDECAR_SERVICE_KEY: '/etc/oauth-sidecar/key.json' };
+    expect(run(['token'], image).listen).toEqual({ host: '0.0.0.0', port: 8080 });
+    expect(run(['check'], image).listen).toEqual({ host: '0.0.0.0', port: 8080 });
+    const refused = [{ source: 'SIDECAR_LISTEN', field: 'listen', message: expect.stringMatching(/^"0\.0\.0\.0" is not a loopback address/) }];
+    expect(problems(['serve'], image)).toEqual(refused);
+    expect(problems([], image)).toEqual(refused); // serve is the default command
+  });
+
+  it('names the flags, variables and (with a config file) the file keys that choose inbound control', () => {
+    const options = '--basic-auth-file (SIDECAR_BASIC_AUTH_FILE), --allow-cidr (SIDECAR_ALLOW_CIDRS) or --allow-any-sender (SIDECAR_ALLOW_ANY_SENDER=true)';
+    expect(problems(['--service-key', '/k', '--listen', '0.0.0.0:8080'])).toEqual([
+      { source: '--listen', field: 'listen', message: `"0.0.0.0" is not a loopback address: choose inbound control with ${options}` },
+    ]);
+    const file = { '/c.yaml': 'listen: 0.0.0.0:8080\nroutes:\n  - prefix: /\n    serviceKey: /k\n' };
+    expect(problems(['--config', '/c.yaml'], {}, file)).toEqual([
+      {
+        source: '/c.yaml',
+        field: 'listen',
+        message: `"0.0.0.0" is not a loopback address: choose inbound control with ${options}, or inbound.basicAuthFile, inbound.allowCidrs or inbound.allowAnySender in the config file`,
+      },
+    ]);
+  });
+
   it('rejects unknown flags and commands', () => {
     expect(problems(['--service-kee', '/k'])[0]?.message).toMatch(/service-kee/);
     expect(problems(['launch', '--service-key', '/k'])).toEqual([
@@ -463,6 +488,18 @@ describe('content given where a path belongs', () => {
     expect(problems([], { SIDECAR_SERVICE_KEY: `'${KEY_JSON}'` })).toEqual([
       { source: 'SIDECAR_SERVICE_KEY', field: 'service-key', message: expect.stringMatching(/^holds file content/) },
     ]);
+  });
+
+  it('never shows a --config value that does not look like a path, also where a route flag beside it is refused', () => {
+    const pasted = `admin:${SECRET}`;
+    for (const [argv, env] of [
+      [['--config', pasted, '--scope', 's'], {}],
+      [['--scope', 's'], { SIDECAR_CONFIG: pasted, SIDECAR_SERVICE_KEY_JSON: '{}' }],
+    ] as const) {
+      const list = problems([...argv], env);
+      expect(list.map((p) => p.message)).toContainEqual(expect.stringMatching(/cannot be combined with --config; .* in the config file$/));
+      expect(new ConfigError(list).message).not.toContain(SECRET);
+    }
   });
 
   it('never shows a source that does not look like a path in a configuration error', () => {

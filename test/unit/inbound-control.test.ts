@@ -466,9 +466,21 @@ describe('exposureProblems', () => {
       {
         source: 'cfg',
         field: 'server.host',
-        message: `${JSON.stringify(host)} is not a loopback address; configure basic auth or an allowlist, or set allowAnySender`,
+        message:
+          `${JSON.stringify(host)} is not a loopback address: choose inbound control with --basic-auth-file (SIDECAR_BASIC_AUTH_FILE), ` +
+          '--allow-cidr (SIDECAR_ALLOW_CIDRS) or --allow-any-sender (SIDECAR_ALLOW_ANY_SENDER=true)',
       },
     ]);
+  });
+
+  it('names the settings a user can set: flags and variables, and the file keys when a config file is in use', () => {
+    const [flags] = exposureProblems('0.0.0.0', {}, 'SIDECAR_LISTEN');
+    for (const name of ['--basic-auth-file', 'SIDECAR_BASIC_AUTH_FILE', '--allow-cidr', 'SIDECAR_ALLOW_CIDRS', '--allow-any-sender', 'SIDECAR_ALLOW_ANY_SENDER']) {
+      expect(flags?.message).toContain(name);
+    }
+    expect(flags?.message).not.toMatch(/inbound\./);
+    const [file] = exposureProblems('0.0.0.0', {}, '/etc/oauth-sidecar/routes.yaml', 'listen', { configFile: true });
+    expect(file?.message).toMatch(/--allow-any-sender \(SIDECAR_ALLOW_ANY_SENDER=true\), or inbound\.basicAuthFile, inbound\.allowCidrs or inbound\.allowAnySender in the config file$/);
   });
 
   it('accepts a non-loopback listener protected by any one of them', () => {
