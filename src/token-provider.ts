@@ -231,6 +231,11 @@ export class TokenProvider {
     return Math.max(1, Math.floor(refreshAt - this.#now()));
   }
 
+  /** Time left before `token` enters its safety margin. */
+  #ttlUntilMargin(token: AccessToken, now: number): number {
+    return token.expiresAt - this.#marginMs(token) - now;
+  }
+
   #marginMs(token: AccessToken): number {
     return Math.min(this.#maxMarginMs, (token.expiresAt - token.issuedAt) * 0.1);
   }
@@ -278,6 +283,16 @@ export class TokenProvider {
       this.#failures.set(key, { count, until: failedAt + delay, serverUntil: serverWait > 0 ? failedAt + serverWait : 0, error });
       this.stats.failures++;
       this.#onEvent({ type: 'fetch-failed', key, error, durationMs: failedAt - start, retryInMs: delay });
+      // A 401 retired a token that has not expired, and no new one can be had: the 401 may have had nothing
+      // to do with the token (any flow can answer 401), so it is handed out again until the next attempt
+      // rather than failing every sender with 503. Were it really rejected, senders get the upstream's 401.
+      if (stale !== undefined && this.#revoked.has(stale)) {
+        this.#revoked.delete(stale);
+        if (this.#usable(stale, failedAt)) {
+          setOptions.ttl = Math.max(1, Math.min(delay, this.#ttlUntilMargin(stale, failedAt)));
+          return stale;
+        }
+      }
       throw error;
     }
     this.#failures.delete(key);

@@ -465,6 +465,31 @@ describe('token server faults', () => {
     }
   });
 
+  it('a flow answering 401 while the token server is down does not cost other senders their token', async () => {
+    const t = await tokenCase();
+    try {
+      const s = await t.start();
+      await expectServing(s);
+      await t.endpoint.stop();
+      upstream.handler = (req, res) => {
+        if (!req.url?.includes('own-401')) return false;
+        req.resume();
+        res.writeHead(401, { 'content-type': 'text/plain' });
+        res.end('this flow wants its own credentials');
+        return true;
+      };
+      const flow = await fetchText(`${s.url}/http/ok?own-401`);
+      expect(flow.status).toBe(401); // the refresh failed: sent again with the token it had, the flow's 401 is the answer
+      expect(upstream.seen('own-401')).toHaveLength(2);
+      const other = await fetchText(`${s.url}/http/ok?plain-after-the-flow`);
+      expect(other.status, other.text).toBe(200);
+      expect(upstream.seen('plain-after-the-flow')).toHaveLength(1);
+    } finally {
+      await t.endpoint.start();
+      await t.close();
+    }
+  });
+
   it.concurrent('a 429 with a short Retry-After (1 s) is waited out within the fetch: the sender gets 200, the token server is asked twice', async ({ expect }) => {
     const t = await tokenCase();
     try {

@@ -140,28 +140,44 @@ describe('TokenProvider', () => {
     expect(await again).toBe(token);
   });
 
-  it('never hands out a rejected token again, even when the refresh after the rejection failed', async () => {
+  it('keeps a rejected token that has not expired when the refresh after the rejection fails (any flow may answer 401), and tries again after the backoff', async () => {
     const { clock, provider, source } = setup({ backoff: { minMs: 1_000, maxMs: 5_000 } });
     const first = provider.getToken(source);
     await flush();
     const rejected = await source.issue();
     expect(await first).toBe(rejected);
 
-    const refresh = expect(provider.refreshAfterRejection(source, rejected)).rejects.toMatchObject({ code: 'TOKEN_SERVER_ERROR' });
+    const refresh = provider.refreshAfterRejection(source, rejected);
     await flush();
     await source.fail(new SidecarError('TOKEN_SERVER_ERROR', 'token server failed (500)'));
-    await refresh;
-    // Within the backoff: a 503 for the sender, not the token the upstream refused.
-    await expect(provider.getToken(source)).rejects.toMatchObject({ code: 'TOKEN_SERVER_ERROR' });
-    expect(provider.cachedToken(source)).toBeUndefined();
-    // After it: a new token.
-    clock.now += 1_000;
+    // The request that saw the 401 is sent again with the token it had: its sender gets the upstream's answer.
+    expect(await refresh).toBe(rejected);
+    // Within the backoff: the same token for everyone, no token request, rather than a 503.
+    expect(await provider.getToken(source)).toBe(rejected);
+    expect(provider.cachedToken(source)).toBe(rejected);
+    expect(source.calls).toBe(2);
+    // After it: the next request asks again, and gets a new token.
+    clock.now += 1_001;
     const again = provider.getToken(source);
     await flush();
     expect(source.calls).toBe(3);
     const fresh = await source.issue();
-    expect(await again).toBe(fresh);
-    expect(fresh).not.toBe(rejected);
+    await again;
+    expect(provider.cachedToken(source)).toBe(fresh);
+  });
+
+  it('a rejected token whose refresh failed is not kept once it is inside its safety margin', async () => {
+    const { clock, provider, source } = setup({ backoff: { minMs: 1_000, maxMs: 5_000 } });
+    const first = provider.getToken(source);
+    await flush();
+    const rejected = await source.issue();
+    await first;
+    clock.now = rejected.expiresAt - 1; // inside the margin: not usable whatever the upstream said
+    const refresh = expect(provider.refreshAfterRejection(source, rejected)).rejects.toMatchObject({ code: 'TOKEN_SERVER_ERROR' });
+    await flush();
+    await source.fail(new SidecarError('TOKEN_SERVER_ERROR', 'token server failed (500)'));
+    await refresh;
+    await expect(provider.getToken(source)).rejects.toMatchObject({ code: 'TOKEN_SERVER_ERROR' });
   });
 
   it('an upstream that rejects every token causes at most one token request per key and REJECTION_INTERVAL_MS', async () => {
