@@ -1,7 +1,7 @@
 /** Reads service keys and client key pairs from files, secret mounts, bindings or env JSON; `service-key` validates. */
 
 import type { Stats } from 'node:fs';
-import { lstat, readdir, readFile, readlink, stat } from 'node:fs/promises';
+import { lstat, readdir, readFile, readlink, realpath, stat } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, parse, resolve, sep } from 'node:path';
 import type { ClientCertSource, ClientKeyPair, CredentialSource, CredentialSpec } from './credentials.js';
 import { ConfigError, type ConfigProblem } from './errors.js';
@@ -20,6 +20,13 @@ const TYPE_FILE = 'type';
 /** The offering the sidecar is built for; preferred when several bindings are mounted. */
 const DEFAULT_SERVICE = 'it-rt';
 const VCAP_LABEL = 'VCAP_SERVICES';
+/** The kubelet's AtomicWriter layout: visible `name → ..data/name` links, `..data → ..<timestamp>/`. */
+const DATA_LINK = '..data';
+/** Reads of one secret directory started over because `..data` moved under them, before giving up. */
+const MAX_GENERATION_READS = 3;
+/** The files of a `kubernetes.io/tls` secret. */
+const TLS_CERT = 'tls.crt';
+const TLS_KEY = 'tls.key';
 
 export async function readCredentialSource(source: CredentialSource): Promise<RawServiceKey> {
   switch (source.kind) {
@@ -36,12 +43,17 @@ export async function readCredentialSource(source: CredentialSource): Promise<Ra
 
 /** Reads the PEM pair from two files or a `kubernetes.io/tls` directory (`tls.crt`, `tls.key`). */
 export async function readClientCert(source: ClientCertSource): Promise<ClientKeyPair> {
-  const [certFile, keyFile] =
-    source.kind === 'files'
-      ? [source.certFile, source.keyFile]
-      : [join(source.dir, 'tls.crt'), join(source.dir, 'tls.key')];
-  const [certificate, key] = await settleReads(readNonEmpty(certFile), readNonEmpty(keyFile));
-  return { certificate, key, source: source.kind === 'files' ? `${certFile}, ${keyFile}` : source.dir };
+  if (source.kind === 'files') {
+    const { certFile, keyFile } = source;
+    const [certificate, key] = await settleReads(readNonEmpty(certFile), readNonEmpty(keyFile));
+    return { certificate, key, source: `${certFile}, ${keyFile}` };
+  }
+  const { dir } = source;
+  // Both from one version of the secret: a new certificate with the old key would fail as a mismatched pair.
+  const [certificate, key] = await readOneGeneration(dir, (from) =>
+    settleReads(readNonEmpty(join(from, TLS_CERT), join(dir, TLS_CERT)), readNonEmpty(join(from, TLS_KEY), join(dir, TLS_KEY))),
+  );
+  return { certificate, key, source: dir };
 }
 
 /**
@@ -173,6 +185,7 @@ async function readPath(path: string): Promise<RawServiceKey> {
 /**
  * A Kubernetes secret or binding directory: one file per field, JSON files
  * parsed, `.metadata` honoured; or, without files (dot-files aside), a root of bindings.
+ * In the kubelet's layout the fields are those of the one version `..data` names (see `readOneGeneration`).
  */
 async function readSecretDir(dir: string): Promise<RawServiceKey> {
   const { files, dirs } = await listDir(dir);
@@ -181,12 +194,56 @@ async function readSecretDir(dir: string): Promise<RawServiceKey> {
     if (bindings.length > 0) return readSecretDir(pickBinding(dir, bindings, undefined, 'point --service-key at the one to use').dir);
     if (files.length === 0) fail(dir, 'contains no service key files and no binding directories');
   }
-  const values: Record<string, unknown> = {};
-  for (const name of files) values[name] = parseIfObject(await readText(join(dir, name)), join(dir, name));
+  // In the kubelet's layout, the fields are those of the version `..data` names, listed there.
+  const values = await readOneGeneration(dir, async (from) => readFields(dir, from, from === dir ? files : (await listDir(from)).files));
   const container = containerName(values[METADATA_FILE]);
   if (container !== undefined && container in values) return { raw: values[container], source: join(dir, container) };
   delete values[METADATA_FILE];
   return { raw: values, source: dir };
+}
+
+/** Each of `names` read from `from` (JSON objects parsed), named in messages as the file in `dir`. */
+async function readFields(dir: string, from: string, names: readonly string[]): Promise<Record<string, unknown>> {
+  const values: Record<string, unknown> = {};
+  for (const name of names) values[name] = parseIfObject(await readText(join(from, name), join(dir, name)), join(dir, name));
+  return values;
+}
+
+/**
+ * Runs `read` on the one directory the files of `dir` come from. In the kubelet's AtomicWriter layout each
+ * path through `..data` is resolved again, so files read one by one while the kubelet swaps `..data` could mix
+ * two versions of the secret — an old `clientid` with a new `clientsecret`, new credentials with the old
+ * `url`. So `..data` is resolved once and everything is read from the directory it names; if `..data` names
+ * another one afterwards (the old one may be gone already), the read starts over there. Without `..data`: `dir`.
+ */
+async function readOneGeneration<T>(dir: string, read: (from: string) => Promise<T>): Promise<T> {
+  let generation = await dataGeneration(dir);
+  for (let attempt = 1; generation !== undefined; attempt++) {
+    const result = await read(generation).then(
+      (value) => ({ value }),
+      (err: unknown) => ({ err }),
+    );
+    const after = await dataGeneration(dir);
+    if (after === generation) {
+      if ('err' in result) throw result.err;
+      return result.value;
+    }
+    if (attempt === MAX_GENERATION_READS) {
+      fail(join(dir, DATA_LINK), `changed during each of ${MAX_GENERATION_READS} reads: the secret kept being updated while it was read`);
+    }
+    generation = after;
+  }
+  return read(dir); // not (or no longer) the kubelet's layout
+}
+
+/** The real directory `dir/..data` names now; undefined without one. A version's directory is never reused. */
+async function dataGeneration(dir: string): Promise<string | undefined> {
+  try {
+    return await realpath(join(dir, DATA_LINK));
+  } catch (err) {
+    if (errorCode(err) === 'ENOENT' || errorCode(err) === 'ENOTDIR') return undefined;
+    fail(join(dir, DATA_LINK), describeFsError(err));
+  }
 }
 
 /** The secretKey file named by btp-operator's `.metadata` (`{"name":X,"format":"json","container":true}`). */
@@ -333,17 +390,18 @@ async function statOrFail(path: string): Promise<Stats> {
   }
 }
 
-async function readText(path: string): Promise<string> {
+/** `label`: the path as the user knows it (a file behind `..data` is named as seen in its secret directory). */
+async function readText(path: string, label = path): Promise<string> {
   try {
     return await readFile(path, 'utf8');
   } catch (err) {
-    fail(path, describeFsError(err));
+    fail(label, describeFsError(err));
   }
 }
 
-async function readNonEmpty(path: string): Promise<string> {
-  const text = await readText(path);
-  if (text.trim() === '') fail(path, 'is empty');
+async function readNonEmpty(path: string, label = path): Promise<string> {
+  const text = await readText(path, label);
+  if (text.trim() === '') fail(label, 'is empty');
   return text;
 }
 

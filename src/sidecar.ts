@@ -8,10 +8,10 @@ import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { setTimeout as delay } from 'node:timers/promises';
 import { createAdminServer } from './admin-server.js';
-import type { Config, RouteConfig } from './config.js';
+import { FLAGS, type Config, type RouteConfig } from './config.js';
 import { CredentialWatcher } from './credential-watcher.js';
 import { loadCredentials, type LoadedCredentials } from './credentials.js';
-import { ConfigError, SidecarError, type ConfigProblem } from './errors.js';
+import { ConfigError, shownSource, SidecarError, type ConfigProblem } from './errors.js';
 import { createInboundControl, parseAllowlist, readBasicAuthFile, type InboundControl, type InboundControlOptions } from './inbound-control.js';
 import type { Logger, Loggers } from './logger.js';
 import { Metrics } from './metrics.js';
@@ -108,8 +108,8 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
   let address: { host: string; port: number };
   let adminAddress: { host: string; port: number } | undefined;
   try {
-    address = await listen(server, config.listen, 'listen');
-    adminAddress = admin && config.adminListen ? await listen(admin, config.adminListen, 'admin-listen') : undefined;
+    address = await listen(server, config.listen, 'listen', listenSources(config, 'listen', 'listen'));
+    adminAddress = admin && config.adminListen ? await listen(admin, config.adminListen, 'admin-listen', listenSources(config, 'admin-listen', 'adminListen')) : undefined;
   } catch (err) {
     // Nothing half-started is left behind: a proxy serving without its admin port would never be restarted.
     server.close();
@@ -124,10 +124,15 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
   const validating = new Set<Route>();
   /** Replaced routes whose pools are still closing (their requests finishing). */
   const retiring = new Set<Route>();
-  // Rotation: each route's credentials are watched; a valid change swaps the route atomically.
-  const swap = async (name: string, next: LoadedCredentials): Promise<void> => {
+  /** Swaps under way; a stop waits for them, so that none is left to apply, count or log once it is over. */
+  const rotations = new Set<Promise<boolean>>();
+  /**
+   * Rotation: each route's credentials are watched; a valid change swaps the route atomically. True only when
+   * the routes were replaced: false when the sidecar began stopping first (abandoned, neither applied nor refused).
+   */
+  const swap = async (name: string, next: LoadedCredentials): Promise<boolean> => {
     const old = table.routes.find((r) => r.name === name);
-    if (!old) return;
+    if (!old || stopping) return false;
     const fresh = createRoute(old.config, next.credentials, routeDeps(config));
     validating.add(fresh);
     try {
@@ -138,7 +143,7 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
       // their cached token) keep serving; the watcher offers the change again at its next check.
       await closeRoute(fresh);
       // Abandoned because the sidecar is stopping: no verdict on the new credentials.
-      if (stopping) return;
+      if (stopping) return false;
       throw err;
     } finally {
       validating.delete(fresh);
@@ -146,7 +151,7 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
     // Stopped while the token request was under way: the routes being closed are the old ones; not applied.
     if (stopping) {
       await closeRoute(fresh);
-      return;
+      return false;
     }
     table = new RouteTable(table.routes.map((r) => (r === old ? fresh : r)));
     // The old pools finish their in-flight requests before closing.
@@ -154,6 +159,7 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
     void closeRoute(old).finally(() => retiring.delete(old));
     for (const notice of next.notices) log[notice.level]({ route: name, source: next.credentials.source }, notice.message);
     log.info({ route: name, source: next.credentials.source, keyType: next.credentials.kind, clientId: next.credentials.clientId }, 'credentials rotated');
+    return true;
   };
   watchers = await Promise.all(
     config.routes.map((route, i) =>
@@ -162,8 +168,14 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
         ...options.watch,
         // A change the token server refuses throws: the watcher reports it and offers it again at the next reload.
         onChange: async (next) => {
-          await swap(route.name, next);
-          m.credentialReload(route.name, 'applied');
+          const rotation = swap(route.name, next);
+          rotations.add(rotation);
+          try {
+            // One abandoned at shutdown is not counted: it was neither applied nor refused.
+            if (await rotation) m.credentialReload(route.name, 'applied');
+          } finally {
+            rotations.delete(rotation);
+          }
         },
         onError: (err) => reloadFailed(route.name, err),
         onWatchError: (err, dir) => log.warn({ dir, code: (err as NodeJS.ErrnoException)?.code }, 'cannot watch for credential changes; polling only'),
@@ -212,6 +224,8 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
       // No request is left to use a token: a token request under way (a hanging token server, a retry
       // waiting out Retry-After) is abandoned rather than waited for, up to --token-timeout per attempt.
       for (const route of [...table.routes, ...validating, ...retiring]) route.tokenClient.abandon();
+      // A rotation under way ends now (its token request was abandoned): not applied, its new route closed.
+      await Promise.allSettled(rotations);
       await Promise.all([...table.routes, ...retiring].map(discardRoute));
     })();
     return stopping;
@@ -252,12 +266,12 @@ async function drain(server: Server, graceMs: number, log: Logger, hurry?: Abort
   }
 }
 
-/** Listen on `at`; a failure is a `ConfigError` naming the address and why (exit code 2). */
-function listen(server: Server, at: { host: string; port: number }, field: string): Promise<{ host: string; port: number }> {
+/** Listen on `at`; a failure is a `ConfigError` naming the address, why, and where it is set (exit code 2). */
+function listen(server: Server, at: { host: string; port: number }, field: string, source: string): Promise<{ host: string; port: number }> {
   return new Promise((resolve, reject) => {
     const failed = (err: NodeJS.ErrnoException): void => {
       const why = `${LISTEN_FAILURES[err.code ?? ''] ?? 'failed'} (${err.code ?? 'error'})`;
-      reject(new ConfigError([{ source: `--${field}`, field, message: `cannot listen on ${hostPort(at)}: ${why}` }]));
+      reject(new ConfigError([{ source, field, message: `cannot listen on ${hostPort(at)}: ${why}` }]));
     };
     server.once('error', failed);
     server.listen(at.port, at.host, () => {
@@ -266,6 +280,16 @@ function listen(server: Server, at: { host: string; port: number }, field: strin
       resolve({ host: bound.address, port: bound.port });
     });
   });
+}
+
+/**
+ * Where a listen address may be set: the config keeps the address, not where it came from, so the message
+ * names the flag, its variable and, with a config file, the file's key (the default applies when none is set).
+ */
+function listenSources(config: Readonly<Config>, flag: 'listen' | 'admin-listen', fileKey: 'listen' | 'adminListen'): string {
+  const env = FLAGS[flag]?.env;
+  const file = config.routesSource === 'flags' ? undefined : `${fileKey} in ${shownSource(config.routesSource)}`;
+  return [`--${flag}`, env, file].filter((s) => s !== undefined).join(' / ');
 }
 
 const LISTEN_FAILURES: Readonly<Record<string, string>> = {

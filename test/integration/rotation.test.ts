@@ -1,12 +1,32 @@
 import { mkdir, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import type { ServerResponse } from 'node:http';
+import { createServer as createNetServer } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { request } from 'undici';
+import { parseConfig } from '../../src/config.js';
+import { ConfigError } from '../../src/errors.js';
+import { createLoggers } from '../../src/logger.js';
+import { startSidecar } from '../../src/sidecar.js';
 import { startOAuthServer, type OAuthServer } from '../helpers/oauth-server.js';
 import { createPki, type Pki } from '../helpers/pki.js';
 import { runSidecar, scratch, type RunningSidecar } from '../helpers/sidecar.js';
 import { startUpstream, type Upstream } from '../helpers/upstream.js';
+
+/** Every `closeRoute` of the sidecars here, with the client id of the route and when its close is over. */
+const closedRoutes = vi.hoisted(() => [] as Array<{ clientId: string; done: Promise<void> }>);
+vi.mock('../../src/routes.js', async (importOriginal) => {
+  const actual = await importOriginal<typeof import('../../src/routes.js')>();
+  return {
+    ...actual,
+    closeRoute: (route: Parameters<typeof actual.closeRoute>[0]) => {
+      const done = actual.closeRoute(route);
+      closedRoutes.push({ clientId: route.credentials.clientId, done });
+      return done;
+    },
+  };
+});
 
 const OLD = { id: 'sb-old!b1|it-rt-acme!b196', secret: 'old$Secret=1!|%+:' };
 const NEW = { id: 'sb-new!b2|it-rt-acme!b196', secret: 'new$Secret=2!|%+:' };
@@ -77,6 +97,27 @@ function load(s: RunningSidecar, concurrency = 8) {
       return { ok, failures };
     },
   };
+}
+
+/** The `credential_reloads_total` series of a sidecar, as `outcome → count`. */
+async function reloadCounts(s: RunningSidecar): Promise<Record<string, number>> {
+  const text = (await s.metrics.render()).body;
+  const counts: Record<string, number> = {};
+  for (const [, outcome, n] of text.matchAll(/^oauth_sidecar_credential_reloads_total\{[^}]*outcome="([^"]+)"[^}]*\} (\d+)$/gm)) counts[outcome!] = Number(n);
+  return counts;
+}
+
+const fromNewClient = (auth: string | undefined) => Buffer.from((auth ?? '').replace(/^Basic /, ''), 'base64').toString().startsWith('sb-new');
+
+/**
+ * Waits until the route a rotation to `clientId` made has been closed, and then for everything that follows it
+ * at once (the rotation's end: its metric and log line are counted and written in the same turn).
+ */
+async function rotationClosed(clientId: string): Promise<void> {
+  const closed = () => closedRoutes.find((c) => c.clientId === clientId);
+  await expect.poll(closed, { interval: 10, timeout: 10_000 }).toBeDefined();
+  await closed()!.done;
+  await new Promise((resolve) => setImmediate(resolve));
 }
 
 const clientOfLastUpstreamRequest = () => (upstream.requests.at(-1)?.claims as { client_id?: string } | undefined)?.client_id;
@@ -247,7 +288,7 @@ describe('credential rotation under load', () => {
   it('a rotation whose token request is still under way at shutdown is not applied, and its new route is closed', async () => {
     const path = await files.write('late.json', keyJson(OLD.id, OLD.secret));
     const s = await start(path);
-    const fromNewClient = (auth: string | undefined) => Buffer.from((auth ?? '').replace(/^Basic /, ''), 'base64').toString().startsWith('sb-new');
+    closedRoutes.length = 0;
     let held: ServerResponse | undefined;
     oauth.setInterceptor((req, res) => {
       if (!fromNewClient(req.headers.authorization)) return false;
@@ -261,12 +302,39 @@ describe('credential rotation under load', () => {
       held!.writeHead(200, { 'content-type': 'application/json' });
       held!.end(JSON.stringify({ access_token: 'late-token', token_type: 'bearer', expires_in: 3600 }));
       await closing;
-      await new Promise((resolve) => setImmediate(resolve));
+      await rotationClosed(NEW.id);
       expect(s.logs.filter((l) => l['msg'] === 'credentials rotated')).toHaveLength(0);
+      expect(await reloadCounts(s)).toEqual({});
       const route = s.routes.routes[0]!;
       expect(route.credentials.clientId).toBe(OLD.id);
       // undici's dispatchers say whether they were destroyed (`DispatcherBase#destroyed`), though its types do not.
       expect((route.dispatcher as unknown as { destroyed: boolean }).destroyed).toBe(true);
+    } finally {
+      oauth.setInterceptor(undefined);
+    }
+  });
+
+  it('a rotation whose token request hangs is abandoned by close(): not applied, not counted, not logged as rotated', async () => {
+    const path = await files.write('hanging.json', keyJson(OLD.id, OLD.secret));
+    const s = await start(path);
+    closedRoutes.length = 0;
+    let held = false;
+    oauth.setInterceptor((req) => {
+      if (!fromNewClient(req.headers.authorization)) return false;
+      req.resume();
+      held = true; // never answered: only close() ends the wait
+      return true;
+    });
+    try {
+      await writeFile(path, keyJson(NEW.id, NEW.secret));
+      await expect.poll(() => held, { interval: 10, timeout: 10_000 }).toBe(true);
+      // close() abandons the token request and waits for the rotation to wind down: nothing is left to count.
+      await s.close();
+      await rotationClosed(NEW.id);
+      expect(await reloadCounts(s)).toEqual({});
+      expect(s.logs.filter((l) => l['msg'] === 'credentials rotated')).toHaveLength(0);
+      expect(s.logs.some((l) => String(l['msg']).startsWith('new credentials rejected'))).toBe(false);
+      expect(s.routes.routes[0]!.credentials.clientId).toBe(OLD.id);
     } finally {
       oauth.setInterceptor(undefined);
     }
@@ -295,7 +363,62 @@ describe('credential rotation under load', () => {
     await rotated(s);
     const after = await request(`http://127.0.0.1:${s.adminAddress!.port}/readyz`);
     expect(((await after.body.json()) as { routes: Array<{ credentialWarning?: string }> }).routes[0]?.credentialWarning).toBeUndefined();
+    expect(await reloadCounts(s)).toEqual({ CONFIG_INVALID: expect.any(Number), applied: 1 });
     expect(s.logText()).not.toContain(NEW.secret);
     expect(s.logText()).not.toContain(OLD.secret);
+  });
+});
+
+describe('a listener that cannot start', () => {
+  /** Starts a sidecar from argv and env as `serve` would; the failure it ends with. */
+  async function startFailure(argv: string[], env: Record<string, string>): Promise<ConfigError> {
+    const result = parseConfig(['serve', '--ca', caPath, ...argv], env);
+    if (result.kind !== 'run') throw new Error('expected a runnable config');
+    const loggers = createLoggers({ level: 'silent' });
+    const err = await startSidecar(result.config, loggers, { defaultMetrics: false }).then(
+      async (s) => {
+        await s.close();
+        return new Error('started');
+      },
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(ConfigError);
+    return err as ConfigError;
+  }
+
+  async function takenPort<T>(use: (port: number) => Promise<T>): Promise<T> {
+    const taken = createNetServer();
+    await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve));
+    try {
+      return await use((taken.address() as AddressInfo).port);
+    } finally {
+      await new Promise((resolve) => taken.close(resolve));
+    }
+  }
+
+  it('names every place the address may come from, here SIDECAR_LISTEN', async () => {
+    const path = await files.write('listen-env.json', keyJson(OLD.id, OLD.secret));
+    await takenPort(async (port) => {
+      const err = await startFailure(['--service-key', path, '--admin-listen', 'off'], { SIDECAR_LISTEN: `127.0.0.1:${port}` });
+      expect(err.problems).toEqual([
+        { source: '--listen / SIDECAR_LISTEN', field: 'listen', message: `cannot listen on 127.0.0.1:${port}: the address is in use (EADDRINUSE)` },
+      ]);
+      expect(err.message).toContain('(--listen / SIDECAR_LISTEN)');
+    });
+  });
+
+  it('names the config file key too when a config file is in use, here adminListen', async () => {
+    const key = await files.write('listen-file.json', keyJson(OLD.id, OLD.secret));
+    await takenPort(async (port) => {
+      const config = await files.write('listen-file.yaml', `listen: 127.0.0.1:0\nadminListen: 127.0.0.1:${port}\nroutes:\n  - prefix: /\n    serviceKey: ${key}\n`);
+      const err = await startFailure(['--config', config], {});
+      expect(err.problems).toEqual([
+        {
+          source: `--admin-listen / SIDECAR_ADMIN_LISTEN / adminListen in ${config}`,
+          field: 'admin-listen',
+          message: `cannot listen on 127.0.0.1:${port}: the address is in use (EADDRINUSE)`,
+        },
+      ]);
+    });
   });
 });
