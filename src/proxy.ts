@@ -22,6 +22,7 @@ import { SidecarError, toHttpFailure, type HttpFailure } from './errors.js';
 import { requestHeadersForUpstream, responseHeadersForSender, type HeaderRecord } from './headers.js';
 import { BASIC_AUTH_CHALLENGE, type InboundControl } from './inbound-control.js';
 import { classifyNetworkError, trustAdvice } from './network-error.js';
+import { ReplayBudget } from './replay-budget.js';
 import { requestIdOf } from './request-id.js';
 import { hasDotSegment, upstreamTarget, type Route, type RouteTable } from './routes.js';
 import type { Scavenger } from './scavenger.js';
@@ -72,6 +73,8 @@ export interface ProxyOptions {
   draining: () => boolean;
   /** Told of every body chunk passed on, so that dead chunks are collected soon (see `scavenger.ts`). */
   scavenger?: Scavenger;
+  /** Bounds the memory of all kept body copies together (default `DEFAULT_REPLAY_MEMORY_BYTES`). */
+  replayBudget?: ReplayBudget;
 }
 
 export interface ServerLimits {
@@ -171,7 +174,8 @@ function refuseRaw(socket: Socket, status: number, message: string, extraHeaders
 /** How long a refused connection is kept for the sender to read the answer before it is closed. */
 const REFUSAL_LINGER_MS = 2_000;
 
-export function createProxyHandler(options: ProxyOptions): (req: IncomingMessage, res: ServerResponse) => void {
+export function createProxyHandler(proxyOptions: ProxyOptions): (req: IncomingMessage, res: ServerResponse) => void {
+  const options = proxyOptions.replayBudget ? proxyOptions : { ...proxyOptions, replayBudget: new ReplayBudget() };
   return (req, res) => {
     const exchange = new Exchange(req, res, options);
     try {
@@ -234,6 +238,7 @@ class Exchange {
       }
       // Not kept alive by its (long-lived) socket until the next request on it.
       if (socket[ANSWERING] === res) socket[ANSWERING] = undefined;
+      this.#body?.release();
       this.#report();
     });
   }
@@ -294,7 +299,7 @@ class Exchange {
   #forward(route: Route, target: string): void {
     const req = this.#req;
     this.#method = req.method ?? 'GET';
-    this.#body = new RequestBody(req, route.config.maxReplayBodyBytes, this.#options.scavenger);
+    this.#body = new RequestBody(req, route.config.maxReplayBodyBytes, this.#options.scavenger, this.#options.replayBudget!);
     this.#upstreamPath = upstreamTarget(route, target);
     this.#csrfApplies = route.csrf !== undefined && isModifying(this.#method);
     this.#csrf = this.#csrfApplies ? route.csrf?.current : undefined;
@@ -887,8 +892,11 @@ class RequestBody {
   readonly #limit: number;
   readonly #scavenger: Scavenger | undefined;
   readonly #present: boolean;
+  readonly #budget: ReplayBudget;
   #copy: Buffer[] | undefined = [];
   #copied = 0;
+  /** Bytes of the copy reserved in the budget (given back when the copy is dropped or the request is over). */
+  #reserved = 0;
   /** Bytes received from the sender. */
   #seen = 0;
   /** Bytes handed on towards the upstream (what the scavenger counts). */
@@ -897,10 +905,11 @@ class RequestBody {
   #tee: Transform | undefined;
   #settled: (() => void) | undefined;
 
-  constructor(req: IncomingMessage, limit: number, scavenger: Scavenger | undefined) {
+  constructor(req: IncomingMessage, limit: number, scavenger: Scavenger | undefined, budget: ReplayBudget) {
     this.#req = req;
     this.#limit = limit;
     this.#scavenger = scavenger;
+    this.#budget = budget;
     const length = req.headers['content-length'];
     this.#present = announcesBody(req);
     // A declared length over the limit can never be replayed: no copy is kept.
@@ -935,14 +944,27 @@ class RequestBody {
     this.#seen += chunk.length;
     if (this.#copy === undefined) return;
     this.#copied += chunk.length;
-    if (this.#copied <= this.#limit) {
+    if (this.#copied <= this.#limit && this.#budget.take(chunk.length)) {
+      this.#reserved += chunk.length;
       this.#copy.push(chunk);
       return;
     }
-    this.#copy = undefined;
+    // Over this request's limit, or over what all copies together may hold: not replayable after all.
+    this.#drop();
     this.#req.off('end', this.#end);
     this.#settle();
   };
+
+  #drop(): void {
+    this.#copy = undefined;
+    this.release();
+  }
+
+  /** Give the copy's bytes back to the budget (the request is over, or the copy was dropped). */
+  release(): void {
+    this.#budget.give(this.#reserved);
+    this.#reserved = 0;
+  }
 
   readonly #end = (): void => {
     this.#ended = true;
@@ -995,7 +1017,7 @@ class RequestBody {
   discardRest(): void {
     const req = this.#req;
     if (req.complete) return;
-    this.#copy = undefined; // `#keep`, if it listens, still counts what is drained
+    this.#drop(); // `#keep`, if it listens, still counts what is drained
     if (this.#tee) req.unpipe(this.#tee);
     req.resume();
   }

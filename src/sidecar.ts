@@ -17,6 +17,7 @@ import type { Logger, Loggers } from './logger.js';
 import { Metrics } from './metrics.js';
 import { createProxyServer, DEFAULT_SERVER_LIMITS, type ProxyObserver, type ServerLimits } from './proxy.js';
 import { closeRoute, discardRoute, createRoute, RouteTable, type Route } from './routes.js';
+import { ReplayBudget } from './replay-budget.js';
 import { createScavenger, youngGenerationCollector, type Scavenger } from './scavenger.js';
 import { TokenProvider, type TokenEvent, type TokenProviderOptions } from './token-provider.js';
 
@@ -100,7 +101,8 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
     internalError: (err) => log.error({ err }, 'internal error while proxying'),
   };
   const scavenger = options.scavenger ?? createScavenger({ collect: youngGenerationCollector() });
-  const server = createProxyServer({ routes, tokens, inbound, observer, draining: () => draining, scavenger }, { ...DEFAULT_SERVER_LIMITS, ...options.limits });
+  const replayBudget = new ReplayBudget(config.maxReplayMemoryBytes);
+  const server = createProxyServer({ routes, tokens, inbound, observer, draining: () => draining, scavenger, replayBudget }, { ...DEFAULT_SERVER_LIMITS, ...options.limits });
   const admin = config.adminListen
     ? createAdminServer({ routes, tokens, metrics: m, draining: () => draining, credentialErrors })
     : undefined;

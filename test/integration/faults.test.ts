@@ -800,6 +800,43 @@ describe('upstream faults', () => {
     expect(upstream.seen(marker)[0]!.headers.authorization).not.toBe(rejected);
   });
 
+  it('the kept body copies of all requests together stay within --max-replay-memory: one that does not fit is not sent again', async () => {
+    const s = await extraSidecar(['--max-replay-memory', '1000']);
+    await expectServing(s);
+    // The first attempt at each URL gets a CSRF 403 once both concurrent bodies have arrived (so that both copies
+    // are held at once); the session fetch and each resend get their answers at once.
+    let arrived = 0;
+    let bothArrived!: () => void;
+    const both = new Promise<void>((resolve) => (bothArrived = resolve));
+    const attempts = new Map<string, number>();
+    upstream.handler = async (req, res, rec) => {
+      if (!req.url?.includes('budget-')) return false;
+      if (req.method === 'GET') {
+        res.writeHead(200, { 'x-csrf-token': 'budget-csrf', 'set-cookie': 'JSESSIONID=budget; Path=/' }).end();
+        return true;
+      }
+      await rec.bodyDone;
+      const attempt = (attempts.get(req.url) ?? 0) + 1;
+      attempts.set(req.url, attempt);
+      if (attempt === 1) {
+        if (req.url.includes('budget-pair') && ++arrived === 2) bothArrived();
+        if (req.url.includes('budget-pair')) await both;
+        res.writeHead(403, { 'x-csrf-token': 'Required' }).end('csrf');
+      } else {
+        res.writeHead(200, { 'content-type': 'text/plain' }).end('ok');
+      }
+      return true;
+    };
+    const post = (tag: string) => fetchText(`${s.url}/http/echo?${tag}`, { method: 'POST', body: Buffer.alloc(600, 0x61), headers: { 'content-length': '600' } });
+    const pair = await Promise.all([post('budget-pair-a'), post('budget-pair-b')]);
+    // 600 + 600 > 1000: one copy was dropped, its 403 went to the sender; the other was sent again.
+    expect(pair.map((a) => a.status).sort()).toEqual([200, 403]);
+    // Both done: their reservations are back, so a third body fits again.
+    const third = await post('budget-third');
+    expect(third.status, third.text).toBe(200);
+    expect(upstream.seen('budget-third').filter((r) => r.method === 'POST')).toHaveLength(2);
+  });
+
   it.each([
     ['304 with Content-Length (it describes the representation)', 304, { etag: '"v1"', 'content-length': '1234' }],
     ['304 without Content-Length', 304, { etag: '"v1"' }],
