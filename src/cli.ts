@@ -9,6 +9,7 @@ import { checkRoutes } from './check.js';
 import { COMMANDS, FLAGS, parseConfig, type Config } from './config.js';
 import { loadCredentials } from './credentials.js';
 import { ConfigError, SidecarError } from './errors.js';
+import { tuneGarbageCollection, usableCpus } from './gc-tuning.js';
 import { createLoggers, type Logger, type Loggers } from './logger.js';
 import { hostPort, startSidecar, type Sidecar } from './sidecar.js';
 import { createTokenClient } from './token-client.js';
@@ -157,6 +158,8 @@ async function printToken(config: Readonly<Config>, log: Logger): Promise<number
 /** `oauth-sidecar serve`: run until SIGTERM/SIGINT, then drain gracefully and exit 0. */
 async function serve(config: Readonly<Config>, loggers: Loggers, started?: (sidecar: Sidecar) => void): Promise<number> {
   const log = loggers.log;
+  const cpus = usableCpus();
+  if (tuneGarbageCollection(cpus)) log.debug({ cpus }, 'one CPU usable: scavenges on the main thread alone');
   const sidecar = await startSidecar(config, loggers);
   started?.(sidecar);
   const signal = await new Promise<NodeJS.Signals>((resolve) => {
