@@ -238,7 +238,8 @@ class Exchange {
       }
       // Not kept alive by its (long-lived) socket until the next request on it.
       if (socket[ANSWERING] === res) socket[ANSWERING] = undefined;
-      this.#body?.release();
+      // No resend can come now: the copy goes, and chunks still read before the socket closes are not kept.
+      this.#body?.finish();
       this.#report();
     });
   }
@@ -466,8 +467,9 @@ class Exchange {
    * never to an HTTP/1.0 sender, and never once the final answer has begun.
    */
   earlyHints(headers: IncomingHttpHeaders): void {
-    const link = headers['link'];
-    if (link === undefined || this.#res.headersSent || this.#req.httpVersion === '1.0') return;
+    if (headers['link'] === undefined || this.#res.headersSent || this.#req.httpVersion === '1.0') return;
+    // Through the same filter as the final head: a `Link` that echoes the access token carries it no further.
+    const link = responseHeadersForSender({ link: headers['link'] }, { token: this.#token?.value })['link']!;
     try {
       this.#res.writeEarlyHints({ link });
     } catch {
@@ -955,15 +957,16 @@ class RequestBody {
     this.#settle();
   };
 
+  /** No copy from here on (over a limit, not wanted, or the exchange is over); its bytes go back to the budget. */
   #drop(): void {
     this.#copy = undefined;
-    this.release();
-  }
-
-  /** Give the copy's bytes back to the budget (the request is over, or the copy was dropped). */
-  release(): void {
     this.#budget.give(this.#reserved);
     this.#reserved = 0;
+  }
+
+  /** The exchange is over: the copy is dropped for good and its bytes go back to the budget. */
+  finish(): void {
+    this.#drop();
   }
 
   readonly #end = (): void => {

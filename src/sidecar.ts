@@ -31,6 +31,8 @@ export interface Sidecar {
   readonly tokens: TokenProvider;
   readonly inbound: InboundControl;
   readonly metrics: Metrics;
+  /** What kept body copies hold now (`--max-replay-memory`). */
+  readonly replayBudget: ReplayBudget;
   /** Fail readiness, keep serving for the shutdown delay, drain, close. Idempotent. */
   shutdown(): Promise<void>;
   /** Stop now: no delay, no grace; during a `shutdown()` it ends that one's waiting (the second signal). */
@@ -243,6 +245,7 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
     tokens,
     inbound,
     metrics: m,
+    replayBudget,
     shutdown: () => stop(config.shutdownDelayMs, config.shutdownGraceMs),
     close: () => stop(0, 0),
   };

@@ -837,6 +837,39 @@ describe('upstream faults', () => {
     expect(upstream.seen('budget-third').filter((r) => r.method === 'POST')).toHaveLength(2);
   });
 
+  it('a body still arriving after its exchange ended (the upstream reset it mid-upload) takes nothing from --max-replay-memory', async () => {
+    const s = await extraSidecar();
+    upstream.handler = (req) => {
+      if (!req.url?.includes('reset-mid-upload')) return false;
+      req.on('data', () => undefined);
+      setTimeout(() => req.socket.destroy(), 100);
+      return true;
+    };
+    // Senders that go on writing chunks after their 502: what node reads of them before the socket closes
+    // once reserved budget that nothing gave back.
+    const sender = (i: number) =>
+      new Promise<string>((resolve) => {
+        const socket = connect(s.address.port, '127.0.0.1');
+        let got = '';
+        socket.on('data', (d: Buffer) => (got += d.toString('latin1')));
+        socket.on('error', () => undefined);
+        socket.write(`POST /http/echo?reset-mid-upload-${i} HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n`);
+        const frame = Buffer.concat([Buffer.from('3e8\r\n'), Buffer.alloc(1000, 0x61), Buffer.from('\r\n')]);
+        let sent = 0;
+        const timer = setInterval(() => {
+          if (sent++ < 300 && !socket.destroyed) socket.write(frame);
+        }, 2);
+        socket.on('close', () => {
+          clearInterval(timer);
+          resolve(got.split('\r\n')[0] ?? '');
+        });
+      });
+    const answers = await Promise.all(Array.from({ length: 10 }, (_, i) => sender(i)));
+    expect(new Set(answers)).toEqual(new Set(['HTTP/1.1 502 Bad Gateway']));
+    await expect.poll(() => s.logs.filter((l) => l['msg'] === 'request' && String(l['path']).startsWith('/http/echo')).length, { timeout: 10_000 }).toBe(10);
+    expect(s.replayBudget.used).toBe(0);
+  });
+
   it.each([
     ['304 with Content-Length (it describes the representation)', 304, { etag: '"v1"', 'content-length': '1234' }],
     ['304 without Content-Length', 304, { etag: '"v1"' }],

@@ -20,13 +20,19 @@ const SECRET = 'fr4ming$Secret=value!|%+:9c';
 const BOUND_MS = 10_000;
 
 /** What the raw upstream writes for a request whose target contains the key (the head is all it reads). */
-const ANSWERS: Record<string, (socket: TLSSocket) => void> = {
+const ANSWERS: Record<string, (socket: TLSSocket, head: string) => void> = {
   // A chunked answer that dies after its first chunk: the sender must not see a complete message.
   '/cut': (socket) => {
     socket.write('HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\na\r\n0123456789\r\n', () => socket.destroy());
   },
   '/gzip-te': (socket) => {
     socket.write('HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n5\r\n\x1f\x8b\x08\x00\x00\r\n0\r\n\r\n');
+  },
+  // Early hints that echo the request's token (a `Link` built from the request as received).
+  '/hints-echo': (socket, head) => {
+    const token = /\r\nauthorization: Bearer (\S+)/i.exec(head)?.[1] ?? 'none';
+    socket.write(`HTTP/1.1 103 Early Hints\r\nlink: </preload?auth=${token}>; rel=preload\r\n\r\n`);
+    socket.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok');
   },
   '/hints': (socket) => {
     socket.write('HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload; as=style\r\n\r\n');
@@ -47,11 +53,12 @@ beforeAll(async () => {
       head += chunk.toString('latin1');
       let end: number;
       while ((end = head.indexOf('\r\n\r\n')) !== -1) {
-        const target = head.slice(0, end).split(' ')[1] ?? '';
+        const requestHead = head.slice(0, end);
+        const target = requestHead.split(' ')[1] ?? '';
         head = head.slice(end + 4);
         upstreamTargets.push(target);
         const answer = Object.entries(ANSWERS).find(([key]) => target.includes(key))?.[1];
-        if (answer) answer(socket);
+        if (answer) answer(socket, requestHead);
         else socket.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok');
       }
     });
@@ -178,6 +185,9 @@ describe('upstream answers that cannot be passed on as they are', () => {
     } finally {
       sender.socket.destroy();
     }
+    const echoed = await rawRequest(sidecar.address.port, 'GET /hints-echo HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n', { timeoutMs: BOUND_MS });
+    expect(echoed.text).toMatch(/^HTTP\/1\.1 103 Early Hints\r\nlink: <\/preload\?auth=\[redacted\]>; rel=preload\r\n/i);
+    expect(echoed.text).not.toMatch(/tok-\d+-/);
     const old = await rawRequest(sidecar.address.port, 'GET /hints?1.0 HTTP/1.0\r\n\r\n', { timeoutMs: BOUND_MS });
     expect(old.status, old.text).toBe(200);
     expect(old.text).not.toMatch(/103/);

@@ -34,7 +34,7 @@ describe('tuneGarbageCollection', () => {
     expect(set).toEqual(['--no-parallel-scavenge', '--no-parallel-scavenge']);
   });
 
-  it('takes effect in a running process: its scavenges no longer wake V8\'s worker threads', () => {
+  it('takes effect in a running process: its scavenges no longer wake V8\'s worker threads', { timeout: 30_000 }, () => {
     // The same allocation in two processes, the flag set at run time in one: parallel scavenge tasks wake
     // worker threads at every scavenge, which shows in the process's context switches.
     const switches = (flag: boolean): number => {
@@ -44,8 +44,12 @@ describe('tuneGarbageCollection', () => {
         'const u = process.resourceUsage(); process.stdout.write(String(u.voluntaryContextSwitches + u.involuntaryContextSwitches));';
       return Number(execFileSync(process.execPath, ['--max-semi-space-size=16', '-e', script], { encoding: 'utf8' }));
     };
-    const parallel = switches(false);
-    const single = switches(true);
-    expect(single).toBeLessThan(parallel / 3);
+    // Measured 2.3–3.8× fewer on an idle 2-CPU machine: the median of three pairs, against a margin that load
+    // on the machine does not erase.
+    const median = (xs: number[]): number => xs.sort((a, b) => a - b)[1]!;
+    const pairs = [0, 1, 2].map(() => [switches(false), switches(true)] as const);
+    const parallel = median(pairs.map(([p]) => p));
+    const single = median(pairs.map(([, s]) => s));
+    expect(single).toBeLessThan(parallel * 0.6);
   });
 });
