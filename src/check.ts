@@ -8,7 +8,7 @@ import { ConfigError, shownSource, SidecarError } from './errors.js';
 import { exposureProblems, readBasicAuthFile } from './inbound-control.js';
 import { decodeJwtClaims, type JwtClaims } from './jwt.js';
 import { classifyNetworkError, trustAdvice, type NetworkFailure } from './network-error.js';
-import { redact, withoutCredentials } from './redaction.js';
+import { MIN_REDACT_LENGTH, redact, withoutCredentials } from './redaction.js';
 import { createTokenClient, type AccessToken, type RetryPolicy, type TokenClient } from './token-client.js';
 
 /** The role an HTTPS sender adapter requires unless the iFlow names a custom User Role. */
@@ -28,8 +28,6 @@ const NO_RETRY: RetryPolicy = { maxAttempts: 1, baseDelayMs: 0, maxDelayMs: 0, m
 /** Enough of an error body to recognise the CF router, an MPL ID or an OAuth error; the body is never printed. */
 const MAX_BODY_BYTES = 16 * 1024;
 const MAX_SCOPES_SHOWN = 20;
-/** Secrets shorter than this are not searched for in output (they would match ordinary words). */
-const MIN_REDACT_LENGTH = 6;
 const DAY_MS = 86_400_000;
 /** More than this between the token's `iat` and the local clock is worth a warning. */
 const MAX_CLOCK_SKEW_MS = 120_000;

@@ -6,7 +6,7 @@
 
 export const REDACTED = '[redacted]';
 /** Shorter values would redact ordinary words; no client secret is this short. */
-const MIN_REDACT_LENGTH = 6;
+export const MIN_REDACT_LENGTH = 6;
 
 /** The client secret as it can travel or be echoed: raw, form- or URL-encoded, inside a Basic header. */
 export function secretForms(clientId: string, secret: string): string[] {

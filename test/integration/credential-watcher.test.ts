@@ -143,10 +143,11 @@ function recorder() {
 }
 type Recorder = ReturnType<typeof recorder>;
 
-/** `loadCredentials`, counting calls and completions so tests can await a reload. */
-function countingLoad(rec: Recorder) {
-  const counts = { started: 0, finished: 0 };
+/** `loadCredentials`, counting calls and completions (in `into()`'s counts, when given) so tests can await a reload. */
+function countingLoad(rec: Recorder, into?: () => { started: number; finished: number }) {
+  const own = { started: 0, finished: 0 };
   const load: typeof loadCredentials = async (spec, opts) => {
+    const counts = into?.() ?? own;
     counts.started += 1;
     try {
       return await loadCredentials(spec, opts);
@@ -155,7 +156,7 @@ function countingLoad(rec: Recorder) {
       rec.notify();
     }
   };
-  return { load, counts };
+  return { load, counts: own };
 }
 
 async function startWatcher(
@@ -646,16 +647,7 @@ describe('CredentialWatcher scheduling', () => {
     // Each load notes which phase it started in: the burst, or the single event that follows it.
     let phase: 'burst' | 'after' = 'burst';
     const loads = { burst: { started: 0, finished: 0 }, after: { started: 0, finished: 0 } };
-    const load: typeof loadCredentials = async (spec, opts) => {
-      const counts = loads[phase];
-      counts.started += 1;
-      try {
-        return await loadCredentials(spec, opts);
-      } finally {
-        counts.finished += 1;
-        rec.notify();
-      }
-    };
+    const { load } = countingLoad(rec, () => loads[phase]);
     await startWatcher({ source: { kind: 'path', path } }, rec, { load, watch: fake.factory });
     const fire = fake.watches[0]?.fire;
     expect(fire).toBeDefined();

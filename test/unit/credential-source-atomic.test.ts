@@ -3,71 +3,39 @@
  * swapped between the reads of two of its files. The swap is made from inside a file read (`node:fs/promises`
  * is wrapped), so the interleaving is exact: no timing, no sleeps.
  */
-import { mkdir, mkdtemp, readlink, rename, rm, symlink, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { rm, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { readClientCert, readCredentialSource } from '../../src/credential-source.js';
 import { ConfigError } from '../../src/errors.js';
+import { fsHooks } from '../helpers/fs-read-hook.js';
+import { kubeletSecret as makeKubeletSecret, type KubeletSecret } from '../helpers/kubelet-secret.js';
 
-/** Called instead of each `readFile` while set: `read()` is the real read. */
-type ReadHook = (path: string, read: () => Promise<string>) => Promise<string>;
-const fsHooks = vi.hoisted(() => ({ read: undefined as ReadHook | undefined }));
-
-vi.mock('node:fs/promises', async (importOriginal) => {
-  const actual = await importOriginal<typeof import('node:fs/promises')>();
-  const readFile = (async (...args: Parameters<typeof actual.readFile>) => {
-    const hook = fsHooks.read;
-    const read = () => actual.readFile(...args) as Promise<string>;
-    return hook ? hook(String(args[0]), read) : read();
-  }) as typeof actual.readFile;
-  return { ...actual, readFile, default: { ...actual, readFile } };
-});
+vi.mock('node:fs/promises', async (original) => (await import('../helpers/fs-read-hook.js')).hookedFsPromises(original));
 
 const OLD = { clientid: 'sb-old!b1|it-rt-acme!b196', clientsecret: 'old-FAKE-secret$0000=', url: 'https://old.example.com', tokenurl: 'https://old.example.com/oauth/token' };
 const NEW = { clientid: 'sb-new!b2|it-rt-acme!b196', clientsecret: 'new-FAKE-secret$1111=', url: 'https://new.example.com', tokenurl: 'https://new.example.com/oauth/token' };
 
-const created: string[] = [];
+const created: KubeletSecret[] = [];
 afterEach(async () => {
   fsHooks.read = undefined;
-  await Promise.all(created.splice(0).map((dir) => rm(dir, { recursive: true, force: true })));
+  await Promise.all(created.splice(0).map((secret) => secret.remove()));
 });
 
-/** A secret volume as the kubelet writes it: `..<timestamp>/` with the files, `..data` → it, `name → ..data/name`. */
-async function kubeletSecret(files: Record<string, string>): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'credential-source-atomic-'));
-  created.push(dir);
-  const first = await writeVersion(dir, files);
-  await symlink(first, join(dir, '..data'));
-  await Promise.all(Object.keys(files).map((name) => symlink(join('..data', name), join(dir, name))));
-  return dir;
-}
-
-let versions = 0;
-async function writeVersion(dir: string, files: Record<string, string>): Promise<string> {
-  const name = `..2026_01_01_00_00_00.${String(++versions).padStart(9, '0')}`;
-  await mkdir(join(dir, name));
-  await Promise.all(Object.entries(files).map(([file, text]) => writeFile(join(dir, name, file), text)));
-  return name;
-}
-
-/** AtomicWriter's update: a new version, `..data_tmp` renamed over `..data`; `removeOld` as the kubelet then does. */
-async function swapData(dir: string, files: Record<string, string>, removeOld = false): Promise<void> {
-  const old = await readlink(join(dir, '..data'));
-  const next = await writeVersion(dir, files);
-  await symlink(next, join(dir, '..data_tmp'));
-  await rename(join(dir, '..data_tmp'), join(dir, '..data'));
-  if (removeOld) await rm(join(dir, old), { recursive: true });
+async function kubeletSecret(files: Record<string, string>): Promise<KubeletSecret> {
+  const secret = await makeKubeletSecret(files, 'credential-source-atomic-');
+  created.push(secret);
+  return secret;
 }
 
 /** Swaps `..data` once, right after the first read of a file named `name` has returned the old content. */
-function swapAfterFirstRead(dir: string, name: string, files: Record<string, string>, removeOld = false): void {
+function swapAfterFirstRead(secret: Pick<KubeletSecret, 'swap'>, name: string, files: Record<string, string>, removeOld = false): void {
   let swapped = false;
   fsHooks.read = async (path, read) => {
     const text = await read();
     if (basename(path) === name && !swapped) {
       swapped = true;
-      await swapData(dir, files, removeOld);
+      await secret.swap(files, { removeOld });
     }
     return text;
   };
@@ -75,34 +43,34 @@ function swapAfterFirstRead(dir: string, name: string, files: Record<string, str
 
 describe('reading a kubelet secret directory while ..data is swapped', () => {
   it('takes every field from one version when the swap comes between two field reads', async () => {
-    const dir = await kubeletSecret(OLD);
+    const { dir, ...secret } = await kubeletSecret(OLD);
     // Fields are read in name order: clientid first, so a per-file read would pair the old id with the new secret.
-    swapAfterFirstRead(dir, 'clientid', NEW);
+    swapAfterFirstRead(secret, 'clientid', NEW);
     const { raw, source } = await readCredentialSource({ kind: 'path', path: dir });
     expect(raw).toEqual(NEW);
     expect(source).toBe(dir);
   });
 
   it('takes every field from one version when the old version is removed right after the swap', async () => {
-    const dir = await kubeletSecret(OLD);
-    swapAfterFirstRead(dir, 'clientid', NEW, true);
+    const { dir, ...secret } = await kubeletSecret(OLD);
+    swapAfterFirstRead(secret, 'clientid', NEW, true);
     const { raw } = await readCredentialSource({ kind: 'path', path: dir });
     expect(raw).toEqual(NEW);
   });
 
   it('reads the fields of the new version, also one the old version did not have', async () => {
     const { clientsecret: _, ...withoutSecret } = OLD;
-    const dir = await kubeletSecret(withoutSecret);
-    swapAfterFirstRead(dir, 'clientid', NEW);
+    const { dir, ...secret } = await kubeletSecret(withoutSecret);
+    swapAfterFirstRead(secret, 'clientid', NEW);
     expect((await readCredentialSource({ kind: 'path', path: dir })).raw).toEqual(NEW);
   });
 
   it('gives up with an error naming ..data when it moves during every read', async () => {
-    const dir = await kubeletSecret(OLD);
+    const { dir, ...secret } = await kubeletSecret(OLD);
     let generation = 0;
     fsHooks.read = async (path, read) => {
       const text = await read();
-      if (basename(path) === 'clientid') await swapData(dir, { ...NEW, clientsecret: `secret-${++generation}` }, true);
+      if (basename(path) === 'clientid') await secret.swap({ ...NEW, clientsecret: `secret-${++generation}` }, { removeOld: true });
       return text;
     };
     const err = await readCredentialSource({ kind: 'path', path: dir }).catch((e: unknown) => e);
@@ -119,14 +87,14 @@ describe('reading a kubelet secret directory while ..data is swapped', () => {
   });
 
   it('names a missing field as the file in the secret directory, not in the version directory', async () => {
-    const dir = await kubeletSecret({ 'tls.crt': 'CERT-PEM' });
+    const { dir } = await kubeletSecret({ 'tls.crt': 'CERT-PEM' });
     await expect(readClientCert({ kind: 'tls-dir', dir })).rejects.toMatchObject({
       problems: [{ source: join(dir, 'tls.key'), field: '', message: 'does not exist' }],
     });
   });
 
   it('reads a kubernetes.io/tls pair from one version when the swap comes between the two reads', async () => {
-    const dir = await kubeletSecret({ 'tls.crt': 'OLD-CERT', 'tls.key': 'OLD-KEY' });
+    const { dir, ...secret } = await kubeletSecret({ 'tls.crt': 'OLD-CERT', 'tls.key': 'OLD-KEY' });
     // The two files are read concurrently: the key is read first and the certificate only after the swap.
     let swapped!: () => void;
     const swapDone = new Promise<void>((resolve) => (swapped = resolve));
@@ -139,7 +107,7 @@ describe('reading a kubelet secret directory while ..data is swapped', () => {
         return read();
       }
       const text = await read();
-      await swapData(dir, { 'tls.crt': 'NEW-CERT', 'tls.key': 'NEW-KEY' });
+      await secret.swap({ 'tls.crt': 'NEW-CERT', 'tls.key': 'NEW-KEY' });
       swapped();
       return text;
     };
@@ -147,9 +115,13 @@ describe('reading a kubelet secret directory while ..data is swapped', () => {
   });
 
   it('reads a directory without ..data file by file, as before', async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'credential-source-atomic-'));
-    created.push(dir);
-    await Promise.all(Object.entries(OLD).map(([name, text]) => writeFile(join(dir, name), text)));
+    // A plain directory: the kubelet's, with its links replaced by the files themselves.
+    const { dir } = await kubeletSecret(OLD);
+    await rm(join(dir, '..data'));
+    for (const [name, text] of Object.entries(OLD)) {
+      await rm(join(dir, name));
+      await writeFile(join(dir, name), text);
+    }
     const seen: string[] = [];
     fsHooks.read = (path, read) => {
       seen.push(path);
