@@ -14,7 +14,6 @@
  */
 import { createServer, type IncomingHttpHeaders, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
-import { Transform, type Readable, type TransformCallback } from 'node:stream';
 import type { Dispatcher } from 'undici';
 import { csrfFromResponse, isCsrfRequired, isModifying, mergeCookies, type CsrfCredentials } from './csrf-session.js';
 import { awaitConnection, type ConnectionListener } from './connection-reuse.js';
@@ -23,6 +22,7 @@ import { requestHeadersForUpstream, responseHeadersForSender, type HeaderRecord 
 import { BASIC_AUTH_CHALLENGE, type InboundControl } from './inbound-control.js';
 import { classifyNetworkError, trustAdvice } from './network-error.js';
 import { ReplayBudget } from './replay-budget.js';
+import { bodyStillComing, RequestBody } from './request-body.js';
 import { requestIdOf } from './request-id.js';
 import { hasDotSegment, upstreamTarget, type Route, type RouteTable } from './routes.js';
 import type { Scavenger } from './scavenger.js';
@@ -883,154 +883,6 @@ function senderGoneError(): Error {
 }
 
 /**
- * The request body as undici's body: streamed, with a copy of the first
- * `limit` bytes kept so that a small body can be sent again, each chunk
- * counted for the scavenger. The copy is taken from the sender's stream
- * itself, so it stays whole when the upstream stops taking the body (an early
- * answer) and the rest is read on for a resend (`whenSettled`).
- */
-class RequestBody {
-  readonly #req: IncomingMessage;
-  readonly #limit: number;
-  readonly #scavenger: Scavenger | undefined;
-  readonly #present: boolean;
-  readonly #budget: ReplayBudget;
-  #copy: Buffer[] | undefined = [];
-  #copied = 0;
-  /** Bytes of the copy reserved in the budget (given back when the copy is dropped or the request is over). */
-  #reserved = 0;
-  /** Bytes received from the sender. */
-  #seen = 0;
-  /** Bytes handed on towards the upstream (what the scavenger counts). */
-  #passed = 0;
-  #ended = false;
-  #tee: Transform | undefined;
-  #settled: (() => void) | undefined;
-
-  constructor(req: IncomingMessage, limit: number, scavenger: Scavenger | undefined, budget: ReplayBudget) {
-    this.#req = req;
-    this.#limit = limit;
-    this.#scavenger = scavenger;
-    this.#budget = budget;
-    const length = req.headers['content-length'];
-    this.#present = announcesBody(req);
-    // A declared length over the limit can never be replayed: no copy is kept.
-    if (length !== undefined && Number(length) > limit) this.#copy = undefined;
-  }
-
-  stream(): Readable | undefined {
-    if (!this.#present) return undefined;
-    const req = this.#req;
-    if (this.#copy === undefined && this.#scavenger === undefined) return req;
-    // `#keep` sees every chunk (also those the upstream never took) and counts them; else the tee counts.
-    const keeping = this.#copy !== undefined;
-    const tee = new Transform({
-      transform: (chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback) => {
-        this.#scavenger?.passed(this.#passed, chunk.length);
-        this.#passed += chunk.length;
-        if (!keeping) this.#seen += chunk.length;
-        callback(null, chunk);
-      },
-    });
-    this.#tee = tee;
-    req.on('error', (err) => tee.destroy(err));
-    req.pipe(tee);
-    if (keeping) {
-      req.on('data', this.#keep);
-      req.once('end', this.#end);
-    }
-    return tee;
-  }
-
-  readonly #keep = (chunk: Buffer): void => {
-    this.#seen += chunk.length;
-    if (this.#copy === undefined) return;
-    this.#copied += chunk.length;
-    if (this.#copied <= this.#limit && this.#budget.take(chunk.length)) {
-      this.#reserved += chunk.length;
-      this.#copy.push(chunk);
-      return;
-    }
-    // Over this request's limit, or over what all copies together may hold: not replayable after all.
-    this.#drop();
-    this.#req.off('end', this.#end);
-    this.#settle();
-  };
-
-  /** No copy from here on (over a limit, not wanted, or the exchange is over); its bytes go back to the budget. */
-  #drop(): void {
-    this.#copy = undefined;
-    this.#budget.give(this.#reserved);
-    this.#reserved = 0;
-  }
-
-  /** The exchange is over: the copy is dropped for good and its bytes go back to the budget. */
-  finish(): void {
-    this.#drop();
-  }
-
-  readonly #end = (): void => {
-    this.#ended = true;
-    this.#settle();
-  };
-
-  #settle(): void {
-    const settled = this.#settled;
-    this.#settled = undefined;
-    settled?.();
-  }
-
-  /** Bytes received from the sender (declared length when streamed untouched). */
-  get bytes(): number {
-    if (this.#tee === undefined) return this.#req.complete ? Number(this.#req.headers['content-length'] ?? 0) : 0;
-    return this.#seen;
-  }
-
-  /** True when the body can be sent again: none, or fully kept. */
-  replayable(): boolean {
-    return !this.#present || (this.#copy !== undefined && this.#ended);
-  }
-
-  /** Still arriving, and still within the copy's limit: it may yet become replayable. */
-  pending(): boolean {
-    return this.#present && this.#copy !== undefined && !this.#ended;
-  }
-
-  /**
-   * Call `done` once the body is no longer `pending` (ended, outgrown the copy, or the sender gone). If the
-   * upstream stopped taking it, the rest is read on here.
-   */
-  whenSettled(done: () => void): void {
-    if (!this.pending()) return done();
-    this.#settled = done;
-    const req = this.#req;
-    req.once('close', () => {
-      if (!req.complete) this.#settle();
-    });
-    const readOn = (): void => {
-      if (!this.pending()) return;
-      req.unpipe(this.#tee);
-      req.resume();
-    };
-    if (this.#tee === undefined || this.#tee.destroyed) readOn();
-    else this.#tee.once('close', readOn);
-  }
-
-  /** The upstream will not take the rest: read it into nothing (the connection closes after the answer). */
-  discardRest(): void {
-    const req = this.#req;
-    if (req.complete) return;
-    this.#drop(); // `#keep`, if it listens, still counts what is drained
-    if (this.#tee) req.unpipe(this.#tee);
-    req.resume();
-  }
-
-  replay(): Buffer | undefined {
-    return this.#present && this.#copy ? Buffer.concat(this.#copy, this.#copied) : undefined;
-  }
-}
-
-/**
  * How much of a 401 or CSRF 403 is held while the request body settles (they carry a few hundred bytes);
  * a longer one is passed on at once instead.
  */
@@ -1041,20 +893,6 @@ const UNFORWARDABLE_HEAD: ReadonlySet<string | undefined> = new Set(['ERR_INVALI
 
 /** Methods whose repetition has no further effect (RFC 9110 §9.2.2). */
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']);
-
-/** The request has a body: a non-zero `Content-Length` or a `Transfer-Encoding` (RFC 9112 §6.3). */
-function announcesBody(req: IncomingMessage): boolean {
-  const length = req.headers['content-length'];
-  return (length !== undefined && length !== '0') || req.headers['transfer-encoding'] !== undefined;
-}
-
-/**
- * A request body is announced and not yet all received. Not `!req.complete` alone: node marks even a
- * request without a body complete only after its 'request' listener has returned.
- */
-function bodyStillComing(req: IncomingMessage): boolean {
-  return !req.complete && announcesBody(req);
-}
 
 /**
  * Why a request's framing or target cannot be trusted, checked before anything else (RFC 9112): a
