@@ -15,6 +15,7 @@ import type { OutboundNetwork } from './dispatcher.js';
 import { ConfigError, shownSource, type ConfigProblem } from './errors.js';
 import { exposureProblems, parseAllowlist } from './inbound-control.js';
 import { parseCertificates, PemError } from './pem.js';
+import { DEFAULT_MAX_CONNECTIONS } from './connection-limit.js';
 import { DEFAULT_REPLAY_MEMORY_BYTES } from './replay-budget.js';
 import type { TokenAuthMethod, TokenRequestSettings } from './token-client.js';
 
@@ -82,6 +83,8 @@ export interface Config {
   shutdownGraceMs: number;
   /** What all kept request-body copies (for a resend after a 401 or CSRF 403) may hold together. */
   maxReplayMemoryBytes: number;
+  /** Sender connections served at once; one accepted beyond them is answered 503 and closed. 0: no limit. */
+  maxConnections: number;
   logFormat: LogFormat;
   inbound: InboundConfig;
   network: OutboundNetwork;
@@ -135,6 +138,7 @@ export const FLAGS: Readonly<Record<string, FlagSpec>> = {
   'upstream-timeout': { type: 'string', env: 'SIDECAR_UPSTREAM_TIMEOUT', route: true, default: String(DEFAULT_RESPONSE_TIMEOUT_MS), description: 'ms to wait for upstream response headers' },
   'max-replay-body': { type: 'string', env: 'SIDECAR_MAX_REPLAY_BODY', route: true, default: String(DEFAULT_MAX_REPLAY_BODY_BYTES), description: 'bytes of request body kept to replay after a 401/CSRF 403' },
   'max-replay-memory': { type: 'string', env: 'SIDECAR_MAX_REPLAY_MEMORY', default: String(DEFAULT_REPLAY_MEMORY_BYTES), description: 'bytes all requests\' kept body copies may hold together (a body that does not fit is not replayable)' },
+  'max-connections': { type: 'string', env: 'SIDECAR_MAX_CONNECTIONS', default: String(DEFAULT_MAX_CONNECTIONS), description: 'sender connections served at once; a request on one beyond them gets 503 and its connection is closed (0: no limit)' },
   config: { type: 'string', env: 'SIDECAR_CONFIG', path: true, description: 'routes file (YAML or JSON)' },
   route: { type: 'string', description: 'token, check: the route to use (default: token the first, check all)' },
   'check-path': { type: 'string', description: 'check: upstream path to GET (default /http/; /api/v1/ on an API host)' },
@@ -284,6 +288,7 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
   const shutdownDelayMs = read.integer('shutdown-delay', ms(0)) ?? DEFAULT_SHUTDOWN_DELAY_MS;
   const shutdownGraceMs = read.integer('shutdown-grace', ms(0)) ?? DEFAULT_SHUTDOWN_GRACE_MS;
   const maxReplayMemoryBytes = read.integer('max-replay-memory', REPLAY_MEMORY_BYTES) ?? DEFAULT_REPLAY_MEMORY_BYTES;
+  const maxConnections = read.integer('max-connections', CONNECTIONS) ?? DEFAULT_MAX_CONNECTIONS;
 
   if (problems.length > 0) throw new ConfigError(problems);
   return {
@@ -295,6 +300,7 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
       shutdownDelayMs,
       shutdownGraceMs,
       maxReplayMemoryBytes,
+      maxConnections,
       logFormat: logFormat as LogFormat,
       inbound,
       network,
@@ -829,7 +835,7 @@ class Reader {
 interface IntegerRange {
   min: number;
   max: number;
-  unit: 'ms' | 'bytes';
+  unit: 'ms' | 'bytes' | 'connections';
 }
 
 /** Milliseconds, from `min` up to what a Node timer can hold. */
@@ -839,6 +845,7 @@ function ms(min: number): IntegerRange {
 
 const BODY_BYTES: IntegerRange = { min: 0, max: MAX_REPLAY_BODY_BYTES, unit: 'bytes' };
 const REPLAY_MEMORY_BYTES: IntegerRange = { min: 0, max: 16 * MAX_REPLAY_BODY_BYTES, unit: 'bytes' };
+const CONNECTIONS: IntegerRange = { min: 0, max: 1_000_000, unit: 'connections' };
 
 function inRange(n: number, range: IntegerRange): boolean {
   return Number.isSafeInteger(n) && n >= range.min && n <= range.max;

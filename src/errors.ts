@@ -31,6 +31,8 @@ export type ErrorCode =
   | 'SENDER_UNAUTHORIZED'
   /** Sender address not in the allowlist, or a request from a web page (inbound-control `webPageRefusal`). */
   | 'SENDER_FORBIDDEN'
+  /** The connection was accepted while `--max-connections` others were open (`connection-limit.ts`). */
+  | 'TOO_MANY_CONNECTIONS'
   /** The upstream could not be reached or reset the connection. */
   | 'UPSTREAM_UNREACHABLE'
   /** The upstream's certificate is not trusted or the TLS handshake failed. */
@@ -140,6 +142,7 @@ const STATUS: Readonly<Record<ErrorCode, number>> = {
   REQUEST_REFUSED: 400,
   SENDER_UNAUTHORIZED: 401,
   SENDER_FORBIDDEN: 403,
+  TOO_MANY_CONNECTIONS: 503,
   UPSTREAM_UNREACHABLE: 502,
   UPSTREAM_TLS: 502,
   UPSTREAM_TIMEOUT: 504,

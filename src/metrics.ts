@@ -23,6 +23,8 @@ export interface MetricsOptions {
   /** Routes whose last credential reload failed, with the error code. */
   credentialErrors: () => ReadonlyMap<string, string>;
   now?: () => number;
+  /** Sender connections open now and accepted over `--max-connections` so far. */
+  connections?: { readonly open: number; readonly refused: number };
   /** Process metrics (heap, GC, event loop); off in tests that build many registries. */
   defaultMetrics?: boolean;
 }
@@ -81,6 +83,26 @@ export class Metrics {
         this.set(inFlight());
       },
     });
+    const connections = options.connections;
+    if (connections !== undefined) {
+      new Gauge({
+        name: `${PREFIX}sender_connections`,
+        help: 'Sender connections open now (within --max-connections or not).',
+        registers,
+        collect() {
+          this.set(connections.open);
+        },
+      });
+      new Counter({
+        name: `${PREFIX}connections_over_limit_total`,
+        help: 'Sender connections accepted while --max-connections others were open (their requests get 503).',
+        registers,
+        collect() {
+          this.reset();
+          this.inc(connections.refused);
+        },
+      });
+    }
     this.#tokenFetches = new Counter({
       name: `${PREFIX}token_fetches_total`,
       help: 'Token requests to token servers, by outcome (success or error code).',

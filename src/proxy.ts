@@ -16,6 +16,7 @@ import { createServer, type IncomingHttpHeaders, type IncomingMessage, type Serv
 import type { Socket } from 'node:net';
 import type { Dispatcher } from 'undici';
 import { csrfFromResponse, isCsrfRequired, isModifying, mergeCookies, type CsrfCredentials } from './csrf-session.js';
+import type { ConnectionLimit } from './connection-limit.js';
 import { awaitConnection, type ConnectionListener } from './connection-reuse.js';
 import { SidecarError, toHttpFailure, type HttpFailure } from './errors.js';
 import { requestHeadersForUpstream, responseHeadersForSender, type HeaderRecord } from './headers.js';
@@ -75,6 +76,8 @@ export interface ProxyOptions {
   scavenger?: Scavenger;
   /** Bounds the memory of all kept body copies together (default `DEFAULT_REPLAY_MEMORY_BYTES`). */
   replayBudget?: ReplayBudget;
+  /** Counts sender connections; requests on one accepted beyond its limit are refused (default: no limit). */
+  connections?: ConnectionLimit;
 }
 
 export interface ServerLimits {
@@ -113,6 +116,12 @@ export function createProxyServer(options: ProxyOptions, limits: ServerLimits = 
     handler,
   );
   server.timeout = limits.socketIdleTimeoutMs;
+  const connections = options.connections;
+  if (connections !== undefined && connections.max > 0) {
+    server.on('connection', (socket: Socket) => {
+      if (!connections.accept(socket)) (socket as LimitedSocket)[OVER_LIMIT] = true;
+    });
+  }
   // Never a tunnel: CONNECT is refused before any upstream is involved. With no 'upgrade' listener node serves
   // a request asking for `Upgrade` (Java's HttpClient asks for h2c on every http:// request) as a plain
   // HTTP/1.1 request, which RFC 9110 §7.8 allows, and the header filter drops `Upgrade` and the fields its
@@ -155,6 +164,9 @@ const ALLOWED_METHODS = 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS';
  */
 const ANSWERING = Symbol('oauth-sidecar.answering');
 type AnsweringSocket = Socket & { [ANSWERING]?: ServerResponse };
+/** Marks a connection accepted while `--max-connections` others were open: its requests are refused. */
+const OVER_LIMIT = Symbol('oauth-sidecar.over-limit');
+type LimitedSocket = Socket & { [OVER_LIMIT]?: true };
 
 /** Answer on a raw socket (no ServerResponse exists for these) and close it. */
 function refuseRaw(socket: Socket, status: number, message: string, extraHeaders = ''): void {
@@ -250,6 +262,12 @@ class Exchange {
    */
   run(): void {
     const req = this.#req;
+    if ((req.socket as LimitedSocket)[OVER_LIMIT]) {
+      this.#res.shouldKeepAlive = false;
+      const max = this.#options.connections?.max;
+      const why = `the sidecar serves at most ${max} sender connections at once (--max-connections) and this one came beyond them; it is closed after this answer`;
+      return this.#refuse(new SidecarError('TOO_MANY_CONNECTIONS', why, { retryAfter: 1 }));
+    }
     const target = req.url ?? '';
     // Origin-form only (RFC 9112 §3.2.1): an absolute-form target would make this an open proxy.
     if (target.charCodeAt(0) !== 0x2f) {

@@ -9,6 +9,7 @@ import type { AddressInfo } from 'node:net';
 import { setTimeout as delay } from 'node:timers/promises';
 import { createAdminServer } from './admin-server.js';
 import { FLAGS, type Config, type RouteConfig } from './config.js';
+import { ConnectionLimit } from './connection-limit.js';
 import { CredentialWatcher } from './credential-watcher.js';
 import { loadCredentials, type LoadedCredentials } from './credentials.js';
 import { ConfigError, shownSource, SidecarError, type ConfigProblem } from './errors.js';
@@ -52,6 +53,9 @@ export interface SidecarOptions {
   scavenger?: Scavenger;
 }
 
+/** At most one warning a minute that senders went over `--max-connections`. */
+const CONNECTION_LIMIT_LOG_INTERVAL_MS = 60_000;
+
 export async function startSidecar(config: Readonly<Config>, loggers: Loggers, options: SidecarOptions = {}): Promise<Sidecar> {
   const log = loggers.log;
   const inbound = await inboundControl(config);
@@ -80,7 +84,15 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
       }
     },
   });
-  metrics = new Metrics({ routes, tokens, credentialErrors, defaultMetrics: options.defaultMetrics ?? true });
+  // Logged when senders go over the limit, at most once a minute: a storm of refusals is one warning.
+  let limitLoggedAt = Number.NEGATIVE_INFINITY;
+  const connections = new ConnectionLimit(config.maxConnections, (open) => {
+    const now = performance.now();
+    if (now - limitLoggedAt < CONNECTION_LIMIT_LOG_INTERVAL_MS) return;
+    limitLoggedAt = now;
+    log.warn({ open, maxConnections: config.maxConnections }, 'sender connections over --max-connections: requests on the new ones are answered 503 TOO_MANY_CONNECTIONS');
+  });
+  metrics = new Metrics({ routes, tokens, credentialErrors, connections, defaultMetrics: options.defaultMetrics ?? true });
   const m = metrics;
 
   const observer: ProxyObserver = {
@@ -104,7 +116,7 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
   };
   const scavenger = options.scavenger ?? createScavenger({ collect: youngGenerationCollector() });
   const replayBudget = new ReplayBudget(config.maxReplayMemoryBytes);
-  const server = createProxyServer({ routes, tokens, inbound, observer, draining: () => draining, scavenger, replayBudget }, { ...DEFAULT_SERVER_LIMITS, ...options.limits });
+  const server = createProxyServer({ routes, tokens, inbound, observer, draining: () => draining, scavenger, replayBudget, connections }, { ...DEFAULT_SERVER_LIMITS, ...options.limits });
   const admin = config.adminListen
     ? createAdminServer({ routes, tokens, metrics: m, draining: () => draining, credentialErrors })
     : undefined;

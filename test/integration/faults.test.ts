@@ -1041,6 +1041,51 @@ describe('sender faults and abuse', () => {
     await expectServing();
   }, 60_000); // each round opens a new upstream TLS connection: slow on a loaded machine
 
+  it('a connection beyond --max-connections gets 503 TOO_MANY_CONNECTIONS and is closed; those within are served as before', async () => {
+    const s = await extraSidecar(['--max-connections', '2']);
+    const port = s.address.port;
+    const metric = async (name: string): Promise<number> => {
+      const text = (await fetchText(`http://127.0.0.1:${s.adminAddress!.port}/metrics`)).text;
+      return Number(new RegExp(`^oauth_sidecar_${name} (\\d+)$`, 'm').exec(text)?.[1]);
+    };
+    const answered = (sender: { received(): string; socket: Socket }, times: number) =>
+      waitFor(() => (sender.received().split('\r\n\r\nok').length > times ? true : undefined), sender.socket);
+    // Two kept-alive senders within the limit.
+    const within = [
+      await rawOpen(port, 'GET /http/ok?within-1 HTTP/1.1\r\nHost: localhost\r\n\r\n'),
+      await rawOpen(port, 'GET /http/ok?within-2 HTTP/1.1\r\nHost: localhost\r\n\r\n'),
+    ];
+    for (const sender of within) await answered(sender, 1);
+    expect(await metric('sender_connections')).toBe(2);
+
+    // A third: refused with the reason, closed, nothing forwarded; twice, but one warning.
+    for (const n of [1, 2]) {
+      const beyond = await rawRequest(port, `POST /http/ok?beyond-${n} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello`, { timeoutMs: RAW_BOUND_MS });
+      expect(beyond.ended).toBe('closed');
+      const { message } = expectSidecarError({ status: beyond.status!, headers: beyond.headers, text: beyond.body }, 503, 'TOO_MANY_CONNECTIONS', null);
+      expect(message).toContain('--max-connections');
+      expect(beyond.headers['retry-after']).toBe('1');
+      expect(beyond.headers['connection']).toBe('close');
+      expect(upstream.seen(`beyond-${n}`)).toHaveLength(0);
+    }
+    expect(await metric('connections_over_limit_total')).toBe(2);
+    const warnings = s.logs.filter((l) => l['level'] === 'warn' && String(l['msg']).includes('--max-connections'));
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]).toMatchObject({ open: 3, maxConnections: 2 });
+
+    // The senders within the limit go on being served on their connections.
+    within[0]!.socket.write('GET /http/ok?within-again HTTP/1.1\r\nHost: localhost\r\n\r\n');
+    await answered(within[0]!, 2);
+    expect(upstream.seen('within-again')).toHaveLength(1);
+    // Once one of them closes, a new connection is within the limit again.
+    within[1]!.socket.destroy();
+    await expect.poll(() => metric('sender_connections')).toBe(1);
+    const next = await rawRequest(port, 'GET /http/ok?after-close HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n', { timeoutMs: RAW_BOUND_MS });
+    expect(next.status, next.text).toBe(200);
+    expect(upstream.seen('after-close')).toHaveLength(1);
+    within[0]!.socket.destroy();
+  });
+
   it('slow headers (slowloris) never reach the upstream and do not block other senders', async () => {
     const before = upstream.requests.length;
     const slow = await rawOpen(sidecar.address.port, 'GET /http/ok?slowloris HTTP/1.1\r\nHost: localhost\r\nX-Slow: a');

@@ -176,6 +176,18 @@ describe('parseConfig', () => {
     expect(atLimit.routes[0]?.maxReplayBodyBytes).toBe(2 ** 30);
   });
 
+  it('limits sender connections to 1024 unless told otherwise (0: no limit), from flag or variable', () => {
+    expect(run(['--service-key', '/k']).maxConnections).toBe(1024);
+    expect(run(['--service-key', '/k', '--max-connections', '0']).maxConnections).toBe(0);
+    expect(run(['--service-key', '/k'], { SIDECAR_MAX_CONNECTIONS: '50' }).maxConnections).toBe(50);
+    expect(problems(['--service-key', '/k', '--max-connections', 'many'])).toEqual([
+      { source: '--max-connections', field: 'max-connections', message: 'must be an integer from 0 to 1000000 connections' },
+    ]);
+    expect(problems(['--service-key', '/k'], { SIDECAR_MAX_CONNECTIONS: '-1' })).toEqual([
+      { source: 'SIDECAR_MAX_CONNECTIONS', field: 'max-connections', message: 'must be an integer from 0 to 1000000 connections' },
+    ]);
+  });
+
   it('validates every certificate of a --ca file, naming the file', () => {
     const garbage = '-----BEGIN CERTIFICATE-----\nMIIBgarbage0000\n-----END CERTIFICATE-----\n';
     const truncated = '-----BEGIN CERTIFICATE-----\nMIIB\n';
