@@ -3,12 +3,13 @@
  *
  * Why: each sender connection can hold a request, an upstream connection and
  * buffers; a sender that leaks connections (or a flood from an allowed
- * address) would otherwise grow them until the process runs out of file
- * descriptors, and every sender's requests would fail with it. A connection
- * accepted while the limit is already reached is not dropped silently: its
- * first request is answered 503 `TOO_MANY_CONNECTIONS` with `Retry-After` and
- * the connection is closed (`proxy.ts`), so the sender learns why. Connections
- * within the limit are never affected.
+ * address) would otherwise grow them without bound, and with them the
+ * upstream connections and memory every sender shares. A connection accepted
+ * while the limit is already reached is not dropped silently: its first
+ * request is answered 503 `TOO_MANY_CONNECTIONS` with `Retry-After` and the
+ * connection is closed (`proxy.ts`), so the sender learns why. Connections
+ * within the limit are never affected, and only they take places: a refused
+ * one lingering until it is answered does not keep a new sender out.
  */
 import type { Socket } from 'node:net';
 
@@ -18,40 +19,42 @@ export const DEFAULT_MAX_CONNECTIONS = 1024;
 export class ConnectionLimit {
   /** Most connections served at once; 0: no limit. */
   readonly max: number;
-  #open = 0;
+  /** Connections within the limit, open now. */
+  #served = 0;
+  /** Connections accepted beyond the limit, open now. */
+  #over = 0;
   #refused = 0;
-  /** The last connection accepted was over the limit. */
-  #over = false;
-  readonly #onReached: (open: number) => void;
+  readonly #onRefused: (open: number) => void;
 
-  /** `onReached` is told when a connection is accepted over the limit and the one before was within it (the sidecar logs it). */
-  constructor(max: number, onReached: (open: number) => void = () => undefined) {
+  /** `onRefused` is told of each connection accepted beyond the limit, with the number open (the sidecar logs it, rate-limited). */
+  constructor(max: number, onRefused: (open: number) => void = () => undefined) {
     this.max = max;
-    this.#onReached = onReached;
+    this.#onRefused = onRefused;
   }
 
   /**
-   * Count a new connection until it closes: true when it is within the limit, false when it is over (its
-   * requests are to be refused).
+   * Count a new connection until it closes: true when it is within the limit, false when it is beyond it
+   * (its requests are to be refused).
    */
   accept(socket: Socket): boolean {
-    this.#open++;
-    socket.once('close', () => this.#open--);
-    const within = this.max === 0 || this.#open <= this.max;
-    if (!within) {
-      this.#refused++;
-      if (!this.#over) this.#onReached(this.#open);
+    if (this.max === 0 || this.#served < this.max) {
+      this.#served++;
+      socket.once('close', () => this.#served--);
+      return true;
     }
-    this.#over = !within;
-    return within;
+    this.#over++;
+    this.#refused++;
+    socket.once('close', () => this.#over--);
+    this.#onRefused(this.open);
+    return false;
   }
 
   /** Sender connections open now (within the limit or not). */
   get open(): number {
-    return this.#open;
+    return this.#served + this.#over;
   }
 
-  /** Connections accepted over the limit so far. */
+  /** Connections accepted beyond the limit so far. */
   get refused(): number {
     return this.#refused;
   }

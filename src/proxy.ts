@@ -116,10 +116,17 @@ export function createProxyServer(options: ProxyOptions, limits: ServerLimits = 
     handler,
   );
   server.timeout = limits.socketIdleTimeoutMs;
+  // `Expect: 100-continue` (RFC 9110 §10.1.1): node alone would send 100 Continue before the handler runs,
+  // inviting the body of a request the sidecar is about to refuse. The handler decides first; a request it did
+  // not answer at once (forwarded, or waiting for its token) is then told to send its body.
+  server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {
+    handler(req, res);
+    if (!res.headersSent) res.writeContinue();
+  });
   const connections = options.connections;
-  if (connections !== undefined && connections.max > 0) {
+  if (connections !== undefined) {
     server.on('connection', (socket: Socket) => {
-      if (!connections.accept(socket)) (socket as LimitedSocket)[OVER_LIMIT] = true;
+      if (!connections.accept(socket)) (socket as MarkedSocket)[OVER_LIMIT] = true;
     });
   }
   // Never a tunnel: CONNECT is refused before any upstream is involved. With no 'upgrade' listener node serves
@@ -166,7 +173,14 @@ const ANSWERING = Symbol('oauth-sidecar.answering');
 type AnsweringSocket = Socket & { [ANSWERING]?: ServerResponse };
 /** Marks a connection accepted while `--max-connections` others were open: its requests are refused. */
 const OVER_LIMIT = Symbol('oauth-sidecar.over-limit');
-type LimitedSocket = Socket & { [OVER_LIMIT]?: true };
+/**
+ * Marks a connection whose current answer closes it (a refusal that stops reading it, the sender's own
+ * `Connection: close`, a drain). node runs the handler of a pipelined request as soon as its head is parsed,
+ * but never sends its answer once the connection closes: such a request is not forwarded (RFC 9112 §9.6: no
+ * further requests are processed on that connection).
+ */
+const CLOSING = Symbol('oauth-sidecar.closing');
+type MarkedSocket = Socket & { [OVER_LIMIT]?: true; [CLOSING]?: true };
 
 /** Answer on a raw socket (no ServerResponse exists for these) and close it. */
 function refuseRaw(socket: Socket, status: number, message: string, extraHeaders = ''): void {
@@ -262,8 +276,12 @@ class Exchange {
    */
   run(): void {
     const req = this.#req;
-    if ((req.socket as LimitedSocket)[OVER_LIMIT]) {
-      this.#res.shouldKeepAlive = false;
+    const socket = req.socket as MarkedSocket;
+    if (socket[CLOSING]) return this.#dropPipelined();
+    // The sender asked to close after this answer (or is HTTP/1.0 without keep-alive), or a drain will.
+    if (!this.#res.shouldKeepAlive || this.#options.draining()) socket[CLOSING] = true;
+    if (socket[OVER_LIMIT]) {
+      this.#closeAfterAnswer();
       const max = this.#options.connections?.max;
       const why = `the sidecar serves at most ${max} sender connections at once (--max-connections) and this one came beyond them; it is closed after this answer`;
       return this.#refuse(new SidecarError('TOO_MANY_CONNECTIONS', why, { retryAfter: 1 }));
@@ -277,16 +295,24 @@ class Exchange {
     const framing = framingRefusal(req, target);
     if (framing !== undefined) {
       // The connection's framing is in doubt (RFC 9112 §6.1): nothing more is read from it.
-      this.#res.shouldKeepAlive = false;
+      this.#closeAfterAnswer();
       return this.#refuse(new SidecarError('REQUEST_REFUSED', framing));
     }
     const verdict = this.#options.inbound.check(req.socket.remoteAddress, req.headers.authorization);
+    // A refused sender does not keep its connection (nor its place under --max-connections).
     if (verdict === 'unauthorized') {
+      this.#closeAfterAnswer();
       return this.#refuse(new SidecarError('SENDER_UNAUTHORIZED', 'basic authentication required'), { 'www-authenticate': BASIC_AUTH_CHALLENGE });
     }
-    if (verdict === 'forbidden') return this.#refuse(new SidecarError('SENDER_FORBIDDEN', 'sender address not allowed'));
+    if (verdict === 'forbidden') {
+      this.#closeAfterAnswer();
+      return this.#refuse(new SidecarError('SENDER_FORBIDDEN', 'sender address not allowed'));
+    }
     const webPage = this.#options.inbound.webPageRefusal(req.headers);
-    if (webPage !== undefined) return this.#refuse(new SidecarError('SENDER_FORBIDDEN', webPage));
+    if (webPage !== undefined) {
+      this.#closeAfterAnswer();
+      return this.#refuse(new SidecarError('SENDER_FORBIDDEN', webPage));
+    }
     if (hasDotSegment(this.#path)) {
       return this.#refuse(new SidecarError('REQUEST_REFUSED', 'dot segments (. or ..) in the path are not accepted: they would leave the route'));
     }
@@ -498,7 +524,7 @@ class Exchange {
   #writeHead(status: number, headers: IncomingHttpHeaders): void {
     // The sender is still sending a body nobody will read on (an early answer): close the connection after
     // this answer, decided before the head is written, which is when node settles `Connection`.
-    if (bodyStillComing(this.#req)) this.#res.shouldKeepAlive = false;
+    if (bodyStillComing(this.#req)) this.#closeAfterAnswer();
     this.#res.writeHead(status, responseHeadersForSender(headers, { extra: this.#ownHeaders(), token: this.#token?.value }));
   }
 
@@ -701,7 +727,7 @@ class Exchange {
     const req = this.#req;
     // A request body nobody will read: close the connection after this answer (decided before the head is
     // written, which is when node settles `Connection`), and drain what arrives until then.
-    if (bodyStillComing(req)) res.shouldKeepAlive = false;
+    if (bodyStillComing(req)) this.#closeAfterAnswer();
     res.writeHead(failure.status, {
       'content-type': 'application/json',
       'content-length': Buffer.byteLength(body),
@@ -728,7 +754,27 @@ class Exchange {
     return this.#options.draining() ? { 'x-request-id': this.#requestId, connection: 'close' } : { 'x-request-id': this.#requestId };
   }
 
+  /** Close the connection after this answer (decided before its head is written): see `CLOSING`. */
+  #closeAfterAnswer(): void {
+    this.#res.shouldKeepAlive = false;
+    (this.#req.socket as MarkedSocket)[CLOSING] = true;
+  }
+
+  /**
+   * A request pipelined behind an answer that closes the connection: node will never send its answer, so it
+   * is not forwarded, and is reported now (its response never emits 'close').
+   */
+  #dropPipelined(): undefined {
+    this.#error = 'REQUEST_REFUSED';
+    this.#report();
+    return undefined;
+  }
+
+  #reported = false;
+
   #report(): void {
+    if (this.#reported) return;
+    this.#reported = true;
     const res = this.#res;
     this.#options.observer.requestFinished({
       requestId: this.#requestId,

@@ -84,13 +84,16 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
       }
     },
   });
-  // Logged when senders go over the limit, at most once a minute: a storm of refusals is one warning.
+  // Logged when senders go beyond the limit, at most once a minute: a storm of refusals is a warning a minute.
   let limitLoggedAt = Number.NEGATIVE_INFINITY;
+  let refusedAtLastLog = 0;
   const connections = new ConnectionLimit(config.maxConnections, (open) => {
     const now = performance.now();
     if (now - limitLoggedAt < CONNECTION_LIMIT_LOG_INTERVAL_MS) return;
     limitLoggedAt = now;
-    log.warn({ open, maxConnections: config.maxConnections }, 'sender connections over --max-connections: requests on the new ones are answered 503 TOO_MANY_CONNECTIONS');
+    const refused = connections.refused - refusedAtLastLog;
+    refusedAtLastLog = connections.refused;
+    log.warn({ open, maxConnections: config.maxConnections, refused }, 'sender connections beyond --max-connections: requests on them are answered 503 TOO_MANY_CONNECTIONS');
   });
   metrics = new Metrics({ routes, tokens, credentialErrors, connections, defaultMetrics: options.defaultMetrics ?? true });
   const m = metrics;

@@ -1041,49 +1041,100 @@ describe('sender faults and abuse', () => {
     await expectServing();
   }, 60_000); // each round opens a new upstream TLS connection: slow on a loaded machine
 
-  it('a connection beyond --max-connections gets 503 TOO_MANY_CONNECTIONS and is closed; those within are served as before', async () => {
-    const s = await extraSidecar(['--max-connections', '2']);
-    const port = s.address.port;
-    const metric = async (name: string): Promise<number> => {
+  describe('sender connections (--max-connections)', () => {
+    /** A metric of sidecar `s` without labels, read from its admin listener. */
+    async function metric(s: RunningSidecar, name: string): Promise<number> {
       const text = (await fetchText(`http://127.0.0.1:${s.adminAddress!.port}/metrics`)).text;
       return Number(new RegExp(`^oauth_sidecar_${name} (\\d+)$`, 'm').exec(text)?.[1]);
-    };
-    const answered = (sender: { received(): string; socket: Socket }, times: number) =>
-      waitFor(() => (sender.received().split('\r\n\r\nok').length > times ? true : undefined), sender.socket);
-    // Two kept-alive senders within the limit.
-    const within = [
-      await rawOpen(port, 'GET /http/ok?within-1 HTTP/1.1\r\nHost: localhost\r\n\r\n'),
-      await rawOpen(port, 'GET /http/ok?within-2 HTTP/1.1\r\nHost: localhost\r\n\r\n'),
-    ];
-    for (const sender of within) await answered(sender, 1);
-    expect(await metric('sender_connections')).toBe(2);
-
-    // A third: refused with the reason, closed, nothing forwarded; twice, but one warning.
-    for (const n of [1, 2]) {
-      const beyond = await rawRequest(port, `POST /http/ok?beyond-${n} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello`, { timeoutMs: RAW_BOUND_MS });
-      expect(beyond.ended).toBe('closed');
-      const { message } = expectSidecarError({ status: beyond.status!, headers: beyond.headers, text: beyond.body }, 503, 'TOO_MANY_CONNECTIONS', null);
-      expect(message).toContain('--max-connections');
-      expect(beyond.headers['retry-after']).toBe('1');
-      expect(beyond.headers['connection']).toBe('close');
-      expect(upstream.seen(`beyond-${n}`)).toHaveLength(0);
     }
-    expect(await metric('connections_over_limit_total')).toBe(2);
-    const warnings = s.logs.filter((l) => l['level'] === 'warn' && String(l['msg']).includes('--max-connections'));
-    expect(warnings).toHaveLength(1);
-    expect(warnings[0]).toMatchObject({ open: 3, maxConnections: 2 });
+    /** Resolves once `sender` has received `times` "ok" answers. */
+    function answered(sender: { received(): string; socket: Socket }, times: number): Promise<true> {
+      return waitFor(() => (sender.received().split('\r\n\r\nok').length > times ? true : undefined), sender.socket);
+    }
+    const get = (marker: string, extra = ''): string => `GET /http/ok?${marker} HTTP/1.1\r\nHost: localhost\r\n${extra}\r\n`;
 
-    // The senders within the limit go on being served on their connections.
-    within[0]!.socket.write('GET /http/ok?within-again HTTP/1.1\r\nHost: localhost\r\n\r\n');
-    await answered(within[0]!, 2);
-    expect(upstream.seen('within-again')).toHaveLength(1);
-    // Once one of them closes, a new connection is within the limit again.
-    within[1]!.socket.destroy();
-    await expect.poll(() => metric('sender_connections')).toBe(1);
-    const next = await rawRequest(port, 'GET /http/ok?after-close HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n', { timeoutMs: RAW_BOUND_MS });
-    expect(next.status, next.text).toBe(200);
-    expect(upstream.seen('after-close')).toHaveLength(1);
-    within[0]!.socket.destroy();
+    it('a connection beyond the limit gets 503 TOO_MANY_CONNECTIONS and is closed, pipelined requests too; those within are served as before', async () => {
+      const s = await extraSidecar(['--max-connections', '2']);
+      const port = s.address.port;
+      // Two kept-alive senders within the limit.
+      const within = [await rawOpen(port, get('within-1')), await rawOpen(port, get('within-2'))];
+      for (const sender of within) await answered(sender, 1);
+      expect(await metric(s, 'sender_connections')).toBe(2);
+
+      // Beyond it: refused with the reason and closed, nothing forwarded, a request pipelined behind included.
+      for (const n of [1, 2]) {
+        const post = `POST /http/ok?beyond-${n} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello`;
+        const beyond = await rawRequest(port, post + get(`beyond-pipelined-${n}`), { timeoutMs: RAW_BOUND_MS });
+        expect(beyond.ended).toBe('closed');
+        expect(beyond.text.match(/HTTP\/1\.1 \d{3} /g)).toHaveLength(1);
+        const { message } = expectSidecarError({ status: beyond.status!, headers: beyond.headers, text: beyond.body }, 503, 'TOO_MANY_CONNECTIONS', null);
+        expect(message).toContain('--max-connections');
+        expect(beyond.headers['retry-after']).toBe('1');
+        expect(beyond.headers['connection']).toBe('close');
+      }
+      expect(await metric(s, 'connections_over_limit_total')).toBe(2);
+      // One warning for the two (at most one a minute), counting them.
+      const warnings = s.logs.filter((l) => l['level'] === 'warn' && String(l['msg']).includes('--max-connections'));
+      expect(warnings).toHaveLength(1);
+      expect(warnings[0]).toMatchObject({ open: 3, maxConnections: 2, refused: 1 });
+
+      // The senders within the limit go on being served on their connections.
+      within[0]!.socket.write(get('within-again'));
+      await answered(within[0]!, 2);
+      // Once one of them closes, a new connection is within the limit again.
+      within[1]!.socket.destroy();
+      await expect.poll(() => metric(s, 'sender_connections')).toBe(1);
+      const next = await rawRequest(port, get('after-close', 'Connection: close\r\n'), { timeoutMs: RAW_BOUND_MS });
+      expect(next.status, next.text).toBe(200);
+      for (const marker of ['beyond-1', 'beyond-2', 'beyond-pipelined-1', 'beyond-pipelined-2']) expect(upstream.seen(marker)).toHaveLength(0);
+      for (const marker of ['within-1', 'within-2', 'within-again', 'after-close']) expect(upstream.seen(marker)).toHaveLength(1);
+      within[0]!.socket.destroy();
+      // Every request counted in flight was finished, refused pipelined ones included.
+      await expect.poll(() => metric(s, 'requests_in_flight')).toBe(0);
+    });
+
+    it('senders refused with 401 or 403 do not keep their connections, so they cannot hold the places of valid senders', async () => {
+      const users = await files.write('users', 'legacy:s3cret-Passw0rd\n');
+      const s = await extraSidecar(['--max-connections', '2', '--basic-auth-file', users]);
+      const valid = `Authorization: Basic ${Buffer.from('legacy:s3cret-Passw0rd').toString('base64')}\r\n`;
+      const refused = [
+        await rawRequest(s.address.port, get('no-credentials'), { timeoutMs: RAW_BOUND_MS }),
+        await rawRequest(s.address.port, get('web-page', `${valid}Origin: https://evil.example\r\n`), { timeoutMs: RAW_BOUND_MS }),
+      ];
+      expect(refused.map((r) => [r.status, r.headers['connection'], r.ended])).toEqual([
+        [401, 'close', 'closed'],
+        [403, 'close', 'closed'],
+      ]);
+      const senders = [await rawOpen(s.address.port, get('valid-1', valid)), await rawOpen(s.address.port, get('valid-2', valid))];
+      for (const sender of senders) await answered(sender, 1);
+      for (const sender of senders) sender.socket.destroy();
+    });
+
+    it('Expect: 100-continue: a refused request gets its answer without 100 Continue; a forwarded one gets 100 first', async () => {
+      const s = await extraSidecar(['--max-connections', '1']);
+      const expectContinue = (marker: string): string =>
+        `POST /http/ok?${marker} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n`;
+      const first = await rawOpen(s.address.port, expectContinue('continue-within'));
+      await waitFor(() => (first.received().includes('100 Continue') ? true : undefined), first.socket);
+      first.socket.write('hello');
+      await answered(first, 1);
+      expect(first.received()).toMatch(/^HTTP\/1\.1 100 Continue\r\n\r\nHTTP\/1\.1 200 /);
+      // The limit is taken: this one is refused, and never asked for its body.
+      const beyond = await rawRequest(s.address.port, expectContinue('continue-beyond'), { timeoutMs: RAW_BOUND_MS });
+      expect(beyond.text).toMatch(/^HTTP\/1\.1 503 /);
+      expect(beyond.text).not.toContain('100 Continue');
+      expect(upstream.seen('continue-beyond')).toHaveLength(0);
+      first.socket.destroy();
+    });
+
+    it('with --max-connections 0 nothing is refused, and the gauge still counts', async () => {
+      const s = await extraSidecar(['--max-connections', '0']);
+      const senders = [await rawOpen(s.address.port, get('unlimited-1')), await rawOpen(s.address.port, get('unlimited-2'))];
+      for (const sender of senders) await answered(sender, 1);
+      expect(await metric(s, 'sender_connections')).toBe(2);
+      for (const sender of senders) sender.socket.destroy();
+      await expect.poll(() => metric(s, 'sender_connections')).toBe(0);
+    });
   });
 
   it('slow headers (slowloris) never reach the upstream and do not block other senders', async () => {

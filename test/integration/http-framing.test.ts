@@ -126,6 +126,26 @@ describe('requests whose framing or target cannot be trusted: 400, connection cl
     await expectServing();
   });
 
+  it('requests pipelined behind a refusal that closes the connection are not forwarded, and are logged as refused (RFC 9112 §9.6)', async () => {
+    const before = upstreamTargets.length;
+    const pipelined = ['/pipelined-1', '/pipelined-2'].map((path) => `GET ${path} HTTP/1.1\r\nHost: localhost\r\n\r\n`).join('');
+    const answer = await rawRequest(sidecar.address.port, `GET /refused-first HTTP/1.1\r\n\r\n${pipelined}`, { timeoutMs: BOUND_MS });
+    expect(answer.ended, answer.text).toBe('closed');
+    expect(answer.status, answer.text).toBe(400);
+    expect(answer.text.match(/HTTP\/1\.1 \d{3} /g)).toHaveLength(1);
+    // A request forwarded meanwhile would have been sent before this one, which waits for its answer.
+    await expectServing();
+    expect(upstreamTargets.slice(before)).toEqual(['/still-serving']);
+    for (const path of ['/pipelined-1', '/pipelined-2']) {
+      const line = await logged((l) => l['msg'] === 'request' && l['path'] === path);
+      expect(line).toMatchObject({ status: 0, error: 'REQUEST_REFUSED' });
+      expect(line['aborted']).toBeUndefined();
+    }
+    // Every request started was also finished: none is left counted in flight.
+    const metrics = await (await fetch(`http://127.0.0.1:${sidecar.adminAddress!.port}/metrics`)).text();
+    expect(metrics).toMatch(/^oauth_sidecar_requests_in_flight 0$/m);
+  });
+
   it('OPTIONS * (asterisk-form) → 400 naming it, nothing forwarded', async () => {
     const before = upstreamTargets.length;
     const answer = await rawRequest(sidecar.address.port, 'OPTIONS * HTTP/1.1\r\nHost: localhost\r\n\r\n', { timeoutMs: BOUND_MS, untilResponse: true });

@@ -9,9 +9,9 @@ function socket(): Socket & EventEmitter {
 }
 
 describe('ConnectionLimit', () => {
-  it('accepts up to max connections, refuses the ones beyond while they are open, and counts both', () => {
-    const reached: number[] = [];
-    const limit = new ConnectionLimit(2, (open) => reached.push(open));
+  it('serves up to max connections, refuses the ones beyond while those are open, and counts both', () => {
+    const refusedAt: number[] = [];
+    const limit = new ConnectionLimit(2, (open) => refusedAt.push(open));
     const [a, b, c, d] = [socket(), socket(), socket(), socket()];
     expect(limit.accept(a)).toBe(true);
     expect(limit.accept(b)).toBe(true);
@@ -19,23 +19,27 @@ describe('ConnectionLimit', () => {
     expect(limit.accept(d)).toBe(false);
     expect(limit.open).toBe(4);
     expect(limit.refused).toBe(2);
-    expect(reached).toEqual([3]); // told once for the run of refusals
-    // Closing any connection (a refused one too) makes room.
+    expect(refusedAt).toEqual([3, 4]); // each refusal is told, with the connections open then
+    // A refused connection closing makes no room: only served ones hold places.
     c.emit('close');
-    d.emit('close');
+    expect(limit.open).toBe(3);
+    expect(limit.accept(socket())).toBe(false);
+    // A served one closing does, even while refused ones linger.
     a.emit('close');
-    expect(limit.open).toBe(1);
     expect(limit.accept(socket())).toBe(true);
     expect(limit.accept(socket())).toBe(false);
-    expect(reached).toEqual([3, 3]); // a new run of refusals after one within the limit
+    expect(limit.refused).toBe(4);
   });
 
   it('counts but never refuses with max 0', () => {
     const limit = new ConnectionLimit(0, () => {
-      throw new Error('never reached');
+      throw new Error('never refused');
     });
-    for (let i = 0; i < 100; i++) expect(limit.accept(socket())).toBe(true);
+    const sockets = Array.from({ length: 100 }, socket);
+    for (const s of sockets) expect(limit.accept(s)).toBe(true);
     expect(limit.open).toBe(100);
+    sockets.slice(0, 40).forEach((s) => s.emit('close'));
+    expect(limit.open).toBe(60);
     expect(limit.refused).toBe(0);
   });
 });
