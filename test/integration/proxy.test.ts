@@ -554,23 +554,25 @@ describe('tokens on the request path', () => {
 });
 
 describe('errors a sender sees', () => {
-  async function errorOf(res: Awaited<ReturnType<typeof request>>) {
+  /** The sidecar's JSON error, checked for the secret the sidecar used (`secret`) and stack traces. */
+  async function errorOf(res: Awaited<ReturnType<typeof request>>, secret = SECRET) {
     const body = (await res.body.json()) as { error: string; message: string; route: string | null };
     expect(res.headers['x-sidecar-error']).toBe(body.error);
-    expect(JSON.stringify(body)).not.toContain(SECRET);
+    expect(JSON.stringify(body)).not.toContain(secret);
     expect(JSON.stringify(body)).not.toMatch(/at .*\.ts:\d+/);
     return body;
   }
 
   it('502 TOKEN_REJECTED when the token server rejects the credentials', async () => {
-    const badKey = await files.write('bad.json', serviceKey({ clientsecret: 'wrong' }));
+    const wrong = 'wrong-Secret$0=|%';
+    const badKey = await files.write('bad.json', serviceKey({ clientsecret: wrong }));
     const bad = await another(['--service-key', badKey]);
     const res = await request(`${bad.url}/http/GetTimestamp`);
     expect(res.statusCode).toBe(502);
-    const body = await errorOf(res);
+    const body = await errorOf(res, wrong);
     expect(body).toMatchObject({ error: 'TOKEN_REJECTED', route: 'default' });
     expect(body.message).toContain('invalid_client');
-    expect(bad.logText()).not.toContain('wrong');
+    expect(bad.logText()).not.toContain(wrong);
   });
 
   it('503 with Retry-After when the token server fails and no token is cached', async () => {
