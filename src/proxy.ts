@@ -254,8 +254,9 @@ class Exchange {
     this.#path = url.charCodeAt(0) === 0x2f ? withoutQuery(url) : loggableTarget(url);
     this.#requestId = requestIdOf(req.headers['x-request-id']);
     options.observer.requestStarted();
-    const socket = req.socket as AnsweringSocket;
-    socket[ANSWERING] = res;
+    const socket = req.socket as AnsweringSocket & MarkedSocket;
+    // A request that will be dropped (see `CLOSING`) never answers: the answer under way keeps the socket.
+    if (!socket[CLOSING]) socket[ANSWERING] = res;
     // 'close' comes once per response; `on` spares the wrapper `once` would make.
     res.on('close', () => {
       if (!res.writableFinished) {
