@@ -147,6 +147,17 @@ export function createProxyServer(options: ProxyOptions, limits: ServerLimits = 
     }
     options.observer.clientError(code);
     const answering = (socket as AnsweringSocket)[ANSWERING];
+    if (answering !== undefined && !answering.writableEnded && answering.req.complete && socket.writable) {
+      // The bytes came after a complete request whose answer is under way or waiting its turn (e.g. anything
+      // after a `Connection: close` request, HPE_CLOSED_CONNECTION): nothing may be written before or into that
+      // answer, and they get no answer of their own. Nothing more is read; the connection closes after it.
+      // (An error in that request's own body falls through: it cannot be answered as a whole any more.)
+      (socket as MarkedSocket)[CLOSING] = true;
+      socket.pause();
+      if (!answering.headersSent) answering.shouldKeepAlive = false;
+      else answering.once('finish', () => socket.destroySoon());
+      return;
+    }
     if (!socket.writable || answering?.headersSent) {
       socket.destroy();
       return;
@@ -255,20 +266,37 @@ class Exchange {
     this.#requestId = requestIdOf(req.headers['x-request-id']);
     options.observer.requestStarted();
     const socket = req.socket as AnsweringSocket & MarkedSocket;
+    // An answer still under way on this connection (pipelining): this request's answer waits its turn.
+    this.#ahead = socket[ANSWERING];
     // A request that will be dropped (see `CLOSING`) never answers: the answer under way keeps the socket.
     if (!socket[CLOSING]) socket[ANSWERING] = res;
     // 'close' comes once per response; `on` spares the wrapper `once` would make.
-    res.on('close', () => {
-      if (!res.writableFinished) {
-        this.#senderGone = true;
-        this.#call?.abort(senderGoneError());
-      }
-      // Not kept alive by its (long-lived) socket until the next request on it.
-      if (socket[ANSWERING] === res) socket[ANSWERING] = undefined;
-      // No resend can come now: the copy goes, and chunks still read before the socket closes are not kept.
-      this.#body?.finish();
-      this.#report();
-    });
+    res.on('close', () => this.#closed());
+    if (this.#ahead !== undefined) {
+      // A response waiting its turn never emits 'close' when the connection closes first (an answer ahead was
+      // cut, or ended by closing): the socket's 'close' ends this exchange then.
+      const onSocketClose = (): void => this.#closed();
+      socket.once('close', onSocketClose);
+      res.once('close', () => socket.off('close', onSocketClose));
+    }
+  }
+
+  /** The answer under way on the connection when this request arrived, if any (it is pipelined behind it). */
+  readonly #ahead: ServerResponse | undefined;
+
+  /** The response closed, finished or not (or the connection, while it waited its turn). */
+  #closed(): void {
+    const res = this.#res;
+    if (!res.writableFinished) {
+      this.#senderGone = true;
+      this.#call?.abort(senderGoneError());
+    }
+    // Not kept alive by its (long-lived) socket until the next request on it.
+    const socket = this.#req.socket as AnsweringSocket;
+    if (socket[ANSWERING] === res) socket[ANSWERING] = undefined;
+    // No resend can come now: the copy goes, and chunks still read before the socket closes are not kept.
+    this.#body?.finish();
+    this.#report();
   }
 
   /**
@@ -279,6 +307,8 @@ class Exchange {
     const req = this.#req;
     const socket = req.socket as MarkedSocket;
     if (socket[CLOSING]) return this.#dropPipelined();
+    // During a drain the answer ahead, not yet begun, will carry `Connection: close`: this one would never go out.
+    if (this.#ahead !== undefined && !this.#ahead.headersSent && this.#options.draining()) return this.#dropPipelined();
     // The sender asked to close after this answer (or is HTTP/1.0 without keep-alive), or a drain will.
     if (!this.#res.shouldKeepAlive || this.#options.draining()) socket[CLOSING] = true;
     if (socket[OVER_LIMIT]) {

@@ -34,6 +34,10 @@ const ANSWERS: Record<string, (socket: TLSSocket, head: string) => void> = {
     socket.write(`HTTP/1.1 103 Early Hints\r\nlink: </preload?auth=${token}>; rel=preload\r\n\r\n`);
     socket.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok');
   },
+  // Answers a little later: long enough for whatever the sender pipelined behind it to be read meanwhile.
+  '/slow': (socket) => {
+    setTimeout(() => socket.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok'), 200);
+  },
   '/hints': (socket) => {
     socket.write('HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload; as=style\r\n\r\n');
     socket.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok');
@@ -144,6 +148,33 @@ describe('requests whose framing or target cannot be trusted: 400, connection cl
     // Every request started was also finished: none is left counted in flight.
     const metrics = await (await fetch(`http://127.0.0.1:${sidecar.adminAddress!.port}/metrics`)).text();
     expect(metrics).toMatch(/^oauth_sidecar_requests_in_flight 0$/m);
+  });
+
+  it.each([
+    ['bytes after a Connection: close request', 'POST /slow?after-close HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhiGET /never HTTP/1.1\r\nHost: localhost\r\n\r\n', '/slow?after-close'],
+    ['garbage pipelined behind a request', 'GET /slow?then-garbage HTTP/1.1\r\nHost: localhost\r\n\r\nNOT HTTP AT ALL\r\n\r\n', '/slow?then-garbage'],
+  ])('%s: the answer under way goes out whole and alone, then the connection closes', async (_name, bytes, target) => {
+    const before = upstreamTargets.length;
+    const answer = await rawRequest(sidecar.address.port, bytes, { timeoutMs: BOUND_MS });
+    expect(answer.ended, answer.text).toBe('closed');
+    // Not a 400 written ahead of (or into) the answer the sender is waiting for.
+    expect(answer.text.match(/^HTTP\/1\.1 \d{3} .*$/gm)).toEqual(['HTTP/1.1 200 OK']);
+    expect(answer.body).toBe('ok');
+    await expectServing();
+    expect(upstreamTargets.slice(before)).toEqual([target, '/still-serving']);
+  });
+
+  it('requests pipelined behind an answer that is cut are ended with it: reported, their body copies given back, nothing left in flight', async () => {
+    const pipelined = 'GET /after-cut HTTP/1.1\r\nHost: localhost\r\n\r\nPOST /after-cut-post HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello';
+    const answer = await rawRequest(sidecar.address.port, `GET /cut HTTP/1.1\r\nHost: localhost\r\n\r\n${pipelined}`, { timeoutMs: BOUND_MS });
+    expect(answer.ended, answer.text).toBe('reset');
+    for (const path of ['/after-cut', '/after-cut-post']) {
+      expect(await logged((l) => l['msg'] === 'request' && l['path'] === path)).toMatchObject({ aborted: true });
+    }
+    const inFlight = async (): Promise<string> => (await (await fetch(`http://127.0.0.1:${sidecar.adminAddress!.port}/metrics`)).text()).match(/^oauth_sidecar_requests_in_flight \d+$/m)![0];
+    await expect.poll(inFlight).toBe('oauth_sidecar_requests_in_flight 0');
+    expect(sidecar.replayBudget.used).toBe(0);
+    await expectServing();
   });
 
   it('OPTIONS * (asterisk-form) → 400 naming it, nothing forwarded', async () => {

@@ -10,7 +10,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'undici';
 import { rawOpen } from '../helpers/raw-http.js';
 import { runSidecar, type RunningSidecar } from '../helpers/sidecar.js';
-import { startWorld, type World } from '../helpers/world.js';
+import { holdRequests, startWorld, type World } from '../helpers/world.js';
 
 const CLIENT_ID = 'sb-drain!b7|it-rt-acme!b196';
 const SECRET = 'dr4in$secret=value!|%+:';
@@ -96,6 +96,24 @@ describe('shutdown drain', () => {
     expect(s.server.listening).toBe(false);
     expect(await outcome).toBeInstanceOf(Error); // cut with the grace period over: never left hanging
     expect(s.logs.filter((l) => l['level'] === 'error')).toEqual([]); // no internal error on the way out
+  });
+
+  it('does not forward a request pipelined during the drain behind an answer not yet begun: that answer closes the connection', async () => {
+    const s = await start(['--shutdown-grace', '60000']);
+    const held = holdRequests(world.upstream, '/http/held');
+    const sender = await rawOpen(s.address.port, 'GET /http/held HTTP/1.1\r\nHost: localhost\r\n\r\n');
+    await held.arrival;
+    const stopping = s.shutdown();
+    sender.socket.write('GET /http/echo?pipelined-in-drain HTTP/1.1\r\nHost: localhost\r\n\r\n');
+    await expect.poll(() => s.logs.some((l) => l['msg'] === 'request' && l['path'] === '/http/echo')).toBe(true);
+    held.release();
+    expect(await sender.closed).toBe('closed');
+    // One answer, the held one's, with Connection: close; the pipelined request never reached the upstream.
+    expect(sender.received().match(/^HTTP\/1\.1 \d{3} .*$/gm)).toEqual(['HTTP/1.1 200 OK']);
+    expect(sender.received()).toMatch(/\r\nconnection: close\r\n/i);
+    expect(world.upstream.requests.some((r) => r.url.includes('pipelined-in-drain'))).toBe(false);
+    expect(s.logs.find((l) => l['msg'] === 'request' && l['path'] === '/http/echo')).toMatchObject({ status: 0, error: 'REQUEST_REFUSED' });
+    await stopping; // within the test's timeout, not the 60-s grace period
   });
 
   it("keeps other senders' idle keep-alive connections open during the shutdown delay", async () => {
