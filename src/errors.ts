@@ -31,7 +31,7 @@ export type ErrorCode =
   | 'SENDER_UNAUTHORIZED'
   /** Sender address not in the allowlist, or a request from a web page (inbound-control `webPageRefusal`). */
   | 'SENDER_FORBIDDEN'
-  /** The connection was accepted while `--max-connections` others were open (`connection-limit.ts`). */
+  /** The connection was accepted while `--max-connections` others were being served (`connection-limit.ts`). */
   | 'TOO_MANY_CONNECTIONS'
   /** The upstream could not be reached or reset the connection. */
   | 'UPSTREAM_UNREACHABLE'

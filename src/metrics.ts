@@ -95,7 +95,7 @@ export class Metrics {
       });
       new Counter({
         name: `${PREFIX}connections_over_limit_total`,
-        help: 'Sender connections accepted while --max-connections others were open (their requests get 503).',
+        help: 'Sender connections accepted while --max-connections others were being served (their requests get 503).',
         registers,
         collect() {
           this.reset();
