@@ -135,6 +135,8 @@ export function createProxyServer(options: ProxyOptions, limits: ServerLimits = 
   // `Connection` names: nothing is ever switched to another protocol.
   server.on('connect', (_req: IncomingMessage, socket: Socket) => {
     options.observer.clientError('CONNECT');
+    const marked = socket as AnsweringSocket & MarkedSocket;
+    if ((marked[OWED] ?? 0) > 0) return closeAfterAnswersOwed(marked);
     refuseRaw(socket, 405, 'CONNECT is not supported: this is not a forward proxy', `allow: ${ALLOWED_METHODS}\r\n`);
   });
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
@@ -146,19 +148,20 @@ export function createProxyServer(options: ProxyOptions, limits: ServerLimits = 
       return;
     }
     options.observer.clientError(code);
-    const answering = (socket as AnsweringSocket)[ANSWERING];
-    if (answering !== undefined && !answering.writableEnded && answering.req.complete && socket.writable) {
-      // The bytes came after a complete request whose answer is under way or waiting its turn (e.g. anything
-      // after a `Connection: close` request, HPE_CLOSED_CONNECTION): nothing may be written before or into that
-      // answer, and they get no answer of their own. Nothing more is read; the connection closes after it.
-      // (An error in that request's own body falls through: it cannot be answered as a whole any more.)
-      (socket as MarkedSocket)[CLOSING] = true;
-      socket.pause();
-      if (!answering.headersSent) answering.shouldKeepAlive = false;
-      else answering.once('finish', () => socket.destroySoon());
+    const marked = socket as AnsweringSocket & MarkedSocket;
+    const owed = marked[OWED] ?? 0;
+    const answering = marked[ANSWERING];
+    // An error in the body of the one request being answered concerns that request: it is refused, or cut.
+    const inOwnBody = owed === 1 && answering !== undefined && !answering.req.complete;
+    // Else answers are owed to earlier, complete requests (e.g. anything after a `Connection: close` request,
+    // HPE_CLOSED_CONNECTION, or garbage behind pipelined requests): they go out whole, then the connection closes.
+    if (owed > 0 && !inOwnBody && socket.writable) return closeAfterAnswersOwed(marked);
+    if (answering?.headersSent) {
+      // A reset, not a close: an answer without a length ends at the close and would pass for complete.
+      socket.resetAndDestroy();
       return;
     }
-    if (!socket.writable || answering?.headersSent) {
+    if (!socket.writable) {
       socket.destroy();
       return;
     }
@@ -191,7 +194,24 @@ const OVER_LIMIT = Symbol('oauth-sidecar.over-limit');
  * further requests are processed on that connection).
  */
 const CLOSING = Symbol('oauth-sidecar.closing');
-type MarkedSocket = Socket & { [OVER_LIMIT]?: true; [CLOSING]?: true };
+/** How many answers this connection still owes (requests taken on, whose responses have not closed). */
+const OWED = Symbol('oauth-sidecar.owed');
+type MarkedSocket = Socket & { [OVER_LIMIT]?: true; [CLOSING]?: true; [OWED]?: number };
+
+/**
+ * Bytes that are no request arrived (or a CONNECT) while answers to earlier requests are owed: nothing may be
+ * written before or into them, so nothing is answered here. Nothing more is read; the connection closes after
+ * the last answer owed.
+ */
+function closeAfterAnswersOwed(socket: AnsweringSocket & MarkedSocket): void {
+  socket[CLOSING] = true;
+  socket.pause();
+  const newest = socket[ANSWERING];
+  if (newest === undefined) return;
+  if (!newest.headersSent) newest.shouldKeepAlive = false;
+  else if (!newest.writableFinished) newest.once('finish', () => socket.destroySoon());
+  else socket.destroySoon();
+}
 
 /** Answer on a raw socket (no ServerResponse exists for these) and close it. */
 function refuseRaw(socket: Socket, status: number, message: string, extraHeaders = ''): void {
@@ -269,7 +289,11 @@ class Exchange {
     // An answer still under way on this connection (pipelining): this request's answer waits its turn.
     this.#ahead = socket[ANSWERING];
     // A request that will be dropped (see `CLOSING`) never answers: the answer under way keeps the socket.
-    if (!socket[CLOSING]) socket[ANSWERING] = res;
+    if (!socket[CLOSING]) {
+      socket[ANSWERING] = res;
+      socket[OWED] = (socket[OWED] ?? 0) + 1;
+      this.#owing = true;
+    }
     // 'close' comes once per response; `on` spares the wrapper `once` would make.
     res.on('close', () => this.#closed());
     if (this.#ahead !== undefined) {
@@ -283,6 +307,15 @@ class Exchange {
 
   /** The answer under way on the connection when this request arrived, if any (it is pipelined behind it). */
   readonly #ahead: ServerResponse | undefined;
+  /** Counted in the connection's answers owed (`OWED`) until its response closes or it is dropped. */
+  #owing = false;
+
+  #paid(): void {
+    if (!this.#owing) return;
+    this.#owing = false;
+    const socket = this.#req.socket as MarkedSocket;
+    socket[OWED] = (socket[OWED] ?? 1) - 1;
+  }
 
   /** The response closed, finished or not (or the connection, while it waited its turn). */
   #closed(): void {
@@ -294,6 +327,7 @@ class Exchange {
     // Not kept alive by its (long-lived) socket until the next request on it.
     const socket = this.#req.socket as AnsweringSocket;
     if (socket[ANSWERING] === res) socket[ANSWERING] = undefined;
+    this.#paid();
     // No resend can come now: the copy goes, and chunks still read before the socket closes are not kept.
     this.#body?.finish();
     this.#report();
@@ -782,7 +816,10 @@ class Exchange {
 
   /** Headers the sidecar adds to every answer. */
   #ownHeaders(): Record<string, string> {
-    return this.#options.draining() ? { 'x-request-id': this.#requestId, connection: 'close' } : { 'x-request-id': this.#requestId };
+    if (!this.#options.draining()) return { 'x-request-id': this.#requestId };
+    // This answer closes the connection: requests pipelined behind it are not forwarded (see `CLOSING`).
+    (this.#req.socket as MarkedSocket)[CLOSING] = true;
+    return { 'x-request-id': this.#requestId, connection: 'close' };
   }
 
   /** Close the connection after this answer (decided before its head is written): see `CLOSING`. */
@@ -797,6 +834,10 @@ class Exchange {
    */
   #dropPipelined(): undefined {
     this.#error = 'REQUEST_REFUSED';
+    // Never answered: the answer ahead stays the connection's newest (when this one had taken its place).
+    const socket = this.#req.socket as AnsweringSocket;
+    if (socket[ANSWERING] === this.#res) socket[ANSWERING] = this.#ahead;
+    this.#paid();
     this.#report();
     return undefined;
   }

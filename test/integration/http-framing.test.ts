@@ -38,6 +38,11 @@ const ANSWERS: Record<string, (socket: TLSSocket, head: string) => void> = {
   '/slow': (socket) => {
     setTimeout(() => socket.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok'), 200);
   },
+  // A chunked answer whose second half comes later.
+  '/trickle': (socket) => {
+    socket.write('HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n');
+    setTimeout(() => socket.write('3\r\ndef\r\n0\r\n\r\n'), 300);
+  },
   '/hints': (socket) => {
     socket.write('HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload; as=style\r\n\r\n');
     socket.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok');
@@ -162,6 +167,27 @@ describe('requests whose framing or target cannot be trusted: 400, connection cl
     expect(answer.body).toBe('ok');
     await expectServing();
     expect(upstreamTargets.slice(before)).toEqual([target, '/still-serving']);
+  });
+
+  it.each([
+    ['garbage behind two pipelined requests (the second refused)', 'GET /slow?owed-1 HTTP/1.1\r\nHost: localhost\r\n\r\nGET /owed/../x HTTP/1.1\r\nHost: localhost\r\n\r\nNOT HTTP AT ALL\r\n\r\n', ['HTTP/1.1 200 OK', 'HTTP/1.1 400 Bad Request']],
+    ['a CONNECT behind a pending request', 'GET /slow?owed-2 HTTP/1.1\r\nHost: localhost\r\n\r\nCONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n', ['HTTP/1.1 200 OK']],
+  ])('%s: every answer owed goes out, in order, then the connection closes', async (_name, bytes, statusLines) => {
+    const answer = await rawRequest(sidecar.address.port, bytes, { timeoutMs: BOUND_MS });
+    expect(answer.ended, answer.text).toBe('closed');
+    // (A status line follows the body before it directly: no line anchors.)
+    expect(answer.text.match(/HTTP\/1\.1 \d{3} [^\r]*/g)).toEqual(statusLines);
+    await expectServing();
+  });
+
+  it('garbage behind an HTTP/1.0 answer still under way: the answer arrives whole before the close', async () => {
+    const keepAlive = (path: string): string => `GET ${path} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n`;
+    const sender = await rawOpen(sidecar.address.port, keepAlive('/trickle') + keepAlive('/behind-trickle'));
+    await expect.poll(() => sender.received().includes('abc')).toBe(true);
+    sender.socket.write('NOT HTTP\r\n\r\n');
+    expect(await sender.closed).toBe('closed');
+    // Close-delimited (no length for an HTTP/1.0 sender): a close before "def" would pass for the end.
+    expect(sender.received()).toMatch(/\r\n\r\nabcdef$/);
   });
 
   it('requests pipelined behind an answer that is cut are ended with it: reported, their body copies given back, nothing left in flight', async () => {

@@ -116,6 +116,41 @@ describe('shutdown drain', () => {
     await stopping; // within the test's timeout, not the 60-s grace period
   });
 
+  it('does not forward a request pipelined behind an answer whose head went out during the drain (with Connection: close)', async () => {
+    const s = await start(['--shutdown-grace', '60000']);
+    let arrived!: () => void;
+    const arrival = new Promise<void>((resolve) => (arrived = resolve));
+    let sendHead!: () => void;
+    const headGate = new Promise<void>((resolve) => (sendHead = resolve));
+    let finish!: () => void;
+    const finishGate = new Promise<void>((resolve) => (finish = resolve));
+    world.upstream.setHandler(async (req, res, body) => {
+      if (req.url !== '/http/two-part') return false;
+      body.resume();
+      arrived();
+      await headGate;
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.write('first ');
+      await finishGate;
+      res.end('last');
+      return true;
+    });
+    const sender = await rawOpen(s.address.port, 'GET /http/two-part HTTP/1.1\r\nHost: localhost\r\n\r\n');
+    await arrival;
+    const stopping = s.shutdown();
+    sendHead();
+    await expect.poll(() => sender.received().includes('first ')).toBe(true);
+    expect(sender.received()).toMatch(/\r\nconnection: close\r\n/i);
+    sender.socket.write('GET /http/echo?behind-closing-head HTTP/1.1\r\nHost: localhost\r\n\r\n');
+    await expect.poll(() => s.logs.some((l) => l['msg'] === 'request' && l['path'] === '/http/echo')).toBe(true);
+    finish();
+    expect(await sender.closed).toBe('closed');
+    expect(sender.received()).toMatch(/first \r\n4\r\nlast\r\n0\r\n\r\n$/); // the whole chunked answer, and nothing after it
+    expect(world.upstream.requests.some((r) => r.url.includes('behind-closing-head'))).toBe(false);
+    expect(s.logs.find((l) => l['msg'] === 'request' && l['path'] === '/http/echo')).toMatchObject({ status: 0, error: 'REQUEST_REFUSED' });
+    await stopping;
+  });
+
   it("keeps other senders' idle keep-alive connections open during the shutdown delay", async () => {
     const s = await start(['--shutdown-delay', '60000']);
     const a = await rawOpen(s.address.port, 'GET /http/echo?a1 HTTP/1.1\r\nHost: localhost\r\n\r\n');
