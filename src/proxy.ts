@@ -158,7 +158,7 @@ export function createProxyServer(options: ProxyOptions, limits: ServerLimits = 
     if (owed > 0 && !inOwnBody && socket.writable) return closeAfterAnswersOwed(marked);
     if (answering?.headersSent) {
       // A reset, not a close: an answer without a length ends at the close and would pass for complete.
-      socket.resetAndDestroy();
+      if (!socket.destroyed) socket.resetAndDestroy();
       return;
     }
     if (!socket.writable) {
@@ -343,13 +343,13 @@ class Exchange {
     if (socket[CLOSING]) return this.#dropPipelined();
     // During a drain the answer ahead, not yet begun, will carry `Connection: close`: this one would never go out.
     if (this.#ahead !== undefined && !this.#ahead.headersSent && this.#options.draining()) return this.#dropPipelined();
-    // The sender asked to close after this answer (or is HTTP/1.0 without keep-alive), or a drain will.
-    if (!this.#res.shouldKeepAlive || this.#options.draining()) socket[CLOSING] = true;
+    // The sender asked to close after this answer (or is HTTP/1.0 without keep-alive). (A drain marks the
+    // connection when this answer's head is written: `#ownHeaders`.)
+    if (!this.#res.shouldKeepAlive) socket[CLOSING] = true;
     if (socket[OVER_LIMIT]) {
-      this.#closeAfterAnswer();
       const max = this.#options.connections?.max;
       const why = `the sidecar serves at most ${max} sender connections at once (--max-connections) and this one came beyond them; it is closed after this answer`;
-      return this.#refuse(new SidecarError('TOO_MANY_CONNECTIONS', why, { retryAfter: 1 }));
+      return this.#refuseAndClose(new SidecarError('TOO_MANY_CONNECTIONS', why, { retryAfter: 1 }));
     }
     const target = req.url ?? '';
     // Origin-form only (RFC 9112 §3.2.1): an absolute-form target would make this an open proxy.
@@ -360,24 +360,16 @@ class Exchange {
     const framing = framingRefusal(req, target);
     if (framing !== undefined) {
       // The connection's framing is in doubt (RFC 9112 §6.1): nothing more is read from it.
-      this.#closeAfterAnswer();
-      return this.#refuse(new SidecarError('REQUEST_REFUSED', framing));
+      return this.#refuseAndClose(new SidecarError('REQUEST_REFUSED', framing));
     }
     const verdict = this.#options.inbound.check(req.socket.remoteAddress, req.headers.authorization);
     // A refused sender does not keep its connection (nor its place under --max-connections).
     if (verdict === 'unauthorized') {
-      this.#closeAfterAnswer();
-      return this.#refuse(new SidecarError('SENDER_UNAUTHORIZED', 'basic authentication required'), { 'www-authenticate': BASIC_AUTH_CHALLENGE });
+      return this.#refuseAndClose(new SidecarError('SENDER_UNAUTHORIZED', 'basic authentication required'), { 'www-authenticate': BASIC_AUTH_CHALLENGE });
     }
-    if (verdict === 'forbidden') {
-      this.#closeAfterAnswer();
-      return this.#refuse(new SidecarError('SENDER_FORBIDDEN', 'sender address not allowed'));
-    }
+    if (verdict === 'forbidden') return this.#refuseAndClose(new SidecarError('SENDER_FORBIDDEN', 'sender address not allowed'));
     const webPage = this.#options.inbound.webPageRefusal(req.headers);
-    if (webPage !== undefined) {
-      this.#closeAfterAnswer();
-      return this.#refuse(new SidecarError('SENDER_FORBIDDEN', webPage));
-    }
+    if (webPage !== undefined) return this.#refuseAndClose(new SidecarError('SENDER_FORBIDDEN', webPage));
     if (hasDotSegment(this.#path)) {
       return this.#refuse(new SidecarError('REQUEST_REFUSED', 'dot segments (. or ..) in the path are not accepted: they would leave the route'));
     }
@@ -826,6 +818,12 @@ class Exchange {
   #closeAfterAnswer(): void {
     this.#res.shouldKeepAlive = false;
     (this.#req.socket as MarkedSocket)[CLOSING] = true;
+  }
+
+  /** `#refuse`, and the connection closes after the answer. */
+  #refuseAndClose(err: SidecarError, headers?: Record<string, string>): undefined {
+    this.#closeAfterAnswer();
+    return this.#refuse(err, headers);
   }
 
   /**
