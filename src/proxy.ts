@@ -437,7 +437,12 @@ class Exchange {
    */
   #resume(before: Route, token: AccessToken): void {
     const route = this.#currentRoute();
-    this.#attemptWith(route, route === before ? token : (this.#options.tokens.cachedToken(route.tokenClient) ?? token));
+    if (route === before) return this.#attemptWith(route, token);
+    // Never the old credentials' token through the new route: its own, waited for when it has none yet.
+    const tokens = this.#options.tokens;
+    const cached = tokens.cachedToken(route.tokenClient);
+    if (cached !== undefined) this.#attemptWith(route, cached);
+    else this.#continueWithToken(route, tokens.getToken(route.tokenClient));
   }
 
   /** Send with this token from now on (the cached one, or one just fetched). */
@@ -509,7 +514,9 @@ class Exchange {
     let verdict: Verdict = 'deliver';
     if (status === 401 && !this.#refreshed) {
       const tokens = this.#options.tokens;
-      const route = this.#route!;
+      // Asked of the route a resend would take: after a rotation, the new credentials' token, not the old
+      // key's allowance of one refresh per interval, decides.
+      const route = this.#latest(this.#route!);
       if (resendable) {
         if (tokens.retryAfterRejection(route.tokenClient, this.#token!)) verdict = 'retry-401';
       } else {
@@ -533,7 +540,7 @@ class Exchange {
    * same, and the next request should not find it. The 401 itself goes to the sender.
    */
   #retire(): void {
-    this.#options.tokens.refreshAfterRejection(this.#route!.tokenClient, this.#token!).catch(() => undefined);
+    this.#options.tokens.refreshAfterRejection(this.#latest(this.#route!).tokenClient, this.#token!).catch(() => undefined);
   }
 
   /** A cure the request cannot have after all (its body outgrew the copy): the next request gets it instead. */
@@ -549,17 +556,20 @@ class Exchange {
   #renewInBackground(): void {
     const route = this.#latest(this.#route!);
     if (route === this.#route) {
-      this.#renewCsrf(route).catch(() => undefined);
+      this.#renewCsrf(route, this.#upstreamPath, this.#token!, this.#csrf).catch(() => undefined);
       return;
     }
     // Credentials rotated since the request went out (the old route's pools are closing): the session is
-    // fetched for the route that the sender's next attempt will take, with its token when it has one.
-    const token = this.#options.tokens.cachedToken(route.tokenClient) ?? this.#token!;
-    this.#renewCsrf(route, upstreamTarget(route, this.#req.url ?? ''), token, undefined).catch(() => undefined);
+    // fetched for the route that the sender's next attempt will take, with that route's token.
+    const path = upstreamTarget(route, this.#req.url ?? '');
+    this.#options.tokens
+      .getToken(route.tokenClient)
+      .then((token) => this.#renewCsrf(route, path, token, undefined))
+      .catch(() => undefined);
   }
 
   /** A new CSRF session for `route` from the URL that asked, unless another request renewed it since this one's. */
-  #renewCsrf(route: Route, path = this.#upstreamPath, token = this.#token!, stale = this.#csrf): Promise<CsrfCredentials | undefined> {
+  #renewCsrf(route: Route, path: string, token: AccessToken, stale: CsrfCredentials | undefined): Promise<CsrfCredentials | undefined> {
     return route.csrf!.renew(stale, () => this.#fetchCsrf(route, path, token, stale));
   }
 
@@ -662,17 +672,29 @@ class Exchange {
   }
 
   #cure(verdict: 'retry-401' | 'retry-csrf'): void {
+    const before = this.#route!;
     const route = this.#currentRoute();
-    const token = this.#token!;
+    const tokens = this.#options.tokens;
     if (verdict === 'retry-401') {
       this.#refreshed = true;
       this.#retrying('401-refresh');
-      this.#continueWithToken(route, this.#options.tokens.refreshAfterRejection(route.tokenClient, token));
+      this.#continueWithToken(route, tokens.refreshAfterRejection(route.tokenClient, this.#token!));
       return;
     }
     this.#renewed = true;
     this.#retrying('csrf');
-    this.#continueWith(this.#renewCsrf(route), (csrf) => {
+    if (route === before) return this.#renewCsrfAndResume(route, this.#token!, this.#csrf);
+    // Credentials rotated since the request went out: the new route's session (none carried over from the
+    // old one), fetched with the new credentials' token.
+    const cached = tokens.cachedToken(route.tokenClient);
+    if (cached !== undefined) this.#renewCsrfAndResume(route, cached, undefined);
+    else this.#continueWith(tokens.getToken(route.tokenClient), (fresh) => this.#renewCsrfAndResume(route, fresh, undefined));
+  }
+
+  /** The request's cure for a CSRF 403: a session for `route`, fetched with `token`, then the resend. */
+  #renewCsrfAndResume(route: Route, token: AccessToken, stale: CsrfCredentials | undefined): void {
+    this.#token = token;
+    this.#continueWith(this.#renewCsrf(route, this.#upstreamPath, token, stale), (csrf) => {
       if (!csrf) throw new SidecarError('CSRF_FETCH_FAILED', `route ${route.name}: the upstream asked for a CSRF token but the fetch returned none`);
       this.#csrf = csrf;
       this.#resume(route, this.#token!);
@@ -723,7 +745,8 @@ class Exchange {
   async #fetchCsrf(route: Route, path: string, token: AccessToken, stale: CsrfCredentials | undefined): Promise<CsrfCredentials | undefined> {
     const headers: HeaderRecord = { authorization: bearer(token), 'x-csrf-token': 'Fetch', 'x-request-id': this.#requestId };
     if (stale?.cookie) headers['cookie'] = stale.cookie;
-    if (this.#senderGone) throw senderGoneError();
+    // Not cut short when this request's sender leaves: other requests may have joined the fetch (one per
+    // route), and what it fails with is theirs too, so it is mapped whoever is still waiting.
     try {
       const response = await route.dispatcher.request({ origin: route.origin, path, method: 'GET', headers });
       await response.body.dump();
@@ -732,29 +755,12 @@ class Exchange {
       return session;
     } catch (err) {
       this.#options.observer.csrfFetched(route.name, false);
-      throw this.#upstreamError(route, err);
+      throw upstreamFailure(route, err);
     }
   }
 
   #upstreamError(route: Route, err: unknown): unknown {
-    if (err instanceof SidecarError || this.#senderGone) return err;
-    const { failure, code } = classifyNetworkError(err);
-    const host = new URL(route.origin).host;
-    if (UNFORWARDABLE_HEAD.has(code)) {
-      return new SidecarError('UPSTREAM_UNREACHABLE', `upstream ${host} answered with a header that cannot be passed on (${code})`, { cause: err });
-    }
-    switch (failure) {
-      case 'timeout':
-        return new SidecarError('UPSTREAM_TIMEOUT', `upstream ${host} did not answer in time (${code})`, { cause: err });
-      case 'tls-trust':
-        return new SidecarError('UPSTREAM_TLS', `upstream ${host}: TLS certificate not trusted (${code}) — ${trustAdvice(code)}`, { cause: err });
-      case 'tls':
-        return new SidecarError('UPSTREAM_TLS', `upstream ${host}: TLS handshake failed (${code})`, { cause: err });
-      case 'proxy':
-        return new SidecarError('UPSTREAM_UNREACHABLE', `upstream ${host}: the HTTPS proxy failed (${code}) — check HTTPS_PROXY/NO_PROXY`, { cause: err });
-      default:
-        return new SidecarError('UPSTREAM_UNREACHABLE', `upstream ${host} unreachable (${code})`, { cause: err });
-    }
+    return this.#senderGone ? err : upstreamFailure(route, err);
   }
 
   /** Last resort for any failure: a JSON error if nothing was sent yet, else cut the connection. */
@@ -1080,4 +1086,26 @@ function loggableTarget(target: string): string {
 
 function truncate(text: string): string {
   return text.length > 120 ? `${text.slice(0, 120)}…` : text;
+}
+
+/** What a failed call to `route`'s upstream means for a sender: one `SidecarError` with a stable code. */
+function upstreamFailure(route: Route, err: unknown): unknown {
+  if (err instanceof SidecarError) return err;
+  const { failure, code } = classifyNetworkError(err);
+  const host = new URL(route.origin).host;
+  if (UNFORWARDABLE_HEAD.has(code)) {
+    return new SidecarError('UPSTREAM_UNREACHABLE', `upstream ${host} answered with a header that cannot be passed on (${code})`, { cause: err });
+  }
+  switch (failure) {
+    case 'timeout':
+      return new SidecarError('UPSTREAM_TIMEOUT', `upstream ${host} did not answer in time (${code})`, { cause: err });
+    case 'tls-trust':
+      return new SidecarError('UPSTREAM_TLS', `upstream ${host}: TLS certificate not trusted (${code}) — ${trustAdvice(code)}`, { cause: err });
+    case 'tls':
+      return new SidecarError('UPSTREAM_TLS', `upstream ${host}: TLS handshake failed (${code})`, { cause: err });
+    case 'proxy':
+      return new SidecarError('UPSTREAM_UNREACHABLE', `upstream ${host}: the HTTPS proxy failed (${code}) — check HTTPS_PROXY/NO_PROXY`, { cause: err });
+    default:
+      return new SidecarError('UPSTREAM_UNREACHABLE', `upstream ${host} unreachable (${code})`, { cause: err });
+  }
 }

@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { request as httpRequest } from 'node:http';
+import { request as httpRequest, type ServerResponse } from 'node:http';
 import { connect } from 'node:net';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
@@ -393,6 +393,38 @@ describe('tokens on the request path', () => {
     expect(second.statusCode).toBe(200);
     expect(await second.body.text()).toBe('processed');
     expect(csrf.seen).toEqual(['post-403', 'fetch', 'post-403', 'fetch', 'post']);
+  });
+
+  it('a CSRF fetch shared by two requests fails: the one whose sender stayed gets 502, also when the first sender left', async () => {
+    const own = await another(['--service-key', keyPath]);
+    let fetches = 0;
+    let heldFetch: ServerResponse | undefined;
+    const posts: string[] = [];
+    upstream.setHandler((req, res, body) => {
+      body.resume();
+      if (req.method === 'GET' && req.headers['x-csrf-token'] === 'Fetch') {
+        fetches++;
+        heldFetch = res; // answered by a reset, below
+        return true;
+      }
+      posts.push(req.url ?? '');
+      res.writeHead(403, { 'x-csrf-token': 'Required', 'content-type': 'text/html' }).end('<html>Forbidden</html>');
+      return true;
+    });
+    const first = new AbortController();
+    const a = request(`${own.url}/http/order-a`, { method: 'POST', body: 'a', signal: first.signal }).catch((err: unknown) => err);
+    await expect.poll(() => heldFetch, { interval: 10 }).toBeDefined(); // A's 403 started the fetch
+    const b = request(`${own.url}/http/order-b`, { method: 'POST', body: 'b' });
+    await expect.poll(() => posts.length, { interval: 10 }).toBe(2); // B's 403 too: it joins the fetch under way
+    first.abort(); // A's sender gives up (its own timeout)
+    expect(await a).toBeInstanceOf(Error);
+    await expect.poll(() => own.logs.some((l) => l['path'] === '/http/order-a' && l['aborted'] === true), { interval: 10 }).toBe(true);
+    heldFetch!.socket?.destroy(); // the fetch fails: a reset
+    const res = await b;
+    expect(res.statusCode).toBe(502);
+    expect(await res.body.json()).toMatchObject({ error: 'UPSTREAM_UNREACHABLE' });
+    expect(fetches).toBe(1);
+    expect(own.logs.filter((l) => l['msg'] === 'internal error while proxying')).toEqual([]);
   });
 
   describe('an answer that comes before the sender has finished its body', () => {

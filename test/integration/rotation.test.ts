@@ -255,6 +255,145 @@ describe('credential rotation under load', () => {
     }
   });
 
+  it('a 401 across a rotation is resent through the new route even when the old key used its one refresh just before', async () => {
+    const path = await files.write('inflight-burnt.json', keyJson(OLD.id, OLD.secret));
+    const s = await start(path);
+    // The old key's allowance (one refresh per 30 s after a 401) is used up: a 401, a refresh, a resend.
+    let rejectedOnce = false;
+    upstream.setHandler((req, res) => {
+      if (req.url !== '/http/echo?burn' || rejectedOnce) return false;
+      rejectedOnce = true;
+      res.writeHead(401, { 'content-type': 'application/json' }).end('{"error":"unauthorised"}');
+      return true;
+    });
+    const burn = await request(`${s.url}/http/echo?burn`);
+    await burn.body.dump();
+    expect([burn.statusCode, rejectedOnce]).toEqual([200, true]);
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    let arrived!: () => void;
+    const arrival = new Promise<void>((resolve) => (arrived = resolve));
+    let held = 0;
+    upstream.setHandler(async (req, res, body) => {
+      if (req.url !== '/http/echo?inflight-burnt' || held > 0) return false;
+      held++;
+      body.resume();
+      arrived();
+      await released;
+      res.writeHead(401, { 'content-type': 'application/json' }).end('{"error":"unauthorised"}');
+      return true;
+    });
+    try {
+      const pending = request(`${s.url}/http/echo?inflight-burnt`, { method: 'POST', body: '<order/>' });
+      await arrival;
+      await writeFile(path, keyJson(NEW.id, NEW.secret));
+      await rotated(s);
+      release(); // the old key may not refresh again so soon, but the new route has its own token
+      const res = await pending;
+      expect(res.statusCode).toBe(200);
+      await res.body.dump();
+      expect(clientOfLastUpstreamRequest()).toBe(NEW.id);
+    } finally {
+      release();
+      upstream.setHandler(undefined);
+    }
+  });
+
+  /**
+   * An upstream whose CSRF sessions end with the client that opened them: a fetch opens session n (token and
+   * cookie), a POST carrying another client's session or none is answered 403 Required. `hold` keeps the first
+   * POST to that URL until released, then answers it 403 Required whatever it carries.
+   */
+  function csrfPerClient(hold: string) {
+    const fetches: Array<{ client: string | undefined; cookie: string | undefined }> = [];
+    const posts: Array<{ client: string | undefined; csrf: string | undefined; cookie: string | undefined }> = [];
+    const sessions = new Map<string, string>(); // csrf token → client
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    let arrived!: () => void;
+    const arrival = new Promise<void>((resolve) => (arrived = resolve));
+    let held = false;
+    upstream.setHandler(async (req, res, body) => {
+      const client = (upstream.requests.at(-1)?.claims as { client_id?: string } | undefined)?.client_id;
+      if (req.method === 'GET' && req.headers['x-csrf-token'] === 'Fetch') {
+        fetches.push({ client, cookie: req.headers.cookie });
+        const n = fetches.length;
+        sessions.set(`csrf-${n}`, client ?? '');
+        res.writeHead(200, { 'x-csrf-token': `csrf-${n}`, 'set-cookie': `JSESSIONID=s${n}; Path=/` }).end();
+        return true;
+      }
+      if (!req.url?.startsWith('/http/echo?csrf-')) return false;
+      const csrf = req.headers['x-csrf-token'] as string | undefined;
+      posts.push({ client, csrf, cookie: req.headers.cookie });
+      if (req.url === hold && !held) {
+        held = true;
+        arrived();
+        await released;
+      } else if (csrf !== undefined && sessions.get(csrf) === client && req.headers.cookie === `JSESSIONID=s${csrf.slice(5)}`) {
+        return false; // the echo
+      }
+      body.resume();
+      res.writeHead(403, { 'x-csrf-token': 'Required', 'content-type': 'text/html' }).end('<html>CSRF</html>');
+      return true;
+    });
+    return { fetches, posts, arrival, release };
+  }
+
+  it("a CSRF 403 across a rotation: the new route's session is fetched with the new token, none of the old one carried over", async () => {
+    const path = await files.write('csrf-inflight.json', keyJson(OLD.id, OLD.secret));
+    const s = await start(path);
+    const csrf = csrfPerClient('/http/echo?csrf-inflight');
+    try {
+      const first = await request(`${s.url}/http/echo?csrf-first`, { method: 'POST', body: '<order/>' });
+      await first.body.dump();
+      expect(first.statusCode).toBe(200); // 403, fetch (session 1 for the old client), resend
+      const pending = request(`${s.url}/http/echo?csrf-inflight`, { method: 'POST', body: '<order/>' });
+      await csrf.arrival;
+      await writeFile(path, keyJson(NEW.id, NEW.secret));
+      await rotated(s);
+      csrf.release(); // 403 Required: the request is cured through the new route
+      const res = await pending;
+      expect(res.statusCode).toBe(200);
+      await res.body.dump();
+      expect(csrf.fetches).toEqual([
+        { client: OLD.id, cookie: undefined },
+        { client: NEW.id, cookie: undefined },
+      ]);
+      expect(csrf.posts.at(-1)).toEqual({ client: NEW.id, csrf: 'csrf-2', cookie: 'JSESSIONID=s2' });
+    } finally {
+      csrf.release();
+      upstream.setHandler(undefined);
+    }
+  });
+
+  it('a CSRF 403 across a rotation to a body too long to resend: the next session is fetched for the new route alone', async () => {
+    const path = await files.write('csrf-long.json', keyJson(OLD.id, OLD.secret));
+    const s = await start(path, ['--max-replay-body', '1024']);
+    const csrf = csrfPerClient('/http/echo?csrf-long');
+    try {
+      const first = await request(`${s.url}/http/echo?csrf-first`, { method: 'POST', body: '<order/>' });
+      await first.body.dump();
+      expect(first.statusCode).toBe(200);
+      const pending = request(`${s.url}/http/echo?csrf-long`, { method: 'POST', body: Buffer.alloc(4096, 'x') });
+      await csrf.arrival;
+      await writeFile(path, keyJson(NEW.id, NEW.secret));
+      await rotated(s);
+      csrf.release();
+      const res = await pending;
+      expect(res.statusCode).toBe(403); // not resent: its body is beyond the copy
+      await res.body.dump();
+      await expect.poll(() => csrf.fetches.length, { interval: 10, timeout: 10_000 }).toBe(2);
+      expect(csrf.fetches[1]).toEqual({ client: NEW.id, cookie: undefined });
+      const next = await request(`${s.url}/http/echo?csrf-next`, { method: 'POST', body: '<order/>' });
+      await next.body.dump();
+      expect(next.statusCode).toBe(200);
+      expect(csrf.posts.at(-1)).toEqual({ client: NEW.id, csrf: 'csrf-2', cookie: 'JSESSIONID=s2' });
+    } finally {
+      csrf.release();
+      upstream.setHandler(undefined);
+    }
+  });
+
   it('a request waiting for its token across a rotation goes out through the new route, not the closed old one', async () => {
     const path = await files.write('waiting.json', keyJson(OLD.id, OLD.secret));
     const fromOldClient = (auth: string | undefined) => Buffer.from((auth ?? '').replace(/^Basic /, ''), 'base64').toString().startsWith('sb-old');
