@@ -1,7 +1,8 @@
 /**
  * The access log: one JSON line per request, in the same shape pino writes
- * (`level`, `time`, `name`, the fields, `msg: "request"`), 5xx answers at
- * `warn`, everything else at `info`.
+ * (`level`, `time`, `name`, the fields, `msg: "request"`), 5xx answers and
+ * answers cut by an upstream failure after they began at `warn`, everything
+ * else at `info`.
  *
  * The line is built here rather than by pino: every field comes from the
  * sidecar's own `RequestRecord` (no headers, no query, nothing secret), so it
@@ -68,7 +69,7 @@ export function jsonAccessLog(options: JsonAccessLogOptions): AccessLog {
   };
   return {
     write(r) {
-      const warn = r.status >= 500;
+      const warn = isWarning(r);
       if (warn ? !warnOn : !infoOn) return;
       let line = `{"level":"${warn ? 'warn' : 'info'}"${time()},"name":${name},"requestId":${quoted(r.requestId)}`;
       if (r.route !== undefined) line += `,"route":${quoted(r.route)}`;
@@ -96,7 +97,7 @@ export function jsonAccessLog(options: JsonAccessLogOptions): AccessLog {
 export function pinoAccessLog(logger: Logger): AccessLog {
   return {
     write(r) {
-      logger[r.status >= 500 ? 'warn' : 'info'](
+      logger[isWarning(r) ? 'warn' : 'info'](
         {
           requestId: r.requestId,
           route: r.route,
@@ -139,4 +140,12 @@ const NEEDS_ESCAPE = /["\\\u0000-\u001f\ud800-\udfff]/;
 /** `JSON.stringify(text)`, without its cost for the common case: ids, routes, methods and paths rarely need escaping. */
 export function quoted(text: string): string {
   return NEEDS_ESCAPE.test(text) ? JSON.stringify(text) : `"${text}"`;
+}
+
+/**
+ * A 5xx, or an answer an upstream failure cut after it began (its status is the upstream's, its error an
+ * `UPSTREAM_*` code, which the sidecar's own answers carry only with a 5xx).
+ */
+function isWarning(r: RequestRecord): boolean {
+  return r.status >= 500 || (r.error !== undefined && r.error.startsWith('UPSTREAM_'));
 }

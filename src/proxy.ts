@@ -22,6 +22,7 @@ import { SidecarError, toHttpFailure, type HttpFailure } from './errors.js';
 import { requestHeadersForUpstream, responseHeadersForSender, type HeaderRecord } from './headers.js';
 import { BASIC_AUTH_CHALLENGE, type InboundControl } from './inbound-control.js';
 import { classifyNetworkError, trustAdvice } from './network-error.js';
+import { lingerAfterAnswer } from './lingering-close.js';
 import { ReplayBudget } from './replay-budget.js';
 import { bodyStillComing, RequestBody } from './request-body.js';
 import { requestIdOf } from './request-id.js';
@@ -305,6 +306,9 @@ class Exchange {
     }
   }
 
+  /** The sidecar cut the answer it had begun (`fail`): its close is not the sender leaving. */
+  #cut = false;
+
   /** The answer under way on the connection when this request arrived, if any (it is pipelined behind it). */
   readonly #ahead: ServerResponse | undefined;
   /** Counted in the connection's answers owed (`OWED`) until its response closes or it is dropped. */
@@ -320,7 +324,7 @@ class Exchange {
   /** The response closed, finished or not (or the connection, while it waited its turn). */
   #closed(): void {
     const res = this.#res;
-    if (!res.writableFinished) {
+    if (!res.writableFinished && !this.#cut) {
       this.#senderGone = true;
       this.#call?.abort(senderGoneError());
     }
@@ -360,6 +364,7 @@ class Exchange {
     const framing = framingRefusal(req, target);
     if (framing !== undefined) {
       // The connection's framing is in doubt (RFC 9112 §6.1): nothing more is read from it.
+      this.#framingInDoubt = true;
       return this.#refuseAndClose(new SidecarError('REQUEST_REFUSED', framing));
     }
     const verdict = this.#options.inbound.check(req.socket.remoteAddress, req.headers.authorization);
@@ -592,7 +597,9 @@ class Exchange {
     // The sender is still sending a body nobody will read on (an early answer): close the connection after
     // this answer, decided before the head is written, which is when node settles `Connection`.
     if (bodyStillComing(this.#req)) this.#closeAfterAnswer();
-    this.#res.writeHead(status, responseHeadersForSender(headers, { extra: this.#ownHeaders(), token: this.#token?.value }));
+    const forSender = responseHeadersForSender(headers, { extra: this.#ownHeaders(), token: this.#token?.value });
+    if (status === 204) delete forSender['content-length']; // RFC 9110 §8.6: never in a 204
+    this.#res.writeHead(status, forSender);
   }
 
   /** Whether the answer being discarded must be kept: the cure may yet prove impossible (see `decide`). */
@@ -769,6 +776,7 @@ class Exchange {
     if (res.headersSent) {
       // Cut with a reset, not a close: an answer to an HTTP/1.0 sender (or one without a length) ends at the
       // close, so a plain close would pass a truncated body off as complete (RFC 9112 §6.3, item 8).
+      this.#cut = true;
       const socket = res.socket;
       if (socket && !socket.destroyed) socket.resetAndDestroy();
       res.destroy();
@@ -823,8 +831,15 @@ class Exchange {
   /** Close the connection after this answer (decided before its head is written): see `CLOSING`. */
   #closeAfterAnswer(): void {
     this.#res.shouldKeepAlive = false;
-    (this.#req.socket as MarkedSocket)[CLOSING] = true;
+    const socket = this.#req.socket as MarkedSocket;
+    socket[CLOSING] = true;
+    // A body still arriving is read (and dropped) before the close, so that its sender gets to read the answer;
+    // not where nobody can tell where it ends.
+    if (bodyStillComing(this.#req) && !this.#framingInDoubt) lingerAfterAnswer(socket, this.#req);
   }
+
+  /** The request's framing is refused: what follows its head on the connection is not read. */
+  #framingInDoubt = false;
 
   /** `#refuse`, and the connection closes after the answer. */
   #refuseAndClose(err: SidecarError, headers?: Record<string, string>): undefined {

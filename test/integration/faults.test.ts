@@ -318,6 +318,12 @@ async function expectServing(s: RunningSidecar = sidecar): Promise<void> {
 }
 
 /** Access-log lines of responses that started (200) and were cut by an upstream failure. */
+/** `oauth_sidecar_client_aborts_total` of the shared sidecar. */
+async function senderAborts(): Promise<number> {
+  const text = (await sidecar.metrics.render()).body;
+  return Number(/^oauth_sidecar_client_aborts_total\{route="default"\} (\d+)$/m.exec(text)?.[1] ?? 0);
+}
+
 function cutResponses(): number {
   return sidecar.logs.filter((l) => l['msg'] === 'request' && l['status'] === 200 && l['error'] === 'UPSTREAM_UNREACHABLE').length;
 }
@@ -682,6 +688,7 @@ describe('upstream faults', () => {
       return true;
     };
     const cutBefore = cutResponses();
+    const abortsBefore = await senderAborts();
     const requestsBefore = upstream.requests.length;
     const sender = await rawOpen(sidecar.address.port, 'GET /http/ok?reset-during HTTP/1.1\r\nHost: localhost\r\nConnection: keep-alive\r\n\r\n');
     let answer: RawAnswer;
@@ -711,8 +718,15 @@ describe('upstream faults', () => {
     // Each sent upstream once: a response already under way is never retried.
     const sent = upstream.requests.slice(requestsBefore).map((r) => r.url);
     expect(sent).toEqual(['/http/ok?reset-during', '/http/ok?reset-during-undici']);
-    // Logged as an upstream failure with the status already sent, not as a success.
+    // Logged as an upstream failure with the status already sent, not as a success, at warn; the senders stayed
+    // to the end, so neither is counted or logged as an abort.
     await expect.poll(cutResponses).toBe(cutBefore + 2);
+    const cutLines = sidecar.logs.filter((l) => l['msg'] === 'request' && l['status'] === 200 && l['error'] === 'UPSTREAM_UNREACHABLE').slice(-2);
+    expect(cutLines.map((l) => [l['level'], l['aborted']])).toEqual([
+      ['warn', undefined],
+      ['warn', undefined],
+    ]);
+    expect(await senderAborts()).toBe(abortsBefore);
     upstream.handler = undefined;
     await expectServing();
   });
@@ -874,6 +888,7 @@ describe('upstream faults', () => {
     ['304 with Content-Length (it describes the representation)', 304, { etag: '"v1"', 'content-length': '1234' }],
     ['304 without Content-Length', 304, { etag: '"v1"' }],
     ['204', 204, {}],
+    ['204 with Content-Length (which a 204 must not carry: dropped)', 204, { 'content-length': '5' }],
   ] as const)('an answer without content, %s: the sender gets it whole, and its connection goes on', async (_name, status, headers) => {
     const marker = `bodiless-${status}-${Math.random().toString(36).slice(2)}`;
     upstream.handler = (req, res) => {
@@ -888,6 +903,7 @@ describe('upstream faults', () => {
       expect(sender.received()).toMatch(new RegExp(`^HTTP/1\\.1 ${status} `));
       expect(sender.received()).toContain(`x-request-id: ${marker}\r\n`);
       if ('etag' in headers) expect(sender.received()).toContain('etag: "v1"');
+      if (status === 204) expect(sender.received().toLowerCase()).not.toContain('content-length'); // RFC 9110 §8.6
       upstream.handler = undefined;
       sender.socket.write(`GET /http/ok?${marker}-next HTTP/1.1\r\nHost: localhost\r\n\r\n`);
       await waitFor(() => (sender.received().endsWith('ok') ? true : undefined), sender.socket);

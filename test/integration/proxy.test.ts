@@ -537,6 +537,59 @@ describe('tokens on the request path', () => {
       expect(await res.body.text()).toBe(head + tail);
     });
 
+    /**
+     * A sender that writes its whole body before it reads anything (Python's http.client, many SOAP stacks): its
+     * socket reads nothing meanwhile, so an answer is lost if the connection is reset before the sender reads.
+     */
+    async function writeAllThenRead(head: string, bodyBytes: number): Promise<{ text: string; error: string | undefined }> {
+      const socket = connect(sidecar.address.port, '127.0.0.1');
+      socket.pause();
+      let error: string | undefined;
+      socket.on('error', (err: NodeJS.ErrnoException) => (error ??= err.code ?? err.message));
+      const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+      const chunk = Buffer.alloc(64 * 1024, 'x');
+      const written = new Promise<void>((resolve) => {
+        let sent = 0;
+        const pump = (): void => {
+          while (!socket.destroyed) {
+            if (sent >= bodyBytes) return resolve();
+            sent += chunk.length;
+            if (!socket.write(chunk)) return void socket.once('drain', pump);
+          }
+          resolve();
+        };
+        socket.write(head, pump);
+      });
+      await Promise.race([written, closed]);
+      const chunks: Buffer[] = [];
+      socket.on('data', (c: Buffer) => chunks.push(c));
+      socket.resume();
+      await closed;
+      return { text: Buffer.concat(chunks).toString('latin1'), error };
+    }
+
+    it('an early answer to a sender that writes its whole body before reading: the body is read to its end, then the answer is there', async () => {
+      upstream.setHandler((_req, res) => {
+        res.writeHead(413, { 'content-type': 'text/plain' });
+        res.end('too big!');
+        return true;
+      });
+      const size = 8 * 1024 * 1024;
+      const { text, error } = await writeAllThenRead(`POST /http/early-413 HTTP/1.1\r\nHost: localhost\r\nContent-Length: ${size}\r\n\r\n`, size);
+      expect(error).toBeUndefined();
+      expect(text).toMatch(/^HTTP\/1\.1 413 /);
+      expect(text).toMatch(/\r\nconnection: close\r\n/i);
+      expect(text.endsWith('too big!') || text.endsWith('8\r\ntoo big!\r\n0\r\n\r\n')).toBe(true);
+    });
+
+    it('a refusal to a sender that writes its whole body before reading: it gets the 400, not a reset', async () => {
+      const size = 8 * 1024 * 1024;
+      const { text, error } = await writeAllThenRead(`POST /http/../etc HTTP/1.1\r\nHost: localhost\r\nContent-Length: ${size}\r\n\r\n`, size);
+      expect(error).toBeUndefined();
+      expect(text).toMatch(/^HTTP\/1\.1 400 /);
+      expect(text).toMatch(/"error":"REQUEST_REFUSED"/);
+    });
+
     it('a complete answer before the sender finished uploading: the sender gets it, and its connection is not left hanging', async () => {
       upstream.setHandler((_req, res) => {
         res.writeHead(200, { 'content-type': 'text/plain' });

@@ -56,6 +56,15 @@ describe('access log', () => {
     expect(line).not.toHaveProperty('upstreamStatus');
   });
 
+  it('logs an answer an upstream failure cut at warn, and a sender refusal at info', () => {
+    const { log, lines } = capture('info');
+    log.write({ ...record, status: 200, error: 'UPSTREAM_TIMEOUT' });
+    log.write({ ...record, status: 404, upstreamStatus: 404, error: 'UPSTREAM_UNREACHABLE' });
+    log.write({ ...record, status: 404, upstreamStatus: undefined, error: 'ROUTE_NOT_FOUND' });
+    log.write({ ...record, status: 401, upstreamStatus: undefined, error: 'SENDER_UNAUTHORIZED' });
+    expect(lines.map((l) => (JSON.parse(l) as { level: string }).level)).toEqual(['warn', 'warn', 'info', 'info']);
+  });
+
   it('escapes whatever a sender put into the path or request id', () => {
     const { log, lines } = capture('info');
     const path = '/a"b\\c\u0001\u00e9\u2028';

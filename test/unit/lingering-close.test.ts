@@ -1,0 +1,94 @@
+import { EventEmitter } from 'node:events';
+import type { IncomingMessage } from 'node:http';
+import { createServer, connect, type Server, type Socket } from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { lingerAfterAnswer } from '../../src/lingering-close.js';
+
+/** A request body as the lingering close sees it: `complete`, and `end` when the last byte was read. */
+class FakeBody extends EventEmitter {
+  complete = false;
+  finish(): void {
+    this.complete = true;
+    this.emit('end');
+  }
+}
+
+let server: Server | undefined;
+afterEach(async () => {
+  await new Promise<void>((resolve) => (server ? server.close(() => resolve()) : resolve()));
+  server = undefined;
+});
+
+/** A connected pair on port 0: the server's side (answering) and the sender's. */
+async function pair(): Promise<{ answering: Socket; sender: Socket }> {
+  const accepted = new Promise<Socket>((resolve) => {
+    server = createServer({ allowHalfOpen: true }, resolve);
+  });
+  await new Promise<void>((resolve) => server!.listen(0, '127.0.0.1', resolve));
+  const port = (server!.address() as { port: number }).port;
+  const sender = connect({ port, host: '127.0.0.1', allowHalfOpen: true }); // a FIN from the answering side does not end its sending
+  const answering = await accepted;
+  answering.resume(); // the body is read and dropped
+  return { answering, sender };
+}
+
+function closed(socket: Socket): Promise<void> {
+  return new Promise((resolve) => (socket.destroyed ? resolve() : socket.once('close', () => resolve())));
+}
+
+describe('lingerAfterAnswer', () => {
+  it('writes the answer and a FIN, keeps reading, and closes once the body has been read', async () => {
+    const { answering, sender } = await pair();
+    const body = new FakeBody();
+    lingerAfterAnswer(answering, body as unknown as IncomingMessage, 60_000);
+    const received: Buffer[] = [];
+    sender.on('data', (c: Buffer) => received.push(c));
+    const senderEnded = new Promise<void>((resolve) => sender.once('end', () => resolve()));
+    answering.write('the answer');
+    answering.destroySoon(); // what node calls after a `Connection: close` answer
+    await senderEnded;
+    expect(Buffer.concat(received).toString()).toBe('the answer');
+    expect(answering.destroyed).toBe(false); // still reading what the sender sends
+    const more = new Promise<void>((resolve) => answering.once('data', () => resolve()));
+    sender.write('rest of the body');
+    await more;
+    body.finish();
+    await closed(answering);
+    sender.destroy();
+  });
+
+  it('closes when the sender closes its side before the body is complete', async () => {
+    const { answering, sender } = await pair();
+    lingerAfterAnswer(answering, new FakeBody() as unknown as IncomingMessage, 60_000);
+    answering.destroySoon();
+    sender.end();
+    await closed(answering);
+    sender.destroy();
+  });
+
+  it('closes after the linger time when the sender neither stops sending nor closes', async () => {
+    const { answering, sender } = await pair();
+    lingerAfterAnswer(answering, new FakeBody() as unknown as IncomingMessage, 50);
+    sender.on('error', () => undefined);
+    const sending = setInterval(() => sender.write(Buffer.alloc(1024)), 5);
+    try {
+      answering.destroySoon();
+      await closed(answering);
+      expect(answering.destroyed).toBe(true);
+    } finally {
+      clearInterval(sending);
+      sender.destroy();
+    }
+  });
+
+  it('closes as before when the body is already complete', async () => {
+    const { answering, sender } = await pair();
+    const body = new FakeBody();
+    body.complete = true;
+    lingerAfterAnswer(answering, body as unknown as IncomingMessage, 60_000);
+    answering.write('done');
+    answering.destroySoon();
+    await closed(answering);
+    sender.destroy();
+  });
+});
