@@ -173,6 +173,9 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
       return false;
     }
     table = new RouteTable(table.routes.map((r) => (r === old ? fresh : r)));
+    // No request needs a token of the old credentials any more: one still being fetched (a token server that
+    // hangs) is given up, so that the requests waiting for it move to the new route now, not at its timeout.
+    old.tokenClient.abandon();
     // The old pools finish their in-flight requests before closing.
     retiring.add(old);
     void closeRoute(old).finally(() => retiring.delete(old));

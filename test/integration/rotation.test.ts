@@ -424,6 +424,36 @@ describe('credential rotation under load', () => {
     }
   });
 
+  it('a request waiting for a token the old credentials never get goes out through the new route as soon as the swap is made', async () => {
+    const path = await files.write('waiting-hung.json', keyJson(OLD.id, OLD.secret));
+    const fromOldClient = (auth: string | undefined) => Buffer.from((auth ?? '').replace(/^Basic /, ''), 'base64').toString().startsWith('sb-old');
+    const hung: ServerResponse[] = [];
+    oauth.setInterceptor((req, res) => {
+      if (!fromOldClient(req.headers.authorization)) return false;
+      req.resume();
+      hung.push(res); // the token server never answers the old client
+      return true;
+    });
+    try {
+      // The old client's token request would end only at its timeout, far beyond this test's own.
+      const s = await start(path, ['--token-timeout', '600000']);
+      await expect.poll(() => hung.length, { interval: 10, timeout: 10_000 }).toBeGreaterThan(0);
+      const pending = request(`${s.url}/http/echo?waiting-hung`, { method: 'POST', body: '<order/>' });
+      const inFlight = async () => (await s.metrics.render()).body.match(/^oauth_sidecar_requests_in_flight (\d+)$/m)?.[1];
+      await expect.poll(inFlight, { interval: 10, timeout: 10_000 }).toBe('1');
+      await writeFile(path, keyJson(NEW.id, NEW.secret));
+      await rotated(s);
+      const res = await pending;
+      expect(res.statusCode).toBe(200);
+      await res.body.dump();
+      expect(clientOfLastUpstreamRequest()).toBe(NEW.id);
+      expect(hung.every((r) => !r.writableEnded)).toBe(true);
+    } finally {
+      oauth.setInterceptor(undefined);
+      for (const res of hung) res.destroy();
+    }
+  });
+
   it('a rotation whose token request is still under way at shutdown is not applied, and its new route is closed', async () => {
     const path = await files.write('late.json', keyJson(OLD.id, OLD.secret));
     const s = await start(path);
