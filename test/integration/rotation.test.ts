@@ -126,6 +126,41 @@ async function rotated(s: RunningSidecar, count = 1): Promise<void> {
   await expect.poll(() => s.logs.filter((l) => l['msg'] === 'credentials rotated').length, { interval: 20, timeout: 10_000 }).toBeGreaterThanOrEqual(count);
 }
 
+/**
+ * A POST to `url` that the upstream holds until the key at `path` has been rotated to the NEW client, and then
+ * answers 401: the sidecar must send it again, through the new route, and the sender get that answer.
+ */
+async function expectResentAcrossRotation(s: RunningSidecar, path: string, url: string): Promise<void> {
+  let release!: () => void;
+  const released = new Promise<void>((resolve) => (release = resolve));
+  let arrived!: () => void;
+  const arrival = new Promise<void>((resolve) => (arrived = resolve));
+  let held = 0;
+  upstream.setHandler(async (req, res, body) => {
+    if (req.url !== url || held > 0) return false;
+    held++;
+    body.resume();
+    arrived();
+    await released;
+    res.writeHead(401, { 'content-type': 'application/json' }).end('{"error":"unauthorised"}');
+    return true;
+  });
+  try {
+    const pending = request(`${s.url}${url}`, { method: 'POST', body: '<order/>' });
+    await arrival;
+    await writeFile(path, keyJson(NEW.id, NEW.secret));
+    await rotated(s);
+    release(); // the old route's answer: 401, so the request is sent again — now with the new client
+    const res = await pending;
+    expect(res.statusCode).toBe(200);
+    await res.body.dump();
+    expect(clientOfLastUpstreamRequest()).toBe(NEW.id);
+  } finally {
+    release();
+    upstream.setHandler(undefined);
+  }
+}
+
 describe('credential rotation under load', () => {
   it('a flat service key file replaced in place: zero failed requests, new client afterwards', async () => {
     const path = await files.write('flat.json', keyJson(OLD.id, OLD.secret));
@@ -225,34 +260,7 @@ describe('credential rotation under load', () => {
     const path = await files.write('inflight.json', keyJson(OLD.id, OLD.secret));
     const s = await start(path);
     await request(`${s.url}/http/GetTimestamp`).then((r) => r.body.dump());
-    let release!: () => void;
-    const released = new Promise<void>((resolve) => (release = resolve));
-    let arrived!: () => void;
-    const arrival = new Promise<void>((resolve) => (arrived = resolve));
-    let held = 0;
-    upstream.setHandler(async (req, res, body) => {
-      if (req.url !== '/http/echo?inflight' || held > 0) return false;
-      held++;
-      body.resume();
-      arrived();
-      await released;
-      res.writeHead(401, { 'content-type': 'application/json' }).end('{"error":"unauthorised"}');
-      return true;
-    });
-    try {
-      const pending = request(`${s.url}/http/echo?inflight`, { method: 'POST', body: '<order/>' });
-      await arrival;
-      await writeFile(path, keyJson(NEW.id, NEW.secret));
-      await rotated(s);
-      release(); // the old route's answer: 401, so the request is sent again — now with the new client
-      const res = await pending;
-      expect(res.statusCode).toBe(200);
-      await res.body.dump();
-      expect(clientOfLastUpstreamRequest()).toBe(NEW.id);
-    } finally {
-      release();
-      upstream.setHandler(undefined);
-    }
+    await expectResentAcrossRotation(s, path, '/http/echo?inflight');
   });
 
   it('a 401 across a rotation is resent through the new route even when the old key used its one refresh just before', async () => {
@@ -269,34 +277,8 @@ describe('credential rotation under load', () => {
     const burn = await request(`${s.url}/http/echo?burn`);
     await burn.body.dump();
     expect([burn.statusCode, rejectedOnce]).toEqual([200, true]);
-    let release!: () => void;
-    const released = new Promise<void>((resolve) => (release = resolve));
-    let arrived!: () => void;
-    const arrival = new Promise<void>((resolve) => (arrived = resolve));
-    let held = 0;
-    upstream.setHandler(async (req, res, body) => {
-      if (req.url !== '/http/echo?inflight-burnt' || held > 0) return false;
-      held++;
-      body.resume();
-      arrived();
-      await released;
-      res.writeHead(401, { 'content-type': 'application/json' }).end('{"error":"unauthorised"}');
-      return true;
-    });
-    try {
-      const pending = request(`${s.url}/http/echo?inflight-burnt`, { method: 'POST', body: '<order/>' });
-      await arrival;
-      await writeFile(path, keyJson(NEW.id, NEW.secret));
-      await rotated(s);
-      release(); // the old key may not refresh again so soon, but the new route has its own token
-      const res = await pending;
-      expect(res.statusCode).toBe(200);
-      await res.body.dump();
-      expect(clientOfLastUpstreamRequest()).toBe(NEW.id);
-    } finally {
-      release();
-      upstream.setHandler(undefined);
-    }
+    // The old key may not refresh again so soon, but the new route has its own token.
+    await expectResentAcrossRotation(s, path, '/http/echo?inflight-burnt');
   });
 
   /**
