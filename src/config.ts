@@ -220,11 +220,14 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
     basicAuthFile: read.string('basic-auth-file') ?? file?.inbound?.basicAuthFile,
     allowCidrs: read.has('allow-cidr') ? read.list('allow-cidr') : (file?.inbound?.allowCidrs ?? []),
     allowAnySender: read.boolean('allow-any-sender') ?? file?.inbound?.allowAnySender ?? false,
-    allowHosts: hostNames(read.has('allow-host') ? read.list('allow-host') : (file?.inbound?.allowHosts ?? []), read.has('allow-host') ? read.sourceOf('allow-host') : (configFile ?? ''), problems),
+    allowHosts: read.has('allow-host')
+      ? hostNames(read.list('allow-host'), read.sourceOf('allow-host'), 'allow-host', problems)
+      : hostNames(file?.inbound?.allowHosts ?? [], configFile ?? '', 'inbound.allowHosts', problems),
   };
   // Checked here, where each value's source is known, so that `check` sees them too.
   const [cidrSource, cidrField] = read.has('allow-cidr') ? [read.sourceOf('allow-cidr'), 'allow-cidr'] : [configFile ?? '', 'inbound.allowCidrs'];
-  if (inbound.allowCidrs.length > 0) {
+  // An allowlist given empty refuses every sender: a problem, not the same as none given.
+  if (inbound.allowCidrs.length > 0 || file?.inbound?.allowCidrs !== undefined) {
     try {
       parseAllowlist(inbound.allowCidrs, cidrSource, cidrField);
     } catch (err) {
@@ -431,11 +434,11 @@ function notNameValue(text: string): string {
 }
 
 /** Host names as a Host header carries them: lower case, no port. */
-function hostNames(names: readonly string[], source: string, problems: ConfigProblem[]): string[] {
-  return names.flatMap((name) => {
+function hostNames(names: readonly string[], source: string, field: string, problems: ConfigProblem[]): string[] {
+  return names.flatMap((name, i) => {
     const host = name.trim().toLowerCase();
     if (/^[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?$/.test(host)) return [host];
-    problems.push({ source, field: 'allow-host', message: 'must be a host name without port or scheme (e.g. erp-sidecar)' });
+    problems.push({ source, field: `${field}[${i}]`, message: 'must be a host name without port or scheme (e.g. erp-sidecar)' });
     return [];
   });
 }
@@ -552,9 +555,17 @@ const TIMEOUT_KEYS = new Set(['connectMs', 'responseMs', 'idleMs']);
  * The YAML parser, loaded on first use: most sidecars run on a service key and
  * flags alone, and it is 72 modules and ~0.8 MB of V8 heap they never need.
  */
-function parseYaml(text: string): unknown {
+function parseYaml(text: string, path: string, problems: ConfigProblem[]): unknown {
   const yaml = createRequire(import.meta.url)('yaml') as typeof import('yaml');
-  return yaml.parse(text);
+  // Never printed by the parser: its warnings quote the file's lines, and the file may hold secrets.
+  const doc = yaml.parseDocument(text, { logLevel: 'silent' });
+  if (doc.errors.length > 0) throw doc.errors[0];
+  // e.g. an unknown tag (`!secret …`), which the parser would drop, keeping the value as plain text.
+  for (const warning of doc.warnings) {
+    const line = warning.linePos?.[0]?.line;
+    problems.push({ source: path, field: '', message: `YAML ${warning.code}${line ? ` at line ${line}` : ''}: not supported here (a tag such as !secret is not resolved)` });
+  }
+  return doc.toJS();
 }
 
 function readConfigFile(path: string, readFile: (p: string) => string, problems: ConfigProblem[]): FileConfig | undefined {
@@ -567,8 +578,10 @@ function readConfigFile(path: string, readFile: (p: string) => string, problems:
     return undefined;
   }
   let doc: unknown;
+  // A byte order mark (Windows editors write one) is not part of the content.
+  if (text.charCodeAt(0) === 0xfeff) text = text.slice(1);
   try {
-    doc = path.endsWith('.json') ? JSON.parse(text) : parseYaml(text);
+    doc = path.endsWith('.json') ? JSON.parse(text) : parseYaml(text, path, problems);
   } catch (err) {
     // Position only: the file may hold secrets, so its content is never echoed.
     const where = (err as { linePos?: Array<{ line: number }> }).linePos?.[0]?.line;
@@ -614,12 +627,14 @@ function fileRoute(raw: unknown, at: string, f: FileReader, problems: ConfigProb
   const prefix = f.string(o, 'prefix', at);
   if (prefix === undefined || !prefix.startsWith('/')) {
     problems.push({ source: path, field: `${at}.prefix`, message: 'is required and must start with /' });
+  } else if (/[?#]/.test(prefix)) {
+    problems.push({ source: path, field: `${at}.prefix`, message: 'must be a path: routes match the path without its query, so a ? or # could never match' });
   }
   const serviceKey = f.pathValue(o, 'serviceKey', at);
   if (!serviceKey) problems.push({ source: path, field: `${at}.serviceKey`, message: 'is required (a service key file or secret directory)' });
   const rewritePrefix = f.string(o, 'rewritePrefix', at);
-  if (rewritePrefix !== undefined && !rewritePrefix.startsWith('/')) {
-    problems.push({ source: path, field: `${at}.rewritePrefix`, message: 'must start with /' });
+  if (rewritePrefix !== undefined && (!rewritePrefix.startsWith('/') || /[?#]/.test(rewritePrefix))) {
+    problems.push({ source: path, field: `${at}.rewritePrefix`, message: 'must be a path starting with / (no ? or #)' });
   }
   const timeoutsRaw = o['timeouts'];
   const timeouts: RouteTimeouts = { connectMs: DEFAULT_CONNECT_TIMEOUT_MS, responseMs: DEFAULT_RESPONSE_TIMEOUT_MS, idleMs: DEFAULT_IDLE_TIMEOUT_MS };

@@ -58,8 +58,7 @@ const CONNECTION_LIMIT_LOG_INTERVAL_MS = 60_000;
 
 export async function startSidecar(config: Readonly<Config>, loggers: Loggers, options: SidecarOptions = {}): Promise<Sidecar> {
   const log = loggers.log;
-  const inbound = await inboundControl(config);
-  const loaded = await Promise.all(config.routes.map((route) => loadRouteCredentials(route, log)));
+  const { inbound, loaded } = await loadInputs(config, log);
   let table = new RouteTable(loaded.map((l, i) => createRoute(config.routes[i]!, l.credentials, routeDeps(config))));
   const routes = () => table;
   // Filled once the watchers exist; a route is failing while its watcher's last reload failed.
@@ -325,6 +324,31 @@ const LISTEN_FAILURES: Readonly<Record<string, string>> = {
 
 function routeDeps(config: Readonly<Config>) {
   return { network: config.network, tokenTimeoutMs: config.tokenTimeoutMs };
+}
+
+/**
+ * The sender control and every route's credentials, read from their files. Every problem found is reported at
+ * once, each route's named when there are several (a missing key of the second route is not left for the next
+ * start to find).
+ */
+async function loadInputs(config: Readonly<Config>, log: Logger): Promise<{ inbound: InboundControl; loaded: LoadedCredentials[] }> {
+  const [inbound, ...routes] = await Promise.allSettled([inboundControl(config), ...config.routes.map((route) => loadRouteCredentials(route, log))]);
+  const problems: ConfigProblem[] = [];
+  const outcomes = [inbound!, ...routes];
+  for (let i = 0; i < outcomes.length; i++) {
+    const outcome = outcomes[i]!;
+    if (outcome.status === 'fulfilled') continue;
+    if (!(outcome.reason instanceof ConfigError)) throw outcome.reason;
+    const route = i > 0 && config.routes.length > 1 ? config.routes[i - 1]! : undefined;
+    for (const p of outcome.reason.problems) {
+      problems.push(route === undefined ? p : { ...p, field: `route "${route.name}"${p.field ? ` ${p.field}` : ''}` });
+    }
+  }
+  if (problems.length > 0) throw new ConfigError(problems);
+  return {
+    inbound: (inbound as PromiseFulfilledResult<InboundControl>).value,
+    loaded: routes.map((r) => (r as PromiseFulfilledResult<LoadedCredentials>).value),
+  };
 }
 
 async function loadRouteCredentials(route: RouteConfig, log: Logger): Promise<LoadedCredentials> {

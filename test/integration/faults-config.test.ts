@@ -212,6 +212,26 @@ describe('broken configuration (real CLI): exit code 2, one clear message naming
   });
 });
 
+describe('serve lists every problem of the files it reads at once', () => {
+  it('two routes whose keys are missing and a broken users file: three problems, each route named', async () => {
+    const users = await ctx.write('users-broken.txt', 'no colon on this line\n');
+    const first = join(ctx.dir, 'missing-first.json');
+    const second = join(ctx.dir, 'missing-second.json');
+    const file = await ctx.write(
+      'two-missing.yaml',
+      `inbound:\n  basicAuthFile: ${users}\nroutes:\n  - name: orders\n    prefix: /orders\n    serviceKey: ${first}\n  - name: invoices\n    prefix: /invoices\n    serviceKey: ${second}\n`,
+    );
+    const result = await runCliBounded(['serve', '--config', file, '--listen', '127.0.0.1:0', '--admin-listen', 'off']);
+    expect(result.code, result.stderr).toBe(2);
+    const lines = result.stderr.trimEnd().split('\n');
+    expect(lines[0]).toBe('oauth-sidecar: invalid configuration:');
+    expect(lines).toHaveLength(4);
+    expect(lines.find((l) => l.includes(`(${users})`))).toBeDefined();
+    expect(lines.find((l) => l.startsWith('  - route "orders"') && l.includes(`(${first})`))).toBeDefined();
+    expect(lines.find((l) => l.startsWith('  - route "invoices"') && l.includes(`(${second})`))).toBeDefined();
+  });
+});
+
 /** A CLI run with a hard bound, so that a case that unexpectedly starts serving cannot hang the suite. */
 async function runCliBounded(args: string[], env: Record<string, string> = {}): Promise<CliResult> {
   const child = startCli(args, env);

@@ -98,7 +98,7 @@ describe('parseConfig', () => {
     const file = 'inbound:\n  allowHosts: [erp-sidecar]\nroutes:\n  - prefix: /\n    serviceKey: /k\n';
     expect(run(['--config', '/c.yaml'], {}, { '/c.yaml': file }).inbound.allowHosts).toEqual(['erp-sidecar']);
     for (const bad of ['http://erp', 'erp:8080', 'erp/x', 'erp!']) {
-      expect(problems(['--service-key', '/k', '--allow-host', bad]).map((p) => p.field)).toEqual(['allow-host']);
+      expect(problems(['--service-key', '/k', '--allow-host', bad]).map((p) => p.field)).toEqual(['allow-host[0]']);
     }
   });
 
@@ -352,6 +352,42 @@ routes:
     expect(list.every((p) => p.source === '/c.yaml' || p.source === 'command line')).toBe(true);
   });
 
+  it('reads a config file that starts with a byte order mark, JSON or YAML', () => {
+    const json = '\ufeff' + JSON.stringify({ routes: [{ prefix: '/', serviceKey: '/k.json' }] });
+    expect(run(['--config', '/c.json'], {}, { '/c.json': json }).routes[0]?.prefix).toBe('/');
+    expect(run(['--config', '/c.yaml'], {}, { '/c.yaml': '\ufeffroutes:\n  - prefix: /y\n    serviceKey: /k.json\n' }).routes[0]?.prefix).toBe('/y');
+  });
+
+  it('refuses a YAML tag it cannot resolve, naming the line, never echoing the value, and prints nothing itself', () => {
+    const warnings: unknown[] = [];
+    const onWarning = (w: unknown): number => warnings.push(w);
+    process.on('warning', onWarning);
+    try {
+      const file = { '/c.yaml': 'routes:\n  - prefix: /\n    serviceKey: /k.json\n    scope: !secret Sup3rSecretValue\n' };
+      const list = problems(['--config', '/c.yaml'], {}, file);
+      expect(list).toEqual([{ source: '/c.yaml', field: '', message: expect.stringMatching(/^YAML TAG_RESOLVE_FAILED at line 4: /) }]);
+      expect(JSON.stringify(list)).not.toContain('Sup3rSecretValue');
+    } finally {
+      process.off('warning', onWarning);
+    }
+    expect(warnings).toEqual([]); // the parser's own warning quotes the line, secret included
+  });
+
+  it('refuses a prefix or rewritePrefix with a query or fragment, which no request could match', () => {
+    const file = { '/c.yaml': 'routes:\n  - prefix: /a?x=1\n    serviceKey: /k.json\n    rewritePrefix: /b#frag\n' };
+    expect(problems(['--config', '/c.yaml'], {}, file).map((p) => p.field)).toEqual(['routes[0].prefix', 'routes[0].rewritePrefix']);
+  });
+
+  it('names the config file field of an invalid inbound host name, and refuses an empty allowlist given in the file', () => {
+    const file = { '/c.yaml': 'inbound:\n  allowHosts: [ok-host, "bad host:80"]\n  allowCidrs: []\nroutes:\n  - prefix: /\n    serviceKey: /k.json\n' };
+    const list = problems(['--config', '/c.yaml'], {}, file);
+    expect(list.map((p) => [p.field, p.source])).toEqual([
+      ['inbound.allowHosts[1]', '/c.yaml'],
+      ['inbound.allowCidrs', '/c.yaml'],
+    ]);
+    expect(list[1]!.message).toMatch(/^is empty/);
+  });
+
   it('rejects route settings from the environment beside the file instead of ignoring them', () => {
     const file = { '/c.yaml': 'routes:\n  - prefix: /\n    serviceKey: /k.json\n' };
     const env = { SIDECAR_UPSTREAM_TIMEOUT: '5', SIDECAR_SERVICE_KEY: '/other.json', SIDECAR_SERVICE_KEY_JSON: '{"oauth":{}}' };
@@ -373,7 +409,7 @@ routes:
   it.each([
     ['a YAML syntax error', '/c.yaml', 'routes: [\n', /^is not valid YAML/],
     ['an empty file', '/c.yaml', '', /^must be a mapping$/],
-    ['JSON behind a byte order mark', '/c.json', '\uFEFF{"routes":[]}', /^is not valid JSON$/],
+    ['JSON behind a byte order mark (ignored): no routes', '/c.json', '\uFEFF{"routes":[]}', /^must be a non-empty list of routes$/],
     ['a list instead of a mapping', '/c.yaml', '- prefix: /\n', /^must be a mapping$/],
   ])('reports only the real problem of %s, not a missing service key', (_name, path, text, message) => {
     const list = problems(['--config', path, '--route', 'orders'], {}, { [path]: text });
