@@ -143,8 +143,9 @@ export function createProxyServer(options: ProxyOptions, limits: ServerLimits = 
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
     const code = err.code ?? 'HPE_UNKNOWN';
     // A reset or broken pipe is the sender going away (counted as an abort when an answer was under way), not
-    // a malformed request: only the parser's and node's HTTP errors are.
-    if (!code.startsWith('HPE_') && !code.startsWith('ERR_HTTP_')) {
+    // a malformed request: only the parser's and node's HTTP errors are. So is a plain close in the middle of
+    // a request (HPE_INVALID_EOF_STATE: the sender's process ended during its upload).
+    if ((!code.startsWith('HPE_') && !code.startsWith('ERR_HTTP_')) || code === 'HPE_INVALID_EOF_STATE') {
       socket.destroy();
       return;
     }

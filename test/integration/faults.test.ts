@@ -1236,6 +1236,16 @@ describe('sender faults and abuse', () => {
       expect(upstream.seen(marker)).toHaveLength(1);
     });
 
+    it('a sender that closes in the middle of its upload has gone away, not sent a malformed request', async () => {
+      const port = await start();
+      const sender = await rawOpen(port, `POST /http/sink?eof-mid-upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n${'x'.repeat(1000)}`);
+      await expect.poll(() => upstream.seen('eof-mid-upload').length).toBe(1);
+      sender.socket.end(); // a plain close, as when the sender's process exits: no reset
+      await sender.closed;
+      await expect.poll(() => new Promise<number>((resolve) => server.getConnections((_e, n) => resolve(n)))).toBe(0);
+      expect(codes).toEqual([]);
+    });
+
     it('closes a refused CONNECT whose sender keeps its half open, so that closing the server does not wait for it', async () => {
       const port = await start();
       const sender = connect({ port, host: '127.0.0.1', allowHalfOpen: true });
