@@ -167,11 +167,17 @@ async function serve(config: Readonly<Config>, loggers: Loggers, started?: (side
     process.once('SIGINT', resolve);
   });
   log.info({ signal, delayMs: config.shutdownDelayMs, graceMs: config.shutdownGraceMs }, 'shutting down');
-  // A second signal ends the delay and the grace period at once (`close` hurries the stop under way).
+  // A second signal ends the delay and the grace period at once (`close` hurries the stop under way); any
+  // later one finds the same listener, not node's default of ending the process by the signal.
   const again = () => void sidecar.close();
-  process.once('SIGTERM', again);
-  process.once('SIGINT', again);
-  await sidecar.shutdown();
+  process.on('SIGTERM', again);
+  process.on('SIGINT', again);
+  try {
+    await sidecar.shutdown();
+  } finally {
+    process.off('SIGTERM', again);
+    process.off('SIGINT', again);
+  }
   log.info('stopped');
   return EXIT_OK;
 }
