@@ -23,6 +23,9 @@ export class ConnectionLimit {
   #served = 0;
   /** Connections accepted beyond the limit, open now. */
   #over = 0;
+  /** Connections that gave their place back (`release`) and are still open. */
+  #leaving = 0;
+  readonly #giveBack = new WeakMap<Socket, () => void>();
   #refused = 0;
   readonly #onRefused: (open: number) => void;
 
@@ -39,7 +42,17 @@ export class ConnectionLimit {
   accept(socket: Socket): boolean {
     if (this.max === 0 || this.#served < this.max) {
       this.#served++;
-      socket.once('close', () => this.#served--);
+      let holding = true;
+      this.#giveBack.set(socket, () => {
+        if (!holding) return;
+        holding = false;
+        this.#served--;
+        this.#leaving++;
+      });
+      socket.once('close', () => {
+        if (holding) this.#served--;
+        else this.#leaving--;
+      });
       return true;
     }
     this.#over++;
@@ -49,9 +62,17 @@ export class ConnectionLimit {
     return false;
   }
 
+  /**
+   * A served connection that will take no more requests (it closes after its answer, and only reads what its
+   * sender still sends until then) gives its place to a new one; it still counts as open.
+   */
+  release(socket: Socket): void {
+    this.#giveBack.get(socket)?.();
+  }
+
   /** Sender connections open now (within the limit or not). */
   get open(): number {
-    return this.#served + this.#over;
+    return this.#served + this.#over + this.#leaving;
   }
 
   /** Connections accepted beyond the limit so far. */

@@ -7,37 +7,73 @@
  * away the answer it has not read yet: a sender that writes its whole body before reading (Python's
  * `http.client`, many SOAP stacks) never sees the `413` or `401`, only a broken pipe. RFC 9112 §9.6: a server
  * closing while the client may still send should half-close first and go on reading. Like nginx's lingering
- * close, the reading is bounded in time: the connection closes when the body has been read, when the sender
- * closes its side, or after `LINGER_MS`, whichever comes first.
+ * close, the reading is bounded: the connection closes when the body has been read, when the sender closes its
+ * side, after `LINGER_IDLE_MS` without a byte from it, or after `LINGER_MS` in all, whichever comes first.
  */
 import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 
 /** Longest time a connection reads a body nobody will use after its answer (nginx's `lingering_time`). */
 export const LINGER_MS = 30_000;
+/** Longest silence of the sender while the connection lingers (nginx's `lingering_timeout`). */
+export const LINGER_IDLE_MS = 5_000;
+
+export interface LingerLimits {
+  totalMs: number;
+  idleMs: number;
+}
 
 /**
  * Make node's close after the answer on `socket` (its `destroySoon`, called when a `Connection: close` answer
  * has finished) a lingering one while `req`'s body is still arriving. The body must be flowing (resumed, its
- * data dropped) for the reading to go on.
+ * data dropped) for the reading to go on. `onLinger` is told when the lingering begins.
  */
-export function lingerAfterAnswer(socket: Socket, req: IncomingMessage, lingerMs: number = LINGER_MS): void {
+export function lingerAfterAnswer(
+  socket: Socket,
+  req: IncomingMessage,
+  onLinger: () => void = () => undefined,
+  limits: LingerLimits = { totalMs: LINGER_MS, idleMs: LINGER_IDLE_MS },
+): void {
   socket.destroySoon = function lingeringDestroySoon(this: Socket): void {
     if (this.writable) this.end(); // the answer, then a FIN: the sender can read it all
-    // Whatever happens below, the connection is gone after `lingerMs` (a sender that neither stops sending
-    // nor reads its answer).
-    const timer = setTimeout(() => this.destroy(), lingerMs);
-    this.once('close', () => clearTimeout(timer));
-    let closing = false;
-    const close = (): void => {
-      if (closing) return;
-      closing = true;
-      // Never before the answer has been handed to the kernel: destroying earlier would drop what is left of it.
-      if (this.writableFinished) this.destroy();
-      else this.once('finish', () => this.destroy());
+    if (req.complete) return destroyOnceWritten(this);
+    onLinger();
+    let total: NodeJS.Timeout | undefined;
+    let silence: NodeJS.Timeout | undefined;
+    const heard = (): void => void silence?.refresh(); // the body's chunks: node's parser reads the socket itself
+    const stop = (): void => {
+      clearTimeout(total);
+      clearTimeout(silence);
+      req.off('data', heard);
+      req.off('end', done);
+      this.off('end', done);
     };
-    if (req.complete) return close();
-    req.once('end', close);
-    this.once('end', close); // the sender closed its side
+    const done = (): void => {
+      stop();
+      destroyOnceWritten(this);
+    };
+    // A sender that keeps sending, or falls silent, without ending its body: given up. (No reset is possible
+    // once the FIN is queued; bytes of the sender still unread make the kernel answer with one anyway.)
+    const giveUp = (): void => {
+      stop();
+      this.destroy();
+    };
+    total = setTimeout(giveUp, limits.totalMs);
+    silence = setTimeout(giveUp, limits.idleMs);
+    req.on('data', heard);
+    req.once('end', done);
+    this.once('end', done); // the sender closed its side
+    this.once('close', stop);
   };
+}
+
+/** Never before the answer has been handed to the kernel: destroying earlier would drop what is left of it. */
+function destroyOnceWritten(socket: Socket): void {
+  if (socket.writableFinished) socket.destroy();
+  else socket.once('finish', () => socket.destroy());
+}
+
+/** Back to node's own close for `socket` (the connection is closed for reasons other than a body still coming). */
+export function closeWithoutLingering(socket: Socket): void {
+  delete (socket as { destroySoon?: unknown }).destroySoon; // the prototype's again
 }

@@ -22,7 +22,7 @@ import { SidecarError, toHttpFailure, type HttpFailure } from './errors.js';
 import { requestHeadersForUpstream, responseHeadersForSender, type HeaderRecord } from './headers.js';
 import { BASIC_AUTH_CHALLENGE, type InboundControl } from './inbound-control.js';
 import { classifyNetworkError, trustAdvice } from './network-error.js';
-import { lingerAfterAnswer } from './lingering-close.js';
+import { closeWithoutLingering, lingerAfterAnswer } from './lingering-close.js';
 import { ReplayBudget } from './replay-budget.js';
 import { bodyStillComing, RequestBody } from './request-body.js';
 import { requestIdOf } from './request-id.js';
@@ -208,6 +208,8 @@ type MarkedSocket = Socket & { [OVER_LIMIT]?: true; [CLOSING]?: true; [OWED]?: n
 function closeAfterAnswersOwed(socket: AnsweringSocket & MarkedSocket): void {
   socket[CLOSING] = true;
   socket.pause();
+  // Nothing more is read: a lingering close (waiting for a body to end) would wait for nothing.
+  closeWithoutLingering(socket);
   const newest = socket[ANSWERING];
   if (newest === undefined) return;
   if (!newest.headersSent) newest.shouldKeepAlive = false;
@@ -670,6 +672,8 @@ class Exchange {
     if (route !== before) {
       this.#route = route;
       this.#upstreamPath = upstreamTarget(route, this.#req.url ?? '');
+      // The old route's CSRF session belongs to the old credentials: the new route's, if it has one yet.
+      this.#csrf = this.#csrfApplies ? route.csrf?.current : undefined;
     }
     return route;
   }
@@ -680,30 +684,37 @@ class Exchange {
   }
 
   #cure(verdict: 'retry-401' | 'retry-csrf'): void {
-    const before = this.#route!;
-    const route = this.#currentRoute();
-    const tokens = this.#options.tokens;
     if (verdict === 'retry-401') {
       this.#refreshed = true;
       this.#retrying('401-refresh');
-      this.#continueWithToken(route, tokens.refreshAfterRejection(route.tokenClient, this.#token!));
+      const route = this.#currentRoute();
+      this.#continueWithToken(route, this.#options.tokens.refreshAfterRejection(route.tokenClient, this.#token!));
       return;
     }
     this.#renewed = true;
     this.#retrying('csrf');
-    if (route === before) return this.#renewCsrfAndResume(route, this.#token!, this.#csrf);
-    // Credentials rotated since the request went out: the new route's session (none carried over from the
-    // old one), fetched with the new credentials' token.
-    const cached = tokens.cachedToken(route.tokenClient);
-    if (cached !== undefined) this.#renewCsrfAndResume(route, cached, undefined);
-    else this.#continueWith(tokens.getToken(route.tokenClient), (fresh) => this.#renewCsrfAndResume(route, fresh, undefined));
+    this.#cureCsrf(this.#route!);
   }
 
-  /** The request's cure for a CSRF 403: a session for `route`, fetched with `token`, then the resend. */
+  /**
+   * A CSRF session for the route as it is now, then the resend. Credentials rotated since `before`: the new
+   * route's session (none carried over from the old one), fetched with the new credentials' token.
+   */
+  #cureCsrf(before: Route): void {
+    const route = this.#currentRoute();
+    if (route === before) return this.#renewCsrfAndResume(route, this.#token!, this.#csrf);
+    const tokens = this.#options.tokens;
+    const cached = tokens.cachedToken(route.tokenClient);
+    if (cached !== undefined) this.#renewCsrfAndResume(route, cached, this.#csrf);
+    else this.#continueWith(tokens.getToken(route.tokenClient), (fresh) => this.#renewCsrfAndResume(route, fresh, this.#csrf));
+  }
+
   #renewCsrfAndResume(route: Route, token: AccessToken, stale: CsrfCredentials | undefined): void {
     this.#token = token;
     this.#continueWith(this.#renewCsrf(route, this.#upstreamPath, token, stale), (csrf) => {
       if (!csrf) throw new SidecarError('CSRF_FETCH_FAILED', `route ${route.name}: the upstream asked for a CSRF token but the fetch returned none`);
+      // Rotated while the session was being fetched: it is the old credentials'; the new route's is fetched.
+      if (this.#latest(route) !== route) return this.#cureCsrf(route);
       this.#csrf = csrf;
       this.#resume(route, this.#token!);
     });
@@ -721,7 +732,7 @@ class Exchange {
       if (!this.#reconnected && !sentOnFresh && IDEMPOTENT.has(this.#method) && this.#body!.replayable() && this.#isReset(err)) {
         this.#reconnected = true;
         this.#retrying('reconnect');
-        this.#attempt(this.#currentRoute());
+        this.#resume(this.#route!, this.#token!); // through the new route, with its token, after a rotation
         return;
       }
       this.fail(err);
@@ -836,7 +847,10 @@ class Exchange {
     socket[CLOSING] = true;
     // A body still arriving is read (and dropped) before the close, so that its sender gets to read the answer;
     // not where nobody can tell where it ends.
-    if (bodyStillComing(this.#req) && !this.#framingInDoubt) lingerAfterAnswer(socket, this.#req);
+    // It serves no more requests meanwhile, so its place under --max-connections goes to a new connection.
+    if (bodyStillComing(this.#req) && !this.#framingInDoubt) {
+      lingerAfterAnswer(socket, this.#req, () => this.#options.connections?.release(socket));
+    }
   }
 
   /** The request's framing is refused: what follows its head on the connection is not read. */

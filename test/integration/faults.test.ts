@@ -1126,6 +1126,70 @@ describe('sender faults and abuse', () => {
       for (const sender of senders) sender.socket.destroy();
     });
 
+    it('a refused upload whose body is still coming gives its place back while its connection reads the rest', async () => {
+      const s = await extraSidecar(['--max-connections', '1']);
+      const port = s.address.port;
+      // Refused (a dot segment) while most of its body is still to come: the connection lingers to read it.
+      // The sender keeps sending after the sidecar's FIN (node's sockets would end their side at once).
+      const socket = connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+      let received = '';
+      socket.on('data', (chunk: Buffer) => (received += chunk.toString('latin1')));
+      socket.on('error', () => undefined);
+      const uploader = { socket, received: () => received };
+      socket.write('POST /http/../x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000000\r\n\r\nabc');
+      await waitFor(() => (/^HTTP\/1\.1 400 /.test(uploader.received()) ? true : undefined), uploader.socket);
+      try {
+        uploader.socket.write('more of the body');
+        expect(await metric(s, 'sender_connections')).toBe(1); // still open, reading what its sender sends
+        const next = await rawRequest(port, get('after-refused-upload', 'Connection: close\r\n'), { timeoutMs: RAW_BOUND_MS });
+        expect(next.status, next.text).toBe(200); // the place is free again
+        expect(await metric(s, 'sender_connections')).toBeGreaterThanOrEqual(1); // the lingering one still counts as open
+      } finally {
+        uploader.socket.destroy();
+      }
+      await expect.poll(() => metric(s, 'sender_connections')).toBe(0);
+    });
+
+    it('a malformed chunk in a refused upload pipelined behind an answer owed: both answers, then the connection closes at once', async () => {
+      const s = await extraSidecar([]);
+      let release!: () => void;
+      const released = new Promise<void>((resolve) => (release = resolve));
+      let arrived!: () => void;
+      const arrival = new Promise<void>((resolve) => (arrived = resolve));
+      upstream.handler = async (req, res) => {
+        if (!req.url?.includes('owed-slow')) return false;
+        arrived();
+        await released;
+        res.writeHead(200, { 'content-type': 'text/plain', 'content-length': '4' }).end('slow');
+        return true;
+      };
+      const sender = connect({ port: s.address.port, host: '127.0.0.1', allowHalfOpen: true });
+      let received = '';
+      sender.on('data', (chunk: Buffer) => (received += chunk.toString('latin1')));
+      sender.on('error', () => undefined);
+      const open = () => new Promise<number>((resolve) => s.server.getConnections((_e, n) => resolve(n)));
+      try {
+        sender.write('GET /http/ok?owed-slow HTTP/1.1\r\nHost: localhost\r\n\r\n');
+        await arrival;
+        // Refused (a dot segment) with its chunked body still coming, then bytes that are no chunk size.
+        sender.write('POST /http/../x HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n');
+        const inFlight = async () => /^oauth_sidecar_requests_in_flight (\d+)$/m.exec((await s.metrics.render()).body)?.[1];
+        await expect.poll(inFlight).toBe('2'); // the POST was taken on (and refused), its answer queued
+        sender.write('zz\r\n');
+        await expect.poll(() => s.logs.some((l) => l['msg'] === 'malformed request rejected')).toBe(true);
+        release();
+        await waitFor(() => (received.match(/HTTP\/1\.1 \d{3}/g)?.length === 2 ? true : undefined), sender);
+        expect(received.match(/HTTP\/1\.1 \d{3}/g)).toEqual(['HTTP/1.1 200', 'HTTP/1.1 400']);
+        // Nothing more is read from it, so nothing is waited for: closed at once, not after a lingering close's
+        // 5 s of the sender's silence.
+        await expect.poll(open, { timeout: 2_000 }).toBe(0);
+      } finally {
+        release();
+        upstream.handler = undefined;
+        sender.destroy();
+      }
+    });
+
     it('Expect: 100-continue: a refused request gets its answer without 100 Continue; a forwarded one gets 100 first', async () => {
       const s = await extraSidecar(['--max-connections', '1']);
       const expectContinue = (marker: string): string =>

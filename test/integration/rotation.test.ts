@@ -286,7 +286,7 @@ describe('credential rotation under load', () => {
    * cookie), a POST carrying another client's session or none is answered 403 Required. `hold` keeps the first
    * POST to that URL until released, then answers it 403 Required whatever it carries.
    */
-  function csrfPerClient(hold: string) {
+  function csrfPerClient(hold: string, options: { holdStatus?: 401 | 403; holdFetch?: boolean } = {}) {
     const fetches: Array<{ client: string | undefined; cookie: string | undefined }> = [];
     const posts: Array<{ client: string | undefined; csrf: string | undefined; cookie: string | undefined }> = [];
     const sessions = new Map<string, string>(); // csrf token → client
@@ -300,6 +300,10 @@ describe('credential rotation under load', () => {
       if (req.method === 'GET' && req.headers['x-csrf-token'] === 'Fetch') {
         fetches.push({ client, cookie: req.headers.cookie });
         const n = fetches.length;
+        if (options.holdFetch && n === 1) {
+          arrived();
+          await released;
+        }
         sessions.set(`csrf-${n}`, client ?? '');
         res.writeHead(200, { 'x-csrf-token': `csrf-${n}`, 'set-cookie': `JSESSIONID=s${n}; Path=/` }).end();
         return true;
@@ -307,15 +311,18 @@ describe('credential rotation under load', () => {
       if (!req.url?.startsWith('/http/echo?csrf-')) return false;
       const csrf = req.headers['x-csrf-token'] as string | undefined;
       posts.push({ client, csrf, cookie: req.headers.cookie });
-      if (req.url === hold && !held) {
+      let status = 403;
+      if (req.url === hold && !held && !options.holdFetch) {
         held = true;
         arrived();
         await released;
+        status = options.holdStatus ?? 403;
       } else if (csrf !== undefined && sessions.get(csrf) === client && req.headers.cookie === `JSESSIONID=s${csrf.slice(5)}`) {
         return false; // the echo
       }
       body.resume();
-      res.writeHead(403, { 'x-csrf-token': 'Required', 'content-type': 'text/html' }).end('<html>CSRF</html>');
+      if (status === 401) res.writeHead(401, { 'content-type': 'application/json' }).end('{"error":"unauthorised"}');
+      else res.writeHead(403, { 'x-csrf-token': 'Required', 'content-type': 'text/html' }).end('<html>CSRF</html>');
       return true;
     });
     return { fetches, posts, arrival, release };
@@ -344,6 +351,90 @@ describe('credential rotation under load', () => {
       expect(csrf.posts.at(-1)).toEqual({ client: NEW.id, csrf: 'csrf-2', cookie: 'JSESSIONID=s2' });
     } finally {
       csrf.release();
+      upstream.setHandler(undefined);
+    }
+  });
+
+  it('a 401 across a rotation on a CSRF route: resent without the old session, whose cookies never reach the new route', async () => {
+    const path = await files.write('csrf-401.json', keyJson(OLD.id, OLD.secret));
+    const s = await start(path);
+    const csrf = csrfPerClient('/http/echo?csrf-401', { holdStatus: 401 });
+    try {
+      const first = await request(`${s.url}/http/echo?csrf-first`, { method: 'POST', body: '<order/>' });
+      await first.body.dump();
+      expect(first.statusCode).toBe(200);
+      const pending = request(`${s.url}/http/echo?csrf-401`, { method: 'POST', body: '<order/>' });
+      await csrf.arrival;
+      await writeFile(path, keyJson(NEW.id, NEW.secret));
+      await rotated(s);
+      csrf.release(); // 401: resent through the new route, which has no session yet (403), then cured
+      const res = await pending;
+      expect(res.statusCode).toBe(200);
+      await res.body.dump();
+      const fromNew = csrf.posts.filter((p) => p.client === NEW.id);
+      expect(fromNew.at(-1)).toEqual({ client: NEW.id, csrf: 'csrf-2', cookie: 'JSESSIONID=s2' });
+      expect(fromNew.every((p) => p.cookie !== 'JSESSIONID=s1' && p.csrf !== 'csrf-1')).toBe(true);
+      expect(csrf.fetches).toEqual([
+        { client: OLD.id, cookie: undefined },
+        { client: NEW.id, cookie: undefined },
+      ]);
+    } finally {
+      csrf.release();
+      upstream.setHandler(undefined);
+    }
+  });
+
+  it("a rotation while a CSRF cure fetches its session: that old session is dropped, the new route's fetched and used", async () => {
+    const path = await files.write('csrf-fetching.json', keyJson(OLD.id, OLD.secret));
+    const s = await start(path);
+    const csrf = csrfPerClient('/http/echo?csrf-fetching', { holdFetch: true });
+    try {
+      const pending = request(`${s.url}/http/echo?csrf-fetching`, { method: 'POST', body: '<order/>' });
+      await csrf.arrival; // the first fetch (the old client's session) is held
+      await writeFile(path, keyJson(NEW.id, NEW.secret));
+      await rotated(s);
+      csrf.release();
+      const res = await pending;
+      expect(res.statusCode).toBe(200);
+      await res.body.dump();
+      expect(csrf.fetches.map((f) => f.client)).toEqual([OLD.id, NEW.id]);
+      expect(csrf.posts.at(-1)).toEqual({ client: NEW.id, csrf: 'csrf-2', cookie: 'JSESSIONID=s2' });
+      expect(csrf.posts.filter((p) => p.client === NEW.id).every((p) => p.csrf !== 'csrf-1')).toBe(true);
+    } finally {
+      csrf.release();
+      upstream.setHandler(undefined);
+    }
+  });
+
+  it('a GET whose pooled connection is reset across a rotation is sent again through the new route, with its token', async () => {
+    const path = await files.write('reconnect.json', keyJson(OLD.id, OLD.secret));
+    const s = await start(path);
+    await request(`${s.url}/http/echo?warm`).then((r) => r.body.dump()); // the pooled connection
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    let arrived!: () => void;
+    const arrival = new Promise<void>((resolve) => (arrived = resolve));
+    let held = false;
+    upstream.setHandler(async (req) => {
+      if (req.url !== '/http/echo?reset-across' || held) return false;
+      held = true;
+      arrived();
+      await released;
+      req.socket.destroy(); // the pooled connection dies as the request went out on it
+      return true;
+    });
+    try {
+      const pending = request(`${s.url}/http/echo?reset-across`);
+      await arrival;
+      await writeFile(path, keyJson(NEW.id, NEW.secret));
+      await rotated(s);
+      release();
+      const res = await pending;
+      expect(res.statusCode).toBe(200);
+      await res.body.dump();
+      expect(upstream.requests.filter((r) => r.url === '/http/echo?reset-across').map((r) => (r.claims as { client_id?: string }).client_id)).toEqual([OLD.id, NEW.id]);
+    } finally {
+      release();
       upstream.setHandler(undefined);
     }
   });

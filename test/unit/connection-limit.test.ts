@@ -42,4 +42,20 @@ describe('ConnectionLimit', () => {
     expect(limit.open).toBe(60);
     expect(limit.refused).toBe(0);
   });
+  it('a served connection released (it takes no more requests) gives its place back, and counts as open until it closes', () => {
+    const limit = new ConnectionLimit(1);
+    const [a, b, c] = [socket(), socket(), socket()];
+    expect(limit.accept(a)).toBe(true);
+    limit.release(a);
+    limit.release(a); // once only
+    expect(limit.open).toBe(1);
+    expect(limit.accept(b)).toBe(true);
+    expect(limit.accept(c)).toBe(false);
+    expect(limit.open).toBe(3);
+    a.emit('close');
+    expect(limit.open).toBe(2);
+    limit.release(c); // a refused connection holds no place to give
+    expect(limit.accept(socket())).toBe(false); // b still holds the one place
+    expect(limit.open).toBe(3);
+  });
 });

@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import type { IncomingMessage } from 'node:http';
 import { createServer, connect, type Server, type Socket } from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { lingerAfterAnswer } from '../../src/lingering-close.js';
 
 /** A request body as the lingering close sees it: `complete`, and `end` when the last byte was read. */
@@ -40,7 +40,7 @@ describe('lingerAfterAnswer', () => {
   it('writes the answer and a FIN, keeps reading, and closes once the body has been read', async () => {
     const { answering, sender } = await pair();
     const body = new FakeBody();
-    lingerAfterAnswer(answering, body as unknown as IncomingMessage, 60_000);
+    lingerAfterAnswer(answering, body as unknown as IncomingMessage, undefined, { totalMs: 60_000, idleMs: 60_000 });
     const received: Buffer[] = [];
     sender.on('data', (c: Buffer) => received.push(c));
     const senderEnded = new Promise<void>((resolve) => sender.once('end', () => resolve()));
@@ -59,7 +59,7 @@ describe('lingerAfterAnswer', () => {
 
   it('closes when the sender closes its side before the body is complete', async () => {
     const { answering, sender } = await pair();
-    lingerAfterAnswer(answering, new FakeBody() as unknown as IncomingMessage, 60_000);
+    lingerAfterAnswer(answering, new FakeBody() as unknown as IncomingMessage, undefined, { totalMs: 60_000, idleMs: 60_000 });
     answering.destroySoon();
     sender.end();
     await closed(answering);
@@ -68,7 +68,7 @@ describe('lingerAfterAnswer', () => {
 
   it('closes after the linger time when the sender neither stops sending nor closes', async () => {
     const { answering, sender } = await pair();
-    lingerAfterAnswer(answering, new FakeBody() as unknown as IncomingMessage, 50);
+    lingerAfterAnswer(answering, new FakeBody() as unknown as IncomingMessage, undefined, { totalMs: 50, idleMs: 60_000 });
     sender.on('error', () => undefined);
     const sending = setInterval(() => sender.write(Buffer.alloc(1024)), 5);
     try {
@@ -81,11 +81,32 @@ describe('lingerAfterAnswer', () => {
     }
   });
 
+  it('closes after a silence of the sender; each chunk of the body restarts that wait', async () => {
+    const { answering, sender } = await pair();
+    const body = new FakeBody();
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    try {
+      let lingering = 0;
+      lingerAfterAnswer(answering, body as unknown as IncomingMessage, () => lingering++, { totalMs: 60_000, idleMs: 1_000 });
+      answering.destroySoon();
+      expect(lingering).toBe(1);
+      vi.advanceTimersByTime(900);
+      body.emit('data', Buffer.alloc(1));
+      vi.advanceTimersByTime(900);
+      expect(answering.destroyed).toBe(false); // 1.8 s in, but the sender spoke at 0.9 s
+      vi.advanceTimersByTime(200);
+      expect(answering.destroyed).toBe(true);
+    } finally {
+      vi.useRealTimers();
+      sender.destroy();
+    }
+  });
+
   it('closes as before when the body is already complete', async () => {
     const { answering, sender } = await pair();
     const body = new FakeBody();
     body.complete = true;
-    lingerAfterAnswer(answering, body as unknown as IncomingMessage, 60_000);
+    lingerAfterAnswer(answering, body as unknown as IncomingMessage, undefined, { totalMs: 60_000, idleMs: 60_000 });
     answering.write('done');
     answering.destroySoon();
     await closed(answering);
