@@ -703,10 +703,11 @@ class Exchange {
   #cureCsrf(before: Route): void {
     const route = this.#currentRoute();
     if (route === before) return this.#renewCsrfAndResume(route, this.#token!, this.#csrf);
+    // A session the new route already has is used as it is (this request never tried it), else one is fetched.
     const tokens = this.#options.tokens;
     const cached = tokens.cachedToken(route.tokenClient);
-    if (cached !== undefined) this.#renewCsrfAndResume(route, cached, this.#csrf);
-    else this.#continueWith(tokens.getToken(route.tokenClient), (fresh) => this.#renewCsrfAndResume(route, fresh, this.#csrf));
+    if (cached !== undefined) this.#renewCsrfAndResume(route, cached, undefined);
+    else this.#continueWith(tokens.getToken(route.tokenClient), (fresh) => this.#renewCsrfAndResume(route, fresh, undefined));
   }
 
   #renewCsrfAndResume(route: Route, token: AccessToken, stale: CsrfCredentials | undefined): void {
