@@ -38,32 +38,35 @@ export function lingerAfterAnswer(
     if (this.writable) this.end(); // the answer, then a FIN: the sender can read it all
     if (req.complete) return destroyOnceWritten(this);
     onLinger();
-    let total: NodeJS.Timeout | undefined;
     let silence: NodeJS.Timeout | undefined;
     const heard = (): void => void silence?.refresh(); // the body's chunks: node's parser reads the socket itself
-    const stop = (): void => {
-      clearTimeout(total);
+    const stopListening = (): void => {
       clearTimeout(silence);
       req.off('data', heard);
       req.off('end', done);
       this.off('end', done);
     };
+    // The body has been read: closed once the answer is written (the total time still bounds a sender that
+    // does not read its answer).
     const done = (): void => {
-      stop();
+      stopListening();
       destroyOnceWritten(this);
     };
     // A sender that keeps sending, or falls silent, without ending its body: given up. (No reset is possible
     // once the FIN is queued; bytes of the sender still unread make the kernel answer with one anyway.)
     const giveUp = (): void => {
-      stop();
+      stopListening();
       this.destroy();
     };
-    total = setTimeout(giveUp, limits.totalMs);
+    const total = setTimeout(giveUp, limits.totalMs);
     silence = setTimeout(giveUp, limits.idleMs);
     req.on('data', heard);
     req.once('end', done);
     this.once('end', done); // the sender closed its side
-    this.once('close', stop);
+    this.once('close', () => {
+      stopListening();
+      clearTimeout(total);
+    });
   };
 }
 

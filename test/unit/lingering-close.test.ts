@@ -102,6 +102,20 @@ describe('lingerAfterAnswer', () => {
     }
   });
 
+  it('a sender that does not read its answer is still given up after the linger time once its body has ended', async () => {
+    const { answering, sender } = await pair();
+    sender.pause(); // reads nothing: the answer below stays in the buffers
+    sender.on('error', () => undefined);
+    const body = new FakeBody();
+    lingerAfterAnswer(answering, body as unknown as IncomingMessage, undefined, { totalMs: 50, idleMs: 60_000 });
+    answering.write(Buffer.alloc(16 * 1024 * 1024)); // more than the kernel's socket buffers hold
+    answering.destroySoon();
+    body.finish(); // the body has been read; the answer is not all written
+    await closed(answering);
+    expect(answering.writableFinished).toBe(false);
+    sender.destroy();
+  });
+
   it('closes as before when the body is already complete', async () => {
     const { answering, sender } = await pair();
     const body = new FakeBody();
