@@ -25,7 +25,8 @@ export class ConnectionLimit {
   #over = 0;
   /** Connections that gave their place back (`release`) and are still open. */
   #leaving = 0;
-  readonly #giveBack = new WeakMap<Socket, () => void>();
+  /** Served connections still holding their place. */
+  readonly #holding = new WeakSet<Socket>();
   #refused = 0;
   readonly #onRefused: (open: number) => void;
 
@@ -42,15 +43,9 @@ export class ConnectionLimit {
   accept(socket: Socket): boolean {
     if (this.max === 0 || this.#served < this.max) {
       this.#served++;
-      let holding = true;
-      this.#giveBack.set(socket, () => {
-        if (!holding) return;
-        holding = false;
-        this.#served--;
-        this.#leaving++;
-      });
+      this.#holding.add(socket);
       socket.once('close', () => {
-        if (holding) this.#served--;
+        if (this.#holding.delete(socket)) this.#served--;
         else this.#leaving--;
       });
       return true;
@@ -67,7 +62,9 @@ export class ConnectionLimit {
    * sender still sends until then) gives its place to a new one; it still counts as open.
    */
   release(socket: Socket): void {
-    this.#giveBack.get(socket)?.();
+    if (!this.#holding.delete(socket)) return; // beyond the limit, or released already
+    this.#served--;
+    this.#leaving++;
   }
 
   /** Sender connections open now (within the limit or not). */

@@ -413,6 +413,11 @@ class Exchange {
     this.#upstreamPath = upstreamTarget(route, target);
     this.#csrfApplies = route.csrf !== undefined && isModifying(this.#method);
     this.#csrf = this.#csrfApplies ? route.csrf?.current : undefined;
+    this.#sendThrough(route);
+  }
+
+  /** Send through `route` with its own token: the cached one at once, else once it has been fetched. */
+  #sendThrough(route: Route): void {
     const tokens = this.#options.tokens;
     const token = tokens.cachedToken(route.tokenClient);
     if (token !== undefined) this.#attemptWith(route, token);
@@ -431,9 +436,7 @@ class Exchange {
         (err: unknown) => {
           const now = this.#currentRoute();
           if (now === route || this.#senderGone) throw err;
-          const cached = this.#options.tokens.cachedToken(now.tokenClient);
-          if (cached !== undefined) this.#attemptWith(now, cached);
-          else this.#continueWithToken(now, this.#options.tokens.getToken(now.tokenClient));
+          this.#sendThrough(now);
         },
       )
       .catch((err: unknown) => this.fail(err));
@@ -447,10 +450,7 @@ class Exchange {
     const route = this.#currentRoute();
     if (route === before) return this.#attemptWith(route, token);
     // Never the old credentials' token through the new route: its own, waited for when it has none yet.
-    const tokens = this.#options.tokens;
-    const cached = tokens.cachedToken(route.tokenClient);
-    if (cached !== undefined) this.#attemptWith(route, cached);
-    else this.#continueWithToken(route, tokens.getToken(route.tokenClient));
+    this.#sendThrough(route);
   }
 
   /** Send with this token from now on (the cached one, or one just fetched). */

@@ -90,3 +90,15 @@ export class DigestStream extends Transform {
     return this.#digest;
   }
 }
+
+/**
+ * A point a server handler waits at, to hold a request in flight: `arrived()` marks that it got there
+ * (`arrival` resolves), and it goes on once `release()` is called (`released` resolves).
+ */
+export function gate(): { arrival: Promise<void>; arrived: () => void; released: Promise<void>; release: () => void } {
+  let arrived!: () => void;
+  const arrival = new Promise<void>((resolve) => (arrived = resolve));
+  let release!: () => void;
+  const released = new Promise<void>((resolve) => (release = resolve));
+  return { arrival, arrived, released, release };
+}

@@ -3,6 +3,7 @@ import { startOAuthServer, type OAuthClient, type OAuthServer, type OAuthServerO
 import { createPki, type Pki } from './pki.js';
 import { scratch } from './sidecar.js';
 import { startUpstream, type Upstream } from './upstream.js';
+import { gate } from './net.js';
 
 export interface World {
   pki: Pki;
@@ -40,10 +41,7 @@ export async function startWorld(clients: readonly OAuthClient[], options: Omit<
 
 /** A handler that holds requests to `path` until released, to have a request in flight. */
 export function holdRequests(upstream: Upstream, path: string, answer = 'done') {
-  let release!: () => void;
-  const released = new Promise<void>((resolve) => (release = resolve));
-  let arrived!: () => void;
-  const arrival = new Promise<void>((resolve) => (arrived = resolve));
+  const { arrival, arrived, released, release } = gate();
   upstream.setHandler(async (req, res, body) => {
     if (req.url !== path) return false;
     body.resume();

@@ -18,7 +18,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'undici';
 import { createProxyServer, DEFAULT_SERVER_LIMITS, type ProxyObserver } from '../../src/proxy.js';
 import { MAX_TOKEN_RESPONSE_BYTES } from '../../src/token-client.js';
-import { SocketTracker, closeServer, listen } from '../helpers/net.js';
+import { SocketTracker, closeServer, gate, listen } from '../helpers/net.js';
 import { startOAuthServer, type OAuthServer } from '../helpers/oauth-server.js';
 import { createPki, type Pki } from '../helpers/pki.js';
 import { parseAnswer, rawOpen, rawRequest, type RawAnswer } from '../helpers/raw-http.js';
@@ -1152,10 +1152,7 @@ describe('sender faults and abuse', () => {
 
     it('a malformed chunk in a refused upload pipelined behind an answer owed: both answers, then the connection closes at once', async () => {
       const s = await extraSidecar([]);
-      let release!: () => void;
-      const released = new Promise<void>((resolve) => (release = resolve));
-      let arrived!: () => void;
-      const arrival = new Promise<void>((resolve) => (arrived = resolve));
+      const { arrival, arrived, released, release } = gate();
       upstream.handler = async (req, res) => {
         if (!req.url?.includes('owed-slow')) return false;
         arrived();

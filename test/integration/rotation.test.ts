@@ -10,6 +10,7 @@ import { ConfigError } from '../../src/errors.js';
 import { createLoggers } from '../../src/logger.js';
 import { startSidecar } from '../../src/sidecar.js';
 import { startOAuthServer, type OAuthServer } from '../helpers/oauth-server.js';
+import { gate } from '../helpers/net.js';
 import { createPki, type Pki } from '../helpers/pki.js';
 import { runSidecar, scratch, type RunningSidecar } from '../helpers/sidecar.js';
 import { startUpstream, type Upstream } from '../helpers/upstream.js';
@@ -131,10 +132,7 @@ async function rotated(s: RunningSidecar, count = 1): Promise<void> {
  * answers 401: the sidecar must send it again, through the new route, and the sender get that answer.
  */
 async function expectResentAcrossRotation(s: RunningSidecar, path: string, url: string): Promise<void> {
-  let release!: () => void;
-  const released = new Promise<void>((resolve) => (release = resolve));
-  let arrived!: () => void;
-  const arrival = new Promise<void>((resolve) => (arrived = resolve));
+  const { arrival, arrived, released, release } = gate();
   let held = 0;
   upstream.setHandler(async (req, res, body) => {
     if (req.url !== url || held > 0) return false;
@@ -290,10 +288,7 @@ describe('credential rotation under load', () => {
     const fetches: Array<{ client: string | undefined; cookie: string | undefined }> = [];
     const posts: Array<{ client: string | undefined; csrf: string | undefined; cookie: string | undefined }> = [];
     const sessions = new Map<string, string>(); // csrf token → client
-    let release!: () => void;
-    const released = new Promise<void>((resolve) => (release = resolve));
-    let arrived!: () => void;
-    const arrival = new Promise<void>((resolve) => (arrived = resolve));
+    const { arrival, arrived, released, release } = gate();
     let held = false;
     upstream.setHandler(async (req, res, body) => {
       const client = (upstream.requests.at(-1)?.claims as { client_id?: string } | undefined)?.client_id;
@@ -410,10 +405,7 @@ describe('credential rotation under load', () => {
     const path = await files.write('reconnect.json', keyJson(OLD.id, OLD.secret));
     const s = await start(path);
     await request(`${s.url}/http/echo?warm`).then((r) => r.body.dump()); // the pooled connection
-    let release!: () => void;
-    const released = new Promise<void>((resolve) => (release = resolve));
-    let arrived!: () => void;
-    const arrival = new Promise<void>((resolve) => (arrived = resolve));
+    const { arrival, arrived, released, release } = gate();
     let held = false;
     upstream.setHandler(async (req) => {
       if (req.url !== '/http/echo?reset-across' || held) return false;
