@@ -275,7 +275,7 @@ function describeCertificate(chainPem: string, notAfter: Date, now: number): Fin
 /** Client authentication, lifetime and the token's own client id: never the token. */
 export function describeToken(token: AccessToken, claims: JwtClaims | undefined, client: Pick<TokenClient, 'authMethod'>, credentials: Credentials): Finding[] {
   const lifetimeS = Math.round((token.expiresAt - token.issuedAt) / 1000);
-  const from = { expires_in: 'expires_in', jwt: 'the JWT exp', default: 'assumed: no expires_in, no JWT exp' }[token.lifetimeSource];
+  const from = { expires_in: 'expires_in', jwt: 'the JWT, exp - iat or exp', default: 'assumed: no expires_in, no JWT exp' }[token.lifetimeSource];
   const findings = [
     finding('ok', `token obtained with ${client.authMethod}: lifetime ${lifetimeS} s (${from}), expires ${new Date(token.expiresAt).toISOString()}`),
   ];

@@ -3,7 +3,8 @@
  * steps 1–6, no signature check).
  *
  * The sidecar is the token's client, not its audience: it only needs `exp`
- * when the token server omits `expires_in`, and the scopes for diagnostics.
+ * and `iat` for the token's lifetime (alone without `expires_in`, a bound on
+ * it with), and the scopes for diagnostics.
  * The upstream verifies the signature.
  */
 

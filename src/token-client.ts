@@ -29,6 +29,13 @@ export const DEFAULT_TOKEN_LIFETIME_S = 300;
  * Infinity) is not a valid date; the token is refreshed at 75 % of the capped lifetime like any other.
  */
 export const MAX_TOKEN_LIFETIME_S = 86_400;
+/**
+ * Longest `Retry-After` believed from the token server: 5 min. Until it ends, senders without a valid token get
+ * 503, and nothing but a restart or a rotation shortens it; one stray header (a gateway's, `999999999`, a date
+ * in the year 9999) would otherwise close the route for good. A real rate limit (XSUAA counts per second)
+ * asks for seconds.
+ */
+export const MAX_RETRY_AFTER_S = 300;
 const DEFAULT_CONNECT_TIMEOUT_MS = 5_000;
 /** Token responses are small; anything larger is refused rather than buffered. */
 export const MAX_TOKEN_RESPONSE_BYTES = 64 * 1024;
@@ -233,10 +240,12 @@ export class TokenClient {
     }
     const type = body['token_type'];
     if (type !== undefined && (typeof type !== 'string' || type.toLowerCase() !== 'bearer')) {
-      throw this.#invalid(`token_type is ${JSON.stringify(String(type)).slice(0, 40)}, not bearer`);
+      // Redacted like an error description: a server or proxy that echoes the request must not put its
+      // credentials into the message.
+      throw this.#invalid(`token_type is "${printable(redact(String(type), this.#secrets), 40)}", not bearer`);
     }
     const claims = decodeJwtClaims(value);
-    const { expiresAt, lifetimeSource } = lifetimeOf(body['expires_in'], claims?.exp, issuedAt);
+    const { expiresAt, lifetimeSource } = lifetimeOf(body['expires_in'], claims, issuedAt);
     const scopeField = body['scope'];
     const scopes = typeof scopeField === 'string' ? scopeField.split(' ').filter(Boolean) : (claims?.scope ?? []);
     return { value, issuedAt, expiresAt, scopes, lifetimeSource };
@@ -363,22 +372,36 @@ function cacheKeyOf(credentials: Credentials, settings: TokenRequestSettings): s
 const TOKEN_CHARS = /^[\x21-\x7e]+$/;
 
 /**
- * `expires_in` when positive, else the JWT `exp` when still ahead, else the default; never more than
- * `MAX_TOKEN_LIFETIME_S` (so an earlier `exp` wins over the cap).
+ * The shorter of `expires_in` (when positive) and the JWT's own lifetime, else the default; never more than
+ * `MAX_TOKEN_LIFETIME_S`. The JWT's lifetime is `exp - iat` when it has both: the token server's clock against
+ * itself, so a local clock that is off neither shortens nor stretches it (`exp - now` alone, off by an hour,
+ * made a 1-h token one of 4 s, or served one for half an hour past its expiry). Without `iat` it is `exp`
+ * against the local clock, while that is still ahead.
  */
 function lifetimeOf(
   expiresIn: unknown,
-  exp: number | undefined,
+  claims: { exp?: number | undefined; iat?: number | undefined } | undefined,
   issuedAt: number,
 ): Pick<AccessToken, 'expiresAt' | 'lifetimeSource'> {
-  const latest = issuedAt + MAX_TOKEN_LIFETIME_S * 1000;
+  const capMs = MAX_TOKEN_LIFETIME_S * 1000;
   const seconds = typeof expiresIn === 'string' ? Number(expiresIn) : expiresIn;
   // Infinity (`1e999` in the JSON) is a lifetime too long to count: capped like any other.
-  if (typeof seconds === 'number' && seconds > 0) {
-    return { expiresAt: Math.min(issuedAt + seconds * 1000, latest), lifetimeSource: 'expires_in' };
+  const fromExpiresIn = typeof seconds === 'number' && seconds > 0 ? Math.min(seconds * 1000, capMs) : undefined;
+  const fromJwt = jwtLifetimeMs(claims, issuedAt);
+  if (fromExpiresIn !== undefined && (fromJwt === undefined || fromExpiresIn <= fromJwt)) {
+    return { expiresAt: issuedAt + fromExpiresIn, lifetimeSource: 'expires_in' };
   }
-  if (exp !== undefined && exp * 1000 > issuedAt) return { expiresAt: Math.min(exp * 1000, latest), lifetimeSource: 'jwt' };
+  if (fromJwt !== undefined) return { expiresAt: issuedAt + Math.min(fromJwt, capMs), lifetimeSource: 'jwt' };
   return { expiresAt: issuedAt + DEFAULT_TOKEN_LIFETIME_S * 1000, lifetimeSource: 'default' };
+}
+
+/** Milliseconds the JWT claims it is valid for from now (see `lifetimeOf`), or undefined. */
+function jwtLifetimeMs(claims: { exp?: number | undefined; iat?: number | undefined } | undefined, issuedAt: number): number | undefined {
+  const exp = claims?.exp;
+  if (exp === undefined || !Number.isFinite(exp)) return undefined;
+  const iat = claims?.iat;
+  const ms = iat !== undefined && Number.isFinite(iat) && iat < exp ? (exp - iat) * 1000 : exp * 1000 - issuedAt;
+  return ms > 0 ? ms : undefined;
 }
 
 /**
@@ -411,14 +434,14 @@ function printable(text: string, max: number): string {
 export function parseRetryAfter(value: string | string[] | undefined, now: number): number | undefined {
   const raw = (Array.isArray(value) ? value[0] : value)?.trim();
   if (!raw) return undefined;
-  if (/^\d+$/.test(raw)) return Number(raw) > 0 ? Number(raw) : undefined;
+  if (/^\d+$/.test(raw)) return Number(raw) > 0 ? Math.min(Number(raw), MAX_RETRY_AFTER_S) : undefined;
   // An HTTP-date names its weekday and month; a number that is not delay-seconds ("1.5", "-1") is not a
   // date, although Date.parse would make one of it.
   if (!/[a-z]/i.test(raw)) return undefined;
   const date = Date.parse(raw);
   if (Number.isNaN(date)) return undefined;
   const seconds = Math.ceil((date - now) / 1000);
-  return seconds > 0 ? seconds : undefined;
+  return seconds > 0 ? Math.min(seconds, MAX_RETRY_AFTER_S) : undefined;
 }
 
 /** The body as text, or undefined when it is larger than `limit` (then it is not read further). */

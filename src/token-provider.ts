@@ -13,7 +13,7 @@
  * certificate fingerprint — never the secret).
  */
 import { LRUCache } from 'lru-cache';
-import { SidecarError } from './errors.js';
+import { SidecarError, isTransientTokenError } from './errors.js';
 import type { AccessToken } from './token-client.js';
 
 /** What the provider needs of a token client. */
@@ -130,7 +130,9 @@ export class TokenProvider {
     }
     // The stale value is past its safety margin, or revoked (then possibly still within its TTL, e.g. after
     // a failed refresh): wait for the fetch already started by the call above, or start one. Never hand it out.
-    return this.#cache.forceFetch(key, { context: source, allowStale: false, forceRefresh: cached !== undefined });
+    const fresh = await this.#cache.forceFetch(key, { context: source, allowStale: false, forceRefresh: cached !== undefined });
+    if (!this.#usable(fresh, this.#now())) throw unusableOnArrival(fresh);
+    return fresh;
   }
 
   #hit(token: AccessToken): AccessToken {
@@ -303,11 +305,24 @@ export class TokenProvider {
 }
 
 /**
- * The last failure, re-thrown during backoff, tells the sender when to come back: the time left until the
- * next attempt, which already includes the token server's own Retry-After, counting down.
+ * A transient failure, re-thrown during backoff, tells the sender when to come back: the time left until the
+ * next attempt, which already includes the token server's own Retry-After, counting down. A final one (the
+ * credentials rejected, a malformed answer: 502) is re-thrown as it came, without a `Retry-After`.
  */
 function withRetryAfter(error: unknown, remainingMs: number): unknown {
-  if (!(error instanceof SidecarError)) return error;
+  if (!(error instanceof SidecarError) || !isTransientTokenError(error)) return error;
   const seconds = Math.max(1, Math.ceil(remainingMs / 1000));
   return new SidecarError(error.code, error.message, { cause: error.cause, retryAfter: seconds });
+}
+
+/**
+ * A token already inside its safety margin when it arrived (a lifetime shorter than the fetch took): handing it
+ * out would send a token the upstream is about to reject.
+ */
+function unusableOnArrival(token: AccessToken): SidecarError {
+  const lifetimeMs = Math.round(token.expiresAt - token.issuedAt);
+  return new SidecarError(
+    'TOKEN_RESPONSE_INVALID',
+    `the token server's token was about to expire when it arrived (lifetime ${lifetimeMs} ms, from ${token.lifetimeSource}) — check the token server's expires_in`,
+  );
 }

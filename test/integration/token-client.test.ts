@@ -5,6 +5,7 @@ import type { CertificateCredentials, SecretCredentials } from '../../src/creden
 import { SidecarError } from '../../src/errors.js';
 import {
   createTokenClient,
+  MAX_RETRY_AFTER_S,
   MAX_TOKEN_LIFETIME_S,
   MAX_TOKEN_RESPONSE_BYTES,
   TokenClient,
@@ -158,6 +159,30 @@ describe('token client against a token endpoint that checks credentials', () => 
     expect(endpoint.requests).toHaveLength(1);
   });
 
+  it('believes a Retry-After of at most MAX_RETRY_AFTER_S: a stray one must not close the route for good', async () => {
+    for (const retryAfter of ['999999999', '99999999999999999999999', 'Fri, 31 Dec 9999 23:59:59 GMT']) {
+      endpoint.fail({ kind: 'status', status: 429, headers: { 'retry-after': retryAfter } });
+      const err = await failure(client(secretCredentials()).fetchToken());
+      expect({ retryAfter, code: err.code, seconds: err.retryAfter }).toEqual({ retryAfter, code: 'TOKEN_RATE_LIMITED', seconds: MAX_RETRY_AFTER_S });
+    }
+    expect(endpoint.requests).toHaveLength(3);
+  });
+
+  it('a token_type that is not bearer is TOKEN_RESPONSE_INVALID, and a credential echoed in it is not quoted', async () => {
+    // What the client really sends in its Basic header (both parts form-encoded), as an echoing server returns it.
+    const formEncoded = (value: string) => new URLSearchParams({ s: value }).toString().slice(2);
+    const basic = Buffer.from(`${formEncoded(CLIENT_ID)}:${formEncoded(SECRET)}`).toString('base64');
+    for (const type of [SECRET, basic, 'mac']) {
+      endpoint.fail({ kind: 'body', body: JSON.stringify({ access_token: 'tok-7-x', token_type: type, expires_in: 3600 }) });
+      const err = await failure(client(secretCredentials()).fetchToken());
+      expect(err.code).toBe('TOKEN_RESPONSE_INVALID');
+      expect(err.message).toContain('not bearer');
+      expectNoSecrets(err.message);
+      expect(err.message).not.toContain(basic.slice(0, 12));
+    }
+    expect(endpoint.requests).toHaveLength(3);
+  });
+
   it('invalid JSON and a body without access_token are TOKEN_RESPONSE_INVALID, not retried', async () => {
     endpoint.fail({ kind: 'body', body: '<html>login</html>' });
     expect((await failure(client(secretCredentials()).fetchToken())).code).toBe('TOKEN_RESPONSE_INVALID');
@@ -219,6 +244,31 @@ describe('token client against a token endpoint that checks credentials', () => 
     endpoint.fail({ kind: 'body', body: JSON.stringify({ access_token: jwt(exp), token_type: 'bearer' }) });
     const near = await client(secretCredentials()).fetchToken();
     expect([near.expiresAt, near.lifetimeSource]).toEqual([exp * 1000, 'jwt']);
+  });
+
+  it("the JWT's exp - iat bounds expires_in and stands in for it, whatever the local clock says", async () => {
+    const jwt = (claims: { exp: number; iat?: number }) =>
+      [{ alg: 'none' }, claims].map((part) => Buffer.from(JSON.stringify(part)).toString('base64url')).join('.') + '.sig';
+    const now = Math.floor(Date.now() / 1000);
+    const fetched = async (claims: { exp: number; iat?: number }, expiresIn?: number) => {
+      endpoint.fail({ kind: 'body', body: JSON.stringify({ access_token: jwt(claims), token_type: 'bearer', expires_in: expiresIn }) });
+      return client(secretCredentials()).fetchToken();
+    };
+    const lifetime = async (claims: { exp: number; iat?: number }, expiresIn?: number) => {
+      const token = await fetched(claims, expiresIn);
+      return [(token.expiresAt - token.issuedAt) / 1000, token.lifetimeSource];
+    };
+    // expires_in overstating the token's own lifetime: the JWT wins; XSUAA's usual one second less: expires_in.
+    expect(await lifetime({ iat: now, exp: now + 60 }, 3600)).toEqual([60, 'jwt']);
+    expect(await lifetime({ iat: now, exp: now + 43_200 }, 43_199)).toEqual([43_199, 'expires_in']);
+    // The local clock an hour behind the token server's, and (nearly) an hour ahead: still the token's hour.
+    expect(await lifetime({ iat: now + 3600, exp: now + 7200 })).toEqual([3600, 'jwt']);
+    expect(await lifetime({ iat: now - 3595, exp: now + 5 })).toEqual([3600, 'jwt']);
+    expect(await lifetime({ iat: now - 7200, exp: now - 3600 })).toEqual([3600, 'jwt']);
+    // Without iat, exp against the local clock, while it is still ahead.
+    const alone = await fetched({ exp: now + 600 });
+    expect([alone.expiresAt, alone.lifetimeSource]).toEqual([(now + 600) * 1000, 'jwt']);
+    expect(await lifetime({ exp: now - 1 })).toEqual([300, 'default']);
   });
 
   it('a 429 with Retry-After 0 or a non-integer waits the normal 429 backoff, not 0 ms', async () => {

@@ -229,6 +229,30 @@ describe('TokenProvider', () => {
     expect(await again).toBe(token);
   });
 
+  it('during backoff a final failure (credentials rejected) is re-thrown as it came, without Retry-After (a 502, not a 503)', async () => {
+    const { clock, provider, source } = setup({ backoff: { minMs: 4_000, maxMs: 20_000 } });
+    const first = expect(provider.getToken(source)).rejects.toMatchObject({ code: 'TOKEN_REJECTED', retryAfter: undefined });
+    await flush();
+    await source.fail(new SidecarError('TOKEN_REJECTED', 'token server rejected the client credentials (401)'));
+    await first;
+    clock.now += 1_000;
+    await expect(provider.getToken(source)).rejects.toMatchObject({ code: 'TOKEN_REJECTED', retryAfter: undefined });
+    expect(source.calls).toBe(1);
+  });
+
+  it('never hands out a token that was inside its safety margin when it arrived: fails TOKEN_RESPONSE_INVALID', async () => {
+    const { provider, source } = setup();
+    const result = provider.getToken(source).then(
+      (token) => token,
+      (error: unknown) => error,
+    );
+    await flush();
+    await source.issue(0); // the cold fetch's token is already due: fetched once more
+    expect(source.calls).toBe(2);
+    await source.issue(0);
+    expect(await result).toMatchObject({ code: 'TOKEN_RESPONSE_INVALID', message: expect.stringContaining('about to expire when it arrived') });
+  });
+
   it('refreshes once after an upstream rejection, however many requests saw it', async () => {
     const { provider, source, events } = setup();
     const first = provider.getToken(source);

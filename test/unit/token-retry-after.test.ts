@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { parseRetryAfter } from '../../src/token-client.js';
+import { MAX_RETRY_AFTER_S, parseRetryAfter } from '../../src/token-client.js';
 
 const NOW = Date.parse('2025-06-01T12:00:00Z');
 
@@ -11,5 +11,12 @@ describe('parseRetryAfter (RFC 9110 §10.2.3)', () => {
     expect(parseRetryAfter(' 7 ', NOW)).toBe(7);
     expect(parseRetryAfter(['3', '9'], NOW)).toBe(3);
     expect(parseRetryAfter('Sun, 01 Jun 2025 12:00:30 GMT', NOW)).toBe(30);
+  });
+
+  it('believes a wait of at most MAX_RETRY_AFTER_S, in seconds or as a date', () => {
+    expect(parseRetryAfter(String(MAX_RETRY_AFTER_S), NOW)).toBe(MAX_RETRY_AFTER_S);
+    for (const value of [String(MAX_RETRY_AFTER_S + 1), '999999999', '1'.repeat(30), 'Fri, 31 Dec 9999 23:59:59 GMT']) {
+      expect([value, parseRetryAfter(value, NOW)]).toEqual([value, MAX_RETRY_AFTER_S]);
+    }
   });
 });
