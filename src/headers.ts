@@ -47,8 +47,11 @@ export const HOP_BY_HOP: ReadonlySet<string> = new Set([
  *   sets its own Bearer token and inbound secrets must not travel on;
  * - `host` (undici sets the upstream's) and `expect` (node's server already answered
  *   100-continue; undici throws NotSupportedError on it);
- * - `forwarded` (RFC 7239) — the sender's claims are not trusted; `x-forwarded-*`
- *   is matched by prefix (request direction only).
+ * - `forwarded` (RFC 7239) and the de-facto client-address fields — the sender's
+ *   claims are not trusted; `x-forwarded-*` is matched by prefix (request direction only);
+ * - `x-original-url` and `x-rewrite-url`: some servers (IIS, frameworks behind it) take
+ *   the request's path from them, which would reach paths outside the sender's route
+ *   with the route's token.
  */
 const REQUEST_DROP: ReadonlySet<string> = new Set([
   ...HOP_BY_HOP,
@@ -58,6 +61,12 @@ const REQUEST_DROP: ReadonlySet<string> = new Set([
   'host',
   'expect',
   'forwarded',
+  'x-real-ip',
+  'x-client-ip',
+  'x-cluster-client-ip',
+  'true-client-ip',
+  'x-original-url',
+  'x-rewrite-url',
 ]);
 
 /**

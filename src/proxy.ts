@@ -196,6 +196,8 @@ const OVER_LIMIT = Symbol('oauth-sidecar.over-limit');
  * further requests are processed on that connection).
  */
 const CLOSING = Symbol('oauth-sidecar.closing');
+/** `Max-Forwards = 1*DIGIT` (RFC 9110 §7.6.2); node has trimmed the value. */
+const DIGITS = /^\d+$/;
 /** How many answers this connection still owes (requests taken on, whose responses have not closed). */
 const OWED = Symbol('oauth-sidecar.owed');
 type MarkedSocket = Socket & { [OVER_LIMIT]?: true; [CLOSING]?: true; [OWED]?: number };
@@ -387,10 +389,11 @@ class Exchange {
       const refusal = new SidecarError('REQUEST_REFUSED', 'TRACE is not forwarded: the answer would echo the access token', { refusalStatus: 405 });
       return this.#refuse(refusal, { allow: ALLOWED_METHODS });
     }
-    // RFC 9110 §7.6.2: an OPTIONS with Max-Forwards 0 is answered here, any other value is counted down.
+    // RFC 9110 §7.6.2: an OPTIONS with Max-Forwards 0 is answered here, any other value is counted down. One that
+    // is not `1*DIGIT` ("0x10", "0.9", "-1") is no count: it goes on as it came.
     const maxForwards = req.method === 'OPTIONS' ? req.headers['max-forwards'] : undefined;
-    if (typeof maxForwards === 'string') {
-      const hops = Number.parseInt(maxForwards, 10);
+    if (typeof maxForwards === 'string' && DIGITS.test(maxForwards)) {
+      const hops = Number(maxForwards);
       if (hops === 0) return this.#answerOptions();
       if (hops > 0) this.#maxForwards = hops;
     }
@@ -966,6 +969,12 @@ class UpstreamCall implements Dispatcher.DispatchHandler, ConnectionListener {
       return;
     }
     this.upstreamMs = performance.now() - this.#sentAt;
+    // Three digits, but no HTTP status (RFC 9110 §15: 100–599); node would write it on, as node's `writeHead`
+    // refuses only what is not three digits: failed like such a refusal.
+    if (statusCode > 599) {
+      controller.abort(Object.assign(new RangeError(`status ${statusCode} is not an HTTP status`), { code: 'ERR_HTTP_INVALID_STATUS_CODE' }));
+      return;
+    }
     try {
       this.#verdict = this.#exchange.decide(statusCode, headers);
       if (this.#verdict !== 'deliver' && this.#exchange.holdingAnswer) this.#held = [];

@@ -25,6 +25,10 @@ const ANSWERS: Record<string, (socket: TLSSocket, head: string) => void> = {
   '/cut': (socket) => {
     socket.write('HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\na\r\n0123456789\r\n', () => socket.destroy());
   },
+  // Three digits, but no HTTP status (RFC 9110 §15: 100–599).
+  '/status-999': (socket) => {
+    socket.write('HTTP/1.1 999 Whatever\r\ncontent-length: 2\r\n\r\nok');
+  },
   '/gzip-te': (socket) => {
     socket.write('HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n5\r\n\x1f\x8b\x08\x00\x00\r\n0\r\n\r\n');
   },
@@ -245,6 +249,14 @@ describe('upstream answers that cannot be passed on as they are', () => {
     expect(answer.status, answer.text).toBe(502);
     expect(answer.headers['x-sidecar-error']).toBe('UPSTREAM_UNREACHABLE');
     expect((JSON.parse(answer.body) as { message: string }).message).toMatch(/transfer coding other than chunked/);
+    await expectServing();
+  });
+
+  it('a status outside 100–599 → 502 UPSTREAM_UNREACHABLE, not passed on for the sender to guess at', async () => {
+    const answer = await rawRequest(sidecar.address.port, 'GET /status-999 HTTP/1.1\r\nHost: localhost\r\n\r\n', { timeoutMs: BOUND_MS, untilResponse: true });
+    expect(answer.status, answer.text).toBe(502);
+    expect(answer.headers['x-sidecar-error']).toBe('UPSTREAM_UNREACHABLE');
+    expect((JSON.parse(answer.body) as { message: string }).message).toMatch(/cannot be passed on \(ERR_HTTP_INVALID_STATUS_CODE\)/);
     await expectServing();
   });
 

@@ -37,11 +37,11 @@ describe('requestHeadersForUpstream', () => {
     expect(out).toEqual({ accept: '*/*' });
   });
 
-  it.each(['host', 'expect', 'forwarded', 'close'])('drops %s', (name) => {
+  it.each(['host', 'expect', 'forwarded', 'close', 'x-original-url', 'X-Rewrite-URL'])('drops %s', (name) => {
     expect(requestHeadersForUpstream({ [name]: 'v', 'x-keep': '1' })).toEqual({ 'x-keep': '1' });
   });
 
-  it.each(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-port', 'x-forwarded-prefix', 'x-forwarded-client-cert'])(
+  it.each(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-port', 'x-forwarded-prefix', 'x-forwarded-client-cert', 'x-real-ip', 'x-client-ip', 'x-cluster-client-ip', 'true-client-ip'])(
     'drops the sender claim %s',
     (name) => {
       expect(requestHeadersForUpstream({ [name]: '203.0.113.9', 'x-keep': '1' })).toEqual({ 'x-keep': '1' });
