@@ -45,7 +45,14 @@ export async function readCredentialSource(source: CredentialSource): Promise<Ra
 export async function readClientCert(source: ClientCertSource): Promise<ClientKeyPair> {
   if (source.kind === 'files') {
     const { certFile, keyFile } = source;
-    const [certificate, key] = await settleReads(readNonEmpty(certFile), readNonEmpty(keyFile));
+    const dir = dirname(certFile);
+    // Two files of one secret volume (`/tls/tls.crt`, `/tls/tls.key`): both from one version, as below.
+    const [certificate, key] =
+      dirname(keyFile) === dir
+        ? await readOneGeneration(dir, (from) =>
+            settleReads(readNonEmpty(join(from, basename(certFile)), certFile), readNonEmpty(join(from, basename(keyFile)), keyFile)),
+          )
+        : await settleReads(readNonEmpty(certFile), readNonEmpty(keyFile));
     return { certificate, key, source: `${certFile}, ${keyFile}` };
   }
   const { dir } = source;
@@ -313,12 +320,10 @@ async function findBindings(dirs: string[]): Promise<Binding[]> {
 }
 
 async function readTypeFile(dir: string): Promise<string | undefined> {
-  try {
-    return (await readFile(join(dir, TYPE_FILE), 'utf8')).trim();
-  } catch (err) {
-    if (errorCode(err) === 'ENOENT' || errorCode(err) === 'EISDIR') return undefined;
-    fail(join(dir, TYPE_FILE), describeFsError(err));
-  }
+  const path = join(dir, TYPE_FILE);
+  const info = await statOrAbsent(path);
+  if (info === undefined || info.isDirectory()) return undefined;
+  return (await readText(path)).trim();
 }
 
 /** The binding named, else the only `it-rt` one, else the only one. */
@@ -375,11 +380,26 @@ async function listDir(dir: string): Promise<{ files: string[]; dirs: string[] }
   const files: string[] = [];
   const dirs: string[] = [];
   for (const name of names) {
-    const info = await statOrFail(join(dir, name));
-    if (info.isDirectory()) dirs.push(join(dir, name));
-    else if (info.isFile()) files.push(name);
+    const info = await statOrAbsent(join(dir, name));
+    if (info?.isDirectory()) dirs.push(join(dir, name));
+    else if (info?.isFile()) files.push(name);
   }
   return { files, dirs };
+}
+
+/**
+ * A link that leads nowhere (or in a loop) is no entry: the kubelet swaps `..data` first and removes the links of
+ * fields the new version dropped only after it, and a stray broken link beside the key is not part of it. A field
+ * that is needed and gone is reported as missing, by name.
+ */
+async function statOrAbsent(path: string): Promise<Stats | undefined> {
+  try {
+    return await stat(path);
+  } catch (err) {
+    const code = errorCode(err);
+    if (code === 'ENOENT' || code === 'ELOOP') return undefined;
+    fail(path, describeFsError(err));
+  }
 }
 
 async function statOrFail(path: string): Promise<Stats> {
@@ -390,12 +410,26 @@ async function statOrFail(path: string): Promise<Stats> {
   }
 }
 
-/** `label`: the path as the user knows it (a file behind `..data` is named as seen in its secret directory). */
+/**
+ * The largest file read as (part of) a service key or client certificate: a Kubernetes secret holds at most
+ * 1 MiB. A larger one is no key, and reading it whole (again at every poll) could take the container's memory.
+ */
+export const MAX_KEY_FILE_BYTES = 1024 * 1024;
+
+/**
+ * `label`: the path as the user knows it (a file behind `..data` is named as seen in its secret directory).
+ * Only a regular file is read: a FIFO put in a key's place would block the read, and with it every later
+ * reload, for good.
+ */
 async function readText(path: string, label = path): Promise<string> {
   try {
+    const info = await stat(path);
+    if (!info.isFile()) fail(label, 'is not a regular file');
+    if (info.size > MAX_KEY_FILE_BYTES) fail(label, `is larger than 1 MiB (${info.size} bytes), which no service key or certificate is`);
     return await readFile(path, 'utf8');
   } catch (err) {
-    fail(label, describeFsError(err));
+    if (err instanceof ConfigError) throw err;
+    return fail(label, describeFsError(err));
   }
 }
 

@@ -114,6 +114,35 @@ describe('reading a kubelet secret directory while ..data is swapped', () => {
     expect(await readClientCert({ kind: 'tls-dir', dir })).toEqual({ certificate: 'NEW-CERT', key: 'NEW-KEY', source: dir });
   });
 
+  it('reads --client-cert and --client-key in one secret volume from one version too', async () => {
+    const { dir, ...secret } = await kubeletSecret({ 'tls.crt': 'OLD-CERT', 'tls.key': 'OLD-KEY' });
+    // As above: the key is read first, the certificate only after the swap.
+    let swapped!: () => void;
+    const swapDone = new Promise<void>((resolve) => (swapped = resolve));
+    let first = true;
+    fsHooks.read = async (path, read) => {
+      if (!first) return read();
+      if (basename(path) === 'tls.crt') {
+        await swapDone;
+        first = false;
+        return read();
+      }
+      const text = await read();
+      await secret.swap({ 'tls.crt': 'NEW-CERT', 'tls.key': 'NEW-KEY' });
+      swapped();
+      return text;
+    };
+    const certFile = join(dir, 'tls.crt');
+    const keyFile = join(dir, 'tls.key');
+    expect(await readClientCert({ kind: 'files', certFile, keyFile })).toEqual({ certificate: 'NEW-CERT', key: 'NEW-KEY', source: `${certFile}, ${keyFile}` });
+  });
+
+  it('a field the new version dropped, whose link the kubelet removes only after the swap, is absent, not an error', async () => {
+    const { dir, ...secret } = await kubeletSecret({ ...OLD, certificate: 'OLD-CERT', key: 'OLD-KEY' });
+    await secret.swap(NEW); // the certificate and key links are left, leading nowhere
+    expect((await readCredentialSource({ kind: 'path', path: dir })).raw).toEqual(NEW);
+  });
+
   it('reads a directory without ..data file by file, as before', async () => {
     // A plain directory: the kubelet's, with its links replaced by the files themselves.
     const { dir } = await kubeletSecret(OLD);

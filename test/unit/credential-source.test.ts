@@ -1,8 +1,9 @@
-import { mkdir, mkdtemp, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises';
+import { execFileSync } from 'node:child_process';
+import { mkdir, mkdtemp, readFile, rename, rm, symlink, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { readClientCert, readCredentialSource, settleReads, watchTargets } from '../../src/credential-source.js';
+import { MAX_KEY_FILE_BYTES, readClientCert, readCredentialSource, settleReads, watchTargets } from '../../src/credential-source.js';
 import type { CredentialSource } from '../../src/credentials.js';
 import { ConfigError, type ConfigProblem } from '../../src/errors.js';
 import { parseServiceKey } from '../../src/service-key.js';
@@ -112,6 +113,23 @@ describe('readCredentialSource: JSON file', () => {
     ]);
   });
 
+  it('reads only a regular file: a FIFO in the key\'s place is refused at once, not waited on for good', async () => {
+    const fifo = join(await tempDir(), 'key.json');
+    execFileSync('mkfifo', [fifo]);
+    expect(await problemsOf(readCredentialSource({ kind: 'path', path: fifo }))).toEqual([
+      { source: fifo, field: '', message: 'is not a regular file' },
+    ]);
+  });
+
+  it('refuses a file over MAX_KEY_FILE_BYTES (a Kubernetes secret holds at most 1 MiB) instead of reading it whole', async () => {
+    const file = join(await tempDir(), 'key.json');
+    await writeFile(file, '');
+    await truncate(file, MAX_KEY_FILE_BYTES + 1); // sparse: nothing is written
+    expect(await problemsOf(readCredentialSource({ kind: 'path', path: file }))).toEqual([
+      { source: file, field: '', message: `is larger than 1 MiB (${MAX_KEY_FILE_BYTES + 1} bytes), which no service key or certificate is` },
+    ]);
+  });
+
   it('does not echo content when the parser gives no position', async () => {
     const file = join(await tempDir(), 'key.json');
     await writeFile(file, 'FAKE-secret-2');
@@ -178,6 +196,17 @@ describe('readCredentialSource: secret directories', () => {
     const dir = await writeKubeletSecret(await tempDir(), { oauth: JSON.stringify(OAUTH) });
     await rotateKubeletSecret(dir, { oauth: JSON.stringify({ ...OAUTH, clientid: 'sb-rotated!b1' }) });
     expect(await clientIdFrom({ kind: 'path', path: dir })).toBe('sb-rotated!b1');
+  });
+
+  it('passes over a link that leads nowhere or in a loop beside the fields; a needed field behind one is missing', async () => {
+    const dir = await writeFiles(join(await tempDir(), 'secret'), OAUTH);
+    await symlink('gone', join(dir, 'stale'));
+    await symlink('loopy', join(dir, 'loopy'));
+    expect(await clientIdFrom({ kind: 'path', path: dir })).toBe(OAUTH.clientid);
+    await rm(join(dir, 'clientsecret'));
+    await symlink('gone', join(dir, 'clientsecret'));
+    const { raw, source } = await readCredentialSource({ kind: 'path', path: dir });
+    expect(() => parseServiceKey(raw, source)).toThrow(/clientsecret/);
   });
 
   it('names the file holding invalid JSON', async () => {
