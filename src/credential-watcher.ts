@@ -65,8 +65,10 @@ export interface CredentialWatcherOptions {
   /**
    * A validated change. Awaited before the next reload; the new credentials
    * become `current` only when it resolves. If it throws, the error goes to
-   * `onError` and the change is offered again at the next reload. It must
-   * not await `reloadNow()`: that reload waits for it.
+   * `onError` and the same change is offered again at the next poll or
+   * `reloadNow()` — not on every directory event, which a busy file beside
+   * the key makes many times a second (each offer is a token request). It
+   * must not await `reloadNow()`: that reload waits for it.
    */
   onChange: (loaded: LoadedCredentials) => void | Promise<void>;
   /** A reload failed (usually a `ConfigError`); the previous credentials stay current. */
@@ -129,6 +131,9 @@ export class CredentialWatcher {
 
   #current: LoadedCredentials;
   #fingerprint: string;
+  /** The change `onChange` refused last; offered again only when `#offerRefused` (a poll, `reloadNow`). */
+  #refused: string | undefined;
+  #offerRefused = false;
   #lastError: unknown = undefined;
   #closed = false;
 
@@ -178,11 +183,16 @@ export class CredentialWatcher {
   }
 
   /**
-   * Reloads now, bypassing the debounce (SIGHUP, tests). If a reload is
+   * Reloads now, bypassing the debounce (tests), offering a refused change again. If a reload is
    * running, one more runs after it; the promise settles when the files as
    * they are now have been compared. Never rejects: failures go to `onError`.
    */
   reloadNow(): Promise<void> {
+    this.#offerRefused = true;
+    return this.#reload();
+  }
+
+  #reload(): Promise<void> {
     if (this.#closed) return Promise.resolve();
     this.#dirty = true;
     this.#running ??= this.#drain();
@@ -204,7 +214,10 @@ export class CredentialWatcher {
     await this.#retarget();
     if (this.#closed) return;
     // Each poll is a reload, and each reload recomputes the targets.
-    this.#pollTimer = setInterval(() => this.#schedule(), this.#pollIntervalMs).unref();
+    this.#pollTimer = setInterval(() => {
+      this.#offerRefused = true;
+      this.#schedule();
+    }, this.#pollIntervalMs).unref();
   }
 
   /** Brings the watches in line with `watchTargets` now; true if a watch was set up. Never rejects. */
@@ -300,7 +313,7 @@ export class CredentialWatcher {
       () => {
         this.#debounceTimer = undefined;
         this.#pendingSince = undefined;
-        void this.reloadNow();
+        void this.#reload();
       },
       Math.max(0, Math.min(this.#debounceMs, deadline - now)),
     ).unref();
@@ -338,13 +351,18 @@ export class CredentialWatcher {
       this.#lastError = undefined; // back to what is in use
       return;
     }
+    // Refused before, and nothing asked for another offer: kept for the next poll (the error stays reported).
+    if (fingerprint === this.#refused && !this.#offerRefused) return;
+    this.#offerRefused = false;
     // The last error stays until the change is applied: readiness must not report a retry as recovered.
     try {
       await this.#options.onChange(loaded);
     } catch (err) {
+      this.#refused = fingerprint;
       this.#failed(err);
       return;
     }
+    this.#refused = undefined;
     this.#lastError = undefined;
     this.#current = loaded;
     this.#fingerprint = fingerprint;

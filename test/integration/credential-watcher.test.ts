@@ -750,6 +750,46 @@ describe('CredentialWatcher scheduling', () => {
     expect(watcher.lastError).toBeUndefined();
   });
 
+  it('offers a refused change again at the next reloadNow or poll, not on every directory event (a busy file beside the key)', async () => {
+    const rec = recorder();
+    const { load, counts } = countingLoad(rec);
+    const fake = fakeWatchFactory();
+    const dir = await tempDir();
+    const path = join(dir, 'key.json');
+    await writeFile(path, secretKey());
+    const refused = new Error('token server refused the new credentials');
+    let attempts = 0;
+    const onChange = (): void => {
+      attempts += 1;
+      throw refused;
+    };
+    const watcher = await startWatcher({ source: { kind: 'path', path } }, rec, { load, watch: fake.factory, onChange });
+    const fire = fake.watches[0]!.fire;
+    await writeFile(path, secretKey({ clientsecret: NEW_SECRET }));
+    fire();
+    await rec.until(() => rec.errors.length === 1);
+    for (let i = 0; i < 5; i++) {
+      const before = counts.finished;
+      fire(); // a neighbour written again: the key is read, the refused change not offered
+      await rec.until(() => counts.finished > before);
+    }
+    await watcher.reloadNow(); // waits for any reload in flight, then offers the change once more
+    expect({ attempts, errors: rec.errors.length }).toEqual({ attempts: 2, errors: 2 });
+    expect(watcher.lastError).toBe(refused);
+    expect(watcher.current.credentials.kind === 'client-secret' && watcher.current.credentials.clientSecret).toBe(OLD_SECRET);
+  });
+
+  it('a poll offers a refused change again', async () => {
+    const rec = recorder();
+    const initial = await loadCredentials(spec);
+    const load: typeof loadCredentials = (_s, opts) =>
+      loadCredentials({ source: { kind: 'inline', json: secretKey({ clientsecret: NEW_SECRET }), label: 'test' } }, opts);
+    const refused = new Error('token server refused the new credentials');
+    await startWatcher(spec, rec, { initial, load, pollIntervalMs: 30, onChange: () => Promise.reject(refused) });
+    await rec.until(() => rec.errors.length >= 3);
+    expect(rec.errors.every((err) => err === refused)).toBe(true);
+  });
+
   it('rejects unusable timer options', async () => {
     const rec = recorder();
     const initial = await loadCredentials(spec);
