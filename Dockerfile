@@ -3,7 +3,7 @@
 # oauth-sidecar container image.
 #
 #   docker build -t oauth-sidecar:0.1.0 .
-#   docker run --rm -p 127.0.0.1:8080:8080 \
+#   docker run --rm -p 127.0.0.1:8080:8080 --stop-timeout 30 -e SIDECAR_SHUTDOWN_DELAY=0 \
 #     -v "$PWD/key.json:/etc/oauth-sidecar/key.json:ro" -e SIDECAR_SERVICE_KEY=/etc/oauth-sidecar/key.json \
 #     -v "$PWD/users:/etc/oauth-sidecar/users:ro" -e SIDECAR_BASIC_AUTH_FILE=/etc/oauth-sidecar/users \
 #     oauth-sidecar:0.1.0

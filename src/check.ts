@@ -9,6 +9,7 @@ import { exposureProblems, readBasicAuthFile } from './inbound-control.js';
 import { decodeJwtClaims, type JwtClaims } from './jwt.js';
 import { classifyNetworkError, trustAdvice, type NetworkFailure } from './network-error.js';
 import { MIN_REDACT_LENGTH, redact, withoutCredentials } from './redaction.js';
+import { shownUrl } from './service-key.js';
 import { createTokenClient, type AccessToken, type RetryPolicy, type TokenClient } from './token-client.js';
 
 /** The role an HTTPS sender adapter requires unless the iFlow names a custom User Role. */
@@ -232,7 +233,7 @@ export function describeCredentials(loaded: LoadedCredentials, now: number): Fin
   const findings = [
     finding('ok', `service key: ${shownSource(credentials.source)}`),
     finding('ok', `key type: ${KEY_TYPE_NAMES[credentials.kind]}, clientid ${credentials.clientId}`),
-    finding('ok', `token URL: ${credentials.tokenUrl}`),
+    finding('ok', `token URL: ${shownUrl(credentials.tokenUrl)}`),
   ];
   if (credentials.kind !== 'client-secret') findings.push(...describeCertificate(credentials.certificate, credentials.notAfter, now));
   for (const notice of notices) {

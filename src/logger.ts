@@ -11,12 +11,19 @@ import type { LogLevel } from './config.js';
 
 export type { Logger };
 
+/** Matched as written (pino's paths are exact): header names in both the wire's and node's lower case. */
 const SECRET_KEYS = [
   'authorization',
+  'Authorization',
   'proxy-authorization',
+  'Proxy-Authorization',
   'cookie',
+  'Cookie',
   'set-cookie',
+  'Set-Cookie',
   'x-csrf-token',
+  'X-CSRF-Token',
+  'secret',
   'clientSecret',
   'clientsecret',
   'client_secret',

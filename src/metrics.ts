@@ -105,7 +105,7 @@ export class Metrics {
     }
     this.#tokenFetches = new Counter({
       name: `${PREFIX}token_fetches_total`,
-      help: 'Token requests to token servers, by outcome (success or error code).',
+      help: 'Token fetches (each up to 3 HTTP attempts; rotation checks included), by outcome (success or error code).',
       labelNames: ['outcome'],
       registers,
     });
@@ -141,13 +141,13 @@ export class Metrics {
     });
     new Gauge({
       name: `${PREFIX}token_expiry_seconds`,
-      help: 'Seconds until the cached access token of a route expires (absent when none is cached).',
+      help: 'Seconds until the cached access token of a route expires (absent when none is cached or it has expired).',
       labelNames: ['route'],
       registers,
       collect() {
         this.reset();
         for (const route of options.routes().routes) {
-          const token = options.tokens.peek(route.tokenClient);
+          const token = options.tokens.cachedUntilExpiry(route.tokenClient);
           if (token) this.set({ route: route.name }, Math.round((token.expiresAt - now()) / 1000));
         }
       },

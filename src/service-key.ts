@@ -176,7 +176,22 @@ function urlField(found: Findings, fields: Fields, name: string, required: boole
     found.keyProblem(name, 'must not carry a user name or password');
     return undefined;
   }
+  // The upstream gets each request's own query; one in the key's `url` would be dropped without a word.
+  if (name === 'url' && (parsed.search || parsed.hash)) {
+    found.keyProblem(name, "must not carry a query or a fragment: each request's own query is what goes upstream");
+    return undefined;
+  }
   return value;
+}
+
+/** A URL as logs and diagnostics show it: without its query (it may be signed) or fragment. */
+export function shownUrl(value: string): string {
+  try {
+    const url = new URL(value);
+    return `${url.origin}${url.pathname}${url.search ? '?…' : ''}`;
+  } catch {
+    return '(not a URL)';
+  }
 }
 
 /** What the key type contributes to the credentials; the rest is common to all kinds. */

@@ -19,6 +19,7 @@ import { Metrics } from './metrics.js';
 import { createProxyServer, DEFAULT_SERVER_LIMITS, type ProxyObserver, type ServerLimits } from './proxy.js';
 import { closeRoute, discardRoute, createRoute, RouteTable, type Route } from './routes.js';
 import { ReplayBudget } from './replay-budget.js';
+import { shownUrl } from './service-key.js';
 import { createScavenger, youngGenerationCollector, type Scavenger } from './scavenger.js';
 import { TokenProvider, type TokenEvent, type TokenProviderOptions } from './token-provider.js';
 
@@ -66,6 +67,8 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
   const credentialErrors = (): ReadonlyMap<string, string> =>
     new Map(watchers.flatMap((w, i) => (w.lastError === undefined ? [] : [[config.routes[i]!.name, describeError(w.lastError)] as const])));
   let draining = false;
+  /** Aborted when a stop begins (`draining`): readiness probes still waiting for a token answer at once. */
+  const stopBegun = new AbortController();
   /** Set when the drain begins, after the shutdown delay (during which senders are served as usual). */
   let closingConnections = false;
 
@@ -120,7 +123,7 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
   const replayBudget = new ReplayBudget(config.maxReplayMemoryBytes);
   const server = createProxyServer({ routes, tokens, inbound, observer, draining: () => draining, scavenger, replayBudget, connections }, { ...DEFAULT_SERVER_LIMITS, ...options.limits });
   const admin = config.adminListen
-    ? createAdminServer({ routes, tokens, metrics: m, draining: () => draining, credentialErrors })
+    ? createAdminServer({ routes, tokens, metrics: m, draining: () => draining, stopping: stopBegun.signal, credentialErrors })
     : undefined;
 
   let address: { host: string; port: number };
@@ -234,6 +237,7 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
     }
     stopping = (async () => {
       draining = true;
+      stopBegun.abort();
       for (const w of watchers) w.close();
       if (delayMs > 0) {
         log.info({ delayMs }, 'readiness failed; still serving while endpoints are removed');
@@ -241,7 +245,8 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
       }
       closingConnections = true;
       await drain(server, graceMs, log, hurry.signal);
-      if (admin) await drain(admin, 0, log);
+      // Its probes answer at once now (readiness: 503): a moment for any still being written, and no warning.
+      if (admin) await drain(admin, ADMIN_GRACE_MS, log, hurry.signal, { quiet: true });
       // No request is left to use a token: a token request under way (a hanging token server, a retry
       // waiting out Retry-After) is abandoned rather than waited for, up to --token-timeout per attempt.
       for (const route of [...table.routes, ...validating, ...retiring]) route.tokenClient.abandon();
@@ -268,8 +273,11 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
   };
 }
 
+/** What the admin listener's own requests get to finish once the proxy has drained (they answer at once). */
+const ADMIN_GRACE_MS = 1_000;
+
 /** Stop accepting; give in-flight requests until the deadline (or until `hurry` aborts); then cut what is left. */
-async function drain(server: Server, graceMs: number, log: Logger, hurry?: AbortSignal): Promise<void> {
+async function drain(server: Server, graceMs: number, log: Logger, hurry?: AbortSignal, { quiet = false } = {}): Promise<void> {
   if (!server.listening) return;
   const closed = new Promise<void>((resolve) => server.close(() => resolve()));
   server.closeIdleConnections();
@@ -282,7 +290,7 @@ async function drain(server: Server, graceMs: number, log: Logger, hurry?: Abort
   const first = await Promise.race([closed.then(() => 'closed' as const), deadline]);
   over.abort();
   if (first === 'deadline') {
-    log.warn({ graceMs }, hurry?.aborted ? 'second signal; closing remaining connections' : 'grace period over; closing remaining connections');
+    if (!quiet) log.warn({ graceMs }, hurry?.aborted ? 'second signal; closing remaining connections' : 'grace period over; closing remaining connections');
     server.closeAllConnections();
     await closed;
   }
@@ -395,7 +403,7 @@ function describeRoute(route: Route) {
     credentialSource: route.credentials.source,
     keyType: route.credentials.kind,
     clientId: route.credentials.clientId,
-    tokenUrl: route.credentials.tokenUrl,
+    tokenUrl: shownUrl(route.credentials.tokenUrl),
     tokenAuth: route.tokenClient.authMethod,
     csrf: route.config.csrf,
   };

@@ -214,6 +214,15 @@ export class TokenProvider {
     return token && this.#usable(token, this.#now()) ? token : undefined;
   }
 
+  /**
+   * The cached token until it expires, also inside its safety margin (where `peek` no longer returns it):
+   * what the token expiry metric shows, so that it counts down to the end instead of vanishing a minute early.
+   */
+  cachedUntilExpiry(source: TokenSource): AccessToken | undefined {
+    const token = this.#cache.peek(source.cacheKey, { allowStale: true });
+    return token && !this.#revoked.has(token) && this.#now() < token.expiresAt ? token : undefined;
+  }
+
   /** Drop a key (credentials rotated); the next call fetches anew. */
   forget(source: TokenSource): void {
     this.#cache.delete(source.cacheKey);

@@ -81,6 +81,20 @@ describe('shutdown with a token request under way', () => {
     expect(outcome === 503 || outcome instanceof Error).toBe(true);
   });
 
+  it('a readiness probe waiting for the token answers 503 "shutting down" as the stop begins; the admin listener closes without a warning', async () => {
+    const { s, endpoint: e } = await start(['--shutdown-delay', '0', '--shutdown-grace', '30000'], (ep) => ep.fail({ kind: 'hang' }, { kind: 'hang' }));
+    // Without the start-up request to join, the probe makes a token request of its own: a sign that it waits.
+    s.tokens.forget(s.routes.routes[0]!.tokenClient);
+    const probe = request(`http://127.0.0.1:${s.adminAddress!.port}/readyz`).then(
+      async (res) => ({ status: res.statusCode, body: (await res.body.json()) as unknown }),
+      (err: unknown) => err,
+    );
+    await expect.poll(() => e.requests.length, { interval: 5 }).toBe(2);
+    await s.shutdown();
+    expect(await probe).toEqual({ status: 503, body: { status: 'shutting down', routes: [] } });
+    expect(s.logText()).not.toMatch(/grace period over/);
+  });
+
   it("a retry waiting out the token server's Retry-After ends at close(), without another token request", async () => {
     // 9 s: within the 10 s a retry waits for at most, so the start-up fetch sleeps before its second attempt.
     const { s, endpoint: e } = await start(['--shutdown-delay', '0', '--shutdown-grace', '0'], (ep) =>

@@ -29,7 +29,7 @@ const ALL_FILES = ['Dockerfile', '.dockerignore', ...Object.values(EXAMPLES)];
 /** Every environment variable the sidecar reads under the SIDECAR_ prefix. */
 const KNOWN_ENV = new Set([...Object.values(FLAGS).flatMap((f) => (f.env ? [f.env] : [])), 'SIDECAR_SERVICE_KEY_JSON']);
 /** Flags of other tools (docker, docker compose, npm) that the examples' comments mention, and the node options the image sets. */
-const TOOL_FLAGS = new Set(['rm', 'build', 'build-arg', 'omit', ...SHIPPED_NODE_FLAGS.map((f) => f.slice(2).replace(/=.*/, ''))]);
+const TOOL_FLAGS = new Set(['rm', 'build', 'build-arg', 'omit', 'stop-timeout', ...SHIPPED_NODE_FLAGS.map((f) => f.slice(2).replace(/=.*/, ''))]);
 
 // ---------------------------------------------------------------------------------------------------
 // Parsing helpers
@@ -173,7 +173,7 @@ interface K8sContainer {
   ports?: Array<{ name?: string; containerPort: number }>;
   startupProbe?: { httpGet?: { path: string; port: string | number } };
   livenessProbe?: { httpGet?: { path: string; port: string | number } };
-  readinessProbe?: { httpGet?: { path: string; port: string | number } };
+  readinessProbe?: { httpGet?: { path: string; port: string | number }; timeoutSeconds?: number };
   resources?: { requests?: Record<string, string>; limits?: Record<string, string> };
   securityContext?: Json;
   volumeMounts?: Array<{ name: string; mountPath: string; readOnly?: boolean; subPath?: string; subPathExpr?: string }>;
@@ -448,6 +448,8 @@ describe('config/kubernetes/deployment.yaml', () => {
     for (const probe of [SIDECAR.startupProbe, SIDECAR.livenessProbe, SIDECAR.readinessProbe]) {
       expect(resolve(probe?.httpGet?.port)).toBe(adminPort);
     }
+    // /readyz may wait up to 5 s for a token: a shorter probe timeout records a timeout, not the 503 and its reason.
+    expect(SIDECAR.readinessProbe?.timeoutSeconds).toBeGreaterThan(5);
   });
 
   it('the binding secret is a read-only volume (no subPath) at the SIDECAR_SERVICE_KEY path, for the sidecar only', () => {

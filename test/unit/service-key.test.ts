@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest';
 import type { CertificateCredentials, ClientKeyPair, LoadedCredentials } from '../../src/credentials.js';
 import { ConfigError, type ConfigProblem } from '../../src/errors.js';
 import { normalizePem } from '../../src/pem.js';
-import { EXPIRY_WARNING_DAYS, parseServiceKey } from '../../src/service-key.js';
+import { EXPIRY_WARNING_DAYS, parseServiceKey, shownUrl } from '../../src/service-key.js';
 import { unitCerts } from '../helpers/unit-certs.js';
 
 const certs = await unitCerts();
@@ -184,6 +184,18 @@ describe('parseServiceKey: problems', () => {
       { source: SOURCE, field: name, message: 'must not carry a user name or password' },
     ]);
     expect(JSON.stringify(problems)).not.toContain('TOPSECRET');
+  });
+
+  it('refuses a query or a fragment in url (it would be dropped), not in tokenurl (it is sent); shownUrl hides either', () => {
+    for (const url of ['https://acme.example/base?sig=FAKE-signed', 'https://acme.example/base#part']) {
+      expect(problemsOf(() => parse({ clientid: 'c', clientsecret: 's', tokenurl: TOKEN_URL, url }))).toEqual([
+        { source: SOURCE, field: 'url', message: "must not carry a query or a fragment: each request's own query is what goes upstream" },
+      ]);
+    }
+    const signed = `${TOKEN_URL}?sig=FAKE-signed`;
+    expect(parse({ clientid: 'c', clientsecret: 's', tokenurl: signed }).credentials.tokenUrl).toBe(signed);
+    expect(shownUrl(signed)).toBe(`${TOKEN_URL}?…`);
+    expect(shownUrl(TOKEN_URL)).toBe(TOKEN_URL);
   });
 
   it.each([

@@ -344,6 +344,10 @@ describe('TokenProvider', () => {
     expect(provider.stats.hits).toBe(2);
     clock.now += 9_500;
     expect(provider.peek(source)).toBeUndefined();
+    // The expiry metric's view: the token until it has expired, inside its safety margin too.
+    expect(provider.cachedUntilExpiry(source)).toBe(token);
+    clock.now += 500;
+    expect(provider.cachedUntilExpiry(source)).toBeUndefined();
   });
 
   describe('refresh (new credentials under the same cache key, e.g. a rotated secret)', () => {
