@@ -160,6 +160,9 @@ export const FLAGS: Readonly<Record<string, FlagSpec>> = {
 };
 
 /** Parse argv (without node and script) and the environment into a frozen Config. */
+/** The `route` label of requests answered before a route was found (metrics). */
+export const UNROUTED = 'none';
+
 export function parseConfig(argv: readonly string[], env: Env, readFile: (path: string) => string = readText): ParseResult {
   const problems: ConfigProblem[] = [];
   let parsed: ReturnType<typeof parseArgs>;
@@ -492,6 +495,8 @@ function normaliseRoutePaths(routes: readonly RouteConfig[], source: string, pro
       seenPrefix.set(key, { at: i, prefix: route.prefix });
     }
     if (seenName.has(route.name)) problems.push({ source, field: `routes[${i}].name`, message: `name ${route.name} is used twice` });
+    // The metrics' label for requests answered before a route was found: a route of that name would share it.
+    if (route.name === UNROUTED) problems.push({ source, field: `routes[${i}].name`, message: `"${UNROUTED}" is kept for requests that match no route` });
     seenName.add(route.name);
   });
   return routes.map((route) => ({

@@ -6,6 +6,7 @@
  * Never a raw path, id, address or token key.
  */
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { UNROUTED } from './config.js';
 import { SidecarError } from './errors.js';
 import { FastHistogram, type HistogramSeries } from './histogram.js';
 import type { RequestRecord } from './proxy.js';
@@ -185,7 +186,7 @@ export class Metrics {
 
   requestFinished(r: RequestRecord): void {
     this.#inFlight--;
-    const route = r.route ?? 'none';
+    const route = r.route ?? UNROUTED;
     const method = METHODS.has(r.method) ? r.method : 'OTHER';
     seriesOf(this.#answered, route, method, statusClass(r.status), newCount).count++;
     if (r.upstreamMs !== undefined && r.upstreamStatus !== undefined) {

@@ -806,10 +806,15 @@ class Exchange {
     this.#refuse(err);
   }
 
+  /** Body bytes of the sidecar's own answer (a refusal or failure), for the access line. */
+  #ownBytes = 0;
+
   #refuse(err: unknown, headers: Record<string, string> = {}): undefined {
     const failure: HttpFailure = toHttpFailure(err);
     this.#error = failure.code;
     const body = JSON.stringify({ error: failure.code, message: failure.message, route: this.#route?.name ?? null });
+    const length = Buffer.byteLength(body);
+    this.#ownBytes = this.#req.method === 'HEAD' ? 0 : length;
     const res = this.#res;
     const req = this.#req;
     // A request body nobody will read: close the connection after this answer (decided before the head is
@@ -817,7 +822,7 @@ class Exchange {
     if (bodyStillComing(req)) this.#closeAfterAnswer();
     res.writeHead(failure.status, {
       'content-type': 'application/json',
-      'content-length': Buffer.byteLength(body),
+      'content-length': length,
       'cache-control': 'no-store',
       'x-sidecar-error': failure.code,
       ...(failure.retryAfter !== undefined && { 'retry-after': String(failure.retryAfter) }),
@@ -896,7 +901,7 @@ class Exchange {
       upstreamMs: this.#call?.upstreamMs,
       durationMs: performance.now() - this.#started,
       bytesIn: this.#body?.bytes ?? 0,
-      bytesOut: this.#call?.bytesOut ?? 0,
+      bytesOut: (this.#call?.bytesOut ?? 0) + this.#ownBytes,
       error: this.#error,
       retried: this.#retried,
       aborted: this.#senderGone || (!res.writableFinished && this.#error === undefined),

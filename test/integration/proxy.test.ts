@@ -799,7 +799,10 @@ describe('inbound control and routes', () => {
     expect((await echo(await request(`${multi.url}/http/anything`))).url).toBe('/http/anything');
     const none = await request(`${multi.url}/ordersx`);
     expect(none.statusCode).toBe(404);
-    expect(await none.body.json()).toMatchObject({ error: 'ROUTE_NOT_FOUND', route: null });
+    const answer = await none.body.text();
+    expect(JSON.parse(answer)).toMatchObject({ error: 'ROUTE_NOT_FOUND', route: null });
+    // The access line counts the sidecar's own answer like an upstream's.
+    await expect.poll(() => multi.logs.find((l) => l['msg'] === 'request' && l['path'] === '/ordersx')?.['bytesOut'], { interval: 10 }).toBe(Buffer.byteLength(answer));
     // Three routes, one credential set: one token serves them all.
     expect(new Set(multi.routes.routes.map((r) => r.tokenClient.cacheKey)).size).toBe(1);
   });

@@ -443,6 +443,13 @@ routes:
     ]);
   });
 
+  it('keeps the route name "none" for the metrics of requests that match no route', () => {
+    const file = { '/c.yaml': 'routes:\n  - name: none\n    prefix: /a\n    serviceKey: /k\n' };
+    expect(problems(['--config', '/c.yaml'], {}, file)).toEqual([
+      { source: '/c.yaml', field: 'routes[0].name', message: '"none" is kept for requests that match no route' },
+    ]);
+  });
+
   it('treats /a and /a/ as the same prefix', () => {
     const file = { '/c.yaml': 'routes:\n  - prefix: /a\n    serviceKey: /k\n  - prefix: /a/\n    serviceKey: /k\n  - prefix: /b/\n    serviceKey: /k\n' };
     expect(problems(['--config', '/c.yaml'], {}, file)).toEqual([
