@@ -53,6 +53,13 @@ function secretKey(overrides: Record<string, unknown> = {}): string {
   return JSON.stringify({ clientid: CLIENT_ID, clientsecret: OLD_SECRET, url: URL_, tokenurl: TOKEN_URL, ...overrides });
 }
 
+/** A flat service key file in a new temporary directory. */
+async function keyFile(text = secretKey()): Promise<string> {
+  const path = join(await tempDir(), 'key.json');
+  await writeFile(path, text);
+  return path;
+}
+
 let tmpCounter = 0;
 /** Write-temp-then-rename, as editors and `kubectl cp`-style tools replace a file atomically. */
 async function replaceFile(path: string, text: string): Promise<void> {
@@ -253,9 +260,7 @@ describe('CredentialWatcher on a flat service key file', () => {
   });
 
   it('ignores content rewritten identically', async () => {
-    const dir = await tempDir();
-    const path = join(dir, 'key.json');
-    await writeFile(path, secretKey());
+    const path = await keyFile();
     const rec = recorder();
     const { load, counts } = countingLoad(rec);
     const watcher = await startWatcher({ source: { kind: 'path', path } }, rec, { load });
@@ -270,9 +275,7 @@ describe('CredentialWatcher on a flat service key file', () => {
   });
 
   it('keeps the old credentials on invalid content and recovers on a valid rewrite', async () => {
-    const dir = await tempDir();
-    const path = join(dir, 'key.json');
-    await writeFile(path, secretKey());
+    const path = await keyFile();
     const rec = recorder();
     const watcher = await startWatcher({ source: { kind: 'path', path } }, rec);
     const initial = watcher.current;
@@ -641,9 +644,7 @@ describe('CredentialWatcher scheduling', () => {
   it('coalesces a burst of events into one reload', async () => {
     const rec = recorder();
     const fake = fakeWatchFactory();
-    const dir = await tempDir();
-    const path = join(dir, 'key.json');
-    await writeFile(path, secretKey());
+    const path = await keyFile();
     // Each load notes which phase it started in: the burst, or the single event that follows it.
     let phase: 'burst' | 'after' = 'burst';
     const loads = { burst: { started: 0, finished: 0 }, after: { started: 0, finished: 0 } };
@@ -668,9 +669,7 @@ describe('CredentialWatcher scheduling', () => {
     const rec = recorder();
     const { load, counts } = countingLoad(rec);
     const fake = fakeWatchFactory();
-    const dir = await tempDir();
-    const path = join(dir, 'key.json');
-    await writeFile(path, secretKey());
+    const path = await keyFile();
     await startWatcher({ source: { kind: 'path', path } }, rec, { load, watch: fake.factory });
     const fire = fake.watches[0]?.fire ?? (() => undefined);
 
@@ -754,9 +753,7 @@ describe('CredentialWatcher scheduling', () => {
     const rec = recorder();
     const { load, counts } = countingLoad(rec);
     const fake = fakeWatchFactory();
-    const dir = await tempDir();
-    const path = join(dir, 'key.json');
-    await writeFile(path, secretKey());
+    const path = await keyFile();
     const refused = new Error('token server refused the new credentials');
     let attempts = 0;
     const onChange = (): void => {
@@ -800,9 +797,7 @@ describe('CredentialWatcher scheduling', () => {
 
 describe('CredentialWatcher.close', () => {
   it('stops watching: later file changes trigger nothing', async () => {
-    const dir = await tempDir();
-    const path = join(dir, 'key.json');
-    await writeFile(path, secretKey());
+    const path = await keyFile();
     const rec = recorder();
     const { load, counts } = countingLoad(rec);
     const watcher = await startWatcher({ source: { kind: 'path', path } }, rec, { load, pollIntervalMs: 20 });

@@ -41,6 +41,28 @@ function swapAfterFirstRead(secret: Pick<KubeletSecret, 'swap'>, name: string, f
   };
 }
 
+/**
+ * The two files of a pair are read concurrently: the key's read returns the old content, then `..data` is swapped to
+ * a new pair, and only then does the certificate's read run.
+ */
+function swapBetweenKeyAndCertificate(secret: Pick<KubeletSecret, 'swap'>): void {
+  let swapped!: () => void;
+  const swapDone = new Promise<void>((resolve) => (swapped = resolve));
+  let first = true;
+  fsHooks.read = async (path, read) => {
+    if (!first) return read();
+    if (basename(path) === 'tls.crt') {
+      await swapDone;
+      first = false;
+      return read();
+    }
+    const text = await read();
+    await secret.swap({ 'tls.crt': 'NEW-CERT', 'tls.key': 'NEW-KEY' });
+    swapped();
+    return text;
+  };
+}
+
 describe('reading a kubelet secret directory while ..data is swapped', () => {
   it('takes every field from one version when the swap comes between two field reads', async () => {
     const { dir, ...secret } = await kubeletSecret(OLD);
@@ -95,43 +117,13 @@ describe('reading a kubelet secret directory while ..data is swapped', () => {
 
   it('reads a kubernetes.io/tls pair from one version when the swap comes between the two reads', async () => {
     const { dir, ...secret } = await kubeletSecret({ 'tls.crt': 'OLD-CERT', 'tls.key': 'OLD-KEY' });
-    // The two files are read concurrently: the key is read first and the certificate only after the swap.
-    let swapped!: () => void;
-    const swapDone = new Promise<void>((resolve) => (swapped = resolve));
-    let first = true;
-    fsHooks.read = async (path, read) => {
-      if (!first) return read();
-      if (basename(path) === 'tls.crt') {
-        await swapDone;
-        first = false;
-        return read();
-      }
-      const text = await read();
-      await secret.swap({ 'tls.crt': 'NEW-CERT', 'tls.key': 'NEW-KEY' });
-      swapped();
-      return text;
-    };
+    swapBetweenKeyAndCertificate(secret);
     expect(await readClientCert({ kind: 'tls-dir', dir })).toEqual({ certificate: 'NEW-CERT', key: 'NEW-KEY', source: dir });
   });
 
   it('reads --client-cert and --client-key in one secret volume from one version too', async () => {
     const { dir, ...secret } = await kubeletSecret({ 'tls.crt': 'OLD-CERT', 'tls.key': 'OLD-KEY' });
-    // As above: the key is read first, the certificate only after the swap.
-    let swapped!: () => void;
-    const swapDone = new Promise<void>((resolve) => (swapped = resolve));
-    let first = true;
-    fsHooks.read = async (path, read) => {
-      if (!first) return read();
-      if (basename(path) === 'tls.crt') {
-        await swapDone;
-        first = false;
-        return read();
-      }
-      const text = await read();
-      await secret.swap({ 'tls.crt': 'NEW-CERT', 'tls.key': 'NEW-KEY' });
-      swapped();
-      return text;
-    };
+    swapBetweenKeyAndCertificate(secret);
     const certFile = join(dir, 'tls.crt');
     const keyFile = join(dir, 'tls.key');
     expect(await readClientCert({ kind: 'files', certFile, keyFile })).toEqual({ certificate: 'NEW-CERT', key: 'NEW-KEY', source: `${certFile}, ${keyFile}` });
