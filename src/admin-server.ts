@@ -19,8 +19,8 @@ export interface AdminOptions {
   tokens: TokenProvider;
   metrics: Metrics;
   draining: () => boolean;
-  /** Aborted when shutdown begins: a readiness probe still waiting for a token answers 503 at once. */
-  stopping?: AbortSignal;
+  /** Settles when shutdown begins: a readiness probe still waiting for a token answers 503 at once. */
+  stopping?: Promise<void>;
   /** Routes whose last credential reload failed (old credentials still serve). */
   credentialErrors: () => ReadonlyMap<string, string>;
   /** Bound on the token fetch a readiness probe may start. */
@@ -69,10 +69,10 @@ async function route(req: IncomingMessage, res: ServerResponse, options: AdminOp
   }
 }
 
-const SHUTTING_DOWN = { status: 503, body: { status: 'shutting down', routes: [] } };
+const shuttingDown = (): { status: number; body: { status: string; routes: RouteReadiness[] } } => ({ status: 503, body: { status: 'shutting down', routes: [] } });
 
 export async function readiness(options: AdminOptions): Promise<{ status: number; body: { status: string; routes: RouteReadiness[] } }> {
-  if (options.draining()) return SHUTTING_DOWN;
+  if (options.draining()) return shuttingDown();
   const warnings = options.credentialErrors();
   const timeoutMs = options.readinessTimeoutMs ?? 5_000;
   const checks = Promise.all(
@@ -88,22 +88,10 @@ export async function readiness(options: AdminOptions): Promise<{ status: number
       }
     }),
   );
-  const routes = await untilStopping(checks, options.stopping);
-  if (routes === undefined) return SHUTTING_DOWN;
+  const routes = options.stopping === undefined ? await checks : await Promise.race([checks, options.stopping.then(() => undefined)]);
+  if (routes === undefined) return shuttingDown();
   const ready = routes.every((r) => r.ready);
   return { status: ready ? 200 : 503, body: { status: ready ? 'ready' : 'not ready', routes } };
-}
-
-/** `promise`'s value, or undefined as soon as `stopping` aborts. */
-function untilStopping<T>(promise: Promise<T>, stopping: AbortSignal | undefined): Promise<T | undefined> {
-  if (stopping === undefined) return promise;
-  if (stopping.aborted) return Promise.resolve(undefined);
-  let onAbort!: () => void;
-  const stopped = new Promise<undefined>((resolve) => {
-    onAbort = () => resolve(undefined);
-    stopping.addEventListener('abort', onAbort, { once: true });
-  });
-  return Promise.race([promise, stopped]).finally(() => stopping.removeEventListener('abort', onAbort));
 }
 
 function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {

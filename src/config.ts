@@ -159,10 +159,10 @@ export const FLAGS: Readonly<Record<string, FlagSpec>> = {
   version: { type: 'boolean', description: 'show the version' },
 };
 
-/** Parse argv (without node and script) and the environment into a frozen Config. */
-/** The `route` label of requests answered before a route was found (metrics). */
+/** The `route` label of requests answered before a route was found (metrics); no route may take it. */
 export const UNROUTED = 'none';
 
+/** Parse argv (without node and script) and the environment into a frozen Config. */
 export function parseConfig(argv: readonly string[], env: Env, readFile: (path: string) => string = readText): ParseResult {
   const problems: ConfigProblem[] = [];
   let parsed: ReturnType<typeof parseArgs>;

@@ -43,24 +43,26 @@ export async function readCredentialSource(source: CredentialSource): Promise<Ra
 
 /** Reads the PEM pair from two files or a `kubernetes.io/tls` directory (`tls.crt`, `tls.key`). */
 export async function readClientCert(source: ClientCertSource): Promise<ClientKeyPair> {
-  if (source.kind === 'files') {
-    const { certFile, keyFile } = source;
-    const dir = dirname(certFile);
-    // Two files of one secret volume (`/tls/tls.crt`, `/tls/tls.key`): both from one version, as below.
-    const [certificate, key] =
-      dirname(keyFile) === dir
-        ? await readOneGeneration(dir, (from) =>
-            settleReads(readNonEmpty(join(from, basename(certFile)), certFile), readNonEmpty(join(from, basename(keyFile)), keyFile)),
-          )
-        : await settleReads(readNonEmpty(certFile), readNonEmpty(keyFile));
-    return { certificate, key, source: `${certFile}, ${keyFile}` };
+  if (source.kind === 'tls-dir') {
+    const { dir } = source;
+    const [certificate, key] = await readPair(join(dir, TLS_CERT), join(dir, TLS_KEY));
+    return { certificate, key, source: dir };
   }
-  const { dir } = source;
-  // Both from one version of the secret: a new certificate with the old key would fail as a mismatched pair.
-  const [certificate, key] = await readOneGeneration(dir, (from) =>
-    settleReads(readNonEmpty(join(from, TLS_CERT), join(dir, TLS_CERT)), readNonEmpty(join(from, TLS_KEY), join(dir, TLS_KEY))),
+  const { certFile, keyFile } = source;
+  const [certificate, key] = await readPair(certFile, keyFile);
+  return { certificate, key, source: `${certFile}, ${keyFile}` };
+}
+
+/**
+ * Two files of one directory (a `kubernetes.io/tls` secret, or `--client-cert`/`--client-key` in one volume) from
+ * one version of it: a new certificate with the old key would fail as a mismatched pair.
+ */
+function readPair(certFile: string, keyFile: string): Promise<[string, string]> {
+  const dir = dirname(certFile);
+  if (dirname(keyFile) !== dir) return settleReads(readNonEmpty(certFile), readNonEmpty(keyFile));
+  return readOneGeneration(dir, (from) =>
+    settleReads(readNonEmpty(join(from, basename(certFile)), certFile), readNonEmpty(join(from, basename(keyFile)), keyFile)),
   );
-  return { certificate, key, source: dir };
 }
 
 /**
@@ -195,10 +197,11 @@ async function readPath(path: string): Promise<RawServiceKey> {
  * In the kubelet's layout the fields are those of the one version `..data` names (see `readOneGeneration`).
  */
 async function readSecretDir(dir: string): Promise<RawServiceKey> {
-  const { files, dirs } = await listDir(dir);
+  const { files, dirs, broken } = await listDir(dir);
   if (keyFiles(files).length === 0) {
     const bindings = await bindingsBelow(dir, dirs);
     if (bindings.length > 0) return readSecretDir(pickBinding(dir, bindings, undefined, 'point --service-key at the one to use').dir);
+    if (files.length === 0 && broken.length > 0) fail(dir, `contains no service key files, only links that lead nowhere (${broken.join(', ')})`);
     if (files.length === 0) fail(dir, 'contains no service key files and no binding directories');
   }
   // In the kubelet's layout, the fields are those of the version `..data` names, listed there.
@@ -370,7 +373,7 @@ function describeVcapInstance({ label, instance }: VcapInstance): string {
 }
 
 /** Visible entries of a directory, symlinks followed; `..`-prefixed names are the kubelet's own. */
-async function listDir(dir: string): Promise<{ files: string[]; dirs: string[] }> {
+async function listDir(dir: string): Promise<{ files: string[]; dirs: string[]; broken: string[] }> {
   let names: string[];
   try {
     names = (await readdir(dir)).filter((n) => !n.startsWith('..')).sort();
@@ -379,12 +382,14 @@ async function listDir(dir: string): Promise<{ files: string[]; dirs: string[] }
   }
   const files: string[] = [];
   const dirs: string[] = [];
+  const broken: string[] = [];
   for (const name of names) {
     const info = await statOrAbsent(join(dir, name));
-    if (info?.isDirectory()) dirs.push(join(dir, name));
-    else if (info?.isFile()) files.push(name);
+    if (info === undefined) broken.push(name);
+    else if (info.isDirectory()) dirs.push(join(dir, name));
+    else if (info.isFile()) files.push(name);
   }
-  return { files, dirs };
+  return { files, dirs, broken };
 }
 
 /**
@@ -425,7 +430,7 @@ async function readText(path: string, label = path): Promise<string> {
   try {
     const info = await stat(path);
     if (!info.isFile()) fail(label, 'is not a regular file');
-    if (info.size > MAX_KEY_FILE_BYTES) fail(label, `is larger than 1 MiB (${info.size} bytes), which no service key or certificate is`);
+    if (info.size > MAX_KEY_FILE_BYTES) fail(label, `is larger than ${MAX_KEY_FILE_BYTES} bytes (${info.size}), which no service key or certificate is`);
     return await readFile(path, 'utf8');
   } catch (err) {
     if (err instanceof ConfigError) throw err;

@@ -188,12 +188,13 @@ export class CredentialWatcher {
    * they are now have been compared. Never rejects: failures go to `onError`.
    */
   reloadNow(): Promise<void> {
-    this.#offerRefused = true;
-    return this.#reload();
+    return this.#reload({ offerRefused: true });
   }
 
-  #reload(): Promise<void> {
+  /** `offerRefused`: a poll or `reloadNow`, which offer a refused change again (a directory event does not). */
+  #reload({ offerRefused }: { offerRefused: boolean }): Promise<void> {
     if (this.#closed) return Promise.resolve();
+    if (offerRefused) this.#offerRefused = true;
     this.#dirty = true;
     this.#running ??= this.#drain();
     return this.#running;
@@ -214,10 +215,7 @@ export class CredentialWatcher {
     await this.#retarget();
     if (this.#closed) return;
     // Each poll is a reload, and each reload recomputes the targets.
-    this.#pollTimer = setInterval(() => {
-      this.#offerRefused = true;
-      this.#schedule();
-    }, this.#pollIntervalMs).unref();
+    this.#pollTimer = setInterval(() => this.#schedule({ offerRefused: true }), this.#pollIntervalMs).unref();
   }
 
   /** Brings the watches in line with `watchTargets` now; true if a watch was set up. Never rejects. */
@@ -303,8 +301,10 @@ export class CredentialWatcher {
   }
 
   /** Trailing debounce, capped so that a directory that never goes quiet still gets reloaded. */
-  #schedule(): void {
+  #schedule({ offerRefused = false } = {}): void {
     if (this.#closed) return;
+    // Kept until the reload runs: a poll coalesced with directory events still offers a refused change again.
+    if (offerRefused) this.#offerRefused = true;
     const now = performance.now();
     this.#pendingSince ??= now;
     const deadline = this.#pendingSince + this.#debounceMs * MAX_DEBOUNCE_PERIODS;
@@ -313,7 +313,7 @@ export class CredentialWatcher {
       () => {
         this.#debounceTimer = undefined;
         this.#pendingSince = undefined;
-        void this.#reload();
+        void this.#reload({ offerRefused: false });
       },
       Math.max(0, Math.min(this.#debounceMs, deadline - now)),
     ).unref();
@@ -349,6 +349,7 @@ export class CredentialWatcher {
     const fingerprint = credentialFingerprint(loaded.credentials);
     if (fingerprint === this.#fingerprint) {
       this.#lastError = undefined; // back to what is in use
+      this.#refused = undefined; // written again later, the refused change is news again
       return;
     }
     // Refused before, and nothing asked for another offer: kept for the next poll (the error stays reported).

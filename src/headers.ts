@@ -49,9 +49,9 @@ export const HOP_BY_HOP: ReadonlySet<string> = new Set([
  *   100-continue; undici throws NotSupportedError on it);
  * - `forwarded` (RFC 7239) and the de-facto client-address fields — the sender's
  *   claims are not trusted; `x-forwarded-*` is matched by prefix (request direction only);
- * - `x-original-url` and `x-rewrite-url`: some servers (IIS, frameworks behind it) take
- *   the request's path from them, which would reach paths outside the sender's route
- *   with the route's token.
+ * - `x-original-url`, `x-original-uri`, `x-rewrite-url`, `x-envoy-original-path`: some
+ *   servers and frameworks take the request's path from them, which would reach paths
+ *   outside the sender's route with the route's token.
  */
 const REQUEST_DROP: ReadonlySet<string> = new Set([
   ...HOP_BY_HOP,
@@ -66,7 +66,9 @@ const REQUEST_DROP: ReadonlySet<string> = new Set([
   'x-cluster-client-ip',
   'true-client-ip',
   'x-original-url',
+  'x-original-uri',
   'x-rewrite-url',
+  'x-envoy-original-path',
 ]);
 
 /**

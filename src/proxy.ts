@@ -196,8 +196,8 @@ const OVER_LIMIT = Symbol('oauth-sidecar.over-limit');
  * further requests are processed on that connection).
  */
 const CLOSING = Symbol('oauth-sidecar.closing');
-/** `Max-Forwards = 1*DIGIT` (RFC 9110 §7.6.2); node has trimmed the value. */
-const DIGITS = /^\d+$/;
+/** `Max-Forwards = 1*DIGIT` (RFC 9110 §7.6.2), node having trimmed it; longer than 9 digits it goes on uncounted. */
+const DIGITS = /^\d{1,9}$/;
 /** How many answers this connection still owes (requests taken on, whose responses have not closed). */
 const OWED = Symbol('oauth-sidecar.owed');
 type MarkedSocket = Socket & { [OVER_LIMIT]?: true; [CLOSING]?: true; [OWED]?: number };
@@ -390,7 +390,7 @@ class Exchange {
       return this.#refuse(refusal, { allow: ALLOWED_METHODS });
     }
     // RFC 9110 §7.6.2: an OPTIONS with Max-Forwards 0 is answered here, any other value is counted down. One that
-    // is not `1*DIGIT` ("0x10", "0.9", "-1") is no count: it goes on as it came.
+    // is not `1*DIGIT` ("0x10", "0.9", "-1") is no count: it goes on as it came (as does one too long to count).
     const maxForwards = req.method === 'OPTIONS' ? req.headers['max-forwards'] : undefined;
     if (typeof maxForwards === 'string' && DIGITS.test(maxForwards)) {
       const hops = Number(maxForwards);
@@ -806,9 +806,6 @@ class Exchange {
     this.#refuse(err);
   }
 
-  /** Body bytes of the sidecar's own answer (a refusal or failure), for the access line. */
-  #ownBytes = 0;
-
   #refuse(err: unknown, headers: Record<string, string> = {}): undefined {
     const failure: HttpFailure = toHttpFailure(err);
     this.#error = failure.code;
@@ -886,6 +883,8 @@ class Exchange {
   }
 
   #reported = false;
+  /** Body bytes of the sidecar's own answer (a refusal or failure), for the access line. */
+  #ownBytes = 0;
 
   #report(): void {
     if (this.#reported) return;

@@ -67,8 +67,9 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
   const credentialErrors = (): ReadonlyMap<string, string> =>
     new Map(watchers.flatMap((w, i) => (w.lastError === undefined ? [] : [[config.routes[i]!.name, describeError(w.lastError)] as const])));
   let draining = false;
-  /** Aborted when a stop begins (`draining`): readiness probes still waiting for a token answer at once. */
-  const stopBegun = new AbortController();
+  /** Settles when a stop begins (`draining`): readiness probes still waiting for a token answer at once. */
+  let beginStop!: () => void;
+  const stopBegun = new Promise<void>((resolve) => (beginStop = resolve));
   /** Set when the drain begins, after the shutdown delay (during which senders are served as usual). */
   let closingConnections = false;
 
@@ -123,7 +124,7 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
   const replayBudget = new ReplayBudget(config.maxReplayMemoryBytes);
   const server = createProxyServer({ routes, tokens, inbound, observer, draining: () => draining, scavenger, replayBudget, connections }, { ...DEFAULT_SERVER_LIMITS, ...options.limits });
   const admin = config.adminListen
-    ? createAdminServer({ routes, tokens, metrics: m, draining: () => draining, stopping: stopBegun.signal, credentialErrors })
+    ? createAdminServer({ routes, tokens, metrics: m, draining: () => draining, stopping: stopBegun, credentialErrors })
     : undefined;
 
   let address: { host: string; port: number };
@@ -237,7 +238,7 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
     }
     stopping = (async () => {
       draining = true;
-      stopBegun.abort();
+      beginStop();
       for (const w of watchers) w.close();
       if (delayMs > 0) {
         log.info({ delayMs }, 'readiness failed; still serving while endpoints are removed');
@@ -245,8 +246,8 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
       }
       closingConnections = true;
       await drain(server, graceMs, log, hurry.signal);
-      // Its probes answer at once now (readiness: 503): a moment for any still being written, and no warning.
-      if (admin) await drain(admin, ADMIN_GRACE_MS, log, hurry.signal, { quiet: true });
+      // Its probes answer at once now (readiness: 503): a moment for any still being written (a slow scrape).
+      if (admin) await drain(admin, ADMIN_GRACE_MS, log, hurry.signal, { level: 'debug' });
       // No request is left to use a token: a token request under way (a hanging token server, a retry
       // waiting out Retry-After) is abandoned rather than waited for, up to --token-timeout per attempt.
       for (const route of [...table.routes, ...validating, ...retiring]) route.tokenClient.abandon();
@@ -277,7 +278,7 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
 const ADMIN_GRACE_MS = 1_000;
 
 /** Stop accepting; give in-flight requests until the deadline (or until `hurry` aborts); then cut what is left. */
-async function drain(server: Server, graceMs: number, log: Logger, hurry?: AbortSignal, { quiet = false } = {}): Promise<void> {
+async function drain(server: Server, graceMs: number, log: Logger, hurry?: AbortSignal, { level = 'warn' as 'warn' | 'debug' } = {}): Promise<void> {
   if (!server.listening) return;
   const closed = new Promise<void>((resolve) => server.close(() => resolve()));
   server.closeIdleConnections();
@@ -290,7 +291,7 @@ async function drain(server: Server, graceMs: number, log: Logger, hurry?: Abort
   const first = await Promise.race([closed.then(() => 'closed' as const), deadline]);
   over.abort();
   if (first === 'deadline') {
-    if (!quiet) log.warn({ graceMs }, hurry?.aborted ? 'second signal; closing remaining connections' : 'grace period over; closing remaining connections');
+    log[level]({ graceMs }, hurry?.aborted ? 'second signal; closing remaining connections' : 'grace period over; closing remaining connections');
     server.closeAllConnections();
     await closed;
   }

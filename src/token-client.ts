@@ -18,7 +18,7 @@ import type { Credentials } from './credentials.js';
 import { redact, secretForms } from './redaction.js';
 import { createDispatcher, type OutboundNetwork } from './dispatcher.js';
 import { SidecarError, isTransientTokenError } from './errors.js';
-import { decodeJwtClaims } from './jwt.js';
+import { decodeJwtClaims, type JwtClaims } from './jwt.js';
 import { classifyNetworkError, trustAdvice } from './network-error.js';
 
 /** Lifetime assumed when the server gives neither `expires_in` nor a JWT `exp`. */
@@ -372,36 +372,44 @@ function cacheKeyOf(credentials: Credentials, settings: TokenRequestSettings): s
 const TOKEN_CHARS = /^[\x21-\x7e]+$/;
 
 /**
- * The shorter of `expires_in` (when positive) and the JWT's own lifetime, else the default; never more than
- * `MAX_TOKEN_LIFETIME_S`. The JWT's lifetime is `exp - iat` when it has both: the token server's clock against
- * itself, so a local clock that is off neither shortens nor stretches it (`exp - now` alone, off by an hour,
- * made a 1-h token one of 4 s, or served one for half an hour past its expiry). Without `iat` it is `exp`
- * against the local clock, while that is still ahead.
+ * A JWT's lifetime overrules `expires_in` only when shorter by more than this: its `exp` has whole seconds and is
+ * read against the local clock after the answer's way back, so for a real server it is a little shorter always.
+ * (The safety margin keeps a token from being handed out in its last 10 %, at most a minute, either way.)
  */
-function lifetimeOf(
-  expiresIn: unknown,
-  claims: { exp?: number | undefined; iat?: number | undefined } | undefined,
-  issuedAt: number,
-): Pick<AccessToken, 'expiresAt' | 'lifetimeSource'> {
+const JWT_SLACK_MS = 5_000;
+
+/**
+ * `expires_in` (when positive) unless the JWT's own lifetime is clearly shorter, else the default; never more
+ * than `MAX_TOKEN_LIFETIME_S`.
+ */
+function lifetimeOf(expiresIn: unknown, claims: Pick<JwtClaims, 'exp' | 'iat'> | undefined, issuedAt: number): Pick<AccessToken, 'expiresAt' | 'lifetimeSource'> {
   const capMs = MAX_TOKEN_LIFETIME_S * 1000;
   const seconds = typeof expiresIn === 'string' ? Number(expiresIn) : expiresIn;
   // Infinity (`1e999` in the JSON) is a lifetime too long to count: capped like any other.
   const fromExpiresIn = typeof seconds === 'number' && seconds > 0 ? Math.min(seconds * 1000, capMs) : undefined;
   const fromJwt = jwtLifetimeMs(claims, issuedAt);
-  if (fromExpiresIn !== undefined && (fromJwt === undefined || fromExpiresIn <= fromJwt)) {
+  if (fromExpiresIn !== undefined && (fromJwt === undefined || fromExpiresIn <= fromJwt + JWT_SLACK_MS)) {
     return { expiresAt: issuedAt + fromExpiresIn, lifetimeSource: 'expires_in' };
   }
   if (fromJwt !== undefined) return { expiresAt: issuedAt + Math.min(fromJwt, capMs), lifetimeSource: 'jwt' };
   return { expiresAt: issuedAt + DEFAULT_TOKEN_LIFETIME_S * 1000, lifetimeSource: 'default' };
 }
 
-/** Milliseconds the JWT claims it is valid for from now (see `lifetimeOf`), or undefined. */
-function jwtLifetimeMs(claims: { exp?: number | undefined; iat?: number | undefined } | undefined, issuedAt: number): number | undefined {
+/**
+ * Milliseconds the JWT is still valid for, or undefined: `exp` against the local clock, never more than
+ * `exp - iat` (the token server's clock against itself). The shorter errs on the safe side: a local clock behind
+ * the server's cannot stretch a token past its lifetime, and a token the server issued earlier (one it hands out
+ * again) keeps only what it has left. A local clock ahead of the server's by more than the whole lifetime makes
+ * every token look expired on arrival; then `exp - iat` alone is taken (the token is fresh, as far as can be told).
+ */
+function jwtLifetimeMs(claims: Pick<JwtClaims, 'exp' | 'iat'> | undefined, issuedAt: number): number | undefined {
   const exp = claims?.exp;
   if (exp === undefined || !Number.isFinite(exp)) return undefined;
   const iat = claims?.iat;
-  const ms = iat !== undefined && Number.isFinite(iat) && iat < exp ? (exp - iat) * 1000 : exp * 1000 - issuedAt;
-  return ms > 0 ? ms : undefined;
+  const own = iat !== undefined && Number.isFinite(iat) && iat < exp ? (exp - iat) * 1000 : undefined;
+  const left = exp * 1000 - issuedAt;
+  if (left > 0) return own === undefined ? left : Math.min(own, left);
+  return own;
 }
 
 /**

@@ -130,9 +130,7 @@ export class TokenProvider {
     }
     // The stale value is past its safety margin, or revoked (then possibly still within its TTL, e.g. after
     // a failed refresh): wait for the fetch already started by the call above, or start one. Never hand it out.
-    const fresh = await this.#cache.forceFetch(key, { context: source, allowStale: false, forceRefresh: cached !== undefined });
-    if (!this.#usable(fresh, this.#now())) throw unusableOnArrival(fresh);
-    return fresh;
+    return this.#cache.forceFetch(key, { context: source, allowStale: false, forceRefresh: cached !== undefined });
   }
 
   #hit(token: AccessToken): AccessToken {
@@ -195,7 +193,7 @@ export class TokenProvider {
     this.#onEvent({ type: 'fetch', key, reason: 'rotated' });
     let token: AccessToken;
     try {
-      token = await source.fetchToken();
+      token = this.#usableOnArrival(await source.fetchToken());
     } catch (error) {
       this.stats.failures++;
       this.#onEvent({ type: 'fetch-failed', key, error, durationMs: this.#now() - start, retryInMs: undefined });
@@ -228,6 +226,20 @@ export class TokenProvider {
     this.#cache.delete(source.cacheKey);
     this.#failures.delete(source.cacheKey);
     this.#rejectedAt.delete(source.cacheKey);
+  }
+
+  /**
+   * A token already inside its safety margin when it arrived (a lifetime shorter than the fetch took) is a failed
+   * fetch, backed off like any other: handing it out would send a token the upstream is about to reject, and
+   * fetching again for every request would hammer the token server.
+   */
+  #usableOnArrival(token: AccessToken): AccessToken {
+    if (this.#usable(token, this.#now())) return token;
+    const lifetimeMs = Math.round(token.expiresAt - token.issuedAt);
+    throw new SidecarError(
+      'TOKEN_RESPONSE_INVALID',
+      `the token server's token was already within its expiry margin when it arrived (lifetime ${lifetimeMs} ms, from ${token.lifetimeSource}) — check the token server's expires_in`,
+    );
   }
 
   /** When the token may no longer be handed out. */
@@ -279,7 +291,7 @@ export class TokenProvider {
     let token: AccessToken;
     try {
       // Not aborted by lru-cache's signal: a fetch whose entry was replaced (`refresh`) still answers its callers.
-      token = await source.fetchToken();
+      token = this.#usableOnArrival(await source.fetchToken());
     } catch (error) {
       // Replaced meanwhile by a validated token (`refresh`, new credentials under this key): the old
       // credentials' failure is theirs, not the key's; its callers get the new token.
@@ -322,16 +334,4 @@ function withRetryAfter(error: unknown, remainingMs: number): unknown {
   if (!(error instanceof SidecarError) || !isTransientTokenError(error)) return error;
   const seconds = Math.max(1, Math.ceil(remainingMs / 1000));
   return new SidecarError(error.code, error.message, { cause: error.cause, retryAfter: seconds });
-}
-
-/**
- * A token already inside its safety margin when it arrived (a lifetime shorter than the fetch took): handing it
- * out would send a token the upstream is about to reject.
- */
-function unusableOnArrival(token: AccessToken): SidecarError {
-  const lifetimeMs = Math.round(token.expiresAt - token.issuedAt);
-  return new SidecarError(
-    'TOKEN_RESPONSE_INVALID',
-    `the token server's token was about to expire when it arrived (lifetime ${lifetimeMs} ms, from ${token.lifetimeSource}) — check the token server's expires_in`,
-  );
 }

@@ -108,6 +108,13 @@ describe('oauth-sidecar check: a working setup', () => {
     expect(run.lines.at(-1)).toBe('ok   summary: 1 route checked, all pass');
   });
 
+  it('shows the token URL without its query (it may be signed)', async () => {
+    const signed = await writeKey('signed.json', { clientid: CLIENT_ID, clientsecret: SECRET, tokenurl: `${oauth.tokenUrl}?sig=FAKE-signed-value`, url: upstream.url });
+    const run = await check(['--service-key', signed, '--ca', caPath, '--scope', DEFAULT_SCOPE], { path: '/http/GetTimestamp' });
+    expect(run.text).toContain(`token URL: ${oauth.tokenUrl}?…`);
+    expect(run.text).not.toContain('FAKE-signed-value');
+  });
+
   it('reports a CSRF-protected endpoint that answered the token fetch (and warns when csrf is off)', async () => {
     upstream.setHandler((req, res) => {
       const fetch = req.headers['x-csrf-token'] === 'Fetch';

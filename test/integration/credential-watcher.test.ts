@@ -749,31 +749,54 @@ describe('CredentialWatcher scheduling', () => {
     expect(watcher.lastError).toBeUndefined();
   });
 
-  it('offers a refused change again at the next reloadNow or poll, not on every directory event (a busy file beside the key)', async () => {
+  /**
+   * A watcher on a key file whose `onChange` refuses every change (as a token server refusing new credentials
+   * would), with a hand-fired directory event: `write` puts a secret in the file (or none: a neighbour written)
+   * and waits until the reload that event set off has read the key.
+   */
+  async function refusingWatcher() {
     const rec = recorder();
     const { load, counts } = countingLoad(rec);
     const fake = fakeWatchFactory();
     const path = await keyFile();
     const refused = new Error('token server refused the new credentials');
-    let attempts = 0;
+    const offers = { count: 0 };
     const onChange = (): void => {
-      attempts += 1;
+      offers.count += 1;
       throw refused;
     };
     const watcher = await startWatcher({ source: { kind: 'path', path } }, rec, { load, watch: fake.factory, onChange });
     const fire = fake.watches[0]!.fire;
-    await writeFile(path, secretKey({ clientsecret: NEW_SECRET }));
-    fire();
-    await rec.until(() => rec.errors.length === 1);
-    for (let i = 0; i < 5; i++) {
+    const write = async (secret?: string): Promise<void> => {
+      if (secret !== undefined) await writeFile(path, secretKey({ clientsecret: secret }));
       const before = counts.finished;
-      fire(); // a neighbour written again: the key is read, the refused change not offered
+      fire();
       await rec.until(() => counts.finished > before);
-    }
+    };
+    return { rec, watcher, refused, offers, write };
+  }
+
+  it('offers a refused change again at the next reloadNow or poll, not on every directory event (a busy file beside the key)', async () => {
+    const { rec, watcher, refused, offers, write } = await refusingWatcher();
+    await write(NEW_SECRET);
+    await rec.until(() => rec.errors.length === 1);
+    for (let i = 0; i < 5; i++) await write(); // a neighbour written again: the key is read, the refused change not offered
     await watcher.reloadNow(); // waits for any reload in flight, then offers the change once more
-    expect({ attempts, errors: rec.errors.length }).toEqual({ attempts: 2, errors: 2 });
+    expect({ attempts: offers.count, errors: rec.errors.length }).toEqual({ attempts: 2, errors: 2 });
     expect(watcher.lastError).toBe(refused);
     expect(watcher.current.credentials.kind === 'client-secret' && watcher.current.credentials.clientSecret).toBe(OLD_SECRET);
+  });
+
+  it('a refused change written again after the files went back to the credentials in use is offered at once', async () => {
+    const { rec, watcher, refused, offers, write } = await refusingWatcher();
+    await write(NEW_SECRET);
+    await rec.until(() => rec.errors.length === 1);
+    await write(OLD_SECRET); // back to what is in use: nothing to report
+    await vi.waitFor(() => expect(watcher.lastError).toBeUndefined());
+    await write(NEW_SECRET); // the same change again: news, offered and reported
+    await rec.until(() => rec.errors.length === 2);
+    expect(offers.count).toBe(2);
+    expect(watcher.lastError).toBe(refused);
   });
 
   it('a poll offers a refused change again', async () => {

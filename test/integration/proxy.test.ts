@@ -803,6 +803,11 @@ describe('inbound control and routes', () => {
     expect(JSON.parse(answer)).toMatchObject({ error: 'ROUTE_NOT_FOUND', route: null });
     // The access line counts the sidecar's own answer like an upstream's.
     await expect.poll(() => multi.logs.find((l) => l['msg'] === 'request' && l['path'] === '/ordersx')?.['bytesOut'], { interval: 10 }).toBe(Buffer.byteLength(answer));
+    // …and what it sends: nothing to a HEAD.
+    const head = await request(`${multi.url}/ordersy`, { method: 'HEAD' });
+    expect(head.statusCode).toBe(404);
+    await head.body.dump();
+    await expect.poll(() => multi.logs.find((l) => l['msg'] === 'request' && l['path'] === '/ordersy')?.['bytesOut'], { interval: 10 }).toBe(0);
     // Three routes, one credential set: one token serves them all.
     expect(new Set(multi.routes.routes.map((r) => r.tokenClient.cacheKey)).size).toBe(1);
   });

@@ -246,10 +246,11 @@ describe('token client against a token endpoint that checks credentials', () => 
     expect([near.expiresAt, near.lifetimeSource]).toEqual([exp * 1000, 'jwt']);
   });
 
-  it("the JWT's exp - iat bounds expires_in and stands in for it, whatever the local clock says", async () => {
+  it("the JWT's own lifetime bounds expires_in and stands in for it; a local clock behind the server's never stretches a token", async () => {
     const jwt = (claims: { exp: number; iat?: number }) =>
       [{ alg: 'none' }, claims].map((part) => Buffer.from(JSON.stringify(part)).toString('base64url')).join('.') + '.sig';
-    const now = Math.floor(Date.now() / 1000);
+    // A second or two ahead of the local clock, so that `exp` against the local clock never undercuts `exp - iat` here.
+    const now = Math.ceil(Date.now() / 1000) + 1;
     const fetched = async (claims: { exp: number; iat?: number }, expiresIn?: number) => {
       endpoint.fail({ kind: 'body', body: JSON.stringify({ access_token: jwt(claims), token_type: 'bearer', expires_in: expiresIn }) });
       return client(secretCredentials()).fetchToken();
@@ -261,14 +262,17 @@ describe('token client against a token endpoint that checks credentials', () => 
     // expires_in overstating the token's own lifetime: the JWT wins; XSUAA's usual one second less: expires_in.
     expect(await lifetime({ iat: now, exp: now + 60 }, 3600)).toEqual([60, 'jwt']);
     expect(await lifetime({ iat: now, exp: now + 43_200 }, 43_199)).toEqual([43_199, 'expires_in']);
-    // The local clock an hour behind the token server's, and (nearly) an hour ahead: still the token's hour.
+    // The local clock an hour behind the token server's: still the token's hour, not two.
     expect(await lifetime({ iat: now + 3600, exp: now + 7200 })).toEqual([3600, 'jwt']);
-    expect(await lifetime({ iat: now - 3595, exp: now + 5 })).toEqual([3600, 'jwt']);
+    // A token issued earlier (handed out again), or a local clock ahead: what is left by the local clock, the safe side.
+    const reused = await fetched({ iat: now - 3000, exp: now + 600 });
+    expect([reused.expiresAt, reused.lifetimeSource]).toEqual([(now + 600) * 1000, 'jwt']);
+    // A local clock ahead by more than the lifetime: every token would look expired; the token's own hour counts.
     expect(await lifetime({ iat: now - 7200, exp: now - 3600 })).toEqual([3600, 'jwt']);
     // Without iat, exp against the local clock, while it is still ahead.
     const alone = await fetched({ exp: now + 600 });
     expect([alone.expiresAt, alone.lifetimeSource]).toEqual([(now + 600) * 1000, 'jwt']);
-    expect(await lifetime({ exp: now - 1 })).toEqual([300, 'default']);
+    expect(await lifetime({ exp: now - 5 })).toEqual([300, 'default']);
   });
 
   it('a 429 with Retry-After 0 or a non-integer waits the normal 429 backoff, not 0 ms', async () => {

@@ -126,7 +126,7 @@ describe('readCredentialSource: JSON file', () => {
     await writeFile(file, '');
     await truncate(file, MAX_KEY_FILE_BYTES + 1); // sparse: nothing is written
     expect(await problemsOf(readCredentialSource({ kind: 'path', path: file }))).toEqual([
-      { source: file, field: '', message: `is larger than 1 MiB (${MAX_KEY_FILE_BYTES + 1} bytes), which no service key or certificate is` },
+      { source: file, field: '', message: `is larger than ${MAX_KEY_FILE_BYTES} bytes (${MAX_KEY_FILE_BYTES + 1}), which no service key or certificate is` },
     ]);
   });
 
@@ -207,6 +207,13 @@ describe('readCredentialSource: secret directories', () => {
     await symlink('gone', join(dir, 'clientsecret'));
     const { raw, source } = await readCredentialSource({ kind: 'path', path: dir });
     expect(() => parseServiceKey(raw, source)).toThrow(/clientsecret/);
+    // Nothing but such links: they are named.
+    const empty = join(await tempDir(), 'gone');
+    await mkdir(empty);
+    await symlink('nowhere', join(empty, 'clientid'));
+    expect(await problemsOf(readCredentialSource({ kind: 'path', path: empty }))).toEqual([
+      { source: empty, field: '', message: 'contains no service key files, only links that lead nowhere (clientid)' },
+    ]);
   });
 
   it('names the file holding invalid JSON', async () => {

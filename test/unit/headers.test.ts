@@ -37,7 +37,7 @@ describe('requestHeadersForUpstream', () => {
     expect(out).toEqual({ accept: '*/*' });
   });
 
-  it.each(['host', 'expect', 'forwarded', 'close', 'x-original-url', 'X-Rewrite-URL'])('drops %s', (name) => {
+  it.each(['host', 'expect', 'forwarded', 'close', 'x-original-url', 'x-original-uri', 'X-Rewrite-URL', 'x-envoy-original-path'])('drops %s', (name) => {
     expect(requestHeadersForUpstream({ [name]: 'v', 'x-keep': '1' })).toEqual({ 'x-keep': '1' });
   });
 

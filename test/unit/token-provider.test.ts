@@ -240,17 +240,21 @@ describe('TokenProvider', () => {
     expect(source.calls).toBe(1);
   });
 
-  it('never hands out a token that was inside its safety margin when it arrived: fails TOKEN_RESPONSE_INVALID', async () => {
-    const { provider, source } = setup();
+  it('a token inside its safety margin when it arrived is a failed fetch (TOKEN_RESPONSE_INVALID), backed off like any other', async () => {
+    const { clock, events, provider, source } = setup({ backoff: { minMs: 4_000, maxMs: 20_000 } });
     const result = provider.getToken(source).then(
       (token) => token,
       (error: unknown) => error,
     );
     await flush();
-    await source.issue(0); // the cold fetch's token is already due: fetched once more
-    expect(source.calls).toBe(2);
     await source.issue(0);
-    expect(await result).toMatchObject({ code: 'TOKEN_RESPONSE_INVALID', message: expect.stringContaining('about to expire when it arrived') });
+    expect(await result).toMatchObject({ code: 'TOKEN_RESPONSE_INVALID', message: expect.stringContaining('within its expiry margin when it arrived') });
+    expect(events.map((e) => e.type)).toEqual(['fetch', 'fetch-failed']);
+    expect(provider.stats.failures).toBe(1);
+    // Not fetched again for every sender: the backoff holds.
+    clock.now += 1_000;
+    await expect(provider.getToken(source)).rejects.toMatchObject({ code: 'TOKEN_RESPONSE_INVALID' });
+    expect(source.calls).toBe(1);
   });
 
   it('refreshes once after an upstream rejection, however many requests saw it', async () => {

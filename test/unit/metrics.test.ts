@@ -1,0 +1,34 @@
+import { describe, expect, it } from 'vitest';
+import { Metrics } from '../../src/metrics.js';
+import type { RouteTable } from '../../src/routes.js';
+import type { AccessToken } from '../../src/token-client.js';
+import { TokenProvider, type TokenSource } from '../../src/token-provider.js';
+
+describe('oauth_sidecar_token_expiry_seconds', () => {
+  it('counts down to the token’s expiry, inside its safety margin too, and is absent once it has expired', async () => {
+    const clock = { now: 1_000_000 };
+    const source: TokenSource = {
+      cacheKey: 'key-1',
+      fetchToken: async (): Promise<AccessToken> => ({
+        value: 'token-1',
+        issuedAt: clock.now,
+        expiresAt: clock.now + 100_000,
+        scopes: [],
+        lifetimeSource: 'expires_in',
+      }),
+    };
+    const tokens = new TokenProvider({ now: () => clock.now });
+    await tokens.getToken(source);
+    const table = { routes: [{ name: 'orders', tokenClient: source, credentials: { kind: 'client-secret' } }] } as unknown as RouteTable;
+    const metrics = new Metrics({ routes: () => table, tokens, credentialErrors: () => new Map(), now: () => clock.now, defaultMetrics: false });
+    const expiry = async (): Promise<string | undefined> =>
+      /^oauth_sidecar_token_expiry_seconds\{route="orders"\} (\S+)$/m.exec((await metrics.render()).body)?.[1];
+
+    expect(await expiry()).toBe('100');
+    clock.now += 95_000; // inside the safety margin (10 %): no longer handed out, but not expired
+    expect(tokens.peek(source)).toBeUndefined();
+    expect(await expiry()).toBe('5');
+    clock.now += 5_000;
+    expect(await expiry()).toBeUndefined();
+  });
+});
