@@ -542,6 +542,8 @@ class Exchange {
       this.#held = holding ? { status, headers } : undefined;
       return verdict;
     }
+    // Nothing will be sent again: the copy, and its share of --max-replay-memory, go now, not after the download.
+    body.finish();
     this.#writeHead(status, headers);
     return 'deliver';
   }
@@ -827,7 +829,10 @@ class Exchange {
       ...headers,
     });
     res.end(body);
-    if (!req.complete) req.resume();
+    // Read on to the end (until the close): a body piped towards an upstream request that never started (a
+    // refused connection, a TLS failure) would otherwise stay paused, and its sender never read its answer.
+    if (this.#body !== undefined) this.#body.discardRest();
+    else if (!req.complete) req.resume();
     return undefined;
   }
 

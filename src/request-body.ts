@@ -143,11 +143,14 @@ export class RequestBody {
     else this.#tee.once('close', readOn);
   }
 
-  /** The upstream will not take the rest: read it into nothing (the connection closes after the answer). */
+  /**
+   * Nothing will be sent again, and the upstream will not take the rest: the copy goes, and what is still
+   * arriving is read into nothing (the connection closes after the answer).
+   */
   discardRest(): void {
     const req = this.#req;
-    if (req.complete) return;
     this.#drop(); // `#keep`, if it listens, still counts what is drained
+    if (req.complete) return;
     if (this.#tee) req.unpipe(this.#tee);
     req.resume();
   }

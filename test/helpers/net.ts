@@ -1,6 +1,6 @@
 /** Small networking utilities for test servers: listen on 127.0.0.1, track sockets, close for real. */
 import { createHash, type Hash } from 'node:crypto';
-import type { Server, Socket } from 'node:net';
+import { createServer, type Server, type Socket } from 'node:net';
 import { Transform, type TransformCallback } from 'node:stream';
 
 export const LOOPBACK = '127.0.0.1';
@@ -47,6 +47,14 @@ export class SocketTracker {
 }
 
 /** Stop listening and destroy every open connection; resolves once the server is closed. */
+/** A loopback port nothing listens on (just given up by a listener of its own): connections to it are refused. */
+export async function closedPort(): Promise<number> {
+  const server = createServer();
+  const port = await listen(server);
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
 export function closeServer(server: Server, sockets: SocketTracker): Promise<void> {
   return new Promise((resolve, reject) => {
     if (!server.listening) {

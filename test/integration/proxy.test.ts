@@ -6,6 +6,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { request } from 'undici';
 import { ConfigError } from '../../src/errors.js';
 import { createScavenger, SCAVENGE_STEP_BYTES, youngGenerationCollector } from '../../src/scavenger.js';
+import { closedPort, gate } from '../helpers/net.js';
 import { downloadSha256 } from '../helpers/upstream.js';
 import type { OAuthServer } from '../helpers/oauth-server.js';
 import { runSidecar, type RunningSidecar } from '../helpers/sidecar.js';
@@ -541,8 +542,8 @@ describe('tokens on the request path', () => {
      * A sender that writes its whole body before it reads anything (Python's http.client, many SOAP stacks): its
      * socket reads nothing meanwhile, so an answer is lost if the connection is reset before the sender reads.
      */
-    async function writeAllThenRead(head: string, bodyBytes: number): Promise<{ text: string; error: string | undefined }> {
-      const socket = connect(sidecar.address.port, '127.0.0.1');
+    async function writeAllThenRead(head: string, bodyBytes: number, port = sidecar.address.port): Promise<{ text: string; error: string | undefined }> {
+      const socket = connect(port, '127.0.0.1');
       socket.pause();
       let error: string | undefined;
       socket.on('error', (err: NodeJS.ErrnoException) => (error ??= err.code ?? err.message));
@@ -588,6 +589,39 @@ describe('tokens on the request path', () => {
       expect(error).toBeUndefined();
       expect(text).toMatch(/^HTTP\/1\.1 400 /);
       expect(text).toMatch(/"error":"REQUEST_REFUSED"/);
+    });
+
+    it('the replay copy goes when the answer begins, not when the download ends: a slow download holds no --max-replay-memory', async () => {
+      const { arrived, arrival, release, released } = gate();
+      upstream.setHandler((req, res, body) => {
+        if (!req.url?.startsWith('/http/slow-answer')) return false;
+        body.resume();
+        body.on('end', () => {
+          res.writeHead(200, { 'content-type': 'text/plain' });
+          res.write('first part, ');
+          arrived();
+          void released.then(() => res.end('last part'));
+        });
+        return true;
+      });
+      const pending = request(`${sidecar.url}/http/slow-answer`, { method: 'POST', body: randomBytes(256 * 1024) });
+      await arrival;
+      const res = await pending; // its head is here, its body still coming
+      expect(res.statusCode).toBe(200);
+      expect(sidecar.replayBudget.used).toBe(0);
+      release();
+      expect(await res.body.text()).toBe('first part, last part');
+    });
+
+    it('an upstream that cannot be reached, to a sender that writes its whole body before reading: it gets the 502, not a broken pipe', async () => {
+      // The request never starts upstream, so nothing reads the body on the way there: the sidecar must.
+      const port = await closedPort();
+      const dead = await another(['--service-key', keyPath, '--upstream', `https://127.0.0.1:${port}`]);
+      const size = 4 * 1024 * 1024;
+      const { text, error } = await writeAllThenRead(`POST /http/unreachable HTTP/1.1\r\nHost: localhost\r\nContent-Length: ${size}\r\n\r\n`, size, dead.address.port);
+      expect(error).toBeUndefined();
+      expect(text).toMatch(/^HTTP\/1\.1 502 /);
+      expect(text).toMatch(/"error":"UPSTREAM_UNREACHABLE"/);
     });
 
     it('a complete answer before the sender finished uploading: the sender gets it, and its connection is not left hanging', async () => {
