@@ -131,7 +131,12 @@ async function main(): Promise<number> {
     say(`bench: ${note}`);
     notes.push(note);
   }
-  const preferWrk = args.string('tool') === 'wrk';
+  if (kinds.length === 0) throw new Error('no contender left to run (--contenders)');
+  const tool = args.string('tool');
+  if (tool !== 'wrk' && tool !== 'autocannon') throw new Error(`--tool must be wrk or autocannon, not "${tool}"`);
+  const runnerName = args.string('runner');
+  if (runnerName !== 'dist' && runnerName !== 'tsx') throw new Error(`--runner must be dist or tsx, not "${runnerName}"`);
+  const preferWrk = tool === 'wrk';
   if (preferWrk && !wrkAvailable()) {
     const note = 'wrk is not installed: using autocannon for GET load (Debian: apt-get install wrk); autocannon in one process may limit the fastest contenders';
     say(`bench: ${note}`);
@@ -147,7 +152,7 @@ async function main(): Promise<number> {
   try {
     let runner: Runner;
     try {
-      runner = makeRunner(args.string('runner') === 'tsx' ? 'tsx' : 'dist', (l) => say(`bench: ${l}`));
+      runner = makeRunner(runnerName, (l) => say(`bench: ${l}`));
     } catch (err) {
       say(`bench: ${(err as Error).message}\nbench: falling back to running the sources through tsx`);
       notes.push('tsc build failed: contenders ran through tsx');
@@ -266,7 +271,7 @@ async function main(): Promise<number> {
     if (stallLine) notes.push(stallLine);
     if (sidecarArgs.length > 0) notes.push(`oauth-sidecar ran with extra flags: ${sidecarArgs.join(' ')}`);
     const targets: Record<string, TargetVerdict[]> = {};
-    for (const spec of specs) if (spec.kind === 'sidecar') targets[spec.id] = verdicts(summary, spec.id, tokens[spec.id]);
+    for (const spec of specs) if (spec.kind === 'sidecar') targets[spec.id] = verdicts(summary, spec.id, tokens[spec.id], loadgen.tool);
     const machine = `${machineLine()} (shared VM: compare ratios, not absolute numbers)`;
     const date = new Date().toISOString();
     const table = markdown(summary, specs, targets, tokens, {

@@ -33,7 +33,7 @@ const FLAGS: Flags = {
   rate: { type: 'string', default: '0', description: 'requests/s over all senders; 0 = as fast as the sidecar answers' },
   'token-lifetime': { type: 'string', default: '20', description: 'expires_in of issued tokens, seconds (refreshed at 75 %)' },
   'rotate-at': { type: 'string', default: '0.5', description: 'credential rotation at this fraction of the duration or of the request budget, whichever comes first' },
-  interval: { type: 'string', default: 'auto', description: 'seconds per row of the printed series (auto: 60, or duration/12 for runs under 10 min)' },
+  interval: { type: 'string', default: 'auto', description: 'seconds per row of the printed series (auto: 60, or duration/12 but at least 5 for runs under 10 min)' },
   runner: { type: 'string', default: 'dist', description: 'dist (compiled with tsc) or tsx' },
   'no-pin': { type: 'boolean', description: 'do not pin processes to CPUs with taskset' },
   out: { type: 'string', default: 'bench/results', description: 'directory for soak-latest.json and soak-latest.md' },
@@ -97,6 +97,9 @@ async function main(): Promise<number> {
   const rate = args.number('rate', 0);
   const lifetimeS = Math.floor(args.number('token-lifetime', 5));
   const rotateAt = args.number('rotate-at', 0);
+  if (rotateAt > 1) throw new Error(`--rotate-at must be a fraction from 0 (no rotation) to 1, not ${rotateAt}`);
+  const runnerName = args.string('runner');
+  if (runnerName !== 'dist' && runnerName !== 'tsx') throw new Error(`--runner must be dist or tsx, not "${runnerName}"`);
   const intervalText = args.string('interval');
   const intervalS = intervalText === 'auto' ? (durationS >= 600 ? 60 : Math.max(5, Math.round(durationS / 12))) : args.number('interval', 1);
 
@@ -105,7 +108,7 @@ async function main(): Promise<number> {
   const layout = cpuLayout(!args.boolean('no-pin'));
   let runner: Runner;
   try {
-    runner = makeRunner(args.string('runner') === 'tsx' ? 'tsx' : 'dist', (l) => say(`soak: ${l}`));
+    runner = makeRunner(runnerName, (l) => say(`soak: ${l}`));
   } catch (err) {
     say(`soak: ${(err as Error).message}\nsoak: falling back to running the sources through tsx`);
     runner = tsxRunner();

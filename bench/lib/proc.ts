@@ -25,9 +25,11 @@ function installExitHook(): void {
     for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     removeTempDirs();
   });
-  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  // SIGHUP too: a closed terminal or ssh session would otherwise end node without the exit hook, leaving the
+  // contenders running and the temp directories (which hold the test PKI's keys and client secrets) behind.
+  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
     process.once(signal, () => {
-      process.stderr.write(`\nbench: ${signal} received, stopping child processes and removing temp directories\n`);
+      process.stderr.write(`\n${signal} received: stopping child processes and removing temp directories\n`);
       process.exit(130);
     });
   }

@@ -7,7 +7,7 @@
  * latency tail on this machine is the machine's.
  */
 import type { Runner } from './build.js';
-import { Child } from './proc.js';
+import { Child, cleanEnv } from './proc.js';
 import { max, median } from './stats.js';
 
 export interface StallFigures {
@@ -39,7 +39,7 @@ export function stallFigures(pieceUs: readonly number[], elapsedUs: number): Sta
 
 /** Run the probe for `seconds` on `cpu` (all else idle); undefined when it fails. */
 export async function probeStalls(runner: Runner, cpu: number | undefined, seconds: number): Promise<StallFigures | undefined> {
-  const child = new Child('stall-probe', process.execPath, [...runner.args('bench/tools/stall-probe.ts'), String(seconds)], { cpu });
+  const child = new Child('stall-probe', process.execPath, [...runner.args('bench/tools/stall-probe.ts'), String(seconds)], { cpu, env: cleanEnv() });
   const status = await child.exited();
   if (status.code !== 0) return undefined;
   try {
