@@ -297,7 +297,9 @@ export interface TableContext {
   tool: string;
   layout: string;
   rounds: number;
-  durationS: number;
+  /** Measured seconds per contender and round: at 64 connections and at 1 (slices of whole seconds may not add up to `--duration`). */
+  getS: number;
+  latencyS: number;
   connections: number;
   uploadMiB: number;
   uploadsPerRound: number;
@@ -315,7 +317,7 @@ export function markdown(
 ): string {
   const lines: string[] = [];
   lines.push(`Machine: ${ctx.machine}`);
-  lines.push(`Run: ${ctx.date}; ${ctx.rounds} interleaved round${ctx.rounds === 1 ? '' : 's'}; GET ${ctx.durationS} s at ${ctx.connections} connections and ${ctx.durationS} s at 1 connection (${ctx.tool}); ` +
+  lines.push(`Run: ${ctx.date}; ${ctx.rounds} interleaved round${ctx.rounds === 1 ? '' : 's'}; GET ${ctx.getS} s at ${ctx.connections} connections and ${ctx.latencyS} s at 1 connection (${ctx.tool}); ` +
     `${ctx.uploadsPerRound} × ${ctx.uploadMiB} MiB POST per round; ${ctx.layout}; sidecar run as ${ctx.runner}. Medians over rounds; ratios are medians of per-round ratios; RSS is the peak over all rounds (under GET load including each pool prewarm)` +
     (ctx.tool.startsWith('wrk') ? "; latency percentiles are the requests' own (wrk's coordinated-omission correction taken out, its corrected p99 in its own column)." : '.'));
   lines.push('');

@@ -149,7 +149,8 @@ describe('bench report', () => {
       tool: 'wrk',
       layout: 'not pinned',
       rounds: 2,
-      durationS: 5,
+      getS: 6,
+      latencyS: 5,
       connections: 64,
       uploadMiB: 64,
       uploadsPerRound: 2,
@@ -159,6 +160,8 @@ describe('bench report', () => {
     expect(text).toContain('| sidecar ⚠ | 6,500 | 0.85× |');
     expect(text).toContain('| GET req/s ≥ 0.9 × bare undici forwarder | 0.850× | **missed** |');
     expect(text).toContain('- a note');
+    // The seconds measured, which slices of whole seconds may make differ from --duration.
+    expect(text).toContain('GET 6 s at 64 connections and 5 s at 1 connection (wrk)');
   });
 
   it('reads the stall probe: the share of time in pieces 4× the median or slower, and their slowdown', () => {
@@ -183,11 +186,11 @@ describe('bench report', () => {
     const p99 = verdicts(s, 'sidecar', undefined).find((t) => t.id === 'latency-p99')!;
     expect(p99).toMatchObject({ pass: true, value: "400 µs (wrk's coordinated-omission-corrected p99: 1,600 µs)" });
     const specs = ids.map((id) => ({ id, kind: id as 'direct', label: id }));
-    const text = markdown(s, specs, {}, {}, { machine: 'm', date: 'd', tool: 'wrk', layout: 'l', rounds: 2, durationS: 5, connections: 64, uploadMiB: 64, uploadsPerRound: 2, runner: 'dist', notes: [] });
+    const text = markdown(s, specs, {}, {}, { machine: 'm', date: 'd', tool: 'wrk', layout: 'l', rounds: 2, getS: 5, latencyS: 5, connections: 64, uploadMiB: 64, uploadsPerRound: 2, runner: 'dist', notes: [] });
     expect(text).toContain('| 175 | 400 | 1,600 |'); // p50, p99, wrk-corrected p99
     expect(text).toContain('| 140 | 650 | – |'); // undici: no corrected figure recorded
     expect(text).toContain("latency percentiles are the requests' own");
-    expect(markdown(s, specs, {}, {}, { machine: 'm', date: 'd', tool: 'autocannon 8', layout: 'l', rounds: 2, durationS: 5, connections: 64, uploadMiB: 64, uploadsPerRound: 2, runner: 'dist', notes: [] })).not.toContain('coordinated-omission');
+    expect(markdown(s, specs, {}, {}, { machine: 'm', date: 'd', tool: 'autocannon 8', layout: 'l', rounds: 2, getS: 5, latencyS: 5, connections: 64, uploadMiB: 64, uploadsPerRound: 2, runner: 'dist', notes: [] })).not.toContain('coordinated-omission');
   });
 
   it('summarizes the stall probes of the rounds into a note, and says nothing without them', () => {
