@@ -19,8 +19,8 @@ export interface AdminOptions {
   tokens: TokenProvider;
   metrics: Metrics;
   draining: () => boolean;
-  /** Settles when shutdown begins: a readiness probe still waiting for a token answers 503 at once. */
-  stopping?: Promise<void>;
+  /** Aborted when shutdown begins: a readiness probe still waiting for a token answers 503 at once. */
+  stopping?: AbortSignal;
   /** Routes whose last credential reload failed (old credentials still serve). */
   credentialErrors: () => ReadonlyMap<string, string>;
   /** Bound on the token fetch a readiness probe may start. */
@@ -88,10 +88,29 @@ export async function readiness(options: AdminOptions): Promise<{ status: number
       }
     }),
   );
-  const routes = options.stopping === undefined ? await checks : await Promise.race([checks, options.stopping.then(() => undefined)]);
+  const routes = await untilStopping(checks, options.stopping);
   if (routes === undefined) return shuttingDown();
   const ready = routes.every((r) => r.ready);
   return { status: ready ? 200 : 503, body: { status: ready ? 'ready' : 'not ready', routes } };
+}
+
+/**
+ * `promise`'s value, or undefined as soon as `stopping` aborts. The listener goes when the probe is answered: a
+ * reaction to a promise that settles only at shutdown would keep every probe's state until then.
+ */
+async function untilStopping<T>(promise: Promise<T>, stopping: AbortSignal | undefined): Promise<T | undefined> {
+  if (stopping === undefined) return promise;
+  if (stopping.aborted) return undefined;
+  let onAbort!: () => void;
+  const stopped = new Promise<undefined>((resolve) => {
+    onAbort = () => resolve(undefined);
+    stopping.addEventListener('abort', onAbort, { once: true });
+  });
+  try {
+    return await Promise.race([promise, stopped]);
+  } finally {
+    stopping.removeEventListener('abort', onAbort);
+  }
 }
 
 function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {

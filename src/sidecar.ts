@@ -4,6 +4,7 @@
  * admin listeners — and takes it down gracefully. Logging and metrics are
  * wired here, at the edge: the modules below return results and emit events.
  */
+import { setMaxListeners } from 'node:events';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -67,9 +68,10 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
   const credentialErrors = (): ReadonlyMap<string, string> =>
     new Map(watchers.flatMap((w, i) => (w.lastError === undefined ? [] : [[config.routes[i]!.name, describeError(w.lastError)] as const])));
   let draining = false;
-  /** Settles when a stop begins (`draining`): readiness probes still waiting for a token answer at once. */
-  let beginStop!: () => void;
-  const stopBegun = new Promise<void>((resolve) => (beginStop = resolve));
+  /** Aborted when a stop begins (`draining`): readiness probes still waiting for a token answer at once. */
+  const stopBegun = new AbortController();
+  // One listener per probe waiting for a token, removed when it is answered; any number may wait at once.
+  setMaxListeners(0, stopBegun.signal);
   /** Set when the drain begins, after the shutdown delay (during which senders are served as usual). */
   let closingConnections = false;
 
@@ -124,7 +126,7 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
   const replayBudget = new ReplayBudget(config.maxReplayMemoryBytes);
   const server = createProxyServer({ routes, tokens, inbound, observer, draining: () => draining, scavenger, replayBudget, connections }, { ...DEFAULT_SERVER_LIMITS, ...options.limits });
   const admin = config.adminListen
-    ? createAdminServer({ routes, tokens, metrics: m, draining: () => draining, stopping: stopBegun, credentialErrors })
+    ? createAdminServer({ routes, tokens, metrics: m, draining: () => draining, stopping: stopBegun.signal, credentialErrors })
     : undefined;
 
   let address: { host: string; port: number };
@@ -238,7 +240,7 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
     }
     stopping = (async () => {
       draining = true;
-      beginStop();
+      stopBegun.abort();
       for (const w of watchers) w.close();
       if (delayMs > 0) {
         log.info({ delayMs }, 'readiness failed; still serving while endpoints are removed');

@@ -372,9 +372,10 @@ function cacheKeyOf(credentials: Credentials, settings: TokenRequestSettings): s
 const TOKEN_CHARS = /^[\x21-\x7e]+$/;
 
 /**
- * A JWT's lifetime overrules `expires_in` only when shorter by more than this: its `exp` has whole seconds and is
- * read against the local clock after the answer's way back, so for a real server it is a little shorter always.
- * (The safety margin keeps a token from being handed out in its last 10 %, at most a minute, either way.)
+ * A JWT's lifetime overrules `expires_in` only when shorter by more than this (or than a tenth of it, for a short
+ * token): its `exp` has whole seconds and is read against the local clock after the answer's way back, so for a
+ * real server it is a little shorter always. Within that slack the safety margin (the last 10 % of the lifetime,
+ * at most a minute) keeps the token from being handed out past `exp`.
  */
 const JWT_SLACK_MS = 5_000;
 
@@ -388,7 +389,7 @@ function lifetimeOf(expiresIn: unknown, claims: Pick<JwtClaims, 'exp' | 'iat'> |
   // Infinity (`1e999` in the JSON) is a lifetime too long to count: capped like any other.
   const fromExpiresIn = typeof seconds === 'number' && seconds > 0 ? Math.min(seconds * 1000, capMs) : undefined;
   const fromJwt = jwtLifetimeMs(claims, issuedAt);
-  if (fromExpiresIn !== undefined && (fromJwt === undefined || fromExpiresIn <= fromJwt + JWT_SLACK_MS)) {
+  if (fromExpiresIn !== undefined && (fromJwt === undefined || fromExpiresIn <= fromJwt + Math.min(JWT_SLACK_MS, fromJwt / 10))) {
     return { expiresAt: issuedAt + fromExpiresIn, lifetimeSource: 'expires_in' };
   }
   if (fromJwt !== undefined) return { expiresAt: issuedAt + Math.min(fromJwt, capMs), lifetimeSource: 'jwt' };

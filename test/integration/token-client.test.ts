@@ -262,6 +262,8 @@ describe('token client against a token endpoint that checks credentials', () => 
     // expires_in overstating the token's own lifetime: the JWT wins; XSUAA's usual one second less: expires_in.
     expect(await lifetime({ iat: now, exp: now + 60 }, 3600)).toEqual([60, 'jwt']);
     expect(await lifetime({ iat: now, exp: now + 43_200 }, 43_199)).toEqual([43_199, 'expires_in']);
+    // A short token: a slack of a tenth of it (3 s), so that 4 s more than the JWT's 30 s do not count.
+    expect(await lifetime({ iat: now, exp: now + 30 }, 34)).toEqual([30, 'jwt']);
     // The local clock an hour behind the token server's: still the token's hour, not two.
     expect(await lifetime({ iat: now + 3600, exp: now + 7200 })).toEqual([3600, 'jwt']);
     // A token issued earlier (handed out again), or a local clock ahead: what is left by the local clock, the safe side.
