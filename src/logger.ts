@@ -11,7 +11,7 @@ import type { LogLevel } from './config.js';
 
 export type { Logger };
 
-/** Matched as written (pino's paths are exact): header names in both the wire's and node's lower case. */
+/** Matched as written (pino's paths are exact): header names as node gives them (lower case) and as usually capitalised. */
 const SECRET_KEYS = [
   'authorization',
   'Authorization',
