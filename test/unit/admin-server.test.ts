@@ -1,14 +1,20 @@
 import { getEventListeners } from 'node:events';
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { readiness, type AdminOptions } from '../../src/admin-server.js';
 import type { RouteTable } from '../../src/routes.js';
 import type { TokenProvider } from '../../src/token-provider.js';
 
-/** Readiness options for one route whose token is cached (`cached`) or never comes (a hanging token server). */
+/** Token requests left hanging by `options`, failed at the end of each test (so that no probe's timer is left). */
+const hanging: Array<(err: Error) => void> = [];
+afterEach(() => {
+  for (const fail of hanging.splice(0)) fail(new Error('test over'));
+});
+
+/** Readiness options for one route whose token is cached (`cached`) or does not come (a hanging token server). */
 function options(stopping: AbortSignal, cached: boolean): AdminOptions {
   const tokens = {
     peek: () => (cached ? { value: 'token' } : undefined),
-    getToken: () => new Promise<never>(() => undefined),
+    getToken: () => new Promise<never>((_, reject) => hanging.push(reject)),
   } as unknown as TokenProvider;
   return {
     routes: () => ({ routes: [{ name: 'default', tokenClient: {} }] }) as unknown as RouteTable,
