@@ -8,7 +8,7 @@ import { ConfigError, shownSource, SidecarError } from './errors.js';
 import { exposureProblems, readBasicAuthFile } from './inbound-control.js';
 import { decodeJwtClaims, type JwtClaims } from './jwt.js';
 import { classifyNetworkError, trustAdvice, type NetworkFailure } from './network-error.js';
-import { MIN_REDACT_LENGTH, redact, withoutCredentials } from './redaction.js';
+import { MIN_REDACT_LENGTH, redact } from './redaction.js';
 import { shownUrl } from './service-key.js';
 import { createTokenClient, type AccessToken, type RetryPolicy, type TokenClient } from './token-client.js';
 
@@ -205,6 +205,8 @@ async function checkRoute(
     roleGranted,
     network: config.network,
     timeoutMs: route.timeouts.responseMs,
+    connectTimeoutMs: route.timeouts.connectMs,
+    secrets,
   };
   try {
     const answer = await callUpstream(upstreamUrl.origin, target, token.value, route, config.network);
@@ -434,6 +436,10 @@ export interface UpstreamContext {
   roleGranted: boolean | undefined;
   network: OutboundNetwork;
   timeoutMs: number;
+  /** The route's connect limit (TCP and TLS), shorter than `timeoutMs`. */
+  connectTimeoutMs: number;
+  /** The route's secret, key and token: taken out of a server's text before it is cut (see `printable`). */
+  secrets?: ReadonlySet<string>;
 }
 
 /**
@@ -503,7 +509,7 @@ export function explainUpstreamAnswer(answer: UpstreamAnswer, ctx: UpstreamConte
   }
   switch (status) {
     case 401:
-      return [finding('FAIL', `${seen}: the token was not accepted${oauthErrorOf(answer)}`, [
+      return [finding('FAIL', `${seen}: the token was not accepted${oauthErrorOf(answer, ctx.secrets)}`, [
         'a token of an api-plan key does not work on the -rt (integration-flow) host, nor the reverse: use the key of the matching instance',
         'the token must come from the subaccount of this tenant: clientid/tokenurl of another subaccount give tokens the runtime rejects',
         'an expired token is rejected too: check the clock of this machine',
@@ -520,15 +526,21 @@ export function explainUpstreamAnswer(answer: UpstreamAnswer, ctx: UpstreamConte
       break;
   }
   if (status >= 500) {
-    if (mpl || status === 500) {
-      return [finding('FAIL', `${seen}: the integration flow failed${mpl ? ` (MPL ID ${mpl})` : ''}`, [
-        mpl ? `Monitor > Message Processing: open the message with MPL ID ${mpl} for the error` : 'Monitor > Message Processing: the failed message shows the error',
+    if (mpl) {
+      return [finding('FAIL', `${seen}: the integration flow failed (MPL ID ${mpl})`, [
+        `Monitor > Message Processing: open the message with MPL ID ${mpl} for the error`,
         'the check sends a GET without a body: an iFlow that needs a payload may fail on it alone; the token and role were accepted',
+      ])];
+    }
+    if (status === 500) {
+      return [finding('FAIL', `${seen} without an MPL ID: the integration flow, the runtime or something in front of it failed`, [
+        'Monitor > Message Processing: a failed message there shows the error; if there is none, the request did not reach an iFlow',
+        'the check sends a GET without a body: an iFlow that needs a payload may fail on it alone',
       ])];
     }
     return [finding('FAIL', `${seen}: the runtime is unavailable or timed out`, ['retry later; check that the tenant and the iFlow are started (Monitor > Manage Integration Content)'])];
   }
-  return [finding('FAIL', `${seen}${oauthErrorOf(answer)}`)];
+  return [finding('FAIL', `${seen}${oauthErrorOf(answer, ctx.secrets)}`)];
 }
 
 function explainSuccess(answer: UpstreamAnswer, ctx: UpstreamContext, seen: string, mpl: string | undefined): Finding[] {
@@ -564,7 +576,7 @@ function explainForbidden(answer: UpstreamAnswer, ctx: UpstreamContext, seen: st
           'role changes take up to 1 h to reach the runtime (cached)',
         ]
       : [
-          `the sender adapter's User Role (default ${DEFAULT_CHECK_ROLE}) must be among the service instance's roles: add it (cockpit: the instance's parameters, "roles")`,
+          `the sender adapter's User Role (${role === DEFAULT_CHECK_ROLE ? `default ${role}` : role}) must be among the service instance's roles: add it (cockpit: the instance's parameters, "roles")`,
           'role changes take up to 1 h to reach the runtime (cached); a new service key is not needed',
         ];
   return finding('FAIL', `${seen}: the token was accepted but lacks the role the endpoint requires`, why);
@@ -593,10 +605,12 @@ function explainNotFound(answer: UpstreamAnswer, ctx: UpstreamContext, seen: str
 export function explainUpstreamError(err: unknown, ctx: UpstreamContext): Finding {
   const { failure, code } = classifyNetworkError(err);
   const host = hostOf(ctx.url);
+  // The connect limit (TCP and TLS) is not --upstream-timeout: say which one ran out, and advise for it.
+  const connecting = code === 'UND_ERR_CONNECT_TIMEOUT';
   const what: Record<NetworkFailure, string> = {
     'tls-trust': `the certificate of ${host} is not trusted`,
     tls: `the TLS handshake with ${host} failed`,
-    timeout: `no answer within ${ctx.timeoutMs} ms`,
+    timeout: connecting ? `no connection (TCP and TLS) within ${ctx.connectTimeoutMs} ms` : `no answer within ${ctx.timeoutMs} ms`,
     refused: `${host} refused the connection`,
     reset: `${host} reset the connection`,
     dns: `${host} does not resolve`,
@@ -605,7 +619,7 @@ export function explainUpstreamError(err: unknown, ctx: UpstreamContext): Findin
     other: 'the request failed',
   };
   const hints = networkHints(failure, host, ctx.network, 'upstream', code);
-  if (failure === 'timeout') hints.push('a slow iFlow needs a larger --upstream-timeout (timeouts.responseMs on the route)');
+  if (failure === 'timeout' && !connecting) hints.push('a slow iFlow needs a larger --upstream-timeout (timeouts.responseMs on the route)');
   return finding('FAIL', `GET ${ctx.url}: ${what[failure]} (${code})`, hints);
 }
 
@@ -755,23 +769,23 @@ function headerOf(headers: UpstreamAnswer['headers'], name: string): string | un
 }
 
 /** ` (error: description)` from an OAuth/SAP JSON error body, printable and bounded; `''` otherwise. */
-function oauthErrorOf(answer: UpstreamAnswer): string {
+function oauthErrorOf(answer: UpstreamAnswer, secrets: ReadonlySet<string> = new Set()): string {
   try {
     const json = JSON.parse(answer.body) as Record<string, unknown>;
-    const error = typeof json['error'] === 'string' ? printable(json['error'], 60) : undefined;
+    const error = typeof json['error'] === 'string' ? printable(json['error'], 60, secrets) : undefined;
     if (!error) return '';
-    const description = typeof json['error_description'] === 'string' ? `: ${printable(json['error_description'], 160)}` : '';
+    const description = typeof json['error_description'] === 'string' ? `: ${printable(json['error_description'], 160, secrets)}` : '';
     return ` (${error}${description})`;
   } catch {
     return '';
   }
 }
 
-function printable(text: string, max: number): string {
-  // A server's text may quote the request's credentials: taken out before the cut, which would leave a piece
-  // of a token that the output's redaction no longer recognises.
+function printable(text: string, max: number, secrets: ReadonlySet<string> = new Set()): string {
+  // A server's text may quote the request's credentials (the token, also an opaque one): taken out before the
+  // cut, which would leave a piece that the output's redaction no longer recognises.
   // eslint-disable-next-line no-control-regex
-  const clean = withoutCredentials(text).replace(/[^\x20-\x7e]/g, '?');
+  const clean = redact(text, secrets).replace(/[^\x20-\x7e]/g, '?');
   return clean.length > max ? `${clean.slice(0, max)}…` : clean;
 }
 

@@ -82,6 +82,8 @@ export interface TokenClientOptions {
   dispatcher: Dispatcher;
   /** Bound on one attempt, connect to last body byte. */
   attemptTimeoutMs: number;
+  /** The dispatcher's connect limit (TCP and TLS), for messages; `createTokenClient`'s by default. */
+  connectTimeoutMs?: number;
   retry?: RetryPolicy;
   now?: () => number;
   random?: () => number;
@@ -95,6 +97,7 @@ export class TokenClient {
   readonly #settings: TokenRequestSettings;
   readonly #dispatcher: Dispatcher;
   readonly #attemptTimeoutMs: number;
+  readonly #connectTimeoutMs: number;
   readonly #retry: RetryPolicy;
   readonly #now: () => number;
   readonly #random: () => number;
@@ -129,6 +132,7 @@ export class TokenClient {
     this.#settings = options.settings;
     this.#dispatcher = options.dispatcher;
     this.#attemptTimeoutMs = options.attemptTimeoutMs;
+    this.#connectTimeoutMs = options.connectTimeoutMs ?? connectTimeoutOf(options.attemptTimeoutMs);
     this.#retry = options.retry ?? DEFAULT_RETRY;
     this.#now = options.now ?? Date.now;
     this.#random = options.random ?? Math.random;
@@ -293,6 +297,10 @@ export class TokenClient {
     const { failure, code } = classifyNetworkError(err);
     switch (timedOut ? 'timeout' : failure) {
       case 'timeout':
+        // The connect limit (TCP and TLS) is shorter than the attempt's: say which one ran out.
+        if (!timedOut && code === 'UND_ERR_CONNECT_TIMEOUT') {
+          return new SidecarError('TOKEN_TIMEOUT', `token server ${host}: no connection (TCP and TLS) within ${this.#connectTimeoutMs} ms`, { cause: err });
+        }
         return new SidecarError('TOKEN_TIMEOUT', `token server ${host} did not answer within ${this.#attemptTimeoutMs} ms`, {
           cause: err,
         });
@@ -477,13 +485,18 @@ export interface TokenClientFactoryOptions {
   retry?: RetryPolicy;
 }
 
+/** How long a token request may take to connect (TCP and TLS): 5 s, or the whole attempt's bound when shorter. */
+function connectTimeoutOf(attemptTimeoutMs: number): number {
+  return Math.min(DEFAULT_CONNECT_TIMEOUT_MS, attemptTimeoutMs);
+}
+
 /** A token client with its own connection pool (carrying the client certificate for mTLS). */
 export function createTokenClient(options: TokenClientFactoryOptions): TokenClient {
   const { credentials } = options;
   const dispatcher = createDispatcher({
     network: options.network,
     clientCert: credentials.kind === 'client-secret' ? undefined : { certificate: credentials.certificate, key: credentials.key },
-    connectTimeoutMs: Math.min(DEFAULT_CONNECT_TIMEOUT_MS, options.attemptTimeoutMs),
+    connectTimeoutMs: connectTimeoutOf(options.attemptTimeoutMs),
     headersTimeoutMs: options.attemptTimeoutMs,
     bodyTimeoutMs: options.attemptTimeoutMs,
     connections: 4,

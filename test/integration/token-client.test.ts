@@ -1,4 +1,5 @@
 import { X509Certificate } from 'node:crypto';
+import { createServer, type Socket } from 'node:net';
 import { Agent } from 'undici';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { CertificateCredentials, SecretCredentials } from '../../src/credentials.js';
@@ -13,6 +14,7 @@ import {
 } from '../../src/token-client.js';
 import { TokenProvider } from '../../src/token-provider.js';
 import { createPki, type Pki } from '../helpers/pki.js';
+import { listen } from '../helpers/net.js';
 import { TokenEndpoint } from '../helpers/token-endpoint.js';
 
 const CLIENT_ID = 'sb-11111111-2222-3333-4444-555555555555!b123456|it-rt-acme-dev!b196';
@@ -326,6 +328,32 @@ describe('token client against a token endpoint that checks credentials', () => 
     const err = await failure(client(secretCredentials(), {}, 300).fetchToken());
     expect(err.code).toBe('TOKEN_TIMEOUT');
     expect(endpoint.requests).toHaveLength(3);
+  });
+
+  it('a connection that never completes its TLS handshake: TOKEN_TIMEOUT naming the connect limit, not the attempt\'s', async () => {
+    // Accepts TCP, never speaks TLS.
+    const silent = createServer((socket) => socket.on('error', () => undefined));
+    const sockets: Socket[] = [];
+    silent.on('connection', (socket) => sockets.push(socket));
+    const port = await listen(silent);
+    const dispatcher = new Agent({ connect: { ca: pki.ca, timeout: 300 } });
+    const c = new TokenClient({
+      credentials: secretCredentials({ tokenUrl: `https://127.0.0.1:${port}/oauth/token` }),
+      settings: SETTINGS,
+      dispatcher,
+      attemptTimeoutMs: 5_000,
+      connectTimeoutMs: 300,
+      retry: { ...FAST_RETRY, maxAttempts: 1 },
+    });
+    clients.push(c);
+    try {
+      const err = await failure(c.fetchToken());
+      expect(err.code).toBe('TOKEN_TIMEOUT');
+      expect(err.message).toContain('no connection (TCP and TLS) within 300 ms');
+    } finally {
+      for (const socket of sockets) socket.destroy();
+      await new Promise<void>((resolve) => silent.close(() => resolve()));
+    }
   });
 
   it('a reset connection is retried', async () => {
