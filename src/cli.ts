@@ -11,7 +11,7 @@ import { loadCredentials } from './credentials.js';
 import { ConfigError, SidecarError } from './errors.js';
 import { tuneGarbageCollection, usableCpus } from './gc-tuning.js';
 import { createLoggers, type Logger, type Loggers } from './logger.js';
-import { hostPort, startSidecar, type Sidecar } from './sidecar.js';
+import { localUrl, startSidecar, type Sidecar } from './sidecar.js';
 import { createTokenClient } from './token-client.js';
 import { TokenProvider } from './token-provider.js';
 
@@ -84,8 +84,9 @@ async function demo(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
     const loggers = loggersFor(config);
     try {
       return await serve(config, loggers, (sidecar) => {
-        const base = `http://${hostPort(sidecar.address)}`;
-        const admin = sidecar.adminAddress ? `http://${hostPort(sidecar.adminAddress)}` : undefined;
+        // A wildcard listener (`--listen 0.0.0.0:…` with inbound control) is tried on loopback.
+        const base = localUrl(sidecar.address);
+        const admin = sidecar.adminAddress ? localUrl(sidecar.adminAddress) : undefined;
         process.stdout.write(
           [
             '',

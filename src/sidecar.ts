@@ -398,6 +398,12 @@ export function hostPort(a: { host: string; port: number }): string {
   return `${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`;
 }
 
+/** An address to connect to on this machine: a wildcard listener (`0.0.0.0`, `::`) is reached on loopback. */
+export function localUrl(a: { host: string; port: number }): string {
+  const host = a.host === '0.0.0.0' || a.host === '::' || a.host === '' ? '127.0.0.1' : a.host;
+  return `http://${hostPort({ host, port: a.port })}`;
+}
+
 function describeRoute(route: Route) {
   return {
     name: route.name,
