@@ -23,6 +23,7 @@ export interface MetricsOptions {
   tokens: TokenProvider;
   /** Routes whose last credential reload failed, with the error code. */
   credentialErrors: () => ReadonlyMap<string, string>;
+  /** The calendar clock, for certificate expiry (token expiry comes from the token provider's own clock). */
   now?: () => number;
   /** Sender connections open now and accepted over `--max-connections` so far. */
   connections?: { readonly open: number; readonly refused: number };
@@ -148,8 +149,8 @@ export class Metrics {
       collect() {
         this.reset();
         for (const route of options.routes().routes) {
-          const token = options.tokens.cachedUntilExpiry(route.tokenClient);
-          if (token) this.set({ route: route.name }, Math.round((token.expiresAt - now()) / 1000));
+          const left = options.tokens.expiresInMs(route.tokenClient);
+          if (left !== undefined) this.set({ route: route.name }, Math.round(left / 1000));
         }
       },
     });

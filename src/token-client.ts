@@ -14,6 +14,7 @@
 import { createHash } from 'node:crypto';
 import { setTimeout as sleepFor } from 'node:timers/promises';
 import type { Dispatcher } from 'undici';
+import { tokenClock, type Clock } from './clock.js';
 import type { Credentials } from './credentials.js';
 import { redact, secretForms } from './redaction.js';
 import { createDispatcher, type OutboundNetwork } from './dispatcher.js';
@@ -66,9 +67,12 @@ export const DEFAULT_RETRY: RetryPolicy = { maxAttempts: 3, baseDelayMs: 250, ma
 
 export interface AccessToken {
   readonly value: string;
-  /** Epoch ms when the request was sent: the lifetime is counted from here, conservatively. */
+  /**
+   * When the request was sent, on the token clock (`clock.ts`: epoch ms that an NTP step does not move): the
+   * lifetime is counted from here, conservatively.
+   */
   readonly issuedAt: number;
-  /** Epoch ms. */
+  /** On the same clock as `issuedAt`. */
   readonly expiresAt: number;
   readonly scopes: readonly string[];
   /** Where the lifetime came from, for diagnostics. */
@@ -85,7 +89,10 @@ export interface TokenClientOptions {
   /** The dispatcher's connect limit (TCP and TLS), for messages; `createTokenClient`'s by default. */
   connectTimeoutMs?: number;
   retry?: RetryPolicy;
-  now?: () => number;
+  /** The token clock, for `issuedAt`/`expiresAt` (`clock.ts`'s `tokenClock` by default). */
+  now?: Clock;
+  /** The calendar clock a JWT's `exp` and a `Retry-After` date are read against (`Date.now` by default). */
+  wallClock?: Clock;
   random?: () => number;
   sleep?: (ms: number, signal?: AbortSignal) => Promise<void>;
 }
@@ -99,7 +106,8 @@ export class TokenClient {
   readonly #attemptTimeoutMs: number;
   readonly #connectTimeoutMs: number;
   readonly #retry: RetryPolicy;
-  readonly #now: () => number;
+  readonly #now: Clock;
+  readonly #wallClock: Clock;
   readonly #random: () => number;
   readonly #sleep: (ms: number, signal?: AbortSignal) => Promise<void>;
   readonly #body: string;
@@ -134,7 +142,8 @@ export class TokenClient {
     this.#attemptTimeoutMs = options.attemptTimeoutMs;
     this.#connectTimeoutMs = options.connectTimeoutMs ?? connectTimeoutOf(options.attemptTimeoutMs);
     this.#retry = options.retry ?? DEFAULT_RETRY;
-    this.#now = options.now ?? Date.now;
+    this.#now = options.now ?? tokenClock;
+    this.#wallClock = options.wallClock ?? Date.now;
     this.#random = options.random ?? Math.random;
     this.#sleep = options.sleep ?? ((ms, signal) => sleepFor(ms, undefined, signal ? { signal } : undefined));
     this.#url = new URL(this.credentials.tokenUrl);
@@ -198,6 +207,7 @@ export class TokenClient {
     const timeout = AbortSignal.timeout(this.#attemptTimeoutMs);
     const signal = outer ? AbortSignal.any([outer, timeout]) : timeout;
     const issuedAt = this.#now();
+    const sentAt = this.#wallClock();
     let response: Dispatcher.ResponseData;
     try {
       response = await this.#dispatcher.request({
@@ -223,10 +233,11 @@ export class TokenClient {
         `token server ${this.#url.host} answered 200 with a body over ${MAX_TOKEN_RESPONSE_BYTES} bytes — check that tokenurl of ${this.#where()} is the OAuth token endpoint`,
       );
     }
-    return this.#parse(text, issuedAt);
+    return this.#parse(text, issuedAt, sentAt);
   }
 
-  #parse(text: string, issuedAt: number): AccessToken {
+  /** `issuedAt` on the token clock, `sentAt` the same moment on the calendar clock (for a JWT's `exp`). */
+  #parse(text: string, issuedAt: number, sentAt: number): AccessToken {
     let json: unknown;
     try {
       json = JSON.parse(text);
@@ -249,7 +260,8 @@ export class TokenClient {
       throw this.#invalid(`token_type is "${printable(redact(String(type), this.#secrets), 40)}", not bearer`);
     }
     const claims = decodeJwtClaims(value);
-    const { expiresAt, lifetimeSource } = lifetimeOf(body['expires_in'], claims, issuedAt);
+    const { lifetimeMs, lifetimeSource } = lifetimeOf(body['expires_in'], claims, sentAt);
+    const expiresAt = issuedAt + lifetimeMs;
     const scopeField = body['scope'];
     const scopes = typeof scopeField === 'string' ? scopeField.split(' ').filter(Boolean) : (claims?.scope ?? []);
     return { value, issuedAt, expiresAt, scopes, lifetimeSource };
@@ -271,7 +283,7 @@ export class TokenClient {
     const oauth = oauthError(text, this.#secrets);
     const detail = oauth ? ` ${oauth}` : '';
     if (status === 429) {
-      const retryAfter = parseRetryAfter(headers['retry-after'], this.#now());
+      const retryAfter = parseRetryAfter(headers['retry-after'], this.#wallClock());
       return new SidecarError('TOKEN_RATE_LIMITED', `token server ${host} is rate limiting (429${detail})`, {
         retryAfter: retryAfter ?? 1,
       });
@@ -391,17 +403,21 @@ const JWT_SLACK_MS = 5_000;
  * `expires_in` (when positive) unless the JWT's own lifetime is clearly shorter, else the default; never more
  * than `MAX_TOKEN_LIFETIME_S`.
  */
-function lifetimeOf(expiresIn: unknown, claims: Pick<JwtClaims, 'exp' | 'iat'> | undefined, issuedAt: number): Pick<AccessToken, 'expiresAt' | 'lifetimeSource'> {
+function lifetimeOf(
+  expiresIn: unknown,
+  claims: Pick<JwtClaims, 'exp' | 'iat'> | undefined,
+  sentAt: number,
+): { lifetimeMs: number; lifetimeSource: AccessToken['lifetimeSource'] } {
   const capMs = MAX_TOKEN_LIFETIME_S * 1000;
   const seconds = typeof expiresIn === 'string' ? Number(expiresIn) : expiresIn;
   // Infinity (`1e999` in the JSON) is a lifetime too long to count: capped like any other.
   const fromExpiresIn = typeof seconds === 'number' && seconds > 0 ? Math.min(seconds * 1000, capMs) : undefined;
-  const fromJwt = jwtLifetimeMs(claims, issuedAt);
+  const fromJwt = jwtLifetimeMs(claims, sentAt);
   if (fromExpiresIn !== undefined && (fromJwt === undefined || fromExpiresIn <= fromJwt + Math.min(JWT_SLACK_MS, fromJwt / 10))) {
-    return { expiresAt: issuedAt + fromExpiresIn, lifetimeSource: 'expires_in' };
+    return { lifetimeMs: fromExpiresIn, lifetimeSource: 'expires_in' };
   }
-  if (fromJwt !== undefined) return { expiresAt: issuedAt + Math.min(fromJwt, capMs), lifetimeSource: 'jwt' };
-  return { expiresAt: issuedAt + DEFAULT_TOKEN_LIFETIME_S * 1000, lifetimeSource: 'default' };
+  if (fromJwt !== undefined) return { lifetimeMs: Math.min(fromJwt, capMs), lifetimeSource: 'jwt' };
+  return { lifetimeMs: DEFAULT_TOKEN_LIFETIME_S * 1000, lifetimeSource: 'default' };
 }
 
 /**
@@ -411,12 +427,12 @@ function lifetimeOf(expiresIn: unknown, claims: Pick<JwtClaims, 'exp' | 'iat'> |
  * again) keeps only what it has left. A local clock ahead of the server's by more than the whole lifetime makes
  * every token look expired on arrival; then `exp - iat` alone is taken (the token is fresh, as far as can be told).
  */
-function jwtLifetimeMs(claims: Pick<JwtClaims, 'exp' | 'iat'> | undefined, issuedAt: number): number | undefined {
+function jwtLifetimeMs(claims: Pick<JwtClaims, 'exp' | 'iat'> | undefined, sentAt: number): number | undefined {
   const exp = claims?.exp;
   if (exp === undefined || !Number.isFinite(exp)) return undefined;
   const iat = claims?.iat;
   const own = iat !== undefined && Number.isFinite(iat) && iat < exp ? (exp - iat) * 1000 : undefined;
-  const left = exp * 1000 - issuedAt;
+  const left = exp * 1000 - sentAt;
   if (left > 0) return own === undefined ? left : Math.min(own, left);
   return own;
 }
@@ -483,6 +499,8 @@ export interface TokenClientFactoryOptions {
   /** Bound on one attempt; connect and header timeouts are derived from it. */
   attemptTimeoutMs: number;
   retry?: RetryPolicy;
+  now?: Clock;
+  wallClock?: Clock;
 }
 
 /** How long a token request may take to connect (TCP and TLS): 5 s, or the whole attempt's bound when shorter. */

@@ -13,6 +13,7 @@
  * certificate fingerprint — never the secret).
  */
 import { LRUCache } from 'lru-cache';
+import { tokenClock, type Clock } from './clock.js';
 import { SidecarError, isTransientTokenError } from './errors.js';
 import type { AccessToken } from './token-client.js';
 
@@ -38,8 +39,8 @@ export interface TokenProviderOptions {
   maxSafetyMarginMs?: number;
   /** Backoff after a failed fetch: doubles from min to max. */
   backoff?: { minMs: number; maxMs: number };
-  /** Epoch milliseconds; injected in tests. */
-  now?: () => number;
+  /** The clock the tokens' `issuedAt`/`expiresAt` are on (`clock.ts`'s `tokenClock` by default); injected in tests. */
+  now?: Clock;
   onEvent?: (event: TokenEvent) => void;
 }
 
@@ -77,14 +78,14 @@ export class TokenProvider {
   readonly #refreshAhead: number;
   readonly #maxMarginMs: number;
   readonly #backoff: { minMs: number; maxMs: number };
-  readonly #now: () => number;
+  readonly #now: Clock;
   readonly #onEvent: (event: TokenEvent) => void;
 
   constructor(options: TokenProviderOptions = {}) {
     this.#refreshAhead = options.refreshAhead ?? 0.75;
     this.#maxMarginMs = options.maxSafetyMarginMs ?? 60_000;
     this.#backoff = options.backoff ?? DEFAULT_BACKOFF;
-    this.#now = options.now ?? Date.now;
+    this.#now = options.now ?? tokenClock;
     const onEvent = options.onEvent;
     // An observer that throws (a logger choking on an odd value) must not turn a good token into a failed
     // fetch, nor a failure into another error: the event is lost, the token traffic is not.
@@ -213,12 +214,15 @@ export class TokenProvider {
   }
 
   /**
-   * The cached token until it expires, also inside its safety margin (where `peek` no longer returns it):
-   * what the token expiry metric shows, so that it counts down to the end instead of vanishing a minute early.
+   * Milliseconds until the cached token expires, also inside its safety margin (where `peek` no longer returns
+   * it), or undefined when none is cached or it has expired: what the token expiry metric shows, so that it
+   * counts down to the end instead of vanishing a minute early.
    */
-  cachedUntilExpiry(source: TokenSource): AccessToken | undefined {
+  expiresInMs(source: TokenSource): number | undefined {
     const token = this.#cache.peek(source.cacheKey, { allowStale: true });
-    return token && !this.#revoked.has(token) && this.#now() < token.expiresAt ? token : undefined;
+    if (token === undefined || this.#revoked.has(token)) return undefined;
+    const left = token.expiresAt - this.#now();
+    return left > 0 ? left : undefined;
   }
 
   /** Drop a key (credentials rotated); the next call fetches anew. */

@@ -66,8 +66,13 @@ function certCredentials(chain: string, key: string): CertificateCredentials {
   };
 }
 
-function client(credentials: SecretCredentials | CertificateCredentials, settings: Partial<TokenRequestSettings> = {}, attemptTimeoutMs = 2_000): TokenClient {
-  const c = createTokenClient({ credentials, settings: { ...SETTINGS, ...settings }, network: { ca: [pki.ca] }, attemptTimeoutMs, retry: FAST_RETRY });
+function client(
+  credentials: SecretCredentials | CertificateCredentials,
+  settings: Partial<TokenRequestSettings> = {},
+  attemptTimeoutMs = 2_000,
+  clocks: { now?: () => number; wallClock?: () => number } = {},
+): TokenClient {
+  const c = createTokenClient({ credentials, settings: { ...SETTINGS, ...settings }, network: { ca: [pki.ca] }, attemptTimeoutMs, retry: FAST_RETRY, ...clocks });
   clients.push(c);
   return c;
 }
@@ -244,18 +249,24 @@ describe('token client against a token endpoint that checks credentials', () => 
     expect([far.expiresAt - far.issuedAt, far.lifetimeSource]).toEqual([day, 'jwt']);
     const exp = Math.floor(Date.now() / 1000) + 7200;
     endpoint.fail({ kind: 'body', body: JSON.stringify({ access_token: jwt(exp), token_type: 'bearer' }) });
+    const before = Date.now();
     const near = await client(secretCredentials()).fetchToken();
-    expect([near.expiresAt, near.lifetimeSource]).toEqual([exp * 1000, 'jwt']);
+    // exp against the calendar clock when the request went out, counted from issuedAt on the token clock.
+    expect(near.lifetimeSource).toBe('jwt');
+    expect(near.expiresAt - near.issuedAt).toBeLessThanOrEqual(exp * 1000 - before);
+    expect(near.expiresAt - near.issuedAt).toBeGreaterThan(exp * 1000 - before - 1_000);
   });
 
   it("the JWT's own lifetime bounds expires_in and stands in for it; a local clock behind the server's never stretches a token", async () => {
     const jwt = (claims: { exp: number; iat?: number }) =>
       [{ alg: 'none' }, claims].map((part) => Buffer.from(JSON.stringify(part)).toString('base64url')).join('.') + '.sig';
-    // A second or two ahead of the local clock, so that `exp` against the local clock never undercuts `exp - iat` here.
-    const now = Math.ceil(Date.now() / 1000) + 1;
+    // The calendar clock stands still at `now`; the token clock runs an hour ahead of it, as after the calendar
+    // clock was stepped back an hour: `exp` is read against the calendar, the lifetime counted on the token clock.
+    const now = Math.ceil(Date.now() / 1000);
+    const clocks = { wallClock: () => now * 1000, now: () => now * 1000 + 3_600_000 };
     const fetched = async (claims: { exp: number; iat?: number }, expiresIn?: number) => {
       endpoint.fail({ kind: 'body', body: JSON.stringify({ access_token: jwt(claims), token_type: 'bearer', expires_in: expiresIn }) });
-      return client(secretCredentials()).fetchToken();
+      return client(secretCredentials(), {}, 2_000, clocks).fetchToken();
     };
     const lifetime = async (claims: { exp: number; iat?: number }, expiresIn?: number) => {
       const token = await fetched(claims, expiresIn);
@@ -270,12 +281,12 @@ describe('token client against a token endpoint that checks credentials', () => 
     expect(await lifetime({ iat: now + 3600, exp: now + 7200 })).toEqual([3600, 'jwt']);
     // A token issued earlier (handed out again), or a local clock ahead: what is left by the local clock, the safe side.
     const reused = await fetched({ iat: now - 3000, exp: now + 600 });
-    expect([reused.expiresAt, reused.lifetimeSource]).toEqual([(now + 600) * 1000, 'jwt']);
+    expect([reused.issuedAt, reused.expiresAt, reused.lifetimeSource]).toEqual([clocks.now(), clocks.now() + 600_000, 'jwt']);
     // A local clock ahead by more than the lifetime: every token would look expired; the token's own hour counts.
     expect(await lifetime({ iat: now - 7200, exp: now - 3600 })).toEqual([3600, 'jwt']);
     // Without iat, exp against the local clock, while it is still ahead.
     const alone = await fetched({ exp: now + 600 });
-    expect([alone.expiresAt, alone.lifetimeSource]).toEqual([(now + 600) * 1000, 'jwt']);
+    expect([alone.expiresAt - alone.issuedAt, alone.lifetimeSource]).toEqual([600_000, 'jwt']);
     expect(await lifetime({ exp: now - 5 })).toEqual([300, 'default']);
   });
 

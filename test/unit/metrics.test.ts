@@ -20,7 +20,9 @@ describe('oauth_sidecar_token_expiry_seconds', () => {
     const tokens = new TokenProvider({ now: () => clock.now });
     await tokens.getToken(source);
     const table = { routes: [{ name: 'orders', tokenClient: source, credentials: { kind: 'client-secret' } }] } as unknown as RouteTable;
-    const metrics = new Metrics({ routes: () => table, tokens, credentialErrors: () => new Map(), now: () => clock.now, defaultMetrics: false });
+    // The calendar clock (for certificate expiry) stepped an hour ahead: token expiry is counted on the token clock.
+    const calendar = () => clock.now + 3_600_000;
+    const metrics = new Metrics({ routes: () => table, tokens, credentialErrors: () => new Map(), now: calendar, defaultMetrics: false });
     const expiry = async (): Promise<string | undefined> =>
       /^oauth_sidecar_token_expiry_seconds\{route="orders"\} (\S+)$/m.exec((await metrics.render()).body)?.[1];
 

@@ -349,9 +349,9 @@ describe('TokenProvider', () => {
     clock.now += 9_500;
     expect(provider.peek(source)).toBeUndefined();
     // The expiry metric's view: the token until it has expired, inside its safety margin too.
-    expect(provider.cachedUntilExpiry(source)).toBe(token);
+    expect(provider.expiresInMs(source)).toBe(500);
     clock.now += 500;
-    expect(provider.cachedUntilExpiry(source)).toBeUndefined();
+    expect(provider.expiresInMs(source)).toBeUndefined();
   });
 
   describe('refresh (new credentials under the same cache key, e.g. a rotated secret)', () => {
