@@ -7,7 +7,7 @@ import { createDispatcher, type OutboundNetwork } from './dispatcher.js';
 import { ConfigError, shownSource, SidecarError } from './errors.js';
 import { exposureProblems, readBasicAuthFile } from './inbound-control.js';
 import { decodeJwtClaims, type JwtClaims } from './jwt.js';
-import { classifyNetworkError, trustAdvice, type NetworkFailure } from './network-error.js';
+import { classifyNetworkError, proxyConnectFailureText, trustAdvice, type ClassifiedFailure, type NetworkFailure } from './network-error.js';
 import { MIN_REDACT_LENGTH, redact } from './redaction.js';
 import { shownUrl } from './service-key.js';
 import { createTokenClient, type AccessToken, type RetryPolicy, type TokenClient } from './token-client.js';
@@ -26,7 +26,7 @@ export const CERT_WARNING_DAYS = 30;
  * (`maxRetryAfterMs: 0` also keeps a 429 from waiting.)
  */
 const NO_RETRY: RetryPolicy = { maxAttempts: 1, baseDelayMs: 0, maxDelayMs: 0, maxRetryAfterMs: 0 };
-/** Enough of an error body to recognise the CF router, an MPL ID or an OAuth error; the body is never printed. */
+/** Enough of a body to recognise the CF router, an MPL ID, an OAuth error or a login page; the body is never printed. */
 const MAX_BODY_BYTES = 16 * 1024;
 const MAX_SCOPES_SHOWN = 20;
 const DAY_MS = 86_400_000;
@@ -43,6 +43,19 @@ const MPL_IN_BODY = /MPL ID for the failed message is\s*:?\s*([A-Za-z0-9_-]{8,64
 /** `<sub>.it-cpi018.cfapps.eu10-003.hana.ondemand.com`: the API (management) host; the runtime host has `-rt`. */
 const API_HOST = /^[^.]+\.it-cpi[^.]*\.cfapps\./i;
 const RUNTIME_HOST_MARK = /-rt\./i;
+const HTML_TYPE = /^\s*(?:text\/html|application\/xhtml\+xml)\s*(?:;|$)/i;
+/**
+ * What gives an HTML page away as an interactive login, in the order they are named: a password field (an IdP's or a
+ * proxy's login form), a SAML HTTP-POST binding form (SAMLRequest/SAMLResponse, SAML 2.0 Bindings §3.5), a script
+ * or link sending the browser to an OAuth authorization endpoint (SAP's application router answers 200 with such a
+ * page), a form posted to a login or single sign-on address. Bounded repetitions: the body is up to 16 KiB.
+ */
+const LOGIN_PAGE_SIGNS: ReadonlyArray<readonly [RegExp, string]> = [
+  [/<input\b[^>]{0,512}?\btype\s*=\s*["']?password\b/i, 'a password field'],
+  [/\bSAML(?:Request|Response)\b/i, 'a SAML form post'],
+  [/\/oauth2?\/(?:v2\.0\/)?authorize\b/i, 'a redirect to an OAuth authorization endpoint'],
+  [/<form\b[^>]{0,512}?\baction\s*=\s*["']?[^"'\s>]{0,512}?\b(?:log-?[io]n|sign-?in|sso|saml|j_security_check)/i, 'a login form'],
+];
 
 const KEY_TYPE_NAMES: Readonly<Record<Credentials['kind'], string>> = {
   'client-secret': 'ClientId/Secret',
@@ -361,14 +374,18 @@ export function explainTokenError(err: unknown, ctx: TokenErrorContext): Finding
             'the sidecar form-encodes id and secret before base64 (RFC 6749 §2.3.1); a token server that does not decode them accepts --token-auth post',
           ]);
     case 'TOKEN_UNREACHABLE': {
-      const { failure, code } = classifyNetworkError(err.cause);
-      return finding('FAIL', message, networkHints(failure, host, ctx.network, 'token', code));
+      const classified = classifyNetworkError(err.cause);
+      if (classified.proxy !== undefined) return tokenProxyFailure(err, host, { ...classified, proxy: classified.proxy });
+      return finding('FAIL', message, networkHints(classified.failure, host, ctx.network, 'token', classified.code));
     }
-    case 'TOKEN_TIMEOUT':
+    case 'TOKEN_TIMEOUT': {
+      const classified = classifyNetworkError(err.cause);
+      if (classified.proxy !== undefined) return tokenProxyFailure(err, host, { ...classified, proxy: classified.proxy });
       return finding('FAIL', message, [
         ...networkHints('timeout', host, ctx.network, 'token'),
         `raise --token-timeout (now ${ctx.timeoutMs} ms) only if the server is known to be slow`,
       ]);
+    }
     case 'TOKEN_RATE_LIMITED':
       return finding('FAIL', message, [
         `XSUAA allows 60 token requests/s per subaccount: something else is fetching tokens per request; retry in ${err.retryAfter ?? 1} s`,
@@ -413,6 +430,35 @@ export function networkHints(failure: NetworkFailure, host: string, network: Out
       return [`the connection to ${host} was ${failure === 'refused' ? 'refused' : 'reset'}: check host and port, firewall rules${proxy ? '' : ', and whether a proxy (HTTPS_PROXY) is needed'}`, ...viaProxy];
     default:
       return viaProxy;
+  }
+}
+
+/**
+ * A token request whose connection to the HTTPS proxy failed: the message names the proxy, as the token client's
+ * would (`token server <host>: the HTTPS proxy <proxy> refused …`), not the token server it never reached.
+ */
+function tokenProxyFailure(err: SidecarError, host: string, { failure, code, proxy }: Required<ClassifiedFailure>): Finding {
+  return finding('FAIL', `${err.code}: token server ${host}: ${proxyConnectFailureText(proxy, failure, code)}`, proxyHints(failure, proxy, host));
+}
+
+/** Fixes for a failed connection to the HTTPS proxy `proxy` (`host:port`) on the way to `host`. */
+function proxyHints(failure: NetworkFailure, proxy: string, host: string): string[] {
+  const notContacted = `${host} was not contacted`;
+  const noProxy = `check HTTPS_PROXY/NO_PROXY: a host to be reached directly, not through the proxy, belongs in NO_PROXY`;
+  switch (failure) {
+    case 'refused':
+      return [`nothing accepts connections at ${proxy}: check the host and port in HTTPS_PROXY (${notContacted})`, noProxy];
+    case 'dns':
+      return [`the proxy's host name does not resolve: check it in HTTPS_PROXY (${notContacted})`, noProxy];
+    case 'timeout':
+      return [`no connection to the proxy ${proxy}: check HTTPS_PROXY; a firewall may drop the packets (${notContacted})`, noProxy];
+    case 'tls-trust':
+      return [
+        `an https:// proxy is verified against Node's CA store and NODE_EXTRA_CA_CERTS (--ca is for the servers behind it): give its CA with NODE_EXTRA_CA_CERTS, or use its http:// address`,
+        noProxy,
+      ];
+    default:
+      return [`the proxy ${proxy} failed before ${host} was reached: check HTTPS_PROXY`, noProxy];
   }
 }
 
@@ -544,6 +590,8 @@ export function explainUpstreamAnswer(answer: UpstreamAnswer, ctx: UpstreamConte
 }
 
 function explainSuccess(answer: UpstreamAnswer, ctx: UpstreamContext, seen: string, mpl: string | undefined): Finding[] {
+  const login = loginPageOf(answer);
+  if (login !== undefined) return [explainLoginPage(ctx, seen, login)];
   const findings = [finding('ok', `${seen}: the token is accepted`)];
   const csrfToken = headerOf(answer.headers, CSRF_HEADER);
   if (csrfToken !== undefined && csrfToken.toLowerCase() !== CSRF_REQUIRED) {
@@ -558,6 +606,30 @@ function explainSuccess(answer: UpstreamAnswer, ctx: UpstreamContext, seen: stri
     findings.push(finding('ok', `the integration flow ran (MPL ID ${mpl})`));
   }
   return findings;
+}
+
+/**
+ * A 2xx login page: something answered that does not take Bearer tokens (a UI or design-time host, an identity
+ * provider, a proxy that wants a login). A failure, not a warning: senders would get the same page as a 2xx and
+ * take it for the integration flow's answer.
+ */
+function explainLoginPage(ctx: UpstreamContext, seen: string, sign: string): Finding {
+  const host = hostOf(ctx.url);
+  const proxy = proxyHost(ctx.network.httpsProxy);
+  return finding('FAIL', `${seen} with an HTML login page (${sign}): the token was not used, no integration flow answered`, [
+    "use the url of the service key: integration flows answer on the runtime host (<sub>.it-cpi<nnn>-rt.cfapps.<region>.hana.ondemand.com), not on the Integration Suite's UI (design-time) host",
+    proxy
+      ? `or the proxy ${proxy} (a TLS-inspecting one) wants a login: exempt ${host} from its authentication, or list it in NO_PROXY if it is reachable directly`
+      : `or an identity provider or a proxy in front of ${host} wants an interactive login: the runtime must be reached without it`,
+    'senders would get this page as a successful answer',
+  ]);
+}
+
+/** What marks `answer` as an HTML login page (e.g. `a password field`), else undefined; only HTML is looked at. */
+export function loginPageOf(answer: Pick<UpstreamAnswer, 'headers' | 'body'>): string | undefined {
+  const type = headerOf(answer.headers, 'content-type');
+  if (type === undefined || !HTML_TYPE.test(type)) return undefined;
+  return LOGIN_PAGE_SIGNS.find(([pattern]) => pattern.test(answer.body))?.[1];
 }
 
 function explainForbidden(answer: UpstreamAnswer, ctx: UpstreamContext, seen: string): Finding {
@@ -603,8 +675,21 @@ function explainNotFound(answer: UpstreamAnswer, ctx: UpstreamContext, seen: str
 
 /** A failed upstream call (no HTTP answer), with fixes. */
 export function explainUpstreamError(err: unknown, ctx: UpstreamContext): Finding {
-  const { failure, code } = classifyNetworkError(err);
+  const classified = classifyNetworkError(err);
+  const { failure, code } = classified;
   const host = hostOf(ctx.url);
+  if (classified.proxy !== undefined) {
+    const proxy = classified.proxy;
+    const atProxy: Partial<Record<NetworkFailure, string>> = {
+      refused: `the HTTPS proxy ${proxy} refused the connection`,
+      dns: `the HTTPS proxy ${proxy} does not resolve`,
+      timeout: code === 'UND_ERR_CONNECT_TIMEOUT' ? `no connection to the HTTPS proxy ${proxy} within ${ctx.connectTimeoutMs} ms` : `no connection to the HTTPS proxy ${proxy}`,
+      reset: `the HTTPS proxy ${proxy} reset the connection`,
+      'tls-trust': `the certificate of the HTTPS proxy ${proxy} is not trusted`,
+      tls: `the TLS handshake with the HTTPS proxy ${proxy} failed`,
+    };
+    return finding('FAIL', `GET ${ctx.url}: ${atProxy[failure] ?? `the connection to the HTTPS proxy ${proxy} failed`} (${code})`, proxyHints(failure, proxy, host));
+  }
   // The connect limit (TCP and TLS) is not --upstream-timeout: say which one ran out, and advise for it.
   const connecting = code === 'UND_ERR_CONNECT_TIMEOUT';
   const what: Record<NetworkFailure, string> = {

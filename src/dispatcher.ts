@@ -6,10 +6,13 @@
  * `config`) is reached through undici's EnvHttpProxyAgent; the client
  * certificate is given to both `connect` (direct connections) and `requestTls`
  * (the TLS session inside the CONNECT tunnel), so mTLS works through a proxy.
+ * Failures to connect to the proxy itself are marked as such (`network-error`),
+ * so that messages blame the proxy, not the target it never reached.
  *
- * Both classes come from their own modules, not undici's index: the index also
- * loads fetch, WebSocket, EventSource, the cache stores and the mocks, none of
- * which the sidecar uses, and that costs about 7.5 MB of resident memory (a process
+ * The classes (and Pool, which Agent loads anyway) come from their own modules,
+ * not undici's index: the index also loads fetch, WebSocket, EventSource, the
+ * cache stores and the mocks, none of which the sidecar uses, and that costs
+ * about 7.5 MB of resident memory (a process
  * loading the sidecar's dependencies, after a full GC: 65–66 MB with the index,
  * 58 MB without; node alone is 45 MB).
  * The one thing the index does that the sidecar needs is below: it gives every
@@ -18,11 +21,13 @@
  * changes nothing.
  */
 import * as tls from 'node:tls';
-import type { Dispatcher } from 'undici';
+import type { buildConnector, Dispatcher } from 'undici';
 import api from 'undici/lib/api/index.js';
 import Agent from 'undici/lib/dispatcher/agent.js';
 import DispatcherClass from 'undici/lib/dispatcher/dispatcher.js';
 import EnvHttpProxyAgent from 'undici/lib/dispatcher/env-http-proxy-agent.js';
+import Pool from 'undici/lib/dispatcher/pool.js';
+import { markProxyConnectFailure, proxyEndpoint } from './network-error.js';
 
 Object.assign(DispatcherClass.prototype, api);
 
@@ -73,16 +78,38 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
   };
   const proxy = options.network.httpsProxy;
   if (!proxy) return new Agent(agentOptions);
+  const endpoint = proxyEndpoint(proxy);
   return new EnvHttpProxyAgent({
     ...agentOptions,
     requestTls: connect,
-    // An https:// proxy is verified against Node's default store, never not at all.
-    proxyTls: { rejectUnauthorized: true },
+    // An https:// proxy is verified against Node's default store, never not at all. The route's connect limit
+    // holds for the connection to the proxy too (undici's own default would be 10 s).
+    proxyTls: { rejectUnauthorized: true, timeout: options.connectTimeoutMs },
+    // The pool to the proxy (undici's default, a Pool): what fails in connecting to it is marked, so that it is
+    // not taken for a failure of the target, which it never reached.
+    clientFactory: (origin: URL, poolOptions: object) => {
+      const { connect: toProxy } = poolOptions as ProxyPoolOptions;
+      return new Pool(origin, { ...poolOptions, connect: markingProxyFailures(toProxy, endpoint ?? origin.host) });
+    },
     httpsProxy: proxy,
     // '' (not undefined) keeps undici from reading the environment itself: only HTTPS is proxied.
     httpProxy: '',
     noProxy: options.network.noProxy ?? '',
   });
+}
+
+/** What undici's ProxyAgent gives the factory of its pool to the proxy: the connector for the proxy. */
+interface ProxyPoolOptions {
+  connect: buildConnector.connector;
+}
+
+/** `connect`, with each error it reports marked as a failure to connect to the proxy `proxy` (`host:port`). */
+function markingProxyFailures(connect: buildConnector.connector, proxy: string): buildConnector.connector {
+  return (connectOptions, callback) =>
+    connect(connectOptions, (...result) => {
+      if (result[0]) markProxyConnectFailure(result[0], proxy);
+      callback(...result);
+    });
 }
 
 /** The part of `node:tls` that knows the default CA store; `getCACertificates` is Node ≥ 22.15 / 23.10. */

@@ -1,7 +1,8 @@
 /**
  * Classify what went wrong on an outbound connection, from undici and Node
  * error codes, without ever echoing an error message (which may carry URLs
- * with proxy credentials).
+ * with proxy credentials), and tell a failed connection to the HTTPS proxy
+ * from one to the target.
  */
 
 export type NetworkFailure =
@@ -42,6 +43,10 @@ const TLS_TRUST_CODES = new Set([
 /** What to do about a `tls-trust` failure: a missing CA is the usual cause, but not of every code in it. */
 export function trustAdvice(code: string): string {
   if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') return 'the certificate does not name this host: check the host of the URL (a CA would not help)';
+  // OpenSSL's X509_V_ERR_INVALID_PURPOSE: the chain is trusted, but its extended key usage excludes serverAuth.
+  if (code === 'INVALID_PURPOSE') {
+    return 'the certificate is not issued for TLS servers (its extended key usage, or its chain\'s, excludes server authentication): check the host of the URL, and whether a TLS-inspecting proxy issues such certificates (a CA would not help)';
+  }
   if (code === 'CERT_HAS_EXPIRED' || code === 'CERT_NOT_YET_VALID') return "the certificate is outside its validity (or this machine's clock is wrong)";
   return 'add the issuing CA with --ca';
 }
@@ -50,15 +55,80 @@ export interface ClassifiedFailure {
   failure: NetworkFailure;
   /** The machine code (e.g. `ECONNREFUSED`), safe to show. */
   code: string;
+  /**
+   * `host:port` of the HTTPS proxy when the connection that failed was the one to the proxy (see
+   * `markProxyConnectFailure`): the target was never contacted. Undefined for a direct connection (no proxy, or
+   * the target is in NO_PROXY) and for failures behind the proxy (a refused CONNECT is `failure: 'proxy'`).
+   */
+  proxy?: string;
 }
 
 export function classifyNetworkError(err: unknown): ClassifiedFailure {
   const e = innermost(err);
+  const proxy = proxyConnectFailureOf(err);
   // undici reports a refused CONNECT as an abort whose message carries the proxy's status.
   const proxyStatus = typeof e.message === 'string' ? PROXY_REFUSED.exec(e.message)?.[1] : undefined;
   if (proxyStatus) return { failure: 'proxy', code: `proxy answered ${proxyStatus}` };
   const code = typeof e.code === 'string' ? e.code : typeof e.name === 'string' ? e.name : 'UNKNOWN';
-  return { failure: failureOf(code, e), code };
+  return { failure: failureOf(code, e), code, ...(proxy !== undefined && { proxy }) };
+}
+
+/**
+ * Errors of connections to the HTTPS proxy, with its `host:port`. The dispatcher records them where it
+ * connects to the proxy, the one place that knows which connection that is: the error alone cannot tell (an
+ * ECONNREFUSED carries the proxy's resolved address, not the host HTTPS_PROXY names; undici's connect timeout
+ * carries no address at all), and a target in NO_PROXY is connected to directly.
+ */
+const proxyConnectFailures = new WeakMap<object, string>();
+
+/** Record that `err` came from connecting to the HTTPS proxy `proxy` (`host:port`, as `proxyEndpoint` gives it). */
+export function markProxyConnectFailure(err: unknown, proxy: string): void {
+  if (typeof err === 'object' && err !== null) proxyConnectFailures.set(err, proxy);
+}
+
+function proxyConnectFailureOf(err: unknown): string | undefined {
+  let current: unknown = err;
+  for (let depth = 0; depth < 5 && typeof current === 'object' && current !== null; depth++) {
+    const proxy = proxyConnectFailures.get(current);
+    if (proxy !== undefined) return proxy;
+    current = (current as { cause?: unknown }).cause;
+  }
+  return undefined;
+}
+
+/** `host:port` of a proxy URL with the port it is reached on (80/443 when none is given), never its credentials. */
+export function proxyEndpoint(proxyUrl: string): string | undefined {
+  try {
+    const url = new URL(proxyUrl);
+    if (!url.hostname) return undefined;
+    return `${url.hostname}:${url.port || (url.protocol === 'https:' ? '443' : '80')}`;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * What a failed connection to the HTTPS proxy means, for a message that goes on after `upstream <host>: ` or
+ * `token server <host>: `, e.g. `the HTTPS proxy 10.0.0.1:3128 refused the connection (ECONNREFUSED) — check
+ * HTTPS_PROXY`.
+ */
+export function proxyConnectFailureText(proxy: string, failure: NetworkFailure, code: string): string {
+  switch (failure) {
+    case 'refused':
+      return `the HTTPS proxy ${proxy} refused the connection (${code}) — check HTTPS_PROXY`;
+    case 'dns':
+      return `the HTTPS proxy ${proxy} does not resolve (${code}) — check HTTPS_PROXY`;
+    case 'timeout':
+      return `the HTTPS proxy ${proxy} did not answer in time (${code}) — check HTTPS_PROXY`;
+    case 'reset':
+      return `the HTTPS proxy ${proxy} reset the connection (${code}) — check HTTPS_PROXY`;
+    case 'tls-trust':
+      return `the certificate of the HTTPS proxy ${proxy} is not trusted (${code}) — an https:// proxy is verified against Node's CA store and NODE_EXTRA_CA_CERTS, not --ca`;
+    case 'tls':
+      return `the TLS handshake with the HTTPS proxy ${proxy} failed (${code}) — check HTTPS_PROXY`;
+    default:
+      return `the connection to the HTTPS proxy ${proxy} failed (${code}) — check HTTPS_PROXY`;
+  }
 }
 
 const PROXY_REFUSED = /^Proxy response \((\d{3})\)/;

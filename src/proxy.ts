@@ -21,7 +21,7 @@ import { awaitConnection, type ConnectionListener } from './connection-reuse.js'
 import { SidecarError, toHttpFailure, type HttpFailure } from './errors.js';
 import { requestHeadersForUpstream, responseHeadersForSender, type HeaderRecord } from './headers.js';
 import { BASIC_AUTH_CHALLENGE, type InboundControl } from './inbound-control.js';
-import { classifyNetworkError, trustAdvice } from './network-error.js';
+import { classifyNetworkError, proxyConnectFailureText, trustAdvice } from './network-error.js';
 import { closeWithoutLingering, lingerAfterAnswer } from './lingering-close.js';
 import { ReplayBudget } from './replay-budget.js';
 import { bodyStillComing, RequestBody } from './request-body.js';
@@ -1140,10 +1140,15 @@ function truncate(text: string): string {
 /** What a failed call to `route`'s upstream means for a sender: one `SidecarError` with a stable code. */
 function upstreamFailure(route: Route, err: unknown): unknown {
   if (err instanceof SidecarError) return err;
-  const { failure, code } = classifyNetworkError(err);
+  const { failure, code, proxy } = classifyNetworkError(err);
   const host = new URL(route.origin).host;
   if (UNFORWARDABLE_HEAD.has(code)) {
     return new SidecarError('UPSTREAM_UNREACHABLE', `upstream ${host} answered with a header that cannot be passed on (${code})`, { cause: err });
+  }
+  if (proxy !== undefined) {
+    // The connection to the HTTPS proxy failed: the upstream was never contacted, and its name would mislead.
+    const message = `upstream ${host}: ${proxyConnectFailureText(proxy, failure, code)}`;
+    return new SidecarError(failure === 'timeout' ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNREACHABLE', message, { cause: err });
   }
   switch (failure) {
     case 'timeout':

@@ -20,7 +20,7 @@ import { redact, secretForms } from './redaction.js';
 import { createDispatcher, type OutboundNetwork } from './dispatcher.js';
 import { SidecarError, isTransientTokenError } from './errors.js';
 import { decodeJwtClaims, type JwtClaims } from './jwt.js';
-import { classifyNetworkError, trustAdvice } from './network-error.js';
+import { classifyNetworkError, proxyConnectFailureText, trustAdvice } from './network-error.js';
 
 /** Lifetime assumed when the server gives neither `expires_in` nor a JWT `exp`. */
 export const DEFAULT_TOKEN_LIFETIME_S = 300;
@@ -306,7 +306,12 @@ export class TokenClient {
 
   #networkError(err: unknown, timedOut: boolean): SidecarError {
     const host = this.#url.host;
-    const { failure, code } = classifyNetworkError(err);
+    const { failure, code, proxy } = classifyNetworkError(err);
+    if (proxy !== undefined && !timedOut) {
+      // The connection to the HTTPS proxy failed: the token server was never contacted, and its name would mislead.
+      const message = `token server ${host}: ${proxyConnectFailureText(proxy, failure, code)}`;
+      return new SidecarError(failure === 'timeout' ? 'TOKEN_TIMEOUT' : 'TOKEN_UNREACHABLE', message, { cause: err });
+    }
     switch (timedOut ? 'timeout' : failure) {
       case 'timeout':
         // The connect limit (TCP and TLS) is shorter than the attempt's: say which one ran out.

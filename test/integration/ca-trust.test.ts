@@ -169,6 +169,42 @@ describe('NODE_EXTRA_CA_CERTS and --ca together', () => {
     }
   });
 
+  it('a certificate not issued for TLS servers (INVALID_PURPOSE): UPSTREAM_TLS, TOKEN_UNREACHABLE and check say so, not advice to add a CA', async () => {
+    // A client certificate (extended key usage clientAuth only) from CA A, which is trusted: as a server's, it is
+    // refused for its purpose, and no CA would change that.
+    const pki = await createPki();
+    const wrongPurpose = { cert: pki.client.chain, key: pki.client.keyPkcs8, ca: pki.ca };
+    const server: Server = createServer({ cert: wrongPurpose.cert, key: wrongPurpose.key }, (_req, res) => res.end('never'));
+    const sockets = new SocketTracker(server);
+    const port = await listen(server);
+    const token = await TokenEndpoint.start({ tls: wrongPurpose, clients: [CLIENT] });
+    try {
+      const upstreamKey = await files.write('k9.json', JSON.stringify({ oauth: { clientid: CLIENT.clientId, clientsecret: CLIENT.secret, tokenurl: servers.B.token.tokenUrl, url: `https://127.0.0.1:${port}` } }));
+      const tokenKey = await files.write('k10.json', JSON.stringify({ oauth: { clientid: CLIENT.clientId, clientsecret: CLIENT.secret, tokenurl: token.tokenUrl, url: servers.A.echo.url } }));
+      const routes = await files.write('routes-purpose.yaml', ['routes:', `  - { name: upstream, prefix: /upstream, serviceKey: ${upstreamKey} }`, `  - { name: token, prefix: /token, serviceKey: ${tokenKey} }`].join('\n'));
+      const sidecar = await runSidecar(['--config', routes, '--ca', caBPath], { NODE_EXTRA_CA_CERTS: caAPath }, { tokens: { backoff: { minMs: 1, maxMs: 1 } } });
+      sidecars.push(sidecar);
+      for (const [path, status, code] of [['/upstream/x', 502, 'UPSTREAM_TLS'], ['/token/x', 503, 'TOKEN_UNREACHABLE']] as const) {
+        const res = await request(`${sidecar.url}${path}`);
+        expect(res.statusCode).toBe(status);
+        const body = (await res.body.json()) as { error: string; message: string };
+        expect(body.error).toBe(code);
+        expect(body.message).toContain('(INVALID_PURPOSE) — the certificate is not issued for TLS servers');
+        expect(body.message).toContain('a TLS-inspecting proxy');
+        expect(body.message).not.toContain('--ca');
+      }
+      // check gives the same advice.
+      const lines: string[] = [];
+      await checkRoutes(config(['check', '--service-key', upstreamKey]), { path: '/http/x', out: (line) => lines.push(line) });
+      const text = lines.join('\n');
+      expect(text).toMatch(/^FAIL GET https:\/\/127\.0\.0\.1:\d+\/http\/x: the certificate of 127\.0\.0\.1:\d+ is not trusted \(INVALID_PURPOSE\)$/m);
+      expect(text).toContain(`the certificate is not issued for TLS servers (its extended key usage, or its chain's, excludes server authentication)`);
+      expect(text).not.toContain('add --ca');
+    } finally {
+      await Promise.all([closeServer(server, sockets), token.close()]);
+    }
+  });
+
   it('check says what is trusted and passes for a route whose token server and upstream are under the two CAs', async () => {
     const key = await serviceKey('k5.json', 'B', 'A');
     const lines: string[] = [];

@@ -1,12 +1,12 @@
 import { createServer as createHttpsServer } from 'node:https';
-import { createServer as createTcpServer } from 'node:net';
+import { createServer as createTcpServer, type Server as TcpServer } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { checkRoutes, describeCredentials, runCheck, type CheckOptions } from '../../src/check.js';
 import { parseConfig, type Env } from '../../src/config.js';
 import { loadCredentials } from '../../src/credentials.js';
 import { createDemoPki } from '../../src/demo-pki.js';
 import { decodeJwtClaims } from '../../src/jwt.js';
-import { SocketTracker, closeServer, listen } from '../helpers/net.js';
+import { SocketTracker, closeServer, closedPort, listen } from '../helpers/net.js';
 import { DEFAULT_SCOPE, startOAuthServer, type OAuthServer } from '../helpers/oauth-server.js';
 import { CLIENT_SUBJECT, createPki, type Pki } from '../helpers/pki.js';
 import { scratch } from '../helpers/sidecar.js';
@@ -400,6 +400,33 @@ describe('oauth-sidecar check: the upstream answer', () => {
     }
   });
 
+  it('a 200 HTML login page fails: the token was not used (a UI host, an IdP or a proxy answered)', async () => {
+    upstream.setHandler((_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/html;charset=UTF-8' });
+      res.end('<!DOCTYPE html><html><head><title>Sign In</title></head><body><form method="post" action="/saml2/idp/sso">' +
+        '<input name="j_username"><input name="j_password" type="password"></form></body></html>');
+      return true;
+    });
+    const run = await check(healthy(), { path: '/http/orders' });
+    expect(run.ok).toBe(false);
+    expect(run.text).toMatch(/^FAIL GET .*\/http\/orders answered 200 with an HTML login page \(a password field\): the token was not used, no integration flow answered$/m);
+    expect(run.text).toContain('integration flows answer on the runtime host (<sub>.it-cpi<nnn>-rt.cfapps.<region>.hana.ondemand.com)');
+    expect(run.text).toContain('an identity provider or a proxy in front of');
+    expect(run.text).not.toContain('the token is accepted');
+    expect(run.lines.at(-1)).toBe('FAIL summary: 1 of 1 route failed: default');
+  });
+
+  it('a 200 HTML page is judged by the start that check reads: a password field after 16 KiB is not looked for', async () => {
+    upstream.setHandler((_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/html' });
+      res.end(`<html><body><!-- ${'x'.repeat(20 * 1024)} --><input type="password"></body></html>`);
+      return true;
+    });
+    const run = await check(healthy(), { path: '/http/page' });
+    expect(run.ok).toBe(true);
+    expect(run.text).toMatch(/^ok {3}GET .*\/http\/page answered 200: the token is accepted/m);
+  });
+
   it('an upstream that refuses connections fails with the connection fix', async () => {
     const port = await freePort();
     const run = await check(healthy('--upstream', `https://127.0.0.1:${port}`), { path: '/http/x' });
@@ -441,6 +468,19 @@ describe('oauth-sidecar check: the token', () => {
     expect(run.text).not.toContain('user:pw');
   });
 
+  it('a proxy that refuses connections is named for the token request, not the token server', async () => {
+    const port = await closedPort();
+    const tokenHost = new URL(oauth.tokenUrl).host;
+    const run = await check(['--service-key', keyPath, '--ca', caPath], {}, { HTTPS_PROXY: `http://user:pw@127.0.0.1:${port}` });
+    expect(run.ok).toBe(false);
+    expect(run.text).toContain(
+      `FAIL TOKEN_UNREACHABLE: token server ${tokenHost}: the HTTPS proxy 127.0.0.1:${port} refused the connection (ECONNREFUSED) — check HTTPS_PROXY`,
+    );
+    expect(run.text).toContain(`nothing accepts connections at 127.0.0.1:${port}: check the host and port in HTTPS_PROXY (${tokenHost} was not contacted)`);
+    expect(run.text).not.toContain(`the connection to ${tokenHost} was refused`);
+    expect(run.text).not.toContain('user:pw');
+  });
+
   it('a rate-limited token server: TOKEN_RATE_LIMITED, one attempt, the 60/s explanation', async () => {
     const before = oauth.tokenRequests;
     oauth.setInterceptor((_req, res) => {
@@ -462,6 +502,60 @@ describe('oauth-sidecar check: the token', () => {
     expect(run.ok).toBe(false);
     expect(run.text).toMatch(/^FAIL TOKEN_TIMEOUT: token server 127\.0\.0\.1:\d+ did not answer within 300 ms/m);
     expect(run.text).toContain('raise --token-timeout');
+  });
+});
+
+describe('oauth-sidecar check: the HTTPS proxy on the way to the upstream', () => {
+  /** The token server is reached directly (NO_PROXY names it with its port), the upstream through HTTPS_PROXY. */
+  function viaProxy(proxyUrl: string): Env {
+    return { HTTPS_PROXY: proxyUrl, NO_PROXY: new URL(oauth.tokenUrl).host };
+  }
+
+  it('a proxy that refuses connections: the proxy is named, not the upstream it never reached', async () => {
+    const port = await closedPort();
+    const run = await check(healthy(), { path: '/http/GetTimestamp' }, viaProxy(`http://user:pw@127.0.0.1:${port}`));
+    expect(run.ok).toBe(false);
+    expect(run.text).toContain('ok   token obtained');
+    const upstreamHost = new URL(upstream.url).host;
+    expect(run.text).toContain(`FAIL GET ${upstream.url}/http/GetTimestamp: the HTTPS proxy 127.0.0.1:${port} refused the connection (ECONNREFUSED)`);
+    expect(run.text).toContain(`nothing accepts connections at 127.0.0.1:${port}: check the host and port in HTTPS_PROXY (${upstreamHost} was not contacted)`);
+    expect(run.text).not.toContain(`${upstreamHost} refused the connection`);
+    expect(run.text).not.toContain('user:pw');
+  });
+
+  it('a proxy host that does not resolve is named as such', async () => {
+    const run = await check(healthy(), { path: '/http/GetTimestamp' }, viaProxy('http://proxy.invalid:3128'));
+    expect(run.ok).toBe(false);
+    expect(run.text).toMatch(/^FAIL GET .*: the HTTPS proxy proxy\.invalid:3128 does not resolve \((ENOTFOUND|EAI_AGAIN)\)$/m);
+  });
+
+  it('a proxy that takes the connection but never answers: no connection within the route\'s connect limit', async () => {
+    // An https:// proxy that never starts its TLS handshake.
+    const silent: TcpServer = createTcpServer(() => {});
+    const sockets = new SocketTracker(silent);
+    const port = await listen(silent);
+    const key = await writeKey('proxy-timeout.json', { clientid: CLIENT_ID, clientsecret: SECRET, tokenurl: oauth.tokenUrl, url: upstream.url });
+    const routes = await files.write(
+      'proxy-timeout.json.routes.json',
+      JSON.stringify({ routes: [{ prefix: '/', serviceKey: key, scope: DEFAULT_SCOPE, timeouts: { connectMs: 300 } }] }),
+    );
+    try {
+      // By name: undici gives an https:// proxy's host name as its TLS server name (an address there is deprecated).
+      const run = await check(['--config', routes, '--ca', caPath], { path: '/http/GetTimestamp' }, viaProxy(`https://localhost:${port}`));
+      expect(run.ok).toBe(false);
+      expect(run.text).toContain(`FAIL GET ${upstream.url}/http/GetTimestamp: no connection to the HTTPS proxy localhost:${port} within 300 ms (UND_ERR_CONNECT_TIMEOUT)`);
+    } finally {
+      await closeServer(silent, sockets);
+    }
+  });
+
+  it('an upstream in NO_PROXY that refuses connections is blamed itself, not the (also dead) proxy', async () => {
+    const proxyPort = await closedPort();
+    const upstreamPort = await closedPort();
+    const run = await check(healthy('--upstream', `https://127.0.0.1:${upstreamPort}`), { path: '/http/x' }, { HTTPS_PROXY: `http://127.0.0.1:${proxyPort}`, NO_PROXY: '127.0.0.1' });
+    expect(run.ok).toBe(false);
+    expect(run.text).toContain(`FAIL GET https://127.0.0.1:${upstreamPort}/http/x: 127.0.0.1:${upstreamPort} refused the connection (ECONNREFUSED)`);
+    expect(run.text).not.toContain(`the HTTPS proxy 127.0.0.1:${proxyPort}`);
   });
 });
 

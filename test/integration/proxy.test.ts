@@ -725,6 +725,34 @@ describe('errors a sender sees', () => {
     expect((await errorOf(res)).error).toBe('UPSTREAM_UNREACHABLE');
   });
 
+  it('502 UPSTREAM_UNREACHABLE naming the HTTPS proxy when the proxy refuses connections, not the upstream it never reached', async () => {
+    const port = await closedPort();
+    // The token server is reached directly (NO_PROXY names it with its port); the upstream only through the proxy.
+    const proxied = await another(['--service-key', keyPath], { HTTPS_PROXY: `http://user:pw@127.0.0.1:${port}`, NO_PROXY: new URL(oauth.tokenUrl).host });
+    const res = await request(`${proxied.url}/http/x`);
+    expect(res.statusCode).toBe(502);
+    const body = await errorOf(res, 'user:pw');
+    const host = new URL(upstream.url).host;
+    expect(body).toEqual({
+      error: 'UPSTREAM_UNREACHABLE',
+      message: `upstream ${host}: the HTTPS proxy 127.0.0.1:${port} refused the connection (ECONNREFUSED) — check HTTPS_PROXY`,
+      route: 'default',
+    });
+  });
+
+  it('502 UPSTREAM_UNREACHABLE naming the upstream when it is in NO_PROXY and refuses connections, not the (also dead) proxy', async () => {
+    const proxyPort = await closedPort();
+    const upstreamPort = await closedPort();
+    const direct = await another(['--service-key', keyPath, '--upstream', `https://127.0.0.1:${upstreamPort}`], {
+      HTTPS_PROXY: `http://127.0.0.1:${proxyPort}`,
+      NO_PROXY: '127.0.0.1',
+    });
+    const res = await request(`${direct.url}/http/x`);
+    expect(res.statusCode).toBe(502);
+    const body = await errorOf(res);
+    expect(body.message).toBe(`upstream 127.0.0.1:${upstreamPort} unreachable (ECONNREFUSED)`);
+  });
+
   it('504 UPSTREAM_TIMEOUT when the upstream does not answer in time', async () => {
     const impatient = await another(['--service-key', keyPath, '--upstream-timeout', '200']);
     upstream.setHandler(() => true); // never answers

@@ -14,7 +14,7 @@ import {
 } from '../../src/token-client.js';
 import { TokenProvider } from '../../src/token-provider.js';
 import { createPki, type Pki } from '../helpers/pki.js';
-import { listen } from '../helpers/net.js';
+import { closedPort, listen } from '../helpers/net.js';
 import { TokenEndpoint } from '../helpers/token-endpoint.js';
 
 const CLIENT_ID = 'sb-11111111-2222-3333-4444-555555555555!b123456|it-rt-acme-dev!b196';
@@ -379,6 +379,23 @@ describe('token client against a token endpoint that checks credentials', () => 
     const err = await failure(untrusting.fetchToken());
     expect(err.code).toBe('TOKEN_UNREACHABLE');
     expect(err.message).toContain('--ca');
+  });
+
+  it('an HTTPS proxy that refuses connections is named, not the token server it never reached', async () => {
+    const port = await closedPort();
+    const proxied = createTokenClient({
+      credentials: secretCredentials(),
+      settings: SETTINGS,
+      network: { ca: [pki.ca], httpsProxy: `http://user:pw@127.0.0.1:${port}` },
+      attemptTimeoutMs: 2_000,
+      retry: FAST_RETRY,
+    });
+    clients.push(proxied);
+    const err = await failure(proxied.fetchToken());
+    expect([err.code, err.message]).toEqual([
+      'TOKEN_UNREACHABLE',
+      `token server ${new URL(endpoint.tokenUrl).host}: the HTTPS proxy 127.0.0.1:${port} refused the connection (ECONNREFUSED) — check HTTPS_PROXY`,
+    ]);
   });
 
   it('a server that is down is TOKEN_UNREACHABLE, and it recovers when back', async () => {

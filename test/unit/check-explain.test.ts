@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { explainUpstreamAnswer, explainUpstreamError, type UpstreamAnswer, type UpstreamContext } from '../../src/check.js';
+import { explainUpstreamAnswer, explainUpstreamError, loginPageOf, type UpstreamAnswer, type UpstreamContext } from '../../src/check.js';
+import { markProxyConnectFailure } from '../../src/network-error.js';
 
 /** An opaque (non-JWT) access token: nothing in its shape tells it apart from other text. */
 const OPAQUE_TOKEN = 'tok-2-dc6ed26a91f04be7b3c58e22';
@@ -16,8 +17,8 @@ const CONTEXT: UpstreamContext = {
   secrets: new Set([OPAQUE_TOKEN]),
 };
 
-function text(answer: UpstreamAnswer): string {
-  return explainUpstreamAnswer(answer, CONTEXT)
+function text(answer: UpstreamAnswer, context: UpstreamContext = CONTEXT): string {
+  return explainUpstreamAnswer(answer, context)
     .map((f) => [f.message, ...f.hints].join('\n'))
     .join('\n');
 }
@@ -50,5 +51,82 @@ describe('check: explaining the upstream answer', () => {
     const answering = timeout('UND_ERR_HEADERS_TIMEOUT');
     expect(answering.message).toContain('no answer within 60000 ms (UND_ERR_HEADERS_TIMEOUT)');
     expect(answering.hints.join('\n')).toContain('--upstream-timeout');
+  });
+});
+
+/** Login pages as IdPs, proxies and SAP's application router answer them (trimmed to what gives them away). */
+const LOGIN_PAGES: ReadonlyArray<readonly [string, string, string]> = [
+  [
+    'an IdP form with a password field',
+    '<!DOCTYPE html><html><head><title>Sign In</title></head><body><form method="post" action="/saml2/idp/sso/acme">' +
+      '<input type="text" name="j_username"><input name="j_password" type="password" autocomplete="off"></form></body></html>',
+    'a password field',
+  ],
+  [
+    'a SAML HTTP-POST binding form',
+    '<html><body onload="document.forms[0].submit()"><form method="post" action="https://idp.example/sso">' +
+      '<input type="hidden" name="SAMLRequest" value="PHNhbWxwOkF1dGhuUmVxdWVzdA=="/></form></body></html>',
+    'a SAML form post',
+  ],
+  [
+    "the application router's script redirect",
+    '<html><head><script>document.cookie="fragmentAfterLogin="+encodeURIComponent(location.hash);' +
+      'location="https://acme.authentication.eu10.hana.ondemand.com/oauth/authorize?response_type=code&client_id=sb-ui"</script></head></html>',
+    'a redirect to an OAuth authorization endpoint',
+  ],
+  ['a form posted to a login address', '<html><body><form action="/login.do" method="post"><input name="username"></form></body></html>', 'a login form'],
+];
+
+describe('check: a 2xx login page', () => {
+  it.each(LOGIN_PAGES)('%s fails: the token was not used, with the runtime-host and proxy fixes', (_name, body, sign) => {
+    const [found] = explainUpstreamAnswer({ status: 200, headers: { 'content-type': 'text/html; charset=utf-8' }, body }, CONTEXT);
+    expect(found?.level).toBe('FAIL');
+    expect(found?.message).toBe(`GET ${CONTEXT.url} answered 200 with an HTML login page (${sign}): the token was not used, no integration flow answered`);
+    expect(found?.hints.join('\n')).toContain('use the url of the service key: integration flows answer on the runtime host (<sub>.it-cpi<nnn>-rt.cfapps');
+    expect(found?.hints.join('\n')).toContain('an identity provider or a proxy in front of acme.it-cpi000-rt.example wants an interactive login');
+  });
+
+  it('names the configured proxy as a possible source of the login page, without its credentials', () => {
+    const viaProxy = { ...CONTEXT, network: { ca: [], httpsProxy: 'http://user:pw@proxy.corp:3128' } };
+    const shown = text({ status: 200, headers: { 'content-type': 'text/html' }, body: LOGIN_PAGES[0]![1] }, viaProxy);
+    expect(shown).toContain('or the proxy proxy.corp:3128 (a TLS-inspecting one) wants a login');
+    expect(shown).not.toContain('user:pw');
+  });
+
+  it('keeps JSON, XML, plain text and HTML without login signs a success, also when they mention passwords', () => {
+    const ok = (contentType: string, body: string) =>
+      explainUpstreamAnswer({ status: 200, headers: { 'content-type': contentType }, body }, CONTEXT).every((f) => f.level === 'ok');
+    expect(ok('application/json', '{"field":"<input type=password>","SAMLRequest":"x"}')).toBe(true);
+    expect(ok('application/xml', '<order><note>type=password SAMLRequest</note></order>')).toBe(true);
+    expect(ok('text/plain', 'Current time (UTC): 2025-01-01 00:00:00; SAMLRequest')).toBe(true);
+    expect(ok('text/html', '<html><body><h1>Order 4711 received</h1><form action="/processOrder"></form></body></html>')).toBe(true);
+    expect(loginPageOf({ headers: {}, body: LOGIN_PAGES[0]![1] })).toBeUndefined();
+  });
+});
+
+describe('check: a failed connection to the HTTPS proxy', () => {
+  const viaProxy = { ...CONTEXT, network: { ca: [], httpsProxy: 'http://user:pw@10.9.8.7:3128' } };
+  const atProxy = (code: string) => {
+    const err = Object.assign(new Error('connect failed'), { code });
+    markProxyConnectFailure(err, '10.9.8.7:3128');
+    return explainUpstreamError(Object.assign(new Error('fetch failed'), { cause: err }), viaProxy);
+  };
+
+  it('names the proxy, not the target, for a refusal, a name that does not resolve and a connect timeout', () => {
+    const refused = atProxy('ECONNREFUSED');
+    expect(refused.message).toBe(`GET ${CONTEXT.url}: the HTTPS proxy 10.9.8.7:3128 refused the connection (ECONNREFUSED)`);
+    expect(refused.hints[0]).toBe('nothing accepts connections at 10.9.8.7:3128: check the host and port in HTTPS_PROXY (acme.it-cpi000-rt.example was not contacted)');
+    expect(atProxy('ENOTFOUND').message).toContain('the HTTPS proxy 10.9.8.7:3128 does not resolve (ENOTFOUND)');
+    expect(atProxy('UND_ERR_CONNECT_TIMEOUT').message).toContain('no connection to the HTTPS proxy 10.9.8.7:3128 within 5000 ms (UND_ERR_CONNECT_TIMEOUT)');
+    for (const code of ['ECONNREFUSED', 'ENOTFOUND', 'UND_ERR_CONNECT_TIMEOUT']) {
+      const shown = [atProxy(code).message, ...atProxy(code).hints].join('\n');
+      expect(shown).not.toContain('refused the connection: check host and port');
+      expect(shown).not.toContain('user:pw');
+    }
+  });
+
+  it('blames the target when the failed connection was not the one to the proxy (NO_PROXY, or after the tunnel)', () => {
+    const direct = explainUpstreamError(Object.assign(new Error('connect failed'), { code: 'ECONNREFUSED' }), viaProxy);
+    expect(direct.message).toBe(`GET ${CONTEXT.url}: acme.it-cpi000-rt.example refused the connection (ECONNREFUSED)`);
   });
 });

@@ -12,6 +12,7 @@ import api from 'undici/lib/api/index.js';
 import AgentModule from 'undici/lib/dispatcher/agent.js';
 import DispatcherModule from 'undici/lib/dispatcher/dispatcher.js';
 import EnvHttpProxyAgentModule from 'undici/lib/dispatcher/env-http-proxy-agent.js';
+import PoolModule from 'undici/lib/dispatcher/pool.js';
 import { describe, expect, it } from 'vitest';
 import { createDispatcher, trustAnchors } from '../../src/dispatcher.js';
 
@@ -23,6 +24,8 @@ describe('dispatcher modules', () => {
     expect(AgentModule).toBe(undici.Agent);
     expect(EnvHttpProxyAgentModule).toBe(undici.EnvHttpProxyAgent);
     expect(DispatcherModule).toBe(undici.Dispatcher);
+    // The pool to an HTTPS proxy, built by the dispatcher's clientFactory so that failures to reach the proxy are marked.
+    expect(PoolModule).toBe(undici.Pool);
     // The methods undici's index mixes into Dispatcher.prototype, and dispatcher.ts with it.
     for (const [name, method] of Object.entries(api)) expect(undici.Dispatcher.prototype[name as keyof undici.Dispatcher]).toBe(method);
   });

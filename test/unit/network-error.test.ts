@@ -1,0 +1,42 @@
+import { describe, expect, it } from 'vitest';
+import { classifyNetworkError, markProxyConnectFailure, proxyConnectFailureText, proxyEndpoint, trustAdvice } from '../../src/network-error.js';
+
+function failed(code: string): Error {
+  return Object.assign(new Error(`connect ${code}`), { code });
+}
+
+describe('network errors', () => {
+  it('a certificate not issued for TLS servers (INVALID_PURPOSE) gets no advice to add a CA', () => {
+    const advice = trustAdvice('INVALID_PURPOSE');
+    expect(advice).toContain('not issued for TLS servers');
+    expect(advice).toContain('a TLS-inspecting proxy');
+    expect(advice).toContain('a CA would not help');
+    expect(advice).not.toContain('--ca');
+    expect(classifyNetworkError(failed('INVALID_PURPOSE')).failure).toBe('tls-trust');
+    expect(trustAdvice('UNABLE_TO_GET_ISSUER_CERT_LOCALLY')).toBe('add the issuing CA with --ca');
+  });
+
+  it('tells a failed connection to the proxy (as the dispatcher marks it) from one to the target, also wrapped', () => {
+    const atProxy = failed('ECONNREFUSED');
+    markProxyConnectFailure(atProxy, 'proxy.corp:3128');
+    expect(classifyNetworkError(atProxy)).toEqual({ failure: 'refused', code: 'ECONNREFUSED', proxy: 'proxy.corp:3128' });
+    expect(classifyNetworkError(new Error('fetch failed', { cause: atProxy }))).toMatchObject({ failure: 'refused', proxy: 'proxy.corp:3128' });
+    expect(classifyNetworkError(failed('ECONNREFUSED'))).toEqual({ failure: 'refused', code: 'ECONNREFUSED' });
+  });
+
+  it('gives the proxy as host:port with its default port, never its credentials', () => {
+    expect(proxyEndpoint('http://user:pa55@proxy.corp:3128')).toBe('proxy.corp:3128');
+    expect(proxyEndpoint('http://proxy.corp')).toBe('proxy.corp:80');
+    expect(proxyEndpoint('https://proxy.corp/')).toBe('proxy.corp:443');
+    expect(proxyEndpoint('http://[::1]:8080')).toBe('[::1]:8080');
+    expect(proxyEndpoint('not a url')).toBeUndefined();
+  });
+
+  it('words a proxy failure for the message of the upstream or token server it was on the way to', () => {
+    expect(proxyConnectFailureText('proxy.corp:3128', 'refused', 'ECONNREFUSED')).toBe('the HTTPS proxy proxy.corp:3128 refused the connection (ECONNREFUSED) — check HTTPS_PROXY');
+    expect(proxyConnectFailureText('proxy.corp:3128', 'dns', 'ENOTFOUND')).toBe('the HTTPS proxy proxy.corp:3128 does not resolve (ENOTFOUND) — check HTTPS_PROXY');
+    expect(proxyConnectFailureText('proxy.corp:3128', 'timeout', 'UND_ERR_CONNECT_TIMEOUT')).toBe(
+      'the HTTPS proxy proxy.corp:3128 did not answer in time (UND_ERR_CONNECT_TIMEOUT) — check HTTPS_PROXY',
+    );
+  });
+});
