@@ -24,6 +24,7 @@ import { BASIC_AUTH_CHALLENGE, type InboundControl } from './inbound-control.js'
 import { classifyNetworkError, proxyConnectFailureText, trustAdvice } from './network-error.js';
 import { closeWithoutLingering, lingerAfterAnswer } from './lingering-close.js';
 import { ReplayBudget } from './replay-budget.js';
+import { senderLocation } from './redirect-location.js';
 import { bodyStillComing, RequestBody } from './request-body.js';
 import { requestIdOf } from './request-id.js';
 import { hasDotSegment, upstreamTarget, type Route, type RouteTable } from './routes.js';
@@ -606,6 +607,10 @@ class Exchange {
     // this answer, decided before the head is written, which is when node settles `Connection`.
     if (bodyStillComing(this.#req)) this.#closeAfterAnswer();
     const forSender = responseHeadersForSender(headers, { extra: this.#ownHeaders(), token: this.#token?.value });
+    const location = forSender['location'];
+    if (typeof location === 'string' && this.#route !== undefined) {
+      forSender['location'] = senderLocation(location, this.#route, this.#upstreamPath, this.#req.headers.host);
+    }
     if (status === 204) delete forSender['content-length']; // RFC 9110 §8.6: never in a 204
     this.#res.writeHead(status, forSender);
   }

@@ -1,0 +1,58 @@
+import { describe, expect, it } from 'vitest';
+import { senderLocation, type LocationRoute } from '../../src/redirect-location.js';
+
+const UP = 'https://tenant-rt.cfapps.eu10.hana.ondemand.com';
+
+function route(prefix: string, options: { basePath?: string; rewritePrefix?: string } = {}): LocationRoute {
+  return { origin: UP, basePath: options.basePath ?? '', prefix, config: { rewritePrefix: options.rewritePrefix } };
+}
+
+describe('senderLocation', () => {
+  it('maps an absolute URL under the route back to the sidecar, with the sender’s Host', () => {
+    const r = route('/orders', { rewritePrefix: '/http/orders' });
+    expect(senderLocation(`${UP}/http/orders/43?x=1#top`, r, '/http/orders', 'localhost:8080')).toBe('http://localhost:8080/orders/43?x=1#top');
+    expect(senderLocation(`${UP}/http/orders`, r, '/http/orders', 'localhost:8080')).toBe('http://localhost:8080/orders');
+    // Default port and host case do not make it another origin.
+    expect(senderLocation('https://TENANT-RT.cfapps.eu10.hana.ondemand.com:443/http/orders/1', r, '/http/orders', '127.0.0.1:8080')).toBe(
+      'http://127.0.0.1:8080/orders/1',
+    );
+  });
+
+  it('keeps a relative reference relative, resolved against the forwarded request', () => {
+    const r = route('/api', { basePath: '/base', rewritePrefix: '/api/v1' });
+    expect(senderLocation("/base/api/v1/IntegrationPackages('P1')", r, '/base/api/v1/IntegrationPackages', 'h:1')).toBe("/api/IntegrationPackages('P1')");
+    expect(senderLocation('next?page=2', r, '/base/api/v1/items/list', 'h:1')).toBe('/api/items/next?page=2');
+  });
+
+  it('maps without a rewrite, with a base path, and for the root routes', () => {
+    expect(senderLocation(`${UP}/http/a/b`, route('/http'), '/http/a', 'h')).toBe('http://h/http/a/b');
+    expect(senderLocation(`${UP}/base/http/a`, route('/http', { basePath: '/base' }), '/base/http', 'h')).toBe('http://h/http/a');
+    expect(senderLocation(`${UP}/anything`, route('/'), '/', 'h')).toBe('http://h/anything');
+    expect(senderLocation(`${UP}/`, route('/'), '/', 'h')).toBe('http://h/');
+    expect(senderLocation(`${UP}/42`, route('/orders', { rewritePrefix: '/' }), '/', 'h')).toBe('http://h/orders/42');
+  });
+
+  it('passes on what is not under the route: another host or scheme, another path, a login page, credentials in the URL', () => {
+    const r = route('/orders', { rewritePrefix: '/http/orders' });
+    for (const location of [
+      'https://accounts.sap.com/saml2/idp/sso?SAMLRequest=abc',
+      `http://tenant-rt.cfapps.eu10.hana.ondemand.com/http/orders/1`,
+      `${UP}:8443/http/orders/1`,
+      `${UP}/http/ordersX/1`,
+      `${UP}/http/other`,
+      '/http/other',
+      `https://user:pw@tenant-rt.cfapps.eu10.hana.ondemand.com/http/orders/1`,
+      'http://[::1', // not a URL
+    ]) {
+      expect(senderLocation(location, r, '/http/orders', 'h')).toBe(location);
+    }
+  });
+
+  it('falls back to a relative reference when the Host cannot stand in a URL', () => {
+    const r = route('/orders', { rewritePrefix: '/http/orders' });
+    for (const host of [undefined, '', 'evil.example/path', 'a b', 'h:1:2', 'user@h']) {
+      expect(senderLocation(`${UP}/http/orders/1`, r, '/http/orders', host)).toBe('/orders/1');
+    }
+    expect(senderLocation(`${UP}/http/orders/1`, r, '/http/orders', '[::1]:8080')).toBe('http://[::1]:8080/orders/1');
+  });
+});
