@@ -24,7 +24,7 @@ import { BASIC_AUTH_CHALLENGE, type InboundControl } from './inbound-control.js'
 import { classifyNetworkError, proxyConnectFailureText, trustAdvice } from './network-error.js';
 import { closeWithoutLingering, lingerAfterAnswer } from './lingering-close.js';
 import { ReplayBudget } from './replay-budget.js';
-import { senderLocation } from './redirect-location.js';
+import { reachedHost, senderLocation } from './redirect-location.js';
 import { bodyStillComing, RequestBody } from './request-body.js';
 import { requestIdOf } from './request-id.js';
 import { hasDotSegment, upstreamTarget, type Route, type RouteTable } from './routes.js';
@@ -609,7 +609,10 @@ class Exchange {
     const forSender = responseHeadersForSender(headers, { extra: this.#ownHeaders(), token: this.#token?.value });
     const location = forSender['location'];
     if (typeof location === 'string' && this.#route !== undefined) {
-      forSender['location'] = senderLocation(location, this.#route, this.#upstreamPath, this.#req.headers.host);
+      const socket = this.#req.socket;
+      const host = this.#req.headers.host ?? reachedHost(socket.localAddress, socket.localPort);
+      const routes = this.#options.routes();
+      forSender['location'] = senderLocation(location, this.#route, this.#upstreamPath, host, (path) => routes.match(path)?.name);
     }
     if (status === 204) delete forSender['content-length']; // RFC 9110 §8.6: never in a 204
     this.#res.writeHead(status, forSender);

@@ -5,6 +5,7 @@
  */
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { request } from 'undici';
+import { rawRequest } from '../helpers/raw-http.js';
 import { runSidecar, type RunningSidecar } from '../helpers/sidecar.js';
 import { startWorld, type World } from '../helpers/world.js';
 
@@ -24,7 +25,9 @@ beforeAll(async () => {
   world.upstream.setHandler((req, res, body) => {
     body.resume();
     const location = new URL(req.url ?? '/', 'http://x').searchParams.get('location') ?? '';
-    res.writeHead(req.method === 'POST' ? 201 : 302, { location: location.replace('UP', world.upstream.url), 'content-length': '0' });
+    // Written as UTF-8 bytes (node writes a header string as latin1).
+    const bytes = Buffer.from(location.replace('UP', world.upstream.url), 'utf8').toString('latin1');
+    res.writeHead(req.method === 'POST' ? 201 : 302, { location: bytes, 'content-length': '0' });
     res.end();
     return true;
   });
@@ -63,4 +66,15 @@ it('a redirect elsewhere passes as it came: a login page, another path of the up
   expect(await locationFor('https://accounts.example.com/login?SAMLRequest=x')).toEqual([302, 'https://accounts.example.com/login?SAMLRequest=x']);
   const outside = `${world.upstream.url}/http/invoices/1`;
   expect(await locationFor(outside)).toEqual([302, outside]);
+});
+
+it('a sender without Host (HTTP/1.0) gets the address it reached; UTF-8 in a Location comes back byte for byte', async () => {
+  const port = Number(new URL(sidecar.url).port);
+  const query = `location=${encodeURIComponent('UP/http/orders/43')}`;
+  const answer = await rawRequest(port, `GET /orders/new?${query} HTTP/1.0\r\n\r\n`);
+  expect([answer.status, answer.headers['location']]).toEqual([302, `http://127.0.0.1:${port}/orders/43`]);
+  // The upstream's bytes of "Müller" (UTF-8): rewriting them would re-encode each byte as a character.
+  const [status, location] = await locationFor('UP/http/orders/M\u00fcller');
+  expect(status).toBe(302);
+  expect(Buffer.from(location as string, 'latin1').toString('utf8')).toBe(`${world.upstream.url}/http/orders/M\u00fcller`);
 });

@@ -1,10 +1,15 @@
 import { describe, expect, it } from 'vitest';
-import { senderLocation, type LocationRoute } from '../../src/redirect-location.js';
+import { reachedHost, senderLocation as map, type LocationRoute } from '../../src/redirect-location.js';
 
 const UP = 'https://tenant-rt.cfapps.eu10.hana.ondemand.com';
 
 function route(prefix: string, options: { basePath?: string; rewritePrefix?: string } = {}): LocationRoute {
-  return { origin: UP, basePath: options.basePath ?? '', prefix, config: { rewritePrefix: options.rewritePrefix } };
+  return { name: 'r', origin: UP, basePath: options.basePath ?? '', prefix, config: { rewritePrefix: options.rewritePrefix } };
+}
+
+/** With a route table in which every path is the route's own. */
+function senderLocation(location: string, r: LocationRoute, upstreamPath: string, host: string | undefined): string {
+  return map(location, r, upstreamPath, host, () => r.name);
 }
 
 describe('senderLocation', () => {
@@ -54,5 +59,36 @@ describe('senderLocation', () => {
       expect(senderLocation(`${UP}/http/orders/1`, r, '/http/orders', host)).toBe('/orders/1');
     }
     expect(senderLocation(`${UP}/http/orders/1`, r, '/http/orders', '[::1]:8080')).toBe('http://[::1]:8080/orders/1');
+  });
+
+  it('leaves what the URL parser would re-encode as it came: UTF-8 read as latin1, inner whitespace', () => {
+    const r = route('/orders', { rewritePrefix: '/http/orders' });
+    // undici hands the bytes of "Müller" over as latin1: re-encoded, the sender would get "MÃ¼ller".
+    const latin1 = Buffer.from(`${UP}/http/orders/Müller`, 'utf8').toString('latin1');
+    expect(senderLocation(latin1, r, '/http/orders', 'h')).toBe(latin1);
+    expect(senderLocation(`${UP}/http/orders/a b`, r, '/http/orders', 'h')).toBe(`${UP}/http/orders/a b`);
+    expect(senderLocation(` ${UP}/http/orders/1 `, r, '/http/orders', 'h')).toBe('http://h/orders/1');
+  });
+
+  it('never makes a reference to another host out of a path on the upstream (`//host/…`)', () => {
+    const root = route('/', { rewritePrefix: '/http' });
+    for (const location of ['/http//evil.example/x/', `${UP}/http//evil.example/x/`, '/http/\\evil.example/x']) {
+      expect(senderLocation(location, root, '/http/docs', undefined)).toBe(location);
+      expect(senderLocation(location, root, '/http/docs', 'h')).toBe(location);
+    }
+    expect(senderLocation(`${UP}//evil.example/x`, route('/'), '/', undefined)).toBe(`${UP}//evil.example/x`);
+  });
+
+  it('leaves a path that the sidecar would route elsewhere (a longer prefix of another route) as it came', () => {
+    const orders = route('/orders', { rewritePrefix: '/http' });
+    const table = (path: string) => (path === '/orders/special' || path.startsWith('/orders/special/') ? 'special' : 'r');
+    expect(map(`${UP}/http/special/1`, orders, '/http/x', 'h', table)).toBe(`${UP}/http/special/1`);
+    expect(map(`${UP}/http/normal/1`, orders, '/http/x', 'h', table)).toBe('http://h/orders/normal/1');
+  });
+
+  it('names the address a sender without Host reached', () => {
+    expect(reachedHost('127.0.0.1', 8080)).toBe('127.0.0.1:8080');
+    expect(reachedHost('::1', 8080)).toBe('[::1]:8080');
+    expect(reachedHost(undefined, undefined)).toBeUndefined();
   });
 });
