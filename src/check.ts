@@ -1,6 +1,7 @@
 /** `oauth-sidecar check`: per route, load the service key, fetch a token, call the upstream, and explain each failure with its fix. */
 import { X509Certificate } from 'node:crypto';
 import type { Dispatcher } from 'undici';
+import { wallTimeOf } from './clock.js';
 import type { Config, RouteConfig } from './config.js';
 import { loadCredentials, type Credentials, type LoadedCredentials } from './credentials.js';
 import { createDispatcher, type OutboundNetwork } from './dispatcher.js';
@@ -293,7 +294,7 @@ export function describeToken(token: AccessToken, claims: JwtClaims | undefined,
   const lifetimeS = Math.round((token.expiresAt - token.issuedAt) / 1000);
   const from = { expires_in: 'expires_in', jwt: 'the JWT, exp - iat or exp', default: 'assumed: no expires_in, no JWT exp' }[token.lifetimeSource];
   const findings = [
-    finding('ok', `token obtained with ${client.authMethod}: lifetime ${lifetimeS} s (${from}), expires ${new Date(token.expiresAt).toISOString()}`),
+    finding('ok', `token obtained with ${client.authMethod}: lifetime ${lifetimeS} s (${from}), expires ${new Date(wallTimeOf(token.expiresAt)).toISOString()}`),
   ];
   if (!claims) {
     findings.push(finding('warn', 'the token is opaque (not a JWT): its client id and scopes cannot be read', [
@@ -308,8 +309,10 @@ export function describeToken(token: AccessToken, claims: JwtClaims | undefined,
   } else findings.push(finding('ok', `token client id: ${tokenClientId}`));
   const zone = stringClaim(claims, 'zid');
   if (zone) findings.push(finding('ok', `token zone (subaccount tenant): ${zone}`));
-  if (claims.iat !== undefined && Math.abs(claims.iat * 1000 - token.issuedAt) > MAX_CLOCK_SKEW_MS) {
-    const skewS = Math.round((token.issuedAt - claims.iat * 1000) / 1000);
+  // The request's time on the wall clock, against which the token server's iat is compared.
+  const sentAt = wallTimeOf(token.issuedAt);
+  if (claims.iat !== undefined && Math.abs(claims.iat * 1000 - sentAt) > MAX_CLOCK_SKEW_MS) {
+    const skewS = Math.round((sentAt - claims.iat * 1000) / 1000);
     findings.push(finding('warn', `the local clock is ${Math.abs(skewS)} s ${skewS > 0 ? 'ahead of' : 'behind'} the token server's`, [
       'synchronise the clock (NTP): tokens are refreshed by their lifetime and may look expired to the upstream',
     ]));

@@ -5,6 +5,7 @@
  * error.
  */
 import { readFileSync } from 'node:fs';
+import { wallTimeOf } from './clock.js';
 import { checkRoutes } from './check.js';
 import { COMMANDS, FLAGS, parseConfig, type Config } from './config.js';
 import { loadCredentials } from './credentials.js';
@@ -146,7 +147,7 @@ async function printToken(config: Readonly<Config>, log: Logger): Promise<number
   try {
     const token = await new TokenProvider().getToken(client);
     log.debug(
-      { route: route.name, clientId: credentials.clientId, auth: client.authMethod, expiresAt: new Date(token.expiresAt).toISOString() },
+      { route: route.name, clientId: credentials.clientId, auth: client.authMethod, expiresAt: new Date(wallTimeOf(token.expiresAt)).toISOString() },
       'token obtained',
     );
     process.stdout.write(`${token.value}\n`);

@@ -9,6 +9,7 @@ import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { setTimeout as delay } from 'node:timers/promises';
 import { createAdminServer } from './admin-server.js';
+import { wallTimeOf } from './clock.js';
 import { FLAGS, type Config, type RouteConfig } from './config.js';
 import { ConnectionLimit } from './connection-limit.js';
 import { CredentialWatcher } from './credential-watcher.js';
@@ -422,7 +423,7 @@ function logTokenEvent(log: Logger, event: TokenEvent, routes: string[]): void {
   switch (event.type) {
     case 'fetched':
       log.info(
-        { routes, expiresAt: isoTime(event.token.expiresAt), lifetimeSource: event.token.lifetimeSource, durationMs: Math.round(event.durationMs) },
+        { routes, expiresAt: isoTime(wallTimeOf(event.token.expiresAt)), lifetimeSource: event.token.lifetimeSource, durationMs: Math.round(event.durationMs) },
         'token obtained',
       );
       return;
