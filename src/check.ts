@@ -8,7 +8,7 @@ import { createDispatcher, type OutboundNetwork } from './dispatcher.js';
 import { ConfigError, shownSource, SidecarError } from './errors.js';
 import { exposureProblems, readBasicAuthFile } from './inbound-control.js';
 import { decodeJwtClaims, type JwtClaims } from './jwt.js';
-import { classifyNetworkError, proxyConnectFailureText, trustAdvice, type ClassifiedFailure, type NetworkFailure } from './network-error.js';
+import { classifyNetworkError, proxyConnectFailureText, proxyTrustAdvice, trustAdvice, type ClassifiedFailure, type NetworkFailure } from './network-error.js';
 import { MIN_REDACT_LENGTH, redact } from './redaction.js';
 import { shownUrl } from './service-key.js';
 import { createTokenClient, type AccessToken, type RetryPolicy, type TokenClient } from './token-client.js';
@@ -52,10 +52,13 @@ const HTML_TYPE = /^\s*(?:text\/html|application\/xhtml\+xml)\s*(?:;|$)/i;
  * page), a form posted to a login or single sign-on address. Bounded repetitions: the body is up to 16 KiB.
  */
 const LOGIN_PAGE_SIGNS: ReadonlyArray<readonly [RegExp, string]> = [
-  [/<input\b[^>]{0,512}?\btype\s*=\s*["']?password\b/i, 'a password field'],
-  [/\bSAML(?:Request|Response)\b/i, 'a SAML form post'],
-  [/\/oauth2?\/(?:v2\.0\/)?authorize\b/i, 'a redirect to an OAuth authorization endpoint'],
-  [/<form\b[^>]{0,512}?\baction\s*=\s*["']?[^"'\s>]{0,512}?\b(?:log-?[io]n|sign-?in|sso|saml|j_security_check)/i, 'a login form'],
+  [/<input\b[^>]{0,512}?\btype\s*=\s*["']?password["'\s/>]/i, 'a password field'],
+  [/<input\b[^>]{0,512}?\bname\s*=\s*["']?SAML(?:Request|Response)["'\s/>]/i, 'a SAML form post'],
+  [
+    /(?:location(?:\.href)?\s*=|location\.(?:replace|assign)\(|http-equiv\s*=\s*["']?refresh)[^<]{0,512}?\/(?:oauth2?|openid-connect)\/(?:[\w.-]+\/){0,2}auth(?:orize)?\b/i,
+    'a redirect to an OAuth authorization endpoint',
+  ],
+  [/<form\b[^>]{0,512}?\baction\s*=\s*["']?[^"'\s>?]{0,512}?\b(?:log-?[io]n|sign-?in|sso|saml2?|j_security_check)\b/i, 'a login form'],
 ];
 
 const KEY_TYPE_NAMES: Readonly<Record<Credentials['kind'], string>> = {
@@ -441,11 +444,11 @@ export function networkHints(failure: NetworkFailure, host: string, network: Out
  * would (`token server <host>: the HTTPS proxy <proxy> refused …`), not the token server it never reached.
  */
 function tokenProxyFailure(err: SidecarError, host: string, { failure, code, proxy }: Required<ClassifiedFailure>): Finding {
-  return finding('FAIL', `${err.code}: token server ${host}: ${proxyConnectFailureText(proxy, failure, code)}`, proxyHints(failure, proxy, host));
+  return finding('FAIL', `${err.code}: token server ${host}: ${proxyConnectFailureText(proxy, failure, code)}`, proxyHints(failure, proxy, host, code));
 }
 
 /** Fixes for a failed connection to the HTTPS proxy `proxy` (`host:port`) on the way to `host`. */
-function proxyHints(failure: NetworkFailure, proxy: string, host: string): string[] {
+function proxyHints(failure: NetworkFailure, proxy: string, host: string, code: string): string[] {
   const notContacted = `${host} was not contacted`;
   const noProxy = `check HTTPS_PROXY/NO_PROXY: a host to be reached directly, not through the proxy, belongs in NO_PROXY`;
   switch (failure) {
@@ -456,6 +459,8 @@ function proxyHints(failure: NetworkFailure, proxy: string, host: string): strin
     case 'timeout':
       return [`no connection to the proxy ${proxy}: check HTTPS_PROXY; a firewall may drop the packets (${notContacted})`, noProxy];
     case 'tls-trust':
+      // A name mismatch, a wrong purpose or an expired certificate is not cured by a CA.
+      if (proxyTrustAdvice(code) !== proxyTrustAdvice('')) return [`${proxyTrustAdvice(code)} (${proxy})`, noProxy];
       return [
         `an https:// proxy is verified against Node's CA store and NODE_EXTRA_CA_CERTS (--ca is for the servers behind it): give its CA with NODE_EXTRA_CA_CERTS, or use its http:// address`,
         noProxy,
@@ -691,7 +696,7 @@ export function explainUpstreamError(err: unknown, ctx: UpstreamContext): Findin
       'tls-trust': `the certificate of the HTTPS proxy ${proxy} is not trusted`,
       tls: `the TLS handshake with the HTTPS proxy ${proxy} failed`,
     };
-    return finding('FAIL', `GET ${ctx.url}: ${atProxy[failure] ?? `the connection to the HTTPS proxy ${proxy} failed`} (${code})`, proxyHints(failure, proxy, host));
+    return finding('FAIL', `GET ${ctx.url}: ${atProxy[failure] ?? `the connection to the HTTPS proxy ${proxy} failed`} (${code})`, proxyHints(failure, proxy, host, code));
   }
   // The connect limit (TCP and TLS) is not --upstream-timeout: say which one ran out, and advise for it.
   const connecting = code === 'UND_ERR_CONNECT_TIMEOUT';

@@ -21,7 +21,7 @@
  * changes nothing.
  */
 import * as tls from 'node:tls';
-import type { buildConnector, Dispatcher } from 'undici';
+import type { buildConnector, Dispatcher, Pool as UndiciPool } from 'undici';
 import api from 'undici/lib/api/index.js';
 import Agent from 'undici/lib/dispatcher/agent.js';
 import DispatcherClass from 'undici/lib/dispatcher/dispatcher.js';
@@ -86,10 +86,12 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
     // holds for the connection to the proxy too (undici's own default would be 10 s).
     proxyTls: { rejectUnauthorized: true, timeout: options.connectTimeoutMs },
     // The pool to the proxy (undici's default, a Pool): what fails in connecting to it is marked, so that it is
-    // not taken for a failure of the target, which it never reached.
+    // not taken for a failure of the target, which it never reached; and its CONNECTs are bounded (below).
     clientFactory: (origin: URL, poolOptions: object) => {
       const { connect: toProxy } = poolOptions as ProxyPoolOptions;
-      return new Pool(origin, { ...poolOptions, connect: markingProxyFailures(toProxy, endpoint ?? origin.host) });
+      const shown = endpoint ?? origin.host;
+      const pool = new Pool(origin, { ...poolOptions, connect: markingProxyFailures(toProxy, shown) });
+      return boundingTunnels(pool, shown, options.connectTimeoutMs);
     },
     httpsProxy: proxy,
     // '' (not undefined) keeps undici from reading the environment itself: only HTTPS is proxied.
@@ -110,6 +112,47 @@ function markingProxyFailures(connect: buildConnector.connector, proxy: string):
       if (result[0]) markProxyConnectFailure(result[0], proxy);
       callback(...result);
     });
+}
+
+/**
+ * The pool to the proxy, with each CONNECT bounded by the connect limit and its failures made final. Two faults of
+ * undici 7 (issue #3897, fixed only in undici 8, which needs Node 22) otherwise hold requests without end: a proxy
+ * that closes the connection before it answers the CONNECT fails it with `UND_ERR_SOCKET`, which the target's pool
+ * takes for a passing socket error and answers by connecting again, thousands of times a second, for ever; and a
+ * proxy that never answers holds the request for the pool's 300-s header timeout, which no signal shortens. Such a
+ * failure becomes a marked error with a code the target's pool gives up on (the request fails, and is not retried).
+ */
+function boundingTunnels(pool: UndiciPool, proxy: string, connectTimeoutMs: number): UndiciPool {
+  const connectVia = pool.connect.bind(pool) as (o: Dispatcher.ConnectOptions) => Promise<Dispatcher.ConnectData>;
+  const bounded = (o: Dispatcher.ConnectOptions): Promise<Dispatcher.ConnectData> => {
+    // 0: no connect limit, as for direct connections (`AbortSignal.timeout(0)` would abort at once).
+    const limit = connectTimeoutMs > 0 ? AbortSignal.timeout(connectTimeoutMs) : undefined;
+    const own = o.signal instanceof AbortSignal ? o.signal : undefined;
+    const signal = limit === undefined ? o.signal : own === undefined ? limit : AbortSignal.any([own, limit]);
+    return connectVia({ ...o, signal }).catch((err: unknown) => {
+      throw tunnelFailure(err, proxy, limit?.aborted === true);
+    });
+  };
+  // ProxyAgent calls the promise form only; the callback form is left as it is.
+  Object.defineProperty(pool, 'connect', {
+    value: (o: Dispatcher.ConnectOptions, callback?: unknown) =>
+      callback === undefined ? bounded(o) : (connectVia as (o: Dispatcher.ConnectOptions, callback: unknown) => void)(o, callback),
+  });
+  return pool;
+}
+
+/** A CONNECT's failure as the proxy's: a closed connection or the connect limit, marked; anything else as it came. */
+function tunnelFailure(err: unknown, proxy: string, timedOut: boolean): unknown {
+  const code = (err as { code?: unknown } | null)?.code;
+  if (!timedOut && code !== 'UND_ERR_SOCKET') return err;
+  const failure = Object.assign(
+    new Error(timedOut ? 'the HTTPS proxy did not answer the CONNECT in time' : 'the HTTPS proxy closed the connection before answering the CONNECT', {
+      cause: err,
+    }),
+    { code: timedOut ? 'UND_ERR_CONNECT_TIMEOUT' : 'ECONNRESET' },
+  );
+  markProxyConnectFailure(failure, proxy);
+  return failure;
 }
 
 /** The part of `node:tls` that knows the default CA store; `getCACertificates` is Node ≥ 22.15 / 23.10. */

@@ -123,12 +123,20 @@ export function proxyConnectFailureText(proxy: string, failure: NetworkFailure, 
     case 'reset':
       return `the HTTPS proxy ${proxy} reset the connection (${code}) — check HTTPS_PROXY`;
     case 'tls-trust':
-      return `the certificate of the HTTPS proxy ${proxy} is not trusted (${code}) — an https:// proxy is verified against Node's CA store and NODE_EXTRA_CA_CERTS, not --ca`;
+      return `the certificate of the HTTPS proxy ${proxy} is not trusted (${code}) — ${proxyTrustAdvice(code)}`;
     case 'tls':
       return `the TLS handshake with the HTTPS proxy ${proxy} failed (${code}) — check HTTPS_PROXY`;
     default:
       return `the connection to the HTTPS proxy ${proxy} failed (${code}) — check HTTPS_PROXY`;
   }
+}
+
+/** What to do about an https:// proxy's certificate: as `trustAdvice`, but its CAs come from elsewhere. */
+export function proxyTrustAdvice(code: string): string {
+  if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') return 'the certificate does not name the proxy: check the host in HTTPS_PROXY';
+  if (code === 'INVALID_PURPOSE') return 'the certificate is not issued for TLS servers: check the host in HTTPS_PROXY (a CA would not help)';
+  if (code === 'CERT_HAS_EXPIRED' || code === 'CERT_NOT_YET_VALID') return "the certificate is outside its validity (or this machine's clock is wrong)";
+  return "an https:// proxy is verified against Node's CA store and NODE_EXTRA_CA_CERTS, not --ca";
 }
 
 const PROXY_REFUSED = /^Proxy response \((\d{3})\)/;
@@ -151,7 +159,8 @@ function innermost(err: unknown): { code?: unknown; name?: unknown; message?: un
   for (let depth = 0; depth < 5; depth++) {
     if (typeof current !== 'object' || current === null) break;
     const c = current as { code?: unknown; cause?: unknown; name?: unknown };
-    const hasSpecific = typeof c.code === 'string' && c.code !== 'UND_ERR_SOCKET' && c.code !== 'UND_ERR_ABORTED';
+    // UND_ERR_PRX_TLS wraps the TLS error of the connection to an https:// proxy: its cause says what failed.
+    const hasSpecific = typeof c.code === 'string' && c.code !== 'UND_ERR_SOCKET' && c.code !== 'UND_ERR_ABORTED' && c.code !== 'UND_ERR_PRX_TLS';
     if (hasSpecific || c.cause === undefined) return c;
     current = c.cause;
   }

@@ -307,8 +307,9 @@ export class TokenClient {
   #networkError(err: unknown, timedOut: boolean): SidecarError {
     const host = this.#url.host;
     const { failure, code, proxy } = classifyNetworkError(err);
-    if (proxy !== undefined && !timedOut) {
-      // The connection to the HTTPS proxy failed: the token server was never contacted, and its name would mislead.
+    if (proxy !== undefined) {
+      // The connection to the HTTPS proxy failed (also when the attempt's bound ran out meanwhile: undici does not
+      // abort a connection being made): the token server was never contacted, and its name would mislead.
       const message = `token server ${host}: ${proxyConnectFailureText(proxy, failure, code)}`;
       return new SidecarError(failure === 'timeout' ? 'TOKEN_TIMEOUT' : 'TOKEN_UNREACHABLE', message, { cause: err });
     }

@@ -1,12 +1,12 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { request as httpRequest, type ServerResponse } from 'node:http';
-import { connect } from 'node:net';
+import { connect, createServer as createTcpServer, type Socket } from 'node:net';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { request } from 'undici';
 import { ConfigError } from '../../src/errors.js';
 import { createScavenger, SCAVENGE_STEP_BYTES, youngGenerationCollector } from '../../src/scavenger.js';
-import { closedPort, gate } from '../helpers/net.js';
+import { closedPort, gate, listen } from '../helpers/net.js';
 import { downloadSha256 } from '../helpers/upstream.js';
 import type { OAuthServer } from '../helpers/oauth-server.js';
 import { runSidecar, type RunningSidecar } from '../helpers/sidecar.js';
@@ -738,6 +738,74 @@ describe('errors a sender sees', () => {
       message: `upstream ${host}: the HTTPS proxy 127.0.0.1:${port} refused the connection (ECONNREFUSED) — check HTTPS_PROXY`,
       route: 'default',
     });
+  });
+
+  /** A proxy that takes connections and misbehaves on each: closes it when the CONNECT arrives, or never answers. */
+  async function badProxy(kind: 'closes' | 'mute'): Promise<{ port: number; accepted: () => number; close: () => Promise<void> }> {
+    const sockets = new Set<Socket>();
+    let accepted = 0;
+    const server = createTcpServer((socket) => {
+      accepted++;
+      sockets.add(socket);
+      socket.on('error', () => undefined);
+      socket.on('data', () => {
+        if (kind === 'closes') socket.end();
+      });
+    });
+    const port = await listen(server);
+    return {
+      port,
+      accepted: () => accepted,
+      close: async () => {
+        for (const socket of sockets) socket.destroy();
+        await new Promise((resolve) => server.close(resolve));
+      },
+    };
+  }
+
+  /** A sidecar whose upstream is reached only through `proxyPort` (the token server directly), connect limit 300 ms. */
+  async function throughProxy(proxyPort: number): Promise<RunningSidecar> {
+    const config = await files.write(
+      `via-proxy-${proxyPort}.yaml`,
+      ['routes:', '  - name: default', '    prefix: /', `    serviceKey: ${keyPath}`, '    timeouts:', '      connectMs: 300'].join('\n'),
+    );
+    return another(['--config', config], { HTTPS_PROXY: `http://127.0.0.1:${proxyPort}`, NO_PROXY: new URL(oauth.tokenUrl).host });
+  }
+
+  it('502 naming the HTTPS proxy when it closes the connection before answering the CONNECT, without connecting again and again', { timeout: 15_000 }, async () => {
+    const proxy = await badProxy('closes');
+    try {
+      const proxied = await throughProxy(proxy.port);
+      const res = await request(`${proxied.url}/http/x`);
+      expect(res.statusCode).toBe(502);
+      const body = await errorOf(res);
+      expect([body.error, body.message]).toEqual([
+        'UPSTREAM_UNREACHABLE',
+        `upstream ${new URL(upstream.url).host}: the HTTPS proxy 127.0.0.1:${proxy.port} reset the connection (ECONNRESET) — check HTTPS_PROXY`,
+      ]);
+      // undici 7 alone reconnects in a tight loop for ever (thousands of connections a second).
+      expect(proxy.accepted()).toBeLessThanOrEqual(3);
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  it('504 naming the HTTPS proxy when it never answers the CONNECT: bounded by the connect limit, not 300 s', { timeout: 15_000 }, async () => {
+    const proxy = await badProxy('mute');
+    try {
+      const proxied = await throughProxy(proxy.port);
+      const started = Date.now();
+      const res = await request(`${proxied.url}/http/x`);
+      expect(res.statusCode).toBe(504);
+      const body = await errorOf(res);
+      expect([body.error, body.message]).toEqual([
+        'UPSTREAM_TIMEOUT',
+        `upstream ${new URL(upstream.url).host}: the HTTPS proxy 127.0.0.1:${proxy.port} did not answer in time (UND_ERR_CONNECT_TIMEOUT) — check HTTPS_PROXY`,
+      ]);
+      expect(Date.now() - started).toBeLessThan(10_000);
+    } finally {
+      await proxy.close();
+    }
   });
 
   it('502 UPSTREAM_UNREACHABLE naming the upstream when it is in NO_PROXY and refuses connections, not the (also dead) proxy', async () => {

@@ -398,6 +398,35 @@ describe('token client against a token endpoint that checks credentials', () => 
     ]);
   });
 
+  it('an HTTPS proxy that never answers is named also when the attempt bound is the connect limit (--token-timeout ≤ 5 s)', { timeout: 15_000 }, async () => {
+    const sockets = new Set<Socket>();
+    const mute = createServer((socket) => {
+      sockets.add(socket);
+      socket.on('error', () => undefined);
+    });
+    const port = await listen(mute);
+    try {
+      for (const scheme of ['http', 'https']) {
+        const proxied = createTokenClient({
+          credentials: secretCredentials(),
+          settings: SETTINGS,
+          network: { ca: [pki.ca], httpsProxy: `${scheme}://localhost:${port}` },
+          attemptTimeoutMs: 1_000,
+          retry: { ...FAST_RETRY, maxAttempts: 1 },
+        });
+        clients.push(proxied);
+        const err = await failure(proxied.fetchToken());
+        expect([err.code, err.message]).toEqual([
+          'TOKEN_TIMEOUT',
+          `token server ${new URL(endpoint.tokenUrl).host}: the HTTPS proxy localhost:${port} did not answer in time (UND_ERR_CONNECT_TIMEOUT) — check HTTPS_PROXY`,
+        ]);
+      }
+    } finally {
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => mute.close(resolve));
+    }
+  });
+
   it('a server that is down is TOKEN_UNREACHABLE, and it recovers when back', async () => {
     await endpoint.stop();
     try {

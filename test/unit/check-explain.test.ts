@@ -75,6 +75,16 @@ const LOGIN_PAGES: ReadonlyArray<readonly [string, string, string]> = [
     'a redirect to an OAuth authorization endpoint',
   ],
   ['a form posted to a login address', '<html><body><form action="/login.do" method="post"><input name="username"></form></body></html>', 'a login form'],
+  [
+    'an Okta redirect',
+    '<html><head><meta http-equiv="refresh" content="0;url=https://acme.okta.com/oauth2/default/v1/authorize?client_id=x"></head></html>',
+    'a redirect to an OAuth authorization endpoint',
+  ],
+  [
+    'a Keycloak (OpenID Connect) redirect',
+    '<html><script>window.location.replace("https://kc.example/realms/acme/protocol/openid-connect/auth?client_id=x")</script></html>',
+    'a redirect to an OAuth authorization endpoint',
+  ],
 ];
 
 describe('check: a 2xx login page', () => {
@@ -100,6 +110,14 @@ describe('check: a 2xx login page', () => {
     expect(ok('application/xml', '<order><note>type=password SAMLRequest</note></order>')).toBe(true);
     expect(ok('text/plain', 'Current time (UTC): 2025-01-01 00:00:00; SAMLRequest')).toBe(true);
     expect(ok('text/html', '<html><body><h1>Order 4711 received</h1><form action="/processOrder"></form></body></html>')).toBe(true);
+    // Pages that only mention the signs: a report naming a SAML field, a link to a sign-in page, a form whose
+    // address has "saml" or "login" in a path segment of a flow or its query, JSON served as HTML.
+    expect(ok('text/html', '<html><body><p>Mapping of SAMLResponse attributes: done</p></body></html>')).toBe(true);
+    expect(ok('text/html', '<html><body><a href="https://idp.example/oauth2/authorize?x=1">sign in</a></body></html>')).toBe(true);
+    expect(ok('text/html', '<html><body><form action="/http/samlmapping/upload"></form></body></html>')).toBe(true);
+    expect(ok('text/html', '<html><body><form action="/http/orders?source=login-portal"></form></body></html>')).toBe(true);
+    expect(ok('text/html', '{"SAMLRequest":"x","authorizationUrl":"https://idp.example/oauth/authorize"}')).toBe(true);
+    expect(ok('text/html', '<html><body><input type="password-hint" name="hint"></body></html>')).toBe(true);
     expect(loginPageOf({ headers: {}, body: LOGIN_PAGES[0]![1] })).toBeUndefined();
   });
 });

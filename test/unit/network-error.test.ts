@@ -39,4 +39,17 @@ describe('network errors', () => {
       'the HTTPS proxy proxy.corp:3128 did not answer in time (UND_ERR_CONNECT_TIMEOUT) — check HTTPS_PROXY',
     );
   });
+
+  it("an https:// proxy's certificate: the TLS error inside undici's wrapper decides, with advice that fits its code", () => {
+    const inner = failed('ERR_TLS_CERT_ALTNAME_INVALID');
+    markProxyConnectFailure(inner, 'proxy.corp:8443');
+    const wrapped = Object.assign(new Error('secure proxy connection failed', { cause: inner }), { code: 'UND_ERR_PRX_TLS' });
+    const classified = classifyNetworkError(wrapped);
+    expect(classified).toEqual({ failure: 'tls-trust', code: 'ERR_TLS_CERT_ALTNAME_INVALID', proxy: 'proxy.corp:8443' });
+    expect(proxyConnectFailureText('proxy.corp:8443', classified.failure, classified.code)).toBe(
+      'the certificate of the HTTPS proxy proxy.corp:8443 is not trusted (ERR_TLS_CERT_ALTNAME_INVALID) — the certificate does not name the proxy: check the host in HTTPS_PROXY',
+    );
+    expect(proxyConnectFailureText('p:1', 'tls-trust', 'INVALID_PURPOSE')).toContain('not issued for TLS servers: check the host in HTTPS_PROXY (a CA would not help)');
+    expect(proxyConnectFailureText('p:1', 'tls-trust', 'SELF_SIGNED_CERT_IN_CHAIN')).toContain('NODE_EXTRA_CA_CERTS, not --ca');
+  });
 });
