@@ -5,71 +5,41 @@
  * counted on a clock that only moves forward with time. The wall clock does not: an NTP step back (a VM's
  * clock corrected after a resume, a host without time sync until the daemon starts) would stretch a cached
  * token past its real expiry, and every sender would meet the upstream's 401 until the token server is asked
- * again; a step forward would end it early. The monotonic clock alone stops while the machine sleeps (a
- * laptop's suspend), and a token that expired meanwhile would be handed out.
+ * again. The monotonic clock alone stops while the machine sleeps (a laptop's suspend) and while a VM is
+ * paused (Docker Desktop, WSL2, a stopped QEMU guest: there CLOCK_BOOTTIME stops too, and only the wall clock,
+ * stepped on resume, shows the gap), and a token that expired meanwhile would be handed out.
  *
- * So this clock is the monotonic clock plus the time the machine has slept. On Linux that time is measured:
- * `/proc/uptime` counts CLOCK_BOOTTIME, which runs on during a suspend, and the monotonic clock does not. It is
- * read when the wall clock has moved more than `JUMP_MS` apart from the monotonic clock between two readings
- * (a suspend moves it ahead; a step moves it too, and is then found to be no sleep), and once a second of
- * monotonic time besides, never on every reading. Where it cannot be read, a forward jump of the wall clock is
- * taken as sleep: a step forward then ends tokens early (one more token request), never late.
+ * So this clock follows the monotonic clock, and takes a forward jump of the wall clock beyond it (more than
+ * `JUMP_MS` between two readings) as time gone by. That errs one way only: a step forward ends tokens early,
+ * which costs a token request, never a token used late. One case is left: a step back and a sleep between the
+ * same two readings count only their difference; the upstream's 401 then retires the token.
  *
  * Its values are epoch milliseconds, the wall clock when it was made plus the time counted since; `wallTimeOf`
  * turns one into the wall clock's time for showing it as a date.
  */
-import { readFileSync } from 'node:fs';
 
-/** A wall clock moving this much more or less than the monotonic one between two readings is looked into. */
+/** A forward jump of the wall clock against the monotonic one larger than this is taken as time gone by. */
 export const JUMP_MS = 1_000;
-/** Monotonic time after which the slept time is read again even without a jump of the wall clock. */
-const SLEEP_CHECK_MS = 1_000;
 
 export type Clock = () => number;
 
-/**
- * Milliseconds the machine has slept since boot (CLOCK_BOOTTIME − CLOCK_MONOTONIC, to /proc/uptime's 10 ms), or
- * undefined where that cannot be read (not Linux).
- */
-export function sleptMs(): number | undefined {
-  try {
-    const uptimeS = Number(readFileSync('/proc/uptime', 'latin1').split(' ', 1)[0]);
-    const monotonicMs = Number(process.hrtime.bigint()) / 1e6;
-    return Number.isFinite(uptimeS) ? uptimeS * 1000 - monotonicMs : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-/** A clock as above, from a wall clock, a monotonic one and the slept time (each injected in tests). */
-export function steadyClock(
-  wall: Clock = () => Date.now(),
-  monotonic: Clock = () => performance.now(),
-  slept: () => number | undefined = sleptMs,
-): Clock {
+/** A clock as above, from a wall clock and a monotonic one (injected in tests). */
+export function steadyClock(wall: Clock = () => Date.now(), monotonic: Clock = () => performance.now()): Clock {
   const origin = wall();
   const monotonicOrigin = monotonic();
-  const sleptOrigin = slept();
   let lastWall = origin;
   let lastMonotonic = monotonicOrigin;
-  let checkedAt = monotonicOrigin;
-  /** Time slept since the origin, as far as known (never less than before: the clock never goes back). */
-  let asleep = 0;
+  /** Forward jumps of the wall clock so far, beyond what the monotonic clock counted. */
+  let jumped = 0;
   return () => {
     const w = wall();
     const m = Math.max(lastMonotonic, monotonic());
-    const apart = w - lastWall - (m - lastMonotonic);
+    const ahead = w - lastWall - (m - lastMonotonic);
+    if (ahead > JUMP_MS) jumped += ahead;
     lastWall = w;
     lastMonotonic = m;
-    if (sleptOrigin === undefined) {
-      if (apart > JUMP_MS) asleep += apart;
-    } else if (Math.abs(apart) > JUMP_MS || m - checkedAt >= SLEEP_CHECK_MS) {
-      checkedAt = m;
-      const now = slept();
-      if (now !== undefined) asleep = Math.max(asleep, now - sleptOrigin);
-    }
     // From the origins, not summed step by step: no rounding piles up on a number as large as an epoch.
-    return origin + (m - monotonicOrigin) + asleep;
+    return origin + (m - monotonicOrigin) + jumped;
   };
 }
 
