@@ -608,11 +608,14 @@ class Exchange {
     if (bodyStillComing(this.#req)) this.#closeAfterAnswer();
     const forSender = responseHeadersForSender(headers, { extra: this.#ownHeaders(), token: this.#token?.value });
     const location = forSender['location'];
-    if (typeof location === 'string' && this.#route !== undefined) {
+    if (location !== undefined && this.#route !== undefined) {
+      const route = this.#route;
       const socket = this.#req.socket;
       const host = this.#req.headers.host ?? reachedHost(socket.localAddress, socket.localPort);
       const routes = this.#options.routes();
-      forSender['location'] = senderLocation(location, this.#route, this.#upstreamPath, host, (path) => routes.match(path)?.name);
+      const mapped = (value: string) => senderLocation(value, route, this.#upstreamPath, host, (path) => routes.match(path)?.name);
+      // An upstream that repeats the field gets each value mapped (node writes them as they are).
+      forSender['location'] = typeof location === 'string' ? mapped(location) : location.map(mapped);
     }
     if (status === 204) delete forSender['content-length']; // RFC 9110 §8.6: never in a 204
     this.#res.writeHead(status, forSender);

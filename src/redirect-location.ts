@@ -3,17 +3,18 @@
  * as the sender has to follow it. A URL on the route's upstream, under the path the route forwards to, is
  * turned into the same resource behind the sidecar: its address and the route's prefix, as nginx's
  * `proxy_redirect default` does. Followed as the upstream wrote it, it would take the sender past the
- * sidecar: over HTTPS, which a legacy sender may not speak, and without a token. Any other `Location` (another
- * host, an identity provider's login page, a path outside the route) is passed on as it came.
+ * sidecar: over HTTPS, which a legacy sender may not speak, and without a token. Any other absolute `Location`
+ * (another host, an identity provider's login page, a path outside the route) is passed on as it came.
  *
  * An absolute URL stays absolute (`http://` and the sender's own `Host`, or the address it reached when it sent
  * none; RFC 1945 senders know no other kind), a relative reference stays relative (RFC 9110 §10.2.2 allows it).
- * The value is rewritten only where the result is sure to mean the same resource: not when it has bytes the
- * URL parser would re-encode (undici hands header values over as latin1, so UTF-8 would come out
- * double-encoded), not when the path would start with `//` (a reference to another host), and not when the
- * sidecar would route the new path elsewhere (a longer prefix of another route).
+ * The value is rewritten only where the result is sure to mean the same resource, keeping the upstream's bytes of
+ * path, query and fragment: not when it has bytes outside printable ASCII (undici hands header values over as
+ * latin1), not when the path would start with `//` (a reference to another host), has dot segments (the sidecar
+ * refuses those) or would be routed elsewhere (a longer prefix of another route). A relative reference that is not
+ * mapped becomes the absolute upstream URL it stands for: against the sidecar's address it would mean another path.
  */
-import type { Route } from './routes.js';
+import { hasDotSegment, type Route } from './routes.js';
 
 /** What of a route the mapping needs. */
 export type LocationRoute = Pick<Route, 'name' | 'origin' | 'basePath' | 'prefix'> & { readonly config: { readonly rewritePrefix: string | undefined } };
@@ -24,7 +25,7 @@ const HOST = /^(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.?|\[[0-9A-Fa-f:.]+\])(?::\d
 /** An absolute URL or a network-path reference (`//host/…`): anything that names a host. */
 const NAMES_HOST = /^(?:[A-Za-z][A-Za-z0-9+.-]*:|\/\/)/;
 
-/** Printable ASCII only, once the whitespace around it is gone: what the URL parser passes through unchanged. */
+/** Printable ASCII only (once the whitespace around it is gone): bytes outside it are passed on untouched. */
 const PLAIN = /^[\x21-\x7e]*$/;
 
 /**
@@ -39,23 +40,43 @@ export function senderLocation(
   senderHost: string | undefined,
   routeOf: (path: string) => string | undefined,
 ): string {
-  if (!PLAIN.test(location.trim())) return location;
+  const text = location.trim();
+  if (!PLAIN.test(text)) return location;
   let url: URL;
   try {
-    url = new URL(location, route.origin + upstreamPath);
+    url = new URL(text, route.origin + upstreamPath);
   } catch {
     return location; // not a URL the sender could follow either: its business
   }
-  if (url.origin !== route.origin || url.username !== '' || url.password !== '') return location;
+  const absolute = NAMES_HOST.test(text);
+  // Not mapped: as it came when it names its host; a relative one as the upstream's URL it stands for, which is
+  // what the upstream meant (resolved against the sidecar's address, it would land on another path of the
+  // sidecar, maybe another route's, with that route's token).
+  const unmapped = absolute ? location : url.href;
+  if (url.origin !== route.origin || url.username !== '' || url.password !== '') return unmapped;
+  // Path, query and fragment as written, so that the sender gets the upstream's bytes (the URL parser would
+  // re-encode quotes in a query, braces, a back quote); a relative path (`list`, `../x`) only the parser resolves.
+  const rest = absolute ? afterAuthority(text) : text.startsWith('/') ? text : url.pathname + url.search + url.hash;
+  const cut = rest.search(/[?#]/);
+  const path = (cut < 0 ? rest : rest.slice(0, cut)) || '/';
+  const tail = cut < 0 ? '' : rest.slice(cut);
+  // A path the sidecar would refuse, or one the URL parser reads otherwise than its text (a back slash).
+  if (path.includes('\\') || hasDotSegment(path)) return unmapped;
   const upstreamBase = route.basePath + segments(route.config.rewritePrefix ?? route.prefix);
-  const path = url.pathname;
-  if (upstreamBase !== '' && path !== upstreamBase && !path.startsWith(`${upstreamBase}/`)) return location;
+  if (upstreamBase !== '' && path !== upstreamBase && !path.startsWith(`${upstreamBase}/`)) return unmapped;
   const senderPath = segments(route.prefix) + path.slice(upstreamBase.length) || '/';
   // `//x/…` names host x: never made out of a path on the upstream. Nor a path another route would take.
-  if (senderPath.startsWith('//') || routeOf(senderPath) !== route.name) return location;
-  const relative = senderPath + url.search + url.hash;
-  if (!NAMES_HOST.test(location.trimStart())) return relative;
-  return senderHost !== undefined && HOST.test(senderHost) ? `http://${senderHost}${relative}` : relative;
+  if (senderPath.startsWith('//') || routeOf(senderPath) !== route.name) return unmapped;
+  const relative = senderPath + tail;
+  if (!absolute) return relative;
+  return senderHost !== undefined && HOST.test(senderHost) && URL.canParse(`http://${senderHost}/`) ? `http://${senderHost}${relative}` : relative;
+}
+
+/** What follows the authority of an absolute URL or a network-path reference: path, query and fragment. */
+function afterAuthority(text: string): string {
+  const start = text.indexOf('//') + 2;
+  const end = text.slice(start).search(/[/?#]/);
+  return end < 0 ? '' : text.slice(start + end);
 }
 
 /** A normalised route path as the segments it stands for: the root `/` stands for none. */

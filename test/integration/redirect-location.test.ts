@@ -19,15 +19,28 @@ beforeAll(async () => {
   const ordersKey = await world.secretKey('orders.json', ORDERS.clientId, ORDERS.secret);
   const config = await world.files.write(
     'routes.yaml',
-    ['routes:', '  - name: orders', '    prefix: /orders', `    serviceKey: ${ordersKey}`, '    rewritePrefix: /http/orders'].join('\n'),
+    [
+      'routes:',
+      '  - name: orders',
+      '    prefix: /orders',
+      `    serviceKey: ${ordersKey}`,
+      '    rewritePrefix: /http/orders',
+      // A longer prefix of another route: what it takes is not the orders route's to map.
+      '  - name: special',
+      '    prefix: /orders/special',
+      `    serviceKey: ${ordersKey}`,
+      '    rewritePrefix: /http/special',
+    ].join('\n'),
   );
   sidecar = await runSidecar(['--config', config, '--ca', world.caPath, '--allow-host', 'orders-sidecar']);
   world.upstream.setHandler((req, res, body) => {
     body.resume();
-    const location = new URL(req.url ?? '/', 'http://x').searchParams.get('location') ?? '';
+    const locations = new URL(req.url ?? '/', 'http://x').searchParams.getAll('location');
     // Written as UTF-8 bytes (node writes a header string as latin1).
-    const bytes = Buffer.from(location.replace('UP', world.upstream.url), 'utf8').toString('latin1');
-    res.writeHead(req.method === 'POST' ? 201 : 302, { location: bytes, 'content-length': '0' });
+    const bytes = locations.map((l) => Buffer.from(l.replace('UP', world.upstream.url), 'utf8').toString('latin1'));
+    res.statusCode = req.method === 'POST' ? 201 : 302;
+    res.setHeader('location', bytes.length === 1 ? bytes[0]! : bytes);
+    res.setHeader('content-length', '0');
     res.end();
     return true;
   });
@@ -77,4 +90,14 @@ it('a sender without Host (HTTP/1.0) gets the address it reached; UTF-8 in a Loc
   const [status, location] = await locationFor('UP/http/orders/M\u00fcller');
   expect(status).toBe(302);
   expect(Buffer.from(location as string, 'latin1').toString('utf8')).toBe(`${world.upstream.url}/http/orders/M\u00fcller`);
+});
+
+it('a path another route takes is not mapped onto this one; a repeated Location has each value mapped', async () => {
+  const host = new URL(sidecar.url).host;
+  // /http/orders/special/1 maps to /orders/special/1, which the special route would take (to /http/special/1).
+  const taken = `${world.upstream.url}/http/orders/special/1`;
+  expect(await locationFor('UP/http/orders/special/1')).toEqual([302, taken]);
+  const res = await request(`${sidecar.url}/orders/new?location=${encodeURIComponent('UP/http/orders/1')}&location=${encodeURIComponent('UP/http/orders/2')}`);
+  await res.body.dump();
+  expect(res.headers['location']).toEqual([`http://${host}/orders/1`, `http://${host}/orders/2`]);
 });

@@ -45,17 +45,32 @@ describe('senderLocation', () => {
       `${UP}:8443/http/orders/1`,
       `${UP}/http/ordersX/1`,
       `${UP}/http/other`,
-      '/http/other',
       `https://user:pw@tenant-rt.cfapps.eu10.hana.ondemand.com/http/orders/1`,
       'http://[::1', // not a URL
     ]) {
       expect(senderLocation(location, r, '/http/orders', 'h')).toBe(location);
     }
+    // A relative one outside the route becomes the upstream URL it stands for: resolved against the sidecar, it
+    // would land on another of its paths (maybe another route's, with that route's token).
+    expect(senderLocation('/http/other', r, '/http/orders', 'h')).toBe(`${UP}/http/other`);
+    expect(senderLocation('../invoices/1', r, '/http/orders/x', 'h')).toBe(`${UP}/http/invoices/1`);
+    // Dot segments: the sidecar would refuse the mapped path.
+    expect(senderLocation(`${UP}/http/orders/a/../../admin`, r, '/http/orders', 'h')).toBe(`${UP}/http/orders/a/../../admin`);
+    expect(senderLocation(`${UP}/http/orders/a%2F..%2F..%2Fadmin`, r, '/http/orders', 'h')).toBe(`${UP}/http/orders/a%2F..%2F..%2Fadmin`);
+  });
+
+  it('keeps the upstream’s bytes of path, query and fragment (the URL parser would re-encode quotes and braces)', () => {
+    const r = route('/orders', { rewritePrefix: '/http/orders' });
+    expect(senderLocation(`${UP}/http/orders/Orders('43')?$filter=Name%20eq%20'A'&x="y"#{z}`, r, '/http/orders', 'h')).toBe(
+      `http://h/orders/Orders('43')?$filter=Name%20eq%20'A'&x="y"#{z}`,
+    );
+    expect(senderLocation(`${UP}?x=1`, route('/'), '/', 'h')).toBe('http://h/?x=1');
+    expect(senderLocation(`/http/orders/a{b}|c^d\`e`, r, '/http/orders', 'h')).toBe('/orders/a{b}|c^d`e');
   });
 
   it('falls back to a relative reference when the Host cannot stand in a URL', () => {
     const r = route('/orders', { rewritePrefix: '/http/orders' });
-    for (const host of [undefined, '', 'evil.example/path', 'a b', 'h:1:2', 'user@h']) {
+    for (const host of [undefined, '', 'evil.example/path', 'a b', 'h:1:2', 'user@h', 'h:99999', '[:::]']) {
       expect(senderLocation(`${UP}/http/orders/1`, r, '/http/orders', host)).toBe('/orders/1');
     }
     expect(senderLocation(`${UP}/http/orders/1`, r, '/http/orders', '[::1]:8080')).toBe('http://[::1]:8080/orders/1');
@@ -72,9 +87,13 @@ describe('senderLocation', () => {
 
   it('never makes a reference to another host out of a path on the upstream (`//host/…`)', () => {
     const root = route('/', { rewritePrefix: '/http' });
-    for (const location of ['/http//evil.example/x/', `${UP}/http//evil.example/x/`, '/http/\\evil.example/x']) {
-      expect(senderLocation(location, root, '/http/docs', undefined)).toBe(location);
-      expect(senderLocation(location, root, '/http/docs', 'h')).toBe(location);
+    for (const [location, passed] of [
+      ['/http//evil.example/x/', `${UP}/http//evil.example/x/`],
+      [`${UP}/http//evil.example/x/`, `${UP}/http//evil.example/x/`],
+      ['/http/\\evil.example/x', `${UP}/http//evil.example/x`],
+    ]) {
+      expect(senderLocation(location!, root, '/http/docs', undefined)).toBe(passed);
+      expect(senderLocation(location!, root, '/http/docs', 'h')).toBe(passed);
     }
     expect(senderLocation(`${UP}//evil.example/x`, route('/'), '/', undefined)).toBe(`${UP}//evil.example/x`);
   });
