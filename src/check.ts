@@ -457,7 +457,12 @@ function proxyHints(failure: NetworkFailure, proxy: string, host: string, code: 
     case 'dns':
       return [`the proxy's host name does not resolve: check it in HTTPS_PROXY (${notContacted})`, noProxy];
     case 'timeout':
+      if (code === 'UND_ERR_HEADERS_TIMEOUT') {
+        return [`the proxy ${proxy} may not reach ${host} (its own firewall or DNS), or be overloaded: ask its operators, or try ${host} from the proxy's network`, noProxy];
+      }
       return [`no connection to the proxy ${proxy}: check HTTPS_PROXY; a firewall may drop the packets (${notContacted})`, noProxy];
+    case 'reset':
+      return [`the proxy ${proxy} closed the connection before answering the CONNECT: check the port in HTTPS_PROXY (is it the proxy?), and whether the proxy reaches ${host}`, noProxy];
     case 'tls-trust':
       // A name mismatch, a wrong purpose or an expired certificate is not cured by a CA.
       if (proxyTrustAdvice(code) !== proxyTrustAdvice('')) return [`${proxyTrustAdvice(code)} (${proxy})`, noProxy];
@@ -691,8 +696,13 @@ export function explainUpstreamError(err: unknown, ctx: UpstreamContext): Findin
     const atProxy: Partial<Record<NetworkFailure, string>> = {
       refused: `the HTTPS proxy ${proxy} refused the connection`,
       dns: `the HTTPS proxy ${proxy} does not resolve`,
-      timeout: code === 'UND_ERR_CONNECT_TIMEOUT' ? `no connection to the HTTPS proxy ${proxy} within ${ctx.connectTimeoutMs} ms` : `no connection to the HTTPS proxy ${proxy}`,
-      reset: `the HTTPS proxy ${proxy} reset the connection`,
+      timeout:
+        code === 'UND_ERR_HEADERS_TIMEOUT'
+          ? `the HTTPS proxy ${proxy} took the CONNECT to ${host} but did not answer it within ${ctx.connectTimeoutMs} ms`
+          : code === 'UND_ERR_CONNECT_TIMEOUT'
+            ? `no connection to the HTTPS proxy ${proxy} within ${ctx.connectTimeoutMs} ms`
+            : `no connection to the HTTPS proxy ${proxy}`,
+      reset: `the HTTPS proxy ${proxy} closed the connection without answering`,
       'tls-trust': `the certificate of the HTTPS proxy ${proxy} is not trusted`,
       tls: `the TLS handshake with the HTTPS proxy ${proxy} failed`,
     };

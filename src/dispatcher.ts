@@ -90,8 +90,10 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
     clientFactory: (origin: URL, poolOptions: object) => {
       const { connect: toProxy } = poolOptions as ProxyPoolOptions;
       const shown = endpoint ?? origin.host;
-      const pool = new Pool(origin, { ...poolOptions, connect: markingProxyFailures(toProxy, shown) });
-      return boundingTunnels(pool, shown, options.connectTimeoutMs);
+      // The CONNECT's answer is bounded by the connect limit too (undici's header timer: it starts once the
+      // CONNECT is written, and lets pending I/O win over a late timer; 0 is no limit, as for direct connections).
+      const pool = new Pool(origin, { ...poolOptions, headersTimeout: options.connectTimeoutMs, connect: markingProxyFailures(toProxy, shown) });
+      return markingTunnelFailures(pool, shown);
     },
     httpsProxy: proxy,
     // '' (not undefined) keeps undici from reading the environment itself: only HTTPS is proxied.
@@ -115,42 +117,36 @@ function markingProxyFailures(connect: buildConnector.connector, proxy: string):
 }
 
 /**
- * The pool to the proxy, with each CONNECT bounded by the connect limit and its failures made final. Two faults of
- * undici 7 (issue #3897, fixed only in undici 8, which needs Node 22) otherwise hold requests without end: a proxy
- * that closes the connection before it answers the CONNECT fails it with `UND_ERR_SOCKET`, which the target's pool
- * takes for a passing socket error and answers by connecting again, thousands of times a second, for ever; and a
- * proxy that never answers holds the request for the pool's 300-s header timeout, which no signal shortens. Such a
- * failure becomes a marked error with a code the target's pool gives up on (the request fails, and is not retried).
+ * The pool to the proxy, with what fails before a CONNECT is answered marked as the proxy's (the target was not
+ * contacted): a reset, an answer that is not HTTP (a wrong port in HTTPS_PROXY), no answer within the limit, and a
+ * connection closed before the answer. undici 7 reports that last one as `UND_ERR_SOCKET`, which the target's pool
+ * takes for a passing socket error and answers by connecting again, thousands of times a second and for ever
+ * (undici issue #3897, fixed only in undici 8, which needs Node 22); it becomes `ECONNRESET`, which fails the
+ * request. A pool closed or destroyed under the request (shutdown, rotation) is not the proxy's doing.
  */
-function boundingTunnels(pool: UndiciPool, proxy: string, connectTimeoutMs: number): UndiciPool {
+function markingTunnelFailures(pool: UndiciPool, proxy: string): UndiciPool {
   const connectVia = pool.connect.bind(pool) as (o: Dispatcher.ConnectOptions) => Promise<Dispatcher.ConnectData>;
-  const bounded = (o: Dispatcher.ConnectOptions): Promise<Dispatcher.ConnectData> => {
-    // 0: no connect limit, as for direct connections (`AbortSignal.timeout(0)` would abort at once).
-    const limit = connectTimeoutMs > 0 ? AbortSignal.timeout(connectTimeoutMs) : undefined;
-    const own = o.signal instanceof AbortSignal ? o.signal : undefined;
-    const signal = limit === undefined ? o.signal : own === undefined ? limit : AbortSignal.any([own, limit]);
-    return connectVia({ ...o, signal }).catch((err: unknown) => {
-      throw tunnelFailure(err, proxy, limit?.aborted === true);
-    });
-  };
-  // ProxyAgent calls the promise form only; the callback form is left as it is.
+  // ProxyAgent calls the promise form only; the callback form is passed through as it is.
   Object.defineProperty(pool, 'connect', {
+    configurable: true,
+    writable: true,
     value: (o: Dispatcher.ConnectOptions, callback?: unknown) =>
-      callback === undefined ? bounded(o) : (connectVia as (o: Dispatcher.ConnectOptions, callback: unknown) => void)(o, callback),
+      callback === undefined
+        ? connectVia(o).catch((err: unknown) => {
+            throw tunnelFailure(err, proxy);
+          })
+        : (connectVia as (o: Dispatcher.ConnectOptions, callback: unknown) => void)(o, callback),
   });
   return pool;
 }
 
-/** A CONNECT's failure as the proxy's: a closed connection or the connect limit, marked; anything else as it came. */
-function tunnelFailure(err: unknown, proxy: string, timedOut: boolean): unknown {
+function tunnelFailure(err: unknown, proxy: string): unknown {
   const code = (err as { code?: unknown } | null)?.code;
-  if (!timedOut && code !== 'UND_ERR_SOCKET') return err;
-  const failure = Object.assign(
-    new Error(timedOut ? 'the HTTPS proxy did not answer the CONNECT in time' : 'the HTTPS proxy closed the connection before answering the CONNECT', {
-      cause: err,
-    }),
-    { code: timedOut ? 'UND_ERR_CONNECT_TIMEOUT' : 'ECONNRESET' },
-  );
+  if (code === 'UND_ERR_DESTROYED' || code === 'UND_ERR_CLOSED') return err;
+  const failure =
+    code === 'UND_ERR_SOCKET'
+      ? Object.assign(new Error('the HTTPS proxy closed the connection before answering the CONNECT', { cause: err }), { code: 'ECONNRESET' })
+      : err;
   markProxyConnectFailure(failure, proxy);
   return failure;
 }

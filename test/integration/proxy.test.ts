@@ -741,7 +741,7 @@ describe('errors a sender sees', () => {
   });
 
   /** A proxy that takes connections and misbehaves on each: closes it when the CONNECT arrives, or never answers. */
-  async function badProxy(kind: 'closes' | 'mute'): Promise<{ port: number; accepted: () => number; close: () => Promise<void> }> {
+  async function badProxy(kind: 'closes' | 'mute' | 'resets' | 'not-http'): Promise<{ port: number; accepted: () => number; close: () => Promise<void> }> {
     const sockets = new Set<Socket>();
     let accepted = 0;
     const server = createTcpServer((socket) => {
@@ -750,6 +750,8 @@ describe('errors a sender sees', () => {
       socket.on('error', () => undefined);
       socket.on('data', () => {
         if (kind === 'closes') socket.end();
+        if (kind === 'resets') socket.resetAndDestroy();
+        if (kind === 'not-http') socket.write('SSH-2.0-OpenSSH_9.6\r\n');
       });
     });
     const port = await listen(server);
@@ -781,12 +783,32 @@ describe('errors a sender sees', () => {
       const body = await errorOf(res);
       expect([body.error, body.message]).toEqual([
         'UPSTREAM_UNREACHABLE',
-        `upstream ${new URL(upstream.url).host}: the HTTPS proxy 127.0.0.1:${proxy.port} reset the connection (ECONNRESET) — check HTTPS_PROXY`,
+        `upstream ${new URL(upstream.url).host}: the HTTPS proxy 127.0.0.1:${proxy.port} closed the connection without answering (ECONNRESET) — check HTTPS_PROXY, and that the proxy reaches the host`,
       ]);
       // undici 7 alone reconnects in a tight loop for ever (thousands of connections a second).
       expect(proxy.accepted()).toBeLessThanOrEqual(3);
     } finally {
       await proxy.close();
+    }
+  });
+
+  it('502 naming the HTTPS proxy when it resets the connection, or answers the CONNECT with something not HTTP (a wrong port)', { timeout: 15_000 }, async () => {
+    for (const [kind, code] of [
+      ['resets', 'ECONNRESET'],
+      ['not-http', 'HTTPParserError'],
+    ] as const) {
+      const proxy = await badProxy(kind);
+      try {
+        const proxied = await throughProxy(proxy.port);
+        const res = await request(`${proxied.url}/http/x`, { method: 'POST', body: 'x' });
+        expect(res.statusCode).toBe(502);
+        const body = await errorOf(res);
+        expect(body.error).toBe('UPSTREAM_UNREACHABLE');
+        expect(body.message).toContain(`the HTTPS proxy 127.0.0.1:${proxy.port} `);
+        expect(body.message).toContain(code);
+      } finally {
+        await proxy.close();
+      }
     }
   });
 
@@ -800,7 +822,7 @@ describe('errors a sender sees', () => {
       const body = await errorOf(res);
       expect([body.error, body.message]).toEqual([
         'UPSTREAM_TIMEOUT',
-        `upstream ${new URL(upstream.url).host}: the HTTPS proxy 127.0.0.1:${proxy.port} did not answer in time (UND_ERR_CONNECT_TIMEOUT) — check HTTPS_PROXY`,
+        `upstream ${new URL(upstream.url).host}: the HTTPS proxy 127.0.0.1:${proxy.port} took the CONNECT but did not answer it in time (UND_ERR_HEADERS_TIMEOUT) — it may not reach the host`,
       ]);
       expect(Date.now() - started).toBeLessThan(10_000);
     } finally {

@@ -406,7 +406,11 @@ describe('token client against a token endpoint that checks credentials', () => 
     });
     const port = await listen(mute);
     try {
-      for (const scheme of ['http', 'https']) {
+      // http://: the CONNECT is taken and never answered; https://: the TLS handshake with the proxy never starts.
+      for (const [scheme, failed] of [
+        ['http', 'took the CONNECT but did not answer it in time (UND_ERR_HEADERS_TIMEOUT) — it may not reach the host'],
+        ['https', 'did not answer in time (UND_ERR_CONNECT_TIMEOUT) — check HTTPS_PROXY'],
+      ]) {
         const proxied = createTokenClient({
           credentials: secretCredentials(),
           settings: SETTINGS,
@@ -418,7 +422,7 @@ describe('token client against a token endpoint that checks credentials', () => 
         const err = await failure(proxied.fetchToken());
         expect([err.code, err.message]).toEqual([
           'TOKEN_TIMEOUT',
-          `token server ${new URL(endpoint.tokenUrl).host}: the HTTPS proxy localhost:${port} did not answer in time (UND_ERR_CONNECT_TIMEOUT) — check HTTPS_PROXY`,
+          `token server ${new URL(endpoint.tokenUrl).host}: the HTTPS proxy localhost:${port} ${failed}`,
         ]);
       }
     } finally {

@@ -143,6 +143,17 @@ describe('check: a failed connection to the HTTPS proxy', () => {
     }
   });
 
+  it('a CONNECT taken and not answered points at the proxy reaching the target; one closed before the answer at the port', () => {
+    const held = atProxy('UND_ERR_HEADERS_TIMEOUT');
+    expect(held.message).toBe(
+      `GET ${CONTEXT.url}: the HTTPS proxy 10.9.8.7:3128 took the CONNECT to acme.it-cpi000-rt.example but did not answer it within 5000 ms (UND_ERR_HEADERS_TIMEOUT)`,
+    );
+    expect(held.hints[0]).toContain('may not reach acme.it-cpi000-rt.example');
+    const closed = atProxy('ECONNRESET');
+    expect(closed.message).toContain('the HTTPS proxy 10.9.8.7:3128 closed the connection without answering (ECONNRESET)');
+    expect(closed.hints[0]).toContain('check the port in HTTPS_PROXY (is it the proxy?)');
+  });
+
   it('blames the target when the failed connection was not the one to the proxy (NO_PROXY, or after the tunnel)', () => {
     const direct = explainUpstreamError(Object.assign(new Error('connect failed'), { code: 'ECONNREFUSED' }), viaProxy);
     expect(direct.message).toBe(`GET ${CONTEXT.url}: acme.it-cpi000-rt.example refused the connection (ECONNREFUSED)`);
