@@ -8,7 +8,7 @@ import { createDispatcher, type OutboundNetwork } from './dispatcher.js';
 import { ConfigError, shownSource, SidecarError } from './errors.js';
 import { exposureProblems, readBasicAuthFile } from './inbound-control.js';
 import { decodeJwtClaims, type JwtClaims } from './jwt.js';
-import { classifyNetworkError, proxyConnectFailureText, proxyTrustAdvice, trustAdvice, type ClassifiedFailure, type NetworkFailure } from './network-error.js';
+import { classifyNetworkError, proxyTrustAdvice, trustAdvice, type ClassifiedFailure, type NetworkFailure } from './network-error.js';
 import { MIN_REDACT_LENGTH, redact } from './redaction.js';
 import { shownUrl } from './service-key.js';
 import { createTokenClient, type AccessToken, type RetryPolicy, type TokenClient } from './token-client.js';
@@ -440,11 +440,12 @@ export function networkHints(failure: NetworkFailure, host: string, network: Out
 }
 
 /**
- * A token request whose connection to the HTTPS proxy failed: the message names the proxy, as the token client's
- * would (`token server <host>: the HTTPS proxy <proxy> refused …`), not the token server it never reached.
+ * A token request whose connection to the HTTPS proxy failed: the token client's message already names the proxy
+ * (`token server <host>: the HTTPS proxy <proxy> refused …`), not the token server it never reached; the hints
+ * are the proxy's.
  */
 function tokenProxyFailure(err: SidecarError, host: string, { failure, code, proxy }: Required<ClassifiedFailure>): Finding {
-  return finding('FAIL', `${err.code}: token server ${host}: ${proxyConnectFailureText(proxy, failure, code)}`, proxyHints(failure, proxy, host, code));
+  return finding('FAIL', `${err.code}: ${err.message}`, proxyHints(failure, proxy, host, code));
 }
 
 /** Fixes for a failed connection to the HTTPS proxy `proxy` (`host:port`) on the way to `host`. */
@@ -458,7 +459,11 @@ function proxyHints(failure: NetworkFailure, proxy: string, host: string, code: 
       return [`the proxy's host name does not resolve: check it in HTTPS_PROXY (${notContacted})`, noProxy];
     case 'timeout':
       if (code === 'UND_ERR_HEADERS_TIMEOUT') {
-        return [`the proxy ${proxy} may not reach ${host} (its own firewall or DNS), or be overloaded: ask its operators, or try ${host} from the proxy's network`, noProxy];
+        return [
+          `the proxy ${proxy} may not reach ${host} (its own firewall or DNS), or be overloaded: ask its operators, or try ${host} from the proxy's network`,
+          "or it is slower than the route's connect limit (timeouts.connectMs; the token request's: the smaller of 5 s and --token-timeout): raise it",
+          noProxy,
+        ];
       }
       return [`no connection to the proxy ${proxy}: check HTTPS_PROXY; a firewall may drop the packets (${notContacted})`, noProxy];
     case 'reset':

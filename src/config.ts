@@ -43,7 +43,10 @@ export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', '
 export type LogLevel = (typeof LOG_LEVELS)[number];
 
 export interface RouteTimeouts {
-  /** TCP + TLS handshake to the upstream. */
+  /**
+   * TCP + TLS handshake to the upstream; through HTTPS_PROXY, each of: the connection to the proxy, its answer to
+   * the CONNECT, TLS through the tunnel.
+   */
   connectMs: number;
   /** Until the upstream's response headers arrive. */
   responseMs: number;

@@ -91,7 +91,8 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
       const { connect: toProxy } = poolOptions as ProxyPoolOptions;
       const shown = endpoint ?? origin.host;
       // The CONNECT's answer is bounded by the connect limit too (undici's header timer: it starts once the
-      // CONNECT is written, and lets pending I/O win over a late timer; 0 is no limit, as for direct connections).
+      // CONNECT is written, and lets pending I/O win over a late timer; it ticks about once a second, so it fires up
+      // to ~1 s late).
       const pool = new Pool(origin, { ...poolOptions, headersTimeout: options.connectTimeoutMs, connect: markingProxyFailures(toProxy, shown) });
       return markingTunnelFailures(pool, shown);
     },

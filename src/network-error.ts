@@ -120,7 +120,7 @@ export function proxyConnectFailureText(proxy: string, failure: NetworkFailure, 
       return `the HTTPS proxy ${proxy} does not resolve (${code}) — check HTTPS_PROXY`;
     case 'timeout':
       // The header timer runs only once the CONNECT is written: the proxy took it and did not answer.
-      if (code === 'UND_ERR_HEADERS_TIMEOUT') return `the HTTPS proxy ${proxy} took the CONNECT but did not answer it in time (${code}) — it may not reach the host`;
+      if (code === 'UND_ERR_HEADERS_TIMEOUT') return `the HTTPS proxy ${proxy} took the CONNECT but did not answer it in time (${code}) — it may not reach the host, or needs longer than the connect limit`;
       return `the HTTPS proxy ${proxy} did not answer in time (${code}) — check HTTPS_PROXY`;
     case 'reset':
       return `the HTTPS proxy ${proxy} closed the connection without answering (${code}) — check HTTPS_PROXY, and that the proxy reaches the host`;

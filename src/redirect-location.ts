@@ -42,6 +42,8 @@ export function senderLocation(
 ): string {
   const text = location.trim();
   if (!PLAIN.test(text)) return location;
+  // A scheme without `//` (`https:foo`, `https:/x`): the URL parser reads it as relative, its text says otherwise.
+  if (/^[A-Za-z][A-Za-z0-9+.-]*:(?!\/\/)/.test(text)) return location;
   let url: URL;
   try {
     url = new URL(text, route.origin + upstreamPath);

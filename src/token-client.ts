@@ -68,7 +68,7 @@ export const DEFAULT_RETRY: RetryPolicy = { maxAttempts: 3, baseDelayMs: 250, ma
 export interface AccessToken {
   readonly value: string;
   /**
-   * When the request was sent, on the token clock (`clock.ts`: epoch ms that an NTP step does not move): the
+   * When the request was sent, on the token clock (`clock.ts`: epoch ms that an NTP step back does not move): the
    * lifetime is counted from here, conservatively.
    */
   readonly issuedAt: number;
@@ -315,8 +315,9 @@ export class TokenClient {
     }
     switch (timedOut ? 'timeout' : failure) {
       case 'timeout':
-        // The connect limit (TCP and TLS) is shorter than the attempt's: say which one ran out.
-        if (!timedOut && code === 'UND_ERR_CONNECT_TIMEOUT') {
+        // No connection within the connect limit (TCP and TLS), also when the attempt's bound ran out meanwhile
+        // (undici ends a connection being made only at its own limit): say which one ran out.
+        if (code === 'UND_ERR_CONNECT_TIMEOUT') {
           return new SidecarError('TOKEN_TIMEOUT', `token server ${host}: no connection (TCP and TLS) within ${this.#connectTimeoutMs} ms`, { cause: err });
         }
         return new SidecarError('TOKEN_TIMEOUT', `token server ${host} did not answer within ${this.#attemptTimeoutMs} ms`, {

@@ -822,7 +822,7 @@ describe('errors a sender sees', () => {
       const body = await errorOf(res);
       expect([body.error, body.message]).toEqual([
         'UPSTREAM_TIMEOUT',
-        `upstream ${new URL(upstream.url).host}: the HTTPS proxy 127.0.0.1:${proxy.port} took the CONNECT but did not answer it in time (UND_ERR_HEADERS_TIMEOUT) — it may not reach the host`,
+        `upstream ${new URL(upstream.url).host}: the HTTPS proxy 127.0.0.1:${proxy.port} took the CONNECT but did not answer it in time (UND_ERR_HEADERS_TIMEOUT) — it may not reach the host, or needs longer than the connect limit`,
       ]);
       expect(Date.now() - started).toBeLessThan(10_000);
     } finally {

@@ -357,10 +357,23 @@ describe('token client against a token endpoint that checks credentials', () => 
       retry: { ...FAST_RETRY, maxAttempts: 1 },
     });
     clients.push(c);
+    // The attempt's bound equal to the connect limit (--token-timeout ≤ 5 s): it runs out first, but undici ends the
+    // connection being made only at its own limit, and it is that limit that ran out.
+    const bounded = new TokenClient({
+      credentials: secretCredentials({ tokenUrl: `https://127.0.0.1:${port}/oauth/token` }),
+      settings: SETTINGS,
+      dispatcher: new Agent({ connect: { ca: pki.ca, timeout: 300 } }),
+      attemptTimeoutMs: 300,
+      connectTimeoutMs: 300,
+      retry: { ...FAST_RETRY, maxAttempts: 1 },
+    });
+    clients.push(bounded);
     try {
       const err = await failure(c.fetchToken());
       expect(err.code).toBe('TOKEN_TIMEOUT');
       expect(err.message).toContain('no connection (TCP and TLS) within 300 ms');
+      const same = await failure(bounded.fetchToken());
+      expect([same.code, same.message]).toEqual(['TOKEN_TIMEOUT', `token server 127.0.0.1:${port}: no connection (TCP and TLS) within 300 ms`]);
     } finally {
       for (const socket of sockets) socket.destroy();
       await new Promise<void>((resolve) => silent.close(() => resolve()));
@@ -408,7 +421,7 @@ describe('token client against a token endpoint that checks credentials', () => 
     try {
       // http://: the CONNECT is taken and never answered; https://: the TLS handshake with the proxy never starts.
       for (const [scheme, failed] of [
-        ['http', 'took the CONNECT but did not answer it in time (UND_ERR_HEADERS_TIMEOUT) — it may not reach the host'],
+        ['http', 'took the CONNECT but did not answer it in time (UND_ERR_HEADERS_TIMEOUT) — it may not reach the host, or needs longer than the connect limit'],
         ['https', 'did not answer in time (UND_ERR_CONNECT_TIMEOUT) — check HTTPS_PROXY'],
       ]) {
         const proxied = createTokenClient({

@@ -47,6 +47,8 @@ describe('senderLocation', () => {
       `${UP}/http/other`,
       `https://user:pw@tenant-rt.cfapps.eu10.hana.ondemand.com/http/orders/1`,
       'http://[::1', // not a URL
+      'https:foo', // a scheme without `//`: the parser reads it as relative
+      'https:/a//b',
     ]) {
       expect(senderLocation(location, r, '/http/orders', 'h')).toBe(location);
     }
