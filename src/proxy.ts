@@ -23,8 +23,8 @@ import { requestHeadersForUpstream, responseHeadersForSender, type HeaderRecord 
 import { BASIC_AUTH_CHALLENGE, type InboundControl } from './inbound-control.js';
 import { classifyNetworkError, proxyConnectFailureText, trustAdvice } from './network-error.js';
 import { closeWithoutLingering, lingerAfterAnswer } from './lingering-close.js';
-import { ReplayBudget } from './replay-budget.js';
 import { reachedHost, senderLocation } from './redirect-location.js';
+import { ReplayBudget } from './replay-budget.js';
 import { bodyStillComing, RequestBody } from './request-body.js';
 import { requestIdOf } from './request-id.js';
 import { hasDotSegment, upstreamTarget, type Route, type RouteTable } from './routes.js';
