@@ -21,7 +21,7 @@
  * changes nothing.
  */
 import * as tls from 'node:tls';
-import type { buildConnector, Dispatcher, Pool as UndiciPool } from 'undici';
+import type { Dispatcher, Pool as UndiciPool } from 'undici';
 import api from 'undici/lib/api/index.js';
 import Agent from 'undici/lib/dispatcher/agent.js';
 import DispatcherClass from 'undici/lib/dispatcher/dispatcher.js';
@@ -85,15 +85,14 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
     // An https:// proxy is verified against Node's default store, never not at all. The route's connect limit
     // holds for the connection to the proxy too (undici's own default would be 10 s).
     proxyTls: { rejectUnauthorized: true, timeout: options.connectTimeoutMs },
-    // The pool to the proxy (undici's default, a Pool): what fails in connecting to it is marked, so that it is
-    // not taken for a failure of the target, which it never reached; and its CONNECTs are bounded (below).
+    // The pool to the proxy (undici's default, a Pool): what fails before the proxy answers a CONNECT is marked, so
+    // that it is not taken for a failure of the target, which it never reached; and its CONNECTs are bounded.
     clientFactory: (origin: URL, poolOptions: object) => {
-      const { connect: toProxy } = poolOptions as ProxyPoolOptions;
       const shown = endpoint ?? origin.host;
       // The CONNECT's answer is bounded by the connect limit too (undici's header timer: it starts once the
       // CONNECT is written, and lets pending I/O win over a late timer; it ticks about once a second, so it fires up
       // to ~1 s late).
-      const pool = new Pool(origin, { ...poolOptions, headersTimeout: options.connectTimeoutMs, connect: markingProxyFailures(toProxy, shown) });
+      const pool = new Pool(origin, { ...poolOptions, headersTimeout: options.connectTimeoutMs });
       return markingTunnelFailures(pool, shown);
     },
     httpsProxy: proxy,
@@ -103,24 +102,11 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
   });
 }
 
-/** What undici's ProxyAgent gives the factory of its pool to the proxy: the connector for the proxy. */
-interface ProxyPoolOptions {
-  connect: buildConnector.connector;
-}
-
-/** `connect`, with each error it reports marked as a failure to connect to the proxy `proxy` (`host:port`). */
-function markingProxyFailures(connect: buildConnector.connector, proxy: string): buildConnector.connector {
-  return (connectOptions, callback) =>
-    connect(connectOptions, (...result) => {
-      if (result[0]) markProxyConnectFailure(result[0], proxy);
-      callback(...result);
-    });
-}
-
 /**
  * The pool to the proxy, with what fails before a CONNECT is answered marked as the proxy's (the target was not
- * contacted): a reset, an answer that is not HTTP (a wrong port in HTTPS_PROXY), no answer within the limit, and a
- * connection closed before the answer. undici 7 reports that last one as `UND_ERR_SOCKET`, which the target's pool
+ * contacted): the connection to the proxy (refused, DNS, its connect limit, TLS to an https:// proxy, which reach
+ * the CONNECT as its error), a reset, an answer that is not HTTP (a wrong port in HTTPS_PROXY), no answer within the
+ * limit, and a connection closed before the answer. undici 7 reports that last one as `UND_ERR_SOCKET`, which the target's pool
  * takes for a passing socket error and answers by connecting again, thousands of times a second and for ever
  * (undici issue #3897, fixed only in undici 8, which needs Node 22); it becomes `ECONNRESET`, which fails the
  * request. A pool closed or destroyed under the request (shutdown, rotation) is not the proxy's doing.
