@@ -14,7 +14,7 @@
  * refuses those) or would be routed elsewhere (a longer prefix of another route). A relative reference that is not
  * mapped becomes the absolute upstream URL it stands for: against the sidecar's address it would mean another path.
  */
-import { hasDotSegment, type Route } from './routes.js';
+import { hasDotSegment, routeSegments, type Route } from './routes.js';
 
 /** What of a route the mapping needs. */
 export type LocationRoute = Pick<Route, 'name' | 'origin' | 'basePath' | 'prefix'> & { readonly config: { readonly rewritePrefix: string | undefined } };
@@ -64,9 +64,9 @@ export function senderLocation(
   const tail = cut < 0 ? '' : rest.slice(cut);
   // A path the sidecar would refuse, or one the URL parser reads otherwise than its text (a back slash).
   if (path.includes('\\') || hasDotSegment(path)) return unmapped;
-  const upstreamBase = route.basePath + segments(route.config.rewritePrefix ?? route.prefix);
+  const upstreamBase = route.basePath + routeSegments(route.config.rewritePrefix ?? route.prefix);
   if (upstreamBase !== '' && path !== upstreamBase && !path.startsWith(`${upstreamBase}/`)) return unmapped;
-  const senderPath = segments(route.prefix) + path.slice(upstreamBase.length) || '/';
+  const senderPath = routeSegments(route.prefix) + path.slice(upstreamBase.length) || '/';
   // `//x/…` names host x: never made out of a path on the upstream. Nor a path another route would take.
   if (senderPath.startsWith('//') || routeOf(senderPath) !== route.name) return unmapped;
   const relative = senderPath + tail;
@@ -79,11 +79,6 @@ function afterAuthority(text: string): string {
   const start = text.indexOf('//') + 2;
   const end = text.slice(start).search(/[/?#]/);
   return end < 0 ? '' : text.slice(start + end);
-}
-
-/** A normalised route path as the segments it stands for: the root `/` stands for none. */
-function segments(path: string): string {
-  return path === '/' ? '' : path;
 }
 
 /** `host:port` of the address a sender reached (`Location` for a sender that sent no `Host`: HTTP/1.0). */

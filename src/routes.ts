@@ -124,12 +124,12 @@ export function hasDotSegment(pathname: string): boolean {
 export function upstreamTarget(route: Route, target: string): string {
   const rewrite = route.config.rewritePrefix;
   if (rewrite === undefined) return route.basePath + target;
-  const path = route.basePath + segments(rewrite) + target.slice(segments(route.prefix).length);
+  const path = route.basePath + routeSegments(rewrite) + target.slice(routeSegments(route.prefix).length);
   // Only an empty base, a rewrite to `/` and a sender's path equal to the prefix leave nothing.
   return path === '' || path.startsWith('?') ? `/${path}` : path;
 }
 
 /** A normalised route path as the segments it stands for: the root `/` stands for none. */
-function segments(path: string): string {
+export function routeSegments(path: string): string {
   return path === '/' ? '' : path;
 }
