@@ -8,7 +8,7 @@ import { createDispatcher, type OutboundNetwork } from './dispatcher.js';
 import { ConfigError, shownSource, SidecarError } from './errors.js';
 import { exposureProblems, readBasicAuthFile } from './inbound-control.js';
 import { decodeJwtClaims, type JwtClaims } from './jwt.js';
-import { classifyNetworkError, proxyTrustAdvice, trustAdvice, type ClassifiedFailure, type NetworkFailure } from './network-error.js';
+import { classifyNetworkError, proxyEndpoint, proxyTrustAdvice, trustAdvice, type ClassifiedFailure, type NetworkFailure } from './network-error.js';
 import { MIN_REDACT_LENGTH, redact } from './redaction.js';
 import { shownUrl } from './service-key.js';
 import { createTokenClient, type AccessToken, type RetryPolicy, type TokenClient } from './token-client.js';
@@ -915,14 +915,9 @@ function hostOf(url: string): string {
   }
 }
 
-/** host:port of the proxy, without any credentials in its URL. */
+/** host:port of the proxy (with the port it is reached on, as the sidecar's messages give it), never its credentials. */
 function proxyHost(proxy: string | undefined): string | undefined {
-  if (!proxy) return undefined;
-  try {
-    return new URL(proxy).host || undefined;
-  } catch {
-    return undefined;
-  }
+  return proxy ? proxyEndpoint(proxy) : undefined;
 }
 
 /** A redirect target without query or fragment (they may carry tokens). */

@@ -103,6 +103,12 @@ describe('check: a 2xx login page', () => {
     expect(shown).not.toContain('user:pw');
   });
 
+  it('names a proxy without a port by the port it is reached on, as the sidecar\'s own messages do', () => {
+    const viaProxy = { ...CONTEXT, network: { ca: [], httpsProxy: 'http://proxy.corp' } };
+    const shown = text({ status: 200, headers: { 'content-type': 'text/html' }, body: LOGIN_PAGES[0]![1] }, viaProxy);
+    expect(shown).toContain('or the proxy proxy.corp:80 (a TLS-inspecting one) wants a login');
+  });
+
   it('keeps JSON, XML, plain text and HTML without login signs a success, also when they mention passwords', () => {
     const ok = (contentType: string, body: string) =>
       explainUpstreamAnswer({ status: 200, headers: { 'content-type': contentType }, body }, CONTEXT).every((f) => f.level === 'ok');
