@@ -197,15 +197,20 @@ async function readPath(path: string): Promise<RawServiceKey> {
  * In the kubelet's layout the fields are those of the one version `..data` names (see `readOneGeneration`).
  */
 async function readSecretDir(dir: string): Promise<RawServiceKey> {
-  const { files, dirs, broken } = await listDir(dir);
+  const { files, dirs } = await listDir(dir);
   if (keyFiles(files).length === 0) {
     const bindings = await bindingsBelow(dir, dirs);
     if (bindings.length > 0) return readSecretDir(pickBinding(dir, bindings, undefined, 'point --service-key at the one to use').dir);
-    if (files.length === 0 && broken.length > 0) fail(dir, `contains no service key files, only links that lead nowhere (${broken.join(', ')})`);
-    if (files.length === 0) fail(dir, 'contains no service key files and no binding directories');
   }
-  // In the kubelet's layout, the fields are those of the version `..data` names, listed there.
-  const values = await readOneGeneration(dir, async (from) => readFields(dir, from, from === dir ? files : (await listDir(from)).files));
+  // The fields are those of the one version the files come from, listed there: right after the kubelet's swap the
+  // links in `dir` are still the old version's, and may all lead nowhere while the new version is complete.
+  const values = await readOneGeneration(dir, async (from) => {
+    const listing = await listDir(from);
+    if (listing.files.length === 0) {
+      fail(dir, listing.broken.length > 0 ? `contains no service key files, only links that lead nowhere (${listing.broken.join(', ')})` : 'contains no service key files and no binding directories');
+    }
+    return readFields(dir, from, listing.files);
+  });
   const container = containerName(values[METADATA_FILE]);
   if (container !== undefined && container in values) return { raw: values[container], source: join(dir, container) };
   delete values[METADATA_FILE];
@@ -220,39 +225,52 @@ async function readFields(dir: string, from: string, names: readonly string[]): 
 }
 
 /**
- * Runs `read` on the one directory the files of `dir` come from. In the kubelet's AtomicWriter layout each
- * path through `..data` is resolved again, so files read one by one while the kubelet swaps `..data` could mix
- * two versions of the secret — an old `clientid` with a new `clientsecret`, new credentials with the old
- * `url`. So `..data` is resolved once and everything is read from the directory it names; if `..data` names
- * another one afterwards (the old one may be gone already), the read starts over there. Without `..data`: `dir`.
+ * Runs `read` on the one directory the files of `dir` come from. Each path through a link is resolved again, so
+ * files read one by one while the link is switched could mix two versions of the secret — an old `clientid` with
+ * a new `clientsecret`, new credentials with the old `url`. In the kubelet's AtomicWriter layout the link is
+ * `..data`; a subdirectory of a secret volume (`items: path: cpi/<field>`) is reached through its parent's
+ * `..data`, and a directory may be a link switched by hand (`current -> v2`, `ln -sfn`). So the directory is
+ * resolved once (`..data` where there is one, else every link on its path) and everything is read from the real
+ * directory; if `dir` resolves to another one afterwards (the old one may be gone already), the read starts over
+ * there.
  */
 async function readOneGeneration<T>(dir: string, read: (from: string) => Promise<T>): Promise<T> {
-  let generation = await dataGeneration(dir);
+  let generation = await generationOf(dir);
   for (let attempt = 1; generation !== undefined; attempt++) {
-    const result = await read(generation).then(
+    const result = await read(generation.dir).then(
       (value) => ({ value }),
       (err: unknown) => ({ err }),
     );
-    const after = await dataGeneration(dir);
-    if (after === generation) {
+    const after = await generationOf(dir);
+    if (after?.dir === generation.dir) {
       if ('err' in result) throw result.err;
       return result.value;
     }
     if (attempt === MAX_GENERATION_READS) {
-      fail(join(dir, DATA_LINK), `changed during each of ${MAX_GENERATION_READS} reads: the secret kept being updated while it was read`);
+      fail(generation.link, `changed during each of ${MAX_GENERATION_READS} reads: the secret kept being updated while it was read`);
     }
     generation = after;
   }
-  return read(dir); // not (or no longer) the kubelet's layout
+  return read(dir); // not there (any more): the read names what is missing
 }
 
-/** The real directory `dir/..data` names now; undefined without one. A version's directory is never reused. */
-async function dataGeneration(dir: string): Promise<string | undefined> {
+/**
+ * The real directory the files of `dir` are read from now, and the link that names it (for messages): the one
+ * `dir/..data` names, else `dir` with every link on its path resolved; undefined when neither is there. A
+ * version's directory is never reused.
+ */
+async function generationOf(dir: string): Promise<{ dir: string; link: string } | undefined> {
+  const data = join(dir, DATA_LINK);
+  const real = (await realDirectory(data)) ?? (await realDirectory(dir));
+  return real === undefined ? undefined : { dir: real.path, link: real.of };
+}
+
+async function realDirectory(path: string): Promise<{ path: string; of: string } | undefined> {
   try {
-    return await realpath(join(dir, DATA_LINK));
+    return { path: await realpath(path), of: path };
   } catch (err) {
     if (errorCode(err) === 'ENOENT' || errorCode(err) === 'ENOTDIR') return undefined;
-    fail(join(dir, DATA_LINK), describeFsError(err));
+    fail(path, describeFsError(err));
   }
 }
 

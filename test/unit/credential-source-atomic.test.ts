@@ -3,7 +3,8 @@
  * swapped between the reads of two of its files. The swap is made from inside a file read (`node:fs/promises`
  * is wrapped), so the interleaving is exact: no timing, no sleeps.
  */
-import { rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rename, rm, symlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { readClientCert, readCredentialSource } from '../../src/credential-source.js';
@@ -133,6 +134,96 @@ describe('reading a kubelet secret directory while ..data is swapped', () => {
     const { dir, ...secret } = await kubeletSecret({ ...OLD, certificate: 'OLD-CERT', key: 'OLD-KEY' });
     await secret.swap(NEW); // the certificate and key links are left, leading nowhere
     expect((await readCredentialSource({ kind: 'path', path: dir })).raw).toEqual(NEW);
+  });
+
+  it('reads a version whose fields all have new names, while the links of the old names still lead nowhere', async () => {
+    // The kubelet renames ..data first and makes the new names' links after it: a read in between sees only the old
+    // links, broken. Here the binding moved to btp-operator's secretKey layout (one JSON file and .metadata).
+    const { dir, ...secret } = await kubeletSecret(OLD);
+    await secret.swap({
+      '.metadata': JSON.stringify({ credentialProperties: [{ name: 'credentials', format: 'json', container: true }] }),
+      credentials: JSON.stringify(NEW),
+    });
+    const { raw, source } = await readCredentialSource({ kind: 'path', path: dir });
+    expect(raw).toEqual(NEW);
+    expect(source).toBe(join(dir, 'credentials'));
+  });
+
+  it('reads a subdirectory of a secret volume (items: path: cpi/<field>) from one version too', async () => {
+    // The volume's `cpi` is a link through ..data: the directory the key is read from has no ..data of its own.
+    const { dir: volume } = await kubeletSecret({});
+    const version = async (files: Record<string, string>) => {
+      const name = `..v${Math.random().toString(36).slice(2)}`;
+      await mkdir(join(volume, name, 'cpi'), { recursive: true });
+      for (const [file, text] of Object.entries(files)) await writeFile(join(volume, name, 'cpi', file), text);
+      return name;
+    };
+    await rm(join(volume, '..data'));
+    await symlink(await version(OLD), join(volume, '..data'));
+    await symlink(join('..data', 'cpi'), join(volume, 'cpi'));
+    let swapped = false;
+    fsHooks.read = async (path, read) => {
+      const text = await read();
+      if (basename(path) === 'clientid' && !swapped) {
+        swapped = true;
+        await symlink(await version(NEW), join(volume, '..data_tmp'));
+        await rename(join(volume, '..data_tmp'), join(volume, '..data'));
+      }
+      return text;
+    };
+    const dir = join(volume, 'cpi');
+    const { raw, source } = await readCredentialSource({ kind: 'path', path: dir });
+    expect(raw).toEqual(NEW);
+    expect(source).toBe(dir);
+  });
+
+  it('reads a directory behind a link switched with ln -sfn (current -> v1 -> v2) from one version', async () => {
+    const root = await mkdtemp(join(tmpdir(), 'credential-source-link-'));
+    try {
+      for (const [name, files] of [['v1', OLD], ['v2', NEW]] as const) {
+        await mkdir(join(root, name));
+        for (const [file, text] of Object.entries(files)) await writeFile(join(root, name, file), text);
+      }
+      await symlink('v1', join(root, 'current'));
+      let swapped = false;
+      fsHooks.read = async (path, read) => {
+        const text = await read();
+        if (basename(path) === 'clientid' && !swapped) {
+          swapped = true;
+          await symlink('v2', join(root, 'current.tmp'));
+          await rename(join(root, 'current.tmp'), join(root, 'current'));
+        }
+        return text;
+      };
+      const dir = join(root, 'current');
+      const { raw, source } = await readCredentialSource({ kind: 'path', path: dir });
+      expect(raw).toEqual(NEW);
+      expect(source).toBe(dir);
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
+  });
+
+  it('reads a kubernetes.io/tls pair behind a switched link from one version', async () => {
+    const root = await mkdtemp(join(tmpdir(), 'credential-source-link-'));
+    try {
+      for (const [name, cert, key] of [['v1', 'OLD-CERT', 'OLD-KEY'], ['v2', 'NEW-CERT', 'NEW-KEY']] as const) {
+        await mkdir(join(root, name));
+        await writeFile(join(root, name, 'tls.crt'), cert);
+        await writeFile(join(root, name, 'tls.key'), key);
+      }
+      await symlink('v1', join(root, 'current'));
+      swapBetweenKeyAndCertificate({
+        swap: async () => {
+          await symlink('v2', join(root, 'current.tmp'));
+          await rename(join(root, 'current.tmp'), join(root, 'current'));
+        },
+      });
+      const dir = join(root, 'current');
+      expect(await readClientCert({ kind: 'tls-dir', dir })).toEqual({ certificate: 'NEW-CERT', key: 'NEW-KEY', source: dir });
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
   });
 
   it('reads a directory without ..data file by file, as before', async () => {
