@@ -26,22 +26,24 @@ export class CsrfSession {
 
   /**
    * Replace the session via `fetch` unless another request already did so
-   * since `stale` was read; concurrent callers share one fetch. With no
-   * session at all, there is nothing to share but a fetch under way.
+   * since `stale` was read; concurrent callers share one fetch. A fetch under
+   * way is joined first, whatever session the caller had: it replaces the
+   * current session because that one was just refused, so handing that one out
+   * would spend the caller's one renewal on a refused token.
    */
   renew(stale: CsrfCredentials | undefined, fetch: () => Promise<CsrfCredentials | undefined>): Promise<CsrfCredentials | undefined> {
+    if (this.#inflight) return this.#inflight;
     if (this.#current !== undefined && this.#current !== stale) return Promise.resolve(this.#current);
-    if (!this.#inflight) {
-      this.#inflight = fetch()
-        .then((credentials) => {
-          this.#current = credentials;
-          return credentials;
-        })
-        .finally(() => {
-          this.#inflight = undefined;
-        });
-    }
-    return this.#inflight;
+    const inflight = fetch()
+      .then((credentials) => {
+        this.#current = credentials;
+        return credentials;
+      })
+      .finally(() => {
+        this.#inflight = undefined;
+      });
+    this.#inflight = inflight;
+    return inflight;
   }
 }
 

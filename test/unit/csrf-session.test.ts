@@ -65,4 +65,18 @@ describe('CsrfSession.renew', () => {
     expect(await rotated.renew(one, async () => two)).toBe(two);
     expect(rotated.current).toBe(two);
   });
+
+  it('hands a caller with an older session the fetch under way, not the session that fetch is replacing', async () => {
+    // B was sent before `one` was set; A was refused with `one` and is fetching `two` when B's own refusal comes.
+    const session = new CsrfSession();
+    await session.renew(undefined, async () => one);
+    let finish!: (credentials: CsrfCredentials) => void;
+    const forA = session.renew(one, () => new Promise<CsrfCredentials>((resolve) => (finish = resolve)));
+    const forB = session.renew(undefined, async () => {
+      throw new Error('B must share the fetch under way');
+    });
+    finish(two);
+    expect(await forA).toBe(two);
+    expect(await forB).toBe(two);
+  });
 });
