@@ -118,6 +118,11 @@ export function createProxyServer(options: ProxyOptions, limits: ServerLimits = 
     handler,
   );
   server.timeout = limits.socketIdleTimeoutMs;
+  // node keeps only the first 2000 fields in req.headers (by default) and still frames the body by all of them:
+  // a field behind 2000 short ones (they fit in 16 KiB) would escape every check here — Transfer-Encoding in
+  // HTTP/1.0, a second Host, a Connection-listed field — and a Content-Length there would be dropped from the
+  // forwarded request while node reads the body. maxHeaderSize bounds the head instead.
+  server.maxHeadersCount = 0;
   // `Expect: 100-continue` (RFC 9110 §10.1.1): node alone would send 100 Continue before the handler runs,
   // inviting the body of a request the sidecar is about to refuse. The handler decides first; a request it did
   // not answer at once (forwarded, or waiting for its token) is then told to send its body.

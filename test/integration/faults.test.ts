@@ -86,6 +86,8 @@ class FaultUpstream {
     this.#verify = verify;
     this.#server = createHttpsServer({ cert: pki.server.chain, key: pki.server.key }, (req, res) => void this.#serve(req, res));
     this.#tracker = new SocketTracker(this.#server);
+    // Every field it is sent, however many (node keeps 2000 by default): the tests look at what arrived.
+    this.#server.maxHeadersCount = 0;
   }
 
   static async start(pki: Pki, verify: (token: string) => Promise<unknown>): Promise<FaultUpstream> {
@@ -1452,6 +1454,31 @@ describe('sender faults and abuse', () => {
     ['a vertical tab before chunked', `POST /http/ok HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: \x0bchunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n${SMUGGLED}`],
   ])('smuggling shape: %s → 400, nothing forwarded', async (_name, bytes) => {
     await expectRefusedRaw(bytes, 400);
+  });
+
+  // node keeps only the first 2000 fields of a head in req.headers (its default maxHeadersCount) but frames the
+  // body by all of them: 2000 short fields fit under the 16 KiB head limit and would hide what comes after.
+  const FILLER = Array.from({ length: 2000 }, (_, i) => `a${i}: x\r\n`).join('');
+  it.each([
+    ['Transfer-Encoding in HTTP/1.0 after 2000 fields', `POST /http/ok HTTP/1.0\r\nHost: localhost\r\n${FILLER}Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n`],
+    ['a second Host after 2000 fields', `GET /http/ok HTTP/1.1\r\nHost: localhost\r\n${FILLER}Host: evil.example\r\n\r\n`],
+    ['Content-Length with Transfer-Encoding after 2000 fields', `POST /http/ok HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n${FILLER}Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n${SMUGGLED}`],
+  ])('a field hidden behind 2000 others is seen: %s → 400, nothing forwarded', async (_name, bytes) => {
+    await expectRefusedRaw(bytes, 400);
+  });
+
+  it('a Content-Length and a Connection-listed field behind 2000 others: the body is forwarded, the field is not', async () => {
+    const answer = await rawRequest(
+      sidecar.address.port,
+      `POST /http/echo?hidden-fields HTTP/1.1\r\nHost: localhost\r\n${FILLER}Content-Length: 5\r\nConnection: close, x-hop\r\nX-Hop: 1\r\n\r\nhello`,
+      { timeoutMs: RAW_BOUND_MS },
+    );
+    expect(answer.status).toBe(200);
+    expect(JSON.parse(answer.body)).toMatchObject({ bodyLength: 5, body: 'hello' });
+    const [seen] = upstream.seen('hidden-fields');
+    expect(seen?.headers['content-length']).toBe('5');
+    expect(seen?.headers).not.toHaveProperty('x-hop');
+    await expectServing();
   });
 
   it('smuggling shape in the chunked body (bare-LF chunk lines) → 400, no complete request upstream, nothing smuggled', async () => {
