@@ -126,9 +126,14 @@ export function createProxyServer(options: ProxyOptions, limits: ServerLimits = 
   // `Expect: 100-continue` (RFC 9110 §10.1.1): node alone would send 100 Continue before the handler runs,
   // inviting the body of a request the sidecar is about to refuse. The handler decides first; a request it did
   // not answer at once (forwarded, or waiting for its token) is then told to send its body.
-  server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {
-    handler(req, res);
-    if (!res.headersSent) res.writeContinue();
+  server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => handler(req, res, true));
+  // The socket idle timeout is for senders that go silent: a stalled upload, an answer the sender does not read,
+  // an idle connection. While the sidecar itself is waiting (a request received whole, its answer not begun or
+  // coming from the upstream, nothing owed to the sender unread), the route's timeouts bound the wait and end it
+  // with a 504: a long-running flow under a longer --upstream-timeout is not cut without an answer.
+  server.on('timeout', (socket: Socket) => {
+    if ((socket as MarkedSocket)[TURNS]?.current?.waitsOnSidecar()) socket.setTimeout(limits.socketIdleTimeoutMs);
+    else socket.destroy();
   });
   const connections = options.connections;
   if (connections !== undefined) {
@@ -206,7 +211,26 @@ const CLOSING = Symbol('oauth-sidecar.closing');
 const DIGITS = /^\d{1,9}$/;
 /** How many answers this connection still owes (requests taken on, whose responses have not closed). */
 const OWED = Symbol('oauth-sidecar.owed');
-type MarkedSocket = Socket & { [OVER_LIMIT]?: true; [CLOSING]?: true; [OWED]?: number };
+/**
+ * The requests of one connection take turns (RFC 9112 §9.3.2 lets a server process pipelined requests in
+ * order): one is forwarded only once the answer ahead of it has closed, as nginx does, so a sender cannot
+ * make the sidecar start an upstream exchange per pipelined request (past --max-connections) nor queue them
+ * without bound: beyond `MAX_PIPELINED` answers owed the connection takes no more (see `Exchange`).
+ */
+const TURNS = Symbol('oauth-sidecar.turns');
+interface Turns {
+  /** The exchange whose turn it is (running, or answering), if any. */
+  current: Exchange | undefined;
+  /** Exchanges waiting their turn, in order: `run` when it comes, `closed` when the connection goes first. */
+  readonly waiting: Array<{ run: () => void; closed: () => void }>;
+}
+/** Answers a connection may owe at once; a request beyond them is not taken and the connection closes after them. */
+export const MAX_PIPELINED = 32;
+/** Marks a connection that owed `MAX_PIPELINED` answers when another request came: it takes no more. */
+const FULL = Symbol('oauth-sidecar.full');
+/** Marks a connection from which nothing more is read: an answer closing it does not wait for a body to end. */
+const UNREAD = Symbol('oauth-sidecar.unread');
+type MarkedSocket = Socket & { [OVER_LIMIT]?: true; [CLOSING]?: true; [OWED]?: number; [TURNS]?: Turns; [FULL]?: true; [UNREAD]?: true };
 
 /**
  * Bytes that are no request arrived (or a CONNECT) while answers to earlier requests are owed: nothing may be
@@ -215,6 +239,7 @@ type MarkedSocket = Socket & { [OVER_LIMIT]?: true; [CLOSING]?: true; [OWED]?: n
  */
 function closeAfterAnswersOwed(socket: AnsweringSocket & MarkedSocket): void {
   socket[CLOSING] = true;
+  socket[UNREAD] = true;
   socket.pause();
   // Nothing more is read: a lingering close (waiting for a body to end) would wait for nothing.
   closeWithoutLingering(socket);
@@ -223,6 +248,23 @@ function closeAfterAnswersOwed(socket: AnsweringSocket & MarkedSocket): void {
   if (!newest.headersSent) newest.shouldKeepAlive = false;
   else if (!newest.writableFinished) newest.once('finish', () => socket.destroySoon());
   else socket.destroySoon();
+}
+
+/**
+ * A request came while the connection owed MAX_PIPELINED answers: it is not taken, nor is any after it; the
+ * answers owed go out, the newest of them closing the connection, and nothing more is read meanwhile. (Unlike
+ * `CLOSING`, which drops what waits its turn, the requests already taken are still served.) Always true.
+ */
+function takesNoMore(socket: AnsweringSocket & MarkedSocket): true {
+  if (socket[FULL]) return true;
+  socket[FULL] = true;
+  socket[UNREAD] = true;
+  socket.pause();
+  const newest = socket[ANSWERING];
+  if (newest !== undefined && !newest.headersSent) newest.shouldKeepAlive = false;
+  else if (newest !== undefined && !newest.writableFinished) newest.once('finish', () => socket.destroySoon());
+  else socket.destroySoon();
+  return true;
 }
 
 /** Answer on a raw socket (no ServerResponse exists for these) and close it. */
@@ -243,16 +285,9 @@ function refuseRaw(socket: Socket, status: number, message: string, extraHeaders
 /** How long a refused connection is kept for the sender to read the answer before it is closed. */
 const REFUSAL_LINGER_MS = 2_000;
 
-export function createProxyHandler(proxyOptions: ProxyOptions): (req: IncomingMessage, res: ServerResponse) => void {
+export function createProxyHandler(proxyOptions: ProxyOptions): (req: IncomingMessage, res: ServerResponse, expectsContinue?: boolean) => void {
   const options = proxyOptions.replayBudget ? proxyOptions : { ...proxyOptions, replayBudget: new ReplayBudget() };
-  return (req, res) => {
-    const exchange = new Exchange(req, res, options);
-    try {
-      exchange.run();
-    } catch (err) {
-      exchange.fail(err);
-    }
-  };
+  return (req, res, expectsContinue = false) => new Exchange(req, res, options, expectsContinue).start();
 }
 
 /** One sender request and everything the sidecar does for it. */
@@ -289,10 +324,11 @@ class Exchange {
   /** The head of an answer discarded for a cure while the body was still arriving (see `decide`). */
   #held: { status: number; headers: IncomingHttpHeaders } | undefined;
 
-  constructor(req: IncomingMessage, res: ServerResponse, options: ProxyOptions) {
+  constructor(req: IncomingMessage, res: ServerResponse, options: ProxyOptions, expectsContinue: boolean) {
     this.#req = req;
     this.#res = res;
     this.#options = options;
+    this.#expectsContinue = expectsContinue;
     const url = req.url ?? '';
     this.#path = url.charCodeAt(0) === 0x2f ? withoutQuery(url) : loggableTarget(url);
     this.#requestId = requestIdOf(req.headers['x-request-id']);
@@ -300,21 +336,86 @@ class Exchange {
     const socket = req.socket as AnsweringSocket & MarkedSocket;
     // An answer still under way on this connection (pipelining): this request's answer waits its turn.
     this.#ahead = socket[ANSWERING];
+    this.#behindClose = socket[CLOSING] === true;
+    // Beyond MAX_PIPELINED answers owed the connection takes no more requests: the newest answer owed closes it.
+    if (!socket[CLOSING] && (socket[FULL] || (socket[OWED] ?? 0) >= MAX_PIPELINED)) this.#overflow = takesNoMore(socket);
     // A request that will be dropped (see `CLOSING`) never answers: the answer under way keeps the socket.
-    if (!socket[CLOSING]) {
+    if (!socket[CLOSING] && !this.#overflow) {
       socket[ANSWERING] = res;
       socket[OWED] = (socket[OWED] ?? 0) + 1;
       this.#owing = true;
     }
-    // 'close' comes once per response; `on` spares the wrapper `once` would make.
+    // 'close' comes once per response; `on` spares the wrapper `once` would make. (A response waiting its turn
+    // never emits 'close' when the connection closes first: `start` sees to those.)
     res.on('close', () => this.#closed());
-    if (this.#ahead !== undefined) {
-      // A response waiting its turn never emits 'close' when the connection closes first (an answer ahead was
-      // cut, or ended by closing): the socket's 'close' ends this exchange then.
-      const onSocketClose = (): void => this.#closed();
-      socket.once('close', onSocketClose);
-      res.once('close', () => socket.off('close', onSocketClose));
+  }
+
+  /** Sent `Expect: 100-continue`: told to send its body once the sidecar has decided to take it. */
+  readonly #expectsContinue: boolean;
+  /** Came after an answer that closes the connection had been decided on (see `CLOSING`): not taken. */
+  readonly #behindClose: boolean;
+  /** Came when the connection owed MAX_PIPELINED answers: not taken. */
+  #overflow = false;
+  /** It is this exchange's turn on its connection (see `TURNS`); passed on when its answer closes. */
+  #hasTurn = false;
+
+  /** Run now, or when the answer ahead on the connection has closed (see `TURNS`). */
+  start(): void {
+    const socket = this.#req.socket as MarkedSocket;
+    // Not taken (dropped at once): these take no turn. So is one pipelined during a drain behind an answer not
+    // yet begun: that answer will close the connection (`#ownHeaders`).
+    const ahead = this.#ahead;
+    if (this.#behindClose || this.#overflow || (ahead !== undefined && !ahead.headersSent && this.#options.draining())) return this.#runNow();
+    let turns = socket[TURNS];
+    if (turns === undefined) {
+      const created: Turns = { current: undefined, waiting: [] };
+      turns = socket[TURNS] = created;
+      // One listener per connection, not one per pipelined request: exchanges still waiting end with it.
+      socket.once('close', () => {
+        for (const waiting of created.waiting.splice(0)) waiting.closed();
+      });
     }
+    if (turns.current === undefined) {
+      this.#takeTurn(turns);
+      return this.#runNow();
+    }
+    turns.waiting.push({
+      run: () => {
+        this.#takeTurn(turns);
+        this.#runNow();
+      },
+      closed: () => this.#closed(),
+    });
+  }
+
+  #takeTurn(turns: Turns): void {
+    turns.current = this;
+    this.#hasTurn = true;
+  }
+
+  #passTurn(): void {
+    if (!this.#hasTurn) return;
+    this.#hasTurn = false;
+    const turns = (this.#req.socket as MarkedSocket)[TURNS]!;
+    turns.current = undefined;
+    turns.waiting.shift()?.run();
+  }
+
+  #runNow(): void {
+    try {
+      this.run();
+    } catch (err) {
+      this.fail(err);
+    }
+    if (this.#expectsContinue && !this.#res.headersSent && !this.#req.socket.destroyed && this.#owing) this.#res.writeContinue();
+  }
+
+  /**
+   * The sidecar, not the sender, is what the connection waits for: the request arrived whole, its answer is
+   * not complete, and nothing written for the sender is waiting to be read.
+   */
+  waitsOnSidecar(): boolean {
+    return this.#req.complete && !this.#res.writableFinished && !this.#senderGone && this.#req.socket.writableLength === 0;
   }
 
   /** The sidecar cut the answer it had begun (`fail`): its close is not the sender leaving. */
@@ -343,6 +444,7 @@ class Exchange {
     const socket = this.#req.socket as AnsweringSocket;
     if (socket[ANSWERING] === res) socket[ANSWERING] = undefined;
     this.#paid();
+    this.#passTurn();
     // No resend can come now: the copy goes, and chunks still read before the socket closes are not kept.
     this.#body?.finish();
     this.#report();
@@ -355,7 +457,11 @@ class Exchange {
   run(): void {
     const req = this.#req;
     const socket = req.socket as MarkedSocket;
-    if (socket[CLOSING]) return this.#dropPipelined();
+    // The connection went while this request waited its turn: ended here (the connection's 'close' may not
+    // find it among those waiting any more), and the turn goes on to the next, which ends the same way.
+    if (socket.destroyed) return this.#closed();
+    // Taken behind an answer that closes the connection (see `CLOSING`), or an answer ahead closed it meanwhile.
+    if (this.#behindClose || this.#overflow || socket.writableEnded) return this.#dropPipelined();
     // During a drain the answer ahead, not yet begun, will carry `Connection: close`: this one would never go out.
     if (this.#ahead !== undefined && !this.#ahead.headersSent && this.#options.draining()) return this.#dropPipelined();
     // The sender asked to close after this answer (or is HTTP/1.0 without keep-alive). (A drain marks the
@@ -875,7 +981,7 @@ class Exchange {
     // A body still arriving is read (and dropped) before the close, so that its sender gets to read the answer;
     // not where nobody can tell where it ends.
     // It serves no more requests meanwhile, so its place under --max-connections goes to a new connection.
-    if (bodyStillComing(this.#req) && !this.#framingInDoubt) {
+    if (bodyStillComing(this.#req) && !this.#framingInDoubt && !socket[UNREAD]) {
       lingerAfterAnswer(socket, this.#req, () => this.#options.connections?.release(socket));
     }
   }
@@ -900,6 +1006,7 @@ class Exchange {
     if (socket[ANSWERING] === this.#res) socket[ANSWERING] = this.#ahead;
     this.#paid();
     this.#report();
+    this.#passTurn();
     return undefined;
   }
 

@@ -16,7 +16,7 @@ import { createServer as createHttpsServer, type Server as HttpsServer } from 'n
 import { connect, createServer as createNetServer, type Socket } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'undici';
-import { createProxyServer, DEFAULT_SERVER_LIMITS, type ProxyObserver } from '../../src/proxy.js';
+import { createProxyServer, DEFAULT_SERVER_LIMITS, MAX_PIPELINED, type ProxyObserver } from '../../src/proxy.js';
 import { MAX_TOKEN_RESPONSE_BYTES } from '../../src/token-client.js';
 import { SocketTracker, closeServer, gate, listen } from '../helpers/net.js';
 import { startOAuthServer, type OAuthServer } from '../helpers/oauth-server.js';
@@ -1111,6 +1111,58 @@ describe('sender faults and abuse', () => {
       await expect.poll(() => metric(s, 'requests_in_flight')).toBe(0);
     });
 
+    it('pipelined requests are forwarded one at a time: one connection within the limit starts one upstream exchange at once', async () => {
+      const s = await extraSidecar(['--max-connections', '2']);
+      let now = 0;
+      let most = 0;
+      upstream.handler = async (req, res) => {
+        if (!req.url?.includes('one-at-a-time')) return false;
+        most = Math.max(most, ++now);
+        await new Promise<void>((resolve) => setImmediate(resolve)); // room for another request to arrive meanwhile
+        now--;
+        res.writeHead(200, { 'content-type': 'text/plain', 'content-length': '2' }).end('ok');
+        return true;
+      };
+      const warnings: Error[] = [];
+      const onWarning = (w: Error): void => void warnings.push(w);
+      process.on('warning', onWarning);
+      const n = 20;
+      try {
+        const sender = await rawOpen(s.address.port, Array.from({ length: n }, (_, i) => get(`one-at-a-time-${i}`)).join(''));
+        await answered(sender, n);
+        expect(sender.received().match(/HTTP\/1\.1 \d{3}/g)).toEqual(Array.from({ length: n }, () => 'HTTP/1.1 200'));
+        // In order: each answer carries its request's id, and the upstream saw them in order, one after the other.
+        const seen = upstream.requests.filter((r) => r.url.includes('one-at-a-time')).map((r) => r.url);
+        expect(seen).toEqual(Array.from({ length: n }, (_, i) => `/http/ok?one-at-a-time-${i}`));
+        expect(most).toBe(1);
+        sender.socket.destroy();
+      } finally {
+        process.off('warning', onWarning);
+        upstream.handler = undefined;
+      }
+      // No listener piles up on the sender's socket per request waiting its turn.
+      expect(warnings.map((w) => w.name)).not.toContain('MaxListenersExceededWarning');
+      await expect.poll(() => metric(s, 'requests_in_flight')).toBe(0);
+    });
+
+    it(`a connection owing ${MAX_PIPELINED} answers takes no more: those go out, the connection closes, the rest are logged and not forwarded`, async () => {
+      const s = await extraSidecar([]);
+      const n = MAX_PIPELINED + 5;
+      const answer = await rawRequest(s.address.port, Array.from({ length: n }, (_, i) => get(`pipeline-depth-${i}.`)).join(''), { timeoutMs: RAW_BOUND_MS });
+      expect(answer.ended).toBe('closed');
+      const statuses = answer.text.match(/HTTP\/1\.1 \d{3}/g);
+      expect(statuses).toEqual(Array.from({ length: MAX_PIPELINED }, () => 'HTTP/1.1 200'));
+      expect(answer.text.match(/\r\nconnection: close\r\n/gi)).toHaveLength(1); // the last answer owed closes it
+      for (let i = 0; i < n; i++) expect(upstream.seen(`pipeline-depth-${i}.`)).toHaveLength(i < MAX_PIPELINED ? 1 : 0);
+      const refused = await waitFor(() => {
+        const lines = s.logs.filter((l) => l['msg'] === 'request' && l['error'] === 'REQUEST_REFUSED');
+        return lines.length === n - MAX_PIPELINED ? lines : undefined;
+      });
+      expect(refused.every((l) => l['status'] === 0)).toBe(true);
+      await expect.poll(() => metric(s, 'requests_in_flight')).toBe(0);
+      await expectServing(s);
+    });
+
     it('senders refused with 401 or 403 do not keep their connections, so they cannot hold the places of valid senders', async () => {
       const users = await files.write('users', 'legacy:s3cret-Passw0rd\n');
       const s = await extraSidecar(['--max-connections', '2', '--basic-auth-file', users]);
@@ -1250,7 +1302,7 @@ describe('sender faults and abuse', () => {
   describe('the proxy server with a short headers timeout (createProxyServer limits)', () => {
     let server: HttpServer;
     const codes: string[] = [];
-    async function start(): Promise<number> {
+    async function start(limits: Partial<typeof DEFAULT_SERVER_LIMITS> = {}): Promise<number> {
       const observer: ProxyObserver = {
         requestStarted: () => undefined,
         requestFinished: () => undefined,
@@ -1260,7 +1312,7 @@ describe('sender faults and abuse', () => {
       };
       server = createProxyServer(
         { routes: () => sidecar.routes, tokens: sidecar.tokens, inbound: sidecar.inbound, observer, draining: () => false },
-        { ...DEFAULT_SERVER_LIMITS, headersTimeoutMs: 300 },
+        { ...DEFAULT_SERVER_LIMITS, headersTimeoutMs: 300, ...limits },
       );
       return listen(server);
     }
@@ -1297,6 +1349,39 @@ describe('sender faults and abuse', () => {
       const answer = await fetchText(`http://127.0.0.1:${port}/http/ok?${marker}`);
       expect(answer.status, answer.text).toBe(200);
       expect(upstream.seen(marker)).toHaveLength(1);
+    });
+
+    it('a request waiting on the upstream past the socket idle timeout is answered; a sender stalled mid-upload is still cut', async () => {
+      // A long-running flow under a longer --upstream-timeout (here the route's 60 s): the sidecar waits, not the sender.
+      const port = await start({ socketIdleTimeoutMs: 200 });
+      const { arrival, arrived, released, release } = gate();
+      upstream.handler = async (req, res) => {
+        if (!req.url?.includes('long-flow')) return false;
+        arrived();
+        await released;
+        send(res, 200, 'text/plain', 'done');
+        return true;
+      };
+      let timeouts = 0;
+      let thirdTimeout!: () => void;
+      const third = new Promise<void>((resolve) => (thirdTimeout = resolve));
+      server.on('timeout', () => void (++timeouts === 3 && thirdTimeout()));
+      try {
+        const answer = rawRequest(port, 'GET /http/ok?long-flow HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n', { timeoutMs: RAW_BOUND_MS });
+        await arrival;
+        // Three idle timeouts of the sender's connection while the upstream works (or the connection cut first).
+        await Promise.race([third, answer]);
+        release();
+        const got = await answer;
+        expect(got.status, got.text).toBe(200);
+        expect(got.body).toBe('done');
+      } finally {
+        release();
+        upstream.handler = undefined;
+      }
+      // A sender that stops in the middle of its body is what the idle timeout is for: cut (the test's timeout bounds it).
+      const stalled = await rawOpen(port, `POST /http/sink?stalled-upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\r\n${'x'.repeat(10)}`);
+      expect(['closed', 'reset']).toContain(await stalled.closed);
     });
 
     it('a sender that closes in the middle of its upload has gone away, not sent a malformed request', async () => {
