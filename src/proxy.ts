@@ -226,11 +226,20 @@ interface Turns {
 }
 /** Answers a connection may owe at once; a request beyond them is not taken and the connection closes after them. */
 export const MAX_PIPELINED = 32;
+/**
+ * Requests a connection may send that are not taken (behind an answer that closes it, beyond `MAX_PIPELINED`)
+ * before it is closed at once, answers owed or not: node keeps each one's objects until the connection closes,
+ * and a sender writing requests without end would otherwise pile them up for as long as it takes to read its
+ * answers.
+ */
+export const MAX_DROPPED = 256;
+/** How many requests of the connection were not taken (see `MAX_DROPPED`). */
+const DROPPED = Symbol('oauth-sidecar.dropped');
 /** Marks a connection that owed `MAX_PIPELINED` answers when another request came: it takes no more. */
 const FULL = Symbol('oauth-sidecar.full');
 /** Marks a connection from which nothing more is read: an answer closing it does not wait for a body to end. */
 const UNREAD = Symbol('oauth-sidecar.unread');
-type MarkedSocket = Socket & { [OVER_LIMIT]?: true; [CLOSING]?: true; [OWED]?: number; [TURNS]?: Turns; [FULL]?: true; [UNREAD]?: true };
+type MarkedSocket = Socket & { [OVER_LIMIT]?: true; [CLOSING]?: true; [OWED]?: number; [TURNS]?: Turns; [FULL]?: true; [UNREAD]?: true; [DROPPED]?: number };
 
 /**
  * Bytes that are no request arrived (or a CONNECT) while answers to earlier requests are owed: nothing may be
@@ -240,7 +249,7 @@ type MarkedSocket = Socket & { [OVER_LIMIT]?: true; [CLOSING]?: true; [OWED]?: n
 function closeAfterAnswersOwed(socket: AnsweringSocket & MarkedSocket): void {
   socket[CLOSING] = true;
   socket[UNREAD] = true;
-  socket.pause();
+  stopReading(socket);
   // Nothing more is read: a lingering close (waiting for a body to end) would wait for nothing.
   closeWithoutLingering(socket);
   const newest = socket[ANSWERING];
@@ -259,12 +268,23 @@ function takesNoMore(socket: AnsweringSocket & MarkedSocket): true {
   if (socket[FULL]) return true;
   socket[FULL] = true;
   socket[UNREAD] = true;
-  socket.pause();
+  stopReading(socket);
   const newest = socket[ANSWERING];
   if (newest !== undefined && !newest.headersSent) newest.shouldKeepAlive = false;
   else if (newest !== undefined && !newest.writableFinished) newest.once('finish', () => socket.destroySoon());
   else socket.destroySoon();
   return true;
+}
+
+/**
+ * Read no more from a connection, the way node's server does under a flood of pipelined requests: its `_paused`
+ * flag keeps node from resuming the socket when a request's body is read (`socket.pause()` alone is undone by
+ * that). node still resumes it once its answers drain: each request that arrives after that stops it again
+ * (see `Exchange`), and `MAX_DROPPED` bounds what a sender can make it take on regardless.
+ */
+function stopReading(socket: Socket): void {
+  (socket as Socket & { _paused?: boolean })._paused = true;
+  socket.pause();
 }
 
 /** Answer on a raw socket (no ServerResponse exists for these) and close it. */
@@ -339,6 +359,8 @@ class Exchange {
     this.#behindClose = socket[CLOSING] === true;
     // Beyond MAX_PIPELINED answers owed the connection takes no more requests: the newest answer owed closes it.
     if (!socket[CLOSING] && (socket[FULL] || (socket[OWED] ?? 0) >= MAX_PIPELINED)) this.#overflow = takesNoMore(socket);
+    // Not taken: nothing more is to be read (node may have resumed the socket as its answers drained).
+    if (this.#behindClose || this.#overflow) stopReading(socket);
     // A request that will be dropped (see `CLOSING`) never answers: the answer under way keeps the socket.
     if (!socket[CLOSING] && !this.#overflow) {
       socket[ANSWERING] = res;
@@ -464,6 +486,9 @@ class Exchange {
     if (this.#behindClose || this.#overflow || socket.writableEnded) return this.#dropPipelined();
     // During a drain the answer ahead, not yet begun, will carry `Connection: close`: this one would never go out.
     if (this.#ahead !== undefined && !this.#ahead.headersSent && this.#options.draining()) return this.#dropPipelined();
+    // Its body broke while it waited its turn (the parser refused a chunk; nothing more is read): it can never be
+    // sent whole. (Every other request taken on such a connection had its body before the bytes that stopped it.)
+    if (socket[UNREAD] && !req.complete) return this.#refuseAndClose(new SidecarError('REQUEST_REFUSED', 'malformed HTTP request: its body could not be read'));
     // The sender asked to close after this answer (or is HTTP/1.0 without keep-alive). (A drain marks the
     // connection when this answer's head is written: `#ownHeaders`.)
     if (!this.#res.shouldKeepAlive) socket[CLOSING] = true;
@@ -1007,6 +1032,9 @@ class Exchange {
     this.#paid();
     this.#report();
     this.#passTurn();
+    const marked = socket as MarkedSocket;
+    marked[DROPPED] = (marked[DROPPED] ?? 0) + 1;
+    if (marked[DROPPED] > MAX_DROPPED) socket.destroy();
     return undefined;
   }
 

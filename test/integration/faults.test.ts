@@ -16,7 +16,7 @@ import { createServer as createHttpsServer, type Server as HttpsServer } from 'n
 import { connect, createServer as createNetServer, type Socket } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'undici';
-import { createProxyServer, DEFAULT_SERVER_LIMITS, MAX_PIPELINED, type ProxyObserver } from '../../src/proxy.js';
+import { createProxyServer, DEFAULT_SERVER_LIMITS, MAX_DROPPED, MAX_PIPELINED, type ProxyObserver } from '../../src/proxy.js';
 import { MAX_TOKEN_RESPONSE_BYTES } from '../../src/token-client.js';
 import { SocketTracker, closeServer, gate, listen } from '../helpers/net.js';
 import { startOAuthServer, type OAuthServer } from '../helpers/oauth-server.js';
@@ -1163,6 +1163,42 @@ describe('sender faults and abuse', () => {
       await expectServing(s);
     });
 
+    it('a sender that goes on writing requests to a connection that takes no more cannot pile them up', async () => {
+      const s = await extraSidecar([]);
+      const { arrival, arrived, released, release } = gate();
+      upstream.handler = async (req, res) => {
+        if (!req.url?.includes('flood-first')) return false;
+        arrived();
+        await released;
+        send(res, 200, 'text/plain', 'ok');
+        return true;
+      };
+      const flood = (from: number, count: number): string => Array.from({ length: count }, (_, i) => get(`flood-${from + i}.`)).join('');
+      const sender = await rawOpen(s.address.port, get('flood-first') + flood(1, MAX_PIPELINED));
+      const taken = (): number => s.logs.filter((l) => l['msg'] === 'request' && String(l['path']) === '/http/ok').length;
+      const writes = 20;
+      const perWrite = 500;
+      try {
+        await arrival;
+        // Written after the connection stopped taking requests, while the first answer is owed: ~0.5 MB, far more
+        // than node reads at once (64 KiB). Not waited for: a sidecar that reads no more leaves them unsent.
+        for (let i = 0; i < writes; i++) sender.socket.write(flood(1_000 + i * perWrite, perWrite));
+        release();
+        expect(['closed', 'reset']).toContain(await sender.closed);
+      } finally {
+        release();
+        upstream.handler = undefined;
+        sender.socket.destroy();
+      }
+      // Of the 10,000 written beyond the limit, the connection takes MAX_DROPPED and what came in the same read,
+      // then it is closed: never all of them.
+      const oneRead = Math.ceil(65_536 / Buffer.byteLength(get('flood-10000.')));
+      expect(taken()).toBeLessThanOrEqual(MAX_PIPELINED + 1 + MAX_DROPPED + oneRead);
+      for (let i = 0; i < writes * perWrite; i++) expect(upstream.seen(`flood-${1_000 + i}.`)).toHaveLength(0);
+      await expect.poll(() => metric(s, 'requests_in_flight')).toBe(0);
+      await expectServing(s);
+    });
+
     it('senders refused with 401 or 403 do not keep their connections, so they cannot hold the places of valid senders', async () => {
       const users = await files.write('users', 'legacy:s3cret-Passw0rd\n');
       const s = await extraSidecar(['--max-connections', '2', '--basic-auth-file', users]);
@@ -1239,6 +1275,35 @@ describe('sender faults and abuse', () => {
         upstream.handler = undefined;
         sender.destroy();
       }
+    });
+
+    it('a malformed chunk in an upload waiting its turn behind an answer owed: that upload is refused, never forwarded', async () => {
+      const s = await extraSidecar([]);
+      const { arrival, arrived, released, release } = gate();
+      upstream.handler = async (req, res) => {
+        if (!req.url?.includes('owed-first')) return false;
+        arrived();
+        await released;
+        res.writeHead(200, { 'content-type': 'text/plain', 'content-length': '4' }).end('slow');
+        return true;
+      };
+      const sender = await rawOpen(s.address.port, 'GET /http/ok?owed-first HTTP/1.1\r\nHost: localhost\r\n\r\n');
+      try {
+        await arrival;
+        sender.socket.write('POST /http/echo?broken-while-waiting HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n');
+        await expect.poll(() => s.logs.some((l) => l['msg'] === 'malformed request rejected'), { timeout: 100 }).toBe(false);
+        sender.socket.write('zz\r\n');
+        await expect.poll(() => s.logs.some((l) => l['msg'] === 'malformed request rejected')).toBe(true);
+        release();
+        expect(await sender.closed).toBe('closed');
+      } finally {
+        release();
+        upstream.handler = undefined;
+        sender.socket.destroy();
+      }
+      expect(sender.received().match(/HTTP\/1\.1 \d{3}/g)).toEqual(['HTTP/1.1 200', 'HTTP/1.1 400']);
+      expect(upstream.seen('broken-while-waiting')).toHaveLength(0);
+      await expect.poll(() => metric(s, 'requests_in_flight')).toBe(0);
     });
 
     it('Expect: 100-continue: a refused request gets its answer without 100 Continue; a forwarded one gets 100 first', async () => {
