@@ -235,11 +235,21 @@ export const MAX_PIPELINED = 32;
 export const MAX_DROPPED = 256;
 /** How many requests of the connection were not taken (see `MAX_DROPPED`). */
 const DROPPED = Symbol('oauth-sidecar.dropped');
+/** Marks a connection whose reading was stopped (see `stopReading`). */
+const STOPPED = Symbol('oauth-sidecar.stopped');
+/**
+ * Marks a stopped connection that node read again (as its answers drained) and that still brought requests: from
+ * then on, requests not taken count towards `MAX_DROPPED`. Those of the read that stopped it do not: node parses
+ * a read to its end, and a deep pipelined burst is no flood.
+ */
+const RESUMED = Symbol('oauth-sidecar.resumed');
+/** Marks a connection the sidecar closed for `MAX_DROPPED`: its requests cut with it were refused, not abandoned. */
+const SHED = Symbol('oauth-sidecar.shed');
 /** Marks a connection that owed `MAX_PIPELINED` answers when another request came: it takes no more. */
 const FULL = Symbol('oauth-sidecar.full');
 /** Marks a connection from which nothing more is read: an answer closing it does not wait for a body to end. */
 const UNREAD = Symbol('oauth-sidecar.unread');
-type MarkedSocket = Socket & { [OVER_LIMIT]?: true; [CLOSING]?: true; [OWED]?: number; [TURNS]?: Turns; [FULL]?: true; [UNREAD]?: true; [DROPPED]?: number };
+type MarkedSocket = Socket & { [OVER_LIMIT]?: true; [CLOSING]?: true; [OWED]?: number; [TURNS]?: Turns; [FULL]?: true; [UNREAD]?: true; [DROPPED]?: number; [STOPPED]?: true; [RESUMED]?: true; [SHED]?: true };
 
 /**
  * Bytes that are no request arrived (or a CONNECT) while answers to earlier requests are owed: nothing may be
@@ -283,7 +293,10 @@ function takesNoMore(socket: AnsweringSocket & MarkedSocket): true {
  * (see `Exchange`), and `MAX_DROPPED` bounds what a sender can make it take on regardless.
  */
 function stopReading(socket: Socket): void {
-  (socket as Socket & { _paused?: boolean })._paused = true;
+  const marked = socket as MarkedSocket & { _paused?: boolean };
+  if (marked[STOPPED] && !marked._paused) marked[RESUMED] = true;
+  marked[STOPPED] = true;
+  marked._paused = true;
   socket.pause();
 }
 
@@ -387,7 +400,9 @@ class Exchange {
     // Not taken (dropped at once): these take no turn. So is one pipelined during a drain behind an answer not
     // yet begun: that answer will close the connection (`#ownHeaders`).
     const ahead = this.#ahead;
-    if (this.#behindClose || this.#overflow || (ahead !== undefined && !ahead.headersSent && this.#options.draining())) return this.#runNow();
+    const inDrain = ahead !== undefined && !ahead.headersSent && this.#options.draining();
+    if (inDrain) stopReading(socket);
+    if (this.#behindClose || this.#overflow || inDrain) return this.#runNow();
     let turns = socket[TURNS];
     if (turns === undefined) {
       const created: Turns = { current: undefined, waiting: [] };
@@ -460,6 +475,8 @@ class Exchange {
     const res = this.#res;
     if (!res.writableFinished && !this.#cut) {
       this.#senderGone = true;
+      // The sidecar closed the connection (MAX_DROPPED): refused, not the sender leaving.
+      if ((this.#req.socket as MarkedSocket)[SHED]) this.#error ??= 'REQUEST_REFUSED';
       this.#call?.abort(senderGoneError());
     }
     // Not kept alive by its (long-lived) socket until the next request on it.
@@ -481,9 +498,11 @@ class Exchange {
     const socket = req.socket as MarkedSocket;
     // The connection went while this request waited its turn: ended here (the connection's 'close' may not
     // find it among those waiting any more), and the turn goes on to the next, which ends the same way.
+    // Not taken: behind an answer that closes the connection (see `CLOSING`), or beyond MAX_PIPELINED.
+    if (this.#behindClose || this.#overflow) return this.#dropPipelined();
     if (socket.destroyed) return this.#closed();
-    // Taken behind an answer that closes the connection (see `CLOSING`), or an answer ahead closed it meanwhile.
-    if (this.#behindClose || this.#overflow || socket.writableEnded) return this.#dropPipelined();
+    // An answer ahead closed the connection meanwhile.
+    if (socket.writableEnded) return this.#dropPipelined();
     // During a drain the answer ahead, not yet begun, will carry `Connection: close`: this one would never go out.
     if (this.#ahead !== undefined && !this.#ahead.headersSent && this.#options.draining()) return this.#dropPipelined();
     // Its body broke while it waited its turn (the parser refused a chunk; nothing more is read): it can never be
@@ -1033,8 +1052,12 @@ class Exchange {
     this.#report();
     this.#passTurn();
     const marked = socket as MarkedSocket;
+    if (!marked[RESUMED]) return undefined;
     marked[DROPPED] = (marked[DROPPED] ?? 0) + 1;
-    if (marked[DROPPED] > MAX_DROPPED) socket.destroy();
+    if (marked[DROPPED] > MAX_DROPPED && !socket.destroyed) {
+      marked[SHED] = true;
+      socket.destroy();
+    }
     return undefined;
   }
 
@@ -1059,7 +1082,7 @@ class Exchange {
       bytesOut: (this.#call?.bytesOut ?? 0) + this.#ownBytes,
       error: this.#error,
       retried: this.#retried,
-      aborted: this.#senderGone || (!res.writableFinished && this.#error === undefined),
+      aborted: (this.#senderGone && !(this.#req.socket as MarkedSocket)[SHED]) || (!res.writableFinished && this.#error === undefined),
     });
   }
 }

@@ -1163,6 +1163,28 @@ describe('sender faults and abuse', () => {
       await expectServing(s);
     });
 
+    it(`a burst of more than ${MAX_PIPELINED + MAX_DROPPED} requests in one write still gets its ${MAX_PIPELINED} answers, a POST among them`, async () => {
+      const s = await extraSidecar([]);
+      const n = MAX_PIPELINED + MAX_DROPPED + 20;
+      const post = 'POST /http/echo?burst-post HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello';
+      const burst = post + Array.from({ length: n - 1 }, (_, i) => get(`burst-${i}.`)).join('');
+      expect(Buffer.byteLength(burst)).toBeLessThan(65_536); // one read of node's
+      const answer = await rawRequest(s.address.port, burst, { timeoutMs: RAW_BOUND_MS });
+      expect(answer.ended).toBe('closed');
+      expect(answer.text.match(/HTTP\/1\.1 \d{3}/g)).toEqual(Array.from({ length: MAX_PIPELINED }, () => 'HTTP/1.1 200'));
+      expect(answer.text).toContain('"body":"hello"');
+      expect(upstream.seen('burst-post')).toHaveLength(1);
+      const lines = await waitFor(() => {
+        const found = s.logs.filter((l) => l['msg'] === 'request');
+        return found.length === n ? found : undefined;
+      });
+      expect(lines.filter((l) => l['status'] === 200)).toHaveLength(MAX_PIPELINED);
+      // The rest were refused, not aborted: neither by the sender nor by the sidecar.
+      expect(lines.filter((l) => l['error'] === 'REQUEST_REFUSED')).toHaveLength(n - MAX_PIPELINED);
+      expect(lines.filter((l) => l['aborted'])).toEqual([]);
+      await expect.poll(() => metric(s, 'requests_in_flight')).toBe(0);
+    });
+
     it('a sender that goes on writing requests to a connection that takes no more cannot pile them up', async () => {
       const s = await extraSidecar([]);
       const { arrival, arrived, released, release } = gate();
@@ -1195,6 +1217,8 @@ describe('sender faults and abuse', () => {
       const oneRead = Math.ceil(65_536 / Buffer.byteLength(get('flood-10000.')));
       expect(taken()).toBeLessThanOrEqual(MAX_PIPELINED + 1 + MAX_DROPPED + oneRead);
       for (let i = 0; i < writes * perWrite; i++) expect(upstream.seen(`flood-${1_000 + i}.`)).toHaveLength(0);
+      // The sidecar closed it: what was cut with it is logged as refused, not as the sender going away.
+      expect(s.logs.filter((l) => l['msg'] === 'request' && String(l['path']) === '/http/ok' && l['aborted'])).toEqual([]);
       await expect.poll(() => metric(s, 'requests_in_flight')).toBe(0);
       await expectServing(s);
     });
