@@ -227,10 +227,10 @@ interface Turns {
 /** Answers a connection may owe at once; a request beyond them is not taken and the connection closes after them. */
 export const MAX_PIPELINED = 32;
 /**
- * Requests a connection may send that are not taken (behind an answer that closes it, beyond `MAX_PIPELINED`)
- * before it is closed at once, answers owed or not: node keeps each one's objects until the connection closes,
- * and a sender writing requests without end would otherwise pile them up for as long as it takes to read its
- * answers.
+ * Requests not taken (behind an answer that closes the connection, beyond `MAX_PIPELINED`) that a connection may
+ * bring once node has read it again after it was stopped (see `RESUMED`), before it is closed at once, answers
+ * owed or not: node keeps each one's objects until the connection closes, and a sender writing requests without
+ * end would otherwise pile them up for as long as it takes to read its answers.
  */
 export const MAX_DROPPED = 256;
 /** How many requests of the connection were not taken (see `MAX_DROPPED`). */
@@ -271,8 +271,8 @@ function closeAfterAnswersOwed(socket: AnsweringSocket & MarkedSocket): void {
 
 /**
  * A request came while the connection owed MAX_PIPELINED answers: it is not taken, nor is any after it; the
- * answers owed go out, the newest of them closing the connection, and nothing more is read meanwhile. (Unlike
- * `CLOSING`, which drops what waits its turn, the requests already taken are still served.) Always true.
+ * requests already taken are served in turn, the newest answer owed closing the connection, and nothing more is
+ * read meanwhile. Always true.
  */
 function takesNoMore(socket: AnsweringSocket & MarkedSocket): true {
   if (socket[FULL]) return true;
@@ -496,10 +496,10 @@ class Exchange {
   run(): void {
     const req = this.#req;
     const socket = req.socket as MarkedSocket;
-    // The connection went while this request waited its turn: ended here (the connection's 'close' may not
-    // find it among those waiting any more), and the turn goes on to the next, which ends the same way.
     // Not taken: behind an answer that closes the connection (see `CLOSING`), or beyond MAX_PIPELINED.
     if (this.#behindClose || this.#overflow) return this.#dropPipelined();
+    // The connection went while this request waited its turn: ended here (the connection's 'close' may not
+    // find it among those waiting any more), and the turn goes on to the next, which ends the same way.
     if (socket.destroyed) return this.#closed();
     // An answer ahead closed the connection meanwhile.
     if (socket.writableEnded) return this.#dropPipelined();
