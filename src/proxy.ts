@@ -145,10 +145,25 @@ export function createProxyServer(options: ProxyOptions, limits: ServerLimits = 
   // a request asking for `Upgrade` (Java's HttpClient asks for h2c on every http:// request) as a plain
   // HTTP/1.1 request, which RFC 9110 §7.8 allows, and the header filter drops `Upgrade` and the fields its
   // `Connection` names: nothing is ever switched to another protocol.
+  // Sockets node let go of for a CONNECT while answers were still owed on them: closed with the others.
+  const detached = new Set<Socket>();
+  const closeAllConnections = server.closeAllConnections.bind(server);
+  server.closeAllConnections = () => {
+    closeAllConnections();
+    for (const socket of detached) socket.destroy();
+  };
   server.on('connect', (_req: IncomingMessage, socket: Socket) => {
     options.observer.clientError('CONNECT');
     const marked = socket as AnsweringSocket & MarkedSocket;
-    if ((marked[OWED] ?? 0) > 0) return closeAfterAnswersOwed(marked);
+    if ((marked[OWED] ?? 0) > 0) {
+      // node has let go of the socket (its drain, idle timeout and connection tracking went with it) while the
+      // answers owed are still to be written: they go on, then the connection closes.
+      detached.add(socket);
+      socket.once('close', () => detached.delete(socket));
+      socket.on('drain', () => marked[TURNS]?.current?.socketDrained());
+      socket.on('timeout', () => void (server.emit('timeout', socket) || socket.destroy()));
+      return closeAfterAnswersOwed(marked);
+    }
     refuseRaw(socket, 405, 'CONNECT is not supported: this is not a forward proxy', `allow: ${ALLOWED_METHODS}\r\n`);
   });
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
@@ -228,28 +243,20 @@ interface Turns {
 export const MAX_PIPELINED = 32;
 /**
  * Requests not taken (behind an answer that closes the connection, beyond `MAX_PIPELINED`) that a connection may
- * bring once node has read it again after it was stopped (see `RESUMED`), before it is closed at once, answers
- * owed or not: node keeps each one's objects until the connection closes, and a sender writing requests without
- * end would otherwise pile them up for as long as it takes to read its answers.
+ * bring before it is closed at once, answers owed or not. More than one 64 KiB read holds (3,641 of the smallest
+ * requests), so only a connection read on after it was stopped (see `stopReading`) ever reaches it: node keeps each
+ * request's objects until the connection closes.
  */
-export const MAX_DROPPED = 256;
+export const MAX_DROPPED = 4_096;
 /** How many requests of the connection were not taken (see `MAX_DROPPED`). */
 const DROPPED = Symbol('oauth-sidecar.dropped');
-/** Marks a connection whose reading was stopped (see `stopReading`). */
-const STOPPED = Symbol('oauth-sidecar.stopped');
-/**
- * Marks a stopped connection that node read again (as its answers drained) and that still brought requests: from
- * then on, requests not taken count towards `MAX_DROPPED`. Those of the read that stopped it do not: node parses
- * a read to its end, and a deep pipelined burst is no flood.
- */
-const RESUMED = Symbol('oauth-sidecar.resumed');
-/** Marks a connection the sidecar closed for `MAX_DROPPED`: its requests cut with it were refused, not abandoned. */
+/** Marks a connection the sidecar closed for `MAX_DROPPED`: requests cut with it before they went out were refused. */
 const SHED = Symbol('oauth-sidecar.shed');
 /** Marks a connection that owed `MAX_PIPELINED` answers when another request came: it takes no more. */
 const FULL = Symbol('oauth-sidecar.full');
 /** Marks a connection from which nothing more is read: an answer closing it does not wait for a body to end. */
 const UNREAD = Symbol('oauth-sidecar.unread');
-type MarkedSocket = Socket & { [OVER_LIMIT]?: true; [CLOSING]?: true; [OWED]?: number; [TURNS]?: Turns; [FULL]?: true; [UNREAD]?: true; [DROPPED]?: number; [STOPPED]?: true; [RESUMED]?: true; [SHED]?: true };
+type MarkedSocket = Socket & { [OVER_LIMIT]?: true; [CLOSING]?: true; [OWED]?: number; [TURNS]?: Turns; [FULL]?: true; [UNREAD]?: true; [DROPPED]?: number; [SHED]?: true };
 
 /**
  * Bytes that are no request arrived (or a CONNECT) while answers to earlier requests are owed: nothing may be
@@ -287,17 +294,17 @@ function takesNoMore(socket: AnsweringSocket & MarkedSocket): true {
 }
 
 /**
- * Read no more from a connection, the way node's server does under a flood of pipelined requests: its `_paused`
- * flag keeps node from resuming the socket when a request's body is read (`socket.pause()` alone is undone by
- * that). node still resumes it once its answers drain: each request that arrives after that stops it again
- * (see `Exchange`), and `MAX_DROPPED` bounds what a sender can make it take on regardless.
+ * Read no more from a connection (every request taken on it has its body by then: bytes are parsed in order). As
+ * node's server does under a flood of pipelined requests, its `_paused` flag keeps node from resuming the socket
+ * when a request's body is read; node's own resume as answers drain is turned off too. What the read in progress
+ * still brings is parsed to its end and not taken; `MAX_DROPPED` bounds that regardless.
  */
 function stopReading(socket: Socket): void {
-  const marked = socket as MarkedSocket & { _paused?: boolean };
-  if (marked[STOPPED] && !marked._paused) marked[RESUMED] = true;
-  marked[STOPPED] = true;
-  marked._paused = true;
+  (socket as Socket & { _paused?: boolean })._paused = true;
   socket.pause();
+  // For good: node resumes a socket it paused itself as its answers are written (socketOnDrain), and then reads
+  // more of a burst it will never take, however well-behaved the sender.
+  socket.resume = () => socket;
 }
 
 /** Answer on a raw socket (no ServerResponse exists for these) and close it. */
@@ -451,9 +458,17 @@ class Exchange {
    * The sidecar, not the sender, is what the connection waits for: the request arrived whole, its answer is
    * not complete, and nothing written for the sender is waiting to be read.
    */
+  /** The connection can take more of the answer (for a socket node no longer minds: see 'connect'). */
+  socketDrained(): void {
+    this.#res.emit('drain');
+  }
+
   waitsOnSidecar(): boolean {
     return this.#req.complete && !this.#res.writableFinished && !this.#senderGone && this.#req.socket.writableLength === 0;
   }
+
+  /** Cut before it went out, when the sidecar closed the connection (see `SHED`). */
+  #shed = false;
 
   /** The sidecar cut the answer it had begun (`fail`): its close is not the sender leaving. */
   #cut = false;
@@ -475,8 +490,8 @@ class Exchange {
     const res = this.#res;
     if (!res.writableFinished && !this.#cut) {
       this.#senderGone = true;
-      // The sidecar closed the connection (MAX_DROPPED): refused, not the sender leaving.
-      if ((this.#req.socket as MarkedSocket)[SHED]) this.#error ??= 'REQUEST_REFUSED';
+      // The sidecar closed the connection (MAX_DROPPED) before this request went out: refused, not abandoned.
+      if ((this.#req.socket as MarkedSocket)[SHED] && this.#call === undefined) this.#shed = true;
       this.#call?.abort(senderGoneError());
     }
     // Not kept alive by its (long-lived) socket until the next request on it.
@@ -1052,7 +1067,6 @@ class Exchange {
     this.#report();
     this.#passTurn();
     const marked = socket as MarkedSocket;
-    if (!marked[RESUMED]) return undefined;
     marked[DROPPED] = (marked[DROPPED] ?? 0) + 1;
     if (marked[DROPPED] > MAX_DROPPED && !socket.destroyed) {
       marked[SHED] = true;
@@ -1080,9 +1094,9 @@ class Exchange {
       durationMs: performance.now() - this.#started,
       bytesIn: this.#body?.bytes ?? 0,
       bytesOut: (this.#call?.bytesOut ?? 0) + this.#ownBytes,
-      error: this.#error,
+      error: this.#shed ? (this.#error ?? 'REQUEST_REFUSED') : this.#error,
       retried: this.#retried,
-      aborted: (this.#senderGone && !(this.#req.socket as MarkedSocket)[SHED]) || (!res.writableFinished && this.#error === undefined),
+      aborted: !this.#shed && (this.#senderGone || (!res.writableFinished && this.#error === undefined)),
     });
   }
 }
