@@ -116,6 +116,21 @@ describe('shutdown drain', () => {
     await stopping; // within the test's timeout, not the 60-s grace period
   });
 
+  it('a connection node let go of for a CONNECT, its sender not reading the answer owed, is closed when the grace period ends', async () => {
+    const s = await start(['--shutdown-grace', '300']);
+    const sender = await rawOpen(
+      s.address.port,
+      'GET /http/download?bytes=20000000 HTTP/1.1\r\nHost: localhost\r\n\r\nCONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n',
+    );
+    sender.socket.pause(); // never reads: the answer cannot finish
+    await expect.poll(() => s.metrics.render().then((m) => /^oauth_sidecar_requests_in_flight 1$/m.test(m.body))).toBe(true);
+    await s.shutdown(); // within the test's timeout: the grace period ends it, not the 120-s idle timeout
+    expect(s.server.listening).toBe(false);
+    sender.socket.resume(); // to see the close behind what the sidecar had sent
+    expect(['closed', 'reset']).toContain(await sender.closed);
+    expect(sender.received().length).toBeLessThan(20_000_000);
+  });
+
   it('a deep burst pipelined during the drain behind an answer not yet begun: that answer still goes out, nothing else is forwarded', async () => {
     const s = await start(['--shutdown-grace', '60000']);
     const held = holdRequests(world.upstream, '/http/held');
