@@ -265,10 +265,14 @@ type MarkedSocket = Socket & { [OVER_LIMIT]?: true; [CLOSING]?: true; [OWED]?: n
  */
 function closeAfterAnswersOwed(socket: AnsweringSocket & MarkedSocket): void {
   socket[CLOSING] = true;
-  socket[UNREAD] = true;
   stopReading(socket);
   // Nothing more is read: a lingering close (waiting for a body to end) would wait for nothing.
   closeWithoutLingering(socket);
+  closeAfterNewestAnswer(socket);
+}
+
+/** The newest answer owed on the connection closes it: one not yet begun says so, one under way is followed by the close. */
+function closeAfterNewestAnswer(socket: AnsweringSocket): void {
   const newest = socket[ANSWERING];
   if (newest === undefined) return;
   if (!newest.headersSent) newest.shouldKeepAlive = false;
@@ -279,18 +283,13 @@ function closeAfterAnswersOwed(socket: AnsweringSocket & MarkedSocket): void {
 /**
  * A request came while the connection owed MAX_PIPELINED answers: it is not taken, nor is any after it; the
  * requests already taken are served in turn, the newest answer owed closing the connection, and nothing more is
- * read meanwhile. Always true.
+ * read meanwhile.
  */
-function takesNoMore(socket: AnsweringSocket & MarkedSocket): true {
-  if (socket[FULL]) return true;
+function takesNoMore(socket: AnsweringSocket & MarkedSocket): void {
+  if (socket[FULL]) return;
   socket[FULL] = true;
-  socket[UNREAD] = true;
   stopReading(socket);
-  const newest = socket[ANSWERING];
-  if (newest !== undefined && !newest.headersSent) newest.shouldKeepAlive = false;
-  else if (newest !== undefined && !newest.writableFinished) newest.once('finish', () => socket.destroySoon());
-  else socket.destroySoon();
-  return true;
+  closeAfterNewestAnswer(socket);
 }
 
 /**
@@ -300,6 +299,7 @@ function takesNoMore(socket: AnsweringSocket & MarkedSocket): true {
  * still brings is parsed to its end and not taken; `MAX_DROPPED` bounds that regardless.
  */
 function stopReading(socket: Socket): void {
+  (socket as MarkedSocket)[UNREAD] = true;
   (socket as Socket & { _paused?: boolean })._paused = true;
   socket.pause();
   // For good: node resumes a socket it paused itself as its answers are written (socketOnDrain), and then reads
@@ -376,13 +376,15 @@ class Exchange {
     const socket = req.socket as AnsweringSocket & MarkedSocket;
     // An answer still under way on this connection (pipelining): this request's answer waits its turn.
     this.#ahead = socket[ANSWERING];
-    this.#behindClose = socket[CLOSING] === true;
-    // Beyond MAX_PIPELINED answers owed the connection takes no more requests: the newest answer owed closes it.
-    if (!socket[CLOSING] && (socket[FULL] || (socket[OWED] ?? 0) >= MAX_PIPELINED)) this.#overflow = takesNoMore(socket);
-    // Not taken: nothing more is to be read (node may have resumed the socket as its answers drained).
-    if (this.#behindClose || this.#overflow) stopReading(socket);
-    // A request that will be dropped (see `CLOSING`) never answers: the answer under way keeps the socket.
-    if (!socket[CLOSING] && !this.#overflow) {
+    // Not taken: one behind an answer that closes the connection (see `CLOSING`), and one beyond MAX_PIPELINED
+    // answers owed (the connection takes no more: the newest answer owed closes it). Nothing more is to be read.
+    const behindClose = socket[CLOSING] === true;
+    const overflow = !behindClose && (socket[FULL] === true || (socket[OWED] ?? 0) >= MAX_PIPELINED);
+    if (overflow) takesNoMore(socket);
+    else if (behindClose) stopReading(socket);
+    this.#notTaken = behindClose || overflow;
+    // A request that will be dropped never answers: the answer under way keeps the socket.
+    if (!this.#notTaken) {
       socket[ANSWERING] = res;
       socket[OWED] = (socket[OWED] ?? 0) + 1;
       this.#owing = true;
@@ -394,22 +396,22 @@ class Exchange {
 
   /** Sent `Expect: 100-continue`: told to send its body once the sidecar has decided to take it. */
   readonly #expectsContinue: boolean;
-  /** Came after an answer that closes the connection had been decided on (see `CLOSING`): not taken. */
-  readonly #behindClose: boolean;
-  /** Came when the connection owed MAX_PIPELINED answers: not taken. */
-  #overflow = false;
+  /** Not taken: dropped at once (see the constructor and `start`). */
+  #notTaken: boolean;
   /** It is this exchange's turn on its connection (see `TURNS`); passed on when its answer closes. */
   #hasTurn = false;
 
   /** Run now, or when the answer ahead on the connection has closed (see `TURNS`). */
   start(): void {
     const socket = this.#req.socket as MarkedSocket;
-    // Not taken (dropped at once): these take no turn. So is one pipelined during a drain behind an answer not
-    // yet begun: that answer will close the connection (`#ownHeaders`).
+    // Not taken either: one pipelined during a drain behind an answer not yet begun, which will close the
+    // connection (`#ownHeaders`). Requests not taken are dropped at once and take no turn.
     const ahead = this.#ahead;
-    const inDrain = ahead !== undefined && !ahead.headersSent && this.#options.draining();
-    if (inDrain) stopReading(socket);
-    if (this.#behindClose || this.#overflow || inDrain) return this.#runNow();
+    if (!this.#notTaken && ahead !== undefined && !ahead.headersSent && this.#options.draining()) {
+      this.#notTaken = true;
+      stopReading(socket);
+    }
+    if (this.#notTaken) return this.#runNow();
     let turns = socket[TURNS];
     if (turns === undefined) {
       const created: Turns = { current: undefined, waiting: [] };
@@ -511,15 +513,12 @@ class Exchange {
   run(): void {
     const req = this.#req;
     const socket = req.socket as MarkedSocket;
-    // Not taken: behind an answer that closes the connection (see `CLOSING`), or beyond MAX_PIPELINED.
-    if (this.#behindClose || this.#overflow) return this.#dropPipelined();
+    if (this.#notTaken) return this.#dropPipelined();
     // The connection went while this request waited its turn: ended here (the connection's 'close' may not
     // find it among those waiting any more), and the turn goes on to the next, which ends the same way.
     if (socket.destroyed) return this.#closed();
     // An answer ahead closed the connection meanwhile.
     if (socket.writableEnded) return this.#dropPipelined();
-    // During a drain the answer ahead, not yet begun, will carry `Connection: close`: this one would never go out.
-    if (this.#ahead !== undefined && !this.#ahead.headersSent && this.#options.draining()) return this.#dropPipelined();
     // Its body broke while it waited its turn (the parser refused a chunk; nothing more is read): it can never be
     // sent whole. (Every other request taken on such a connection had its body before the bytes that stopped it.)
     if (socket[UNREAD] && !req.complete) return this.#refuseAndClose(new SidecarError('REQUEST_REFUSED', 'malformed HTTP request: its body could not be read'));
