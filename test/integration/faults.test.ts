@@ -218,6 +218,22 @@ async function defaultRoute(req: IncomingMessage, res: ServerResponse, rec: Rece
   }
 }
 
+/**
+ * Holds the requests whose URL contains `marker` at the upstream until `release()`, then answers them 200 with
+ * `body`; `arrival` resolves on the first. `upstream.handler` is the caller's to reset.
+ */
+function holdUpstream(marker: string, body: string): Pick<ReturnType<typeof gate>, 'arrival' | 'release'> {
+  const { arrival, arrived, released, release } = gate();
+  upstream.handler = async (req, res) => {
+    if (!req.url?.includes(marker)) return false;
+    arrived();
+    await released;
+    send(res, 200, 'text/plain', body);
+    return true;
+  };
+  return { arrival, release };
+}
+
 function send(res: ServerResponse, status: number, type: string, body: string): void {
   res.writeHead(status, { 'content-type': type, 'content-length': String(Buffer.byteLength(body)) });
   res.end(body);
@@ -1187,14 +1203,7 @@ describe('sender faults and abuse', () => {
 
     it('a sender that goes on writing requests to a connection that takes no more cannot pile them up', async () => {
       const s = await extraSidecar([]);
-      const { arrival, arrived, released, release } = gate();
-      upstream.handler = async (req, res) => {
-        if (!req.url?.includes('flood-first')) return false;
-        arrived();
-        await released;
-        send(res, 200, 'text/plain', 'ok');
-        return true;
-      };
+      const { arrival, release } = holdUpstream('flood-first', 'ok');
       const flood = (from: number, count: number): string => Array.from({ length: count }, (_, i) => get(`flood-${from + i}.`)).join('');
       const sender = await rawOpen(s.address.port, get('flood-first') + flood(1, MAX_PIPELINED));
       const taken = (): number => s.logs.filter((l) => l['msg'] === 'request' && String(l['path']) === '/http/ok').length;
@@ -1266,14 +1275,7 @@ describe('sender faults and abuse', () => {
 
     it('a malformed chunk in a refused upload pipelined behind an answer owed: both answers, then the connection closes at once', async () => {
       const s = await extraSidecar([]);
-      const { arrival, arrived, released, release } = gate();
-      upstream.handler = async (req, res) => {
-        if (!req.url?.includes('owed-slow')) return false;
-        arrived();
-        await released;
-        res.writeHead(200, { 'content-type': 'text/plain', 'content-length': '4' }).end('slow');
-        return true;
-      };
+      const { arrival, release } = holdUpstream('owed-slow', 'slow');
       const sender = connect({ port: s.address.port, host: '127.0.0.1', allowHalfOpen: true });
       let received = '';
       sender.on('data', (chunk: Buffer) => (received += chunk.toString('latin1')));
@@ -1303,14 +1305,7 @@ describe('sender faults and abuse', () => {
 
     it('a malformed chunk in an upload waiting its turn behind an answer owed: that upload is refused, never forwarded', async () => {
       const s = await extraSidecar([]);
-      const { arrival, arrived, released, release } = gate();
-      upstream.handler = async (req, res) => {
-        if (!req.url?.includes('owed-first')) return false;
-        arrived();
-        await released;
-        res.writeHead(200, { 'content-type': 'text/plain', 'content-length': '4' }).end('slow');
-        return true;
-      };
+      const { arrival, release } = holdUpstream('owed-first', 'slow');
       const sender = await rawOpen(s.address.port, 'GET /http/ok?owed-first HTTP/1.1\r\nHost: localhost\r\n\r\n');
       try {
         await arrival;
@@ -1459,14 +1454,7 @@ describe('sender faults and abuse', () => {
     it('a request waiting on the upstream past the socket idle timeout is answered; a sender stalled mid-upload is still cut', async () => {
       // A long-running flow under a longer --upstream-timeout (here the route's 60 s): the sidecar waits, not the sender.
       const port = await start({ socketIdleTimeoutMs: 200 });
-      const { arrival, arrived, released, release } = gate();
-      upstream.handler = async (req, res) => {
-        if (!req.url?.includes('long-flow')) return false;
-        arrived();
-        await released;
-        send(res, 200, 'text/plain', 'done');
-        return true;
-      };
+      const { arrival, release } = holdUpstream('long-flow', 'done');
       let timeouts = 0;
       let thirdTimeout!: () => void;
       const third = new Promise<void>((resolve) => (thirdTimeout = resolve));
