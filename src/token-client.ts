@@ -233,11 +233,14 @@ export class TokenClient {
         `token server ${this.#url.host} answered 200 with a body over ${MAX_TOKEN_RESPONSE_BYTES} bytes — check that tokenurl of ${this.#where()} is the OAuth token endpoint`,
       );
     }
-    return this.#parse(text, issuedAt, sentAt);
+    return this.#parse(text, issuedAt, serverDate(response.headers['date']) ?? sentAt);
   }
 
-  /** `issuedAt` on the token clock, `sentAt` the same moment on the calendar clock (for a JWT's `exp`). */
-  #parse(text: string, issuedAt: number, sentAt: number): AccessToken {
+  /**
+   * `issuedAt` on the token clock; `serverNow` the calendar time a JWT's `exp` is read against: the token
+   * server's own `Date` (RFC 9110 §6.6.1), else the local clock when the request was sent.
+   */
+  #parse(text: string, issuedAt: number, serverNow: number): AccessToken {
     let json: unknown;
     try {
       json = JSON.parse(text);
@@ -260,7 +263,7 @@ export class TokenClient {
       throw this.#invalid(`token_type is "${printable(redact(String(type), this.#secrets), 40)}", not bearer`);
     }
     const claims = decodeJwtClaims(value);
-    const { lifetimeMs, lifetimeSource } = lifetimeOf(body['expires_in'], claims, sentAt);
+    const { lifetimeMs, lifetimeSource } = lifetimeOf(body['expires_in'], claims, serverNow);
     const expiresAt = issuedAt + lifetimeMs;
     const scopeField = body['scope'];
     const scopes = typeof scopeField === 'string' ? scopeField.split(' ').filter(Boolean) : (claims?.scope ?? []);
@@ -289,7 +292,9 @@ export class TokenClient {
       });
     }
     if (status >= 500) {
-      return new SidecarError('TOKEN_SERVER_ERROR', `token server ${host} failed (${status}${detail})`);
+      // RFC 9110 §10.2.3: a 503 may say when the service is back (maintenance); honoured as a 429's is.
+      const retryAfter = status === 503 ? parseRetryAfter(headers['retry-after'], this.#wallClock()) : undefined;
+      return new SidecarError('TOKEN_SERVER_ERROR', `token server ${host} failed (${status}${detail})`, { retryAfter });
     }
     if (status === 400 || status === 401 || status === 403) {
       const fix =
@@ -413,13 +418,13 @@ const JWT_SLACK_MS = 5_000;
 function lifetimeOf(
   expiresIn: unknown,
   claims: Pick<JwtClaims, 'exp' | 'iat'> | undefined,
-  sentAt: number,
+  serverNow: number,
 ): { lifetimeMs: number; lifetimeSource: AccessToken['lifetimeSource'] } {
   const capMs = MAX_TOKEN_LIFETIME_S * 1000;
   const seconds = typeof expiresIn === 'string' ? Number(expiresIn) : expiresIn;
   // Infinity (`1e999` in the JSON) is a lifetime too long to count: capped like any other.
   const fromExpiresIn = typeof seconds === 'number' && seconds > 0 ? Math.min(seconds * 1000, capMs) : undefined;
-  const fromJwt = jwtLifetimeMs(claims, sentAt);
+  const fromJwt = jwtLifetimeMs(claims, serverNow);
   if (fromExpiresIn !== undefined && (fromJwt === undefined || fromExpiresIn <= fromJwt + Math.min(JWT_SLACK_MS, fromJwt / 10))) {
     return { lifetimeMs: fromExpiresIn, lifetimeSource: 'expires_in' };
   }
@@ -428,18 +433,20 @@ function lifetimeOf(
 }
 
 /**
- * Milliseconds the JWT is still valid for, or undefined: `exp` against the local clock, never more than
- * `exp - iat` (the token server's clock against itself). The shorter errs on the safe side: a local clock behind
- * the server's cannot stretch a token past its lifetime, and a token the server issued earlier (one it hands out
- * again) keeps only what it has left. A local clock ahead of the server's by more than the whole lifetime makes
- * every token look expired on arrival; then `exp - iat` alone is taken (the token is fresh, as far as can be told).
+ * Milliseconds the JWT is still valid for, or undefined: `exp` against `serverNow`, never more than `exp - iat`
+ * (the token server's clock against itself). The shorter errs on the safe side: a token the server issued
+ * earlier (one it hands out again) keeps only what it has left. `serverNow` is the token server's `Date`, so the
+ * local clock does not enter: read against a local clock ahead of the server's by most of a lifetime, an hour's
+ * token would last seconds and be fetched again and again. Without a `Date` the local clock stands in; one behind
+ * the server's cannot stretch a token past `exp - iat`. A clock that makes the token look expired on arrival
+ * (ahead by more than its lifetime) leaves `exp - iat` alone (the token is fresh, as far as can be told).
  */
-function jwtLifetimeMs(claims: Pick<JwtClaims, 'exp' | 'iat'> | undefined, sentAt: number): number | undefined {
+function jwtLifetimeMs(claims: Pick<JwtClaims, 'exp' | 'iat'> | undefined, serverNow: number): number | undefined {
   const exp = claims?.exp;
   if (exp === undefined || !Number.isFinite(exp)) return undefined;
   const iat = claims?.iat;
   const own = iat !== undefined && Number.isFinite(iat) && iat < exp ? (exp - iat) * 1000 : undefined;
-  const left = exp * 1000 - sentAt;
+  const left = exp * 1000 - serverNow;
   if (left > 0) return own === undefined ? left : Math.min(own, left);
   return own;
 }
@@ -482,6 +489,14 @@ export function parseRetryAfter(value: string | string[] | undefined, now: numbe
   if (Number.isNaN(date)) return undefined;
   const seconds = Math.ceil((date - now) / 1000);
   return seconds > 0 ? Math.min(seconds, MAX_RETRY_AFTER_S) : undefined;
+}
+
+/** A response's `Date` as epoch milliseconds, or undefined when absent or not a date. */
+function serverDate(value: string | string[] | undefined): number | undefined {
+  const raw = Array.isArray(value) ? value[0] : value;
+  if (raw === undefined || !/[a-z]/i.test(raw)) return undefined; // an HTTP-date names its weekday and month
+  const date = Date.parse(raw);
+  return Number.isFinite(date) ? date : undefined;
 }
 
 /** The body as text, or undefined when it is larger than `limit` (then it is not read further). */

@@ -166,7 +166,7 @@ export class TokenProvider {
       this.#revoked.add(rejected);
       this.#rejectedAt.set(key, now);
       // A rejection is news, not an outage: do not let our own backoff delay the refresh. A wait the token
-      // server asked for (429 Retry-After) stands: until it ends, senders get 503 with the time left.
+      // server asked for (a 429 or 503 Retry-After) stands: until it ends, senders get 503 with the time left.
       const failure = this.#failures.get(key);
       if (failure !== undefined && failure.serverUntil > now) failure.until = failure.serverUntil;
       else this.#failures.delete(key);
@@ -303,7 +303,7 @@ export class TokenProvider {
       if (current !== undefined && current !== stale && this.#usable(current, this.#now())) return current;
       const count = (failure?.count ?? 0) + 1;
       const backoff = Math.min(this.#backoff.maxMs, this.#backoff.minMs * 2 ** (count - 1));
-      // A server that said when to come back (429 Retry-After) is not asked earlier.
+      // A server that said when to come back (a 429 or 503 Retry-After) is not asked earlier.
       const serverWait = error instanceof SidecarError && error.retryAfter !== undefined ? error.retryAfter * 1000 : 0;
       const delay = Math.max(backoff, serverWait);
       const failedAt = this.#now();

@@ -23,7 +23,8 @@ export type Fault =
   | { kind: 'status'; status: number; body?: string; headers?: Record<string, string> }
   | { kind: 'hang' }
   | { kind: 'reset' }
-  | { kind: 'body'; body: string }
+  /** A 200 with `body`; `date` replaces the `Date` header node sends (`null`: none at all). */
+  | { kind: 'body'; body: string; date?: string | null }
   /**
    * A 200 of `bytes` bytes: `'a'` repeated, or with `json` a valid token response (`access_token`, `token_type`,
    * `expires_in`) padded with a long `pad` field, so that only a size limit can refuse it.
@@ -189,7 +190,8 @@ export class TokenEndpoint {
         req.socket.destroy();
         return;
       case 'body':
-        res.writeHead(200, { 'content-type': 'application/json' });
+        if (fault.date === null) res.sendDate = false;
+        res.writeHead(200, { 'content-type': 'application/json', ...(typeof fault.date === 'string' && { date: fault.date }) });
         res.end(fault.body);
         return;
       case 'huge': {

@@ -251,21 +251,23 @@ describe('token client against a token endpoint that checks credentials', () => 
     endpoint.fail({ kind: 'body', body: JSON.stringify({ access_token: jwt(exp), token_type: 'bearer' }) });
     const before = Date.now();
     const near = await client(secretCredentials()).fetchToken();
-    // exp against the calendar clock when the request went out, counted from issuedAt on the token clock.
+    // exp against the server's Date (whole seconds: up to 1 s before the moment it stands for), counted from
+    // issuedAt on the token clock.
     expect(near.lifetimeSource).toBe('jwt');
-    expect(near.expiresAt - near.issuedAt).toBeLessThanOrEqual(exp * 1000 - before);
+    expect(near.expiresAt - near.issuedAt).toBeLessThanOrEqual(exp * 1000 - before + 1_000);
     expect(near.expiresAt - near.issuedAt).toBeGreaterThan(exp * 1000 - before - 1_000);
   });
 
-  it("the JWT's own lifetime bounds expires_in and stands in for it; a local clock behind the server's never stretches a token", async () => {
+  it("the JWT's own lifetime bounds expires_in and stands in for it; a server clock behind never stretches a token", async () => {
     const jwt = (claims: { exp: number; iat?: number }) =>
       [{ alg: 'none' }, claims].map((part) => Buffer.from(JSON.stringify(part)).toString('base64url')).join('.') + '.sig';
-    // The calendar clock stands still at `now`; the token clock runs an hour ahead of it, as after the calendar
-    // clock was stepped back an hour: `exp` is read against the calendar, the lifetime counted on the token clock.
+    // The token server's `Date` says `now`; the token clock runs an hour ahead of it, as after the calendar clock
+    // was stepped back an hour: `exp` is read against the server's Date, the lifetime counted on the token clock.
     const now = Math.ceil(Date.now() / 1000);
     const clocks = { wallClock: () => now * 1000, now: () => now * 1000 + 3_600_000 };
     const fetched = async (claims: { exp: number; iat?: number }, expiresIn?: number) => {
-      endpoint.fail({ kind: 'body', body: JSON.stringify({ access_token: jwt(claims), token_type: 'bearer', expires_in: expiresIn }) });
+      const body = JSON.stringify({ access_token: jwt(claims), token_type: 'bearer', expires_in: expiresIn });
+      endpoint.fail({ kind: 'body', body, date: new Date(now * 1000).toUTCString() });
       return client(secretCredentials(), {}, 2_000, clocks).fetchToken();
     };
     const lifetime = async (claims: { exp: number; iat?: number }, expiresIn?: number) => {
@@ -277,17 +279,52 @@ describe('token client against a token endpoint that checks credentials', () => 
     expect(await lifetime({ iat: now, exp: now + 43_200 }, 43_199)).toEqual([43_199, 'expires_in']);
     // A short token: a slack of a tenth of it (3 s), so that 4 s more than the JWT's 30 s do not count.
     expect(await lifetime({ iat: now, exp: now + 30 }, 34)).toEqual([30, 'jwt']);
-    // The local clock an hour behind the token server's: still the token's hour, not two.
+    // The server's Date an hour behind its own iat: still the token's hour, not two.
     expect(await lifetime({ iat: now + 3600, exp: now + 7200 })).toEqual([3600, 'jwt']);
-    // A token issued earlier (handed out again), or a local clock ahead: what is left by the local clock, the safe side.
+    // A token issued earlier (handed out again): what is left by the server's clock, the safe side.
     const reused = await fetched({ iat: now - 3000, exp: now + 600 });
     expect([reused.issuedAt, reused.expiresAt, reused.lifetimeSource]).toEqual([clocks.now(), clocks.now() + 600_000, 'jwt']);
-    // A local clock ahead by more than the lifetime: every token would look expired; the token's own hour counts.
+    // A Date ahead by more than the lifetime: every token would look expired; the token's own hour counts.
     expect(await lifetime({ iat: now - 7200, exp: now - 3600 })).toEqual([3600, 'jwt']);
-    // Without iat, exp against the local clock, while it is still ahead.
+    // Without iat, exp against the server's clock, while it is still ahead.
     const alone = await fetched({ exp: now + 600 });
     expect([alone.expiresAt - alone.issuedAt, alone.lifetimeSource]).toEqual([600_000, 'jwt']);
     expect(await lifetime({ exp: now - 5 })).toEqual([300, 'default']);
+  });
+
+  it("a JWT's exp is read against the token server's Date, so a local clock ahead by most of a lifetime does not shorten tokens", async () => {
+    const jwt = (claims: { exp: number; iat: number }) =>
+      [{ alg: 'none' }, claims].map((part) => Buffer.from(JSON.stringify(part)).toString('base64url')).join('.') + '.sig';
+    const now = Math.ceil(Date.now() / 1000);
+    // The local calendar clock 3590 s ahead of the token server's (a hardware clock kept in local time, UTC+1).
+    const ahead = { wallClock: () => (now + 3590) * 1000 };
+    const lifetime = async (date: string | null, expiresIn?: number) => {
+      const body = JSON.stringify({ access_token: jwt({ iat: now, exp: now + 3600 }), token_type: 'bearer', expires_in: expiresIn });
+      endpoint.fail({ kind: 'body', body, date });
+      const token = await client(secretCredentials(), {}, 2_000, ahead).fetchToken();
+      return [(token.expiresAt - token.issuedAt) / 1000, token.lifetimeSource];
+    };
+    const serverDate = new Date(now * 1000).toUTCString();
+    expect(await lifetime(serverDate)).toEqual([3600, 'jwt']);
+    expect(await lifetime(serverDate, 3600)).toEqual([3600, 'expires_in']);
+    // Without a Date the local clock is all there is: what is left by it, the safe side (10 s).
+    expect(await lifetime(null)).toEqual([10, 'jwt']);
+  });
+
+  it('a 503 with Retry-After is waited out like a 429, and one beyond the limit ends the fetch and is passed on', async () => {
+    endpoint.fail({ kind: 'status', status: 503, headers: { 'retry-after': '1' } });
+    const started = Date.now();
+    await client(secretCredentials()).fetchToken();
+    expect(Date.now() - started).toBeGreaterThanOrEqual(950);
+    expect(endpoint.requests).toHaveLength(2);
+    endpoint.fail({ kind: 'status', status: 503, headers: { 'retry-after': '60' } });
+    const err = await failure(client(secretCredentials()).fetchToken());
+    expect([err.code, err.retryAfter]).toEqual(['TOKEN_SERVER_ERROR', 60]);
+    expect(endpoint.requests).toHaveLength(3);
+    // Only a 503's: a 500 says nothing about when to come back.
+    endpoint.fail({ kind: 'status', status: 500, headers: { 'retry-after': '60' } });
+    await client(secretCredentials()).fetchToken();
+    expect(endpoint.requests).toHaveLength(5);
   });
 
   it('a 429 with Retry-After 0 or a non-integer waits the normal 429 backoff, not 0 ms', async () => {
