@@ -180,8 +180,13 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
     }
     table = new RouteTable(table.routes.map((r) => (r === old ? fresh : r)));
     // No request needs a token of the old credentials any more: one still being fetched (a token server that
-    // hangs) is given up, so that the requests waiting for it move to the new route now, not at its timeout.
-    old.tokenClient.abandon();
+    // hangs) is given up, so that the requests waiting for it move to the new route now, not at its timeout —
+    // or, under the same cache key, get the token just validated. Not while another route still uses that key
+    // (the same client in another file) and the new credentials have a key of their own: its requests may be
+    // waiting for that very fetch, and nothing else would bring them a token.
+    const oldKey = old.tokenClient.cacheKey;
+    const keptByOther = table.routes.some((r) => r !== fresh && r.tokenClient.cacheKey === oldKey);
+    if (fresh.tokenClient.cacheKey === oldKey || !keptByOther) old.tokenClient.abandon('replaced');
     // The old pools finish their in-flight requests before closing.
     retiring.add(old);
     void closeRoute(old).finally(() => retiring.delete(old));

@@ -115,10 +115,19 @@ export class TokenClient {
   readonly #url: URL;
   /** Aborted by `abandon()`: ends the attempts and retry waits of every fetch. */
   readonly #abandoned = new AbortController();
+  /** Why `abandon()` was called, for the message of the fetches it ends. */
+  #abandonedBecause = 'the sidecar is stopping';
 
-  /** Close the connection pool once its requests are done (credentials rotated, shutdown). */
-  close(): Promise<void> {
-    return this.#dispatcher.close();
+  /** Fetches under way, retry waits included. */
+  readonly #fetches = new Set<Promise<AccessToken>>();
+
+  /**
+   * Close the connection pool once its fetches are done, retries included (credentials rotated: a fetch that
+   * another route with the same client still waits for goes on to its end).
+   */
+  async close(): Promise<void> {
+    await Promise.allSettled([...this.#fetches]);
+    await this.#dispatcher.close();
   }
 
   /** Drop the connection pool now, whatever it carries (shutdown, after `abandon()`); idempotent. */
@@ -127,11 +136,13 @@ export class TokenClient {
   }
 
   /**
-   * Give up every token request under way, and any later one, at once (shutdown: nobody is left to use
-   * the token). An attempt in flight is aborted and a retry wait ends; the fetch rejects with
-   * TOKEN_UNREACHABLE, and `close()` no longer waits for a token server that does not answer.
+   * Give up every token request under way, and any later one, at once: nobody is left to use the token
+   * (shutdown, or these credentials were replaced). An attempt in flight is aborted and a retry wait ends; the
+   * fetch rejects with TOKEN_UNREACHABLE, and `close()` no longer waits for a token server that does not answer.
    */
-  abandon(): void {
+  abandon(because: 'stopping' | 'replaced' = 'stopping'): void {
+    if (this.#abandoned.signal.aborted) return;
+    if (because === 'replaced') this.#abandonedBecause = 'these credentials were replaced';
     this.#abandoned.abort();
   }
 
@@ -164,7 +175,15 @@ export class TokenClient {
   }
 
   /** Obtain a new token, retrying transient failures within the policy. */
-  async fetchToken(signal?: AbortSignal): Promise<AccessToken> {
+  fetchToken(signal?: AbortSignal): Promise<AccessToken> {
+    const fetch = this.#fetch(signal);
+    this.#fetches.add(fetch);
+    const forget = (): void => void this.#fetches.delete(fetch);
+    fetch.then(forget, forget);
+    return fetch;
+  }
+
+  async #fetch(signal: AbortSignal | undefined): Promise<AccessToken> {
     const abandoned = this.#abandoned.signal;
     if (abandoned.aborted) throw this.#abandonedError(undefined);
     const stop = signal ? AbortSignal.any([signal, abandoned]) : abandoned;
@@ -186,7 +205,7 @@ export class TokenClient {
   }
 
   #abandonedError(cause: unknown): SidecarError {
-    return new SidecarError('TOKEN_UNREACHABLE', `token request to ${this.#url.host} abandoned: the sidecar is stopping`, {
+    return new SidecarError('TOKEN_UNREACHABLE', `token request to ${this.#url.host} abandoned: ${this.#abandonedBecause}`, {
       cause,
     });
   }

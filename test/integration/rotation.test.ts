@@ -519,6 +519,43 @@ describe('credential rotation under load', () => {
     }
   });
 
+  it("rotating one route does not give up a token request another route with the same client is waiting for", async () => {
+    // Two routes, two files, one client: one cache key, so the request on /b joins the fetch route a's client began.
+    const a = await files.write('shared-a.json', keyJson(OLD.id, OLD.secret));
+    const b = await files.write('shared-b.json', keyJson(OLD.id, OLD.secret));
+    const routes = JSON.stringify({ routes: [{ name: 'a', prefix: '/a', rewritePrefix: '/', serviceKey: a }, { name: 'b', prefix: '/b', rewritePrefix: '/', serviceKey: b }] });
+    const config = await files.write('shared.json', routes);
+    const fromOldClient = (auth: string | undefined) => Buffer.from((auth ?? '').replace(/^Basic /, ''), 'base64').toString().startsWith('sb-old');
+    const hung: ServerResponse[] = [];
+    oauth.setInterceptor((req, res) => {
+      if (!fromOldClient(req.headers.authorization)) return false;
+      req.resume();
+      hung.push(res); // the old client's first token request hangs
+      return true;
+    });
+    try {
+      const s = await runSidecar(['--config', config, '--ca', caPath, '--token-timeout', '600000'], {}, { watch: WATCH });
+      sidecars.push(s);
+      await expect.poll(() => hung.length, { interval: 10, timeout: 10_000 }).toBe(1);
+      const pending = request(`${s.url}/b/http/echo?shared`, { method: 'POST', body: '<order/>' });
+      const inFlight = async () => (await s.metrics.render()).body.match(/^oauth_sidecar_requests_in_flight (\d+)$/m)?.[1];
+      await expect.poll(inFlight, { interval: 10, timeout: 10_000 }).toBe('1');
+      await writeFile(a, keyJson(NEW.id, NEW.secret));
+      await rotated(s);
+      // The hung attempt fails now; its retry, which the token server answers, brings route b its token.
+      oauth.setInterceptor(undefined);
+      for (const res of hung) res.destroy();
+      const res = await pending;
+      expect(res.statusCode).toBe(200);
+      await res.body.dump();
+      expect(clientOfLastUpstreamRequest()).toBe(OLD.id);
+      expect(s.logs.filter((l) => /abandoned/.test(String(l['error'] ?? l['msg'])))).toEqual([]);
+    } finally {
+      oauth.setInterceptor(undefined);
+      for (const res of hung) res.destroy();
+    }
+  });
+
   it('a rotation whose token request is still under way at shutdown is not applied, and its new route is closed', async () => {
     const path = await files.write('late.json', keyJson(OLD.id, OLD.secret));
     const s = await start(path);
