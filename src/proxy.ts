@@ -456,17 +456,23 @@ class Exchange {
     if (this.#expectsContinue && !this.#res.headersSent && !this.#req.socket.destroyed && this.#owing) this.#res.writeContinue();
   }
 
-  /**
-   * The sidecar, not the sender, is what the connection waits for: the request arrived whole, its answer is
-   * not complete, and nothing written for the sender is waiting to be read.
-   */
   /** The connection can take more of the answer (for a socket node no longer minds: see 'connect'). */
   socketDrained(): void {
     this.#res.emit('drain');
   }
 
+  /**
+   * The sidecar, not the sender, is what the connection waits for: the request arrived whole, or its body is not
+   * being read yet (it waits for its token or its CSRF session: an upload stalls on the sidecar), its answer is
+   * not complete, and nothing written for the sender is waiting to be read.
+   */
   waitsOnSidecar(): boolean {
-    return this.#req.complete && !this.#res.writableFinished && !this.#senderGone && this.#req.socket.writableLength === 0;
+    return (
+      (this.#req.complete || this.#attempts === 0) &&
+      !this.#res.writableFinished &&
+      !this.#senderGone &&
+      this.#req.socket.writableLength === 0
+    );
   }
 
   /** Cut before it went out, when the sidecar closed the connection (see `SHED`). */

@@ -24,6 +24,7 @@ import { createPki, type Pki } from '../helpers/pki.js';
 import { parseAnswer, rawOpen, rawRequest, type RawAnswer } from '../helpers/raw-http.js';
 import { expectNoSecretOrStack, secretForms } from '../helpers/secrets.js';
 import { runSidecar, scratch, type RunningSidecar } from '../helpers/sidecar.js';
+import type { SidecarOptions } from '../../src/sidecar.js';
 import { TokenEndpoint, type Fault } from '../helpers/token-endpoint.js';
 
 const CLIENT_ID = 'sb-faults!b42|it-rt-acme!b196';
@@ -417,14 +418,14 @@ describe('token server faults', () => {
   ];
 
   /** Its own token endpoint and sidecar (cold cache), so that the cases run side by side. `close` checks the sidecar's whole log. */
-  async function tokenCase(argv: string[] = []) {
+  async function tokenCase(argv: string[] = [], options: SidecarOptions = {}) {
     const endpoint = await TokenEndpoint.start({ tls: { cert: pki.server.chain, key: pki.server.key, ca: pki.ca }, clients: [{ clientId: CLIENT_ID, secret: SECRET }] });
     const key = await files.write(`key-${Math.random().toString(36).slice(2)}.json`, JSON.stringify({ oauth: { clientid: CLIENT_ID, clientsecret: SECRET, tokenurl: endpoint.tokenUrl, url: upstream.url } }));
     let s: RunningSidecar | undefined;
     return {
       endpoint,
       async start(): Promise<RunningSidecar> {
-        s = await runSidecar(['--service-key', key, '--ca', caPath, ...argv], {}, FAST_BACKOFF);
+        s = await runSidecar(['--service-key', key, '--ca', caPath, ...argv], {}, { ...FAST_BACKOFF, ...options });
         allSidecars.push(s);
         return s;
       },
@@ -484,6 +485,22 @@ describe('token server faults', () => {
       }
       expect(s.logs.some((l) => l['msg'] !== 'request' && l['code'] === c.code), 'the failure is logged with its code').toBe(true);
       expectClean(s.logText());
+    } finally {
+      await t.close();
+    }
+  });
+
+  it('an upload waiting for its token past the socket idle timeout gets its 503, not a reset', async () => {
+    // The sidecar reads no body before the token is there: the sender stalls on the sidecar, which the idle
+    // timeout (200 ms here, 120 s as shipped) is not for. Three hung attempts of 300 ms and the backoffs outlast it.
+    const t = await tokenCase(['--token-timeout', '300'], { limits: { ...DEFAULT_SERVER_LIMITS, socketIdleTimeoutMs: 200 } });
+    try {
+      t.endpoint.fail(...Array.from({ length: 6 }, (): Fault => ({ kind: 'hang' })));
+      const s = await t.start();
+      const marker = `upload-waiting-token-${Math.random().toString(36).slice(2)}`;
+      const answer = await fetchText(`${s.url}/http/sink?${marker}`, { method: 'POST', body: Buffer.alloc(4 * 1024 * 1024, 97) });
+      expectSidecarError(answer, 503, 'TOKEN_TIMEOUT');
+      expect(upstream.seen(marker)).toHaveLength(0);
     } finally {
       await t.close();
     }
