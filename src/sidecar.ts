@@ -253,12 +253,17 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
         await delay(delayMs, undefined, { signal: hurry.signal }).catch(() => undefined);
       }
       closingConnections = true;
-      await drain(server, graceMs, log, hurry.signal);
+      // No request is left to use a token: a token request under way (a hanging token server, a retry
+      // waiting out Retry-After) is abandoned rather than waited for, up to --token-timeout per attempt. At the
+      // grace period's end that comes first, so that a sender still waiting for its token gets its 503 rather
+      // than a closed connection.
+      const abandonTokens = (): void => {
+        for (const route of [...table.routes, ...validating, ...retiring]) route.tokenClient.abandon();
+      };
+      await drain(server, graceMs, log, hurry.signal, { beforeCut: abandonTokens });
       // Its probes answer at once now (readiness: 503): a moment for any still being written (a slow scrape).
       if (admin) await drain(admin, ADMIN_GRACE_MS, log, hurry.signal, { level: 'debug' });
-      // No request is left to use a token: a token request under way (a hanging token server, a retry
-      // waiting out Retry-After) is abandoned rather than waited for, up to --token-timeout per attempt.
-      for (const route of [...table.routes, ...validating, ...retiring]) route.tokenClient.abandon();
+      abandonTokens();
       // A rotation under way ends now (its token request was abandoned): not applied, its new route closed.
       await Promise.allSettled(rotations);
       await Promise.all([...table.routes, ...retiring].map(discardRoute));
@@ -286,7 +291,17 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
 const ADMIN_GRACE_MS = 1_000;
 
 /** Stop accepting; give in-flight requests until the deadline (or until `hurry` aborts); then cut what is left. */
-async function drain(server: Server, graceMs: number, log: Logger, hurry?: AbortSignal, { level = 'warn' as 'warn' | 'debug' } = {}): Promise<void> {
+/**
+ * Stop listening and wait for the connections to finish, at most `graceMs`; then `beforeCut` runs, and what is
+ * answered in the turn after it goes out before the rest are closed.
+ */
+async function drain(
+  server: Server,
+  graceMs: number,
+  log: Logger,
+  hurry?: AbortSignal,
+  { level = 'warn' as 'warn' | 'debug', beforeCut = (): void => undefined } = {},
+): Promise<void> {
   if (!server.listening) return;
   const closed = new Promise<void>((resolve) => server.close(() => resolve()));
   server.closeIdleConnections();
@@ -300,6 +315,8 @@ async function drain(server: Server, graceMs: number, log: Logger, hurry?: Abort
   over.abort();
   if (first === 'deadline') {
     log[level]({ graceMs }, hurry?.aborted ? 'second signal; closing remaining connections' : 'grace period over; closing remaining connections');
+    beforeCut();
+    await new Promise((resolve) => setImmediate(resolve));
     server.closeAllConnections();
     await closed;
   }

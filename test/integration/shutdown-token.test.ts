@@ -76,9 +76,20 @@ describe('shutdown with a token request under way', () => {
     const stopping = s.shutdown();
     await s.close(); // the second signal
     await stopping;
-    // Cut (the connection closed) or answered 503: never left hanging.
-    const outcome = await waiting;
-    expect(outcome === 503 || outcome instanceof Error).toBe(true);
+    // Its token request is given up before the connections are closed: the sender gets its 503, not a cut.
+    expect(await waiting).toBe(503);
+  });
+
+  it('at the end of the grace period a sender still waiting for its token gets its 503 before the connections close', async () => {
+    const { s } = await start(['--shutdown-delay', '0', '--shutdown-grace', '200'], (e) => e.fail({ kind: 'hang' }));
+    const waiting = request(`${s.url}/http/echo`, { method: 'POST', body: '<order/>' }).then(
+      async (res) => ({ status: res.statusCode, body: (await res.body.json()) as { error: string; message: string } }),
+      (err: unknown) => err,
+    );
+    await expect.poll(() => s.metrics.render().then((m) => /oauth_sidecar_requests_in_flight\S* 1\b/.test(m.body)), { interval: 10 }).toBe(true);
+    await s.shutdown();
+    expect(await waiting).toMatchObject({ status: 503, body: { error: 'TOKEN_UNREACHABLE', message: expect.stringMatching(/abandoned: the sidecar is stopping/) } });
+    expect(s.logText()).toMatch(/grace period over/);
   });
 
   it('a readiness probe waiting for the token answers 503 "shutting down" as the stop begins; the admin listener closes without a warning', async () => {
