@@ -23,9 +23,10 @@
  */
 import { subscribe } from 'node:diagnostics_channel';
 
-/** Told, when its request head goes out, whether the connection had been used before. */
+/** Told, when its request head goes out, which connection carries it and whether it had been used before. */
 export interface ConnectionListener {
   reusedConnection: boolean;
+  connection?: object | undefined;
 }
 
 /** Sockets that have carried a request head; weak, so closed sockets are collected. */
@@ -38,12 +39,13 @@ function onSendHeaders(message: unknown): void {
   if (typeof socket !== 'object' || socket === null) return;
   if (waiting) {
     waiting.reusedConnection = used.has(socket);
+    waiting.connection = socket;
     waiting = undefined;
   }
   used.add(socket);
 }
 
-/** Call from `onRequestStart`: `listener.reusedConnection` is set as the request head goes out. */
+/** Call from `onRequestStart`: `listener.reusedConnection` and `connection` are set as the request head goes out. */
 export function awaitConnection(listener: ConnectionListener): void {
   if (!subscribed) {
     subscribe('undici:client:sendHeaders', onSendHeaders);

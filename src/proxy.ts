@@ -664,7 +664,7 @@ class Exchange {
       if (csrf.cookie) headers['cookie'] = typeof cookie === 'string' ? mergeCookies(cookie, csrf.cookie) : csrf.cookie;
     }
     const body = this.#body!;
-    const call = new UpstreamCall(this.#res, this, this.#options.scavenger);
+    const call = new UpstreamCall(this.#res, this, this.#options.scavenger, this.#method === 'HEAD');
     this.#call = call;
     route.dispatcher.dispatch(
       {
@@ -1121,6 +1121,8 @@ type Verdict = 'deliver' | 'retry-401' | 'retry-csrf';
 class UpstreamCall implements Dispatcher.DispatchHandler, ConnectionListener {
   /** The request went out on a pooled connection that had carried one before (see `connection-reuse`). */
   reusedConnection = false;
+  /** The connection (socket) the request went out on, once known (see `connection-reuse`). */
+  connection: object | undefined;
   /** Body bytes handed to the sender. */
   bytesOut = 0;
   /** Body bytes received, handed on or discarded. */
@@ -1136,10 +1138,13 @@ class UpstreamCall implements Dispatcher.DispatchHandler, ConnectionListener {
   #pendingAbort: Error | undefined;
   #waitingForDrain = false;
 
-  constructor(res: ServerResponse, exchange: Exchange, scavenger: Scavenger | undefined) {
+  readonly #head: boolean;
+
+  constructor(res: ServerResponse, exchange: Exchange, scavenger: Scavenger | undefined, head: boolean) {
     this.#res = res;
     this.#exchange = exchange;
     this.#scavenger = scavenger;
+    this.#head = head;
   }
 
   /** undici handed the request to a connection (`onRequestStart`): from here on it may have been sent. */
@@ -1191,7 +1196,15 @@ class UpstreamCall implements Dispatcher.DispatchHandler, ConnectionListener {
       this.#bodiless = true;
       this.#res.end();
     }
+    this.#closeDelimited = !this.#head && headers['content-length'] === undefined && headers['transfer-encoding'] === undefined;
   }
+
+  /**
+   * The answer's body ends where the connection does: no Content-Length, not chunked (RFC 9112 §6.3). A
+   * reset is then no end but a cut, which undici reports as the end all the same (its workaround for macOS
+   * resetting after a whole body): `onResponseEnd` asks the connection.
+   */
+  #closeDelimited = false;
 
   /** The answer was complete with its head (204, 304). */
   #bodiless = false;
@@ -1234,7 +1247,9 @@ class UpstreamCall implements Dispatcher.DispatchHandler, ConnectionListener {
   /** Made on the first full write only: most answers never wait for the sender. */
   #onDrain: (() => void) | undefined;
 
-  onResponseEnd(): void {
+  onResponseEnd(controller: Dispatcher.DispatchController): void {
+    const cut = this.#closeDelimited && !this.#bodiless ? (this.connection as { errored?: Error | null } | undefined)?.errored : undefined;
+    if (cut) return this.onResponseError(controller, cut);
     if (this.#verdict === 'deliver' && !this.#bodiless) this.#res.end();
     this.#exchange.attemptSettled(this.#verdict ?? 'deliver', this.#held);
   }

@@ -766,6 +766,57 @@ describe('upstream faults', () => {
     await expectServing();
   });
 
+  it('resets during an answer delimited by its close (no length, not chunked) → the sender sees a cut connection, not the end', async () => {
+    // A TCP front for the upstream that can reset its connection to the sidecar: a reset is no end of such an
+    // answer (undici alone takes it for one when the connection closes on ECONNRESET).
+    const target = Number(new URL(upstream.url).port);
+    const open = new Set<Socket>();
+    const toSidecar = new Set<Socket>();
+    const front = createNetServer((socket) => {
+      open.add(socket);
+      toSidecar.add(socket);
+      socket.once('close', () => open.delete(socket));
+      const back = connect(target, '127.0.0.1');
+      open.add(back);
+      back.once('close', () => open.delete(back));
+      socket.pipe(back).pipe(socket);
+      socket.on('error', () => back.destroy());
+      back.on('error', () => socket.destroy());
+    });
+    const frontPort = await listen(front);
+    upstream.handler = (req) => {
+      if (!req.url?.includes('close-delimited')) return false;
+      // Written past node's response, which would frame it: the end of this answer is the end of the connection.
+      req.socket.write(`HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\n${'c'.repeat(1000)}`);
+      return true;
+    };
+    try {
+      const s = await extraSidecar(['--upstream', `https://127.0.0.1:${frontPort}`]);
+      const sender = await rawOpen(s.address.port, 'GET /http/ok?close-delimited HTTP/1.1\r\nHost: localhost\r\n\r\n');
+      let answer: RawAnswer;
+      try {
+        await waitFor(() => (sender.received().includes('c'.repeat(1000)) ? true : undefined), sender.socket);
+        for (const socket of toSidecar) socket.resetAndDestroy();
+        // Closed by the sidecar, or (the failure) ended as a complete answer on a connection kept open.
+        let ended: Awaited<typeof sender.closed> | undefined;
+        void sender.closed.then((how) => (ended = how));
+        await waitFor(() => (ended !== undefined || sender.received().endsWith('0\r\n\r\n') ? true : undefined), sender.socket);
+        answer = parseAnswer(sender.received(), ended ?? 'timeout', 0);
+      } finally {
+        sender.socket.destroy();
+      }
+      expect(answer.status).toBe(200);
+      expect(answer.headers['transfer-encoding']).toBe('chunked');
+      expect(answer.text.endsWith('0\r\n\r\n')).toBe(false); // no terminating chunk: not a complete message
+      await expect.poll(() => s.logs.find((l) => l['msg'] === 'request')?.['error']).toBe('UPSTREAM_UNREACHABLE');
+      expect(upstream.seen('close-delimited')).toHaveLength(1);
+    } finally {
+      upstream.handler = undefined;
+      for (const socket of open) socket.destroy();
+      await new Promise<void>((resolve) => front.close(() => resolve()));
+    }
+  });
+
   it('answers slower than --upstream-timeout → 504 UPSTREAM_TIMEOUT and the upstream request is abandoned', async () => {
     const impatient = await extraSidecar(['--upstream-timeout', '300']);
     // Never answers: only the sidecar's timeout can end the exchange (else the test's own timeout does).
