@@ -840,12 +840,8 @@ function describeNetwork(config: Readonly<Config>): Finding[] {
   const findings = [describeTrust(config)];
   const { httpsProxy, noProxy } = config.network;
   if (httpsProxy) {
-    const host = proxyHost(httpsProxy);
-    findings.push(
-      host
-        ? finding('ok', `outbound HTTPS through the proxy ${host} (HTTPS_PROXY)${noProxy ? `, NO_PROXY ${noProxy}` : ''}`)
-        : finding('warn', 'HTTPS_PROXY is not a URL', ['set it as http://host:port']),
-    );
+    // A proxy that is no http(s) URL with a host is refused by `config`.
+    findings.push(finding('ok', `outbound HTTPS through the proxy ${proxyHost(httpsProxy)} (HTTPS_PROXY)${noProxy ? `, NO_PROXY ${noProxy}` : ''}`));
   }
   return findings;
 }

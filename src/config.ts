@@ -203,8 +203,7 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
   const network: OutboundNetwork = {
     ca: caFiles.map((file) => readCa(file, 'ca', readFile, problems)).filter((pem): pem is string => pem !== undefined),
     ...(extraCaFile !== undefined && extraCaPem !== undefined && { extraCaCerts: { file: extraCaFile, pem: extraCaPem } }),
-    // Lower-case wins, as curl and undici do.
-    httpsProxy: env['https_proxy'] || env['HTTPS_PROXY'] || undefined,
+    httpsProxy: parseHttpsProxy(env, problems),
     noProxy: env['no_proxy'] ?? env['NO_PROXY'],
   };
 
@@ -515,6 +514,34 @@ function normaliseRoutePaths(routes: readonly RouteConfig[], source: string, pro
  */
 export function routePath(path: string): string {
   return path.replace(/\/+$/, '') || '/';
+}
+
+/**
+ * `https_proxy` / `HTTPS_PROXY` (lower-case wins, as curl and undici have it) as the URL undici needs. `host:port`
+ * alone means an http:// proxy, as curl takes it; anything else that is no http:// or https:// URL is a problem
+ * here, named by its variable, not a failure when the first pool is made. The value is never quoted: it may carry
+ * the proxy's credentials.
+ */
+function parseHttpsProxy(env: Readonly<Record<string, string | undefined>>, problems: ConfigProblem[]): string | undefined {
+  const name = env['https_proxy'] ? 'https_proxy' : env['HTTPS_PROXY'] ? 'HTTPS_PROXY' : undefined;
+  if (name === undefined) return undefined;
+  const raw = env[name]!.trim();
+  const text = /^[a-z][a-z0-9+.-]*:\/\//i.test(raw) ? raw : `http://${raw}`;
+  let url: URL | undefined;
+  try {
+    url = new URL(text);
+  } catch {
+    url = undefined;
+  }
+  if (url !== undefined && url.protocol !== 'http:' && url.protocol !== 'https:') {
+    problems.push({ source: 'environment', field: name, message: `a ${url.protocol.slice(0, -1)}:// proxy is not supported: give http://host:port or https://host:port` });
+    return undefined;
+  }
+  if (url === undefined || !url.hostname) {
+    problems.push({ source: 'environment', field: name, message: 'is not a proxy address: give http://host:port, https://host:port or host:port' });
+    return undefined;
+  }
+  return text;
 }
 
 /** A `--ca` or `NODE_EXTRA_CA_CERTS` file (`field`), whose every certificate must parse. */

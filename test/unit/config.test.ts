@@ -83,6 +83,20 @@ describe('parseConfig', () => {
     expect(config.network).toEqual({ ca: [CA], httpsProxy: 'http://lower:2', noProxy: 'a,b' });
   });
 
+  it('takes a proxy given as host:port for an http:// one (as curl does) and refuses one that is no http(s) URL, never quoting it', () => {
+    expect(run(['--service-key', '/k'], { HTTPS_PROXY: 'proxy.corp:3128' }).network.httpsProxy).toBe('http://proxy.corp:3128');
+    expect(run(['--service-key', '/k'], { https_proxy: ' 10.0.0.1:3128 ' }).network.httpsProxy).toBe('http://10.0.0.1:3128');
+    expect(run(['--service-key', '/k'], { HTTPS_PROXY: 'https://u:p@proxy:8443' }).network.httpsProxy).toBe('https://u:p@proxy:8443');
+    expect(problems(['--service-key', '/k'], { HTTPS_PROXY: 'socks5://user:s3cret@proxy:1080' })).toEqual([
+      { source: 'environment', field: 'HTTPS_PROXY', message: 'a socks5:// proxy is not supported: give http://host:port or https://host:port' },
+    ]);
+    for (const bad of ['http://', 'user:s3cret@', 'proxy corp:3128', ':3128']) {
+      expect(problems(['--service-key', '/k'], { https_proxy: bad }), bad).toEqual([
+        { source: 'environment', field: 'https_proxy', message: 'is not a proxy address: give http://host:port, https://host:port or host:port' },
+      ]);
+    }
+  });
+
   it('reports every problem at once, naming the field and the source', () => {
     const list = problems(['--token-auth', 'digest', '--csrf', 'maybe', '--listen', 'nope', '--ca', '/missing.pem', '--token-param', 'client_secret=x', '--log-level', 'loud']);
     const fields = list.map((p) => p.field);
