@@ -6,7 +6,7 @@
  * Precedence: command-line flag > environment variable > config file > default.
  * Every problem is collected and reported at once (`ConfigError`, exit code 2).
  */
-import { readFileSync } from 'node:fs';
+import { readFailure, readTextFileSync } from './text-file.js';
 import { createRequire } from 'node:module';
 import { isIP } from 'node:net';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
@@ -553,7 +553,7 @@ function readCa(file: string, field: 'ca' | 'NODE_EXTRA_CA_CERTS', readFile: (pa
   try {
     text = readFile(file);
   } catch (err) {
-    problems.push({ source: file, field, message: `cannot read CA file (${(err as NodeJS.ErrnoException).code ?? 'error'})${fix}` });
+    problems.push({ source: file, field, message: `${readFailure(err, 'CA file')}${fix}` });
     return undefined;
   }
   // Node's TLS stack skips what it cannot parse without a word: a broken anchor must fail here instead.
@@ -609,7 +609,7 @@ function readConfigFile(path: string, readFile: (p: string) => string, problems:
   try {
     text = readFile(path);
   } catch (err) {
-    problems.push({ source: path, field: '', message: `cannot read config file (${(err as NodeJS.ErrnoException).code ?? 'error'})` });
+    problems.push({ source: path, field: '', message: readFailure(err, 'config file') });
     return undefined;
   }
   let doc: unknown;
@@ -910,7 +910,7 @@ function optional<K extends string, V>(key: K, value: V | undefined): { [P in K]
 }
 
 function readText(path: string): string {
-  return readFileSync(path, 'utf8');
+  return readTextFileSync(path);
 }
 
 function deepFreeze<T>(value: T): T {

@@ -1,7 +1,7 @@
 /** @module Who may use the proxy port: HTTP Basic credentials (RFC 7617) and a sender address allowlist (CIDR, RFC 4632 / RFC 4291 §2.3); loopback-only when neither is configured. */
 
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
+import { readFailure, readTextFile } from './text-file.js';
 import type { IncomingHttpHeaders } from 'node:http';
 import { BlockList, isIP } from 'node:net';
 import { ConfigError, type ConfigProblem } from './errors.js';
@@ -48,9 +48,9 @@ function sha256(data: string | Uint8Array): Buffer {
 export async function readBasicAuthFile(file: string): Promise<BasicAuthVerifier> {
   let text: string;
   try {
-    text = await readFile(file, 'utf8');
+    text = await readTextFile(file);
   } catch (err) {
-    throw new ConfigError([{ source: file, field: 'basic-auth-file', message: `cannot read (${(err as NodeJS.ErrnoException).code ?? 'error'})` }]);
+    throw new ConfigError([{ source: file, field: 'basic-auth-file', message: readFailure(err, 'user list') }]);
   }
   return parseBasicAuthFile(text, file);
 }
