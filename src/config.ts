@@ -593,14 +593,29 @@ const TIMEOUT_KEYS = new Set(['connectMs', 'responseMs', 'idleMs']);
 function parseYaml(text: string, path: string, problems: ConfigProblem[]): unknown {
   const yaml = createRequire(import.meta.url)('yaml') as typeof import('yaml');
   // Never printed by the parser: its warnings quote the file's lines, and the file may hold secrets.
-  const doc = yaml.parseDocument(text, { logLevel: 'silent' });
-  if (doc.errors.length > 0) throw doc.errors[0];
+  const parsed = yaml.parseAllDocuments(text, { logLevel: 'silent' });
+  const docs = Array.isArray(parsed) ? parsed : [];
+  for (const d of docs) if (d.errors.length > 0) throw d.errors[0];
+  // `---` between two documents: the second would be dropped without a word (a trailing empty one is harmless).
+  const empty = (d: (typeof docs)[number]): boolean => d.contents === null || (yaml.isScalar(d.contents) && d.contents.value === null);
+  const [doc = yaml.parseDocument(''), ...more] = docs.filter((d, i) => i === 0 || !empty(d));
+  if (more.length > 0) {
+    const line = more[0]!.range ? lineAt(text, more[0]!.range[0]) : undefined;
+    problems.push({ source: path, field: '', message: `holds ${more.length + 1} YAML documents (the second from line ${line}); only one is supported: join them` });
+  }
   // e.g. an unknown tag (`!secret …`), which the parser would drop, keeping the value as plain text.
   for (const warning of doc.warnings) {
     const line = warning.linePos?.[0]?.line;
     problems.push({ source: path, field: '', message: `YAML ${warning.code}${line ? ` at line ${line}` : ''}: not supported here (a tag such as !secret is not resolved)` });
   }
   return doc.toJS();
+}
+
+/** The 1-based line of `offset` in `text`. */
+function lineAt(text: string, offset: number): number {
+  let line = 1;
+  for (let i = 0; i < offset && i < text.length; i++) if (text.charCodeAt(i) === 0x0a) line++;
+  return line;
 }
 
 function readConfigFile(path: string, readFile: (p: string) => string, problems: ConfigProblem[]): FileConfig | undefined {

@@ -432,6 +432,14 @@ routes:
     expect(list[0]?.message).toMatch(message);
   });
 
+  it('refuses a YAML file of two documents (the second would be dropped); a leading or trailing --- alone is fine', () => {
+    const route = 'routes:\n  - prefix: /a\n    serviceKey: /k\n';
+    expect(problems(['--config', '/c.yaml'], {}, { '/c.yaml': `${route}---\ninbound:\n  allowAnySender: true\n` })).toEqual([
+      { source: '/c.yaml', field: '', message: 'holds 2 YAML documents (the second from line 4); only one is supported: join them' },
+    ]);
+    expect(run(['--config', '/c.yaml'], {}, { '/c.yaml': `---\n${route}---\n` }).routes).toHaveLength(1);
+  });
+
   it('reports only the unreadable file when --config names a wrong path', () => {
     expect(problems(['--config', '/nope.yaml'])).toEqual([{ source: '/nope.yaml', field: '', message: 'cannot read config file (ENOENT)' }]);
   });
