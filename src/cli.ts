@@ -20,7 +20,9 @@ export const EXIT_OK = 0;
 export const EXIT_RUNTIME = 1;
 export const EXIT_CONFIG = 2;
 
-async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<number> {
+async function main(given: readonly string[], env: NodeJS.ProcessEnv): Promise<number> {
+  // `npx oauth-sidecar -- --help` hands the `--` on: it separates nothing here.
+  const argv = given[0] === '--' ? given.slice(1) : given;
   if (argv[0] === 'demo') return demo(argv.slice(1), env);
   let config: Readonly<Config>;
   try {
@@ -78,7 +80,7 @@ async function demo(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
     // Interactive: Ctrl+C stops at once unless --shutdown-delay says otherwise.
     const result = parseConfig(['serve', '--shutdown-delay', '0', '--service-key', tenant.serviceKeyPath, '--ca', tenant.caPath, ...argv], demoEnv);
     if (result.kind !== 'run') {
-      process.stdout.write(helpText());
+      process.stdout.write(result.kind === 'version' ? `${version()}\n` : helpText());
       return EXIT_OK;
     }
     const config = result.config;
@@ -233,6 +235,13 @@ function version(): string {
   const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
   return pkg.version;
 }
+
+// A reader that stops early (`check | head -1`) is no failure of the command: nothing more is written for it, and
+// it ends quietly, as a Unix tool ended by SIGPIPE does, not with an unhandled 'error' and a stack trace.
+process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+  if (err.code !== 'EPIPE') process.stderr.write(`oauth-sidecar: cannot write to stdout (${err.code ?? 'error'})\n`);
+  process.exit(err.code === 'EPIPE' ? (process.exitCode ?? EXIT_OK) : EXIT_RUNTIME);
+});
 
 main(process.argv.slice(2), process.env).then(
   (code) => {

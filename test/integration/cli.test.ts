@@ -42,10 +42,12 @@ describe('oauth-sidecar CLI', () => {
     expect(stdout).toMatch(/Exit codes: 0 ok, 1 runtime failure, 2 configuration error/);
   });
 
-  it('--version prints the package version', async () => {
-    const { code, stdout } = await runCli(['--version']);
-    expect(code).toBe(0);
-    expect(stdout.trim()).toMatch(/^\d+\.\d+\.\d+/);
+  it('--version prints the package version, also after a leading -- (npx) and for the demo', async () => {
+    for (const args of [['--version'], ['--', '--version'], ['demo', '--version']]) {
+      const { code, stdout } = await runCli(args);
+      expect(code).toBe(0);
+      expect(stdout.trim(), args.join(' ')).toMatch(/^\d+\.\d+\.\d+$/);
+    }
   });
 
   it('token prints only the token on stdout (ClientId/Secret key, Basic)', async () => {
@@ -129,6 +131,15 @@ describe('oauth-sidecar CLI', () => {
     } finally {
       taken.close();
     }
+  });
+
+  it('check piped into a reader that stops early (| head -1) ends quietly, without a stack trace', async () => {
+    const child = startCli(['check', '--service-key', keyPath, '--ca', caPath]);
+    const result = collect(child);
+    child.stdout.once('data', () => child.stdout.destroy()); // the reader goes after the first line
+    const { code, stderr } = await result;
+    expect(stderr).not.toMatch(/EPIPE|Unhandled|\n\s+at /);
+    expect(code).toBe(0);
   });
 
   it('exits 2 when a listen host does not resolve', async () => {
