@@ -96,10 +96,11 @@ function locateFields(value: unknown, prefix: string, depth: number): Located {
   if ('oauth' in object) {
     const oauth = asObject(object.oauth);
     if (!oauth) return { problem: { field: `${prefix}oauth`, message: 'is not a JSON object' } };
+    // A secretRootKey named `oauth` holds the whole binding, its own `oauth` inside: one level down.
+    if (!hasCredentialField(oauth) && 'oauth' in oauth && depth < MAX_WRAPPER_DEPTH) return locateFields(oauth, `${prefix}oauth.`, depth + 1);
     return { fields: oauth, prefix: `${prefix}oauth.` };
   }
-  // A wrapper may itself be named like a field (a secretRootKey called `key`): only scalars mark a flat key.
-  if (CREDENTIAL_FIELDS.some((f) => f in object && !asObject(object[f]))) return { fields: object, prefix };
+  if (hasCredentialField(object)) return { fields: object, prefix };
   const wrappers = Object.entries(object).filter(([, v]) => asObject(v));
   const [only] = wrappers;
   if (wrappers.length === 1 && only && depth < MAX_WRAPPER_DEPTH) {
@@ -113,6 +114,11 @@ function locateFields(value: unknown, prefix: string, depth: number): Located {
         'under oauth or at the top level',
     },
   };
+}
+
+/** A credential field with a value of its own: a wrapper may be named like a field (a secretRootKey called `key`). */
+function hasCredentialField(object: Fields): boolean {
+  return CREDENTIAL_FIELDS.some((f) => f in object && !asObject(object[f]));
 }
 
 /** Objects may arrive JSON-encoded, even twice (btp-operator secretRootKey): decode up to two times. */

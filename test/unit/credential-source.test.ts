@@ -185,6 +185,12 @@ describe('readCredentialSource: secret directories', () => {
     expect(await clientIdFrom({ kind: 'path', path: dir })).toBe(OAUTH.clientid);
   });
 
+  it('reads the secretRootKey layout under the root key `oauth`: the binding map, its own oauth inside', async () => {
+    const map = { oauth: JSON.stringify(OAUTH), ...INSTANCE_FILES };
+    const dir = await writeFiles(await tempDir(), { oauth: JSON.stringify(map) });
+    expect(await clientIdFrom({ kind: 'path', path: dir })).toBe(OAUTH.clientid);
+  });
+
   it('follows the kubelet ..data symlinks and hides the ..-prefixed entries', async () => {
     const dir = await writeKubeletSecret(await tempDir(), { oauth: JSON.stringify(OAUTH), ...INSTANCE_FILES });
     const { raw } = await readCredentialSource({ kind: 'path', path: dir });
