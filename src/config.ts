@@ -6,9 +6,9 @@
  * Precedence: command-line flag > environment variable > config file > default.
  * Every problem is collected and reported at once (`ConfigError`, exit code 2).
  */
-import { readFailure, readTextFileSync } from './text-file.js';
 import { createRequire } from 'node:module';
 import { isIP } from 'node:net';
+import { dirname, isAbsolute, resolve } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import type { ClientCertSource, CredentialSource, CredentialSpec } from './credentials.js';
 import type { OutboundNetwork } from './dispatcher.js';
@@ -17,6 +17,7 @@ import { exposureProblems, parseAllowlist } from './inbound-control.js';
 import { parseCertificates, PemError } from './pem.js';
 import { DEFAULT_MAX_CONNECTIONS } from './connection-limit.js';
 import { DEFAULT_REPLAY_MEMORY_BYTES } from './replay-budget.js';
+import { readFailure, readTextFileSync } from './text-file.js';
 import type { TokenAuthMethod, TokenRequestSettings } from './token-client.js';
 
 export const COMMANDS = ['serve', 'token', 'check'] as const;
@@ -757,9 +758,11 @@ class FileReader {
   }
 
   /** A file or directory path; content in its place (a PEM, JSON) is refused without being shown. */
+  /** A file or directory named in the config file; a relative one is relative to the config file's directory. */
   pathValue(o: Record<string, unknown>, key: string, at: string): string | undefined {
     const v = this.string(o, key, at);
-    if (v === undefined || !isContent(v)) return v;
+    if (v === undefined) return v;
+    if (!isContent(v)) return isAbsolute(v) ? v : resolve(dirname(this.path), v);
     this.problems.push({ source: this.path, field: at ? `${at}.${key}` : key, message: 'holds file content (PEM or JSON), not a path: write it to a file and give its path; the value is not shown' });
     return CONTENT_GIVEN;
   }

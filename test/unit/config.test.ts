@@ -432,6 +432,14 @@ routes:
     expect(list[0]?.message).toMatch(message);
   });
 
+  it('takes a relative path in the config file as relative to the file, not to the working directory', () => {
+    const file = 'inbound:\n  basicAuthFile: users.txt\nroutes:\n  - prefix: /\n    serviceKey: keys/cpi.json\n    clientCert: ../tls/c.pem\n    clientKey: /abs/k.pem\n';
+    const config = run(['--config', '/etc/sidecar/routes.yaml'], {}, { '/etc/sidecar/routes.yaml': file });
+    expect(config.routes[0]?.credentials.source).toEqual({ kind: 'path', path: '/etc/sidecar/keys/cpi.json' });
+    expect(config.routes[0]?.credentials.clientCert).toMatchObject({ certFile: '/etc/tls/c.pem', keyFile: '/abs/k.pem' });
+    expect(config.inbound.basicAuthFile).toBe('/etc/sidecar/users.txt');
+  });
+
   it('refuses a YAML file of two documents (the second would be dropped); a leading or trailing --- alone is fine', () => {
     const route = 'routes:\n  - prefix: /a\n    serviceKey: /k\n';
     expect(problems(['--config', '/c.yaml'], {}, { '/c.yaml': `${route}---\ninbound:\n  allowAnySender: true\n` })).toEqual([
