@@ -128,7 +128,7 @@ interface FlagSpec {
 /** Every flag, its environment variable and default: the single source for parsing and `--help`. */
 export const FLAGS: Readonly<Record<string, FlagSpec>> = {
   'service-key': { type: 'string', env: 'SIDECAR_SERVICE_KEY', route: true, path: true, description: 'service key JSON file or secret directory' },
-  binding: { type: 'string', env: 'SIDECAR_BINDING', route: true, description: 'binding to use: an instance name or service label in VCAP_SERVICES, a binding directory name under $SERVICE_BINDING_ROOT (default: the it-rt one)' },
+  binding: { type: 'string', env: 'SIDECAR_BINDING', route: true, description: 'binding to use: an instance name or service label in VCAP_SERVICES, a binding directory name under $SERVICE_BINDING_ROOT or a --service-key directory of bindings (default: the it-rt one)' },
   'client-cert': { type: 'string', env: 'SIDECAR_CLIENT_CERT', route: true, path: true, description: 'client certificate PEM file (External Certificate keys)' },
   'client-key': { type: 'string', env: 'SIDECAR_CLIENT_KEY', route: true, path: true, description: 'private key PEM file of --client-cert' },
   'client-tls-dir': { type: 'string', env: 'SIDECAR_CLIENT_TLS_DIR', route: true, path: true, description: 'kubernetes.io/tls secret directory (tls.crt, tls.key)' },
@@ -358,7 +358,7 @@ function singleRoute(read: Reader, env: Env, problems: ConfigProblem[]): RouteCo
 /** Where the service key comes from, in order: flag, SIDECAR_SERVICE_KEY, SIDECAR_SERVICE_KEY_JSON, servicebinding.io, VCAP_SERVICES. */
 function credentialSource(read: Reader, env: Env, binding: string | undefined, problems: ConfigProblem[]): CredentialSource {
   const path = read.string('service-key');
-  if (path) return { kind: 'path', path };
+  if (path) return { kind: 'path', path, ...optional('binding', binding) };
   const json = env['SIDECAR_SERVICE_KEY_JSON'];
   if (json) return { kind: 'inline', json, label: 'SIDECAR_SERVICE_KEY_JSON' };
   const root = env['SERVICE_BINDING_ROOT'];

@@ -31,7 +31,7 @@ const TLS_KEY = 'tls.key';
 export async function readCredentialSource(source: CredentialSource): Promise<RawServiceKey> {
   switch (source.kind) {
     case 'path':
-      return readPath(source.path);
+      return readPath(source.path, source.binding);
     case 'binding-root':
       return readBindingRoot(source.root, source.binding);
     case 'vcap':
@@ -186,22 +186,27 @@ async function isDirectory(path: string): Promise<boolean> {
   }
 }
 
-async function readPath(path: string): Promise<RawServiceKey> {
-  if ((await statOrFail(path)).isDirectory()) return readSecretDir(path);
+/** `binding` (--binding) names one of several bindings below a directory: given for a single key, it is an error. */
+async function readPath(path: string, binding: string | undefined): Promise<RawServiceKey> {
+  if ((await statOrFail(path)).isDirectory()) return readSecretDir(path, binding);
+  if (binding !== undefined) fail(path, NOT_A_ROOT);
   return { raw: parseJson(await readNonEmpty(path), path), source: path };
 }
+
+const NOT_A_ROOT = 'is one service key, not a directory of bindings: --binding (SIDECAR_BINDING) picks one of several, so leave it out';
 
 /**
  * A Kubernetes secret or binding directory: one file per field, JSON files
  * parsed, `.metadata` honoured; or, without files (dot-files aside), a root of bindings.
  * In the kubelet's layout the fields are those of the one version `..data` names (see `readOneGeneration`).
  */
-async function readSecretDir(dir: string): Promise<RawServiceKey> {
+async function readSecretDir(dir: string, binding?: string): Promise<RawServiceKey> {
   const { files, dirs } = await listDir(dir);
   if (keyFiles(files).length === 0) {
     const bindings = await bindingsBelow(dir, dirs);
-    if (bindings.length > 0) return readSecretDir(pickBinding(dir, bindings, undefined, 'point --service-key at the one to use').dir);
+    if (bindings.length > 0) return readSecretDir(pickBinding(dir, bindings, binding, 'name it with --binding (SIDECAR_BINDING) or point --service-key at it').dir);
   }
+  if (binding !== undefined) fail(dir, NOT_A_ROOT);
   // The fields are those of the one version the files come from, listed there: right after the kubelet's swap the
   // links in `dir` are still the old version's, and may all lead nowhere while the new version is complete.
   const values = await readOneGeneration(dir, async (from) => {
@@ -348,7 +353,7 @@ async function readTypeFile(dir: string): Promise<string | undefined> {
 }
 
 /** The binding named, else the only `it-rt` one, else the only one. */
-function pickBinding(root: string, bindings: Binding[], wanted: string | undefined, choose = 'the one to use must be named'): Binding {
+function pickBinding(root: string, bindings: Binding[], wanted: string | undefined, choose = 'name the one to use with --binding (SIDECAR_BINDING)'): Binding {
   const found = bindings.map((b) => `${b.name} (type ${b.type})`).join(', ') || 'none';
   if (wanted !== undefined) {
     return bindings.find((b) => b.name === wanted) ?? fail(root, `has no binding named "${wanted}"; found: ${found}`);

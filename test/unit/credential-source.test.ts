@@ -279,8 +279,25 @@ describe("readCredentialSource: @sap/xsenv's layout (/etc/secrets/sapcp/<service
     await writeKubeletSecret(join(root, 'it-rt', 'second'), { oauth: JSON.stringify(OAUTH) });
     const [problem] = await problemsOf(readCredentialSource({ kind: 'path', path: root }));
     expect(problem?.message).toBe(
-      'has several bindings, so point --service-key at the one to use; found: my-instance (type it-rt), second (type it-rt), my-uaa (type xsuaa)',
+      'has several bindings, so name it with --binding (SIDECAR_BINDING) or point --service-key at it; found: my-instance (type it-rt), second (type it-rt), my-uaa (type xsuaa)',
     );
+    // --binding names it.
+    expect(await clientIdFrom({ kind: 'path', path: root, binding: 'second' })).toBe(OAUTH.clientid);
+    expect(await clientIdFrom({ kind: 'path', path: root, binding: 'my-instance' })).toBe('id-cpi');
+    const [unknown] = await problemsOf(readCredentialSource({ kind: 'path', path: root, binding: 'third' }));
+    expect(unknown?.message).toMatch(/^has no binding named "third"; found: my-instance/);
+  });
+
+  it('refuses --binding for a single service key (a file or a secret directory) rather than ignoring it', async () => {
+    const root = await sapcp();
+    const instance = join(root, 'it-rt', 'my-instance');
+    const file = join(await tempDir(), 'key.json');
+    await writeFile(file, JSON.stringify({ oauth: OAUTH }));
+    for (const path of [instance, file]) {
+      expect(await problemsOf(readCredentialSource({ kind: 'path', path, binding: 'my-instance' }))).toEqual([
+        { source: path, field: '', message: 'is one service key, not a directory of bindings: --binding (SIDECAR_BINDING) picks one of several, so leave it out' },
+      ]);
+    }
   });
 
   it('given the root, finds the instance whatever dot-files lie in the root and service directories', async () => {
@@ -327,7 +344,7 @@ describe('readCredentialSource: servicebinding.io binding root', () => {
       {
         source: root,
         field: '',
-        message: 'has several bindings, so the one to use must be named; found: a (type xsuaa), b (type destination)',
+        message: 'has several bindings, so name the one to use with --binding (SIDECAR_BINDING); found: a (type xsuaa), b (type destination)',
       },
     ]);
   });
