@@ -293,6 +293,9 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
   const checkPath = read.string('check-path');
   if (checkPath !== undefined && !checkPath.startsWith('/')) {
     problems.push({ source: '--check-path', field: 'check-path', message: 'must start with /' });
+  } else if (checkPath !== undefined && !/^[\x21-\x7e]*$/.test(checkPath.replace(/#/g, ' '))) {
+    // A request target has no spaces, controls, non-ASCII or fragment (RFC 9112 §3.2): they are percent-encoded.
+    problems.push({ source: '--check-path', field: 'check-path', message: 'must be printable ASCII without spaces or # (percent-encode the rest, e.g. %20)' });
   }
   const shutdownDelayMs = read.integer('shutdown-delay', ms(0)) ?? DEFAULT_SHUTDOWN_DELAY_MS;
   const shutdownGraceMs = read.integer('shutdown-grace', ms(0)) ?? DEFAULT_SHUTDOWN_GRACE_MS;

@@ -440,6 +440,15 @@ routes:
     expect(config.inbound.basicAuthFile).toBe('/etc/sidecar/users.txt');
   });
 
+  it('refuses a --check-path that is no request target (a space, a fragment, non-ASCII) instead of failing the check at run time', () => {
+    expect(run(['check', '--service-key', '/k', '--check-path', '/http/a%20b?x=1']).checkPath).toBe('/http/a%20b?x=1');
+    for (const bad of ['/http/a b', '/http/#x', '/http/ä', '/http/\t']) {
+      expect(problems(['check', '--service-key', '/k', '--check-path', bad]), bad).toEqual([
+        { source: '--check-path', field: 'check-path', message: 'must be printable ASCII without spaces or # (percent-encode the rest, e.g. %20)' },
+      ]);
+    }
+  });
+
   it('refuses a YAML file of two documents (the second would be dropped); a leading or trailing --- alone is fine', () => {
     const route = 'routes:\n  - prefix: /a\n    serviceKey: /k\n';
     expect(problems(['--config', '/c.yaml'], {}, { '/c.yaml': `${route}---\ninbound:\n  allowAnySender: true\n` })).toEqual([
