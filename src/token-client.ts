@@ -229,7 +229,7 @@ export class TokenClient {
     const sentAt = this.#wallClock();
     let response: Dispatcher.ResponseData;
     try {
-      response = await this.#dispatcher.request({
+      const request = this.#dispatcher.request({
         origin: this.#url.origin,
         path: this.#url.pathname + this.#url.search,
         method: 'POST',
@@ -237,6 +237,7 @@ export class TokenClient {
         body: this.#body,
         signal,
       });
+      response = await untilAbandoned(request, this.#abandoned.signal);
     } catch (err) {
       throw this.#networkError(err, timeout.aborted);
     }
@@ -508,6 +509,30 @@ export function parseRetryAfter(value: string | string[] | undefined, now: numbe
   if (Number.isNaN(date)) return undefined;
   const seconds = Math.ceil((date - now) / 1000);
   return seconds > 0 ? Math.min(seconds, MAX_RETRY_AFTER_S) : undefined;
+}
+
+/**
+ * `request`, or a rejection as soon as `abandoned` aborts. undici acts on an abort only once the request has a
+ * connection: one still connecting (a token server that takes the connection and never completes TLS) would hold
+ * an abandoned fetch, and the senders waiting for it, until the connect limit. A response that comes after all is
+ * thrown away.
+ */
+function untilAbandoned(request: Promise<Dispatcher.ResponseData>, abandoned: AbortSignal): Promise<Dispatcher.ResponseData> {
+  return new Promise((resolve, reject) => {
+    const onAbandoned = (): void => reject(abandoned.reason);
+    abandoned.addEventListener('abort', onAbandoned, { once: true });
+    request.then(
+      (response) => {
+        abandoned.removeEventListener('abort', onAbandoned);
+        if (abandoned.aborted) response.body.destroy();
+        else resolve(response);
+      },
+      (err: unknown) => {
+        abandoned.removeEventListener('abort', onAbandoned);
+        reject(err);
+      },
+    );
+  });
 }
 
 /** A response's `Date` as epoch milliseconds, or undefined when absent or not a date. */

@@ -3,6 +3,7 @@
  * its Retry-After, must not hold the stop up (README "Graceful shutdown"). Real servers on port 0; the
  * token attempt timeout is a minute, so that waiting for it would outlast the test.
  */
+import { createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'undici';
 import { SidecarError } from '../../src/errors.js';
@@ -53,6 +54,31 @@ async function start(argv: string[], prepare: (endpoint: TokenEndpoint) => void)
 }
 
 describe('shutdown with a token request under way', () => {
+  it('a sender waiting for a token request still connecting (TLS never completes) gets its 503 at the end of the grace period', async () => {
+    // Takes the connection and never answers the TLS handshake: undici would act on the abort only at its connect limit.
+    const stuck = new Set<Socket>();
+    const tcp = createNetServer((socket) => {
+      stuck.add(socket);
+      socket.on('error', () => undefined);
+    });
+    await new Promise<void>((resolve) => tcp.listen(0, '127.0.0.1', resolve));
+    try {
+      const tokenurl = `https://127.0.0.1:${(tcp.address() as AddressInfo).port}/oauth/token`;
+      const key = await files.write('key-stuck.json', JSON.stringify({ oauth: { clientid: CLIENT_ID, clientsecret: SECRET, tokenurl, url: upstream.url } }));
+      const s = (sidecar = await runSidecar(['--service-key', key, '--ca', caPath, '--token-timeout', String(TOKEN_TIMEOUT_MS), '--shutdown-delay', '0', '--shutdown-grace', '200']));
+      const waiting = request(`${s.url}/http/echo`).then(
+        async (res) => ({ status: res.statusCode, body: (await res.body.json()) as { error: string } }),
+        (err: unknown) => err,
+      );
+      await expect.poll(() => s.metrics.render().then((m) => /oauth_sidecar_requests_in_flight\S* 1\b/.test(m.body)), { interval: 10 }).toBe(true);
+      await s.shutdown();
+      expect(await waiting).toMatchObject({ status: 503, body: { error: 'TOKEN_UNREACHABLE' } });
+    } finally {
+      for (const socket of stuck) socket.destroy();
+      await new Promise<void>((resolve) => tcp.close(() => resolve()));
+    }
+  });
+
   it('close() does not wait for a token server that does not answer', async () => {
     const { s } = await start(['--shutdown-delay', '0', '--shutdown-grace', '0'], (e) => e.fail({ kind: 'hang' }));
     await s.close();
