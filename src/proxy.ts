@@ -456,6 +456,11 @@ class Exchange {
     if (this.#expectsContinue && !this.#res.headersSent && !this.#req.socket.destroyed && this.#owing) this.#res.writeContinue();
   }
 
+  /** The request body of the attempt under way went out whole (a resend's copy always does). */
+  requestTakenWhole(): boolean {
+    return this.#attempts > 1 || this.#body!.takenWhole();
+  }
+
   /** The connection can take more of the answer (for a socket node no longer minds: see 'connect'). */
   socketDrained(): void {
     this.#res.emit('drain');
@@ -1248,7 +1253,12 @@ class UpstreamCall implements Dispatcher.DispatchHandler, ConnectionListener {
   #onDrain: (() => void) | undefined;
 
   onResponseEnd(controller: Dispatcher.DispatchController): void {
-    const cut = this.#closeDelimited && !this.#bodiless ? (this.connection as { errored?: Error | null } | undefined)?.errored : undefined;
+    // Not while the request body was still going out: an upstream that answered early and closed without
+    // reading the rest resets the connection (unread data), its answer whole all the same.
+    const cut =
+      this.#closeDelimited && !this.#bodiless && this.#exchange.requestTakenWhole()
+        ? (this.connection as { errored?: Error | null } | undefined)?.errored
+        : undefined;
     if (cut) return this.onResponseError(controller, cut);
     if (this.#verdict === 'deliver' && !this.#bodiless) this.#res.end();
     this.#exchange.attemptSettled(this.#verdict ?? 'deliver', this.#held);

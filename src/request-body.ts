@@ -48,7 +48,7 @@ export class RequestBody {
   stream(): Readable | undefined {
     if (!this.#present) return undefined;
     const req = this.#req;
-    if (this.#copy === undefined && this.#scavenger === undefined) return req;
+    if (this.#copy === undefined && this.#scavenger === undefined) return (this.#streamed = req);
     // `#keep` sees every chunk (also those the upstream never took) and counts them; else the tee counts.
     const keeping = this.#copy !== undefined;
     const tee = new Transform({
@@ -59,7 +59,7 @@ export class RequestBody {
         callback(null, chunk);
       },
     });
-    this.#tee = tee;
+    this.#tee = this.#streamed = tee;
     req.on('error', (err) => tee.destroy(err));
     req.pipe(tee);
     if (keeping) {
@@ -105,6 +105,14 @@ export class RequestBody {
     const settled = this.#settled;
     this.#settled = undefined;
     settled?.();
+  }
+
+  /** What `stream()` handed to undici. */
+  #streamed: Readable | undefined;
+
+  /** The streamed body was taken whole (undici read it to its end), or there is none. */
+  takenWhole(): boolean {
+    return !this.#present || this.#streamed?.readableEnded === true;
   }
 
   /** Bytes received from the sender (declared length when streamed untouched). */

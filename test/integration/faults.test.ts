@@ -817,6 +817,41 @@ describe('upstream faults', () => {
     }
   });
 
+  it('an early answer delimited by its close, reset only because the upstream left the upload unread, reaches the sender whole', async () => {
+    upstream.handler = (req) => {
+      if (!req.url?.includes('early-close-delimited')) return false;
+      req.pause(); // the rest of the upload stays unread: closing now makes the kernel send a reset
+      req.socket.write('HTTP/1.1 413 Payload Too Large\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\nrequest body too large');
+      setTimeout(() => req.socket.destroy(), 50);
+      return true;
+    };
+    const size = 8 * 1024 * 1024;
+    const sender = connect(sidecar.address.port, '127.0.0.1');
+    let received = '';
+    sender.on('data', (chunk: Buffer) => (received += chunk.toString('latin1')));
+    sender.on('error', () => undefined);
+    const ended = new Promise<void>((resolve) => sender.once('close', () => resolve()));
+    try {
+      sender.write(`POST /http/ok?early-close-delimited HTTP/1.1\r\nHost: localhost\r\nContent-Length: ${size}\r\n\r\n`);
+      const chunk = Buffer.alloc(64 * 1024, 0x61);
+      let sent = 0;
+      const pump = (): void => {
+        while (sent < size && !sender.destroyed) {
+          sent += chunk.length;
+          if (!sender.write(chunk)) return void sender.once('drain', pump);
+        }
+      };
+      pump();
+      await waitFor(() => (received.endsWith('0\r\n\r\n') || sender.destroyed ? true : undefined), sender);
+    } finally {
+      sender.destroy();
+      await ended;
+      upstream.handler = undefined;
+    }
+    expect(received).toMatch(/^HTTP\/1\.1 413 /);
+    expect(received.endsWith('request body too large\r\n0\r\n\r\n')).toBe(true);
+  });
+
   it('answers slower than --upstream-timeout → 504 UPSTREAM_TIMEOUT and the upstream request is abandoned', async () => {
     const impatient = await extraSidecar(['--upstream-timeout', '300']);
     // Never answers: only the sidecar's timeout can end the exchange (else the test's own timeout does).
