@@ -236,11 +236,14 @@ function version(): string {
   return pkg.version;
 }
 
-// A reader that stops early (`check | head -1`) is no failure of the command: nothing more is written for it, and
-// it ends quietly, as a Unix tool ended by SIGPIPE does, not with an unhandled 'error' and a stack trace.
+// A reader that stops early (`check | head -1`): what is written after it is lost, and the command runs to its end
+// and exits with its own code (a failing check still exits 1 under `pipefail`), not with an unhandled 'error'
+// and a stack trace.
+let stdoutFailed = false;
 process.stdout.on('error', (err: NodeJS.ErrnoException) => {
-  if (err.code !== 'EPIPE') process.stderr.write(`oauth-sidecar: cannot write to stdout (${err.code ?? 'error'})\n`);
-  process.exit(err.code === 'EPIPE' ? (process.exitCode ?? EXIT_OK) : EXIT_RUNTIME);
+  if (stdoutFailed || err.code === 'EPIPE') return void (stdoutFailed = true);
+  stdoutFailed = true;
+  process.stderr.write(`oauth-sidecar: cannot write to stdout (${err.code ?? 'error'})\n`);
 });
 
 main(process.argv.slice(2), process.env).then(

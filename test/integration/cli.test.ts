@@ -133,13 +133,16 @@ describe('oauth-sidecar CLI', () => {
     }
   });
 
-  it('check piped into a reader that stops early (| head -1) ends quietly, without a stack trace', async () => {
-    const child = startCli(['check', '--service-key', keyPath, '--ca', caPath]);
-    const result = collect(child);
-    child.stdout.once('data', () => child.stdout.destroy()); // the reader goes after the first line
-    const { code, stderr } = await result;
-    expect(stderr).not.toMatch(/EPIPE|Unhandled|\n\s+at /);
-    expect(code).toBe(0);
+  it('check piped into a reader that stops early (| head -1) runs to its end quietly and exits with its own code', async () => {
+    const wrongKey = await world.secretKey('key-wrong-secret.json', CLIENT_ID, 'not-the-secret');
+    for (const [key, expected] of [[keyPath, 0], [wrongKey, 1]] as const) {
+      const child = startCli(['check', '--service-key', key, '--ca', caPath]);
+      const result = collect(child);
+      child.stdout.once('data', () => child.stdout.destroy()); // the reader goes after the first line
+      const { code, stderr } = await result;
+      expect(stderr).not.toMatch(/EPIPE|Unhandled|\n\s+at /);
+      expect(code, key).toBe(expected);
+    }
   });
 
   it('exits 2 when a listen host does not resolve', async () => {
