@@ -530,7 +530,8 @@ function parseHttpsProxy(env: Readonly<Record<string, string | undefined>>, prob
   const name = env['https_proxy'] ? 'https_proxy' : env['HTTPS_PROXY'] ? 'HTTPS_PROXY' : undefined;
   if (name === undefined) return undefined;
   const raw = env[name]!.trim();
-  const text = /^[a-z][a-z0-9+.-]*:\/\//i.test(raw) ? raw : `http://${raw}`;
+  const schemeless = !/^[a-z][a-z0-9+.-]*:\/\//i.test(raw);
+  const text = schemeless ? `http://${raw}` : raw;
   let url: URL | undefined;
   try {
     url = new URL(text);
@@ -541,7 +542,8 @@ function parseHttpsProxy(env: Readonly<Record<string, string | undefined>>, prob
     problems.push({ source: 'environment', field: name, message: `a ${url.protocol.slice(0, -1)}:// proxy is not supported: give http://host:port or https://host:port` });
     return undefined;
   }
-  if (url === undefined || !url.hostname) {
+  // Without a scheme, a port too: curl would take 1080 for none, a URL 80; say which rather than guess.
+  if (url === undefined || !url.hostname || (schemeless && url.port === '' && !/:80$/.test(raw))) {
     problems.push({ source: 'environment', field: name, message: 'is not a proxy address: give http://host:port, https://host:port or host:port' });
     return undefined;
   }

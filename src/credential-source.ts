@@ -206,7 +206,8 @@ async function readSecretDir(dir: string, binding?: string): Promise<RawServiceK
     const bindings = await bindingsBelow(dir, dirs);
     if (bindings.length > 0) return readSecretDir(pickBinding(dir, bindings, binding, 'name it with --binding (SIDECAR_BINDING) or point --service-key at it').dir);
   }
-  if (binding !== undefined) fail(dir, NOT_A_ROOT);
+  // One key: nothing for --binding to pick (a directory with neither key files nor bindings is reported below).
+  if (binding !== undefined && keyFiles(files).length > 0) fail(dir, NOT_A_ROOT);
   // The fields are those of the one version the files come from, listed there: right after the kubelet's swap the
   // links in `dir` are still the old version's, and may all lead nowhere while the new version is complete.
   const values = await readOneGeneration(dir, async (from) => {

@@ -90,7 +90,7 @@ describe('parseConfig', () => {
     expect(problems(['--service-key', '/k'], { HTTPS_PROXY: 'socks5://user:s3cret@proxy:1080' })).toEqual([
       { source: 'environment', field: 'HTTPS_PROXY', message: 'a socks5:// proxy is not supported: give http://host:port or https://host:port' },
     ]);
-    for (const bad of ['http://', 'user:s3cret@', 'proxy corp:3128', ':3128']) {
+    for (const bad of ['http://', 'user:s3cret@', 'proxy corp:3128', ':3128', 'proxy.corp']) {
       expect(problems(['--service-key', '/k'], { https_proxy: bad }), bad).toEqual([
         { source: 'environment', field: 'https_proxy', message: 'is not a proxy address: give http://host:port, https://host:port or host:port' },
       ]);

@@ -298,6 +298,11 @@ describe("readCredentialSource: @sap/xsenv's layout (/etc/secrets/sapcp/<service
         { source: path, field: '', message: 'is one service key, not a directory of bindings: --binding (SIDECAR_BINDING) picks one of several, so leave it out' },
       ]);
     }
+    // An empty directory (a root not filled yet) is no single key: it is reported as empty.
+    const empty = await tempDir();
+    expect(await problemsOf(readCredentialSource({ kind: 'path', path: empty, binding: 'my-instance' }))).toEqual([
+      { source: empty, field: '', message: 'contains no service key files and no binding directories' },
+    ]);
   });
 
   it('given the root, finds the instance whatever dot-files lie in the root and service directories', async () => {
