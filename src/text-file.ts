@@ -1,26 +1,65 @@
 /**
- * The operator's small files read at the edge — a config file, CA bundles, the basic-auth user list — as text:
- * a regular file only, and only up to a size none of them reaches. A FIFO or a device (a mistyped path,
- * `/dev/zero`) would otherwise be waited on or read without end at startup, with nothing said. Service keys have
- * their own, tighter reader (`credential-source`).
+ * The operator's small files read at the edge — a config file, CA bundles, the basic-auth user list — as text,
+ * only up to a size none of them reaches. A regular file, or a pipe that delivers its text and ends (`--config
+ * <(envsubst < routes.yaml)`, `--ca /dev/stdin`): a pipe is read without blocking, so a FIFO nobody writes to, or
+ * one that stays silent, is an error after a few seconds, not a startup that hangs with nothing said. Devices
+ * (`/dev/zero`) are refused. Service keys have their own, tighter reader (`credential-source`).
  */
-import { readFileSync, statSync, type Stats } from 'node:fs';
-import { readFile, stat } from 'node:fs/promises';
+import { closeSync, constants, openSync, readFileSync, readSync, statSync, type Stats } from 'node:fs';
+import { open, readFile, stat } from 'node:fs/promises';
+import { setTimeout as delay } from 'node:timers/promises';
 
 /** Larger than any config file, CA bundle (Mozilla's is ~220 KB) or user list. */
 export const MAX_TEXT_FILE_BYTES = 4 * 1024 * 1024;
+/** A pipe silent for this long is given up: a FIFO nobody writes to, a command that hangs. */
+export const PIPE_SILENCE_MS = 5_000;
+const PIPE_POLL_MS = 10;
 
 /** The file exists but is not one to read: its message says why. */
 export class FileRefused extends Error {}
 
-export function readTextFileSync(path: string, limit = MAX_TEXT_FILE_BYTES): string {
-  refuseUnless(statSync(path), limit);
-  return readFileSync(path, 'utf8');
+export interface TextFileLimits {
+  /** Bytes at most (default `MAX_TEXT_FILE_BYTES`). */
+  bytes?: number;
+  /** A pipe silent for this long is given up (default `PIPE_SILENCE_MS`). */
+  silenceMs?: number;
 }
 
-export async function readTextFile(path: string, limit = MAX_TEXT_FILE_BYTES): Promise<string> {
-  refuseUnless(await stat(path), limit);
-  return readFile(path, 'utf8');
+export function readTextFileSync(path: string, { bytes = MAX_TEXT_FILE_BYTES, silenceMs = PIPE_SILENCE_MS }: TextFileLimits = {}): string {
+  if (!isPipe(statSync(path), bytes)) return readFileSync(path, 'utf8');
+  const fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
+  try {
+    const text = new Collected(bytes, silenceMs);
+    const pause = new Int32Array(new SharedArrayBuffer(4));
+    for (;;) {
+      const n = tryRead((buffer) => readSync(fd, buffer, 0, buffer.length, null), text);
+      if (n === 0) return text.done();
+      if (n === undefined) Atomics.wait(pause, 0, 0, PIPE_POLL_MS);
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
+
+export async function readTextFile(path: string, { bytes = MAX_TEXT_FILE_BYTES, silenceMs = PIPE_SILENCE_MS }: TextFileLimits = {}): Promise<string> {
+  if (!isPipe(await stat(path), bytes)) return readFile(path, 'utf8');
+  const file = await open(path, constants.O_RDONLY | constants.O_NONBLOCK);
+  try {
+    const text = new Collected(bytes, silenceMs);
+    for (;;) {
+      let n: number | undefined;
+      try {
+        n = text.add((await file.read(text.buffer, 0, text.buffer.length, null)).bytesRead);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') throw err;
+        n = text.silent();
+      }
+      if (n === 0) return text.done();
+      if (n === undefined) await delay(PIPE_POLL_MS);
+    }
+  } finally {
+    await file.close();
+  }
 }
 
 /** Why `what` (e.g. "config file") could not be read, for a configuration problem: never its content. */
@@ -29,7 +68,58 @@ export function readFailure(err: unknown, what: string): string {
   return `cannot read ${what} (${(err as NodeJS.ErrnoException)?.code ?? 'error'})`;
 }
 
-function refuseUnless(info: Stats, limit: number): void {
-  if (!info.isFile()) throw new FileRefused('is not a regular file');
+/** True for a pipe (read by `Collected`), false for a regular file within `limit`; anything else is refused. */
+function isPipe(info: Stats, limit: number): boolean {
+  if (info.isFIFO()) return true;
+  if (!info.isFile()) throw new FileRefused('is not a regular file or a pipe');
   if (info.size > limit) throw new FileRefused(`is larger than ${limit} bytes (${info.size})`);
+  return false;
+}
+
+/** One read of a non-blocking pipe into `text`: bytes read (0 at its end), or undefined for nothing yet. */
+function tryRead(read: (buffer: Buffer) => number, text: Collected): number | undefined {
+  try {
+    return text.add(read(text.buffer));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') throw err;
+    return text.silent();
+  }
+}
+
+/** A pipe's text as it comes, bounded in size and in silence. */
+class Collected {
+  readonly buffer = Buffer.alloc(64 * 1024);
+  readonly #chunks: Buffer[] = [];
+  #size = 0;
+  #silentSince: number | undefined;
+
+  constructor(
+    private readonly limit: number,
+    private readonly silenceMs: number,
+  ) {}
+
+  /**
+   * `n` bytes were read into `buffer`: returns `n`, or undefined for an end before anything came (a FIFO whose
+   * writer has not opened it yet reads as ended: waited for like silence).
+   */
+  add(n: number): number | undefined {
+    if (n === 0 && this.#size === 0) return this.silent();
+    this.#silentSince = undefined;
+    this.#size += n;
+    if (this.#size > this.limit) throw new FileRefused(`is a pipe that gave more than ${this.limit} bytes`);
+    if (n > 0) this.#chunks.push(Buffer.from(this.buffer.subarray(0, n)));
+    return n;
+  }
+
+  /** Nothing to read yet: undefined, until the silence has lasted too long. */
+  silent(): undefined {
+    const now = performance.now();
+    this.#silentSince ??= now;
+    if (now - this.#silentSince > this.silenceMs) throw new FileRefused(`is a pipe that gave nothing for ${this.silenceMs / 1000} s`);
+    return undefined;
+  }
+
+  done(): string {
+    return Buffer.concat(this.#chunks).toString('utf8');
+  }
 }

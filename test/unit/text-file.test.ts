@@ -1,4 +1,4 @@
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -9,13 +9,10 @@ import { readBasicAuthFile } from '../../src/inbound-control.js';
 import { MAX_TEXT_FILE_BYTES, readFailure, readTextFile, readTextFileSync } from '../../src/text-file.js';
 
 let dir: string;
-let fifo: string;
 let large: string;
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'text-file-'));
-  fifo = join(dir, 'fifo');
-  execFileSync('mkfifo', [fifo]);
   large = join(dir, 'large.pem');
   await writeFile(large, '');
   await truncate(large, MAX_TEXT_FILE_BYTES + 1); // sparse: nothing is written
@@ -24,6 +21,22 @@ beforeAll(async () => {
 afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
+
+/** A new FIFO in `dir`. */
+function fifo(name: string): string {
+  const path = join(dir, name);
+  execFileSync('mkfifo', [path]);
+  return path;
+}
+
+/** A process that writes `text` into `path` (a FIFO: it waits for the reader), then closes it. */
+function writer(path: string, text: string): ChildProcess {
+  return spawn('sh', ['-c', 'printf "%s" "$TEXT" > "$TARGET"'], { env: { ...process.env, TEXT: text, TARGET: path }, stdio: 'ignore' });
+}
+
+function exited(child: ChildProcess): Promise<void> {
+  return new Promise((resolve) => (child.exitCode !== null ? resolve() : child.once('exit', () => resolve())));
+}
 
 function problemsOf(argv: string[]) {
   try {
@@ -35,39 +48,62 @@ function problemsOf(argv: string[]) {
   throw new Error('expected a ConfigError');
 }
 
-describe('the edge reads only regular files of a sane size', () => {
-  it('refuses a FIFO, a device and a file over the limit at once, sync and async', async () => {
-    const why = (read: () => unknown) => {
-      try {
-        read();
-      } catch (err) {
-        return readFailure(err, 'file');
-      }
-      return 'read';
-    };
-    expect(why(() => readTextFileSync(fifo))).toBe('file is not a regular file');
-    expect(why(() => readTextFileSync('/dev/zero'))).toBe('file is not a regular file');
+const why = (read: () => unknown): string => {
+  try {
+    read();
+  } catch (err) {
+    return readFailure(err, 'file');
+  }
+  return 'read';
+};
+
+describe('the edge reads regular files of a sane size, and pipes that deliver', () => {
+  it('refuses a device and a file over the limit at once, sync and async', async () => {
+    expect(why(() => readTextFileSync('/dev/zero'))).toBe('file is not a regular file or a pipe');
     expect(why(() => readTextFileSync(large))).toBe(`file is larger than ${MAX_TEXT_FILE_BYTES} bytes (${MAX_TEXT_FILE_BYTES + 1})`);
     expect(why(() => readTextFileSync(join(dir, 'missing')))).toBe('cannot read file (ENOENT)');
-    await expect(readTextFile(fifo)).rejects.toThrow('is not a regular file');
+    await expect(readTextFile('/dev/zero')).rejects.toThrow('is not a regular file or a pipe');
     await expect(readTextFile(large)).rejects.toThrow('is larger than');
   });
 
-  it('a FIFO or a huge file as --config, --ca or NODE_EXTRA_CA_CERTS is a configuration problem naming it, not a hang', () => {
-    expect(problemsOf(['--config', fifo])).toEqual([{ source: fifo, field: '', message: 'config file is not a regular file' }]);
-    expect(problemsOf(['--service-key', '/k', '--ca', fifo])).toEqual([{ source: fifo, field: 'ca', message: 'CA file is not a regular file' }]);
-    expect(problemsOf(['--service-key', '/k', '--ca', '/dev/zero'])).toEqual([{ source: '/dev/zero', field: 'ca', message: 'CA file is not a regular file' }]);
+  it('a FIFO nobody writes to, or one that goes on for ever, is given up instead of waited on or read without end', async () => {
+    const silent = fifo('silent');
+    expect(why(() => readTextFileSync(silent, { silenceMs: 100 }))).toBe('file is a pipe that gave nothing for 0.1 s');
+    await expect(readTextFile(silent, { silenceMs: 100 })).rejects.toThrow('is a pipe that gave nothing for 0.1 s');
+    const endless = fifo('endless');
+    const yes = spawn('sh', ['-c', 'yes > "$TARGET"'], { env: { ...process.env, TARGET: endless }, stdio: 'ignore' });
+    try {
+      await expect(readTextFile(endless, { bytes: 1024 * 1024 })).rejects.toThrow('is a pipe that gave more than 1048576 bytes');
+    } finally {
+      yes.kill();
+      await exited(yes);
+    }
+  });
+
+  it('reads --config and --ca from a pipe (process substitution: --config <(envsubst < routes.yaml)), and refuses a device', async () => {
+    const config = fifo('routes.yaml');
+    const child = writer(config, 'routes:\n  - prefix: /\n    serviceKey: /k.json\n');
+    // The read does not block the event loop for good: the writer is another process, the FIFO opened without blocking.
+    const result = parseConfig(['--config', config], {});
+    await exited(child);
+    expect(result.kind === 'run' && result.config.routes[0]?.credentials.source).toEqual({ kind: 'path', path: '/k.json' });
+    expect(problemsOf(['--service-key', '/k', '--ca', '/dev/zero'])).toEqual([{ source: '/dev/zero', field: 'ca', message: 'CA file is not a regular file or a pipe' }]);
     expect(problemsOf(['--service-key', '/k', '--ca', large])).toEqual([
       { source: large, field: 'ca', message: `CA file is larger than ${MAX_TEXT_FILE_BYTES} bytes (${MAX_TEXT_FILE_BYTES + 1})` },
     ]);
   });
 
-  it('a FIFO as --basic-auth-file is a configuration problem naming it', async () => {
-    const err = await readBasicAuthFile(fifo).then(
+  it('reads --basic-auth-file from a pipe, and refuses a device naming it', async () => {
+    const users = fifo('users');
+    const child = writer(users, 'erp:sha256:' + 'a'.repeat(64) + '\n');
+    const verifier = await readBasicAuthFile(users);
+    await exited(child);
+    expect(verifier).toBeDefined();
+    const err = await readBasicAuthFile('/dev/zero').then(
       () => undefined,
       (e: unknown) => e,
     );
     expect(err).toBeInstanceOf(ConfigError);
-    expect((err as ConfigError).problems).toEqual([{ source: fifo, field: 'basic-auth-file', message: 'user list is not a regular file' }]);
+    expect((err as ConfigError).problems).toEqual([{ source: '/dev/zero', field: 'basic-auth-file', message: 'user list is not a regular file or a pipe' }]);
   });
 });
