@@ -17,11 +17,12 @@ export interface HeaderFilterOptions {
    */
   readonly extra?: ExtraHeaders;
   /**
-   * Responses only: the access token the request carried. An upstream that echoes the request's headers
-   * back (a flow returning its message headers, a `WWW-Authenticate` quoting the token) would hand it to
-   * the sender; it is replaced by `[redacted]` in any value holding it.
+   * Responses only: what the sidecar added to the request that is not the sender's to have — the access token,
+   * and on a CSRF route its session's token and cookie values. An upstream that echoes the request's headers
+   * back (a flow returning its message headers, a `WWW-Authenticate` quoting the token) would hand them to the
+   * sender; each is replaced by `[redacted]` in any value holding it.
    */
-  readonly token?: string | undefined;
+  readonly secrets?: readonly string[] | undefined;
 }
 
 /**
@@ -130,7 +131,7 @@ export function responseHeadersForSender(
   upstream: Readonly<Record<string, string | string[] | undefined>>,
   opts?: HeaderFilterOptions,
 ): HeaderRecord {
-  return filter(upstream, RESPONSE_DROP, false, opts?.extra, opts?.token);
+  return filter(upstream, RESPONSE_DROP, false, opts?.extra, opts?.secrets);
 }
 
 function filter(
@@ -138,7 +139,7 @@ function filter(
   drop: ReadonlySet<string>,
   dropForwarding: boolean,
   extra: ExtraHeaders | undefined,
-  token: string | undefined,
+  secrets: readonly string[] | undefined,
 ): HeaderRecord {
   const out: HeaderRecord = {};
   const connection = source['connection'];
@@ -154,7 +155,7 @@ function filter(
     if (drop.has(lower)) continue;
     if (named !== undefined && named.has(lower)) continue;
     if (dropForwarding && lower.charCodeAt(0) === CHAR_X && lower.startsWith(X_FORWARDED)) continue;
-    put(out, lower, token === undefined ? value : withoutToken(value, token));
+    put(out, lower, secrets === undefined ? value : withoutSecrets(value, secrets));
   }
   if (extra !== undefined) {
     const extraNames = Object.keys(extra);
@@ -166,10 +167,15 @@ function filter(
   return out;
 }
 
-function withoutToken(value: string | string[], token: string): string | string[] {
-  if (typeof value !== 'string') return value.map((v) => withoutToken(v, token) as string);
-  // Most values are shorter than any token: one length comparison each.
-  return value.length >= token.length && value.includes(token) ? value.split(token).join(REDACTED) : value;
+function withoutSecrets(value: string | string[], secrets: readonly string[]): string | string[] {
+  if (typeof value !== 'string') return value.map((v) => withoutSecrets(v, secrets) as string);
+  let out = value;
+  for (let i = 0; i < secrets.length; i++) {
+    const secret = secrets[i]!;
+    // Most values are shorter than any secret: one length comparison each.
+    if (out.length >= secret.length && out.includes(secret)) out = out.split(secret).join(REDACTED);
+  }
+  return out;
 }
 
 /** Assigns without ever touching the prototype: undici delivers a `__proto__` response field as an own key. */

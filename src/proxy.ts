@@ -774,7 +774,7 @@ class Exchange {
   earlyHints(headers: IncomingHttpHeaders): void {
     if (headers['link'] === undefined || this.#res.headersSent || this.#req.httpVersion === '1.0') return;
     // Through the same filter as the final head: a `Link` that echoes the access token carries it no further.
-    const link = responseHeadersForSender({ link: headers['link'] }, { token: this.#token?.value })['link']!;
+    const link = responseHeadersForSender({ link: headers['link'] }, { secrets: this.#secretsForSender() })['link']!;
     try {
       this.#res.writeEarlyHints({ link });
     } catch {
@@ -782,11 +782,24 @@ class Exchange {
     }
   }
 
+  /**
+   * What the last attempt carried that is not the sender's: the access token and, on a CSRF route, the session's
+   * token and cookie values (a session shared by every sender of the route, which may stand in for the token).
+   */
+  #secretsForSender(): string[] | undefined {
+    const token = this.#token?.value;
+    const csrf = this.#csrf;
+    if (csrf === undefined) return token === undefined ? undefined : [token];
+    const secrets = [csrf.token, ...cookieValues(csrf.cookie)];
+    if (token !== undefined) secrets.push(token);
+    return secrets.filter((secret) => secret.length >= MIN_SESSION_SECRET_LENGTH);
+  }
+
   #writeHead(status: number, headers: IncomingHttpHeaders): void {
     // The sender is still sending a body nobody will read on (an early answer): close the connection after
     // this answer, decided before the head is written, which is when node settles `Connection`.
     if (bodyStillComing(this.#req)) this.#closeAfterAnswer();
-    const forSender = responseHeadersForSender(headers, { extra: this.#ownHeaders(), token: this.#token?.value });
+    const forSender = responseHeadersForSender(headers, { extra: this.#ownHeaders(), secrets: this.#secretsForSender() });
     const location = forSender['location'];
     if (location !== undefined && this.#route !== undefined) {
       const route = this.#route;
@@ -1275,6 +1288,18 @@ class UpstreamCall implements Dispatcher.DispatchHandler, ConnectionListener {
     if (this.#verdict === 'retry-401' || this.#verdict === 'retry-csrf') this.#exchange.attemptSettled(this.#verdict);
     else this.#exchange.attemptFailed(this, err);
   }
+}
+
+/**
+ * A CSRF token or session cookie value shorter than this is not redacted from answers: real ones are long random
+ * strings (32 hex digits), and a short one (`true`, a language code) would garble unrelated fields.
+ */
+const MIN_SESSION_SECRET_LENGTH = 12;
+
+/** The values of a `cookie` header (`a=1; b=2` → `1`, `2`). */
+function cookieValues(cookie: string | undefined): string[] {
+  if (cookie === undefined) return [];
+  return cookie.split(';').map((pair) => pair.slice(pair.indexOf('=') + 1).trim());
 }
 
 /** `Bearer <token>`, made once per token rather than once per request. */

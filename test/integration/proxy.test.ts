@@ -342,6 +342,39 @@ describe('tokens on the request path', () => {
     expect(fetches).toBe(1);
   });
 
+  it("a flow echoing the request's headers hands the sender neither the token nor the route's CSRF session", async () => {
+    const own = await another(['--service-key', keyPath]);
+    const session = { token: 'csrf-' + randomBytes(12).toString('hex'), id: randomBytes(16).toString('hex'), vcap: randomBytes(15).toString('hex') };
+    upstream.setHandler((req, res, body) => {
+      body.resume();
+      if (req.method === 'GET' && req.headers['x-csrf-token'] === 'Fetch') {
+        res.writeHead(200, { 'x-csrf-token': session.token, 'set-cookie': [`JSESSIONID=${session.id}; Path=/`, `__VCAP_ID__=${session.vcap}; Path=/`] });
+        res.end();
+        return true;
+      }
+      if (req.headers['x-csrf-token'] !== session.token) {
+        res.writeHead(403, { 'x-csrf-token': 'Required' }).end();
+        return true;
+      }
+      // A flow returning the message headers it received, and re-issuing the session cookie.
+      res.writeHead(200, {
+        'x-echo-authorization': String(req.headers.authorization),
+        'x-echo-csrf': String(req.headers['x-csrf-token']),
+        'x-echo-cookie': String(req.headers.cookie),
+        'set-cookie': `JSESSIONID=${session.id}; Path=/`,
+      });
+      res.end('processed');
+      return true;
+    });
+    const res = await request(`${own.url}/http/order`, { method: 'POST', body: 'a', headers: { cookie: 'theme=dark-and-stormy' } });
+    expect(res.statusCode).toBe(200);
+    await res.body.dump();
+    expect(res.headers['x-echo-authorization']).toBe('Bearer [redacted]');
+    expect(res.headers['x-echo-csrf']).toBe('[redacted]');
+    expect(res.headers['x-echo-cookie']).toBe('theme=dark-and-stormy; JSESSIONID=[redacted]; __VCAP_ID__=[redacted]');
+    expect(res.headers['set-cookie']).toBe('JSESSIONID=[redacted]; Path=/');
+  });
+
   /** An upstream that wants CSRF on POSTs; its fetch answers as `fetchAnswers` says, in turn (then with the session). */
   function csrfUpstream(session: { token: string; cookie: string }, fetchAnswers: Array<'none' | 'session'> = []) {
     const seen: string[] = [];
