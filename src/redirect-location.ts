@@ -56,14 +56,16 @@ export function senderLocation(
   // sidecar, maybe another route's, with that route's token).
   const unmapped = absolute ? location : url.href;
   if (url.origin !== route.origin || url.username !== '' || url.password !== '') return unmapped;
+  // A back slash anywhere: the URL parser reads it as `/` (ending the authority too), its text says otherwise.
+  if (text.includes('\\')) return unmapped;
   // Path, query and fragment as written, so that the sender gets the upstream's bytes (the URL parser would
   // re-encode quotes in a query, braces, a back quote); a relative path (`list`, `../x`) only the parser resolves.
   const rest = absolute ? afterAuthority(text) : text.startsWith('/') ? text : url.pathname + url.search + url.hash;
   const cut = rest.search(/[?#]/);
   const path = (cut < 0 ? rest : rest.slice(0, cut)) || '/';
   const tail = cut < 0 ? '' : rest.slice(cut);
-  // A path the sidecar would refuse, or one the URL parser reads otherwise than its text (a back slash).
-  if (path.includes('\\') || hasDotSegment(path)) return unmapped;
+  // A path the sidecar would refuse.
+  if (hasDotSegment(path)) return unmapped;
   const upstreamBase = route.basePath + routeSegments(route.config.rewritePrefix ?? route.prefix);
   if (upstreamBase !== '' && path !== upstreamBase && !path.startsWith(`${upstreamBase}/`)) return unmapped;
   const senderPath = routeSegments(route.prefix) + path.slice(upstreamBase.length) || '/';

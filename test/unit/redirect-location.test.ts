@@ -100,6 +100,14 @@ describe('senderLocation', () => {
     expect(senderLocation(`${UP}//evil.example/x`, route('/'), '/', undefined)).toBe(`${UP}//evil.example/x`);
   });
 
+  it('leaves a Location with a back slash in its authority as it came: the URL parser ends the authority there', () => {
+    const root = route('/');
+    const host = UP.slice('https://'.length);
+    for (const location of [`https://${host}\\http\\orders\\1`, `https://${host}\\@evil.example/http/x`, `https://${host}\\..\\admin`]) {
+      expect(senderLocation(location, root, '/http/x', 'h')).toBe(location);
+    }
+  });
+
   it('leaves a path that the sidecar would route elsewhere (a longer prefix of another route) as it came', () => {
     const orders = route('/orders', { rewritePrefix: '/http' });
     const table = (path: string) => (path === '/orders/special' || path.startsWith('/orders/special/') ? 'special' : 'r');
