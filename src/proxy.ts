@@ -370,7 +370,7 @@ class Exchange {
     this.#options = options;
     this.#expectsContinue = expectsContinue;
     const url = req.url ?? '';
-    this.#path = url.charCodeAt(0) === 0x2f ? withoutQuery(url) : loggableTarget(url);
+    this.#path = url.charCodeAt(0) === 0x2f && url.charCodeAt(1) !== 0x2f ? withoutQuery(url) : loggableTarget(url);
     this.#requestId = requestIdOf(req.headers['x-request-id']);
     options.observer.requestStarted();
     const socket = req.socket as AnsweringSocket & MarkedSocket;
@@ -1360,19 +1360,23 @@ function onlyChunked(codings: string | string[]): boolean {
   return typeof codings === 'string' && codings.trim().toLowerCase() === 'chunked';
 }
 
+/** The path alone, for the log: no query, and no fragment (refused in `run`, but a classic place for a token). */
 function withoutQuery(target: string): string {
   const q = target.indexOf('?');
-  return q === -1 ? target : target.slice(0, q);
+  const f = target.indexOf('#');
+  const cut = q === -1 ? f : f === -1 ? q : Math.min(q, f);
+  return cut === -1 ? target : target.slice(0, cut);
 }
 
 /**
- * An absolute- or authority-form target (refused in `run`, but logged) may carry `user:password@`, and the
- * password may hold `@`, `/` or `?`: everything up to the last `@` goes, then the query.
+ * An absolute- or authority-form target (refused in `run`, but logged), or an origin-form one that looks like a
+ * network-path reference (`//user:password@host/x`), may carry `user:password@`, and the password may hold `@`,
+ * `/` or `?`: everything up to the last `@` goes, then the query.
  */
 function loggableTarget(target: string): string {
   const at = target.lastIndexOf('@');
   if (at === -1) return withoutQuery(target);
-  const scheme = /^[a-z][a-z0-9+.-]*:\/\//i.exec(target)?.[0] ?? '';
+  const scheme = /^(?:[a-z][a-z0-9+.-]*:)?\/\//i.exec(target)?.[0] ?? '';
   return withoutQuery(scheme + target.slice(at + 1));
 }
 

@@ -1863,6 +1863,21 @@ describe('sender faults and abuse', () => {
     expect(sidecar.logText()).not.toMatch(/ss-one|ss-two|ss-three/);
   });
 
+  it('the access log keeps neither a fragment nor user:password@ in an origin-form target that begins with //', async () => {
+    const fragment = id('fragment');
+    await expectRefusedRaw(`GET /http/ok#access_token=FRAG${fragment}-SECRET HTTP/1.1\r\nHost: x\r\nX-Request-Id: ${fragment}\r\n\r\n`, 400, false);
+    await expect.poll(() => requestLine(sidecar, fragment)?.['path']).toBe('/http/ok');
+    const network = id('network-path');
+    const answer = await rawRequest(sidecar.address.port, `GET //erp:pw-NET${network}@cpi.example/http/ok HTTP/1.1\r\nHost: x\r\nX-Request-Id: ${network}\r\nConnection: close\r\n\r\n`, { timeoutMs: RAW_BOUND_MS });
+    expect(answer.status).toBeGreaterThanOrEqual(200);
+    await expect.poll(() => requestLine(sidecar, network)?.['path']).toBe('//cpi.example/http/ok');
+    expect(sidecar.logText()).not.toMatch(/FRAG|pw-NET/);
+
+    function id(kind: string): string {
+      return `${kind}-${Math.random().toString(36).slice(2)}`;
+    }
+  });
+
   it.each([
     ['h2c, as Java\'s HttpClient asks on http://', 'Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__'],
     ['websocket', 'Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13'],
