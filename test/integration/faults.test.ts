@@ -284,6 +284,42 @@ afterAll(async () => {
 });
 
 /** A sidecar for one test (cold token cache), with the short token backoff. */
+/**
+ * A TCP front for the upstream that passes bytes through, so that a test can reset a connection to the sidecar
+ * (a TLS server cannot send a TCP reset itself). `take` may handle a connection instead (returning true).
+ */
+async function upstreamFront(take?: (socket: Socket, accepted: number) => boolean) {
+  const target = Number(new URL(upstream.url).port);
+  const open = new Set<Socket>();
+  /** The sidecar's connections being passed through. */
+  const passing = new Set<Socket>();
+  let accepted = 0;
+  const front = createNetServer((socket) => {
+    open.add(socket);
+    socket.once('close', () => open.delete(socket));
+    if (take?.(socket, ++accepted)) return;
+    passing.add(socket);
+    const back = connect(target, '127.0.0.1');
+    open.add(back);
+    back.once('close', () => open.delete(back));
+    socket.pipe(back).pipe(socket);
+    socket.on('error', () => back.destroy());
+    back.on('error', () => socket.destroy());
+  });
+  const port = await listen(front);
+  return {
+    port,
+    passing,
+    get accepted() {
+      return accepted;
+    },
+    async close(): Promise<void> {
+      for (const socket of open) socket.destroy();
+      await new Promise<void>((resolve) => front.close(() => resolve()));
+    },
+  };
+}
+
 async function extraSidecar(argv: string[] = []): Promise<RunningSidecar> {
   const s = await runSidecar(['--service-key', keyPath, '--ca', caPath, ...argv], {}, FAST_BACKOFF);
   perTest.push(s);
@@ -658,37 +694,19 @@ describe('upstream faults', () => {
   });
 
   it('a connection reset before the request was handed to it (in the TLS handshake) → a GET is sent on a new one → 200', async () => {
-    // A TCP front for the upstream that resets its first connection at once, then passes bytes through.
-    const target = Number(new URL(upstream.url).port);
-    let accepted = 0;
-    const open = new Set<Socket>();
-    const front = createNetServer((socket) => {
-      open.add(socket);
-      socket.once('close', () => open.delete(socket));
-      if (++accepted === 1) {
-        socket.resetAndDestroy();
-        return;
-      }
-      const back = connect(target, '127.0.0.1');
-      open.add(back);
-      back.once('close', () => open.delete(back));
-      socket.pipe(back).pipe(socket);
-      socket.on('error', () => back.destroy());
-      back.on('error', () => socket.destroy());
-    });
-    const frontPort = await listen(front);
+    // Resets its first connection at once, then passes bytes through.
+    const front = await upstreamFront((socket, n) => n === 1 && (socket.resetAndDestroy(), true));
     try {
-      const s = await extraSidecar(['--upstream', `https://127.0.0.1:${frontPort}`]);
+      const s = await extraSidecar(['--upstream', `https://127.0.0.1:${front.port}`]);
       const answer = await fetchText(`${s.url}/http/ok?handshake-reset`);
       expect(answer.status, answer.text).toBe(200);
-      expect(accepted).toBe(2);
+      expect(front.accepted).toBe(2);
       const seen = upstream.seen('handshake-reset');
       expect(seen).toHaveLength(1);
       expect(seen[0]!.onSocket).toBe(1);
       await expect.poll(() => s.logs.find((l) => l['msg'] === 'request' && l['status'] === 200)?.['retried']).toBe('reconnect');
     } finally {
-      for (const socket of open) socket.destroy();
-      await new Promise<void>((resolve) => front.close(() => resolve()));
+      await front.close();
     }
   });
 
@@ -767,23 +785,9 @@ describe('upstream faults', () => {
   });
 
   it('resets during an answer delimited by its close (no length, not chunked) → the sender sees a cut connection, not the end', async () => {
-    // A TCP front for the upstream that can reset its connection to the sidecar: a reset is no end of such an
-    // answer (undici alone takes it for one when the connection closes on ECONNRESET).
-    const target = Number(new URL(upstream.url).port);
-    const open = new Set<Socket>();
-    const toSidecar = new Set<Socket>();
-    const front = createNetServer((socket) => {
-      open.add(socket);
-      toSidecar.add(socket);
-      socket.once('close', () => open.delete(socket));
-      const back = connect(target, '127.0.0.1');
-      open.add(back);
-      back.once('close', () => open.delete(back));
-      socket.pipe(back).pipe(socket);
-      socket.on('error', () => back.destroy());
-      back.on('error', () => socket.destroy());
-    });
-    const frontPort = await listen(front);
+    // The front resets the connection to the sidecar: a reset is no end of such an answer (undici alone takes it
+    // for one when the connection closes on ECONNRESET).
+    const front = await upstreamFront();
     upstream.handler = (req) => {
       if (!req.url?.includes('close-delimited')) return false;
       // Written past node's response, which would frame it: the end of this answer is the end of the connection.
@@ -791,12 +795,12 @@ describe('upstream faults', () => {
       return true;
     };
     try {
-      const s = await extraSidecar(['--upstream', `https://127.0.0.1:${frontPort}`]);
+      const s = await extraSidecar(['--upstream', `https://127.0.0.1:${front.port}`]);
       const sender = await rawOpen(s.address.port, 'GET /http/ok?close-delimited HTTP/1.1\r\nHost: localhost\r\n\r\n');
       let answer: RawAnswer;
       try {
         await waitFor(() => (sender.received().includes('c'.repeat(1000)) ? true : undefined), sender.socket);
-        for (const socket of toSidecar) socket.resetAndDestroy();
+        for (const socket of front.passing) socket.resetAndDestroy();
         // Closed by the sidecar, or (the failure) ended as a complete answer on a connection kept open.
         let ended: Awaited<typeof sender.closed> | undefined;
         void sender.closed.then((how) => (ended = how));
@@ -812,8 +816,7 @@ describe('upstream faults', () => {
       expect(upstream.seen('close-delimited')).toHaveLength(1);
     } finally {
       upstream.handler = undefined;
-      for (const socket of open) socket.destroy();
-      await new Promise<void>((resolve) => front.close(() => resolve()));
+      await front.close();
     }
   });
 
