@@ -238,17 +238,19 @@ function version(): string {
 
 // A reader that stops early (`check | head -1`): what is written after it is lost, and the command runs to its end
 // and exits with its own code (a failing check still exits 1 under `pipefail`), not with an unhandled 'error'
-// and a stack trace.
+// and a stack trace. Any other failure to write (`token > /dev/full`) fails the command.
 let stdoutFailed = false;
 process.stdout.on('error', (err: NodeJS.ErrnoException) => {
   if (stdoutFailed || err.code === 'EPIPE') return void (stdoutFailed = true);
   stdoutFailed = true;
   process.stderr.write(`oauth-sidecar: cannot write to stdout (${err.code ?? 'error'})\n`);
+  process.exitCode = EXIT_RUNTIME;
 });
 
 main(process.argv.slice(2), process.env).then(
   (code) => {
-    process.exitCode = code;
+    // A failure to write what the command printed stands, whatever the command itself made of it.
+    process.exitCode = Math.max(code, Number(process.exitCode ?? EXIT_OK));
   },
   (err: unknown) => {
     process.exitCode = fail(err);

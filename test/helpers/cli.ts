@@ -1,5 +1,6 @@
 /** Run the real CLI (TypeScript through tsx) as a child process, as a user would. */
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { closeSync, openSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -23,6 +24,19 @@ export function cleanEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv 
 
 export function startCli(args: string[], env: Record<string, string> = {}): ChildProcessWithoutNullStreams {
   return spawn(process.execPath, [...CLI, ...args], { cwd: ROOT, env: cleanEnv(env) });
+}
+
+/** Run the CLI with its stdout going to the file `path` (e.g. `/dev/full`); the result's `stdout` stays empty. */
+export function collectToFile(args: string[], path: string, env: Record<string, string> = {}): Promise<CliResult> {
+  const fd = openSync(path, 'w');
+  const child = spawn(process.execPath, [...CLI, ...args], { cwd: ROOT, env: cleanEnv(env), stdio: ['ignore', fd, 'pipe'] });
+  closeSync(fd);
+  let stderr = '';
+  child.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
+  return new Promise((resolve, reject) => {
+    child.on('error', reject);
+    child.on('close', (code, signal) => resolve({ code, signal, stdout: '', stderr }));
+  });
 }
 
 export function runCli(args: string[], env: Record<string, string> = {}): Promise<CliResult> {

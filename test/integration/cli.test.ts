@@ -2,7 +2,7 @@ import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'undici';
 import { FLAGS } from '../../src/config.js';
-import { collect, runCli, startCli, waitForLog } from '../helpers/cli.js';
+import { collect, collectToFile, runCli, startCli, waitForLog } from '../helpers/cli.js';
 import type { OAuthServer } from '../helpers/oauth-server.js';
 import type { Pki } from '../helpers/pki.js';
 import type { Upstream } from '../helpers/upstream.js';
@@ -142,6 +142,14 @@ describe('oauth-sidecar CLI', () => {
       const { code, stderr } = await result;
       expect(stderr).not.toMatch(/EPIPE|Unhandled|\n\s+at /);
       expect(code, key).toBe(expected);
+    }
+  });
+
+  it('token and --version exit 1 when what they print cannot be written (a full disk: > /dev/full)', async () => {
+    for (const args of [['--version'], ['token', '--service-key', keyPath, '--ca', caPath]]) {
+      const { code, stderr } = await collectToFile(args, '/dev/full');
+      expect(stderr, args.join(' ')).toContain('cannot write to stdout (ENOSPC)');
+      expect(code, args.join(' ')).toBe(1);
     }
   });
 
