@@ -127,7 +127,10 @@ export class TokenClient {
    */
   async close(): Promise<void> {
     await Promise.allSettled([...this.#fetches]);
-    await this.#dispatcher.close();
+    // Abandoned: nothing is left to finish, and a request still connecting would hold a graceful close until the
+    // connect limit (undici fails it only then).
+    if (this.#abandoned.signal.aborted) await this.#dispatcher.destroy();
+    else await this.#dispatcher.close();
   }
 
   /** Drop the connection pool now, whatever it carries (shutdown, after `abandon()`); idempotent. */

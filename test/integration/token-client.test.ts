@@ -371,6 +371,34 @@ describe('token client against a token endpoint that checks credentials', () => 
     expect(endpoint.requests).toHaveLength(2);
   });
 
+  it('abandon() ends a fetch whose request is still connecting at once, and close() then does not wait for the connect', async () => {
+    // Takes the connection and never answers TLS; the connect limit (a minute) is far beyond the test's own timeout.
+    const stuck = new Set<Socket>();
+    const tcp = createServer((socket) => {
+      stuck.add(socket);
+      socket.on('error', () => undefined);
+    });
+    const port = await listen(tcp);
+    try {
+      const c = new TokenClient({
+        credentials: secretCredentials({ tokenUrl: `https://127.0.0.1:${port}/oauth/token` }),
+        settings: SETTINGS,
+        dispatcher: new Agent({ connect: { ca: pki.ca, timeout: 60_000 } }),
+        attemptTimeoutMs: 60_000,
+        connectTimeoutMs: 60_000,
+        retry: FAST_RETRY,
+      });
+      const fetching = failure(c.fetchToken());
+      await expect.poll(() => stuck.size, { interval: 5 }).toBe(1);
+      c.abandon();
+      expect((await fetching).message).toContain('abandoned: the sidecar is stopping');
+      await c.close();
+    } finally {
+      for (const socket of stuck) socket.destroy();
+      await new Promise<void>((resolve) => tcp.close(() => resolve()));
+    }
+  });
+
   it('a hanging token server times out as TOKEN_TIMEOUT', async () => {
     endpoint.fail({ kind: 'hang' }, { kind: 'hang' }, { kind: 'hang' });
     const err = await failure(client(secretCredentials(), {}, 300).fetchToken());
