@@ -790,9 +790,10 @@ class Exchange {
     const token = this.#token?.value;
     const csrf = this.#csrf;
     if (csrf === undefined) return token === undefined ? undefined : [token];
-    const secrets = [csrf.token, ...cookieValues(csrf.cookie)];
+    const secrets = cookieValues(csrf.cookie).filter(isSessionId);
+    if (csrf.token.length >= MIN_CSRF_TOKEN_LENGTH) secrets.push(csrf.token);
     if (token !== undefined) secrets.push(token);
-    return secrets.filter((secret) => secret.length >= MIN_SESSION_SECRET_LENGTH);
+    return secrets;
   }
 
   #writeHead(status: number, headers: IncomingHttpHeaders): void {
@@ -1290,11 +1291,18 @@ class UpstreamCall implements Dispatcher.DispatchHandler, ConnectionListener {
   }
 }
 
+/** A CSRF token shorter than this is not redacted from answers (real ones are 24+ random characters). */
+const MIN_CSRF_TOKEN_LENGTH = 12;
+
 /**
- * A CSRF token or session cookie value shorter than this is not redacted from answers: real ones are long random
- * strings (32 hex digits), and a short one (`true`, a language code) would garble unrelated fields.
+ * A session cookie value that is redacted from answers wherever it appears: one that looks like a session id (16+
+ * characters of letters, digits, `%`, `.`, `_`, `~`, `+`, `-`: `JSESSIONID`, `__VCAP_ID__`, `MYSAPSSO2`).
+ * Cookies that hold plain text (SAP's `sap-usercontext=sap-client=100`) would garble unrelated fields — a
+ * `Location`'s query, a `Content-Type` — and are no credential.
  */
-const MIN_SESSION_SECRET_LENGTH = 12;
+function isSessionId(value: string): boolean {
+  return value.length >= 16 && /^[A-Za-z0-9%._~+-]+$/.test(value);
+}
 
 /** The values of a `cookie` header (`a=1; b=2` → `1`, `2`). */
 function cookieValues(cookie: string | undefined): string[] {

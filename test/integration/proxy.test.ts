@@ -348,7 +348,10 @@ describe('tokens on the request path', () => {
     upstream.setHandler((req, res, body) => {
       body.resume();
       if (req.method === 'GET' && req.headers['x-csrf-token'] === 'Fetch') {
-        res.writeHead(200, { 'x-csrf-token': session.token, 'set-cookie': [`JSESSIONID=${session.id}; Path=/`, `__VCAP_ID__=${session.vcap}; Path=/`] });
+        res.writeHead(200, {
+          'x-csrf-token': session.token,
+          'set-cookie': [`JSESSIONID=${session.id}; Path=/`, `__VCAP_ID__=${session.vcap}; Path=/`, 'sap-usercontext=sap-client=100; Path=/', 'lang=application/json; Path=/'],
+        });
         res.end();
         return true;
       }
@@ -362,6 +365,9 @@ describe('tokens on the request path', () => {
         'x-echo-csrf': String(req.headers['x-csrf-token']),
         'x-echo-cookie': String(req.headers.cookie),
         'set-cookie': `JSESSIONID=${session.id}; Path=/`,
+        // Text that session cookies of plain text (SAP's client, here a made-up one) also hold: no credential.
+        location: '/http/orders/42?sap-client=100',
+        'content-type': 'application/json; charset=utf-8',
       });
       res.end('processed');
       return true;
@@ -371,8 +377,10 @@ describe('tokens on the request path', () => {
     await res.body.dump();
     expect(res.headers['x-echo-authorization']).toBe('Bearer [redacted]');
     expect(res.headers['x-echo-csrf']).toBe('[redacted]');
-    expect(res.headers['x-echo-cookie']).toBe('theme=dark-and-stormy; JSESSIONID=[redacted]; __VCAP_ID__=[redacted]');
+    expect(res.headers['x-echo-cookie']).toBe('theme=dark-and-stormy; JSESSIONID=[redacted]; __VCAP_ID__=[redacted]; sap-usercontext=sap-client=100; lang=application/json');
     expect(res.headers['set-cookie']).toBe('JSESSIONID=[redacted]; Path=/');
+    expect(res.headers['location']).toMatch(/\/http\/orders\/42\?sap-client=100$/);
+    expect(res.headers['content-type']).toBe('application/json; charset=utf-8');
   });
 
   /** An upstream that wants CSRF on POSTs; its fetch answers as `fetchAnswers` says, in turn (then with the session). */
