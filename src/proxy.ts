@@ -456,9 +456,11 @@ class Exchange {
     if (this.#expectsContinue && !this.#res.headersSent && !this.#req.socket.destroyed && this.#owing) this.#res.writeContinue();
   }
 
-  /** The request body of the attempt under way went out whole (a resend's copy always does). */
-  requestTakenWhole(): boolean {
-    return this.#attempts > 1 || this.#body!.takenWhole();
+  /** The request body of the attempt under way: none, handed to undici whole (a resend's copy always is), or not yet. */
+  requestBody(): 'none' | 'whole' | 'partial' {
+    const body = this.#body!;
+    if (!body.present) return 'none';
+    return this.#attempts > 1 || body.takenWhole() ? 'whole' : 'partial';
   }
 
   /** The connection can take more of the answer (for a socket node no longer minds: see 'connect'). */
@@ -1215,8 +1217,12 @@ class UpstreamCall implements Dispatcher.DispatchHandler, ConnectionListener {
       this.#bodiless = true;
       this.#res.end();
     }
+    this.#status = statusCode;
     this.#closeDelimited = !this.#head && headers['content-length'] === undefined && headers['transfer-encoding'] === undefined;
   }
+
+  /** The final answer's status. */
+  #status = 0;
 
   /**
    * The answer's body ends where the connection does: no Content-Length, not chunked (RFC 9112 §6.3). A
@@ -1267,10 +1273,13 @@ class UpstreamCall implements Dispatcher.DispatchHandler, ConnectionListener {
   #onDrain: (() => void) | undefined;
 
   onResponseEnd(controller: Dispatcher.DispatchController): void {
-    // Not while the request body was still going out: an upstream that answered early and closed without
-    // reading the rest resets the connection (unread data), its answer whole all the same.
+    // Not for an answer to a request body that may lie unread upstream: an upstream that answered before reading
+    // it all and then closed resets the connection (unread data), its answer whole all the same. That is a body
+    // still going out, or one refused (4xx/5xx): the sidecar cannot tell whether the upstream read a body that
+    // fit in the socket buffers.
+    const body = this.#exchange.requestBody();
     const cut =
-      this.#closeDelimited && !this.#bodiless && this.#exchange.requestTakenWhole()
+      this.#closeDelimited && !this.#bodiless && (body === 'none' || (body === 'whole' && this.#status < 400))
         ? (this.connection as { errored?: Error | null } | undefined)?.errored
         : undefined;
     if (cut) return this.onResponseError(controller, cut);

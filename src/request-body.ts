@@ -110,6 +110,11 @@ export class RequestBody {
   /** What `stream()` handed to undici. */
   #streamed: Readable | undefined;
 
+  /** The request announces a body. */
+  get present(): boolean {
+    return this.#present;
+  }
+
   /** The streamed body was taken whole (undici read it to its end), or there is none. */
   takenWhole(): boolean {
     return !this.#present || this.#streamed?.readableEnded === true;
