@@ -543,7 +543,7 @@ function parseHttpsProxy(env: Readonly<Record<string, string | undefined>>, prob
     return undefined;
   }
   // Without a scheme, a port too: curl would take 1080 for none, a URL 80; say which rather than guess.
-  if (url === undefined || !url.hostname || (schemeless && url.port === '' && !/:80$/.test(raw))) {
+  if (url === undefined || !url.hostname || (schemeless && url.port === '' && !/:80\/?$/.test(raw))) {
     problems.push({ source: 'environment', field: name, message: 'is not a proxy address: give http://host:port, https://host:port or host:port' });
     return undefined;
   }

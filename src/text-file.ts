@@ -115,7 +115,10 @@ class Collected {
   silent(): undefined {
     const now = performance.now();
     this.#silentSince ??= now;
-    if (now - this.#silentSince > this.silenceMs) throw new FileRefused(`is a pipe that gave nothing for ${this.silenceMs / 1000} s`);
+    if (now - this.#silentSince > this.silenceMs) {
+      const why = this.#size === 0 ? ' (nobody wrote to it, or what did wrote nothing)' : '';
+      throw new FileRefused(`is a pipe that gave nothing for ${this.silenceMs / 1000} s${why}`);
+    }
     return undefined;
   }
 

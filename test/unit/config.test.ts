@@ -86,6 +86,7 @@ describe('parseConfig', () => {
   it('takes a proxy given as host:port for an http:// one (as curl does) and refuses one that is no http(s) URL, never quoting it', () => {
     expect(run(['--service-key', '/k'], { HTTPS_PROXY: 'proxy.corp:3128' }).network.httpsProxy).toBe('http://proxy.corp:3128');
     expect(run(['--service-key', '/k'], { https_proxy: ' 10.0.0.1:3128 ' }).network.httpsProxy).toBe('http://10.0.0.1:3128');
+    expect(run(['--service-key', '/k'], { https_proxy: 'proxy:80/' }).network.httpsProxy).toBe('http://proxy:80/');
     expect(run(['--service-key', '/k'], { HTTPS_PROXY: 'https://u:p@proxy:8443' }).network.httpsProxy).toBe('https://u:p@proxy:8443');
     expect(problems(['--service-key', '/k'], { HTTPS_PROXY: 'socks5://user:s3cret@proxy:1080' })).toEqual([
       { source: 'environment', field: 'HTTPS_PROXY', message: 'a socks5:// proxy is not supported: give http://host:port or https://host:port' },

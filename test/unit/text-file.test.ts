@@ -68,7 +68,7 @@ describe('the edge reads regular files of a sane size, and pipes that deliver', 
 
   it('a FIFO nobody writes to, or one that goes on for ever, is given up instead of waited on or read without end', async () => {
     const silent = fifo('silent');
-    expect(why(() => readTextFileSync(silent, { silenceMs: 100 }))).toBe('file is a pipe that gave nothing for 0.1 s');
+    expect(why(() => readTextFileSync(silent, { silenceMs: 100 }))).toBe('file is a pipe that gave nothing for 0.1 s (nobody wrote to it, or what did wrote nothing)');
     await expect(readTextFile(silent, { silenceMs: 100 })).rejects.toThrow('is a pipe that gave nothing for 0.1 s');
     const endless = fifo('endless');
     const yes = spawn('sh', ['-c', 'yes > "$TARGET"'], { env: { ...process.env, TARGET: endless }, stdio: 'ignore' });
