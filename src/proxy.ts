@@ -153,6 +153,9 @@ export function createProxyServer(options: ProxyOptions, limits: ServerLimits = 
     for (const socket of detached) socket.destroy();
   };
   server.on('connect', (_req: IncomingMessage, socket: Socket) => {
+    // node takes its own 'error' listener off a socket it hands over: without one, a sender's reset would be an
+    // unhandled 'error', which ends the process — before any inbound control has run.
+    socket.on('error', () => socket.destroy());
     options.observer.clientError('CONNECT');
     const marked = socket as AnsweringSocket & MarkedSocket;
     if ((marked[OWED] ?? 0) > 0) {

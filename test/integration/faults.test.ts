@@ -1610,6 +1610,31 @@ describe('sender faults and abuse', () => {
       expect(codes).toEqual(['CONNECT']);
     });
 
+    it('a sender resetting its connection after a CONNECT does not bring the server down, alone or behind an answer owed', async () => {
+      // node takes its own 'error' listener off a socket it hands over for a CONNECT: a reset there would be an
+      // unhandled 'error', which ends the process.
+      const port = await start();
+      const alone = await rawOpen(port, 'CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n');
+      await waitFor(() => (alone.received().startsWith('HTTP/1.1 405 ') ? true : undefined), alone.socket);
+      alone.socket.resetAndDestroy();
+      await alone.closed;
+      const { arrival, release } = holdUpstream('connect-reset', 'late');
+      try {
+        const behind = await rawOpen(port, 'GET /http/ok?connect-reset HTTP/1.1\r\nHost: localhost\r\n\r\nCONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n');
+        await arrival;
+        behind.socket.resetAndDestroy();
+        await behind.closed;
+        await expect.poll(() => new Promise<number>((resolve) => server.getConnections((_e, n) => resolve(n)))).toBe(0);
+      } finally {
+        release();
+        upstream.handler = undefined;
+      }
+      // Still serving.
+      const after = await fetchText(`http://127.0.0.1:${port}/http/ok?after-connect-reset`);
+      expect(after.status, after.text).toBe(200);
+      expect(codes).toEqual(['CONNECT', 'CONNECT']);
+    });
+
     it('a sender resetting an idle connection is not a malformed request', async () => {
       const port = await start();
       const sender = await rawOpen(port, 'GET /http/ok?idle-reset HTTP/1.1\r\nHost: localhost\r\n\r\n');
