@@ -37,13 +37,28 @@ interface RouteReadiness {
   credentialWarning?: string;
 }
 
+/**
+ * Connections the admin listener takes at once: probes and scrapers need a handful. It shares the process (its
+ * file descriptors, its memory) with the proxy port, and in a cluster any pod may reach it: beyond this, a
+ * connection is closed as it comes.
+ */
+export const ADMIN_MAX_CONNECTIONS = 64;
+/** A connection silent this long (no request, or not reading its answer) is closed. */
+const ADMIN_IDLE_TIMEOUT_MS = 15_000;
+
 export function createAdminServer(options: AdminOptions): Server {
-  const server = createServer({ requireHostHeader: false, headersTimeout: 10_000, requestTimeout: 30_000 }, (req, res) => {
-    route(req, res, options).catch(() => {
-      if (!res.headersSent) send(res, 500, 'text/plain; charset=utf-8', 'internal error\n');
-      else res.destroy();
-    });
-  });
+  const server = createServer(
+    // Head and request timeouts checked every second (node's default: every 30 s), so a slow head is cut in time.
+    { requireHostHeader: false, headersTimeout: 10_000, requestTimeout: 30_000, connectionsCheckingInterval: 1_000 },
+    (req, res) => {
+      route(req, res, options).catch(() => {
+        if (!res.headersSent) send(res, 500, 'text/plain; charset=utf-8', 'internal error\n');
+        else res.destroy();
+      });
+    },
+  );
+  server.maxConnections = ADMIN_MAX_CONNECTIONS;
+  server.timeout = ADMIN_IDLE_TIMEOUT_MS;
   return server;
 }
 

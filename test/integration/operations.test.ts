@@ -1,6 +1,8 @@
 import { request as httpRequest } from 'node:http';
+import { connect, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'undici';
+import { ADMIN_MAX_CONNECTIONS } from '../../src/admin-server.js';
 import type { OAuthServer } from '../helpers/oauth-server.js';
 import { runSidecar, type RunningSidecar } from '../helpers/sidecar.js';
 import type { Upstream } from '../helpers/upstream.js';
@@ -37,6 +39,31 @@ function admin(s: RunningSidecar, path: string) {
 }
 
 describe('admin server', () => {
+  it(`takes at most ${ADMIN_MAX_CONNECTIONS} connections at once: one more is closed as it comes, and it answers again once they go`, async () => {
+    const s = await start();
+    const port = s.adminAddress!.port;
+    const open = (): Promise<Socket> =>
+      new Promise((resolve, reject) => {
+        const socket = connect(port, '127.0.0.1', () => resolve(socket));
+        socket.once('error', reject);
+      });
+    const held: Socket[] = [];
+    try {
+      for (let i = 0; i < ADMIN_MAX_CONNECTIONS; i++) held.push(await open());
+      // node drops one beyond maxConnections as it accepts it: closed without an answer.
+      const beyond = await open();
+      let received = '';
+      beyond.on('data', (chunk: Buffer) => (received += chunk.toString()));
+      beyond.on('error', () => undefined);
+      beyond.write('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n');
+      await new Promise((resolve) => beyond.once('close', resolve));
+      expect(received).toBe('');
+    } finally {
+      for (const socket of held) socket.destroy();
+    }
+    await expect.poll(async () => (await admin(s, '/healthz').then(async (r) => (await r.body.dump(), r.statusCode))), { interval: 20 }).toBe(200);
+  });
+
   it('answers liveness, and is not reachable through the proxy port', async () => {
     const s = await start();
     const live = await admin(s, '/healthz');
