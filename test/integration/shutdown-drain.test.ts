@@ -116,6 +116,18 @@ describe('shutdown drain', () => {
     await stopping; // within the test's timeout, not the 60-s grace period
   });
 
+  it('does not wait the grace period for connections on which no request has begun (opened ahead, or half a head)', async () => {
+    const s = await start(['--shutdown-grace', '60000']); // far beyond the test's timeout
+    const silent = await rawOpen(s.address.port, '');
+    const halfHead = await rawOpen(s.address.port, 'GET /http/ok HTTP/1.1\r\nHost: loc');
+    await expect.poll(() => s.metrics.render().then((m) => /^oauth_sidecar_sender_connections 2$/m.test(m.body))).toBe(true);
+    await s.shutdown();
+    expect(s.server.listening).toBe(false);
+    expect(['closed', 'reset']).toContain(await silent.closed);
+    expect(['closed', 'reset']).toContain(await halfHead.closed);
+    expect(s.logText()).not.toMatch(/grace period over/);
+  });
+
   it('a connection node let go of for a CONNECT, its sender not reading the answer owed, is closed when the grace period ends', async () => {
     const s = await start(['--shutdown-grace', '300']);
     const sender = await rawOpen(
