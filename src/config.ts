@@ -222,8 +222,14 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
   if (!(LOG_FORMATS as readonly string[]).includes(logFormat)) {
     problems.push({ source: read.sourceOf('log-format'), field: 'log-format', message: `must be one of ${LOG_FORMATS.join(', ')}` });
   }
+  const basicAuthFile = read.string('basic-auth-file') ?? file?.inbound?.basicAuthFile;
+  // `--basic-auth-file=` would pass for inbound control and turn none on.
+  if (basicAuthFile === '') {
+    const source = read.has('basic-auth-file') ? read.sourceOf('basic-auth-file') : (configFile ?? '');
+    problems.push({ source, field: read.has('basic-auth-file') ? 'basic-auth-file' : 'inbound.basicAuthFile', message: 'is empty: give the path of the user list' });
+  }
   const inbound: InboundConfig = {
-    basicAuthFile: read.string('basic-auth-file') ?? file?.inbound?.basicAuthFile,
+    basicAuthFile: basicAuthFile || undefined,
     allowCidrs: read.has('allow-cidr') ? read.list('allow-cidr') : (file?.inbound?.allowCidrs ?? []),
     allowAnySender: read.boolean('allow-any-sender') ?? file?.inbound?.allowAnySender ?? false,
     allowHosts: read.has('allow-host')

@@ -450,6 +450,12 @@ routes:
     }
   });
 
+  it('refuses an empty --basic-auth-file rather than let it pass for inbound control', () => {
+    expect(problems(['--service-key', '/k', '--listen', '0.0.0.0:8080', '--basic-auth-file='])).toEqual(
+      expect.arrayContaining([{ source: '--basic-auth-file', field: 'basic-auth-file', message: 'is empty: give the path of the user list' }]),
+    );
+  });
+
   it('refuses a YAML file of two documents (the second would be dropped); a leading or trailing --- alone is fine', () => {
     const route = 'routes:\n  - prefix: /a\n    serviceKey: /k\n';
     expect(problems(['--config', '/c.yaml'], {}, { '/c.yaml': `${route}---\ninbound:\n  allowAnySender: true\n` })).toEqual([
