@@ -152,23 +152,19 @@ export function createProxyServer(options: ProxyOptions, limits: ServerLimits = 
     closeAllConnections();
     for (const socket of detached) socket.destroy();
   };
-  // Connections on which no request has begun (a client's pre-opened socket, a TCP health check, half a head):
-  // node counts them as neither idle nor busy, and stops their head timeout once the server closes, so a stop
-  // would wait the whole grace period for them. They go with the idle ones, as nginx closes them at a stop.
-  const unused = new Set<Socket>();
+  // Connections that owe no answer — none begun yet (a client's pre-opened socket, a TCP health check), or half
+  // the head of the next request on a keep-alive one: node counts them as neither idle nor busy, and stops their
+  // head timeout once the server closes, so a stop would wait the whole grace period for them. They go with the
+  // idle ones, as nginx closes them at a stop. (Not one already closing: a lingering close reads a refused body.)
+  const open = new Set<Socket>();
   server.on('connection', (socket: Socket) => {
-    unused.add(socket);
-    socket.once('close', () => unused.delete(socket));
+    open.add(socket);
+    socket.once('close', () => open.delete(socket));
   });
-  const used = (socket: Socket): void => void unused.delete(socket);
-  server.prependListener('request', (req: IncomingMessage) => used(req.socket));
-  server.prependListener('checkContinue', (req: IncomingMessage) => used(req.socket));
-  server.prependListener('connect', (_req: IncomingMessage, socket: Socket) => used(socket));
-  server.prependListener('clientError', (_err: Error, socket: Socket) => used(socket));
   const closeIdleConnections = server.closeIdleConnections.bind(server);
   server.closeIdleConnections = () => {
     closeIdleConnections();
-    for (const socket of unused) socket.destroy();
+    for (const socket of open) if (((socket as MarkedSocket)[OWED] ?? 0) === 0 && socket.writable) socket.destroy();
   };
   server.on('connect', (_req: IncomingMessage, socket: Socket) => {
     // node takes its own 'error' listener off a socket it hands over: without one, a sender's reset would be an
