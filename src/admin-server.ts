@@ -9,6 +9,7 @@
  * Kubernetes stops sending traffic before the listener closes.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import type { Metrics } from './metrics.js';
 import { SidecarError } from './errors.js';
 import type { RouteTable } from './routes.js';
@@ -38,9 +39,11 @@ interface RouteReadiness {
 }
 
 /**
- * Connections the admin listener takes at once: probes and scrapers need a handful. It shares the process (its
- * file descriptors, its memory) with the proxy port, and in a cluster any pod may reach it: beyond this, a
- * connection is closed as it comes.
+ * Connections the admin listener keeps at once: probes and scrapers need a handful. It shares the process (its
+ * file descriptors, its memory) with the proxy port, and in a cluster any pod may reach it. A new connection
+ * beyond this makes room by closing the oldest one without a request under way (silent, between keep-alive
+ * requests, or half a head): the kubelet opens one per probe, and a client holding connections must not lock
+ * the probes out. Only when every one is answering a request is the newcomer closed.
  */
 export const ADMIN_MAX_CONNECTIONS = 64;
 /** A connection silent this long (no request, or not reading its answer) is closed. */
@@ -57,8 +60,27 @@ export function createAdminServer(options: AdminOptions): Server {
       });
     },
   );
-  server.maxConnections = ADMIN_MAX_CONNECTIONS;
   server.timeout = ADMIN_IDLE_TIMEOUT_MS;
+  // Each connection, oldest first, and whether a request is under way on it.
+  const open = new Map<Socket, boolean>();
+  server.on('connection', (socket: Socket) => {
+    if (open.size >= ADMIN_MAX_CONNECTIONS) {
+      const oldestUnused = [...open].find(([, busy]) => !busy)?.[0];
+      if (oldestUnused === undefined) return void socket.destroy();
+      open.delete(oldestUnused);
+      oldestUnused.destroy();
+    }
+    open.set(socket, false);
+    socket.once('close', () => open.delete(socket));
+  });
+  server.prependListener('request', (req: IncomingMessage, res: ServerResponse) => {
+    const socket = req.socket;
+    if (!open.has(socket)) return;
+    // Re-inserted: a connection in use counts as the newest.
+    open.delete(socket);
+    open.set(socket, true);
+    res.once('close', () => void (open.has(socket) && open.set(socket, false)));
+  });
   return server;
 }
 
