@@ -772,7 +772,7 @@ class FileReader {
   /** A file or directory named in the config file; a relative one is relative to the config file's directory. */
   pathValue(o: Record<string, unknown>, key: string, at: string): string | undefined {
     const v = this.string(o, key, at);
-    if (v === undefined) return v;
+    if (v === undefined || v === '') return v; // empty: reported where the value is checked
     if (!isContent(v)) return isAbsolute(v) ? v : resolve(dirname(this.path), v);
     this.problems.push({ source: this.path, field: at ? `${at}.${key}` : key, message: 'holds file content (PEM or JSON), not a path: write it to a file and give its path; the value is not shown' });
     return CONTENT_GIVEN;

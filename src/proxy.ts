@@ -1322,18 +1322,19 @@ const MIN_CSRF_TOKEN_LENGTH = 12;
 
 /**
  * A session cookie value that is redacted from answers wherever it appears: one that looks like a session id (16+
- * characters of letters, digits, `%`, `.`, `_`, `~`, `+`, `-`: `JSESSIONID`, `__VCAP_ID__`, `MYSAPSSO2`).
- * Cookies that hold plain text (SAP's `sap-usercontext=sap-client=100`) would garble unrelated fields — a
- * `Location`'s query, a `Content-Type` — and are no credential.
+ * characters of letters, digits, `%`, `.`, `_`, `~`, `+`, `/`, `-`, digits among them, maybe base64's `=` padding: `JSESSIONID`,
+ * `__VCAP_ID__`, `MYSAPSSO2`). Cookies that hold plain text (SAP's `sap-usercontext=sap-client=100`) would garble
+ * unrelated fields — a `Location`'s query, a `Content-Type` — and are no credential.
  */
 function isSessionId(value: string): boolean {
-  return value.length >= 16 && /^[A-Za-z0-9%._~+-]+$/.test(value);
+  // A random id has digits too: a word with a slash (`application/json`) is text.
+  return /^[A-Za-z0-9%._~+/-]{16,}={0,2}$/.test(value) && /\d/.test(value);
 }
 
-/** The values of a `cookie` header (`a=1; b=2` → `1`, `2`). */
+/** The values of a `cookie` header (`a=1; b="2"` → `1`, `2`: quotes, which RFC 6265 allows, are not the value's). */
 function cookieValues(cookie: string | undefined): string[] {
   if (cookie === undefined) return [];
-  return cookie.split(';').map((pair) => pair.slice(pair.indexOf('=') + 1).trim());
+  return cookie.split(';').map((pair) => pair.slice(pair.indexOf('=') + 1).trim().replace(/^"(.*)"$/, '$1'));
 }
 
 /** `Bearer <token>`, made once per token rather than once per request. */

@@ -344,13 +344,14 @@ describe('tokens on the request path', () => {
 
   it("a flow echoing the request's headers hands the sender neither the token nor the route's CSRF session", async () => {
     const own = await another(['--service-key', keyPath]);
-    const session = { token: 'csrf-' + randomBytes(12).toString('hex'), id: randomBytes(16).toString('hex'), vcap: randomBytes(15).toString('hex') };
+    // A base64 session id with `/` and padding, quoted as RFC 6265 allows: redacted all the same.
+    const session = { token: 'csrf-' + randomBytes(12).toString('hex'), id: randomBytes(16).toString('hex'), vcap: 'ab/' + randomBytes(16).toString('base64').replace(/=+$/, '') + '==' };
     upstream.setHandler((req, res, body) => {
       body.resume();
       if (req.method === 'GET' && req.headers['x-csrf-token'] === 'Fetch') {
         res.writeHead(200, {
           'x-csrf-token': session.token,
-          'set-cookie': [`JSESSIONID=${session.id}; Path=/`, `__VCAP_ID__=${session.vcap}; Path=/`, 'sap-usercontext=sap-client=100; Path=/', 'lang=application/json; Path=/'],
+          'set-cookie': [`JSESSIONID=${session.id}; Path=/`, `__VCAP_ID__="${session.vcap}"; Path=/`, 'sap-usercontext=sap-client=100; Path=/', 'lang=application/json; Path=/'],
         });
         res.end();
         return true;
@@ -377,7 +378,7 @@ describe('tokens on the request path', () => {
     await res.body.dump();
     expect(res.headers['x-echo-authorization']).toBe('Bearer [redacted]');
     expect(res.headers['x-echo-csrf']).toBe('[redacted]');
-    expect(res.headers['x-echo-cookie']).toBe('theme=dark-and-stormy; JSESSIONID=[redacted]; __VCAP_ID__=[redacted]; sap-usercontext=sap-client=100; lang=application/json');
+    expect(res.headers['x-echo-cookie']).toBe('theme=dark-and-stormy; JSESSIONID=[redacted]; __VCAP_ID__="[redacted]"; sap-usercontext=sap-client=100; lang=application/json');
     expect(res.headers['set-cookie']).toBe('JSESSIONID=[redacted]; Path=/');
     expect(res.headers['location']).toMatch(/\/http\/orders\/42\?sap-client=100$/);
     expect(res.headers['content-type']).toBe('application/json; charset=utf-8');

@@ -450,9 +450,13 @@ routes:
     }
   });
 
-  it('refuses an empty --basic-auth-file rather than let it pass for inbound control', () => {
+  it('refuses an empty --basic-auth-file (or inbound.basicAuthFile) rather than let it pass for inbound control', () => {
     expect(problems(['--service-key', '/k', '--listen', '0.0.0.0:8080', '--basic-auth-file='])).toEqual(
       expect.arrayContaining([{ source: '--basic-auth-file', field: 'basic-auth-file', message: 'is empty: give the path of the user list' }]),
+    );
+    const file = 'listen: 0.0.0.0:8080\ninbound:\n  basicAuthFile: ""\nroutes:\n  - prefix: /\n    serviceKey: /k\n';
+    expect(problems(['--config', '/etc/sidecar/c.yaml'], {}, { '/etc/sidecar/c.yaml': file })).toEqual(
+      expect.arrayContaining([{ source: '/etc/sidecar/c.yaml', field: 'inbound.basicAuthFile', message: 'is empty: give the path of the user list' }]),
     );
   });
 
