@@ -11,7 +11,7 @@
  * (400/401/403) and malformed responses are final. Errors carry stable codes
  * and never the secret, the key or the token.
  */
-import { createHash } from 'node:crypto';
+import { createHash, createHmac, randomBytes } from 'node:crypto';
 import { setTimeout as sleepFor } from 'node:timers/promises';
 import type { Dispatcher } from 'undici';
 import { tokenClock, type Clock } from './clock.js';
@@ -409,7 +409,7 @@ function cacheKeyOf(credentials: Credentials, settings: TokenRequestSettings): s
   const parts = [
     credentials.tokenUrl,
     credentials.clientId,
-    credentials.kind === 'client-secret' ? settings.auth : `mtls:${credentials.fingerprint}`,
+    credentials.kind === 'client-secret' ? `${settings.auth}:${secretMark(credentials.clientSecret)}` : `mtls:${credentials.fingerprint}`,
     settings.scope ?? '',
     settings.resource ?? '',
     settings.audience ?? '',
@@ -418,6 +418,19 @@ function cacheKeyOf(credentials: Credentials, settings: TokenRequestSettings): s
       .map(([k, v]) => `${k}=${v}`),
   ];
   return createHash('sha256').update(JSON.stringify(parts)).digest('base64url');
+}
+
+/** Known to this process only: the secret's mark below cannot be tested against guesses outside it. */
+const SECRET_MARK_KEY = randomBytes(32);
+
+/**
+ * Which secret a client uses, as part of its cache key but never the secret itself (an HMAC under a key of this
+ * process): two routes with the same client id but different secrets (one of them wrong, or not rotated yet) must
+ * not share a token, which would hand the wrong one the right one's token and the right one the wrong one's
+ * refusal.
+ */
+function secretMark(secret: string): string {
+  return createHmac('sha256', SECRET_MARK_KEY).update(secret).digest('base64url');
 }
 
 /**

@@ -736,6 +736,25 @@ describe('errors a sender sees', () => {
     expect(bad.logText()).not.toContain(wrong);
   });
 
+  it('two routes with the same client id but different secrets do not share a token: the wrong one fails alone', async () => {
+    const wrong = 'wrong-Secret$1=|%';
+    const badKey = await files.write('bad-shared.json', serviceKey({ clientsecret: wrong }));
+    const config = await files.write(
+      'same-client.yaml',
+      ['routes:', '  - name: bad', '    prefix: /bad', `    serviceKey: ${badKey}`, '    rewritePrefix: /', '  - name: good', '    prefix: /good', `    serviceKey: ${keyPath}`, '    rewritePrefix: /'].join('\n'),
+    );
+    const s = await another(['--config', config]);
+    const [bad, good] = s.routes.routes;
+    expect(bad!.tokenClient.cacheKey).not.toBe(good!.tokenClient.cacheKey);
+    const fine = await request(`${s.url}/good/http/GetTimestamp`);
+    expect(fine.statusCode).toBe(200);
+    await fine.body.dump();
+    const refused = await request(`${s.url}/bad/http/GetTimestamp`);
+    expect(refused.statusCode).toBe(502);
+    expect(await errorOf(refused, wrong)).toMatchObject({ error: 'TOKEN_REJECTED', route: 'bad' });
+    expect(s.logText()).not.toContain(wrong);
+  });
+
   it('503 with Retry-After when the token server fails and no token is cached', async () => {
     oauth.setInterceptor((_req, res) => {
       res.writeHead(500).end();
