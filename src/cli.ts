@@ -67,12 +67,18 @@ function loggersFor(config: Readonly<Config>): Loggers {
 
 /** Settings a user may give the demo; everything else comes from the demo tenant. */
 const DEMO_ENV = ['SIDECAR_LISTEN', 'SIDECAR_ADMIN_LISTEN', 'SIDECAR_LOG_LEVEL', 'SIDECAR_LOG_FORMAT'];
+const DEMO_FLAGS = ['listen', 'admin-listen', 'log-level', 'log-format', 'help', 'version'];
 
 /**
  * `oauth-sidecar demo`: a local demo tenant (token server + CSRF-protected
  * integration flow, certificates made on the fly) with the sidecar in front.
  */
 async function demo(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<number> {
+  // The demo tenant is the key and the upstream: any other flag would quietly run something else under its banner.
+  const other = argv.find((arg) => arg.startsWith('-') && !DEMO_FLAGS.includes(arg.replace(/^--?/, '').split('=', 1)[0]!));
+  if (other !== undefined) {
+    return fail(new ConfigError([{ source: 'command line', field: other.split('=', 1)[0]!, message: `is not a demo flag (the demo takes ${DEMO_FLAGS.map((f) => `--${f}`).join(', ')})` }]));
+  }
   const { startDemoTenant } = await import('./demo-tenant.js');
   const tenant = await startDemoTenant();
   try {
@@ -97,13 +103,14 @@ async function demo(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
             `  token server      ${tenant.tokenUrl}`,
             `  integration flow  ${tenant.url}  (needs a Bearer token and, for POST, a CSRF token)`,
             `  service key       ${tenant.serviceKeyPath}`,
+            `  its CA            ${tenant.caPath}  (for --ca: e.g. check --service-key <key> --ca <CA> --check-path /http/GetTimestamp)`,
             '',
             'Try it (plain HTTP, no credentials — the sidecar adds them):',
             `  curl ${base}/http/GetTimestamp`,
             `  curl -X POST -H 'content-type: text/plain' --data 'hello from a legacy sender' ${base}/http/echo`,
             ...(admin ? [`  curl ${admin}/readyz`, `  curl ${admin}/metrics`] : []),
             '',
-            'Stop with Ctrl+C.',
+            'Stop with Ctrl+C (from a script: signal this node process, not npm, whose shell does not pass it on).',
             '',
           ].join('\n'),
         );
@@ -182,6 +189,8 @@ async function serve(config: Readonly<Config>, loggers: Loggers, started?: (side
     process.off('SIGTERM', again);
     process.off('SIGINT', again);
   }
+  // The access lines still batched go out first: none of them comes after "stopped".
+  loggers.access.flush();
   log.info('stopped');
   return EXIT_OK;
 }

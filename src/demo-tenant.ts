@@ -431,7 +431,7 @@ export interface EchoResponse {
   method: string;
   /** Path and query as received. */
   path: string;
-  /** Request headers (lower-case names); `authorization` is replaced by `Bearer <redacted>`. */
+  /** Request headers (lower-case names); `authorization` is replaced by `Bearer <redacted>`, `x-csrf-token` and `cookie` by `<redacted>`. */
   headers: Record<string, string | string[]>;
   bodyLength: number;
   /** Hex SHA-256 of the body. */
@@ -465,7 +465,10 @@ async function echo(req: IncomingMessage, res: ServerResponse): Promise<void> {
   }
   const headers: Record<string, string | string[]> = {};
   for (const [name, value] of Object.entries(req.headers)) {
-    if (value !== undefined) headers[name] = name === 'authorization' ? REDACTED_BEARER : value;
+    if (value === undefined) continue;
+    // The session's CSRF token and cookies are the sidecar's, shared by every sender: the demo shows that they
+    // came, not what they are (the sidecar keeps them out of answer headers; a body it does not search).
+    headers[name] = name === 'authorization' ? REDACTED_BEARER : name === 'x-csrf-token' || name === 'cookie' ? '<redacted>' : value;
   }
   const answer: EchoResponse = {
     method: req.method ?? '',

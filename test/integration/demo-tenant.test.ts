@@ -404,7 +404,8 @@ describe('runtime', () => {
         bodySha256: createHash('sha256').update(body).digest('hex'),
         body,
       });
-      expect(echo.headers).toMatchObject({ authorization: 'Bearer <redacted>', 'x-custom': 'yes', 'content-type': 'application/json', 'x-csrf-token': session.csrf });
+      expect(echo.headers).toMatchObject({ authorization: 'Bearer <redacted>', 'x-custom': 'yes', 'content-type': 'application/json', 'x-csrf-token': '<redacted>', cookie: '<redacted>' });
+      expect(reply.text).not.toContain(session.csrf);
       expect(reply.text).not.toContain(token);
       expect(reply.text).not.toContain(token.split('.')[2]!);
     });

@@ -5,21 +5,23 @@ import { collect, startCli } from '../helpers/cli.js';
 
 describe('oauth-sidecar demo', () => {
   it('starts a demo tenant and the sidecar, the printed curl lines work, and Ctrl+C stops it cleanly', async () => {
-    const child = startCli(['demo', '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', '--log-format', 'json', '--shutdown-delay', '0']);
+    const child = startCli(['demo', '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', '--log-format', 'json']);
     const result = collect(child);
     try {
       let out = '';
       const banner = await new Promise<string>((resolve, reject) => {
         child.stdout.on('data', (c: Buffer) => {
           out += c.toString();
-          if (out.includes('Stop with Ctrl+C.')) resolve(out);
+          if (out.includes('Stop with Ctrl+C')) resolve(out);
         });
         child.once('close', (code) => reject(new Error(`demo exited early (${code}): ${out}`)));
       });
       const timestampUrl = /curl (http:\/\/127\.0\.0\.1:\d+\/http\/GetTimestamp)/.exec(banner)?.[1];
       const echoLine = /curl -X POST .* (http:\/\/127\.0\.0\.1:\d+\/http\/echo)/.exec(banner)?.[1];
       const keyPath = /service key\s+(\S+)/.exec(banner)?.[1];
+      const caPath = /its CA\s+(\S+)/.exec(banner)?.[1];
       expect(timestampUrl).toBeDefined();
+      await access(caPath!); // the CA a user needs to point check or token at the demo tenant
       expect(echoLine).toBeDefined();
 
       const res = await request(timestampUrl!);
@@ -36,6 +38,14 @@ describe('oauth-sidecar demo', () => {
       await expect(access(keyPath!)).rejects.toMatchObject({ code: 'ENOENT' });
     } finally {
       child.kill('SIGKILL');
+    }
+  });
+
+  it('refuses a flag that would run something else under its banner (another service key, another upstream)', async () => {
+    for (const flag of [['--service-key', 'key.json'], ['--upstream=https://example.com']]) {
+      const { code, stderr } = await collect(startCli(['demo', ...flag]));
+      expect(code, flag.join(' ')).toBe(2);
+      expect(stderr).toContain(`${flag[0]!.split('=')[0]}: is not a demo flag`);
     }
   });
 });
