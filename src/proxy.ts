@@ -803,7 +803,7 @@ class Exchange {
 
   /**
    * What the last attempt carried that is not the sender's: the access token and, on a CSRF route, the session's
-   * token and cookie values (a session shared by every sender of the route, which may stand in for the token).
+   * token and ids (a session shared by every sender of the route, which may stand in for the token).
    */
   #secretsForSender(): string[] | undefined {
     const token = this.#token?.value;
@@ -1322,9 +1322,9 @@ const MIN_CSRF_TOKEN_LENGTH = 12;
 
 /**
  * A session cookie value that is redacted from answers wherever it appears: one that looks like a session id (16+
- * characters of letters, digits, `%`, `.`, `_`, `~`, `+`, `/`, `-`, digits among them, maybe base64's `=` padding: `JSESSIONID`,
- * `__VCAP_ID__`, `MYSAPSSO2`). Cookies that hold plain text (SAP's `sap-usercontext=sap-client=100`) would garble
- * unrelated fields — a `Location`'s query, a `Content-Type` — and are no credential.
+ * characters of letters, digits, `%`, `.`, `_`, `~`, `+`, `/`, `-`, digits among them, maybe base64's `=` padding:
+ * `JSESSIONID`, `__VCAP_ID__`, `MYSAPSSO2`). Cookies that hold plain text (SAP's `sap-usercontext=sap-client=100`)
+ * would garble unrelated fields — a `Location`'s query, a `Content-Type` — and are no credential.
  */
 function isSessionId(value: string): boolean {
   // A random id has digits too: a word with a slash (`application/json`) is text.
