@@ -290,10 +290,9 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
 /** What the admin listener's own requests get to finish once the proxy has drained (they answer at once). */
 const ADMIN_GRACE_MS = 1_000;
 
-/** Stop accepting; give in-flight requests until the deadline (or until `hurry` aborts); then cut what is left. */
 /**
- * Stop listening and wait for the connections to finish, at most `graceMs`; then `beforeCut` runs, and what is
- * answered in the turn after it goes out before the rest are closed.
+ * Stop accepting; give in-flight requests until the deadline (or until `hurry` aborts); then `beforeCut` runs, what
+ * is answered in the turn after it goes out, and what is left is cut.
  */
 async function drain(
   server: Server,
