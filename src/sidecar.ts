@@ -76,7 +76,11 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
   /** Set when the drain begins, after the shutdown delay (during which senders are served as usual). */
   let closingConnections = false;
 
-  const routesOfKey = (key: string) => table.routes.filter((r) => r.tokenClient.cacheKey === key).map((r) => r.name);
+  /** New routes whose credentials are being validated (their token request under way). */
+  const validating = new Set<Route>();
+  // A rotation's token request is made under the new credentials' key (a new secret makes a new key): named by
+  // the route it is validated for.
+  const routesOfKey = (key: string) => [...table.routes, ...validating].filter((r) => r.tokenClient.cacheKey === key).map((r) => r.name);
   let metrics: Metrics | undefined;
   const tokens = new TokenProvider({
     ...options.tokens,
@@ -145,8 +149,6 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
 
   /** Set once `shutdown()` or `close()` began; a rotation finishing after that is not applied. */
   let stopping: Promise<void> | undefined;
-  /** New routes whose credentials are being validated (their token request under way). */
-  const validating = new Set<Route>();
   /** Replaced routes whose pools are still closing (their requests finishing). */
   const retiring = new Set<Route>();
   /** Swaps under way; a stop waits for them, so that none is left to apply, count or log once it is over. */

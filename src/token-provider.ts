@@ -182,8 +182,8 @@ export class TokenProvider {
 
   /**
    * Validate new credentials (a rotation) by fetching a token with them, and cache it. The fetch is made
-   * directly, never joined with one already under way for the same key: with a rotated secret the key stays
-   * the same, and that fetch may be using the old secret. A failure changes nothing: the cached token, and
+   * directly, never joined with one already under way for the same key: new credentials may share the old ones'
+   * key (a rotation that changes only the upstream `url`), and that fetch may be using the old ones. A failure changes nothing: the cached token, and
    * the key's backoff, stay as they were. A fetch under way still answers its callers but no longer writes
    * to the cache (`ignoreFetchAbort`).
    */

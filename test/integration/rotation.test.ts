@@ -611,6 +611,17 @@ describe('credential rotation under load', () => {
     }
   });
 
+  it("a rotated secret the token server rejects: its token request's log lines name the route it was for", async () => {
+    const path = await files.write('wrong-secret.json', keyJson(OLD.id, OLD.secret));
+    const s = await start(path);
+    await request(`${s.url}/http/GetTimestamp`).then((r) => r.body.dump());
+    await writeFile(path, keyJson(OLD.id, 'not-the-Secret=1'));
+    const rejected = () => s.logs.find((l) => l['code'] === 'TOKEN_REJECTED' && Array.isArray(l['routes']));
+    await expect.poll(rejected, { interval: 20, timeout: 10_000 }).toBeDefined();
+    expect(rejected()!['routes']).toEqual(['default']);
+    expect(s.logText()).not.toContain('not-the-Secret=1');
+  });
+
   it('invalid new credentials are not applied: old ones keep serving, the error shows in logs, readiness and metrics', async () => {
     const path = await files.write('broken.json', keyJson(OLD.id, OLD.secret));
     const s = await start(path);
