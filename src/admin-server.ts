@@ -24,7 +24,7 @@ export interface AdminOptions {
   stopping?: AbortSignal;
   /** Routes whose last credential reload failed (old credentials still serve). */
   credentialErrors: () => ReadonlyMap<string, string>;
-  /** Bound on the token fetch a readiness probe may start. */
+  /** Bound on the token fetch a readiness probe may start (0: none is waited for). */
   readinessTimeoutMs?: number;
 }
 
@@ -48,13 +48,21 @@ interface RouteReadiness {
 export const ADMIN_MAX_CONNECTIONS = 64;
 /** A connection silent this long (no request, or not reading its answer) is closed. */
 const ADMIN_IDLE_TIMEOUT_MS = 15_000;
+/**
+ * Readiness probes that may wait for a token at once; beyond them a probe is answered from what is cached, at
+ * once. A probe that waits holds its connection, and connections busy with a request are never closed to make
+ * room: without this, clients looping `/readyz` during a token outage could hold every place and lock out the
+ * liveness probe, turning an outage into restarts.
+ */
+export const MAX_WAITING_READINESS = 16;
 
 export function createAdminServer(options: AdminOptions): Server {
+  const waits = { readiness: 0 };
   const server = createServer(
     // Head and request timeouts checked every second (node's default: every 30 s), so a slow head is cut in time.
     { requireHostHeader: false, headersTimeout: 10_000, requestTimeout: 30_000, connectionsCheckingInterval: 1_000 },
     (req, res) => {
-      route(req, res, options).catch(() => {
+      route(req, res, options, waits).catch(() => {
         if (!res.headersSent) send(res, 500, 'text/plain; charset=utf-8', 'internal error\n');
         else res.destroy();
       });
@@ -84,7 +92,7 @@ export function createAdminServer(options: AdminOptions): Server {
   return server;
 }
 
-async function route(req: IncomingMessage, res: ServerResponse, options: AdminOptions): Promise<void> {
+async function route(req: IncomingMessage, res: ServerResponse, options: AdminOptions, waits: { readiness: number }): Promise<void> {
   const path = (req.url ?? '/').split('?', 1)[0];
   if (req.method !== 'GET' && req.method !== 'HEAD') {
     res.setHeader('allow', 'GET, HEAD');
@@ -94,8 +102,14 @@ async function route(req: IncomingMessage, res: ServerResponse, options: AdminOp
     case '/healthz':
       return send(res, 200, 'text/plain; charset=utf-8', 'ok\n');
     case '/readyz': {
-      const { status, body } = await readiness(options);
-      return send(res, status, 'application/json', `${JSON.stringify(body)}\n`);
+      const answerAtOnce = waits.readiness >= MAX_WAITING_READINESS;
+      waits.readiness++;
+      try {
+        const { status, body } = await readiness(answerAtOnce ? { ...options, readinessTimeoutMs: 0 } : options);
+        return send(res, status, 'application/json', `${JSON.stringify(body)}\n`);
+      } finally {
+        waits.readiness--;
+      }
     }
     case '/metrics': {
       const { contentType, body } = await options.metrics.render();
@@ -116,6 +130,10 @@ export async function readiness(options: AdminOptions): Promise<{ status: number
     options.routes().routes.map(async (r): Promise<RouteReadiness> => {
       const base: RouteReadiness = { route: r.name, ready: true, ...(warnings.has(r.name) && { credentialWarning: warnings.get(r.name) }) };
       if (options.tokens.peek(r.tokenClient)) return base;
+      if (timeoutMs <= 0) {
+        const message = `no token cached, and ${MAX_WAITING_READINESS} readiness probes already wait for one`;
+        return { ...base, ready: false, error: 'TOKEN_TIMEOUT', message };
+      }
       try {
         await withTimeout(options.tokens.getToken(r.tokenClient), timeoutMs);
         return base;

@@ -1,6 +1,8 @@
 import { getEventListeners } from 'node:events';
+import { request as httpRequest } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { readiness, type AdminOptions } from '../../src/admin-server.js';
+import { createAdminServer, MAX_WAITING_READINESS, readiness, type AdminOptions } from '../../src/admin-server.js';
 import type { RouteTable } from '../../src/routes.js';
 import type { TokenProvider } from '../../src/token-provider.js';
 
@@ -41,5 +43,37 @@ describe('readiness while a stop may begin', () => {
     stop.abort();
     for (const answer of await Promise.all(probes)) expect(answer).toEqual({ status: 503, body: { status: 'shutting down', routes: [] } });
     expect(getEventListeners(stop.signal, 'abort')).toHaveLength(0);
+  });
+});
+
+describe('readiness probes waiting for a token', () => {
+  it(`at most ${MAX_WAITING_READINESS} wait at once; others are answered at once, and liveness still gets in`, async () => {
+    const server = createAdminServer(options(new AbortController().signal, false));
+    const port = await new Promise<number>((resolve) => server.listen(0, '127.0.0.1', () => resolve((server.address() as AddressInfo).port)));
+    const get = (path: string) =>
+      new Promise<{ status: number | undefined; body: string }>((resolve, reject) => {
+        const req = httpRequest({ host: '127.0.0.1', port, path, agent: false }, (res) => {
+          let body = '';
+          res.on('data', (chunk: Buffer) => (body += chunk.toString()));
+          res.once('end', () => resolve({ status: res.statusCode, body }));
+        });
+        req.once('error', reject);
+        req.end();
+      });
+    try {
+      const waiting = Array.from({ length: MAX_WAITING_READINESS }, () => get('/readyz').catch(() => undefined));
+      await expect.poll(() => hanging.length).toBe(MAX_WAITING_READINESS);
+      // The token server hangs: one more probe does not wait, nor hold its connection.
+      const beyond = await get('/readyz');
+      expect(beyond.status).toBe(503);
+      expect(JSON.parse(beyond.body)).toMatchObject({ status: 'not ready', routes: [{ route: 'default', ready: false, error: 'TOKEN_TIMEOUT' }] });
+      expect(hanging).toHaveLength(MAX_WAITING_READINESS);
+      expect((await get('/healthz')).status).toBe(200);
+      server.closeAllConnections();
+      await Promise.all(waiting);
+    } finally {
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+    }
   });
 });
