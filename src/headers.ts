@@ -18,7 +18,7 @@ export interface HeaderFilterOptions {
   readonly extra?: ExtraHeaders;
   /**
    * Responses only: what the sidecar added to the request that is not the sender's to have — the access token,
-   * and on a CSRF route its session's token and cookie values. An upstream that echoes the request's headers
+   * and on a CSRF route its session's token and ids. An upstream that echoes the request's headers
    * back (a flow returning its message headers, a `WWW-Authenticate` quoting the token) would hand them to the
    * sender; each is replaced by `[redacted]` in any value holding it.
    */
