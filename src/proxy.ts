@@ -1322,13 +1322,14 @@ const MIN_CSRF_TOKEN_LENGTH = 12;
 
 /**
  * A session cookie value that is redacted from answers wherever it appears: one that looks like a session id (16+
- * characters of letters, digits, `%`, `.`, `_`, `~`, `+`, `/`, `-`, digits among them, maybe base64's `=` padding:
+ * characters of letters, digits, `%`, `.`, `_`, `~`, `+`, `/`, `-`, with digits or both cases, maybe `=` padding:
  * `JSESSIONID`, `__VCAP_ID__`, `MYSAPSSO2`). Cookies that hold plain text (SAP's `sap-usercontext=sap-client=100`)
  * would garble unrelated fields — a `Location`'s query, a `Content-Type` — and are no credential.
  */
 function isSessionId(value: string): boolean {
-  // A random id has digits too: a word with a slash (`application/json`) is text.
-  return /^[A-Za-z0-9%._~+/-]{16,}={0,2}$/.test(value) && /\d/.test(value);
+  // A random id has digits or both cases (base64 may lack digits): a lower-case word with a slash
+  // (`application/json`) is text.
+  return /^[A-Za-z0-9%._~+/-]{16,}={0,2}$/.test(value) && (/\d/.test(value) || (/[a-z]/.test(value) && /[A-Z]/.test(value)));
 }
 
 /** The values of a `cookie` header (`a=1; b="2"` → `1`, `2`: quotes, which RFC 6265 allows, are not the value's). */
