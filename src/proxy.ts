@@ -805,13 +805,13 @@ class Exchange {
    * What the last attempt carried that is not the sender's: the access token and, on a CSRF route, the session's
    * token and ids (a session shared by every sender of the route, which may stand in for the token).
    */
-  #secretsForSender(): string[] | undefined {
-    const token = this.#token?.value;
+  #secretsForSender(): readonly string[] | undefined {
+    const token = this.#token;
     const csrf = this.#csrf;
-    if (csrf === undefined) return token === undefined ? undefined : [token];
+    if (csrf === undefined) return token === undefined ? undefined : tokenOnly(token);
     const secrets = cookieValues(csrf.cookie).filter(isSessionId);
     if (csrf.token.length >= MIN_CSRF_TOKEN_LENGTH) secrets.push(csrf.token);
-    if (token !== undefined) secrets.push(token);
+    if (token !== undefined) secrets.push(token.value);
     return secrets;
   }
 
@@ -1294,12 +1294,11 @@ class UpstreamCall implements Dispatcher.DispatchHandler, ConnectionListener {
     // it all and then closed resets the connection (unread data), its answer whole all the same. That is a body
     // still going out, or one refused (4xx/5xx): the sidecar cannot tell whether the upstream read a body that
     // fit in the socket buffers.
-    const body = this.#exchange.requestBody();
-    const cut =
-      this.#closeDelimited && !this.#bodiless && (body === 'none' || (body === 'whole' && this.#status < 400))
-        ? (this.connection as { errored?: Error | null } | undefined)?.errored
-        : undefined;
-    if (cut) return this.onResponseError(controller, cut);
+    if (this.#closeDelimited && !this.#bodiless) {
+      const body = this.#exchange.requestBody();
+      const cut = body === 'none' || (body === 'whole' && this.#status < 400) ? (this.connection as { errored?: Error | null } | undefined)?.errored : undefined;
+      if (cut) return this.onResponseError(controller, cut);
+    }
     if (this.#verdict === 'deliver' && !this.#bodiless) this.#res.end();
     this.#exchange.attemptSettled(this.#verdict ?? 'deliver', this.#held);
   }
@@ -1336,6 +1335,14 @@ function isSessionId(value: string): boolean {
 function cookieValues(cookie: string | undefined): string[] {
   if (cookie === undefined) return [];
   return cookie.split(';').map((pair) => pair.slice(pair.indexOf('=') + 1).trim().replace(/^"(.*)"$/, '$1'));
+}
+
+/** The token alone as the secrets kept out of answers, made once per token rather than once per request. */
+const tokenOnlySecrets = new WeakMap<AccessToken, string[]>();
+function tokenOnly(token: AccessToken): readonly string[] {
+  let secrets = tokenOnlySecrets.get(token);
+  if (secrets === undefined) tokenOnlySecrets.set(token, (secrets = [token.value]));
+  return secrets;
 }
 
 /** `Bearer <token>`, made once per token rather than once per request. */

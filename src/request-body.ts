@@ -115,9 +115,9 @@ export class RequestBody {
     return this.#present;
   }
 
-  /** The streamed body was taken whole (undici read it to its end), or there is none. */
+  /** The streamed body was taken whole (undici read it to its end). */
   takenWhole(): boolean {
-    return !this.#present || this.#streamed?.readableEnded === true;
+    return this.#streamed?.readableEnded === true;
   }
 
   /** Bytes received from the sender (declared length when streamed untouched). */

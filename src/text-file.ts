@@ -47,13 +47,8 @@ export async function readTextFile(path: string, { bytes = MAX_TEXT_FILE_BYTES, 
   try {
     const text = new Collected(bytes, silenceMs);
     for (;;) {
-      let n: number | undefined;
-      try {
-        n = text.add((await file.read(text.buffer, 0, text.buffer.length, null)).bytesRead);
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') throw err;
-        n = text.silent();
-      }
+      // A non-blocking read returns at once, with what is there or EAGAIN: only the wait between reads is async.
+      const n = tryRead((buffer) => readSync(file.fd, buffer, 0, buffer.length, null), text);
       if (n === 0) return text.done();
       if (n === undefined) await delay(PIPE_POLL_MS);
     }
