@@ -946,7 +946,8 @@ class Exchange {
       // Rotated while the session was being fetched: it is the old credentials'; the new route's is fetched.
       if (this.#latest(route) !== route) return this.#cureCsrf(route);
       this.#csrf = csrf;
-      this.#resume(route, this.#token!);
+      // The newest token: a fetch answered 401 renewed it (`#fetchCsrf`), and the session is the client's, not the token's.
+      this.#resume(route, this.#options.tokens.cachedToken(route.tokenClient) ?? this.#token!);
     });
   }
 
@@ -990,22 +991,38 @@ class Exchange {
     return err;
   }
 
-  /** GET the same URL with `X-CSRF-Token: Fetch`; the adapter answers without running the flow. */
+  /**
+   * GET the same URL with `X-CSRF-Token: Fetch`; the adapter answers without running the flow. A 401 means the
+   * token went bad since the request that asked was accepted (RFC 6750 §3.1: expired or revoked): the fetch is
+   * made once more with a new token, under the same once-per-interval rule as a request's own 401.
+   */
   async #fetchCsrf(route: Route, path: string, token: AccessToken, stale: CsrfCredentials | undefined): Promise<CsrfCredentials | undefined> {
     const headers: HeaderRecord = { authorization: bearer(token), 'x-csrf-token': 'Fetch', 'x-request-id': this.#requestId };
     if (stale?.cookie) headers['cookie'] = stale.cookie;
+    const tokens = this.#options.tokens;
     // Not cut short when this request's sender leaves: other requests may have joined the fetch (one per
     // route), and what it fails with is theirs too, so it is mapped whoever is still waiting.
+    let status: number;
+    let session: CsrfCredentials | undefined;
     try {
-      const response = await route.dispatcher.request({ origin: route.origin, path, method: 'GET', headers });
+      let response = await route.dispatcher.request({ origin: route.origin, path, method: 'GET', headers });
       await response.body.dump();
-      const session = csrfFromResponse(response.headers, stale?.cookie);
-      this.#options.observer.csrfFetched(route.name, session !== undefined);
-      return session;
+      if (response.statusCode === 401 && tokens.retryAfterRejection(route.tokenClient, token)) {
+        headers['authorization'] = bearer(await tokens.refreshAfterRejection(route.tokenClient, token));
+        response = await route.dispatcher.request({ origin: route.origin, path, method: 'GET', headers });
+        await response.body.dump();
+      }
+      status = response.statusCode;
+      session = csrfFromResponse(response.headers, stale?.cookie);
     } catch (err) {
       this.#options.observer.csrfFetched(route.name, false);
       throw upstreamFailure(route, err);
     }
+    this.#options.observer.csrfFetched(route.name, session !== undefined);
+    if (session === undefined && status >= 400) {
+      throw new SidecarError('CSRF_FETCH_FAILED', `route ${route.name}: the upstream asked for a CSRF token but answered its fetch with ${status}`);
+    }
+    return session;
   }
 
   #upstreamError(route: Route, err: unknown): unknown {

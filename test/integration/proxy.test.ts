@@ -385,16 +385,20 @@ describe('tokens on the request path', () => {
   });
 
   /** An upstream that wants CSRF on POSTs; its fetch answers as `fetchAnswers` says, in turn (then with the session). */
-  function csrfUpstream(session: { token: string; cookie: string }, fetchAnswers: Array<'none' | 'session'> = []) {
+  function csrfUpstream(session: { token: string; cookie: string }, fetchAnswers: Array<'none' | 'session' | '401'> = []) {
     const seen: string[] = [];
+    /** The Bearer token each request carried, in the order of `seen`. */
+    const tokens: string[] = [];
     let fetched: () => void = () => undefined;
     let fetchedOnce = new Promise<void>((resolve) => (fetched = resolve));
     upstream.setHandler((req, res, body) => {
       body.resume();
+      tokens.push(req.headers.authorization ?? '');
       if (req.method === 'GET' && req.headers['x-csrf-token'] === 'Fetch') {
-        seen.push('fetch');
         const answer = fetchAnswers.shift() ?? 'session';
-        res.writeHead(200, answer === 'session' ? { 'x-csrf-token': session.token, 'set-cookie': `${session.cookie}; Path=/` } : {});
+        seen.push(answer === '401' ? 'fetch-401' : 'fetch');
+        if (answer === '401') res.writeHead(401, { 'www-authenticate': 'Bearer error="invalid_token"' });
+        else res.writeHead(200, answer === 'session' ? { 'x-csrf-token': session.token, 'set-cookie': `${session.cookie}; Path=/` } : {});
         res.end(() => fetched());
         return true;
       }
@@ -406,6 +410,7 @@ describe('tokens on the request path', () => {
     });
     return {
       seen,
+      tokens,
       /** Resolves once a fetch has been answered (the next call waits for the next one). */
       fetchAnswered: () => fetchedOnce.then(() => void (fetchedOnce = new Promise<void>((resolve) => (fetched = resolve)))),
     };
@@ -436,6 +441,37 @@ describe('tokens on the request path', () => {
     expect(second.statusCode).toBe(200);
     expect(await second.body.text()).toBe('processed');
     expect(csrf.seen).toEqual(['post-403', 'fetch', 'post-403', 'fetch', 'post']);
+  });
+
+  it('a CSRF fetch answered 401 (the token went bad meanwhile) is made once more with a new token, which the resend carries too', async () => {
+    const own = await another(['--service-key', keyPath]);
+    await (await request(`${own.url}/http/warm`)).body.dump(); // its token is cached
+    const csrf = csrfUpstream({ token: 'csrf-' + randomBytes(4).toString('hex'), cookie: 'JSESSIONID=renewed' }, ['401']);
+    const before = oauth.tokenRequests;
+    const res = await request(`${own.url}/http/order`, { method: 'POST', body: 'a' });
+    expect(res.statusCode).toBe(200);
+    expect(await res.body.text()).toBe('processed');
+    expect(csrf.seen).toEqual(['post-403', 'fetch-401', 'fetch', 'post']);
+    const [first, refused, renewed, resent] = csrf.tokens;
+    expect(refused).toBe(first);
+    expect(renewed).not.toBe(first);
+    expect(resent).toBe(renewed);
+    expect(oauth.tokenRequests - before).toBe(1);
+    expect(own.logs.find((l) => l['path'] === '/http/order')).toMatchObject({ status: 200, retried: 'csrf' });
+  });
+
+  it('a CSRF fetch answered 401 again with the new token: 502 naming the 401, one token request, no loop', async () => {
+    const own = await another(['--service-key', keyPath]);
+    await (await request(`${own.url}/http/warm`)).body.dump(); // its token is cached
+    const csrf = csrfUpstream({ token: 'csrf-' + randomBytes(4).toString('hex'), cookie: 'JSESSIONID=never' }, ['401', '401', '401', '401']);
+    const before = oauth.tokenRequests;
+    const res = await request(`${own.url}/http/order`, { method: 'POST', body: 'a' });
+    expect(res.statusCode).toBe(502);
+    const body = (await res.body.json()) as { error: string; message: string };
+    expect(body).toMatchObject({ error: 'CSRF_FETCH_FAILED' });
+    expect(body.message).toContain('answered its fetch with 401');
+    expect(csrf.seen).toEqual(['post-403', 'fetch-401', 'fetch-401']);
+    expect(oauth.tokenRequests - before).toBe(1);
   });
 
   it('a CSRF fetch shared by two requests fails: the one whose sender stayed gets 502, also when the first sender left', async () => {
