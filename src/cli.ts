@@ -67,7 +67,7 @@ function loggersFor(config: Readonly<Config>): Loggers {
 
 /** Settings a user may give the demo; everything else comes from the demo tenant. */
 const DEMO_ENV = ['SIDECAR_LISTEN', 'SIDECAR_ADMIN_LISTEN', 'SIDECAR_LOG_LEVEL', 'SIDECAR_LOG_FORMAT'];
-const DEMO_FLAGS = ['listen', 'admin-listen', 'log-level', 'log-format', 'help', 'version'];
+const DEMO_FLAGS = ['listen', 'admin-listen', 'log-level', 'log-format', 'help', 'h', 'version'];
 
 /**
  * `oauth-sidecar demo`: a local demo tenant (token server + CSRF-protected
@@ -77,7 +77,8 @@ async function demo(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
   // The demo tenant is the key and the upstream: any other flag would quietly run something else under its banner.
   const other = argv.find((arg) => arg.startsWith('-') && !DEMO_FLAGS.includes(arg.replace(/^--?/, '').split('=', 1)[0]!));
   if (other !== undefined) {
-    return fail(new ConfigError([{ source: 'command line', field: other.split('=', 1)[0]!, message: `is not a demo flag (the demo takes ${DEMO_FLAGS.map((f) => `--${f}`).join(', ')})` }]));
+    const takes = DEMO_FLAGS.filter((f) => f.length > 1).map((f) => `--${f}`);
+    return fail(new ConfigError([{ source: 'command line', field: other.split('=', 1)[0]!, message: `is not a demo flag (the demo takes ${takes.join(', ')})` }]));
   }
   const { startDemoTenant } = await import('./demo-tenant.js');
   const tenant = await startDemoTenant();
@@ -224,7 +225,7 @@ export function helpText(): string {
     'Flags (flag > environment > config file > default):',
   ];
   for (const [name, spec] of Object.entries(FLAGS)) {
-    const flag = `--${name}${spec.type === 'string' ? (spec.path ? ' PATH' : ' VALUE') : ''}`;
+    const flag = `--${name}${spec.short ? `, -${spec.short}` : ''}${spec.type === 'string' ? (spec.path ? ' PATH' : ' VALUE') : ''}`;
     const extras = [spec.env && `env ${spec.env}`, spec.default !== undefined && `default ${spec.default}`].filter(Boolean);
     lines.push(`  ${flag.padEnd(26)} ${spec.description}${extras.length ? ` [${extras.join(', ')}]` : ''}`);
   }

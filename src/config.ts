@@ -123,6 +123,8 @@ interface FlagSpec {
   route?: boolean;
   /** A file or directory path: content given instead (a PEM, a key's JSON) is refused without being echoed. */
   path?: boolean;
+  /** A one-letter alias (`-h`). */
+  short?: string;
 }
 
 /** Every flag, its environment variable and default: the single source for parsing and `--help`. */
@@ -159,7 +161,7 @@ export const FLAGS: Readonly<Record<string, FlagSpec>> = {
   'token-timeout': { type: 'string', env: 'SIDECAR_TOKEN_TIMEOUT', default: String(DEFAULT_TOKEN_TIMEOUT_MS), description: 'ms for one token request attempt' },
   'log-level': { type: 'string', env: 'SIDECAR_LOG_LEVEL', default: 'info', description: LOG_LEVELS.join(' | ') },
   'log-format': { type: 'string', env: 'SIDECAR_LOG_FORMAT', default: 'auto', description: 'json | pretty | auto (pretty on a terminal)' },
-  help: { type: 'boolean', description: 'show this help' },
+  help: { type: 'boolean', short: 'h', description: 'show this help' },
   version: { type: 'boolean', description: 'show the version' },
 };
 
@@ -173,11 +175,11 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
   try {
     const options: ParseArgsConfig['options'] = {};
     for (const [name, spec] of Object.entries(FLAGS)) {
-      options[name] = { type: spec.type, ...(spec.multiple && { multiple: true }) };
+      options[name] = { type: spec.type, ...(spec.multiple && { multiple: true }), ...(spec.short && { short: spec.short }) };
     }
     parsed = parseArgs({ args: [...argv], options, allowPositionals: true, strict: true });
   } catch (err) {
-    throw new ConfigError([{ source: 'command line', field: '', message: (err as Error).message }]);
+    throw new ConfigError([argumentProblem(err)]);
   }
   const values = parsed.values as Record<string, string | boolean | string[] | undefined>;
   if (values['help']) return { kind: 'help' };
@@ -186,8 +188,11 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
   const [commandArg, ...extra] = parsed.positionals;
   const command = (commandArg ?? 'serve') as Command;
   if (!COMMANDS.includes(command)) {
-    // Positionals are not echoed: a value split off its flag by a space may be a secret.
-    problems.push({ source: 'command line', field: '', message: `unknown command (commands: ${COMMANDS.join(', ')})` });
+    // Positionals are not echoed: a value split off its flag by a space may be a secret. Alone, as what the
+    // other problems would be depends on the command meant.
+    const near = nearest(commandArg!, [...COMMANDS, 'demo']);
+    const message = `unknown command${near ? ` (did you mean ${near}?)` : ''}; the commands are ${[...COMMANDS, 'demo'].join(', ')}`;
+    throw new ConfigError([{ source: 'command line', field: '', message }]);
   }
   if (extra.length > 0) {
     problems.push({ source: 'command line', field: '', message: 'unexpected argument after the command (a value with spaces needs quotes)' });
@@ -367,7 +372,7 @@ function singleRoute(read: Reader, env: Env, problems: ConfigProblem[]): RouteCo
 /** Where the service key comes from, in order: flag, SIDECAR_SERVICE_KEY, SIDECAR_SERVICE_KEY_JSON, servicebinding.io, VCAP_SERVICES. */
 function credentialSource(read: Reader, env: Env, binding: string | undefined, problems: ConfigProblem[]): CredentialSource {
   const path = read.string('service-key');
-  if (path) return { kind: 'path', path, ...optional('binding', binding) };
+  if (path) return { kind: 'path', path, from: read.sourceOf('service-key'), ...optional('binding', binding) };
   const json = env['SIDECAR_SERVICE_KEY_JSON'];
   if (json) return { kind: 'inline', json, label: 'SIDECAR_SERVICE_KEY_JSON' };
   const root = env['SERVICE_BINDING_ROOT'];
@@ -411,6 +416,50 @@ function csrfMode(value: string, source: string, problems: ConfigProblem[]): 'au
   if (value === 'auto' || value === 'off') return value;
   problems.push({ source, field: 'csrf', message: `must be auto or off${shownWord(value)}` });
   return 'auto';
+}
+
+/**
+ * node's parseArgs errors in this command's words: the flag as the field, what is wrong with it, and the
+ * flag probably meant (parseArgs names only the flag, never its value).
+ */
+function argumentProblem(err: unknown): ConfigProblem {
+  const text = (err as Error).message;
+  const problem = (field: string, message: string): ConfigProblem => ({ source: 'command line', field, message });
+  // "Unknown option '--x'…", "Option '--x <value>' argument missing", "Option '-h, --help' does not take…"
+  const flag = /^(?:Unknown option|Option) '(?:-\w, )?(-{1,2}[^' ]+)/.exec(text)?.[1];
+  if (flag === undefined) return problem('', text);
+  if (text.startsWith('Unknown option')) {
+    const near = nearest(flag.replace(/^--?/, ''), Object.keys(FLAGS));
+    return problem(flag, `unknown flag${near ? ` (did you mean --${near}?)` : ''}; oauth-sidecar --help lists them`);
+  }
+  if (text.includes('argument missing')) return problem(flag, `needs a value: ${flag} VALUE`);
+  if (text.includes('ambiguous')) return problem(flag, `needs a value, and the next argument starts with "-": a value that does, goes as ${flag}=VALUE`);
+  if (text.includes('does not take an argument')) return problem(flag, 'takes no value');
+  return problem('', text);
+}
+
+/** The candidate within two edits of `word` (one for a short word: a typo), if exactly one is nearest. */
+function nearest(word: string, candidates: readonly string[]): string | undefined {
+  let best: string | undefined;
+  let bestDistance = 3;
+  let tie = false;
+  for (const candidate of candidates) {
+    const d = editDistance(word, candidate);
+    if (d < bestDistance) [best, bestDistance, tie] = [candidate, d, false];
+    else if (d === bestDistance) tie = true;
+  }
+  return tie || bestDistance > (word.length <= 5 ? 1 : 2) ? undefined : best;
+}
+
+/** Levenshtein distance (insertions, deletions, substitutions). */
+function editDistance(a: string, b: string): number {
+  let row = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const next = [i];
+    for (let j = 1; j <= b.length; j++) next[j] = Math.min(row[j]! + 1, next[j - 1]! + 1, row[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    row = next;
+  }
+  return row[b.length]!;
 }
 
 /** `, not "x"` for a short plain word (a misspelt choice); nothing for anything that might be a pasted secret. */
@@ -722,7 +771,7 @@ function fileRoute(raw: unknown, at: string, f: FileReader, problems: ConfigProb
     upstream: validUrl(f.string(o, 'upstream', at), path, `${at}.upstream`, problems),
     rewritePrefix,
     credentials: {
-      source: { kind: 'path', path: serviceKey ?? '' },
+      source: { kind: 'path', path: serviceKey ?? '', from: `${at}.serviceKey` },
       ...optional('clientCert', clientCertSource(f.pathValue(o, 'clientCert', at), f.pathValue(o, 'clientKey', at), f.pathValue(o, 'clientTlsDir', at), path, problems)),
     },
     token: {

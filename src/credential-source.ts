@@ -31,7 +31,7 @@ const TLS_KEY = 'tls.key';
 export async function readCredentialSource(source: CredentialSource): Promise<RawServiceKey> {
   switch (source.kind) {
     case 'path':
-      return readPath(source.path, source.binding);
+      return readPath(source.path, source.binding, source.from);
     case 'binding-root':
       return readBindingRoot(source.root, source.binding);
     case 'vcap':
@@ -187,8 +187,8 @@ async function isDirectory(path: string): Promise<boolean> {
 }
 
 /** `binding` (--binding) names one of several bindings below a directory: given for a single key, it is an error. */
-async function readPath(path: string, binding: string | undefined): Promise<RawServiceKey> {
-  if ((await statOrFail(path)).isDirectory()) return readSecretDir(path, binding);
+async function readPath(path: string, binding: string | undefined, from: string | undefined): Promise<RawServiceKey> {
+  if ((await statOrFail(path, from)).isDirectory()) return readSecretDir(path, binding);
   if (binding !== undefined) fail(path, NOT_A_ROOT);
   return { raw: parseJson(await readNonEmpty(path), path), source: path };
 }
@@ -299,7 +299,7 @@ interface Binding {
 }
 
 async function readBindingRoot(root: string, binding: string | undefined): Promise<RawServiceKey> {
-  if (!(await statOrFail(root)).isDirectory()) fail(root, 'is not a directory');
+  if (!(await statOrFail(root, 'SERVICE_BINDING_ROOT')).isDirectory()) fail(root, 'is not a directory', 'SERVICE_BINDING_ROOT');
   const bindings = await findBindings((await listDir(root)).dirs);
   return readSecretDir(pickBinding(root, bindings, binding).dir);
 }
@@ -431,11 +431,12 @@ async function statOrAbsent(path: string): Promise<Stats | undefined> {
   }
 }
 
-async function statOrFail(path: string): Promise<Stats> {
+/** `from`: where the path was given (`--service-key`, `SIDECAR_SERVICE_KEY`, `routes[0].serviceKey`), for the message. */
+async function statOrFail(path: string, from = ''): Promise<Stats> {
   try {
     return await stat(path);
   } catch (err) {
-    fail(path, describeFsError(err));
+    fail(path, describeFsError(err), from);
   }
 }
 

@@ -12,8 +12,11 @@ import { parseServiceKey } from './service-key.js';
 
 /** Where the service key is read from; resolved by `config` from flags and env. */
 export type CredentialSource =
-  /** `--service-key PATH` / `SIDECAR_SERVICE_KEY`: a JSON file or a secret directory (of bindings: `binding` picks one). */
-  | { kind: 'path'; path: string; binding?: string }
+  /**
+   * `--service-key PATH` / `SIDECAR_SERVICE_KEY`: a JSON file or a secret directory (of bindings: `binding` picks one).
+   * `from` names where the path was given, for a message that it does not exist.
+   */
+  | { kind: 'path'; path: string; binding?: string; from?: string }
   /** servicebinding.io: `$SERVICE_BINDING_ROOT/<name>/` directories with a `type` file. */
   | { kind: 'binding-root'; root: string; binding?: string }
   /** Cloud Foundry: the `VCAP_SERVICES` JSON, binding `it-rt` or the one named. */

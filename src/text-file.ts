@@ -60,7 +60,11 @@ export async function readTextFile(path: string, { bytes = MAX_TEXT_FILE_BYTES, 
 /** Why `what` (e.g. "config file") could not be read, for a configuration problem: never its content. */
 export function readFailure(err: unknown, what: string): string {
   if (err instanceof FileRefused) return `${what} ${err.message}`;
-  return `cannot read ${what} (${(err as NodeJS.ErrnoException)?.code ?? 'error'})`;
+  const code = (err as NodeJS.ErrnoException)?.code;
+  if (code === 'ENOENT') return `${what} does not exist`;
+  if (code === 'EACCES' || code === 'EPERM') return `${what} cannot be read: permission denied`;
+  if (code === 'EISDIR') return `${what} is a directory, not a file`;
+  return `cannot read ${what} (${code ?? 'error'})`;
 }
 
 /** True for a pipe (read by `Collected`), false for a regular file within `limit`; anything else is refused. */

@@ -181,7 +181,7 @@ describe('oauth-sidecar check: the inbound basic-auth file', () => {
 
     const missing = await check(healthy('--basic-auth-file', `${broken}.missing`), { path: '/http/GetTimestamp' });
     expect(missing.ok).toBe(false);
-    expect(missing.text).toContain('FAIL inbound basic auth file: basic-auth-file: cannot read user list (ENOENT)');
+    expect(missing.text).toContain('FAIL inbound basic auth file: basic-auth-file: user list does not exist');
   });
 });
 
@@ -220,7 +220,7 @@ describe('oauth-sidecar check: values given where a path belongs', () => {
 
   it('a basic-auth file, a NODE_EXTRA_CA_CERTS file or a service key that is no path is never shown', async () => {
     const users = await check(healthy('--basic-auth-file', PASTED), { path: '/http/GetTimestamp' });
-    expect(users.text).toContain(`FAIL inbound basic auth file: basic-auth-file: cannot read user list (ENOENT) (${NOT_SHOWN})`);
+    expect(users.text).toContain(`FAIL inbound basic auth file: basic-auth-file: user list does not exist (${NOT_SHOWN})`);
     expect(users.text).not.toContain('S3cretPassw0rd');
 
     // Without --ca node reads NODE_EXTRA_CA_CERTS itself: check only names it.

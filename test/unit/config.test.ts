@@ -68,7 +68,7 @@ describe('parseConfig', () => {
       binding: 'cpi',
     });
     expect(run([], { SERVICE_BINDING_ROOT: '/b', SIDECAR_SERVICE_KEY_JSON: '{}' }).routes[0]?.credentials.source).toMatchObject({ kind: 'inline' });
-    expect(run(['--service-key', '/x'], { SIDECAR_SERVICE_KEY_JSON: '{}' }).routes[0]?.credentials.source).toEqual({ kind: 'path', path: '/x' });
+    expect(run(['--service-key', '/x'], { SIDECAR_SERVICE_KEY_JSON: '{}' }).routes[0]?.credentials.source).toEqual({ kind: 'path', path: '/x', from: '--service-key' });
   });
 
   it('reads token parameters from repeated flags or a form-encoded env value', () => {
@@ -162,11 +162,25 @@ describe('parseConfig', () => {
     ]);
   });
 
-  it('rejects unknown flags and commands', () => {
-    expect(problems(['--service-kee', '/k'])[0]?.message).toMatch(/service-kee/);
-    expect(problems(['launch', '--service-key', '/k'])).toEqual([
-      { source: 'command line', field: '', message: 'unknown command (commands: serve, token, check)' },
-    ]);
+  it('rejects unknown flags and commands in its own words, naming the flag and the one probably meant', () => {
+    const flag = (field: string, message: string) => [{ source: 'command line', field, message }];
+    const lists = 'oauth-sidecar --help lists them';
+    expect(problems(['--service-kee', '/k'])).toEqual(flag('--service-kee', `unknown flag (did you mean --service-key?); ${lists}`));
+    expect(problems(['--lisen=127.0.0.1:1'])).toEqual(flag('--lisen', `unknown flag (did you mean --listen?); ${lists}`));
+    // A short word two edits away is no typo; two flags as near are no guess either.
+    expect(problems(['--nope'])).toEqual(flag('--nope', `unknown flag; ${lists}`));
+    expect(problems(['-x'])).toEqual(flag('-x', `unknown flag; ${lists}`));
+    expect(problems(['--listen'])).toEqual(flag('--listen', 'needs a value: --listen VALUE'));
+    expect(problems(['--listen', '--service-key', '/k'])).toEqual(
+      flag('--listen', 'needs a value, and the next argument starts with "-": a value that does, goes as --listen=VALUE'),
+    );
+    expect(problems(['--version=3'])).toEqual(flag('--version', 'takes no value'));
+    expect(problems(['--help=yes'])).toEqual(flag('--help', 'takes no value'));
+    const commands = 'the commands are serve, token, check, demo';
+    // Alone: which other problems there are depends on the command meant. The word itself is never echoed.
+    expect(problems(['launch'])).toEqual(flag('', `unknown command; ${commands}`));
+    expect(problems(['serv'])).toEqual(flag('', `unknown command (did you mean serve?); ${commands}`));
+    expect(problems(['chek', '--service-key', '/k'])).toEqual(flag('', `unknown command (did you mean check?); ${commands}`));
   });
 
   it('refuses upstream URLs that are not https or carry credentials', () => {
@@ -231,7 +245,7 @@ describe('parseConfig', () => {
   it('refuses an unreadable or broken NODE_EXTRA_CA_CERTS file, which node itself only warns about', () => {
     const garbage = '-----BEGIN CERTIFICATE-----\nMIIBgarbage0000\n-----END CERTIFICATE-----\n';
     expect(problems(['--service-key', '/k', '--ca', '/ca.pem'], { NODE_EXTRA_CA_CERTS: '/missing.pem' }, { '/ca.pem': CA })).toEqual([
-      { source: '/missing.pem', field: 'NODE_EXTRA_CA_CERTS', message: 'cannot read CA file (ENOENT): fix the file or unset the variable' },
+      { source: '/missing.pem', field: 'NODE_EXTRA_CA_CERTS', message: 'CA file does not exist: fix the file or unset the variable' },
     ]);
     expect(problems(['--service-key', '/k', '--ca', '/ca.pem'], { NODE_EXTRA_CA_CERTS: '/bad.pem' }, { '/ca.pem': CA, '/bad.pem': `${CA}${garbage}` })).toEqual([
       {
@@ -275,7 +289,7 @@ describe('parseConfig', () => {
     }
     // A value split by a space instead of `=` leaves the secret as a positional argument.
     const split = problems(['--service-key', '/k', '--token-param', 'client_assertion', `eyJ${SECRET}`]);
-    expect(split.map((p) => p.field)).toEqual(['', 'token-param']);
+    expect(split).toEqual([{ source: 'command line', field: '', message: 'unknown command; the commands are serve, token, check, demo' }]);
     expect(JSON.stringify(split)).not.toContain(SECRET);
     const extra = problems(['token', '--service-key', '/k', '--scope', 'a', SECRET]);
     expect(extra).toEqual([{ source: 'command line', field: '', message: 'unexpected argument after the command (a value with spaces needs quotes)' }]);
@@ -306,6 +320,7 @@ describe('parseConfig', () => {
 
   it('returns help and version requests', () => {
     expect(parseConfig(['--help'], {}).kind).toBe('help');
+    expect(parseConfig(['-h'], {}).kind).toBe('help');
     expect(parseConfig(['--version'], {}).kind).toBe('version');
   });
 });
@@ -345,7 +360,7 @@ routes:
 
   it('reads the same from JSON', () => {
     const json = JSON.stringify({ routes: [{ prefix: '/', serviceKey: '/k.json' }] });
-    expect(run(['--config', '/c.json'], {}, { '/c.json': json }).routes[0]?.credentials.source).toEqual({ kind: 'path', path: '/k.json' });
+    expect(run(['--config', '/c.json'], {}, { '/c.json': json }).routes[0]?.credentials.source).toEqual({ kind: 'path', path: '/k.json', from: 'routes[0].serviceKey' });
   });
 
   it('rejects unknown keys, missing fields, duplicate prefixes and route flags beside the file', () => {
@@ -414,9 +429,9 @@ routes:
     ]);
     // What platforms set (Cloud Foundry, servicebinding.io) is not an error: routes name their own keys.
     const platform = run(['--config', '/c.yaml'], { VCAP_SERVICES: '{}', SERVICE_BINDING_ROOT: '/bindings' }, file);
-    expect(platform.routes[0]?.credentials.source).toEqual({ kind: 'path', path: '/k.json' });
+    expect(platform.routes[0]?.credentials.source).toEqual({ kind: 'path', path: '/k.json', from: 'routes[0].serviceKey' });
     // The config file itself may come from the environment too; empty variables count as unset.
-    expect(run([], { SIDECAR_CONFIG: '/c.yaml', SIDECAR_SCOPE: '' }, file).routes[0]?.credentials.source).toEqual({ kind: 'path', path: '/k.json' });
+    expect(run([], { SIDECAR_CONFIG: '/c.yaml', SIDECAR_SCOPE: '' }, file).routes[0]?.credentials.source).toEqual({ kind: 'path', path: '/k.json', from: 'routes[0].serviceKey' });
     // Top-level settings still override the file from the environment.
     expect(run(['--config', '/c.yaml'], { SIDECAR_LISTEN: '127.0.0.1:9999' }, file).listen.port).toBe(9999);
   });
@@ -436,7 +451,7 @@ routes:
   it('takes a relative path in the config file as relative to the file, not to the working directory', () => {
     const file = 'inbound:\n  basicAuthFile: users.txt\nroutes:\n  - prefix: /\n    serviceKey: keys/cpi.json\n    clientCert: ../tls/c.pem\n    clientKey: /abs/k.pem\n';
     const config = run(['--config', '/etc/sidecar/routes.yaml'], {}, { '/etc/sidecar/routes.yaml': file });
-    expect(config.routes[0]?.credentials.source).toEqual({ kind: 'path', path: '/etc/sidecar/keys/cpi.json' });
+    expect(config.routes[0]?.credentials.source).toEqual({ kind: 'path', path: '/etc/sidecar/keys/cpi.json', from: 'routes[0].serviceKey' });
     expect(config.routes[0]?.credentials.clientCert).toMatchObject({ certFile: '/etc/tls/c.pem', keyFile: '/abs/k.pem' });
     expect(config.inbound.basicAuthFile).toBe('/etc/sidecar/users.txt');
   });
@@ -469,7 +484,7 @@ routes:
   });
 
   it('reports only the unreadable file when --config names a wrong path', () => {
-    expect(problems(['--config', '/nope.yaml'])).toEqual([{ source: '/nope.yaml', field: '', message: 'cannot read config file (ENOENT)' }]);
+    expect(problems(['--config', '/nope.yaml'])).toEqual([{ source: '/nope.yaml', field: '', message: 'config file does not exist' }]);
   });
 
   it('names the file and logLevel for a bad logLevel in the file', () => {
@@ -588,7 +603,7 @@ describe('content given where a path belongs', () => {
 
   it('accepts ordinary paths, with spaces or brackets; refuses JSON also in the quotes an env file keeps', () => {
     for (const path of ['/keys/my key.json', '[prod]/key.json', '{tenant-a}/key.json']) {
-      expect(run(['--service-key', path]).routes[0]!.credentials.source).toEqual({ kind: 'path', path });
+      expect(run(['--service-key', path]).routes[0]!.credentials.source).toEqual({ kind: 'path', path, from: '--service-key' });
     }
     expect(problems([], { SIDECAR_SERVICE_KEY: `'${KEY_JSON}'` })).toEqual([
       { source: 'SIDECAR_SERVICE_KEY', field: 'service-key', message: expect.stringMatching(/^holds file content/) },

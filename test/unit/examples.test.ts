@@ -477,7 +477,7 @@ describe('config/kubernetes/deployment.yaml', () => {
   it('the sidecar configuration it describes parses, and needs no inbound control on loopback', () => {
     const config = runConfig(SIDECAR.args ?? ['serve'], SIDECAR_ENV);
     expect(config.listen).toEqual({ host: '127.0.0.1', port: 8080 });
-    expect(config.routes[0]?.credentials.source).toEqual({ kind: 'path', path: '/etc/secrets/cpi' });
+    expect(config.routes[0]?.credentials.source).toMatchObject({ kind: 'path', path: '/etc/secrets/cpi' });
     expect(exposureProblems(config.listen.host, {}, 'listen')).toEqual([]);
   });
 
@@ -554,7 +554,7 @@ describe('config/docker/compose.yaml', () => {
     expect(config.listen).toEqual({ host: '0.0.0.0', port: 8080 });
     expect(config.inbound.basicAuthFile).toBe('/etc/oauth-sidecar/users');
     expect(config.network.httpsProxy).toBe(COMPOSE_ENV['HTTPS_PROXY']);
-    expect(config.routes[0]?.credentials.source).toEqual({ kind: 'path', path: '/etc/oauth-sidecar/key.json' });
+    expect(config.routes[0]?.credentials.source).toMatchObject({ kind: 'path', path: '/etc/oauth-sidecar/key.json' });
     const basicAuth = parseBasicAuthFile(USERS, EXAMPLES.users);
     expect(exposureProblems(config.listen.host, { basicAuth }, 'listen')).toEqual([]);
   });
