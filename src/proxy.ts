@@ -580,7 +580,10 @@ class Exchange {
     if (verdict === 'forbidden') return this.#refuseAndClose(new SidecarError('SENDER_FORBIDDEN', 'sender address not allowed'));
     const webPage = this.#options.inbound.webPageRefusal(req.headers);
     if (webPage !== undefined) return this.#refuseAndClose(new SidecarError('SENDER_FORBIDDEN', webPage));
-    if (hasDotSegment(this.#path)) {
+    // Checked and routed on the path as it goes upstream: `#path` is the log's copy, which for a `//` target drops
+    // everything up to an `@` (`//../../x?@` would otherwise pass as `//`).
+    const path = this.#path === target ? target : withoutQuery(target);
+    if (hasDotSegment(path)) {
       return this.#refuse(new SidecarError('REQUEST_REFUSED', 'dot segments (. or ..) in the path are not accepted: they would leave the route'));
     }
     // The upstream would echo the request as it received it, with the access token the sidecar added: a client
@@ -598,7 +601,7 @@ class Exchange {
       if (hops > 0) this.#maxForwards = hops;
     }
 
-    const route = this.#options.routes().match(this.#path);
+    const route = this.#options.routes().match(path);
     if (!route) return this.#refuse(new SidecarError('ROUTE_NOT_FOUND', `no route for ${truncate(this.#path)}`));
     this.#route = route;
     this.#forward(route, target);
