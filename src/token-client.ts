@@ -309,14 +309,14 @@ export class TokenClient {
     const oauth = oauthError(text, this.#secrets);
     const detail = oauth ? ` ${oauth}` : '';
     if (status === 429) {
-      const retryAfter = parseRetryAfter(headers['retry-after'], this.#wallClock());
+      const retryAfter = parseRetryAfter(headers['retry-after'], serverDate(headers['date']) ?? this.#wallClock());
       return new SidecarError('TOKEN_RATE_LIMITED', `token server ${host} is rate limiting (429${detail})`, {
         retryAfter: retryAfter ?? 1,
       });
     }
     if (status >= 500) {
       // RFC 9110 §10.2.3: a 503 may say when the service is back (maintenance); honoured as a 429's is.
-      const retryAfter = status === 503 ? parseRetryAfter(headers['retry-after'], this.#wallClock()) : undefined;
+      const retryAfter = status === 503 ? parseRetryAfter(headers['retry-after'], serverDate(headers['date']) ?? this.#wallClock()) : undefined;
       return new SidecarError('TOKEN_SERVER_ERROR', `token server ${host} failed (${status}${detail})`, { retryAfter });
     }
     if (status === 400 || status === 401 || status === 403) {
@@ -551,7 +551,10 @@ function untilAbandoned(request: Promise<Dispatcher.ResponseData>, abandoned: Ab
   });
 }
 
-/** A response's `Date` as epoch milliseconds, or undefined when absent or not a date. */
+/**
+ * A response's `Date` as epoch milliseconds, or undefined when absent or not a date: what the server's own dates
+ * (a JWT's `exp`, a `Retry-After` date) are measured from, whatever the local calendar clock says.
+ */
 function serverDate(value: string | string[] | undefined): number | undefined {
   const raw = Array.isArray(value) ? value[0] : value;
   if (raw === undefined || !/[a-z]/i.test(raw)) return undefined; // an HTTP-date names its weekday and month

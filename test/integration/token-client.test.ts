@@ -327,6 +327,21 @@ describe('token client against a token endpoint that checks credentials', () => 
     expect(endpoint.requests).toHaveLength(5);
   });
 
+  it("a Retry-After date is read against the token server's Date, like a JWT's exp: a local clock an hour off neither waits for nothing nor for an hour", async () => {
+    const now = Date.now();
+    const in60s = new Date(now + 60_000).toUTCString();
+    for (const skew of [3_600_000, -3_600_000]) {
+      for (const status of [429, 503]) {
+        const before = endpoint.requests.length;
+        endpoint.fail({ kind: 'status', status, headers: { 'retry-after': in60s, date: new Date(now).toUTCString() } });
+        const err = await failure(client(secretCredentials(), {}, 2_000, { wallClock: () => now + skew }).fetchToken());
+        expect(err.retryAfter).toBeGreaterThanOrEqual(59);
+        expect(err.retryAfter).toBeLessThanOrEqual(60);
+        expect(endpoint.requests.length - before).toBe(1); // not asked again at once
+      }
+    }
+  });
+
   it('a 429 with Retry-After 0 or a non-integer waits the normal 429 backoff, not 0 ms', async () => {
     for (const retryAfter of ['0', '1.5', '-1']) {
       const waits: number[] = [];
