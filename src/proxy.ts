@@ -12,6 +12,7 @@
  * one JSON error (see `errors.ts`); failures after it started close the
  * sender's connection, so a truncated body is never passed off as complete.
  */
+import { once } from 'node:events';
 import { createServer, type IncomingHttpHeaders, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Dispatcher } from 'undici';
@@ -133,7 +134,7 @@ export function createProxyServer(options: ProxyOptions, limits: ServerLimits = 
   // with a 504: a long-running flow under a longer --upstream-timeout is not cut without an answer.
   server.on('timeout', (socket: Socket) => {
     if ((socket as MarkedSocket)[TURNS]?.current?.waitsOnSidecar()) socket.setTimeout(limits.socketIdleTimeoutMs);
-    else socket.destroy();
+    else cut(socket);
   });
   const connections = options.connections;
   if (connections !== undefined) {
@@ -147,20 +148,23 @@ export function createProxyServer(options: ProxyOptions, limits: ServerLimits = 
   // `Connection` names: nothing is ever switched to another protocol.
   // Sockets node let go of for a CONNECT while answers were still owed on them: closed with the others.
   const detached = new Set<Socket>();
-  const closeAllConnections = server.closeAllConnections.bind(server);
-  server.closeAllConnections = () => {
-    closeAllConnections();
-    for (const socket of detached) socket.destroy();
-  };
   // Connections that owe no answer — none begun yet (a client's pre-opened socket, a TCP health check), or half
   // the head of the next request on a keep-alive one: node counts them as neither idle nor busy, and stops their
   // head timeout once the server closes, so a stop would wait the whole grace period for them. They go with the
   // idle ones, as nginx closes them at a stop. (Not one already closing: a lingering close reads a refused body.)
   const open = new Set<Socket>();
+  OPEN.set(server, open);
   server.on('connection', (socket: Socket) => {
     open.add(socket);
     socket.once('close', () => open.delete(socket));
   });
+  // A stop's end (or a second signal) cuts what is left, answers under way with a reset as `fail` does.
+  const closeAllConnections = server.closeAllConnections.bind(server);
+  server.closeAllConnections = () => {
+    for (const socket of open) cut(socket);
+    for (const socket of detached) cut(socket);
+    closeAllConnections();
+  };
   const closeIdleConnections = server.closeIdleConnections.bind(server);
   server.closeIdleConnections = () => {
     closeIdleConnections();
@@ -217,6 +221,30 @@ export function createProxyServer(options: ProxyOptions, limits: ServerLimits = 
 }
 
 /** The `Via` entries the sidecar adds: received protocol and a pseudonym (RFC 9110 §7.6.3). */
+/** The sender connections of each proxy server still open (see `connectionsClosed`). */
+const OPEN = new WeakMap<Server, Set<Socket>>();
+
+/**
+ * Resolves once every sender connection of `server` has closed and what each close sets off has run: a request
+ * cut by a stop is then reported (its access line written) as the sender's, before the upstream pools go. node
+ * emits the server's 'close' as soon as it has counted its connections destroyed, before their 'close' events.
+ */
+export async function connectionsClosed(server: Server): Promise<void> {
+  const open = OPEN.get(server);
+  if (open !== undefined) await Promise.all([...open].map((socket) => (socket.closed ? undefined : once(socket, 'close'))));
+  await new Promise((resolve) => setImmediate(resolve));
+}
+
+/**
+ * Close a connection a sender let sit (idle timeout) or a stop ended. One that owes an answer is reset: a close
+ * would pass an answer delimited by it (HTTP/1.0, no length) off as complete (RFC 9112 §6.3, item 8).
+ */
+function cut(socket: Socket): void {
+  if (socket.destroyed) return;
+  if (((socket as MarkedSocket)[OWED] ?? 0) > 0) socket.resetAndDestroy();
+  else socket.destroy();
+}
+
 const VIA_1_1 = '1.1 oauth-sidecar';
 const VIA_1_0 = '1.0 oauth-sidecar';
 

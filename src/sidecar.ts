@@ -18,7 +18,7 @@ import { ConfigError, shownSource, SidecarError, type ConfigProblem } from './er
 import { createInboundControl, parseAllowlist, readBasicAuthFile, type InboundControl, type InboundControlOptions } from './inbound-control.js';
 import type { Logger, Loggers } from './logger.js';
 import { Metrics } from './metrics.js';
-import { createProxyServer, DEFAULT_SERVER_LIMITS, type ProxyObserver, type ServerLimits } from './proxy.js';
+import { connectionsClosed, createProxyServer, DEFAULT_SERVER_LIMITS, type ProxyObserver, type ServerLimits } from './proxy.js';
 import { closeRoute, discardRoute, createRoute, RouteTable, type Route } from './routes.js';
 import { ReplayBudget } from './replay-budget.js';
 import { shownUrl } from './service-key.js';
@@ -321,6 +321,7 @@ async function drain(
     server.closeAllConnections();
     await closed;
   }
+  await connectionsClosed(server);
 }
 
 /** Listen on `at`; a failure is a `ConfigError` naming the address, why, and where it is set (exit code 2). */

@@ -1582,6 +1582,23 @@ describe('sender faults and abuse', () => {
       expect(['closed', 'reset']).toContain(await stalled.closed);
     });
 
+    it('an answer under way to an HTTP/1.0 sender stalled mid-upload is cut by the idle timeout with a reset, not a close that would end it', async () => {
+      const port = await start({ socketIdleTimeoutMs: 200 });
+      upstream.handler = (req, res) => {
+        if (!req.url?.includes('early-partial')) return false;
+        res.writeHead(200, { 'content-type': 'text/plain' }); // no length: to an HTTP/1.0 sender the close ends it
+        res.write('partial answer');
+        return true; // never ended
+      };
+      try {
+        const sender = await rawOpen(port, `POST /http/sink?early-partial HTTP/1.0\r\nContent-Length: 1000\r\n\r\n${'x'.repeat(10)}`);
+        expect(await sender.closed).toBe('reset');
+        expect(sender.received()).toContain('partial answer');
+      } finally {
+        upstream.handler = undefined;
+      }
+    });
+
     it('a sender that closes in the middle of its upload has gone away, not sent a malformed request', async () => {
       const port = await start();
       const sender = await rawOpen(port, `POST /http/sink?eof-mid-upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n${'x'.repeat(1000)}`);

@@ -148,6 +148,28 @@ describe('shutdown drain', () => {
     expect(sender.received().length).toBeLessThan(20_000_000);
   });
 
+  it('the grace period ends an answer under way to an HTTP/1.0 sender with a reset, and its access line is written before the stop ends', async () => {
+    const s = await start(['--shutdown-grace', '300']);
+    let streaming!: () => void;
+    const streams = new Promise<void>((resolve) => (streaming = resolve));
+    world.upstream.setHandler((req, res, body) => {
+      body.resume();
+      if (!req.url?.includes('endless')) return false;
+      res.writeHead(200, { 'content-type': 'text/plain' }); // no length: to an HTTP/1.0 sender the close ends it
+      res.write('first part', () => streaming());
+      return true; // never ended
+    });
+    const sender = await rawOpen(s.address.port, 'GET /http/endless HTTP/1.0\r\n\r\n');
+    await streams;
+    await expect.poll(() => sender.received()).toContain('first part');
+    await s.shutdown();
+    expect(await sender.closed).toBe('reset');
+    // Reported when the stop ends (the CLI flushes the access log then, and exits): as the sender's abort.
+    const line = s.logs.find((l) => l['msg'] === 'request' && l['path'] === '/http/endless');
+    expect(line).toMatchObject({ status: 200, aborted: true });
+    expect(line).not.toHaveProperty('error');
+  });
+
   it('a deep burst pipelined during the drain behind an answer not yet begun: that answer still goes out, nothing else is forwarded', async () => {
     const s = await start(['--shutdown-grace', '60000']);
     const held = holdRequests(world.upstream, '/http/held');
