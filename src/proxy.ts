@@ -719,7 +719,7 @@ class Exchange {
       if (csrf.cookie) headers['cookie'] = typeof cookie === 'string' ? mergeCookies(cookie, csrf.cookie) : csrf.cookie;
     }
     const body = this.#body!;
-    const call = new UpstreamCall(this.#res, this, this.#options.scavenger, this.#method === 'HEAD');
+    const call = new UpstreamCall(this.#res, this, this.#options.scavenger, this.#method === 'HEAD', route.config.timeouts.responseMs);
     this.#call = call;
     route.dispatcher.dispatch(
       {
@@ -863,6 +863,11 @@ class Exchange {
     }
     if (status === 204) delete forSender['content-length']; // RFC 9110 §8.6: never in a 204
     this.#res.writeHead(status, forSender);
+  }
+
+  /** The sender's body has been read to its end (or there was none): all of it went, or is going, upstream. */
+  get bodySent(): boolean {
+    return !this.#body!.pending();
   }
 
   /** Whether the answer being discarded must be kept: the cure may yet prove impossible (see `decide`). */
@@ -1225,12 +1230,17 @@ class UpstreamCall implements Dispatcher.DispatchHandler, ConnectionListener {
   #waitingForDrain = false;
 
   readonly #head: boolean;
+  /** The route's response timeout: what the final head may take after the first interim answer (see `onResponseStart`). */
+  readonly #responseMs: number;
+  /** When the first interim answer came after the request body had gone, if one did. */
+  #interimSince: number | undefined;
 
-  constructor(res: ServerResponse, exchange: Exchange, scavenger: Scavenger | undefined, head: boolean) {
+  constructor(res: ServerResponse, exchange: Exchange, scavenger: Scavenger | undefined, head: boolean, responseMs: number) {
     this.#res = res;
     this.#exchange = exchange;
     this.#scavenger = scavenger;
     this.#head = head;
+    this.#responseMs = responseMs;
   }
 
   /** undici handed the request to a connection (`onRequestStart`): from here on it may have been sent. */
@@ -1258,6 +1268,18 @@ class UpstreamCall implements Dispatcher.DispatchHandler, ConnectionListener {
   onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders): void {
     // Informational answers come before the real one; of them, only 103 Early Hints is for the sender.
     if (statusCode < 200) {
+      // undici starts its headers timeout afresh with each of them: an upstream sending them without end (a
+      // `102 Processing` every second) would hold the request for ever. Once the body has gone, the final head
+      // must follow the first of them within the route's response timeout.
+      if (this.#exchange.bodySent) {
+        const now = performance.now();
+        this.#interimSince ??= now;
+        if (now - this.#interimSince > this.#responseMs) {
+          const err = new Error(`only interim answers (${statusCode}) for ${this.#responseMs} ms`);
+          controller.abort(Object.assign(err, { code: 'UND_ERR_HEADERS_TIMEOUT' }));
+          return;
+        }
+      }
       if (statusCode === 103) this.#exchange.earlyHints(headers);
       return;
     }

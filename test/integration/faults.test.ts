@@ -868,6 +868,23 @@ describe('upstream faults', () => {
     await expectServing(impatient);
   });
 
+  it('interim answers without end (102 Processing every 100 ms) → 504 UPSTREAM_TIMEOUT once --upstream-timeout has passed since the first', async () => {
+    const impatient = await extraSidecar(['--upstream-timeout', '300']);
+    upstream.handler = (req, res) => {
+      if (!req.url?.includes('processing')) return false;
+      const timer = setInterval(() => res.writeProcessing(), 100); // undici restarts its headers timeout with each
+      res.once('close', () => clearInterval(timer));
+      return true;
+    };
+    const answer = await fetchText(`${impatient.url}/http/ok?processing`);
+    expectSidecarError(answer, 504, 'UPSTREAM_TIMEOUT');
+    const [held] = upstream.seen('processing');
+    await held!.done;
+    expect(held!.aborted).toBe(true);
+    upstream.handler = undefined;
+    await expectServing(impatient);
+  });
+
   it('stalls mid-body longer than the route\'s idle timeout → the sender\'s connection is cut, the upstream request abandoned', async () => {
     const config = await files.write('idle.yaml', `routes:\n  - prefix: /\n    serviceKey: ${keyPath}\n    timeouts: { idleMs: 300 }\n`);
     const s = await runSidecar(['--config', config, '--ca', caPath], {}, FAST_BACKOFF);
