@@ -48,14 +48,17 @@ export interface SidecarErrorOptions {
   cause?: unknown;
   /** Seconds after which a retry makes sense (from `Retry-After` or our own backoff). */
   retryAfter?: number;
-  /** A more specific 4xx for `REQUEST_REFUSED` than its 400 (e.g. 405 for a method the sidecar never forwards). */
-  refusalStatus?: 405;
+  /**
+   * A more specific status for `REQUEST_REFUSED` than its 400: 405 for a method the sidecar never forwards, 417
+   * for an expectation it cannot meet, 505 for a protocol version it does not speak.
+   */
+  refusalStatus?: 405 | 417 | 505;
 }
 
 export class SidecarError extends Error {
   readonly code: ErrorCode;
   readonly retryAfter: number | undefined;
-  readonly refusalStatus: 405 | undefined;
+  readonly refusalStatus: 405 | 417 | 505 | undefined;
 
   constructor(code: ErrorCode, message: string, options: SidecarErrorOptions = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });

@@ -128,6 +128,8 @@ export function createProxyServer(options: ProxyOptions, limits: ServerLimits = 
   // inviting the body of a request the sidecar is about to refuse. The handler decides first; a request it did
   // not answer at once (forwarded, or waiting for its token) is then told to send its body.
   server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => handler(req, res, true));
+  // Any other expectation: node alone would answer a bare 417, unlogged; the handler refuses it as it refuses others.
+  server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => handler(req, res, false));
   // The socket idle timeout is for senders that go silent: a stalled upload, an answer the sender does not read,
   // an idle connection. While the sidecar itself is waiting (a request received whole, its answer not begun or
   // coming from the upstream, nothing owed to the sender unread), the route's timeouts bound the wait and end it
@@ -594,6 +596,11 @@ class Exchange {
       const why = target === '*' ? 'OPTIONS * (asterisk-form) is not forwarded' : 'this is not a forward proxy';
       return this.#refuse(new SidecarError('REQUEST_REFUSED', `only origin-form request targets (/path) are accepted: ${why}`));
     }
+    // node's parser takes any `HTTP/d.d`: a request line claiming another major version is no HTTP/1 message.
+    if (req.httpVersionMajor !== 1) {
+      const refusal = new SidecarError('REQUEST_REFUSED', `HTTP/${req.httpVersion} is not supported: only HTTP/1.0 and HTTP/1.1`, { refusalStatus: 505 });
+      return this.#refuseAndClose(refusal);
+    }
     const framing = framingRefusal(req, target);
     if (framing !== undefined) {
       // The connection's framing is in doubt (RFC 9112 §6.1): nothing more is read from it.
@@ -613,6 +620,11 @@ class Exchange {
     const path = this.#path === target ? target : withoutQuery(target);
     if (hasDotSegment(path)) {
       return this.#refuse(new SidecarError('REQUEST_REFUSED', 'dot segments (. or ..) in the path are not accepted: they would leave the route'));
+    }
+    // RFC 9110 §10.1.1: 100-continue is the one expectation defined; node hands any other to 'checkExpectation'.
+    const expectation = req.headers.expect;
+    if (expectation !== undefined && expectation.toLowerCase() !== '100-continue') {
+      return this.#refuse(new SidecarError('REQUEST_REFUSED', 'Expect other than 100-continue cannot be met', { refusalStatus: 417 }));
     }
     // The upstream would echo the request as it received it, with the access token the sidecar added: a client
     // must not send credentials in a TRACE (RFC 9110 §9.3.8).

@@ -1887,7 +1887,9 @@ describe('sender faults and abuse', () => {
     ['an asterisk-form target', 400, false, 'OPTIONS * HTTP/1.1\r\nHost: localhost\r\n\r\n'],
     ['an authority-form target on GET', 400, true, 'GET evil.example:443 HTTP/1.1\r\nHost: evil.example\r\n\r\n'],
     ['CONNECT', 405, true, 'CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n'],
-  ] as const)('never an open proxy: %s → %i, nothing forwarded', async (_name, status, closes, bytes) => {
+    ['an expectation other than 100-continue', 417, false, 'POST /http/ok HTTP/1.1\r\nHost: localhost\r\nExpect: 200-ok\r\nContent-Length: 2\r\n\r\nhi'],
+    ['HTTP/2.0 in a request line', 505, true, 'GET /http/ok HTTP/2.0\r\nHost: localhost\r\n\r\n'],
+  ] as const)('never an open proxy, nor a guess: %s → %i, nothing forwarded', async (_name, status, closes, bytes) => {
     const answer = await expectRefusedRaw(bytes, status, closes);
     if (status === 405) expect(answer.headers['allow']).toBe('GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS');
   });
