@@ -12,6 +12,7 @@ import { dirname, isAbsolute, resolve } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import type { ClientCertSource, CredentialSource, CredentialSpec } from './credentials.js';
 import type { OutboundNetwork } from './dispatcher.js';
+import { hasDotSegment } from './dot-segment.js';
 import { ConfigError, shownSource, type ConfigProblem } from './errors.js';
 import { exposureProblems, parseAllowlist } from './inbound-control.js';
 import { parseCertificates, PemError } from './pem.js';
@@ -198,6 +199,13 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
     problems.push({ source: 'command line', field: '', message: 'unexpected argument after the command (a value with spaces needs quotes)' });
   }
 
+  // `--service-key "$KEY"` with KEY unset: the empty value would fall back to another source, or to a default.
+  for (const [name, value] of Object.entries(values)) {
+    if (value === '' || (Array.isArray(value) && value.some((v) => v.trim() === ''))) {
+      problems.push({ source: 'command line', field: `--${name}`, message: 'is empty (an unset shell variable?): give a value, or leave the flag out' });
+    }
+  }
+  problems.push(...misspeltVariables(env));
   const read = new Reader(values, withoutContentForPaths(values, env, problems), problems);
   const caFiles = read.list('ca');
   // Node reads NODE_EXTRA_CA_CERTS itself, but a `ca` option (--ca) replaces the store it went into: with
@@ -228,10 +236,9 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
     problems.push({ source: read.sourceOf('log-format'), field: 'log-format', message: `must be one of ${LOG_FORMATS.join(', ')}` });
   }
   const basicAuthFile = read.string('basic-auth-file') ?? file?.inbound?.basicAuthFile;
-  // `--basic-auth-file=` would pass for inbound control and turn none on.
-  if (basicAuthFile === '') {
-    const source = read.has('basic-auth-file') ? read.sourceOf('basic-auth-file') : (configFile ?? '');
-    problems.push({ source, field: read.has('basic-auth-file') ? 'basic-auth-file' : 'inbound.basicAuthFile', message: 'is empty: give the path of the user list' });
+  // An empty `inbound.basicAuthFile` would pass for inbound control and turn none on (an empty flag is reported above).
+  if (basicAuthFile === '' && !read.has('basic-auth-file')) {
+    problems.push({ source: configFile ?? '', field: 'inbound.basicAuthFile', message: 'is empty: give the path of the user list' });
   }
   const inbound: InboundConfig = {
     basicAuthFile: basicAuthFile || undefined,
@@ -243,8 +250,8 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
   };
   // Checked here, where each value's source is known, so that `check` sees them too.
   const [cidrSource, cidrField] = read.has('allow-cidr') ? [read.sourceOf('allow-cidr'), 'allow-cidr'] : [configFile ?? '', 'inbound.allowCidrs'];
-  // An allowlist given empty refuses every sender: a problem, not the same as none given.
-  if (inbound.allowCidrs.length > 0 || file?.inbound?.allowCidrs !== undefined) {
+  // An allowlist given empty refuses every sender: a problem, not the same as none given (`SIDECAR_ALLOW_CIDRS=,`).
+  if (inbound.allowCidrs.length > 0 || file?.inbound?.allowCidrs !== undefined || read.has('allow-cidr')) {
     try {
       parseAllowlist(inbound.allowCidrs, cidrSource, cidrField);
     } catch (err) {
@@ -340,6 +347,17 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
   };
 }
 
+/**
+ * Why a route path could never work, or undefined: a request target is printable ASCII without spaces (RFC 9112
+ * §3.2; senders percent-encode the rest, so `/ä` would never match), and a dot segment would be refused in a
+ * request and leave the route upstream.
+ */
+function unusablePath(value: string, how: string): string | undefined {
+  if (!/^[\x21-\x7e]*$/.test(value)) return `must be printable ASCII without spaces: it ${how}, so percent-encode the rest (e.g. %20, %C3%A4)`;
+  if (hasDotSegment(value)) return 'must not hold a . or .. segment';
+  return undefined;
+}
+
 /** The route a single-route invocation (flags and env only) describes. */
 function singleRoute(read: Reader, env: Env, problems: ConfigProblem[]): RouteConfig {
   const binding = read.string('binding');
@@ -350,16 +368,16 @@ function singleRoute(read: Reader, env: Env, problems: ConfigProblem[]): RouteCo
     rewritePrefix: undefined,
     credentials: {
       source: credentialSource(read, env, binding, problems),
-      ...optional('clientCert', clientCertSource(read.string('client-cert'), read.string('client-key'), read.string('client-tls-dir'), 'command line', problems)),
+      ...optional('clientCert', clientCertSource({ cert: read.string('client-cert'), key: read.string('client-key'), dir: read.string('client-tls-dir') }, FLAG_CERT_NAMES, (name) => read.sourceOf(name), problems)),
     },
     token: {
-      auth: tokenAuth(read.string('token-auth') ?? 'basic', read.sourceOf('token-auth'), problems),
+      auth: tokenAuth(read.string('token-auth') ?? 'basic', read.sourceOf('token-auth'), 'token-auth', problems),
       scope: read.string('scope'),
       resource: read.string('resource'),
       audience: read.string('audience'),
       params: tokenParams(read, problems),
     },
-    csrf: csrfMode(read.string('csrf') ?? 'auto', read.sourceOf('csrf'), problems),
+    csrf: csrfMode(read.string('csrf') ?? 'auto', read.sourceOf('csrf'), 'csrf', problems),
     timeouts: {
       connectMs: DEFAULT_CONNECT_TIMEOUT_MS,
       responseMs: read.integer('upstream-timeout', ms(1)) ?? DEFAULT_RESPONSE_TIMEOUT_MS,
@@ -374,7 +392,13 @@ function credentialSource(read: Reader, env: Env, binding: string | undefined, p
   const path = read.string('service-key');
   if (path) return { kind: 'path', path, from: read.sourceOf('service-key'), ...optional('binding', binding) };
   const json = env['SIDECAR_SERVICE_KEY_JSON'];
-  if (json) return { kind: 'inline', json, label: 'SIDECAR_SERVICE_KEY_JSON' };
+  if (json) {
+    if (binding !== undefined) {
+      const message = 'picks one of several bindings (below --service-key DIR, SERVICE_BINDING_ROOT or in VCAP_SERVICES): SIDECAR_SERVICE_KEY_JSON is one key, so leave it out';
+      problems.push({ source: read.sourceOf('binding'), field: 'binding', message });
+    }
+    return { kind: 'inline', json, label: 'SIDECAR_SERVICE_KEY_JSON' };
+  }
   const root = env['SERVICE_BINDING_ROOT'];
   if (root) return { kind: 'binding-root', root, ...optional('binding', binding) };
   const vcap = env['VCAP_SERVICES'];
@@ -388,33 +412,43 @@ function credentialSource(read: Reader, env: Env, binding: string | undefined, p
   return { kind: 'path', path: '' };
 }
 
+/** What the three client-certificate settings are called where they were given: flags, or a route's keys. */
+interface CertNames {
+  cert: string;
+  key: string;
+  dir: string;
+}
+
+const FLAG_CERT_NAMES: CertNames = { cert: 'client-cert', key: 'client-key', dir: 'client-tls-dir' };
+
 function clientCertSource(
-  certFile: string | undefined,
-  keyFile: string | undefined,
-  tlsDir: string | undefined,
-  source: string,
+  given: { cert: string | undefined; key: string | undefined; dir: string | undefined },
+  names: CertNames,
+  sourceOf: (name: string) => string,
   problems: ConfigProblem[],
 ): ClientCertSource | undefined {
+  const { cert: certFile, key: keyFile, dir: tlsDir } = given;
   if (tlsDir && (certFile || keyFile)) {
-    problems.push({ source, field: 'client-tls-dir', message: 'use either a TLS secret directory or --client-cert/--client-key, not both' });
+    problems.push({ source: sourceOf(names.dir), field: names.dir, message: `use either a TLS secret directory or ${names.cert}/${names.key}, not both` });
   }
   if (tlsDir) return { kind: 'tls-dir', dir: tlsDir };
   if (certFile && keyFile) return { kind: 'files', certFile, keyFile };
   if (certFile || keyFile) {
-    problems.push({ source, field: certFile ? 'client-key' : 'client-cert', message: 'client certificate and key must be given together' });
+    const [has, lacks] = certFile ? [names.cert, names.key] : [names.key, names.cert];
+    problems.push({ source: sourceOf(has), field: lacks, message: `is missing: ${has} needs it (a client certificate and its key go together)` });
   }
   return undefined;
 }
 
-function tokenAuth(value: string, source: string, problems: ConfigProblem[]): TokenAuthMethod {
+function tokenAuth(value: string, source: string, field: string, problems: ConfigProblem[]): TokenAuthMethod {
   if (value === 'basic' || value === 'post') return value;
-  problems.push({ source, field: 'token-auth', message: `must be basic or post${shownWord(value)}` });
+  problems.push({ source, field, message: `must be basic or post${shownWord(value)}` });
   return 'basic';
 }
 
-function csrfMode(value: string, source: string, problems: ConfigProblem[]): 'auto' | 'off' {
+function csrfMode(value: string, source: string, field: string, problems: ConfigProblem[]): 'auto' | 'off' {
   if (value === 'auto' || value === 'off') return value;
-  problems.push({ source, field: 'csrf', message: `must be auto or off${shownWord(value)}` });
+  problems.push({ source, field, message: `must be auto or off${shownWord(value)}` });
   return 'auto';
 }
 
@@ -436,6 +470,22 @@ function argumentProblem(err: unknown): ConfigProblem {
   if (text.includes('ambiguous')) return problem(flag, `needs a value, and the next argument starts with "-": a value that does, goes as ${flag}=VALUE`);
   if (text.includes('does not take an argument')) return problem(flag, 'takes no value');
   return problem('', text);
+}
+
+/**
+ * `SIDECAR_…` variables a typo away from one the sidecar reads (`SIDECAR_ALLOW_CIDR` for `SIDECAR_ALLOW_CIDRS`):
+ * ignored, they would leave a setting at its default without a word, an allowlist among them. Others are left
+ * alone: Kubernetes gives every container `SIDECAR_SERVICE_HOST`, `SIDECAR_PORT`… for a Service named `sidecar`.
+ */
+function misspeltVariables(env: Env): ConfigProblem[] {
+  const known = [...Object.values(FLAGS).flatMap((spec) => (spec.env ? [spec.env] : [])), 'SIDECAR_SERVICE_KEY_JSON'];
+  const problems: ConfigProblem[] = [];
+  for (const name of Object.keys(env)) {
+    if (!name.startsWith('SIDECAR_') || known.includes(name)) continue;
+    const near = nearest(name, known);
+    if (near !== undefined) problems.push({ source: 'environment', field: name, message: `is not a variable the sidecar reads: did you mean ${near}?` });
+  }
+  return problems;
 }
 
 /** The candidate within two edits of `word` (one for a short word: a typo), if exactly one is nearest. */
@@ -740,12 +790,18 @@ function fileRoute(raw: unknown, at: string, f: FileReader, problems: ConfigProb
     problems.push({ source: path, field: `${at}.prefix`, message: 'is required and must start with /' });
   } else if (/[?#]/.test(prefix)) {
     problems.push({ source: path, field: `${at}.prefix`, message: 'must be a path: routes match the path without its query, so a ? or # could never match' });
+  } else {
+    const why = unusablePath(prefix, 'matches the path as senders send it');
+    if (why) problems.push({ source: path, field: `${at}.prefix`, message: why });
   }
   const serviceKey = f.pathValue(o, 'serviceKey', at);
   if (!serviceKey) problems.push({ source: path, field: `${at}.serviceKey`, message: 'is required (a service key file or secret directory)' });
   const rewritePrefix = f.string(o, 'rewritePrefix', at);
   if (rewritePrefix !== undefined && (!rewritePrefix.startsWith('/') || /[?#]/.test(rewritePrefix))) {
     problems.push({ source: path, field: `${at}.rewritePrefix`, message: 'must be a path starting with / (no ? or #)' });
+  } else if (rewritePrefix !== undefined) {
+    const why = unusablePath(rewritePrefix, 'goes into the request target as it is');
+    if (why) problems.push({ source: path, field: `${at}.rewritePrefix`, message: why });
   }
   const timeoutsRaw = o['timeouts'];
   const timeouts: RouteTimeouts = { connectMs: DEFAULT_CONNECT_TIMEOUT_MS, responseMs: DEFAULT_RESPONSE_TIMEOUT_MS, idleMs: DEFAULT_IDLE_TIMEOUT_MS };
@@ -772,16 +828,24 @@ function fileRoute(raw: unknown, at: string, f: FileReader, problems: ConfigProb
     rewritePrefix,
     credentials: {
       source: { kind: 'path', path: serviceKey ?? '', from: `${at}.serviceKey` },
-      ...optional('clientCert', clientCertSource(f.pathValue(o, 'clientCert', at), f.pathValue(o, 'clientKey', at), f.pathValue(o, 'clientTlsDir', at), path, problems)),
+      ...optional(
+        'clientCert',
+        clientCertSource(
+          { cert: f.pathValue(o, 'clientCert', at), key: f.pathValue(o, 'clientKey', at), dir: f.pathValue(o, 'clientTlsDir', at) },
+          { cert: `${at}.clientCert`, key: `${at}.clientKey`, dir: `${at}.clientTlsDir` },
+          () => path,
+          problems,
+        ),
+      ),
     },
     token: {
-      auth: tokenAuth(f.string(o, 'tokenAuth', at) ?? 'basic', path, problems),
+      auth: tokenAuth(f.string(o, 'tokenAuth', at) ?? 'basic', path, `${at}.tokenAuth`, problems),
       scope: f.string(o, 'scope', at),
       resource: f.string(o, 'resource', at),
       audience: f.string(o, 'audience', at),
       params,
     },
-    csrf: csrfMode(f.string(o, 'csrf', at) ?? 'auto', path, problems),
+    csrf: csrfMode(f.string(o, 'csrf', at) ?? 'auto', path, `${at}.csrf`, problems),
     timeouts,
     maxReplayBodyBytes: f.integer(o, 'maxReplayBodyBytes', at, BODY_BYTES) ?? DEFAULT_MAX_REPLAY_BODY_BYTES,
   };

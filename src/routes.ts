@@ -10,6 +10,7 @@ import type { Credentials } from './credentials.js';
 import { CsrfSession } from './csrf-session.js';
 import { createDispatcher, type OutboundNetwork } from './dispatcher.js';
 import { ConfigError } from './errors.js';
+export { hasDotSegment } from './dot-segment.js';
 import { createTokenClient, type TokenClient } from './token-client.js';
 
 export interface Route {
@@ -98,23 +99,6 @@ function prefixMatches(prefix: string, pathname: string): boolean {
   return prefix === '/' || pathname.length === prefix.length || pathname.charCodeAt(prefix.length) === 0x2f;
 }
 
-/**
- * Whether `pathname` has a `.` or `..` segment, as the upstream may see it: also percent-encoded (`%2e`),
- * split by an encoded or a back slash (`%2f`, `%5c`, `\`), or followed by `;` parameters (`..;`, which
- * Tomcat treats as `..`). The upstream removes dot segments when it resolves the path (RFC 3986 §5.2.4), so
- * `/orders/../api` would leave the route's prefix and its rewrite behind and reach any path on that host
- * with the route's token. Such requests are refused rather than normalised: no sender needs them.
- */
-export function hasDotSegment(pathname: string): boolean {
-  // Fast path: most paths have neither a dot, an escape nor a back slash.
-  if (!/[.%\\]/.test(pathname)) return false;
-  const plain = pathname.replace(/%2e/gi, '.').replace(/%2f|%5c|\\/gi, '/');
-  for (const segment of plain.split('/')) {
-    const name = segment.split(';', 1)[0];
-    if (name === '.' || name === '..') return true;
-  }
-  return false;
-}
 
 /**
  * The upstream request target for `target` (origin-form path + query) on `route`: the upstream's base path,

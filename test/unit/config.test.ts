@@ -35,6 +35,8 @@ function problems(argv: string[], env: Record<string, string> = {}, fs: Record<s
   throw new Error('expected a ConfigError');
 }
 
+const EMPTY_FLAG = 'is empty (an unset shell variable?): give a value, or leave the flag out';
+
 describe('parseConfig', () => {
   it('describes a single route from flags with safe defaults', () => {
     const config = run(['token', '--service-key', '/keys/k.json']);
@@ -467,12 +469,88 @@ routes:
 
   it('refuses an empty --basic-auth-file (or inbound.basicAuthFile) rather than let it pass for inbound control', () => {
     expect(problems(['--service-key', '/k', '--listen', '0.0.0.0:8080', '--basic-auth-file='])).toEqual(
-      expect.arrayContaining([{ source: '--basic-auth-file', field: 'basic-auth-file', message: 'is empty: give the path of the user list' }]),
+      expect.arrayContaining([{ source: 'command line', field: '--basic-auth-file', message: EMPTY_FLAG }]),
     );
     const file = 'listen: 0.0.0.0:8080\ninbound:\n  basicAuthFile: ""\nroutes:\n  - prefix: /\n    serviceKey: /k\n';
     expect(problems(['--config', '/etc/sidecar/c.yaml'], {}, { '/etc/sidecar/c.yaml': file })).toEqual(
       expect.arrayContaining([{ source: '/etc/sidecar/c.yaml', field: 'inbound.basicAuthFile', message: 'is empty: give the path of the user list' }]),
     );
+  });
+
+  it('refuses an empty flag value instead of falling back to another source or a default (`--service-key "$KEY"`, KEY unset)', () => {
+    const json = JSON.stringify({ clientid: 'c', clientsecret: 's', url: 'https://u.example', tokenurl: 'https://t.example/oauth/token' });
+    const empty = (field: string) => ({ source: 'command line', field, message: EMPTY_FLAG });
+    expect(problems(['--service-key', ''], { SIDECAR_SERVICE_KEY_JSON: json })).toEqual([empty('--service-key')]);
+    expect(problems(['--config', ''], { SIDECAR_SERVICE_KEY: '/k' })).toEqual([empty('--config')]);
+    expect(problems(['--service-key', '/k', '--ca', ''])).toEqual([empty('--ca')]);
+    expect(problems(['--service-key', '/k', '--allow-cidr=', '--allow-any-sender'])).toEqual(expect.arrayContaining([empty('--allow-cidr')]));
+    // A variable set empty is unset, as documented; one that lists nothing is an empty allowlist, which refuses all.
+    expect(run(['--service-key', '/k'], { SIDECAR_CA: '', SIDECAR_ALLOW_CIDRS: '' }).inbound.allowCidrs).toEqual([]);
+    const none = problems(['--service-key', '/k', '--listen', '0.0.0.0:8080', '--basic-auth-file', '/u'], { SIDECAR_ALLOW_CIDRS: ' , ' });
+    expect(none.map((p) => [p.source, p.field])).toEqual([['SIDECAR_ALLOW_CIDRS', 'allow-cidr']]);
+  });
+
+  it('refuses a SIDECAR_ variable a typo away from one it reads, and leaves others (Kubernetes service links) alone', () => {
+    const env = { SIDECAR_ALLOW_CIDR: '10.0.0.0/8', SIDECAR_TOKEN_PARAM: 'a=1', SIDECAR_SERVICE_HOST: '10.0.0.1', SIDECAR_PORT: 'tcp://10.0.0.1:80', SIDECAR_PORT_80_TCP_ADDR: '10.0.0.1' };
+    expect(problems(['--service-key', '/k'], env)).toEqual([
+      { source: 'environment', field: 'SIDECAR_ALLOW_CIDR', message: 'is not a variable the sidecar reads: did you mean SIDECAR_ALLOW_CIDRS?' },
+      { source: 'environment', field: 'SIDECAR_TOKEN_PARAM', message: 'is not a variable the sidecar reads: did you mean SIDECAR_TOKEN_PARAMS?' },
+    ]);
+    expect(run(['--service-key', '/k'], { SIDECAR_SERVICE_HOST: '10.0.0.1', SIDECAR_PORT: 'tcp://10.0.0.1:80' }).routes).toHaveLength(1);
+  });
+
+  it('refuses --binding beside SIDECAR_SERVICE_KEY_JSON, one key with nothing to pick', () => {
+    const json = JSON.stringify({ clientid: 'c', clientsecret: 's', url: 'https://u.example', tokenurl: 'https://t.example/oauth/token' });
+    expect(problems(['--binding', 'orders'], { SIDECAR_SERVICE_KEY_JSON: json })).toEqual([
+      {
+        source: '--binding',
+        field: 'binding',
+        message: 'picks one of several bindings (below --service-key DIR, SERVICE_BINDING_ROOT or in VCAP_SERVICES): SIDECAR_SERVICE_KEY_JSON is one key, so leave it out',
+      },
+    ]);
+  });
+
+  it("names a route's own keys, and the variables client certificate settings came from", () => {
+    const file = [
+      'routes:',
+      '  - { prefix: /a, serviceKey: /k, tokenAuth: bearer, csrf: on }',
+      '  - { prefix: /b, serviceKey: /k, clientCert: /c.pem, clientTlsDir: /tls }',
+      '  - { prefix: /c, serviceKey: /k, clientKey: /k.pem }',
+      '',
+    ].join('\n');
+    expect(problems(['--config', '/c.yaml'], {}, { '/c.yaml': file })).toEqual([
+      { source: '/c.yaml', field: 'routes[0].tokenAuth', message: 'must be basic or post, not "bearer"' },
+      { source: '/c.yaml', field: 'routes[0].csrf', message: 'must be auto or off, not "on"' },
+      { source: '/c.yaml', field: 'routes[1].clientTlsDir', message: 'use either a TLS secret directory or routes[1].clientCert/routes[1].clientKey, not both' },
+      { source: '/c.yaml', field: 'routes[2].clientCert', message: 'is missing: routes[2].clientKey needs it (a client certificate and its key go together)' },
+    ]);
+    expect(problems(['--service-key', '/k'], { SIDECAR_CLIENT_CERT: '/c.pem' })).toEqual([
+      { source: 'SIDECAR_CLIENT_CERT', field: 'client-key', message: 'is missing: client-cert needs it (a client certificate and its key go together)' },
+    ]);
+    expect(problems(['--service-key', '/k', '--client-key', '/k.pem'], { SIDECAR_CLIENT_TLS_DIR: '/tls' })).toEqual([
+      { source: 'SIDECAR_CLIENT_TLS_DIR', field: 'client-tls-dir', message: 'use either a TLS secret directory or client-cert/client-key, not both' },
+    ]);
+  });
+
+  it('refuses a prefix or rewritePrefix that could never work: not as senders send a path, or with a dot segment', () => {
+    const file = [
+      'routes:',
+      '  - { prefix: /ä, serviceKey: /k }',
+      '  - { prefix: /a b, serviceKey: /k }',
+      '  - { prefix: /x/../y, serviceKey: /k }',
+      '  - { prefix: /ok, serviceKey: /k, rewritePrefix: /http/a b }',
+      '  - { prefix: /ok2, serviceKey: /k, rewritePrefix: /http/%2e%2e/api }',
+      '  - { prefix: /%C3%A4, serviceKey: /k, rewritePrefix: /http/%C3%A4 }',
+      '',
+    ].join('\n');
+    const ascii = (how: string) => `must be printable ASCII without spaces: it ${how}, so percent-encode the rest (e.g. %20, %C3%A4)`;
+    expect(problems(['--config', '/c.yaml'], {}, { '/c.yaml': file })).toEqual([
+      { source: '/c.yaml', field: 'routes[0].prefix', message: ascii('matches the path as senders send it') },
+      { source: '/c.yaml', field: 'routes[1].prefix', message: ascii('matches the path as senders send it') },
+      { source: '/c.yaml', field: 'routes[2].prefix', message: 'must not hold a . or .. segment' },
+      { source: '/c.yaml', field: 'routes[3].rewritePrefix', message: ascii('goes into the request target as it is') },
+      { source: '/c.yaml', field: 'routes[4].rewritePrefix', message: 'must not hold a . or .. segment' },
+    ]);
   });
 
   it('refuses a YAML file of two documents (the second would be dropped); a leading or trailing --- alone is fine', () => {
