@@ -851,6 +851,15 @@ function fileRoute(raw: unknown, at: string, f: FileReader, problems: ConfigProb
   };
 }
 
+/**
+ * What a relative path in the config file at `path` is relative to: the file's directory, or the working directory
+ * for a file that is a pipe (`--config <(envsubst < routes.yaml)` reads `/dev/fd/63`, whose directory means nothing).
+ */
+function relativeBase(path: string): string {
+  const dir = resolve(dirname(path));
+  return dir === '/dev' || dir === '/dev/fd' || /^\/proc\/(self|\d+)\/fd$/.test(dir) ? process.cwd() : dir;
+}
+
 /** Typed field access on a parsed file, recording problems with their paths. */
 class FileReader {
   constructor(
@@ -886,7 +895,7 @@ class FileReader {
   pathValue(o: Record<string, unknown>, key: string, at: string): string | undefined {
     const v = this.string(o, key, at);
     if (v === undefined || v === '') return v; // empty: reported where the value is checked
-    if (!isContent(v)) return isAbsolute(v) ? v : resolve(dirname(this.path), v);
+    if (!isContent(v)) return isAbsolute(v) ? v : resolve(relativeBase(this.path), v);
     this.problems.push({ source: this.path, field: at ? `${at}.${key}` : key, message: 'holds file content (PEM or JSON), not a path: write it to a file and give its path; the value is not shown' });
     return CONTENT_GIVEN;
   }

@@ -1,4 +1,5 @@
 import { execFile } from 'node:child_process';
+import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
@@ -456,6 +457,10 @@ routes:
     expect(config.routes[0]?.credentials.source).toEqual({ kind: 'path', path: '/etc/sidecar/keys/cpi.json', from: 'routes[0].serviceKey' });
     expect(config.routes[0]?.credentials.clientCert).toMatchObject({ certFile: '/etc/tls/c.pem', keyFile: '/abs/k.pem' });
     expect(config.inbound.basicAuthFile).toBe('/etc/sidecar/users.txt');
+    // A config file that is a pipe (`--config <(envsubst < routes.yaml)`): relative to the working directory.
+    for (const pipe of ['/dev/fd/63', '/proc/self/fd/11', '/dev/stdin']) {
+      expect(run(['--config', pipe], {}, { [pipe]: file }).routes[0]?.credentials.source).toMatchObject({ path: resolve('keys/cpi.json') });
+    }
   });
 
   it('refuses a --check-path that is no request target (a space, a fragment, non-ASCII) instead of failing the check at run time', () => {
