@@ -211,7 +211,7 @@ function readAuth(found: Findings, fields: Fields, clientCert: ClientKeyPair | u
   const certificate = optionalString(found, fields, 'certificate');
   const key = optionalString(found, fields, 'key');
   const clientSecret = optionalString(found, fields, 'clientsecret');
-  if (clientCert) return readSuppliedPair(found, clientCert, { certificate, key });
+  if (clientCert) return readSuppliedPair(found, clientCert, { certificate, key, clientSecret });
   if (certificate && key) {
     return readKeyPair(found, 'certificate', ownPem(found, 'certificate', certificate), ownPem(found, 'key', key));
   }
@@ -256,12 +256,16 @@ function reportIncompletePair(
 function readSuppliedPair(
   found: Findings,
   pair: ClientKeyPair,
-  own: { certificate: string | undefined; key: string | undefined },
+  own: { certificate: string | undefined; key: string | undefined; clientSecret: string | undefined },
 ): Auth | undefined {
   const cert = { text: pair.certificate, field: 'certificate', source: pair.source };
   const keyInput = { text: pair.key, field: 'key', source: pair.source };
   const auth = readKeyPair(found, own.key ? 'certificate' : 'external-certificate', cert, keyInput);
   if (own.key) found.notice('info', `using the client key pair from ${pair.source} instead of the service key's own`);
+  else if (own.clientSecret) {
+    // Legitimate (the instance's client id takes the certificate of another of its keys), but the secret goes unused.
+    found.notice('info', `using the client key pair from ${pair.source} for mTLS: the service key's clientsecret is not used`);
+  }
   else if (own.certificate && auth) comparePinned(found, own.certificate, auth, pair.source);
   return auth;
 }

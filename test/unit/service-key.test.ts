@@ -482,6 +482,8 @@ describe('parseServiceKey: External Certificate keys and supplied key pairs', ()
     expect(loaded.credentials.kind).toBe('external-certificate');
     expect(loaded.credentials).not.toHaveProperty('clientSecret');
     expect(loaded.credentials.tokenUrl).toBe(CERT_TOKEN_URL);
+    // Not without a word: the secret the key holds goes unused.
+    expect(loaded.notices).toContainEqual({ level: 'info', message: `using the client key pair from ${PAIR_SOURCE} for mTLS: the service key's clientsecret is not used` });
   });
 
   it("prefers a supplied pair over a Certificate key's own and says so", () => {
