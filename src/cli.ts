@@ -70,6 +70,25 @@ const DEMO_ENV = ['SIDECAR_LISTEN', 'SIDECAR_ADMIN_LISTEN', 'SIDECAR_LOG_LEVEL',
 const DEMO_FLAGS = ['listen', 'admin-listen', 'log-level', 'log-format', 'help', 'h', 'version'];
 
 /**
+ * The demo's configuration. Its listener has no inbound control, and the demo takes none (see DEMO_FLAGS): a
+ * non-loopback address is refused with that reason, not with advice to add inbound control.
+ */
+function demoConfig(argv: string[], env: NodeJS.ProcessEnv): ReturnType<typeof parseConfig> {
+  try {
+    return parseConfig(argv, env);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    const loopbackOnly = 'the demo takes no inbound control, so it listens on loopback only (e.g. 127.0.0.1:8080)';
+    const notLoopback = ' is not a loopback address';
+    const problems = err.problems.map((p) => {
+      const at = p.field === 'listen' ? p.message.indexOf(notLoopback) : -1;
+      return at === -1 ? p : { ...p, message: `${p.message.slice(0, at + notLoopback.length)}: ${loopbackOnly}` };
+    });
+    throw new ConfigError(problems);
+  }
+}
+
+/**
  * `oauth-sidecar demo`: a local demo tenant (token server + CSRF-protected
  * integration flow, certificates made on the fly) with the sidecar in front.
  */
@@ -85,7 +104,7 @@ async function demo(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
   try {
     const demoEnv = Object.fromEntries(DEMO_ENV.filter((k) => env[k] !== undefined).map((k) => [k, env[k]]));
     // Interactive: Ctrl+C stops at once unless --shutdown-delay says otherwise.
-    const result = parseConfig(['serve', '--shutdown-delay', '0', '--service-key', tenant.serviceKeyPath, '--ca', tenant.caPath, ...argv], demoEnv);
+    const result = demoConfig(['serve', '--shutdown-delay', '0', '--service-key', tenant.serviceKeyPath, '--ca', tenant.caPath, ...argv], demoEnv);
     if (result.kind !== 'run') {
       process.stdout.write(result.kind === 'version' ? `${version()}\n` : helpText());
       return EXIT_OK;

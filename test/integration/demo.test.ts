@@ -48,4 +48,13 @@ describe('oauth-sidecar demo', () => {
       expect(stderr).toContain(`${flag[0]!.split('=')[0]}: is not a demo flag`);
     }
   });
+
+  it('refuses a non-loopback listener with its own reason, not advice to add inbound control it does not take', async () => {
+    for (const listen of ['0.0.0.0:0', '[::]:0']) {
+      const { code, stderr } = await collect(startCli(['demo', '--listen', listen]));
+      expect(code, listen).toBe(2);
+      expect(stderr).toMatch(/listen: "(0\.0\.0\.0|::)" is not a loopback address: the demo takes no inbound control, so it listens on loopback only/);
+      expect(stderr).not.toContain('--basic-auth-file');
+    }
+  });
 });
