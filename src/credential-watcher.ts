@@ -341,6 +341,12 @@ export class CredentialWatcher {
     // After the read: anything written before a new watch was up is read by the one more reload it asks for.
     if (await this.#retarget()) this.#dirty = true;
     if ('err' in result) {
+      // The same failure as at the last reload (a certificate in use that has expired, a broken file left as it
+      // is): still reported by `lastError` (readiness), but logged and counted once, not at every poll.
+      if (this.#lastError !== undefined && messageOf(this.#lastError) === messageOf(result.err)) {
+        this.#lastError = result.err;
+        return;
+      }
       this.#failed(result.err);
       return;
     }
@@ -374,6 +380,10 @@ export class CredentialWatcher {
     this.#lastError = err;
     callQuietly(() => this.#options.onError(err));
   }
+}
+
+function messageOf(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
 }
 
 function timerOption(name: string, value: number, min: number): number {

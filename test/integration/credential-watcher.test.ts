@@ -424,6 +424,11 @@ describe('CredentialWatcher on a Kubernetes secret volume', () => {
     expect(errorText(watcher.lastError)).toMatch(/expired on/);
     expect(watcher.current).toBe(initial);
     expect(rec.changes).toEqual([]);
+    // Every poll after finds the same: still reported (readiness), but logged and counted once, not each time.
+    await watcher.reloadNow();
+    await watcher.reloadNow();
+    expect(rec.errors).toHaveLength(1);
+    expect(errorText(watcher.lastError)).toMatch(/expired on/);
   });
 });
 
