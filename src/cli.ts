@@ -20,6 +20,9 @@ export const EXIT_OK = 0;
 export const EXIT_RUNTIME = 1;
 export const EXIT_CONFIG = 2;
 
+/** The signals that stop `serve` gracefully. */
+const STOP_SIGNALS = ['SIGTERM', 'SIGINT', 'SIGHUP'] as const;
+
 async function main(given: readonly string[], env: NodeJS.ProcessEnv): Promise<number> {
   // `npx oauth-sidecar -- --help` hands the `--` on: it separates nothing here.
   const argv = given[0] === '--' ? given.slice(1) : given;
@@ -186,7 +189,10 @@ async function printToken(config: Readonly<Config>, log: Logger): Promise<number
   }
 }
 
-/** `oauth-sidecar serve`: run until SIGTERM/SIGINT, then drain gracefully and exit 0. */
+/**
+ * `oauth-sidecar serve`: run until SIGTERM, SIGINT or SIGHUP (the terminal of a local process closed: node's
+ * default would end it at once, in-flight requests cut and batched access lines lost), then drain and exit 0.
+ */
 async function serve(config: Readonly<Config>, loggers: Loggers, started?: (sidecar: Sidecar) => void): Promise<number> {
   const log = loggers.log;
   const cpus = usableCpus();
@@ -194,20 +200,17 @@ async function serve(config: Readonly<Config>, loggers: Loggers, started?: (side
   const sidecar = await startSidecar(config, loggers);
   started?.(sidecar);
   const signal = await new Promise<NodeJS.Signals>((resolve) => {
-    process.once('SIGTERM', resolve);
-    process.once('SIGINT', resolve);
+    for (const name of STOP_SIGNALS) process.once(name, resolve);
   });
   log.info({ signal, delayMs: config.shutdownDelayMs, graceMs: config.shutdownGraceMs }, 'shutting down');
   // A second signal ends the delay and the grace period at once (`close` hurries the stop under way); any
   // later one finds the same listener, not node's default of ending the process by the signal.
   const again = () => void sidecar.close();
-  process.on('SIGTERM', again);
-  process.on('SIGINT', again);
+  for (const name of STOP_SIGNALS) process.on(name, again);
   try {
     await sidecar.shutdown();
   } finally {
-    process.off('SIGTERM', again);
-    process.off('SIGINT', again);
+    for (const name of STOP_SIGNALS) process.off(name, again);
   }
   // The access lines still batched go out first: none of them comes after "stopped".
   loggers.access.flush();

@@ -54,6 +54,8 @@ export interface SidecarOptions {
   limits?: Partial<ServerLimits>;
   /** Collects body chunks as they pass (default: a scavenge every 4 MiB of long bodies; tests count them). */
   scavenger?: Scavenger;
+  /** At most one warning this often that senders went over `--max-connections` (default a minute; tests shorten it). */
+  connectionWarningIntervalMs?: number;
 }
 
 /** At most one warning a minute that senders went over `--max-connections`. */
@@ -94,16 +96,25 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
       }
     },
   });
-  // Logged when senders go beyond the limit, at most once a minute: a storm of refusals is a warning a minute.
+  // Logged when senders go beyond the limit, at most once a minute: a storm of refusals is a warning a minute,
+  // the first at once, the refusals after it counted in one line at the minute's end.
+  const warningIntervalMs = options.connectionWarningIntervalMs ?? CONNECTION_LIMIT_LOG_INTERVAL_MS;
   let limitLoggedAt = Number.NEGATIVE_INFINITY;
   let refusedAtLastLog = 0;
-  const connections = new ConnectionLimit(config.maxConnections, (open) => {
-    const now = performance.now();
-    if (now - limitLoggedAt < CONNECTION_LIMIT_LOG_INTERVAL_MS) return;
-    limitLoggedAt = now;
+  let laterWarning: NodeJS.Timeout | undefined;
+  const warnOverLimit = (open: number): void => {
+    limitLoggedAt = performance.now();
     const refused = connections.refused - refusedAtLastLog;
     refusedAtLastLog = connections.refused;
     log.warn({ open, maxConnections: config.maxConnections, refused }, 'sender connections beyond --max-connections: requests on them are answered 503 TOO_MANY_CONNECTIONS');
+  };
+  const connections = new ConnectionLimit(config.maxConnections, (open) => {
+    const wait = limitLoggedAt + warningIntervalMs - performance.now();
+    if (wait <= 0) return warnOverLimit(open);
+    laterWarning ??= setTimeout(() => {
+      laterWarning = undefined;
+      warnOverLimit(connections.open);
+    }, wait).unref();
   });
   metrics = new Metrics({ routes, tokens, credentialErrors, connections, defaultMetrics: options.defaultMetrics ?? true });
   const m = metrics;
@@ -249,6 +260,12 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
     stopping = (async () => {
       draining = true;
       stopBegun.abort();
+      if (laterWarning !== undefined) {
+        // Refusals still to be counted in a line: now, before the stop's own lines.
+        clearTimeout(laterWarning);
+        laterWarning = undefined;
+        warnOverLimit(connections.open);
+      }
       for (const w of watchers) w.close();
       if (delayMs > 0) {
         log.info({ delayMs }, 'readiness failed; still serving while endpoints are removed');

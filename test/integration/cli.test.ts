@@ -202,13 +202,14 @@ describe('oauth-sidecar CLI', () => {
     }
   }
 
-  it('serve: on SIGTERM an in-flight slow request completes with 200, new connections are refused, exit 0', async () => {
+  it.each(['SIGTERM', 'SIGHUP'] as const)('serve: on %s an in-flight slow request completes with 200, new connections are refused, exit 0', async (signal) => {
     const { arrival, release } = holdRequests(upstream, '/http/slow');
     const { child, result, url } = await serving(100, 10_000);
     try {
       const slow = request(`${url}/http/slow`);
       await arrival;
-      child.kill('SIGTERM');
+      // SIGHUP: the terminal of a local process closed (node's default would end it at once, access lines lost).
+      child.kill(signal);
       await waitForLog(child, (l) => l['msg'] === 'shutting down');
       release();
       const res = await slow;

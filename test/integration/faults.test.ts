@@ -320,8 +320,8 @@ async function upstreamFront(take?: (socket: Socket, accepted: number) => boolea
   };
 }
 
-async function extraSidecar(argv: string[] = []): Promise<RunningSidecar> {
-  const s = await runSidecar(['--service-key', keyPath, '--ca', caPath, ...argv], {}, FAST_BACKOFF);
+async function extraSidecar(argv: string[] = [], options: SidecarOptions = {}): Promise<RunningSidecar> {
+  const s = await runSidecar(['--service-key', keyPath, '--ca', caPath, ...argv], {}, { ...FAST_BACKOFF, ...options });
   perTest.push(s);
   allSidecars.push(s);
   return s;
@@ -1210,7 +1210,8 @@ describe('sender faults and abuse', () => {
     const get = (marker: string, extra = ''): string => `GET /http/ok?${marker} HTTP/1.1\r\nHost: localhost\r\n${extra}\r\n`;
 
     it('a connection beyond the limit gets 503 TOO_MANY_CONNECTIONS and is closed, pipelined requests too; those within are served as before', async () => {
-      const s = await extraSidecar(['--max-connections', '2']);
+      // A warning a minute, here 300 ms: the first refusal at once, the later ones counted at the interval's end.
+      const s = await extraSidecar(['--max-connections', '2'], { connectionWarningIntervalMs: 300 });
       const port = s.address.port;
       // Two kept-alive senders within the limit.
       const within = [await rawOpen(port, get('within-1')), await rawOpen(port, get('within-2'))];
@@ -1229,10 +1230,11 @@ describe('sender faults and abuse', () => {
         expect(beyond.headers['connection']).toBe('close');
       }
       expect(await metric(s, 'connections_over_limit_total')).toBe(2);
-      // One warning for the two (at most one a minute), counting them.
-      const warnings = s.logs.filter((l) => l['level'] === 'warn' && String(l['msg']).includes('--max-connections'));
-      expect(warnings).toHaveLength(1);
-      expect(warnings[0]).toMatchObject({ open: 3, maxConnections: 2, refused: 1 });
+      // One warning at once for the first, one at the interval's end for the second: every refusal counted.
+      const warnings = () => s.logs.filter((l) => l['level'] === 'warn' && String(l['msg']).includes('--max-connections'));
+      expect(warnings()[0]).toMatchObject({ open: 3, maxConnections: 2, refused: 1 });
+      await expect.poll(() => warnings().length).toBe(2);
+      expect(warnings()[1]).toMatchObject({ maxConnections: 2, refused: 1 });
 
       // The senders within the limit go on being served on their connections.
       within[0]!.socket.write(get('within-again'));

@@ -559,11 +559,8 @@ describe('config/docker/compose.yaml', () => {
     expect(exposureProblems(config.listen.host, { basicAuth }, 'listen')).toEqual([]);
   });
 
-  it('healthcheck: exec form with the image node against /healthz on the admin port', () => {
-    const test = COMPOSE_SIDECAR.healthcheck?.test ?? [];
-    expect(test[0]).toBe('CMD');
-    expect(test[1]).toBe(NODE_BIN);
-    expect(test.join(' ')).toContain(`127.0.0.1:${portOf(COMPOSE_ENV['SIDECAR_ADMIN_LISTEN'])}/healthz`);
+  it("no healthcheck of its own: the image's, which follows SIDECAR_ADMIN_LISTEN, applies (one here pinned port 9090)", () => {
+    expect(COMPOSE_SIDECAR.healthcheck).toBeUndefined();
   });
 
   it('stop_grace_period exceeds the shutdown delay + grace', () => {
