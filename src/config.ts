@@ -18,7 +18,7 @@ import { exposureProblems, parseAllowlist } from './inbound-control.js';
 import { parseCertificates, PemError } from './pem.js';
 import { DEFAULT_MAX_CONNECTIONS } from './connection-limit.js';
 import { DEFAULT_REPLAY_MEMORY_BYTES } from './replay-budget.js';
-import { readFailure, readTextFileSync } from './text-file.js';
+import { jsonPosition, readFailure, readTextFileSync } from './text-file.js';
 import type { TokenAuthMethod, TokenRequestSettings } from './token-client.js';
 
 export const COMMANDS = ['serve', 'token', 'check'] as const;
@@ -214,8 +214,9 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
   const nodeExtraCaFile = env['NODE_EXTRA_CA_CERTS'] || undefined;
   const extraCaFile = caFiles.length > 0 ? nodeExtraCaFile : undefined;
   const extraCaPem = extraCaFile === undefined ? undefined : readCa(extraCaFile, 'NODE_EXTRA_CA_CERTS', readFile, problems);
+  const caField = read.sourceOf('ca');
   const network: OutboundNetwork = {
-    ca: caFiles.map((file) => readCa(file, 'ca', readFile, problems)).filter((pem): pem is string => pem !== undefined),
+    ca: caFiles.map((file) => readCa(file, caField, readFile, problems)).filter((pem): pem is string => pem !== undefined),
     ...(extraCaFile !== undefined && extraCaPem !== undefined && { extraCaCerts: { file: extraCaFile, pem: extraCaPem } }),
     httpsProxy: parseHttpsProxy(env, problems),
     noProxy: env['no_proxy'] ?? env['NO_PROXY'],
@@ -223,7 +224,7 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
 
   const configFile = read.string('config');
   let file: FileConfig | undefined;
-  if (configFile) file = readConfigFile(configFile, readFile, problems);
+  if (configFile) file = readConfigFile(configFile, read.sourceOf('config'), readFile, problems);
 
   const listenText = read.string('listen') ?? file?.listen ?? DEFAULT_LISTEN;
   const listenSource = read.has('listen') ? read.sourceOf('listen') : (configFile ?? 'default');
@@ -368,7 +369,20 @@ function singleRoute(read: Reader, env: Env, problems: ConfigProblem[]): RouteCo
     rewritePrefix: undefined,
     credentials: {
       source: credentialSource(read, env, binding, problems),
-      ...optional('clientCert', clientCertSource({ cert: read.string('client-cert'), key: read.string('client-key'), dir: read.string('client-tls-dir') }, FLAG_CERT_NAMES, (name) => read.sourceOf(name), problems)),
+      ...optional(
+        'clientCert',
+        clientCertSource(
+          {
+            cert: read.string('client-cert'),
+            key: read.string('client-key'),
+            dir: read.string('client-tls-dir'),
+            names: { cert: read.sourceOf('client-cert'), key: read.sourceOf('client-key'), dir: read.sourceOf('client-tls-dir') },
+          },
+          FLAG_CERT_NAMES,
+          (name) => read.sourceOf(name),
+          problems,
+        ),
+      ),
     },
     token: {
       auth: tokenAuth(read.string('token-auth') ?? 'basic', read.sourceOf('token-auth'), 'token-auth', problems),
@@ -422,7 +436,7 @@ interface CertNames {
 const FLAG_CERT_NAMES: CertNames = { cert: 'client-cert', key: 'client-key', dir: 'client-tls-dir' };
 
 function clientCertSource(
-  given: { cert: string | undefined; key: string | undefined; dir: string | undefined },
+  given: { cert: string | undefined; key: string | undefined; dir: string | undefined; names?: CertNames },
   names: CertNames,
   sourceOf: (name: string) => string,
   problems: ConfigProblem[],
@@ -431,8 +445,8 @@ function clientCertSource(
   if (tlsDir && (certFile || keyFile)) {
     problems.push({ source: sourceOf(names.dir), field: names.dir, message: `use either a TLS secret directory or ${names.cert}/${names.key}, not both` });
   }
-  if (tlsDir) return { kind: 'tls-dir', dir: tlsDir };
-  if (certFile && keyFile) return { kind: 'files', certFile, keyFile };
+  if (tlsDir) return { kind: 'tls-dir', dir: tlsDir, names: given.names };
+  if (certFile && keyFile) return { kind: 'files', certFile, keyFile, names: given.names };
   if (certFile || keyFile) {
     const [has, lacks] = certFile ? [names.cert, names.key] : [names.key, names.cert];
     problems.push({ source: sourceOf(has), field: lacks, message: `is missing: ${has} needs it (a client certificate and its key go together)` });
@@ -656,7 +670,8 @@ function parseHttpsProxy(env: Readonly<Record<string, string | undefined>>, prob
 }
 
 /** A `--ca` or `NODE_EXTRA_CA_CERTS` file (`field`), whose every certificate must parse. */
-function readCa(file: string, field: 'ca' | 'NODE_EXTRA_CA_CERTS', readFile: (path: string) => string, problems: ConfigProblem[]): string | undefined {
+/** `field`: where the file was named (`--ca`, `SIDECAR_CA`, `NODE_EXTRA_CA_CERTS`). */
+function readCa(file: string, field: string, readFile: (path: string) => string, problems: ConfigProblem[]): string | undefined {
   if (file === CONTENT_GIVEN) return undefined;
   // Node starts with a warning only for a broken NODE_EXTRA_CA_CERTS; say what to do about it.
   const fix = field === 'NODE_EXTRA_CA_CERTS' ? ': fix the file or unset the variable' : '';
@@ -729,13 +744,14 @@ function lineAt(text: string, offset: number): number {
   return line;
 }
 
-function readConfigFile(path: string, readFile: (p: string) => string, problems: ConfigProblem[]): FileConfig | undefined {
+/** `from`: where the file was named (`--config`, `SIDECAR_CONFIG`). */
+function readConfigFile(path: string, from: string, readFile: (p: string) => string, problems: ConfigProblem[]): FileConfig | undefined {
   if (path === CONTENT_GIVEN) return undefined;
   let text: string;
   try {
     text = readFile(path);
   } catch (err) {
-    problems.push({ source: path, field: '', message: readFailure(err, 'config file') });
+    problems.push({ source: path, field: from, message: readFailure(err, 'config file') });
     return undefined;
   }
   let doc: unknown;
@@ -745,8 +761,12 @@ function readConfigFile(path: string, readFile: (p: string) => string, problems:
     doc = path.endsWith('.json') ? JSON.parse(text) : parseYaml(text, path, problems);
   } catch (err) {
     // Position only: the file may hold secrets, so its content is never echoed.
-    const where = (err as { linePos?: Array<{ line: number }> }).linePos?.[0]?.line;
-    problems.push({ source: path, field: '', message: `is not valid ${path.endsWith('.json') ? 'JSON' : 'YAML'}${where ? ` (line ${where})` : ''}` });
+    // The yaml package's own message quotes the line; its code (DUPLICATE_KEY, BAD_INDENT…) says why without it.
+    const { linePos, code } = err as { linePos?: Array<{ line: number }>; code?: unknown };
+    const why = typeof code === 'string' && /^[A-Z_]+$/.test(code) ? `: ${code}` : '';
+    const line = linePos?.[0]?.line;
+    const where = path.endsWith('.json') ? jsonPosition(text, err) : line ? ` (line ${line}${why})` : '';
+    problems.push({ source: path, field: from, message: `is not valid ${path.endsWith('.json') ? 'JSON' : 'YAML'}${where}` });
     return undefined;
   }
   const f = new FileReader(path, problems);
@@ -831,7 +851,12 @@ function fileRoute(raw: unknown, at: string, f: FileReader, problems: ConfigProb
       ...optional(
         'clientCert',
         clientCertSource(
-          { cert: f.pathValue(o, 'clientCert', at), key: f.pathValue(o, 'clientKey', at), dir: f.pathValue(o, 'clientTlsDir', at) },
+          {
+            cert: f.pathValue(o, 'clientCert', at),
+            key: f.pathValue(o, 'clientKey', at),
+            dir: f.pathValue(o, 'clientTlsDir', at),
+            names: { cert: `${at}.clientCert`, key: `${at}.clientKey`, dir: `${at}.clientTlsDir` },
+          },
           { cert: `${at}.clientCert`, key: `${at}.clientKey`, dir: `${at}.clientTlsDir` },
           () => path,
           problems,

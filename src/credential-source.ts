@@ -5,6 +5,7 @@ import { lstat, readdir, readFile, readlink, realpath, stat } from 'node:fs/prom
 import { basename, dirname, isAbsolute, join, parse, resolve, sep } from 'node:path';
 import type { ClientCertSource, ClientKeyPair, CredentialSource, CredentialSpec } from './credentials.js';
 import { ConfigError, type ConfigProblem } from './errors.js';
+import { jsonPosition } from './text-file.js';
 
 /** The service key as found, not yet validated, and where it was found. */
 export interface RawServiceKey {
@@ -31,9 +32,9 @@ const TLS_KEY = 'tls.key';
 export async function readCredentialSource(source: CredentialSource): Promise<RawServiceKey> {
   switch (source.kind) {
     case 'path':
-      return readPath(source.path, source.binding, source.from);
+      return named(readPath(source.path, source.binding), (source.from ?? '') && (() => source.from!));
     case 'binding-root':
-      return readBindingRoot(source.root, source.binding);
+      return named(readBindingRoot(source.root, source.binding), () => 'SERVICE_BINDING_ROOT');
     case 'vcap':
       return readVcap(source.json, source.binding);
     case 'inline':
@@ -43,14 +44,28 @@ export async function readCredentialSource(source: CredentialSource): Promise<Ra
 
 /** Reads the PEM pair from two files or a `kubernetes.io/tls` directory (`tls.crt`, `tls.key`). */
 export async function readClientCert(source: ClientCertSource): Promise<ClientKeyPair> {
+  const names = source.names;
   if (source.kind === 'tls-dir') {
     const { dir } = source;
-    const [certificate, key] = await readPair(join(dir, TLS_CERT), join(dir, TLS_KEY));
+    const [certificate, key] = await named(readPair(join(dir, TLS_CERT), join(dir, TLS_KEY)), names && (() => names.dir));
     return { certificate, key, source: dir };
   }
   const { certFile, keyFile } = source;
-  const [certificate, key] = await readPair(certFile, keyFile);
+  const [certificate, key] = await named(readPair(certFile, keyFile), names && ((p) => (p.source === keyFile ? names.key : names.cert)));
   return { certificate, key, source: `${certFile}, ${keyFile}` };
+}
+
+/**
+ * `reading`, its problems about the file or directory itself (field `''`) named by where its path was given
+ * (`--service-key`, `SIDECAR_CLIENT_CERT`, `routes[1].clientCert`): the path alone does not say which setting to fix.
+ */
+async function named<T>(reading: Promise<T>, nameOf: ((problem: ConfigProblem) => string) | undefined | ''): Promise<T> {
+  try {
+    return await reading;
+  } catch (err) {
+    if (!nameOf || !(err instanceof ConfigError)) throw err;
+    throw new ConfigError(err.problems.map((p) => (p.field === '' ? { ...p, field: nameOf(p) } : p)));
+  }
 }
 
 /**
@@ -187,8 +202,8 @@ async function isDirectory(path: string): Promise<boolean> {
 }
 
 /** `binding` (--binding) names one of several bindings below a directory: given for a single key, it is an error. */
-async function readPath(path: string, binding: string | undefined, from: string | undefined): Promise<RawServiceKey> {
-  if ((await statOrFail(path, from)).isDirectory()) return readSecretDir(path, binding);
+async function readPath(path: string, binding: string | undefined): Promise<RawServiceKey> {
+  if ((await statOrFail(path)).isDirectory()) return readSecretDir(path, binding);
   if (binding !== undefined) fail(path, NOT_A_ROOT);
   return { raw: parseJson(await readNonEmpty(path), path), source: path };
 }
@@ -299,7 +314,7 @@ interface Binding {
 }
 
 async function readBindingRoot(root: string, binding: string | undefined): Promise<RawServiceKey> {
-  if (!(await statOrFail(root, 'SERVICE_BINDING_ROOT')).isDirectory()) fail(root, 'is not a directory', 'SERVICE_BINDING_ROOT');
+  if (!(await statOrFail(root)).isDirectory()) fail(root, 'is not a directory');
   const bindings = await findBindings((await listDir(root)).dirs);
   return readSecretDir(pickBinding(root, bindings, binding).dir);
 }
@@ -431,12 +446,11 @@ async function statOrAbsent(path: string): Promise<Stats | undefined> {
   }
 }
 
-/** `from`: where the path was given (`--service-key`, `SIDECAR_SERVICE_KEY`, `routes[0].serviceKey`), for the message. */
-async function statOrFail(path: string, from = ''): Promise<Stats> {
+async function statOrFail(path: string): Promise<Stats> {
   try {
     return await stat(path);
   } catch (err) {
-    fail(path, describeFsError(err), from);
+    fail(path, describeFsError(err));
   }
 }
 
@@ -479,14 +493,6 @@ function parseJson(text: string, source: string): unknown {
   }
 }
 
-function jsonPosition(text: string, err: unknown): string {
-  const match = /at position (\d+)/.exec(err instanceof Error ? err.message : '');
-  if (!match) return '';
-  const before = text.slice(0, Number(match[1]));
-  const line = before.split('\n').length;
-  const column = before.length - before.lastIndexOf('\n');
-  return ` (line ${line}, column ${column})`;
-}
 
 function describeFsError(err: unknown): string {
   const code = errorCode(err);

@@ -25,10 +25,14 @@ export type CredentialSource =
   | { kind: 'inline'; json: string; label: string };
 
 /** Where the key pair of an External Certificate key comes from. */
-export type ClientCertSource =
+export type ClientCertSource = (
   | { kind: 'files'; certFile: string; keyFile: string }
   /** A `kubernetes.io/tls` secret directory with `tls.crt` and `tls.key`. */
-  | { kind: 'tls-dir'; dir: string };
+  | { kind: 'tls-dir'; dir: string }
+) & {
+  /** Where each path was given (`--client-cert` or `SIDECAR_CLIENT_CERT`, `routes[1].clientCert`…), for messages. */
+  names?: { cert: string; key: string; dir: string };
+};
 
 export interface CredentialSpec {
   source: CredentialSource;

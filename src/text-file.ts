@@ -125,3 +125,13 @@ class Collected {
     return Buffer.concat(this.#chunks).toString('utf8');
   }
 }
+
+/** Where a `JSON.parse` error is, as ` (line L, column C)`, or `''`: never the text there (it may hold a secret). */
+export function jsonPosition(text: string, err: unknown): string {
+  const match = /at position (\d+)/.exec(err instanceof Error ? err.message : '');
+  if (!match) return '';
+  const before = text.slice(0, Number(match[1]));
+  const line = before.split('\n').length;
+  const column = before.length - before.lastIndexOf('\n');
+  return ` (line ${line}, column ${column})`;
+}

@@ -104,9 +104,11 @@ describe('parseConfig', () => {
   it('reports every problem at once, naming the field and the source', () => {
     const list = problems(['--token-auth', 'digest', '--csrf', 'maybe', '--listen', 'nope', '--ca', '/missing.pem', '--token-param', 'client_secret=x', '--log-level', 'loud']);
     const fields = list.map((p) => p.field);
-    expect(fields).toEqual(expect.arrayContaining(['--service-key', 'token-auth', 'csrf', 'listen', 'ca', 'token-param', 'log-level']));
+    expect(fields).toEqual(expect.arrayContaining(['--service-key', 'token-auth', 'csrf', 'listen', '--ca', 'token-param', 'log-level']));
     expect(list.find((p) => p.field === 'token-auth')?.source).toBe('--token-auth');
-    expect(list.find((p) => p.field === 'ca')?.source).toBe('/missing.pem');
+    // A file's problem names the file as its source, and where it was named as its field (here the flag).
+    expect(list.find((p) => p.field === '--ca')?.source).toBe('/missing.pem');
+    expect(problems(['--service-key', '/k'], { SIDECAR_CA: '/missing.pem' })).toEqual([{ source: '/missing.pem', field: 'SIDECAR_CA', message: 'CA file does not exist' }]);
   });
 
   it('reads --allow-host from flags, the variable or the file, lower-cased, and refuses anything but a host name', () => {
@@ -225,9 +227,9 @@ describe('parseConfig', () => {
     const truncated = '-----BEGIN CERTIFICATE-----\nMIIB\n';
     const fs = { '/bad.pem': `${CA}${garbage}`, '/cut.pem': truncated, '/key.pem': certs.leafKeyPkcs8 };
     expect(problems(['--service-key', '/k', '--ca', '/bad.pem', '--ca', '/cut.pem', '--ca', '/key.pem'], {}, fs)).toEqual([
-      { source: '/bad.pem', field: 'ca', message: 'is not a PEM CA certificate file (certificate 2 is not valid X.509)' },
-      { source: '/cut.pem', field: 'ca', message: 'is not a PEM CA certificate file (no PEM CERTIFICATE block found)' },
-      { source: '/key.pem', field: 'ca', message: 'is not a PEM CA certificate file (no PEM CERTIFICATE block found)' },
+      { source: '/bad.pem', field: '--ca', message: 'is not a PEM CA certificate file (certificate 2 is not valid X.509)' },
+      { source: '/cut.pem', field: '--ca', message: 'is not a PEM CA certificate file (no PEM CERTIFICATE block found)' },
+      { source: '/key.pem', field: '--ca', message: 'is not a PEM CA certificate file (no PEM CERTIFICATE block found)' },
     ]);
     const bundle = `${certs.rootPem}\n${certs.intermediatePem}\n`;
     expect(run(['--service-key', '/k', '--ca', '/ok.pem'], {}, { '/ok.pem': bundle }).network.ca).toEqual([bundle]);
@@ -567,7 +569,15 @@ routes:
   });
 
   it('reports only the unreadable file when --config names a wrong path', () => {
-    expect(problems(['--config', '/nope.yaml'])).toEqual([{ source: '/nope.yaml', field: '', message: 'config file does not exist' }]);
+    expect(problems(['--config', '/nope.yaml'])).toEqual([{ source: '/nope.yaml', field: '--config', message: 'config file does not exist' }]);
+    expect(problems([], { SIDECAR_CONFIG: '/nope.yaml' })).toEqual([{ source: '/nope.yaml', field: 'SIDECAR_CONFIG', message: 'config file does not exist' }]);
+    // Where a syntax error is, and (YAML) its kind, never the text there.
+    expect(problems(['--config', '/c.json'], {}, { '/c.json': '{"routes": [\n  {"prefix": "/a",, }] }' })).toEqual([
+      { source: '/c.json', field: '--config', message: 'is not valid JSON (line 2, column 19)' },
+    ]);
+    expect(problems(['--config', '/c.yaml'], {}, { '/c.yaml': 'routes:\n  - prefix: /a\n    prefix: /b\n' })).toEqual([
+      { source: '/c.yaml', field: '--config', message: 'is not valid YAML (line 3: DUPLICATE_KEY)' },
+    ]);
   });
 
   it('names the file and logLevel for a bad logLevel in the file', () => {

@@ -79,6 +79,26 @@ async function clientIdFrom(source: CredentialSource): Promise<string> {
   return parseServiceKey(raw, label).credentials.clientId;
 }
 
+describe('problems about a file itself name where its path was given', () => {
+  it('the service key (flag, variable or route key) and each file of a client key pair', async () => {
+    const dir = await tempDir();
+    const empty = join(dir, 'empty.json');
+    await writeFile(empty, '');
+    for (const from of ['--service-key', 'SIDECAR_SERVICE_KEY', 'routes[1].serviceKey']) {
+      expect(await problemsOf(readCredentialSource({ kind: 'path', path: empty, from }))).toEqual([{ source: empty, field: from, message: 'is empty' }]);
+    }
+    const missing = join(dir, 'nope');
+    expect(await problemsOf(readCredentialSource({ kind: 'binding-root', root: missing }))).toEqual([{ source: missing, field: 'SERVICE_BINDING_ROOT', message: 'does not exist' }]);
+    const names = { cert: 'SIDECAR_CLIENT_CERT', key: '--client-key', dir: 'routes[1].clientTlsDir' };
+    const [cert, key] = [join(dir, 'c.pem'), join(dir, 'k.pem')];
+    expect(await problemsOf(readClientCert({ kind: 'files', certFile: cert, keyFile: key, names }))).toEqual([
+      { source: cert, field: 'SIDECAR_CLIENT_CERT', message: 'does not exist' },
+      { source: key, field: '--client-key', message: 'does not exist' },
+    ]);
+    expect((await problemsOf(readClientCert({ kind: 'tls-dir', dir: missing, names }))).map((p) => p.field)).toEqual(['routes[1].clientTlsDir', 'routes[1].clientTlsDir']);
+  });
+});
+
 describe('readCredentialSource: JSON file', () => {
   it('reads a service key file', async () => {
     const file = join(await tempDir(), 'key.json');
@@ -348,7 +368,7 @@ describe('readCredentialSource: servicebinding.io binding root', () => {
     expect(await problemsOf(readCredentialSource({ kind: 'binding-root', root }))).toEqual([
       {
         source: root,
-        field: '',
+        field: 'SERVICE_BINDING_ROOT',
         message: 'has several bindings, so name the one to use with --binding (SIDECAR_BINDING); found: a (type xsuaa), b (type destination)',
       },
     ]);

@@ -87,9 +87,9 @@ describe('the edge reads regular files of a sane size, and pipes that deliver', 
     const result = parseConfig(['--config', config], {});
     await exited(child);
     expect(result.kind === 'run' && result.config.routes[0]?.credentials.source).toEqual({ kind: 'path', path: '/k.json', from: 'routes[0].serviceKey' });
-    expect(problemsOf(['--service-key', '/k', '--ca', '/dev/zero'])).toEqual([{ source: '/dev/zero', field: 'ca', message: 'CA file is not a regular file or a pipe' }]);
+    expect(problemsOf(['--service-key', '/k', '--ca', '/dev/zero'])).toEqual([{ source: '/dev/zero', field: '--ca', message: 'CA file is not a regular file or a pipe' }]);
     expect(problemsOf(['--service-key', '/k', '--ca', large])).toEqual([
-      { source: large, field: 'ca', message: `CA file is larger than ${MAX_TEXT_FILE_BYTES} bytes (${MAX_TEXT_FILE_BYTES + 1})` },
+      { source: large, field: '--ca', message: `CA file is larger than ${MAX_TEXT_FILE_BYTES} bytes (${MAX_TEXT_FILE_BYTES + 1})` },
     ]);
   });
 
