@@ -166,6 +166,9 @@ export const FLAGS: Readonly<Record<string, FlagSpec>> = {
   version: { type: 'boolean', description: 'show the version' },
 };
 
+/** Flags only some commands read. */
+const COMMAND_FLAGS: Readonly<Record<string, readonly Command[]>> = { route: ['token', 'check'], 'check-path': ['check'], 'check-role': ['check'] };
+
 /** The `route` label of requests answered before a route was found (metrics); no route may take it. */
 export const UNROUTED = 'none';
 
@@ -207,6 +210,12 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
   }
   problems.push(...misspeltVariables(env));
   const read = new Reader(values, withoutContentForPaths(values, env, problems), problems);
+  // A flag another command reads would be ignored without a word (`serve --route orders` serves every route).
+  for (const [name, commands] of Object.entries(COMMAND_FLAGS)) {
+    if (values[name] !== undefined && COMMANDS.includes(command) && !commands.includes(command)) {
+      problems.push({ source: `--${name}`, field: name, message: `is read by ${commands.join(' and ')} only, not by ${command}` });
+    }
+  }
   const caFiles = read.list('ca');
   // Node reads NODE_EXTRA_CA_CERTS itself, but a `ca` option (--ca) replaces the store it went into: with
   // --ca, read it here, the edge, so that the dispatcher can keep it (and a broken file fails now, not as
@@ -219,7 +228,8 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
     ca: caFiles.map((file) => readCa(file, caField, readFile, problems)).filter((pem): pem is string => pem !== undefined),
     ...(extraCaFile !== undefined && extraCaPem !== undefined && { extraCaCerts: { file: extraCaFile, pem: extraCaPem } }),
     httpsProxy: parseHttpsProxy(env, problems),
-    noProxy: env['no_proxy'] ?? env['NO_PROXY'],
+    // As for https_proxy: an empty lower-case variable does not hide the upper-case one.
+    noProxy: env['no_proxy'] || env['NO_PROXY'] || undefined,
   };
 
   const configFile = read.string('config');
@@ -540,12 +550,17 @@ function tokenParams(read: Reader, problems: ConfigProblem[]): Record<string, st
     const [name, value] = splitParam(text, fromFlags === undefined);
     if (!name) problems.push({ source: read.sourceOf('token-param'), field: 'token-param', message: notNameValue(text) });
     else if (RESERVED_PARAMS.has(name)) problems.push({ source: read.sourceOf('token-param'), field: 'token-param', message: `${name} is set by the sidecar` });
-    else params[name] = value;
+    else if (OWN_SETTING_PARAMS.has(name) && read.has(name)) {
+      // Which would win is no choice to leave to the order the request is built in.
+      problems.push({ source: read.sourceOf('token-param'), field: 'token-param', message: `${name} is set by ${read.sourceOf(name)} too: give it once` });
+    } else params[name] = value;
   }
   return params;
 }
 
 const RESERVED_PARAMS = new Set(['grant_type', 'client_id', 'client_secret']);
+/** Token request parameters with a setting of their own (`--scope`, a route's `scope`…). */
+const OWN_SETTING_PARAMS = new Set(['scope', 'resource', 'audience']);
 
 /** `NAME=VALUE` as given on a flag, or form-decoded from the variable; no name without a `=` after one. */
 function splitParam(text: string, formEncoded: boolean): [string, string] {
@@ -838,6 +853,7 @@ function fileRoute(raw: unknown, at: string, f: FileReader, problems: ConfigProb
     for (const [k, v] of Object.entries(paramsRaw as Record<string, unknown>)) {
       if (typeof v !== 'string') problems.push({ source: path, field: `${at}.tokenParams.${k}`, message: 'must be a string' });
       else if (RESERVED_PARAMS.has(k)) problems.push({ source: path, field: `${at}.tokenParams.${k}`, message: 'is set by the sidecar' });
+      else if (OWN_SETTING_PARAMS.has(k) && o[k] !== undefined) problems.push({ source: path, field: `${at}.tokenParams.${k}`, message: `is set by ${at}.${k} too: give it once` });
       else params[k] = v;
     }
   }

@@ -5,7 +5,7 @@ import { lstat, readdir, readFile, readlink, realpath, stat } from 'node:fs/prom
 import { basename, dirname, isAbsolute, join, parse, resolve, sep } from 'node:path';
 import type { ClientCertSource, ClientKeyPair, CredentialSource, CredentialSpec } from './credentials.js';
 import { ConfigError, type ConfigProblem } from './errors.js';
-import { jsonPosition } from './text-file.js';
+import { jsonPosition, notUtf8 } from './text-file.js';
 
 /** The service key as found, not yet validated, and where it was found. */
 export interface RawServiceKey {
@@ -470,7 +470,9 @@ async function readText(path: string, label = path): Promise<string> {
     const info = await stat(path);
     if (!info.isFile()) fail(label, 'is not a regular file');
     if (info.size > MAX_KEY_FILE_BYTES) fail(label, `is larger than ${MAX_KEY_FILE_BYTES} bytes (${info.size}), which no service key or certificate is`);
-    return await readFile(path, 'utf8');
+    const text = await readFile(path, 'utf8');
+    const why = notUtf8(text);
+    return why === undefined ? text : fail(label, why);
   } catch (err) {
     if (err instanceof ConfigError) throw err;
     return fail(label, describeFsError(err));

@@ -222,6 +222,11 @@ export function parseAllowlist(cidrs: readonly string[], source: string, field =
     const problem = (message: string): void => {
       problems.push({ source, field: `${field}[${i}]`, message: `${JSON.stringify(entry)}: ${message}` });
     };
+    if (entry.includes(',')) {
+      // `--allow-cidr 10.0.0.0/8,10.1.0.0/16`: commas separate entries only in SIDECAR_ALLOW_CIDRS.
+      problem('one address or CIDR block per --allow-cidr (or per list item); commas separate them only in SIDECAR_ALLOW_CIDRS');
+      continue;
+    }
     const slash = entry.indexOf('/');
     const address = slash === -1 ? entry : entry.slice(0, slash);
     if (address.includes('%')) {

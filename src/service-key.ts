@@ -300,6 +300,11 @@ function readKeyPair(
   if (!chain.leaf.checkPrivateKey(privateKey.key)) found.problem(key, `does not match the certificate in ${cert.field}`);
   const notAfter = new Date(chain.leaf.validTo);
   checkExpiry(found, cert, notAfter);
+  const notBefore = new Date(chain.leaf.validFrom);
+  if (notBefore > found.now) {
+    // A clock behind, or a certificate issued ahead: the token server's TLS refuses it until then.
+    found.notice('warn', `the client certificate in ${cert.field} (${cert.source}) is not valid before ${notBefore.toISOString()}`);
+  }
   return { kind, certificate: chain.pem, key: privateKey.pem, fingerprint: chain.leaf.fingerprint256, notAfter };
 }
 

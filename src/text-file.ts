@@ -26,14 +26,14 @@ export interface TextFileLimits {
 }
 
 export function readTextFileSync(path: string, { bytes = MAX_TEXT_FILE_BYTES, silenceMs = PIPE_SILENCE_MS }: TextFileLimits = {}): string {
-  if (!isPipe(statSync(path), bytes)) return readFileSync(path, 'utf8');
+  if (!isPipe(statSync(path), bytes)) return utf8(readFileSync(path, 'utf8'));
   const fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
   try {
     const text = new Collected(bytes, silenceMs);
     const pause = new Int32Array(new SharedArrayBuffer(4));
     for (;;) {
       const n = tryRead((buffer) => readSync(fd, buffer, 0, buffer.length, null), text);
-      if (n === 0) return text.done();
+      if (n === 0) return utf8(text.done());
       if (n === undefined) Atomics.wait(pause, 0, 0, PIPE_POLL_MS);
     }
   } finally {
@@ -42,19 +42,33 @@ export function readTextFileSync(path: string, { bytes = MAX_TEXT_FILE_BYTES, si
 }
 
 export async function readTextFile(path: string, { bytes = MAX_TEXT_FILE_BYTES, silenceMs = PIPE_SILENCE_MS }: TextFileLimits = {}): Promise<string> {
-  if (!isPipe(await stat(path), bytes)) return readFile(path, 'utf8');
+  if (!isPipe(await stat(path), bytes)) return utf8(await readFile(path, 'utf8'));
   const file = await open(path, constants.O_RDONLY | constants.O_NONBLOCK);
   try {
     const text = new Collected(bytes, silenceMs);
     for (;;) {
       // A non-blocking read returns at once, with what is there or EAGAIN: only the wait between reads is async.
       const n = tryRead((buffer) => readSync(file.fd, buffer, 0, buffer.length, null), text);
-      if (n === 0) return text.done();
+      if (n === 0) return utf8(text.done());
       if (n === undefined) await delay(PIPE_POLL_MS);
     }
   } finally {
     await file.close();
   }
+}
+
+/**
+ * Why `text` is no UTF-8 text, or undefined: UTF-16 (what PowerShell's `>` and Notepad's "Unicode" write) puts a
+ * NUL byte beside every ASCII character, which no config file, PEM, key or user list holds.
+ */
+export function notUtf8(text: string): string | undefined {
+  return text.includes('\u0000') ? "holds NUL bytes: saved as UTF-16 (PowerShell's > writes that)? Save it as UTF-8" : undefined;
+}
+
+function utf8(text: string): string {
+  const why = notUtf8(text);
+  if (why !== undefined) throw new FileRefused(why);
+  return text;
 }
 
 /** Why `what` (e.g. "config file") could not be read, for a configuration problem: never its content. */

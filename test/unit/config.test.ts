@@ -447,7 +447,7 @@ routes:
     ['JSON behind a byte order mark (ignored): no routes', '/c.json', '\uFEFF{"routes":[]}', /^must be a non-empty list of routes$/],
     ['a list instead of a mapping', '/c.yaml', '- prefix: /\n', /^must be a mapping$/],
   ])('reports only the real problem of %s, not a missing service key', (_name, path, text, message) => {
-    const list = problems(['--config', path, '--route', 'orders'], {}, { [path]: text });
+    const list = problems(['token', '--config', path, '--route', 'orders'], {}, { [path]: text });
     expect(list).toHaveLength(1);
     expect(list[0]?.source).toBe(path);
     expect(list[0]?.message).toMatch(message);
@@ -558,6 +558,29 @@ routes:
       { source: '/c.yaml', field: 'routes[3].rewritePrefix', message: ascii('goes into the request target as it is') },
       { source: '/c.yaml', field: 'routes[4].rewritePrefix', message: 'must not hold a . or .. segment' },
     ]);
+  });
+
+  it("refuses flags another command reads, a token parameter beside its own setting, and commas in one --allow-cidr", () => {
+    expect(problems(['serve', '--service-key', '/k', '--route', 'default', '--check-path', '/x'])).toEqual([
+      { source: '--route', field: 'route', message: 'is read by token and check only, not by serve' },
+      { source: '--check-path', field: 'check-path', message: 'is read by check only, not by serve' },
+    ]);
+    expect(problems(['token', '--service-key', '/k', '--check-role', 'X'])).toEqual([
+      { source: '--check-role', field: 'check-role', message: 'is read by check only, not by token' },
+    ]);
+    expect(problems(['token', '--service-key', '/k', '--scope', 'b', '--token-param', 'scope=a'])).toEqual([
+      { source: '--token-param', field: 'token-param', message: 'scope is set by --scope too: give it once' },
+    ]);
+    const file = 'routes:\n  - { prefix: /, serviceKey: /k, audience: x, tokenParams: { audience: y } }\n';
+    expect(problems(['--config', '/c.yaml'], {}, { '/c.yaml': file })).toEqual([
+      { source: '/c.yaml', field: 'routes[0].tokenParams.audience', message: 'is set by routes[0].audience too: give it once' },
+    ]);
+    const commas = problems(['--service-key', '/k', '--listen', '0.0.0.0:1', '--allow-cidr', '10.0.0.0/8,10.1.0.0/16']);
+    expect(commas.map((p) => p.message)).toEqual([
+      '"10.0.0.0/8,10.1.0.0/16": one address or CIDR block per --allow-cidr (or per list item); commas separate them only in SIDECAR_ALLOW_CIDRS',
+    ]);
+    // An empty no_proxy does not hide NO_PROXY (as an empty https_proxy does not hide HTTPS_PROXY).
+    expect(run(['--service-key', '/k'], { no_proxy: '', NO_PROXY: 'h.internal' }).network.noProxy).toBe('h.internal');
   });
 
   it('refuses a YAML file of two documents (the second would be dropped); a leading or trailing --- alone is fine', () => {

@@ -87,6 +87,11 @@ describe('problems about a file itself name where its path was given', () => {
     for (const from of ['--service-key', 'SIDECAR_SERVICE_KEY', 'routes[1].serviceKey']) {
       expect(await problemsOf(readCredentialSource({ kind: 'path', path: empty, from }))).toEqual([{ source: empty, field: from, message: 'is empty' }]);
     }
+    const utf16 = join(dir, 'utf16.json');
+    await writeFile(utf16, Buffer.from('{"clientid": "c"}', 'utf16le'));
+    expect(await problemsOf(readCredentialSource({ kind: 'path', path: utf16, from: '--service-key' }))).toEqual([
+      { source: utf16, field: '--service-key', message: "holds NUL bytes: saved as UTF-16 (PowerShell's > writes that)? Save it as UTF-8" },
+    ]);
     const missing = join(dir, 'nope');
     expect(await problemsOf(readCredentialSource({ kind: 'binding-root', root: missing }))).toEqual([{ source: missing, field: 'SERVICE_BINDING_ROOT', message: 'does not exist' }]);
     const names = { cert: 'SIDECAR_CLIENT_CERT', key: '--client-key', dir: 'routes[1].clientTlsDir' };

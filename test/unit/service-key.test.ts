@@ -357,6 +357,16 @@ describe('parseServiceKey: Certificate keys', () => {
     ]);
   });
 
+  it('warns when the certificate is not valid yet by the injected clock (the token server would refuse it until then)', () => {
+    const notBefore = new Date(leaf.validFrom);
+    const earlier = new Date(notBefore.getTime() - DAY_MS);
+    expect(parse(certificateKey(), { now: earlier }).notices).toContainEqual({
+      level: 'warn',
+      message: `the client certificate in oauth.certificate (${SOURCE}) is not valid before ${notBefore.toISOString()}`,
+    });
+    expect(parse(certificateKey()).notices).toEqual([]);
+  });
+
   it('does not warn when the injected clock is far from expiry', () => {
     const monthEarlier = new Date(Date.now() - 30 * DAY_MS);
     expect(parse(certificateKey({ certificate: certs.expiringPem }), { now: monthEarlier }).notices).toEqual([]);

@@ -66,6 +66,14 @@ describe('the edge reads regular files of a sane size, and pipes that deliver', 
     await expect(readTextFile(large)).rejects.toThrow('is larger than');
   });
 
+  it('refuses a UTF-16 file (PowerShell\'s >) with the fix, sync and async', async () => {
+    const utf16 = join(dir, 'utf16.yaml');
+    await writeFile(utf16, Buffer.concat([Buffer.from([0xff, 0xfe]), Buffer.from('routes: []\n', 'utf16le')]));
+    const fix = "holds NUL bytes: saved as UTF-16 (PowerShell's > writes that)? Save it as UTF-8";
+    expect(why(() => readTextFileSync(utf16))).toBe(`file ${fix}`);
+    await expect(readTextFile(utf16)).rejects.toThrow(fix);
+  });
+
   it('a FIFO nobody writes to, or one that goes on for ever, is given up instead of waited on or read without end', async () => {
     const silent = fifo('silent');
     expect(why(() => readTextFileSync(silent, { silenceMs: 100 }))).toBe('file is a pipe that gave nothing for 0.1 s (nobody wrote to it, or what did wrote nothing)');
