@@ -12,9 +12,9 @@
  * one JSON error (see `errors.ts`); failures after it started close the
  * sender's connection, so a truncated body is never passed off as complete.
  */
-import { once } from 'node:events';
 import { createServer, type IncomingHttpHeaders, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
+import { setTimeout as delay } from 'node:timers/promises';
 import type { Dispatcher } from 'undici';
 import { csrfFromResponse, isCsrfRequired, isModifying, mergeCookies, type CsrfCredentials } from './csrf-session.js';
 import type { ConnectionLimit } from './connection-limit.js';
@@ -222,7 +222,6 @@ export function createProxyServer(options: ProxyOptions, limits: ServerLimits = 
   return server;
 }
 
-/** The `Via` entries the sidecar adds: received protocol and a pseudonym (RFC 9110 §7.6.3). */
 /** The sender connections of each proxy server still open (see `connectionsClosed`). */
 const OPEN = new WeakMap<Server, Set<Socket>>();
 
@@ -231,11 +230,25 @@ const OPEN = new WeakMap<Server, Set<Socket>>();
  * cut by a stop is then reported (its access line written) as the sender's, before the upstream pools go. node
  * emits the server's 'close' as soon as it has counted its connections destroyed, before their 'close' events.
  */
-export async function connectionsClosed(server: Server): Promise<void> {
+export async function connectionsClosed(server: Server, boundMs = CLOSE_WAIT_MS): Promise<void> {
   const open = OPEN.get(server);
-  if (open !== undefined) await Promise.all([...open].map((socket) => (socket.closed ? undefined : once(socket, 'close'))));
+  if (open !== undefined && open.size > 0) {
+    // Not `events.once`: it rejects on an 'error' (a reset), which comes before the 'close'.
+    const closed = Promise.all([...open].map((socket) => (socket.closed ? undefined : new Promise((resolve) => socket.once('close', resolve)))));
+    const bound = new AbortController();
+    const late = await Promise.race([closed.then(() => false), delay(boundMs, true, { signal: bound.signal }).catch(() => false)]);
+    bound.abort();
+    if (late) {
+      // One node no longer counts (a socket it let go of) and that did not close by itself: cut, never waited on.
+      for (const socket of open) cut(socket);
+      await closed;
+    }
+  }
   await new Promise((resolve) => setImmediate(resolve));
 }
+
+/** How long a stop waits for sender connections to close after the server has closed, before it cuts them. */
+const CLOSE_WAIT_MS = 1_000;
 
 /**
  * Close a connection a sender let sit (idle timeout) or a stop ended. One that owes an answer is reset: a close
@@ -247,6 +260,7 @@ function cut(socket: Socket): void {
   else socket.destroy();
 }
 
+/** The `Via` entries the sidecar adds: received protocol and a pseudonym (RFC 9110 §7.6.3). */
 const VIA_1_1 = '1.1 oauth-sidecar';
 const VIA_1_0 = '1.0 oauth-sidecar';
 

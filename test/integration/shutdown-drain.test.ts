@@ -8,6 +8,7 @@
 import { writeFile } from 'node:fs/promises';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'undici';
+import { connectionsClosed } from '../../src/proxy.js';
 import { rawOpen } from '../helpers/raw-http.js';
 import { runSidecar, type RunningSidecar } from '../helpers/sidecar.js';
 import { holdRequests, startWorld, type World } from '../helpers/world.js';
@@ -168,6 +169,15 @@ describe('shutdown drain', () => {
     const line = s.logs.find((l) => l['msg'] === 'request' && l['path'] === '/http/endless');
     expect(line).toMatchObject({ status: 200, aborted: true });
     expect(line).not.toHaveProperty('error');
+  });
+
+  it('the wait for sender connections to close after the server closed is bounded: one that stays open is cut', async () => {
+    const s = await start(['--shutdown-grace', '60000']);
+    const idle = await rawOpen(s.address.port, ''); // open, nothing sent: node's server counts it, and would wait
+    const started = performance.now();
+    await connectionsClosed(s.server, 100);
+    expect(performance.now() - started).toBeGreaterThanOrEqual(90);
+    expect(await idle.closed).toBe('closed'); // it owed no answer: a plain close
   });
 
   it('a deep burst pipelined during the drain behind an answer not yet begun: that answer still goes out, nothing else is forwarded', async () => {
