@@ -203,10 +203,11 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
   }
 
   // `--service-key "$KEY"` with KEY unset: the empty value would fall back to another source, or to a default.
-  for (const [name, value] of Object.entries(values)) {
-    if (value === '' || (Array.isArray(value) && value.some((v) => v.trim() === ''))) {
-      problems.push({ source: 'command line', field: `--${name}`, message: 'is empty (an unset shell variable?): give a value, or leave the flag out' });
-    }
+  // Alone, as a flag the parser cannot read is: what else is wrong depends on the value meant.
+  const empty = Object.entries(values).filter(([, value]) => (Array.isArray(value) ? value : [value]).some((v) => typeof v === 'string' && v.trim() === ''));
+  if (empty.length > 0) {
+    const message = 'is empty (an unset shell variable?): give a value, or leave the flag out';
+    throw new ConfigError(empty.map(([name]) => ({ source: 'command line', field: `--${name}`, message })));
   }
   problems.push(...misspeltVariables(env));
   const read = new Reader(values, withoutContentForPaths(values, env, problems), problems);
@@ -502,15 +503,20 @@ function argumentProblem(err: unknown): ConfigProblem {
  * alone: Kubernetes gives every container `SIDECAR_SERVICE_HOST`, `SIDECAR_PORT`… for a Service named `sidecar`.
  */
 function misspeltVariables(env: Env): ConfigProblem[] {
+  const prefix = 'SIDECAR_';
   const known = [...Object.values(FLAGS).flatMap((spec) => (spec.env ? [spec.env] : [])), 'SIDECAR_SERVICE_KEY_JSON'];
   const problems: ConfigProblem[] = [];
   for (const name of Object.keys(env)) {
-    if (!name.startsWith('SIDECAR_') || known.includes(name)) continue;
-    const near = nearest(name, known);
-    if (near !== undefined) problems.push({ source: 'environment', field: name, message: `is not a variable the sidecar reads: did you mean ${near}?` });
+    if (!name.startsWith(prefix) || known.includes(name) || SERVICE_LINK.test(name)) continue;
+    // A typo is measured on the name's own part: `SIDECAR_IP` is no misspelt `SIDECAR_CA`.
+    const near = nearest(name.slice(prefix.length), known.map((k) => k.slice(prefix.length)));
+    if (near !== undefined) problems.push({ source: 'environment', field: name, message: `is not a variable the sidecar reads: did you mean ${prefix}${near}?` });
   }
   return problems;
 }
+
+/** Kubernetes' service links (`<SERVICE>_SERVICE_HOST`, `…_PORT_8080_TCP_ADDR`) and Docker's links (`…_NAME`, `…_ENV_…`). */
+const SERVICE_LINK = /_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\d+_(TCP|UDP|SCTP)(_\w+)?)?|NAME|ENV_\w+)$/;
 
 /** The candidate within two edits of `word` (one for a short word: a typo), if exactly one is nearest. */
 function nearest(word: string, candidates: readonly string[]): string | undefined {
@@ -550,9 +556,9 @@ function tokenParams(read: Reader, problems: ConfigProblem[]): Record<string, st
     const [name, value] = splitParam(text, fromFlags === undefined);
     if (!name) problems.push({ source: read.sourceOf('token-param'), field: 'token-param', message: notNameValue(text) });
     else if (RESERVED_PARAMS.has(name)) problems.push({ source: read.sourceOf('token-param'), field: 'token-param', message: `${name} is set by the sidecar` });
-    else if (OWN_SETTING_PARAMS.has(name) && read.has(name)) {
+    else if (OWN_SETTING_PARAMS.has(name) && read.string(name) && read.string(name) !== value) {
       // Which would win is no choice to leave to the order the request is built in.
-      problems.push({ source: read.sourceOf('token-param'), field: 'token-param', message: `${name} is set by ${read.sourceOf(name)} too: give it once` });
+      problems.push({ source: read.sourceOf('token-param'), field: 'token-param', message: `${name} is set by ${read.sourceOf(name)} to another value: give it once` });
     } else params[name] = value;
   }
   return params;
@@ -853,8 +859,9 @@ function fileRoute(raw: unknown, at: string, f: FileReader, problems: ConfigProb
     for (const [k, v] of Object.entries(paramsRaw as Record<string, unknown>)) {
       if (typeof v !== 'string') problems.push({ source: path, field: `${at}.tokenParams.${k}`, message: 'must be a string' });
       else if (RESERVED_PARAMS.has(k)) problems.push({ source: path, field: `${at}.tokenParams.${k}`, message: 'is set by the sidecar' });
-      else if (OWN_SETTING_PARAMS.has(k) && o[k] !== undefined) problems.push({ source: path, field: `${at}.tokenParams.${k}`, message: `is set by ${at}.${k} too: give it once` });
-      else params[k] = v;
+      else if (OWN_SETTING_PARAMS.has(k) && typeof o[k] === 'string' && o[k] !== '' && o[k] !== v) {
+        problems.push({ source: path, field: `${at}.tokenParams.${k}`, message: `is set by ${at}.${k} to another value: give it once` });
+      } else params[k] = v;
     }
   }
   return {

@@ -470,9 +470,7 @@ async function readText(path: string, label = path): Promise<string> {
     const info = await stat(path);
     if (!info.isFile()) fail(label, 'is not a regular file');
     if (info.size > MAX_KEY_FILE_BYTES) fail(label, `is larger than ${MAX_KEY_FILE_BYTES} bytes (${info.size}), which no service key or certificate is`);
-    const text = await readFile(path, 'utf8');
-    const why = notUtf8(text);
-    return why === undefined ? text : fail(label, why);
+    return await readFile(path, 'utf8');
   } catch (err) {
     if (err instanceof ConfigError) throw err;
     return fail(label, describeFsError(err));
@@ -491,7 +489,8 @@ function parseJson(text: string, source: string): unknown {
     // A byte order mark (a key saved by a Windows editor) is not JSON, but nobody means it.
     return JSON.parse(text.charCodeAt(0) === 0xfeff ? text.slice(1) : text) as unknown;
   } catch (err) {
-    fail(source, `is not valid JSON${jsonPosition(text, err)}`);
+    // Only here, where the text must be JSON: a directory's other files (a `.DS_Store`, a keystore) may be binary.
+    fail(source, notUtf8(text) ?? `is not valid JSON${jsonPosition(text, err)}`);
   }
 }
 

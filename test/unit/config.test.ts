@@ -490,7 +490,10 @@ routes:
     expect(problems(['--service-key', ''], { SIDECAR_SERVICE_KEY_JSON: json })).toEqual([empty('--service-key')]);
     expect(problems(['--config', ''], { SIDECAR_SERVICE_KEY: '/k' })).toEqual([empty('--config')]);
     expect(problems(['--service-key', '/k', '--ca', ''])).toEqual([empty('--ca')]);
-    expect(problems(['--service-key', '/k', '--allow-cidr=', '--allow-any-sender'])).toEqual(expect.arrayContaining([empty('--allow-cidr')]));
+    expect(problems(['--service-key', '/k', '--allow-cidr=', '--allow-any-sender'])).toEqual([empty('--allow-cidr')]);
+    // Alone (no "no service key" after it), and blank counts as empty.
+    expect(problems(['token', '--service-key='])).toEqual([empty('--service-key')]);
+    expect(problems(['check', '--service-key', '/k', '--route', ' '])).toEqual([empty('--route')]);
     // A variable set empty is unset, as documented; one that lists nothing is an empty allowlist, which refuses all.
     expect(run(['--service-key', '/k'], { SIDECAR_CA: '', SIDECAR_ALLOW_CIDRS: '' }).inbound.allowCidrs).toEqual([]);
     const none = problems(['--service-key', '/k', '--listen', '0.0.0.0:8080', '--basic-auth-file', '/u'], { SIDECAR_ALLOW_CIDRS: ' , ' });
@@ -498,7 +501,18 @@ routes:
   });
 
   it('refuses a SIDECAR_ variable a typo away from one it reads, and leaves others (Kubernetes service links) alone', () => {
-    const env = { SIDECAR_ALLOW_CIDR: '10.0.0.0/8', SIDECAR_TOKEN_PARAM: 'a=1', SIDECAR_SERVICE_HOST: '10.0.0.1', SIDECAR_PORT: 'tcp://10.0.0.1:80', SIDECAR_PORT_80_TCP_ADDR: '10.0.0.1' };
+    const env = {
+      SIDECAR_ALLOW_CIDR: '10.0.0.0/8',
+      SIDECAR_TOKEN_PARAM: 'a=1',
+      // Service links, of Services named sidecar and sidecar-client, and short names of other uses: left alone.
+      SIDECAR_SERVICE_HOST: '10.0.0.1',
+      SIDECAR_PORT: 'tcp://10.0.0.1:80',
+      SIDECAR_PORT_80_TCP_ADDR: '10.0.0.1',
+      SIDECAR_CLIENT_PORT: 'tcp://10.0.0.2:80',
+      SIDECAR_CLIENT_SERVICE_PORT_HTTP: '80',
+      SIDECAR_IP: '10.0.0.3',
+      SIDECAR_CERT: 'x',
+    };
     expect(problems(['--service-key', '/k'], env)).toEqual([
       { source: 'environment', field: 'SIDECAR_ALLOW_CIDR', message: 'is not a variable the sidecar reads: did you mean SIDECAR_ALLOW_CIDRS?' },
       { source: 'environment', field: 'SIDECAR_TOKEN_PARAM', message: 'is not a variable the sidecar reads: did you mean SIDECAR_TOKEN_PARAMS?' },
@@ -569,12 +583,16 @@ routes:
       { source: '--check-role', field: 'check-role', message: 'is read by check only, not by token' },
     ]);
     expect(problems(['token', '--service-key', '/k', '--scope', 'b', '--token-param', 'scope=a'])).toEqual([
-      { source: '--token-param', field: 'token-param', message: 'scope is set by --scope too: give it once' },
+      { source: '--token-param', field: 'token-param', message: 'scope is set by --scope to another value: give it once' },
     ]);
     const file = 'routes:\n  - { prefix: /, serviceKey: /k, audience: x, tokenParams: { audience: y } }\n';
     expect(problems(['--config', '/c.yaml'], {}, { '/c.yaml': file })).toEqual([
-      { source: '/c.yaml', field: 'routes[0].tokenParams.audience', message: 'is set by routes[0].audience too: give it once' },
+      { source: '/c.yaml', field: 'routes[0].tokenParams.audience', message: 'is set by routes[0].audience to another value: give it once' },
     ]);
+    // The same value twice, or an own setting left empty (envsubst of an unset variable), is no conflict.
+    expect(run(['token', '--service-key', '/k', '--scope', 'a', '--token-param', 'scope=a']).routes[0]?.token.params).toEqual({ scope: 'a' });
+    const unset = 'routes:\n  - { prefix: /, serviceKey: /k, scope: , resource: "", tokenParams: { scope: a b, resource: r } }\n';
+    expect(run(['--config', '/c.yaml'], {}, { '/c.yaml': unset }).routes[0]?.token.params).toEqual({ scope: 'a b', resource: 'r' });
     const commas = problems(['--service-key', '/k', '--listen', '0.0.0.0:1', '--allow-cidr', '10.0.0.0/8,10.1.0.0/16']);
     expect(commas.map((p) => p.message)).toEqual([
       '"10.0.0.0/8,10.1.0.0/16": one address or CIDR block per --allow-cidr (or per list item); commas separate them only in SIDECAR_ALLOW_CIDRS',

@@ -92,6 +92,13 @@ describe('problems about a file itself name where its path was given', () => {
     expect(await problemsOf(readCredentialSource({ kind: 'path', path: utf16, from: '--service-key' }))).toEqual([
       { source: utf16, field: '--service-key', message: "holds NUL bytes: saved as UTF-16 (PowerShell's > writes that)? Save it as UTF-8" },
     ]);
+    // Only text that must be JSON is judged so: a directory's other files (a `.DS_Store`) may be binary.
+    const keyDir = join(dir, 'secret');
+    await mkdir(keyDir);
+    await Promise.all(Object.entries(OAUTH).map(([name, value]) => writeFile(join(keyDir, name), value)));
+    await writeFile(join(keyDir, '.DS_Store'), Buffer.from([0, 0, 0, 1, 0x42, 0x75, 0x64, 0x31, 0]));
+    await writeFile(join(keyDir, 'keystore.p12'), Buffer.from([0x30, 0x82, 0, 0, 0]));
+    expect(parseServiceKey((await readCredentialSource({ kind: 'path', path: keyDir })).raw, keyDir).credentials.clientId).toBe(OAUTH.clientid);
     const missing = join(dir, 'nope');
     expect(await problemsOf(readCredentialSource({ kind: 'binding-root', root: missing }))).toEqual([{ source: missing, field: 'SERVICE_BINDING_ROOT', message: 'does not exist' }]);
     const names = { cert: 'SIDECAR_CLIENT_CERT', key: '--client-key', dir: 'routes[1].clientTlsDir' };
