@@ -20,8 +20,13 @@ export const EXIT_OK = 0;
 export const EXIT_RUNTIME = 1;
 export const EXIT_CONFIG = 2;
 
-/** The signals that stop `serve` gracefully. */
-const STOP_SIGNALS = ['SIGTERM', 'SIGINT', 'SIGHUP'] as const;
+/**
+ * The signals that stop `serve` gracefully. SIGHUP too when its logs go to a file or a pipe (`kill -HUP` out of habit,
+ * a session closed under a process whose output was redirected). With stdout on a terminal, SIGHUP means that terminal
+ * is gone, and every log line would fail (pino's final flush retries a write that fails with EIO for ever): node's
+ * default, an immediate end, stays.
+ */
+const STOP_SIGNALS: readonly NodeJS.Signals[] = process.stdout.isTTY ? ['SIGTERM', 'SIGINT'] : ['SIGTERM', 'SIGINT', 'SIGHUP'];
 
 async function main(given: readonly string[], env: NodeJS.ProcessEnv): Promise<number> {
   // `npx oauth-sidecar -- --help` hands the `--` on: it separates nothing here.

@@ -251,12 +251,16 @@ export async function connectionsClosed(server: Server, boundMs = CLOSE_WAIT_MS)
 const CLOSE_WAIT_MS = 1_000;
 
 /**
- * Close a connection a sender let sit (idle timeout) or a stop ended. One that owes an answer is reset: a close
- * would pass an answer delimited by it (HTTP/1.0, no length) off as complete (RFC 9112 §6.3, item 8).
+ * Close a connection a sender let sit (idle timeout) or a stop ended. One whose answer is half written is reset: a
+ * close would pass an answer delimited by it (HTTP/1.0, no length) off as complete (RFC 9112 §6.3, item 8). Any other
+ * is closed, so that answers already written ahead of one not begun still reach the sender (a reset would drop
+ * them). The newest answer taken is the one to look at: one written ahead of it was complete, or it could not have
+ * begun; a pipelined answer behind a half-written one has framing of its own (keep-alive).
  */
 function cut(socket: Socket): void {
   if (socket.destroyed) return;
-  if (((socket as MarkedSocket)[OWED] ?? 0) > 0) socket.resetAndDestroy();
+  const res = (socket as AnsweringSocket)[ANSWERING];
+  if (res !== undefined && res.headersSent && !res.writableFinished) socket.resetAndDestroy();
   else socket.destroy();
 }
 
@@ -893,7 +897,8 @@ class Exchange {
 
   /** The sender's body has been read to its end (or there was none): all of it went, or is going, upstream. */
   get bodySent(): boolean {
-    return !this.#body!.pending();
+    // Not the replay copy's state: a body too long to keep a copy of is still flowing when it has none.
+    return this.#req.complete;
   }
 
   /** Whether the answer being discarded must be kept: the cure may yet prove impossible (see `decide`). */

@@ -260,12 +260,6 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
     stopping = (async () => {
       draining = true;
       stopBegun.abort();
-      if (laterWarning !== undefined) {
-        // Refusals still to be counted in a line: now, before the stop's own lines.
-        clearTimeout(laterWarning);
-        laterWarning = undefined;
-        warnOverLimit(connections.open);
-      }
       for (const w of watchers) w.close();
       if (delayMs > 0) {
         log.info({ delayMs }, 'readiness failed; still serving while endpoints are removed');
@@ -286,6 +280,12 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
       // A rotation under way ends now (its token request was abandoned): not applied, its new route closed.
       await Promise.allSettled(rotations);
       await Promise.all([...table.routes, ...retiring].map(discardRoute));
+      if (laterWarning !== undefined) {
+        // Refusals still to be counted in a line (also those during the stop): now, before "stopped".
+        clearTimeout(laterWarning);
+        laterWarning = undefined;
+        warnOverLimit(connections.open);
+      }
     })();
     return stopping;
   };

@@ -15,6 +15,7 @@ import type { IncomingHttpHeaders, IncomingMessage, Server as HttpServer, Server
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import { connect, createServer as createNetServer, type Socket } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { Readable } from 'node:stream';
 import { request } from 'undici';
 import { createProxyServer, DEFAULT_SERVER_LIMITS, MAX_PIPELINED, type ProxyObserver } from '../../src/proxy.js';
 import { MAX_TOKEN_RESPONSE_BYTES } from '../../src/token-client.js';
@@ -883,6 +884,32 @@ describe('upstream faults', () => {
     expect(held!.aborted).toBe(true);
     upstream.handler = undefined;
     await expectServing(impatient);
+  });
+
+  it('interim answers while a body too long to keep a copy of is still coming do not start the --upstream-timeout clock', async () => {
+    const impatient = await extraSidecar(['--upstream-timeout', '300', '--max-replay-body', '1024']);
+    upstream.handler = (req, res) => {
+      if (!req.url?.includes('processing-upload')) return false;
+      const timer = setInterval(() => res.writeProcessing(), 50);
+      req.on('data', () => undefined);
+      req.once('end', () => {
+        clearInterval(timer);
+        res.writeHead(200, { 'content-type': 'text/plain' }).end('received');
+      });
+      return true;
+    };
+    // 20 KiB over ~0.8 s, past the 300 ms timeout: the upload itself is what the upstream waits for.
+    const chunks = Array.from({ length: 8 }, () => Buffer.alloc(2560, 0x61));
+    const body = new Readable({
+      read() {
+        const next = chunks.shift();
+        setTimeout(() => this.push(next ?? null), next ? 100 : 0);
+      },
+    });
+    const answer = await request(`${impatient.url}/http/ok?processing-upload`, { method: 'POST', body, headers: { 'content-length': String(8 * 2560) } });
+    expect(answer.statusCode).toBe(200);
+    expect(await answer.body.text()).toBe('received');
+    upstream.handler = undefined;
   });
 
   it('stalls mid-body longer than the route\'s idle timeout → the sender\'s connection is cut, the upstream request abandoned', async () => {

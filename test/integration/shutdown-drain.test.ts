@@ -171,6 +171,44 @@ describe('shutdown drain', () => {
     expect(line).not.toHaveProperty('error');
   });
 
+  it('the grace period ends a connection whose complete answer waits in the sender\'s buffer ahead of one not begun with a close, not a reset that would drop it', async () => {
+    const s = await start(['--shutdown-grace', '300']);
+    let arrived!: () => void;
+    const heldArrival = new Promise<void>((resolve) => (arrived = resolve));
+    world.upstream.setHandler((req, res, body) => {
+      body.resume();
+      if (req.url?.includes('/http/held')) {
+        arrived(); // and never answered
+        return true;
+      }
+      if (!req.url?.includes('/http/fast')) return false;
+      res.writeHead(200, { 'content-type': 'text/plain', 'content-length': '5' }).end('fast!');
+      return true;
+    });
+    const sender = await rawOpen(s.address.port, 'GET /http/fast HTTP/1.1\r\nHost: localhost\r\n\r\nGET /http/held HTTP/1.1\r\nHost: localhost\r\n\r\n');
+    sender.socket.pause(); // reads only after the stop: the first answer waits in its receive buffer
+    await heldArrival;
+    await s.shutdown();
+    sender.socket.resume();
+    expect(await sender.closed).toBe('closed');
+    expect(sender.received()).toMatch(/^HTTP\/1\.1 200 OK\r\n[\s\S]*\r\n\r\nfast!$/);
+  });
+
+  it('over-limit refusals during the stop are counted in a line before "stopped"', async () => {
+    const s = await runSidecar(['--service-key', keyPath, '--ca', world.caPath, '--shutdown-delay', '300', '--max-connections', '1'], {}, { connectionWarningIntervalMs: 60_000 });
+    sidecars.push(s);
+    const within = await rawOpen(s.address.port, 'GET /http/echo?within HTTP/1.1\r\nHost: localhost\r\n\r\n');
+    const over = () => rawOpen(s.address.port, 'GET /http/echo?over HTTP/1.1\r\nHost: localhost\r\n\r\n');
+    await (await over()).closed; // refused: the first warning, at once
+    const stopping = s.shutdown();
+    await expect.poll(() => s.logs.some((l) => l['msg'] === 'readiness failed; still serving while endpoints are removed')).toBe(true);
+    for (const sender of [await over(), await over()]) await sender.closed; // during the delay: refused too
+    within.socket.destroy();
+    await stopping;
+    const refused = s.logs.filter((l) => String(l['msg']).includes('--max-connections')).map((l) => l['refused'] as number);
+    expect(refused.reduce((a, b) => a + b, 0)).toBe(3);
+  });
+
   it('the wait for sender connections to close after the server closed is bounded: one that stays open is cut', async () => {
     const s = await start(['--shutdown-grace', '60000']);
     const idle = await rawOpen(s.address.port, ''); // open, nothing sent: node's server counts it, and would wait
