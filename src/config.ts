@@ -758,6 +758,17 @@ function parseYaml(text: string, path: string, problems: ConfigProblem[]): unkno
   return doc.toJS();
 }
 
+/**
+ * The line of a key given twice in one object of JSON `text`, or undefined. Read by the YAML parser, of which JSON is
+ * a subset and which, unlike `JSON.parse`, reports duplicates; anything else it finds (JSON indented with tabs, which
+ * YAML refuses) is no answer either way.
+ */
+function duplicateKeyLine(text: string): number | undefined {
+  const yaml = createRequire(import.meta.url)('yaml') as typeof import('yaml');
+  const doc = yaml.parseDocument(text, { logLevel: 'silent', uniqueKeys: true });
+  return doc.errors.find((e) => e.code === 'DUPLICATE_KEY')?.linePos?.[0]?.line;
+}
+
 /** The 1-based line of `offset` in `text`. */
 function lineAt(text: string, offset: number): number {
   let line = 1;
@@ -789,6 +800,13 @@ function readConfigFile(path: string, from: string, readFile: (p: string) => str
     const where = path.endsWith('.json') ? jsonPosition(text, err) : line ? ` (line ${line}${why})` : '';
     problems.push({ source: path, field: from, message: `is not valid ${path.endsWith('.json') ? 'JSON' : 'YAML'}${where}` });
     return undefined;
+  }
+  if (path.endsWith('.json')) {
+    const line = duplicateKeyLine(text);
+    if (line !== undefined) {
+      problems.push({ source: path, field: from, message: `holds a key twice (line ${line}): JSON keeps the last one without a word, so give it once` });
+      return undefined;
+    }
   }
   const f = new FileReader(path, problems);
   if (!f.object(doc, '', TOP_KEYS)) return undefined;

@@ -616,6 +616,11 @@ routes:
     expect(problems(['--config', '/c.json'], {}, { '/c.json': '{"routes": [\n  {"prefix": "/a",, }] }' })).toEqual([
       { source: '/c.json', field: '--config', message: 'is not valid JSON (line 2, column 19)' },
     ]);
+    // JSON.parse keeps the last of two equal keys without a word: refused, as YAML refuses them.
+    expect(problems(['--config', '/c.json'], {}, { '/c.json': '{\n  "routes": [\n    {"prefix": "/a", "serviceKey": "/k", "prefix": "/b"}\n  ]\n}' })).toEqual([
+      { source: '/c.json', field: '--config', message: 'holds a key twice (line 3): JSON keeps the last one without a word, so give it once' },
+    ]);
+    expect(run(['--config', '/c.json'], {}, { '/c.json': '{\n\t"routes": [{"prefix": "/", "serviceKey": "/k"}]\n}' }).routes).toHaveLength(1); // tabs: fine
     expect(problems(['--config', '/c.yaml'], {}, { '/c.yaml': 'routes:\n  - prefix: /a\n    prefix: /b\n' })).toEqual([
       { source: '/c.yaml', field: '--config', message: 'is not valid YAML (line 3: DUPLICATE_KEY)' },
     ]);
