@@ -5,6 +5,7 @@
  * error.
  */
 import { readFileSync } from 'node:fs';
+import { isatty } from 'node:tty';
 import { wallTimeOf } from './clock.js';
 import { checkRoutes } from './check.js';
 import { COMMANDS, FLAGS, parseConfig, type Config } from './config.js';
@@ -21,12 +22,12 @@ export const EXIT_RUNTIME = 1;
 export const EXIT_CONFIG = 2;
 
 /**
- * The signals that stop `serve` gracefully. SIGHUP too when its logs go to a file or a pipe (`kill -HUP` out of habit,
- * a session closed under a process whose output was redirected). With stdout on a terminal, SIGHUP means that terminal
- * is gone, and every log line would fail (pino's final flush retries a write that fails with EIO for ever): node's
+ * The signals that stop `serve` gracefully. SIGHUP too when no standard stream is a terminal (`kill -HUP` out of
+ * habit, a service manager). With one on a terminal, SIGHUP means that terminal is gone: every log line would fail
+ * (pino's final flush retries a write that fails with EIO for ever), and node's exit asserts on resetting it. Node's
  * default, an immediate end, stays.
  */
-const STOP_SIGNALS: readonly NodeJS.Signals[] = process.stdout.isTTY ? ['SIGTERM', 'SIGINT'] : ['SIGTERM', 'SIGINT', 'SIGHUP'];
+const STOP_SIGNALS: readonly NodeJS.Signals[] = [0, 1, 2].some((fd) => isatty(fd)) ? ['SIGTERM', 'SIGINT'] : ['SIGTERM', 'SIGINT', 'SIGHUP'];
 
 async function main(given: readonly string[], env: NodeJS.ProcessEnv): Promise<number> {
   // `npx oauth-sidecar -- --help` hands the `--` on: it separates nothing here.

@@ -5,7 +5,7 @@ import { lstat, readdir, readFile, readlink, realpath, stat } from 'node:fs/prom
 import { basename, dirname, isAbsolute, join, parse, resolve, sep } from 'node:path';
 import type { ClientCertSource, ClientKeyPair, CredentialSource, CredentialSpec } from './credentials.js';
 import { ConfigError, type ConfigProblem } from './errors.js';
-import { jsonPosition, notUtf8 } from './text-file.js';
+import { jsonPosition, NOT_UTF8, notUtf8 } from './text-file.js';
 
 /** The service key as found, not yet validated, and where it was found. */
 export interface RawServiceKey {
@@ -233,17 +233,34 @@ async function readSecretDir(dir: string, binding?: string): Promise<RawServiceK
     return readFields(dir, from, listing.files);
   });
   const container = containerName(values[METADATA_FILE]);
-  if (container !== undefined && container in values) return { raw: values[container], source: join(dir, container) };
+  if (container !== undefined && container in values) {
+    if (values[container] === BINARY) fail(join(dir, container), NOT_UTF8);
+    return { raw: values[container], source: join(dir, container) };
+  }
   delete values[METADATA_FILE];
+  for (const [name, value] of Object.entries(values)) if (value === BINARY) delete values[name];
   return { raw: values, source: dir };
 }
 
 /** Each of `names` read from `from` (JSON objects parsed), named in messages as the file in `dir`. */
 async function readFields(dir: string, from: string, names: readonly string[]): Promise<Record<string, unknown>> {
   const values: Record<string, unknown> = {};
-  for (const name of names) values[name] = parseIfObject(await readText(join(from, name), join(dir, name)), join(dir, name));
+  for (const name of names) {
+    const text = await readText(join(from, name), join(dir, name));
+    // A binary file beside the fields (a keystore) is no field; a field saved as UTF-16 must not pass as one.
+    if (notUtf8(text) !== undefined && !KEY_FIELDS.has(name)) {
+      values[name] = BINARY;
+      continue;
+    }
+    values[name] = parseIfObject(text, join(dir, name));
+  }
   return values;
 }
+
+/** What a binary file not named as a key field is read as: never a field's value, nor a container's JSON. */
+const BINARY = Symbol('binary file');
+/** A service key's own fields, as files of a secret directory. */
+const KEY_FIELDS = new Set(['clientid', 'clientsecret', 'url', 'tokenurl', 'certificate', 'key']);
 
 /**
  * Runs `read` on the one directory the files of `dir` come from. Each path through a link is resolved again, so
@@ -304,6 +321,8 @@ function containerName(metadata: unknown): string | undefined {
 
 /** Files holding a JSON object are parsed (as @sap/xsenv does); anything else stays text. */
 function parseIfObject(text: string, path: string): unknown {
+  const why = notUtf8(text);
+  if (why !== undefined) fail(path, why);
   return text.trim().startsWith('{') ? parseJson(text, path) : text;
 }
 
@@ -480,6 +499,8 @@ async function readText(path: string, label = path): Promise<string> {
 async function readNonEmpty(path: string, label = path): Promise<string> {
   const text = await readText(path, label);
   if (text.trim() === '') fail(label, 'is empty');
+  const why = notUtf8(text);
+  if (why !== undefined) fail(label, why);
   return text;
 }
 

@@ -251,16 +251,14 @@ export async function connectionsClosed(server: Server, boundMs = CLOSE_WAIT_MS)
 const CLOSE_WAIT_MS = 1_000;
 
 /**
- * Close a connection a sender let sit (idle timeout) or a stop ended. One whose answer is half written is reset: a
- * close would pass an answer delimited by it (HTTP/1.0, no length) off as complete (RFC 9112 §6.3, item 8). Any other
- * is closed, so that answers already written ahead of one not begun still reach the sender (a reset would drop
- * them). The newest answer taken is the one to look at: one written ahead of it was complete, or it could not have
- * begun; a pipelined answer behind a half-written one has framing of its own (keep-alive).
+ * Close a connection a sender let sit (idle timeout) or a stop ended. One whose answer being written is half written
+ * is reset: a close would pass an answer delimited by it (HTTP/1.0, no length) off as complete (RFC 9112 §6.3, item
+ * 8). Any other is closed, so that answers already written whole ahead of one not begun still reach the sender (a
+ * reset would drop them from its receive buffer).
  */
 function cut(socket: Socket): void {
   if (socket.destroyed) return;
-  const res = (socket as AnsweringSocket)[ANSWERING];
-  if (res !== undefined && res.headersSent && !res.writableFinished) socket.resetAndDestroy();
+  if ((socket as MarkedSocket)[TURNS]?.current?.answerHalfWritten) socket.resetAndDestroy();
   else socket.destroy();
 }
 
@@ -538,6 +536,11 @@ class Exchange {
    * being read yet (it waits for its token or its CSRF session: an upload stalls on the sidecar), its answer is
    * not complete, and nothing written for the sender is waiting to be read.
    */
+  /** Its answer's head went out and the rest has not (see `cut`). */
+  get answerHalfWritten(): boolean {
+    return this.#res.headersSent && !this.#res.writableFinished;
+  }
+
   waitsOnSidecar(): boolean {
     return (
       (this.#req.complete || this.#attempts === 0) &&

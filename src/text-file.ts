@@ -62,8 +62,10 @@ export async function readTextFile(path: string, { bytes = MAX_TEXT_FILE_BYTES, 
  * NUL byte beside every ASCII character, which no config file, PEM, key or user list holds.
  */
 export function notUtf8(text: string): string | undefined {
-  return text.includes('\u0000') ? "holds NUL bytes: saved as UTF-16 (PowerShell's > writes that)? Save it as UTF-8" : undefined;
+  return text.includes('\u0000') ? NOT_UTF8 : undefined;
 }
+
+export const NOT_UTF8 = "holds NUL bytes: saved as UTF-16 (PowerShell's > writes that)? Save it as UTF-8";
 
 function utf8(text: string): string {
   const why = notUtf8(text);

@@ -194,6 +194,24 @@ describe('shutdown drain', () => {
     expect(sender.received()).toMatch(/^HTTP\/1\.1 200 OK\r\n[\s\S]*\r\n\r\nfast!$/);
   });
 
+  it('the grace period resets a half-written answer delimited by its close also with a request pipelined behind it', async () => {
+    const s = await start(['--shutdown-grace', '300']);
+    let streaming!: () => void;
+    const streams = new Promise<void>((resolve) => (streaming = resolve));
+    world.upstream.setHandler((req, res, body) => {
+      body.resume();
+      if (!req.url?.includes('/http/half')) return false;
+      res.writeHead(200, { 'content-type': 'text/plain' }); // no length: to an HTTP/1.0 sender the close ends it
+      res.write('part-one;', () => streaming());
+      return true; // never ended
+    });
+    const sender = await rawOpen(s.address.port, 'GET /http/half HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /http/next HTTP/1.0\r\nConnection: keep-alive\r\n\r\n');
+    await streams;
+    await expect.poll(() => sender.received()).toContain('part-one;');
+    await s.shutdown();
+    expect(await sender.closed).toBe('reset');
+  });
+
   it('over-limit refusals during the stop are counted in a line before "stopped"', async () => {
     const s = await runSidecar(['--service-key', keyPath, '--ca', world.caPath, '--shutdown-delay', '300', '--max-connections', '1'], {}, { connectionWarningIntervalMs: 60_000 });
     sidecars.push(s);

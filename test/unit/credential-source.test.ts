@@ -99,6 +99,15 @@ describe('problems about a file itself name where its path was given', () => {
     await writeFile(join(keyDir, '.DS_Store'), Buffer.from([0, 0, 0, 1, 0x42, 0x75, 0x64, 0x31, 0]));
     await writeFile(join(keyDir, 'keystore.p12'), Buffer.from([0x30, 0x82, 0, 0, 0]));
     expect(parseServiceKey((await readCredentialSource({ kind: 'path', path: keyDir })).raw, keyDir).credentials.clientId).toBe(OAUTH.clientid);
+    // A field the key uses, saved as UTF-16, is refused with the fix, and so is a client certificate file.
+    const hint = "holds NUL bytes: saved as UTF-16 (PowerShell's > writes that)? Save it as UTF-8";
+    await writeFile(join(keyDir, 'clientsecret'), Buffer.concat([Buffer.from([0xff, 0xfe]), Buffer.from('s3cret', 'utf16le')]));
+    expect(await problemsOf(readCredentialSource({ kind: 'path', path: keyDir, from: '--service-key' }))).toEqual([
+      { source: join(keyDir, 'clientsecret'), field: '--service-key', message: hint },
+    ]);
+    const pem = join(dir, 'utf16.pem');
+    await writeFile(pem, Buffer.from('-----BEGIN CERTIFICATE-----\n', 'utf16le'));
+    expect((await problemsOf(readClientCert({ kind: 'files', certFile: pem, keyFile: pem }))).map((p) => p.message)).toContain(hint);
     const missing = join(dir, 'nope');
     expect(await problemsOf(readCredentialSource({ kind: 'binding-root', root: missing }))).toEqual([{ source: missing, field: 'SERVICE_BINDING_ROOT', message: 'does not exist' }]);
     const names = { cert: 'SIDECAR_CLIENT_CERT', key: '--client-key', dir: 'routes[1].clientTlsDir' };
