@@ -61,6 +61,23 @@ function csrfFetchNeverAnswered(): Promise<void> {
   });
 }
 
+/**
+ * A sender of `bytes` whose answer to `path` is half written when this resolves: the upstream sends a head without a
+ * length (to an HTTP/1.0 sender the close ends such an answer) and a first part, then nothing.
+ */
+async function halfWritten(s: RunningSidecar, path: string, bytes: string): Promise<Awaited<ReturnType<typeof rawOpen>>> {
+  world.upstream.setHandler((req, res, body) => {
+    body.resume();
+    if (!req.url?.includes(path)) return false;
+    res.writeHead(200, { 'content-type': 'text/plain' });
+    res.write('first part');
+    return true; // never ended
+  });
+  const sender = await rawOpen(s.address.port, bytes);
+  await expect.poll(() => sender.received()).toContain('first part');
+  return sender;
+}
+
 describe('shutdown drain', () => {
   it('closes the keep-alive connection of an answer begun before the drain once that answer is done', async () => {
     const s = await start(['--shutdown-grace', '60000']);
@@ -151,18 +168,7 @@ describe('shutdown drain', () => {
 
   it('the grace period ends an answer under way to an HTTP/1.0 sender with a reset, and its access line is written before the stop ends', async () => {
     const s = await start(['--shutdown-grace', '300']);
-    let streaming!: () => void;
-    const streams = new Promise<void>((resolve) => (streaming = resolve));
-    world.upstream.setHandler((req, res, body) => {
-      body.resume();
-      if (!req.url?.includes('endless')) return false;
-      res.writeHead(200, { 'content-type': 'text/plain' }); // no length: to an HTTP/1.0 sender the close ends it
-      res.write('first part', () => streaming());
-      return true; // never ended
-    });
-    const sender = await rawOpen(s.address.port, 'GET /http/endless HTTP/1.0\r\n\r\n');
-    await streams;
-    await expect.poll(() => sender.received()).toContain('first part');
+    const sender = await halfWritten(s, '/http/endless', 'GET /http/endless HTTP/1.0\r\n\r\n');
     await s.shutdown();
     expect(await sender.closed).toBe('reset');
     // Reported when the stop ends (the CLI flushes the access log then, and exits): as the sender's abort.
@@ -196,18 +202,8 @@ describe('shutdown drain', () => {
 
   it('the grace period resets a half-written answer delimited by its close also with a request pipelined behind it', async () => {
     const s = await start(['--shutdown-grace', '300']);
-    let streaming!: () => void;
-    const streams = new Promise<void>((resolve) => (streaming = resolve));
-    world.upstream.setHandler((req, res, body) => {
-      body.resume();
-      if (!req.url?.includes('/http/half')) return false;
-      res.writeHead(200, { 'content-type': 'text/plain' }); // no length: to an HTTP/1.0 sender the close ends it
-      res.write('part-one;', () => streaming());
-      return true; // never ended
-    });
-    const sender = await rawOpen(s.address.port, 'GET /http/half HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /http/next HTTP/1.0\r\nConnection: keep-alive\r\n\r\n');
-    await streams;
-    await expect.poll(() => sender.received()).toContain('part-one;');
+    const pipelined = 'GET /http/half HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /http/next HTTP/1.0\r\nConnection: keep-alive\r\n\r\n';
+    const sender = await halfWritten(s, '/http/half', pipelined);
     await s.shutdown();
     expect(await sender.closed).toBe('reset');
   });
