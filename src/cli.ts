@@ -195,10 +195,7 @@ async function printToken(config: Readonly<Config>, log: Logger): Promise<number
   }
 }
 
-/**
- * `oauth-sidecar serve`: run until SIGTERM, SIGINT or SIGHUP (the terminal of a local process closed: node's
- * default would end it at once, in-flight requests cut and batched access lines lost), then drain and exit 0.
- */
+/** `oauth-sidecar serve`: run until one of `STOP_SIGNALS`, then drain gracefully and exit 0. */
 async function serve(config: Readonly<Config>, loggers: Loggers, started?: (sidecar: Sidecar) => void): Promise<number> {
   const log = loggers.log;
   const cpus = usableCpus();

@@ -31,8 +31,10 @@ const TLS_KEY = 'tls.key';
 
 export async function readCredentialSource(source: CredentialSource): Promise<RawServiceKey> {
   switch (source.kind) {
-    case 'path':
-      return named(readPath(source.path, source.binding), (source.from ?? '') && (() => source.from!));
+    case 'path': {
+      const from = source.from;
+      return named(readPath(source.path, source.binding), from === undefined ? undefined : () => from);
+    }
     case 'binding-root':
       return named(readBindingRoot(source.root, source.binding), () => 'SERVICE_BINDING_ROOT');
     case 'vcap':
@@ -59,7 +61,7 @@ export async function readClientCert(source: ClientCertSource): Promise<ClientKe
  * `reading`, its problems about the file or directory itself (field `''`) named by where its path was given
  * (`--service-key`, `SIDECAR_CLIENT_CERT`, `routes[1].clientCert`): the path alone does not say which setting to fix.
  */
-async function named<T>(reading: Promise<T>, nameOf: ((problem: ConfigProblem) => string) | undefined | ''): Promise<T> {
+async function named<T>(reading: Promise<T>, nameOf: ((problem: ConfigProblem) => string) | undefined): Promise<T> {
   try {
     return await reading;
   } catch (err) {
@@ -514,7 +516,6 @@ function parseJson(text: string, source: string): unknown {
     fail(source, notUtf8(text) ?? `is not valid JSON${jsonPosition(text, err)}`);
   }
 }
-
 
 function describeFsError(err: unknown): string {
   const code = errorCode(err);

@@ -99,7 +99,6 @@ function prefixMatches(prefix: string, pathname: string): boolean {
   return prefix === '/' || pathname.length === prefix.length || pathname.charCodeAt(prefix.length) === 0x2f;
 }
 
-
 /**
  * The upstream request target for `target` (origin-form path + query) on `route`: the upstream's base path,
  * then `target` with the route's prefix replaced by `rewritePrefix` when one is set. What follows the prefix

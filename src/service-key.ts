@@ -262,11 +262,11 @@ function readSuppliedPair(
   const keyInput = { text: pair.key, field: 'key', source: pair.source };
   const auth = readKeyPair(found, own.key ? 'certificate' : 'external-certificate', cert, keyInput);
   if (own.key) found.notice('info', `using the client key pair from ${pair.source} instead of the service key's own`);
-  else if (own.clientSecret) {
+  else if (own.certificate && auth) comparePinned(found, own.certificate, auth, pair.source);
+  if (!own.key && own.clientSecret) {
     // Legitimate (the instance's client id takes the certificate of another of its keys), but the secret goes unused.
     found.notice('info', `using the client key pair from ${pair.source} for mTLS: the service key's clientsecret is not used`);
   }
-  else if (own.certificate && auth) comparePinned(found, own.certificate, auth, pair.source);
   return auth;
 }
 

@@ -57,6 +57,9 @@ export async function readTextFile(path: string, { bytes = MAX_TEXT_FILE_BYTES, 
   }
 }
 
+/** What a file saved as UTF-16 is told (see `notUtf8`). */
+export const NOT_UTF8 = "holds NUL bytes: saved as UTF-16 (PowerShell's > writes that)? Save it as UTF-8";
+
 /**
  * Why `text` is no UTF-8 text, or undefined: UTF-16 (what PowerShell's `>` and Notepad's "Unicode" write) puts a
  * NUL byte beside every ASCII character, which no config file, PEM, key or user list holds.
@@ -64,8 +67,6 @@ export async function readTextFile(path: string, { bytes = MAX_TEXT_FILE_BYTES, 
 export function notUtf8(text: string): string | undefined {
   return text.includes('\u0000') ? NOT_UTF8 : undefined;
 }
-
-export const NOT_UTF8 = "holds NUL bytes: saved as UTF-16 (PowerShell's > writes that)? Save it as UTF-8";
 
 function utf8(text: string): string {
   const why = notUtf8(text);
