@@ -383,15 +383,11 @@ function singleRoute(read: Reader, env: Env, problems: ConfigProblem[]): RouteCo
       ...optional(
         'clientCert',
         clientCertSource(
-          {
-            cert: read.string('client-cert'),
-            key: read.string('client-key'),
-            dir: read.string('client-tls-dir'),
-            names: { cert: read.sourceOf('client-cert'), key: read.sourceOf('client-key'), dir: read.sourceOf('client-tls-dir') },
-          },
+          { cert: read.string('client-cert'), key: read.string('client-key'), dir: read.string('client-tls-dir') },
           FLAG_CERT_NAMES,
           (name) => read.sourceOf(name),
           problems,
+          { cert: read.sourceOf('client-cert'), key: read.sourceOf('client-key'), dir: read.sourceOf('client-tls-dir') },
         ),
       ),
     },
@@ -446,18 +442,23 @@ interface CertNames {
 
 const FLAG_CERT_NAMES: CertNames = { cert: 'client-cert', key: 'client-key', dir: 'client-tls-dir' };
 
+/**
+ * `names`: the settings as problems name them; `shown`: as a problem about a file itself will (`--client-cert` or
+ * `SIDECAR_CLIENT_CERT` for a flag's `client-cert`; a route's keys are both).
+ */
 function clientCertSource(
-  given: { cert: string | undefined; key: string | undefined; dir: string | undefined; names?: CertNames },
+  given: { cert: string | undefined; key: string | undefined; dir: string | undefined },
   names: CertNames,
   sourceOf: (name: string) => string,
   problems: ConfigProblem[],
+  shown: CertNames = names,
 ): ClientCertSource | undefined {
   const { cert: certFile, key: keyFile, dir: tlsDir } = given;
   if (tlsDir && (certFile || keyFile)) {
     problems.push({ source: sourceOf(names.dir), field: names.dir, message: `use either a TLS secret directory or ${names.cert}/${names.key}, not both` });
   }
-  if (tlsDir) return { kind: 'tls-dir', dir: tlsDir, names: given.names };
-  if (certFile && keyFile) return { kind: 'files', certFile, keyFile, names: given.names };
+  if (tlsDir) return { kind: 'tls-dir', dir: tlsDir, names: shown };
+  if (certFile && keyFile) return { kind: 'files', certFile, keyFile, names: shown };
   if (certFile || keyFile) {
     const [has, lacks] = certFile ? [names.cert, names.key] : [names.key, names.cert];
     problems.push({ source: sourceOf(has), field: lacks, message: `is missing: ${has} needs it (a client certificate and its key go together)` });
@@ -504,12 +505,12 @@ function argumentProblem(err: unknown): ConfigProblem {
  */
 function misspeltVariables(env: Env): ConfigProblem[] {
   const prefix = 'SIDECAR_';
-  const known = [...Object.values(FLAGS).flatMap((spec) => (spec.env ? [spec.env] : [])), 'SIDECAR_SERVICE_KEY_JSON'];
+  // A typo is measured on the name's own part: `SIDECAR_IP` is no misspelt `SIDECAR_CA`.
+  const known = [...Object.values(FLAGS).flatMap((spec) => (spec.env ? [spec.env] : [])), 'SIDECAR_SERVICE_KEY_JSON'].map((k) => k.slice(prefix.length));
   const problems: ConfigProblem[] = [];
   for (const name of Object.keys(env)) {
-    if (!name.startsWith(prefix) || known.includes(name) || SERVICE_LINK.test(name)) continue;
-    // A typo is measured on the name's own part: `SIDECAR_IP` is no misspelt `SIDECAR_CA`.
-    const near = nearest(name.slice(prefix.length), known.map((k) => k.slice(prefix.length)));
+    if (!name.startsWith(prefix) || known.includes(name.slice(prefix.length)) || SERVICE_LINK.test(name)) continue;
+    const near = nearest(name.slice(prefix.length), known);
     if (near !== undefined) problems.push({ source: 'environment', field: name, message: `is not a variable the sidecar reads: did you mean ${prefix}${near}?` });
   }
   return problems;
@@ -892,12 +893,7 @@ function fileRoute(raw: unknown, at: string, f: FileReader, problems: ConfigProb
       ...optional(
         'clientCert',
         clientCertSource(
-          {
-            cert: f.pathValue(o, 'clientCert', at),
-            key: f.pathValue(o, 'clientKey', at),
-            dir: f.pathValue(o, 'clientTlsDir', at),
-            names: { cert: `${at}.clientCert`, key: `${at}.clientKey`, dir: `${at}.clientTlsDir` },
-          },
+          { cert: f.pathValue(o, 'clientCert', at), key: f.pathValue(o, 'clientKey', at), dir: f.pathValue(o, 'clientTlsDir', at) },
           { cert: `${at}.clientCert`, key: `${at}.clientKey`, dir: `${at}.clientTlsDir` },
           () => path,
           problems,

@@ -638,7 +638,7 @@ class Exchange {
     if (webPage !== undefined) return this.#refuseAndClose(new SidecarError('SENDER_FORBIDDEN', webPage));
     // Checked and routed on the path as it goes upstream: `#path` is the log's copy, which for a `//` target drops
     // everything up to an `@` (`//../../x?@` would otherwise pass as `//`).
-    const path = this.#path === target ? target : withoutQuery(target);
+    const path = target.charCodeAt(1) === 0x2f ? withoutQuery(target) : this.#path;
     if (hasDotSegment(path)) {
       return this.#refuse(new SidecarError('REQUEST_REFUSED', 'dot segments (. or ..) in the path are not accepted: they would leave the route'));
     }
@@ -873,10 +873,7 @@ class Exchange {
     const token = this.#token;
     const csrf = this.#csrf;
     if (csrf === undefined) return token === undefined ? undefined : tokenOnly(token);
-    const secrets = cookieValues(csrf.cookie).filter(isSessionId);
-    if (csrf.token.length >= MIN_CSRF_TOKEN_LENGTH) secrets.push(csrf.token);
-    if (token !== undefined) secrets.push(token.value);
-    return secrets;
+    return sessionSecrets(csrf, token);
   }
 
   #writeHead(status: number, headers: IncomingHttpHeaders): void {
@@ -1446,6 +1443,21 @@ const tokenOnlySecrets = new WeakMap<AccessToken, string[]>();
 function tokenOnly(token: AccessToken): readonly string[] {
   let secrets = tokenOnlySecrets.get(token);
   if (secrets === undefined) tokenOnlySecrets.set(token, (secrets = [token.value]));
+  return secrets;
+}
+
+/**
+ * A CSRF session's ids and token, and the access token beside it, as the secrets kept out of answers: made once
+ * per session and token rather than once per answer (a cookie header split and tested per request).
+ */
+const sessionSecretsOf = new WeakMap<CsrfCredentials, { token: AccessToken | undefined; secrets: readonly string[] }>();
+function sessionSecrets(csrf: CsrfCredentials, token: AccessToken | undefined): readonly string[] {
+  const cached = sessionSecretsOf.get(csrf);
+  if (cached !== undefined && cached.token === token) return cached.secrets;
+  const secrets = cookieValues(csrf.cookie).filter(isSessionId);
+  if (csrf.token.length >= MIN_CSRF_TOKEN_LENGTH) secrets.push(csrf.token);
+  if (token !== undefined) secrets.push(token.value);
+  sessionSecretsOf.set(csrf, { token, secrets });
   return secrets;
 }
 
