@@ -229,6 +229,8 @@ async function readSecretDir(dir: string, binding?: string): Promise<RawServiceK
   // links in `dir` are still the old version's, and may all lead nowhere while the new version is complete.
   const values = await readOneGeneration(dir, async (from) => {
     const listing = await listDir(from);
+    // A FIFO, socket or device in a key's place would block the read or is no field: named, not taken for missing.
+    if (listing.special.length > 0) fail(join(dir, listing.special[0]!), 'is not a regular file');
     if (listing.files.length === 0) {
       fail(dir, listing.broken.length > 0 ? `contains no service key files, only links that lead nowhere (${listing.broken.join(', ')})` : 'contains no service key files and no binding directories');
     }
@@ -433,7 +435,7 @@ function describeVcapInstance({ label, instance }: VcapInstance): string {
 }
 
 /** Visible entries of a directory, symlinks followed; `..`-prefixed names are the kubelet's own. */
-async function listDir(dir: string): Promise<{ files: string[]; dirs: string[]; broken: string[] }> {
+async function listDir(dir: string): Promise<{ files: string[]; dirs: string[]; broken: string[]; special: string[] }> {
   let names: string[];
   try {
     names = (await readdir(dir)).filter((n) => !n.startsWith('..')).sort();
@@ -443,13 +445,15 @@ async function listDir(dir: string): Promise<{ files: string[]; dirs: string[]; 
   const files: string[] = [];
   const dirs: string[] = [];
   const broken: string[] = [];
+  const special: string[] = [];
   for (const name of names) {
     const info = await statOrAbsent(join(dir, name));
     if (info === undefined) broken.push(name);
     else if (info.isDirectory()) dirs.push(join(dir, name));
     else if (info.isFile()) files.push(name);
+    else special.push(name);
   }
-  return { files, dirs, broken };
+  return { files, dirs, broken, special };
 }
 
 /**

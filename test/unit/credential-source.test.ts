@@ -232,6 +232,15 @@ describe('readCredentialSource: secret directories', () => {
     expect(await clientIdFrom({ kind: 'path', path: dir })).toBe(OAUTH.clientid);
   });
 
+  it('refuses a FIFO in a field\'s place by name, not as a missing field (nor waits on it)', async () => {
+    const { clientsecret: _, ...rest } = OAUTH;
+    const dir = await writeFiles(await tempDir(), rest);
+    execFileSync('mkfifo', [join(dir, 'clientsecret')]);
+    expect(await problemsOf(readCredentialSource({ kind: 'path', path: dir }))).toEqual([
+      { source: join(dir, 'clientsecret'), field: '', message: 'is not a regular file' },
+    ]);
+  });
+
   it('follows the kubelet ..data symlinks and hides the ..-prefixed entries', async () => {
     const dir = await writeKubeletSecret(await tempDir(), { oauth: JSON.stringify(OAUTH), ...INSTANCE_FILES });
     const { raw } = await readCredentialSource({ kind: 'path', path: dir });
