@@ -735,6 +735,7 @@ class Exchange {
   #attempt(route: Route): void {
     if (this.#senderGone) throw senderGoneError();
     this.#attempts++;
+    this.#upstreamStatus = undefined; // the access line's status is the last attempt's, never a discarded one's
     // The sender's fields as forwarded (hop-by-hop and `Connection`-listed ones gone); the sidecar's own
     // extend them, so a `Via` or `Cookie` the sender named in `Connection` does not come back in here.
     const headers = requestHeadersForUpstream(this.#req.headers);

@@ -281,6 +281,30 @@ describe('tokens on the request path', () => {
     expect(oauth.tokenRequests - before).toBe(1);
   });
 
+  it('a resend after a 401 that gets no answer is logged without the discarded attempt\'s status', async () => {
+    let rejected: string | undefined;
+    upstream.setHandler((req, res, body) => {
+      rejected ??= req.headers.authorization;
+      body.resume();
+      if (req.headers.authorization === rejected) {
+        res.writeHead(401, { 'www-authenticate': 'Bearer error="invalid_token"' });
+        res.end();
+      } else {
+        req.socket.destroy(); // the resend: reset before any head
+      }
+      return true;
+    });
+    // A sidecar of its own: the shared one refreshed after a 401 less than REJECTION_INTERVAL_MS ago.
+    const own = await another(['--service-key', keyPath]);
+    const res = await request(`${own.url}/http/resend-reset`, { method: 'POST', body: 'x' });
+    expect(res.statusCode).toBe(502);
+    expect(await res.body.json()).toMatchObject({ error: 'UPSTREAM_UNREACHABLE' });
+    await expect.poll(() => own.logs.find((l) => l['path'] === '/http/resend-reset')).toBeDefined();
+    const line = own.logs.find((l) => l['path'] === '/http/resend-reset')!;
+    expect(line).toMatchObject({ status: 502, error: 'UPSTREAM_UNREACHABLE', retried: '401-refresh' });
+    expect(line).not.toHaveProperty('upstreamStatus');
+  });
+
   it('returns the 401 when the body was too large to keep for a replay', async () => {
     const small = await another(['--service-key', keyPath, '--max-replay-body', '1024']);
     upstream.setHandler((_req, res, body) => {
