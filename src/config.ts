@@ -190,6 +190,10 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
   if (values['version']) return { kind: 'version' };
 
   const [commandArg, ...extra] = parsed.positionals;
+  if (commandArg === 'demo') {
+    // The demo has flags of its own (cli.ts); it is recognised only as the first argument.
+    throw new ConfigError([{ source: 'command line', field: '', message: 'demo must come first, its flags after it (oauth-sidecar demo --listen 127.0.0.1:18080)' }]);
+  }
   const command = (commandArg ?? 'serve') as Command;
   if (!COMMANDS.includes(command)) {
     // Positionals are not echoed: a value split off its flag by a space may be a secret. Alone, as what the
@@ -243,6 +247,10 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
   const adminText = read.string('admin-listen') ?? file?.adminListen ?? DEFAULT_ADMIN_LISTEN;
   const adminSource = read.has('admin-listen') ? read.sourceOf('admin-listen') : (configFile ?? 'default');
   const adminListen = adminText === 'off' ? undefined : parseListen(adminText, 'admin-listen', adminSource, problems);
+  if (adminListen && sharesPort(listen, adminListen)) {
+    // Else the second bind fails with EADDRINUSE, which reads as another process holding the port.
+    problems.push({ source: adminSource, field: 'admin-listen', message: `takes the port of listen (${listenText.trim()}): the admin endpoints need a port of their own` });
+  }
   const logFormat = read.string('log-format') ?? 'auto';
   if (!(LOG_FORMATS as readonly string[]).includes(logFormat)) {
     problems.push({ source: read.sourceOf('log-format'), field: 'log-format', message: `must be one of ${LOG_FORMATS.join(', ')}` });
@@ -602,6 +610,13 @@ function parseListen(text: string, field: string, source: string, problems: Conf
     return { host: '127.0.0.1', port: 8080 };
   }
   return { host, port };
+}
+
+/** Whether two listeners would take the same port: the same host, or a wildcard covering the other (`::` both families). */
+function sharesPort(a: { host: string; port: number }, b: { host: string; port: number }): boolean {
+  if (a.port === 0 || a.port !== b.port) return false;
+  const covers = (wild: string, other: string) => wild === '::' || (wild === '0.0.0.0' && isIP(other) !== 6);
+  return a.host === b.host || covers(a.host, b.host) || covers(b.host, a.host);
 }
 
 function validUrl(value: string | undefined, source: string, field: string, problems: ConfigProblem[]): string | undefined {

@@ -186,6 +186,21 @@ describe('parseConfig', () => {
     expect(problems(['launch'])).toEqual(flag('', `unknown command; ${commands}`));
     expect(problems(['serv'])).toEqual(flag('', `unknown command (did you mean serve?); ${commands}`));
     expect(problems(['chek', '--service-key', '/k'])).toEqual(flag('', `unknown command (did you mean check?); ${commands}`));
+    // The demo is recognised first only (cli.ts): after a flag it is told so, not "unknown (did you mean demo?)".
+    expect(problems(['--listen', '127.0.0.1:0', 'demo'])).toEqual(flag('', 'demo must come first, its flags after it (oauth-sidecar demo --listen 127.0.0.1:18080)'));
+  });
+
+  it('refuses an admin listener on the listener\'s port, instead of an EADDRINUSE blamed on another process', () => {
+    const taken = (listen: string, admin: string) => problems(['--service-key', '/k', '--listen', listen, '--admin-listen', admin, '--allow-cidr', '10.0.0.0/8']);
+    const message = (listen: string) => `takes the port of listen (${listen}): the admin endpoints need a port of their own`;
+    expect(taken('127.0.0.1:8080', '127.0.0.1:8080')).toEqual([{ source: '--admin-listen', field: 'admin-listen', message: message('127.0.0.1:8080') }]);
+    expect(taken('0.0.0.0:8080', '127.0.0.1:8080')).toEqual([{ source: '--admin-listen', field: 'admin-listen', message: message('0.0.0.0:8080') }]);
+    expect(taken('127.0.0.1:8080', '[::]:8080')).toHaveLength(1);
+    // Other ports, port 0 (each its own), and an IPv4 wildcard beside an IPv6 host do not collide.
+    const admin = (listen: string, admin: string) => run(['--service-key', '/k', '--listen', listen, '--admin-listen', admin, '--allow-cidr', '10.0.0.0/8']).adminListen;
+    expect(admin('127.0.0.1:8080', '127.0.0.1:9090')).toEqual({ host: '127.0.0.1', port: 9090 });
+    expect(admin('127.0.0.1:0', '127.0.0.1:0')).toEqual({ host: '127.0.0.1', port: 0 });
+    expect(admin('0.0.0.0:8080', '[::1]:8080')).toEqual({ host: '::1', port: 8080 });
   });
 
   it('refuses upstream URLs that are not https or carry credentials', () => {
