@@ -266,7 +266,8 @@ export class TokenClient {
   #parse(text: string, issuedAt: number, serverNow: number): AccessToken {
     let json: unknown;
     try {
-      json = JSON.parse(text);
+      // RFC 8259 §8.1: a parser may ignore a byte order mark, and some servers (.NET's) send one.
+      json = JSON.parse(text.charCodeAt(0) === 0xfeff ? text.slice(1) : text);
     } catch {
       throw this.#invalid('the body is not JSON');
     }
@@ -283,7 +284,8 @@ export class TokenClient {
     if (type !== undefined && (typeof type !== 'string' || type.toLowerCase() !== 'bearer')) {
       // Redacted like an error description: a server or proxy that echoes the request must not put its
       // credentials into the message.
-      throw this.#invalid(`token_type is "${printable(redact(String(type), this.#secrets), 40)}", not bearer`);
+      // The access_token too, should the server have put it there as well.
+      throw this.#invalid(`token_type is "${printable(redact(String(type), [...this.#secrets, value]), 40)}", not bearer`);
     }
     const claims = decodeJwtClaims(value);
     const { lifetimeMs, lifetimeSource } = lifetimeOf(body['expires_in'], claims, serverNow);

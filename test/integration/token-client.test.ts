@@ -179,15 +179,23 @@ describe('token client against a token endpoint that checks credentials', () => 
     // What the client really sends in its Basic header (both parts form-encoded), as an echoing server returns it.
     const formEncoded = (value: string) => new URLSearchParams({ s: value }).toString().slice(2);
     const basic = Buffer.from(`${formEncoded(CLIENT_ID)}:${formEncoded(SECRET)}`).toString('base64');
-    for (const type of [SECRET, basic, 'mac']) {
+    // The opaque access_token itself too, as a server might send it in both fields.
+    for (const type of [SECRET, basic, 'tok-7-x', 'mac']) {
       endpoint.fail({ kind: 'body', body: JSON.stringify({ access_token: 'tok-7-x', token_type: type, expires_in: 3600 }) });
       const err = await failure(client(secretCredentials()).fetchToken());
       expect(err.code).toBe('TOKEN_RESPONSE_INVALID');
       expect(err.message).toContain('not bearer');
       expectNoSecrets(err.message);
       expect(err.message).not.toContain(basic.slice(0, 12));
+      expect(err.message).not.toContain('tok-7-x');
+      if (type === 'mac') expect(err.message).toContain('token_type is "mac"');
     }
-    expect(endpoint.requests).toHaveLength(3);
+    expect(endpoint.requests).toHaveLength(4);
+  });
+
+  it('a body with a byte order mark before its JSON is read (RFC 8259 §8.1; .NET servers send one)', async () => {
+    endpoint.fail({ kind: 'body', body: `\ufeff${JSON.stringify({ access_token: 'tok-8-bom', token_type: 'bearer', expires_in: 3600 })}` });
+    expect((await client(secretCredentials()).fetchToken()).value).toBe('tok-8-bom');
   });
 
   it('invalid JSON and a body without access_token are TOKEN_RESPONSE_INVALID, not retried', async () => {
