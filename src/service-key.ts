@@ -1,5 +1,6 @@
 /** Service-key validation: every SAP key shape becomes typed Credentials, or one ConfigError listing all problems. */
 
+import { createSecureContext } from 'node:tls';
 import type {
   CertificateCredentials,
   ClientKeyPair,
@@ -298,6 +299,10 @@ function readKeyPair(
   if (privateKey instanceof PemError) reportPem(found, key, 'private key', privateKey);
   if (!chain || privateKey instanceof PemError) return undefined;
   if (!chain.leaf.checkPrivateKey(privateKey.key)) found.problem(key, `does not match the certificate in ${cert.field}`);
+  else {
+    const refusal = tlsRefusal(chain.pem, privateKey.pem);
+    if (refusal) found.problem(cert, `cannot be used for TLS: OpenSSL refuses it (${refusal}); a new certificate with a stronger key or signature is needed`);
+  }
   const notAfter = new Date(chain.leaf.validTo);
   checkExpiry(found, cert, notAfter);
   const notBefore = new Date(chain.leaf.validFrom);
@@ -306,6 +311,20 @@ function readKeyPair(
     found.notice('warn', `the client certificate in ${cert.field} (${cert.source}) is not valid before ${notBefore.toISOString()}`);
   }
   return { kind, certificate: chain.pem, key: privateKey.pem, fingerprint: chain.leaf.fingerprint256, notAfter };
+}
+
+/**
+ * What OpenSSL says when the pair cannot go into a TLS context (a 512- or 768-bit RSA key is below its security
+ * level): found here, it is a configuration problem, not an unexplained failure when the route is built.
+ */
+function tlsRefusal(certificate: string, key: string): string | undefined {
+  try {
+    createSecureContext({ cert: certificate, key, ca: [] }); // no trust store: only the pair is checked
+    return undefined;
+  } catch (err) {
+    const reason = (err as { reason?: unknown }).reason;
+    return typeof reason === 'string' ? reason : String((err as Error).message);
+  }
 }
 
 function parsePem<T>(found: Findings, input: PemInput, what: string, parse: (text: string) => T): T | undefined {

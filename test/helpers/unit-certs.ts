@@ -29,6 +29,9 @@ export interface UnitCerts {
   /** EC P-256 leaf issued by the intermediate, and its key as `EC PRIVATE KEY` (SEC1). */
   ecLeafPem: string;
   ecKeySec1: string;
+  /** RSA 768 leaf issued by the intermediate and its key (PKCS#8): below OpenSSL's security level for TLS. */
+  weakLeafPem: string;
+  weakKeyPkcs8: string;
 }
 
 type CryptoKey = webcrypto.CryptoKey;
@@ -63,6 +66,7 @@ async function generate(): Promise<UnitCerts> {
   const leafKeys = await subtle.generateKey(RSA_KEY, true, ['sign', 'verify']);
   const otherKeys = await subtle.generateKey(RSA_KEY, true, ['sign', 'verify']);
   const ecLeafKeys = await subtle.generateKey(EC_KEY, true, ['sign', 'verify']);
+  const weakKeys = await subtle.generateKey({ ...RSA_KEY, modulusLength: 768 }, true, ['sign', 'verify']);
   const caExtensions = () => [
     new x509.BasicConstraintsExtension(true, undefined, true),
     new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
@@ -104,6 +108,7 @@ async function generate(): Promise<UnitCerts> {
   const expired = await issueLeaf('11', leafKeys.publicKey, days(-60), days(-1));
   const expiring = await issueLeaf('12', leafKeys.publicKey, days(-60), days(10));
   const ecLeaf = await issueLeaf('13', ecLeafKeys.publicKey, days(-1), days(365));
+  const weakLeaf = await issueLeaf('14', weakKeys.publicKey, days(-1), days(365));
 
   const toKeyObject = async (key: CryptoKey) =>
     createPrivateKey({ key: Buffer.from(await subtle.exportKey('pkcs8', key)), format: 'der', type: 'pkcs8' });
@@ -124,5 +129,7 @@ async function generate(): Promise<UnitCerts> {
     expiringPem: expiring.toString('pem'),
     ecLeafPem: ecLeaf.toString('pem'),
     ecKeySec1: (await toKeyObject(ecLeafKeys.privateKey)).export({ type: 'sec1', format: 'pem' }).toString(),
+    weakLeafPem: weakLeaf.toString('pem'),
+    weakKeyPkcs8: (await toKeyObject(weakKeys.privateKey)).export({ type: 'pkcs8', format: 'pem' }).toString(),
   };
 }

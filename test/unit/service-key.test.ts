@@ -331,6 +331,16 @@ describe('parseServiceKey: Certificate keys', () => {
     ]);
   });
 
+  it('refuses a pair OpenSSL will not put into a TLS context (RSA 768) as a problem of the certificate, not a crash later', () => {
+    expect(problemsOf(() => parse(certificateKey({ certificate: certs.weakLeafPem, key: certs.weakKeyPkcs8 })))).toEqual([
+      {
+        source: SOURCE,
+        field: 'oauth.certificate',
+        message: 'cannot be used for TLS: OpenSSL refuses it (ee key too small); a new certificate with a stronger key or signature is needed',
+      },
+    ]);
+  });
+
   it('refuses an expired certificate, giving the date', () => {
     const expiredOn = new Date(new X509Certificate(certs.expiredPem).validTo).toISOString();
     expect(problemsOf(() => parse(certificateKey({ certificate: certs.expiredPem })))).toEqual([
