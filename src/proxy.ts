@@ -1010,9 +1010,10 @@ class Exchange {
   #renewCsrfAndResume(route: Route, token: AccessToken, stale: CsrfCredentials | undefined): void {
     this.#token = token;
     this.#continueWith(this.#renewCsrf(route, this.#upstreamPath, token, stale), (csrf) => {
-      if (!csrf) throw new SidecarError('CSRF_FETCH_FAILED', `route ${route.name}: the upstream asked for a CSRF token but the fetch returned none`);
-      // Rotated while the session was being fetched: it is the old credentials'; the new route's is fetched.
+      // Rotated while the session was being fetched: it is the old credentials' (or none, the old token refused
+      // with the old route's pool closed); the new route's is fetched.
       if (this.#latest(route) !== route) return this.#cureCsrf(route);
+      if (!csrf) throw new SidecarError('CSRF_FETCH_FAILED', `route ${route.name}: the upstream asked for a CSRF token but the fetch returned none`);
       this.#csrf = csrf;
       // The newest token: a fetch answered 401 renewed it (`#fetchCsrf`), and the session is the client's, not the token's.
       this.#resume(route, this.#options.tokens.cachedToken(route.tokenClient) ?? this.#token!);
@@ -1075,6 +1076,12 @@ class Exchange {
     try {
       let response = await route.dispatcher.request({ origin: route.origin, path, method: 'GET', headers });
       await response.body.dump();
+      // Rotated meanwhile: the old token's 401 is no reason to fetch again through the old route, whose pool is
+      // closed; no session, and the waiting requests go on to the new route's (`#renewCsrfAndResume`).
+      if (response.statusCode === 401 && this.#latest(route) !== route) {
+        this.#options.observer.csrfFetched(route.name, false);
+        return undefined;
+      }
       if (response.statusCode === 401 && tokens.retryAfterRejection(route.tokenClient, token)) {
         headers['authorization'] = bearer(await tokens.refreshAfterRejection(route.tokenClient, token));
         response = await route.dispatcher.request({ origin: route.origin, path, method: 'GET', headers });

@@ -284,7 +284,7 @@ describe('credential rotation under load', () => {
    * cookie), a POST carrying another client's session or none is answered 403 Required. `hold` keeps the first
    * POST to that URL until released, then answers it 403 Required whatever it carries.
    */
-  function csrfPerClient(hold: string, options: { holdStatus?: 401 | 403; holdFetch?: boolean } = {}) {
+  function csrfPerClient(hold: string, options: { holdStatus?: 401 | 403; holdFetch?: boolean | 401 } = {}) {
     const fetches: Array<{ client: string | undefined; cookie: string | undefined }> = [];
     const posts: Array<{ client: string | undefined; csrf: string | undefined; cookie: string | undefined }> = [];
     const sessions = new Map<string, string>(); // csrf token → client
@@ -298,6 +298,10 @@ describe('credential rotation under load', () => {
         if (options.holdFetch && n === 1) {
           arrived();
           await released;
+          if (options.holdFetch === 401) {
+            res.writeHead(401, { 'www-authenticate': 'Bearer error="invalid_token"' }).end(); // the old key deleted
+            return true;
+          }
         }
         sessions.set(`csrf-${n}`, client ?? '');
         res.writeHead(200, { 'x-csrf-token': `csrf-${n}`, 'set-cookie': `JSESSIONID=s${n}; Path=/` }).end();
@@ -395,6 +399,27 @@ describe('credential rotation under load', () => {
       expect(csrf.fetches.map((f) => f.client)).toEqual([OLD.id, NEW.id]);
       expect(csrf.posts.at(-1)).toEqual({ client: NEW.id, csrf: 'csrf-2', cookie: 'JSESSIONID=s2' });
       expect(csrf.posts.filter((p) => p.client === NEW.id).every((p) => p.csrf !== 'csrf-1')).toBe(true);
+    } finally {
+      csrf.release();
+      upstream.setHandler(undefined);
+    }
+  });
+
+  it("a CSRF fetch answered 401 across a rotation: not fetched again through the old route's closed pool, but through the new one", async () => {
+    const path = await files.write('csrf-fetch-401.json', keyJson(OLD.id, OLD.secret));
+    const s = await start(path);
+    const csrf = csrfPerClient('/http/echo?csrf-fetch-401', { holdFetch: 401 });
+    try {
+      const pending = request(`${s.url}/http/echo?csrf-fetch-401`, { method: 'POST', body: '<order/>' });
+      await csrf.arrival; // the old client's fetch is held, then refused
+      await writeFile(path, keyJson(NEW.id, NEW.secret));
+      await rotated(s);
+      csrf.release();
+      const res = await pending;
+      expect(res.statusCode).toBe(200);
+      await res.body.dump();
+      expect(csrf.fetches.map((f) => f.client)).toEqual([OLD.id, NEW.id]);
+      expect(csrf.posts.at(-1)).toEqual({ client: NEW.id, csrf: 'csrf-2', cookie: 'JSESSIONID=s2' });
     } finally {
       csrf.release();
       upstream.setHandler(undefined);
