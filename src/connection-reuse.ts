@@ -27,6 +27,17 @@ import { subscribe } from 'node:diagnostics_channel';
 export interface ConnectionListener {
   reusedConnection: boolean;
   connection?: object | undefined;
+  /**
+   * What the connection had read (after TLS: its cleartext) when the head went out. Read more since, and the
+   * upstream has answered something on it: a reset then is no keep-alive race, and the request is not sent again.
+   */
+  bytesReadAtSend?: number | undefined;
+}
+
+/** Whether the upstream sent anything on the listener's connection after its request head went out. */
+export function answeredSince(listener: ConnectionListener): boolean {
+  const read = (listener.connection as { bytesRead?: unknown } | undefined)?.bytesRead;
+  return typeof read === 'number' && listener.bytesReadAtSend !== undefined && read > listener.bytesReadAtSend;
 }
 
 /** Sockets that have carried a request head; weak, so closed sockets are collected. */
@@ -40,6 +51,8 @@ function onSendHeaders(message: unknown): void {
   if (waiting) {
     waiting.reusedConnection = used.has(socket);
     waiting.connection = socket;
+    const read = (socket as { bytesRead?: unknown }).bytesRead;
+    waiting.bytesReadAtSend = typeof read === 'number' ? read : undefined;
     waiting = undefined;
   }
   used.add(socket);

@@ -18,7 +18,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import type { Dispatcher } from 'undici';
 import { csrfFromResponse, isCsrfRequired, isModifying, mergeCookies, type CsrfCredentials } from './csrf-session.js';
 import type { ConnectionLimit } from './connection-limit.js';
-import { awaitConnection, type ConnectionListener } from './connection-reuse.js';
+import { answeredSince, awaitConnection, type ConnectionListener } from './connection-reuse.js';
 import { SidecarError, toHttpFailure, type HttpFailure } from './errors.js';
 import { requestHeadersForUpstream, responseHeadersForSender, type HeaderRecord } from './headers.js';
 import { BASIC_AUTH_CHALLENGE, type InboundControl } from './inbound-control.js';
@@ -1028,8 +1028,9 @@ class Exchange {
       // sent again (RFC 9110 §9.2.2); anything else would risk doing the work twice. A reset on a fresh
       // connection is the upstream's answer to this request, not that race: not sent again, unless the
       // connection died before the request was handed to it (e.g. during the TLS handshake).
+      // Nor once the upstream has answered anything to it (an interim answer, part of a head): it has the request.
       const sentOnFresh = call.started && !call.reusedConnection;
-      if (!this.#reconnected && !sentOnFresh && IDEMPOTENT.has(this.#method) && this.#body!.replayable() && this.#isReset(err)) {
+      if (!this.#reconnected && !sentOnFresh && !call.answered && IDEMPOTENT.has(this.#method) && this.#body!.replayable() && this.#isReset(err)) {
         this.#reconnected = true;
         this.#retrying('reconnect');
         this.#resume(this.#route!, this.#token!); // through the new route, with its token, after a rotation
@@ -1253,6 +1254,9 @@ class UpstreamCall implements Dispatcher.DispatchHandler, ConnectionListener {
   reusedConnection = false;
   /** The connection (socket) the request went out on, once known (see `connection-reuse`). */
   connection: object | undefined;
+  bytesReadAtSend: number | undefined;
+  /** An interim answer came: the upstream has the request. */
+  #interim = false;
   /** Body bytes handed to the sender. */
   bytesOut = 0;
   /** Body bytes received, handed on or discarded. */
@@ -1287,6 +1291,11 @@ class UpstreamCall implements Dispatcher.DispatchHandler, ConnectionListener {
     return this.#controller !== undefined;
   }
 
+  /** Whether the upstream answered anything to this request (see `connection-reuse`'s `answeredSince`). */
+  get answered(): boolean {
+    return this.#interim || answeredSince(this);
+  }
+
   /** True once the response head went to the sender: a failure now can only cut the connection. */
   get delivering(): boolean {
     return this.#verdict === 'deliver';
@@ -1307,6 +1316,7 @@ class UpstreamCall implements Dispatcher.DispatchHandler, ConnectionListener {
   onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders): void {
     // Informational answers come before the real one; of them, only 103 Early Hints is for the sender.
     if (statusCode < 200) {
+      this.#interim = true;
       // undici starts its headers timeout afresh with each of them: an upstream sending them without end (a
       // `102 Processing` every second) would hold the request for ever. Once the body has gone, the final head
       // must follow the first of them within the route's response timeout.

@@ -1154,6 +1154,33 @@ describe('upstream faults', () => {
       await expectServing();
     });
 
+    it.each([
+      ['part of a head', 'PUT'],
+      ['part of a head', 'DELETE'],
+      ['an interim 102', 'PUT'],
+    ] as const)('an idempotent request the upstream answered %s to before the pooled connection died is not sent again (%s) → 502', async (kind, method) => {
+      const marker = `ka-answered-${Math.random().toString(36).slice(2)}`;
+      upstream.handler = async (req, res, rec) => {
+        if (!req.url?.includes(marker) || rec.onSocket === 1) return false;
+        await rec.bodyDone;
+        rec.processed = true; // it ran (a flow started twice would run twice)…
+        if (kind === 'an interim 102') res.writeProcessing();
+        else req.socket.write('HTTP/1.1 201 Created\r\nlocation: /x/1\r\ncontent-');
+        setTimeout(() => req.socket.destroy(), 20); // …and the connection died before the answer was whole
+        return true;
+      };
+      await expectServing(); // leaves an idle pooled connection
+      const answer = await fetchText(`${sidecar.url}/http/ok?${marker}`, { method, headers: { 'x-request-id': marker }, body: '<doc/>' });
+      const seen = upstream.seen(marker);
+      expect(seen[0]?.onSocket, 'the request went out on a reused connection').toBeGreaterThan(1);
+      expectSidecarError(answer, 502, 'UPSTREAM_UNREACHABLE');
+      expect(seen).toHaveLength(1);
+      await expect.poll(() => requestLine(sidecar, marker)).toBeDefined();
+      expect(requestLine(sidecar, marker)!['retried']).toBeUndefined();
+      upstream.handler = undefined;
+      await expectServing();
+    });
+
     it('a POST the upstream processed before the pooled connection died is not replayed → 502, processed once', async () => {
       let cut = 0;
       upstream.handler = async (req, _res, rec) => {
