@@ -6,7 +6,7 @@
  */
 import { channel } from 'node:diagnostics_channel';
 import { describe, expect, it } from 'vitest';
-import { awaitConnection, type ConnectionListener } from '../../src/connection-reuse.js';
+import { answeredSince, awaitConnection, type ConnectionListener } from '../../src/connection-reuse.js';
 
 const sendHeaders = channel('undici:client:sendHeaders');
 
@@ -32,6 +32,19 @@ describe('connection-reuse', () => {
     awaitConnection(third);
     sendHeaders.publish({ request: {}, headers: '', socket: b });
     expect(third.reusedConnection).toBe(false);
+  });
+
+  it('answeredSince: whether the socket read anything after the head went out (a race reads nothing)', () => {
+    const socket = { bytesRead: 120 };
+    const waiting = listener();
+    awaitConnection(waiting);
+    sendHeaders.publish({ request: {}, headers: '', socket });
+    expect(waiting.bytesReadAtSend).toBe(120);
+    expect(answeredSince(waiting)).toBe(false);
+    socket.bytesRead = 135;
+    expect(answeredSince(waiting)).toBe(true);
+    // A socket without a count (or none known) never counts as answered.
+    expect(answeredSince(listener())).toBe(false);
   });
 
   it('settles only the listener waiting at that moment; later publications (other clients) leave it alone', () => {
