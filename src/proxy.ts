@@ -1051,7 +1051,7 @@ class Exchange {
 
   /** What a failed attempt means for the sender. */
   #attemptError(route: Route, call: UpstreamCall, err: unknown): unknown {
-    if (!call.delivering) return this.#upstreamError(route, err);
+    if (!call.delivering) return this.#upstreamError(route, err, call.answered);
     // The answer had started: the sender's connection is cut (by `fail`), never left with a truncated body.
     const { failure, code } = classifyNetworkError(err);
     if (!this.#senderGone && failure !== 'aborted' && code !== 'ERR_STREAM_PREMATURE_CLOSE') {
@@ -1101,8 +1101,8 @@ class Exchange {
     return session;
   }
 
-  #upstreamError(route: Route, err: unknown): unknown {
-    return this.#senderGone ? err : upstreamFailure(route, err);
+  #upstreamError(route: Route, err: unknown, answered = false): unknown {
+    return this.#senderGone ? err : upstreamFailure(route, err, answered);
   }
 
   /** Last resort for any failure: a JSON error if nothing was sent yet, else cut the connection. */
@@ -1500,6 +1500,9 @@ const HOLDABLE_ANSWER_BYTES = 64 * 1024;
 /** node's `writeHead` refusals: the upstream's response head cannot be passed on as it is. */
 const UNFORWARDABLE_HEAD: ReadonlySet<string | undefined> = new Set(['ERR_INVALID_CHAR', 'ERR_INVALID_HTTP_TOKEN', 'ERR_HTTP_INVALID_HEADER_VALUE', 'ERR_HTTP_INVALID_STATUS_CODE']);
 
+/** undici's words for an answer it could not parse (`ERR_ASSERTION`: a status under 100, which its parser asserts against). */
+const MALFORMED_ANSWER: ReadonlySet<string | undefined> = new Set(['HTTPParserError', 'UND_ERR_HEADERS_OVERFLOW', 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH', 'ERR_ASSERTION']);
+
 /** Methods whose repetition has no further effect (RFC 9110 §9.2.2). */
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']);
 
@@ -1562,12 +1565,17 @@ function truncate(text: string): string {
 }
 
 /** What a failed call to `route`'s upstream means for a sender: one `SidecarError` with a stable code. */
-function upstreamFailure(route: Route, err: unknown): unknown {
+/** `answered`: the upstream had sent part of an answer (an interim one, part of a head) before the failure. */
+function upstreamFailure(route: Route, err: unknown, answered = false): unknown {
   if (err instanceof SidecarError) return err;
   const { failure, code, proxy } = classifyNetworkError(err);
   const host = new URL(route.origin).host;
   if (UNFORWARDABLE_HEAD.has(code)) {
     return new SidecarError('UPSTREAM_UNREACHABLE', `upstream ${host} answered with a header that cannot be passed on (${code})`, { cause: err });
+  }
+  if (MALFORMED_ANSWER.has(code) || code?.startsWith('HPE_')) {
+    // Reached, and it answered: what it sent is no HTTP/1.1 answer undici can read. Not the network's fault.
+    return new SidecarError('UPSTREAM_UNREACHABLE', `upstream ${host} answered with a malformed response (${code === 'ERR_ASSERTION' ? 'an impossible status or framing' : code})`, { cause: err });
   }
   if (proxy !== undefined) {
     // The connection to the HTTPS proxy failed: the upstream was never contacted, and its name would mislead.
@@ -1583,6 +1591,9 @@ function upstreamFailure(route: Route, err: unknown): unknown {
       return new SidecarError('UPSTREAM_TLS', `upstream ${host}: TLS handshake failed (${code})`, { cause: err });
     case 'proxy':
       return new SidecarError('UPSTREAM_UNREACHABLE', `upstream ${host}: the HTTPS proxy failed (${code}) — check HTTPS_PROXY/NO_PROXY`, { cause: err });
+    case 'reset':
+      if (answered) return new SidecarError('UPSTREAM_UNREACHABLE', `upstream ${host} closed the connection in the middle of its answer (${code})`, { cause: err });
+      return new SidecarError('UPSTREAM_UNREACHABLE', `upstream ${host} unreachable (${code})`, { cause: err });
     default:
       return new SidecarError('UPSTREAM_UNREACHABLE', `upstream ${host} unreachable (${code})`, { cause: err });
   }

@@ -1086,6 +1086,25 @@ describe('upstream faults', () => {
     expect(line['aborted']).toBeFalsy();
   });
 
+  it.each([
+    ['a status line that is none', 'HTTP/1.1 OK\r\n\r\n', 'HTTPParserError'],
+    ['two different Content-Lengths', 'HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabc', 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH'],
+    ['a head over 16 KiB', `HTTP/1.1 200 OK\r\nx-big: ${'a'.repeat(20_000)}\r\n\r\n`, 'UND_ERR_HEADERS_OVERFLOW'],
+  ])('an upstream answering with %s: 502 saying the answer was malformed, not that the upstream was unreachable', async (_name, raw, code) => {
+    const marker = `malformed-${Math.random().toString(36).slice(2)}`;
+    upstream.handler = (req) => {
+      if (!req.url?.includes(marker)) return false;
+      req.resume();
+      req.socket.end(raw);
+      return true;
+    };
+    const answer = await fetchText(`${sidecar.url}/http/ok?${marker}`);
+    expectSidecarError(answer, 502, 'UPSTREAM_UNREACHABLE');
+    expect(JSON.parse(answer.text).message).toMatch(new RegExp(`^upstream 127\\.0\\.0\\.1:\\d+ answered with a malformed response \\(${code}\\)$`));
+    upstream.handler = undefined;
+    await expectServing();
+  });
+
   describe('keep-alive connections the upstream closed', () => {
     // An upstream that closes each connection right after its response is noticed before the connection is
     // used again (every request goes out on a new one, as in the cases above). The race that matters is a
@@ -1174,6 +1193,7 @@ describe('upstream faults', () => {
       const seen = upstream.seen(marker);
       expect(seen[0]?.onSocket, 'the request went out on a reused connection').toBeGreaterThan(1);
       expectSidecarError(answer, 502, 'UPSTREAM_UNREACHABLE');
+      if (kind === 'part of a head') expect(JSON.parse(answer.text).message).toContain('closed the connection in the middle of its answer (UND_ERR_SOCKET)');
       expect(seen).toHaveLength(1);
       await expect.poll(() => requestLine(sidecar, marker)).toBeDefined();
       expect(requestLine(sidecar, marker)!['retried']).toBeUndefined();
