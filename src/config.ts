@@ -6,6 +6,7 @@
  * Precedence: command-line flag > environment variable > config file > default.
  * Every problem is collected and reported at once (`ConfigError`, exit code 2).
  */
+import { statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { isIP } from 'node:net';
 import { dirname, isAbsolute, resolve } from 'node:path';
@@ -227,7 +228,14 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
   // "not trusted" later). Without --ca node's own store is used as it is, and the file is node's business.
   const nodeExtraCaFile = env['NODE_EXTRA_CA_CERTS'] || undefined;
   const extraCaFile = caFiles.length > 0 ? nodeExtraCaFile : undefined;
-  const extraCaPem = extraCaFile === undefined ? undefined : readCa(extraCaFile, 'NODE_EXTRA_CA_CERTS', readFile, problems);
+  let extraCaPem: string | undefined;
+  if (extraCaFile !== undefined && isPipe(extraCaFile)) {
+    // Node read it at start, and a pipe gives its content once: read again, it would wait and give nothing.
+    const message = 'is a pipe (or device), which node read at start and cannot be read again: beside --ca, give it as a regular file, or its CAs as another --ca';
+    problems.push({ source: extraCaFile, field: 'NODE_EXTRA_CA_CERTS', message });
+  } else if (extraCaFile !== undefined) {
+    extraCaPem = readCa(extraCaFile, 'NODE_EXTRA_CA_CERTS', readFile, problems);
+  }
   const caField = read.sourceOf('ca');
   const network: OutboundNetwork = {
     ca: caFiles.map((file) => readCa(file, caField, readFile, problems)).filter((pem): pem is string => pem !== undefined),
@@ -708,6 +716,16 @@ function parseHttpsProxy(env: Readonly<Record<string, string | undefined>>, prob
 
 /** A `--ca` or `NODE_EXTRA_CA_CERTS` file (`field`), whose every certificate must parse. */
 /** `field`: where the file was named (`--ca`, `SIDECAR_CA`, `NODE_EXTRA_CA_CERTS`). */
+/** A FIFO (`<(cat ca.pem)`), socket or device: what cannot be read twice. A path that cannot be stat'ed is not. */
+function isPipe(path: string): boolean {
+  try {
+    const info = statSync(path);
+    return !info.isFile() && !info.isDirectory();
+  } catch {
+    return false; // reported by the read
+  }
+}
+
 function readCa(file: string, field: string, readFile: (path: string) => string, problems: ConfigProblem[]): string | undefined {
   if (file === CONTENT_GIVEN) return undefined;
   // Node starts with a warning only for a broken NODE_EXTRA_CA_CERTS; say what to do about it.

@@ -1,5 +1,7 @@
-import { execFile } from 'node:child_process';
-import { resolve } from 'node:path';
+import { execFile, execFileSync } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
@@ -260,6 +262,20 @@ describe('parseConfig', () => {
     expect(alone.network).toEqual({ ca: [] });
     expect(alone.nodeExtraCaFile).toBe('/corp.pem');
     expect(run(['--service-key', '/k'], { NODE_EXTRA_CA_CERTS: '' }).nodeExtraCaFile).toBeUndefined();
+  });
+
+  it('refuses a NODE_EXTRA_CA_CERTS pipe beside --ca at once: node emptied it at start, and a second read would wait for nothing', () => {
+    const fifo = join(mkdtempSync(join(tmpdir(), 'config-')), 'corp.pem');
+    execFileSync('mkfifo', [fifo]);
+    expect(problems(['--service-key', '/k', '--ca', '/ca.pem'], { NODE_EXTRA_CA_CERTS: fifo }, { '/ca.pem': CA })).toEqual([
+      {
+        source: fifo,
+        field: 'NODE_EXTRA_CA_CERTS',
+        message: 'is a pipe (or device), which node read at start and cannot be read again: beside --ca, give it as a regular file, or its CAs as another --ca',
+      },
+    ]);
+    // Without --ca node's own store (which has it) is used, and the pipe is not read again.
+    expect(run(['--service-key', '/k'], { NODE_EXTRA_CA_CERTS: fifo }, {}).network.extraCaCerts).toBeUndefined();
   });
 
   it('refuses an unreadable or broken NODE_EXTRA_CA_CERTS file, which node itself only warns about', () => {
