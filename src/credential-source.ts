@@ -49,12 +49,20 @@ export async function readClientCert(source: ClientCertSource): Promise<ClientKe
   const names = source.names;
   if (source.kind === 'tls-dir') {
     const { dir } = source;
-    const [certificate, key] = await named(readPair(join(dir, TLS_CERT), join(dir, TLS_KEY)), names && (() => names.dir));
-    return { certificate, key, source: dir };
+    const [certFile, keyFile] = [join(dir, TLS_CERT), join(dir, TLS_KEY)];
+    const [certificate, key] = await named(readPair(certFile, keyFile), names && (() => names.dir));
+    const field = names?.dir ?? 'certificate';
+    return { certificate, key, source: dir, certificateFrom: { source: certFile, field }, keyFrom: { source: keyFile, field: names?.dir ?? 'key' } };
   }
   const { certFile, keyFile } = source;
   const [certificate, key] = await named(readPair(certFile, keyFile), names && ((p) => (p.source === keyFile ? names.key : names.cert)));
-  return { certificate, key, source: `${certFile}, ${keyFile}` };
+  return {
+    certificate,
+    key,
+    source: `${certFile}, ${keyFile}`,
+    certificateFrom: { source: certFile, field: names?.cert ?? 'certificate' },
+    keyFrom: { source: keyFile, field: names?.key ?? 'key' },
+  };
 }
 
 /**

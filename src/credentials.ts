@@ -92,6 +92,9 @@ export interface ClientKeyPair {
   key: string;
   /** Where the pair came from, e.g. `/certs/tls.crt, /certs/tls.key` or a `kubernetes.io/tls` directory. */
   source: string;
+  /** Each half's file and the setting that named it (`--client-cert`, `routes[1].clientTlsDir`), for messages. */
+  certificateFrom?: { source: string; field: string };
+  keyFrom?: { source: string; field: string };
 }
 
 export interface LoadCredentialsOptions {

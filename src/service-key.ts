@@ -259,8 +259,9 @@ function readSuppliedPair(
   pair: ClientKeyPair,
   own: { certificate: string | undefined; key: string | undefined; clientSecret: string | undefined },
 ): Auth | undefined {
-  const cert = { text: pair.certificate, field: 'certificate', source: pair.source };
-  const keyInput = { text: pair.key, field: 'key', source: pair.source };
+  // Each half named as given (`--client-cert`, `routes[1].clientTlsDir`) with its own file: not as the key's own fields.
+  const cert = { text: pair.certificate, field: 'certificate', source: pair.source, ...pair.certificateFrom };
+  const keyInput = { text: pair.key, field: 'key', source: pair.source, ...pair.keyFrom };
   const auth = readKeyPair(found, own.key ? 'certificate' : 'external-certificate', cert, keyInput);
   if (own.key) found.notice('info', `using the client key pair from ${pair.source} instead of the service key's own`);
   else if (own.certificate && auth) comparePinned(found, own.certificate, auth, pair.source);

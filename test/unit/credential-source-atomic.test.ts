@@ -119,7 +119,7 @@ describe('reading a kubelet secret directory while ..data is swapped', () => {
   it('reads a kubernetes.io/tls pair from one version when the swap comes between the two reads', async () => {
     const { dir, ...secret } = await kubeletSecret({ 'tls.crt': 'OLD-CERT', 'tls.key': 'OLD-KEY' });
     swapBetweenKeyAndCertificate(secret);
-    expect(await readClientCert({ kind: 'tls-dir', dir })).toEqual({ certificate: 'NEW-CERT', key: 'NEW-KEY', source: dir });
+    expect(await readClientCert({ kind: 'tls-dir', dir })).toMatchObject({ certificate: 'NEW-CERT', key: 'NEW-KEY', source: dir });
   });
 
   it('reads --client-cert and --client-key in one secret volume from one version too', async () => {
@@ -127,7 +127,7 @@ describe('reading a kubelet secret directory while ..data is swapped', () => {
     swapBetweenKeyAndCertificate(secret);
     const certFile = join(dir, 'tls.crt');
     const keyFile = join(dir, 'tls.key');
-    expect(await readClientCert({ kind: 'files', certFile, keyFile })).toEqual({ certificate: 'NEW-CERT', key: 'NEW-KEY', source: `${certFile}, ${keyFile}` });
+    expect(await readClientCert({ kind: 'files', certFile, keyFile })).toMatchObject({ certificate: 'NEW-CERT', key: 'NEW-KEY', source: `${certFile}, ${keyFile}` });
   });
 
   it('a field the new version dropped, whose link the kubelet removes only after the swap, is absent, not an error', async () => {
@@ -220,7 +220,7 @@ describe('reading a kubelet secret directory while ..data is swapped', () => {
         },
       });
       const dir = join(root, 'current');
-      expect(await readClientCert({ kind: 'tls-dir', dir })).toEqual({ certificate: 'NEW-CERT', key: 'NEW-KEY', source: dir });
+      expect(await readClientCert({ kind: 'tls-dir', dir })).toMatchObject({ certificate: 'NEW-CERT', key: 'NEW-KEY', source: dir });
     } finally {
       await rm(root, { recursive: true, force: true });
     }

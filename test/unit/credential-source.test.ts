@@ -488,7 +488,7 @@ describe('readClientCert', () => {
     const dir = await writeFiles(await tempDir(), { 'client.crt': 'CERT-PEM', 'client.key': 'KEY-PEM' });
     const certFile = join(dir, 'client.crt');
     const keyFile = join(dir, 'client.key');
-    expect(await readClientCert({ kind: 'files', certFile, keyFile })).toEqual({
+    expect(await readClientCert({ kind: 'files', certFile, keyFile })).toMatchObject({
       certificate: 'CERT-PEM',
       key: 'KEY-PEM',
       source: `${certFile}, ${keyFile}`,
@@ -497,10 +497,24 @@ describe('readClientCert', () => {
 
   it('reads a kubernetes.io/tls secret through ..data', async () => {
     const dir = await writeKubeletSecret(await tempDir(), { 'tls.crt': 'CERT-PEM', 'tls.key': 'KEY-PEM' });
-    expect(await readClientCert({ kind: 'tls-dir', dir })).toEqual({
+    expect(await readClientCert({ kind: 'tls-dir', dir })).toMatchObject({
       certificate: 'CERT-PEM',
       key: 'KEY-PEM',
       source: dir,
+    });
+  });
+
+  it('tells each half\'s file and the setting that named it, for the messages about its content', async () => {
+    const dir = await writeFiles(await tempDir(), { 'tls.crt': 'CERT-PEM', 'tls.key': 'KEY-PEM' });
+    const names = { cert: '--client-cert', key: '--client-key', dir: 'routes[1].clientTlsDir' };
+    expect(await readClientCert({ kind: 'tls-dir', dir, names })).toMatchObject({
+      certificateFrom: { source: join(dir, 'tls.crt'), field: 'routes[1].clientTlsDir' },
+      keyFrom: { source: join(dir, 'tls.key'), field: 'routes[1].clientTlsDir' },
+    });
+    const [certFile, keyFile] = [join(dir, 'tls.crt'), join(dir, 'tls.key')];
+    expect(await readClientCert({ kind: 'files', certFile, keyFile, names })).toMatchObject({
+      certificateFrom: { source: certFile, field: '--client-cert' },
+      keyFrom: { source: keyFile, field: '--client-key' },
     });
   });
 

@@ -522,6 +522,19 @@ describe('parseServiceKey: External Certificate keys and supplied key pairs', ()
     ]);
   });
 
+  it('names each half of a pair by the setting that gave it and its own file, not as the key\'s own fields', () => {
+    const named: ClientKeyPair = {
+      ...pair(certs.leafPem, certs.otherKeyPkcs8),
+      certificateFrom: { source: '/certs/client.crt', field: '--client-cert' },
+      keyFrom: { source: '/certs/client.key', field: '--client-key' },
+    };
+    expect(problemsOf(() => parse(externalKey(), { clientCert: named }))).toEqual([
+      { source: '/certs/client.key', field: '--client-key', message: 'does not match the certificate in --client-cert' },
+    ]);
+    const broken = { ...named, certificate: 'not a certificate' };
+    expect(problemsOf(() => parse(externalKey(), { clientCert: broken })).map((p) => [p.field, p.source])).toEqual([['--client-cert', '/certs/client.crt']]);
+  });
+
   it('refuses an expired supplied certificate', () => {
     const problems = problemsOf(() => parse(externalKey(), { clientCert: pair(certs.expiredPem, certs.leafKeyPkcs1) }));
     expect(problems.map((p) => [p.field, p.source])).toEqual([['certificate', PAIR_SOURCE]]);
