@@ -259,8 +259,9 @@ async function readFields(dir: string, from: string, names: readonly string[]): 
   const values: Record<string, unknown> = {};
   for (const name of names) {
     const text = await readText(join(from, name), join(dir, name));
-    // A binary file beside the fields (a keystore) is no field; a field saved as UTF-16 must not pass as one.
-    if (notUtf8(text) !== undefined && !KEY_FIELDS.has(name)) {
+    // A binary file beside the fields (a keystore) is no field; a field, or a JSON object (the btp-operator's
+    // `oauth`, a secretRootKey's map), saved as UTF-16 must not pass as one or vanish without a word.
+    if (notUtf8(text) !== undefined && !KEY_FIELDS.has(name) && !text.replace(/[\u0000\ufeff\ufffd]/g, '').trimStart().startsWith('{')) {
       values[name] = BINARY;
       continue;
     }

@@ -105,6 +105,12 @@ describe('problems about a file itself name where its path was given', () => {
     expect(await problemsOf(readCredentialSource({ kind: 'path', path: keyDir, from: '--service-key' }))).toEqual([
       { source: join(keyDir, 'clientsecret'), field: '--service-key', message: hint },
     ]);
+    // So is a JSON object under another name (the btp-operator's `oauth`, a secretRootKey's map), BOM or not.
+    const opDir = join(dir, 'operator');
+    await mkdir(opDir);
+    await writeFile(join(opDir, 'oauth'), Buffer.concat([Buffer.from([0xff, 0xfe]), Buffer.from(JSON.stringify(OAUTH), 'utf16le')]));
+    await writeFile(join(opDir, 'binding'), Buffer.from(`  ${JSON.stringify({ oauth: '{}' })}`, 'utf16le'));
+    expect(await problemsOf(readCredentialSource({ kind: 'path', path: opDir }))).toEqual([{ source: join(opDir, 'binding'), field: '', message: hint }]);
     const pem = join(dir, 'utf16.pem');
     await writeFile(pem, Buffer.from('-----BEGIN CERTIFICATE-----\n', 'utf16le'));
     expect((await problemsOf(readClientCert({ kind: 'files', certFile: pem, keyFile: pem }))).map((p) => p.message)).toContain(hint);
