@@ -306,7 +306,11 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
       problems.push({
         source: flag ? 'command line' : 'environment',
         field: flag ? `--${name}` : FLAGS[name]!.env!,
-        message: `cannot be combined with --config; set it on the route in ${fileShown}`,
+        // A route has no `binding` key: its serviceKey names the one binding's directory itself.
+        message:
+          name === 'binding'
+            ? `cannot be combined with --config; point the route's serviceKey in ${fileShown} at the binding's own directory`
+            : `cannot be combined with --config; set it on the route in ${fileShown}`,
       });
     }
     if (env['SIDECAR_SERVICE_KEY_JSON']) {

@@ -33,7 +33,7 @@ export async function readCredentialSource(source: CredentialSource): Promise<Ra
   switch (source.kind) {
     case 'path': {
       const from = source.from;
-      return named(readPath(source.path, source.binding), from === undefined ? undefined : () => from);
+      return named(readPath(source.path, source.binding, from), from === undefined ? undefined : () => from);
     }
     case 'binding-root':
       return named(readBindingRoot(source.root, source.binding), () => 'SERVICE_BINDING_ROOT');
@@ -212,8 +212,9 @@ async function isDirectory(path: string): Promise<boolean> {
 }
 
 /** `binding` (--binding) names one of several bindings below a directory: given for a single key, it is an error. */
-async function readPath(path: string, binding: string | undefined): Promise<RawServiceKey> {
-  if ((await statOrFail(path)).isDirectory()) return readSecretDir(path, binding);
+/** `from`: the setting that gave the path, which a directory of several bindings is told to point at one of them. */
+async function readPath(path: string, binding: string | undefined, from?: string): Promise<RawServiceKey> {
+  if ((await statOrFail(path)).isDirectory()) return readSecretDir(path, binding, from);
   if (binding !== undefined) fail(path, NOT_A_ROOT);
   return { raw: parseJson(await readNonEmpty(path), path), source: path };
 }
@@ -225,11 +226,15 @@ const NOT_A_ROOT = 'is one service key, not a directory of bindings: --binding (
  * parsed, `.metadata` honoured; or, without files (dot-files aside), a root of bindings.
  * In the kubelet's layout the fields are those of the one version `..data` names (see `readOneGeneration`).
  */
-async function readSecretDir(dir: string, binding?: string): Promise<RawServiceKey> {
+async function readSecretDir(dir: string, binding?: string, from?: string): Promise<RawServiceKey> {
   const { files, dirs } = await listDir(dir);
   if (keyFiles(files).length === 0) {
     const bindings = await bindingsBelow(dir, dirs);
-    if (bindings.length > 0) return readSecretDir(pickBinding(dir, bindings, binding, 'name it with --binding (SIDECAR_BINDING) or point --service-key at it').dir);
+    if (bindings.length > 0) {
+      // A route of a config file has no binding key (and --binding does not go with --config): only its path picks.
+      const choose = from?.startsWith('routes[') ? `point ${from} at one of them` : 'name it with --binding (SIDECAR_BINDING) or point --service-key at it';
+      return readSecretDir(pickBinding(dir, bindings, binding, choose).dir);
+    }
   }
   // One key: nothing for --binding to pick (a directory with neither key files nor bindings is reported below).
   if (binding !== undefined && keyFiles(files).length > 0) fail(dir, NOT_A_ROOT);

@@ -337,6 +337,10 @@ describe("readCredentialSource: @sap/xsenv's layout (/etc/secrets/sapcp/<service
     expect(problem?.message).toBe(
       'has several bindings, so name it with --binding (SIDECAR_BINDING) or point --service-key at it; found: my-instance (type it-rt), second (type it-rt), my-uaa (type xsuaa)',
     );
+    // A config file's route has no --binding: it is told to point its own key at one of them.
+    const [fromRoute] = await problemsOf(readCredentialSource({ kind: 'path', path: root, from: 'routes[0].serviceKey' }));
+    expect(fromRoute).toMatchObject({ field: 'routes[0].serviceKey' });
+    expect(fromRoute?.message).toMatch(/^has several bindings, so point routes\[0\]\.serviceKey at one of them; found: my-instance/);
     // --binding names it.
     expect(await clientIdFrom({ kind: 'path', path: root, binding: 'second' })).toBe(OAUTH.clientid);
     expect(await clientIdFrom({ kind: 'path', path: root, binding: 'my-instance' })).toBe('id-cpi');
