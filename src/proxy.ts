@@ -1573,14 +1573,15 @@ function upstreamFailure(route: Route, err: unknown, answered = false): unknown 
   if (UNFORWARDABLE_HEAD.has(code)) {
     return new SidecarError('UPSTREAM_UNREACHABLE', `upstream ${host} answered with a header that cannot be passed on (${code})`, { cause: err });
   }
-  if (MALFORMED_ANSWER.has(code) || code?.startsWith('HPE_')) {
-    // Reached, and it answered: what it sent is no HTTP/1.1 answer undici can read. Not the network's fault.
-    return new SidecarError('UPSTREAM_UNREACHABLE', `upstream ${host} answered with a malformed response (${code === 'ERR_ASSERTION' ? 'an impossible status or framing' : code})`, { cause: err });
-  }
   if (proxy !== undefined) {
     // The connection to the HTTPS proxy failed: the upstream was never contacted, and its name would mislead.
     const message = `upstream ${host}: ${proxyConnectFailureText(proxy, failure, code)}`;
     return new SidecarError(failure === 'timeout' ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNREACHABLE', message, { cause: err });
+  }
+  // After the proxy's own failures: a proxy answering its CONNECT with something not HTTP is the proxy's.
+  if (MALFORMED_ANSWER.has(code) || code?.startsWith('HPE_')) {
+    // Reached, and it answered: what it sent is no HTTP/1.1 answer undici can read. Not the network's fault.
+    return new SidecarError('UPSTREAM_UNREACHABLE', `upstream ${host} answered with a malformed response (${code === 'ERR_ASSERTION' ? 'an impossible status or framing' : code})`, { cause: err });
   }
   switch (failure) {
     case 'timeout':
