@@ -383,13 +383,16 @@ describe('credential rotation under load', () => {
     }
   });
 
-  it("a rotation while a CSRF cure fetches its session: that old session is dropped, the new route's fetched and used", async () => {
-    const path = await files.write('csrf-fetching.json', keyJson(OLD.id, OLD.secret));
+  it.each([
+    ["a rotation while a CSRF cure fetches its session: that old session is dropped, the new route's fetched and used", 'csrf-fetching', true],
+    ["a CSRF fetch answered 401 across a rotation: not fetched again through the old route's closed pool, but through the new one", 'csrf-fetch-401', 401],
+  ] as const)('%s', async (_name, name, holdFetch) => {
+    const path = await files.write(`${name}.json`, keyJson(OLD.id, OLD.secret));
     const s = await start(path);
-    const csrf = csrfPerClient('/http/echo?csrf-fetching', { holdFetch: true });
+    const csrf = csrfPerClient(`/http/echo?${name}`, { holdFetch });
     try {
-      const pending = request(`${s.url}/http/echo?csrf-fetching`, { method: 'POST', body: '<order/>' });
-      await csrf.arrival; // the first fetch (the old client's session) is held
+      const pending = request(`${s.url}/http/echo?${name}`, { method: 'POST', body: '<order/>' });
+      await csrf.arrival; // the first fetch (the old client's session) is held, then answered (200, or 401: the old key deleted)
       await writeFile(path, keyJson(NEW.id, NEW.secret));
       await rotated(s);
       csrf.release();
@@ -399,27 +402,6 @@ describe('credential rotation under load', () => {
       expect(csrf.fetches.map((f) => f.client)).toEqual([OLD.id, NEW.id]);
       expect(csrf.posts.at(-1)).toEqual({ client: NEW.id, csrf: 'csrf-2', cookie: 'JSESSIONID=s2' });
       expect(csrf.posts.filter((p) => p.client === NEW.id).every((p) => p.csrf !== 'csrf-1')).toBe(true);
-    } finally {
-      csrf.release();
-      upstream.setHandler(undefined);
-    }
-  });
-
-  it("a CSRF fetch answered 401 across a rotation: not fetched again through the old route's closed pool, but through the new one", async () => {
-    const path = await files.write('csrf-fetch-401.json', keyJson(OLD.id, OLD.secret));
-    const s = await start(path);
-    const csrf = csrfPerClient('/http/echo?csrf-fetch-401', { holdFetch: 401 });
-    try {
-      const pending = request(`${s.url}/http/echo?csrf-fetch-401`, { method: 'POST', body: '<order/>' });
-      await csrf.arrival; // the old client's fetch is held, then refused
-      await writeFile(path, keyJson(NEW.id, NEW.secret));
-      await rotated(s);
-      csrf.release();
-      const res = await pending;
-      expect(res.statusCode).toBe(200);
-      await res.body.dump();
-      expect(csrf.fetches.map((f) => f.client)).toEqual([OLD.id, NEW.id]);
-      expect(csrf.posts.at(-1)).toEqual({ client: NEW.id, csrf: 'csrf-2', cookie: 'JSESSIONID=s2' });
     } finally {
       csrf.release();
       upstream.setHandler(undefined);
