@@ -624,10 +624,13 @@ function parseListen(text: string, field: string, source: string, problems: Conf
   return { host, port };
 }
 
-/** Whether two listeners would take the same port: the same host, or a wildcard covering the other (`::` both families). */
+/**
+ * Whether two listeners would take the same port: the same host, or a wildcard covering the other (`::` both
+ * families; `0.0.0.0` an IPv4 address — a name may resolve to IPv6, and is left to the bind).
+ */
 function sharesPort(a: { host: string; port: number }, b: { host: string; port: number }): boolean {
   if (a.port === 0 || a.port !== b.port) return false;
-  const covers = (wild: string, other: string) => wild === '::' || (wild === '0.0.0.0' && isIP(other) !== 6);
+  const covers = (wild: string, other: string) => wild === '::' || (wild === '0.0.0.0' && isIP(other) === 4);
   return a.host === b.host || covers(a.host, b.host) || covers(b.host, a.host);
 }
 

@@ -203,6 +203,7 @@ describe('parseConfig', () => {
     expect(admin('127.0.0.1:8080', '127.0.0.1:9090')).toEqual({ host: '127.0.0.1', port: 9090 });
     expect(admin('127.0.0.1:0', '127.0.0.1:0')).toEqual({ host: '127.0.0.1', port: 0 });
     expect(admin('0.0.0.0:8080', '[::1]:8080')).toEqual({ host: '::1', port: 8080 });
+    expect(admin('0.0.0.0:8080', 'localhost:8080')).toEqual({ host: 'localhost', port: 8080 }); // may resolve to ::1
   });
 
   it('refuses upstream URLs that are not https or carry credentials', () => {
