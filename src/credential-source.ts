@@ -242,8 +242,10 @@ async function readSecretDir(dir: string, binding?: string, from?: string): Prom
   // links in `dir` are still the old version's, and may all lead nowhere while the new version is complete.
   const values = await readOneGeneration(dir, async (from) => {
     const listing = await listDir(from);
-    // A FIFO, socket or device in a key's place would block the read or is no field: named, not taken for missing.
-    if (listing.special.length > 0) fail(join(dir, listing.special[0]!), 'is not a regular file');
+    // A FIFO, socket or device in a field's place would block the read or is no field: named, not taken for
+    // missing. Beside the fields (an agent's socket in a shared volume) it is ignored, as a binary file is.
+    const inPlace = listing.special.find((name) => KEY_FIELDS.has(name) || name === METADATA_FILE || name === 'oauth');
+    if (inPlace !== undefined) fail(join(dir, inPlace), 'is not a regular file');
     if (listing.files.length === 0) {
       fail(dir, listing.broken.length > 0 ? `contains no service key files, only links that lead nowhere (${listing.broken.join(', ')})` : 'contains no service key files and no binding directories');
     }

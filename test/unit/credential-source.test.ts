@@ -245,6 +245,10 @@ describe('readCredentialSource: secret directories', () => {
     expect(await problemsOf(readCredentialSource({ kind: 'path', path: dir }))).toEqual([
       { source: join(dir, 'clientsecret'), field: '', message: 'is not a regular file' },
     ]);
+    // Beside the fields, one is ignored (an agent's socket in a shared volume, a dot-FIFO).
+    const beside = await writeFiles(await tempDir(), OAUTH);
+    execFileSync('mkfifo', [join(beside, 'agent.pipe'), join(beside, '.control')]);
+    expect(await clientIdFrom({ kind: 'path', path: beside })).toBe(OAUTH.clientid);
   });
 
   it('follows the kubelet ..data symlinks and hides the ..-prefixed entries', async () => {
