@@ -11,7 +11,7 @@ import { decodeJwtClaims, type JwtClaims } from './jwt.js';
 import { classifyNetworkError, proxyEndpoint, proxyTrustAdvice, trustAdvice, type ClassifiedFailure, type NetworkFailure } from './network-error.js';
 import { MIN_REDACT_LENGTH, redact } from './redaction.js';
 import { shownUrl } from './service-key.js';
-import { createTokenClient, type AccessToken, type RetryPolicy, type TokenClient } from './token-client.js';
+import { createTokenClient, parseJsonBody, type AccessToken, type RetryPolicy, type TokenClient } from './token-client.js';
 
 /** The role an HTTPS sender adapter requires unless the iFlow names a custom User Role. */
 export const DEFAULT_CHECK_ROLE = 'ESBMessaging.send';
@@ -875,7 +875,7 @@ function headerOf(headers: UpstreamAnswer['headers'], name: string): string | un
 /** ` (error: description)` from an OAuth/SAP JSON error body, printable and bounded; `''` otherwise. */
 function oauthErrorOf(answer: UpstreamAnswer, secrets: ReadonlySet<string> = new Set()): string {
   try {
-    const json = JSON.parse(answer.body) as Record<string, unknown>;
+    const json = parseJsonBody(answer.body) as Record<string, unknown>;
     const error = typeof json['error'] === 'string' ? printable(json['error'], 60, secrets) : undefined;
     if (!error) return '';
     const description = typeof json['error_description'] === 'string' ? `: ${printable(json['error_description'], 160, secrets)}` : '';

@@ -266,8 +266,7 @@ export class TokenClient {
   #parse(text: string, issuedAt: number, serverNow: number): AccessToken {
     let json: unknown;
     try {
-      // RFC 8259 §8.1: a parser may ignore a byte order mark, and some servers (.NET's) send one.
-      json = JSON.parse(text.charCodeAt(0) === 0xfeff ? text.slice(1) : text);
+      json = parseJsonBody(text);
     } catch {
       throw this.#invalid('the body is not JSON');
     }
@@ -489,13 +488,18 @@ function jwtLifetimeMs(claims: Pick<JwtClaims, 'exp' | 'iat'> | undefined, serve
   return own;
 }
 
+/** A token server's JSON body. RFC 8259 §8.1: a parser may ignore a byte order mark, and some servers (.NET's) send one. */
+export function parseJsonBody(text: string): unknown {
+  return JSON.parse(text.charCodeAt(0) === 0xfeff ? text.slice(1) : text);
+}
+
 /**
  * RFC 6749 §5.2 `error` and a short `error_description`, or undefined; redacted before they are cut, so that
  * no part of an echoed secret survives.
  */
 function oauthError(text: string, secrets: readonly string[]): string | undefined {
   try {
-    const json = JSON.parse(text) as Record<string, unknown>;
+    const json = parseJsonBody(text) as Record<string, unknown>;
     const error = typeof json['error'] === 'string' ? printable(redact(json['error'], secrets), 60) : undefined;
     if (!error) return undefined;
     const description = typeof json['error_description'] === 'string' ? printable(redact(json['error_description'], secrets), 160) : '';

@@ -193,9 +193,11 @@ describe('token client against a token endpoint that checks credentials', () => 
     expect(endpoint.requests).toHaveLength(4);
   });
 
-  it('a body with a byte order mark before its JSON is read (RFC 8259 §8.1; .NET servers send one)', async () => {
+  it('a body with a byte order mark before its JSON is read (RFC 8259 §8.1; .NET servers send one), an error\'s too', async () => {
     endpoint.fail({ kind: 'body', body: `\ufeff${JSON.stringify({ access_token: 'tok-8-bom', token_type: 'bearer', expires_in: 3600 })}` });
     expect((await client(secretCredentials()).fetchToken()).value).toBe('tok-8-bom');
+    endpoint.fail({ kind: 'status', status: 401, body: `\ufeff${JSON.stringify({ error: 'invalid_client', error_description: 'Bad credentials' })}` });
+    expect((await failure(client(secretCredentials()).fetchToken())).message).toContain('401 invalid_client: Bad credentials');
   });
 
   it('invalid JSON and a body without access_token are TOKEN_RESPONSE_INVALID, not retried', async () => {
