@@ -1009,7 +1009,13 @@ class Exchange {
 
   #renewCsrfAndResume(route: Route, token: AccessToken, stale: CsrfCredentials | undefined): void {
     this.#token = token;
-    this.#continueWith(this.#renewCsrf(route, this.#upstreamPath, token, stale), (csrf) => {
+    const renewal = this.#renewCsrf(route, this.#upstreamPath, token, stale).catch((err: unknown) => {
+      // Rotated while the fetch failed (the old token refused, the old pool closed): that failure was the old
+      // route's; the new route's session is fetched below.
+      if (this.#latest(route) !== route) return undefined;
+      throw err;
+    });
+    this.#continueWith(renewal, (csrf) => {
       // Rotated while the session was being fetched: it is the old credentials' (or none, the old token refused
       // with the old route's pool closed); the new route's is fetched.
       if (this.#latest(route) !== route) return this.#cureCsrf(route);
@@ -1085,6 +1091,11 @@ class Exchange {
       }
       if (response.statusCode === 401 && tokens.retryAfterRejection(route.tokenClient, token)) {
         headers['authorization'] = bearer(await tokens.refreshAfterRejection(route.tokenClient, token));
+        if (this.#latest(route) !== route) {
+          // Rotated during the refresh: not through the old route's closed pool (see above).
+          this.#options.observer.csrfFetched(route.name, false);
+          return undefined;
+        }
         response = await route.dispatcher.request({ origin: route.origin, path, method: 'GET', headers });
         await response.body.dump();
       }

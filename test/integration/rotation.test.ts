@@ -466,6 +466,56 @@ describe('credential rotation under load', () => {
     }
   });
 
+  it("a rotation while a CSRF fetch's 401 waits for the old key's new token: the fetch goes to the new route, not the old closed pool", async () => {
+    const path = await files.write('csrf-refresh.json', keyJson(OLD.id, OLD.secret));
+    const fromOldClient = (auth: string | undefined) => Buffer.from((auth ?? '').replace(/^Basic /, ''), 'base64').toString().startsWith('sb-old');
+    let oldTokenRequests = 0;
+    let held: ServerResponse | undefined;
+    oauth.setInterceptor((req, res) => {
+      if (!fromOldClient(req.headers.authorization) || ++oldTokenRequests === 1) return false; // the start-up token: served
+      req.resume();
+      held = res; // the refresh after the fetch's 401
+      return true;
+    });
+    const fetches: Array<string | undefined> = [];
+    const sessions = new Map<string, string | undefined>();
+    upstream.setHandler(async (req, res, body) => {
+      const client = (upstream.requests.at(-1)?.claims as { client_id?: string } | undefined)?.client_id;
+      if (req.method === 'GET' && req.headers['x-csrf-token'] === 'Fetch') {
+        fetches.push(client);
+        if (client === OLD.id) {
+          res.writeHead(401, { 'www-authenticate': 'Bearer error="invalid_token"' }).end(); // the old key deleted
+          return true;
+        }
+        sessions.set(`csrf-${fetches.length}`, client);
+        res.writeHead(200, { 'x-csrf-token': `csrf-${fetches.length}`, 'set-cookie': `JSESSIONID=s${fetches.length}; Path=/` }).end();
+        return true;
+      }
+      const csrf = req.headers['x-csrf-token'] as string | undefined;
+      if (csrf !== undefined && sessions.get(csrf) === client) return false; // the echo
+      body.resume();
+      res.writeHead(403, { 'x-csrf-token': 'Required', 'content-type': 'text/html' }).end('<html>CSRF</html>');
+      return true;
+    });
+    try {
+      const s = await start(path);
+      const pending = request(`${s.url}/http/echo?csrf-refresh`, { method: 'POST', body: '<order/>' });
+      await expect.poll(() => held, { interval: 10, timeout: 10_000 }).toBeDefined();
+      await writeFile(path, keyJson(NEW.id, NEW.secret));
+      await rotated(s);
+      held!.writeHead(200, { 'content-type': 'application/json' });
+      held!.end(JSON.stringify({ access_token: 'old-client-refreshed', token_type: 'bearer', expires_in: 3600 }));
+      const res = await pending;
+      expect(res.statusCode).toBe(200);
+      await res.body.dump();
+      expect(fetches).toEqual([OLD.id, NEW.id]);
+      expect(clientOfLastUpstreamRequest()).toBe(NEW.id);
+    } finally {
+      oauth.setInterceptor(undefined);
+      upstream.setHandler(undefined);
+    }
+  });
+
   it('a request waiting for its token across a rotation goes out through the new route, not the closed old one', async () => {
     const path = await files.write('waiting.json', keyJson(OLD.id, OLD.secret));
     const fromOldClient = (auth: string | undefined) => Buffer.from((auth ?? '').replace(/^Basic /, ''), 'base64').toString().startsWith('sb-old');
