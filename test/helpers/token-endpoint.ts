@@ -61,6 +61,8 @@ export class TokenEndpoint {
   readonly requests: TokenRequestRecord[] = [];
   /** Every `huge` fault answered, in order. */
   readonly hugeAnswers: HugeAnswer[] = [];
+  /** Every access token it wrote into an answer, whether the client took it or not: none may ever be shown. */
+  readonly tokensWritten = new Set<string>();
   #faults: Fault[] = [];
   /** `performance.now()` before which a `rate-limit` fault refuses requests. */
   #limitedUntil = 0;
@@ -145,8 +147,10 @@ export class TokenEndpoint {
     const client = this.#authenticate(req, form, socket, record);
     if (!client) return json(res, 401, { error: 'invalid_client', error_description: 'Bad credentials' });
     this.#issued++;
+    const token = `tok-${this.#issued}-${randomBytes(12).toString('hex')}`;
+    this.tokensWritten.add(token);
     json(res, 200, {
-      access_token: `tok-${this.#issued}-${randomBytes(12).toString('hex')}`,
+      access_token: token,
       token_type: 'bearer',
       expires_in: this.#expiresIn,
       scope: 'it-rt-acme!b196.ESBMessaging.send uaa.resource',
@@ -198,7 +202,9 @@ export class TokenEndpoint {
         res.writeHead(200, { 'content-type': 'application/json' });
         const chunk = Buffer.alloc(64 * 1024, 'a');
         // A valid token response whose `pad` string runs to `bytes` in all.
-        const head = fault.json ? `{"access_token":"tok-0-${randomBytes(12).toString('hex')}","token_type":"bearer","expires_in":300,"pad":"` : '';
+        const hugeToken = `tok-0-${randomBytes(12).toString('hex')}`;
+        if (fault.json) this.tokensWritten.add(hugeToken);
+        const head = fault.json ? `{"access_token":"${hugeToken}","token_type":"bearer","expires_in":300,"pad":"` : '';
         const tail = fault.json ? '"}' : '';
         let left = fault.bytes - head.length - tail.length;
         if (head) res.write(head);
