@@ -6,7 +6,7 @@
  * the token server checks the client secret; senders are raw sockets.
  */
 import { createServer as createTlsServer, type TLSSocket } from 'node:tls';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { SocketTracker, closeServer, listen } from '../helpers/net.js';
 import { createPki } from '../helpers/pki.js';
 import { rawOpen, rawRequest } from '../helpers/raw-http.js';
@@ -56,6 +56,8 @@ const ANSWERS: Record<string, (socket: TLSSocket, head: string) => void> = {
 let upstreamTargets: string[] = [];
 let sidecar: RunningSidecar;
 let cleanup: () => Promise<void>;
+/** The access tokens the token server gave out: none may appear in any output. */
+let tokensWritten: ReadonlySet<string> = new Set();
 
 beforeAll(async () => {
   const pki = await createPki();
@@ -86,6 +88,7 @@ beforeAll(async () => {
   );
   const ca = await files.write('ca.pem', pki.ca);
   sidecar = await runSidecar(['--service-key', key, '--ca', ca]);
+  tokensWritten = tokens.tokensWritten;
   cleanup = async () => {
     await sidecar.close();
     await closeServer(upstream, upstreamSockets);
@@ -94,9 +97,17 @@ beforeAll(async () => {
   };
 });
 
+// Whatever a case sent or was sent, the sidecar goes on serving.
+afterEach(async () => {
+  const answer = await rawRequest(sidecar.address.port, 'GET /still-serving HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n', { timeoutMs: BOUND_MS });
+  expect(answer.status).toBe(200);
+});
+
 afterAll(async () => {
-  expectNoSecretOrStack(sidecar?.logText() ?? '', secretForms(CLIENT_ID, SECRET));
   await cleanup?.();
+  // The whole log, shutdown included: no client secret, no access token (the upstream echoes it in 103 hints).
+  expect(tokensWritten.size).toBeGreaterThan(0);
+  expectNoSecretOrStack(sidecar?.logText() ?? '', [...secretForms(CLIENT_ID, SECRET), ...tokensWritten]);
 });
 
 /** The first log line `match` accepts, once the access log (written in batches) has it. */
