@@ -3,7 +3,8 @@
  * naming the field and where its value came from, never a secret or a stack trace. Apart from the fault
  * suite (faults.test.ts) so that these processes neither overlap its cases nor enter its resource counts.
  */
-import { mkdir } from 'node:fs/promises';
+import { execFileSync } from 'node:child_process';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { collect, startCli, type CliResult } from '../helpers/cli.js';
@@ -187,6 +188,70 @@ const CONFIG_CASES: ConfigCase[] = [
       problem: /client-key: holds file content \(PEM or JSON\), not a path/,
     }),
   },
+  { name: 'an empty key file', setup: async ({ write }) => ({ ...keyArgs(await write('empty.json', '')), problem: /--service-key: is empty/ }) },
+  {
+    name: 'a key file saved as UTF-16',
+    setup: async ({ write }) => ({ ...keyArgs(await write('utf16.json', Buffer.from(JSON.stringify({ oauth: GOOD_KEY }), 'utf16le').toString('latin1'))), problem: /--service-key: holds NUL bytes: saved as UTF-16/ }),
+  },
+  {
+    name: 'a field that is not a string',
+    setup: async ({ write }) => ({ ...keyArgs(await write('number.json', JSON.stringify({ oauth: { ...GOOD_KEY, clientid: 123 } }))), problem: /oauth\.clientid: must be a string/ }),
+  },
+  {
+    name: 'a tokenurl that is no URL',
+    setup: async ({ write }) => ({ ...keyArgs(await write('no-url-at-all.json', JSON.stringify({ oauth: { ...GOOD_KEY, tokenurl: 'not a url' } }))), problem: /oauth\.tokenurl: is not a URL/ }),
+  },
+  {
+    name: 'a key without its certificate',
+    setup: async ({ write }) => {
+      const { clientsecret: _secret, ...rest } = GOOD_KEY;
+      return { ...keyArgs(await write('key-only.json', JSON.stringify({ oauth: { ...rest, key: pki.client.keyPkcs8 } }))), problem: /oauth\.certificate: is missing \(the key has a "key"\)/ };
+    },
+  },
+  {
+    name: 'an External Certificate key without a key pair',
+    setup: async ({ write }) => {
+      const { clientsecret: _secret, ...rest } = GOOD_KEY;
+      return { ...keyArgs(await write('external.json', JSON.stringify({ oauth: { ...rest, certificate: pki.client.chain } }))), problem: /oauth\.key: .*--client-cert/ };
+    },
+  },
+  {
+    name: 'a FIFO in a field\'s place in a secret directory',
+    setup: async ({ dir }) => {
+      const secret = join(dir, 'fifo-secret');
+      await mkdir(secret, { recursive: true });
+      await Promise.all(Object.entries(GOOD_KEY).filter(([k]) => k !== 'clientsecret').map(([k, v]) => writeFile(join(secret, k), v)));
+      execFileSync('mkfifo', [join(secret, 'clientsecret')]);
+      return { args: ['--service-key', secret], source: join(secret, 'clientsecret'), problem: /--service-key: is not a regular file/ };
+    },
+  },
+  {
+    name: 'VCAP_SERVICES without an it-rt binding',
+    setup: async () => ({ args: [], env: { VCAP_SERVICES: JSON.stringify({ xsuaa: [{ name: 'uaa', credentials: {} }] }) }, source: 'VCAP_SERVICES', problem: /has no it-rt binding; found: xsuaa\/uaa/ }),
+  },
+  { name: 'a missing config file', setup: async ({ dir }) => ({ args: ['--config', join(dir, 'nope.yaml')], source: join(dir, 'nope.yaml'), problem: /--config: config file does not exist/ }) },
+  {
+    name: 'a config file that is not a mapping',
+    setup: async ({ write }) => {
+      const file = await write('scalar.yaml', 'just text\n');
+      return { args: ['--config', file], source: file, problem: /must be a mapping/ };
+    },
+  },
+  {
+    name: 'a route without serviceKey, and a prefix without its /',
+    setup: async ({ write }) => {
+      const file = await write('no-key.yaml', 'routes:\n  - name: a\n    prefix: a\n');
+      return { args: ['--config', file], source: file, problem: /routes\[0\]\.serviceKey: is required/ };
+    },
+  },
+  {
+    name: 'the admin listener on the listener\'s port',
+    setup: async ({ goodKey }) => ({
+      args: ['--service-key', goodKey, '--listen', '127.0.0.1:18555', '--admin-listen', '127.0.0.1:18555'],
+      source: '--admin-listen',
+      problem: /admin-listen: takes the port of listen/,
+    }),
+  },
   {
     name: 'unknown --token-auth',
     setup: async ({ goodKey }) => ({ args: ['--service-key', goodKey, '--token-auth', 'digest'], source: '--token-auth', problem: /token-auth: must be basic or post, not "digest"/ }),
@@ -194,7 +259,8 @@ const CONFIG_CASES: ConfigCase[] = [
 ];
 
 describe('broken configuration (real CLI): exit code 2, one clear message naming the field and its source', () => {
-  it.each(CONFIG_CASES.map((c) => [c.name, c] as const))('%s', async (_name, c) => {
+  // Side by side (each a child process of its own); `expect` from the test context, as concurrent tests need.
+  it.concurrent.for(CONFIG_CASES)('$name', async (c, { expect }) => {
     const { args, source, problem, command, env } = await c.setup(ctx);
     const serveArgs = command === 'serve' ? ['--listen', '127.0.0.1:0', '--admin-listen', 'off'] : [];
     const result = await runCliBounded([command ?? 'token', ...args, ...serveArgs], env);
