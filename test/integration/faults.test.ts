@@ -836,11 +836,12 @@ describe('upstream faults', () => {
   });
 
   it.each([1024 * 1024, 8 * 1024 * 1024])('an early answer delimited by its close, reset only because the upstream left the upload unread (%i bytes), reaches the sender whole', async (size) => {
+    let answered: Socket | undefined;
     upstream.handler = (req) => {
       if (!req.url?.includes('early-close-delimited')) return false;
       req.pause(); // the rest of the upload stays unread: closing now makes the kernel send a reset
       req.socket.write('HTTP/1.1 413 Payload Too Large\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\nrequest body too large');
-      setTimeout(() => req.socket.destroy(), 50);
+      answered = req.socket;
       return true;
     };
     const sender = connect(sidecar.address.port, '127.0.0.1');
@@ -859,6 +860,10 @@ describe('upstream faults', () => {
         }
       };
       pump();
+      // Closed once the sidecar has read the answer (head and text come in one TLS record): a reset sooner could
+      // discard it unread in the sidecar's kernel, which would test the machine's speed, not the sidecar.
+      await waitFor(() => (received.startsWith('HTTP/1.1 413') ? true : undefined), sender);
+      answered!.destroy();
       await waitFor(() => (received.endsWith('0\r\n\r\n') || sender.destroyed ? true : undefined), sender);
     } finally {
       sender.destroy();
