@@ -249,7 +249,10 @@ async function readSecretDir(dir: string, binding?: string, from?: string): Prom
     if (listing.files.length === 0) {
       fail(dir, listing.broken.length > 0 ? `contains no service key files, only links that lead nowhere (${listing.broken.join(', ')})` : 'contains no service key files and no binding directories');
     }
-    return readFields(dir, from, listing.files);
+    const fields = await readFields(dir, from, listing.files);
+    const container = containerName(fields[METADATA_FILE]); // the file `.metadata` names is in a field's place too
+    if (container !== undefined && listing.special.includes(container)) fail(join(dir, container), 'is not a regular file');
+    return fields;
   });
   const container = containerName(values[METADATA_FILE]);
   if (container !== undefined && container in values) {

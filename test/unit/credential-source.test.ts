@@ -245,6 +245,12 @@ describe('readCredentialSource: secret directories', () => {
     expect(await problemsOf(readCredentialSource({ kind: 'path', path: dir }))).toEqual([
       { source: join(dir, 'clientsecret'), field: '', message: 'is not a regular file' },
     ]);
+    // So is the container file `.metadata` names.
+    const container = await writeFiles(await tempDir(), { '.metadata': JSON.stringify({ credentialProperties: [{ name: 'credentials', format: 'json', container: true }] }) });
+    execFileSync('mkfifo', [join(container, 'credentials')]);
+    expect(await problemsOf(readCredentialSource({ kind: 'path', path: container }))).toEqual([
+      { source: join(container, 'credentials'), field: '', message: 'is not a regular file' },
+    ]);
     // Beside the fields, one is ignored (an agent's socket in a shared volume, a dot-FIFO).
     const beside = await writeFiles(await tempDir(), OAUTH);
     execFileSync('mkfifo', [join(beside, 'agent.pipe'), join(beside, '.control')]);
