@@ -1090,12 +1090,9 @@ class Exchange {
         return undefined;
       }
       if (response.statusCode === 401 && tokens.retryAfterRejection(route.tokenClient, token)) {
+        // Rotated during the refresh: it is given up, or the fetch through the old route's closed pool fails, and
+        // the waiting requests go on to the new route (`#renewCsrfAndResume`).
         headers['authorization'] = bearer(await tokens.refreshAfterRejection(route.tokenClient, token));
-        if (this.#latest(route) !== route) {
-          // Rotated during the refresh: not through the old route's closed pool (see above).
-          this.#options.observer.csrfFetched(route.name, false);
-          return undefined;
-        }
         response = await route.dispatcher.request({ origin: route.origin, path, method: 'GET', headers });
         await response.body.dump();
       }
