@@ -721,8 +721,6 @@ function parseHttpsProxy(env: Readonly<Record<string, string | undefined>>, prob
   return text;
 }
 
-/** A `--ca` or `NODE_EXTRA_CA_CERTS` file (`field`), whose every certificate must parse. */
-/** `field`: where the file was named (`--ca`, `SIDECAR_CA`, `NODE_EXTRA_CA_CERTS`). */
 /** A FIFO (`<(cat ca.pem)`), socket or device: what cannot be read twice. A path that cannot be stat'ed is not. */
 function isPipe(path: string): boolean {
   try {
@@ -733,6 +731,8 @@ function isPipe(path: string): boolean {
   }
 }
 
+/** A `--ca` or `NODE_EXTRA_CA_CERTS` file (`field`), whose every certificate must parse. */
+/** `field`: where the file was named (`--ca`, `SIDECAR_CA`, `NODE_EXTRA_CA_CERTS`). */
 function readCa(file: string, field: string, readFile: (path: string) => string, problems: ConfigProblem[]): string | undefined {
   if (file === CONTENT_GIVEN) return undefined;
   // Node starts with a warning only for a broken NODE_EXTRA_CA_CERTS; say what to do about it.

@@ -51,8 +51,13 @@ export async function readClientCert(source: ClientCertSource): Promise<ClientKe
     const { dir } = source;
     const [certFile, keyFile] = [join(dir, TLS_CERT), join(dir, TLS_KEY)];
     const [certificate, key] = await named(readPair(certFile, keyFile), names && (() => names.dir));
-    const field = names?.dir ?? 'certificate';
-    return { certificate, key, source: dir, certificateFrom: { source: certFile, field }, keyFrom: { source: keyFile, field: names?.dir ?? 'key' } };
+    return {
+      certificate,
+      key,
+      source: dir,
+      certificateFrom: { source: certFile, field: names?.dir ?? 'certificate' },
+      keyFrom: { source: keyFile, field: names?.dir ?? 'key' },
+    };
   }
   const { certFile, keyFile } = source;
   const [certificate, key] = await named(readPair(certFile, keyFile), names && ((p) => (p.source === keyFile ? names.key : names.cert)));
@@ -211,8 +216,10 @@ async function isDirectory(path: string): Promise<boolean> {
   }
 }
 
-/** `binding` (--binding) names one of several bindings below a directory: given for a single key, it is an error. */
-/** `from`: the setting that gave the path, which a directory of several bindings is told to point at one of them. */
+/**
+ * `binding` (--binding) names one of several bindings below a directory: given for a single key, it is an error.
+ * `from`: the setting that gave the path, which a directory of several bindings is told to point at one of them.
+ */
 async function readPath(path: string, binding: string | undefined, from?: string): Promise<RawServiceKey> {
   if ((await statOrFail(path)).isDirectory()) return readSecretDir(path, binding, from);
   if (binding !== undefined) fail(path, NOT_A_ROOT);

@@ -1262,6 +1262,7 @@ class UpstreamCall implements Dispatcher.DispatchHandler, ConnectionListener {
   reusedConnection = false;
   /** The connection (socket) the request went out on, once known (see `connection-reuse`). */
   connection: object | undefined;
+  /** What the connection had read when the request head went out (see `connection-reuse`). */
   bytesReadAtSend: number | undefined;
   /** An interim answer came: the upstream has the request. */
   #interim = false;
@@ -1572,8 +1573,10 @@ function truncate(text: string): string {
   return text.length > 120 ? `${text.slice(0, 120)}…` : text;
 }
 
-/** What a failed call to `route`'s upstream means for a sender: one `SidecarError` with a stable code. */
-/** `answered`: the upstream had sent part of an answer (an interim one, part of a head) before the failure. */
+/**
+ * What a failed call to `route`'s upstream means for a sender: one `SidecarError` with a stable code. `answered`:
+ * the upstream had sent part of an answer (an interim one, part of a head) before the failure.
+ */
 function upstreamFailure(route: Route, err: unknown, answered = false): unknown {
   if (err instanceof SidecarError) return err;
   const { failure, code, proxy } = classifyNetworkError(err);
@@ -1602,8 +1605,7 @@ function upstreamFailure(route: Route, err: unknown, answered = false): unknown 
       return new SidecarError('UPSTREAM_UNREACHABLE', `upstream ${host}: the HTTPS proxy failed (${code}) — check HTTPS_PROXY/NO_PROXY`, { cause: err });
     case 'reset':
       if (answered) return new SidecarError('UPSTREAM_UNREACHABLE', `upstream ${host} closed the connection in the middle of its answer (${code})`, { cause: err });
-      return new SidecarError('UPSTREAM_UNREACHABLE', `upstream ${host} unreachable (${code})`, { cause: err });
-    default:
-      return new SidecarError('UPSTREAM_UNREACHABLE', `upstream ${host} unreachable (${code})`, { cause: err });
+      break;
   }
+  return new SidecarError('UPSTREAM_UNREACHABLE', `upstream ${host} unreachable (${code})`, { cause: err });
 }

@@ -282,8 +282,7 @@ export class TokenClient {
     const type = body['token_type'];
     if (type !== undefined && (typeof type !== 'string' || type.toLowerCase() !== 'bearer')) {
       // Redacted like an error description: a server or proxy that echoes the request must not put its
-      // credentials into the message.
-      // The access_token too, should the server have put it there as well.
+      // credentials into the message, nor the access_token, should the server have put it there as well.
       throw this.#invalid(`token_type is "${printable(redact(String(type), [...this.#secrets, value]), 40)}", not bearer`);
     }
     const claims = decodeJwtClaims(value);
