@@ -365,6 +365,10 @@ export function explainTokenError(err: unknown, ctx: TokenErrorContext): Finding
   const certKey = ctx.credentials.kind !== 'client-secret';
   switch (err.code) {
     case 'TOKEN_REJECTED':
+      if (/refused the token request/.test(err.message)) {
+        // The message says which parameter; the client itself was not what the server refused.
+        return finding('FAIL', message, ['the token server refused what was asked for, not (necessarily) the client: fix the parameter the message names']);
+      }
       if (!/rejected the client credentials/.test(err.message)) {
         return finding('FAIL', message, ['the token URL answered, but not as an OAuth token endpoint: copy tokenurl from the service key (…/oauth/token)']);
       }

@@ -193,6 +193,27 @@ describe('token client against a token endpoint that checks credentials', () => 
     expect(endpoint.requests).toHaveLength(4);
   });
 
+  it('a 400 about the request (invalid_scope, invalid_target…) names the parameter, not the client credentials', async () => {
+    const cases = [
+      ['invalid_scope', 'check the scope asked for'],
+      ['invalid_target', 'check --resource and --audience'],
+      ['unsupported_grant_type', 'allows client_credentials'],
+      ['invalid_request', 'check --token-param'],
+    ] as const;
+    for (const [error, fix] of cases) {
+      endpoint.fail({ kind: 'status', status: 400, body: JSON.stringify({ error, error_description: 'no' }) });
+      const err = await failure(client(secretCredentials()).fetchToken());
+      expect(err.code).toBe('TOKEN_REJECTED');
+      expect(err.message).toContain(`refused the token request (400 ${error}: no) — `);
+      expect(err.message).toContain(fix);
+      expect(err.message).not.toContain('clientsecret');
+    }
+    // The client itself: as before.
+    endpoint.fail({ kind: 'status', status: 400, body: JSON.stringify({ error: 'invalid_client' }) });
+    expect((await failure(client(secretCredentials()).fetchToken())).message).toContain('rejected the client credentials (400 invalid_client)');
+    expect(endpoint.requests).toHaveLength(cases.length + 1); // none retried
+  });
+
   it('a body with a byte order mark before its JSON is read (RFC 8259 §8.1; .NET servers send one), an error\'s too', async () => {
     endpoint.fail({ kind: 'body', body: `\ufeff${JSON.stringify({ access_token: 'tok-8-bom', token_type: 'bearer', expires_in: 3600 })}` });
     expect((await client(secretCredentials()).fetchToken()).value).toBe('tok-8-bom');

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { explainUpstreamAnswer, explainUpstreamError, loginPageOf, type UpstreamAnswer, type UpstreamContext } from '../../src/check.js';
+import { explainTokenError, explainUpstreamAnswer, explainUpstreamError, loginPageOf, type UpstreamAnswer, type UpstreamContext } from '../../src/check.js';
+import { SidecarError } from '../../src/errors.js';
 import { markProxyConnectFailure } from '../../src/network-error.js';
 
 /** An opaque (non-JWT) access token: nothing in its shape tells it apart from other text. */
@@ -163,5 +164,18 @@ describe('check: a failed connection to the HTTPS proxy', () => {
   it('blames the target when the failed connection was not the one to the proxy (NO_PROXY, or after the tunnel)', () => {
     const direct = explainUpstreamError(Object.assign(new Error('connect failed'), { code: 'ECONNREFUSED' }), viaProxy);
     expect(direct.message).toBe(`GET ${CONTEXT.url}: acme.it-cpi000-rt.example refused the connection (ECONNREFUSED)`);
+  });
+});
+
+describe('check: explaining a token failure', () => {
+  const ctx = { credentials: { kind: 'client-secret', tokenUrl: 'https://acme.authentication.example/oauth/token', source: '/k.json' }, network: { ca: [] }, timeoutMs: 10_000 } as const;
+
+  it('a refused parameter (invalid_scope) is not blamed on the secret; rejected credentials are', () => {
+    const scope = explainTokenError(new SidecarError('TOKEN_REJECTED', 'token server refused the token request (400 invalid_scope: x) — check the scope asked for'), ctx);
+    expect(scope.level).toBe('FAIL');
+    expect(scope.hints.join('\n')).not.toContain('wrong or was rotated');
+    expect(scope.hints.join('\n')).toContain('fix the parameter the message names');
+    const secret = explainTokenError(new SidecarError('TOKEN_REJECTED', 'token server rejected the client credentials (401) — check clientid/clientsecret'), ctx);
+    expect(secret.hints.join('\n')).toContain('wrong or was rotated');
   });
 });
