@@ -656,8 +656,13 @@ export function loginPageOf(answer: Pick<UpstreamAnswer, 'headers' | 'body'>): s
 
 function explainForbidden(answer: UpstreamAnswer, ctx: UpstreamContext, seen: string): Finding {
   if (headerOf(answer.headers, CSRF_HEADER)?.toLowerCase() === CSRF_REQUIRED) {
+    // The check's GET is itself a token fetch (`X-CSRF-Token: Fetch`), the one the sidecar would make: refused, the
+    // sidecar's would be too (502 CSRF_FETCH_FAILED on every POST), and GETs get this 403 as it is.
     return ctx.csrf === 'auto'
-      ? finding('ok', `${seen} with X-CSRF-Token: Required: the endpoint is CSRF protected; the sidecar fetches a CSRF token and replays (csrf auto)`)
+      ? finding('FAIL', `${seen} with X-CSRF-Token: Required to a CSRF token fetch: the endpoint is CSRF protected, but refuses the fetch the sidecar would make`, [
+          'something between strips the X-CSRF-Token header (a proxy, a WAF), or the endpoint hands out no tokens on GET',
+          'the sidecar would answer modifying requests with 502 CSRF_FETCH_FAILED; switch off "CSRF Protected" in the sender adapter if it cannot be fixed',
+        ])
       : finding('FAIL', `${seen} with X-CSRF-Token: Required: the endpoint is CSRF protected but csrf is off`, [
           'set csrf auto (--csrf auto or csrf: auto on the route), or switch off "CSRF Protected" in the sender adapter',
         ]);

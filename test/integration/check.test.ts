@@ -328,14 +328,15 @@ describe('oauth-sidecar check: the upstream answer', () => {
     }
   });
 
-  it('a 403 with X-CSRF-Token: Required is informative with csrf auto, a failure with csrf off', async () => {
+  it('a 403 with X-CSRF-Token: Required to the check\'s own CSRF fetch fails: the sidecar\'s fetch would be refused too', async () => {
     upstream.setHandler((_req, res) => {
       res.writeHead(403, { 'x-csrf-token': 'Required', 'content-type': 'text/html' });
       res.end('<html><body>HTTP Status 403 – Forbidden</body></html>');
     });
     const auto = await check(healthy(), { path: '/http/orders' });
-    expect(auto.ok).toBe(true);
-    expect(auto.text).toMatch(/^ok {3}GET .* answered 403 with X-CSRF-Token: Required: the endpoint is CSRF protected; the sidecar fetches/m);
+    expect(auto.ok).toBe(false);
+    expect(auto.text).toMatch(/^FAIL GET .* answered 403 with X-CSRF-Token: Required to a CSRF token fetch: .*refuses the fetch the sidecar would make/m);
+    expect(auto.text).toContain('strips the X-CSRF-Token header');
     const off = await check(healthy('--csrf', 'off'), { path: '/http/orders' });
     expect(off.ok).toBe(false);
     expect(off.text).toMatch(/^FAIL .*CSRF protected but csrf is off/m);
