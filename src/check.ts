@@ -392,7 +392,7 @@ export function explainTokenError(err: unknown, ctx: TokenErrorContext): Finding
       const classified = classifyNetworkError(err.cause);
       if (classified.proxy !== undefined) return tokenProxyFailure(err, host, { ...classified, proxy: classified.proxy });
       return finding('FAIL', message, [
-        ...networkHints('timeout', host, ctx.network, 'token'),
+        ...networkHints('timeout', host, ctx.network, 'token', classified.code),
         `raise --token-timeout (now ${ctx.timeoutMs} ms) only if the server is known to be slow`,
       ]);
     }
@@ -433,8 +433,13 @@ export function networkHints(failure: NetworkFailure, host: string, network: Out
       return [`the proxy ${proxy ?? '(HTTPS_PROXY)'} failed: check HTTPS_PROXY/NO_PROXY and that it allows CONNECT to ${host}`];
     case 'dns':
       return [`${host} does not resolve: check the host in the service key${proxy ? '' : '; a network that resolves only through a proxy needs HTTPS_PROXY'}`, ...viaProxy];
-    case 'timeout':
-      return [`no answer from ${host}: a firewall may drop the packets${proxy ? '' : '; a network that needs a proxy needs HTTPS_PROXY'}`, ...viaProxy];
+    case 'timeout': {
+      const noConnection = `a firewall may drop the packets${proxy ? '' : '; a network that needs a proxy needs HTTPS_PROXY'}`;
+      // Connected, and the request went out: the server is slow, not the network closed.
+      if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') return [`${host} accepted the connection and the request but did not answer in time: the server is slow or stuck`, ...viaProxy];
+      if (code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'ETIMEDOUT') return [`no connection to ${host}: ${noConnection}`, ...viaProxy];
+      return [`no answer from ${host} in time: no connection (${noConnection}), or a slow server`, ...viaProxy];
+    }
     case 'refused':
     case 'reset':
       return [`the connection to ${host} was ${failure === 'refused' ? 'refused' : 'reset'}: check host and port, firewall rules${proxy ? '' : ', and whether a proxy (HTTPS_PROXY) is needed'}`, ...viaProxy];
@@ -667,7 +672,14 @@ function explainForbidden(answer: UpstreamAnswer, ctx: UpstreamContext, seen: st
           'set csrf auto (--csrf auto or csrf: auto on the route), or switch off "CSRF Protected" in the sender adapter',
         ]);
   }
-  const role = ctx.role ?? DEFAULT_CHECK_ROLE;
+  if (ctx.role === undefined) {
+    // The API (management) host: no sender adapter, no ESBMessaging.send; its roles are the api plan's.
+    return finding('FAIL', `${seen}: the token was accepted but lacks the role the API requires`, [
+      "the OData API wants the roles of an instance of plan api (e.g. WorkspacePackagesRead, MonitoringDataRead): a key of an integration-flow instance has none of them",
+      'add the role to the api instance\'s roles (changes take up to 1 h), and check for it with --check-role',
+    ]);
+  }
+  const role = ctx.role;
   const why =
     ctx.roleGranted === true
       ? [

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { explainTokenError, explainUpstreamAnswer, explainUpstreamError, loginPageOf, type UpstreamAnswer, type UpstreamContext } from '../../src/check.js';
+import { explainTokenError, explainUpstreamAnswer, explainUpstreamError, loginPageOf, networkHints, type UpstreamAnswer, type UpstreamContext } from '../../src/check.js';
 import { SidecarError } from '../../src/errors.js';
 import { markProxyConnectFailure } from '../../src/network-error.js';
 
@@ -35,6 +35,20 @@ describe('check: explaining the upstream answer', () => {
   it('names the role asked for in the hint of a role 403, not the default one', () => {
     const shown = text({ status: 403, headers: {}, body: '' });
     expect(shown).toContain("the sender adapter's User Role (Custom.Sender)");
+  });
+
+  it('on the API host (no role checked) a 403 points at the api plan\'s roles, not a sender adapter', () => {
+    const shown = text({ status: 403, headers: {}, body: '' }, { ...CONTEXT, role: undefined, url: 'https://acme.it-cpi000.example/api/v1/' });
+    expect(shown).toContain('lacks the role the API requires');
+    expect(shown).toContain('plan api');
+    expect(shown).not.toContain('sender adapter');
+  });
+
+  it('a timeout after the request went out is a slow server, not a firewall; a connect timeout is the network', () => {
+    const answered = networkHints('timeout', 'h.example', { ca: [] }, 'upstream', 'UND_ERR_HEADERS_TIMEOUT').join('\n');
+    expect(answered).toContain('accepted the connection and the request');
+    expect(answered).not.toContain('firewall');
+    expect(networkHints('timeout', 'h.example', { ca: [] }, 'upstream', 'UND_ERR_CONNECT_TIMEOUT').join('\n')).toContain('no connection to h.example: a firewall');
   });
 
   it('claims the integration flow failed only with an MPL ID to show for it', () => {
