@@ -108,8 +108,18 @@ async function demo(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
     const takes = DEMO_FLAGS.filter((f) => f.length > 1).map((f) => `--${f}`);
     return fail(new ConfigError([{ source: 'command line', field: other.split('=', 1)[0]!, message: `is not a demo flag (the demo takes ${takes.join(', ')})` }]));
   }
+  // A stop signal while the tenant starts (its directory holds the demo's keys) must not take node's default, an
+  // end that leaves the directory behind: it is noted, and the demo stops as soon as it can clean up.
+  let early: NodeJS.Signals | undefined;
+  const note = (signal: NodeJS.Signals) => (early ??= signal);
+  for (const name of STOP_SIGNALS) process.on(name, note);
   const { startDemoTenant } = await import('./demo-tenant.js');
   const tenant = await startDemoTenant();
+  if (early !== undefined) {
+    await tenant.close();
+    for (const name of STOP_SIGNALS) process.off(name, note);
+    return EXIT_OK;
+  }
   try {
     const demoEnv = Object.fromEntries(DEMO_ENV.filter((k) => env[k] !== undefined).map((k) => [k, env[k]]));
     // Interactive: Ctrl+C stops at once unless --shutdown-delay says otherwise.
@@ -121,7 +131,7 @@ async function demo(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
     const config = result.config;
     const loggers = loggersFor(config);
     try {
-      return await serve(config, loggers, (sidecar) => {
+      return await serve(config, loggers, () => early, (sidecar) => {
         // A wildcard listener (`--listen 0.0.0.0:…` with inbound control) is tried on loopback.
         const base = localUrl(sidecar.address);
         const admin = sidecar.adminAddress ? localUrl(sidecar.adminAddress) : undefined;
@@ -151,6 +161,7 @@ async function demo(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
   } catch (err) {
     return fail(err);
   } finally {
+    for (const name of STOP_SIGNALS) process.off(name, note);
     await tenant.close();
   }
 }
@@ -196,15 +207,23 @@ async function printToken(config: Readonly<Config>, log: Logger): Promise<number
 }
 
 /** `oauth-sidecar serve`: run until one of `STOP_SIGNALS`, then drain gracefully and exit 0. */
-async function serve(config: Readonly<Config>, loggers: Loggers, started?: (sidecar: Sidecar) => void): Promise<number> {
+/** `stoppedEarly`: a stop signal that came before serve's own handlers were in place (the demo notes them). */
+async function serve(
+  config: Readonly<Config>,
+  loggers: Loggers,
+  stoppedEarly: () => NodeJS.Signals | undefined = () => undefined,
+  started?: (sidecar: Sidecar) => void,
+): Promise<number> {
   const log = loggers.log;
   const cpus = usableCpus();
   if (tuneGarbageCollection(cpus)) log.debug({ cpus }, 'one CPU usable: scavenges on the main thread alone');
   const sidecar = await startSidecar(config, loggers);
   started?.(sidecar);
-  const signal = await new Promise<NodeJS.Signals>((resolve) => {
-    for (const name of STOP_SIGNALS) process.once(name, resolve);
-  });
+  const signal =
+    stoppedEarly() ??
+    (await new Promise<NodeJS.Signals>((resolve) => {
+      for (const name of STOP_SIGNALS) process.once(name, resolve);
+    }));
   log.info({ signal, delayMs: config.shutdownDelayMs, graceMs: config.shutdownGraceMs }, 'shutting down');
   // A second signal ends the delay and the grace period at once (`close` hurries the stop under way); any
   // later one finds the same listener, not node's default of ending the process by the signal.
