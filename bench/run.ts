@@ -83,7 +83,7 @@ const FLAGS: Flags = {
     default: '',
     description: 'node options per sidecar contender: ID=OPTIONS[;ID=OPTIONS…], ID "sidecar" or a variant label (e.g. "fix=--max-semi-space-size=4")',
   },
-  'sidecar-args': { type: 'string', default: '', description: 'extra oauth-sidecar flags, space-separated (e.g. "--log-level warn")' },
+  'sidecar-args': { type: 'string', default: '', description: 'extra oauth-sidecar flags, space-separated, joined with = (e.g. --sidecar-args="--log-level warn")' },
   'no-pin': { type: 'boolean', description: 'do not pin processes to CPUs with taskset' },
   out: { type: 'string', default: 'bench/results', description: 'directory for latest.json and latest.md' },
   'no-write': { type: 'boolean', description: 'print the results only' },
