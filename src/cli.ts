@@ -206,8 +206,10 @@ async function printToken(config: Readonly<Config>, log: Logger): Promise<number
   }
 }
 
-/** `oauth-sidecar serve`: run until one of `STOP_SIGNALS`, then drain gracefully and exit 0. */
-/** `stoppedEarly`: a stop signal that came before serve's own handlers were in place (the demo notes them). */
+/**
+ * `oauth-sidecar serve`: run until one of `STOP_SIGNALS`, then drain gracefully and exit 0. `stoppedEarly`: a stop
+ * signal that came before serve's own handlers were in place (the demo notes them).
+ */
 async function serve(
   config: Readonly<Config>,
   loggers: Loggers,

@@ -319,7 +319,7 @@ export class TokenClient {
       const retryAfter = status === 503 ? parseRetryAfter(headers['retry-after'], serverDate(headers['date']) ?? this.#wallClock()) : undefined;
       return new SidecarError('TOKEN_SERVER_ERROR', `token server ${host} failed (${status}${detail})`, { retryAfter });
     }
-    const parameterFix = status === 400 ? PARAMETER_ERRORS[oauthErrorCode(text) ?? ''] : undefined;
+    const parameterFix = status === 400 ? PARAMETER_ERRORS.get(oauthErrorCode(text) ?? '') : undefined;
     if (parameterFix !== undefined) {
       // RFC 6749 §5.2: the client is not in question, what it asked for is (a scope the instance does not grant).
       return new SidecarError('TOKEN_REJECTED', `token server refused the token request (${status}${detail}) — ${parameterFix(this.#where())}`);
@@ -496,12 +496,12 @@ function jwtLifetimeMs(claims: Pick<JwtClaims, 'exp' | 'iat'> | undefined, serve
  * RFC 6749 §5.2 errors about the request's parameters rather than the client, and what to check for each;
  * `invalid_client`, UAA's `unauthorized` and any other 400 stay "rejected the client credentials".
  */
-const PARAMETER_ERRORS: Readonly<Record<string, (where: string) => string>> = {
-  invalid_scope: () => 'check the scope asked for (--scope, a route\'s scope, --token-param scope): the service instance does not grant it',
-  invalid_target: () => 'check --resource and --audience (RFC 8707): the token server does not know that target',
-  unsupported_grant_type: (where) => `check that tokenurl of ${where} is an OAuth token endpoint that allows client_credentials`,
-  invalid_request: (where) => `check --token-param and tokenurl of ${where}`,
-};
+const PARAMETER_ERRORS: ReadonlyMap<string, (where: string) => string> = new Map([
+  ['invalid_scope', () => "check the scope asked for (--scope, a route's scope, --token-param scope): the service instance does not grant it"],
+  ['invalid_target', () => 'check --resource and --audience (RFC 8707): the token server does not know that target'],
+  ['unsupported_grant_type', (where: string) => `check that tokenurl of ${where} is an OAuth token endpoint that allows client_credentials`],
+  ['invalid_request', (where: string) => `check --token-param and tokenurl of ${where}`],
+]);
 
 /** The OAuth `error` code of an error body, lower-cased, if there is one. */
 function oauthErrorCode(text: string): string | undefined {

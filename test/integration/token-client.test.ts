@@ -208,10 +208,12 @@ describe('token client against a token endpoint that checks credentials', () => 
       expect(err.message).toContain(fix);
       expect(err.message).not.toContain('clientsecret');
     }
-    // The client itself: as before.
-    endpoint.fail({ kind: 'status', status: 400, body: JSON.stringify({ error: 'invalid_client' }) });
-    expect((await failure(client(secretCredentials()).fetchToken())).message).toContain('rejected the client credentials (400 invalid_client)');
-    expect(endpoint.requests).toHaveLength(cases.length + 1); // none retried
+    // The client itself: as before; so is a code that only looks like a known one to a plain object (`constructor`).
+    for (const error of ['invalid_client', 'constructor']) {
+      endpoint.fail({ kind: 'status', status: 400, body: JSON.stringify({ error }) });
+      expect((await failure(client(secretCredentials()).fetchToken())).message).toContain(`rejected the client credentials (400 ${error})`);
+    }
+    expect(endpoint.requests).toHaveLength(cases.length + 2); // none retried
   });
 
   it('a body with a byte order mark before its JSON is read (RFC 8259 §8.1; .NET servers send one), an error\'s too', async () => {
