@@ -220,6 +220,7 @@ async function checkRoute(
     csrf: route.csrf,
     role,
     roleGranted,
+    apiHost,
     network: config.network,
     timeoutMs: route.timeouts.responseMs,
     connectTimeoutMs: route.timeouts.connectMs,
@@ -507,6 +508,8 @@ export interface UpstreamContext {
   csrf: 'auto' | 'off';
   role: string | undefined;
   roleGranted: boolean | undefined;
+  /** The API (management) host, not an integration-flow runtime: no sender adapter, the api plan's roles. */
+  apiHost?: boolean;
   network: OutboundNetwork;
   timeoutMs: number;
   /** The route's connect limit (TCP and TLS), shorter than `timeoutMs`. */
@@ -672,11 +675,16 @@ function explainForbidden(answer: UpstreamAnswer, ctx: UpstreamContext, seen: st
           'set csrf auto (--csrf auto or csrf: auto on the route), or switch off "CSRF Protected" in the sender adapter',
         ]);
   }
-  if (ctx.role === undefined) {
+  if (ctx.apiHost || ctx.role === undefined) {
     // The API (management) host: no sender adapter, no ESBMessaging.send; its roles are the api plan's.
+    const checked = ctx.role === undefined ? undefined : ctx.roleGranted ? 'granted' : 'missing';
     return finding('FAIL', `${seen}: the token was accepted but lacks the role the API requires`, [
       "the OData API wants the roles of an instance of plan api (e.g. WorkspacePackagesRead, MonitoringDataRead): a key of an integration-flow instance has none of them",
-      'add the role to the api instance\'s roles (changes take up to 1 h), and check for it with --check-role',
+      checked === undefined
+        ? "add the role to the api instance's roles (changes take up to 1 h), and check for it with --check-role"
+        : checked === 'granted'
+          ? `the token carries ${ctx.role}: this call needs another role, or the grant has not reached the API yet (up to 1 h)`
+          : `add ${ctx.role} to the api instance's roles (changes take up to 1 h; a new service key is not needed)`,
     ]);
   }
   const role = ctx.role;

@@ -161,8 +161,9 @@ async function demo(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
   } catch (err) {
     return fail(err);
   } finally {
-    for (const name of STOP_SIGNALS) process.off(name, note);
+    // Noted, not node's default end, until the directory is gone: a second Ctrl+C must not leave the demo keys.
     await tenant.close();
+    for (const name of STOP_SIGNALS) process.off(name, note);
   }
 }
 

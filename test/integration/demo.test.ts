@@ -36,6 +36,13 @@ describe('oauth-sidecar demo', () => {
       expect(await posted.body.json()).toMatchObject({ method: 'POST', body: 'hello from a legacy sender' });
 
       child.kill('SIGINT');
+      // A second Ctrl+C as the sidecar has stopped, while the demo tenant closes: still a clean end, keys removed.
+      await new Promise<void>((resolve) => {
+        const stopped = () => out.includes('"msg":"stopped"') && resolve();
+        stopped();
+        child.stdout.on('data', stopped);
+      });
+      child.kill('SIGINT');
       const { code } = await result;
       expect(code).toBe(0);
       await expect(access(keyPath!)).rejects.toMatchObject({ code: 'ENOENT' });

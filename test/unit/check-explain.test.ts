@@ -42,6 +42,13 @@ describe('check: explaining the upstream answer', () => {
     expect(shown).toContain('lacks the role the API requires');
     expect(shown).toContain('plan api');
     expect(shown).not.toContain('sender adapter');
+    // Also once the role asked about is named with --check-role: still no sender adapter there.
+    const api = { ...CONTEXT, apiHost: true, url: 'https://acme.it-cpi000.example/api/v1/' };
+    const missing = text({ status: 403, headers: {}, body: '' }, { ...api, role: 'WorkspacePackagesRead', roleGranted: false });
+    expect(missing).toContain("add WorkspacePackagesRead to the api instance's roles");
+    const granted = text({ status: 403, headers: {}, body: '' }, { ...api, role: 'WorkspacePackagesRead', roleGranted: true });
+    expect(granted).toContain('the token carries WorkspacePackagesRead: this call needs another role');
+    for (const shownText of [missing, granted]) expect(shownText).not.toContain('sender adapter');
   });
 
   it('a timeout after the request went out is a slow server, not a firewall; a connect timeout is the network', () => {
