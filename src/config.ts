@@ -19,7 +19,7 @@ import { exposureProblems, parseAllowlist } from './inbound-control.js';
 import { parseCertificates, PemError } from './pem.js';
 import { DEFAULT_MAX_CONNECTIONS } from './connection-limit.js';
 import { DEFAULT_REPLAY_MEMORY_BYTES } from './replay-budget.js';
-import { jsonPosition, readFailure, readTextFileSync } from './text-file.js';
+import { jsonPosition, readFailure, readTextFileSync, withoutBom } from './text-file.js';
 import type { TokenAuthMethod, TokenRequestSettings } from './token-client.js';
 
 export const COMMANDS = ['serve', 'token', 'check'] as const;
@@ -229,7 +229,7 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
   const nodeExtraCaFile = env['NODE_EXTRA_CA_CERTS'] || undefined;
   const extraCaFile = caFiles.length > 0 ? nodeExtraCaFile : undefined;
   let extraCaPem: string | undefined;
-  if (extraCaFile !== undefined && isPipe(extraCaFile)) {
+  if (extraCaFile !== undefined && isSpecialFile(extraCaFile)) {
     // Node read it at start, and a pipe gives its content once: read again, it would wait and give nothing.
     const message = 'is a pipe (or device), which node read at start and cannot be read again: beside --ca, give it as a regular file, or its CAs as another --ca';
     problems.push({ source: extraCaFile, field: 'NODE_EXTRA_CA_CERTS', message });
@@ -722,7 +722,7 @@ function parseHttpsProxy(env: Readonly<Record<string, string | undefined>>, prob
 }
 
 /** A FIFO (`<(cat ca.pem)`), socket or device: what cannot be read twice. A path that cannot be stat'ed is not. */
-function isPipe(path: string): boolean {
+function isSpecialFile(path: string): boolean {
   try {
     const info = statSync(path);
     return !info.isFile() && !info.isDirectory();
@@ -828,8 +828,7 @@ function readConfigFile(path: string, from: string, readFile: (p: string) => str
     return undefined;
   }
   let doc: unknown;
-  // A byte order mark (Windows editors write one) is not part of the content.
-  if (text.charCodeAt(0) === 0xfeff) text = text.slice(1);
+  text = withoutBom(text);
   try {
     doc = path.endsWith('.json') ? JSON.parse(text) : parseYaml(text, path, problems);
   } catch (err) {

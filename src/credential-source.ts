@@ -5,7 +5,7 @@ import { lstat, readdir, readFile, readlink, realpath, stat } from 'node:fs/prom
 import { basename, dirname, isAbsolute, join, parse, resolve, sep } from 'node:path';
 import type { ClientCertSource, ClientKeyPair, CredentialSource, CredentialSpec } from './credentials.js';
 import { ConfigError, type ConfigProblem } from './errors.js';
-import { jsonPosition, NOT_UTF8, notUtf8 } from './text-file.js';
+import { jsonPosition, NOT_UTF8, notUtf8, withoutBom } from './text-file.js';
 
 /** The service key as found, not yet validated, and where it was found. */
 export interface RawServiceKey {
@@ -540,7 +540,7 @@ async function readNonEmpty(path: string, label = path): Promise<string> {
 function parseJson(text: string, source: string): unknown {
   try {
     // A byte order mark (a key saved by a Windows editor) is not JSON, but nobody means it.
-    return JSON.parse(text.charCodeAt(0) === 0xfeff ? text.slice(1) : text) as unknown;
+    return JSON.parse(withoutBom(text)) as unknown;
   } catch (err) {
     // Only here, where the text must be JSON: a directory's other files (a `.DS_Store`, a keystore) may be binary.
     fail(source, notUtf8(text) ?? `is not valid JSON${jsonPosition(text, err)}`);

@@ -1,7 +1,7 @@
 /** @module Who may use the proxy port: HTTP Basic credentials (RFC 7617) and a sender address allowlist (CIDR, RFC 4632 / RFC 4291 §2.3); loopback-only when neither is configured. */
 
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
-import { readFailure, readTextFile } from './text-file.js';
+import { readFailure, readTextFile, withoutBom } from './text-file.js';
 import type { IncomingHttpHeaders } from 'node:http';
 import { BlockList, isIP } from 'node:net';
 import { ConfigError, type ConfigProblem } from './errors.js';
@@ -69,8 +69,7 @@ export function parseBasicAuthFile(text: string, source: string): BasicAuthVerif
   const problems: ConfigProblem[] = [];
   const digests = new Map<string, Buffer>();
   const firstLine = new Map<string, number>();
-  // A byte order mark (Windows editors write one) is not part of the first line.
-  const lines = (text.charCodeAt(0) === 0xfeff ? text.slice(1) : text).split('\n');
+  const lines = withoutBom(text).split('\n');
   for (let i = 0; i < lines.length; i++) {
     const field = `line ${i + 1}`;
     let line = lines[i]!;

@@ -57,6 +57,11 @@ export async function readTextFile(path: string, { bytes = MAX_TEXT_FILE_BYTES, 
   }
 }
 
+/** `text` without a leading byte order mark: Windows editors and some servers write one, and it is no content (RFC 8259 §8.1). */
+export function withoutBom(text: string): string {
+  return text.charCodeAt(0) === 0xfeff ? text.slice(1) : text;
+}
+
 /** What a file saved as UTF-16 is told (see `notUtf8`). */
 export const NOT_UTF8 = "holds NUL bytes: saved as UTF-16 (PowerShell's > writes that)? Save it as UTF-8";
 

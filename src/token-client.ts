@@ -20,6 +20,7 @@ import { redact, secretForms } from './redaction.js';
 import { createDispatcher, type OutboundNetwork } from './dispatcher.js';
 import { SidecarError, isTransientTokenError } from './errors.js';
 import { decodeJwtClaims, type JwtClaims } from './jwt.js';
+import { withoutBom } from './text-file.js';
 import { classifyNetworkError, proxyConnectFailureText, trustAdvice } from './network-error.js';
 
 /** Lifetime assumed when the server gives neither `expires_in` nor a JWT `exp`. */
@@ -513,9 +514,9 @@ function oauthErrorCode(text: string): string | undefined {
   }
 }
 
-/** A token server's JSON body. RFC 8259 §8.1: a parser may ignore a byte order mark, and some servers (.NET's) send one. */
+/** A token server's JSON body, a byte order mark (some .NET servers send one) ignored. */
 export function parseJsonBody(text: string): unknown {
-  return JSON.parse(text.charCodeAt(0) === 0xfeff ? text.slice(1) : text);
+  return JSON.parse(withoutBom(text));
 }
 
 /**
