@@ -69,25 +69,30 @@ export function createAdminServer(options: AdminOptions): Server {
     },
   );
   server.timeout = ADMIN_IDLE_TIMEOUT_MS;
-  // Each connection, oldest first, and whether a request is under way on it.
-  const open = new Map<Socket, boolean>();
+  // Each connection, oldest first, and how many requests are under way on it (pipelined ones are parsed, and
+  // answered in turn, while an earlier one is still being answered).
+  const open = new Map<Socket, number>();
   server.on('connection', (socket: Socket) => {
     if (open.size >= ADMIN_MAX_CONNECTIONS) {
-      const oldestUnused = [...open].find(([, busy]) => !busy)?.[0];
+      const oldestUnused = [...open].find(([, underWay]) => underWay === 0)?.[0];
       if (oldestUnused === undefined) return void socket.destroy();
       open.delete(oldestUnused);
       oldestUnused.destroy();
     }
-    open.set(socket, false);
+    open.set(socket, 0);
     socket.once('close', () => open.delete(socket));
   });
   server.prependListener('request', (req: IncomingMessage, res: ServerResponse) => {
     const socket = req.socket;
-    if (!open.has(socket)) return;
+    const underWay = open.get(socket);
+    if (underWay === undefined) return;
     // Re-inserted: a connection in use counts as the newest.
     open.delete(socket);
-    open.set(socket, true);
-    res.once('close', () => void (open.has(socket) && open.set(socket, false)));
+    open.set(socket, underWay + 1);
+    res.once('close', () => {
+      const left = open.get(socket);
+      if (left !== undefined) open.set(socket, left - 1);
+    });
   });
   return server;
 }

@@ -1,10 +1,10 @@
 import { request as httpRequest } from 'node:http';
-import { connect, type Socket } from 'node:net';
+import { connect, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'undici';
 import { ADMIN_MAX_CONNECTIONS } from '../../src/admin-server.js';
 import type { OAuthServer } from '../helpers/oauth-server.js';
-import { runSidecar, type RunningSidecar } from '../helpers/sidecar.js';
+import { runSidecar, scratch, type RunningSidecar } from '../helpers/sidecar.js';
 import type { Upstream } from '../helpers/upstream.js';
 import { holdRequests, startWorld, type World } from '../helpers/world.js';
 
@@ -76,6 +76,43 @@ describe('admin server', () => {
       expect(closed.map((socket) => held.indexOf(socket))).toEqual([1]);
     } finally {
       for (const socket of held) socket.destroy();
+    }
+  });
+
+  it('a connection whose pipelined /readyz still waits for a token is not closed to make room', async () => {
+    // A token server that accepts and never answers: the probe waits (up to 5 s) for the start-up fetch.
+    const silent = createNetServer((socket) => socket.on('error', () => undefined));
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    const files = await scratch();
+    const connections: Socket[] = [];
+    try {
+      const tokenUrl = `https://127.0.0.1:${(silent.address() as AddressInfo).port}/oauth/token`;
+      const key = await files.write('key.json', JSON.stringify({ clientid: CLIENT_ID, clientsecret: SECRET, tokenurl: tokenUrl, url: upstream.url }));
+      const s = await runSidecar(['--service-key', key, '--ca', world.caPath]);
+      sidecars.push(s);
+      const closed: Socket[] = [];
+      const open = async (): Promise<Socket> => {
+        const socket = connect(s.adminAddress!.port, '127.0.0.1');
+        socket.on('error', () => undefined);
+        socket.once('close', () => closed.push(socket));
+        connections.push(socket);
+        await new Promise((resolve) => socket.once('connect', resolve));
+        return socket;
+      };
+      const prober = await open();
+      let received = '';
+      prober.on('data', (chunk: Buffer) => (received += chunk.toString('latin1')));
+      prober.write('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /readyz HTTP/1.1\r\nHost: x\r\n\r\n');
+      await expect.poll(() => received).toContain('ok\n'); // the first answer is out; /readyz waits behind it
+      const others: Socket[] = [];
+      for (let i = 0; i < ADMIN_MAX_CONNECTIONS; i++) others.push(await open());
+      // The last newcomer needed a place: the oldest connection without a request under way gave it.
+      await expect.poll(() => closed.length).toBeGreaterThanOrEqual(1);
+      expect(closed).toEqual([others[0]]);
+    } finally {
+      for (const socket of connections) socket.destroy();
+      silent.close();
+      await files.cleanup();
     }
   });
 
