@@ -131,8 +131,8 @@ export class CredentialWatcher {
 
   #current: LoadedCredentials;
   #fingerprint: string;
-  /** The change `onChange` refused last; offered again only when `#offerRefused` (a poll, `reloadNow`). */
-  #refused: string | undefined;
+  /** The change `onChange` refused last, and why; offered again only when `#offerRefused` (a poll, `reloadNow`). */
+  #refused: { fingerprint: string; error: unknown } | undefined;
   #offerRefused = false;
   #lastError: unknown = undefined;
   #closed = false;
@@ -216,6 +216,9 @@ export class CredentialWatcher {
     if (this.#closed) return;
     // Each poll is a reload, and each reload recomputes the targets.
     this.#pollTimer = setInterval(() => this.#schedule({ offerRefused: true }), this.#pollIntervalMs).unref();
+    // A change written after `initial` was read and before the watches were up raised no event: one reload
+    // compares the files as they are now (unchanged, it reports nothing) instead of the first poll.
+    this.#schedule();
   }
 
   /** Brings the watches in line with `watchTargets` now; true if a watch was set up. Never rejects. */
@@ -358,14 +361,18 @@ export class CredentialWatcher {
       this.#refused = undefined; // written again later, the refused change is news again
       return;
     }
-    // Refused before, and nothing asked for another offer: kept for the next poll (the error stays reported).
-    if (fingerprint === this.#refused && !this.#offerRefused) return;
+    // Refused before, and nothing asked for another offer: kept for the next poll, its refusal reported again
+    // (the files may have been broken in between, and readiness must not go on naming that).
+    if (fingerprint === this.#refused?.fingerprint && !this.#offerRefused) {
+      this.#lastError = this.#refused.error;
+      return;
+    }
     this.#offerRefused = false;
     // The last error stays until the change is applied: readiness must not report a retry as recovered.
     try {
       await this.#options.onChange(loaded);
     } catch (err) {
-      this.#refused = fingerprint;
+      this.#refused = { fingerprint, error: err };
       this.#failed(err);
       return;
     }

@@ -259,6 +259,29 @@ describe('CredentialWatcher on a flat service key file', () => {
     expect(watcher.lastError).toBeUndefined();
   });
 
+  it('reports a change written between the initial load and the start of its watches, without waiting for a poll', async () => {
+    const path = await keyFile();
+    const spec: CredentialSpec = { source: { kind: 'path', path } };
+    const initial = await loadCredentials(spec);
+    await writeFile(path, secretKey({ clientsecret: NEW_SECRET })); // no watch yet: no event will tell
+    const rec = recorder();
+    const { load, counts } = countingLoad(rec);
+    await startWatcher(spec, rec, { initial, load, pollIntervalMs: 600_000 });
+    await rec.until(() => secretOf(lastChange(rec)) === NEW_SECRET);
+    expect(counts.started, 'one reload at start, no poll').toBe(1);
+  });
+
+  it('reports nothing at start when the files are as they were loaded', async () => {
+    const path = await keyFile();
+    const rec = recorder();
+    const { load, counts } = countingLoad(rec);
+    const watcher = await startWatcher({ source: { kind: 'path', path } }, rec, { load, pollIntervalMs: 600_000 });
+    await rec.until(() => counts.finished === 1); // the start's reload compared the files
+    expect(rec.changes).toEqual([]);
+    expect(rec.errors).toEqual([]);
+    expect(watcher.lastError).toBeUndefined();
+  });
+
   it('ignores content rewritten identically', async () => {
     const path = await keyFile();
     const rec = recorder();
@@ -778,7 +801,7 @@ describe('CredentialWatcher scheduling', () => {
       fire();
       await rec.until(() => counts.finished > before);
     };
-    return { rec, watcher, refused, offers, write };
+    return { rec, watcher, refused, offers, write, path };
   }
 
   it('offers a refused change again at the next reloadNow or poll, not on every directory event (a busy file beside the key)', async () => {
@@ -790,6 +813,21 @@ describe('CredentialWatcher scheduling', () => {
     expect({ attempts: offers.count, errors: rec.errors.length }).toEqual({ attempts: 2, errors: 2 });
     expect(watcher.lastError).toBe(refused);
     expect(watcher.current.credentials.kind === 'client-secret' && watcher.current.credentials.clientSecret).toBe(OLD_SECRET);
+  });
+
+  it('a refused change written again after the files broke is reported as refused again, not as the broken file', async () => {
+    const { rec, watcher, refused, offers, write, path } = await refusingWatcher();
+    await write(NEW_SECRET);
+    await rec.until(() => rec.errors.length === 1);
+    await writeFile(path, '{ "clientid": ');
+    await write(); // broken: reported as such
+    await rec.until(() => rec.errors.length === 2);
+    expect(errorText(watcher.lastError)).toMatch(/JSON/);
+    await write(NEW_SECRET); // the refused change again: not offered before the next poll, but reported as what it is
+    await vi.waitFor(() => expect(watcher.lastError).toBe(refused));
+    await watcher.reloadNow(); // the poll's offer
+    expect(offers.count).toBe(2);
+    expect(rec.errors).toHaveLength(3);
   });
 
   it('a refused change written again after the files went back to the credentials in use is offered at once', async () => {
