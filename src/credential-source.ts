@@ -60,7 +60,10 @@ export async function readClientCert(source: ClientCertSource): Promise<ClientKe
     };
   }
   const { certFile, keyFile } = source;
-  const [certificate, key] = await named(readPair(certFile, keyFile), names && ((p) => (p.source === keyFile ? names.key : names.cert)));
+  // A problem of neither file is one of the directory they share (its `..data` read): both settings lead there.
+  const nameOf =
+    names && ((p: ConfigProblem) => (p.source === certFile ? names.cert : p.source === keyFile ? names.key : `${names.cert}, ${names.key}`));
+  const [certificate, key] = await named(readPair(certFile, keyFile), nameOf);
   return {
     certificate,
     key,

@@ -123,6 +123,14 @@ describe('problems about a file itself name where its path was given', () => {
       { source: key, field: '--client-key', message: 'does not exist' },
     ]);
     expect((await problemsOf(readClientCert({ kind: 'tls-dir', dir: missing, names }))).map((p) => p.field)).toEqual(['routes[1].clientTlsDir', 'routes[1].clientTlsDir']);
+    // A problem of the directory both files are in (a `..data` link that loops) is named by both settings.
+    const looping = join(dir, 'looping');
+    await mkdir(looping);
+    await symlink('..data', join(looping, '..data'));
+    const pair = { certFile: join(looping, 'tls.crt'), keyFile: join(looping, 'tls.key') };
+    expect((await problemsOf(readClientCert({ kind: 'files', ...pair, names }))).map((p) => [p.source, p.field])).toEqual([
+      [join(looping, '..data'), 'SIDECAR_CLIENT_CERT, --client-key'],
+    ]);
   });
 });
 
