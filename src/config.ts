@@ -8,7 +8,7 @@
  */
 import { statSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { isIP } from 'node:net';
+import { isIP, isIPv6 } from 'node:net';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import type { ClientCertSource, CredentialSource, CredentialSpec } from './credentials.js';
@@ -242,7 +242,7 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
     ...(extraCaFile !== undefined && extraCaPem !== undefined && { extraCaCerts: { file: extraCaFile, pem: extraCaPem } }),
     httpsProxy: parseHttpsProxy(env, problems),
     // As for https_proxy: an empty lower-case variable does not hide the upper-case one.
-    noProxy: env['no_proxy'] || env['NO_PROXY'] || undefined,
+    noProxy: parseNoProxy(env),
   };
 
   const configFile = read.string('config');
@@ -718,7 +718,43 @@ function parseHttpsProxy(env: Readonly<Record<string, string | undefined>>, prob
     problems.push({ source: 'environment', field: name, message: 'is not a proxy address: give http://host:port, https://host:port or host:port' });
     return undefined;
   }
+  // undici refuses these when the first pool is made: said here, by the variable, not as an "unexpected failure".
+  const problem =
+    url.pathname !== '/' || url.search !== '' || url.hash !== ''
+      ? 'has a path, query or fragment (a PAC file is no proxy): give http://host:port or https://host:port'
+      : !decodes(url.username) || !decodes(url.password)
+        ? 'has a % in its user or password that starts no escape: write a literal % as %25'
+        : url.username !== '' && url.password === ''
+          ? 'has a user but no password, and a proxy is sent credentials only as both: give http://user:password@host:port'
+          : undefined;
+  if (problem !== undefined) {
+    problems.push({ source: 'environment', field: name, message: problem });
+    return undefined;
+  }
   return text;
+}
+
+function decodes(text: string): boolean {
+  try {
+    decodeURIComponent(text);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * `no_proxy` / `NO_PROXY` (lower-case wins unless empty) for undici, which reads `::1` as host `:` and port 1:
+ * an IPv6 address written bare, as curl, Go and Docker take it, is bracketed as undici compares it (`[::1]`).
+ */
+function parseNoProxy(env: Readonly<Record<string, string | undefined>>): string | undefined {
+  const value = env['no_proxy'] || env['NO_PROXY'];
+  if (!value) return undefined;
+  return value
+    .split(/[,\s]/)
+    .filter((entry) => entry !== '')
+    .map((entry) => (isIPv6(entry) ? `[${entry}]` : entry))
+    .join(',');
 }
 
 /** A FIFO (`<(cat ca.pem)`), socket or device: what cannot be read twice. A path that cannot be stat'ed is not. */

@@ -103,6 +103,31 @@ describe('parseConfig', () => {
     }
   });
 
+  it('refuses a proxy URL undici would fail on when the first pool is made: a path, query or fragment, a broken escape, a user without password', () => {
+    const cases: Array<[string, string]> = [
+      ['http://u:s3cret@proxy:3128/path', 'has a path, query or fragment (a PAC file is no proxy): give http://host:port or https://host:port'],
+      ['proxy:3128/proxy.pac', 'has a path, query or fragment (a PAC file is no proxy): give http://host:port or https://host:port'],
+      ['http://proxy:3128/?x=1', 'has a path, query or fragment (a PAC file is no proxy): give http://host:port or https://host:port'],
+      ['http://proxy:3128/#s3cret', 'has a path, query or fragment (a PAC file is no proxy): give http://host:port or https://host:port'],
+      ['http://u:p%ss@proxy:3128', 'has a % in its user or password that starts no escape: write a literal % as %25'],
+      ['http://u%zz:s3cret@proxy:3128', 'has a % in its user or password that starts no escape: write a literal % as %25'],
+      ['http://justuser@proxy:3128', 'has a user but no password, and a proxy is sent credentials only as both: give http://user:password@host:port'],
+    ];
+    for (const [bad, message] of cases) {
+      const found = problems(['--service-key', '/k'], { HTTPS_PROXY: bad });
+      expect(found, bad).toEqual([{ source: 'environment', field: 'HTTPS_PROXY', message }]);
+      expect(JSON.stringify(found)).not.toMatch(/s3cret|p%ss|justuser/);
+    }
+    expect(run(['--service-key', '/k'], { HTTPS_PROXY: 'http://u:p%25s@proxy:3128/' }).network.httpsProxy).toBe('http://u:p%25s@proxy:3128/');
+  });
+
+  it('brackets IPv6 addresses written bare in NO_PROXY, as undici compares them', () => {
+    expect(run(['--service-key', '/k'], { NO_PROXY: 'localhost,127.0.0.1,::1 2001:db8::5, [fd00::1]:8443,.corp' }).network.noProxy).toBe(
+      'localhost,127.0.0.1,[::1],[2001:db8::5],[fd00::1]:8443,.corp',
+    );
+    expect(run(['--service-key', '/k'], { NO_PROXY: '*' }).network.noProxy).toBe('*');
+  });
+
   it('reports every problem at once, naming the field and the source', () => {
     const list = problems(['--token-auth', 'digest', '--csrf', 'maybe', '--listen', 'nope', '--ca', '/missing.pem', '--token-param', 'client_secret=x', '--log-level', 'loud']);
     const fields = list.map((p) => p.field);
