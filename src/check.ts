@@ -4,7 +4,7 @@ import type { Dispatcher } from 'undici';
 import { wallTimeOf } from './clock.js';
 import type { Config, RouteConfig } from './config.js';
 import { loadCredentials, type Credentials, type LoadedCredentials } from './credentials.js';
-import { createDispatcher, type OutboundNetwork } from './dispatcher.js';
+import { createDispatcher, goesThroughProxy, type OutboundNetwork } from './dispatcher.js';
 import { ConfigError, shownSource, SidecarError } from './errors.js';
 import { exposureProblems, readBasicAuthFile } from './inbound-control.js';
 import { decodeJwtClaims, type JwtClaims } from './jwt.js';
@@ -411,10 +411,14 @@ export function explainTokenError(err: unknown, ctx: TokenErrorContext): Finding
   }
 }
 
-/** Fixes for a connection failure to the token server or the upstream. */
+/** Fixes for a connection failure to the token server or the upstream (`host`: `host[:port]`). */
 export function networkHints(failure: NetworkFailure, host: string, network: OutboundNetwork, peer: 'token' | 'upstream', code = ''): string[] {
-  const proxy = proxyHost(network.httpsProxy);
+  // Only a connection that went through the proxy may be the proxy's business; one NO_PROXY sends direct is not.
+  const proxy = goesThroughProxy(network, host) ? proxyHost(network.httpsProxy) : undefined;
   const viaProxy = proxy ? [`outbound HTTPS goes through the proxy ${proxy}: check HTTPS_PROXY/NO_PROXY and that the proxy allows CONNECT to ${host}`] : [];
+  const direct = network.httpsProxy && !proxy ? [`${host} is reached directly, not through HTTPS_PROXY (NO_PROXY names it): if only the proxy reaches it, take it out of NO_PROXY`] : [];
+  const around = [...viaProxy, ...direct];
+  const noProxySet = !network.httpsProxy;
   switch (failure) {
     case 'tls-trust':
       // A name mismatch or an expired certificate is not cured by a CA.
@@ -428,24 +432,26 @@ export function networkHints(failure: NetworkFailure, host: string, network: Out
     case 'tls':
       return [
         `the TLS handshake with ${host} failed: for certificate keys the server may have refused the client certificate (whole chain, supported root)`,
-        ...viaProxy,
+        ...around,
       ];
     case 'proxy':
-      return [`the proxy ${proxy ?? '(HTTPS_PROXY)'} failed: check HTTPS_PROXY/NO_PROXY and that it allows CONNECT to ${host}`];
+      // The message says what to do with HTTPS_PROXY (proxyAdvice); what it cannot tell is left.
+      if (code === 'proxy answered 407') return [`with the right credentials, a proxy that still answers 407 refuses this user a CONNECT to ${host}: ask its operators`];
+      return [`the proxy ${proxyHost(network.httpsProxy) ?? '(HTTPS_PROXY)'} failed: check HTTPS_PROXY/NO_PROXY and that it allows CONNECT to ${host}`];
     case 'dns':
-      return [`${host} does not resolve: check the host in the service key${proxy ? '' : '; a network that resolves only through a proxy needs HTTPS_PROXY'}`, ...viaProxy];
+      return [`${host} does not resolve: check the host in the service key${noProxySet ? '; a network that resolves only through a proxy needs HTTPS_PROXY' : ''}`, ...around];
     case 'timeout': {
-      const noConnection = `a firewall may drop the packets${proxy ? '' : '; a network that needs a proxy needs HTTPS_PROXY'}`;
+      const noConnection = `a firewall may drop the packets${noProxySet ? '; a network that needs a proxy needs HTTPS_PROXY' : ''}`;
       // Connected, and the request went out: the server is slow, not the network closed.
       if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') return [`${host} accepted the connection and the request but did not answer in time: the server is slow or stuck`, ...viaProxy];
-      if (code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'ETIMEDOUT') return [`no connection to ${host}: ${noConnection}`, ...viaProxy];
-      return [`no answer from ${host} in time: no connection (${noConnection}), or a slow server`, ...viaProxy];
+      if (code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'ETIMEDOUT') return [`no connection to ${host}: ${noConnection}`, ...around];
+      return [`no answer from ${host} in time: no connection (${noConnection}), or a slow server`, ...around];
     }
     case 'refused':
     case 'reset':
-      return [`the connection to ${host} was ${failure === 'refused' ? 'refused' : 'reset'}: check host and port, firewall rules${proxy ? '' : ', and whether a proxy (HTTPS_PROXY) is needed'}`, ...viaProxy];
+      return [`the connection to ${host} was ${failure === 'refused' ? 'refused' : 'reset'}: check host and port, firewall rules${noProxySet ? ', and whether a proxy (HTTPS_PROXY) is needed' : ''}`, ...around];
     default:
-      return viaProxy;
+      return around;
   }
 }
 

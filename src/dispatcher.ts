@@ -103,6 +103,29 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
 }
 
 /**
+ * Whether a connection to `host` (an https:// URL's `host`) goes through `network`'s proxy: undici's
+ * EnvHttpProxyAgent rules (7.x: `*` alone bypasses all; an entry, with `.` or `*.` before it, names the host and
+ * its subdomains, on any port or the one it gives), for messages that must not blame a proxy the host bypasses.
+ */
+export function goesThroughProxy(network: OutboundNetwork, host: string): boolean {
+  if (!network.httpsProxy) return false;
+  const noProxy = network.noProxy ?? '';
+  if (noProxy === '*') return false;
+  const url = new URL(`https://${host}`);
+  const hostname = url.host.replace(/:\d*$/, '').toLowerCase();
+  const port = Number(url.port) || 443;
+  for (const entry of noProxy.split(/[,\s]/)) {
+    if (entry === '') continue;
+    const parsed = /^(.+):(\d+)$/.exec(entry);
+    const name = (parsed ? parsed[1]! : entry).replace(/^\*?\./, '').toLowerCase();
+    const entryPort = parsed ? Number.parseInt(parsed[2]!, 10) : 0;
+    if (entryPort !== 0 && entryPort !== port) continue;
+    if (hostname === name || hostname.endsWith(`.${name}`)) return false;
+  }
+  return true;
+}
+
+/**
  * The pool to the proxy, with what fails before a CONNECT is answered marked as the proxy's (the target was not
  * contacted): the connection to the proxy (refused, DNS, its connect limit, TLS to an https:// proxy, which reach
  * the CONNECT as its error), a reset, an answer that is not HTTP (a wrong port in HTTPS_PROXY), no answer within the

@@ -96,6 +96,16 @@ function proxyConnectFailureOf(err: unknown): string | undefined {
   return undefined;
 }
 
+/**
+ * What to do about the HTTPS proxy's failure `code` (a `proxy answered NNN` or another code), said after a dash:
+ * a 407 asks for credentials (none in HTTPS_PROXY, or refused), which no NO_PROXY fixes.
+ */
+export function proxyAdvice(code: string): string {
+  return code === 'proxy answered 407'
+    ? 'the proxy wants credentials, or refused those in HTTPS_PROXY: give http://user:password@host:port (special characters percent-encoded)'
+    : 'check HTTPS_PROXY/NO_PROXY';
+}
+
 /** `host:port` of a proxy URL with the port it is reached on (80/443 when none is given), never its credentials. */
 export function proxyEndpoint(proxyUrl: string): string | undefined {
   try {

@@ -22,7 +22,7 @@ import { answeredSince, awaitConnection, type ConnectionListener } from './conne
 import { SidecarError, toHttpFailure, type HttpFailure } from './errors.js';
 import { requestHeadersForUpstream, responseHeadersForSender, type HeaderRecord } from './headers.js';
 import { BASIC_AUTH_CHALLENGE, type InboundControl } from './inbound-control.js';
-import { classifyNetworkError, proxyConnectFailureText, trustAdvice } from './network-error.js';
+import { classifyNetworkError, proxyAdvice, proxyConnectFailureText, trustAdvice } from './network-error.js';
 import { closeWithoutLingering, lingerAfterAnswer } from './lingering-close.js';
 import { reachedHost, senderLocation } from './redirect-location.js';
 import { ReplayBudget } from './replay-budget.js';
@@ -1602,7 +1602,7 @@ function upstreamFailure(route: Route, err: unknown, answered = false): unknown 
     case 'tls':
       return new SidecarError('UPSTREAM_TLS', `upstream ${host}: TLS handshake failed (${code})`, { cause: err });
     case 'proxy':
-      return new SidecarError('UPSTREAM_UNREACHABLE', `upstream ${host}: the HTTPS proxy failed (${code}) — check HTTPS_PROXY/NO_PROXY`, { cause: err });
+      return new SidecarError('UPSTREAM_UNREACHABLE', `upstream ${host}: the HTTPS proxy failed (${code}) — ${proxyAdvice(code ?? '')}`, { cause: err });
     case 'reset':
       if (answered) return new SidecarError('UPSTREAM_UNREACHABLE', `upstream ${host} closed the connection in the middle of its answer (${code})`, { cause: err });
       break;

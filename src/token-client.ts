@@ -21,7 +21,7 @@ import { createDispatcher, type OutboundNetwork } from './dispatcher.js';
 import { SidecarError, isTransientTokenError } from './errors.js';
 import { decodeJwtClaims, type JwtClaims } from './jwt.js';
 import { withoutBom } from './text-file.js';
-import { classifyNetworkError, proxyConnectFailureText, trustAdvice } from './network-error.js';
+import { classifyNetworkError, proxyAdvice, proxyConnectFailureText, trustAdvice } from './network-error.js';
 
 /** Lifetime assumed when the server gives neither `expires_in` nor a JWT `exp`. */
 export const DEFAULT_TOKEN_LIFETIME_S = 300;
@@ -370,7 +370,7 @@ export class TokenClient {
           { cause: err },
         );
       case 'proxy':
-        return new SidecarError('TOKEN_UNREACHABLE', `token server ${host}: the HTTPS proxy failed (${code}) — check HTTPS_PROXY/NO_PROXY`, {
+        return new SidecarError('TOKEN_UNREACHABLE', `token server ${host}: the HTTPS proxy failed (${code}) — ${proxyAdvice(code)}`, {
           cause: err,
         });
       default:

@@ -6,6 +6,7 @@ import { parseConfig, type Env } from '../../src/config.js';
 import { loadCredentials } from '../../src/credentials.js';
 import { createDemoPki } from '../../src/demo-pki.js';
 import { decodeJwtClaims } from '../../src/jwt.js';
+import { startConnectProxy } from '../helpers/connect-proxy.js';
 import { SocketTracker, closeServer, closedPort, listen } from '../helpers/net.js';
 import { DEFAULT_SCOPE, startOAuthServer, type OAuthServer } from '../helpers/oauth-server.js';
 import { CLIENT_SUBJECT, createPki, type Pki } from '../helpers/pki.js';
@@ -556,7 +557,25 @@ describe('oauth-sidecar check: the HTTPS proxy on the way to the upstream', () =
     const run = await check(healthy('--upstream', `https://127.0.0.1:${upstreamPort}`), { path: '/http/x' }, { HTTPS_PROXY: `http://127.0.0.1:${proxyPort}`, NO_PROXY: '127.0.0.1' });
     expect(run.ok).toBe(false);
     expect(run.text).toContain(`FAIL GET https://127.0.0.1:${upstreamPort}/http/x: 127.0.0.1:${upstreamPort} refused the connection (ECONNREFUSED)`);
-    expect(run.text).not.toContain(`the HTTPS proxy 127.0.0.1:${proxyPort}`);
+    expect(run.text).toContain(`127.0.0.1:${upstreamPort} is reached directly, not through HTTPS_PROXY (NO_PROXY names it)`);
+    // Only the summary line names the proxy: no advice blames it for a connection it never saw.
+    expect(run.text.split('\n').filter((line) => line.includes(`127.0.0.1:${proxyPort}`))).toEqual([
+      `ok   outbound HTTPS through the proxy 127.0.0.1:${proxyPort} (HTTPS_PROXY), NO_PROXY 127.0.0.1`,
+    ]);
+  });
+
+  it('a proxy that wants credentials (407): the advice is to give them in HTTPS_PROXY, never quoting any', async () => {
+    const proxy = await startConnectProxy({ credentials: 'corp:pr0xy-s3cret' });
+    try {
+      for (const given of ['', 'corp:wrong-s3cret@']) {
+        const run = await check(['--service-key', keyPath, '--ca', caPath], {}, { HTTPS_PROXY: proxy.url.replace('http://', `http://${given}`) });
+        expect(run.ok).toBe(false);
+        expect(run.text).toMatch(/^FAIL TOKEN_UNREACHABLE: token server 127\.0\.0\.1:\d+: the HTTPS proxy failed \(proxy answered 407\) — the proxy wants credentials, or refused those in HTTPS_PROXY: give http:\/\/user:password@host:port/m);
+        expect(run.text).not.toMatch(/s3cret|corp:/);
+      }
+    } finally {
+      await proxy.close();
+    }
   });
 });
 
