@@ -253,6 +253,16 @@ const CONFIG_CASES: ConfigCase[] = [
     }),
   },
   {
+    name: 'an HTTPS_PROXY with a path (a PAC file) and credentials: undici would refuse it at the first pool',
+    setup: async ({ goodKey }) => ({
+      command: 'serve',
+      args: ['--service-key', goodKey],
+      env: { HTTPS_PROXY: `http://corp:${encodeURIComponent(SECRET)}@127.0.0.1:3128/proxy.pac` },
+      source: 'environment',
+      problem: /HTTPS_PROXY: has a path, query or fragment/,
+    }),
+  },
+  {
     name: 'unknown --token-auth',
     setup: async ({ goodKey }) => ({ args: ['--service-key', goodKey, '--token-auth', 'digest'], source: '--token-auth', problem: /token-auth: must be basic or post, not "digest"/ }),
   },
