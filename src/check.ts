@@ -882,8 +882,9 @@ function describeNetwork(config: Readonly<Config>): Finding[] {
 }
 
 /**
- * What the TLS clients trust: Node's default store, which is its bundled Mozilla list (not the OS store,
- * unless node runs with --use-system-ca) plus NODE_EXTRA_CA_CERTS, and the --ca files on top.
+ * What the TLS clients trust: Node's default store, which is its bundled Mozilla list (OpenSSL's store under
+ * --use-openssl-ca, as distribution builds of node have it; the OS store too with --use-system-ca) plus
+ * NODE_EXTRA_CA_CERTS, and the --ca files on top.
  */
 export function describeTrust(config: Pick<Config, 'caFiles' | 'nodeExtraCaFile'>): Finding {
   const extra = config.nodeExtraCaFile;
@@ -891,7 +892,7 @@ export function describeTrust(config: Pick<Config, 'caFiles' | 'nodeExtraCaFile'
     ...(extra ? [`NODE_EXTRA_CA_CERTS ${shownSource(extra)}`] : []),
     ...(config.caFiles.length > 0 ? [`--ca ${config.caFiles.map(shownSource).join(', ')}`] : []),
   ];
-  const store = "Node's bundled Mozilla CA list (the OS store only with node --use-system-ca)";
+  const store = "Node's default CA store (its bundled Mozilla list; OpenSSL's under --use-openssl-ca, the OS store's with --use-system-ca)";
   return finding('ok', `trusting ${store}${added.length > 0 ? ` plus ${added.join(' plus ')}` : ' (no NODE_EXTRA_CA_CERTS, no --ca)'}`);
 }
 

@@ -2,7 +2,7 @@
  * Outbound HTTPS connection pools (undici) with the sidecar's TLS rules.
  *
  * TLS verification is always on, and `--ca` only ever *adds* trust anchors to
- * Node's default store (`trustAnchors`). A corporate proxy (`HTTPS_PROXY`/`NO_PROXY`, resolved by
+ * Node's default store (`addedAnchors`). A corporate proxy (`HTTPS_PROXY`/`NO_PROXY`, resolved by
  * `config`) is reached through undici's EnvHttpProxyAgent; the client
  * certificate is given to both `connect` (direct connections) and `requestTls`
  * (the TLS session inside the CONNECT tunnel), so mTLS works through a proxy.
@@ -35,8 +35,8 @@ export interface OutboundNetwork {
   /** `--ca` trust anchors (PEM), added to Node's default store. */
   ca: readonly string[];
   /**
-   * The `NODE_EXTRA_CA_CERTS` file as `config` read it. Node adds it to its default store at start, but a
-   * `ca` option replaces that store; `trustAnchors` puts it back.
+   * The `NODE_EXTRA_CA_CERTS` file as `config` read it (with `--ca` only). Node adds it to its shared default
+   * store at start, which the copy `--ca` is added to does not hold on Node 20; `addedAnchors` adds it again.
    */
   extraCaCerts?: { file: string; pem: string } | undefined;
   /** `HTTPS_PROXY`; empty or absent for direct connections. */
@@ -60,12 +60,15 @@ export interface DispatcherOptions {
 export function createDispatcher(options: DispatcherOptions): Dispatcher {
   // One secure context per pool: built per connection, the root store alone costs ~45 ms of CPU once
   // extra CAs are given. Rotation builds a new pool, hence a new context.
-  const ca = trustAnchors(options.network);
   const secureContext = tls.createSecureContext({
-    ...(ca && { ca }),
     ...(options.clientCert && { cert: options.clientCert.certificate, key: options.clientCert.key }),
     minVersion: 'TLSv1.2',
   });
+  // Not the `ca` option: it *replaces* node's default store, whatever that is (the bundled list, or OpenSSL's
+  // under --use-openssl-ca and in distribution builds of node, the OS store under --use-system-ca), and its
+  // contents cannot all be listed from JavaScript. Added this way, node gives the context a store of its own
+  // built as its default one was (`SecureContext::AddCACert`), and the anchors go on top.
+  for (const pem of addedAnchors(options.network)) (secureContext.context as { addCACert(pem: string): void }).addCACert(pem);
   // Explicit, so that NODE_TLS_REJECT_UNAUTHORIZED=0 in the environment (set in some corporate images to get
   // past a TLS-inspecting proxy) cannot turn verification off: node reads it only when this is left unset.
   const connect = { secureContext, timeout: options.connectTimeoutMs, rejectUnauthorized: true };
@@ -84,7 +87,7 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
     requestTls: connect,
     // An https:// proxy is verified against Node's default store, never not at all. The route's connect limit
     // holds for the connection to the proxy too (undici's own default would be 10 s).
-    proxyTls: { rejectUnauthorized: true, timeout: options.connectTimeoutMs },
+    proxyTls: { rejectUnauthorized: true, timeout: options.connectTimeoutMs, checkServerIdentity: checkProxyIdentity },
     // The pool to the proxy (undici's default, a Pool): what fails before the proxy answers a CONNECT is marked, so
     // that it is not taken for a failure of the target, which it never reached; and its CONNECTs are bounded.
     clientFactory: (origin: URL, poolOptions: object) => {
@@ -100,6 +103,14 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
     httpProxy: '',
     noProxy: options.network.noProxy ?? '',
   });
+}
+
+/**
+ * undici gives a proxy at an IPv6 address its URL host, brackets and all (`[::1]`), as the name to check, which
+ * then never matches the certificate's IP address: checked without them.
+ */
+function checkProxyIdentity(host: string, cert: tls.PeerCertificate): Error | undefined {
+  return tls.checkServerIdentity(host.replace(/^\[(.*)\]$/, '$1'), cert);
 }
 
 /**
@@ -161,21 +172,12 @@ function tunnelFailure(err: unknown, proxy: string): unknown {
   return failure;
 }
 
-/** The part of `node:tls` that knows the default CA store; `getCACertificates` is Node ≥ 22.15 / 23.10. */
-export interface CaStoreApi {
-  readonly rootCertificates: readonly string[];
-  getCACertificates?: (type: 'default') => string[];
-}
-
 /**
- * The `ca` option for `network`, or undefined to keep Node's default store. A `ca` option *replaces* that
- * store (bundled Mozilla list + NODE_EXTRA_CA_CERTS + the OS store under `--use-system-ca`), so with
- * `--ca` the list starts from the default store: `getCACertificates('default')` where Node has it, else
- * (Node 20) the bundled list plus the NODE_EXTRA_CA_CERTS certificates `config` read. Those are added on
- * Node 24 too (a duplicate anchor is harmless), so the trust is what the config says on every version.
+ * The trust anchors added to node's default store: none without `--ca` (node's own store, NODE_EXTRA_CA_CERTS
+ * included, is used as it is); with it, the NODE_EXTRA_CA_CERTS certificates (which node 20 keeps in its shared
+ * store only, not in the context's copy; a duplicate on node 24 is harmless) and the `--ca` ones.
  */
-export function trustAnchors(network: OutboundNetwork, api: CaStoreApi = tls): string[] | undefined {
-  if (network.ca.length === 0) return undefined;
-  const defaults = api.getCACertificates ? api.getCACertificates('default') : api.rootCertificates;
-  return [...defaults, ...(network.extraCaCerts ? [network.extraCaCerts.pem] : []), ...network.ca];
+export function addedAnchors(network: OutboundNetwork): string[] {
+  if (network.ca.length === 0) return [];
+  return [...(network.extraCaCerts ? [network.extraCaCerts.pem] : []), ...network.ca];
 }

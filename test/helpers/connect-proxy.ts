@@ -1,5 +1,9 @@
-/** A minimal HTTP CONNECT proxy (a corporate proxy stand-in) that counts tunnels and can demand Proxy-Authorization. */
+/**
+ * A minimal HTTP CONNECT proxy (a corporate proxy stand-in) that counts tunnels and can demand Proxy-Authorization;
+ * with `tls`, an https:// proxy, and on `host` (e.g. `::1`) instead of 127.0.0.1.
+ */
 import { createServer, type IncomingMessage, type Server } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import { connect, type Socket } from 'node:net';
 import { closeServer, listen, SocketTracker } from './net.js';
 
@@ -10,9 +14,10 @@ export interface ConnectProxy {
   close(): Promise<void>;
 }
 
-export async function startConnectProxy(options: { credentials?: string } = {}): Promise<ConnectProxy> {
+export async function startConnectProxy(options: { credentials?: string; tls?: { cert: string; key: string }; host?: string } = {}): Promise<ConnectProxy> {
   const tunnels: string[] = [];
-  const server: Server = createServer((_req, res) => res.writeHead(405).end());
+  const refuse = (_req: IncomingMessage, res: { writeHead(status: number): { end(): void } }) => res.writeHead(405).end();
+  const server: Server = options.tls ? createHttpsServer({ cert: options.tls.cert, key: options.tls.key }, refuse) : createServer(refuse);
   const sockets = new SocketTracker(server);
   const upstreamSockets = new Set<Socket>();
   server.on('connect', (req: IncomingMessage, client: Socket, head: Buffer) => {
@@ -21,9 +26,9 @@ export async function startConnectProxy(options: { credentials?: string } = {}):
       client.end('HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm="test"\r\n\r\n');
       return;
     }
-    const [host, port] = (req.url ?? '').split(':');
+    const where = /^\[?(.*?)\]?:(\d+)$/.exec(req.url ?? '');
     tunnels.push(req.url ?? '');
-    const target = connect(Number(port), host ?? '127.0.0.1', () => {
+    const target = connect(Number(where?.[2]), where?.[1] ?? '127.0.0.1', () => {
       client.write('HTTP/1.1 200 Connection Established\r\n\r\n');
       if (head.length > 0) target.write(head);
       target.pipe(client);
@@ -38,9 +43,10 @@ export async function startConnectProxy(options: { credentials?: string } = {}):
     target.on('error', destroyBoth);
     client.on('error', destroyBoth);
   });
-  const port = await listen(server);
+  const host = options.host ?? '127.0.0.1';
+  const port = await listen(server, 0, host);
   return {
-    url: `http://127.0.0.1:${port}`,
+    url: `${options.tls ? 'https' : 'http'}://${host.includes(':') ? `[${host}]` : host}:${port}`,
     tunnels,
     async close() {
       for (const s of upstreamSockets) s.destroy();

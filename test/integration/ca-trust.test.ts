@@ -12,6 +12,8 @@ import { checkRoutes, networkHints } from '../../src/check.js';
 import { parseConfig, type Config } from '../../src/config.js';
 import { createDemoPki } from '../../src/demo-pki.js';
 import { createDispatcher } from '../../src/dispatcher.js';
+import { runCli } from '../helpers/cli.js';
+import { startConnectProxy } from '../helpers/connect-proxy.js';
 import { closeServer, listen, SocketTracker } from '../helpers/net.js';
 import { createPki } from '../helpers/pki.js';
 import { runSidecar, scratch, type RunningSidecar } from '../helpers/sidecar.js';
@@ -46,6 +48,8 @@ type CaName = 'A' | 'B' | 'C';
 /** Per CA, an echoing upstream and a token endpoint with server certificates it issued. */
 let servers: Record<CaName, { echo: { url: string; close(): Promise<void> }; token: TokenEndpoint }>;
 const sidecars: RunningSidecar[] = [];
+/** An https:// proxy's certificate, under CA A. */
+let proxyTls: Tls;
 
 beforeAll(async () => {
   const [pki, demoB, demoC] = await Promise.all([createPki(), createDemoPki(), createDemoPki()]);
@@ -57,6 +61,7 @@ beforeAll(async () => {
   };
   const start = async (name: CaName) => ({ echo: await startEcho(tls[name]), token: await TokenEndpoint.start({ tls: tls[name], clients: [CLIENT] }) });
   servers = { A: await start('A'), B: await start('B'), C: await start('C') };
+  proxyTls = tls.A;
   files = await scratch();
   caAPath = await files.write('corporate-ca.pem', pki.ca);
   caBPath = await files.write('internal-ca.pem', demoB.ca);
@@ -79,6 +84,36 @@ function serviceKey(name: string, token: CaName, upstream: CaName): Promise<stri
   const oauth = { clientid: CLIENT.clientId, clientsecret: CLIENT.secret, tokenurl: servers[token].token.tokenUrl, url: servers[upstream].echo.url };
   return files.write(name, JSON.stringify({ oauth }));
 }
+
+describe("node on OpenSSL's store (--use-openssl-ca, as distribution builds of node do by default)", () => {
+  it('--ca adds to that store instead of replacing it: a token server under a CA only OpenSSL knows stays trusted', async () => {
+    // CA A only in OpenSSL's store (SSL_CERT_FILE), CA B given with --ca, CA C named nowhere.
+    const run = async (token: CaName) => {
+      const key = await serviceKey(`openssl-store-${token}.json`, token, 'A');
+      return runCli(['token', '--service-key', key, '--ca', caBPath], { NODE_OPTIONS: '--use-openssl-ca', SSL_CERT_FILE: caAPath });
+    };
+    const [a, b, c] = await Promise.all([run('A'), run('B'), run('C')]);
+    expect({ code: a.code, stderr: a.stderr }).toEqual({ code: 0, stderr: '' });
+    expect({ code: b.code, stderr: b.stderr }).toEqual({ code: 0, stderr: '' });
+    expect(c.code).toBe(1);
+    expect(c.stderr).toContain('TLS certificate not trusted');
+  });
+});
+
+describe('an https:// proxy', () => {
+  it('at an IPv6 address is verified against the address its certificate names (undici gives it in brackets)', async () => {
+    // The proxy's certificate (CA A, trusted through NODE_EXTRA_CA_CERTS, as an https:// proxy's must be) names ::1.
+    const proxy = await startConnectProxy({ tls: { cert: proxyTls.cert, key: proxyTls.key }, host: '::1' });
+    try {
+      const key = await serviceKey('via-ipv6-proxy.json', 'B', 'A');
+      const result = await runCli(['token', '--service-key', key, '--ca', caBPath], { HTTPS_PROXY: proxy.url, NODE_EXTRA_CA_CERTS: caAPath });
+      expect({ code: result.code, stderr: result.stderr }).toEqual({ code: 0, stderr: '' });
+      expect(proxy.tunnels).toEqual([new URL(servers.B.token.tokenUrl).host]);
+    } finally {
+      await proxy.close();
+    }
+  });
+});
 
 describe('NODE_EXTRA_CA_CERTS and --ca together', () => {
   it('a dispatcher trusts servers under either CA and still refuses one under a CA named nowhere', async () => {
@@ -210,7 +245,7 @@ describe('NODE_EXTRA_CA_CERTS and --ca together', () => {
     const lines: string[] = [];
     await checkRoutes(config(['check', '--service-key', key]), { path: '/http/x', out: (line) => lines.push(line) });
     const text = lines.join('\n');
-    expect(text).toContain(`ok   trusting Node's bundled Mozilla CA list (the OS store only with node --use-system-ca) plus NODE_EXTRA_CA_CERTS ${caAPath} plus --ca ${caBPath}`);
+    expect(text).toContain(`ok   trusting Node's default CA store (its bundled Mozilla list; OpenSSL's under --use-openssl-ca, the OS store's with --use-system-ca) plus NODE_EXTRA_CA_CERTS ${caAPath} plus --ca ${caBPath}`);
     expect(text).toMatch(/^ok {3}token obtained with /m);
     expect(text).toMatch(/^ok {3}GET https:\/\/127\.0\.0\.1:\d+\/http\/x .*the token is accepted/m);
     expect(text).not.toMatch(/not trusted/);

@@ -455,7 +455,7 @@ describe('oauth-sidecar check: the token', () => {
   it('an untrusted token server: TOKEN_UNREACHABLE with the --ca fix', async () => {
     const run = await check(['--service-key', keyPath]);
     expect(run.ok).toBe(false);
-    expect(run.text).toContain("ok   trusting Node's bundled Mozilla CA list (the OS store only with node --use-system-ca) (no NODE_EXTRA_CA_CERTS, no --ca)");
+    expect(run.text).toContain("ok   trusting Node's default CA store (its bundled Mozilla list; OpenSSL's under --use-openssl-ca, the OS store's with --use-system-ca) (no NODE_EXTRA_CA_CERTS, no --ca)");
     expect(run.text).toMatch(/^FAIL TOKEN_UNREACHABLE: token server 127\.0\.0\.1:\d+: TLS certificate not trusted/m);
     expect(run.text).toMatch(/add --ca FILE with the root CA of 127\.0\.0\.1:\d+'s certificate/);
   });
