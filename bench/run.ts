@@ -187,7 +187,7 @@ async function main(): Promise<number> {
     if (getSlices.count > 1) {
       notes.push(
         `64-connection runs: ${getSlices.count} slices of ${getSlices.seconds} s per contender and round, the contenders alternating slice by slice, ` +
-          "each slice after the pool prewarm (direct: one run); req/s = all requests over all slices' time",
+          "each slice after the pool prewarm (direct: one run); req/s = all answered requests (non-2xx ones not counted) over all slices' time",
       );
     }
     if (latencySlices.count > 1) {
@@ -314,7 +314,8 @@ async function main(): Promise<number> {
       writeFileSync(resolve(out, 'latest.md'), table);
       say(`bench: results written to ${out}/latest.json and latest.md`);
     }
-    return args.boolean('strict') && Object.values(targets).some((list) => list.some((t) => t.pass === false)) ? 1 : 0;
+    // A miss, or a target that could not be judged (a failed run, no figure, a failing baseline).
+    return args.boolean('strict') && Object.values(targets).some((list) => list.some((t) => t.pass === false || (t.pass === undefined && !t.exempt))) ? 1 : 0;
   } finally {
     for (const c of running.values()) await c.stop();
     await env?.close();
@@ -325,8 +326,10 @@ async function main(): Promise<number> {
 type Phase = 'get' | 'latency' | 'upload';
 
 interface PhaseResult {
-  figures: Partial<Omit<RoundFigures, 'problems' | 'foreignCpuPct'>>;
+  figures: Partial<Omit<RoundFigures, 'problems' | 'foreignCpuPct' | 'failed'>>;
   problems: string[];
+  /** Failed answers (or 1 for a run that failed as a whole): see `RoundFigures.failed`. */
+  failed: number;
   line: string;
 }
 
@@ -357,8 +360,14 @@ async function measure(phase: Phase, c: RunningContender, f: RoundFigures, quiet
   // The quieter attempt's figures, but the peak RSS of both: memory the process took counts, noisy or not.
   const best = quieterAttempt(attempts);
   Object.assign(f, best.figures);
-  f.problems.push(...attempts[best.index]!.problems);
+  // Failures count whichever attempt met them: a noisy attempt's failed answers are not measured away.
+  f.problems.push(...new Set(attempts.flatMap((a) => a.problems)));
+  addFailed(f, phase, attempts.reduce((sum, a) => sum + a.failed, 0));
   f.foreignCpuPct[phase] = best.foreign;
+}
+
+function addFailed(f: RoundFigures, phase: Phase, count: number): void {
+  if (count > 0) f.failed = { ...f.failed, [phase]: (f.failed?.[phase] ?? 0) + count };
 }
 
 function phaseLabel(phase: Phase): string {
@@ -414,9 +423,13 @@ async function getSample(
   }
 }
 
-/** The GET figures of one or more samples of one contender: total requests over total time, CPU per request, peak RSS. */
+/**
+ * The GET figures of one or more samples of one contender: answered requests (non-2xx ones not counted) over total
+ * time, CPU per answered request, peak RSS.
+ */
 function getFigures(samples: readonly GetSample[]): PhaseResult {
-  const requests = samples.reduce((sum, x) => sum + x.requests, 0);
+  const non2xxAll = samples.reduce((sum, x) => sum + x.non2xx, 0);
+  const requests = samples.reduce((sum, x) => sum + x.requests, 0) - non2xxAll;
   const seconds = samples.reduce((sum, x) => sum + x.seconds, 0);
   const rps = seconds > 0 ? requests / seconds : undefined;
   const cpuMs = samples.every((x) => x.cpuMs !== undefined) ? samples.reduce((sum, x) => sum + x.cpuMs!, 0) : undefined;
@@ -430,6 +443,7 @@ function getFigures(samples: readonly GetSample[]): PhaseResult {
   return {
     figures: { ...(rps !== undefined && { rps }), cpuUsPerRequest, peakRssGetBytes: peakBytes },
     problems,
+    failed: non2xx + errors,
     line: `${rps === undefined ? '–' : Math.round(rps).toLocaleString('en-US').padStart(8)} req/s` +
       (cpuUsPerRequest !== undefined ? `  ${cpuUsPerRequest.toFixed(1)} µs CPU/req` : '') +
       (peakBytes !== undefined ? `  peak RSS ${(peakBytes / 1e6).toFixed(1)} MB` : ''),
@@ -447,7 +461,7 @@ async function measureGet(
   try {
     return getFigures([await getSample(loadgen, c, connections, durationS, prewarmS, upstreamConnections)]);
   } catch (err) {
-    return { figures: {}, problems: [`GET run failed: ${(err as Error).message}`], line: `FAILED ${(err as Error).message}` };
+    return { figures: {}, problems: [`GET run failed: ${(err as Error).message}`], failed: 1, line: `FAILED ${(err as Error).message}` };
   }
 }
 
@@ -482,6 +496,7 @@ async function getInSlices(
     const result = getFigures(m.taken);
     Object.assign(f, result.figures);
     f.problems.push(...result.problems, ...new Set(m.failures));
+    addFailed(f, 'get', result.failed + m.failures.length);
     f.foreignCpuPct.get = median(foreignShares.get(id)!);
     const foreign = f.foreignCpuPct.get ?? 0;
     const spans = m.taken.map((x) => Math.round(x.seconds));
@@ -500,10 +515,11 @@ async function measureLatency(loadgen: LoadGenerator, c: RunningContender, durat
     return {
       figures: { p50Us: result.latencyUs.p50, p99Us: result.latencyUs.p99, ...(corrected && { p99CorrectedUs: corrected.p99 }) },
       problems,
+      failed: result.non2xx + result.errors,
       line: `p50 ${Math.round(result.latencyUs.p50)} µs  p99 ${Math.round(result.latencyUs.p99)} µs${corrected ? `  (wrk's CO-corrected p99 ${Math.round(corrected.p99)} µs)` : ''}`,
     };
   } catch (err) {
-    return { figures: {}, problems: [`latency run failed: ${(err as Error).message}`], line: `FAILED ${(err as Error).message}` };
+    return { figures: {}, problems: [`latency run failed: ${(err as Error).message}`], failed: 1, line: `FAILED ${(err as Error).message}` };
   }
 }
 
@@ -591,6 +607,7 @@ async function latencyInSlices({ loadgen, order, running, record, quiet, label }
     if (m.non2xx > 0) f.problems.push(`${m.non2xx} non-2xx answers at 1 connection`);
     if (m.errors > 0) f.problems.push(`${m.errors} socket errors/timeouts at 1 connection`);
     f.problems.push(...new Set(m.failures));
+    addFailed(f, 'latency', m.non2xx + m.errors + m.failures.filter((x) => x.startsWith('a 1-connection slice failed')).length);
     f.foreignCpuPct.latency = median(foreignShares.get(id)!);
     const foreign = f.foreignCpuPct.latency ?? 0;
     say(
@@ -619,13 +636,14 @@ async function measureUpload(loadgen: LoadGenerator, c: RunningContender, bytes:
     return {
       figures: { uploadMBps, uploadCpuMsPerGB, peakRssUploadBytes: peakBytes },
       problems,
+      failed: result.uploads.length - good.length + (result.error ? 1 : 0),
       line:
         `${uploadMBps === undefined ? 'FAILED' : `${Math.round(uploadMBps)} MB/s`}` +
         `${uploadCpuMsPerGB !== undefined ? `  ${Math.round(uploadCpuMsPerGB)} ms CPU/GB` : ''}${peakBytes !== undefined ? `  peak RSS ${(peakBytes / 1e6).toFixed(1)} MB` : ''}`,
     };
   } catch (err) {
     peak?.stop();
-    return { figures: {}, problems: [`upload run failed: ${(err as Error).message}`], line: `FAILED ${(err as Error).message}` };
+    return { figures: {}, problems: [`upload run failed: ${(err as Error).message}`], failed: 1, line: `FAILED ${(err as Error).message}` };
   }
 }
 

@@ -132,6 +132,8 @@ export interface StartOptions {
   env?: NodeJS.ProcessEnv;
   /** Write stdout to this file instead of a pipe (cheap for chatty processes, e.g. access logs). */
   stdoutFile?: string;
+  /** Instead: every chunk of stdout, as it comes (a pipe, so nothing is written to disk and nothing is lost). */
+  onStdout?: (chunk: string) => void;
   /** Open an IPC channel (Node children only). */
   ipc?: boolean;
 }
@@ -159,7 +161,11 @@ export class Child {
     this.process = spawn(cmd, argv, { cwd: options.cwd, env: options.env ?? process.env, stdio });
     if (stdoutFd !== undefined) closeSync(stdoutFd);
     children.add(this.process);
-    this.process.stdout?.setEncoding('utf8').on('data', (s: string) => (this.#stdout = keepTail(this.#stdout + s)));
+    const onStdout = options.onStdout;
+    this.process.stdout?.setEncoding('utf8').on('data', (s: string) => {
+      this.#stdout = keepTail(this.#stdout + s);
+      onStdout?.(s);
+    });
     this.process.stderr?.setEncoding('utf8').on('data', (s: string) => (this.#stderr = keepTail(this.#stderr + s)));
     this.#exited = new Promise((resolve) => {
       this.process.once('error', (err) => {
@@ -322,12 +328,13 @@ export class PeakTracker {
     if (m) this.#sampled = Math.max(this.#sampled, m.rss);
   }
 
-  /** Stop sampling; the peak RSS in bytes during the phase. */
-  stop(): number {
+  /** Stop sampling; the peak RSS in bytes during the phase, or undefined if the process could never be read (gone). */
+  stop(): number | undefined {
     clearInterval(this.#timer);
     this.#sample();
     const m = memoryOf(this.#pid);
-    return this.#kernelPeak && m ? Math.max(m.peak, this.#sampled) : this.#sampled;
+    const peak = this.#kernelPeak && m ? Math.max(m.peak, this.#sampled) : this.#sampled;
+    return peak > 0 ? peak : undefined;
   }
 }
 

@@ -37,6 +37,8 @@ export interface ContenderSummary {
   /** (max − min) / median of the rounds' values: how noisy the figure was. */
   spread: { rps?: number | undefined; p50Us?: number | undefined; uploadMBps?: number | undefined };
   problems: string[];
+  /** Failed answers over all rounds, per phase (see `RoundFigures.failed`). */
+  failed: { get: number; latency: number; upload: number };
 }
 
 /** By contender id; the baselines are the ids `undici` and `direct`. */
@@ -95,9 +97,18 @@ export function summarize(rounds: readonly RoundRecord[], contenders: readonly s
       },
       spread: { rps: spread(rps), p50Us: spread(p50), uploadMBps: spread(upload) },
       problems: [...new Set(rounds.flatMap((r) => r.figures[name]?.problems ?? []))],
+      failed: {
+        get: sum(rounds.map((r) => r.figures[name]?.failed?.get ?? 0)),
+        latency: sum(rounds.map((r) => r.figures[name]?.failed?.latency ?? 0)),
+        upload: sum(rounds.map((r) => r.figures[name]?.failed?.upload ?? 0)),
+      },
     };
   }
   return summary;
+}
+
+function sum(values: readonly number[]): number {
+  return values.reduce((total, v) => total + v, 0);
 }
 
 function divide(value: number | undefined, by: number): number | undefined {
@@ -179,7 +190,10 @@ export interface TargetVerdict {
   id: string;
   description: string;
   value: string;
+  /** Undefined: not judged (no figure, a failing baseline, or `exempt`). */
   pass: boolean | undefined;
+  /** Not judged by design (the p99 measured with autocannon): `--strict` lets it pass. */
+  exempt?: true;
 }
 
 /** The project's promises for oauth-sidecar (README "Benchmark"), for the sidecar contender `id`; never loosened here. */
@@ -197,23 +211,37 @@ export function verdicts(s: Summary, id: string, tokens: TokenFigures | undefine
     out.push({ id, description, value, pass });
   };
   if (!side) return out;
+  /**
+   * A figure earned with failed answers is no figure: the target is missed, whatever it says (a proxy answering
+   * 503 fast would look fast, and small). A failing baseline leaves its ratios unjudged.
+   */
+  const failedIn = (phase: keyof ContenderSummary['failed']) => side.failed[phase];
+  const judged = (value: string, pass: boolean | undefined, phase: keyof ContenderSummary['failed'], baseline?: ContenderSummary): [string, boolean | undefined] => {
+    if (failedIn(phase) > 0) return [`${value}; ${failedIn(phase)} failed answer(s)`, false];
+    if (baseline && baseline.failed[phase] > 0) return [`${value}; not judged: the baseline had ${baseline.failed[phase]} failed answer(s)`, undefined];
+    return [value, pass];
+  };
 
   const rpsRatio = side.vsUndici.rps;
-  verdict('throughput', 'GET req/s ≥ 0.9 × bare undici forwarder', rpsRatio === undefined ? 'n/a' : `${fmt(rpsRatio, 3)}×`, rpsRatio === undefined ? undefined : rpsRatio >= 0.9);
+  verdict('throughput', 'GET req/s ≥ 0.9 × bare undici forwarder', ...judged(rpsRatio === undefined ? 'n/a' : `${fmt(rpsRatio, 3)}×`, rpsRatio === undefined ? undefined : rpsRatio >= 0.9, 'get', undici));
 
   const addedRatio = side.vsUndici.addedP50;
   verdict(
     'latency-p50',
     'added p50 over direct ≤ 1.2 × bare undici forwarder’s',
-    addedRatio === undefined ? 'n/a' : `${fmt(side.addedP50Us, 0)} µs vs ${fmt(undici?.addedP50Us, 0)} µs (${fmt(addedRatio, 3)}×)`,
-    addedRatio === undefined ? undefined : addedRatio <= 1.2,
+    ...judged(
+      addedRatio === undefined ? 'n/a' : `${fmt(side.addedP50Us, 0)} µs vs ${fmt(undici?.addedP50Us, 0)} µs (${fmt(addedRatio, 3)}×)`,
+      addedRatio === undefined ? undefined : addedRatio <= 1.2,
+      'latency',
+      undici,
+    ),
   );
   const corrected = side.p99CorrectedUs === undefined ? '' : ` (wrk's coordinated-omission-corrected p99: ${fmt(side.p99CorrectedUs, 0)} µs)`;
   if (latencyTool !== 'wrk') {
     const measured = side.p99Us === undefined ? '' : `${fmt(side.p99Us, 0)} µs with autocannon, `;
-    verdict('latency-p99', 'p99 at 1 connection < 1 ms', `${measured}not judged: autocannon's own client work dominates a p99 at one connection (install wrk)`, undefined);
+    out.push({ id: 'latency-p99', description: 'p99 at 1 connection < 1 ms', value: `${measured}not judged: autocannon's own client work dominates a p99 at one connection (install wrk)`, pass: undefined, exempt: true });
   } else {
-    verdict('latency-p99', 'p99 at 1 connection < 1 ms', side.p99Us === undefined ? 'n/a' : `${fmt(side.p99Us, 0)} µs${corrected}`, side.p99Us === undefined ? undefined : side.p99Us < 1000);
+    verdict('latency-p99', 'p99 at 1 connection < 1 ms', ...judged(side.p99Us === undefined ? 'n/a' : `${fmt(side.p99Us, 0)} µs${corrected}`, side.p99Us === undefined ? undefined : side.p99Us < 1000, 'latency'));
   }
 
   // The better of the bare forwarders that have a figure (one may be left out of the run, or all its uploads failed).
@@ -225,15 +253,21 @@ export function verdicts(s: Summary, id: string, tokens: TokenFigures | undefine
   verdict(
     'upload',
     'upload MB/s ≥ the better bare Node forwarder',
-    side.uploadMBps === undefined || better === undefined ? 'n/a' : `${fmt(side.uploadMBps, 0)} vs ${fmt(better.mbps, 0)} MB/s (${better.name})`,
-    side.uploadMBps === undefined || better === undefined ? undefined : side.uploadMBps >= better.mbps,
+    ...judged(
+      side.uploadMBps === undefined || better === undefined ? 'n/a' : `${fmt(side.uploadMBps, 0)} vs ${fmt(better.mbps, 0)} MB/s (${better.name})`,
+      side.uploadMBps === undefined || better === undefined ? undefined : side.uploadMBps >= better.mbps,
+      'upload',
+    ),
   );
-  verdict('rss-get', 'peak RSS under GET load ≤ 100 MB', side.peakRssGetMB === undefined ? 'n/a' : `${fmt(side.peakRssGetMB, 1)} MB`, side.peakRssGetMB === undefined ? undefined : side.peakRssGetMB <= 100);
+  verdict(
+    'rss-get',
+    'peak RSS under GET load ≤ 100 MB',
+    ...judged(side.peakRssGetMB === undefined ? 'n/a' : `${fmt(side.peakRssGetMB, 1)} MB`, side.peakRssGetMB === undefined ? undefined : side.peakRssGetMB <= 100, 'get'),
+  );
   verdict(
     'rss-upload',
     'peak RSS during uploads ≤ 120 MB',
-    side.peakRssUploadMB === undefined ? 'n/a' : `${fmt(side.peakRssUploadMB, 1)} MB`,
-    side.peakRssUploadMB === undefined ? undefined : side.peakRssUploadMB <= 120,
+    ...judged(side.peakRssUploadMB === undefined ? 'n/a' : `${fmt(side.peakRssUploadMB, 1)} MB`, side.peakRssUploadMB === undefined ? undefined : side.peakRssUploadMB <= 120, 'upload'),
   );
   if (tokens) {
     const t = tokens;

@@ -42,4 +42,9 @@ export interface RoundFigures {
   foreignCpuPct: { get?: number; latency?: number; upload?: number };
   /** Problems that make a figure suspect (errors, non-2xx answers, short uploads). */
   problems: string[];
+  /**
+   * Answers that failed, per phase: non-2xx answers and socket errors or timeouts under GET load and at one
+   * connection, uploads not answered 200 with every byte counted. A contender with any has its targets missed.
+   */
+  failed?: { get?: number; latency?: number; upload?: number };
 }

@@ -55,7 +55,7 @@ instance.on('done', (r) => {
     requests: r.requests.total,
     requestsPerS: r.requests.total / durationS,
     non2xx: r.non2xx,
-    errors: r.errors + r.timeouts,
+    errors: r.errors, // timeouts included: autocannon counts each in `errors` too
     latencyUs: {
       p50: percentile(latencies, 50) ?? Number.NaN,
       p90: percentile(latencies, 90) ?? Number.NaN,

@@ -80,9 +80,29 @@ describe('bench report', () => {
     expect(verdicts(summarize(rounds, ids), 'missing', tokens)).toEqual([]);
   });
 
+  it('misses every target of a phase in which the sidecar had failed answers, and does not judge ratios to a failing baseline', () => {
+    const failing = (id: string, failed: RoundFigures['failed']) => rounds.map((r) => ({ ...r, figures: { ...r.figures, [id]: { ...r.figures[id]!, failed } } }));
+    // Good-looking figures: 1.0× undici's rps, its latency, small.
+    const fast = rounds.map((r) => ({ ...r, figures: { ...r.figures, sidecar: { ...r.figures.undici!, problems: [] } } }));
+    const judge = (rs: RoundRecord[]) => Object.fromEntries(verdicts(summarize(rs, ids), 'sidecar', undefined).map((t) => [t.id, t]));
+    expect(Object.values(judge(fast)).map((t) => t.pass)).toEqual([true, true, true, false, true, true]);
+    const get = judge(fast.map((r, i) => (i === 0 ? { ...r, figures: { ...r.figures, sidecar: { ...r.figures.sidecar!, failed: { get: 320 } } } } : r)));
+    expect(get['throughput']).toMatchObject({ pass: false, value: '1.000×; 320 failed answer(s)' });
+    expect(get['rss-get']?.pass).toBe(false);
+    expect(get['latency-p50']?.pass).toBe(true); // another phase
+    const latency = judge(fast.map((r) => ({ ...r, figures: { ...r.figures, sidecar: { ...r.figures.sidecar!, failed: { latency: 1 } } } })));
+    expect([latency['latency-p50']?.pass, latency['latency-p99']?.pass, latency['throughput']?.pass]).toEqual([false, false, true]);
+    const upload = judge(fast.map((r) => ({ ...r, figures: { ...r.figures, sidecar: { ...r.figures.sidecar!, failed: { upload: 2 } } } })));
+    expect([upload['upload']?.pass, upload['rss-upload']?.pass]).toEqual([false, false]);
+    // The baseline failed: its ratio says nothing, either way.
+    const baseline = Object.fromEntries(verdicts(summarize(failing('undici', { get: 5 }), ids), 'sidecar', undefined).map((t) => [t.id, t]));
+    expect(baseline['throughput']).toMatchObject({ pass: undefined, value: '0.850×; not judged: the baseline had 10 failed answer(s)' });
+  });
+
   it('does not judge the p99 from autocannon, whose own client work dominates it at one connection', () => {
     const p99 = verdicts(summarize(rounds, ids), 'sidecar', tokens, 'autocannon').find((t) => t.id === 'latency-p99')!;
     expect(p99.pass).toBeUndefined();
+    expect(p99.exempt).toBe(true); // --strict lets it pass
     expect(p99.value).toMatch(/^1,050 µs with autocannon, not judged: .*install wrk/);
   });
 
