@@ -11,7 +11,7 @@
  * bench/results/soak-latest.json and soak-latest.md.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, renameSync, truncateSync, writeFileSync } from 'node:fs';
+import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import type { ClientSecret } from './servers/protocol.js';
@@ -24,6 +24,7 @@ import { startEnvironment, type Environment } from './lib/environment.js';
 import { machineLine } from './lib/machine.js';
 import { Child, ForeignCpuMeter, cleanEnv, cpuLayout, cpuTimeMs, memoryOf, openFds } from './lib/proc.js';
 import { fmt } from './lib/report.js';
+import { LogWatch, series, type Row, type Sample } from './lib/soak-report.js';
 import { expectedTokenRequests, flatness, refreshIntervalMs, tokenGapsOk, type FlatnessVerdict } from './lib/stats.js';
 
 const FLAGS: Flags = {
@@ -38,7 +39,7 @@ const FLAGS: Flags = {
   'no-pin': { type: 'boolean', description: 'do not pin processes to CPUs with taskset' },
   out: { type: 'string', default: 'bench/results', description: 'directory for soak-latest.json and soak-latest.md' },
   'no-write': { type: 'boolean', description: 'print the results only' },
-  keep: { type: 'boolean', description: 'keep the scratch directory (sidecar log tail, keys)' },
+  keep: { type: 'boolean', description: 'keep the scratch directory (keys, certificates)' },
   cgroup: {
     type: 'string',
     default: '',
@@ -62,27 +63,6 @@ function cgroupNote(c: CgroupMemory & { dir: string }): string {
 
 function say(line: string): void {
   process.stdout.write(`${line}\n`);
-}
-
-interface Sample {
-  t: number;
-  rss: number;
-  fds: number;
-  cpuMs: number;
-}
-
-interface Row {
-  /** End of the interval, s since traffic started. */
-  t: number;
-  requests: number;
-  failed: number;
-  rps: number;
-  rssMaxMB: number;
-  rssLastMB: number;
-  fdsMax: number;
-  fdsLast: number;
-  cpuPct: number;
-  tokenRequests: number;
 }
 
 async function main(): Promise<number> {
@@ -123,9 +103,10 @@ async function main(): Promise<number> {
   try {
     env = await startEnvironment({ runner, cpu: layout.servers, tokenLifetimeS: lifetimeS, clients: [first], keep: args.boolean('keep') });
     const sidecarStart = Date.now();
-    sidecar = await startContender(contenderSpec('sidecar'), { env, runner, cpu: layout.proxy, client: first, cgroupDir });
+    // The sidecar's log comes through a pipe, scanned as it comes: nothing on the scratch disk, no line lost.
+    const logs = new LogWatch();
+    sidecar = await startContender(contenderSpec('sidecar'), { env, runner, cpu: layout.proxy, client: first, cgroupDir, onSidecarLog: (chunk) => logs.feed(chunk) });
     const pid = sidecar.pid!;
-    const logFile = sidecar.logFile!;
     say(`soak: oauth-sidecar pid ${pid} listening on ${sidecar.target.base}`);
 
     const job: SoakJob = { base: sidecar.target.base, concurrency, durationS, maxRequests, rate, seed: 20_251_122 };
@@ -134,7 +115,6 @@ async function main(): Promise<number> {
     const meter = new ForeignCpuMeter();
 
     const samples: Sample[] = [];
-    const logs = new LogWatch(logFile);
     let rotation: { requestedAt: number; appliedAt?: number; revokedAt?: number; error?: string } | undefined;
     let lastScrape = 0;
     const hardDeadline = trafficStart + durationS * 1000 + 120_000;
@@ -172,9 +152,6 @@ async function main(): Promise<number> {
           rotation.appliedAt = Number.NaN;
         }
       }
-      // Keep the scratch disk small: scan the new log lines for warnings/errors, then drop them.
-      logs.scan();
-      if (!rotation || rotation.appliedAt !== undefined) logs.truncate();
       if (samples.length % intervalS === 0) printProgress(samples, client.stdout);
     }
     if (client.running) {
@@ -186,7 +163,6 @@ async function main(): Promise<number> {
     const foreignPct = meter.stop();
     const done = lastProgress(client.stdout, 'done') ?? lastProgress(client.stdout, 'progress');
     const progressLines = allProgress(client.stdout);
-    logs.scan();
 
     const metricsText = sidecar.adminUrl ? await fetchText(`${sidecar.adminUrl}/metrics`) : undefined;
     const stats = await env.stats();
@@ -318,56 +294,6 @@ async function main(): Promise<number> {
   }
 }
 
-/** Reads new lines of the sidecar's log: counts warn/error/fatal, remembers the first few, finds a message. */
-class LogWatch {
-  readonly counts = { warn: 0, error: 0, fatal: 0 };
-  readonly samples: string[] = [];
-  #offset = 0;
-  #found = new Set<string>();
-  readonly #file: string;
-
-  constructor(file: string) {
-    this.#file = file;
-  }
-
-  scan(): void {
-    let text: string;
-    try {
-      text = readFileSync(this.#file, 'utf8');
-    } catch {
-      return;
-    }
-    if (text.length < this.#offset) this.#offset = 0;
-    const fresh = text.slice(this.#offset);
-    const end = fresh.lastIndexOf('\n') + 1;
-    this.#offset += end;
-    for (const line of fresh.slice(0, end).split('\n')) {
-      if (!line) continue;
-      const level = /"level":"(\w+)"/.exec(line)?.[1];
-      const msg = /"msg":"([^"]*)"/.exec(line)?.[1];
-      if (msg) this.#found.add(msg);
-      if (level === 'warn' || level === 'error' || level === 'fatal') {
-        this.counts[level]++;
-        if (this.samples.length < 10) this.samples.push(`${level}: ${msg ?? line.slice(0, 160)}`);
-      }
-    }
-  }
-
-  seen(message: string): boolean {
-    this.scan();
-    return this.#found.has(message);
-  }
-
-  truncate(): void {
-    try {
-      truncateSync(this.#file, 0);
-      this.#offset = 0;
-    } catch {
-      /* gone */
-    }
-  }
-}
-
 function allProgress(stdout: string): SoakProgress[] {
   return stdout
     .split('\n')
@@ -386,42 +312,6 @@ function printProgress(samples: readonly Sample[], stdout: string): void {
   const p = lastProgress(stdout, 'progress');
   if (!s || !p) return;
   say(`soak: ${s.t.toFixed(0).padStart(4)} s  ${p.ok.toLocaleString('en-US').padStart(10)} ok  ${p.failed} failed  RSS ${(s.rss / 1e6).toFixed(1)} MB  fds ${s.fds}`);
-}
-
-/** Per-interval rows from 1 s samples and the client's 1 s progress lines. */
-function series(samples: readonly Sample[], progress: readonly SoakProgress[], intervalS: number, tokenTimesS: readonly number[]): Row[] {
-  const rows: Row[] = [];
-  const end = Math.max(samples.at(-1)?.t ?? 0, progress.at(-1)?.t ?? 0);
-  const countAt = (t: number): { ok: number; failed: number } => {
-    let best: SoakProgress | undefined;
-    for (const p of progress) if (p.t <= t + 0.5) best = p;
-    return { ok: best?.ok ?? 0, failed: best?.failed ?? 0 };
-  };
-  let prevCpu = samples[0]?.cpuMs ?? 0;
-  for (let from = 0; from < end - 0.5; from += intervalS) {
-    const to = Math.min(from + intervalS, end);
-    const inside = samples.filter((s) => s.t > from && s.t <= to + 0.5);
-    if (inside.length === 0) continue;
-    const a = countAt(from);
-    const b = countAt(to);
-    const last = inside.at(-1)!;
-    rows.push({
-      t: Math.round(to),
-      requests: b.ok + b.failed - (a.ok + a.failed),
-      failed: b.failed - a.failed,
-      rps: (b.ok + b.failed - (a.ok + a.failed)) / Math.max(1e-3, to - from),
-      rssMaxMB: Math.max(...inside.map((s) => s.rss)) / 1e6,
-      rssLastMB: last.rss / 1e6,
-      fdsMax: Math.max(...inside.map((s) => s.fds)),
-      fdsLast: last.fds,
-      cpuPct: ((last.cpuMs - prevCpu) / 1000 / Math.max(1e-3, to - from)) * 100,
-      tokenRequests: tokenTimesS.filter((t) => t <= to).length,
-    });
-    prevCpu = last.cpuMs;
-  }
-  // A last sliver shorter than half an interval is folded away: it would compare a partial window.
-  if (rows.length > 2 && end - (rows.at(-2)?.t ?? 0) < intervalS / 2) rows.pop();
-  return rows;
 }
 
 function elapsedTrafficS(samples: readonly Sample[]): number {

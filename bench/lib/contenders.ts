@@ -79,6 +79,8 @@ export interface StartContext {
   sidecarArgs?: readonly string[];
   /** Start the sidecar inside this cgroup (see lib/cgroup.ts). */
   cgroupDir?: string | undefined;
+  /** The sidecar's log, chunk by chunk through a pipe, instead of a file (the soak scans it for warnings). */
+  onSidecarLog?: ((chunk: string) => void) | undefined;
 }
 
 const START_TIMEOUT_MS = 30_000;
@@ -173,7 +175,7 @@ async function startSidecar(ctx: StartContext): Promise<Omit<RunningContender, '
   mkdirSync(keyDir, { recursive: true, mode: 0o700 });
   const keyFile = join(keyDir, 'service-key.json');
   writeServiceKey(keyFile, ctx.client, ctx.env);
-  const logFile = join(ctx.env.dir, `sidecar-${port}.log`);
+  const logFile = ctx.onSidecarLog ? undefined : join(ctx.env.dir, `sidecar-${port}.log`);
   const args = [
     ...SHIPPED_NODE_FLAGS,
     ...(ctx.nodeArgs ?? []),
@@ -188,7 +190,7 @@ async function startSidecar(ctx: StartContext): Promise<Omit<RunningContender, '
     ...(ctx.sidecarArgs ?? []),
   ];
   const [command, argv] = ctx.cgroupDir ? inCgroup(ctx.cgroupDir, process.execPath, args) : [process.execPath, args];
-  const child = new Child('sidecar', command, argv, { cpu: ctx.cpu, env: cleanEnv(), stdoutFile: logFile });
+  const child = new Child('sidecar', command, argv, { cpu: ctx.cpu, env: cleanEnv(), ...(logFile ? { stdoutFile: logFile } : { onStdout: ctx.onSidecarLog }) });
   const admin = `http://127.0.0.1:${adminPort}`;
   // Started once the admin listener answers; warm once the first token is in (the cache is warmed at start).
   return stopOnFailure(child, async () => {
