@@ -223,9 +223,10 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
     }
   }
   const caFiles = read.list('ca');
-  // Node reads NODE_EXTRA_CA_CERTS itself, but a `ca` option (--ca) replaces the store it went into: with
-  // --ca, read it here, the edge, so that the dispatcher can keep it (and a broken file fails now, not as
-  // "not trusted" later). Without --ca node's own store is used as it is, and the file is node's business.
+  // Node reads NODE_EXTRA_CA_CERTS itself, into its shared store; the copy of that store --ca is added to does
+  // not hold it on node 20: with --ca, read it here, the edge, so that the dispatcher can add it again (and a
+  // broken file fails now, not as "not trusted" later). Without --ca node's own store is used as it is, and the
+  // file is node's business.
   const nodeExtraCaFile = env['NODE_EXTRA_CA_CERTS'] || undefined;
   const extraCaFile = caFiles.length > 0 ? nodeExtraCaFile : undefined;
   let extraCaPem: string | undefined;
