@@ -725,9 +725,7 @@ function parseHttpsProxy(env: Readonly<Record<string, string | undefined>>, prob
       ? 'has a path, query or fragment (a PAC file is no proxy): give http://host:port or https://host:port'
       : !decodes(url.username) || !decodes(url.password)
         ? 'has a % in its user or password that starts no escape: write a literal % as %25'
-        : url.username !== '' && url.password === ''
-          ? 'has a user but no password, and a proxy is sent credentials only as both: give http://user:password@host:port'
-          : undefined;
+        : undefined;
   if (problem !== undefined) {
     problems.push({ source: 'environment', field: name, message: problem });
     return undefined;
@@ -745,8 +743,9 @@ function decodes(text: string): boolean {
 }
 
 /**
- * `no_proxy` / `NO_PROXY` (lower-case wins unless empty) for undici, which reads `::1` as host `:` and port 1:
- * an IPv6 address written bare, as curl, Go and Docker take it, is bracketed as undici compares it (`[::1]`).
+ * `no_proxy` / `NO_PROXY` (lower-case wins unless empty) for undici, which compares an entry with a URL's host as
+ * text and reads `::1` as host `:` and port 1: an IPv6 address, written bare (as curl, Go and Docker take it) or
+ * in brackets, with a port or not, is given as a URL writes it (`[::1]`, shortest form).
  */
 function parseNoProxy(env: Readonly<Record<string, string | undefined>>): string | undefined {
   const value = env['no_proxy'] || env['NO_PROXY'];
@@ -754,7 +753,11 @@ function parseNoProxy(env: Readonly<Record<string, string | undefined>>): string
   return value
     .split(/[,\s]/)
     .filter((entry) => entry !== '')
-    .map((entry) => (isIPv6(entry) ? `[${entry}]` : entry))
+    .map((entry) => {
+      const [address, port] = isIPv6(entry) ? [entry, undefined] : (/^\[([^\]]+)\](?::(\d+))?$/.exec(entry)?.slice(1) ?? []);
+      if (address === undefined || !isIPv6(address)) return entry;
+      return `${new URL(`http://[${address}]`).hostname}${port === undefined ? '' : `:${port}`}`;
+    })
     .join(',');
 }
 
@@ -781,15 +784,18 @@ function readCa(file: string, field: string, readFile: (path: string) => string,
     problems.push({ source: file, field, message: `${readFailure(err, 'CA file')}${fix}` });
     return undefined;
   }
-  // Node's TLS stack skips what it cannot parse without a word: a broken anchor must fail here instead.
+  // Node's TLS stack skips what it cannot parse without a word: a broken anchor must fail here instead, and what
+  // is handed on is the certificates as parsed (a JSON-escaped or indented PEM, which OpenSSL would not read
+  // and so not trust, made plain; a private key beside them left out).
   try {
-    parseCertificates(text);
+    return parseCertificates(text)
+      .map((certificate) => certificate.toString())
+      .join('');
   } catch (err) {
     if (!(err instanceof PemError)) throw err;
     problems.push({ source: file, field, message: `is not a PEM CA certificate file (${err.message})${fix}` });
     return undefined;
   }
-  return text;
 }
 
 // ---------------------------------------------------------------------------

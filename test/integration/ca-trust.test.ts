@@ -5,6 +5,7 @@
  * pools alike; a CA named nowhere is still refused. Three real CAs, servers on
  * port 0; NODE_EXTRA_CA_CERTS reaches the sidecar through the config's env input.
  */
+import { readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:https';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'undici';
@@ -111,6 +112,25 @@ describe('an https:// proxy', () => {
       expect(proxy.tunnels).toEqual([new URL(servers.B.token.tokenUrl).host]);
     } finally {
       await proxy.close();
+    }
+  });
+});
+
+describe('--ca files as people paste them', () => {
+  it('a JSON-escaped or indented PEM, which OpenSSL alone cannot read, is trusted as the plain one is', async () => {
+    const pem = readFileSync(caBPath, 'utf8').trim();
+    const escaped = await files.write('escaped-ca.pem', `${JSON.stringify(pem).slice(1, -1)}\n`);
+    const indented = await files.write('indented-ca.pem', `${pem.split('\n').map((line) => `    ${line}`).join('\n')}\n`);
+    for (const file of [escaped, indented]) {
+      const result = parseConfig(['serve', '--service-key', '/unused', '--ca', file], {});
+      if (result.kind !== 'run') throw new Error('expected a config');
+      const dispatcher = createDispatcher({ network: result.config.network, connectTimeoutMs: 5_000, headersTimeoutMs: 5_000, bodyTimeoutMs: 5_000 });
+      try {
+        const res = await dispatcher.request({ origin: servers.B.echo.url, path: '/pasted', method: 'GET' });
+        expect({ file, status: res.statusCode, body: await res.body.json() }).toEqual({ file, status: 200, body: { url: '/pasted', bearer: false } });
+      } finally {
+        await dispatcher.close();
+      }
     }
   });
 });
