@@ -651,7 +651,7 @@ function explainSuccess(answer: UpstreamAnswer, ctx: UpstreamContext, seen: stri
  */
 function explainLoginPage(ctx: UpstreamContext, seen: string, sign: string): Finding {
   const host = hostOf(ctx.url);
-  const proxy = proxyHost(ctx.network.httpsProxy);
+  const proxy = goesThroughProxy(ctx.network, host) ? proxyHost(ctx.network.httpsProxy) : undefined;
   return finding('FAIL', `${seen} with an HTML login page (${sign}): the token was not used, no integration flow answered`, [
     "use the url of the service key: integration flows answer on the runtime host (<sub>.it-cpi<nnn>-rt.cfapps.<region>.hana.ondemand.com), not on the Integration Suite's UI (design-time) host",
     proxy

@@ -122,7 +122,12 @@ export function goesThroughProxy(network: OutboundNetwork, host: string): boolea
   if (!network.httpsProxy) return false;
   const noProxy = network.noProxy ?? '';
   if (noProxy === '*') return false;
-  const url = new URL(`https://${host}`);
+  let url: URL;
+  try {
+    url = new URL(`https://${host}`);
+  } catch {
+    return true; // no host undici could connect to either way: the proxy is not ruled out
+  }
   const hostname = url.host.replace(/:\d*$/, '').toLowerCase();
   const port = Number(url.port) || 443;
   for (const entry of noProxy.split(/[,\s]/)) {

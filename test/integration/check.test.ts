@@ -416,6 +416,12 @@ describe('oauth-sidecar check: the upstream answer', () => {
     expect(run.text).toContain('an identity provider or a proxy in front of');
     expect(run.text).not.toContain('the token is accepted');
     expect(run.lines.at(-1)).toBe('FAIL summary: 1 of 1 route failed: default');
+    // Reached directly (NO_PROXY names the host): no advice about a proxy it never went through.
+    const direct = await check(healthy(), { path: '/http/orders' }, { HTTPS_PROXY: 'http://proxy.corp.invalid:3128', NO_PROXY: '127.0.0.1' });
+    expect(direct.text).toContain('an identity provider or a proxy in front of');
+    expect(direct.text.split('\n').filter((line) => line.includes('proxy.corp.invalid'))).toEqual([
+      'ok   outbound HTTPS through the proxy proxy.corp.invalid:3128 (HTTPS_PROXY), NO_PROXY 127.0.0.1',
+    ]);
   });
 
   it('a 200 HTML page is judged by the start that check reads: a password field after 16 KiB is not looked for', async () => {
