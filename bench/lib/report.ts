@@ -215,15 +215,16 @@ export function verdicts(s: Summary, id: string, tokens: TokenFigures | undefine
    * A figure earned with failed answers is no figure: the target is missed, whatever it says (a proxy answering
    * 503 fast would look fast, and small). A failing baseline leaves its ratios unjudged.
    */
-  const failedIn = (phase: keyof ContenderSummary['failed']) => side.failed[phase];
-  const judged = (value: string, pass: boolean | undefined, phase: keyof ContenderSummary['failed'], baseline?: ContenderSummary): [string, boolean | undefined] => {
-    if (failedIn(phase) > 0) return [`${value}; ${failedIn(phase)} failed answer(s)`, false];
-    if (baseline && baseline.failed[phase] > 0) return [`${value}; not judged: the baseline had ${baseline.failed[phase]} failed answer(s)`, undefined];
+  type Phase = keyof ContenderSummary['failed'];
+  const judged = (value: string, pass: boolean | undefined, phase: Phase, baselines: ReadonlyArray<ContenderSummary | undefined> = []): [string, boolean | undefined] => {
+    if (side.failed[phase] > 0) return [`${value}; ${side.failed[phase]} failed answer(s)`, false];
+    const baselineFailed = baselines.reduce((sum, b) => sum + (b?.failed[phase] ?? 0), 0);
+    if (baselineFailed > 0) return [`${value}; not judged: the baseline had ${baselineFailed} failed answer(s)`, undefined];
     return [value, pass];
   };
 
   const rpsRatio = side.vsUndici.rps;
-  verdict('throughput', 'GET req/s ≥ 0.9 × bare undici forwarder', ...judged(rpsRatio === undefined ? 'n/a' : `${fmt(rpsRatio, 3)}×`, rpsRatio === undefined ? undefined : rpsRatio >= 0.9, 'get', undici));
+  verdict('throughput', 'GET req/s ≥ 0.9 × bare undici forwarder', ...judged(rpsRatio === undefined ? 'n/a' : `${fmt(rpsRatio, 3)}×`, rpsRatio === undefined ? undefined : rpsRatio >= 0.9, 'get', [undici]));
 
   const addedRatio = side.vsUndici.addedP50;
   verdict(
@@ -233,7 +234,8 @@ export function verdicts(s: Summary, id: string, tokens: TokenFigures | undefine
       addedRatio === undefined ? 'n/a' : `${fmt(side.addedP50Us, 0)} µs vs ${fmt(undici?.addedP50Us, 0)} µs (${fmt(addedRatio, 3)}×)`,
       addedRatio === undefined ? undefined : addedRatio <= 1.2,
       'latency',
-      undici,
+      // Both ratios' terms: the added p50 is each one's p50 over direct's.
+      [undici, s.direct],
     ),
   );
   const corrected = side.p99CorrectedUs === undefined ? '' : ` (wrk's coordinated-omission-corrected p99: ${fmt(side.p99CorrectedUs, 0)} µs)`;
@@ -257,6 +259,7 @@ export function verdicts(s: Summary, id: string, tokens: TokenFigures | undefine
       side.uploadMBps === undefined || better === undefined ? 'n/a' : `${fmt(side.uploadMBps, 0)} vs ${fmt(better.mbps, 0)} MB/s (${better.name})`,
       side.uploadMBps === undefined || better === undefined ? undefined : side.uploadMBps >= better.mbps,
       'upload',
+      [better && s[better.name]],
     ),
   );
   verdict(

@@ -97,6 +97,11 @@ describe('bench report', () => {
     // The baseline failed: its ratio says nothing, either way.
     const baseline = Object.fromEntries(verdicts(summarize(failing('undici', { get: 5 }), ids), 'sidecar', undefined).map((t) => [t.id, t]));
     expect(baseline['throughput']).toMatchObject({ pass: undefined, value: '0.850×; not judged: the baseline had 10 failed answer(s)' });
+    // The added p50 is measured over direct's too; the upload is judged against the better forwarder.
+    const direct = Object.fromEntries(verdicts(summarize(failing('direct', { latency: 1 }), ids), 'sidecar', undefined).map((t) => [t.id, t]));
+    expect(direct['latency-p50']?.pass).toBeUndefined();
+    const hp = Object.fromEntries(verdicts(summarize(failing('http-proxy', { upload: 1 }), ids), 'sidecar', undefined).map((t) => [t.id, t]));
+    expect(hp['upload']).toMatchObject({ pass: undefined, value: '410 vs 400 MB/s (http-proxy); not judged: the baseline had 2 failed answer(s)' });
   });
 
   it('does not judge the p99 from autocannon, whose own client work dominates it at one connection', () => {
