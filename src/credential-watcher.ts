@@ -157,9 +157,9 @@ export class CredentialWatcher {
   }
 
   /**
-   * Watches every directory of `watchTargets(spec)` and starts the poll.
-   * Never fails for watch problems: those go to `onWatchError` and polling
-   * alone keeps the credentials current.
+   * Watches every directory of `watchTargets(spec)`, starts the poll and compares the files once (a change since
+   * `initial` was read goes to `onChange` before this resolves). Never fails for watch problems: those go to
+   * `onWatchError` and polling alone keeps the credentials current.
    */
   static async start(spec: CredentialSpec, options: CredentialWatcherOptions): Promise<CredentialWatcher> {
     const watcher = new CredentialWatcher(spec, options);
@@ -217,8 +217,9 @@ export class CredentialWatcher {
     // Each poll is a reload, and each reload recomputes the targets.
     this.#pollTimer = setInterval(() => this.#schedule({ offerRefused: true }), this.#pollIntervalMs).unref();
     // A change written after `initial` was read and before the watches were up raised no event: one reload
-    // compares the files as they are now (unchanged, it reports nothing) instead of the first poll.
-    this.#schedule();
+    // compares the files as they are now (unchanged, it reports nothing) instead of the first poll. Awaited, so
+    // that once `start` resolves the files have been compared with the watches up.
+    await this.#reload({ offerRefused: false });
   }
 
   /** Brings the watches in line with `watchTargets` now; true if a watch was set up. Never rejects. */

@@ -712,7 +712,8 @@ describe('CredentialWatcher scheduling', () => {
   it('never overlaps reloads and runs once more for a request made during one', async () => {
     const rec = recorder();
     const initial = await loadCredentials(spec);
-    const gates = [deferred<void>(), deferred<void>()];
+    // The first read is the start's comparison, not held.
+    const gates = [undefined, deferred<void>(), deferred<void>()];
     let running = 0;
     let maxRunning = 0;
     let calls = 0;
@@ -726,14 +727,15 @@ describe('CredentialWatcher scheduling', () => {
     };
     const watcher = await startWatcher(spec, rec, { initial, load });
 
+    expect(calls).toBe(1);
     const first = watcher.reloadNow();
     const second = watcher.reloadNow();
     const third = watcher.reloadNow();
-    expect(calls).toBe(1);
-    gates[0]?.resolve();
-    gates[1]?.resolve();
-    await Promise.all([first, second, third]);
     expect(calls).toBe(2);
+    gates[1]?.resolve();
+    gates[2]?.resolve();
+    await Promise.all([first, second, third]);
+    expect(calls).toBe(3);
     expect(maxRunning).toBe(1);
   });
 
@@ -880,7 +882,7 @@ describe('CredentialWatcher.close', () => {
     await twin.until(() => twin.changes.length >= 1);
     expect(secretOf(lastChange(twin))).toBe(NEW_SECRET);
     await watcher.reloadNow();
-    expect(counts.started).toBe(0);
+    expect(counts.started, 'the comparison at start, nothing after close').toBe(1);
     expect(rec.changes).toEqual([]);
     expect(rec.errors).toEqual([]);
     expect(secretOf(watcher.current)).toBe(OLD_SECRET);
@@ -891,7 +893,9 @@ describe('CredentialWatcher.close', () => {
     const rec = recorder();
     const initial = await loadCredentials(spec);
     const gate = deferred<void>();
-    const load: typeof loadCredentials = async (_s, opts) => {
+    let calls = 0;
+    const load: typeof loadCredentials = async (s, opts) => {
+      if (calls++ === 0) return loadCredentials(s, opts); // the start's comparison: unchanged
       await gate.promise;
       return loadCredentials({ source: { kind: 'inline', json: secretKey({ clientsecret: NEW_SECRET }), label: 'test' } }, opts);
     };
