@@ -428,14 +428,13 @@ async function getSample(
  * time, CPU per answered request, peak RSS.
  */
 function getFigures(samples: readonly GetSample[]): PhaseResult {
-  const non2xxAll = samples.reduce((sum, x) => sum + x.non2xx, 0);
-  const requests = samples.reduce((sum, x) => sum + x.requests, 0) - non2xxAll;
+  const non2xx = samples.reduce((sum, x) => sum + x.non2xx, 0);
+  const requests = samples.reduce((sum, x) => sum + x.requests, 0) - non2xx;
   const seconds = samples.reduce((sum, x) => sum + x.seconds, 0);
   const rps = seconds > 0 ? requests / seconds : undefined;
   const cpuMs = samples.every((x) => x.cpuMs !== undefined) ? samples.reduce((sum, x) => sum + x.cpuMs!, 0) : undefined;
   const cpuUsPerRequest = cpuMs !== undefined && requests > 0 ? (cpuMs * 1000) / requests : undefined;
   const peakBytes = max(samples.flatMap((x) => (x.peakBytes === undefined ? [] : [x.peakBytes])));
-  const non2xx = samples.reduce((sum, x) => sum + x.non2xx, 0);
   const errors = samples.reduce((sum, x) => sum + x.errors, 0);
   const problems: string[] = [];
   if (non2xx > 0) problems.push(`${non2xx} non-2xx answers under GET load`);
@@ -581,7 +580,7 @@ function slicesOf(durationS: number, wanted: number): Slices {
  * One wait for a quiet machine per pass; every slice is kept, and other processes' share is reported.
  */
 async function latencyInSlices({ loadgen, order, running, record, quiet, label }: SlicedRound, slices: Slices): Promise<void> {
-  const merged = new Map(order.map((id) => [id, { own: new Map<number, number>(), corrected: new Map<number, number>(), non2xx: 0, errors: 0, failures: [] as string[] }]));
+  const merged = new Map(order.map((id) => [id, { own: new Map<number, number>(), corrected: new Map<number, number>(), non2xx: 0, errors: 0, failedSlices: 0, failures: [] as string[] }]));
   const foreignShares = await alternate(order, running, quiet, slices.count, async (c) => {
     const m = merged.get(c.id)!;
     try {
@@ -593,6 +592,7 @@ async function latencyInSlices({ loadgen, order, running, record, quiet, label }
         mergeHistogram(m.corrected, result.correctedHistogramUs);
       } else m.failures.push('a 1-connection slice came without a per-request histogram (left out)');
     } catch (err) {
+      m.failedSlices += 1;
       m.failures.push(`a 1-connection slice failed: ${(err as Error).message}`);
     }
     return true;
@@ -607,7 +607,7 @@ async function latencyInSlices({ loadgen, order, running, record, quiet, label }
     if (m.non2xx > 0) f.problems.push(`${m.non2xx} non-2xx answers at 1 connection`);
     if (m.errors > 0) f.problems.push(`${m.errors} socket errors/timeouts at 1 connection`);
     f.problems.push(...new Set(m.failures));
-    addFailed(f, 'latency', m.non2xx + m.errors + m.failures.filter((x) => x.startsWith('a 1-connection slice failed')).length);
+    addFailed(f, 'latency', m.non2xx + m.errors + m.failedSlices);
     f.foreignCpuPct.latency = median(foreignShares.get(id)!);
     const foreign = f.foreignCpuPct.latency ?? 0;
     say(

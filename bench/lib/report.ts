@@ -218,7 +218,7 @@ export function verdicts(s: Summary, id: string, tokens: TokenFigures | undefine
   type Phase = keyof ContenderSummary['failed'];
   const judged = (value: string, pass: boolean | undefined, phase: Phase, baselines: ReadonlyArray<ContenderSummary | undefined> = []): [string, boolean | undefined] => {
     if (side.failed[phase] > 0) return [`${value}; ${side.failed[phase]} failed answer(s)`, false];
-    const baselineFailed = baselines.reduce((sum, b) => sum + (b?.failed[phase] ?? 0), 0);
+    const baselineFailed = sum(baselines.map((b) => b?.failed[phase] ?? 0));
     if (baselineFailed > 0) return [`${value}; not judged: the baseline had ${baselineFailed} failed answer(s)`, undefined];
     return [value, pass];
   };
