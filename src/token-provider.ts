@@ -150,7 +150,7 @@ export class TokenProvider {
     const now = this.#now();
     const current = this.#cache.peek(key, { allowStale: true });
     if (current !== undefined && current !== rejected && this.#usable(current, now)) return true;
-    return this.#rejectionAllowed(key, now);
+    return !this.#serverWaiting(key, now) && this.#rejectionAllowed(key, now);
   }
 
   /**
@@ -162,14 +162,14 @@ export class TokenProvider {
     const key = source.cacheKey;
     const now = this.#now();
     const current = this.#cache.peek(key, { allowStale: true });
-    if (current === rejected && !this.#revoked.has(rejected) && this.#rejectionAllowed(key, now)) {
+    // Inside a wait the token server asked for (a 429 or 503 Retry-After) no new token can be had, so the token is
+    // not retired: as when a refresh fails, a token that has not expired serves on (any flow may answer 401 for
+    // reasons of its own) rather than one 401 failing every sender with 503 until the wait ends.
+    if (current === rejected && !this.#revoked.has(rejected) && !this.#serverWaiting(key, now) && this.#rejectionAllowed(key, now)) {
       this.#revoked.add(rejected);
       this.#rejectedAt.set(key, now);
-      // A rejection is news, not an outage: do not let our own backoff delay the refresh. A wait the token
-      // server asked for (a 429 or 503 Retry-After) stands: until it ends, senders get 503 with the time left.
-      const failure = this.#failures.get(key);
-      if (failure !== undefined && failure.serverUntil > now) failure.until = failure.serverUntil;
-      else this.#failures.delete(key);
+      // A rejection is news, not an outage: do not let our own backoff delay the refresh.
+      this.#failures.delete(key);
       return this.#cache.forceFetch(key, { context: source, allowStale: false, forceRefresh: true });
     }
     return this.getToken(source);
@@ -178,6 +178,12 @@ export class TokenProvider {
   #rejectionAllowed(key: string, now: number): boolean {
     const last = this.#rejectedAt.get(key);
     return last === undefined || now - last >= REJECTION_INTERVAL_MS;
+  }
+
+  /** Whether the token server asked not to be asked before a time still to come (its 429 or 503 Retry-After). */
+  #serverWaiting(key: string, now: number): boolean {
+    const failure = this.#failures.get(key);
+    return failure !== undefined && failure.serverUntil > now;
   }
 
   /**

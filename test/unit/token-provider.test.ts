@@ -275,28 +275,28 @@ describe('TokenProvider', () => {
     expect(events.filter((e) => e.type === 'fetch' && e.reason === 'invalidated')).toHaveLength(1);
   });
 
-  it("an upstream 401 inside the token server's Retry-After window does not ask it early; senders get the time left", async () => {
-    const { clock, provider, source } = setup({ backoff: { minMs: 1_000, maxMs: 5_000 } });
+  it("an upstream 401 inside the token server's Retry-After window does not ask it early, and the token serves on until the wait ends", async () => {
+    const { clock, provider, source, events } = setup({ backoff: { minMs: 1_000, maxMs: 5_000 } });
     const first = provider.getToken(source);
     await flush();
     const rejected = await source.issue(100_000);
     await first;
     clock.now += 80_000; // past the refresh point: the background refresh meets a 429
     expect(await provider.getToken(source)).toBe(rejected);
-    await source.fail(new SidecarError('TOKEN_RATE_LIMITED', 'token server answered 429', { retryAfter: 120 }));
+    await source.fail(new SidecarError('TOKEN_RATE_LIMITED', 'token server answered 429', { retryAfter: 12 }));
 
-    clock.now += 5_000; // the upstream rejects the token, 5 s into the server's 120 s
-    expect(provider.retryAfterRejection(source, rejected)).toBe(true);
-    const refreshing = provider.refreshAfterRejection(source, rejected).catch((e: unknown) => e);
-    await flush();
+    clock.now += 5_000; // the upstream rejects the token, 5 s into the server's 12 s: no resend (no new token can come)
+    expect(provider.retryAfterRejection(source, rejected)).toBe(false);
+    // A request that had already decided to resend gets the token it had, not 503 for every sender.
+    expect(await provider.refreshAfterRejection(source, rejected)).toBe(rejected);
+    expect(await provider.getToken(source)).toBe(rejected);
+    expect(provider.cachedToken(source)).toBe(rejected);
     expect(source.calls).toBe(2); // not asked
-    expect(await refreshing).toMatchObject({ code: 'TOKEN_RATE_LIMITED', retryAfter: 115 });
-    await expect(provider.getToken(source)).rejects.toMatchObject({ code: 'TOKEN_RATE_LIMITED', retryAfter: 115 });
-    expect(provider.cachedToken(source)).toBeUndefined();
-    expect(source.calls).toBe(2);
+    expect(events.filter((e) => e.type === 'fetch' && e.reason === 'invalidated')).toHaveLength(0);
 
-    clock.now += 115_000; // the server's wait is over: one new attempt
-    const again = provider.getToken(source);
+    clock.now += 7_000; // the server's wait is over: one new attempt, and a 401 may retire the token again
+    expect(provider.retryAfterRejection(source, rejected)).toBe(true);
+    const again = provider.refreshAfterRejection(source, rejected);
     await flush();
     expect(source.calls).toBe(3);
     const fresh = await source.issue();
