@@ -245,11 +245,12 @@ export class TokenClient {
     } catch (err) {
       throw this.#networkError(err, timeout.aborted);
     }
+    // The status decides first: a 5xx or 429 whose body is too large or breaks off is still an outage or a rate
+    // limit, retried and its Retry-After honoured, and a 401 still final; only its body (an OAuth error) is lost.
     const text = await readBounded(response.body, MAX_TOKEN_RESPONSE_BYTES).catch((err: unknown) => {
+      if (response.statusCode !== 200) return '';
       throw this.#networkError(err, timeout.aborted);
     });
-    // The status decides first: a 5xx or 429 with a large HTML page is still an outage or a rate limit,
-    // retried and its Retry-After honoured; only its body (an OAuth error, if any) is lost.
     if (response.statusCode !== 200) throw this.#statusError(response.statusCode, response.headers, text ?? '');
     if (text === undefined) {
       throw new SidecarError(
@@ -553,8 +554,8 @@ export function parseRetryAfter(value: string | string[] | undefined, now: numbe
   // An HTTP-date names its weekday and month; a number that is not delay-seconds ("1.5", "-1") is not a
   // date, although Date.parse would make one of it.
   if (!/[a-z]/i.test(raw)) return undefined;
-  const date = Date.parse(raw);
-  if (Number.isNaN(date)) return undefined;
+  const date = parseHttpDate(raw);
+  if (date === undefined) return undefined;
   const seconds = Math.ceil((date - now) / 1000);
   return seconds > 0 ? Math.min(seconds, MAX_RETRY_AFTER_S) : undefined;
 }
@@ -590,7 +591,16 @@ function untilAbandoned(request: Promise<Dispatcher.ResponseData>, abandoned: Ab
 function serverDate(value: string | string[] | undefined): number | undefined {
   const raw = Array.isArray(value) ? value[0] : value;
   if (raw === undefined || !/[a-z]/i.test(raw)) return undefined; // an HTTP-date names its weekday and month
-  const date = Date.parse(raw);
+  return parseHttpDate(raw);
+}
+
+/**
+ * An HTTP-date as epoch milliseconds, or undefined. RFC 9110 §5.6.7: recipients accept the obsolete RFC 850 and
+ * asctime forms too, and every HTTP-date is GMT; asctime's names no zone, which Date.parse would read in local time.
+ */
+function parseHttpDate(raw: string): number | undefined {
+  const text = /^[a-z]{3} [a-z]{3} [ \d]\d \d\d:\d\d:\d\d \d{4}$/i.test(raw.trim()) ? `${raw.trim()} GMT` : raw;
+  const date = Date.parse(text);
   return Number.isFinite(date) ? date : undefined;
 }
 

@@ -23,6 +23,8 @@ export type Fault =
   | { kind: 'status'; status: number; body?: string; headers?: Record<string, string> }
   | { kind: 'hang' }
   | { kind: 'reset' }
+  /** `status` with `headers` and the start of a longer body (its Content-Length promises more), then the connection reset. */
+  | { kind: 'cut'; status: number; body: string; headers?: Record<string, string> }
   /** A 200 with `body`; `date` replaces the `Date` header node sends (`null`: none at all). */
   | { kind: 'body'; body: string; date?: string | null }
   /**
@@ -192,6 +194,11 @@ export class TokenEndpoint {
         return; // never answers; closed by close()/stop()
       case 'reset':
         req.socket.destroy();
+        return;
+      case 'cut':
+        res.writeHead(fault.status, { 'content-type': 'application/json', 'content-length': String(fault.body.length + 1024), ...fault.headers });
+        // Destroyed once the start has been handed to the connection: the client has the head and part of the body.
+        res.write(fault.body, () => req.socket.destroy());
         return;
       case 'body':
         if (fault.date === null) res.sendDate = false;

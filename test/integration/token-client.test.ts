@@ -265,6 +265,25 @@ describe('token client against a token endpoint that checks credentials', () => 
     expect(endpoint.requests).toHaveLength(3);
   });
 
+  it('an error answer whose body breaks off is still classified by its status: a 429 keeps its Retry-After, a 401 is final', async () => {
+    endpoint.fail({ kind: 'cut', status: 429, body: '{"error":"rate', headers: { 'retry-after': '120' } });
+    let err = await failure(client(secretCredentials()).fetchToken());
+    expect([err.code, err.retryAfter]).toEqual(['TOKEN_RATE_LIMITED', 120]);
+    expect(endpoint.requests).toHaveLength(1);
+
+    endpoint.fail({ kind: 'cut', status: 401, body: '{"error":"invalid_client"' });
+    err = await failure(client(secretCredentials()).fetchToken());
+    expect(err.code).toBe('TOKEN_REJECTED');
+    expect(endpoint.requests).toHaveLength(2); // final: not retried
+    expectNoSecrets(err.message);
+
+    // A 200 whose body breaks off is no answer at all: retried like a reset.
+    endpoint.fail({ kind: 'cut', status: 200, body: '{"access_token":"tok-' });
+    const token = await client(secretCredentials()).fetchToken();
+    expect(token.value).toMatch(/^tok-/);
+    expect(endpoint.requests).toHaveLength(4);
+  });
+
   it('caps the lifetime at MAX_TOKEN_LIFETIME_S, from expires_in or the JWT exp; an earlier exp wins over the cap', async () => {
     const day = MAX_TOKEN_LIFETIME_S * 1000;
     const body = (fields: string) => `{"access_token":"tok-9-x","token_type":"bearer"${fields}}`;
