@@ -628,7 +628,14 @@ class Exchange {
       this.#framingInDoubt = true;
       return this.#refuseAndClose(new SidecarError('REQUEST_REFUSED', framing));
     }
-    const verdict = this.#options.inbound.check(req.socket.remoteAddress, req.headers.authorization);
+    // node asks the kernel for the peer's address on first use: a sender that has reset the connection has none.
+    // It is gone (its 'close' is still to come), not a sender from an address not allowed.
+    const remoteAddress = socket.remoteAddress;
+    if (remoteAddress === undefined) {
+      socket.destroy();
+      return this.#closed();
+    }
+    const verdict = this.#options.inbound.check(remoteAddress, req.headers.authorization);
     // A refused sender does not keep its connection (nor its place under --max-connections).
     if (verdict === 'unauthorized') {
       return this.#refuseAndClose(new SidecarError('SENDER_UNAUTHORIZED', 'basic authentication required'), { 'www-authenticate': BASIC_AUTH_CHALLENGE });

@@ -16,6 +16,7 @@ import { createServer as createHttpsServer, type Server as HttpsServer } from 'n
 import { connect, createServer as createNetServer, type Socket } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Readable } from 'node:stream';
+import { once } from 'node:events';
 import { request } from 'undici';
 import { createProxyServer, DEFAULT_SERVER_LIMITS, MAX_PIPELINED, type ProxyObserver } from '../../src/proxy.js';
 import { MAX_TOKEN_RESPONSE_BYTES } from '../../src/token-client.js';
@@ -1289,6 +1290,28 @@ describe('sender faults and abuse', () => {
     upstream.handler = undefined;
     await expectServing();
   }, 60_000); // each round opens a new upstream TLS connection: slow on a loaded machine
+
+  it('senders that reset right after their request are logged as gone, not refused as senders from an address not allowed', async () => {
+    const ROUNDS = 20;
+    for (let i = 0; i < ROUNDS; i++) {
+      // node asks the kernel for the peer's address on first use, which fails once the peer has reset.
+      const socket = connect(sidecar.address.port, '127.0.0.1');
+      socket.on('error', () => undefined);
+      await once(socket, 'connect');
+      await new Promise<void>((resolve) => socket.write(`GET /http/reset-after-request?i=${i} HTTP/1.1\r\nHost: localhost\r\n\r\n`, () => resolve()));
+      socket.resetAndDestroy();
+      await once(socket, 'close');
+    }
+    const lines = () => sidecar.logs.filter((l) => l['msg'] === 'request' && l['path'] === '/http/reset-after-request');
+    await expect.poll(() => lines().length).toBe(ROUNDS);
+    // Each one either reached the upstream (the reset came after the address was read) or ended as aborted.
+    for (const line of lines()) {
+      expect(line['error']).not.toBe('SENDER_FORBIDDEN');
+      expect(line['aborted'] === true || line['status'] === 200).toBe(true);
+    }
+    expect(sidecar.logs.filter((l) => l['error'] === 'SENDER_FORBIDDEN')).toEqual([]);
+    await expectServing();
+  });
 
   describe('sender connections (--max-connections)', () => {
     /** A metric of sidecar `s` without labels, read from its admin listener. */
