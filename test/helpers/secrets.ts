@@ -21,3 +21,20 @@ export function expectNoSecretOrStack(text: string, forms: readonly string[]): v
   expect(text).not.toMatch(/(?:\n|\\n)\s+at \S+ \(/);
   expect(text).not.toMatch(/(?:\n|\\n)\s+at (?:file:|node:|\/)\S+:\d+:\d+/);
 }
+
+/**
+ * A private key as it could leak without its PEM armour: 24 characters of its base64 body every 8, taken within
+ * each line and across them (line breaks dropped), so that any quoted piece of 32 characters or more contains one.
+ */
+export function privateKeyForms(pems: readonly string[]): string[] {
+  const forms = new Set<string>();
+  const windows = (text: string): void => {
+    for (let i = 0; i + 24 <= text.length; i += 8) forms.add(text.slice(i, i + 24));
+  };
+  for (const pem of pems) {
+    const lines = pem.split('\n').filter((line) => line.length > 0 && !line.startsWith('-----'));
+    for (const line of lines) windows(line);
+    windows(lines.join(''));
+  }
+  return [...forms];
+}

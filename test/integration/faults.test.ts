@@ -373,6 +373,7 @@ function expectSidecarError(answer: Pick<Answer, 'status' | 'headers' | 'text'>,
   expect(body).toEqual({ error: code, message: expect.any(String), route });
   expect(body.message.length).toBeGreaterThan(10);
   expectClean(answer.text);
+  expectClean(JSON.stringify(answer.headers)); // the head is an output too
   return body;
 }
 
@@ -1621,7 +1622,8 @@ describe('sender faults and abuse', () => {
     expect(upstream.seen('slowloris')).toHaveLength(0);
     expect(upstream.requests.length - before).toBe(3);
     // The sidecar's own limit is the documented 20 s; nothing in the configuration shortens it.
-    expect(sidecar.server.headersTimeout).toBe(DEFAULT_SERVER_LIMITS.headersTimeoutMs);
+    expect(sidecar.server.headersTimeout).toBe(20_000);
+    expect(DEFAULT_SERVER_LIMITS.headersTimeoutMs).toBe(20_000);
   });
 
   it('a real sidecar with a short headers timeout cuts a trickling head with 408 and closes it, logs it without secrets, and still serves', async () => {
@@ -1801,6 +1803,7 @@ describe('sender faults and abuse', () => {
   function expectRefused(answer: RawAnswer, status: number): void {
     expect(answer.status, answer.text).toBe(status);
     expectSidecarError({ status: answer.status!, headers: answer.headers, text: answer.body }, status, 'REQUEST_REFUSED', null);
+    expectClean(answer.text); // all that came back, heads included
   }
 
   /**
