@@ -1,0 +1,83 @@
+/**
+ * The fault suite's "no secret in any output", for the outputs the in-process cases cannot see: the real CLI (a
+ * child process) serves through token-server and upstream faults at its most verbose log level, and everything
+ * it writes — stdout and stderr, warnings and stray console output included — is scanned for the secret in all
+ * its forms, the tokens it was given and the Bearer header.
+ */
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { request } from 'undici';
+import { collect, startCli, waitForLog } from '../helpers/cli.js';
+import { createPki, type Pki } from '../helpers/pki.js';
+import { expectNoSecretOrStack, secretForms } from '../helpers/secrets.js';
+import { scratch } from '../helpers/sidecar.js';
+import { TokenEndpoint } from '../helpers/token-endpoint.js';
+import { startUpstream, type Upstream } from '../helpers/upstream.js';
+
+const CLIENT_ID = 'sb-process!b3|it-rt-acme!b196';
+const SECRET = 'pr0cess$Secret=value!|%+:5e';
+
+let pki: Pki;
+let endpoint: TokenEndpoint;
+let upstream: Upstream;
+let files: Awaited<ReturnType<typeof scratch>>;
+
+beforeAll(async () => {
+  pki = await createPki();
+  endpoint = await TokenEndpoint.start({ tls: { cert: pki.server.chain, key: pki.server.key, ca: pki.ca }, clients: [{ clientId: CLIENT_ID, secret: SECRET }] });
+  // Any token goes (the endpoint's are not JWTs); a path of its own resets the connection before answering.
+  upstream = await startUpstream(pki, {
+    verify: null,
+    handler: (req) => {
+      if (!req.url?.startsWith('/http/reset')) return false;
+      req.socket.destroy();
+      return true;
+    },
+  });
+  files = await scratch();
+});
+
+afterAll(async () => {
+  await Promise.all([endpoint?.close(), upstream?.close()]);
+  await files?.cleanup();
+});
+
+it('serve through token-server and upstream faults at debug level: stdout and stderr hold no secret, token or stack', { timeout: 40_000 }, async () => {
+  const key = await files.write('key.json', JSON.stringify({ oauth: { clientid: CLIENT_ID, clientsecret: SECRET, tokenurl: endpoint.tokenUrl, url: upstream.url } }));
+  const ca = await files.write('ca.pem', pki.ca);
+  const echo = `Bad credentials: client_secret=${encodeURIComponent(SECRET)}, Authorization: Basic ${Buffer.from(`${CLIENT_ID}:${SECRET}`).toString('base64')}`;
+  // The warm-up fetch meets 500s (three attempts), then the credentials are "rejected" quoting them back.
+  endpoint.fail(...Array.from({ length: 3 }, () => ({ kind: 'status', status: 500 }) as const), { kind: 'status', status: 401, body: JSON.stringify({ error: 'invalid_client', error_description: echo }) });
+  const child = startCli(['serve', '--service-key', key, '--ca', ca, '--listen', '127.0.0.1:0', '--admin-listen', 'off', '--log-level', 'debug', '--log-format', 'json', '--shutdown-delay', '0']);
+  const result = collect(child);
+  try {
+    const listening = await waitForLog(child, (l) => l['msg'] === 'oauth-sidecar listening');
+    const url = `http://${listening['listen'] as string}`;
+    const get = async (path: string) => {
+      const res = await request(`${url}${path}`, { headers: { authorization: `Basic ${Buffer.from(`legacy:${SECRET}`).toString('base64')}` } });
+      return { status: res.statusCode, text: await res.body.text() };
+    };
+    // The token server fails: 503, then the rejection: 502; each answer is scanned as well.
+    const answers = [await get('/http/first')];
+    await expect.poll(async () => (await get('/http/poll')).status).toBe(502);
+    // Back to normal (after the backoff): a token, then an upstream that resets and one that answers.
+    await expect.poll(async () => (await get('/http/GetTimestamp')).status, { timeout: 15_000 }).toBe(200);
+    answers.push(await get('/http/reset'), await get('/http/echo'));
+    expect(answers.map((a) => a.status)).toEqual([503, 502, 200]);
+    for (const answer of answers) expectNoSecretOrStack(answer.text, secretForms(CLIENT_ID, SECRET));
+    expect(upstream.requests.filter((r) => r.url === '/http/echo' && r.authorized)).toHaveLength(1);
+    child.kill('SIGTERM');
+    const { code, stdout, stderr } = await result;
+    expect(code).toBe(0);
+    // Every output, as a user's terminal or log collector gets it.
+    const output = stdout + stderr;
+    expect(output).toContain('"msg":"request"'); // it did log, at debug level
+    expect(output).toContain('invalid_client');
+    expectNoSecretOrStack(output, secretForms(CLIENT_ID, SECRET));
+    expect(output).not.toContain(Buffer.from(`legacy:${SECRET}`).toString('base64'));
+    expect(output).not.toMatch(/Bearer [A-Za-z0-9]/);
+    expect(endpoint.tokensWritten.size).toBeGreaterThan(0);
+    for (const token of endpoint.tokensWritten) expect(output).not.toContain(token);
+  } finally {
+    child.kill('SIGKILL');
+  }
+});
