@@ -5,7 +5,7 @@
  * together are bounded by the `ReplayBudget`.
  */
 import type { IncomingMessage } from 'node:http';
-import { Transform, type Readable, type TransformCallback } from 'node:stream';
+import { Readable, Transform, type TransformCallback } from 'node:stream';
 import type { ReplayBudget } from './replay-budget.js';
 import type { Scavenger } from './scavenger.js';
 
@@ -168,8 +168,12 @@ export class RequestBody {
     req.resume();
   }
 
-  replay(): Buffer | undefined {
-    return this.#present && this.#copy ? Buffer.concat(this.#copy, this.#copied) : undefined;
+  /**
+   * The kept copy as a body to send again: its own chunks, never joined into a second buffer, which the budget
+   * would not count (a burst of resends after a CPI session expired would hold twice --max-replay-memory).
+   */
+  replay(): Readable | undefined {
+    return this.#present && this.#copy ? Readable.from(this.#copy.slice(), { objectMode: false }) : undefined;
   }
 }
 

@@ -33,7 +33,27 @@ describe('RequestBody', () => {
     source.push(null); // (its end unpipes, which pauses it once more)
     await once(upstream, 'end');
     expect(received).toBe(chunks * SOCKET_READ);
-    expect(body.replay()?.length).toBe(chunks * SOCKET_READ);
+    expect(Buffer.concat(await body.replay()!.toArray()).length).toBe(chunks * SOCKET_READ);
+  });
+
+  it('sends the kept chunks again as they are: no second, uncounted copy of the body', async () => {
+    const { req, source } = sender(4 * SOCKET_READ);
+    const budget = new ReplayBudget();
+    const body = new RequestBody(req, 1024 * 1024, undefined, budget);
+    const upstream = body.stream()!;
+    upstream.resume();
+    const pushed = Array.from({ length: 4 }, (_, i) => Buffer.alloc(SOCKET_READ, i));
+    for (const chunk of pushed) source.push(chunk);
+    source.push(null);
+    await once(upstream, 'end');
+    expect(budget.used).toBe(4 * SOCKET_READ);
+    for (let attempt = 0; attempt < 2; attempt++) {
+      const sent = (await body.replay()!.toArray()) as Buffer[];
+      expect(sent).toHaveLength(4);
+      sent.forEach((chunk, i) => expect(chunk).toBe(pushed[i])); // the very buffers counted in the budget
+    }
+    body.finish();
+    expect(budget.used).toBe(0);
   });
 
   it('still pauses the sender, within a few reads, when the upstream stops taking the body', async () => {
