@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { collect, startCli, type CliResult } from '../helpers/cli.js';
 import { createPki, type Pki } from '../helpers/pki.js';
 import { expectNoSecretOrStack, privateKeyForms, secretForms } from '../helpers/secrets.js';
+import { closedPort } from '../helpers/net.js';
 import { scratch } from '../helpers/sidecar.js';
 
 const CLIENT_ID = 'sb-faults!b42|it-rt-acme!b196';
@@ -27,6 +28,9 @@ beforeAll(async () => {
   const dir = join(files.dir, 'config-cases');
   await mkdir(dir);
   ctx = { dir, goodKey: '', write: (name, content) => files.write(join('config-cases', name), content) };
+  const port = await closedPort();
+  GOOD_KEY.tokenurl = `https://127.0.0.1:${port}/oauth/token`;
+  GOOD_KEY.url = `https://127.0.0.1:${port}`;
   ctx.goodKey = await ctx.write('good.json', JSON.stringify({ oauth: GOOD_KEY }));
 });
 
@@ -62,8 +66,8 @@ interface ConfigContext {
   write(name: string, content: string): Promise<string>;
 }
 
-/** Fails fast if validation ever lets it through: the token URL refuses connections. */
-const GOOD_KEY = { clientid: CLIENT_ID, clientsecret: SECRET, tokenurl: 'https://127.0.0.1:1/oauth/token', url: 'https://127.0.0.1:1' };
+/** Fails fast if validation ever lets it through: the token URL refuses connections (a port just closed: `beforeAll`). */
+const GOOD_KEY = { clientid: CLIENT_ID, clientsecret: SECRET, tokenurl: '', url: '' };
 
 function keyWithout(field: keyof typeof GOOD_KEY): string {
   const { [field]: _dropped, ...rest } = GOOD_KEY;

@@ -840,7 +840,7 @@ describe('errors a sender sees', () => {
   });
 
   it('502 UPSTREAM_UNREACHABLE when the upstream refuses connections', async () => {
-    const dead = await another(['--service-key', keyPath, '--upstream', 'https://127.0.0.1:1']);
+    const dead = await another(['--service-key', keyPath, '--upstream', `https://127.0.0.1:${await closedPort()}`]);
     const res = await request(`${dead.url}/http/x`);
     expect(res.statusCode).toBe(502);
     expect((await errorOf(res)).error).toBe('UPSTREAM_UNREACHABLE');

@@ -10,7 +10,7 @@ import { ConfigError } from '../../src/errors.js';
 import { createLoggers } from '../../src/logger.js';
 import { startSidecar } from '../../src/sidecar.js';
 import { startOAuthServer, type OAuthServer } from '../helpers/oauth-server.js';
-import { gate } from '../helpers/net.js';
+import { closedPort, gate } from '../helpers/net.js';
 import { createPki, type Pki } from '../helpers/pki.js';
 import { runSidecar, scratch, type RunningSidecar } from '../helpers/sidecar.js';
 import { startUpstream, type Upstream } from '../helpers/upstream.js';
@@ -236,7 +236,7 @@ describe('credential rotation under load', () => {
     const s = await start(path);
     await request(`${s.url}/http/GetTimestamp`).then((r) => r.body.dump());
     // A valid-looking key for the new client, but its token URL refuses connections.
-    await writeFile(path, JSON.stringify({ oauth: { clientid: NEW.id, clientsecret: NEW.secret, tokenurl: 'https://127.0.0.1:1/oauth/token', url: upstream.url } }));
+    await writeFile(path, JSON.stringify({ oauth: { clientid: NEW.id, clientsecret: NEW.secret, tokenurl: `https://127.0.0.1:${await closedPort()}/oauth/token`, url: upstream.url } }));
     await expect
       .poll(() => s.logs.some((l) => String(l['msg']).startsWith('new credentials rejected') && l['code'] === 'TOKEN_UNREACHABLE'), { interval: 20, timeout: 10_000 })
       .toBe(true);
