@@ -61,20 +61,62 @@ export function isCsrfRequired(status: number, headers: Readonly<Record<string, 
 /**
  * The session from a fetch response: the token and a `cookie` header built from its `Set-Cookie`s. A fetch
  * sent with the cookies of an earlier session (`sentCookie`) keeps those the server did not replace: a
- * session it still accepts sets no new cookie, and the token is bound to it.
+ * session it still accepts sets no new cookie, and the token is bound to it. A `Set-Cookie` that has already
+ * expired (`Max-Age` of 0 or less, or an `Expires` in the past: RFC 6265 §5.3 steps 11–12) removes its cookie,
+ * as a browser would: a load balancer clearing its affinity cookie does not get the stale pair back.
  */
 export function csrfFromResponse(
   headers: Readonly<Record<string, string | string[] | undefined>>,
   sentCookie?: string,
+  now: number = Date.now(),
 ): CsrfCredentials | undefined {
   const token = headers['x-csrf-token'];
   if (typeof token !== 'string' || token === '' || token.toLowerCase() === 'required') return undefined;
   const setCookie = headers['set-cookie'];
   const list = setCookie === undefined ? [] : Array.isArray(setCookie) ? setCookie : [setCookie];
-  // RFC 6265 §5.2: the cookie-pair is everything before the first ';', kept as sent.
-  const pairs = list.map((c) => c.split(';', 1)[0]!.trim()).filter((pair) => pair.includes('='));
-  const cookie = sentCookie ? mergeCookies(sentCookie, pairs.join('; ')) : pairs.join('; ');
+  // Name → pair, or null for a removal; a later Set-Cookie of the same name wins.
+  const set = new Map<string, string | null>();
+  for (const line of list) {
+    // RFC 6265 §5.2: the cookie-pair is everything before the first ';', kept as sent.
+    const [first, ...attributes] = line.split(';');
+    const pair = first!.trim();
+    if (!pair.includes('=')) continue;
+    const name = cookieName(pair);
+    set.delete(name);
+    set.set(name, expired(attributes, now) ? null : pair);
+  }
+  const pairs = [...set.values()].filter((pair): pair is string => pair !== null).join('; ');
+  const kept = sentCookie === undefined ? '' : withoutCookies(sentCookie, new Set(set.keys()));
+  const cookie = kept === '' ? pairs : pairs === '' ? kept : `${kept}; ${pairs}`;
   return { token, cookie: cookie === '' ? undefined : cookie };
+}
+
+/** RFC 6265 §5.2.1–5.2.2, §5.3: whether a Set-Cookie's attributes say it has expired (Max-Age wins over Expires). */
+function expired(attributes: readonly string[], now: number): boolean {
+  let maxAge: number | undefined;
+  let expires: number | undefined;
+  for (const attribute of attributes) {
+    const eq = attribute.indexOf('=');
+    if (eq === -1) continue;
+    const name = attribute.slice(0, eq).trim().toLowerCase();
+    const value = attribute.slice(eq + 1).trim();
+    if (name === 'max-age' && /^-?\d+$/.test(value)) maxAge = Number(value);
+    else if (name === 'expires') {
+      const date = Date.parse(value);
+      if (Number.isFinite(date)) expires = date;
+    }
+  }
+  if (maxAge !== undefined) return maxAge <= 0;
+  return expires !== undefined && expires <= now;
+}
+
+/** `cookie` without the pairs named in `names`. */
+function withoutCookies(cookie: string, names: ReadonlySet<string>): string {
+  return cookie
+    .split(';')
+    .map((pair) => pair.trim())
+    .filter((pair) => pair !== '' && !names.has(cookieName(pair)))
+    .join('; ');
 }
 
 /**

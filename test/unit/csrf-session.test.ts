@@ -21,6 +21,25 @@ describe('csrfFromResponse', () => {
     expect(session).toEqual({ token: 't3', cookie: '__VCAP_ID__=a; JSESSIONID=s2' });
   });
 
+  it('a Set-Cookie that has already expired removes its cookie, also one the fetch was sent with (RFC 6265 §5.3)', () => {
+    const now = Date.parse('2026-06-01T12:00:00Z');
+    const headers = {
+      'x-csrf-token': 't5',
+      'set-cookie': [
+        'JSESSIONID=s3; Path=/; HttpOnly',
+        'saplb_*=; Max-Age=0; Path=/',
+        'legacy=deleted; Expires=Thu, 01 Jan 1970 00:00:01 GMT',
+        'later=x; Expires=Mon, 01 Jun 2026 12:00:01 GMT',
+        'kept=y; Max-Age=60; Expires=Thu, 01 Jan 1970 00:00:01 GMT', // Max-Age wins
+        'odd=z; Max-Age=soon', // not a number: ignored, not an expiry
+      ],
+    };
+    expect(csrfFromResponse(headers, 'saplb_*=(J2EE1)1; legacy=v; theme=dark', now)).toEqual({ token: 't5', cookie: 'theme=dark; JSESSIONID=s3; later=x; kept=y; odd=z' });
+    // The last Set-Cookie of a name wins: removed, then set again.
+    expect(csrfFromResponse({ 'x-csrf-token': 't6', 'set-cookie': ['a=; Max-Age=0', 'a=2'] }, 'a=1', now)).toEqual({ token: 't6', cookie: 'a=2' });
+    expect(csrfFromResponse({ 'x-csrf-token': 't7', 'set-cookie': 'a=; Max-Age=-1' }, 'a=1', now)).toEqual({ token: 't7', cookie: undefined });
+  });
+
   it('is no session without a token, or when the answer only says Required', () => {
     expect(csrfFromResponse({ 'set-cookie': 'JSESSIONID=s1' })).toBeUndefined();
     expect(csrfFromResponse({ 'x-csrf-token': 'Required' })).toBeUndefined();
