@@ -321,7 +321,10 @@ export class TokenClient {
       const retryAfter = status === 503 ? parseRetryAfter(headers['retry-after'], serverDate(headers['date']) ?? this.#wallClock()) : undefined;
       return new SidecarError('TOKEN_SERVER_ERROR', `token server ${host} failed (${status}${detail})`, { retryAfter });
     }
-    const parameterFix = status === 400 ? PARAMETER_ERRORS.get(oauthErrorCode(text) ?? '') : undefined;
+    const errorCode = oauthErrorCode(text) ?? '';
+    // RFC 6749 §5.2: `unauthorized_client` is an authenticated client not allowed this grant (some servers send it
+    // with 401): its secret is right, its instance's grant-types are not.
+    const parameterFix = status === 400 || (errorCode === 'unauthorized_client' && (status === 401 || status === 403)) ? PARAMETER_ERRORS.get(errorCode) : undefined;
     if (parameterFix !== undefined) {
       // RFC 6749 §5.2: the client is not in question, what it asked for is (a scope the instance does not grant).
       return new SidecarError('TOKEN_REJECTED', `token server refused the token request (${status}${detail}) — ${parameterFix(this.#where())}`);
@@ -503,6 +506,7 @@ const PARAMETER_ERRORS: ReadonlyMap<string, (where: string) => string> = new Map
   ['invalid_target', () => 'check --resource and --audience (RFC 8707): the token server does not know that target'],
   ['unsupported_grant_type', (where: string) => `check that tokenurl of ${where} is an OAuth token endpoint that allows client_credentials`],
   ['invalid_request', (where: string) => `check --token-param and tokenurl of ${where}`],
+  ['unauthorized_client', () => 'the client may not use the client_credentials grant: add "client_credentials" to the grant-types of its service instance (the secret is not in question)'],
 ]);
 
 /** The OAuth `error` code of an error body, lower-cased, if there is one. */

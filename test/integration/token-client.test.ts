@@ -199,6 +199,7 @@ describe('token client against a token endpoint that checks credentials', () => 
       ['invalid_target', 'check --resource and --audience'],
       ['unsupported_grant_type', 'allows client_credentials'],
       ['invalid_request', 'check --token-param'],
+      ['unauthorized_client', 'add "client_credentials" to the grant-types'],
     ] as const;
     for (const [error, fix] of cases) {
       endpoint.fail({ kind: 'status', status: 400, body: JSON.stringify({ error, error_description: 'no' }) });
@@ -213,7 +214,10 @@ describe('token client against a token endpoint that checks credentials', () => 
       endpoint.fail({ kind: 'status', status: 400, body: JSON.stringify({ error }) });
       expect((await failure(client(secretCredentials()).fetchToken())).message).toContain(`rejected the client credentials (400 ${error})`);
     }
-    expect(endpoint.requests).toHaveLength(cases.length + 2); // none retried
+    // unauthorized_client with 401, as some servers send it: still the grant, not the secret.
+    endpoint.fail({ kind: 'status', status: 401, body: JSON.stringify({ error: 'unauthorized_client' }) });
+    expect((await failure(client(secretCredentials()).fetchToken())).message).toContain('refused the token request (401 unauthorized_client) — the client may not use the client_credentials grant');
+    expect(endpoint.requests).toHaveLength(cases.length + 3); // none retried
   });
 
   it('a body with a byte order mark before its JSON is read (RFC 8259 §8.1; .NET servers send one), an error\'s too', async () => {
