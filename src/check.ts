@@ -8,7 +8,7 @@ import { createDispatcher, goesThroughProxy, type OutboundNetwork } from './disp
 import { ConfigError, shownSource, SidecarError } from './errors.js';
 import { exposureProblems, readBasicAuthFile } from './inbound-control.js';
 import { decodeJwtClaims, type JwtClaims } from './jwt.js';
-import { classifyNetworkError, proxyEndpoint, proxyTrustAdvice, trustAdvice, type ClassifiedFailure, type NetworkFailure } from './network-error.js';
+import { classifyNetworkError, proxyAdvice, proxyEndpoint, proxyTrustAdvice, trustAdvice, type ClassifiedFailure, type NetworkFailure } from './network-error.js';
 import { MIN_REDACT_LENGTH, redact } from './redaction.js';
 import { shownUrl } from './service-key.js';
 import { createTokenClient, parseJsonBody, type AccessToken, type RetryPolicy, type TokenClient } from './token-client.js';
@@ -208,8 +208,11 @@ async function checkRoute(
   const claims = decodeJwtClaims(token.value);
   for (const finding of describeToken(token, claims, client, credentials)) section.add(finding);
   const scopes = token.scopes.length > 0 ? token.scopes : (claims?.scope ?? []);
-  const roleGranted = role === undefined ? undefined : scopeGrantsRole(scopes, role);
-  section.add(describeScopes(scopes, role, roleGranted, apiHost));
+  // An opaque token without a `scope` field says nothing of its roles: not granted, nor missing.
+  const scopesKnown = token.scopes.length > 0 || claims !== undefined;
+  const roleGranted = role === undefined || !scopesKnown ? undefined : scopeGrantsRole(scopes, role);
+  const scopeAsked = route.token.scope ?? route.token.params['scope'];
+  section.add(describeScopes(scopes, role, roleGranted, { apiHost, scopeAsked, known: scopesKnown }));
 
   const path = normalisePath(options.path ?? (apiHost ? DEFAULT_API_CHECK_PATH : DEFAULT_RUNTIME_CHECK_PATH));
   const target = `${upstreamUrl.pathname.replace(/\/+$/, '')}${path}`;
@@ -220,6 +223,7 @@ async function checkRoute(
     csrf: route.csrf,
     role,
     roleGranted,
+    scopeAsked,
     apiHost,
     network: config.network,
     timeoutMs: route.timeouts.responseMs,
@@ -324,17 +328,38 @@ export function describeToken(token: AccessToken, claims: JwtClaims | undefined,
   return findings;
 }
 
-/** Granted scopes and whether the role is among them. */
-export function describeScopes(scopes: readonly string[], role: string | undefined, granted: boolean | undefined, apiHost: boolean): Finding {
+/**
+ * Granted scopes and whether the role is among them. `scopeAsked`: the scope the token request named (which
+ * narrows the token to it); `known`: false for an opaque token without a `scope` field (nothing can be said).
+ */
+export function describeScopes(
+  scopes: readonly string[],
+  role: string | undefined,
+  granted: boolean | undefined,
+  { apiHost, scopeAsked, known = true }: { apiHost: boolean; scopeAsked?: string | undefined; known?: boolean },
+): Finding {
   const shown = scopes.length === 0 ? 'none' : scopes.slice(0, MAX_SCOPES_SHOWN).join(' ') + (scopes.length > MAX_SCOPES_SHOWN ? ` (+${scopes.length - MAX_SCOPES_SHOWN} more)` : '');
+  if (role !== undefined && !known) {
+    return finding('warn', `role ${role} not checked: the token is opaque and its answer named no scopes`, ['the upstream call below shows whether the role is there (a 403 if not)']);
+  }
   if (role === undefined) {
     return finding('ok', `granted scopes: ${shown}`, apiHost ? ['API host: pass --check-role ROLE to check a role (e.g. WorkspacePackagesRead)'] : []);
   }
   if (granted) return finding('ok', `role ${role} granted; scopes: ${shown}`);
-  return finding('warn', `role ${role} not among the granted scopes: ${shown}`, [
-    `the integration flow's sender adapter needs role ${role}: add it to the service instance's roles (changes take up to 1 h)`,
-    `(if the adapter uses a custom User Role, pass it with --check-role)`,
-  ]);
+  if (scopeAsked !== undefined) {
+    return finding('warn', `role ${role} not among the granted scopes: ${shown}`, [scopeLeavesOut(role, scopeAsked)]);
+  }
+  return finding('warn', `role ${role} not among the granted scopes: ${shown}`, apiHost
+    ? [`the OData API call needs role ${role}: add it to the api instance's roles (changes take up to 1 h)`]
+    : [
+        `the integration flow's sender adapter needs role ${role}: add it to the service instance's roles (changes take up to 1 h)`,
+        `(if the adapter uses a custom User Role, pass it with --check-role)`,
+      ]);
+}
+
+/** The token request asked for a scope that leaves `role` out: the instance may well grant it. */
+function scopeLeavesOut(role: string, scopeAsked: string): string {
+  return `the token request asks for scope "${printable(scopeAsked, 80)}" (--scope, the route's scope or --token-param scope), which leaves ${role} out: ask for no scope (all the instance grants) or include ${role}`;
 }
 
 /** SAP scopes are `<xsappname>.<role>` (e.g. `it-rt-acme!b196.ESBMessaging.send`): compare by suffix. */
@@ -387,13 +412,16 @@ export function explainTokenError(err: unknown, ctx: TokenErrorContext): Finding
     case 'TOKEN_UNREACHABLE': {
       const classified = classifyNetworkError(err.cause);
       if (classified.proxy !== undefined) return tokenProxyFailure(err, host, { ...classified, proxy: classified.proxy });
-      return finding('FAIL', message, networkHints(classified.failure, host, ctx.network, 'token', classified.code));
+      return finding('FAIL', message, networkHints(classified.failure, host, ctx.network, 'token', classified.code, certKey));
     }
     case 'TOKEN_TIMEOUT': {
       const classified = classifyNetworkError(err.cause);
       if (classified.proxy !== undefined) return tokenProxyFailure(err, host, { ...classified, proxy: classified.proxy });
+      // Not the connect limit: the connection was made and the request sent (an attempt's bound that runs out while
+      // connecting ends when the connect step does, as a connect timeout).
+      const connected = classified.code !== 'UND_ERR_CONNECT_TIMEOUT' && classified.code !== 'ETIMEDOUT';
       return finding('FAIL', message, [
-        ...networkHints('timeout', host, ctx.network, 'token', classified.code),
+        ...networkHints('timeout', host, ctx.network, 'token', connected ? 'UND_ERR_HEADERS_TIMEOUT' : classified.code),
         `raise --token-timeout (now ${ctx.timeoutMs} ms) only if the server is known to be slow`,
       ]);
     }
@@ -412,7 +440,7 @@ export function explainTokenError(err: unknown, ctx: TokenErrorContext): Finding
 }
 
 /** Fixes for a connection failure to the token server or the upstream (`host`: `host[:port]`). */
-export function networkHints(failure: NetworkFailure, host: string, network: OutboundNetwork, peer: 'token' | 'upstream', code = ''): string[] {
+export function networkHints(failure: NetworkFailure, host: string, network: OutboundNetwork, peer: 'token' | 'upstream', code = '', certKey = false): string[] {
   // Only a connection that went through the proxy may be the proxy's business; one NO_PROXY sends direct is not.
   const proxy = goesThroughProxy(network, host) ? proxyHost(network.httpsProxy) : undefined;
   const viaProxy = proxy ? [`outbound HTTPS goes through the proxy ${proxy}: check HTTPS_PROXY/NO_PROXY and that the proxy allows CONNECT to ${host}`] : [];
@@ -430,8 +458,15 @@ export function networkHints(failure: NetworkFailure, host: string, network: Out
         ...(proxy ? [`a TLS-inspecting proxy (${proxy}) re-signs certificates: add the corporate CA with --ca`] : []),
       ];
     case 'tls':
+      // A port that answers in plain HTTP (or another protocol): no certificate is in question.
+      if (code === 'ERR_SSL_WRONG_VERSION_NUMBER' || code === 'ERR_SSL_PACKET_LENGTH_TOO_LONG') {
+        return [`${host} does not speak TLS on that port (plain HTTP?): check the port and the https:// URL`, ...around];
+      }
+      // Only the token request presents a client certificate (certificate keys); the upstream call never does.
       return [
-        `the TLS handshake with ${host} failed: for certificate keys the server may have refused the client certificate (whole chain, supported root)`,
+        peer === 'token' && certKey
+          ? `the TLS handshake with ${host} failed: the server may have refused the client certificate (whole chain, supported root)`
+          : `the TLS handshake with ${host} failed: no protocol version or cipher both sides support, or something between (a TLS-inspecting proxy) broke it`,
         ...around,
       ];
     case 'proxy':
@@ -443,7 +478,8 @@ export function networkHints(failure: NetworkFailure, host: string, network: Out
     case 'timeout': {
       const noConnection = `a firewall may drop the packets${noProxySet ? '; a network that needs a proxy needs HTTPS_PROXY' : ''}`;
       // Connected, and the request went out: the server is slow, not the network closed.
-      if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') return [`${host} accepted the connection and the request but did not answer in time: the server is slow or stuck`, ...viaProxy];
+      // (Through a proxy too: its CONNECT was answered, or this would be the proxy's failure.)
+      if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') return [`${host} accepted the connection and the request but did not answer in time: the server is slow or stuck`];
       if (code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'ETIMEDOUT') return [`no connection to ${host}: ${noConnection}`, ...around];
       return [`no answer from ${host} in time: no connection (${noConnection}), or a slow server`, ...around];
     }
@@ -514,6 +550,8 @@ export interface UpstreamContext {
   csrf: 'auto' | 'off';
   role: string | undefined;
   roleGranted: boolean | undefined;
+  /** The scope the token request named, if any: a token narrowed to it may lack a role the instance grants. */
+  scopeAsked?: string | undefined;
   /** The API (management) host, not an integration-flow runtime: no sender adapter, the api plan's roles. */
   apiHost?: boolean;
   network: OutboundNetwork;
@@ -675,22 +713,29 @@ function explainForbidden(answer: UpstreamAnswer, ctx: UpstreamContext, seen: st
     return ctx.csrf === 'auto'
       ? finding('FAIL', `${seen} with X-CSRF-Token: Required to a CSRF token fetch: the endpoint is CSRF protected, but refuses the fetch the sidecar would make`, [
           'something between strips the X-CSRF-Token header (a proxy, a WAF), or the endpoint hands out no tokens on GET',
-          'the sidecar would answer modifying requests with 502 CSRF_FETCH_FAILED; switch off "CSRF Protected" in the sender adapter if it cannot be fixed',
+          // The OData API has no sender adapter: its CSRF protection cannot be switched off.
+          ctx.apiHost
+            ? 'the sidecar would answer modifying requests with 502 CSRF_FETCH_FAILED: the OData API always wants the token, so what strips the header must be fixed'
+            : 'the sidecar would answer modifying requests with 502 CSRF_FETCH_FAILED; switch off "CSRF Protected" in the sender adapter if it cannot be fixed',
         ])
       : finding('FAIL', `${seen} with X-CSRF-Token: Required: the endpoint is CSRF protected but csrf is off`, [
-          'set csrf auto (--csrf auto or csrf: auto on the route), or switch off "CSRF Protected" in the sender adapter',
+          ctx.apiHost ? 'set csrf auto (--csrf auto or csrf: auto on the route): the OData API always wants the token' : 'set csrf auto (--csrf auto or csrf: auto on the route), or switch off "CSRF Protected" in the sender adapter',
         ]);
   }
   if (ctx.apiHost || ctx.role === undefined) {
     // The API (management) host: no sender adapter, no ESBMessaging.send; its roles are the api plan's.
-    const checked = ctx.role === undefined ? undefined : ctx.roleGranted ? 'granted' : 'missing';
+    const checked = ctx.role === undefined || ctx.roleGranted === undefined ? undefined : ctx.roleGranted ? 'granted' : 'missing';
     return finding('FAIL', `${seen}: the token was accepted but lacks the role the API requires`, [
       "the OData API wants the roles of an instance of plan api (e.g. WorkspacePackagesRead, MonitoringDataRead): a key of an integration-flow instance has none of them",
       checked === undefined
-        ? "add the role to the api instance's roles (changes take up to 1 h), and check for it with --check-role"
+        ? ctx.role === undefined
+          ? "add the role to the api instance's roles (changes take up to 1 h), and check for it with --check-role"
+          : `the token's scopes cannot be read (an opaque token): add ${ctx.role} to the api instance's roles if it is missing (changes take up to 1 h)`
         : checked === 'granted'
           ? `the token carries ${ctx.role}: this call needs another role, or the grant has not reached the API yet (up to 1 h)`
-          : `add ${ctx.role} to the api instance's roles (changes take up to 1 h; a new service key is not needed)`,
+          : ctx.scopeAsked !== undefined
+            ? scopeLeavesOut(ctx.role!, ctx.scopeAsked)
+            : `add ${ctx.role} to the api instance's roles (changes take up to 1 h; a new service key is not needed)`,
     ]);
   }
   const role = ctx.role;
@@ -700,7 +745,9 @@ function explainForbidden(answer: UpstreamAnswer, ctx: UpstreamContext, seen: st
           `the token carries ${role}, so the sender adapter probably requires a custom User Role (Monitor > Manage Security > User Roles): add that role to the service instance and check it with --check-role`,
           'role changes take up to 1 h to reach the runtime (cached)',
         ]
-      : [
+      : ctx.roleGranted === false && ctx.scopeAsked !== undefined
+        ? [scopeLeavesOut(role, ctx.scopeAsked)]
+        : [
           `the sender adapter's User Role (${role === DEFAULT_CHECK_ROLE ? `default ${role}` : role}) must be among the service instance's roles: add it (cockpit: the instance's parameters, "roles")`,
           'role changes take up to 1 h to reach the runtime (cached); a new service key is not needed',
         ];
@@ -762,6 +809,8 @@ export function explainUpstreamError(err: unknown, ctx: UpstreamContext): Findin
     other: 'the request failed',
   };
   const hints = networkHints(failure, host, ctx.network, 'upstream', code);
+  // As serve says it: what HTTPS_PROXY needs (a 407: credentials), before what it cannot tell.
+  if (failure === 'proxy') hints.unshift(proxyAdvice(code));
   if (failure === 'timeout' && !connecting) hints.push('a slow iFlow needs a larger --upstream-timeout (timeouts.responseMs on the route)');
   return finding('FAIL', `GET ${ctx.url}: ${what[failure]} (${code})`, hints);
 }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { explainTokenError, explainUpstreamAnswer, explainUpstreamError, loginPageOf, networkHints, type UpstreamAnswer, type UpstreamContext } from '../../src/check.js';
+import { describeScopes, explainTokenError, explainUpstreamAnswer, explainUpstreamError, loginPageOf, networkHints, type UpstreamAnswer, type UpstreamContext } from '../../src/check.js';
 import { SidecarError } from '../../src/errors.js';
 import { markProxyConnectFailure } from '../../src/network-error.js';
 
@@ -56,6 +56,64 @@ describe('check: explaining the upstream answer', () => {
     expect(answered).toContain('accepted the connection and the request');
     expect(answered).not.toContain('firewall');
     expect(networkHints('timeout', 'h.example', { ca: [] }, 'upstream', 'UND_ERR_CONNECT_TIMEOUT').join('\n')).toContain('no connection to h.example: a firewall');
+  });
+
+  it('a role missing because the token request asked for a narrower scope points at the scope, not the instance', () => {
+    const scoped = describeScopes(['uaa.resource'], 'ESBMessaging.send', false, { apiHost: false, scopeAsked: 'uaa.resource' });
+    expect(scoped.hints.join('\n')).toContain('asks for scope "uaa.resource"');
+    expect(scoped.hints.join('\n')).not.toContain("service instance's roles");
+    const forbidden = text({ status: 403, headers: {}, body: '' }, { ...CONTEXT, role: 'ESBMessaging.send', scopeAsked: 'uaa.resource' });
+    expect(forbidden).toContain('leaves ESBMessaging.send out');
+    expect(forbidden).not.toContain('add it (cockpit');
+    // Without a scope asked for, the instance's roles are the fix, worded for the host.
+    expect(describeScopes([], 'ESBMessaging.send', false, { apiHost: false }).hints.join('\n')).toContain("sender adapter needs role ESBMessaging.send: add it to the service instance's roles");
+    const api = describeScopes([], 'WorkspacePackagesRead', false, { apiHost: true }).hints.join('\n');
+    expect(api).toContain("add it to the api instance's roles");
+    expect(api).not.toContain('sender adapter');
+  });
+
+  it('an opaque token without scopes leaves the role unchecked, not missing', () => {
+    const unknown = describeScopes([], 'ESBMessaging.send', undefined, { apiHost: false, known: false });
+    expect(unknown.message).toBe('role ESBMessaging.send not checked: the token is opaque and its answer named no scopes');
+    expect(unknown.hints.join('\n')).not.toContain('add it');
+  });
+
+  it("on the API host a CSRF 403 does not advise switching off a sender adapter's CSRF protection", () => {
+    const csrf = { status: 403, headers: { 'x-csrf-token': 'Required' }, body: '' };
+    const api = { ...CONTEXT, apiHost: true, url: 'https://acme.it-cpi000.example/api/v1/' };
+    for (const context of [api, { ...api, csrf: 'off' as const }]) {
+      const shown = text(csrf, context);
+      expect(shown).toContain('OData API always wants the token');
+      expect(shown).not.toContain('sender adapter');
+    }
+    expect(text(csrf)).toContain('switch off "CSRF Protected" in the sender adapter');
+  });
+
+  it('a TLS failure blames a client certificate only where one is sent (a certificate key, to the token server); a plain-HTTP port is named', () => {
+    const tls = (peer: 'token' | 'upstream', certKey: boolean, code = 'ERR_SSL_SSLV3_ALERT_HANDSHAKE_FAILURE') => networkHints('tls', 'h.example:443', { ca: [] }, peer, code, certKey).join('\n');
+    expect(tls('token', true)).toContain('refused the client certificate');
+    for (const shown of [tls('token', false), tls('upstream', true), tls('upstream', false)]) expect(shown).not.toContain('client certificate');
+    expect(tls('upstream', false, 'ERR_SSL_WRONG_VERSION_NUMBER')).toContain('does not speak TLS on that port');
+  });
+
+  it('a server that took the request and did not answer is not blamed on the proxy, nor on a firewall', () => {
+    const network = { ca: [], httpsProxy: 'http://proxy.corp:3128' };
+    const hints = networkHints('timeout', 'h.example:443', network, 'upstream', 'UND_ERR_HEADERS_TIMEOUT').join('\n');
+    expect(hints).toContain('accepted the connection and the request');
+    expect(hints).not.toContain('proxy');
+    // The token server: an attempt that ran out after connecting (not the connect limit) is the same.
+    const ctx = { credentials: { kind: 'client-secret' as const, tokenUrl: 'https://auth.example/oauth/token', source: '/k.json' }, network: { ca: [] }, timeoutMs: 3_000 };
+    const hang = explainTokenError(new SidecarError('TOKEN_TIMEOUT', 'token server auth.example did not answer within 3000 ms', { cause: Object.assign(new Error('aborted'), { name: 'TimeoutError' }) }), ctx);
+    expect(hang.hints.join('\n')).toContain('accepted the connection and the request');
+    expect(hang.hints.join('\n')).not.toContain('firewall');
+    const connect = explainTokenError(new SidecarError('TOKEN_TIMEOUT', 'token server auth.example: no connection', { cause: Object.assign(new Error('connect'), { code: 'UND_ERR_CONNECT_TIMEOUT' }) }), ctx);
+    expect(connect.hints.join('\n')).toContain('a firewall may drop the packets');
+  });
+
+  it("an upstream call refused by the proxy with 407 says that it wants credentials, as serve's answer does", () => {
+    const refused = explainUpstreamError(new Error('Proxy response (407) !== 200 when HTTP Tunneling'), { ...CONTEXT, network: { ca: [], httpsProxy: 'http://proxy.corp:3128' } });
+    expect(refused.message).toContain('(proxy answered 407)');
+    expect(refused.hints[0]).toContain('the proxy wants credentials');
   });
 
   it('claims the integration flow failed only with an MPL ID to show for it', () => {
