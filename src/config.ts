@@ -256,7 +256,8 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
   const adminText = read.string('admin-listen') ?? file?.adminListen ?? DEFAULT_ADMIN_LISTEN;
   const adminSource = read.has('admin-listen') ? read.sourceOf('admin-listen') : (configFile ?? 'default');
   const adminListen = adminText === 'off' ? undefined : parseListen(adminText, 'admin-listen', adminSource, problems);
-  if (adminListen && sharesPort(listen, adminListen)) {
+  // Only two listeners that parsed: a malformed one must not add a clash of its own.
+  if (listen && adminListen && sharesPort(listen, adminListen)) {
     // Else the second bind fails with EADDRINUSE, which reads as another process holding the port.
     problems.push({ source: adminSource, field: 'admin-listen', message: `takes the port of listen (${listenText.trim()}): the admin endpoints need a port of their own` });
   }
@@ -291,7 +292,7 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
   }
   // Only `serve` (and `demo`, which runs it) listens for senders. `token` and `check` must run where the
   // image's 0.0.0.0 listener has no inbound control yet; `check` reports it instead (check.ts `describeInbound`).
-  if (command === 'serve') {
+  if (command === 'serve' && listen) {
     const exposure = { basicAuth: inbound.basicAuthFile, allowlist: inbound.allowCidrs.length > 0 ? inbound.allowCidrs : undefined, allowAnySender: inbound.allowAnySender };
     problems.push(...exposureProblems(listen.host, exposure, listenSource, 'listen', { configFile: Boolean(configFile) }));
   }
@@ -353,7 +354,8 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
   const maxReplayMemoryBytes = read.integer('max-replay-memory', REPLAY_MEMORY_BYTES) ?? DEFAULT_REPLAY_MEMORY_BYTES;
   const maxConnections = read.integer('max-connections', CONNECTIONS) ?? DEFAULT_MAX_CONNECTIONS;
 
-  if (problems.length > 0) throw new ConfigError(problems);
+  // (A listener that did not parse was reported.)
+  if (problems.length > 0 || !listen) throw new ConfigError(problems);
   return {
     kind: 'run',
     config: deepFreeze({
@@ -614,13 +616,14 @@ function hostNames(names: readonly string[], source: string, field: string, prob
   });
 }
 
-function parseListen(text: string, field: string, source: string, problems: ConfigProblem[]): { host: string; port: number } {
+/** HOST:PORT, or undefined (reported) when it is none. */
+function parseListen(text: string, field: string, source: string, problems: ConfigProblem[]): { host: string; port: number } | undefined {
   const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(text.trim());
   const host = match?.[1] ?? match?.[2];
   const port = match ? Number(match[3]) : NaN;
   if (!host || !(port >= 0 && port <= 65535) || (match?.[1] && isIP(match[1]) !== 6)) {
     problems.push({ source, field, message: `"${text}" is not HOST:PORT (e.g. 127.0.0.1:8080, [::1]:8080, 0.0.0.0:8080)` });
-    return { host: '127.0.0.1', port: 8080 };
+    return undefined;
   }
   return { host, port };
 }
@@ -1095,8 +1098,11 @@ function withoutContentForPaths(values: Record<string, string | boolean | string
   return kept;
 }
 
-/** Stands in for a path option that held content (see `withoutContentForPaths`); never read. */
-const CONTENT_GIVEN = '(content given as a path, not shown)';
+/**
+ * Stands in for a path option that held content (see `withoutContentForPaths`); never read. Without a comma: a
+ * list variable (SIDECAR_CA) is split on commas, and each piece must still be known for this.
+ */
+const CONTENT_GIVEN = '(content given as a path; not shown)';
 
 /** Content rather than a path: a PEM block, JSON, or several lines. */
 function isContent(value: string): boolean {

@@ -228,6 +228,9 @@ describe('parseConfig', () => {
     expect(taken('127.0.0.1:8080', '127.0.0.1:8080')).toEqual([{ source: '--admin-listen', field: 'admin-listen', message: message('127.0.0.1:8080') }]);
     expect(taken('0.0.0.0:8080', '127.0.0.1:8080')).toEqual([{ source: '--admin-listen', field: 'admin-listen', message: message('0.0.0.0:8080') }]);
     expect(taken('127.0.0.1:8080', '[::]:8080')).toHaveLength(1);
+    // A listener that is no HOST:PORT is that one problem: no clash with a stand-in port.
+    expect(taken('127.0.0.1:8080', '9090').map((p) => p.message)).toEqual(['"9090" is not HOST:PORT (e.g. 127.0.0.1:8080, [::1]:8080, 0.0.0.0:8080)']);
+    expect(taken('8080', '127.0.0.1:8080').map((p) => p.message)).toEqual(['"8080" is not HOST:PORT (e.g. 127.0.0.1:8080, [::1]:8080, 0.0.0.0:8080)']);
     // Other ports, port 0 (each its own), and an IPv4 wildcard beside an IPv6 host do not collide.
     const admin = (listen: string, admin: string) => run(['--service-key', '/k', '--listen', listen, '--admin-listen', admin, '--allow-cidr', '10.0.0.0/8']).adminListen;
     expect(admin('127.0.0.1:8080', '127.0.0.1:9090')).toEqual({ host: '127.0.0.1', port: 9090 });
@@ -796,6 +799,10 @@ describe('content given where a path belongs', () => {
     const text = JSON.stringify(found);
     expect(text).not.toContain('s3cr3t-value');
     expect(text).not.toContain('BEGIN PRIVATE KEY');
+  });
+
+  it('a PEM in SIDECAR_CA (a comma-separated list) is that one problem, not also files that do not exist', () => {
+    expect(problems(['--service-key', '/k'], { SIDECAR_CA: PEM })).toEqual([{ source: 'SIDECAR_CA', field: 'ca', message: expect.stringMatching(/^holds file content/) }]);
   });
 
   it("refuses it in a config file's path keys too", () => {
