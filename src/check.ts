@@ -895,7 +895,7 @@ async function describeInbound(config: Readonly<Config>): Promise<Finding | unde
   const file = config.inbound.basicAuthFile;
   if (!file) return undefined;
   try {
-    const users = await readBasicAuthFile(file);
+    const users = await readBasicAuthFile(file, config.inbound.basicAuthFileSetting);
     return finding('ok', `inbound basic auth: ${users.userCount} user${users.userCount === 1 ? '' : 's'} in ${shownSource(file)}`);
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;

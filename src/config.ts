@@ -74,6 +74,8 @@ export interface RouteConfig {
 
 export interface InboundConfig {
   basicAuthFile: string | undefined;
+  /** Where `basicAuthFile` was named (`--basic-auth-file`, `SIDECAR_BASIC_AUTH_FILE`, `inbound.basicAuthFile`), for its problems. */
+  basicAuthFileSetting?: string;
   allowCidrs: readonly string[];
   allowAnySender: boolean;
   /** Host names a loopback-only listener accepts beyond IP addresses, `localhost` and `*.localhost` (DNS-rebinding guard). */
@@ -272,6 +274,7 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
   }
   const inbound: InboundConfig = {
     basicAuthFile: basicAuthFile || undefined,
+    basicAuthFileSetting: read.has('basic-auth-file') ? read.sourceOf('basic-auth-file') : 'inbound.basicAuthFile',
     allowCidrs: read.has('allow-cidr') ? read.list('allow-cidr') : (file?.inbound?.allowCidrs ?? []),
     allowAnySender: read.boolean('allow-any-sender') ?? file?.inbound?.allowAnySender ?? false,
     allowHosts: read.has('allow-host')

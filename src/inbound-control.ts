@@ -44,15 +44,18 @@ function sha256(data: string | Uint8Array): Buffer {
   return createHash('sha256').update(data).digest();
 }
 
-/** Reads and parses a basic-auth file (see `parseBasicAuthFile`); an unreadable file is a `ConfigError` too. */
-export async function readBasicAuthFile(file: string): Promise<BasicAuthVerifier> {
+/**
+ * Reads and parses a basic-auth file (see `parseBasicAuthFile`); an unreadable file is a `ConfigError` too. Its
+ * problems name `setting`, where the file was named (`--basic-auth-file`, `SIDECAR_BASIC_AUTH_FILE`…).
+ */
+export async function readBasicAuthFile(file: string, setting = 'basic-auth-file'): Promise<BasicAuthVerifier> {
   let text: string;
   try {
     text = await readTextFile(file);
   } catch (err) {
-    throw new ConfigError([{ source: file, field: 'basic-auth-file', message: readFailure(err, 'user list') }]);
+    throw new ConfigError([{ source: file, field: setting, message: readFailure(err, 'user list') }]);
   }
-  return parseBasicAuthFile(text, file);
+  return parseBasicAuthFile(text, file, setting);
 }
 
 /**
@@ -65,13 +68,13 @@ export async function readBasicAuthFile(file: string): Promise<BasicAuthVerifier
  *
  * @throws ConfigError listing every malformed line (by number, never its content).
  */
-export function parseBasicAuthFile(text: string, source: string): BasicAuthVerifier {
+export function parseBasicAuthFile(text: string, source: string, setting?: string): BasicAuthVerifier {
   const problems: ConfigProblem[] = [];
   const digests = new Map<string, Buffer>();
   const firstLine = new Map<string, number>();
   const lines = withoutBom(text).split('\n');
   for (let i = 0; i < lines.length; i++) {
-    const field = `line ${i + 1}`;
+    const field = setting === undefined ? `line ${i + 1}` : `${setting} line ${i + 1}`;
     let line = lines[i]!;
     if (line.endsWith('\r')) line = line.slice(0, -1);
     line = line.replace(LINE_OWS, '');

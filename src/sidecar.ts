@@ -419,7 +419,7 @@ async function inboundControl(config: Readonly<Config>): Promise<InboundControl>
   const file = config.inbound.basicAuthFile;
   if (file) {
     try {
-      options.basicAuth = await readBasicAuthFile(file);
+      options.basicAuth = await readBasicAuthFile(file, config.inbound.basicAuthFileSetting);
     } catch (err) {
       if (!(err instanceof ConfigError)) throw err;
       problems.push(...err.problems);

@@ -176,13 +176,13 @@ describe('oauth-sidecar check: the inbound basic-auth file', () => {
     const broken = await files.write('users-broken.txt', 'erp:first-Pa55word\nnocolon-Secr3t-line\n');
     const refused = await check(healthy('--basic-auth-file', broken), { path: '/http/GetTimestamp' });
     expect(refused.ok).toBe(false);
-    expect(refused.text).toContain(`FAIL inbound basic auth file: line 2: expected user:password or user:sha256:<hex> (${broken})`);
+    expect(refused.text).toContain(`FAIL inbound basic auth file: --basic-auth-file line 2: expected user:password or user:sha256:<hex> (${broken})`);
     expect(refused.lines.at(-1)).toBe('FAIL the inbound basic-auth file is unusable: serve would refuse to start');
     expect(refused.text).not.toMatch(/Secr3t|Pa55word/);
 
     const missing = await check(healthy('--basic-auth-file', `${broken}.missing`), { path: '/http/GetTimestamp' });
     expect(missing.ok).toBe(false);
-    expect(missing.text).toContain('FAIL inbound basic auth file: basic-auth-file: user list does not exist');
+    expect(missing.text).toContain('FAIL inbound basic auth file: --basic-auth-file: user list does not exist');
   });
 });
 
@@ -221,7 +221,7 @@ describe('oauth-sidecar check: values given where a path belongs', () => {
 
   it('a basic-auth file, a NODE_EXTRA_CA_CERTS file or a service key that is no path is never shown', async () => {
     const users = await check(healthy('--basic-auth-file', PASTED), { path: '/http/GetTimestamp' });
-    expect(users.text).toContain(`FAIL inbound basic auth file: basic-auth-file: user list does not exist (${NOT_SHOWN})`);
+    expect(users.text).toContain(`FAIL inbound basic auth file: --basic-auth-file: user list does not exist (${NOT_SHOWN})`);
     expect(users.text).not.toContain('S3cretPassw0rd');
 
     // Without --ca node reads NODE_EXTRA_CA_CERTS itself: check only names it.

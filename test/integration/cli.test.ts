@@ -183,7 +183,7 @@ describe('oauth-sidecar CLI', () => {
     const users = await files.write('check-users.txt', 'no-colon-here\n');
     const unusable = await runCli(['check', '--service-key', keyPath, '--ca', caPath, '--check-path', '/http/GetTimestamp', '--basic-auth-file', users]);
     expect(unusable.code).toBe(2);
-    expect(unusable.stdout).toMatch(/^FAIL\s+inbound basic auth file: line 1: /m);
+    expect(unusable.stdout).toMatch(/^FAIL\s+inbound basic auth file: --basic-auth-file line 1: /m);
   });
 
   /** `serve` on a port of its own with JSON logs and this shutdown delay and grace, once it listens. */

@@ -319,7 +319,7 @@ describe('serve lists every problem of the files it reads at once', () => {
     const lines = result.stderr.trimEnd().split('\n');
     expect(lines[0]).toBe('oauth-sidecar: invalid configuration:');
     expect(lines).toHaveLength(4);
-    expect(lines.find((l) => l.includes(`(${users})`))).toBeDefined();
+    expect(lines.find((l) => l.includes(`(${users})`))).toBe(`  - inbound.basicAuthFile line 1: expected user:password or user:sha256:<hex> (${users})`);
     expect(lines.find((l) => l.startsWith('  - route "orders"') && l.includes(`(${first})`))).toBeDefined();
     expect(lines.find((l) => l.startsWith('  - route "invoices"') && l.includes(`(${second})`))).toBeDefined();
   });
