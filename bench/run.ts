@@ -88,7 +88,7 @@ const FLAGS: Flags = {
   out: { type: 'string', default: 'bench/results', description: 'directory for latest.json and latest.md' },
   'no-write': { type: 'boolean', description: 'print the results only' },
   keep: { type: 'boolean', description: 'keep the scratch directory (logs, keys, nginx.conf)' },
-  strict: { type: 'boolean', description: 'exit 1 when oauth-sidecar misses a target' },
+  strict: { type: 'boolean', description: 'exit 1 when oauth-sidecar misses a target, or one cannot be judged (a baseline failed)' },
 };
 
 const SUMMARY = 'oauth-sidecar benchmark: throughput, latency, upload speed, RSS and token requests against direct, bare undici, bare http-proxy and nginx.';
@@ -127,7 +127,7 @@ async function main(): Promise<number> {
   for (const name of kinds) if (!CONTENDER_NAMES.includes(name)) throw new Error(`unknown contender "${name}" (known: ${CONTENDER_NAMES.join(', ')})`);
   if (kinds.includes('nginx') && !nginxAvailable()) {
     kinds = kinds.filter((c) => c !== 'nginx');
-    const note = 'nginx is not installed: skipped (Debian: apt-get install nginx-light)';
+    const note = 'nginx is not installed (not on PATH, nor in /usr/sbin or /usr/local/sbin): skipped (Debian: apt-get install nginx-light)';
     say(`bench: ${note}`);
     notes.push(note);
   }

@@ -85,12 +85,26 @@ export interface StartContext {
 
 const START_TIMEOUT_MS = 30_000;
 
+/**
+ * nginx on PATH, else where Debian and source builds put it: a non-root user's PATH on Debian lacks /usr/sbin,
+ * where apt-get installs it.
+ */
+const NGINX_PLACES = ['nginx', '/usr/sbin/nginx', '/usr/local/sbin/nginx', '/usr/local/nginx/sbin/nginx'];
+let nginxFound: string | null | undefined;
+
+/** The nginx command to run, or undefined when none is installed. */
+export function nginxCommand(): string | undefined {
+  if (nginxFound === undefined) nginxFound = NGINX_PLACES.find((command) => commandExists(command, ['-v'])) ?? null;
+  return nginxFound ?? undefined;
+}
+
 export function nginxAvailable(): boolean {
-  return commandExists('nginx', ['-v']);
+  return nginxCommand() !== undefined;
 }
 
 export function nginxVersion(): string | undefined {
-  return commandVersion('nginx', ['-v']);
+  const command = nginxCommand();
+  return command === undefined ? undefined : commandVersion(command, ['-v']);
 }
 
 export async function startContender(spec: ContenderSpec, shared: StartContext): Promise<RunningContender> {
@@ -257,7 +271,7 @@ http {
 `;
   const confFile = join(dir, 'nginx.conf');
   writeFileSync(confFile, conf);
-  const child = new Child('nginx', 'nginx', ['-e', join(dir, 'error.log'), '-p', dir, '-c', confFile], { cpu: ctx.cpu, env: cleanEnv() });
+  const child = new Child('nginx', nginxCommand() ?? 'nginx', ['-e', join(dir, 'error.log'), '-p', dir, '-c', confFile], { cpu: ctx.cpu, env: cleanEnv() });
   const base = `http://127.0.0.1:${port}`;
   return stopOnFailure(child, async () => {
     const deadline = Date.now() + START_TIMEOUT_MS;
