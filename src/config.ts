@@ -193,6 +193,9 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
   if (values['version']) return { kind: 'version' };
 
   const [commandArg, ...extra] = parsed.positionals;
+  // `oauth-sidecar help` and `oauth-sidecar version`, as other tools take them.
+  if (commandArg === 'help' && extra.length === 0) return { kind: 'help' };
+  if (commandArg === 'version' && extra.length === 0) return { kind: 'version' };
   if (commandArg === 'demo') {
     // The demo has flags of its own (cli.ts); it is recognised only as the first argument.
     throw new ConfigError([{ source: 'command line', field: '', message: 'demo must come first, its flags after it (oauth-sidecar demo --listen 127.0.0.1:18080)' }]);
@@ -206,7 +209,13 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
     throw new ConfigError([{ source: 'command line', field: '', message }]);
   }
   if (extra.length > 0) {
-    problems.push({ source: 'command line', field: '', message: 'unexpected argument after the command (a value with spaces needs quotes)' });
+    // A command name is safe to show; any other word may be a secret's value split off its flag.
+    const commands = extra.filter((word) => (COMMANDS as readonly string[]).includes(word) || word === 'demo');
+    const message =
+      commands.length > 0
+        ? `one command at a time: ${command} is given, and ${commands.join(', ')} after it`
+        : `unexpected argument after the command: ${extra.length === 1 ? 'a word' : `${extra.length} words`} not belonging to a flag (not shown; a value with spaces needs quotes)`;
+    problems.push({ source: 'command line', field: '', message });
   }
 
   // `--service-key "$KEY"` with KEY unset: the empty value would fall back to another source, or to a default.

@@ -363,7 +363,13 @@ describe('parseConfig', () => {
     expect(split).toEqual([{ source: 'command line', field: '', message: 'unknown command; the commands are serve, token, check, demo' }]);
     expect(JSON.stringify(split)).not.toContain(SECRET);
     const extra = problems(['token', '--service-key', '/k', '--scope', 'a', SECRET]);
-    expect(extra).toEqual([{ source: 'command line', field: '', message: 'unexpected argument after the command (a value with spaces needs quotes)' }]);
+    expect(extra).toEqual([{ source: 'command line', field: '', message: 'unexpected argument after the command: a word not belonging to a flag (not shown; a value with spaces needs quotes)' }]);
+    expect(JSON.stringify(extra)).not.toContain(SECRET);
+    // A second command is named: it is no secret.
+    expect(problems(['token', 'check', '--service-key', '/k'])).toEqual([{ source: 'command line', field: '', message: 'one command at a time: token is given, and check after it' }]);
+    // `help` and `version` as commands, as other tools take them.
+    expect(parseConfig(['help'], {}, () => '')).toEqual({ kind: 'help' });
+    expect(parseConfig(['version'], {}, () => '')).toEqual({ kind: 'version' });
     // A misspelt choice is still shown: a short plain word, not something a secret looks like.
     expect(problems(['--service-key', '/k', '--token-auth', 'digest'])[0]?.message).toBe('must be basic or post, not "digest"');
   });
