@@ -346,8 +346,8 @@ export function describeScopes(
     return finding('ok', `granted scopes: ${shown}`, apiHost ? ['API host: pass --check-role ROLE to check a role (e.g. WorkspacePackagesRead)'] : []);
   }
   if (granted) return finding('ok', `role ${role} granted; scopes: ${shown}`);
-  if (scopeAsked !== undefined) {
-    return finding('warn', `role ${role} not among the granted scopes: ${shown}`, [scopeLeavesOut(role, scopeAsked)]);
+  if (narrowedOut(role, scopeAsked)) {
+    return finding('warn', `role ${role} not among the granted scopes: ${shown}`, [scopeLeavesOut(role, scopeAsked!)]);
   }
   return finding('warn', `role ${role} not among the granted scopes: ${shown}`, apiHost
     ? [`the OData API call needs role ${role}: add it to the api instance's roles (changes take up to 1 h)`]
@@ -355,6 +355,11 @@ export function describeScopes(
         `the integration flow's sender adapter needs role ${role}: add it to the service instance's roles (changes take up to 1 h)`,
         `(if the adapter uses a custom User Role, pass it with --check-role)`,
       ]);
+}
+
+/** Whether the scope the token request names (if any) leaves `role` out. */
+function narrowedOut(role: string, scopeAsked: string | undefined): boolean {
+  return scopeAsked !== undefined && !scopeGrantsRole(scopeAsked.split(/\s+/).filter(Boolean), role);
 }
 
 /** The token request asked for a scope that leaves `role` out: the instance may well grant it. */
@@ -733,8 +738,8 @@ function explainForbidden(answer: UpstreamAnswer, ctx: UpstreamContext, seen: st
           : `the token's scopes cannot be read (an opaque token): add ${ctx.role} to the api instance's roles if it is missing (changes take up to 1 h)`
         : checked === 'granted'
           ? `the token carries ${ctx.role}: this call needs another role, or the grant has not reached the API yet (up to 1 h)`
-          : ctx.scopeAsked !== undefined
-            ? scopeLeavesOut(ctx.role!, ctx.scopeAsked)
+          : narrowedOut(ctx.role!, ctx.scopeAsked)
+            ? scopeLeavesOut(ctx.role!, ctx.scopeAsked!)
             : `add ${ctx.role} to the api instance's roles (changes take up to 1 h; a new service key is not needed)`,
     ]);
   }
@@ -745,8 +750,8 @@ function explainForbidden(answer: UpstreamAnswer, ctx: UpstreamContext, seen: st
           `the token carries ${role}, so the sender adapter probably requires a custom User Role (Monitor > Manage Security > User Roles): add that role to the service instance and check it with --check-role`,
           'role changes take up to 1 h to reach the runtime (cached)',
         ]
-      : ctx.roleGranted === false && ctx.scopeAsked !== undefined
-        ? [scopeLeavesOut(role, ctx.scopeAsked)]
+      : ctx.roleGranted === false && narrowedOut(role, ctx.scopeAsked)
+        ? [scopeLeavesOut(role, ctx.scopeAsked!)]
         : [
           `the sender adapter's User Role (${role === DEFAULT_CHECK_ROLE ? `default ${role}` : role}) must be among the service instance's roles: add it (cockpit: the instance's parameters, "roles")`,
           'role changes take up to 1 h to reach the runtime (cached); a new service key is not needed',

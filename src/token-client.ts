@@ -506,7 +506,11 @@ const PARAMETER_ERRORS: ReadonlyMap<string, (where: string) => string> = new Map
   ['invalid_target', () => 'check --resource and --audience (RFC 8707): the token server does not know that target'],
   ['unsupported_grant_type', (where: string) => `check that tokenurl of ${where} is an OAuth token endpoint that allows client_credentials`],
   ['invalid_request', (where: string) => `check --token-param and tokenurl of ${where}`],
-  ['unauthorized_client', () => 'the client may not use the client_credentials grant: add "client_credentials" to the grant-types of its service instance (the secret is not in question)'],
+  [
+    'unauthorized_client',
+    (where: string) =>
+      `the client may not use the client_credentials grant: add "client_credentials" to the grant-types of its service instance; some servers (not XSUAA) answer a wrong clientid/clientsecret so too: check those of ${where}`,
+  ],
 ]);
 
 /** The OAuth `error` code of an error body, lower-cased, if there is one. */

@@ -65,6 +65,10 @@ describe('check: explaining the upstream answer', () => {
     const forbidden = text({ status: 403, headers: {}, body: '' }, { ...CONTEXT, role: 'ESBMessaging.send', scopeAsked: 'uaa.resource' });
     expect(forbidden).toContain('leaves ESBMessaging.send out');
     expect(forbidden).not.toContain('add it (cockpit');
+    // A scope asked for that names the role: not what leaves it out.
+    const named = describeScopes(['uaa.resource'], 'ESBMessaging.send', false, { apiHost: false, scopeAsked: 'it-rt-acme!b196.ESBMessaging.send' }).hints.join('\n');
+    expect(named).not.toContain('leaves ESBMessaging.send out');
+    expect(named).toContain("add it to the service instance's roles");
     // Without a scope asked for, the instance's roles are the fix, worded for the host.
     expect(describeScopes([], 'ESBMessaging.send', false, { apiHost: false }).hints.join('\n')).toContain("sender adapter needs role ESBMessaging.send: add it to the service instance's roles");
     const api = describeScopes([], 'WorkspacePackagesRead', false, { apiHost: true }).hints.join('\n');
