@@ -74,41 +74,81 @@ export function csrfFromResponse(
   if (typeof token !== 'string' || token === '' || token.toLowerCase() === 'required') return undefined;
   const setCookie = headers['set-cookie'];
   const list = setCookie === undefined ? [] : Array.isArray(setCookie) ? setCookie : [setCookie];
-  // Name → pair, or null for a removal; a later Set-Cookie of the same name wins.
-  const set = new Map<string, string | null>();
+  // RFC 6265 §5.3 step 11: a cookie is its name and path (the domain is the upstream's); a later Set-Cookie of
+  // the same name and path replaces an earlier one, or removes it when it has already expired.
+  const cookies = new Map<string, { name: string; pair: string | undefined }>();
   for (const line of list) {
     // RFC 6265 §5.2: the cookie-pair is everything before the first ';', kept as sent.
     const [first, ...attributes] = line.split(';');
     const pair = first!.trim();
     if (!pair.includes('=')) continue;
     const name = cookieName(pair);
-    set.delete(name);
-    set.set(name, expired(attributes, now) ? null : pair);
+    const { path, expired } = readAttributes(attributes, now);
+    const key = `${name}\u0000${path}`;
+    cookies.delete(key);
+    cookies.set(key, { name, pair: expired ? undefined : pair });
   }
-  const pairs = [...set.values()].filter((pair): pair is string => pair !== null).join('; ');
-  const kept = sentCookie === undefined ? '' : withoutCookies(sentCookie, new Set(set.keys()));
+  // The earlier session's cookies carry no path: one goes when the answer names it, set anew or removed.
+  const named = new Set([...cookies.values()].map((c) => c.name));
+  const pairs = [...cookies.values()].flatMap((c) => (c.pair === undefined ? [] : [c.pair])).join('; ');
+  const kept = sentCookie === undefined ? '' : withoutCookies(sentCookie, named);
   const cookie = kept === '' ? pairs : pairs === '' ? kept : `${kept}; ${pairs}`;
   return { token, cookie: cookie === '' ? undefined : cookie };
 }
 
-/** RFC 6265 §5.2.1–5.2.2, §5.3: whether a Set-Cookie's attributes say it has expired (Max-Age wins over Expires). */
-function expired(attributes: readonly string[], now: number): boolean {
+/**
+ * A Set-Cookie's `Path` (`''` when none) and whether it has already expired (RFC 6265 §5.2.1–5.2.2, §5.3: a
+ * `Max-Age` of 0 or less, else an `Expires` in the past; Max-Age wins, and an attribute that does not parse is
+ * ignored).
+ */
+function readAttributes(attributes: readonly string[], now: number): { path: string; expired: boolean } {
   let maxAge: number | undefined;
   let expires: number | undefined;
+  let path = '';
   for (const attribute of attributes) {
     const eq = attribute.indexOf('=');
     if (eq === -1) continue;
     const name = attribute.slice(0, eq).trim().toLowerCase();
     const value = attribute.slice(eq + 1).trim();
     if (name === 'max-age' && /^-?\d+$/.test(value)) maxAge = Number(value);
-    else if (name === 'expires') {
-      const date = Date.parse(value);
-      if (Number.isFinite(date)) expires = date;
+    else if (name === 'expires') expires = parseCookieDate(value) ?? expires;
+    else if (name === 'path') path = value;
+  }
+  const expired = maxAge !== undefined ? maxAge <= 0 : expires !== undefined && expires <= now;
+  return { path, expired };
+}
+
+/** RFC 6265 §5.1.1's cookie-date algorithm: epoch milliseconds, or undefined for what it does not accept. */
+export function parseCookieDate(text: string): number | undefined {
+  let time: number[] | undefined;
+  let day: number | undefined;
+  let month: number | undefined;
+  let year: number | undefined;
+  // Delimiters: %x09 / %x20-2F / %x3B-40 / %x5B-60 / %x7B-7E.
+  for (const token of text.split(/[\x09\x20-\x2f\x3b-\x40\x5b-\x60\x7b-\x7e]+/)) {
+    if (token === '') continue;
+    let match: RegExpExecArray | null;
+    if (time === undefined && (match = /^(\d{1,2}):(\d{1,2}):(\d{1,2})(?:\D|$)/.exec(token))) {
+      time = [Number(match[1]), Number(match[2]), Number(match[3])];
+    } else if (day === undefined && (match = /^(\d{1,2})(?:\D|$)/.exec(token))) {
+      day = Number(match[1]);
+    } else if (month === undefined && MONTHS.includes(token.slice(0, 3).toLowerCase())) {
+      month = MONTHS.indexOf(token.slice(0, 3).toLowerCase());
+    } else if (year === undefined && (match = /^(\d{2,4})(?:\D|$)/.exec(token))) {
+      year = Number(match[1]);
     }
   }
-  if (maxAge !== undefined) return maxAge <= 0;
-  return expires !== undefined && expires <= now;
+  if (time === undefined || day === undefined || month === undefined || year === undefined) return undefined;
+  if (year >= 70 && year <= 99) year += 1900;
+  else if (year >= 0 && year <= 69) year += 2000;
+  const [hour, minute, second] = time as [number, number, number];
+  if (day < 1 || day > 31 || year < 1601 || hour > 23 || minute > 59 || second > 59) return undefined;
+  const date = Date.UTC(year, month, day, hour, minute, second);
+  // A day the month does not have (31 Apr) fails to parse (§5.1.1 step 6).
+  return new Date(date).getUTCDate() === day ? date : undefined;
 }
+
+const MONTHS = ['jan', 'feb', 'mar', 'apr', 'may', 'jun', 'jul', 'aug', 'sep', 'oct', 'nov', 'dec'];
 
 /** `cookie` without the pairs named in `names`. */
 function withoutCookies(cookie: string, names: ReadonlySet<string>): string {

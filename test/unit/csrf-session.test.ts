@@ -4,7 +4,7 @@
  * whole CSRF exchange against a real upstream.
  */
 import { describe, expect, it } from 'vitest';
-import { CsrfSession, csrfFromResponse, mergeCookies, type CsrfCredentials } from '../../src/csrf-session.js';
+import { CsrfSession, csrfFromResponse, mergeCookies, parseCookieDate, type CsrfCredentials } from '../../src/csrf-session.js';
 
 describe('csrfFromResponse', () => {
   it('builds the cookie header from the Set-Cookie pairs, byte for byte', () => {
@@ -40,10 +40,36 @@ describe('csrfFromResponse', () => {
     expect(csrfFromResponse({ 'x-csrf-token': 't7', 'set-cookie': 'a=; Max-Age=-1' }, 'a=1', now)).toEqual({ token: 't7', cookie: undefined });
   });
 
+  it('tells cookies apart by name and path, and removes only the one an expired Set-Cookie names', () => {
+    const now = Date.parse('2026-06-01T12:00:00Z');
+    const answer = (...setCookie: string[]) => csrfFromResponse({ 'x-csrf-token': 't', 'set-cookie': setCookie }, undefined, now)?.cookie;
+    expect(answer('JSESSIONID=new; Path=/', 'JSESSIONID=; Path=/old; Max-Age=0')).toBe('JSESSIONID=new');
+    expect(answer('a=1; Path=/', 'a=2; Path=/http')).toBe('a=1; a=2');
+    expect(answer('a=1; Path=/', 'a=2; Path=/')).toBe('a=2');
+    // What is no cookie-date is ignored (RFC 6265 §5.2.1), not read as a date long past: the cookie stays.
+    for (const expires of ['0', '-1', 'never', 'Thu, 31 Apr 2030 00:00:00 GMT']) expect([expires, answer(`JSESSIONID=abc; Path=/; Expires=${expires}`)]).toEqual([expires, 'JSESSIONID=abc']);
+    expect(answer('JSESSIONID=abc; Expires=Fri, 01-Jan-60 00:00:00 GMT')).toBe('JSESSIONID=abc'); // 2060, not 1960
+    expect(answer('JSESSIONID=abc; Expires=Sun, 06-Nov-94 08:49:37 GMT')).toBeUndefined(); // 1994
+  });
+
   it('is no session without a token, or when the answer only says Required', () => {
     expect(csrfFromResponse({ 'set-cookie': 'JSESSIONID=s1' })).toBeUndefined();
     expect(csrfFromResponse({ 'x-csrf-token': 'Required' })).toBeUndefined();
     expect(csrfFromResponse({ 'x-csrf-token': 't4' })).toEqual({ token: 't4', cookie: undefined });
+  });
+});
+
+describe('parseCookieDate (RFC 6265 §5.1.1)', () => {
+  it('reads the forms servers send, two-digit years as §5.1.1 maps them, and refuses what is no date', () => {
+    const utc = (iso: string) => Date.parse(iso);
+    expect(parseCookieDate('Wed, 09 Jun 2021 10:18:14 GMT')).toBe(utc('2021-06-09T10:18:14Z'));
+    expect(parseCookieDate('Wednesday, 09-Jun-21 10:18:14 GMT')).toBe(utc('2021-06-09T10:18:14Z'));
+    expect(parseCookieDate('Wed Jun  9 10:18:14 2021')).toBe(utc('2021-06-09T10:18:14Z'));
+    expect(parseCookieDate('Thu, 01-Jan-70 00:00:01 GMT')).toBe(1_000);
+    expect(parseCookieDate('Sat, 01-Jan-69 00:00:00 GMT')).toBe(utc('2069-01-01T00:00:00Z'));
+    for (const text of ['0', '-1', '', 'tomorrow', '2021-06-09', 'Wed, 09 Jun 2021', 'Wed, 32 Jun 2021 10:18:14 GMT', 'Wed, 09 Jun 1600 10:18:14 GMT', 'Wed, 09 Jun 2021 24:00:00 GMT']) {
+      expect([text, parseCookieDate(text)]).toEqual([text, undefined]);
+    }
   });
 });
 
