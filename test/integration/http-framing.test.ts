@@ -13,6 +13,7 @@ import { rawOpen, rawRequest } from '../helpers/raw-http.js';
 import { expectNoSecretOrStack, secretForms } from '../helpers/secrets.js';
 import { runSidecar, scratch, type RunningSidecar } from '../helpers/sidecar.js';
 import { TokenEndpoint } from '../helpers/token-endpoint.js';
+import { MAX_EARLY_HINTS } from '../../src/proxy.js';
 
 const CLIENT_ID = 'sb-framing!b7|it-rt-acme!b196';
 const SECRET = 'fr4ming$Secret=value!|%+:9c';
@@ -46,6 +47,12 @@ const ANSWERS: Record<string, (socket: TLSSocket, head: string) => void> = {
   '/trickle': (socket) => {
     socket.write('HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n');
     setTimeout(() => socket.write('3\r\ndef\r\n0\r\n\r\n'), 300);
+  },
+  // Early hints without end (here 400 of 8 KB) before the answer: what a sender that does not read would pile up.
+  '/hints-flood': (socket) => {
+    const link = `</${'x'.repeat(8_000)}>; rel=preload`;
+    for (let i = 0; i < 400; i++) socket.write(`HTTP/1.1 103 Early Hints\r\nlink: ${link}\r\n\r\n`);
+    socket.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok');
   },
   '/hints': (socket) => {
     socket.write('HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload; as=style\r\n\r\n');
@@ -289,6 +296,12 @@ describe('upstream answers that cannot be passed on as they are', () => {
     const echoed = await rawRequest(sidecar.address.port, 'GET /hints-echo HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n', { timeoutMs: BOUND_MS });
     expect(echoed.text).toMatch(/^HTTP\/1\.1 103 Early Hints\r\nlink: <\/preload\?auth=\[redacted\]>; rel=preload\r\n/i);
     expect(echoed.text).not.toMatch(/tok-\d+-/);
+    // An upstream sending them without end: at most MAX_EARLY_HINTS reach the sender (the rest would only pile up
+    // in its socket buffer), then the answer.
+    const flood = await rawRequest(sidecar.address.port, 'GET /hints-flood HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n', { timeoutMs: BOUND_MS });
+    expect(flood.text).toMatch(/\r\n\r\nHTTP\/1\.1 200 OK\r\n/);
+    expect(flood.text.match(/^HTTP\/1\.1 103 /gm)).toHaveLength(MAX_EARLY_HINTS);
+    expect(flood.text.endsWith('\r\n\r\nok')).toBe(true);
     const old = await rawRequest(sidecar.address.port, 'GET /hints?1.0 HTTP/1.0\r\n\r\n', { timeoutMs: BOUND_MS });
     expect(old.status, old.text).toBe(200);
     // One status line, the final one (the random request id may hold "103", so only status lines are looked at).
