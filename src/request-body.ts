@@ -22,8 +22,14 @@ export class RequestBody {
   readonly #scavenger: Scavenger | undefined;
   readonly #present: boolean;
   readonly #budget: ReplayBudget;
+  /** The copy's filled blocks; `#block` is the one being filled (`#blockUsed` bytes of it). */
   #copy: Buffer[] | undefined = [];
+  #block: Buffer | undefined;
+  #blockUsed = 0;
+  /** Bytes of the body copied (the per-request limit counts these). */
   #copied = 0;
+  /** The declared `Content-Length`, if any: blocks are sized to it. */
+  readonly #declared: number | undefined;
   /** Bytes of the copy reserved in the budget (given back when the copy is dropped or the request is over). */
   #reserved = 0;
   /** Bytes received from the sender. */
@@ -40,6 +46,7 @@ export class RequestBody {
     this.#scavenger = scavenger;
     this.#budget = budget;
     const length = req.headers['content-length'];
+    this.#declared = length === undefined ? undefined : Number(length);
     this.#present = announcesBody(req);
     // A declared length over the limit can never be replayed: no copy is kept.
     if (length !== undefined && Number(length) > limit) this.#copy = undefined;
@@ -69,24 +76,47 @@ export class RequestBody {
     return tee;
   }
 
+  /**
+   * The copy is written into blocks of its own, charged to the budget as allocated: the chunks themselves are not
+   * kept. A chunked body of 1-byte chunks is as many Buffers (~200 bytes each, and each may hold on to the socket
+   * read it came in), which counted by their bytes would hold hundreds of times the budget.
+   */
   readonly #keep = (chunk: Buffer): void => {
     this.#seen += chunk.length;
     if (this.#copy === undefined) return;
     this.#copied += chunk.length;
-    if (this.#copied <= this.#limit && this.#budget.take(chunk.length)) {
-      this.#reserved += chunk.length;
-      this.#copy.push(chunk);
-      return;
-    }
+    if (this.#copied <= this.#limit && this.#copyIn(chunk)) return;
     // Over this request's limit, or over what all copies together may hold: not replayable after all.
     this.#drop();
     this.#req.off('end', this.#end);
     this.#settle();
   };
 
+  /** Copies `chunk` into the blocks, allocating (and charging) new ones as needed; false when the budget is spent. */
+  #copyIn(chunk: Buffer): boolean {
+    let offset = 0;
+    while (offset < chunk.length) {
+      if (this.#block === undefined || this.#blockUsed === this.#block.length) {
+        if (this.#block !== undefined) this.#copy!.push(this.#block);
+        this.#block = undefined;
+        // Sized to what is still to come when the length is declared (a small body takes a small block).
+        const size = this.#declared !== undefined ? Math.min(COPY_BLOCK_BYTES, Math.max(1, this.#declared - (this.#copied - chunk.length + offset))) : CHUNKED_COPY_BLOCK_BYTES;
+        if (!this.#budget.take(size)) return false;
+        this.#reserved += size;
+        this.#block = Buffer.allocUnsafe(size);
+        this.#blockUsed = 0;
+      }
+      const copied = chunk.copy(this.#block, this.#blockUsed, offset);
+      this.#blockUsed += copied;
+      offset += copied;
+    }
+    return true;
+  }
+
   /** No copy from here on (over a limit, not wanted, or the exchange is over); its bytes go back to the budget. */
   #drop(): void {
     this.#copy = undefined;
+    this.#block = undefined;
     this.#budget.give(this.#reserved);
     this.#reserved = 0;
   }
@@ -169,13 +199,20 @@ export class RequestBody {
   }
 
   /**
-   * The kept copy as a body to send again: its own chunks, never joined into a second buffer, which the budget
+   * The kept copy as a body to send again: its blocks, never joined into a second buffer, which the budget
    * would not count (a burst of resends after a CPI session expired would hold twice --max-replay-memory).
    */
   replay(): Readable | undefined {
-    return this.#present && this.#copy ? Readable.from(this.#copy.slice(), { objectMode: false }) : undefined;
+    if (!this.#present || this.#copy === undefined) return undefined;
+    const blocks = this.#block === undefined ? this.#copy.slice() : [...this.#copy, this.#block.subarray(0, this.#blockUsed)];
+    return Readable.from(blocks, { objectMode: false });
   }
 }
+
+/** Blocks the replay copy is written into: 64 KiB (a socket read), or the declared length when smaller. */
+const COPY_BLOCK_BYTES = 64 * 1024;
+/** Blocks for a chunked body, whose length is not known: 16 KiB, so that many small ones do not spend the budget. */
+const CHUNKED_COPY_BLOCK_BYTES = 16 * 1024;
 
 /** The request has a body: a non-zero `Content-Length` or a `Transfer-Encoding` (RFC 9112 §6.3). */
 export function announcesBody(req: IncomingMessage): boolean {
