@@ -47,7 +47,7 @@ export interface LoggerOptions {
   /** Human-readable lines (pino-pretty, in a worker thread) instead of JSON. */
   pretty?: boolean;
   /** File descriptor: 1 (stdout) for `serve`, 2 (stderr) when stdout carries a result. */
-  fd?: 1 | 2;
+  fd?: number;
   /** Test hook: write log lines here instead. */
   stream?: DestinationStream;
 }
@@ -61,7 +61,16 @@ export interface Loggers {
   log: Logger;
   /** One line per request, built from non-secret values only (see `access-log.ts`). Same destination as `log`. */
   access: AccessLog;
+  /** Lines dropped because the output was not being read (see `LOG_BUFFER_BYTES`). */
+  dropped?: { readonly lines: number };
 }
+
+/**
+ * What the log may hold unwritten. Output nobody reads (a stuck log driver, a pipe into a stalled tool) would
+ * otherwise grow the process at the request rate until it is killed; beyond this, lines are dropped and counted
+ * (`oauth_sidecar_log_lines_dropped_total`) instead.
+ */
+export const LOG_BUFFER_BYTES = 16 * 1024 * 1024;
 
 /**
  * pino's ISO timestamp (`,"time":"…"`). Under load many access lines share a millisecond and all of a
@@ -105,11 +114,20 @@ export function createLoggers(options: LoggerOptions): Loggers {
     });
     return { log, access: pinoAccessLog(log) };
   }
-  const destination = options.stream ?? pino.destination({ fd: options.fd ?? 1, sync: false });
+  const dropped = { lines: 0 };
+  let destination = options.stream;
+  if (destination === undefined) {
+    const boom = pino.destination({ fd: options.fd ?? 1, sync: false, maxLength: LOG_BUFFER_BYTES });
+    boom.on('drop', (data: string) => {
+      for (let i = data.indexOf('\n'); i !== -1; i = data.indexOf('\n', i + 1)) dropped.lines++;
+    });
+    destination = boom;
+  }
   const formatters = { level: (label: string) => ({ level: label }) };
   return {
     log: pino({ ...base, formatters, redact: { paths: REDACT_PATHS, censor: '[REDACTED]' } }, destination),
     // The test hook sees every access line at once; real output is batched (see `access-log.ts`).
     access: jsonAccessLog({ level: options.level, destination, time: isoTime, name: base.base.name, ...(options.stream && { batchChars: 0 }) }),
+    dropped,
   };
 }

@@ -27,6 +27,8 @@ export interface MetricsOptions {
   now?: () => number;
   /** Sender connections open now and accepted over `--max-connections` so far. */
   connections?: { readonly open: number; readonly refused: number };
+  /** Log lines dropped because the output was not being read (logger.ts `LOG_BUFFER_BYTES`). */
+  logDropped?: { readonly lines: number };
   /** Process metrics (heap, GC, event loop); off in tests that build many registries. */
   defaultMetrics?: boolean;
 }
@@ -102,6 +104,18 @@ export class Metrics {
         collect() {
           this.reset();
           this.inc(connections.refused);
+        },
+      });
+    }
+    const logDropped = options.logDropped;
+    if (logDropped !== undefined) {
+      new Counter({
+        name: `${PREFIX}log_lines_dropped_total`,
+        help: 'Log lines dropped because the log output was not being read (more than 16 MiB waiting).',
+        registers,
+        collect() {
+          this.reset();
+          this.inc(logDropped.lines);
         },
       });
     }

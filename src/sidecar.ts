@@ -116,7 +116,7 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
       warnOverLimit(connections.open);
     }, wait).unref();
   });
-  metrics = new Metrics({ routes, tokens, credentialErrors, connections, defaultMetrics: options.defaultMetrics ?? true });
+  metrics = new Metrics({ routes, tokens, credentialErrors, connections, logDropped: loggers.dropped, defaultMetrics: options.defaultMetrics ?? true });
   const m = metrics;
 
   const observer: ProxyObserver = {

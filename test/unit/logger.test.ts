@@ -1,6 +1,11 @@
+import { execFileSync } from 'node:child_process';
+import { createReadStream, mkdtempSync, openSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Writable } from 'node:stream';
+import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
-import { createLogger, isoTimeOf } from '../../src/logger.js';
+import { createLogger, createLoggers, isoTimeOf, LOG_BUFFER_BYTES } from '../../src/logger.js';
 
 describe('log timestamps', () => {
   it('write the time exactly as toISOString does, across milliseconds, seconds, days and years', () => {
@@ -34,5 +39,31 @@ describe('log redaction (the second line of defence)', () => {
     const line = lines.join('');
     expect(line).not.toMatch(/FAKE-/);
     expect(line).toContain('"accept":"text/xml"');
+  });
+});
+
+describe('log output nobody reads', () => {
+  it('drops and counts lines once LOG_BUFFER_BYTES wait unwritten, instead of growing without bound', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'oauth-sidecar-log-'));
+    const fifo = join(dir, 'out');
+    execFileSync('mkfifo', [fifo]);
+    const writeFd = openSync(fifo, 'r+'); // a pipe whose reader never reads (a stuck log driver)
+    const loggers = createLoggers({ level: 'info', fd: writeFd });
+    const line = 'x'.repeat(10_000);
+    const lines = Math.ceil((2 * LOG_BUFFER_BYTES) / line.length);
+    for (let i = 0; i < lines; i++) loggers.log.info({ line }, 'flood');
+    // What the pipe took (64 KiB) and the buffer (16 MiB) hold ~1,700 of these lines; the rest are dropped.
+    expect(loggers.dropped!.lines).toBeGreaterThan(lines / 3);
+    expect(loggers.dropped!.lines).toBeLessThan(lines);
+    // Read it empty, so that the write under way ends, then close.
+    const reader = createReadStream(fifo, { fd: openSync(fifo, 'r') });
+    reader.resume();
+    // The destination writes what it holds, then closes its file descriptor.
+    const destination = (loggers.log as unknown as Record<symbol, NodeJS.EventEmitter & { end(): void }>)[pino.symbols.streamSym]!;
+    const closed = new Promise((resolve) => destination.once('close', resolve));
+    destination.end();
+    await closed;
+    reader.destroy();
+    rmSync(dir, { recursive: true, force: true });
   });
 });
