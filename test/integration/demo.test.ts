@@ -1,7 +1,7 @@
-import { watch } from 'node:fs';
 import { access, mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { request } from 'undici';
 import { collect, startCli } from '../helpers/cli.js';
@@ -54,20 +54,16 @@ describe('oauth-sidecar demo', () => {
   it('a stop signal while the demo tenant starts still removes its directory (the demo keys), and exits 0', async () => {
     const base = await mkdtemp(join(tmpdir(), 'demo-early-'));
     const demoDirs = async () => (await readdir(base)).filter((name) => name.startsWith('oauth-sidecar-demo-'));
-    // The signal goes the moment the tenant's directory appears: before the sidecar (and its handlers) can start.
-    const watcher = watch(base);
     try {
-      const child = startCli(['demo', '--listen', '127.0.0.1:0', '--admin-listen', 'off'], { TMPDIR: base });
-      const result = collect(child);
-      watcher.on('change', (_event, name) => {
-        if (String(name).startsWith('oauth-sidecar-demo-')) child.kill('SIGTERM');
-      });
-      const { code, stdout } = await result;
-      expect(code).toBe(0);
+      // The signal comes the moment the tenant's directory exists (a preload sends it from inside the child):
+      // before the sidecar, and its handlers, can start.
+      const preload = fileURLToPath(new URL('../helpers/signal-after-mkdtemp.mjs', import.meta.url));
+      const child = startCli(['demo', '--listen', '127.0.0.1:0', '--admin-listen', 'off'], { TMPDIR: base, NODE_OPTIONS: `--import=${pathToFileURL(preload).href}` });
+      const { code, stdout, stderr } = await collect(child);
+      expect(code, stderr).toBe(0);
       expect(stdout).not.toContain('Stop with Ctrl+C'); // it never got as far as serving
       expect(await demoDirs()).toEqual([]);
     } finally {
-      watcher.close();
       await rm(base, { recursive: true, force: true });
     }
   });
