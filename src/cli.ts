@@ -120,18 +120,19 @@ async function demo(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
     for (const name of STOP_SIGNALS) process.off(name, note);
     return EXIT_OK;
   }
+  let code: number = EXIT_OK;
   try {
     const demoEnv = Object.fromEntries(DEMO_ENV.filter((k) => env[k] !== undefined).map((k) => [k, env[k]]));
     // Interactive: Ctrl+C stops at once unless --shutdown-delay says otherwise.
     const result = demoConfig(['serve', '--shutdown-delay', '0', '--service-key', tenant.serviceKeyPath, '--ca', tenant.caPath, ...argv], demoEnv);
     if (result.kind !== 'run') {
       process.stdout.write(result.kind === 'version' ? `${version()}\n` : helpText());
-      return EXIT_OK;
+      return (code = EXIT_OK);
     }
     const config = result.config;
     const loggers = loggersFor(config);
     try {
-      return await serve(config, loggers, () => early, (sidecar) => {
+      return (code = await serve(config, loggers, () => early, (sidecar) => {
         // A wildcard listener (`--listen 0.0.0.0:…` with inbound control) is tried on loopback.
         const base = localUrl(sidecar.address);
         const admin = sidecar.adminAddress ? localUrl(sidecar.adminAddress) : undefined;
@@ -153,17 +154,22 @@ async function demo(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
             '',
           ].join('\n'),
         );
-      });
+      }));
     } finally {
       loggers.log.flush();
       loggers.access.flush();
     }
   } catch (err) {
-    return fail(err);
+    return (code = fail(err));
   } finally {
     // Noted, not node's default end, until the directory is gone: a second Ctrl+C must not leave the demo keys.
     await tenant.close();
-    for (const name of STOP_SIGNALS) process.off(name, note);
+    // Nothing is left to clean up: a signal from here on, while the process ends (its log written out), ends it with
+    // the demo's code, not by node's default (no exit code at all).
+    for (const name of STOP_SIGNALS) {
+      process.off(name, note);
+      process.once(name, () => process.exit(Math.max(code, Number(process.exitCode ?? EXIT_OK))));
+    }
   }
 }
 
