@@ -91,8 +91,7 @@ export function csrfFromResponse(
   // The earlier session's cookies carry no path: one goes when the answer names it, set anew or removed.
   const named = new Set([...cookies.values()].map((c) => c.name));
   const pairs = [...cookies.values()].flatMap((c) => (c.pair === undefined ? [] : [c.pair])).join('; ');
-  const kept = sentCookie === undefined ? '' : withoutCookies(sentCookie, named);
-  const cookie = kept === '' ? pairs : pairs === '' ? kept : `${kept}; ${pairs}`;
+  const cookie = sentCookie === undefined ? pairs : joinCookies(withoutCookies(sentCookie, named), pairs);
   return { token, cookie: cookie === '' ? undefined : cookie };
 }
 
@@ -159,6 +158,11 @@ function withoutCookies(cookie: string, names: ReadonlySet<string>): string {
     .join('; ');
 }
 
+/** Two `cookie` header values as one, either of which may be empty. */
+function joinCookies(first: string, second: string): string {
+  return first === '' ? second : second === '' ? first : `${first}; ${second}`;
+}
+
 /**
  * `base` with `override`'s cookie pairs in place of those of the same name (RFC 6265 §5.4 `cookie` syntax,
  * pairs kept byte for byte). Used for a sender's own cookies beside the CSRF session's: an upstream reading
@@ -166,9 +170,7 @@ function withoutCookies(cookie: string, names: ReadonlySet<string>): string {
  */
 export function mergeCookies(base: string, override: string): string {
   if (override === '') return base;
-  const names = new Set(override.split(';').map(cookieName));
-  const kept = base.split(';').map((pair) => pair.trim()).filter((pair) => pair !== '' && !names.has(cookieName(pair)));
-  return kept.length > 0 ? `${kept.join('; ')}; ${override}` : override;
+  return joinCookies(withoutCookies(base, new Set(override.split(';').map(cookieName))), override);
 }
 
 function cookieName(pair: string): string {

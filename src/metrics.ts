@@ -33,6 +33,19 @@ export interface MetricsOptions {
   defaultMetrics?: boolean;
 }
 
+/** A counter whose total is kept elsewhere (a plain number) and read at scrape time. */
+function countedElsewhere(registers: Registry[], name: string, help: string, total: () => number): void {
+  new Counter({
+    name: `${PREFIX}${name}`,
+    help,
+    registers,
+    collect() {
+      this.reset();
+      this.inc(total());
+    },
+  });
+}
+
 export class Metrics {
   readonly registry = new Registry();
   readonly #upstreamLatency: FastHistogram;
@@ -97,27 +110,11 @@ export class Metrics {
           this.set(connections.open);
         },
       });
-      new Counter({
-        name: `${PREFIX}connections_over_limit_total`,
-        help: 'Sender connections accepted while --max-connections others were being served (their requests get 503).',
-        registers,
-        collect() {
-          this.reset();
-          this.inc(connections.refused);
-        },
-      });
+      countedElsewhere(registers, 'connections_over_limit_total', 'Sender connections accepted while --max-connections others were being served (their requests get 503).', () => connections.refused);
     }
     const logDropped = options.logDropped;
     if (logDropped !== undefined) {
-      new Counter({
-        name: `${PREFIX}log_lines_dropped_total`,
-        help: 'Log lines dropped because the log output was not being read (more than 16 MiB waiting).',
-        registers,
-        collect() {
-          this.reset();
-          this.inc(logDropped.lines);
-        },
-      });
+      countedElsewhere(registers, 'log_lines_dropped_total', 'Log lines dropped because the log output was not being read (more than 16 MiB waiting).', () => logDropped.lines);
     }
     this.#tokenFetches = new Counter({
       name: `${PREFIX}token_fetches_total`,
