@@ -198,8 +198,12 @@ export function createProxyServer(options: ProxyOptions, limits: ServerLimits = 
       socket.destroy();
       return;
     }
-    options.observer.clientError(code);
     const marked = socket as AnsweringSocket & MarkedSocket;
+    // Already refused: node's parser stays in its error and reports it again for every later read of the bytes
+    // the sender still sends (a head spanning two reads, a sender that writes on regardless). One request, one
+    // count and one warning; the connection closes as the refusal said.
+    if (marked[REFUSED]) return;
+    options.observer.clientError(code);
     const owed = marked[OWED] ?? 0;
     const answering = marked[ANSWERING];
     // An error in the body of the one request being answered concerns that request: it is refused, or cut.
@@ -326,7 +330,9 @@ const SHED = Symbol('oauth-sidecar.shed');
 const FULL = Symbol('oauth-sidecar.full');
 /** Marks a connection from which nothing more is read: an answer closing it does not wait for a body to end. */
 const UNREAD = Symbol('oauth-sidecar.unread');
-type MarkedSocket = Socket & { [OVER_LIMIT]?: true; [CLOSING]?: true; [OWED]?: number; [TURNS]?: Turns; [FULL]?: true; [UNREAD]?: true; [DROPPED]?: number; [SHED]?: true };
+/** Marks a connection answered on the raw socket (`refuseRaw`): what the sender sends after it is not counted again. */
+const REFUSED = Symbol('oauth-sidecar.refused');
+type MarkedSocket = Socket & { [REFUSED]?: true; [OVER_LIMIT]?: true; [CLOSING]?: true; [OWED]?: number; [TURNS]?: Turns; [FULL]?: true; [UNREAD]?: true; [DROPPED]?: number; [SHED]?: true };
 
 /**
  * Bytes that are no request arrived (or a CONNECT) while answers to earlier requests are owed: nothing may be
@@ -379,6 +385,7 @@ function stopReading(socket: Socket): void {
 
 /** Answer on a raw socket (no ServerResponse exists for these) and close it. */
 function refuseRaw(socket: Socket, status: number, message: string, extraHeaders = ''): void {
+  (socket as MarkedSocket)[REFUSED] = true;
   const body = JSON.stringify({ error: 'REQUEST_REFUSED', message, route: null });
   const reason = status === 405 ? 'Method Not Allowed' : status === 431 ? 'Request Header Fields Too Large' : status === 408 ? 'Request Timeout' : 'Bad Request';
   socket.end(

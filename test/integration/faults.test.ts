@@ -1681,6 +1681,25 @@ describe('sender faults and abuse', () => {
       expect(upstream.seen('slowloris-408')).toHaveLength(0);
     });
 
+    it('a malformed head is counted once, however many more bytes its sender writes after the 400', async () => {
+      const port = await start();
+      // The sender keeps its side open and writes on after the refusal, as one whose head spans several reads does.
+      const sender = connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+      const chunks: Buffer[] = [];
+      sender.on('data', (chunk: Buffer) => chunks.push(chunk));
+      const closed = new Promise((resolve) => sender.on('close', resolve));
+      sender.on('error', () => undefined);
+      sender.write('GET /http/ok?counted-once HTTP/1.1\r\nHost: localhost\r\nBad Name: x\r\n');
+      await once(sender, 'data'); // the 400 came: the parser has refused the head
+      // Read by the server after its refusal (one read or two), then the end, on which it closes.
+      sender.write('X-More: 1\r\n');
+      sender.end('X-More: 2\r\n\r\n');
+      await closed;
+      expect(parseAnswer(Buffer.concat(chunks).toString('latin1'), 'closed', 0).status).toBe(400);
+      expect(codes).toEqual(['HPE_INVALID_HEADER_TOKEN']);
+      expect(upstream.seen('counted-once')).toHaveLength(0);
+    });
+
     it('cuts an unfinished head within its headers timeout, trickling bytes does not extend it, and it still serves', async () => {
       const port = await start(); // as the sidecar creates it
       expect(await trickleUntilCut(port, 'slowloris-bound')).toMatch(/^HTTP\/1\.1 408 /);
