@@ -408,13 +408,15 @@ function unusablePath(value: string, how: string): string | undefined {
 /** The route a single-route invocation (flags and env only) describes. */
 function singleRoute(read: Reader, env: Env, problems: ConfigProblem[]): RouteConfig {
   const binding = read.string('binding');
+  const upstream = validUrl(read.string('upstream'), read.sourceOf('upstream'), 'upstream', problems);
   return {
     name: 'default',
     prefix: '/',
-    upstream: validUrl(read.string('upstream'), read.sourceOf('upstream'), 'upstream', problems),
+    upstream,
     rewritePrefix: undefined,
     credentials: {
       source: credentialSource(read, env, binding, problems),
+      ...(upstream === undefined ? { needsUrl: true } : {}),
       ...optional(
         'clientCert',
         clientCertSource(
@@ -952,6 +954,7 @@ function fileRoute(raw: unknown, at: string, f: FileReader, problems: ConfigProb
     if (why) problems.push({ source: path, field: `${at}.prefix`, message: why });
   }
   const serviceKey = f.pathValue(o, 'serviceKey', at);
+  const upstream = validUrl(f.string(o, 'upstream', at), path, `${at}.upstream`, problems);
   if (!serviceKey) problems.push({ source: path, field: `${at}.serviceKey`, message: 'is required (a service key file or secret directory)' });
   const rewritePrefix = f.string(o, 'rewritePrefix', at);
   if (rewritePrefix !== undefined && (!rewritePrefix.startsWith('/') || /[?#]/.test(rewritePrefix))) {
@@ -983,10 +986,11 @@ function fileRoute(raw: unknown, at: string, f: FileReader, problems: ConfigProb
   return {
     name: f.string(o, 'name', at) ?? (prefix ?? at),
     prefix: prefix ?? '/',
-    upstream: validUrl(f.string(o, 'upstream', at), path, `${at}.upstream`, problems),
+    upstream,
     rewritePrefix,
     credentials: {
       source: { kind: 'path', path: serviceKey ?? '', from: `${at}.serviceKey` },
+      ...(upstream === undefined ? { needsUrl: true } : {}),
       ...optional(
         'clientCert',
         clientCertSource(

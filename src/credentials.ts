@@ -37,6 +37,11 @@ export type ClientCertSource = (
 export interface CredentialSpec {
   source: CredentialSource;
   clientCert?: ClientCertSource;
+  /**
+   * The route has no upstream of its own: the key must give `url`. Checked with the rest of the key, so that a
+   * rotated key without it is refused like any broken key (named with its prefix, logged once) at load.
+   */
+  needsUrl?: boolean;
 }
 
 interface CredentialsBase {
@@ -111,5 +116,5 @@ export async function loadCredentials(
     readCredentialSource(spec.source),
     spec.clientCert ? readClientCert(spec.clientCert) : Promise.resolve(undefined),
   );
-  return parseServiceKey(key.raw, key.source, { now: opts.now, clientCert });
+  return parseServiceKey(key.raw, key.source, { now: opts.now, clientCert, needsUrl: spec.needsUrl });
 }

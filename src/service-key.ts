@@ -20,6 +20,8 @@ export interface ParseServiceKeyOptions {
   now?: Date;
   /** An explicitly supplied key pair; used for mTLS whatever the key type. */
   clientCert?: ClientKeyPair;
+  /** The route has no upstream of its own: `url` is required (see `CredentialSpec.needsUrl`). */
+  needsUrl?: boolean | undefined;
 }
 
 const DAY_MS = 86_400_000;
@@ -79,6 +81,7 @@ export function parseServiceKey(raw: unknown, source: string, opts: ParseService
   const clientId = requiredString(found, fields, 'clientid');
   const tokenUrl = urlField(found, fields, 'tokenurl', true);
   const url = urlField(found, fields, 'url', false);
+  if (opts.needsUrl && url === undefined) reportNoUrl(found, fields['url']);
   const auth = readAuth(found, fields, opts.clientCert);
   if (found.problems.length > 0 || !clientId || !tokenUrl || !auth) throw new ConfigError(found.problems);
   const credentials: Credentials =
@@ -161,6 +164,13 @@ function reportAbsent(found: Findings, fields: Fields, name: string, missing: st
   const value = fields[name];
   if (value === undefined || value === null) found.keyProblem(name, missing);
   else if (typeof value === 'string') found.keyProblem(name, 'is empty');
+}
+
+/** `url` is absent or blank where the route needs it (a value that is no URL was reported as such). */
+function reportNoUrl(found: Findings, value: unknown): void {
+  const absent = value === undefined || value === null;
+  if (!absent && !(typeof value === 'string' && value.trim() === '')) return;
+  found.keyProblem('url', `is ${absent ? 'missing' : 'empty'}, and the route has no upstream of its own: set --upstream (or upstream: on the route)`);
 }
 
 function urlField(found: Findings, fields: Fields, name: string, required: boolean): string | undefined {

@@ -326,6 +326,23 @@ describe('CredentialWatcher on a flat service key file', () => {
     expect(await applied(watcher)).toBe(lastChange(rec));
     expect(watcher.lastError).toBeUndefined();
   });
+
+  it('a new key without url, for a route without an upstream of its own, is a broken key: refused at load, reported once', async () => {
+    const path = await keyFile();
+    const rec = recorder();
+    const watcher = await startWatcher({ source: { kind: 'path', path }, needsUrl: true }, rec);
+    const initial = watcher.current;
+    await replaceFile(path, secretKey({ clientsecret: NEW_SECRET, url: undefined }));
+    await rec.until(() => rec.errors.length >= 1);
+    // Never offered as a change (the route could not be built from it), and every later check finds it alike.
+    await watcher.reloadNow();
+    await watcher.reloadNow();
+    expect(rec.changes).toEqual([]);
+    expect(rec.errors).toHaveLength(1);
+    expect((rec.errors[0] as ConfigError).problems).toEqual([{ source: path, field: 'url', message: expect.stringMatching(/^is missing, .*--upstream/) }]);
+    expect(errorText(watcher.lastError)).toMatch(/url: is missing, /);
+    expect(watcher.current).toBe(initial);
+  });
 });
 
 describe('CredentialWatcher on a Kubernetes secret volume', () => {

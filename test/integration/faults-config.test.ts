@@ -100,6 +100,10 @@ const CONFIG_CASES: ConfigCase[] = [
   { name: 'missing clientsecret', setup: async ({ write }) => ({ ...keyArgs(await write('no-secret.json', keyWithout('clientsecret'))), problem: /oauth\.clientsecret: is missing/ }) },
   { name: 'missing tokenurl', setup: async ({ write }) => ({ ...keyArgs(await write('no-url.json', keyWithout('tokenurl'))), problem: /oauth\.tokenurl: is missing/ }) },
   {
+    name: 'missing url without --upstream',
+    setup: async ({ write }) => ({ ...keyArgs(await write('no-upstream.json', keyWithout('url'))), problem: /oauth\.url: is missing, and the route has no upstream of its own: set --upstream/ }),
+  },
+  {
     name: 'http tokenurl',
     setup: async ({ write }) => ({
       ...keyArgs(await write('http-url.json', JSON.stringify({ oauth: { ...GOOD_KEY, tokenurl: 'http://acme.authentication.eu10.hana.ondemand.com/oauth/token' } }))),

@@ -245,6 +245,11 @@ describe('parseConfig', () => {
     expect(run(['--service-key', '/k', '--upstream', 'https://example.com/base/']).routes[0]?.upstream).toBe('https://example.com/base');
   });
 
+  it("needs the key's url only without --upstream", () => {
+    expect(run(['--service-key', '/k', '--upstream', 'https://example.com/']).routes[0]?.credentials.needsUrl).toBeUndefined();
+    expect(run(['--service-key', '/k']).routes[0]?.credentials.needsUrl).toBe(true);
+  });
+
   it('bounds millisecond options by the longest Node timer and byte sizes by 1 GiB', () => {
     const [timeout, ...rest] = problems(['--service-key', '/k', '--token-timeout', '3000000000']);
     expect(rest).toEqual([]);
@@ -433,6 +438,8 @@ routes:
     });
     expect(config.routes[1]?.csrf).toBe('off');
     expect(config.routesSource).toBe('/c.yaml');
+    // The route without an upstream of its own needs the key's url (checked with the key, at every load).
+    expect(config.routes.map((r) => r.credentials.needsUrl)).toEqual([undefined, true]);
   });
 
   it('reads the same from JSON', () => {

@@ -130,6 +130,19 @@ describe('parseServiceKey: ClientId/Secret keys', () => {
     expect(parse({ clientid: 'c', clientsecret: 's', tokenurl: TOKEN_URL }).credentials.url).toBeUndefined();
   });
 
+  it('requires url, named with its prefix, where the route has no upstream of its own (needsUrl)', () => {
+    const key = (url?: unknown) => ({ oauth: { clientid: 'c', clientsecret: 's', tokenurl: TOKEN_URL, ...(url === undefined ? {} : { url }) } });
+    const needing = (raw: unknown) => () => parseServiceKey(raw, SOURCE, { needsUrl: true });
+    const hint = 'and the route has no upstream of its own: set --upstream (or upstream: on the route)';
+    expect(problemsOf(needing(key()))).toEqual([{ source: SOURCE, field: 'oauth.url', message: `is missing, ${hint}` }]);
+    expect(problemsOf(needing(key(null)))).toEqual([{ source: SOURCE, field: 'oauth.url', message: `is missing, ${hint}` }]);
+    expect(problemsOf(needing(key('  ')))).toEqual([{ source: SOURCE, field: 'oauth.url', message: `is empty, ${hint}` }]);
+    // A value that is no URL (or no string) is reported as such, once.
+    expect(problemsOf(needing(key('not a url')))).toEqual([{ source: SOURCE, field: 'oauth.url', message: 'is not a URL' }]);
+    expect(problemsOf(needing(key(42)))).toEqual([{ source: SOURCE, field: 'oauth.url', message: 'must be a string' }]);
+    expect(parseServiceKey(key(RUNTIME_URL), SOURCE, { needsUrl: true }).credentials.url).toBe(RUNTIME_URL);
+  });
+
   it('does not switch the token host for a secret key', () => {
     expect(parse(fixture('client-secret.json'))).toMatchObject({ credentials: { tokenUrl: TOKEN_URL }, notices: [] });
   });
