@@ -91,8 +91,9 @@ async function named<T>(reading: Promise<T>, nameOf: ((problem: ConfigProblem) =
  * one version of it: a new certificate with the old key would fail as a mismatched pair.
  */
 function readPair(certFile: string, keyFile: string): Promise<[string, string]> {
-  const dir = dirname(certFile);
-  if (dirname(keyFile) !== dir) return settleReads(readNonEmpty(certFile), readNonEmpty(keyFile));
+  // Compared resolved: `/tls//tls.key` (a `$(DIR)/` template) and `./certs/…` beside `certs/…` are one directory.
+  const dir = dirname(resolve(certFile));
+  if (dirname(resolve(keyFile)) !== dir) return settleReads(readNonEmpty(certFile), readNonEmpty(keyFile));
   return readOneGeneration(dir, (from) =>
     settleReads(readNonEmpty(join(from, basename(certFile)), certFile), readNonEmpty(join(from, basename(keyFile)), keyFile)),
   );

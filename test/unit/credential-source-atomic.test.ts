@@ -5,7 +5,7 @@
  */
 import { mkdir, mkdtemp, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { basename, join } from 'node:path';
+import { basename, join, relative } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { readClientCert, readCredentialSource } from '../../src/credential-source.js';
 import { ConfigError } from '../../src/errors.js';
@@ -127,6 +127,17 @@ describe('reading a kubelet secret directory while ..data is swapped', () => {
     swapBetweenKeyAndCertificate(secret);
     const certFile = join(dir, 'tls.crt');
     const keyFile = join(dir, 'tls.key');
+    expect(await readClientCert({ kind: 'files', certFile, keyFile })).toMatchObject({ certificate: 'NEW-CERT', key: 'NEW-KEY', source: `${certFile}, ${keyFile}` });
+  });
+
+  it.each([
+    ['a doubled slash (a $(DIR)/ template)', (dir: string) => [`${dir}/tls.crt`, `${dir}//tls.key`]],
+    ['a relative path and one with ./', (dir: string) => [relative(process.cwd(), join(dir, 'tls.crt')), `./${relative(process.cwd(), join(dir, 'tls.key'))}`]],
+  ])('reads --client-cert and --client-key spelled differently (%s) from one version too', async (_, spell) => {
+    const { dir, ...secret } = await kubeletSecret({ 'tls.crt': 'OLD-CERT', 'tls.key': 'OLD-KEY' });
+    swapBetweenKeyAndCertificate(secret);
+    const [certFile, keyFile] = spell(dir) as [string, string];
+    // The files as given are named in messages and the source.
     expect(await readClientCert({ kind: 'files', certFile, keyFile })).toMatchObject({ certificate: 'NEW-CERT', key: 'NEW-KEY', source: `${certFile}, ${keyFile}` });
   });
 
