@@ -50,17 +50,19 @@ async function main(given: readonly string[], env: NodeJS.ProcessEnv): Promise<n
   }
   const loggers = loggersFor(config);
   const log = loggers.log;
+  let code: number = EXIT_OK;
   try {
     switch (config.command) {
       case 'token':
         return await printToken(config, log);
       case 'serve':
-        return await serve(config, loggers);
+        // A late signal exits with the code `fail` gives when the start failed.
+        return (code = await serve(config, loggers, { afterStop: exitWith(() => code) }));
       case 'check':
         return await check(config);
     }
   } catch (err) {
-    return fail(err);
+    return (code = fail(err));
   } finally {
     log.flush();
     loggers.access.flush();
@@ -132,7 +134,7 @@ async function demo(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
     const config = result.config;
     const loggers = loggersFor(config);
     try {
-      return (code = await serve(config, loggers, () => early, (sidecar) => {
+      const banner = (sidecar: Sidecar): void => {
         // A wildcard listener (`--listen 0.0.0.0:…` with inbound control) is tried on loopback.
         const base = localUrl(sidecar.address);
         const admin = sidecar.adminAddress ? localUrl(sidecar.adminAddress) : undefined;
@@ -154,7 +156,9 @@ async function demo(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
             '',
           ].join('\n'),
         );
-      }));
+      };
+      // A signal after the stop is noted (`note`) until the demo's directory is gone.
+      return (code = await serve(config, loggers, { started: banner, afterStop: () => undefined }));
     } finally {
       loggers.log.flush();
       loggers.access.flush();
@@ -164,11 +168,11 @@ async function demo(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<nu
   } finally {
     // Noted, not node's default end, until the directory is gone: a second Ctrl+C must not leave the demo keys.
     await tenant.close();
-    // Nothing is left to clean up: a signal from here on, while the process ends (its log written out), ends it with
-    // the demo's code, not by node's default (no exit code at all).
+    // Nothing is left to clean up: a signal from here on ends the process with the demo's code.
+    const exit = exitWith(() => code);
     for (const name of STOP_SIGNALS) {
       process.off(name, note);
-      process.once(name, () => process.exit(Math.max(code, Number(process.exitCode ?? EXIT_OK))));
+      process.once(name, exit);
     }
   }
 }
@@ -214,39 +218,62 @@ async function printToken(config: Readonly<Config>, log: Logger): Promise<number
 }
 
 /**
- * `oauth-sidecar serve`: run until one of `STOP_SIGNALS`, then drain gracefully and exit 0. `stoppedEarly`: a stop
- * signal that came before serve's own handlers were in place (the demo notes them).
+ * `oauth-sidecar serve`: run until one of `STOP_SIGNALS`, then drain gracefully and exit 0. `started` is told once
+ * the sidecar is listening (the demo prints its banner).
  */
 async function serve(
   config: Readonly<Config>,
   loggers: Loggers,
-  stoppedEarly: () => NodeJS.Signals | undefined = () => undefined,
-  started?: (sidecar: Sidecar) => void,
+  { started, afterStop }: ServeHooks,
 ): Promise<number> {
   const log = loggers.log;
-  const cpus = usableCpus();
-  if (tuneGarbageCollection(cpus)) log.debug({ cpus }, 'one CPU usable: scavenges on the main thread alone');
-  const sidecar = await startSidecar(config, loggers);
-  started?.(sidecar);
-  const signal =
-    stoppedEarly() ??
-    (await new Promise<NodeJS.Signals>((resolve) => {
-      for (const name of STOP_SIGNALS) process.once(name, resolve);
-    }));
-  log.info({ signal, delayMs: config.shutdownDelayMs, graceMs: config.shutdownGraceMs }, 'shutting down');
-  // A second signal ends the delay and the grace period at once (`close` hurries the stop under way); any
-  // later one finds the same listener, not node's default of ending the process by the signal.
-  const again = () => void sidecar.close();
-  for (const name of STOP_SIGNALS) process.on(name, again);
+  // From the start on, a stop signal is the sidecar's: node's default would end the process with the proxy port
+  // already open and no drain, or — node as PID 1, as in the image — ignore it. One that comes while the sidecar
+  // starts is noted, and the stop begins as soon as it has started; a later one hurries the stop under way
+  // (`close` ends the delay and the grace period at once); one after the stop (or a failed start) is `afterStop`'s.
+  // The listeners stay: there is no moment without one.
+  const signals: NodeJS.Signals[] = [];
+  let onSignal: () => void = () => undefined;
+  for (const name of STOP_SIGNALS) {
+    process.on(name, (signal: NodeJS.Signals) => {
+      signals.push(signal);
+      onSignal();
+    });
+  }
   try {
-    await sidecar.shutdown();
+    const cpus = usableCpus();
+    if (tuneGarbageCollection(cpus)) log.debug({ cpus }, 'one CPU usable: scavenges on the main thread alone');
+    const sidecar = await startSidecar(config, loggers);
+    started?.(sidecar);
+    if (signals.length === 0) await new Promise<void>((resolve) => (onSignal = resolve));
+    log.info({ signal: signals[0], delayMs: config.shutdownDelayMs, graceMs: config.shutdownGraceMs }, 'shutting down');
+    onSignal = () => void sidecar.close();
+    const stopped = sidecar.shutdown();
+    if (signals.length > 1) onSignal(); // two already
+    await stopped;
   } finally {
-    for (const name of STOP_SIGNALS) process.off(name, again);
+    onSignal = afterStop;
   }
   // The access lines still batched go out first: none of them comes after "stopped".
   loggers.access.flush();
   log.info('stopped');
   return EXIT_OK;
+}
+
+interface ServeHooks {
+  /** Told once the sidecar is listening (the demo prints its banner). */
+  started?: (sidecar: Sidecar) => void;
+  /** A stop signal after the stop (or a failed start), while the process ends. */
+  afterStop: () => void;
+}
+
+/**
+ * Once a command that handles stop signals is over, a signal that still comes while the process ends (its log
+ * written out, handles closing; a stalled log reader can hold it there) ends it at once with `code`, not by
+ * node's default (no exit code at all) — nor, for node as PID 1, not at all.
+ */
+function exitWith(code: () => number): () => never {
+  return () => process.exit(Math.max(code(), Number(process.exitCode ?? EXIT_OK)));
 }
 
 function fail(err: unknown): number {

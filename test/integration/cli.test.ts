@@ -1,4 +1,5 @@
 import { createServer as createNetServer, type AddressInfo } from 'node:net';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'undici';
 import { FLAGS } from '../../src/config.js';
@@ -220,6 +221,37 @@ describe('oauth-sidecar CLI', () => {
       await expect(request(`${url}/http/GetTimestamp`)).rejects.toMatchObject({ code: 'ECONNREFUSED' });
     } finally {
       upstream.setHandler(undefined);
+      child.kill('SIGKILL');
+    }
+  });
+
+  /** `serve` with a preload that sends it SIGTERM from inside at the moments `at` names (see signal-at.mjs). */
+  function signalledAt(at: string) {
+    const preload = pathToFileURL(fileURLToPath(new URL('../helpers/signal-at.mjs', import.meta.url))).href;
+    return startCli(
+      ['serve', '--service-key', keyPath, '--ca', caPath, '--listen', '127.0.0.1:0', '--admin-listen', 'off', '--shutdown-delay', '0', '--log-format', 'json'],
+      { SIGNAL_AT: at, NODE_OPTIONS: `--import=${preload}` },
+    );
+  }
+
+  it('serve: a stop signal while it starts (its port already bound) is noted, and it stops as soon as it has started: exit 0', async () => {
+    const { code, signal, stdout, stderr } = await collect(signalledAt('listening'));
+    expect({ code, signal }, stderr).toEqual({ code: 0, signal: null });
+    const messages = stdout.split('\n').filter(Boolean).map((line) => (JSON.parse(line) as { msg: string }).msg);
+    expect(messages).toEqual(expect.arrayContaining(['oauth-sidecar listening', 'shutting down', 'stopped']));
+    expect(messages.indexOf('shutting down')).toBeGreaterThan(messages.indexOf('oauth-sidecar listening'));
+  });
+
+  it('serve: a stop signal after the stop, while the process ends, ends it with exit 0, not by the signal', async () => {
+    const child = signalledAt('stopped'); // the second right after the "stopped" line
+    const result = collect(child);
+    try {
+      await waitForLog(child, (l) => l['msg'] === 'oauth-sidecar listening');
+      child.kill('SIGTERM');
+      const { code, signal, stdout, stderr } = await result;
+      expect({ code, signal }, stderr).toEqual({ code: 0, signal: null });
+      expect(stdout).toContain('"msg":"stopped"');
+    } finally {
       child.kill('SIGKILL');
     }
   });
