@@ -193,6 +193,7 @@ async function main(): Promise<number> {
     const firstRssWindow = windowMaxima(samples, windowS, (s) => s.rss)[0];
     const failed = done?.failed ?? Number.NaN;
     const ok = done?.ok ?? 0;
+    const authorised = stats.upstream.staticToken + stats.upstream.issuedToken;
     const elapsedS = (trafficEnd - trafficStart) / 1000;
     // A run cut short (the generator died or overran) would shrink every other expectation to fit.
     const budgetReached = ok + (Number.isFinite(failed) ? failed : 0) >= maxRequests;
@@ -204,7 +205,12 @@ async function main(): Promise<number> {
         value: `${budgetReached ? 'request budget' : `${fmt(elapsedS, 0)} of ${durationS} s`}; generator exit ${clientExit.code ?? clientExit.signal}${done?.type === 'done' ? '' : ', no final count'}`,
         pass: completed,
       },
-      { what: 'zero failed requests', value: `${ok.toLocaleString('en-US')} ok, ${failed} failed`, pass: failed === 0 && ok > 0 },
+      {
+        // An answer the upstream never saw (with a valid token) was not forwarded: it passes the client's checks, not this.
+        what: 'zero failed requests, every one answered ok seen by the upstream with a valid token',
+        value: `${ok.toLocaleString('en-US')} ok, ${failed} failed; the upstream took ${authorised.toLocaleString('en-US')} with a valid token`,
+        pass: failed === 0 && ok > 0 && authorised >= ok,
+      },
       {
         what: `RSS flat (max of the ${rssBaseline ? 'second' : 'first'} vs the last ${fmt(windowS, 0)} s; growth allowed: 5 %, at least 8 MB)`,
         value: `${flatText(rssVerdict, 'MB', 1e6)}${rssBaseline && firstRssWindow !== undefined ? `; the first ${fmt(windowS, 0)} s (warm-up) peaked at ${fmt(firstRssWindow / 1e6, 1)} MB` : ''}`,

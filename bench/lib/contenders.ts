@@ -2,7 +2,8 @@
  * The contenders: how each is started (as its own process, pinned to the
  * proxy CPU), where load goes, and how it is stopped.
  *
- * - direct: the load generator talks HTTPS to the upstream itself (the limit);
+ * - direct: the load generator talks HTTPS to the upstream itself (no proxy; not an upper bound on two CPUs, where
+ *   the load generator and the upstream share one and a proxy has the other);
  * - undici: bare undici forwarder with a static header (the architecture's floor);
  * - http-proxy: bare http-proxy forwarder with a keep-alive agent;
  * - sidecar: oauth-sidecar through its real CLI, real token, default logging, metrics on;

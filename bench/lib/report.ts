@@ -170,7 +170,7 @@ export interface TokenFigures {
   /** The fewest allowed: 1 (see `tokenBounds` for why not more). */
   allowedMin: number;
   gapsOk: boolean;
-  /** Requests with an expired issued token (a refresh came too late). */
+  /** Requests with an expired token issued to this contender's client (a refresh came too late). */
   upstreamRejectedExpired: number;
   /** Requests without an accepted token, all contenders. */
   upstreamRejectedUnknown: number;
@@ -259,7 +259,8 @@ export function verdicts(s: Summary, id: string, tokens: TokenFigures | undefine
       side.uploadMBps === undefined || better === undefined ? 'n/a' : `${fmt(side.uploadMBps, 0)} vs ${fmt(better.mbps, 0)} MB/s (${better.name})`,
       side.uploadMBps === undefined || better === undefined ? undefined : side.uploadMBps >= better.mbps,
       'upload',
-      [better && s[better.name]],
+      // Both: which one is the better cannot be known when either failed an upload.
+      [hp, undici],
     ),
   );
   verdict(
@@ -377,7 +378,7 @@ export function markdown(
     lines.push(
       `Token requests by ${c.label} during the run: **${t.requests}** (token lifetime ${t.lifetimeS} s, refreshed at ${fmt(t.refreshIntervalS, 0)} s; ` +
         `at ${t.requestTimesS.map((x) => `${fmt(x, 1)} s`).join(', ')}; its metrics count ${t.metricsFetches ?? '–'}); ` +
-        `upstream rejections: ${t.upstreamRejectedExpired} expired, ${t.upstreamRejectedUnknown} without an accepted token (all contenders).`,
+        `upstream rejections: ${t.upstreamRejectedExpired} with its expired tokens; ${t.upstreamRejectedUnknown} without an accepted token (all contenders).`,
     );
   }
   const judged = contenders.filter((c) => (targets[c.id]?.length ?? 0) > 0);

@@ -35,11 +35,13 @@ const tls = { cert: readFileSync(config.certFile, 'utf8'), key: readFileSync(con
 
 /** Accepted Bearer values → expiry (epoch ms; Infinity for the static token). */
 const tokens = new Map<string, number>([[config.staticToken, Number.POSITIVE_INFINITY]]);
+/** Issued Bearer values → the client id they were issued to (an expired one's rejection is that client's). */
+const issuedTo = new Map<string, string>();
 let clients: ClientSecret[] = config.clients;
 const MAX_TOKEN_REQUEST_RECORDS = 100_000;
 
 const stats: ServersStats = {
-  upstream: { connections: 0, staticToken: 0, issuedToken: 0, rejectedUnknown: 0, rejectedExpired: 0, uploadBytes: 0, downloadBytes: 0 },
+  upstream: { connections: 0, staticToken: 0, issuedToken: 0, rejectedUnknown: 0, rejectedExpired: 0, rejectedExpiredByClient: {}, uploadBytes: 0, downloadBytes: 0 },
   token: { requests: [] },
 };
 
@@ -57,7 +59,11 @@ function upstream(req: IncomingMessage, res: ServerResponse): void {
   const expiry = auth !== undefined && auth.startsWith('Bearer ') ? tokens.get(auth.slice(7)) : undefined;
   if (expiry === undefined || expiry <= Date.now()) {
     if (expiry === undefined) stats.upstream.rejectedUnknown++;
-    else stats.upstream.rejectedExpired++;
+    else {
+      stats.upstream.rejectedExpired++;
+      const client = issuedTo.get(auth!.slice(7)) ?? '';
+      stats.upstream.rejectedExpiredByClient[client] = (stats.upstream.rejectedExpiredByClient[client] ?? 0) + 1;
+    }
     req.resume();
     res.writeHead(401, { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(UNAUTHORISED)), 'www-authenticate': 'Bearer' });
     res.end(UNAUTHORISED);
@@ -149,13 +155,18 @@ function answerToken(req: IncomingMessage, res: ServerResponse, body: string, le
   const value = `bt_${randomBytes(32).toString('base64url')}`;
   const now = Date.now();
   tokens.set(value, now + config.tokenLifetimeS * 1000);
+  issuedTo.set(value, client.id);
   pruneExpired(now);
   return sendJson(res, 200, { access_token: value, token_type: 'bearer', expires_in: config.tokenLifetimeS, scope: 'bench.send' });
 }
 
 function pruneExpired(now: number): void {
   if (tokens.size < 1000) return;
-  for (const [value, expiry] of tokens) if (expiry <= now) tokens.delete(value);
+  for (const [value, expiry] of tokens) {
+    if (expiry > now) continue;
+    tokens.delete(value);
+    issuedTo.delete(value);
+  }
 }
 
 /** client_secret_basic (RFC 6749 §2.3.1: form-encoded id and secret, then base64). */

@@ -36,6 +36,8 @@ export interface ServersStats {
     rejectedUnknown: number;
     /** 401s: a token the token server issued, used after its expiry. */
     rejectedExpired: number;
+    /** The same by the client id the token was issued to (each sidecar of a run has its own). */
+    rejectedExpiredByClient: Record<string, number>;
     uploadBytes: number;
     downloadBytes: number;
   };

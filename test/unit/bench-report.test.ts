@@ -118,6 +118,12 @@ describe('bench report', () => {
     // Every http-proxy upload failed (no figure in any round): likewise.
     const failed = rounds.map((r) => ({ ...r, figures: { ...r.figures, 'http-proxy': figures({ rps: 6_000 }) } }));
     expect(verdicts(summarize(failed, ids), 'sidecar', undefined).find((t) => t.id === 'upload')).toMatchObject({ pass: true, value: '410 vs 350 MB/s (undici)' });
+    // …but not when its uploads failed: which forwarder is the better cannot be known, so it is not judged.
+    const broke = rounds.map((r) => ({ ...r, figures: { ...r.figures, 'http-proxy': figures({ rps: 6_000, failed: { upload: 2 } }) } }));
+    expect(verdicts(summarize(broke, ids), 'sidecar', undefined).find((t) => t.id === 'upload')).toMatchObject({
+      pass: undefined,
+      value: '410 vs 350 MB/s (undici); not judged: the baseline had 4 failed answer(s)',
+    });
     // undici left out: http-proxy's 400 is the one, and 410 beats it.
     expect(verdicts(summarize(without('undici'), ids), 'sidecar', undefined).find((t) => t.id === 'upload')).toMatchObject({ pass: true, value: '410 vs 400 MB/s (http-proxy)' });
     // Neither: nothing to compare with.
