@@ -138,6 +138,16 @@ export function flatness(series: readonly number[], tolerance: { relative: numbe
   return { flat: delta <= allowed, first, last, delta, relative: first === 0 ? 0 : delta / first };
 }
 
+/** Least-squares slope of y over x (undefined for fewer than 2 points or a single x). */
+export function slope(points: ReadonlyArray<readonly [number, number]>): number | undefined {
+  if (points.length < 2) return undefined;
+  const mx = points.reduce((s, [x]) => s + x, 0) / points.length;
+  const my = points.reduce((s, [, y]) => s + y, 0) / points.length;
+  const sxx = points.reduce((s, [x]) => s + (x - mx) ** 2, 0);
+  if (sxx === 0) return undefined;
+  return points.reduce((s, [x, y]) => s + (x - mx) * (y - my), 0) / sxx;
+}
+
 /** The rotated order for round `round`: A B C, then B C A, then C A B… */
 export function rotate<T>(items: readonly T[], round: number): T[] {
   if (items.length === 0) return [];

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import {
   expectedTokenRequests,
   flatness,
+  slope,
   histogramPercentile,
   max,
   median,
@@ -71,6 +72,15 @@ describe('bench statistics', () => {
     expect(tokenGapsOk([0, 15_000, 20_000], 15_000)).toBe(false);
     expect(tokenGapsOk([0, 15_000, 20_000], 15_000, [19_990])).toBe(true);
     expect(tokenGapsOk([], 15_000)).toBe(true);
+  });
+
+  it('slope is the least-squares trend (MB per minute of a leak), undefined without two distinct x', () => {
+    expect(slope([[0, 140], [1, 141], [2, 142], [3, 143]])).toBeCloseTo(1);
+    // A leak of 1 MB/min under a ±4 MB swing (alternating, which leans against the trend here) still shows.
+    expect(slope([[0, 144], [1, 137], [2, 146], [3, 139], [4, 148], [5, 141], [6, 150], [7, 143]])).toBeCloseTo(0.619, 3);
+    expect(slope([[0, 150], [1, 150]])).toBe(0);
+    expect(slope([[1, 150]])).toBeUndefined();
+    expect(slope([[1, 150], [1, 160]])).toBeUndefined();
   });
 
   it('flatness compares the first and last window with a relative or absolute allowance', () => {
