@@ -44,6 +44,8 @@ function sha256(data: string | Uint8Array): Buffer {
   return createHash('sha256').update(data).digest();
 }
 
+const EMPTY_DIGEST = sha256('');
+
 /**
  * Reads and parses a basic-auth file (see `parseBasicAuthFile`); an unreadable file is a `ConfigError` too. Its
  * problems name `setting`, where the file was named (`--basic-auth-file`, `SIDECAR_BASIC_AUTH_FILE`…).
@@ -110,6 +112,11 @@ export function parseBasicAuthFile(text: string, source: string, setting?: strin
         continue;
       }
       digest = Buffer.from(hex, 'hex');
+      // The digest of nothing: what `printf %s "$PW" | sha256sum` gives when $PW is unset or misspelled.
+      if (digest.equals(EMPTY_DIGEST)) {
+        problem('empty password (the sha256 digest of an empty string)');
+        continue;
+      }
     } else {
       digest = sha256(secret);
     }
@@ -348,12 +355,15 @@ const LOCALHOST = 'localhost';
 /**
  * Whether a listen host only accepts local connections: `localhost`,
  * `127.0.0.0/8`, `::1` (any spelling, optionally in brackets) and their
- * IPv4-mapped forms. `0.0.0.0`, `::`, empty and anything else are not.
+ * IPv4-mapped forms. `0.0.0.0`, `::`, empty and anything else are not (nor
+ * `localhost.`, which resolvers send to DNS). The sidecar checks the address it
+ * bound as well (`sidecar.ts`): `localhost` resolves through `/etc/hosts`.
  */
 export function isLoopbackHost(host: string): boolean {
   let h = host.trim().toLowerCase();
   if (h.startsWith('[') && h.endsWith(']')) h = h.slice(1, -1);
-  if (h === LOCALHOST || h === `${LOCALHOST}.`) return true;
+  // Not `localhost.`: glibc looks a name with a trailing dot up in DNS, not in /etc/hosts.
+  if (h === LOCALHOST) return true;
   const version = isIP(h);
   if (version === 4) return h.startsWith('127.');
   if (version !== 6 || h.includes('%')) return false;
@@ -376,7 +386,7 @@ export interface InboundControlOptions {
    */
   readonly allowAnySender?: boolean | undefined;
   /**
-   * Host names a loopback-only listener accepts besides IP addresses and `localhost` / `*.localhost`
+   * Host names a loopback-only listener accepts besides loopback addresses and `localhost` / `*.localhost`
    * (names that `/etc/hosts` or Kubernetes `hostAliases` point at 127.0.0.1).
    */
   readonly allowHosts?: readonly string[] | undefined;
@@ -387,6 +397,8 @@ export interface InboundControl {
   readonly summary: string;
   /** Decides one request from its socket's `remoteAddress` and its `Authorization` header. */
   check(remoteAddress: string | undefined, authorization: string | undefined): InboundDecision;
+  /** Whether the sender rule (allowlist, or loopback only) lets this address in at all: known when it connects. */
+  senderAllowed(remoteAddress: string | undefined): boolean;
   /** Why a request that passed `check` still comes from a web page and is refused (see `webPageRefusal`), or undefined. */
   webPageRefusal(headers: IncomingHttpHeaders): string | undefined;
 }
@@ -428,6 +440,7 @@ export function createInboundControl(options: InboundControlOptions, source = 'i
       if (basicAuth !== undefined && !checkBasicAuth(basicAuth, authorization)) return 'unauthorized';
       return 'ok';
     },
+    senderAllowed: senderOk,
     webPageRefusal: (headers: IncomingHttpHeaders) => webPageRefusal(headers, hostCheck),
   });
 }
@@ -438,16 +451,18 @@ export function createInboundControl(options: InboundControlOptions, source = 'i
  * forgery: a form POST runs an integration flow), and a page whose name is re-pointed at 127.0.0.1 (DNS
  * rebinding) can even read the answers. Legacy senders send neither `Origin` nor `Sec-Fetch-Site`; browsers
  * send `Origin` on every cross-origin and every POST request, and `Sec-Fetch-Site` on every request to
- * `localhost` (Fetch Metadata; `none` is a person typing the address). A rebound page sends neither, but
- * its own name as `Host`, which a loopback-only listener therefore refuses unless it is an IP address,
- * `localhost`, `*.localhost` (never resolved through DNS, RFC 6761 §6.3) or an allowed name.
+ * `localhost` and loopback addresses (Fetch Metadata goes to "potentially trustworthy" URLs only; `none` is a
+ * person typing the address). A rebound page sends neither, but its own name as `Host`, which a loopback-only
+ * listener therefore refuses unless it is a loopback address, `localhost`, `*.localhost` (never resolved through
+ * DNS, RFC 6761 §6.3) or an allowed name; so is `0.0.0.0` (routed to this machine, no Fetch Metadata). An
+ * allowed name gets no Fetch Metadata either: a page can send GETs to it blind (see the README).
  */
 function webPageRefusal(headers: IncomingHttpHeaders, hostCheck: LoopbackHostCheck | undefined): string | undefined {
   if (headers.origin !== undefined) return 'requests from web pages (Origin) are not forwarded';
   const site = headers['sec-fetch-site'];
   if (site !== undefined && site !== 'none') return 'requests from web pages (Sec-Fetch-Site) are not forwarded';
   if (hostCheck !== undefined && !hostCheck.allows(headers.host)) {
-    return 'Host is not an IP address, localhost or an --allow-host name: refused as DNS rebinding';
+    return 'Host is not a loopback address, localhost or an --allow-host name: refused as a web page (DNS rebinding, or an address browsers send no Fetch Metadata to)';
   }
   return undefined;
 }
@@ -473,12 +488,15 @@ class LoopbackHostCheck {
   }
 
   #decide(host: string): boolean {
-    if (isIP(host) !== 0) return true; // also an IPv6 address without brackets (not valid syntax, but unambiguous)
+    // An IPv6 address without brackets (not valid syntax, but unambiguous).
+    if (isIP(host) !== 0) return isLoopbackHost(host);
     // `name:port`, `[v6]:port`, `v4:port`, `name`: drop the port.
     const bracket = host.startsWith('[') ? host.indexOf(']') : -1;
     let name = (bracket > 0 ? host.slice(1, bracket) : host.replace(/:\d*$/, '')).toLowerCase();
     if (name.endsWith('.')) name = name.slice(0, -1);
-    if (isIP(name) !== 0) return true; // an address is not re-pointed by DNS
+    // An address is not re-pointed by DNS, but only a loopback one is "potentially trustworthy" to a browser, which
+    // sends Fetch Metadata there: `http://0.0.0.0:8080/` (which Linux routes to this machine) gets none.
+    if (isIP(name) !== 0) return isLoopbackHost(name);
     return name === LOCALHOST || name.endsWith(`.${LOCALHOST}`) || this.#allowed.has(name);
   }
 }
@@ -512,6 +530,24 @@ export function exposureProblems(
       message: `${JSON.stringify(listenHost)} is not a loopback address: choose inbound control with ${INBOUND_CONTROL_OPTIONS}${fileKeys}`,
     },
   ];
+}
+
+/**
+ * Run-time rule, after the listener is bound: a host the config took for loopback (`localhost`) resolves through
+ * `/etc/hosts` or DNS, and only the address it led to says who can connect. Without inbound control it must be a
+ * loopback one; the problem names the host given and the address bound.
+ */
+export function boundExposureProblems(
+  listenHost: string,
+  boundAddress: string,
+  options: Parameters<typeof exposureProblems>[1],
+  source: string,
+  names: { readonly configFile?: boolean } = {},
+): ConfigProblem[] {
+  return exposureProblems(boundAddress, options, source, 'listen', names).map((p) => ({
+    ...p,
+    message: `${JSON.stringify(listenHost)} was bound to ${boundAddress}, which ${p.message.slice(p.message.indexOf('is not a loopback address'))}`,
+  }));
 }
 
 /** A socket `remoteAddress` (canonical form) on the loopback interface. */

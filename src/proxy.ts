@@ -139,11 +139,16 @@ export function createProxyServer(options: ProxyOptions, limits: ServerLimits = 
     else cut(socket);
   });
   const connections = options.connections;
-  if (connections !== undefined) {
-    server.on('connection', (socket: Socket) => {
-      if (!connections.accept(socket)) (socket as MarkedSocket)[OVER_LIMIT] = true;
-    });
-  }
+  server.on('connection', (socket: Socket) => {
+    // A sender the address rule refuses takes no place under --max-connections (refused senders holding idle
+    // connections would lock out allowed ones): its request gets its 403 and the connection closes; one that
+    // sends nothing is closed after the time a refusal lingers, not the head timeout.
+    if (!options.inbound.senderAllowed(socket.remoteAddress)) {
+      socket.setTimeout(REFUSAL_LINGER_MS);
+      return;
+    }
+    if (connections !== undefined && !connections.accept(socket)) (socket as MarkedSocket)[OVER_LIMIT] = true;
+  });
   // Never a tunnel: CONNECT is refused before any upstream is involved. With no 'upgrade' listener node serves
   // a request asking for `Upgrade` (Java's HttpClient asks for h2c on every http:// request) as a plain
   // HTTP/1.1 request, which RFC 9110 §7.8 allows, and the header filter drops `Upgrade` and the fields its

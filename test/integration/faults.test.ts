@@ -1368,6 +1368,31 @@ describe('sender faults and abuse', () => {
       await expect.poll(() => metric(s, 'requests_in_flight')).toBe(0);
     });
 
+    it('senders the allowlist refuses take no place: idle ones cannot lock out allowed senders, and are closed soon', async () => {
+      const s = await extraSidecar(['--max-connections', '2', '--allow-cidr', '127.0.0.1/32']);
+      const port = s.address.port;
+      // Three idle connections from 127.0.0.2 (loopback, but outside the list): more than the limit.
+      const outsiders = await Promise.all(
+        [1, 2, 3].map(async () => {
+          const socket = connect({ port, host: '127.0.0.1', localAddress: '127.0.0.2' });
+          socket.on('error', () => undefined);
+          await once(socket, 'connect');
+          return { socket, closed: once(socket, 'close') };
+        }),
+      );
+      expect(await metric(s, 'sender_connections')).toBe(0);
+      const allowed = await rawRequest(port, get('allowed-beside-outsiders', 'Connection: close\r\n'), { timeoutMs: RAW_BOUND_MS });
+      expect(allowed.status, allowed.text).toBe(200);
+      expect(upstream.seen('allowed-beside-outsiders')).toHaveLength(1);
+      // An outsider's request still gets its 403; the idle ones are closed (within the refusal's linger, 2 s).
+      outsiders[0]!.socket.write(get('from-127-0-0-2'));
+      const [refused] = await once(outsiders[0]!.socket, 'data');
+      expect(String(refused)).toMatch(/^HTTP\/1\.1 403 /);
+      await Promise.all(outsiders.map((o) => o.closed));
+      expect(upstream.seen('from-127-0-0-2')).toHaveLength(0);
+      expect(await metric(s, 'connections_over_limit_total')).toBe(0);
+    });
+
     it('pipelined requests are forwarded one at a time: one connection within the limit starts one upstream exchange at once', async () => {
       const s = await extraSidecar(['--max-connections', '2']);
       let now = 0;

@@ -5,6 +5,7 @@ import {
   BASIC_AUTH_CHALLENGE,
   checkBasicAuth,
   createInboundControl,
+  boundExposureProblems,
   exposureProblems,
   isAllowed,
   isLoopbackHost,
@@ -113,6 +114,15 @@ describe('parseBasicAuthFile', () => {
       { source: SOURCE, field: 'line 8', message: 'duplicate user (first defined on line 1)' },
     ]);
     for (const secret of secrets) expect(err.message).not.toContain(secret);
+  });
+
+  it('refuses the sha256 digest of an empty password (`printf %s "$PW" | sha256sum` with $PW unset), in any case', () => {
+    const empty = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855';
+    for (const hex of [empty, empty.toUpperCase()]) {
+      expect(configError(() => parseBasicAuthFile(`ok:fine\nsender:sha256:${hex}\n`, SOURCE)).problems).toEqual([
+        { source: SOURCE, field: 'line 2', message: 'empty password (the sha256 digest of an empty string)' },
+      ]);
+    }
   });
 
   it.each([
@@ -309,14 +319,15 @@ describe('parseAllowlist / isAllowed', () => {
 });
 
 describe('isLoopbackHost', () => {
-  it.each(['127.0.0.1', '127.1.2.3', '127.255.255.254', '::1', '[::1]', '0:0:0:0:0:0:0:1', '0000::0001', 'localhost', 'LocalHost', 'localhost.', ' localhost ', '::ffff:127.0.0.1', '::ffff:7f00:1'])(
+  it.each(['127.0.0.1', '127.1.2.3', '127.255.255.254', '::1', '[::1]', '0:0:0:0:0:0:0:1', '0000::0001', 'localhost', 'LocalHost', ' localhost ', '::ffff:127.0.0.1', '::ffff:7f00:1'])(
     '%s is loopback',
     (host) => {
       expect(isLoopbackHost(host)).toBe(true);
     },
   );
 
-  it.each(['0.0.0.0', '::', '[::]', '', '10.0.0.1', '192.168.1.1', '128.0.0.1', '126.255.255.255', '::2', '1::1', '::ffff:10.0.0.1', '::ffff:0.0.0.0', 'fe80::1%lo', 'example.com', 'localhost.example.com', 'my-localhost', '127.0.0.1.nip.io'])(
+  // `localhost.`: glibc looks a name with a trailing dot up in DNS, not in /etc/hosts, whatever the server says.
+  it.each(['localhost.', '0.0.0.0', '::', '[::]', '', '10.0.0.1', '192.168.1.1', '128.0.0.1', '126.255.255.255', '::2', '1::1', '::ffff:10.0.0.1', '::ffff:0.0.0.0', 'fe80::1%lo', 'example.com', 'localhost.example.com', 'my-localhost', '127.0.0.1.nip.io'])(
     '%s is not loopback',
     (host) => {
       expect(isLoopbackHost(host)).toBe(false);
@@ -414,13 +425,21 @@ describe('createInboundControl', () => {
       ['127.0.0.1:8080', true],
       ['127.0.0.1', true],
       ['[::1]:8080', true],
-      ['10.1.2.3:8080', true],
+      ['127.8.9.10:8080', true],
+      ['[::ffff:127.0.0.1]:8080', true],
       ['localhost:8080', true],
       ['LOCALHOST.:8080', true],
       ['erp.localhost:8080', true],
       [undefined, true], // HTTP/1.0 senders may send no Host; browsers always do
       ['', true], // allowed empty (RFC 9112 §3.2)
       ['::1', true], // unbracketed: invalid, but an address all the same
+      // Not loopback: no browser sends Fetch Metadata there (not "potentially trustworthy"), and Linux routes
+      // 0.0.0.0 to this machine; a loopback listener is reached by no other address anyway.
+      ['0.0.0.0:8080', false],
+      ['[::]:8080', false],
+      ['10.1.2.3:8080', false],
+      ['10.1.2.3', false],
+      ['2001:db8::1', false],
       ['rebind.attacker.example:8080', false],
       ['localhost.attacker.example', false],
       ['erp-sidecar:8080', false],
@@ -429,14 +448,14 @@ describe('createInboundControl', () => {
       // twice: the second answer comes from the remembered verdict
       for (let i = 0; i < 2; i++) {
         if (accepted) expect(control.webPageRefusal({ host })).toBeUndefined();
-        else expect(control.webPageRefusal({ host })).toMatch(/DNS rebinding/);
+        else expect(control.webPageRefusal({ host })).toMatch(/^Host is not a loopback address, .*refused as a web page/);
       }
     });
 
     it('loopback only: an --allow-host name is accepted, in any case, with any port', () => {
       const control = createInboundControl({ allowHosts: ['erp-sidecar'] });
       expect(control.webPageRefusal({ host: 'ERP-Sidecar:8080' })).toBeUndefined();
-      expect(control.webPageRefusal({ host: 'other:8080' })).toMatch(/DNS rebinding/);
+      expect(control.webPageRefusal({ host: 'other:8080' })).toMatch(/refused as a web page/);
     });
 
     it('other sender rules do not check Host (senders reach them by any name), and a person typing the address is fine', () => {
@@ -488,5 +507,25 @@ describe('exposureProblems', () => {
     expect(exposureProblems('0.0.0.0', { allowlist }, 'cfg')).toEqual([]);
     expect(exposureProblems('0.0.0.0', { allowAnySender: true }, 'cfg')).toEqual([]);
     expect(exposureProblems('0.0.0.0', { allowAnySender: false }, 'cfg')).toHaveLength(1);
+  });
+});
+
+describe('boundExposureProblems: where the listen host led is what counts', () => {
+  it('refuses a loopback name bound to another address without inbound control, naming both', () => {
+    expect(boundExposureProblems('localhost', '0.0.0.0', {}, '--listen / SIDECAR_LISTEN')).toEqual([
+      {
+        source: '--listen / SIDECAR_LISTEN',
+        field: 'listen',
+        message:
+          '"localhost" was bound to 0.0.0.0, which is not a loopback address: choose inbound control with --basic-auth-file (SIDECAR_BASIC_AUTH_FILE), ' +
+          '--allow-cidr (SIDECAR_ALLOW_CIDRS) or --allow-any-sender (SIDECAR_ALLOW_ANY_SENDER=true)',
+      },
+    ]);
+  });
+
+  it('accepts a loopback binding, and any binding with inbound control', () => {
+    expect(boundExposureProblems('localhost', '127.0.0.1', {}, 'x')).toEqual([]);
+    expect(boundExposureProblems('localhost', '::1', {}, 'x')).toEqual([]);
+    expect(boundExposureProblems('localhost', '10.0.0.5', { allowAnySender: true }, 'x')).toEqual([]);
   });
 });
