@@ -73,10 +73,10 @@ const REQUEST_DROP: ReadonlySet<string> = new Set([
 ]);
 
 /**
- * Always dropped towards the sender: hop-by-hop fields, and `proxy-authenticate`,
- * which addresses the sidecar as the upstream's client (RFC 9110 §11.7.1), not the sender.
+ * Always dropped towards the sender: hop-by-hop fields, and `proxy-authenticate` and `proxy-authentication-info`,
+ * which address the sidecar as the upstream's client (RFC 9110 §11.7.1, §11.7.3), not the sender.
  */
-const RESPONSE_DROP: ReadonlySet<string> = new Set([...HOP_BY_HOP, 'close', 'proxy-authenticate']);
+const RESPONSE_DROP: ReadonlySet<string> = new Set([...HOP_BY_HOP, 'close', 'proxy-authenticate', 'proxy-authentication-info']);
 
 /**
  * Never removed on the say-so of a `Connection` option: it frames the message

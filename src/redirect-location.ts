@@ -10,9 +10,11 @@
  * none; RFC 1945 senders know no other kind), a relative reference stays relative (RFC 9110 §10.2.2 allows it).
  * The value is rewritten only where the result is sure to mean the same resource, keeping the upstream's bytes of
  * path, query and fragment: not when it has bytes outside printable ASCII (undici hands header values over as
- * latin1), not when the path would start with `//` (a reference to another host), has dot segments (the sidecar
- * refuses those) or would be routed elsewhere (a longer prefix of another route). A relative reference that is not
- * mapped becomes the absolute upstream URL it stands for: against the sidecar's address it would mean another path.
+ * latin1) and needs the URL parser (all but a path from the root), not when the path would start with `//` (a
+ * reference to another host), has dot segments (the sidecar refuses those), would be routed elsewhere (a longer
+ * prefix of another route) or is the base path itself on the root route (whose `/` is the base's `/`). A relative
+ * reference that is not mapped becomes the absolute upstream URL it stands for: against the sidecar's address it
+ * would mean another path.
  */
 import { hasDotSegment, routeSegments, type Route } from './routes.js';
 
@@ -41,7 +43,13 @@ export function senderLocation(
   routeOf: (path: string) => string | undefined,
 ): string {
   const text = location.trim();
-  if (!PLAIN.test(text)) return location;
+  if (!PLAIN.test(text)) {
+    // Bytes the URL parser would re-encode (undici hands a header value over as latin1): an absolute URL passes as it
+    // came; a path from the root needs no parser, so it is mapped on its own bytes — or, outside the route, becomes the
+    // upstream URL it stands for. Anything else (a path relative to the request's) passes as it came.
+    if (!text.startsWith('/') || text.startsWith('//') || text.includes('\\')) return location;
+    return mapped(text, false, route.origin + text, route, senderHost, routeOf);
+  }
   // A scheme without `//` (`https:foo`, `https:/x`): the URL parser reads it as relative, its text says otherwise.
   if (/^[A-Za-z][A-Za-z0-9+.-]*:(?!\/\/)/.test(text)) return location;
   let url: URL;
@@ -59,8 +67,24 @@ export function senderLocation(
   // A back slash anywhere: the URL parser reads it as `/` (ending the authority too), its text says otherwise.
   if (text.includes('\\')) return unmapped;
   // Path, query and fragment as written, so that the sender gets the upstream's bytes (the URL parser would
-  // re-encode quotes in a query, braces, a back quote); a relative path (`list`, `../x`) only the parser resolves.
-  const rest = absolute ? afterAuthority(text) : text.startsWith('/') ? text : url.pathname + url.search + url.hash;
+  // re-encode quotes in a query, braces, a back quote); a relative path (`list`, `../x`) only the parser resolves,
+  // and takes the reference's own query and fragment (RFC 3986 §5.2.2; the request's query only for a bare `#…`).
+  const rest = absolute ? afterAuthority(text) : text.startsWith('/') ? text : url.pathname + relativeTail(text, url.search);
+  return mapped(rest, absolute, unmapped, route, senderHost, routeOf);
+}
+
+/** Query and fragment of a path-relative reference, as written: its own, or for `#…` (and ``) the base's query too. */
+function relativeTail(text: string, baseSearch: string): string {
+  const cut = text.search(/[?#]/);
+  const tail = cut < 0 ? '' : text.slice(cut);
+  return text === '' || text.startsWith('#') ? baseSearch + tail : tail;
+}
+
+/**
+ * `rest` (path, query and fragment on the upstream) as the sender's path behind the sidecar, absolute on the sender's
+ * host when `absolute`; `unmapped` where that would not mean the same resource.
+ */
+function mapped(rest: string, absolute: boolean, unmapped: string, route: LocationRoute, senderHost: string | undefined, routeOf: (path: string) => string | undefined): string {
   const cut = rest.search(/[?#]/);
   const path = (cut < 0 ? rest : rest.slice(0, cut)) || '/';
   const tail = cut < 0 ? '' : rest.slice(cut);
@@ -68,7 +92,10 @@ export function senderLocation(
   if (hasDotSegment(path)) return unmapped;
   const upstreamBase = route.basePath + routeSegments(route.config.rewritePrefix ?? route.prefix);
   if (upstreamBase !== '' && path !== upstreamBase && !path.startsWith(`${upstreamBase}/`)) return unmapped;
-  const senderPath = routeSegments(route.prefix) + path.slice(upstreamBase.length) || '/';
+  // The base itself, on the root route: the sender's `/` is forwarded as the base and a `/` (another resource, and
+  // an upstream that redirects one to the other would send the sender round for ever).
+  const senderPath = routeSegments(route.prefix) + path.slice(upstreamBase.length);
+  if (senderPath === '') return unmapped;
   // `//x/…` names host x: never made out of a path on the upstream. Nor a path another route would take.
   if (senderPath.startsWith('//') || routeOf(senderPath) !== route.name) return unmapped;
   const relative = senderPath + tail;

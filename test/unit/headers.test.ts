@@ -164,12 +164,13 @@ describe('responseHeadersForSender', () => {
     expect(responseHeadersForSender({ [name]: 'x', 'content-type': 'text/plain' })).toEqual({ 'content-type': 'text/plain' });
   });
 
-  it('drops Connection-named fields, close and proxy-authenticate', () => {
+  it('drops Connection-named fields, close, proxy-authenticate and proxy-authentication-info', () => {
     const out = responseHeadersForSender({
       connection: 'X-Hop, close, junk token',
       'x-hop': '1',
       close: 'x',
       'proxy-authenticate': 'Basic realm="upstream-proxy"',
+      'proxy-authentication-info': 'nextnonce="x"',
       junk: 'kept',
       'www-authenticate': 'Bearer realm="cpi"',
     });

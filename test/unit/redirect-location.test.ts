@@ -70,6 +70,25 @@ describe('senderLocation', () => {
     expect(senderLocation(`/http/orders/a{b}|c^d\`e`, r, '/http/orders', 'h')).toBe('/orders/a{b}|c^d`e');
   });
 
+  it("keeps the reference's own query and fragment bytes for a path-relative one too (RFC 3986 §5.2.2)", () => {
+    const r = route('/orders', { rewritePrefix: '/http/orders' });
+    expect(senderLocation("list?$filter=Name%20eq%20'x'", r, '/http/orders/a/b', 'h')).toBe("/orders/a/list?$filter=Name%20eq%20'x'");
+    expect(senderLocation('?x="q"', r, '/http/orders/a/b?old=1', 'h')).toBe('/orders/a/b?x="q"');
+    expect(senderLocation('list#`x`', r, '/http/orders/a/b?old=1', 'h')).toBe('/orders/a/list#`x`');
+    // A bare fragment keeps the request's query.
+    expect(senderLocation('#{top}', r, "/http/orders/a/b?k='v'", 'h')).toBe("/orders/a/b?k=%27v%27#{top}");
+  });
+
+  it('leaves the base path itself unmapped on the root route: the sender’s `/` is another resource (`/base/`)', () => {
+    const root = route('/', { basePath: '/http/app' });
+    expect(senderLocation(`${UP}/http/app`, root, '/http/app/', 'h')).toBe(`${UP}/http/app`);
+    expect(senderLocation('/http/app', root, '/http/app/', 'h')).toBe(`${UP}/http/app`);
+    expect(senderLocation('/http/app?x=1', root, '/http/app/', 'h')).toBe(`${UP}/http/app?x=1`);
+    expect(senderLocation(`${UP}/http/app/`, root, '/http/app/x', 'h')).toBe('http://h/');
+    // On a route with a prefix of its own the base is that prefix: the same resource.
+    expect(senderLocation(`${UP}/http/app`, route('/app', { basePath: '/http/app', rewritePrefix: '/' }), '/http/app/x', 'h')).toBe('http://h/app');
+  });
+
   it('falls back to a relative reference when the Host cannot stand in a URL', () => {
     const r = route('/orders', { rewritePrefix: '/http/orders' });
     for (const host of [undefined, '', 'evil.example/path', 'a b', 'h:1:2', 'user@h', 'h:99999', '[:::]']) {
@@ -85,6 +104,17 @@ describe('senderLocation', () => {
     expect(senderLocation(latin1, r, '/http/orders', 'h')).toBe(latin1);
     expect(senderLocation(`${UP}/http/orders/a b`, r, '/http/orders', 'h')).toBe(`${UP}/http/orders/a b`);
     expect(senderLocation(` ${UP}/http/orders/1 `, r, '/http/orders', 'h')).toBe('http://h/orders/1');
+    // A path from the root needs no parser: mapped on its own bytes, or, outside the route, made the upstream URL
+    // it stands for (against the sidecar's address it would mean another path, maybe another route's).
+    const based = route('/orders', { basePath: '/base', rewritePrefix: '/http/orders' });
+    expect(senderLocation('/base/http/orders/Order 43', based, '/base/http/orders', 'h')).toBe('/orders/Order 43');
+    const latin1Path = Buffer.from('/base/http/orders/Müller?q=ä', 'utf8').toString('latin1');
+    expect(senderLocation(latin1Path, based, '/base/http/orders', 'h')).toBe(latin1Path.replace('/base/http', ''));
+    expect(senderLocation('/base/http/other/a b', based, '/base/http/orders', 'h')).toBe(`${UP}/base/http/other/a b`);
+    expect(senderLocation('/base/http/orders/../x y', based, '/base/http/orders', 'h')).toBe(`${UP}/base/http/orders/../x y`);
+    // Relative to the request's path, or naming a host: as it came.
+    expect(senderLocation('Order 43', based, '/base/http/orders/', 'h')).toBe('Order 43');
+    expect(senderLocation('//other.example/a b', based, '/base/http/orders/', 'h')).toBe('//other.example/a b');
   });
 
   it('never makes a reference to another host out of a path on the upstream (`//host/…`)', () => {
