@@ -5,6 +5,7 @@
  * Redaction does not reach message strings, so messages are built from
  * non-secret values only (see `errors.ts`).
  */
+import { writeSync } from 'node:fs';
 import { pino, type DestinationStream, type Logger } from 'pino';
 import { jsonAccessLog, pinoAccessLog, type AccessLog } from './access-log.js';
 import type { LogLevel } from './config.js';
@@ -48,8 +49,19 @@ export interface LoggerOptions {
   pretty?: boolean;
   /** File descriptor: 1 (stdout) for `serve`, 2 (stderr) when stdout carries a result. */
   fd?: number;
+  /** Where a failure of the log output itself is reported (default 2, stderr). */
+  noteFd?: number;
   /** Test hook: write log lines here instead. */
   stream?: DestinationStream;
+}
+
+/** One line to `fd` (stderr), synchronously; nothing if that fails too (it may be the same full disk). */
+function note(fd: number, text: string): void {
+  try {
+    writeSync(fd, text);
+  } catch {
+    // nowhere left to say it
+  }
 }
 
 export function createLogger(options: LoggerOptions): Logger {
@@ -61,7 +73,7 @@ export interface Loggers {
   log: Logger;
   /** One line per request, built from non-secret values only (see `access-log.ts`). Same destination as `log`. */
   access: AccessLog;
-  /** Lines dropped because the output was not being read (see `LOG_BUFFER_BYTES`). */
+  /** Lines dropped because the output was not being read (see `LOG_BUFFER_BYTES`), or failed. */
   dropped?: { readonly lines: number };
 }
 
@@ -115,11 +127,28 @@ export function createLoggers(options: LoggerOptions): Loggers {
     return { log, access: pinoAccessLog(log) };
   }
   const dropped = { lines: 0 };
+  const countDropped = (data: string): void => {
+    for (let i = data.indexOf('\n'); i !== -1; i = data.indexOf('\n', i + 1)) dropped.lines++;
+  };
   let destination = options.stream;
   if (destination === undefined) {
     const boom = pino.destination({ fd: options.fd ?? 1, sync: false, maxLength: LOG_BUFFER_BYTES });
-    boom.on('drop', (data: string) => {
-      for (let i = data.indexOf('\n'); i !== -1; i = data.indexOf('\n', i + 1)) dropped.lines++;
+    boom.on('drop', countDropped);
+    // The output failed for good (a full disk under `serve >> file`, a reader gone): every line from here on is
+    // dropped and counted, and the proxy serves on. Left to pino, any error but EPIPE would end the process —
+    // and its exit hook would then retry the failed write for ever (sonic-boom's flushSync), a process that
+    // neither serves nor stops. pino's own EPIPE handling silences the stream without counting.
+    let failed = false;
+    boom.on('error', (err: NodeJS.ErrnoException) => {
+      if (failed) return; // pino's filter passes an error on by emitting it again
+      failed = true;
+      Object.assign(boom, {
+        write: (data: string) => (countDropped(data), true),
+        flush: (done?: (err?: Error) => void) => done?.(),
+        flushSync: () => undefined,
+        end: () => undefined,
+      });
+      note(options.noteFd ?? 2, `oauth-sidecar: the log output failed (${err.code ?? 'error'}); log lines are dropped from now on and counted in oauth_sidecar_log_lines_dropped_total\n`);
     });
     destination = boom;
   }

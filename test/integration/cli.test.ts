@@ -1,9 +1,11 @@
 import { createServer as createNetServer, type AddressInfo } from 'node:net';
+import { spawn } from 'node:child_process';
+import { closeSync, openSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'undici';
 import { FLAGS } from '../../src/config.js';
-import { collect, collectToFile, runCli, startCli, waitForLog } from '../helpers/cli.js';
+import { cleanEnv, collect, collectToFile, runCli, startCli, waitForLog } from '../helpers/cli.js';
 import type { OAuthServer } from '../helpers/oauth-server.js';
 import type { Pki } from '../helpers/pki.js';
 import type { Upstream } from '../helpers/upstream.js';
@@ -251,6 +253,33 @@ describe('oauth-sidecar CLI', () => {
       const { code, signal, stdout, stderr } = await result;
       expect({ code, signal }, stderr).toEqual({ code: 0, signal: null });
       expect(stdout).toContain('"msg":"stopped"');
+    } finally {
+      child.kill('SIGKILL');
+    }
+  });
+
+  it('serve with its log output failing (stdout on a full disk) goes on, says so once on stderr, and stops on SIGTERM with exit 0', async () => {
+    const out = openSync('/dev/full', 'w');
+    const child = spawn(
+      process.execPath,
+      ['--import', 'tsx', 'src/cli.ts', 'serve', '--service-key', keyPath, '--ca', caPath, '--listen', '127.0.0.1:0', '--admin-listen', 'off', '--shutdown-delay', '0'],
+      { cwd: fileURLToPath(new URL('../..', import.meta.url)), env: cleanEnv(), stdio: ['ignore', out, 'pipe'] },
+    );
+    closeSync(out);
+    try {
+      let stderr = '';
+      const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('close', (code, signal) => resolve({ code, signal })));
+      await new Promise<void>((resolve) =>
+        child.stderr!.on('data', (chunk: Buffer) => {
+          stderr += chunk.toString();
+          if (stderr.includes('the log output failed')) resolve();
+        }),
+      );
+      expect(stderr).toContain('oauth-sidecar: the log output failed (ENOSPC); log lines are dropped from now on and counted in oauth_sidecar_log_lines_dropped_total');
+      child.kill('SIGTERM');
+      // Before: an uncaught ENOSPC, then pino's exit hook retrying the write for ever — neither serving nor stopping.
+      expect(await exited).toEqual({ code: 0, signal: null });
+      expect(stderr).not.toMatch(/\n\s+at /); // no stack trace
     } finally {
       child.kill('SIGKILL');
     }

@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { createReadStream, mkdtempSync, openSync, rmSync } from 'node:fs';
+import { createReadStream, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -39,6 +39,31 @@ describe('log redaction (the second line of defence)', () => {
     const line = lines.join('');
     expect(line).not.toMatch(/FAKE-/);
     expect(line).toContain('"accept":"text/xml"');
+  });
+});
+
+describe('log output that fails (a full disk under `serve >> file`)', () => {
+  it('drops and counts every line from the failure on, says so once, and never throws or retries for ever', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'oauth-sidecar-log-'));
+    const notes = join(dir, 'stderr');
+    const noteFd = openSync(notes, 'w');
+    const loggers = createLoggers({ level: 'info', fd: openSync('/dev/full', 'w'), noteFd });
+    const destination = (loggers.log as unknown as Record<symbol, NodeJS.EventEmitter & { flushSync(): void; end(): void }>)[pino.symbols.streamSym]!;
+    const failed = new Promise((resolve) => destination.once('error', resolve));
+    loggers.log.info('first line');
+    await failed; // ENOSPC: without a listener of the sidecar's, an uncaught exception
+    await new Promise((resolve) => setImmediate(resolve)); // pino's filter emits it once more, a listener later
+    const before = loggers.dropped!.lines;
+    for (let i = 0; i < 10; i++) loggers.log.info({ i }, 'after the failure');
+    const record = { requestId: 'r', route: undefined, method: 'GET', path: '/x', status: 200, upstreamStatus: undefined, upstreamMs: undefined, durationMs: 1, bytesIn: 0, bytesOut: 0, error: undefined, retried: undefined, aborted: false };
+    loggers.access.write(record);
+    loggers.access.flush();
+    expect(loggers.dropped!.lines - before).toBe(11);
+    // What pino's exit hook calls: returns at once (sonic-boom alone retries a failed write every 100 ms for ever).
+    destination.flushSync();
+    destination.end();
+    expect(readFileSync(notes, 'utf8')).toBe('oauth-sidecar: the log output failed (ENOSPC); log lines are dropped from now on and counted in oauth_sidecar_log_lines_dropped_total\n');
+    rmSync(dir, { recursive: true, force: true });
   });
 });
 
