@@ -137,7 +137,7 @@ export function createLoggers(options: LoggerOptions): Loggers {
     // The output failed for good (a full disk under `serve >> file`, a reader gone): every line from here on is
     // dropped and counted, and the proxy serves on. Left to pino, any error but EPIPE would end the process —
     // and its exit hook would then retry the failed write for ever (sonic-boom's flushSync), a process that
-    // neither serves nor stops. pino's own EPIPE handling silences the stream without counting.
+    // neither serves nor stops. (pino silences the stream itself on EPIPE, uncounted: this counts then too.)
     let failed = false;
     boom.on('error', (err: NodeJS.ErrnoException) => {
       if (failed) return; // pino's filter passes an error on by emitting it again
