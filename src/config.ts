@@ -78,7 +78,7 @@ export interface InboundConfig {
   basicAuthFileSetting?: string;
   allowCidrs: readonly string[];
   allowAnySender: boolean;
-  /** Host names a loopback-only listener accepts beyond IP addresses, `localhost` and `*.localhost` (DNS-rebinding guard). */
+  /** Host names (or addresses) a loopback-only listener accepts beyond loopback addresses, `localhost` and `*.localhost` (web-page guard). */
   allowHosts: readonly string[];
 }
 
@@ -160,7 +160,7 @@ export const FLAGS: Readonly<Record<string, FlagSpec>> = {
   'basic-auth-file': { type: 'string', env: 'SIDECAR_BASIC_AUTH_FILE', path: true, description: 'inbound basic auth: file of user:password or user:sha256:<hex> lines' },
   'allow-cidr': { type: 'string', multiple: true, env: 'SIDECAR_ALLOW_CIDRS', description: 'inbound allowlist of sender addresses (repeatable; env: comma-separated)' },
   'allow-any-sender': { type: 'boolean', env: 'SIDECAR_ALLOW_ANY_SENDER', description: 'accept any sender on a non-loopback listener' },
-  'allow-host': { type: 'string', multiple: true, env: 'SIDECAR_ALLOW_HOSTS', description: 'a Host name loopback-only senders may use besides IP addresses, localhost and *.localhost (repeatable; env: comma-separated)' },
+  'allow-host': { type: 'string', multiple: true, env: 'SIDECAR_ALLOW_HOSTS', description: 'a Host name (or address) loopback-only senders may use besides loopback addresses, localhost and *.localhost (repeatable; env: comma-separated)' },
   ca: { type: 'string', multiple: true, env: 'SIDECAR_CA', path: true, description: 'extra CA certificate PEM file to trust (repeatable; env: comma-separated)' },
   'token-timeout': { type: 'string', env: 'SIDECAR_TOKEN_TIMEOUT', default: String(DEFAULT_TOKEN_TIMEOUT_MS), description: 'ms for one token request attempt' },
   'log-level': { type: 'string', env: 'SIDECAR_LOG_LEVEL', default: 'info', description: LOG_LEVELS.join(' | ') },

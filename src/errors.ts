@@ -108,9 +108,10 @@ export function shownSource(source: string): string {
 function isShowableSource(s: string): boolean {
   if (s.length > 1024 || /[\n\r"'`]/.test(s) || s.includes('-----BEGIN') || /[A-Za-z0-9+=]{40,}/.test(s)) return false;
   if (/^--[a-z][a-z-]*$/.test(s) || /^[A-Z][A-Z0-9_]*$/.test(s) || FIXED_SOURCES.has(s)) return true;
-  // `user:password` (a password may hold `/` or end like an extension): a colon before any separator, but for a
-  // drive letter (`C:\keys`).
-  if (/^[^/\\]*:/.test(s) && !/^[A-Za-z]:[/\\]/.test(s)) return false;
+  // `user:password` (a password may hold `/` or end like an extension, a user name `\` or `/`: `CORP\svc:…`): any
+  // colon but a drive letter's (`C:\keys`). A real path with a colon is not shown either; the message still names
+  // the setting.
+  if (s.slice(/^[A-Za-z]:[/\\]/.test(s) ? 2 : 0).includes(':')) return false;
   return /[/\\]/.test(s) || /\.[A-Za-z0-9]{1,8}$/.test(s);
 }
 

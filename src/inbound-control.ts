@@ -386,8 +386,9 @@ export interface InboundControlOptions {
    */
   readonly allowAnySender?: boolean | undefined;
   /**
-   * Host names a loopback-only listener accepts besides loopback addresses and `localhost` / `*.localhost`
-   * (names that `/etc/hosts` or Kubernetes `hostAliases` point at 127.0.0.1).
+   * Host names (or addresses) a loopback-only listener accepts besides loopback addresses and `localhost` /
+   * `*.localhost` (names that `/etc/hosts` or Kubernetes `hostAliases` point at 127.0.0.1, an address an iptables
+   * redirect brings senders from).
    */
   readonly allowHosts?: readonly string[] | undefined;
 }
@@ -489,15 +490,16 @@ class LoopbackHostCheck {
 
   #decide(host: string): boolean {
     // An IPv6 address without brackets (not valid syntax, but unambiguous).
-    if (isIP(host) !== 0) return isLoopbackHost(host);
+    if (isIP(host) !== 0) return isLoopbackHost(host) || this.#allowed.has(host.toLowerCase());
     // `name:port`, `[v6]:port`, `v4:port`, `name`: drop the port.
     const bracket = host.startsWith('[') ? host.indexOf(']') : -1;
     let name = (bracket > 0 ? host.slice(1, bracket) : host.replace(/:\d*$/, '')).toLowerCase();
     if (name.endsWith('.')) name = name.slice(0, -1);
+    if (this.#allowed.has(name)) return true; // a name or an address the operator allowed (e.g. behind a redirect)
     // An address is not re-pointed by DNS, but only a loopback one is "potentially trustworthy" to a browser, which
     // sends Fetch Metadata there: `http://0.0.0.0:8080/` (which Linux routes to this machine) gets none.
     if (isIP(name) !== 0) return isLoopbackHost(name);
-    return name === LOCALHOST || name.endsWith(`.${LOCALHOST}`) || this.#allowed.has(name);
+    return name === LOCALHOST || name.endsWith(`.${LOCALHOST}`);
   }
 }
 

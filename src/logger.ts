@@ -142,6 +142,10 @@ export function createLoggers(options: LoggerOptions): Loggers {
     boom.on('error', (err: NodeJS.ErrnoException) => {
       if (failed) return; // pino's filter passes an error on by emitting it again
       failed = true;
+      // What sonic-boom (4.x) still holds: the write that failed and those queued behind it. Its own fields; if a
+      // later version names them otherwise, those lines go uncounted.
+      const held = boom as unknown as { _writingBuf?: unknown; _bufs?: unknown };
+      for (const data of [held._writingBuf, ...(Array.isArray(held._bufs) ? held._bufs : [])]) if (typeof data === 'string') countDropped(data);
       Object.assign(boom, {
         write: (data: string) => (countDropped(data), true),
         flush: (done?: (err?: Error) => void) => done?.(),

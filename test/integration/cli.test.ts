@@ -111,8 +111,8 @@ describe('oauth-sidecar CLI', () => {
   it('--help says what --allow-host and --binding accept, as the code does', async () => {
     const { stdout } = await runCli(['--help']);
     const line = (flag: string) => stdout.split('\n').find((l) => l.trimStart().startsWith(`--${flag} `)) ?? '';
-    // The DNS-rebinding guard passes *.localhost names too (inbound-control LoopbackHostCheck).
-    expect(line('allow-host')).toContain('besides IP addresses, localhost and *.localhost');
+    // The web-page guard passes loopback addresses and *.localhost names, and an address given here (inbound-control LoopbackHostCheck).
+    expect(line('allow-host')).toContain('a Host name (or address) loopback-only senders may use besides loopback addresses, localhost and *.localhost');
     // VCAP_SERVICES matches an instance name, else a service label; a binding root matches directory names.
     expect(line('binding')).toContain('an instance name or service label in VCAP_SERVICES');
     expect(line('binding')).toContain('a binding directory name under $SERVICE_BINDING_ROOT');

@@ -452,9 +452,14 @@ describe('createInboundControl', () => {
       }
     });
 
-    it('loopback only: an --allow-host name is accepted, in any case, with any port', () => {
-      const control = createInboundControl({ allowHosts: ['erp-sidecar'] });
+    it('loopback only: an --allow-host name is accepted, in any case, with any port; so is an address given there', () => {
+      const control = createInboundControl({ allowHosts: ['erp-sidecar', '10.1.2.3', '2001:db8::1'] });
       expect(control.webPageRefusal({ host: 'ERP-Sidecar:8080' })).toBeUndefined();
+      // e.g. senders an iptables redirect brings from that address
+      expect(control.webPageRefusal({ host: '10.1.2.3:8080' })).toBeUndefined();
+      expect(control.webPageRefusal({ host: '[2001:db8::1]:8080' })).toBeUndefined();
+      expect(control.webPageRefusal({ host: '2001:db8::1' })).toBeUndefined();
+      expect(control.webPageRefusal({ host: '10.1.2.4:8080' })).toMatch(/refused as a web page/);
       expect(control.webPageRefusal({ host: 'other:8080' })).toMatch(/refused as a web page/);
     });
 

@@ -50,9 +50,11 @@ describe('log output that fails (a full disk under `serve >> file`)', () => {
     const loggers = createLoggers({ level: 'info', fd: openSync('/dev/full', 'w'), noteFd });
     const destination = (loggers.log as unknown as Record<symbol, NodeJS.EventEmitter & { flushSync(): void; end(): void }>)[pino.symbols.streamSym]!;
     const failed = new Promise((resolve) => destination.once('error', resolve));
-    loggers.log.info('first line');
+    for (let i = 0; i < 5; i++) loggers.log.info({ i }, 'before the failure'); // one write under way, the rest queued
     await failed; // ENOSPC: without a listener of the sidecar's, an uncaught exception
     await new Promise((resolve) => setImmediate(resolve)); // pino's filter emits it once more, a listener later
+    // The lines sonic-boom held when the write failed are counted too.
+    expect(loggers.dropped!.lines).toBe(5);
     const before = loggers.dropped!.lines;
     for (let i = 0; i < 10; i++) loggers.log.info({ i }, 'after the failure');
     const record = { requestId: 'r', route: undefined, method: 'GET', path: '/x', status: 200, upstreamStatus: undefined, upstreamMs: undefined, durationMs: 1, bytesIn: 0, bytesOut: 0, error: undefined, retried: undefined, aborted: false };
