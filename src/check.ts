@@ -6,7 +6,7 @@ import type { Config, RouteConfig } from './config.js';
 import { loadCredentials, type Credentials, type LoadedCredentials } from './credentials.js';
 import { createDispatcher, goesThroughProxy, type OutboundNetwork } from './dispatcher.js';
 import { ConfigError, shownSource, SidecarError } from './errors.js';
-import { exposureProblems, readBasicAuthFile } from './inbound-control.js';
+import { exposureOf, exposureProblems, readBasicAuthFile } from './inbound-control.js';
 import { decodeJwtClaims, type JwtClaims } from './jwt.js';
 import { classifyNetworkError, proxyAdvice, proxyEndpoint, proxyTrustAdvice, trustAdvice, type ClassifiedFailure, type NetworkFailure } from './network-error.js';
 import { MIN_REDACT_LENGTH, redact } from './redaction.js';
@@ -918,8 +918,7 @@ async function describeInbound(config: Readonly<Config>): Promise<Finding | unde
  */
 function describeExposure(config: Readonly<Config>): Finding | undefined {
   const { listen, inbound } = config;
-  const control = { basicAuth: inbound.basicAuthFile, allowlist: inbound.allowCidrs.length > 0 ? inbound.allowCidrs : undefined, allowAnySender: inbound.allowAnySender };
-  const [problem] = exposureProblems(listen.host, control, 'listen', 'listen', { configFile: config.routesSource !== 'flags' });
+  const [problem] = exposureProblems(listen.host, exposureOf(inbound), 'listen', 'listen', { configFile: config.routesSource !== 'flags' });
   if (!problem) return undefined;
   return finding('warn', `proxy listener: ${problem.message}`, ['serve would refuse to start with these settings; token and check do not listen, so they run without it']);
 }

@@ -15,7 +15,7 @@ import type { ClientCertSource, CredentialSource, CredentialSpec } from './crede
 import type { OutboundNetwork } from './dispatcher.js';
 import { hasDotSegment } from './dot-segment.js';
 import { ConfigError, shownSource, type ConfigProblem } from './errors.js';
-import { exposureProblems, parseAllowlist } from './inbound-control.js';
+import { exposureOf, exposureProblems, parseAllowlist } from './inbound-control.js';
 import { parseCertificates, PemError } from './pem.js';
 import { DEFAULT_MAX_CONNECTIONS } from './connection-limit.js';
 import { DEFAULT_REPLAY_MEMORY_BYTES } from './replay-budget.js';
@@ -305,8 +305,7 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
   // Only `serve` (and `demo`, which runs it) listens for senders. `token` and `check` must run where the
   // image's 0.0.0.0 listener has no inbound control yet; `check` reports it instead (check.ts `describeInbound`).
   if (command === 'serve' && listen) {
-    const exposure = { basicAuth: inbound.basicAuthFile, allowlist: inbound.allowCidrs.length > 0 ? inbound.allowCidrs : undefined, allowAnySender: inbound.allowAnySender };
-    problems.push(...exposureProblems(listen.host, exposure, listenSource, 'listen', { configFile: Boolean(configFile) }));
+    problems.push(...exposureProblems(listen.host, exposureOf(inbound), listenSource, 'listen', { configFile: Boolean(configFile) }));
   }
 
   let routes: RouteConfig[];

@@ -517,10 +517,10 @@ const INBOUND_CONTROL_FILE_KEYS = 'inbound.basicAuthFile, inbound.allowCidrs or 
  */
 export function exposureProblems(
   listenHost: string,
-  options: { readonly basicAuth?: unknown; readonly allowlist?: unknown; readonly allowAnySender?: boolean | undefined },
+  options: ExposureOptions,
   source: string,
   field = 'listen',
-  names: { readonly configFile?: boolean } = {},
+  names: { readonly configFile?: boolean; readonly subject?: string } = {},
 ): ConfigProblem[] {
   if (isLoopbackHost(listenHost)) return [];
   if (options.basicAuth !== undefined || options.allowlist !== undefined || options.allowAnySender === true) return [];
@@ -529,9 +529,21 @@ export function exposureProblems(
     {
       source,
       field,
-      message: `${JSON.stringify(listenHost)} is not a loopback address: choose inbound control with ${INBOUND_CONTROL_OPTIONS}${fileKeys}`,
+      message: `${names.subject ?? JSON.stringify(listenHost)} is not a loopback address: choose inbound control with ${INBOUND_CONTROL_OPTIONS}${fileKeys}`,
     },
   ];
+}
+
+/** The inbound control a listener has, as `exposureProblems` reads it. */
+export interface ExposureOptions {
+  readonly basicAuth?: unknown;
+  readonly allowlist?: unknown;
+  readonly allowAnySender?: boolean | undefined;
+}
+
+/** The configured inbound settings (config.ts `InboundConfig`) as `exposureProblems` reads them. */
+export function exposureOf(inbound: { readonly basicAuthFile?: string | undefined; readonly allowCidrs: readonly string[]; readonly allowAnySender: boolean }): ExposureOptions {
+  return { basicAuth: inbound.basicAuthFile, allowlist: inbound.allowCidrs.length > 0 ? inbound.allowCidrs : undefined, allowAnySender: inbound.allowAnySender };
 }
 
 /**
@@ -542,14 +554,12 @@ export function exposureProblems(
 export function boundExposureProblems(
   listenHost: string,
   boundAddress: string,
-  options: Parameters<typeof exposureProblems>[1],
+  options: ExposureOptions,
   source: string,
   names: { readonly configFile?: boolean } = {},
 ): ConfigProblem[] {
-  return exposureProblems(boundAddress, options, source, 'listen', names).map((p) => ({
-    ...p,
-    message: `${JSON.stringify(listenHost)} was bound to ${boundAddress}, which ${p.message.slice(p.message.indexOf('is not a loopback address'))}`,
-  }));
+  const subject = `${JSON.stringify(listenHost)} was bound to ${boundAddress}, which`;
+  return exposureProblems(boundAddress, options, source, 'listen', { ...names, subject });
 }
 
 /** A socket `remoteAddress` (canonical form) on the loopback interface. */

@@ -114,7 +114,7 @@ export class Metrics {
     }
     const logDropped = options.logDropped;
     if (logDropped !== undefined) {
-      countedElsewhere(registers, 'log_lines_dropped_total', 'Log lines dropped because the log output was not being read (more than 16 MiB waiting).', () => logDropped.lines);
+      countedElsewhere(registers, 'log_lines_dropped_total', 'Log lines dropped because the log output was not being read (more than 16 MiB waiting) or failed.', () => logDropped.lines);
     }
     this.#tokenFetches = new Counter({
       name: `${PREFIX}token_fetches_total`,

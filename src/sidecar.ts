@@ -15,7 +15,7 @@ import { ConnectionLimit } from './connection-limit.js';
 import { CredentialWatcher } from './credential-watcher.js';
 import { loadCredentials, type LoadedCredentials } from './credentials.js';
 import { ConfigError, shownSource, SidecarError, type ConfigProblem } from './errors.js';
-import { boundExposureProblems, createInboundControl, parseAllowlist, readBasicAuthFile, type InboundControl, type InboundControlOptions } from './inbound-control.js';
+import { boundExposureProblems, createInboundControl, exposureOf, parseAllowlist, readBasicAuthFile, type InboundControl, type InboundControlOptions } from './inbound-control.js';
 import type { Logger, Loggers } from './logger.js';
 import { Metrics } from './metrics.js';
 import { connectionsClosed, createProxyServer, DEFAULT_SERVER_LIMITS, type ProxyObserver, type ServerLimits } from './proxy.js';
@@ -149,9 +149,7 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
   let adminAddress: { host: string; port: number } | undefined;
   try {
     address = await listen(server, config.listen, 'listen', listenSources(config, 'listen', 'listen'));
-    const { basicAuthFile, allowCidrs, allowAnySender } = config.inbound;
-    const exposure = { basicAuth: basicAuthFile, allowlist: allowCidrs.length > 0 ? allowCidrs : undefined, allowAnySender };
-    const exposed = boundExposureProblems(config.listen.host, address.host, exposure, listenSources(config, 'listen', 'listen'), { configFile: config.routesSource !== 'flags' });
+    const exposed = boundExposureProblems(config.listen.host, address.host, exposureOf(config.inbound), listenSources(config, 'listen', 'listen'), { configFile: config.routesSource !== 'flags' });
     if (exposed.length > 0) throw new ConfigError(exposed);
     adminAddress = admin && config.adminListen ? await listen(admin, config.adminListen, 'admin-listen', listenSources(config, 'admin-listen', 'adminListen')) : undefined;
   } catch (err) {
