@@ -562,7 +562,7 @@ class Exchange {
 
   waitsOnSidecar(): boolean {
     return (
-      (this.#req.complete || this.#attempts === 0) &&
+      (this.#req.complete || (this.#attempts === 0 && !this.#awaitingBody)) &&
       !this.#res.writableFinished &&
       !this.#senderGone &&
       this.#req.socket.writableLength === 0
@@ -760,6 +760,8 @@ class Exchange {
   /** Send the request upstream once (the first time streaming the body, then from its kept copy); the call reports back here. */
   #attempt(route: Route): void {
     if (this.#senderGone) throw senderGoneError();
+    const body = this.#body!;
+    if (this.#attempts === 0 && !body.arriving()) return this.#awaitBody();
     this.#attempts++;
     this.#upstreamStatus = undefined; // the access line's status is the last attempt's, never a discarded one's
     // The sender's fields as forwarded (hop-by-hop and `Connection`-listed ones gone); the sidecar's own
@@ -778,7 +780,6 @@ class Exchange {
       const cookie = headers['cookie'];
       if (csrf.cookie) headers['cookie'] = typeof cookie === 'string' ? mergeCookies(cookie, csrf.cookie) : csrf.cookie;
     }
-    const body = this.#body!;
     const call = new UpstreamCall(this.#res, this, this.#options.scavenger, this.#method === 'HEAD', route.config.timeouts.responseMs);
     this.#call = call;
     route.dispatcher.dispatch(
@@ -790,6 +791,25 @@ class Exchange {
         body: this.#attempts === 1 ? body.stream() : body.replay(),
       },
       call,
+    );
+  }
+
+  /** Waiting for the first bytes of the body (see `RequestBody.arriving`): the sender, not the sidecar, is awaited. */
+  #awaitingBody = false;
+
+  /**
+   * The head arrived without any of its body (`Expect: 100-continue`, a sender that pauses): the request goes out
+   * once the body begins, through the route as it is then, with its token then and its CSRF session then.
+   */
+  #awaitBody(): void {
+    this.#awaitingBody = true;
+    this.#body!.whenArriving(() =>
+      this.#later(() => {
+        this.#awaitingBody = false;
+        const route = this.#currentRoute();
+        if (this.#csrfApplies) this.#csrf = route.csrf?.current;
+        this.#sendThrough(route);
+      }),
     );
   }
 

@@ -52,10 +52,11 @@ export class RequestBody {
     if (length !== undefined && Number(length) > limit) this.#copy = undefined;
   }
 
+  /** The body as undici's body (the same stream however often asked): from here on the sender's body is read. */
   stream(): Readable | undefined {
     if (!this.#present) return undefined;
+    if (this.#tee !== undefined) return this.#tee;
     const req = this.#req;
-    if (this.#copy === undefined && this.#scavenger === undefined) return (this.#streamed = req);
     // `#keep` sees every chunk (also those the upstream never took) and counts them; else the tee counts.
     const keeping = this.#copy !== undefined;
     const tee = new Transform({
@@ -63,10 +64,11 @@ export class RequestBody {
         this.#scavenger?.passed(this.#passed, chunk.length);
         this.#passed += chunk.length;
         if (!keeping) this.#seen += chunk.length;
+        if (this.#arrival !== undefined) this.#arrived();
         callback(null, chunk);
       },
     });
-    this.#tee = this.#streamed = tee;
+    this.#tee = tee;
     req.on('error', (err) => tee.destroy(err));
     req.pipe(tee);
     if (keeping) {
@@ -74,6 +76,39 @@ export class RequestBody {
       req.once('end', this.#end);
     }
     return tee;
+  }
+
+  /** Called once the body has begun to arrive (see `whenArriving`). */
+  #arrival: (() => void) | undefined;
+
+  readonly #arrived = (): void => {
+    const arrival = this.#arrival;
+    this.#arrival = undefined;
+    arrival?.();
+  };
+
+  /**
+   * The body has begun to arrive (or there is none): some of it, its end, or the sender gone. Only then does
+   * the request go to undici, which writes the head with the body's first bytes: a pooled connection taken
+   * for it before sits idle on the wire meanwhile, and the upstream's keep-alive timer may close it (a `POST`,
+   * never sent twice, would get 502).
+   */
+  arriving(): boolean {
+    if (!this.#present || this.#passed > 0 || this.#seen > 0) return true;
+    const req = this.#req;
+    return req.readableLength > 0 || req.complete || req.readableEnded || req.destroyed;
+  }
+
+  /** Call `ready` once `arriving()`: the body is read from now on (into the stream undici will be given). */
+  whenArriving(ready: () => void): void {
+    if (this.arriving()) return ready();
+    this.#arrival = ready;
+    const req = this.#req;
+    req.once('end', this.#arrived);
+    req.once('close', this.#arrived);
+    // Not yet undici's: a sender gone meanwhile errors it with no listener of undici's to take that (the
+    // request then fails as it goes out).
+    this.stream()!.on('error', () => undefined);
   }
 
   /**
@@ -137,9 +172,6 @@ export class RequestBody {
     settled?.();
   }
 
-  /** What `stream()` handed to undici. */
-  #streamed: Readable | undefined;
-
   /** The request announces a body. */
   get present(): boolean {
     return this.#present;
@@ -147,10 +179,10 @@ export class RequestBody {
 
   /** The streamed body was taken whole (undici read it to its end). */
   takenWhole(): boolean {
-    return this.#streamed?.readableEnded === true;
+    return this.#tee?.readableEnded === true;
   }
 
-  /** Bytes received from the sender (declared length when streamed untouched). */
+  /** Bytes received from the sender (the declared length when none of it went towards the upstream). */
   get bytes(): number {
     if (this.#tee === undefined) return this.#req.complete ? Number(this.#req.headers['content-length'] ?? 0) : 0;
     return this.#seen;

@@ -129,6 +129,11 @@ class FaultUpstream {
     return closeServer(this.#server, this.#tracker);
   }
 
+  /** Close every connection from this side, as the upstream's keep-alive timer does with idle ones; still listening. */
+  dropConnections(): void {
+    this.#tracker.destroyAll();
+  }
+
   async #serve(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const onSocket = (this.#perSocket.get(req.socket) ?? 0) + 1;
     this.#perSocket.set(req.socket, onSocket);
@@ -1222,6 +1227,40 @@ describe('upstream faults', () => {
       await expectServing();
     });
 
+    // undici writes a request's head with the first bytes of its body: a connection it took for the request when
+    // the head arrived sits idle on the wire until then, and the upstream's keep-alive timer closes it. A sender
+    // that pauses between its head and its body (`Expect: 100-continue`, a client that computes the body late)
+    // must not lose its POST to that: the sidecar takes a connection once the body has begun to arrive.
+    it.each(['content-length', 'chunked'] as const)(
+      'a POST whose body (%s) begins after the upstream closed its idle connections goes out on a new one → 200, sent once',
+      async (framing) => {
+        const marker = `ka-late-body-${framing}`;
+        await expectServing(); // an idle pooled connection, the token cached
+        const body = `<order id="${marker}"/>`;
+        const length = framing === 'chunked' ? 'Transfer-Encoding: chunked' : `Content-Length: ${body.length}`;
+        const sender = await rawOpen(
+          sidecar.address.port,
+          `POST /http/echo?${marker} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nExpect: 100-continue\r\n${length}\r\n\r\n`,
+        );
+        try {
+          // The 100 is written once the sidecar has acted on the head.
+          await expect.poll(() => sender.received()).toContain('100 Continue');
+          upstream.dropConnections(); // the upstream's keep-alive timer fires while the sender prepares its body
+          await expectServing(); // a full exchange later, the sidecar has seen those connections close
+          sender.socket.write(framing === 'chunked' ? `${body.length.toString(16)}\r\n${body}\r\n0\r\n\r\n` : body);
+          const closed = await sender.closed;
+          const answer = parseAnswer(sender.received().replace(/^HTTP\/1\.1 100 Continue\r\n\r\n/, ''), closed, 0);
+          expect(answer.status, answer.text).toBe(200);
+          const seen = upstream.seen(marker);
+          expect(seen).toHaveLength(1);
+          expect(seen[0]!.body().toString()).toBe(body);
+          expect(JSON.parse(answer.body).bodyLength).toBe(body.length);
+        } finally {
+          sender.socket.destroy();
+        }
+      },
+    );
+
     it('a POST the upstream processed before the pooled connection died is not replayed → 502, processed once', async () => {
       let cut = 0;
       upstream.handler = async (req, _res, rec) => {
@@ -1760,6 +1799,10 @@ describe('sender faults and abuse', () => {
       // A sender that stops in the middle of its body is what the idle timeout is for: cut (the test's timeout bounds it).
       const stalled = await rawOpen(port, `POST /http/sink?stalled-upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\r\n${'x'.repeat(10)}`);
       expect(['closed', 'reset']).toContain(await stalled.closed);
+      // So is one that sent its head and none of its body: the request waits for the body, and so does the sidecar.
+      const silent = await rawOpen(port, `POST /http/sink?stalled-before-body HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\r\n`);
+      expect(['closed', 'reset']).toContain(await silent.closed);
+      expect(upstream.seen('stalled-before-body')).toHaveLength(0);
     });
 
     it('an answer under way to an HTTP/1.0 sender stalled mid-upload is cut by the idle timeout with a reset, not a close that would end it', async () => {
