@@ -23,7 +23,7 @@ import { closeRoute, discardRoute, createRoute, RouteTable, type Route } from '.
 import { ReplayBudget } from './replay-budget.js';
 import { shownUrl } from './service-key.js';
 import { createScavenger, youngGenerationCollector, type Scavenger } from './scavenger.js';
-import { TokenProvider, type TokenEvent, type TokenProviderOptions } from './token-provider.js';
+import { TokenProvider, type TokenEvent, type TokenProviderOptions, tokenCacheSize } from './token-provider.js';
 
 export interface Sidecar {
   readonly server: Server;
@@ -85,6 +85,7 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
   const routesOfKey = (key: string) => [...table.routes, ...validating].filter((r) => r.tokenClient.cacheKey === key).map((r) => r.name);
   let metrics: Metrics | undefined;
   const tokens = new TokenProvider({
+    max: tokenCacheSize(config.routes.length),
     ...options.tokens,
     onEvent: (event) => {
       try {

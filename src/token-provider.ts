@@ -30,8 +30,20 @@ export type TokenEvent =
   /** `retryInMs` is undefined for a rotation's validation fetch: the credential watcher offers the change again. */
   | { type: 'fetch-failed'; key: string; error: unknown; durationMs: number; retryInMs: number | undefined };
 
+/**
+ * Tokens to keep for `routes` routes: one per route's key, and as many again for the keys rotations replace
+ * (dropped as they go unused), never fewer than 64.
+ */
+export function tokenCacheSize(routes: number): number {
+  return Math.max(64, 2 * routes);
+}
+
 export interface TokenProviderOptions {
-  /** Distinct tokens kept (routes × credentials); bounds memory. */
+  /**
+   * Distinct tokens kept, least recently used dropped first; bounds memory. Never fewer than the routes' keys:
+   * round-robin over more keys than this would drop each token before its next use (a token request per
+   * request). See `tokenCacheSize`.
+   */
   max?: number;
   /** Fraction of the lifetime after which a token is refreshed in the background. */
   refreshAhead?: number;
@@ -98,7 +110,7 @@ export class TokenProvider {
     };
     const now = this.#now;
     this.#cache = new LRUCache<string, AccessToken, TokenSource>({
-      max: options.max ?? 64,
+      max: options.max ?? tokenCacheSize(0),
       allowStale: true,
       noDeleteOnFetchRejection: true,
       ignoreFetchAbort: true,

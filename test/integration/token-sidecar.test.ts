@@ -14,6 +14,8 @@ const CLIENT_ID = 'sb-lifetime!b7|it-rt-acme!b196';
 const SECRET = 'l1fe$time=secret!|%+:';
 
 let pki: Pki;
+/** The token endpoint's clients: a test may add its own. */
+const clients = [{ clientId: CLIENT_ID, secret: SECRET }];
 let endpoint: TokenEndpoint;
 let upstream: Upstream;
 let files: Awaited<ReturnType<typeof scratch>>;
@@ -21,7 +23,7 @@ let sidecar: RunningSidecar | undefined;
 
 beforeAll(async () => {
   pki = await createPki();
-  endpoint = await TokenEndpoint.start({ tls: { cert: pki.server.chain, key: pki.server.key, ca: pki.ca }, clients: [{ clientId: CLIENT_ID, secret: SECRET }] });
+  endpoint = await TokenEndpoint.start({ tls: { cert: pki.server.chain, key: pki.server.key, ca: pki.ca }, clients });
   upstream = await startUpstream(pki, { verify: null });
   files = await scratch();
 });
@@ -52,5 +54,39 @@ describe('a token server announcing an absurd lifetime', () => {
     expect(lifetime).toBeGreaterThan(MAX_TOKEN_LIFETIME_S * 1000 - 10_000);
     expect(lifetime).toBeLessThanOrEqual(MAX_TOKEN_LIFETIME_S * 1000);
     expect(s.logs.filter((l) => l['level'] === 'error' || l['msg'] === 'token event not recorded')).toEqual([]);
+  });
+});
+
+describe('many routes, each with a key of its own', () => {
+  it('more routes than the token cache once held (64): one token request per key, not one per request', async () => {
+    await sidecar?.close();
+    endpoint.expiresIn = 3600;
+    const routes = 80;
+    const caPath = await files.write('ca-many.pem', pki.ca);
+    const lines = ['routes:'];
+    for (let i = 0; i < routes; i++) {
+      const client = { clientId: `sb-many-${i}!b7|it-rt-acme!b196`, secret: `many-${i}$secret` };
+      clients.push(client);
+      const key = await files.write(`many-${i}.json`, JSON.stringify({ oauth: { clientid: client.clientId, clientsecret: client.secret, tokenurl: endpoint.tokenUrl, url: upstream.url } }));
+      lines.push(`  - { name: r${i}, prefix: /r${i}, serviceKey: ${key} }`);
+    }
+    const config = await files.write('many-routes.yaml', lines.join('\n'));
+    const before = endpoint.requests.length;
+    const s = (sidecar = await runSidecar(['--config', config, '--ca', caPath]));
+    upstream.setHandler((_req, res, body) => {
+      body.resume();
+      res.writeHead(200, { 'content-type': 'text/plain' }).end('ok');
+    });
+    // Round-robin over every route, three times: a cache smaller than the routes evicts each token before its next use.
+    for (let round = 0; round < 3; round++) {
+      for (let i = 0; i < routes; i++) {
+        const res = await request(`${s.url}/r${i}/http/echo`);
+        expect(res.statusCode).toBe(200);
+        await res.body.dump();
+      }
+    }
+    // One token request per key (at the start or at its first request), however often each is used.
+    expect(endpoint.requests.length - before).toBe(routes);
+    expect(s.logs.filter((l) => l['msg'] === 'token obtained')).toHaveLength(routes);
   });
 });
