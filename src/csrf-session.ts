@@ -24,6 +24,11 @@ export class CsrfSession {
     return this.#current;
   }
 
+  /** The fetch under way, if any: it replaces `current`, which the upstream has just refused. */
+  get renewing(): Promise<CsrfCredentials | undefined> | undefined {
+    return this.#inflight;
+  }
+
   /**
    * Replace the session via `fetch` unless another request already did so
    * since `stale` was read; concurrent callers share one fetch. A fetch under

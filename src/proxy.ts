@@ -761,7 +761,11 @@ class Exchange {
   #attempt(route: Route): void {
     if (this.#senderGone) throw senderGoneError();
     const body = this.#body!;
-    if (this.#attempts === 0 && !body.arriving()) return this.#awaitBody();
+    if (this.#attempts === 0) {
+      if (!body.arriving()) return this.#awaitBody();
+      const renewing = this.#csrfApplies && !this.#csrfAwaited ? route.csrf?.renewing : undefined;
+      if (renewing !== undefined) return this.#awaitCsrf(renewing);
+    }
     this.#attempts++;
     this.#upstreamStatus = undefined; // the access line's status is the last attempt's, never a discarded one's
     // The sender's fields as forwarded (hop-by-hop and `Connection`-listed ones gone); the sidecar's own
@@ -806,11 +810,30 @@ class Exchange {
     this.#body!.whenArriving(() =>
       this.#later(() => {
         this.#awaitingBody = false;
-        const route = this.#currentRoute();
-        if (this.#csrfApplies) this.#csrf = route.csrf?.current;
-        this.#sendThrough(route);
+        this.#sendAfterWait();
       }),
     );
+  }
+
+  /** After a wait before the first attempt: through the route as it is now, with its token and CSRF session now. */
+  #sendAfterWait(): void {
+    const route = this.#currentRoute();
+    if (this.#csrfApplies) this.#csrf = route.csrf?.current;
+    this.#sendThrough(route);
+  }
+
+  /** Waited once for a CSRF fetch under way before the first attempt (see `#awaitCsrf`). */
+  #csrfAwaited = false;
+
+  /**
+   * A CSRF fetch is under way on the route: the session this request would carry was just refused (or there is
+   * none yet), so it waits for the new one rather than earn a 403 of its own — which a body too long to send
+   * again could not cure. A fetch that fails leaves it to go as it is (its own 403, if any, is then its cure).
+   */
+  #awaitCsrf(renewing: Promise<unknown>): void {
+    this.#csrfAwaited = true;
+    const goOn = (): void => this.#later(() => this.#sendAfterWait());
+    renewing.then(goOn, goOn);
   }
 
   /** Notes a cure in the access log's `retried` field. */
@@ -1132,8 +1155,7 @@ class Exchange {
     let status: number;
     let session: CsrfCredentials | undefined;
     try {
-      let response = await route.dispatcher.request({ origin: route.origin, path, method: 'GET', headers });
-      await response.body.dump();
+      let response = await this.#csrfGet(route, path, headers);
       // Rotated meanwhile: the old token's 401 is no reason to fetch again through the old route, whose pool is
       // closed; no session, and the waiting requests go on to the new route's (`#renewCsrfAndResume`).
       if (response.statusCode === 401 && this.#latest(route) !== route) {
@@ -1144,8 +1166,7 @@ class Exchange {
         // Rotated during the refresh: it is given up, or the fetch through the old route's closed pool fails, and
         // the waiting requests go on to the new route (`#renewCsrfAndResume`).
         headers['authorization'] = bearer(await tokens.refreshAfterRejection(route.tokenClient, token));
-        response = await route.dispatcher.request({ origin: route.origin, path, method: 'GET', headers });
-        await response.body.dump();
+        response = await this.#csrfGet(route, path, headers);
       }
       status = response.statusCode;
       session = csrfFromResponse(response.headers, stale?.cookie);
@@ -1158,6 +1179,25 @@ class Exchange {
       throw new SidecarError('CSRF_FETCH_FAILED', `route ${route.name}: the upstream asked for a CSRF token but answered its fetch with ${status}`);
     }
     return session;
+  }
+
+  /**
+   * The fetch's GET, its answer's body read to the end. A connection reset before its answer sends it once more:
+   * most likely a pooled connection the upstream closed as the GET went out (RFC 9112 §9.3.1), and a fetch is
+   * safe to repeat (RFC 9110 §9.2.1; the adapter answers it without running the flow). As a sender's own GET is
+   * sent once more in that race, so is the fetch that the sender's modifying request waits for.
+   */
+  async #csrfGet(route: Route, path: string, headers: HeaderRecord): Promise<Dispatcher.ResponseData> {
+    const options = { origin: route.origin, path, method: 'GET' as const, headers };
+    let response: Dispatcher.ResponseData;
+    try {
+      response = await route.dispatcher.request(options);
+    } catch (err) {
+      if (classifyNetworkError(err).failure !== 'reset') throw err;
+      response = await route.dispatcher.request(options);
+    }
+    await response.body.dump();
+    return response;
   }
 
   #upstreamError(route: Route, err: unknown, answered = false): unknown {

@@ -8,6 +8,7 @@ import { ConfigError } from '../../src/errors.js';
 import { createScavenger, SCAVENGE_STEP_BYTES, youngGenerationCollector } from '../../src/scavenger.js';
 import { closedPort, gate, listen } from '../helpers/net.js';
 import { downloadSha256 } from '../helpers/upstream.js';
+import { parseAnswer, rawOpen } from '../helpers/raw-http.js';
 import type { OAuthServer } from '../helpers/oauth-server.js';
 import { runSidecar, type RunningSidecar } from '../helpers/sidecar.js';
 import type { Upstream } from '../helpers/upstream.js';
@@ -456,6 +457,44 @@ describe('tokens on the request path', () => {
     expect(csrf.seen).toEqual(['post-403', 'fetch', 'post']);
   });
 
+  it('a modifying request that arrives while the session is being fetched waits for it, rather than earn a 403 it cannot cure', async () => {
+    const small = await another(['--service-key', keyPath, '--max-replay-body', '16']);
+    const session = { token: 'csrf-' + randomBytes(4).toString('hex'), cookie: 'JSESSIONID=wait' };
+    let heldFetch: ServerResponse | undefined;
+    const seen: string[] = [];
+    upstream.setHandler((req, res, body) => {
+      body.resume();
+      if (req.method === 'GET' && req.headers['x-csrf-token'] === 'Fetch') {
+        seen.push('fetch');
+        heldFetch = res; // answered below, once the second request is in the sidecar
+        return true;
+      }
+      const ok = req.headers['x-csrf-token'] === session.token && req.headers.cookie === session.cookie;
+      seen.push(ok ? 'post' : 'post-403');
+      res.writeHead(ok ? 200 : 403, ok ? { 'content-type': 'text/plain' } : { 'x-csrf-token': 'Required', 'content-type': 'text/html' });
+      res.end(ok ? 'processed' : '<html>Forbidden</html>');
+      return true;
+    });
+    const first = await request(`${small.url}/http/order`, { method: 'POST', body: randomBytes(100) });
+    expect(first.statusCode).toBe(403); // too long to send again: the sender's, and the session is fetched at once
+    await first.body.dump();
+    await expect.poll(() => heldFetch).toBeDefined();
+    // The sender tries again at once, head and body in one write: the sidecar decides on it as it reads them.
+    const second = await rawOpen(small.address.port, `POST /http/order HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 100\r\n\r\n${'x'.repeat(100)}`);
+    const inFlight = async () => {
+      const text = await (await request(`http://127.0.0.1:${small.adminAddress!.port}/metrics`)).body.text();
+      return Number(/^oauth_sidecar_requests_in_flight (\d+)$/m.exec(text)?.[1]);
+    };
+    await expect.poll(inFlight).toBe(1);
+    expect(seen).toEqual(['post-403', 'fetch']); // not sent with the refused session
+    heldFetch!.writeHead(200, { 'x-csrf-token': session.token, 'set-cookie': `${session.cookie}; Path=/` }).end();
+    const closed = await second.closed;
+    const answer = parseAnswer(second.received(), closed, 0);
+    expect(answer.status, answer.text).toBe(200);
+    expect(answer.body).toBe('9\r\nprocessed\r\n0\r\n\r\n');
+    expect(seen).toEqual(['post-403', 'fetch', 'post']);
+  });
+
   it('after a CSRF fetch that returned no token, the next modifying request is sent as it is and cured again', async () => {
     const own = await another(['--service-key', keyPath]);
     const csrf = csrfUpstream({ token: 'csrf-' + randomBytes(4).toString('hex'), cookie: 'JSESSIONID=again' }, ['none']);
@@ -504,32 +543,80 @@ describe('tokens on the request path', () => {
     const own = await another(['--service-key', keyPath]);
     let fetches = 0;
     let heldFetch: ServerResponse | undefined;
+    let heldB: ServerResponse | undefined;
     const posts: string[] = [];
     upstream.setHandler((req, res, body) => {
       body.resume();
       if (req.method === 'GET' && req.headers['x-csrf-token'] === 'Fetch') {
-        fetches++;
-        heldFetch = res; // answered by a reset, below
+        // The first is answered by a reset, below; the one sent again after it, by a reset at once.
+        if (++fetches === 1) heldFetch = res;
+        else req.socket.destroy();
+        return true;
+      }
+      if (req.method === 'GET') {
+        res.writeHead(200, { 'content-type': 'text/plain' }).end('warm');
         return true;
       }
       posts.push(req.url ?? '');
-      res.writeHead(403, { 'x-csrf-token': 'Required', 'content-type': 'text/html' }).end('<html>Forbidden</html>');
+      // B went out before A, and its 403 comes once A's fetch is under way: B joins that fetch.
+      if (req.url === '/http/order-b') heldB = res;
+      else res.writeHead(403, { 'x-csrf-token': 'Required', 'content-type': 'text/html' }).end('<html>Forbidden</html>');
       return true;
     });
+    await (await request(`${own.url}/http/warm`)).body.dump(); // its token is cached
+    const b = request(`${own.url}/http/order-b`, { method: 'POST', body: 'b' });
+    await expect.poll(() => heldB, { interval: 10 }).toBeDefined();
     const first = new AbortController();
     const a = request(`${own.url}/http/order-a`, { method: 'POST', body: 'a', signal: first.signal }).catch((err: unknown) => err);
     await expect.poll(() => heldFetch, { interval: 10 }).toBeDefined(); // A's 403 started the fetch
-    const b = request(`${own.url}/http/order-b`, { method: 'POST', body: 'b' });
-    await expect.poll(() => posts.length, { interval: 10 }).toBe(2); // B's 403 too: it joins the fetch under way
+    heldB!.writeHead(403, { 'x-csrf-token': 'Required', 'content-type': 'text/html' }).end('<html>Forbidden</html>');
     first.abort(); // A's sender gives up (its own timeout)
     expect(await a).toBeInstanceOf(Error);
     await expect.poll(() => own.logs.some((l) => l['path'] === '/http/order-a' && l['aborted'] === true), { interval: 10 }).toBe(true);
-    heldFetch!.socket?.destroy(); // the fetch fails: a reset
+    heldFetch!.socket?.destroy(); // the fetch fails: a reset, and again when it is sent once more
     const res = await b;
     expect(res.statusCode).toBe(502);
     expect(await res.body.json()).toMatchObject({ error: 'UPSTREAM_UNREACHABLE' });
-    expect(fetches).toBe(1);
+    expect(fetches).toBe(2);
+    expect(posts).toEqual(['/http/order-b', '/http/order-a']);
     expect(own.logs.filter((l) => l['msg'] === 'internal error while proxying')).toEqual([]);
+  });
+
+  it('a CSRF fetch on a pooled connection the upstream closes as it arrives is sent once more, on a new one: the POST goes through', async () => {
+    const own = await another(['--service-key', keyPath]); // its own pool: the POST's connection is the one the fetch reuses
+    const session = 'csrf-' + randomBytes(4).toString('hex');
+    const onSocket = new WeakMap<object, number>();
+    const fetches: number[] = [];
+    const posts: Array<string | undefined> = [];
+    upstream.setHandler((req, res, body) => {
+      const nth = (onSocket.get(req.socket) ?? 0) + 1;
+      onSocket.set(req.socket, nth);
+      body.resume();
+      if (req.method === 'GET' && req.headers['x-csrf-token'] === 'Fetch') {
+        fetches.push(nth);
+        // The upstream's keep-alive timer closed the idle connection as the fetch arrived on it: no answer.
+        if (nth > 1 && fetches.length === 1) req.socket.destroy();
+        else res.writeHead(200, { 'x-csrf-token': session, 'set-cookie': 'JSESSIONID=s9; Path=/' }).end();
+        return true;
+      }
+      if (req.method === 'GET') {
+        res.writeHead(200, { 'content-type': 'text/plain' }).end('warm');
+        return true;
+      }
+      posts.push(req.headers['x-csrf-token'] as string | undefined);
+      if (req.headers['x-csrf-token'] !== session) res.writeHead(403, { 'x-csrf-token': 'Required', 'content-type': 'text/html' }).end('<html>Forbidden</html>');
+      else res.writeHead(200, { 'content-type': 'text/plain' }).end('processed');
+      return true;
+    });
+    // Two pooled connections, idle: the POST takes one, its fetch the other (whatever becomes of the POST's).
+    await Promise.all([1, 2].map(async () => (await request(`${own.url}/http/warm`)).body.dump()));
+    const res = await request(`${own.url}/http/order-stale`, { method: 'POST', body: '<order/>' });
+    expect(res.statusCode).toBe(200);
+    expect(await res.body.text()).toBe('processed');
+    expect(fetches).toHaveLength(2); // on a reused connection (dropped), then once more
+    expect(fetches[0]).toBeGreaterThan(1);
+    expect(posts).toEqual([undefined, session]);
+    await expect.poll(() => own.logs.find((l) => l['path'] === '/http/order-stale')).toMatchObject({ status: 200, retried: 'csrf' });
   });
 
   describe('an answer that comes before the sender has finished its body', () => {
