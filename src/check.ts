@@ -214,12 +214,16 @@ async function checkRoute(
   const scopeAsked = route.token.scope ?? route.token.params['scope'];
   section.add(describeScopes(scopes, role, roleGranted, { apiHost, scopeAsked, known: scopesKnown }));
 
-  const path = normalisePath(options.path ?? (apiHost ? DEFAULT_API_CHECK_PATH : DEFAULT_RUNTIME_CHECK_PATH));
-  const target = `${upstreamUrl.pathname.replace(/\/+$/, '')}${path}`;
+  // An upstream with a path of its own (`--upstream https://host/http`) has the servlet in it already: the path
+  // checked, given or not, is appended to it.
+  const basePath = upstreamUrl.pathname.replace(/\/+$/, '');
+  const path = normalisePath(options.path ?? (basePath !== '' ? '/' : apiHost ? DEFAULT_API_CHECK_PATH : DEFAULT_RUNTIME_CHECK_PATH));
+  const target = `${basePath}${path}`;
   const shown = `${upstreamUrl.origin}${target}`;
   const context: UpstreamContext = {
     url: shown,
     pathGiven: options.path !== undefined,
+    basePath,
     csrf: route.csrf,
     role,
     roleGranted,
@@ -552,6 +556,8 @@ export interface UpstreamContext {
   url: string;
   /** The user named the path (`--check-path`); a 404 on the default path is only a warning. */
   pathGiven: boolean;
+  /** The upstream URL's own path (no trailing `/`), to which the path checked is appended; `''` for none. */
+  basePath?: string;
   csrf: 'auto' | 'off';
   role: string | undefined;
   roleGranted: boolean | undefined;
@@ -767,9 +773,9 @@ function explainNotFound(answer: UpstreamAnswer, ctx: UpstreamContext, seen: str
     ]);
   }
   if (!ctx.pathGiven) {
-    return finding('warn', `${seen}: the host accepted the token, but this path is no integration flow`, [
-      'pass --check-path /http/<address of your iFlow> to check the iFlow and its role',
-    ]);
+    const base = ctx.basePath ?? '';
+    const advice = base === '' ? 'pass --check-path /http/<address of your iFlow>' : `pass --check-path /<address of your iFlow> (it is appended to the upstream's ${base})`;
+    return finding('warn', `${seen}: the host accepted the token, but this path is no integration flow`, [`${advice} to check the iFlow and its role`]);
   }
   return finding('FAIL', `${seen}: no integration flow at this path (the runtime answered, not the router)`, [
     "check the iFlow's address in its HTTPS sender adapter (case-insensitive, unique per tenant)",

@@ -102,7 +102,7 @@ function formatProblems(problems: readonly ConfigProblem[]): string {
  * around JSON, line breaks, a PEM header or a long base64 run.
  */
 export function shownSource(source: string): string {
-  return isShowableSource(source) ? source : 'the value given, not shown: it does not look like a path';
+  return isShowableSource(source) ? source : 'the value given, not shown: it could be a secret (a path written with a directory, such as ./users, is shown)';
 }
 
 function isShowableSource(s: string): boolean {

@@ -217,7 +217,7 @@ describe('oauth-sidecar check: the proxy listener', () => {
 
 describe('oauth-sidecar check: values given where a path belongs', () => {
   const PASTED = 'admin:S3cretPassw0rd';
-  const NOT_SHOWN = 'the value given, not shown: it does not look like a path';
+  const NOT_SHOWN = 'the value given, not shown: it could be a secret (a path written with a directory, such as ./users, is shown)';
 
   it('a basic-auth file, a NODE_EXTRA_CA_CERTS file or a service key that is no path is never shown', async () => {
     const users = await check(healthy('--basic-auth-file', PASTED), { path: '/http/GetTimestamp' });
@@ -256,6 +256,19 @@ describe('oauth-sidecar check: the upstream answer', () => {
     expect(upstream.requests.at(-1)?.url).toBe('/http/');
     expect(run.text).toMatch(/^warn GET .*\/http\/ answered 404: the host accepted the token/m);
     expect(run.text).toContain('--check-path /http/<address of your iFlow>');
+  });
+
+  it('an upstream with a path of its own: the default check is that path, and the advice is relative to it', async () => {
+    const run = await check(healthy('--upstream', `${upstream.url}/http`));
+    expect(run.ok).toBe(true);
+    expect(upstream.requests.at(-1)?.url).toBe('/http/'); // not /http/http/
+    expect(run.text).toMatch(/^warn GET .*:\d+\/http\/ answered 404: the host accepted the token/m);
+    expect(run.text).toContain("--check-path /<address of your iFlow> (it is appended to the upstream's /http)");
+    // Following the advice reaches the flow.
+    const named = await check(healthy('--upstream', `${upstream.url}/http`), { path: '/GetTimestamp' });
+    expect(named.ok).toBe(true);
+    expect(upstream.requests.at(-1)?.url).toBe('/http/GetTimestamp');
+    expect(named.text).toMatch(/^ok   GET .*\/http\/GetTimestamp answered 200/m);
   });
 
   it('a 404 from the application on a named path fails and explains address, servlet and deploy delay', async () => {

@@ -851,7 +851,7 @@ describe('content given where a path belongs', () => {
     // Passwords from `openssl rand -base64 24` hold a `/` four times in ten; one may end like a file name.
     const pairs = ['sender:q3J/8kTz0pVb+XcA1mWnE7rYhL2sDf9G', 'admin:s3cret.pw', 'CORP\\svc-erp:Winter2024!', 'team/erp:S3cret', 'C:\\svc:pw.txt'];
     for (const secret of ['admin:S3cretPassw0rd', ...pairs, 'eyJjbGllbnRpZCI6InNiLXgiLCJjbGllbnRzZWNyZXQiOiJUT1BTRUNSRVQifQ==', `'${KEY_JSON}'`, PEM]) {
-      expect(shown(secret)).toContain('(the value given, not shown: it does not look like a path)');
+      expect(shown(secret)).toContain('(the value given, not shown: it could be a secret (a path written with a directory, such as ./users, is shown))');
       expect(shown(secret)).not.toContain(secret);
     }
     for (const source of ['/etc/secrets/cpi/key.json', 'key.json', '[prod]/key.json', 'C:\\keys\\key.json', 'C:/keys/key.json', 'SIDECAR_SERVICE_KEY', '--service-key', 'command line']) {
