@@ -123,8 +123,8 @@ interface FlagSpec {
   env?: string;
   description: string;
   default?: string;
-  /** Only meaningful without --config (describes the single route). */
-  route?: boolean;
+  /** Only meaningful without --config (describes the single route): the route's key that a config file takes instead. */
+  route?: string;
   /** A file or directory path: content given instead (a PEM, a key's JSON) is refused without being echoed. */
   path?: boolean;
   /** A one-letter alias (`-h`). */
@@ -133,20 +133,20 @@ interface FlagSpec {
 
 /** Every flag, its environment variable and default: the single source for parsing and `--help`. */
 export const FLAGS: Readonly<Record<string, FlagSpec>> = {
-  'service-key': { type: 'string', env: 'SIDECAR_SERVICE_KEY', route: true, path: true, description: 'service key JSON file or secret directory' },
-  binding: { type: 'string', env: 'SIDECAR_BINDING', route: true, description: 'binding to use: an instance name or service label in VCAP_SERVICES, a binding directory name under $SERVICE_BINDING_ROOT or a --service-key directory of bindings (default: the it-rt one)' },
-  'client-cert': { type: 'string', env: 'SIDECAR_CLIENT_CERT', route: true, path: true, description: 'client certificate PEM file (External Certificate keys)' },
-  'client-key': { type: 'string', env: 'SIDECAR_CLIENT_KEY', route: true, path: true, description: 'private key PEM file of --client-cert' },
-  'client-tls-dir': { type: 'string', env: 'SIDECAR_CLIENT_TLS_DIR', route: true, path: true, description: 'kubernetes.io/tls secret directory (tls.crt, tls.key)' },
-  'token-auth': { type: 'string', env: 'SIDECAR_TOKEN_AUTH', route: true, default: 'basic', description: 'client authentication for ClientId/Secret keys: basic | post' },
-  scope: { type: 'string', env: 'SIDECAR_SCOPE', route: true, description: 'scope parameter of the token request' },
-  resource: { type: 'string', env: 'SIDECAR_RESOURCE', route: true, description: 'resource parameter (RFC 8707)' },
-  audience: { type: 'string', env: 'SIDECAR_AUDIENCE', route: true, description: 'audience parameter' },
-  'token-param': { type: 'string', multiple: true, env: 'SIDECAR_TOKEN_PARAMS', route: true, description: 'extra token parameter NAME=VALUE (repeatable; env: form-encoded a=1&b=2)' },
-  upstream: { type: 'string', env: 'SIDECAR_UPSTREAM', route: true, description: "upstream URL (default: the service key's url)" },
-  csrf: { type: 'string', env: 'SIDECAR_CSRF', route: true, default: 'auto', description: 'CSRF token handling: auto | off' },
-  'upstream-timeout': { type: 'string', env: 'SIDECAR_UPSTREAM_TIMEOUT', route: true, default: String(DEFAULT_RESPONSE_TIMEOUT_MS), description: 'ms to wait for upstream response headers' },
-  'max-replay-body': { type: 'string', env: 'SIDECAR_MAX_REPLAY_BODY', route: true, default: String(DEFAULT_MAX_REPLAY_BODY_BYTES), description: 'bytes of request body kept to replay after a 401/CSRF 403' },
+  'service-key': { type: 'string', env: 'SIDECAR_SERVICE_KEY', route: 'serviceKey', path: true, description: 'service key JSON file or secret directory' },
+  binding: { type: 'string', env: 'SIDECAR_BINDING', route: 'serviceKey', description: 'binding to use: an instance name or service label in VCAP_SERVICES, a binding directory name under $SERVICE_BINDING_ROOT or a --service-key directory of bindings (default: the it-rt one)' },
+  'client-cert': { type: 'string', env: 'SIDECAR_CLIENT_CERT', route: 'clientCert', path: true, description: 'client certificate PEM file (External Certificate keys)' },
+  'client-key': { type: 'string', env: 'SIDECAR_CLIENT_KEY', route: 'clientKey', path: true, description: 'private key PEM file of --client-cert' },
+  'client-tls-dir': { type: 'string', env: 'SIDECAR_CLIENT_TLS_DIR', route: 'clientTlsDir', path: true, description: 'kubernetes.io/tls secret directory (tls.crt, tls.key)' },
+  'token-auth': { type: 'string', env: 'SIDECAR_TOKEN_AUTH', route: 'tokenAuth', default: 'basic', description: 'client authentication for ClientId/Secret keys: basic | post' },
+  scope: { type: 'string', env: 'SIDECAR_SCOPE', route: 'scope', description: 'scope parameter of the token request' },
+  resource: { type: 'string', env: 'SIDECAR_RESOURCE', route: 'resource', description: 'resource parameter (RFC 8707)' },
+  audience: { type: 'string', env: 'SIDECAR_AUDIENCE', route: 'audience', description: 'audience parameter' },
+  'token-param': { type: 'string', multiple: true, env: 'SIDECAR_TOKEN_PARAMS', route: 'tokenParams', description: 'extra token parameter NAME=VALUE (repeatable; env: form-encoded a=1&b=2)' },
+  upstream: { type: 'string', env: 'SIDECAR_UPSTREAM', route: 'upstream', description: "upstream URL (default: the service key's url)" },
+  csrf: { type: 'string', env: 'SIDECAR_CSRF', route: 'csrf', default: 'auto', description: 'CSRF token handling: auto | off' },
+  'upstream-timeout': { type: 'string', env: 'SIDECAR_UPSTREAM_TIMEOUT', route: 'timeouts.responseMs', default: String(DEFAULT_RESPONSE_TIMEOUT_MS), description: 'ms to wait for upstream response headers' },
+  'max-replay-body': { type: 'string', env: 'SIDECAR_MAX_REPLAY_BODY', route: 'maxReplayBodyBytes', default: String(DEFAULT_MAX_REPLAY_BODY_BYTES), description: 'bytes of request body kept to replay after a 401/CSRF 403' },
   'max-replay-memory': { type: 'string', env: 'SIDECAR_MAX_REPLAY_MEMORY', default: String(DEFAULT_REPLAY_MEMORY_BYTES), description: 'bytes all requests\' kept body copies may hold together (a body that does not fit is not replayable)' },
   'max-connections': { type: 'string', env: 'SIDECAR_MAX_CONNECTIONS', default: String(DEFAULT_MAX_CONNECTIONS), description: 'sender connections served at once; a request on one beyond them gets 503 and its connection is closed (0: no limit)' },
   config: { type: 'string', env: 'SIDECAR_CONFIG', path: true, description: 'routes file (YAML or JSON)' },
@@ -323,7 +323,7 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
         message:
           name === 'binding'
             ? `cannot be combined with --config; point the route's serviceKey in ${fileShown} at the binding's own directory`
-            : `cannot be combined with --config; set it on the route in ${fileShown}`,
+            : `cannot be combined with --config; set the route's ${FLAGS[name]!.route} in ${fileShown}`,
       });
     }
     if (env['SIDECAR_SERVICE_KEY_JSON']) {
@@ -990,6 +990,7 @@ function fileRoute(raw: unknown, at: string, f: FileReader, problems: ConfigProb
     credentials: {
       source: { kind: 'path', path: serviceKey ?? '', from: `${at}.serviceKey` },
       ...(upstream === undefined ? { needsUrl: true } : {}),
+      pairSettings: `${at}.clientCert/${at}.clientKey (or ${at}.clientTlsDir, a kubernetes.io/tls secret directory) in the config file`,
       ...optional(
         'clientCert',
         clientCertSource(

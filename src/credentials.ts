@@ -42,6 +42,11 @@ export interface CredentialSpec {
    * rotated key without it is refused like any broken key (named with its prefix, logged once) at load.
    */
   needsUrl?: boolean;
+  /**
+   * Where this route takes a client key pair, as a message names it (the flags and variables, or the route's
+   * keys in its config file): an External Certificate key without one says where to give it.
+   */
+  pairSettings?: string;
 }
 
 interface CredentialsBase {
@@ -116,5 +121,5 @@ export async function loadCredentials(
     readCredentialSource(spec.source),
     spec.clientCert ? readClientCert(spec.clientCert) : Promise.resolve(undefined),
   );
-  return parseServiceKey(key.raw, key.source, { now: opts.now, clientCert, needsUrl: spec.needsUrl });
+  return parseServiceKey(key.raw, key.source, { now: opts.now, clientCert, needsUrl: spec.needsUrl, pairSettings: spec.pairSettings });
 }

@@ -22,6 +22,8 @@ export interface ParseServiceKeyOptions {
   clientCert?: ClientKeyPair;
   /** The route has no upstream of its own: `url` is required (see `CredentialSpec.needsUrl`). */
   needsUrl?: boolean | undefined;
+  /** Where the route takes a key pair, for the message about an External Certificate key without one. */
+  pairSettings?: string | undefined;
 }
 
 const DAY_MS = 86_400_000;
@@ -34,9 +36,13 @@ const MAX_WRAPPER_DEPTH = 3;
 /** `<sub>.authentication.<region>…` without `.cert.`: XSUAA only accepts client certificates on the `.cert.` host. */
 const NON_MTLS_AUTH_HOST = /^([^.]+)\.authentication\.(?!cert\.)(.+)$/;
 
-const EXTERNAL_CERTIFICATE_HELP =
-  'is missing: this is an External Certificate key (certificate without key), so its key pair must be supplied ' +
-  'with --client-cert/--client-key or SIDECAR_CLIENT_CERT/SIDECAR_CLIENT_KEY (or a kubernetes.io/tls secret directory)';
+/** Where a single route (flags and variables) takes its client key pair: see `ParseServiceKeyOptions.pairSettings`. */
+const FLAG_PAIR_SETTINGS =
+  '--client-cert/--client-key or SIDECAR_CLIENT_CERT/SIDECAR_CLIENT_KEY (or --client-tls-dir, a kubernetes.io/tls secret directory)';
+
+function externalCertificateHelp(pairSettings: string): string {
+  return `is missing: this is an External Certificate key (certificate without key), so its key pair must be supplied with ${pairSettings}`;
+}
 
 type Fields = Record<string, unknown>;
 
@@ -82,7 +88,7 @@ export function parseServiceKey(raw: unknown, source: string, opts: ParseService
   const tokenUrl = urlField(found, fields, 'tokenurl', true);
   const url = urlField(found, fields, 'url', false);
   if (opts.needsUrl && url === undefined) reportNoUrl(found, fields['url']);
-  const auth = readAuth(found, fields, opts.clientCert);
+  const auth = readAuth(found, fields, opts.clientCert, opts.pairSettings ?? FLAG_PAIR_SETTINGS);
   if (found.problems.length > 0 || !clientId || !tokenUrl || !auth) throw new ConfigError(found.problems);
   const credentials: Credentials =
     auth.kind === 'client-secret'
@@ -218,7 +224,7 @@ type CertificateAuth = Omit<CertificateCredentials, BaseFields>;
 type Auth = SecretAuth | CertificateAuth;
 
 /** Decides the key type from the fields present, preferring an explicitly supplied key pair. */
-function readAuth(found: Findings, fields: Fields, clientCert: ClientKeyPair | undefined): Auth | undefined {
+function readAuth(found: Findings, fields: Fields, clientCert: ClientKeyPair | undefined, pairSettings: string): Auth | undefined {
   const certificate = optionalString(found, fields, 'certificate');
   const key = optionalString(found, fields, 'key');
   const clientSecret = optionalString(found, fields, 'clientsecret');
@@ -230,7 +236,7 @@ function readAuth(found: Findings, fields: Fields, clientCert: ClientKeyPair | u
   if (isAbsent(fields.certificate) && isAbsent(fields.key)) {
     reportAbsent(found, fields, 'clientsecret', 'is missing: a service key needs clientsecret, or certificate and key');
   } else {
-    reportIncompletePair(found, fields, certificate, key);
+    reportIncompletePair(found, fields, certificate, key, pairSettings);
   }
   return undefined;
 }
@@ -252,12 +258,13 @@ function reportIncompletePair(
   fields: Fields,
   certificate: string | undefined,
   key: string | undefined,
+  pairSettings: string,
 ): void {
   if (certificate === undefined) {
     reportAbsent(found, fields, 'certificate', 'is missing (the key has a "key")');
   } else {
     const chain = parsePem(found, ownPem(found, 'certificate', certificate), 'certificate', parseCertificateChain);
-    if (chain && isAbsent(fields.key)) found.keyProblem('key', EXTERNAL_CERTIFICATE_HELP);
+    if (chain && isAbsent(fields.key)) found.keyProblem('key', externalCertificateHelp(pairSettings));
   }
   // A `key` that is not a string was reported as such by `optionalString`.
   if (key !== undefined) parsePem(found, ownPem(found, 'key', key), 'private key', parsePrivateKey);

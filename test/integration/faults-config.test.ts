@@ -192,7 +192,17 @@ const CONFIG_CASES: ConfigCase[] = [
     name: 'serve: a route variable beside the config file',
     setup: async ({ write, goodKey }) => {
       const file = await write('env-beside.yaml', `routes:\n  - name: a\n    prefix: /\n    serviceKey: ${goodKey}\n`);
-      return { command: 'serve', args: ['--config', file], env: { SIDECAR_UPSTREAM_TIMEOUT: '5' }, source: 'environment', problem: /SIDECAR_UPSTREAM_TIMEOUT: cannot be combined with --config/ };
+      return { command: 'serve', args: ['--config', file], env: { SIDECAR_UPSTREAM_TIMEOUT: '5' }, source: 'environment', problem: /SIDECAR_UPSTREAM_TIMEOUT: cannot be combined with --config; set the route's timeouts\.responseMs in / };
+    },
+  },
+  {
+    name: 'serve: config file whose route has an External Certificate key and no key pair',
+    setup: async ({ write }) => {
+      const { clientsecret: _secret, ...rest } = GOOD_KEY;
+      const external = await write('external-routed.json', JSON.stringify({ oauth: { ...rest, certificate: pki.client.chain } }));
+      const file = await write('external.yaml', `routes:\n  - name: a\n    prefix: /\n    serviceKey: ${external}\n`);
+      // The route's own keys, not flags that --config refuses.
+      return { command: 'serve', args: ['--config', file], source: external, problem: /oauth\.key: .* supplied with routes\[0\]\.clientCert\/routes\[0\]\.clientKey \(or routes\[0\]\.clientTlsDir, .*\) in the config file/ };
     },
   },
   {

@@ -507,10 +507,10 @@ routes:
     const env = { SIDECAR_UPSTREAM_TIMEOUT: '5', SIDECAR_SERVICE_KEY: '/other.json', SIDECAR_SERVICE_KEY_JSON: '{"oauth":{}}', SIDECAR_BINDING: 'b' };
     const list = problems(['--config', '/c.yaml'], env, file);
     expect(list).toEqual([
-      { source: 'environment', field: 'SIDECAR_SERVICE_KEY', message: 'cannot be combined with --config; set it on the route in /c.yaml' },
+      { source: 'environment', field: 'SIDECAR_SERVICE_KEY', message: "cannot be combined with --config; set the route's serviceKey in /c.yaml" },
       // A route has no binding key to set it on: its path picks the binding.
       { source: 'environment', field: 'SIDECAR_BINDING', message: "cannot be combined with --config; point the route's serviceKey in /c.yaml at the binding's own directory" },
-      { source: 'environment', field: 'SIDECAR_UPSTREAM_TIMEOUT', message: 'cannot be combined with --config; set it on the route in /c.yaml' },
+      { source: 'environment', field: 'SIDECAR_UPSTREAM_TIMEOUT', message: "cannot be combined with --config; set the route's timeouts.responseMs in /c.yaml" },
       { source: 'environment', field: 'SIDECAR_SERVICE_KEY_JSON', message: 'cannot be combined with --config; give each route its serviceKey in /c.yaml' },
     ]);
     // What platforms set (Cloud Foundry, servicebinding.io) is not an error: routes name their own keys.
