@@ -631,9 +631,11 @@ class Exchange {
       return this.#refuseAndClose(new SidecarError('TOO_MANY_CONNECTIONS', why, { retryAfter: 1 }));
     }
     const target = req.url ?? '';
+    // `OPTIONS *` (asterisk-form, RFC 9112 §3.2.4) asks about the server itself: answered here, past inbound control.
+    const serverWide = target === '*' && req.method === 'OPTIONS';
     // Origin-form only (RFC 9112 §3.2.1): an absolute-form target would make this an open proxy.
-    if (target.charCodeAt(0) !== 0x2f) {
-      const why = target === '*' ? 'OPTIONS * (asterisk-form) is not forwarded' : 'this is not a forward proxy';
+    if (target.charCodeAt(0) !== 0x2f && !serverWide) {
+      const why = target === '*' ? 'the asterisk-form is for OPTIONS alone' : 'this is not a forward proxy';
       return this.#refuse(new SidecarError('REQUEST_REFUSED', `only origin-form request targets (/path) are accepted: ${why}`));
     }
     // node's parser takes any `HTTP/d.d`: a request line claiming another major version is no HTTP/1 message.
@@ -662,6 +664,8 @@ class Exchange {
     if (verdict === 'forbidden') return this.#refuseAndClose(new SidecarError('SENDER_FORBIDDEN', 'sender address not allowed'));
     const webPage = this.#options.inbound.webPageRefusal(req.headers);
     if (webPage !== undefined) return this.#refuseAndClose(new SidecarError('SENDER_FORBIDDEN', webPage));
+    // RFC 9110 §9.3.7: what the server supports; no route is asked (whatever its Max-Forwards, §7.6.2).
+    if (serverWide) return this.#answerOptions();
     // Checked and routed on the path as it goes upstream: `#path` is the log's copy, which for a `//` target drops
     // everything up to an `@` (`//../../x?@` would otherwise pass as `//`).
     const path = target.charCodeAt(1) === 0x2f ? withoutQuery(target) : this.#path;

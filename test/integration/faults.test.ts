@@ -2092,7 +2092,7 @@ describe('sender faults and abuse', () => {
   it.each([
     // Well-framed requests the handler refuses: the connection may stay open.
     ['an absolute-form target', 400, false, 'GET http://evil.example/http/ok HTTP/1.1\r\nHost: evil.example\r\n\r\n'],
-    ['an asterisk-form target', 400, false, 'OPTIONS * HTTP/1.1\r\nHost: localhost\r\n\r\n'],
+    ['an asterisk-form target on GET', 400, false, 'GET * HTTP/1.1\r\nHost: localhost\r\n\r\n'],
     ['an authority-form target on GET', 400, true, 'GET evil.example:443 HTTP/1.1\r\nHost: evil.example\r\n\r\n'],
     ['CONNECT', 405, true, 'CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n'],
     ['an expectation other than 100-continue', 417, false, 'POST /http/ok HTTP/1.1\r\nHost: localhost\r\nExpect: 200-ok\r\nContent-Length: 2\r\n\r\nhi'],

@@ -225,11 +225,20 @@ describe('requests whose framing or target cannot be trusted: 400, connection cl
     await expectServing();
   });
 
-  it('OPTIONS * (asterisk-form) → 400 naming it, nothing forwarded', async () => {
+  it.each(['', 'Max-Forwards: 0\r\n'])('OPTIONS * (asterisk-form, %s) is about the sidecar itself: answered 200 with Allow, nothing forwarded', async (extra) => {
     const before = upstreamTargets.length;
-    const answer = await rawRequest(sidecar.address.port, 'OPTIONS * HTTP/1.1\r\nHost: localhost\r\n\r\n', { timeoutMs: BOUND_MS, untilResponse: true });
+    const answer = await rawRequest(sidecar.address.port, `OPTIONS * HTTP/1.1\r\nHost: localhost\r\n${extra}\r\n`, { timeoutMs: BOUND_MS, untilResponse: true });
+    expect(answer.status, answer.text).toBe(200);
+    expect(answer.headers['allow']).toBe('GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS');
+    expect(answer.headers['content-length']).toBe('0');
+    expect(upstreamTargets.slice(before)).toEqual([]);
+  });
+
+  it('an asterisk-form target on any other method → 400 naming it, nothing forwarded', async () => {
+    const before = upstreamTargets.length;
+    const answer = await rawRequest(sidecar.address.port, 'GET * HTTP/1.1\r\nHost: localhost\r\n\r\n', { timeoutMs: BOUND_MS, untilResponse: true });
     expect(answer.status, answer.text).toBe(400);
-    expect((JSON.parse(answer.body) as { message: string }).message).toMatch(/OPTIONS \* \(asterisk-form\) is not forwarded/);
+    expect((JSON.parse(answer.body) as { message: string }).message).toMatch(/the asterisk-form is for OPTIONS alone/);
     expect(upstreamTargets.slice(before)).toEqual([]);
   });
 
