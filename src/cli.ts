@@ -5,6 +5,7 @@
  * error.
  */
 import { readFileSync } from 'node:fs';
+import { constants } from 'node:os';
 import { isatty } from 'node:tty';
 import { wallTimeOf } from './clock.js';
 import { checkRoutes } from './check.js';
@@ -54,11 +55,13 @@ async function main(given: readonly string[], env: NodeJS.ProcessEnv): Promise<n
   try {
     switch (config.command) {
       case 'token':
+        endOnStopSignal();
         return await printToken(config, log);
       case 'serve':
         // A late signal exits with the code `fail` gives when the start failed.
         return (code = await serve(config, loggers, { afterStop: exitWith(() => code) }));
       case 'check':
+        endOnStopSignal();
         return await check(config);
     }
   } catch (err) {
@@ -258,6 +261,15 @@ async function serve(
   loggers.access.flush();
   log.info('stopped');
   return EXIT_OK;
+}
+
+/**
+ * `token` and `check` have nothing to drain: a stop signal ends them at once with the shell's code for it (130 for
+ * SIGINT, 143 for SIGTERM), as node's default does — which node as PID 1 (the image, a Kubernetes Job) does not
+ * have: there it would ignore Ctrl+C and `docker stop` until the command's own timeouts ran out.
+ */
+function endOnStopSignal(): void {
+  for (const name of STOP_SIGNALS) process.once(name, (signal: NodeJS.Signals) => process.exit(128 + constants.signals[signal]));
 }
 
 interface ServeHooks {

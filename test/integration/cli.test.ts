@@ -1,11 +1,11 @@
-import { createServer as createNetServer, type AddressInfo } from 'node:net';
+import { createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { spawn } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'undici';
 import { FLAGS } from '../../src/config.js';
-import { cleanEnv, collect, collectToFile, runCli, startCli, waitForLog } from '../helpers/cli.js';
+import { cleanEnv, collect, collectToFile, killAtTestEnd, runCli, startCli, waitForLog } from '../helpers/cli.js';
 import type { OAuthServer } from '../helpers/oauth-server.js';
 import type { Pki } from '../helpers/pki.js';
 import type { Upstream } from '../helpers/upstream.js';
@@ -227,6 +227,32 @@ describe('oauth-sidecar CLI', () => {
     }
   });
 
+  it.each([
+    ['token', 'SIGTERM', 143],
+    ['token', 'SIGINT', 130],
+    ['check', 'SIGTERM', 143],
+  ] as const)('%s ends at once on %s with exit %i (node as PID 1, as in the image, has no default for it)', async (command, signal, exit) => {
+    // A token server that takes the connection and never answers: the command waits in its token request.
+    const held = new Set<Socket>();
+    const hanging = createNetServer((socket) => held.add(socket));
+    await new Promise<void>((resolve) => hanging.listen(0, '127.0.0.1', resolve));
+    const connected = new Promise<void>((resolve) => hanging.once('connection', () => resolve()));
+    try {
+      const port = (hanging.address() as AddressInfo).port;
+      const key = await files.write(`hang-${command}-${signal}.json`, JSON.stringify({ oauth: { clientid: CLIENT_ID, clientsecret: SECRET, tokenurl: `https://127.0.0.1:${port}/oauth/token`, url: upstream.url } }));
+      const child = startCli([command, '--service-key', key, '--ca', caPath, '--token-timeout', '60000']);
+      const result = collect(child);
+      await connected; // its handlers are installed before its token request goes out
+      child.kill(signal);
+      const { code, signal: killedBy, stdout } = await result;
+      expect({ code, killedBy }).toEqual({ code: exit, killedBy: null });
+      if (command === 'token') expect(stdout).toBe(''); // no token came, none printed
+    } finally {
+      for (const socket of held) socket.destroy();
+      await new Promise((resolve) => hanging.close(resolve));
+    }
+  });
+
   /** `serve` with a preload that sends it SIGTERM from inside at the moments `at` names (see signal-at.mjs). */
   function signalledAt(at: string) {
     const preload = pathToFileURL(fileURLToPath(new URL('../helpers/signal-at.mjs', import.meta.url))).href;
@@ -260,10 +286,12 @@ describe('oauth-sidecar CLI', () => {
 
   it('serve with its log output failing (stdout on a full disk) goes on, says so once on stderr, and stops on SIGTERM with exit 0', async () => {
     const out = openSync('/dev/full', 'w');
-    const child = spawn(
-      process.execPath,
-      ['--import', 'tsx', 'src/cli.ts', 'serve', '--service-key', keyPath, '--ca', caPath, '--listen', '127.0.0.1:0', '--admin-listen', 'off', '--shutdown-delay', '0'],
-      { cwd: fileURLToPath(new URL('../..', import.meta.url)), env: cleanEnv(), stdio: ['ignore', out, 'pipe'] },
+    const child = killAtTestEnd(
+      spawn(
+        process.execPath,
+        ['--import', 'tsx', 'src/cli.ts', 'serve', '--service-key', keyPath, '--ca', caPath, '--listen', '127.0.0.1:0', '--admin-listen', 'off', '--shutdown-delay', '0'],
+        { cwd: fileURLToPath(new URL('../..', import.meta.url)), env: cleanEnv(), stdio: ['ignore', out, 'pipe'] },
+      ),
     );
     closeSync(out);
     try {
