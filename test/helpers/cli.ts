@@ -1,7 +1,9 @@
 /** Run the real CLI (TypeScript through tsx) as a child process, as a user would. */
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { spawn, type ChildProcess, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { once } from 'node:events';
 import { closeSync, openSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { afterEach, beforeEach } from 'vitest';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const CLI = ['--import', 'tsx', 'src/cli.ts'];
@@ -22,14 +24,53 @@ export function cleanEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv 
   return { ...env, ...extra };
 }
 
+/**
+ * Every CLI child started through this module, until it exits. One still running when its test ends (the test
+ * failed, or timed out, before it stopped the child: a `finally` after an await that never settles does not run)
+ * is killed then; a `serve` child would otherwise outlive the test run, holding its port and the test's files.
+ * So a child belongs to the test that started it: none started here outlives it (not even one from `beforeAll`).
+ */
+const children = new Set<ChildProcess>();
+/** Tests of the importing file under way: more than one with `it.concurrent`. */
+let running = 0;
+
+/** Kill `child` (SIGKILL) when the current test ends, if it is still running then. */
+export function killAtTestEnd<T extends ChildProcess>(child: T): T {
+  if (child.pid !== undefined && child.exitCode === null && child.signalCode === null) {
+    children.add(child);
+    child.once('exit', () => children.delete(child));
+  }
+  return child;
+}
+
+// Registered for each test of whichever test file imports this module.
+beforeEach(() => {
+  running += 1;
+});
+afterEach(async () => {
+  running -= 1;
+  // Tests side by side (`it.concurrent`) cannot tell their children apart: the last of them to end kills what is left.
+  if (running > 0) return;
+  const left = [...children];
+  children.clear();
+  await Promise.all(
+    left.map(async (child) => {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      const exited = once(child, 'exit');
+      child.kill('SIGKILL');
+      await exited;
+    }),
+  );
+});
+
 export function startCli(args: string[], env: Record<string, string> = {}): ChildProcessWithoutNullStreams {
-  return spawn(process.execPath, [...CLI, ...args], { cwd: ROOT, env: cleanEnv(env) });
+  return killAtTestEnd(spawn(process.execPath, [...CLI, ...args], { cwd: ROOT, env: cleanEnv(env) }));
 }
 
 /** Run the CLI with its stdout going to the file `path` (e.g. `/dev/full`); the result's `stdout` stays empty. */
 export function collectToFile(args: string[], path: string, env: Record<string, string> = {}): Promise<CliResult> {
   const fd = openSync(path, 'w');
-  const child = spawn(process.execPath, [...CLI, ...args], { cwd: ROOT, env: cleanEnv(env), stdio: ['ignore', fd, 'pipe'] });
+  const child = killAtTestEnd(spawn(process.execPath, [...CLI, ...args], { cwd: ROOT, env: cleanEnv(env), stdio: ['ignore', fd, 'pipe'] }));
   closeSync(fd);
   let stderr = '';
   child.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
@@ -44,7 +85,9 @@ export function runCli(args: string[], env: Record<string, string> = {}): Promis
   return collect(child);
 }
 
+/** Its output and how it ended; the child is killed at the end of the test if it has not ended by then. */
 export function collect(child: ChildProcessWithoutNullStreams): Promise<CliResult> {
+  killAtTestEnd(child); // also one spawned elsewhere (package.test.ts runs the packed install)
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));

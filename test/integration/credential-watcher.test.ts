@@ -5,6 +5,7 @@ import { watch as fsWatch, type FSWatcher } from 'node:fs';
 import { mkdir, mkdtemp, readdir, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
+import { performance } from 'node:perf_hooks';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import {
   credentialFingerprint,
@@ -690,17 +691,25 @@ describe('CredentialWatcher scheduling', () => {
     const rec = recorder();
     const fake = fakeWatchFactory();
     const path = await keyFile();
-    // Each load notes which phase it started in: the burst, or the single event that follows it.
-    let phase: 'burst' | 'after' = 'burst';
-    const loads = { burst: { started: 0, finished: 0 }, after: { started: 0, finished: 0 } };
+    // Each load notes which phase it started in: the start's own comparison, the burst, or the single event after it.
+    let phase: 'start' | 'burst' | 'after' = 'start';
+    const loads = { start: { started: 0, finished: 0 }, burst: { started: 0, finished: 0 }, after: { started: 0, finished: 0 } };
     const { load } = countingLoad(rec, () => loads[phase]);
     await startWatcher({ source: { kind: 'path', path } }, rec, { load, watch: fake.factory });
+    expect(loads.start.started, "the start's own comparison").toBe(1);
     const fire = fake.watches[0]?.fire;
     expect(fire).toBeDefined();
 
+    // A swap (the file changed) and its burst of events.
+    await writeFile(path, secretKey({ clientsecret: NEW_SECRET }));
+    phase = 'burst';
     for (let i = 0; i < 10; i++) fire?.();
-    await rec.until(() => loads.burst.finished >= 1);
-    // Let a further reload the burst set off start (one queued behind the first follows it at once)…
+    // Nothing while the events still come: the reload waits for a quiet period.
+    expect(loads.burst.started, 'reloads during the burst').toBe(0);
+    // The change is the end of the burst's reload: a further reload queued behind it starts in the same
+    // microtasks, before the next macrotask, and the watcher is idle by then otherwise.
+    await rec.until(() => rec.changes.length >= 1);
+    expect(secretOf(lastChange(rec))).toBe(NEW_SECRET);
     await new Promise((resolve) => setImmediate(resolve));
     // …then one more event, whose reload can only come after everything the burst caused.
     phase = 'after';
@@ -710,20 +719,36 @@ describe('CredentialWatcher scheduling', () => {
     expect(loads.after.started).toBe(1);
   });
 
-  it('still reloads while events keep coming', async () => {
+  it('still reloads while events keep coming: at most 4 debounce periods after the first one', async () => {
     const rec = recorder();
     const { load, counts } = countingLoad(rec);
     const fake = fakeWatchFactory();
     const path = await keyFile();
     await startWatcher({ source: { kind: 'path', path } }, rec, { load, watch: fake.factory });
-    const fire = fake.watches[0]?.fire ?? (() => undefined);
-
-    const storm = setInterval(fire, DEBOUNCE_MS / 4);
+    const fire = fake.watches[0]!.fire;
+    const before = counts.started; // the start's own comparison
+    // The debounce timer and the clock it reads under the test's control: an event every quarter period, never
+    // a quiet one, however loaded the machine (real timers would let a late event leave a gap).
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    let now = Math.ceil(performance.now());
+    const clock = vi.spyOn(performance, 'now').mockImplementation(() => now);
+    let reloadedAt: number | undefined;
     try {
-      await rec.until(() => counts.finished >= 1);
+      for (let t = 0; t < 10 * DEBOUNCE_MS && reloadedAt === undefined; t += DEBOUNCE_MS / 4) {
+        fire();
+        now += DEBOUNCE_MS / 4;
+        vi.advanceTimersByTime(DEBOUNCE_MS / 4);
+        if (counts.started > before) reloadedAt = t + DEBOUNCE_MS / 4;
+      }
     } finally {
-      clearInterval(storm);
+      clock.mockRestore();
+      vi.useRealTimers();
     }
+    expect(reloadedAt, 'ms from the first event of the storm to its reload').toBeDefined();
+    // A debounce still (not a reload per period), but capped.
+    expect(reloadedAt).toBeGreaterThan(DEBOUNCE_MS);
+    expect(reloadedAt).toBeLessThanOrEqual(4 * DEBOUNCE_MS);
+    await rec.until(() => counts.finished === counts.started); // not cut by the watcher's close
   });
 
   it('never overlaps reloads and runs once more for a request made during one', async () => {

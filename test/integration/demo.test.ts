@@ -2,7 +2,7 @@ import { access, mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, onTestFinished } from 'vitest';
 import { request } from 'undici';
 import { collect, startCli } from '../helpers/cli.js';
 
@@ -53,19 +53,18 @@ describe('oauth-sidecar demo', () => {
 
   it('a stop signal while the demo tenant starts still removes its directory (the demo keys), and exits 0', async () => {
     const base = await mkdtemp(join(tmpdir(), 'demo-early-'));
+    // Also when the test times out (a `finally` after the hung await would never run), and only after the
+    // helper's afterEach has killed a child still running in it.
+    onTestFinished(() => rm(base, { recursive: true, force: true }));
     const demoDirs = async () => (await readdir(base)).filter((name) => name.startsWith('oauth-sidecar-demo-'));
-    try {
-      // The signal comes the moment the tenant's directory exists (a preload sends it from inside the child):
-      // before the sidecar, and its handlers, can start.
-      const preload = fileURLToPath(new URL('../helpers/signal-after-mkdtemp.mjs', import.meta.url));
-      const child = startCli(['demo', '--listen', '127.0.0.1:0', '--admin-listen', 'off'], { TMPDIR: base, NODE_OPTIONS: `--import=${pathToFileURL(preload).href}` });
-      const { code, stdout, stderr } = await collect(child);
-      expect(code, stderr).toBe(0);
-      expect(stdout).not.toContain('Stop with Ctrl+C'); // it never got as far as serving
-      expect(await demoDirs()).toEqual([]);
-    } finally {
-      await rm(base, { recursive: true, force: true });
-    }
+    // The signal comes the moment the tenant's directory exists (a preload sends it from inside the child):
+    // before the sidecar, and its handlers, can start.
+    const preload = fileURLToPath(new URL('../helpers/signal-after-mkdtemp.mjs', import.meta.url));
+    const child = startCli(['demo', '--listen', '127.0.0.1:0', '--admin-listen', 'off'], { TMPDIR: base, NODE_OPTIONS: `--import=${pathToFileURL(preload).href}` });
+    const { code, stdout, stderr } = await collect(child);
+    expect(code, stderr).toBe(0);
+    expect(stdout).not.toContain('Stop with Ctrl+C'); // it never got as far as serving
+    expect(await demoDirs()).toEqual([]);
   });
 
   it('refuses a flag that would run something else under its banner (another service key, another upstream)', async () => {

@@ -50,7 +50,10 @@ describe('RequestBody', () => {
     const first = (await body.replay()!.toArray()) as Buffer[];
     const again = (await body.replay()!.toArray()) as Buffer[];
     expect(Buffer.concat(first).equals(Buffer.concat(pushed))).toBe(true);
-    // The same memory each time, not copies of it.
+    // The second replay is the whole body too (a body sent three times: after a 401, then after a CSRF 403)…
+    expect(Buffer.concat(again).equals(Buffer.concat(pushed)), 'the second replay holds the whole body').toBe(true);
+    // …from the same memory each time, not copies of it.
+    expect(again).toHaveLength(first.length);
     again.forEach((block, i) => expect(block.buffer).toBe(first[i]!.buffer));
     body.finish();
     expect(budget.used).toBe(0);
