@@ -411,9 +411,13 @@ describe('tokens on the request path', () => {
     expect(res.headers['content-type']).toBe('application/json; charset=utf-8');
   });
 
-  /** An upstream that wants CSRF on POSTs; its fetch answers as `fetchAnswers` says, in turn (then with the session). */
-  function csrfUpstream(session: { token: string; cookie: string }, fetchAnswers: Array<'none' | 'session' | '401'> = []) {
+  /**
+   * An upstream that wants CSRF on POSTs; its fetch answers as `fetchAnswers` says, in turn (then with the session);
+   * a `held` one is answered with the session by `releaseFetch`.
+   */
+  function csrfUpstream(session: { token: string; cookie: string }, fetchAnswers: Array<'none' | 'session' | '401' | 'held'> = []) {
     const seen: string[] = [];
+    let held: ServerResponse | undefined;
     /** The Bearer token each request carried, in the order of `seen`. */
     const tokens: string[] = [];
     let fetched: () => void = () => undefined;
@@ -424,6 +428,10 @@ describe('tokens on the request path', () => {
       if (req.method === 'GET' && req.headers['x-csrf-token'] === 'Fetch') {
         const answer = fetchAnswers.shift() ?? 'session';
         seen.push(answer === '401' ? 'fetch-401' : 'fetch');
+        if (answer === 'held') {
+          held = res;
+          return true;
+        }
         if (answer === '401') res.writeHead(401, { 'www-authenticate': 'Bearer error="invalid_token"' });
         else res.writeHead(200, answer === 'session' ? { 'x-csrf-token': session.token, 'set-cookie': `${session.cookie}; Path=/` } : {});
         res.end(() => fetched());
@@ -440,6 +448,9 @@ describe('tokens on the request path', () => {
       tokens,
       /** Resolves once a fetch has been answered (the next call waits for the next one). */
       fetchAnswered: () => fetchedOnce.then(() => void (fetchedOnce = new Promise<void>((resolve) => (fetched = resolve)))),
+      /** A `held` fetch has arrived. */
+      fetchHeld: () => held !== undefined,
+      releaseFetch: () => held!.writeHead(200, { 'x-csrf-token': session.token, 'set-cookie': `${session.cookie}; Path=/` }).end(() => fetched()),
     };
   }
 
@@ -459,26 +470,11 @@ describe('tokens on the request path', () => {
 
   it('a modifying request that arrives while the session is being fetched waits for it, rather than earn a 403 it cannot cure', async () => {
     const small = await another(['--service-key', keyPath, '--max-replay-body', '16']);
-    const session = { token: 'csrf-' + randomBytes(4).toString('hex'), cookie: 'JSESSIONID=wait' };
-    let heldFetch: ServerResponse | undefined;
-    const seen: string[] = [];
-    upstream.setHandler((req, res, body) => {
-      body.resume();
-      if (req.method === 'GET' && req.headers['x-csrf-token'] === 'Fetch') {
-        seen.push('fetch');
-        heldFetch = res; // answered below, once the second request is in the sidecar
-        return true;
-      }
-      const ok = req.headers['x-csrf-token'] === session.token && req.headers.cookie === session.cookie;
-      seen.push(ok ? 'post' : 'post-403');
-      res.writeHead(ok ? 200 : 403, ok ? { 'content-type': 'text/plain' } : { 'x-csrf-token': 'Required', 'content-type': 'text/html' });
-      res.end(ok ? 'processed' : '<html>Forbidden</html>');
-      return true;
-    });
+    const csrf = csrfUpstream({ token: 'csrf-' + randomBytes(4).toString('hex'), cookie: 'JSESSIONID=wait' }, ['held']);
     const first = await request(`${small.url}/http/order`, { method: 'POST', body: randomBytes(100) });
     expect(first.statusCode).toBe(403); // too long to send again: the sender's, and the session is fetched at once
     await first.body.dump();
-    await expect.poll(() => heldFetch).toBeDefined();
+    await expect.poll(csrf.fetchHeld).toBe(true);
     // The sender tries again at once, head and body in one write: the sidecar decides on it as it reads them.
     const second = await rawOpen(small.address.port, `POST /http/order HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 100\r\n\r\n${'x'.repeat(100)}`);
     const inFlight = async () => {
@@ -486,13 +482,13 @@ describe('tokens on the request path', () => {
       return Number(/^oauth_sidecar_requests_in_flight (\d+)$/m.exec(text)?.[1]);
     };
     await expect.poll(inFlight).toBe(1);
-    expect(seen).toEqual(['post-403', 'fetch']); // not sent with the refused session
-    heldFetch!.writeHead(200, { 'x-csrf-token': session.token, 'set-cookie': `${session.cookie}; Path=/` }).end();
+    expect(csrf.seen).toEqual(['post-403', 'fetch']); // not sent with the refused session
+    csrf.releaseFetch();
     const closed = await second.closed;
     const answer = parseAnswer(second.received(), closed, 0);
     expect(answer.status, answer.text).toBe(200);
     expect(answer.body).toBe('9\r\nprocessed\r\n0\r\n\r\n');
-    expect(seen).toEqual(['post-403', 'fetch', 'post']);
+    expect(csrf.seen).toEqual(['post-403', 'fetch', 'post']);
   });
 
   it('after a CSRF fetch that returned no token, the next modifying request is sent as it is and cured again', async () => {
