@@ -264,12 +264,19 @@ async function serve(
 }
 
 /**
- * `token` and `check` have nothing to drain: a stop signal ends them at once with the shell's code for it (130 for
- * SIGINT, 143 for SIGTERM), as node's default does — which node as PID 1 (the image, a Kubernetes Job) does not
- * have: there it would ignore Ctrl+C and `docker stop` until the command's own timeouts ran out.
+ * `token` and `check` have nothing to drain: a stop signal ends them at once. As PID 1 (the image, a Kubernetes
+ * Job) a process has no default action for it — node would ignore Ctrl+C and `docker stop` until the command's own
+ * timeouts ran out — so it exits there with the shell's code for the signal (130 for SIGINT, 143 for SIGTERM).
+ * Anywhere else the signal's default action ends it, as before: a shell running `TOKEN=$(oauth-sidecar token)`
+ * stops its script on Ctrl+C only when the child was killed by the signal, not when it exited 130.
  */
 function endOnStopSignal(): void {
-  for (const name of STOP_SIGNALS) process.once(name, (signal: NodeJS.Signals) => process.exit(128 + constants.signals[signal]));
+  const end = (signal: NodeJS.Signals): void => {
+    if (process.pid === 1) process.exit(128 + constants.signals[signal]);
+    for (const name of STOP_SIGNALS) process.off(name, end);
+    process.kill(process.pid, signal); // no listener left: node restores the default action
+  };
+  for (const name of STOP_SIGNALS) process.on(name, end);
 }
 
 interface ServeHooks {

@@ -228,10 +228,13 @@ describe('oauth-sidecar CLI', () => {
   });
 
   it.each([
-    ['token', 'SIGTERM', 143],
-    ['token', 'SIGINT', 130],
-    ['check', 'SIGTERM', 143],
-  ] as const)('%s ends at once on %s with exit %i (node as PID 1, as in the image, has no default for it)', async (command, signal, exit) => {
+    ['token', 'SIGTERM', true, { code: 143, killedBy: null }],
+    ['token', 'SIGINT', true, { code: 130, killedBy: null }],
+    ['check', 'SIGTERM', true, { code: 143, killedBy: null }],
+    // Not PID 1: killed by the signal, as node's default does, so that a shell script running it stops on Ctrl+C.
+    ['token', 'SIGINT', false, { code: null, killedBy: 'SIGINT' }],
+    ['check', 'SIGTERM', false, { code: null, killedBy: 'SIGTERM' }],
+  ] as const)('%s ends at once on %s (as PID 1: %s) → %o', async (command, signal, asPid1, ending) => {
     // A token server that takes the connection and never answers: the command waits in its token request.
     const held = new Set<Socket>();
     const hanging = createNetServer((socket) => held.add(socket));
@@ -240,12 +243,14 @@ describe('oauth-sidecar CLI', () => {
     try {
       const port = (hanging.address() as AddressInfo).port;
       const key = await files.write(`hang-${command}-${signal}.json`, JSON.stringify({ oauth: { clientid: CLIENT_ID, clientsecret: SECRET, tokenurl: `https://127.0.0.1:${port}/oauth/token`, url: upstream.url } }));
-      const child = startCli([command, '--service-key', key, '--ca', caPath, '--token-timeout', '60000']);
+      // As PID 1 (the image) node has no default action for the signal; the preload makes the CLI see itself as PID 1.
+      const preload = pathToFileURL(fileURLToPath(new URL('../helpers/as-pid-1.mjs', import.meta.url))).href;
+      const child = startCli([command, '--service-key', key, '--ca', caPath, '--token-timeout', '60000'], asPid1 ? { NODE_OPTIONS: `--import=${preload}` } : {});
       const result = collect(child);
       await connected; // its handlers are installed before its token request goes out
       child.kill(signal);
       const { code, signal: killedBy, stdout } = await result;
-      expect({ code, killedBy }).toEqual({ code: exit, killedBy: null });
+      expect({ code, killedBy }).toEqual(ending);
       if (command === 'token') expect(stdout).toBe(''); // no token came, none printed
     } finally {
       for (const socket of held) socket.destroy();
