@@ -338,7 +338,8 @@ export class TokenProvider {
           return stale;
         }
       }
-      throw error;
+      // Its Retry-After is the backoff just begun (a transient failure), as for those that fail fast during it.
+      throw withRetryAfter(error, delay);
     }
     this.#failures.delete(key);
     setOptions.ttl = this.#ttlOf(token);

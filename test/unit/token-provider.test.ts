@@ -211,7 +211,8 @@ describe('TokenProvider', () => {
 
   it('fails fast with Retry-After during backoff when no usable token exists', async () => {
     const { clock, provider, source } = setup({ backoff: { minMs: 4_000, maxMs: 20_000 } });
-    const first = expect(provider.getToken(source)).rejects.toMatchObject({ code: 'TOKEN_SERVER_ERROR' });
+    // The failure that starts the backoff says how long it lasts, as those during it do (not a fixed guess).
+    const first = expect(provider.getToken(source)).rejects.toMatchObject({ code: 'TOKEN_SERVER_ERROR', retryAfter: 4 });
     await flush();
     await source.fail(new SidecarError('TOKEN_SERVER_ERROR', 'token server failed (500)'));
     await first;
