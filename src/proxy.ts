@@ -226,6 +226,10 @@ export function createProxyServer(options: ProxyOptions, limits: ServerLimits = 
       return;
     }
     const status = code === 'HPE_HEADER_OVERFLOW' ? 431 : code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
+    // A body that broke is its request's refusal: answered with its request id and route, and logged and counted
+    // as a 400 of that request, not as a sender that went away.
+    const own = inOwnBody ? marked[TURNS]?.current?.refusedInBody(status) : undefined;
+    if (own !== undefined) return refuseRaw(socket, status, 'malformed HTTP request: its body could not be read', `x-request-id: ${own.requestId}\r\ncache-control: no-store\r\n`, own.route);
     refuseRaw(socket, status, status === 431 ? 'request headers too large' : status === 408 ? 'request timed out' : 'malformed HTTP request');
   });
   return server;
@@ -389,9 +393,9 @@ function stopReading(socket: Socket): void {
 }
 
 /** Answer on a raw socket (no ServerResponse exists for these) and close it. */
-function refuseRaw(socket: Socket, status: number, message: string, extraHeaders = ''): void {
+function refuseRaw(socket: Socket, status: number, message: string, extraHeaders = '', route: string | null = null): void {
   (socket as MarkedSocket)[REFUSED] = true;
-  const body = JSON.stringify({ error: 'REQUEST_REFUSED', message, route: null });
+  const body = JSON.stringify({ error: 'REQUEST_REFUSED', message, route });
   const reason = status === 405 ? 'Method Not Allowed' : status === 431 ? 'Request Header Fields Too Large' : status === 408 ? 'Request Timeout' : 'Bad Request';
   socket.end(
     `HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
@@ -585,6 +589,16 @@ class Exchange {
     this.#owing = false;
     const socket = this.#req.socket as MarkedSocket;
     socket[OWED] = (socket[OWED] ?? 1) - 1;
+  }
+
+  /** Refused on the socket itself, its body having broken (see 'clientError'): the status written there. */
+  #refusedInBody: number | undefined;
+
+  /** Its body broke while it was being read: refused with `status` on the socket; this is what it is reported as. */
+  refusedInBody(status: number): { requestId: string; route: string | null } {
+    this.#refusedInBody = status;
+    this.#error = 'REQUEST_REFUSED';
+    return { requestId: this.#requestId, route: this.#route?.name ?? null };
   }
 
   /** The response closed, finished or not (or the connection, while it waited its turn). */
@@ -1327,7 +1341,7 @@ class Exchange {
       route: this.#route?.name,
       method: this.#req.method ?? '',
       path: this.#path,
-      status: res.headersSent ? res.statusCode : 0,
+      status: res.headersSent ? res.statusCode : (this.#refusedInBody ?? 0),
       upstreamStatus: this.#upstreamStatus,
       upstreamMs: this.#call?.upstreamMs,
       durationMs: performance.now() - this.#started,
@@ -1335,7 +1349,7 @@ class Exchange {
       bytesOut: (this.#call?.bytesOut ?? 0) + this.#ownBytes,
       error: this.#shed ? (this.#error ?? 'REQUEST_REFUSED') : this.#error,
       retried: this.#retried,
-      aborted: !this.#shed && (this.#senderGone || (!res.writableFinished && this.#error === undefined)),
+      aborted: !this.#shed && this.#refusedInBody === undefined && (this.#senderGone || (!res.writableFinished && this.#error === undefined)),
     });
   }
 }

@@ -1927,6 +1927,28 @@ describe('sender faults and abuse', () => {
     await expectServing();
   });
 
+  it('a chunked body that breaks while it is forwarded is that request refused (400 with its request id), logged and counted as such, not as a sender gone', async () => {
+    const marker = `broken-chunk-${Math.random().toString(36).slice(2)}`;
+    const sender = await rawOpen(sidecar.address.port, `POST /http/echo?${marker} HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n`);
+    let outcome: 'closed' | 'reset';
+    try {
+      await expect.poll(() => upstream.seen(marker).length).toBe(1); // under way: its first chunk went upstream
+      sender.socket.write('zz\r\n'); // no chunk size
+      outcome = await sender.closed;
+    } finally {
+      sender.socket.destroy();
+    }
+    expect(outcome).toBe('closed');
+    const answer = parseAnswer(sender.received(), outcome, 0);
+    expectSidecarError({ status: answer.status!, headers: answer.headers, text: answer.body }, 400, 'REQUEST_REFUSED', 'default');
+    const requestId = answer.headers['x-request-id']!;
+    expect(requestId).toMatch(/^[0-9a-f-]{36}$/);
+    await expect.poll(() => requestLine(sidecar, requestId)).toMatchObject({ status: 400, error: 'REQUEST_REFUSED' });
+    expect(requestLine(sidecar, requestId)!['aborted']).toBeUndefined();
+    expect(upstream.seen(marker)[0]!.complete).toBe(false); // never a complete request upstream
+    await expectServing();
+  });
+
   it.each([
     ['a cross-site form POST (Origin)', 'POST /http/echo?web-1 HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: https://attacker.example\r\nContent-Length: 2\r\n\r\nok'],
     ['an image or script tag (Sec-Fetch-Site)', 'GET /http/ok?web-2 HTTP/1.1\r\nHost: localhost\r\nSec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: no-cors\r\n\r\n'],
