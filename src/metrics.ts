@@ -64,6 +64,7 @@ export class Metrics {
   readonly #retries401: Counter<'route'>;
   readonly #csrfFetches: Counter<'route' | 'outcome'>;
   readonly #aborts: Counter<'route'>;
+  readonly #cut: Counter<'route' | 'error'>;
   readonly #rejected: Counter<'reason'>;
   readonly #credentialReloads: Counter<'route' | 'outcome'>;
 
@@ -132,6 +133,12 @@ export class Metrics {
       name: `${PREFIX}csrf_fetches_total`,
       help: 'CSRF token fetches after a 403 "X-CSRF-Token: Required", by outcome.',
       labelNames: ['route', 'outcome'],
+      registers,
+    });
+    this.#cut = new Counter({
+      name: `${PREFIX}answers_cut_total`,
+      help: 'Answers cut after their head went out (the upstream failed or stalled mid-answer), counted by status class in requests_total too.',
+      labelNames: ['route', 'error'],
       registers,
     });
     this.#aborts = new Counter({
@@ -207,6 +214,8 @@ export class Metrics {
     }
     if (r.retried?.includes('401-refresh')) this.#retries401.inc({ route });
     if (r.aborted) this.#aborts.inc({ route });
+    // An answer that began (its status sent) and then failed: its status class says nothing of that.
+    else if (r.error !== undefined && r.status > 0 && r.status < 400) this.#cut.inc({ route, error: r.error });
   }
 
   csrfFetched(route: string, ok: boolean): void {

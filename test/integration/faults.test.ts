@@ -400,6 +400,12 @@ async function senderAborts(): Promise<number> {
   return Number(/^oauth_sidecar_client_aborts_total\{route="default"\} (\d+)$/m.exec(text)?.[1] ?? 0);
 }
 
+/** `oauth_sidecar_answers_cut_total` of the shared sidecar for `error`. */
+async function cutAnswersCounted(error: string): Promise<number> {
+  const text = (await sidecar.metrics.render()).body;
+  return Number(new RegExp(`^oauth_sidecar_answers_cut_total\\{route="default",error="${error}"\\} (\\d+)$`, 'm').exec(text)?.[1] ?? 0);
+}
+
 function cutResponses(): number {
   return sidecar.logs.filter((l) => l['msg'] === 'request' && l['status'] === 200 && l['error'] === 'UPSTREAM_UNREACHABLE').length;
 }
@@ -764,6 +770,7 @@ describe('upstream faults', () => {
     };
     const cutBefore = cutResponses();
     const abortsBefore = await senderAborts();
+    const cutCountedBefore = await cutAnswersCounted('UPSTREAM_UNREACHABLE');
     const requestsBefore = upstream.requests.length;
     const sender = await rawOpen(sidecar.address.port, 'GET /http/ok?reset-during HTTP/1.1\r\nHost: localhost\r\nConnection: keep-alive\r\n\r\n');
     let answer: RawAnswer;
@@ -802,6 +809,8 @@ describe('upstream faults', () => {
       ['warn', undefined],
     ]);
     expect(await senderAborts()).toBe(abortsBefore);
+    // Counted as cut, beside their 2xx status class: a flow dying mid-answer shows in the metrics too.
+    expect(await cutAnswersCounted('UPSTREAM_UNREACHABLE')).toBe(cutCountedBefore + 2);
     upstream.handler = undefined;
     await expectServing();
   });
