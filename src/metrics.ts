@@ -214,8 +214,8 @@ export class Metrics {
     }
     if (r.retried?.includes('401-refresh')) this.#retries401.inc({ route });
     if (r.aborted) this.#aborts.inc({ route });
-    // An answer that began (its status sent) and then failed: its status class says nothing of that.
-    else if (r.error !== undefined && r.status > 0 && r.status < 400) this.#cut.inc({ route, error: r.error });
+    // An answer that began (its status sent) and was then cut: its status class says nothing of that.
+    else if (r.cut) this.#cut.inc({ route, error: r.error ?? 'UPSTREAM_UNREACHABLE' });
   }
 
   csrfFetched(route: string, ok: boolean): void {

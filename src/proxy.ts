@@ -54,6 +54,8 @@ export interface RequestRecord {
   retried: string | undefined;
   /** The sender went away before the answer was complete. */
   aborted: boolean;
+  /** The sidecar cut the answer after its head went out (the upstream failed mid-answer, the body broke). */
+  cut?: boolean;
 }
 
 /** Where the proxy reports what it did: logs and metrics, wired by `sidecar`. */
@@ -217,6 +219,7 @@ export function createProxyServer(options: ProxyOptions, limits: ServerLimits = 
     // HPE_CLOSED_CONNECTION, or garbage behind pipelined requests): they go out whole, then the connection closes.
     if (owed > 0 && !inOwnBody && socket.writable) return closeAfterAnswersOwed(marked);
     if (answering?.headersSent) {
+      if (inOwnBody) marked[TURNS]?.current?.bodyBroke(undefined);
       // A reset, not a close: an answer without a length ends at the close and would pass for complete.
       if (!socket.destroyed) socket.resetAndDestroy();
       return;
@@ -228,8 +231,12 @@ export function createProxyServer(options: ProxyOptions, limits: ServerLimits = 
     const status = code === 'HPE_HEADER_OVERFLOW' ? 431 : code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
     // A body that broke is its request's refusal: answered with its request id and route, and logged and counted
     // as a 400 of that request, not as a sender that went away.
-    const own = inOwnBody ? marked[TURNS]?.current?.refusedInBody(status) : undefined;
-    if (own !== undefined) return refuseRaw(socket, status, 'malformed HTTP request: its body could not be read', `x-request-id: ${own.requestId}\r\ncache-control: no-store\r\n`, own.route);
+    const own = inOwnBody ? marked[TURNS]?.current : undefined;
+    if (own !== undefined) {
+      const { requestId, route } = own.bodyBroke(status);
+      const bytes = refuseRaw(socket, status, 'malformed HTTP request: its body could not be read', `x-request-id: ${requestId}\r\ncache-control: no-store\r\n`, route);
+      return own.refusedWith(bytes);
+    }
     refuseRaw(socket, status, status === 431 ? 'request headers too large' : status === 408 ? 'request timed out' : 'malformed HTTP request');
   });
   return server;
@@ -393,7 +400,8 @@ function stopReading(socket: Socket): void {
 }
 
 /** Answer on a raw socket (no ServerResponse exists for these) and close it. */
-function refuseRaw(socket: Socket, status: number, message: string, extraHeaders = '', route: string | null = null): void {
+/** Answers `status` on the socket itself and closes it; returns the bytes of the answer's body. */
+function refuseRaw(socket: Socket, status: number, message: string, extraHeaders = '', route: string | null = null): number {
   (socket as MarkedSocket)[REFUSED] = true;
   const body = JSON.stringify({ error: 'REQUEST_REFUSED', message, route });
   const reason = status === 405 ? 'Method Not Allowed' : status === 431 ? 'Request Header Fields Too Large' : status === 408 ? 'Request Timeout' : 'Bad Request';
@@ -406,6 +414,7 @@ function refuseRaw(socket: Socket, status: number, message: string, extraHeaders
   // or holds up a shutdown.
   socket.once('end', () => socket.destroy());
   socket.setTimeout(REFUSAL_LINGER_MS, () => socket.destroy());
+  return Buffer.byteLength(body);
 }
 
 /** How long a refused connection is kept for the sender to read the answer before it is closed. */
@@ -591,14 +600,29 @@ class Exchange {
     socket[OWED] = (socket[OWED] ?? 1) - 1;
   }
 
-  /** Refused on the socket itself, its body having broken (see 'clientError'): the status written there. */
+  /** Its body broke while it was being read (see 'clientError'): refused or cut by the sidecar, not a sender gone. */
+  #bodyBroken = false;
+  /** The status it was refused with on the socket itself, when nothing of its answer had gone out. */
   #refusedInBody: number | undefined;
 
-  /** Its body broke while it was being read: refused with `status` on the socket; this is what it is reported as. */
-  refusedInBody(status: number): { requestId: string; route: string | null } {
-    this.#refusedInBody = status;
+  /**
+   * Its body broke while it was being read (a malformed chunk): refused on the socket with `status`, or cut when its
+   * answer had begun (`undefined`). Nothing more goes upstream (an attempt under way is given up, one waiting for its
+   * token or CSRF session never starts) nor to the sender, though the socket lingers for it to read the refusal.
+   */
+  bodyBroke(status: number | undefined): { requestId: string; route: string | null } {
+    this.#bodyBroken = true;
     this.#error = 'REQUEST_REFUSED';
+    if (status === undefined) this.#cut = true;
+    else this.#refusedInBody = status;
+    this.#senderGone = true; // nobody to answer any more
+    this.#call?.abort(senderGoneError());
     return { requestId: this.#requestId, route: this.#route?.name ?? null };
+  }
+
+  /** The refusal `bodyBroke` led to was written on the socket: its body's bytes, for the access line. */
+  refusedWith(bytes: number): void {
+    this.#ownBytes = bytes;
   }
 
   /** The response closed, finished or not (or the connection, while it waited its turn). */
@@ -1341,7 +1365,7 @@ class Exchange {
       route: this.#route?.name,
       method: this.#req.method ?? '',
       path: this.#path,
-      status: res.headersSent ? res.statusCode : (this.#refusedInBody ?? 0),
+      status: this.#refusedInBody ?? (res.headersSent ? res.statusCode : 0),
       upstreamStatus: this.#upstreamStatus,
       upstreamMs: this.#call?.upstreamMs,
       durationMs: performance.now() - this.#started,
@@ -1349,7 +1373,8 @@ class Exchange {
       bytesOut: (this.#call?.bytesOut ?? 0) + this.#ownBytes,
       error: this.#shed ? (this.#error ?? 'REQUEST_REFUSED') : this.#error,
       retried: this.#retried,
-      aborted: !this.#shed && this.#refusedInBody === undefined && (this.#senderGone || (!res.writableFinished && this.#error === undefined)),
+      aborted: !this.#shed && !this.#bodyBroken && (this.#senderGone || (!res.writableFinished && this.#error === undefined)),
+      cut: this.#cut,
     });
   }
 }

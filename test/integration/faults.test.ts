@@ -1959,6 +1959,68 @@ describe('sender faults and abuse', () => {
     await expectServing();
   });
 
+  it('a body that breaks is refused for good: with the sender keeping its half open, the upstream attempt is given up at once and nothing answers in the 400\'s place', async () => {
+    const marker = `broken-halfopen-${Math.random().toString(36).slice(2)}`;
+    let answerLate!: () => void;
+    upstream.handler = async (req, res) => {
+      if (!req.url?.includes(marker)) return false;
+      await new Promise<void>((resolve) => (answerLate = resolve)); // answers on the head, after the body broke
+      if (!res.destroyed) res.writeHead(201, { 'content-type': 'text/plain' }).end('booked');
+      return true;
+    };
+    const sender = connect({ port: sidecar.address.port, host: '127.0.0.1', allowHalfOpen: true });
+    let received = '';
+    sender.on('data', (chunk: Buffer) => (received += chunk.toString('latin1')));
+    sender.on('error', () => undefined);
+    try {
+      sender.write(`POST /http/ok?${marker} HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n`);
+      await expect.poll(() => upstream.seen(marker)[0]?.bytes ?? 0).toBe(5);
+      sender.write('zz\r\n'); // no chunk size
+      await expect.poll(() => received).toMatch(/\r\n\r\n\{.*\}$/s);
+      // The upstream's request is given up with the refusal, not when the sender's socket closes 2 s later.
+      await expect.poll(() => upstream.seen(marker)[0]!.aborted).toBe(true);
+      answerLate();
+      const answer = parseAnswer(received, 'closed', 0);
+      expect(answer.status, answer.text).toBe(400);
+      const requestId = answer.headers['x-request-id']!;
+      await expect.poll(() => requestLine(sidecar, requestId)).toMatchObject({ status: 400, error: 'REQUEST_REFUSED', bytesOut: answer.body.length });
+      expect(received).not.toContain('201');
+    } finally {
+      sender.destroy();
+      upstream.handler = undefined;
+    }
+    await expectServing();
+  });
+
+  it('a body that breaks after its answer began is cut (a reset): logged as the sidecar\'s refusal and counted as a cut answer, not as a sender gone', async () => {
+    const marker = `broken-after-head-${Math.random().toString(36).slice(2)}`;
+    upstream.handler = (req, res) => {
+      if (!req.url?.includes(marker)) return false;
+      res.writeHead(200, { 'content-type': 'application/octet-stream' }); // an early answer, on the head
+      res.write('partial');
+      return true;
+    };
+    const abortsBefore = await senderAborts();
+    const cutBefore = await cutAnswersCounted('REQUEST_REFUSED');
+    const sender = await rawOpen(sidecar.address.port, `POST /http/ok?${marker} HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n`);
+    let outcome: 'closed' | 'reset';
+    try {
+      await waitFor(() => (sender.received().includes('partial') ? true : undefined), sender.socket);
+      sender.socket.write('zz\r\n');
+      outcome = await sender.closed;
+    } finally {
+      sender.socket.destroy();
+      upstream.handler = undefined;
+    }
+    expect(outcome).toBe('reset');
+    const requestId = parseAnswer(sender.received(), outcome, 0).headers['x-request-id']!;
+    await expect.poll(() => requestLine(sidecar, requestId)).toMatchObject({ status: 200, error: 'REQUEST_REFUSED' });
+    expect(requestLine(sidecar, requestId)!['aborted']).toBeUndefined();
+    expect(await senderAborts()).toBe(abortsBefore);
+    expect(await cutAnswersCounted('REQUEST_REFUSED')).toBe(cutBefore + 1);
+    await expectServing();
+  });
+
   it.each([
     ['a cross-site form POST (Origin)', 'POST /http/echo?web-1 HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: https://attacker.example\r\nContent-Length: 2\r\n\r\nok'],
     ['an image or script tag (Sec-Fetch-Site)', 'GET /http/ok?web-2 HTTP/1.1\r\nHost: localhost\r\nSec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: no-cors\r\n\r\n'],

@@ -34,3 +34,25 @@ describe('oauth_sidecar_token_expiry_seconds', () => {
     expect(await expiry()).toBeUndefined();
   });
 });
+
+describe('oauth_sidecar_answers_cut_total', () => {
+  it('counts answers the sidecar cut after their head went out, whatever their status, and not sender aborts', async () => {
+    const table = { routes: [] } as unknown as RouteTable;
+    const metrics = new Metrics({ routes: () => table, tokens: new TokenProvider(), credentialErrors: () => new Map(), defaultMetrics: false });
+    const record = { requestId: 'r', route: 'orders', method: 'GET', path: '/x', upstreamStatus: undefined, upstreamMs: undefined, durationMs: 1, bytesIn: 0, bytesOut: 10, retried: undefined };
+    for (const status of [200, 404, 500]) {
+      metrics.requestStarted();
+      metrics.requestFinished({ ...record, status, error: 'UPSTREAM_UNREACHABLE', aborted: false, cut: true });
+    }
+    metrics.requestStarted();
+    metrics.requestFinished({ ...record, status: 200, error: undefined, aborted: true, cut: true }); // the sender left first
+    metrics.requestStarted();
+    metrics.requestFinished({ ...record, status: 200, error: undefined, aborted: false }); // complete
+    metrics.requestStarted();
+    metrics.requestFinished({ ...record, status: 400, error: 'REQUEST_REFUSED', aborted: false }); // refused, not cut
+    const body = (await metrics.render()).body;
+    expect(body).toMatch(/^oauth_sidecar_answers_cut_total\{route="orders",error="UPSTREAM_UNREACHABLE"\} 3$/m);
+    expect(body).not.toMatch(/^oauth_sidecar_answers_cut_total\{route="orders",error="REQUEST_REFUSED"\}/m);
+    expect(body).toMatch(/^oauth_sidecar_client_aborts_total\{route="orders"\} 1$/m);
+  });
+});
