@@ -137,7 +137,7 @@ export class Metrics {
     });
     this.#cut = new Counter({
       name: `${PREFIX}answers_cut_total`,
-      help: 'Answers cut after their head went out (the upstream failed or stalled mid-answer), counted by status class in requests_total too.',
+      help: 'Answers the sidecar cut after their head went out (the upstream failed or stalled mid-answer, or the body broke), counted by status class in requests_total too.',
       labelNames: ['route', 'error'],
       registers,
     });

@@ -232,11 +232,7 @@ export function createProxyServer(options: ProxyOptions, limits: ServerLimits = 
     // A body that broke is its request's refusal: answered with its request id and route, and logged and counted
     // as a 400 of that request, not as a sender that went away.
     const own = inOwnBody ? marked[TURNS]?.current : undefined;
-    if (own !== undefined) {
-      const { requestId, route } = own.bodyBroke(status);
-      const bytes = refuseRaw(socket, status, 'malformed HTTP request: its body could not be read', `x-request-id: ${requestId}\r\ncache-control: no-store\r\n`, route);
-      return own.refusedWith(bytes);
-    }
+    if (own !== undefined) return own.bodyBroke(status);
     refuseRaw(socket, status, status === 431 ? 'request headers too large' : status === 408 ? 'request timed out' : 'malformed HTTP request');
   });
   return server;
@@ -606,23 +602,23 @@ class Exchange {
   #refusedInBody: number | undefined;
 
   /**
-   * Its body broke while it was being read (a malformed chunk): refused on the socket with `status`, or cut when its
-   * answer had begun (`undefined`). Nothing more goes upstream (an attempt under way is given up, one waiting for its
-   * token or CSRF session never starts) nor to the sender, though the socket lingers for it to read the refusal.
+   * Its body broke while it was being read (a malformed chunk): refused on the socket itself with `status` (the
+   * parser takes no more from it), or cut when its answer had begun (`undefined`; the caller resets the socket).
+   * Nothing more goes upstream (an attempt under way is given up, one waiting for its token or CSRF session never
+   * starts) nor to the sender, though the socket lingers for it to read the refusal.
    */
-  bodyBroke(status: number | undefined): { requestId: string; route: string | null } {
+  bodyBroke(status: number | undefined): void {
     this.#bodyBroken = true;
     this.#error = 'REQUEST_REFUSED';
-    if (status === undefined) this.#cut = true;
-    else this.#refusedInBody = status;
     this.#senderGone = true; // nobody to answer any more
     this.#call?.abort(senderGoneError());
-    return { requestId: this.#requestId, route: this.#route?.name ?? null };
-  }
-
-  /** The refusal `bodyBroke` led to was written on the socket: its body's bytes, for the access line. */
-  refusedWith(bytes: number): void {
-    this.#ownBytes = bytes;
+    if (status === undefined) {
+      this.#cut = true;
+      return;
+    }
+    this.#refusedInBody = status;
+    const headers = `x-request-id: ${this.#requestId}\r\ncache-control: no-store\r\n`;
+    this.#ownBytes = refuseRaw(this.#req.socket, status, 'malformed HTTP request: its body could not be read', headers, this.#route?.name ?? null);
   }
 
   /** The response closed, finished or not (or the connection, while it waited its turn). */
