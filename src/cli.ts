@@ -331,8 +331,8 @@ export function helpText(): string {
   lines.push(
     '',
     'Service key sources, first found wins: --service-key / SIDECAR_SERVICE_KEY, SIDECAR_SERVICE_KEY_JSON,',
-    '$SERVICE_BINDING_ROOT (servicebinding.io), VCAP_SERVICES. HTTPS_PROXY / NO_PROXY and NODE_EXTRA_CA_CERTS',
-    'are honoured.',
+    '$SERVICE_BINDING_ROOT (servicebinding.io), VCAP_SERVICES, the file VCAP_SERVICES_FILE_PATH names.',
+    'HTTPS_PROXY / NO_PROXY and NODE_EXTRA_CA_CERTS are honoured.',
     '',
     'Exit codes: 0 ok, 1 runtime failure, 2 configuration error.',
     '',

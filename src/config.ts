@@ -444,7 +444,7 @@ function singleRoute(read: Reader, env: Env, problems: ConfigProblem[]): RouteCo
   };
 }
 
-/** Where the service key comes from, in order: flag, SIDECAR_SERVICE_KEY, SIDECAR_SERVICE_KEY_JSON, servicebinding.io, VCAP_SERVICES. */
+/** Where the service key comes from, in order: flag, SIDECAR_SERVICE_KEY, SIDECAR_SERVICE_KEY_JSON, servicebinding.io, VCAP_SERVICES, VCAP_SERVICES_FILE_PATH. */
 function credentialSource(read: Reader, env: Env, binding: string | undefined, problems: ConfigProblem[]): CredentialSource {
   const path = read.string('service-key');
   if (path) return { kind: 'path', path, from: read.sourceOf('service-key'), ...optional('binding', binding) };
@@ -460,11 +460,13 @@ function credentialSource(read: Reader, env: Env, binding: string | undefined, p
   if (root) return { kind: 'binding-root', root, ...optional('binding', binding) };
   const vcap = env['VCAP_SERVICES'];
   if (vcap) return { kind: 'vcap', json: vcap, ...optional('binding', binding) };
+  const vcapFile = env['VCAP_SERVICES_FILE_PATH'];
+  if (vcapFile) return { kind: 'vcap-file', path: vcapFile, ...optional('binding', binding) };
   problems.push({
     source: 'command line',
     field: '--service-key',
     message:
-      'no service key: pass --service-key FILE|DIR, or set SIDECAR_SERVICE_KEY, SIDECAR_SERVICE_KEY_JSON, SERVICE_BINDING_ROOT or VCAP_SERVICES',
+      'no service key: pass --service-key FILE|DIR, or set SIDECAR_SERVICE_KEY, SIDECAR_SERVICE_KEY_JSON, SERVICE_BINDING_ROOT, VCAP_SERVICES or VCAP_SERVICES_FILE_PATH',
   });
   return { kind: 'path', path: '' };
 }

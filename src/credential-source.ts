@@ -38,7 +38,9 @@ export async function readCredentialSource(source: CredentialSource): Promise<Ra
     case 'binding-root':
       return named(readBindingRoot(source.root, source.binding), () => 'SERVICE_BINDING_ROOT');
     case 'vcap':
-      return readVcap(source.json, source.binding);
+      return readVcap(source.json, source.binding, VCAP_LABEL);
+    case 'vcap-file':
+      return readVcap(await readNonEmpty(source.path), source.binding, source.path);
     case 'inline':
       return { raw: parseJson(source.json, source.label), source: source.label };
   }
@@ -184,6 +186,8 @@ async function sourcePaths(source: CredentialSource): Promise<string[]> {
       return (await isDirectory(source.path)) ? directoryPaths(source.path, false) : [source.path];
     case 'binding-root':
       return directoryPaths(source.root, true);
+    case 'vcap-file':
+      return [source.path];
     case 'vcap':
     case 'inline':
       return [];
@@ -440,22 +444,29 @@ interface VcapInstance {
   instance: Record<string, unknown>;
 }
 
-/** Cloud Foundry: the first `it-rt` instance, or the one whose name (else label) is `binding`. */
-function readVcap(json: string, binding: string | undefined): RawServiceKey {
-  const services = parseJson(json, VCAP_LABEL);
-  if (!isObject(services)) fail(VCAP_LABEL, 'is not a JSON object');
-  const instances: VcapInstance[] = Object.entries(services).flatMap(([label, list]) =>
-    Array.isArray(list) ? list.filter(isObject).map((instance) => ({ label, instance })) : [],
+/**
+ * Cloud Foundry: the instance whose name (else label) is `binding`, else the only `it-rt` one. `label` names
+ * where the JSON came from: `VCAP_SERVICES`, or the file `VCAP_SERVICES_FILE_PATH` names.
+ */
+function readVcap(json: string, binding: string | undefined, label: string): RawServiceKey {
+  const services = parseJson(json, label);
+  if (!isObject(services)) fail(label, 'is not a JSON object');
+  const instances: VcapInstance[] = Object.entries(services).flatMap(([service, list]) =>
+    Array.isArray(list) ? list.filter(isObject).map((instance) => ({ label: service, instance })) : [],
   );
-  const chosen =
-    binding === undefined
-      ? instances.find((i) => i.label === DEFAULT_SERVICE)
-      : (instances.find((i) => i.instance.name === binding) ?? instances.find((i) => i.label === binding));
-  if (!chosen) {
-    const found = instances.map(describeVcapInstance).join(', ') || 'none';
-    fail(VCAP_LABEL, `has no ${binding === undefined ? DEFAULT_SERVICE : `"${binding}"`} binding; found: ${found}`);
+  const found = (): string => instances.map(describeVcapInstance).join(', ') || 'none';
+  let chosen: VcapInstance | undefined;
+  if (binding === undefined) {
+    // An app bound to an integration-flow and an api instance of it-rt: taking either would send half the
+    // traffic to the wrong host; like a directory of bindings, several are refused until one is named.
+    const candidates = instances.filter((i) => i.label === DEFAULT_SERVICE);
+    if (candidates.length > 1) fail(label, `has several ${DEFAULT_SERVICE} bindings, so name the one to use with --binding (SIDECAR_BINDING); found: ${found()}`);
+    chosen = candidates[0];
+  } else {
+    chosen = instances.find((i) => i.instance.name === binding) ?? instances.find((i) => i.label === binding);
   }
-  const source = `${VCAP_LABEL} (${describeVcapInstance(chosen)})`;
+  if (!chosen) fail(label, `has no ${binding === undefined ? DEFAULT_SERVICE : `"${binding}"`} binding; found: ${found()}`);
+  const source = `${label} (${describeVcapInstance(chosen)})`;
   if (!('credentials' in chosen.instance)) fail(source, 'is missing', 'credentials');
   return { raw: chosen.instance.credentials, source };
 }

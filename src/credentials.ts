@@ -21,6 +21,8 @@ export type CredentialSource =
   | { kind: 'binding-root'; root: string; binding?: string }
   /** Cloud Foundry: the `VCAP_SERVICES` JSON, binding `it-rt` or the one named. */
   | { kind: 'vcap'; json: string; binding?: string }
+  /** Cloud Foundry with file-based service bindings: the file `VCAP_SERVICES_FILE_PATH` names (watched). */
+  | { kind: 'vcap-file'; path: string; binding?: string }
   /** `SIDECAR_SERVICE_KEY_JSON`: the service key JSON itself. */
   | { kind: 'inline'; json: string; label: string };
 

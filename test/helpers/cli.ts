@@ -19,7 +19,7 @@ export interface CliResult {
 export function cleanEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {};
   for (const [k, v] of Object.entries(process.env)) {
-    if (!/^(SIDECAR_|HTTPS?_PROXY$|NO_PROXY$|VCAP_SERVICES$|SERVICE_BINDING_ROOT$)/i.test(k)) env[k] = v;
+    if (!/^(SIDECAR_|HTTPS?_PROXY$|NO_PROXY$|VCAP_SERVICES(_FILE_PATH)?$|SERVICE_BINDING_ROOT$)/i.test(k)) env[k] = v;
   }
   return { ...env, ...extra };
 }

@@ -260,6 +260,14 @@ const CONFIG_CASES: ConfigCase[] = [
     name: 'VCAP_SERVICES without an it-rt binding',
     setup: async () => ({ args: [], env: { VCAP_SERVICES: JSON.stringify({ xsuaa: [{ name: 'uaa', credentials: {} }] }) }, source: 'VCAP_SERVICES', problem: /has no it-rt binding; found: xsuaa\/uaa/ }),
   },
+  {
+    name: 'VCAP_SERVICES_FILE_PATH with two it-rt instances and no --binding',
+    setup: async ({ write }) => {
+      const instance = (name: string, plan: string) => ({ name, plan, label: 'it-rt', credentials: { oauth: GOOD_KEY } });
+      const file = await write('vcap_services', JSON.stringify({ 'it-rt': [instance('flows', 'integration-flow'), instance('odata', 'api')] }));
+      return { args: [], env: { VCAP_SERVICES_FILE_PATH: file }, source: file, problem: /has several it-rt bindings, so name the one to use with --binding \(SIDECAR_BINDING\); found: it-rt\/flows, it-rt\/odata/ };
+    },
+  },
   { name: 'a missing config file', setup: async ({ dir }) => ({ args: ['--config', join(dir, 'nope.yaml')], source: join(dir, 'nope.yaml'), problem: /--config: config file does not exist/ }) },
   {
     name: 'a config file that is not a mapping',

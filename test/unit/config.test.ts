@@ -67,6 +67,12 @@ describe('parseConfig', () => {
   it('picks the service key source in the documented order', () => {
     const vcap = '{"it-rt":[]}';
     expect(run([], { VCAP_SERVICES: vcap }).routes[0]?.credentials.source).toEqual({ kind: 'vcap', json: vcap });
+    expect(run([], { VCAP_SERVICES_FILE_PATH: '/etc/cf-service-bindings/vcap_services', SIDECAR_BINDING: 'cpi' }).routes[0]?.credentials.source).toEqual({
+      kind: 'vcap-file',
+      path: '/etc/cf-service-bindings/vcap_services',
+      binding: 'cpi',
+    });
+    expect(run([], { VCAP_SERVICES: vcap, VCAP_SERVICES_FILE_PATH: '/v' }).routes[0]?.credentials.source).toMatchObject({ kind: 'vcap' });
     expect(run([], { VCAP_SERVICES: vcap, SERVICE_BINDING_ROOT: '/bindings', SIDECAR_BINDING: 'cpi' }).routes[0]?.credentials.source).toEqual({
       kind: 'binding-root',
       root: '/bindings',

@@ -454,10 +454,42 @@ describe('readCredentialSource: servicebinding.io binding root', () => {
 });
 
 describe('readCredentialSource: VCAP_SERVICES and inline JSON', () => {
-  it('takes the first it-rt instance and labels the source', async () => {
-    const { raw, source } = await readCredentialSource({ kind: 'vcap', json: await vcapJson() });
+  it('takes the only it-rt instance and labels the source', async () => {
+    const services = JSON.parse(await vcapJson());
+    services['it-rt'] = services['it-rt'].filter((i: { name: string }) => i.name === 'my-instance');
+    const { raw, source } = await readCredentialSource({ kind: 'vcap', json: JSON.stringify(services) });
     expect(source).toBe('VCAP_SERVICES (it-rt/my-instance)');
     expect(parseServiceKey(raw, source).credentials.clientId).toMatch(/\|it-rt-acme-dev!b196$/);
+  });
+
+  it('refuses two it-rt instances (integration-flow and api) until --binding names one', async () => {
+    const json = await vcapJson();
+    expect(await problemsOf(readCredentialSource({ kind: 'vcap', json }))).toEqual([
+      {
+        source: 'VCAP_SERVICES',
+        field: '',
+        message:
+          'has several it-rt bindings, so name the one to use with --binding (SIDECAR_BINDING); found: xsuaa/my-xsuaa, it-rt/my-instance, it-rt/my-api-instance',
+      },
+    ]);
+    expect((await readCredentialSource({ kind: 'vcap', json, binding: 'my-instance' })).source).toBe('VCAP_SERVICES (it-rt/my-instance)');
+  });
+
+  it('reads the file VCAP_SERVICES_FILE_PATH names, labelled with its path, and watches it', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'vcap_services');
+    await writeFile(path, await vcapJson());
+    const { raw, source } = await readCredentialSource({ kind: 'vcap-file', path, binding: 'my-api-instance' });
+    expect(source).toBe(`${path} (it-rt/my-api-instance)`);
+    expect(parseServiceKey(raw, source).credentials.url).toMatch(/^https:\/\//);
+    expect(await problemsOf(readCredentialSource({ kind: 'vcap-file', path }))).toEqual([
+      expect.objectContaining({ source: path, message: expect.stringMatching(/^has several it-rt bindings/) }),
+    ]);
+    expect(await watchTargets({ source: { kind: 'vcap-file', path } })).toEqual([dir]);
+    const missing = join(dir, 'absent');
+    expect(await problemsOf(readCredentialSource({ kind: 'vcap-file', path: missing }))).toEqual([
+      expect.objectContaining({ source: missing, message: 'does not exist' }),
+    ]);
   });
 
   it('takes the instance named, across labels', async () => {
