@@ -32,7 +32,7 @@ import { stat } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { watchTargets } from './credential-source.js';
-import { loadCredentials, type CredentialSpec, type Credentials, type LoadedCredentials } from './credentials.js';
+import { loadCredentials, type CredentialNotice, type CredentialSpec, type Credentials, type LoadedCredentials } from './credentials.js';
 
 /** Backstop poll: the swap may be missed or the watch may fail; kubelet propagation takes a minute anyway. */
 export const DEFAULT_POLL_INTERVAL_MS = 30_000;
@@ -81,6 +81,11 @@ export interface CredentialWatcherOptions {
    * directory has delivered an event.
    */
   onWatchError?: (err: unknown, dir: string | undefined) => void;
+  /**
+   * A reload of the credentials in use (unchanged) found notices it had not found before: the client
+   * certificate now within its expiry warning, or a day closer to it. Each notice once, as it first appears.
+   */
+  onNotices?: (notices: CredentialNotice[]) => void;
   /** Reads and validates the credentials; injectable for tests. */
   load?: typeof loadCredentials;
   /** Clock for the certificate expiry checks of each reload. */
@@ -133,6 +138,8 @@ export class CredentialWatcher {
   #fingerprint: string;
   /** The change `onChange` refused last, and why; offered again only when `#offerRefused` (a poll, `reloadNow`). */
   #refused: { fingerprint: string; error: unknown } | undefined;
+  /** The notices of the credentials in use already reported (by whoever applied them, or `onNotices`). */
+  #noticed: Set<string>;
   #offerRefused = false;
   #lastError: unknown = undefined;
   #closed = false;
@@ -154,6 +161,7 @@ export class CredentialWatcher {
     this.#pollIntervalMs = timerOption('pollIntervalMs', options.pollIntervalMs ?? DEFAULT_POLL_INTERVAL_MS, 1);
     this.#current = options.initial;
     this.#fingerprint = credentialFingerprint(options.initial.credentials);
+    this.#noticed = new Set(options.initial.notices.map((n) => n.message));
   }
 
   /**
@@ -360,6 +368,11 @@ export class CredentialWatcher {
     if (fingerprint === this.#fingerprint) {
       this.#lastError = undefined; // back to what is in use
       this.#refused = undefined; // written again later, the refused change is news again
+      // A certificate left in place runs into its expiry warning while the sidecar runs (months, behind a
+      // restart policy): said when it starts, and each day after, not only at a start or a rotation.
+      const news = loaded.notices.filter((n) => !this.#noticed.has(n.message));
+      this.#noticed = new Set(loaded.notices.map((n) => n.message));
+      if (news.length > 0) callQuietly(() => this.#options.onNotices?.(news));
       return;
     }
     // Refused before, and nothing asked for another offer: kept for the next poll, its refusal reported again
@@ -381,6 +394,7 @@ export class CredentialWatcher {
     this.#lastError = undefined;
     this.#current = loaded;
     this.#fingerprint = fingerprint;
+    this.#noticed = new Set(loaded.notices.map((n) => n.message));
   }
 
   #failed(err: unknown): void {

@@ -46,8 +46,8 @@ export interface Sidecar {
 export interface SidecarOptions {
   /** Token provider tuning (tests shorten the backoff). */
   tokens?: Pick<TokenProviderOptions, 'backoff'>;
-  /** Credential watcher tuning (tests shorten the polling and debounce). */
-  watch?: { pollIntervalMs?: number; debounceMs?: number };
+  /** Credential watcher tuning (tests shorten the polling and debounce, and move the expiry checks' clock). */
+  watch?: { pollIntervalMs?: number; debounceMs?: number; now?: () => Date };
   /** Process metrics; tests that start many sidecars turn them off. */
   defaultMetrics?: boolean;
   /** HTTP server limits (tests shorten the header timeout to exercise slowloris). */
@@ -227,6 +227,10 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
           }
         },
         onError: (err) => reloadFailed(route.name, err),
+        onNotices: (notices) => {
+          const { source } = table.routes.find((r) => r.name === route.name)!.credentials;
+          for (const notice of notices) log[notice.level]({ route: route.name, source }, notice.message);
+        },
         onWatchError: (err, dir) => log.warn({ dir, code: (err as NodeJS.ErrnoException)?.code }, 'cannot watch for credential changes; polling only'),
       }),
     ),
@@ -234,7 +238,16 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
   function reloadFailed(route: string, err: unknown): void {
     const code = err instanceof SidecarError ? err.code : 'INTERNAL';
     m.credentialReload(route, code);
-    log.error({ route, code, error: err instanceof SidecarError ? err.message : undefined }, 'new credentials rejected; the previous credentials stay in use');
+    const error = err instanceof SidecarError ? err.message : undefined;
+    // The key left in place has run out (its reload is refused as expired): there are no previous credentials
+    // to fall back on, and the token server refuses these.
+    const inUse = table.routes.find((r) => r.name === route)?.credentials;
+    const now = options.watch?.now?.() ?? new Date();
+    if (inUse && inUse.kind !== 'client-secret' && inUse.notAfter <= now) {
+      log.error({ route, code, error }, 'the client certificate in use has expired: token requests fail until the service key is replaced');
+      return;
+    }
+    log.error({ route, code, error }, 'new credentials rejected; the previous credentials stay in use');
   }
 
   log.info(

@@ -473,6 +473,42 @@ describe('CredentialWatcher on a Kubernetes secret volume', () => {
   });
 });
 
+describe('CredentialWatcher expiry notices of the credentials in use', () => {
+  it('reports the expiry warning once when the certificate in use enters it, and again each day closer', async () => {
+    const volume = await KubeletVolume.create({
+      oauth: JSON.stringify({ clientid: CLIENT_ID, certificate: certs.chainPem, key: certs.leafKeyPkcs1, tokenurl: TOKEN_URL }),
+    });
+    const spec: CredentialSpec = { source: { kind: 'path', path: volume.dir } };
+    const { notAfter } = (await loadCredentials(spec)).credentials as { notAfter: Date };
+    let clock = new Date(notAfter.getTime() - 40 * DAY_MS);
+    const rec = recorder();
+    const notices: string[] = [];
+    const watcher = await startWatcher(spec, rec, {
+      initial: await loadCredentials(spec, { now: clock }),
+      now: () => clock,
+      onNotices: (found) => notices.push(...found.map((n) => `${n.level} ${n.message}`)),
+    });
+    // Its notices at start (the token URL's mTLS host, an info) were the starter's to report, not the watcher's.
+    expect(watcher.current.notices.map((n) => n.message)).not.toContainEqual(expect.stringMatching(/expires/));
+    await watcher.reloadNow();
+    expect(notices).toEqual([]);
+
+    clock = new Date(notAfter.getTime() - 20 * DAY_MS);
+    await watcher.reloadNow();
+    expect(notices).toEqual([expect.stringMatching(/^warn the client certificate in oauth\.certificate \(.+\) expires on .+, in 20 days$/)]);
+    await watcher.reloadNow();
+    await watcher.reloadNow();
+    expect(notices).toHaveLength(1);
+
+    clock = new Date(notAfter.getTime() - 19 * DAY_MS);
+    await watcher.reloadNow();
+    expect(notices).toHaveLength(2);
+    expect(notices[1]).toMatch(/, in 19 days$/);
+    expect(rec.changes).toEqual([]);
+    expect(rec.errors).toEqual([]);
+  });
+});
+
 describe('CredentialWatcher re-watching: a watch follows an inode, the key a path', () => {
   // Polling ten minutes away: within a test only a watch can report a change.
   const WATCH_ONLY = { pollIntervalMs: 600_000 };

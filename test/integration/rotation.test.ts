@@ -231,6 +231,37 @@ describe('credential rotation under load', () => {
     expect(oauth.lastRequest).toMatchObject({ authMethod: 'tls_client_auth', certAuthorized: true });
   });
 
+  it('a client certificate left in place: its expiry warning is logged while it runs, then its expiry as such', async () => {
+    const path = await files.write(
+      'aging-cert.json',
+      JSON.stringify({ oauth: { clientid: CERT_ID, certificate: pki.client.chain, key: pki.client.keyPkcs1, tokenurl: oauth.tokenUrl, url: upstream.url } }),
+    );
+    let clock = new Date();
+    const s = await runSidecar(['--service-key', path, '--ca', caPath], {}, { watch: { ...WATCH, now: () => clock } });
+    sidecars.push(s);
+    const inUse = s.routes.routes[0]!.credentials;
+    if (inUse.kind === 'client-secret') throw new Error('expected a certificate key');
+    const expiryLines = () => s.logs.filter((l) => /^the client certificate in oauth\.certificate .* expires on /.test(String(l['msg'])));
+    const before = expiryLines().length;
+
+    clock = new Date(inUse.notAfter.getTime() - 10 * 86_400_000);
+    await expect.poll(() => expiryLines().length, { interval: 20, timeout: 10_000 }).toBe(before + 1);
+    expect(expiryLines().at(-1)).toMatchObject({ level: 'warn', route: 'default', source: path, msg: expect.stringMatching(/, in 10 days$/) });
+    const res = await request(`${s.url}/http/echo`);
+    await res.body.dump();
+    expect(res.statusCode).toBe(200);
+
+    clock = new Date(inUse.notAfter.getTime() + 86_400_000);
+    await expect.poll(() => s.logs.filter((l) => l['level'] === 'error').length, { interval: 20, timeout: 10_000 }).toBe(1);
+    expect(s.logs.find((l) => l['level'] === 'error')).toMatchObject({
+      route: 'default',
+      msg: 'the client certificate in use has expired: token requests fail until the service key is replaced',
+      error: expect.stringMatching(/oauth\.certificate.*expired on/),
+    });
+    expect(s.logs.some((l) => String(l['msg']).startsWith('new credentials rejected'))).toBe(false);
+    expect(expiryLines()).toHaveLength(before + 1);
+  });
+
   it('new credentials no token could be obtained with (token URL unreachable) are not applied until one can', async () => {
     const path = await files.write('unreachable.json', keyJson(OLD.id, OLD.secret));
     const s = await start(path);
