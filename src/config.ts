@@ -14,7 +14,7 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import type { ClientCertSource, CredentialSource, CredentialSpec } from './credentials.js';
 import type { OutboundNetwork } from './dispatcher.js';
 import { hasDotSegment } from './dot-segment.js';
-import { ConfigError, shownSource, type ConfigProblem } from './errors.js';
+import { ConfigError, PORT_ZERO_PROBLEM, shownSource, type ConfigProblem } from './errors.js';
 import { exposureOf, exposureProblems, parseAllowlist } from './inbound-control.js';
 import { parseCertificates, PemError } from './pem.js';
 import { DEFAULT_MAX_CONNECTIONS } from './connection-limit.js';
@@ -671,6 +671,7 @@ function validUrl(value: string | undefined, source: string, field: string, prob
     problems.push({ source, field, message: 'must not carry a user name or password (credentials come from the service key)' });
   }
   if (url.search || url.hash) problems.push({ source, field, message: 'must not carry a query or a fragment' });
+  if (url.port === '0') problems.push({ source, field, message: PORT_ZERO_PROBLEM });
   return url.origin + url.pathname.replace(/\/+$/, '');
 }
 
@@ -743,7 +744,9 @@ function parseHttpsProxy(env: Readonly<Record<string, string | undefined>>, prob
       ? 'has a path, query or fragment (a PAC file is no proxy): give http://host:port or https://host:port'
       : !decodes(url.username) || !decodes(url.password)
         ? 'has a % in its user or password that starts no escape: write a literal % as %25'
-        : undefined;
+        : url.port === '0'
+          ? PORT_ZERO_PROBLEM
+          : undefined;
   if (problem !== undefined) {
     problems.push({ source: 'environment', field: name, message: problem });
     return undefined;

@@ -78,6 +78,9 @@ export interface ConfigProblem {
   message: string;
 }
 
+/** Port 0 is a listener's "any port", never one to connect to: refused at start, not a 502 on every request. */
+export const PORT_ZERO_PROBLEM = 'has port 0, which is no port to connect to';
+
 /** Every problem found in one pass, so the user fixes them all at once (exit code 2). */
 export class ConfigError extends SidecarError {
   readonly problems: readonly ConfigProblem[];

@@ -9,7 +9,7 @@ import type {
   LoadedCredentials,
   SecretCredentials,
 } from './credentials.js';
-import { ConfigError, type ConfigProblem } from './errors.js';
+import { ConfigError, PORT_ZERO_PROBLEM, type ConfigProblem } from './errors.js';
 import { parseCertificateChain, parsePrivateKey, PemError } from './pem.js';
 
 /** A certificate this close to `notAfter` earns a warning at load time. */
@@ -197,6 +197,10 @@ function urlField(found: Findings, fields: Fields, name: string, required: boole
   // Would be dropped silently on the way out, or echoed wherever the URL is shown.
   if (parsed.username || parsed.password) {
     found.keyProblem(name, 'must not carry a user name or password');
+    return undefined;
+  }
+  if (parsed.port === '0') {
+    found.keyProblem(name, PORT_ZERO_PROBLEM);
     return undefined;
   }
   // The upstream gets each request's own query; one in the key's `url` would be dropped without a word.

@@ -117,6 +117,8 @@ describe('parseConfig', () => {
       ['http://proxy:3128/#s3cret', 'has a path, query or fragment (a PAC file is no proxy): give http://host:port or https://host:port'],
       ['http://u:p%ss@proxy:3128', 'has a % in its user or password that starts no escape: write a literal % as %25'],
       ['http://u%zz:s3cret@proxy:3128', 'has a % in its user or password that starts no escape: write a literal % as %25'],
+      ['http://proxy:0', 'has port 0, which is no port to connect to'],
+      ['proxy:0', 'has port 0, which is no port to connect to'],
     ];
     for (const [bad, message] of cases) {
       const found = problems(['--service-key', '/k'], { HTTPS_PROXY: bad });
@@ -403,6 +405,15 @@ describe('parseConfig', () => {
     ]);
     expect(problems(['--service-key', '/k', '--upstream', 'https://host.example/?a=1'])).toEqual([
       { source: '--upstream', field: 'upstream', message: 'must not carry a query or a fragment' },
+    ]);
+  });
+
+  it('refuses port 0 in an upstream: every request would get a 502 from a sidecar that says it is ready', () => {
+    expect(problems(['--service-key', '/k', '--upstream', 'https://127.0.0.1:0'])).toEqual([
+      { source: '--upstream', field: 'upstream', message: 'has port 0, which is no port to connect to' },
+    ]);
+    expect(problems(['--service-key', '/k', '--upstream', 'https://host.example:00/http'])).toEqual([
+      { source: '--upstream', field: 'upstream', message: 'has port 0, which is no port to connect to' },
     ]);
   });
 

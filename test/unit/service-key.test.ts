@@ -190,6 +190,11 @@ describe('parseServiceKey: problems', () => {
     ]);
   });
 
+  it.each(['tokenurl', 'url'])('refuses port 0 in %s', (name) => {
+    const raw = { clientid: 'c', clientsecret: 's', tokenurl: TOKEN_URL, url: 'https://acme-rt.example', [name]: 'https://acme.example:0/oauth/token' };
+    expect(problemsOf(() => parse(raw))).toEqual([{ source: SOURCE, field: name, message: 'has port 0, which is no port to connect to' }]);
+  });
+
   it.each(['tokenurl', 'url'])('refuses a user name or password in %s without echoing it', (name) => {
     const raw = { clientid: 'c', clientsecret: 's', tokenurl: TOKEN_URL, [name]: 'https://user:TOPSECRET@acme.example/oauth/token' };
     const problems = problemsOf(() => parse(raw));
