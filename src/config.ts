@@ -14,7 +14,7 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import type { ClientCertSource, CredentialSource, CredentialSpec } from './credentials.js';
 import type { OutboundNetwork } from './dispatcher.js';
 import { hasDotSegment } from './dot-segment.js';
-import { ConfigError, PORT_ZERO_PROBLEM, shownSource, type ConfigProblem } from './errors.js';
+import { ConfigError, PORT_ZERO_PROBLEM, shownAddress, shownSource, type ConfigProblem } from './errors.js';
 import { exposureOf, exposureProblems, parseAllowlist } from './inbound-control.js';
 import { parseCertificates, PemError } from './pem.js';
 import { DEFAULT_MAX_CONNECTIONS } from './connection-limit.js';
@@ -151,7 +151,7 @@ export const FLAGS: Readonly<Record<string, FlagSpec>> = {
   'max-connections': { type: 'string', env: 'SIDECAR_MAX_CONNECTIONS', default: String(DEFAULT_MAX_CONNECTIONS), description: 'sender connections served at once; a request on one beyond them gets 503 and its connection is closed (0: no limit)' },
   config: { type: 'string', env: 'SIDECAR_CONFIG', path: true, description: 'routes file (YAML or JSON)' },
   route: { type: 'string', description: 'token, check: the route to use (default: token the first, check all)' },
-  'check-path': { type: 'string', description: 'check: upstream path to GET (default /http/; /api/v1/ on an API host)' },
+  'check-path': { type: 'string', description: 'check: upstream path to GET, after the upstream URL\'s own path (default /http/; /api/v1/ on an API host; / when the upstream URL has a path)' },
   'check-role': { type: 'string', description: 'check: role the token must carry (default ESBMessaging.send; none on an API host)' },
   listen: { type: 'string', env: 'SIDECAR_LISTEN', default: DEFAULT_LISTEN, description: 'HOST:PORT of the proxy listener' },
   'admin-listen': { type: 'string', env: 'SIDECAR_ADMIN_LISTEN', default: DEFAULT_ADMIN_LISTEN, description: 'HOST:PORT of /healthz, /readyz, /metrics, or off' },
@@ -348,8 +348,10 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
     problems.push({ source, field, message: `must be one of ${LOG_LEVELS.join(', ')}` });
   }
   const routeName = read.string('route');
-  // Without routes (an unreadable file) there is nothing to look the name up in.
-  if (routeName !== undefined && routes.length > 0 && !routes.some((r) => r.name === routeName)) {
+  // Without routes (an unreadable file) there is nothing to look the name up in; refused for this command
+  // (`serve --route`), it is not looked up either: one mistake, one message.
+  const routeRefused = problems.some((p) => p.field === 'route');
+  if (routeName !== undefined && !routeRefused && routes.length > 0 && !routes.some((r) => r.name === routeName)) {
     problems.push({ source: '--route', field: 'route', message: `no route named "${routeName}" (routes: ${routes.map((r) => r.name).join(', ')})` });
   }
   const tokenTimeoutMs = read.integer('token-timeout', ms(1)) ?? DEFAULT_TOKEN_TIMEOUT_MS;
@@ -637,7 +639,7 @@ function parseListen(text: string, field: string, source: string, problems: Conf
   const host = match?.[1] ?? match?.[2];
   const port = match ? Number(match[3]) : NaN;
   if (!host || !(port >= 0 && port <= 65535) || (match?.[1] && isIP(match[1]) !== 6)) {
-    problems.push({ source, field, message: `"${text}" is not HOST:PORT (e.g. 127.0.0.1:8080, [::1]:8080, 0.0.0.0:8080)` });
+    problems.push({ source, field, message: `${shownAddress(text)} is not HOST:PORT (e.g. 127.0.0.1:8080, [::1]:8080, 0.0.0.0:8080)` });
     return undefined;
   }
   return { host, port };
@@ -693,6 +695,7 @@ function normaliseRoutePaths(routes: readonly RouteConfig[], source: string, pro
     }
     if (seenName.has(route.name)) problems.push({ source, field: `routes[${i}].name`, message: `name ${route.name} is used twice` });
     // The metrics' label for requests answered before a route was found: a route of that name would share it.
+    if (route.name.trim() === '') problems.push({ source, field: `routes[${i}].name`, message: 'is empty: a name labels the route in logs and metrics, and --route picks it' });
     if (route.name === UNROUTED) problems.push({ source, field: `routes[${i}].name`, message: `"${UNROUTED}" is kept for requests that match no route` });
     seenName.add(route.name);
   });
@@ -842,7 +845,7 @@ const TIMEOUT_KEYS = new Set(['connectMs', 'responseMs', 'idleMs']);
  * The YAML parser, loaded on first use: most sidecars run on a service key and
  * flags alone, and it is 72 modules and ~0.8 MB of V8 heap they never need.
  */
-function parseYaml(text: string, path: string, problems: ConfigProblem[]): unknown {
+function parseYaml(text: string, path: string, from: string, problems: ConfigProblem[]): unknown {
   const yaml = createRequire(import.meta.url)('yaml') as typeof import('yaml');
   // Never printed by the parser: its warnings quote the file's lines, and the file may hold secrets.
   const parsed = yaml.parseAllDocuments(text, { logLevel: 'silent' });
@@ -853,14 +856,23 @@ function parseYaml(text: string, path: string, problems: ConfigProblem[]): unkno
   const [doc = yaml.parseDocument(''), ...more] = docs.filter((d, i) => i === 0 || !empty(d));
   if (more.length > 0) {
     const line = more[0]!.range ? lineAt(text, more[0]!.range[0]) : undefined;
-    problems.push({ source: path, field: '', message: `holds ${more.length + 1} YAML documents (the second from line ${line}); only one is supported: join them` });
+    problems.push({ source: path, field: from, message: `holds ${more.length + 1} YAML documents (the second from line ${line}); only one is supported: join them` });
   }
   // e.g. an unknown tag (`!secret …`), which the parser would drop, keeping the value as plain text.
   for (const warning of doc.warnings) {
     const line = warning.linePos?.[0]?.line;
-    problems.push({ source: path, field: '', message: `YAML ${warning.code}${line ? ` at line ${line}` : ''}: not supported here (a tag such as !secret is not resolved)` });
+    problems.push({ source: path, field: from, message: `YAML ${warning.code}${line ? ` at line ${line}` : ''}: not supported here (a tag such as !secret is not resolved)` });
   }
-  return doc.toJS();
+  try {
+    return doc.toJS();
+  } catch (err) {
+    // The parser's guard against alias bombs (`maxAliasCount`, 100 by default): also met by a long file that
+    // reuses one anchor in every route, which deserves better than "is not valid YAML".
+    if (err instanceof ReferenceError && /alias/i.test(err.message)) {
+      throw Object.assign(new Error('aliases'), { code: 'EXCESSIVE_ALIASES' });
+    }
+    throw err;
+  }
 }
 
 /**
@@ -894,8 +906,13 @@ function readConfigFile(path: string, from: string, readFile: (p: string) => str
   let doc: unknown;
   text = withoutBom(text);
   try {
-    doc = path.endsWith('.json') ? JSON.parse(text) : parseYaml(text, path, problems);
+    doc = path.endsWith('.json') ? (text.trim() === '' ? null : JSON.parse(text)) : parseYaml(text, path, from, problems);
   } catch (err) {
+    if ((err as { code?: unknown }).code === 'EXCESSIVE_ALIASES') {
+      const message = 'uses YAML aliases (*name) more often than the parser allows (100 expansions, a guard against alias bombs): write the values out';
+      problems.push({ source: path, field: from, message });
+      return undefined;
+    }
     // Position only: the file may hold secrets, so its content is never echoed.
     // The yaml package's own message quotes the line; its code (DUPLICATE_KEY, BAD_INDENT…) says why without it.
     const { linePos, code } = err as { linePos?: Array<{ line: number }>; code?: unknown };
@@ -911,6 +928,16 @@ function readConfigFile(path: string, from: string, readFile: (p: string) => str
       problems.push({ source: path, field: from, message: `holds a key twice (line ${line}): JSON keeps the last one without a word, so give it once` });
       return undefined;
     }
+  }
+  // Empty (a ConfigMap key rendered empty, only comments, `null`) or not a mapping: the file's own problem, named
+  // by where its path was given.
+  if (doc === null || doc === undefined) {
+    problems.push({ source: path, field: from, message: 'is empty: it needs routes (see config/routes.example.yaml)' });
+    return undefined;
+  }
+  if (typeof doc !== 'object' || Array.isArray(doc)) {
+    problems.push({ source: path, field: from, message: 'must be a mapping (listen, inbound, routes, …), not a list or a single value' });
+    return undefined;
   }
   const f = new FileReader(path, problems);
   if (!f.object(doc, '', TOP_KEYS)) return undefined;
@@ -949,8 +976,12 @@ function fileRoute(raw: unknown, at: string, f: FileReader, problems: ConfigProb
   if (!f.object(raw, at, ROUTE_KEYS)) return undefined;
   const o = raw as Record<string, unknown>;
   const prefix = f.string(o, 'prefix', at);
-  if (prefix === undefined || !prefix.startsWith('/')) {
-    problems.push({ source: path, field: `${at}.prefix`, message: 'is required and must start with /' });
+  // Given but not a string: `string` said so, and "is required" would contradict it.
+  const given = (key: string) => o[key] !== undefined && o[key] !== null;
+  if (prefix === undefined) {
+    if (!given('prefix')) problems.push({ source: path, field: `${at}.prefix`, message: 'is required and must start with /' });
+  } else if (!prefix.startsWith('/')) {
+    problems.push({ source: path, field: `${at}.prefix`, message: 'must start with /' });
   } else if (/[?#]/.test(prefix)) {
     problems.push({ source: path, field: `${at}.prefix`, message: 'must be a path: routes match the path without its query, so a ? or # could never match' });
   } else {
@@ -959,7 +990,9 @@ function fileRoute(raw: unknown, at: string, f: FileReader, problems: ConfigProb
   }
   const serviceKey = f.pathValue(o, 'serviceKey', at);
   const upstream = validUrl(f.string(o, 'upstream', at), path, `${at}.upstream`, problems);
-  if (!serviceKey) problems.push({ source: path, field: `${at}.serviceKey`, message: 'is required (a service key file or secret directory)' });
+  if (!serviceKey && (serviceKey === '' || !given('serviceKey'))) {
+    problems.push({ source: path, field: `${at}.serviceKey`, message: 'is required (a service key file or secret directory)' });
+  }
   const rewritePrefix = f.string(o, 'rewritePrefix', at);
   if (rewritePrefix !== undefined && (!rewritePrefix.startsWith('/') || /[?#]/.test(rewritePrefix))) {
     problems.push({ source: path, field: `${at}.rewritePrefix`, message: 'must be a path starting with / (no ? or #)' });

@@ -62,10 +62,14 @@ export async function readClientCert(source: ClientCertSource): Promise<ClientKe
     };
   }
   const { certFile, keyFile } = source;
+  // One file for both (a PEM holding the certificate and its key): read once, its problem named by both settings.
+  const oneFile = resolve(certFile) === resolve(keyFile);
   // A problem of neither file is one of the directory they share (its `..data` read): both settings lead there.
   const nameOf =
-    names && ((p: ConfigProblem) => (p.source === certFile ? names.cert : p.source === keyFile ? names.key : `${names.cert}, ${names.key}`));
-  const [certificate, key] = await named(readPair(certFile, keyFile), nameOf);
+    names &&
+    ((p: ConfigProblem) => (oneFile ? `${names.cert}, ${names.key}` : p.source === certFile ? names.cert : p.source === keyFile ? names.key : `${names.cert}, ${names.key}`));
+  const reading = oneFile ? readNonEmpty(certFile).then((text): [string, string] => [text, text]) : readPair(certFile, keyFile);
+  const [certificate, key] = await named(reading, nameOf);
   return {
     certificate,
     key,

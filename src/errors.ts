@@ -118,6 +118,15 @@ function isShowableSource(s: string): boolean {
   return /[/\\]/.test(s) || /\.[A-Za-z0-9]{1,8}$/.test(s);
 }
 
+/**
+ * An address as a message may quote it (a listen address, an allowlist entry): only when it is made of the
+ * characters of host names, IP addresses, ports and CIDR blocks. A secret pasted into the wrong variable
+ * (`user:password@host`, base64, JSON) is not shown; the message still names the setting.
+ */
+export function shownAddress(value: string): string {
+  return /^[0-9A-Za-z.:[\]/%*_, -]{0,100}$/.test(value) ? JSON.stringify(value) : 'the value (not shown: it could be a secret)';
+}
+
 const FIXED_SOURCES: ReadonlySet<string> = new Set(['command line', 'environment', 'default', 'flags']);
 
 /** Token failures that a retry may cure; rejections and bad responses are final. */

@@ -4,7 +4,7 @@ import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { readFailure, readTextFile, withoutBom } from './text-file.js';
 import type { IncomingHttpHeaders } from 'node:http';
 import { BlockList, isIP } from 'node:net';
-import { ConfigError, type ConfigProblem } from './errors.js';
+import { ConfigError, shownAddress, type ConfigProblem } from './errors.js';
 
 /** What {@link InboundControl.check} decided: 403 for `forbidden`, 401 + {@link BASIC_AUTH_CHALLENGE} for `unauthorized`. */
 export type InboundDecision = 'ok' | 'forbidden' | 'unauthorized';
@@ -229,7 +229,7 @@ export function parseAllowlist(cidrs: readonly string[], source: string, field =
   for (let i = 0; i < cidrs.length; i++) {
     const entry = cidrs[i]!.trim();
     const problem = (message: string): void => {
-      problems.push({ source, field: `${field}[${i}]`, message: `${JSON.stringify(entry)}: ${message}` });
+      problems.push({ source, field: `${field}[${i}]`, message: `${shownAddress(entry)}: ${message}` });
     };
     if (entry.includes(',')) {
       // `--allow-cidr 10.0.0.0/8,10.1.0.0/16`: commas separate entries only in SIDECAR_ALLOW_CIDRS.
@@ -529,7 +529,7 @@ export function exposureProblems(
     {
       source,
       field,
-      message: `${names.subject ?? JSON.stringify(listenHost)} is not a loopback address: choose inbound control with ${INBOUND_CONTROL_OPTIONS}${fileKeys}`,
+      message: `${names.subject ?? shownAddress(listenHost)} is not a loopback address: choose inbound control with ${INBOUND_CONTROL_OPTIONS}${fileKeys}`,
     },
   ];
 }

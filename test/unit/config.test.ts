@@ -496,7 +496,7 @@ routes:
     try {
       const file = { '/c.yaml': 'routes:\n  - prefix: /\n    serviceKey: /k.json\n    scope: !secret Sup3rSecretValue\n' };
       const list = problems(['--config', '/c.yaml'], {}, file);
-      expect(list).toEqual([{ source: '/c.yaml', field: '', message: expect.stringMatching(/^YAML TAG_RESOLVE_FAILED at line 4: /) }]);
+      expect(list).toEqual([{ source: '/c.yaml', field: '--config', message: expect.stringMatching(/^YAML TAG_RESOLVE_FAILED at line 4: /) }]);
       expect(JSON.stringify(list)).not.toContain('Sup3rSecretValue');
     } finally {
       process.off('warning', onWarning);
@@ -541,14 +541,64 @@ routes:
 
   it.each([
     ['a YAML syntax error', '/c.yaml', 'routes: [\n', /^is not valid YAML/],
-    ['an empty file', '/c.yaml', '', /^must be a mapping$/],
+    ['an empty file', '/c.yaml', '', /^is empty: it needs routes/],
+    ['a file of comments only', '/c.yaml', '# routes: to come\n', /^is empty: it needs routes/],
+    ['an empty JSON file', '/c.json', ' \n', /^is empty: it needs routes/],
+    ['JSON null', '/c.json', 'null', /^is empty: it needs routes/],
     ['JSON behind a byte order mark (ignored): no routes', '/c.json', '\uFEFF{"routes":[]}', /^must be a non-empty list of routes$/],
-    ['a list instead of a mapping', '/c.yaml', '- prefix: /\n', /^must be a mapping$/],
+    ['a list instead of a mapping', '/c.yaml', '- prefix: /\n', /^must be a mapping \(listen, inbound, routes, …\), not a list or a single value$/],
+    ['a single value', '/c.yaml', 'routes\n', /^must be a mapping/],
   ])('reports only the real problem of %s, not a missing service key', (_name, path, text, message) => {
     const list = problems(['token', '--config', path, '--route', 'orders'], {}, { [path]: text });
     expect(list).toHaveLength(1);
     expect(list[0]?.source).toBe(path);
     expect(list[0]?.message).toMatch(message);
+    // The file's own problem: named by where its path was given, as an unreadable one is.
+    if (/^(is empty|must be a mapping)/.test(list[0]!.message)) expect(list[0]?.field).toBe('--config');
+  });
+
+  it('says a file that reuses an anchor beyond the parser\'s alias limit uses too many aliases, not that it is invalid YAML', () => {
+    const route = (i: number) => `  - prefix: /r${i}\n    serviceKey: /k\n    timeouts: *t\n`;
+    const text = `defaults: &t { connectMs: 1000 }\nroutes:\n${Array.from({ length: 101 }, (_, i) => route(i)).join('')}`;
+    expect(problems(['--config', '/c.yaml'], {}, { '/c.yaml': text })).toEqual([
+      {
+        source: '/c.yaml',
+        field: '--config',
+        message: 'uses YAML aliases (*name) more often than the parser allows (100 expansions, a guard against alias bombs): write the values out',
+      },
+    ]);
+  });
+
+  it('one mistake, one message: a prefix or service key of the wrong type is not also "required"; serve --route is not looked up', () => {
+    expect(problems(['--config', '/c.yaml'], {}, { '/c.yaml': 'routes:\n  - { prefix: 5, serviceKey: 7 }\n' })).toEqual([
+      { source: '/c.yaml', field: 'routes[0].prefix', message: 'must be a string' },
+      { source: '/c.yaml', field: 'routes[0].serviceKey', message: 'must be a string' },
+    ]);
+    expect(problems(['--config', '/c.yaml'], {}, { '/c.yaml': 'routes:\n  - { prefix: a, serviceKey: "" }\n' })).toEqual([
+      { source: '/c.yaml', field: 'routes[0].prefix', message: 'must start with /' },
+      { source: '/c.yaml', field: 'routes[0].serviceKey', message: 'is required (a service key file or secret directory)' },
+    ]);
+    expect(problems(['serve', '--service-key', '/k', '--route', 'x'])).toEqual([
+      { source: '--route', field: 'route', message: 'is read by token and check only, not by serve' },
+    ]);
+  });
+
+  it('quotes a bad listen address or allowlist entry only when it is made of address characters', () => {
+    expect(problems(['--service-key', '/k'], { SIDECAR_LISTEN: 'localhost' })).toEqual([
+      { source: 'SIDECAR_LISTEN', field: 'listen', message: '"localhost" is not HOST:PORT (e.g. 127.0.0.1:8080, [::1]:8080, 0.0.0.0:8080)' },
+    ]);
+    const pasted = problems(['--service-key', '/k', '--allow-cidr', 'svc:s3cret@10.0.0.1'], { SIDECAR_LISTEN: 'svc:s3cret+/=@host:80' });
+    expect(pasted.map((p) => p.message)).toEqual([
+      'the value (not shown: it could be a secret) is not HOST:PORT (e.g. 127.0.0.1:8080, [::1]:8080, 0.0.0.0:8080)',
+      expect.stringMatching(/^the value \(not shown: it could be a secret\): /),
+    ]);
+    expect(JSON.stringify(pasted)).not.toContain('s3cret');
+  });
+
+  it('refuses an empty route name: it labels logs and metrics, and --route could not pick it', () => {
+    expect(problems(['--config', '/c.yaml'], {}, { '/c.yaml': 'routes:\n  - { name: " ", prefix: /, serviceKey: /k }\n' })).toEqual([
+      { source: '/c.yaml', field: 'routes[0].name', message: 'is empty: a name labels the route in logs and metrics, and --route picks it' },
+    ]);
   });
 
   it('takes a relative path in the config file as relative to the file, not to the working directory', () => {
@@ -702,7 +752,7 @@ routes:
   it('refuses a YAML file of two documents (the second would be dropped); a leading or trailing --- alone is fine', () => {
     const route = 'routes:\n  - prefix: /a\n    serviceKey: /k\n';
     expect(problems(['--config', '/c.yaml'], {}, { '/c.yaml': `${route}---\ninbound:\n  allowAnySender: true\n` })).toEqual([
-      { source: '/c.yaml', field: '', message: 'holds 2 YAML documents (the second from line 4); only one is supported: join them' },
+      { source: '/c.yaml', field: '--config', message: 'holds 2 YAML documents (the second from line 4); only one is supported: join them' },
     ]);
     expect(run(['--config', '/c.yaml'], {}, { '/c.yaml': `---\n${route}---\n` }).routes).toHaveLength(1);
   });

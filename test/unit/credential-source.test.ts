@@ -123,6 +123,10 @@ describe('problems about a file itself name where its path was given', () => {
       { source: key, field: '--client-key', message: 'does not exist' },
     ]);
     expect((await problemsOf(readClientCert({ kind: 'tls-dir', dir: missing, names }))).map((p) => p.field)).toEqual(['routes[1].clientTlsDir', 'routes[1].clientTlsDir']);
+    // One file for both (a PEM with the certificate and its key), written two ways: one problem, named by both settings.
+    expect(await problemsOf(readClientCert({ kind: 'files', certFile: join(dir, 'both.pem'), keyFile: `${dir}/./both.pem`, names }))).toEqual([
+      { source: join(dir, 'both.pem'), field: 'SIDECAR_CLIENT_CERT, --client-key', message: 'does not exist' },
+    ]);
     // A problem of the directory both files are in (a `..data` link that loops) is named by both settings.
     const looping = join(dir, 'looping');
     await mkdir(looping);
