@@ -6,6 +6,7 @@
  * non-secret values only (see `errors.ts`).
  */
 import { writeSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { pino, type DestinationStream, type Logger } from 'pino';
 import { jsonAccessLog, pinoAccessLog, type AccessLog } from './access-log.js';
 import type { LogLevel } from './config.js';
@@ -45,7 +46,7 @@ export const REDACT_PATHS = [
 
 export interface LoggerOptions {
   level: LogLevel;
-  /** Human-readable lines (pino-pretty, in a worker thread) instead of JSON. */
+  /** Human-readable lines (pino-pretty) instead of JSON. */
   pretty?: boolean;
   /** File descriptor: 1 (stdout) for `serve`, 2 (stderr) when stdout carries a result. */
   fd?: number;
@@ -117,50 +118,59 @@ export function createLoggers(options: LoggerOptions): Loggers {
     base: { name: 'oauth-sidecar' },
     timestamp: isoTime,
   };
-  if (options.pretty && !options.stream) {
-    // Redaction runs before the transport, so pretty output is redacted too. Pretty is for people, not throughput.
-    const log = pino({
-      ...base,
-      redact: { paths: REDACT_PATHS, censor: '[REDACTED]' },
-      transport: { target: 'pino-pretty', options: { destination: options.fd ?? 1, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname,name' } },
-    });
-    return { log, access: pinoAccessLog(log) };
-  }
   const dropped = { lines: 0 };
-  const countDropped = (data: string): void => {
-    for (let i = data.indexOf('\n'); i !== -1; i = data.indexOf('\n', i + 1)) dropped.lines++;
-  };
-  let destination = options.stream;
-  if (destination === undefined) {
-    const boom = pino.destination({ fd: options.fd ?? 1, sync: false, maxLength: LOG_BUFFER_BYTES });
-    boom.on('drop', countDropped);
-    // The output failed for good (a full disk under `serve >> file`, a reader gone): every line from here on is
-    // dropped and counted, and the proxy serves on. Left to pino, any error but EPIPE would end the process —
-    // and its exit hook would then retry the failed write for ever (sonic-boom's flushSync), a process that
-    // neither serves nor stops. (pino silences the stream itself on EPIPE, uncounted: this counts then too.)
-    let failed = false;
-    boom.on('error', (err: NodeJS.ErrnoException) => {
-      if (failed) return; // pino's filter passes an error on by emitting it again
-      failed = true;
-      // What sonic-boom (4.x) still holds: the write that failed and those queued behind it. Its own fields; if a
-      // later version names them otherwise, those lines go uncounted.
-      const held = boom as unknown as { _writingBuf?: unknown; _bufs?: unknown };
-      for (const data of [held._writingBuf, ...(Array.isArray(held._bufs) ? held._bufs : [])]) if (typeof data === 'string') countDropped(data);
-      Object.assign(boom, {
-        write: (data: string) => (countDropped(data), true),
-        flush: (done?: (err?: Error) => void) => done?.(),
-        flushSync: () => undefined,
-        end: () => undefined,
-      });
-      note(options.noteFd ?? 2, `oauth-sidecar: the log output failed (${err.code ?? 'error'}); log lines are dropped from now on and counted in oauth_sidecar_log_lines_dropped_total\n`);
-    });
-    destination = boom;
+  const redact = { paths: REDACT_PATHS, censor: '[REDACTED]' };
+  if (options.pretty && !options.stream) {
+    // Formatted on the main thread into the same guarded output as JSON (not pino's transport worker, whose own
+    // output has none of that guard: a reader gone left a process that neither logged nor stopped). Redaction
+    // runs before, so pretty output is redacted too. Pretty is for people, not throughput.
+    const out = guardedDestination(options, dropped);
+    // Loaded only here: JSON output (the default off a terminal) does without it and its dependencies.
+    const { prettyFactory } = createRequire(import.meta.url)('pino-pretty') as typeof import('pino-pretty');
+    const prettify = prettyFactory({ translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname,name' });
+    const pretty = { write: (line: string) => out.write(prettify(line)), flush: (done?: (err?: Error) => void) => out.flush(done) };
+    const log = pino({ ...base, redact }, pretty);
+    return { log, access: pinoAccessLog(log), dropped };
   }
+  const destination = options.stream ?? guardedDestination(options, dropped);
   const formatters = { level: (label: string) => ({ level: label }) };
   return {
-    log: pino({ ...base, formatters, redact: { paths: REDACT_PATHS, censor: '[REDACTED]' } }, destination),
+    log: pino({ ...base, formatters, redact }, destination),
     // The test hook sees every access line at once; real output is batched (see `access-log.ts`).
     access: jsonAccessLog({ level: options.level, destination, time: isoTime, name: base.base.name, ...(options.stream && { batchChars: 0 }) }),
     dropped,
   };
+}
+
+/**
+ * The output (stdout, or stderr for `token` and `check`), written asynchronously, holding at most
+ * `LOG_BUFFER_BYTES`; what it cannot take is dropped and counted in `dropped`.
+ */
+function guardedDestination(options: LoggerOptions, dropped: { lines: number }): DestinationStream & { flush(done?: (err?: Error) => void): void } {
+  const countDropped = (data: string): void => {
+    for (let i = data.indexOf('\n'); i !== -1; i = data.indexOf('\n', i + 1)) dropped.lines++;
+  };
+  const boom = pino.destination({ fd: options.fd ?? 1, sync: false, maxLength: LOG_BUFFER_BYTES });
+  boom.on('drop', countDropped);
+  // The output failed for good (a full disk under `serve >> file`, a reader gone): every line from here on is
+  // dropped and counted, and the proxy serves on. Left to pino, any error but EPIPE would end the process —
+  // and its exit hook would then retry the failed write for ever (sonic-boom's flushSync), a process that
+  // neither serves nor stops. (pino silences the stream itself on EPIPE, uncounted: this counts then too.)
+  let failed = false;
+  boom.on('error', (err: NodeJS.ErrnoException) => {
+    if (failed) return; // pino's filter passes an error on by emitting it again
+    failed = true;
+    // What sonic-boom (4.x) still holds: the write that failed and those queued behind it. Its own fields; if a
+    // later version names them otherwise, those lines go uncounted.
+    const held = boom as unknown as { _writingBuf?: unknown; _bufs?: unknown };
+    for (const data of [held._writingBuf, ...(Array.isArray(held._bufs) ? held._bufs : [])]) if (typeof data === 'string') countDropped(data);
+    Object.assign(boom, {
+      write: (data: string) => (countDropped(data), true),
+      flush: (done?: (err?: Error) => void) => done?.(),
+      flushSync: () => undefined,
+      end: () => undefined,
+    });
+    note(options.noteFd ?? 2, `oauth-sidecar: the log output failed (${err.code ?? 'error'}); log lines are dropped from now on and counted in oauth_sidecar_log_lines_dropped_total\n`);
+  });
+  return boom;
 }

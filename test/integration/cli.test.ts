@@ -289,12 +289,12 @@ describe('oauth-sidecar CLI', () => {
     }
   });
 
-  it('serve with its log output failing (stdout on a full disk) goes on, says so once on stderr, and stops on SIGTERM with exit 0', async () => {
+  it.each(['json', 'pretty'])('serve with its log output failing (stdout on a full disk, --log-format %s) goes on, says so once on stderr, and stops on SIGTERM with exit 0', async (format) => {
     const out = openSync('/dev/full', 'w');
     const child = killAtTestEnd(
       spawn(
         process.execPath,
-        ['--import', 'tsx', 'src/cli.ts', 'serve', '--service-key', keyPath, '--ca', caPath, '--listen', '127.0.0.1:0', '--admin-listen', 'off', '--shutdown-delay', '0'],
+        ['--import', 'tsx', 'src/cli.ts', 'serve', '--service-key', keyPath, '--ca', caPath, '--listen', '127.0.0.1:0', '--admin-listen', 'off', '--shutdown-delay', '0', '--log-format', format],
         { cwd: fileURLToPath(new URL('../..', import.meta.url)), env: cleanEnv(), stdio: ['ignore', out, 'pipe'] },
       ),
     );
