@@ -56,8 +56,15 @@ const ADMIN_IDLE_TIMEOUT_MS = 15_000;
  */
 export const MAX_WAITING_READINESS = 16;
 
+/**
+ * Scrapes that may wait for the next metrics render at once (renders are paced, see `Metrics.render`); beyond
+ * them a scrape is answered 503 at once, a few bytes instead of a whole render's text: a scraper or two need
+ * one each, and a flood of them must not spend the event loop writing the same text again and again.
+ */
+export const MAX_WAITING_SCRAPES = 16;
+
 export function createAdminServer(options: AdminOptions): Server {
-  const waits = { readiness: 0 };
+  const waits = { readiness: 0, scrapes: 0 };
   const server = createServer(
     // Head and request timeouts checked every second (node's default: every 30 s), so a slow head is cut in time.
     { requireHostHeader: false, headersTimeout: 10_000, requestTimeout: 30_000, connectionsCheckingInterval: 1_000 },
@@ -97,7 +104,7 @@ export function createAdminServer(options: AdminOptions): Server {
   return server;
 }
 
-async function route(req: IncomingMessage, res: ServerResponse, options: AdminOptions, waits: { readiness: number }): Promise<void> {
+async function route(req: IncomingMessage, res: ServerResponse, options: AdminOptions, waits: { readiness: number; scrapes: number }): Promise<void> {
   const path = (req.url ?? '/').split('?', 1)[0];
   if (req.method !== 'GET' && req.method !== 'HEAD') {
     res.setHeader('allow', 'GET, HEAD');
@@ -117,8 +124,17 @@ async function route(req: IncomingMessage, res: ServerResponse, options: AdminOp
       }
     }
     case '/metrics': {
-      const { contentType, body } = await options.metrics.render();
-      return send(res, 200, contentType, body);
+      if (waits.scrapes >= MAX_WAITING_SCRAPES) {
+        res.setHeader('retry-after', '1');
+        return send(res, 503, 'text/plain; charset=utf-8', `too many scrapes at once (${MAX_WAITING_SCRAPES} wait for the next render)\n`);
+      }
+      waits.scrapes++;
+      try {
+        const { contentType, body } = await options.metrics.render();
+        return send(res, 200, contentType, body);
+      } finally {
+        waits.scrapes--;
+      }
     }
     default:
       return send(res, 404, 'text/plain; charset=utf-8', 'not found: /healthz, /readyz, /metrics\n');

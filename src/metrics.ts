@@ -237,10 +237,44 @@ export class Metrics {
     this.#credentialReloads.inc({ route, outcome });
   }
 
-  async render(): Promise<{ contentType: string; body: string }> {
-    return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+  /**
+   * The Prometheus text, rendered after the call (never an older render), but paced: a render starts no sooner
+   * than `RENDER_PACE` times the last one's duration after it ended, and every scrape that arrives meanwhile
+   * shares that next render. A render costs about a millisecond of the event loop the proxy runs on; a client
+   * flooding the admin port with scrapes (in a cluster any pod may reach it) would otherwise take the whole
+   * loop, stall proxied requests for seconds and fail the liveness probe. Paced, scrapes take at most about a
+   * tenth of it, and a lone scrape waits for no one.
+   */
+  render(): Promise<{ contentType: string; body: string }> {
+    this.#nextRender ??= this.#rendering.then(async () => {
+      const wait = this.#nextStart - performance.now();
+      if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+      this.#nextRender = undefined; // arriving from here on: the render after this one
+      const started = performance.now();
+      const rendering = this.registry.metrics();
+      this.#rendering = rendering.catch(() => undefined);
+      try {
+        return { contentType: this.registry.contentType, body: await rendering };
+      } finally {
+        const ended = performance.now();
+        this.#nextStart = ended + Math.min(RENDER_PACE * (ended - started), MAX_RENDER_WAIT_MS);
+      }
+    });
+    return this.#nextRender;
   }
+
+  /** The render that scrapes arriving now will share: not started yet. */
+  #nextRender: Promise<{ contentType: string; body: string }> | undefined;
+  /** The render under way (settled when there is none). */
+  #rendering: Promise<unknown> = Promise.resolve();
+  /** When the next render may start (`performance.now()`). */
+  #nextStart = Number.NEGATIVE_INFINITY;
 }
+
+/** A render waits this many times the last one's duration after it: scrapes take at most ~1/11 of the event loop. */
+export const RENDER_PACE = 10;
+/** However long the last render took (a collection that met a full GC), the next waits at most this long. */
+const MAX_RENDER_WAIT_MS = 1_000;
 
 /** Per-request series by route → method → status class: three map look-ups, no label hash. */
 type BySeries<T> = Map<string, Map<string, Map<string, T>>>;

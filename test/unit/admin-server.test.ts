@@ -2,7 +2,8 @@ import { getEventListeners } from 'node:events';
 import { request as httpRequest } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { createAdminServer, MAX_WAITING_READINESS, readiness, type AdminOptions } from '../../src/admin-server.js';
+import { createAdminServer, MAX_WAITING_READINESS, MAX_WAITING_SCRAPES, readiness, type AdminOptions } from '../../src/admin-server.js';
+import type { Metrics } from '../../src/metrics.js';
 import type { RouteTable } from '../../src/routes.js';
 import type { TokenProvider } from '../../src/token-provider.js';
 
@@ -71,6 +72,45 @@ describe('readiness probes waiting for a token', () => {
       expect((await get('/healthz')).status).toBe(200);
       server.closeAllConnections();
       await Promise.all(waiting);
+    } finally {
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+    }
+  });
+});
+
+describe('scrapes waiting for a metrics render', () => {
+  it(`at most ${MAX_WAITING_SCRAPES} wait at once; others are answered 503 at once, with a few bytes`, async () => {
+    const renders: Array<() => void> = [];
+    const metrics = {
+      render: () => new Promise((resolve) => renders.push(() => resolve({ contentType: 'text/plain; version=0.0.4', body: 'm 1\n'.repeat(1000) }))),
+    } as unknown as Metrics;
+    const server = createAdminServer({ ...options(new AbortController().signal, true), metrics });
+    const port = await new Promise<number>((resolve) => server.listen(0, '127.0.0.1', () => resolve((server.address() as AddressInfo).port)));
+    const get = (path: string) =>
+      new Promise<{ status: number | undefined; retryAfter: unknown; bytes: number }>((resolve, reject) => {
+        const req = httpRequest({ host: '127.0.0.1', port, path, agent: false }, (res) => {
+          let bytes = 0;
+          res.on('data', (chunk: Buffer) => (bytes += chunk.length));
+          res.once('end', () => resolve({ status: res.statusCode, retryAfter: res.headers['retry-after'], bytes }));
+        });
+        req.once('error', reject);
+        req.end();
+      });
+    try {
+      const waiting = Array.from({ length: MAX_WAITING_SCRAPES }, () => get('/metrics'));
+      await expect.poll(() => renders.length).toBe(MAX_WAITING_SCRAPES);
+      const beyond = await get('/metrics');
+      expect(beyond).toMatchObject({ status: 503, retryAfter: '1' });
+      expect(beyond.bytes).toBeLessThan(100);
+      expect((await get('/healthz')).status).toBe(200);
+      for (const render of renders) render();
+      for (const answer of await Promise.all(waiting)) expect(answer).toMatchObject({ status: 200, bytes: 4000 });
+      // Once they are answered, a scrape waits again.
+      const next = get('/metrics');
+      await expect.poll(() => renders.length).toBe(MAX_WAITING_SCRAPES + 1);
+      renders.at(-1)!();
+      expect((await next).status).toBe(200);
     } finally {
       server.closeAllConnections();
       await new Promise((resolve) => server.close(resolve));

@@ -56,3 +56,53 @@ describe('oauth_sidecar_answers_cut_total', () => {
     expect(body).toMatch(/^oauth_sidecar_client_aborts_total\{route="orders"\} 1$/m);
   });
 });
+
+describe('Metrics.render pacing (a flood of scrapes on the admin port)', () => {
+  function paced() {
+    const table = { routes: [] } as unknown as RouteTable;
+    const metrics = new Metrics({ routes: () => table, tokens: new TokenProvider(), credentialErrors: () => new Map(), defaultMetrics: false });
+    const starts: number[] = [];
+    const real = metrics.registry.metrics.bind(metrics.registry);
+    metrics.registry.metrics = async () => {
+      starts.push(performance.now());
+      const until = performance.now() + 2; // a render that costs 2 ms of the event loop
+      while (performance.now() < until);
+      return real();
+    };
+    return { metrics, starts };
+  }
+  const requests = (body: string) => Number(/^oauth_sidecar_requests_in_flight (\d+)$/m.exec(body)?.[1]);
+
+  it('serves scrapes arriving together from one render, started after they arrived', async () => {
+    const { metrics, starts } = paced();
+    metrics.requestStarted();
+    const answers = await Promise.all(Array.from({ length: 40 }, () => metrics.render()));
+    expect(starts).toHaveLength(1);
+    expect(new Set(answers.map((a) => a.body)).size).toBe(1);
+    expect(requests(answers[0]!.body)).toBe(1);
+  });
+
+  it('never answers with a render older than the scrape, and spaces renders by ten times their cost', async () => {
+    const { metrics, starts } = paced();
+    expect(requests((await metrics.render()).body)).toBe(0);
+    metrics.requestStarted();
+    // Right after a render: this one waits for the pace, and still sees what happened before it was asked for.
+    const second = metrics.render();
+    metrics.requestStarted(); // before the render starts: seen too
+    expect(requests((await second).body)).toBe(2);
+    expect(starts).toHaveLength(2);
+    expect(starts[1]! - starts[0]!).toBeGreaterThanOrEqual(2 + 10 * 2);
+  });
+
+  it('a scrape arriving while a render runs gets the next one, not the one under way', async () => {
+    const { metrics, starts } = paced();
+    const first = metrics.render();
+    await Promise.resolve(); // the first render has started (its wait is none)
+    await Promise.resolve();
+    metrics.requestStarted();
+    const second = metrics.render();
+    expect(requests((await first).body)).toBe(0);
+    expect(requests((await second).body)).toBe(1);
+    expect(starts).toHaveLength(2);
+  });
+});
