@@ -463,7 +463,13 @@ function credentialSource(read: Reader, env: Env, binding: string | undefined, p
   const vcap = env['VCAP_SERVICES'];
   if (vcap) return { kind: 'vcap', json: vcap, ...optional('binding', binding) };
   const vcapFile = env['VCAP_SERVICES_FILE_PATH'];
-  if (vcapFile) return { kind: 'vcap-file', path: vcapFile, ...optional('binding', binding) };
+  if (vcapFile) {
+    if (isContent(vcapFile)) {
+      const message = 'holds JSON, not a path: the bindings\' JSON itself belongs in VCAP_SERVICES; the value is not shown';
+      problems.push({ source: 'VCAP_SERVICES_FILE_PATH', field: 'VCAP_SERVICES_FILE_PATH', message });
+    }
+    return { kind: 'vcap-file', path: vcapFile, ...optional('binding', binding) };
+  }
   problems.push({
     source: 'command line',
     field: '--service-key',
@@ -695,7 +701,6 @@ function normaliseRoutePaths(routes: readonly RouteConfig[], source: string, pro
     }
     if (seenName.has(route.name)) problems.push({ source, field: `routes[${i}].name`, message: `name ${route.name} is used twice` });
     // The metrics' label for requests answered before a route was found: a route of that name would share it.
-    if (route.name.trim() === '') problems.push({ source, field: `routes[${i}].name`, message: 'is empty: a name labels the route in logs and metrics, and --route picks it' });
     if (route.name === UNROUTED) problems.push({ source, field: `routes[${i}].name`, message: `"${UNROUTED}" is kept for requests that match no route` });
     seenName.add(route.name);
   });
@@ -868,8 +873,12 @@ function parseYaml(text: string, path: string, from: string, problems: ConfigPro
   } catch (err) {
     // The parser's guard against alias bombs (`maxAliasCount`, 100 by default): also met by a long file that
     // reuses one anchor in every route, which deserves better than "is not valid YAML".
-    if (err instanceof ReferenceError && /alias/i.test(err.message)) {
+    if (err instanceof ReferenceError && /^Excessive alias count/.test(err.message)) {
       throw Object.assign(new Error('aliases'), { code: 'EXCESSIVE_ALIASES' });
+    }
+    // `*name` without `&name` before it (a typo): the parser's message ends with the name, which is not shown.
+    if (err instanceof ReferenceError && /^Unresolved alias/.test(err.message)) {
+      throw Object.assign(new Error('alias'), { code: 'UNRESOLVED_ALIAS' });
     }
     throw err;
   }
@@ -908,14 +917,17 @@ function readConfigFile(path: string, from: string, readFile: (p: string) => str
   try {
     doc = path.endsWith('.json') ? (text.trim() === '' ? null : JSON.parse(text)) : parseYaml(text, path, from, problems);
   } catch (err) {
-    if ((err as { code?: unknown }).code === 'EXCESSIVE_ALIASES') {
-      const message = 'uses YAML aliases (*name) more often than the parser allows (100 expansions, a guard against alias bombs): write the values out';
+    const { linePos, code } = err as { linePos?: Array<{ line: number }>; code?: unknown };
+    if (code === 'EXCESSIVE_ALIASES' || code === 'UNRESOLVED_ALIAS') {
+      const message =
+        code === 'EXCESSIVE_ALIASES'
+          ? 'uses YAML aliases (*name) more often than the parser allows (100 expansions, a guard against alias bombs): write the values out'
+          : 'uses a YAML alias (*name) with no anchor (&name) of that name before it';
       problems.push({ source: path, field: from, message });
       return undefined;
     }
     // Position only: the file may hold secrets, so its content is never echoed.
     // The yaml package's own message quotes the line; its code (DUPLICATE_KEY, BAD_INDENT…) says why without it.
-    const { linePos, code } = err as { linePos?: Array<{ line: number }>; code?: unknown };
     const why = typeof code === 'string' && /^[A-Z_]+$/.test(code) ? `: ${code}` : '';
     const line = linePos?.[0]?.line;
     const where = path.endsWith('.json') ? jsonPosition(text, err) : line ? ` (line ${line}${why})` : '';
@@ -1020,8 +1032,13 @@ function fileRoute(raw: unknown, at: string, f: FileReader, problems: ConfigProb
       } else params[k] = v;
     }
   }
+  const name = f.string(o, 'name', at);
+  if (name !== undefined && name.trim() === '') {
+    problems.push({ source: path, field: `${at}.name`, message: 'is empty: a name labels the route in logs and metrics, and --route picks it' });
+  }
   return {
-    name: f.string(o, 'name', at) ?? (prefix ?? at),
+    // Without a usable name of its own, a route is named by its prefix, or by its place when that is empty too.
+    name: (name?.trim() ? name : undefined) ?? (prefix || at),
     prefix: prefix ?? '/',
     upstream,
     rewritePrefix,

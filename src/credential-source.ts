@@ -40,7 +40,7 @@ export async function readCredentialSource(source: CredentialSource): Promise<Ra
     case 'vcap':
       return readVcap(source.json, source.binding, VCAP_LABEL);
     case 'vcap-file':
-      return readVcap(await readNonEmpty(source.path), source.binding, source.path);
+      return named(readNonEmpty(source.path).then((json) => readVcap(json, source.binding, source.path)), () => 'VCAP_SERVICES_FILE_PATH');
     case 'inline':
       return { raw: parseJson(source.json, source.label), source: source.label };
   }
@@ -467,7 +467,13 @@ function readVcap(json: string, binding: string | undefined, label: string): Raw
     if (candidates.length > 1) fail(label, `has several ${DEFAULT_SERVICE} bindings, so name the one to use with --binding (SIDECAR_BINDING); found: ${found()}`);
     chosen = candidates[0];
   } else {
-    chosen = instances.find((i) => i.instance.name === binding) ?? instances.find((i) => i.label === binding);
+    chosen = instances.find((i) => i.instance.name === binding);
+    if (chosen === undefined) {
+      // A label (`--binding it-rt`) names an instance only when it has one: which of several would be a guess.
+      const labelled = instances.filter((i) => i.label === binding);
+      if (labelled.length > 1) fail(label, `has several ${binding} bindings, so name the instance to use with --binding (SIDECAR_BINDING); found: ${found()}`);
+      chosen = labelled[0];
+    }
   }
   if (!chosen) fail(label, `has no ${binding === undefined ? DEFAULT_SERVICE : `"${binding}"`} binding; found: ${found()}`);
   const source = `${label} (${describeVcapInstance(chosen)})`;

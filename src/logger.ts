@@ -127,7 +127,8 @@ export function createLoggers(options: LoggerOptions): Loggers {
     const out = guardedDestination(options, dropped);
     // Loaded only here: JSON output (the default off a terminal) does without it and its dependencies.
     const { prettyFactory } = createRequire(import.meta.url)('pino-pretty') as typeof import('pino-pretty');
-    const prettify = prettyFactory({ translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname,name' });
+    // One line per record, as in JSON: `oauth_sidecar_log_lines_dropped_total` counts records either way.
+    const prettify = prettyFactory({ translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname,name', singleLine: true });
     const pretty = { write: (line: string) => out.write(prettify(line)), flush: (done?: (err?: Error) => void) => out.flush(done) };
     const log = pino({ ...base, redact }, pretty);
     return { log, access: pinoAccessLog(log), dropped };

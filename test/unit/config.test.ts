@@ -73,6 +73,11 @@ describe('parseConfig', () => {
       binding: 'cpi',
     });
     expect(run([], { VCAP_SERVICES: vcap, VCAP_SERVICES_FILE_PATH: '/v' }).routes[0]?.credentials.source).toMatchObject({ kind: 'vcap' });
+    const pasted = problems([], { VCAP_SERVICES_FILE_PATH: '{"it-rt":[{"credentials":{"clientsecret":"s3cret"}}]}' });
+    expect(pasted).toEqual([
+      { source: 'VCAP_SERVICES_FILE_PATH', field: 'VCAP_SERVICES_FILE_PATH', message: "holds JSON, not a path: the bindings' JSON itself belongs in VCAP_SERVICES; the value is not shown" },
+    ]);
+    expect(JSON.stringify(pasted)).not.toContain('s3cret');
     expect(run([], { VCAP_SERVICES: vcap, SERVICE_BINDING_ROOT: '/bindings', SIDECAR_BINDING: 'cpi' }).routes[0]?.credentials.source).toEqual({
       kind: 'binding-root',
       root: '/bindings',
@@ -569,6 +574,13 @@ routes:
     ]);
   });
 
+  it('says a YAML alias without its anchor is that, not too many aliases', () => {
+    const text = 'shared: &timeouts { connectMs: 1000 }\nroutes:\n  - prefix: /\n    serviceKey: /k\n    timeouts: *timeout\n';
+    expect(problems(['--config', '/c.yaml'], {}, { '/c.yaml': text })).toEqual([
+      { source: '/c.yaml', field: '--config', message: 'uses a YAML alias (*name) with no anchor (&name) of that name before it' },
+    ]);
+  });
+
   it('one mistake, one message: a prefix or service key of the wrong type is not also "required"; serve --route is not looked up', () => {
     expect(problems(['--config', '/c.yaml'], {}, { '/c.yaml': 'routes:\n  - { prefix: 5, serviceKey: 7 }\n' })).toEqual([
       { source: '/c.yaml', field: 'routes[0].prefix', message: 'must be a string' },
@@ -598,6 +610,13 @@ routes:
   it('refuses an empty route name: it labels logs and metrics, and --route could not pick it', () => {
     expect(problems(['--config', '/c.yaml'], {}, { '/c.yaml': 'routes:\n  - { name: " ", prefix: /, serviceKey: /k }\n' })).toEqual([
       { source: '/c.yaml', field: 'routes[0].name', message: 'is empty: a name labels the route in logs and metrics, and --route picks it' },
+    ]);
+    // Two empty names: each said once, not also "used twice"; an empty prefix is not also an empty name.
+    const twice = 'routes:\n  - { name: "", prefix: /a, serviceKey: /k }\n  - { name: "", prefix: /b, serviceKey: /k }\n  - { prefix: "", serviceKey: /k }\n';
+    expect(problems(['--config', '/c.yaml'], {}, { '/c.yaml': twice })).toEqual([
+      { source: '/c.yaml', field: 'routes[0].name', message: 'is empty: a name labels the route in logs and metrics, and --route picks it' },
+      { source: '/c.yaml', field: 'routes[1].name', message: 'is empty: a name labels the route in logs and metrics, and --route picks it' },
+      { source: '/c.yaml', field: 'routes[2].prefix', message: 'must start with /' },
     ]);
   });
 

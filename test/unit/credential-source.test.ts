@@ -477,6 +477,10 @@ describe('readCredentialSource: VCAP_SERVICES and inline JSON', () => {
       },
     ]);
     expect((await readCredentialSource({ kind: 'vcap', json, binding: 'my-instance' })).source).toBe('VCAP_SERVICES (it-rt/my-instance)');
+    // Naming the label picks no one of the two either.
+    expect((await problemsOf(readCredentialSource({ kind: 'vcap', json, binding: 'it-rt' })))[0]?.message).toMatch(
+      /^has several it-rt bindings, so name the instance to use with --binding \(SIDECAR_BINDING\); found: /,
+    );
   });
 
   it('reads the file VCAP_SERVICES_FILE_PATH names, labelled with its path, and watches it', async () => {
@@ -487,12 +491,12 @@ describe('readCredentialSource: VCAP_SERVICES and inline JSON', () => {
     expect(source).toBe(`${path} (it-rt/my-api-instance)`);
     expect(parseServiceKey(raw, source).credentials.url).toMatch(/^https:\/\//);
     expect(await problemsOf(readCredentialSource({ kind: 'vcap-file', path }))).toEqual([
-      expect.objectContaining({ source: path, message: expect.stringMatching(/^has several it-rt bindings/) }),
+      { source: path, field: 'VCAP_SERVICES_FILE_PATH', message: expect.stringMatching(/^has several it-rt bindings/) },
     ]);
     expect(await watchTargets({ source: { kind: 'vcap-file', path } })).toEqual([dir]);
     const missing = join(dir, 'absent');
     expect(await problemsOf(readCredentialSource({ kind: 'vcap-file', path: missing }))).toEqual([
-      expect.objectContaining({ source: missing, message: 'does not exist' }),
+      { source: missing, field: 'VCAP_SERVICES_FILE_PATH', message: 'does not exist' },
     ]);
   });
 

@@ -94,3 +94,18 @@ describe('log output nobody reads', () => {
     rmSync(dir, { recursive: true, force: true });
   });
 });
+
+describe('pretty log output that fails', () => {
+  it('counts dropped records, not the text lines of a record: one line per record, as in JSON', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'oauth-sidecar-log-'));
+    const notes = join(dir, 'stderr');
+    const noteFd = openSync(notes, 'w');
+    const loggers = createLoggers({ level: 'info', fd: openSync('/dev/full', 'w'), noteFd, pretty: true });
+    for (let i = 0; i < 5; i++) loggers.log.info({ i, text: 'two\nlines', nested: { a: 1, b: [1, 2] } }, 'before the failure');
+    await expect.poll(() => readFileSync(notes, 'utf8')).toContain('the log output failed (ENOSPC)');
+    expect(loggers.dropped!.lines).toBe(5);
+    for (let i = 0; i < 10; i++) loggers.log.info({ i, nested: { a: 1 } }, 'after the failure');
+    expect(loggers.dropped!.lines).toBe(15);
+    rmSync(dir, { recursive: true, force: true });
+  });
+});
