@@ -67,7 +67,7 @@ export async function readClientCert(source: ClientCertSource): Promise<ClientKe
   // A problem of neither file is one of the directory they share (its `..data` read): both settings lead there.
   const nameOf =
     names &&
-    ((p: ConfigProblem) => (oneFile ? `${names.cert}, ${names.key}` : p.source === certFile ? names.cert : p.source === keyFile ? names.key : `${names.cert}, ${names.key}`));
+    ((p: ConfigProblem) => (!oneFile && p.source === certFile ? names.cert : !oneFile && p.source === keyFile ? names.key : `${names.cert}, ${names.key}`));
   const reading = oneFile ? readNonEmpty(certFile).then((text): [string, string] => [text, text]) : readPair(certFile, keyFile);
   const [certificate, key] = await named(reading, nameOf);
   return {

@@ -67,6 +67,12 @@ export class Metrics {
   readonly #cut: Counter<'route' | 'error'>;
   readonly #rejected: Counter<'reason'>;
   readonly #credentialReloads: Counter<'route' | 'outcome'>;
+  /** The render that scrapes arriving now will share: not started yet (see `render`). */
+  #nextRender: Promise<{ contentType: string; body: string }> | undefined;
+  /** The render under way (settled when there is none). */
+  #rendering: Promise<unknown> = Promise.resolve();
+  /** When the next render may start (`performance.now()`). */
+  #nextStart = Number.NEGATIVE_INFINITY;
 
   constructor(options: MetricsOptions) {
     const registers = [this.registry];
@@ -262,13 +268,6 @@ export class Metrics {
     });
     return this.#nextRender;
   }
-
-  /** The render that scrapes arriving now will share: not started yet. */
-  #nextRender: Promise<{ contentType: string; body: string }> | undefined;
-  /** The render under way (settled when there is none). */
-  #rendering: Promise<unknown> = Promise.resolve();
-  /** When the next render may start (`performance.now()`). */
-  #nextStart = Number.NEGATIVE_INFINITY;
 }
 
 /** A render waits this many times the last one's duration after it: scrapes take at most ~1/11 of the event loop. */
