@@ -395,8 +395,7 @@ function stopReading(socket: Socket): void {
   socket.resume = () => socket;
 }
 
-/** Answer on a raw socket (no ServerResponse exists for these) and close it. */
-/** Answers `status` on the socket itself and closes it; returns the bytes of the answer's body. */
+/** Answers `status` on the socket itself (no ServerResponse exists for these) and closes it; returns the bytes of the answer's body. */
 function refuseRaw(socket: Socket, status: number, message: string, extraHeaders = '', route: string | null = null): number {
   (socket as MarkedSocket)[REFUSED] = true;
   const body = JSON.stringify({ error: 'REQUEST_REFUSED', message, route });
