@@ -152,7 +152,9 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
     address = await listen(server, config.listen, 'listen', listenSources(config, 'listen', 'listen'));
     const exposed = boundExposureProblems(config.listen.host, address.host, exposureOf(config.inbound), listenSources(config, 'listen', 'listen'), { configFile: config.routesSource !== 'flags' });
     if (exposed.length > 0) throw new ConfigError(exposed);
-    adminAddress = admin && config.adminListen ? await listen(admin, config.adminListen, 'admin-listen', listenSources(config, 'admin-listen', 'adminListen')) : undefined;
+    // Two names for one address (`localhost` and `127.0.0.1`) pass the config's check; the bind then says so.
+    const ownPort = config.adminListen?.port === address.port ? ` (perhaps by this sidecar's own listen address, ${hostPort(config.listen)}, if both name the same address)` : '';
+    adminAddress = admin && config.adminListen ? await listen(admin, config.adminListen, 'admin-listen', listenSources(config, 'admin-listen', 'adminListen'), ownPort) : undefined;
   } catch (err) {
     // Nothing half-started is left behind: a proxy serving without its admin port would never be restarted.
     server.close();
@@ -357,11 +359,14 @@ async function drain(
   await connectionsClosed(server);
 }
 
-/** Listen on `at`; a failure is a `ConfigError` naming the address, why, and where it is set (exit code 2). */
-function listen(server: Server, at: { host: string; port: number }, field: string, source: string): Promise<{ host: string; port: number }> {
+/**
+ * Listen on `at`; a failure is a `ConfigError` naming the address, why, and where it is set (exit code 2).
+ * `inUseBy` is added to an EADDRINUSE: who else may hold the address.
+ */
+function listen(server: Server, at: { host: string; port: number }, field: string, source: string, inUseBy = ''): Promise<{ host: string; port: number }> {
   return new Promise((resolve, reject) => {
     const failed = (err: NodeJS.ErrnoException): void => {
-      const why = `${LISTEN_FAILURES[err.code ?? ''] ?? 'failed'} (${err.code ?? 'error'})`;
+      const why = `${LISTEN_FAILURES[err.code ?? ''] ?? 'failed'} (${err.code ?? 'error'})${err.code === 'EADDRINUSE' ? inUseBy : ''}`;
       reject(new ConfigError([{ source, field, message: `cannot listen on ${hostPort(at)}: ${why}` }]));
     };
     server.once('error', failed);

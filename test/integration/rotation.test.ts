@@ -1,3 +1,4 @@
+import { lookup } from 'node:dns/promises';
 import { mkdir, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import type { ServerResponse } from 'node:http';
 import { createServer as createNetServer } from 'node:net';
@@ -780,6 +781,23 @@ describe('a listener that cannot start', () => {
       ]);
       expect(err.message).toContain('(--listen / SIDECAR_LISTEN)');
     });
+  });
+
+  it('says the admin address may be the listen address under another name (localhost beside its address)', async () => {
+    const path = await files.write('listen-alias.json', keyJson(OLD.id, OLD.secret));
+    // node binds `localhost` to its first address, which the config cannot tell from another text for it.
+    const { address, family } = await lookup('localhost');
+    const listenText = family === 6 ? `[${address}]` : address;
+    // A port free a moment ago: the sidecar's own listener is the one that must hold it.
+    const port = await closedPort();
+    const err = await startFailure(['--service-key', path, '--listen', `${listenText}:${port}`, '--admin-listen', `localhost:${port}`], {});
+    expect(err.problems).toEqual([
+      {
+        source: '--admin-listen / SIDECAR_ADMIN_LISTEN',
+        field: 'admin-listen',
+        message: `cannot listen on localhost:${port}: the address is in use (EADDRINUSE) (perhaps by this sidecar's own listen address, ${listenText}:${port}, if both name the same address)`,
+      },
+    ]);
   });
 
   it('names the config file key too when a config file is in use, here adminListen', async () => {
