@@ -1,5 +1,5 @@
 /** `oauth-sidecar check`: per route, load the service key, fetch a token, call the upstream, and explain each failure with its fix. */
-import { X509Certificate } from 'node:crypto';
+import type { X509Certificate } from 'node:crypto';
 import type { Dispatcher } from 'undici';
 import { wallTimeOf } from './clock.js';
 import type { Config, RouteConfig } from './config.js';
@@ -9,9 +9,10 @@ import { ConfigError, shownSource, SidecarError } from './errors.js';
 import { exposureOf, exposureProblems, readBasicAuthFile } from './inbound-control.js';
 import { decodeJwtClaims, type JwtClaims } from './jwt.js';
 import { classifyNetworkError, proxyAdvice, proxyEndpoint, proxyTrustAdvice, trustAdvice, type ClassifiedFailure, type NetworkFailure } from './network-error.js';
+import { parseCertificates } from './pem.js';
 import { MIN_REDACT_LENGTH, redact } from './redaction.js';
-import { shownUrl } from './service-key.js';
-import { createTokenClient, parseJsonBody, type AccessToken, type RetryPolicy, type TokenClient } from './token-client.js';
+import { EXPIRY_WARNING_DAYS, shownUrl } from './service-key.js';
+import { createTokenClient, parseJsonBody, printableAscii, type AccessToken, type RetryPolicy, type TokenClient } from './token-client.js';
 
 /** The role an HTTPS sender adapter requires unless the iFlow names a custom User Role. */
 export const DEFAULT_CHECK_ROLE = 'ESBMessaging.send';
@@ -19,8 +20,6 @@ export const DEFAULT_CHECK_ROLE = 'ESBMessaging.send';
 export const DEFAULT_RUNTIME_CHECK_PATH = '/http/';
 /** The OData API's service document: answers 200 to any valid api-plan token. */
 export const DEFAULT_API_CHECK_PATH = '/api/v1/';
-/** Warn when a client certificate expires within this many days. */
-export const CERT_WARNING_DAYS = 30;
 
 /**
  * One attempt only: a diagnosis reports the first failure instead of hiding it behind retries.
@@ -100,12 +99,7 @@ export interface CheckReport {
   inboundInvalid: boolean;
 }
 
-/** Check every route; true only when every route passes (warnings allowed). */
-export async function runCheck(config: Readonly<Config>, options: CheckOptions): Promise<boolean> {
-  return (await checkRoutes(config, options)).ok;
-}
-
-/** Like `runCheck`, with the verdict of each route (for exit codes). */
+/** Check every route: `ok` only when every route passes (warnings allowed), and the verdict of each (for exit codes). */
 export async function checkRoutes(config: Readonly<Config>, options: CheckOptions): Promise<CheckReport> {
   const secrets = new Set<string>();
   const out = redacting(options.out, secrets, hiddenPaths(config));
@@ -274,13 +268,14 @@ export function describeCredentials(loaded: LoadedCredentials, now: number): Fin
 
 function describeCertificate(chainPem: string, notAfter: Date, now: number): Finding[] {
   const findings: Finding[] = [];
-  let leaf: X509Certificate | undefined;
+  let chain: X509Certificate[] = [];
   try {
-    leaf = new X509Certificate(chainPem);
+    chain = parseCertificates(chainPem);
   } catch {
     // Already validated by service-key; nothing more to say.
   }
-  const chainLength = chainPem.match(/-----BEGIN CERTIFICATE-----/g)?.length ?? 0;
+  const [leaf] = chain;
+  const chainLength = chain.length;
   if (leaf) {
     findings.push(finding('ok', `client certificate: ${oneLineDn(leaf.subject)}, issued by ${oneLineDn(leaf.issuer)}`));
     if (chainLength < 2 && leaf.subject !== leaf.issuer) {
@@ -291,10 +286,12 @@ function describeCertificate(chainPem: string, notAfter: Date, now: number): Fin
       );
     }
   }
-  const daysLeft = Math.floor((notAfter.getTime() - now) / DAY_MS);
+  // The same window as the service key's own notice (service-key `checkExpiry`), which this finding replaces.
+  const exactDays = (notAfter.getTime() - now) / DAY_MS;
+  const daysLeft = Math.floor(exactDays);
   const expiry = `client certificate expires ${notAfter.toISOString()} (in ${daysLeft} day${daysLeft === 1 ? '' : 's'})`;
   findings.push(
-    daysLeft < CERT_WARNING_DAYS
+    exactDays <= EXPIRY_WARNING_DAYS
       ? finding('warn', expiry, ['create a new service key (or renew the External Certificate) before then; the sidecar picks it up without restart'])
       : finding('ok', expiry),
   );
@@ -983,9 +980,7 @@ function oauthErrorOf(answer: UpstreamAnswer, secrets: ReadonlySet<string> = new
 function printable(text: string, max: number, secrets: ReadonlySet<string> = new Set()): string {
   // A server's text may quote the request's credentials (the token, also an opaque one): taken out before the
   // cut, which would leave a piece that the output's redaction no longer recognises.
-  // eslint-disable-next-line no-control-regex
-  const clean = redact(text, secrets).replace(/[^\x20-\x7e]/g, '?');
-  return clean.length > max ? `${clean.slice(0, max)}…` : clean;
+  return printableAscii(redact(text, secrets), max);
 }
 
 function stringClaim(claims: JwtClaims, name: string): string | undefined {

@@ -17,8 +17,6 @@ import { hasDotSegment } from './dot-segment.js';
 import { ConfigError, PORT_ZERO_PROBLEM, shownAddress, shownSource, type ConfigProblem } from './errors.js';
 import { exposureOf, exposureProblems, parseAllowlist } from './inbound-control.js';
 import { parseCertificates, PemError } from './pem.js';
-import { DEFAULT_MAX_CONNECTIONS } from './connection-limit.js';
-import { DEFAULT_REPLAY_MEMORY_BYTES } from './replay-budget.js';
 import { jsonPosition, readFailure, readTextFileSync, withoutBom } from './text-file.js';
 import type { TokenAuthMethod, TokenRequestSettings } from './token-client.js';
 
@@ -38,6 +36,10 @@ export const DEFAULT_CONNECT_TIMEOUT_MS = 5_000;
 export const DEFAULT_RESPONSE_TIMEOUT_MS = 60_000;
 export const DEFAULT_IDLE_TIMEOUT_MS = 60_000;
 export const DEFAULT_MAX_REPLAY_BODY_BYTES = 1024 * 1024;
+/** 64 MiB: 64 concurrent bodies at the default per-request limit of 1 MiB, far more small ones. */
+export const DEFAULT_REPLAY_MEMORY_BYTES = 64 * 1024 * 1024;
+/** 1024 senders at once: far above what a sidecar's legacy senders open, far below any descriptor limit node runs with. */
+export const DEFAULT_MAX_CONNECTIONS = 1024;
 /** Node timers hold at most 2^31−1 ms (~24.8 days): a longer delay fires after 1 ms or throws a RangeError. */
 export const MAX_TIMER_MS = 2_147_483_647;
 /** The replay copy of a request body is held in memory, per request: more than 1 GiB is a mistake. */
@@ -800,8 +802,7 @@ function isSpecialFile(path: string): boolean {
   }
 }
 
-/** A `--ca` or `NODE_EXTRA_CA_CERTS` file (`field`), whose every certificate must parse. */
-/** `field`: where the file was named (`--ca`, `SIDECAR_CA`, `NODE_EXTRA_CA_CERTS`). */
+/** A CA file whose every certificate must parse; `field` is where it was named (`--ca`, `SIDECAR_CA`, `NODE_EXTRA_CA_CERTS`). */
 function readCa(file: string, field: string, readFile: (path: string) => string, problems: ConfigProblem[]): string | undefined {
   if (file === CONTENT_GIVEN) return undefined;
   // Node starts with a warning only for a broken NODE_EXTRA_CA_CERTS; say what to do about it.
@@ -1108,8 +1109,10 @@ class FileReader {
     return undefined;
   }
 
-  /** A file or directory path; content in its place (a PEM, JSON) is refused without being shown. */
-  /** A file or directory named in the config file; a relative one is relative to the config file's directory. */
+  /**
+   * A file or directory named in the config file; a relative one is relative to the config file's directory.
+   * Content in its place (a PEM, JSON) is refused without being shown.
+   */
   pathValue(o: Record<string, unknown>, key: string, at: string): string | undefined {
     const v = this.string(o, key, at);
     if (v === undefined || v === '') return v; // empty: reported where the value is checked
@@ -1143,7 +1146,6 @@ class FileReader {
   }
 }
 
-/** Flag-or-env access with the source of each value, for messages. */
 /**
  * A path option (flag or variable) that holds the content itself — a PEM, a service key's JSON — is a
  * problem of its own, and the value is replaced by `CONTENT_GIVEN`: every later message would name it as
@@ -1194,6 +1196,7 @@ function notAPath(name: string): string {
   return `holds file content (PEM or JSON), not a path: write it to a file and give the file's path${instead}; the value is not shown`;
 }
 
+/** Flag-or-env access with the source of each value, for messages. */
 class Reader {
   constructor(
     private readonly values: Record<string, string | boolean | string[] | undefined>,

@@ -13,9 +13,6 @@
  */
 import type { Socket } from 'node:net';
 
-/** 1024 senders at once: far above what a sidecar's legacy senders open, far below any descriptor limit node runs with. */
-export const DEFAULT_MAX_CONNECTIONS = 1024;
-
 export class ConnectionLimit {
   /** Most connections served at once; 0: no limit. */
   readonly max: number;

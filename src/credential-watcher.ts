@@ -31,6 +31,7 @@ import { watch as fsWatch } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { performance } from 'node:perf_hooks';
+import { MAX_TIMER_MS } from './config.js';
 import { watchTargets } from './credential-source.js';
 import { loadCredentials, type CredentialNotice, type CredentialSpec, type Credentials, type LoadedCredentials } from './credentials.js';
 
@@ -40,8 +41,6 @@ export const DEFAULT_POLL_INTERVAL_MS = 30_000;
 export const DEFAULT_DEBOUNCE_MS = 250;
 /** A directory that never stops changing still gets a reload after this many debounce periods. */
 const MAX_DEBOUNCE_PERIODS = 4;
-/** The largest delay `setTimeout`/`setInterval` accept. */
-const MAX_TIMER_MS = 2_147_483_647;
 
 /** What the watcher needs of an `fs.FSWatcher`. */
 export interface DirectoryWatch {

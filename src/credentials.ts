@@ -76,7 +76,7 @@ export interface CertificateCredentials extends CredentialsBase {
   kind: 'certificate' | 'external-certificate';
   /** PEM chain, leaf first, normalised (real newlines, 64-column bodies). */
   certificate: string;
-  /** PEM private key (PKCS#1 or PKCS#8), normalised. */
+  /** PEM private key (PKCS#1, PKCS#8 or SEC1 EC), normalised. */
   key: string;
   /** SHA-256 fingerprint of the leaf, for cache keys and logs. */
   fingerprint: string;

@@ -25,7 +25,7 @@ export type ErrorCode =
   | 'TOKEN_RESPONSE_INVALID'
   /** No route serves the request path. */
   | 'ROUTE_NOT_FOUND'
-  /** Not a request the sidecar forwards: absolute-form target, CONNECT, Upgrade, malformed. */
+  /** Not a request the sidecar forwards: absolute-form target, CONNECT, TRACE, malformed. */
   | 'REQUEST_REFUSED'
   /** Inbound basic auth missing or wrong. */
   | 'SENDER_UNAUTHORIZED'

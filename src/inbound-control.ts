@@ -288,11 +288,6 @@ export function parseAllowlist(cidrs: readonly string[], source: string, field =
   });
 }
 
-/** Whether a socket's `remoteAddress` is on the allowlist. */
-export function isAllowed(list: SenderAllowlist, remoteAddress: string | undefined): boolean {
-  return list.allows(remoteAddress);
-}
-
 function ipv4Bytes(address: string): Uint8Array {
   return Uint8Array.from(address.split('.'), Number);
 }

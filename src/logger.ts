@@ -65,10 +65,6 @@ function note(fd: number, text: string): void {
   }
 }
 
-export function createLogger(options: LoggerOptions): Logger {
-  return createLoggers(options).log;
-}
-
 export interface Loggers {
   /** Everything but the access lines: redacted. */
   log: Logger;

@@ -43,12 +43,6 @@ export function formatPemBlock(block: Pick<PemBlock, 'type' | 'base64'>): string
   return [`-----BEGIN ${block.type}-----`, ...lines, `-----END ${block.type}-----`].join('\n');
 }
 
-/** All blocks of `text` re-wrapped, one per line group, ending in a newline; `''` when there are none. */
-export function normalizePem(text: string): string {
-  const blocks = splitPemBlocks(text);
-  return blocks.length === 0 ? '' : `${blocks.map(formatPemBlock).join('\n')}\n`;
-}
-
 /** A certificate chain ordered leaf first, with its normalised PEM. */
 export interface CertificateChain {
   leaf: X509Certificate;
@@ -125,9 +119,4 @@ export function parsePrivateKey(text: string): PrivateKey {
   } catch {
     throw new PemError(`the ${block.type} block is not valid`);
   }
-}
-
-/** Whether `keyPem` is the private key of `leaf`; throws `PemError` when the key cannot be read. */
-export function checkKeyPair(leaf: X509Certificate, keyPem: string): boolean {
-  return leaf.checkPrivateKey(parsePrivateKey(keyPem).key);
 }

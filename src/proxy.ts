@@ -558,16 +558,16 @@ class Exchange implements AttemptOwner {
     this.#res.emit('drain');
   }
 
-  /**
-   * The sidecar, not the sender, is what the connection waits for: the request arrived whole, or its body is not
-   * being read yet (it waits for its token or its CSRF session: an upload stalls on the sidecar), its answer is
-   * not complete, and nothing written for the sender is waiting to be read.
-   */
   /** Its answer's head went out and the rest has not (see `cut`). */
   get answerHalfWritten(): boolean {
     return this.#res.headersSent && !this.#res.writableFinished;
   }
 
+  /**
+   * The sidecar, not the sender, is what the connection waits for: the request arrived whole, or its body is not
+   * being read yet (it waits for its token or its CSRF session: an upload stalls on the sidecar), its answer is
+   * not complete, and nothing written for the sender is waiting to be read.
+   */
   waitsOnSidecar(): boolean {
     return (
       (this.#req.complete || (this.#attempts === 0 && !this.#awaitingBody)) &&

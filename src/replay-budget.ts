@@ -4,9 +4,7 @@
  * requests, a few hundred concurrent uploads would hold hundreds of MB. A copy that does not fit is
  * dropped: that request is streamed as before and cannot be sent again, as one over the per-request limit.
  */
-
-/** 64 MiB: 64 concurrent bodies at the default per-request limit of 1 MiB, far more small ones. */
-export const DEFAULT_REPLAY_MEMORY_BYTES = 64 * 1024 * 1024;
+import { DEFAULT_REPLAY_MEMORY_BYTES } from './config.js';
 
 export class ReplayBudget {
   readonly limit: number;

@@ -285,7 +285,7 @@ export class TokenClient {
     if (type !== undefined && (typeof type !== 'string' || type.toLowerCase() !== 'bearer')) {
       // Redacted like an error description: a server or proxy that echoes the request must not put its
       // credentials into the message, nor the access_token, should the server have put it there as well.
-      throw this.#invalid(`token_type is "${printable(redact(String(type), [...this.#secrets, value]), 40)}", not bearer`);
+      throw this.#invalid(`token_type is "${printableAscii(redact(String(type), [...this.#secrets, value]), 40)}", not bearer`);
     }
     const claims = decodeJwtClaims(value);
     const { lifetimeMs, lifetimeSource } = lifetimeOf(body['expires_in'], claims, serverNow);
@@ -535,9 +535,9 @@ export function parseJsonBody(text: string): unknown {
 function oauthError(text: string, secrets: readonly string[]): string | undefined {
   try {
     const json = parseJsonBody(text) as Record<string, unknown>;
-    const error = typeof json['error'] === 'string' ? printable(redact(json['error'], secrets), 60) : undefined;
+    const error = typeof json['error'] === 'string' ? printableAscii(redact(json['error'], secrets), 60) : undefined;
     if (!error) return undefined;
-    const description = typeof json['error_description'] === 'string' ? printable(redact(json['error_description'], secrets), 160) : '';
+    const description = typeof json['error_description'] === 'string' ? printableAscii(redact(json['error_description'], secrets), 160) : '';
     return description ? `${error}: ${description}` : error;
   } catch {
     return undefined;
@@ -545,7 +545,7 @@ function oauthError(text: string, secrets: readonly string[]): string | undefine
 }
 
 /** RFC 6749 limits these fields to printable ASCII; enforce it and bound the length. */
-function printable(text: string, max: number): string {
+export function printableAscii(text: string, max: number): string {
   // eslint-disable-next-line no-control-regex
   const clean = text.replace(/[^\x20-\x7e]/g, '?');
   return clean.length > max ? `${clean.slice(0, max)}…` : clean;

@@ -243,7 +243,10 @@ export class TokenProvider {
     return left > 0 ? left : undefined;
   }
 
-  /** Drop a key (credentials rotated); the next call fetches anew. */
+  /**
+   * Drop a key; the next call fetches anew. A test hook (a token request forced while a test holds the token
+   * server): a rotation does not need it, as the new credentials have a key of their own and the old one ages out.
+   */
   forget(source: TokenSource): void {
     this.#cache.delete(source.cacheKey);
     this.#failures.delete(source.cacheKey);

@@ -1,7 +1,7 @@
 import { createServer as createHttpsServer } from 'node:https';
 import { createServer as createTcpServer, type Server as TcpServer } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { checkRoutes, describeCredentials, runCheck, type CheckOptions } from '../../src/check.js';
+import { checkRoutes, describeCredentials, type CheckOptions } from '../../src/check.js';
 import { parseConfig, type Env } from '../../src/config.js';
 import { loadCredentials } from '../../src/credentials.js';
 import { createDemoPki } from '../../src/demo-pki.js';
@@ -64,7 +64,7 @@ async function check(argv: string[], options: Omit<CheckOptions, 'out'> = {}, en
   const result = parseConfig(['token', ...argv], env);
   if (result.kind !== 'run') throw new Error('expected a runnable config');
   const lines: string[] = [];
-  const ok = await runCheck(result.config, { ...options, out: (line) => lines.push(line) });
+  const { ok } = await checkRoutes(result.config, { ...options, out: (line) => lines.push(line) });
   return { ok, lines, text: lines.join('\n') };
 }
 
@@ -166,6 +166,21 @@ describe('oauth-sidecar check: a working setup', () => {
   });
 });
 
+describe('oauth-sidecar check: the certificate expiry window', () => {
+  it('warns from the same moment serve does: exactly 30 days before notAfter, not a day later', async () => {
+    const certKey = await writeKey('cert-window.json', { clientid: CERT_CLIENT_ID, certificate: pki.client.chain, key: pki.client.keyPkcs1, tokenurl: 'https://127.0.0.1:1/oauth/token', url: 'https://127.0.0.1:1' });
+    const loaded = await loadCredentials({ source: { kind: 'path', path: certKey } });
+    if (loaded.credentials.kind === 'client-secret') throw new Error('expected a certificate key');
+    const notAfter = loaded.credentials.notAfter.getTime();
+    const expiry = (now: number) => describeCredentials(loaded, now).find((f) => f.message.startsWith('client certificate expires'))!;
+    expect(expiry(notAfter - 30 * 86_400_000).level).toBe('warn');
+    expect(expiry(notAfter - 30 * 86_400_000 - 1).level).toBe('ok');
+    // serve's own notice for the same moment, which check's finding replaces
+    const atServe = await loadCredentials({ source: { kind: 'path', path: certKey } }, { now: new Date(notAfter - 30 * 86_400_000) });
+    expect(atServe.notices.some((n) => n.level === 'warn' && /expires on/.test(n.message))).toBe(true);
+  });
+});
+
 describe('oauth-sidecar check: the inbound basic-auth file', () => {
   it('reads it as serve would: the user count when usable; line numbers, never content, and a failed check when not', async () => {
     const good = await files.write('users.txt', '# senders\nerp:first-Pa55word\nsoap:sha256:' + 'a'.repeat(64) + '\n');
@@ -192,7 +207,7 @@ describe('oauth-sidecar check: the proxy listener', () => {
     const result = parseConfig(['check', ...argv], env);
     if (result.kind !== 'run') throw new Error('expected a runnable config');
     const lines: string[] = [];
-    const ok = await runCheck(result.config, { path: '/http/GetTimestamp', out: (line) => lines.push(line) });
+    const { ok } = await checkRoutes(result.config, { path: '/http/GetTimestamp', out: (line) => lines.push(line) });
     return { ok, lines, text: lines.join('\n') };
   }
 

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
-import { createLogger, createLoggers, isoTimeOf, LOG_BUFFER_BYTES } from '../../src/logger.js';
+import { createLoggers, isoTimeOf, LOG_BUFFER_BYTES } from '../../src/logger.js';
 
 describe('log timestamps', () => {
   it('write the time exactly as toISOString does, across milliseconds, seconds, days and years', () => {
@@ -26,7 +26,7 @@ describe('log redaction (the second line of defence)', () => {
   it('censors secrets under their usual names, header names in either case, at the top, one level down and in headers', () => {
     const lines: string[] = [];
     const stream = new Writable({ write: (chunk: Buffer, _encoding, done) => (lines.push(chunk.toString()), done()) });
-    const log = createLogger({ level: 'info', stream });
+    const { log } = createLoggers({ level: 'info', stream });
     log.info(
       {
         secret: 'FAKE-plain-secret',

@@ -1,9 +1,7 @@
 import { X509Certificate, type KeyObject } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import {
-  checkKeyPair,
   formatPemBlock,
-  normalizePem,
   parseCertificateChain,
   parseCertificates,
   parsePrivateKey,
@@ -29,7 +27,17 @@ function thrownBy(fn: () => unknown): Error {
   throw new Error('expected a throw');
 }
 
-describe('normalizePem', () => {
+/** The chain's PEM as the sidecar keeps it, or `''` when `text` holds no certificate. */
+function normalizePem(text: string): string {
+  try {
+    return parseCertificateChain(text).pem;
+  } catch (err) {
+    if (err instanceof PemError) return '';
+    throw err;
+  }
+}
+
+describe('certificate PEM repair (parseCertificateChain)', () => {
   const leaf = canonical(certs.leafPem);
 
   it('keeps a well-formed PEM as it is', () => {
@@ -244,7 +252,10 @@ describe('parsePrivateKey', () => {
   });
 });
 
-describe('checkKeyPair', () => {
+/** Whether `keyPem` is the private key of `leaf`, as service-key checks it. */
+const checkKeyPair = (leaf: X509Certificate, keyPem: string): boolean => leaf.checkPrivateKey(parsePrivateKey(keyPem).key);
+
+describe('parsePrivateKey against a certificate', () => {
   const leaf = new X509Certificate(certs.leafPem);
 
   it('accepts the leaf key as PKCS#1 and as PKCS#8, even escaped', () => {

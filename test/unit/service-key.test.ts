@@ -3,7 +3,6 @@ import { X509Certificate } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import type { CertificateCredentials, ClientKeyPair, LoadedCredentials } from '../../src/credentials.js';
 import { ConfigError, type ConfigProblem } from '../../src/errors.js';
-import { normalizePem } from '../../src/pem.js';
 import { EXPIRY_WARNING_DAYS, parseServiceKey, shownUrl } from '../../src/service-key.js';
 import { unitCerts } from '../helpers/unit-certs.js';
 
@@ -290,8 +289,8 @@ describe('parseServiceKey: Certificate keys', () => {
       tokenUrl: CERT_TOKEN_URL,
       url: RUNTIME_URL,
       source: SOURCE,
-      certificate: normalizePem(certs.chainPem),
-      key: normalizePem(certs.leafKeyPkcs1),
+      certificate: certs.chainPem,
+      key: certs.leafKeyPkcs1,
       fingerprint: leaf.fingerprint256,
       notAfter: new Date(leaf.validTo),
     });
@@ -316,8 +315,8 @@ describe('parseServiceKey: Certificate keys', () => {
     ['CRLF', (s: string) => s.replaceAll('\n', '\r\n')],
   ])('repairs PEM values with %s', (_name, mangle) => {
     const loaded = parse(certificateKey({ certificate: mangle(certs.chainPem), key: mangle(certs.leafKeyPkcs1) }));
-    expect(asCertificate(loaded).certificate).toBe(normalizePem(certs.chainPem));
-    expect(asCertificate(loaded).key).toBe(normalizePem(certs.leafKeyPkcs1));
+    expect(asCertificate(loaded).certificate).toBe(certs.chainPem);
+    expect(asCertificate(loaded).key).toBe(certs.leafKeyPkcs1);
   });
 
   it('switches the token host to authentication.cert and says so, naming hosts only', () => {
@@ -483,8 +482,8 @@ describe('parseServiceKey: External Certificate keys and supplied key pairs', ()
     const loaded = parse(externalKey(), { clientCert: pair(certs.chainPem, certs.leafKeyPkcs8) });
     expect(loaded.credentials).toMatchObject({
       kind: 'external-certificate',
-      certificate: normalizePem(certs.chainPem),
-      key: normalizePem(certs.leafKeyPkcs8),
+      certificate: certs.chainPem,
+      key: certs.leafKeyPkcs8,
       fingerprint: new X509Certificate(certs.leafPem).fingerprint256,
     });
     expect(loaded.notices).toEqual([]);
