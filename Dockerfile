@@ -4,9 +4,12 @@
 #
 #   docker build -t oauth-sidecar:0.1.0 .
 #   docker run --rm -p 127.0.0.1:8080:8080 --stop-timeout 30 -e SIDECAR_SHUTDOWN_DELAY=0 \
-#     -v "$PWD/key.json:/etc/oauth-sidecar/key.json:ro" -e SIDECAR_SERVICE_KEY=/etc/oauth-sidecar/key.json \
+#     -v "$PWD/secrets:/etc/oauth-sidecar/secrets:ro" -e SIDECAR_SERVICE_KEY=/etc/oauth-sidecar/secrets/key.json \
 #     -v "$PWD/users:/etc/oauth-sidecar/users:ro" -e SIDECAR_BASIC_AUTH_FILE=/etc/oauth-sidecar/users \
 #     oauth-sidecar:0.1.0
+#
+# The key's directory is mounted, not the file: a bind mount of one file keeps its first inode, so a key
+# replaced by rename on the host would never reach the container (README, Docker).
 #
 # Stages: `build` (all dependencies, tsc emits dist/), `prod-deps` (a clean `npm ci --omit=dev`, so no
 # devDependency and no build tool reaches the runtime), `runtime` (dist/, production node_modules and

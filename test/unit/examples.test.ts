@@ -535,26 +535,32 @@ describe('config/docker/compose.yaml', () => {
     );
   });
 
-  it('mounts the service key and the basic auth file read-only where the variables point', () => {
+  it("mounts the service key's directory (a key replaced by rename reaches it) and the basic auth file, read-only, where the variables point", () => {
     const volumes = COMPOSE_SIDECAR.volumes ?? [];
-    expect(volumes).toContain('./secrets/cpi-key.json:/etc/oauth-sidecar/key.json:ro');
+    expect(volumes).toContain('./secrets:/etc/oauth-sidecar/secrets:ro');
     for (const v of volumes) expect(v).toMatch(/:ro$/);
     const targets = volumes.map((v) => v.split(':')[1]);
-    expect(targets).toContain(COMPOSE_ENV['SIDECAR_SERVICE_KEY']);
+    expect(targets).toContain(dirname(COMPOSE_ENV['SIDECAR_SERVICE_KEY']!));
+    expect(COMPOSE_ENV['SIDECAR_SERVICE_KEY']).toBe('/etc/oauth-sidecar/secrets/cpi-key.json'); // the file the header copies
     expect(targets).toContain(COMPOSE_ENV['SIDECAR_BASIC_AUTH_FILE']);
   });
 
-  it('shows the corporate proxy variables', () => {
-    expect(COMPOSE_SIDECAR.environment?.['HTTPS_PROXY']).toMatch(/^http:\/\//);
-    expect(COMPOSE_SIDECAR.environment?.['NO_PROXY']).toContain('127.0.0.1');
+  it('shows the corporate proxy variables commented out (an invented proxy would fail every request), and they work uncommented', () => {
+    expect(COMPOSE_SIDECAR.environment?.['HTTPS_PROXY']).toBeUndefined();
+    const commented = Object.fromEntries(
+      [...read(EXAMPLES.compose).matchAll(/^\s*#\s*(HTTPS_PROXY|NO_PROXY): (\S+)$/gm)].map((m) => [m[1]!, m[2]!]),
+    );
+    expect(commented['HTTPS_PROXY']).toMatch(/^http:\/\//);
+    expect(commented['NO_PROXY']).toContain('127.0.0.1');
+    expect(runConfig(['serve'], { ...COMPOSE_ENV, ...commented }).network.httpsProxy).toBe(commented['HTTPS_PROXY']);
   });
 
   it('the configuration it describes parses, and the listener is protected by basic auth', () => {
     const config = runConfig(['serve'], COMPOSE_ENV);
     expect(config.listen).toEqual({ host: '0.0.0.0', port: 8080 });
     expect(config.inbound.basicAuthFile).toBe('/etc/oauth-sidecar/users');
-    expect(config.network.httpsProxy).toBe(COMPOSE_ENV['HTTPS_PROXY']);
-    expect(config.routes[0]?.credentials.source).toMatchObject({ kind: 'path', path: '/etc/oauth-sidecar/key.json' });
+    expect(config.network.httpsProxy).toBeUndefined();
+    expect(config.routes[0]?.credentials.source).toMatchObject({ kind: 'path', path: '/etc/oauth-sidecar/secrets/cpi-key.json' });
     const basicAuth = parseBasicAuthFile(USERS, EXAMPLES.users);
     expect(exposureProblems(config.listen.host, { basicAuth }, 'listen')).toEqual([]);
   });
