@@ -9,7 +9,8 @@
 #     oauth-sidecar:0.1.0
 #
 # The key's directory is mounted, not the file: a bind mount of one file keeps its first inode, so a key
-# replaced by rename on the host would never reach the container (README, Docker).
+# replaced by rename on the host would never reach the container (README, Docker). Mounted files must be
+# readable by uid 65532, the directory searchable by it (mkdir -m 0755).
 #
 # Stages: `build` (all dependencies, tsc emits dist/), `prod-deps` (a clean `npm ci --omit=dev`, so no
 # devDependency and no build tool reaches the runtime), `runtime` (dist/, production node_modules and
