@@ -5,6 +5,7 @@
  * one that stays silent, is an error after a few seconds, not a startup that hangs with nothing said. Devices
  * (`/dev/zero`) are refused. Service keys have their own, tighter reader (`credential-source`).
  */
+import { isUtf8 } from 'node:buffer';
 import { closeSync, constants, openSync, readFileSync, readSync, statSync, type Stats } from 'node:fs';
 import { open, readFile, stat } from 'node:fs/promises';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -26,7 +27,7 @@ export interface TextFileLimits {
 }
 
 export function readTextFileSync(path: string, { bytes = MAX_TEXT_FILE_BYTES, silenceMs = PIPE_SILENCE_MS }: TextFileLimits = {}): string {
-  if (!isPipe(statSync(path), bytes)) return utf8(readFileSync(path, 'utf8'));
+  if (!isPipe(statSync(path), bytes)) return utf8(readFileSync(path));
   const fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
   try {
     const text = new Collected(bytes, silenceMs);
@@ -42,7 +43,7 @@ export function readTextFileSync(path: string, { bytes = MAX_TEXT_FILE_BYTES, si
 }
 
 export async function readTextFile(path: string, { bytes = MAX_TEXT_FILE_BYTES, silenceMs = PIPE_SILENCE_MS }: TextFileLimits = {}): Promise<string> {
-  if (!isPipe(await stat(path), bytes)) return utf8(await readFile(path, 'utf8'));
+  if (!isPipe(await stat(path), bytes)) return utf8(await readFile(path));
   const file = await open(path, constants.O_RDONLY | constants.O_NONBLOCK);
   try {
     const text = new Collected(bytes, silenceMs);
@@ -73,10 +74,17 @@ export function notUtf8(text: string): string | undefined {
   return text.includes('\u0000') ? NOT_UTF8 : undefined;
 }
 
-function utf8(text: string): string {
-  const why = notUtf8(text);
-  if (why !== undefined) throw new FileRefused(why);
-  return text;
+/** What a file in a legacy 8-bit encoding is told (see `utf8`). */
+export const NOT_UTF8_TEXT = 'is not UTF-8 text: saved as Windows-1252 ("ANSI") or Latin-1? Save it as UTF-8';
+
+/**
+ * The file's bytes as text, refused unless they are UTF-8 (RFC 3629): decoding would turn a Windows-1252 `ü` into
+ * U+FFFD, and a password with it in the user list could then never match, with nothing said.
+ */
+function utf8(bytes: Buffer): string {
+  if (bytes.includes(0)) throw new FileRefused(NOT_UTF8);
+  if (!isUtf8(bytes)) throw new FileRefused(NOT_UTF8_TEXT);
+  return bytes.toString('utf8');
 }
 
 /** Why `what` (e.g. "config file") could not be read, for a configuration problem: never its content. */
@@ -143,8 +151,8 @@ class Collected {
     return undefined;
   }
 
-  done(): string {
-    return Buffer.concat(this.#chunks).toString('utf8');
+  done(): Buffer {
+    return Buffer.concat(this.#chunks);
   }
 }
 

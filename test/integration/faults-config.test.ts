@@ -268,6 +268,22 @@ const CONFIG_CASES: ConfigCase[] = [
       return { args: [], env: { VCAP_SERVICES_FILE_PATH: file }, source: file, problem: /has several it-rt bindings, so name the one to use with --binding \(SIDECAR_BINDING\); found: it-rt\/flows, it-rt\/odata/ };
     },
   },
+  {
+    name: 'a user list saved as Windows-1252 (a password with ü would never match)',
+    setup: async ({ write, goodKey }) => {
+      const file = await write('users-ansi.txt', '');
+      await writeFile(file, Buffer.from('erp:Gr\xfc\xdfe-Passw0rd\n', 'latin1'));
+      return { command: 'serve', args: ['--service-key', goodKey, '--basic-auth-file', file], source: file, problem: /--basic-auth-file: user list is not UTF-8 text: saved as Windows-1252/ };
+    },
+  },
+  {
+    name: 'a config file saved as Windows-1252',
+    setup: async ({ write, goodKey }) => {
+      const file = await write('ansi.yaml', '');
+      await writeFile(file, Buffer.from(`# Bestellungen für SAP\nroutes:\n  - prefix: /\n    serviceKey: ${goodKey}\n`, 'latin1'));
+      return { args: ['--config', file], source: file, problem: /--config: config file is not UTF-8 text: saved as Windows-1252/ };
+    },
+  },
   { name: 'a missing config file', setup: async ({ dir }) => ({ args: ['--config', join(dir, 'nope.yaml')], source: join(dir, 'nope.yaml'), problem: /--config: config file does not exist/ }) },
   {
     name: 'a config file that is not a mapping',
