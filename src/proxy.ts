@@ -322,12 +322,6 @@ interface Turns {
 export const MAX_PIPELINED = 32;
 
 /**
- * 103 Early Hints passed on per request. Servers send one or two; an upstream sending them without end (each up to
- * the head size limit) to a sender that does not read would otherwise pile them up in the sender's socket buffer,
- * which `writeEarlyHints` fills regardless of backpressure. Those beyond are dropped: they are only hints.
- */
-export const MAX_EARLY_HINTS = 8;
-/**
  * Requests not taken (behind an answer that closes the connection, beyond `MAX_PIPELINED`) that a connection may
  * bring before it is closed at once, answers owed or not. More than one 64 KiB read holds (3,641 of the smallest
  * requests), so only a connection read on after it was stopped (see `stopReading`) ever reaches it: node keeps each
@@ -955,26 +949,6 @@ class Exchange implements AttemptOwner {
   /** A new CSRF session for `route` from the URL that asked, unless another request renewed it since this one's. */
   #renewCsrf(route: Route, path: string, token: AccessToken, stale: CsrfCredentials | undefined): Promise<CsrfCredentials | undefined> {
     return route.csrf!.renew(stale, () => this.#fetchCsrf(route, path, token, stale));
-  }
-
-  /** 103 Early Hints passed on to the sender so far (at most `MAX_EARLY_HINTS`). */
-  #earlyHints = 0;
-
-  /**
-   * A proxy forwards the 1xx it did not ask for (RFC 9110 §15.2): 103 Early Hints (RFC 8297) with its `Link`,
-   * never to an HTTP/1.0 sender, and never once the final answer has begun; at most `MAX_EARLY_HINTS` of them.
-   */
-  earlyHints(headers: IncomingHttpHeaders): void {
-    if (headers['link'] === undefined || this.#res.headersSent || this.#req.httpVersion === '1.0') return;
-    if (this.#earlyHints >= MAX_EARLY_HINTS) return;
-    this.#earlyHints++;
-    // Through the same filter as the final head: a `Link` that echoes the access token carries it no further.
-    const link = responseHeadersForSender({ link: headers['link'] }, { secrets: this.#secretsForSender() })['link']!;
-    try {
-      this.#res.writeEarlyHints({ link });
-    } catch {
-      // A `Link` node refuses to write: the hints are only hints.
-    }
   }
 
   /**

@@ -32,8 +32,6 @@ export interface AttemptOwner {
   requestBody(): 'none' | 'whole' | 'partial';
   /** The final head came: pass it on (written to the sender), or discard the answer for a cure. */
   decide(status: number, headers: IncomingHttpHeaders): Verdict;
-  /** A `103 Early Hints` came. */
-  earlyHints(headers: IncomingHttpHeaders): void;
   /** A held answer is too long to hold on: it goes to the sender now. */
   passOnHeld(verdict: 'retry-401' | 'retry-csrf'): 'deliver';
   /** The answer was passed on, or discarded for a cure (`held`: its body, when it was held and came whole). */
@@ -109,7 +107,10 @@ export class UpstreamCall implements Dispatcher.DispatchHandler, ConnectionListe
   }
 
   onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders): void {
-    // Informational answers come before the real one; of them, only 103 Early Hints is for the sender.
+    // Informational answers come before the real one, and none reaches the sender. The sidecar is a gateway, the
+    // origin server as its senders see it (RFC 9110 §3.7), and its senders are the HTTP/1.1 clients RFC 8297 §4
+    // warns of: Python's http.client and Java's HttpURLConnection take a 103 Early Hints for the final answer and
+    // then read the real one as the answer to their next request on the connection.
     if (statusCode < 200) {
       this.#interim = true;
       // undici starts its headers timeout afresh with each of them: an upstream sending them without end (a
@@ -124,7 +125,6 @@ export class UpstreamCall implements Dispatcher.DispatchHandler, ConnectionListe
           return;
         }
       }
-      if (statusCode === 103) this.#exchange.earlyHints(headers);
       return;
     }
     this.upstreamMs = performance.now() - this.#sentAt;

@@ -115,15 +115,17 @@ describe('forwarding', () => {
     expect(headers).toMatchObject({ soapaction: '"urn:order"', 'x-custom': 'kept' });
   });
 
-  it('passes the final answer on after informational ones (103 Early Hints)', async () => {
+  it('passes the final answer on after informational ones, and only it (103 Early Hints is not passed on)', async () => {
     upstream.setHandler((_req, res) => {
       res.writeEarlyHints({ link: '</style.css>; rel=preload; as=style' });
       res.writeHead(200, { 'content-type': 'text/plain', 'x-final': 'yes' });
       res.end('after the hints');
       return true;
     });
-    const res = await request(`${sidecar.url}/http/hints`);
+    let informational = 0;
+    const res = await request(`${sidecar.url}/http/hints`, { onInfo: () => informational++ } as Parameters<typeof request>[1]);
     expect(res.statusCode).toBe(200);
+    expect(informational).toBe(0);
     expect(res.headers['x-final']).toBe('yes');
     expect(await res.body.text()).toBe('after the hints');
   });
