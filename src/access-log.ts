@@ -78,6 +78,7 @@ export function jsonAccessLog(options: JsonAccessLogOptions): AccessLog {
       line += `,"durationMs":${tenths(r.durationMs)},"bytesIn":${r.bytesIn},"bytesOut":${r.bytesOut}`;
       if (r.error) line += `,"error":${quoted(r.error)}`;
       if (r.retried) line += `,"retried":${quoted(r.retried)}`;
+      if (r.reason) line += `,"reason":${quoted(r.reason)}`;
       if (r.aborted) line += ',"aborted":true';
       pending += `${line},"msg":"request"}\n`;
       if (pending.length >= batchChars) handOver();
@@ -110,6 +111,7 @@ export function pinoAccessLog(logger: Logger): AccessLog {
           bytesOut: r.bytesOut,
           ...(r.error && { error: r.error }),
           ...(r.retried && { retried: r.retried }),
+          ...(r.reason && { reason: r.reason }),
           ...(r.aborted && { aborted: true }),
         },
         'request',

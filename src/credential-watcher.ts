@@ -85,6 +85,8 @@ export interface CredentialWatcherOptions {
    * certificate now within its expiry warning, or a day closer to it. Each notice once, as it first appears.
    */
   onNotices?: (notices: CredentialNotice[]) => void;
+  /** A reload after failed ones found the credentials in use again (a broken file restored): the failure is over. */
+  onRecovered?: () => void;
   /** Reads and validates the credentials; injectable for tests. */
   load?: typeof loadCredentials;
   /** Clock for the certificate expiry checks of each reload. */
@@ -365,6 +367,7 @@ export class CredentialWatcher {
     if (this.#closed) return;
     const fingerprint = credentialFingerprint(loaded.credentials);
     if (fingerprint === this.#fingerprint) {
+      if (this.#lastError !== undefined) callQuietly(() => this.#options.onRecovered?.());
       this.#lastError = undefined; // back to what is in use
       this.#refused = undefined; // written again later, the refused change is news again
       // A certificate left in place runs into its expiry warning while the sidecar runs (months, behind a

@@ -50,6 +50,11 @@ export interface RequestRecord {
   bytesOut: number;
   /** Sidecar error code when the sidecar answered itself. */
   error: string | undefined;
+  /**
+   * Why, when the sidecar answered a 5xx itself (a token, upstream or CSRF failure): the message its answer carries,
+   * so that the operator reads in the log what the sender was told (the upstream's host, the HTTPS proxy, the TLS cause).
+   */
+  reason?: string;
   /** `401-refresh`, `csrf`, `reconnect` (joined with `+`) when the request was sent again. */
   retried: string | undefined;
   /** The sender went away before the answer was complete. */
@@ -62,7 +67,8 @@ export interface RequestRecord {
 export interface ProxyObserver {
   requestStarted(): void;
   requestFinished(record: RequestRecord): void;
-  csrfFetched(route: string, ok: boolean): void;
+  /** `superseded`: refused (401) with the old credentials' token after a rotation; the new route's fetch follows. */
+  csrfFetched(route: string, ok: boolean, superseded?: boolean): void;
   /** A request the HTTP parser rejected (its code says why), or a `CONNECT` (code `CONNECT`); not socket errors. */
   clientError(code: string): void;
   /** Unexpected failures (bugs): logged, never shown to the sender. */
@@ -426,6 +432,8 @@ class Exchange implements AttemptOwner {
   #upstreamStatus: number | undefined;
   #error: string | undefined;
   #retried: string | undefined;
+  /** Cures under way whose resend has not gone out yet (a cure can fail before it: the token, the CSRF fetch). */
+  #curing: string | undefined;
   #body: RequestBody | undefined;
   /** The upstream call in progress (or the last one): told when the sender goes away. */
   #call: UpstreamCall | undefined;
@@ -798,6 +806,10 @@ class Exchange implements AttemptOwner {
       if (renewing !== undefined) return this.#awaitCsrf(renewing);
     }
     this.#attempts++;
+    if (this.#curing !== undefined) {
+      this.#retried = this.#retried ? `${this.#retried}+${this.#curing}` : this.#curing;
+      this.#curing = undefined;
+    }
     this.#upstreamStatus = undefined; // the access line's status is the last attempt's, never a discarded one's
     // The sender's fields as forwarded (hop-by-hop and `Connection`-listed ones gone); the sidecar's own
     // extend them, so a `Via` or `Cookie` the sender named in `Connection` does not come back in here.
@@ -867,9 +879,9 @@ class Exchange implements AttemptOwner {
     renewing.then(goOn, goOn);
   }
 
-  /** Notes a cure in the access log's `retried` field. */
+  /** Notes a cure, for the access log's `retried` field once the request is sent again (`#attempt`). */
   #retrying(cure: string): void {
-    this.#retried = this.#retried ? `${this.#retried}+${cure}` : cure;
+    this.#curing = this.#curing ? `${this.#curing}+${cure}` : cure;
   }
 
   /** Decided when the upstream's response head arrives, before any of its body: pass it on, or cure and send again. */
@@ -1170,7 +1182,7 @@ class Exchange implements AttemptOwner {
       // Rotated meanwhile: the old token's 401 is no reason to fetch again through the old route, whose pool is
       // closed; no session, and the waiting requests go on to the new route's (`#renewCsrfAndResume`).
       if (response.statusCode === 401 && this.#latest(route) !== route) {
-        this.#options.observer.csrfFetched(route.name, false);
+        this.#options.observer.csrfFetched(route.name, false, true);
         return undefined;
       }
       if (response.statusCode === 401 && tokens.retryAfterRejection(route.tokenClient, token)) {
@@ -1238,6 +1250,7 @@ class Exchange implements AttemptOwner {
   #refuse(err: unknown, headers: Record<string, string> = {}): undefined {
     const failure: HttpFailure = toHttpFailure(err);
     this.#error = failure.code;
+    if (failure.status >= 500) this.#reason = failure.message;
     const body = JSON.stringify({ error: failure.code, message: failure.message, route: this.#route?.name ?? null });
     const length = Buffer.byteLength(body);
     this.#ownBytes = this.#req.method === 'HEAD' ? 0 : length;
@@ -1324,6 +1337,8 @@ class Exchange implements AttemptOwner {
   #reported = false;
   /** Body bytes of the sidecar's own answer (a refusal or failure), for the access line. */
   #ownBytes = 0;
+  /** The message of the sidecar's own 5xx answer (see `RequestRecord.reason`). */
+  #reason: string | undefined;
 
   #report(): void {
     if (this.#reported) return;
@@ -1342,6 +1357,7 @@ class Exchange implements AttemptOwner {
       bytesOut: (this.#call?.bytesOut ?? 0) + this.#ownBytes,
       error: this.#shed ? (this.#error ?? 'REQUEST_REFUSED') : this.#error,
       retried: this.#retried,
+      reason: this.#reason,
       aborted: !this.#shed && !this.#bodyBroken && (this.#senderGone || (!res.writableFinished && this.#error === undefined)),
       cut: this.#cut,
     });

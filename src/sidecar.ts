@@ -13,6 +13,7 @@ import { wallTimeOf } from './clock.js';
 import { FLAGS, type Config, type RouteConfig } from './config.js';
 import { ConnectionLimit } from './connection-limit.js';
 import { CredentialWatcher } from './credential-watcher.js';
+import { LogPace } from './log-pace.js';
 import { loadCredentials, type LoadedCredentials } from './credentials.js';
 import { ConfigError, shownSource, SidecarError, type ConfigProblem } from './errors.js';
 import { boundExposureProblems, createInboundControl, exposureOf, parseAllowlist, readBasicAuthFile, type InboundControl, type InboundControlOptions } from './inbound-control.js';
@@ -56,10 +57,14 @@ export interface SidecarOptions {
   scavenger?: Scavenger;
   /** At most one warning this often that senders went over `--max-connections` (default a minute; tests shorten it). */
   connectionWarningIntervalMs?: number;
+  /** At most one warning this often per route for a failure every request meets (default a minute; tests shorten it). */
+  outageWarningIntervalMs?: number;
 }
 
 /** At most one warning a minute that senders went over `--max-connections`. */
 const CONNECTION_LIMIT_LOG_INTERVAL_MS = 60_000;
+/** At most one warning a minute per route for what fails every request alike (see `LogPace`). */
+const OUTAGE_LOG_INTERVAL_MS = 60_000;
 
 export async function startSidecar(config: Readonly<Config>, loggers: Loggers, options: SidecarOptions = {}): Promise<Sidecar> {
   const log = loggers.log;
@@ -120,18 +125,30 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
   metrics = new Metrics({ routes, tokens, credentialErrors, connections, logDropped: loggers.dropped, defaultMetrics: options.defaultMetrics ?? true });
   const m = metrics;
 
+  const outages = new LogPace(options.outageWarningIntervalMs ?? OUTAGE_LOG_INTERVAL_MS);
   const observer: ProxyObserver = {
     requestStarted: () => m.requestStarted(),
     requestFinished: (record) => {
       m.requestFinished(record);
       loggers.access.write(record);
+      // A token fetched after the upstream's 401 refused as well: no token of this key will do (RFC 6750 §3.1).
+      if (record.status === 401 && record.upstreamStatus === 401 && record.retried?.includes('401-refresh')) {
+        const paced = outages.take(`token-refused:${record.route}`);
+        if (paced) {
+          log.warn({ route: record.route, ...paced }, 'the upstream refused a newly fetched token too: the service key does not grant this endpoint (an api-plan key on the runtime host, or the reverse; README: Troubleshooting)');
+        }
+      }
       // An answer begun before the drain went out keep-alive: its connection is idle now, and node's server
       // does not close such a one by itself (its keep-alive timeout outlasts the grace period).
       if (closingConnections) setImmediate(() => server.closeIdleConnections());
     },
-    csrfFetched: (route, ok) => {
+    csrfFetched: (route, ok, superseded) => {
       m.csrfFetched(route, ok);
-      log.info({ route, ok }, 'CSRF token fetched');
+      if (ok || superseded) log.info({ route, ok }, 'CSRF token fetched');
+      else {
+        const paced = outages.take(`csrf:${route}`);
+        if (paced) log.warn({ route, ...paced }, 'CSRF token fetch failed: requests that need one are answered 502 CSRF_FETCH_FAILED (their access lines say why)');
+      }
     },
     clientError: (code) => {
       m.malformedRequest(code);
@@ -233,6 +250,7 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
           const { source } = table.routes.find((r) => r.name === route.name)!.credentials;
           for (const notice of notices) log[notice.level]({ route: route.name, source }, notice.message);
         },
+        onRecovered: () => log.info({ route: route.name }, 'the service key matches the credentials in use again: the reload failure is over'),
         onWatchError: (err, dir) => log.warn({ dir, code: (err as NodeJS.ErrnoException)?.code }, 'cannot watch for credential changes; polling only'),
       }),
     ),

@@ -301,11 +301,33 @@ describe('tokens on the request path', () => {
     const own = await another(['--service-key', keyPath]);
     const res = await request(`${own.url}/http/resend-reset`, { method: 'POST', body: 'x' });
     expect(res.statusCode).toBe(502);
-    expect(await res.body.json()).toMatchObject({ error: 'UPSTREAM_UNREACHABLE' });
+    const told = (await res.body.json()) as { error: string; message: string };
+    expect(told).toMatchObject({ error: 'UPSTREAM_UNREACHABLE', message: expect.stringMatching(/^upstream /) });
     await expect.poll(() => own.logs.find((l) => l['path'] === '/http/resend-reset')).toBeDefined();
     const line = own.logs.find((l) => l['path'] === '/http/resend-reset')!;
     expect(line).toMatchObject({ status: 502, error: 'UPSTREAM_UNREACHABLE', retried: '401-refresh' });
     expect(line).not.toHaveProperty('upstreamStatus');
+    // What the sender was told, for the operator too.
+    expect(line['reason']).toBe(told.message);
+  });
+
+  it('a newly fetched token refused too (the key does not grant the endpoint): the 401 is passed on, and one warning a minute says why', async () => {
+    const own = await another(['--service-key', keyPath]);
+    upstream.setHandler((req, res) => {
+      if (req.url !== '/http/no-role') return false;
+      res.writeHead(401, { 'www-authenticate': 'Bearer error="invalid_token"' }).end();
+      return true;
+    });
+    for (let i = 0; i < 3; i++) {
+      const res = await request(`${own.url}/http/no-role`);
+      expect(res.statusCode).toBe(401);
+      await res.body.dump();
+    }
+    upstream.setHandler(undefined);
+    await expect.poll(() => own.logs.filter((l) => l['path'] === '/http/no-role').length).toBe(3);
+    const warnings = own.logs.filter((l) => String(l['msg']).startsWith('the upstream refused a newly fetched token too'));
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]).toMatchObject({ level: 'warn', route: 'default', skipped: 0 });
   });
 
   it('returns the 401 when the body was too large to keep for a replay', async () => {
@@ -498,7 +520,14 @@ describe('tokens on the request path', () => {
     const csrf = csrfUpstream({ token: 'csrf-' + randomBytes(4).toString('hex'), cookie: 'JSESSIONID=again' }, ['none']);
     const first = await request(`${own.url}/http/order`, { method: 'POST', body: 'a' });
     expect(first.statusCode).toBe(502);
-    expect(await first.body.json()).toMatchObject({ error: 'CSRF_FETCH_FAILED' });
+    const told = (await first.body.json()) as { error: string; message: string };
+    expect(told).toMatchObject({ error: 'CSRF_FETCH_FAILED' });
+    // Not sent again (the cure failed before the resend): no `retried`; the reason is what the sender was told.
+    await expect.poll(() => own.logs.find((l) => l['path'] === '/http/order')).toBeDefined();
+    const line = own.logs.find((l) => l['path'] === '/http/order')!;
+    expect(line).toMatchObject({ status: 502, error: 'CSRF_FETCH_FAILED', reason: told.message });
+    expect(line).not.toHaveProperty('retried');
+    expect(own.logs.filter((l) => String(l['msg']).startsWith('CSRF token fetch failed'))).toEqual([expect.objectContaining({ level: 'warn', route: 'default' })]);
     // No fetch ahead of the request (a GET to an endpoint that never asked would run it): the 403 asks again.
     const second = await request(`${own.url}/http/order`, { method: 'POST', body: 'b' });
     expect(second.statusCode).toBe(200);

@@ -713,6 +713,18 @@ describe('credential rotation under load', () => {
     expect(s.logText()).not.toContain('not-the-Secret=1');
   });
 
+  it('the key in use restored after a broken one: the failure is cleared, and the log says so', async () => {
+    const path = await files.write('restored.json', keyJson(OLD.id, OLD.secret));
+    const s = await start(path);
+    await writeFile(path, '{"oauth": ');
+    await expect.poll(() => s.logs.some((l) => String(l['msg']).startsWith('new credentials rejected')), { interval: 20, timeout: 10_000 }).toBe(true);
+    await writeFile(path, keyJson(OLD.id, OLD.secret));
+    const over = () => s.logs.find((l) => String(l['msg']).startsWith('the service key matches the credentials in use again'));
+    await expect.poll(over, { interval: 20, timeout: 10_000 }).toMatchObject({ level: 'info', route: 'default' });
+    const metrics = await (await request(`http://127.0.0.1:${s.adminAddress!.port}/metrics`)).body.text();
+    expect(metrics).toMatch(/oauth_sidecar_credentials_reload_failing\{route="default"\} 0/);
+  });
+
   it('invalid new credentials are not applied: old ones keep serving, the error shows in logs, readiness and metrics', async () => {
     const path = await files.write('broken.json', keyJson(OLD.id, OLD.secret));
     const s = await start(path);

@@ -1,5 +1,6 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { jsonAccessLog, quoted, tenths } from '../../src/access-log.js';
+import { pino } from 'pino';
+import { jsonAccessLog, pinoAccessLog, quoted, tenths } from '../../src/access-log.js';
 import type { RequestRecord } from '../../src/proxy.js';
 
 const record: RequestRecord = {
@@ -54,6 +55,19 @@ describe('access log', () => {
     expect(line).toMatchObject({ level: 'warn', status: 502, error: 'UPSTREAM_UNREACHABLE', retried: '401-refresh+reconnect', aborted: true });
     expect(line).not.toHaveProperty('route');
     expect(line).not.toHaveProperty('upstreamStatus');
+    expect(line).not.toHaveProperty('reason');
+  });
+
+  it("carries the reason of the sidecar's own 5xx, as the sender's answer says it, in both outputs", () => {
+    const reason = 'upstream cpi.example:443: the HTTPS proxy 127.0.0.1:9 refused the connection (ECONNREFUSED) — check HTTPS_PROXY';
+    const failed = { ...record, status: 502, error: 'UPSTREAM_UNREACHABLE', reason };
+    const { log, lines } = capture('info');
+    log.write(failed);
+    expect(JSON.parse(lines[0]!)).toMatchObject({ level: 'warn', error: 'UPSTREAM_UNREACHABLE', reason });
+    const chunks: string[] = [];
+    const pretty = pinoAccessLog(pino({ level: 'info' }, { write: (chunk: string) => void chunks.push(chunk) }));
+    pretty.write(failed);
+    expect(JSON.parse(chunks[0]!)).toMatchObject({ level: 40, error: 'UPSTREAM_UNREACHABLE', reason });
   });
 
   it('logs an answer an upstream failure cut at warn, and a sender refusal at info', () => {
