@@ -178,7 +178,7 @@ const COMMAND_FLAGS: Readonly<Record<string, readonly Command[]>> = { route: ['t
 export const UNROUTED = 'none';
 
 /** Parse argv (without node and script) and the environment into a frozen Config. */
-export function parseConfig(argv: readonly string[], env: Env, readFile: (path: string) => string = readText): ParseResult {
+export function parseConfig(argv: readonly string[], env: Env, readFile: (path: string, kind?: 'pem') => string = readText): ParseResult {
   const problems: ConfigProblem[] = [];
   let parsed: ReturnType<typeof parseArgs>;
   try {
@@ -803,13 +803,13 @@ function isSpecialFile(path: string): boolean {
 }
 
 /** A CA file whose every certificate must parse; `field` is where it was named (`--ca`, `SIDECAR_CA`, `NODE_EXTRA_CA_CERTS`). */
-function readCa(file: string, field: string, readFile: (path: string) => string, problems: ConfigProblem[]): string | undefined {
+function readCa(file: string, field: string, readFile: (path: string, kind?: 'pem') => string, problems: ConfigProblem[]): string | undefined {
   if (file === CONTENT_GIVEN) return undefined;
   // Node starts with a warning only for a broken NODE_EXTRA_CA_CERTS; say what to do about it.
   const fix = field === 'NODE_EXTRA_CA_CERTS' ? ': fix the file or unset the variable' : '';
   let text: string;
   try {
-    text = readFile(file);
+    text = readFile(file, 'pem');
   } catch (err) {
     problems.push({ source: file, field, message: `${readFailure(err, 'CA file')}${fix}` });
     return undefined;
@@ -1284,8 +1284,8 @@ function optional<K extends string, V>(key: K, value: V | undefined): { [P in K]
   return (value === undefined ? {} : { [key]: value }) as { [P in K]?: V };
 }
 
-function readText(path: string): string {
-  return readTextFileSync(path);
+function readText(path: string, kind?: 'pem'): string {
+  return readTextFileSync(path, { pem: kind === 'pem' });
 }
 
 function deepFreeze<T>(value: T): T {

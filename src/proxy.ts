@@ -67,7 +67,7 @@ export interface RequestRecord {
 export interface ProxyObserver {
   requestStarted(): void;
   requestFinished(record: RequestRecord): void;
-  /** `superseded`: refused (401) with the old credentials' token after a rotation; the new route's fetch follows. */
+  /** `superseded`: given up for a rotation (the new route's fetch follows) or a stop: no failure of the upstream's. */
   csrfFetched(route: string, ok: boolean, superseded?: boolean): void;
   /** A request the HTTP parser rejected (its code says why), or a `CONNECT` (code `CONNECT`); not socket errors. */
   clientError(code: string): void;
@@ -1194,7 +1194,8 @@ class Exchange implements AttemptOwner {
       status = response.statusCode;
       session = csrfFromResponse(response.headers, stale?.cookie);
     } catch (err) {
-      this.#options.observer.csrfFetched(route.name, false);
+      // Given up for a rotation (the old key's refresh abandoned) or a stop: the request goes on, or ends, as such.
+      this.#options.observer.csrfFetched(route.name, false, this.#latest(route) !== route || this.#options.draining());
       throw upstreamFailure(route, err);
     }
     this.#options.observer.csrfFetched(route.name, session !== undefined);

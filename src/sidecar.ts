@@ -147,7 +147,7 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
       if (ok || superseded) log.info({ route, ok }, 'CSRF token fetched');
       else {
         const paced = outages.take(`csrf:${route}`);
-        if (paced) log.warn({ route, ...paced }, 'CSRF token fetch failed: requests that need one are answered 502 CSRF_FETCH_FAILED (their access lines say why)');
+        if (paced) log.warn({ route, ...paced }, 'CSRF token fetch failed: requests that need one fail (502 or 504; their access lines\' reason says why)');
       }
     },
     clientError: (code) => {

@@ -24,17 +24,22 @@ export interface TextFileLimits {
   bytes?: number;
   /** A pipe silent for this long is given up (default `PIPE_SILENCE_MS`). */
   silenceMs?: number;
+  /**
+   * PEM only: text outside the blocks has no encoding (RFC 7468 §5.2), and a bundle with a Latin-1 comment works
+   * with OpenSSL and node, so only UTF-16 (NUL bytes) is refused.
+   */
+  pem?: boolean;
 }
 
-export function readTextFileSync(path: string, { bytes = MAX_TEXT_FILE_BYTES, silenceMs = PIPE_SILENCE_MS }: TextFileLimits = {}): string {
-  if (!isPipe(statSync(path), bytes)) return utf8(readFileSync(path));
+export function readTextFileSync(path: string, { bytes = MAX_TEXT_FILE_BYTES, silenceMs = PIPE_SILENCE_MS, pem = false }: TextFileLimits = {}): string {
+  if (!isPipe(statSync(path), bytes)) return utf8(readFileSync(path), pem);
   const fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
   try {
     const text = new Collected(bytes, silenceMs);
     const pause = new Int32Array(new SharedArrayBuffer(4));
     for (;;) {
       const n = tryRead((buffer) => readSync(fd, buffer, 0, buffer.length, null), text);
-      if (n === 0) return utf8(text.done());
+      if (n === 0) return utf8(text.done(), pem);
       if (n === undefined) Atomics.wait(pause, 0, 0, PIPE_POLL_MS);
     }
   } finally {
@@ -42,15 +47,15 @@ export function readTextFileSync(path: string, { bytes = MAX_TEXT_FILE_BYTES, si
   }
 }
 
-export async function readTextFile(path: string, { bytes = MAX_TEXT_FILE_BYTES, silenceMs = PIPE_SILENCE_MS }: TextFileLimits = {}): Promise<string> {
-  if (!isPipe(await stat(path), bytes)) return utf8(await readFile(path));
+export async function readTextFile(path: string, { bytes = MAX_TEXT_FILE_BYTES, silenceMs = PIPE_SILENCE_MS, pem = false }: TextFileLimits = {}): Promise<string> {
+  if (!isPipe(await stat(path), bytes)) return utf8(await readFile(path), pem);
   const file = await open(path, constants.O_RDONLY | constants.O_NONBLOCK);
   try {
     const text = new Collected(bytes, silenceMs);
     for (;;) {
       // A non-blocking read returns at once, with what is there or EAGAIN: only the wait between reads is async.
       const n = tryRead((buffer) => readSync(file.fd, buffer, 0, buffer.length, null), text);
-      if (n === 0) return utf8(text.done());
+      if (n === 0) return utf8(text.done(), pem);
       if (n === undefined) await delay(PIPE_POLL_MS);
     }
   } finally {
@@ -79,11 +84,11 @@ export const NOT_UTF8_TEXT = 'is not UTF-8 text: saved as Windows-1252 ("ANSI") 
 
 /**
  * The file's bytes as text, refused unless they are UTF-8 (RFC 3629): decoding would turn a Windows-1252 `ü` into
- * U+FFFD, and a password with it in the user list could then never match, with nothing said.
+ * U+FFFD, and a password with it in the user list could then never match, with nothing said. `pem`: see `TextFileLimits`.
  */
-function utf8(bytes: Buffer): string {
+function utf8(bytes: Buffer, pem: boolean): string {
   if (bytes.includes(0)) throw new FileRefused(NOT_UTF8);
-  if (!isUtf8(bytes)) throw new FileRefused(NOT_UTF8_TEXT);
+  if (!pem && !isUtf8(bytes)) throw new FileRefused(NOT_UTF8_TEXT);
   return bytes.toString('utf8');
 }
 

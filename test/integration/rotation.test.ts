@@ -544,6 +544,8 @@ describe('credential rotation under load', () => {
       await res.body.dump();
       expect(fetches).toEqual([OLD.id, NEW.id]);
       expect(clientOfLastUpstreamRequest()).toBe(NEW.id);
+      // The old route's fetch was given up, not failed: no warning that requests fail.
+      expect(s.logs.filter((l) => String(l['msg']).startsWith('CSRF token fetch failed'))).toEqual([]);
     } finally {
       oauth.setInterceptor(undefined);
       upstream.setHandler(undefined);

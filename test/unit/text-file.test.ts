@@ -7,6 +7,7 @@ import { parseConfig } from '../../src/config.js';
 import { ConfigError } from '../../src/errors.js';
 import { readBasicAuthFile } from '../../src/inbound-control.js';
 import { MAX_TEXT_FILE_BYTES, readFailure, readTextFile, readTextFileSync } from '../../src/text-file.js';
+import { unitCerts } from '../helpers/unit-certs.js';
 
 let dir: string;
 let large: string;
@@ -86,6 +87,20 @@ describe('the edge reads regular files of a sane size, and pipes that deliver', 
       yes.kill();
       await exited(yes);
     }
+  });
+
+  it('refuses a file in an 8-bit encoding (Windows-1252), but not a CA bundle whose comment is one (PEM text outside its blocks has none)', async () => {
+    const ansi = join(dir, 'ansi.yaml');
+    await writeFile(ansi, Buffer.from('# für\nroutes: []\n', 'latin1'));
+    const fix = 'is not UTF-8 text: saved as Windows-1252 ("ANSI") or Latin-1? Save it as UTF-8';
+    expect(why(() => readTextFileSync(ansi))).toBe(`file ${fix}`);
+    await expect(readTextFile(ansi)).rejects.toThrow(fix);
+    const bundle = join(dir, 'ca-latin1.pem');
+    const { leafPem } = await unitCerts();
+    await writeFile(bundle, Buffer.concat([Buffer.from('# Zertifikat für Test\n', 'latin1'), Buffer.from(`${leafPem}\n`)]));
+    expect(readTextFileSync(bundle, { pem: true })).toContain('-----BEGIN CERTIFICATE-----');
+    const result = parseConfig(['token', '--service-key', '/k.json', '--ca', bundle], {});
+    expect(result.kind === 'run' && String(result.config.network.ca)).toContain('-----BEGIN CERTIFICATE-----');
   });
 
   it('reads --config and --ca from a pipe (process substitution: --config <(envsubst < routes.yaml)), and refuses a device', async () => {
