@@ -79,6 +79,14 @@ export function notUtf8(text: string): string | undefined {
   return text.includes('\u0000') ? NOT_UTF8 : undefined;
 }
 
+/** What a certificate saved as DER (Windows' default `.cer` export) is told, instead of the UTF-16 guess its NUL bytes would get. */
+export const DER_NOT_PEM = 'is DER (binary), not PEM text: convert it with `openssl x509 -inform der -in FILE -out FILE.pem`';
+
+/** An ASN.1 SEQUENCE with a long-form length (RFC 5280 §4.1 in DER): what every DER certificate begins with. */
+function isDerSequence(bytes: Buffer): boolean {
+  return bytes[0] === 0x30 && bytes[1] !== undefined && bytes[1] >= 0x81 && bytes[1] <= 0x84;
+}
+
 /** What a file in a legacy 8-bit encoding is told (see `utf8`). */
 export const NOT_UTF8_TEXT = 'is not UTF-8 text: saved as Windows-1252 ("ANSI") or Latin-1? Save it as UTF-8';
 
@@ -87,6 +95,7 @@ export const NOT_UTF8_TEXT = 'is not UTF-8 text: saved as Windows-1252 ("ANSI") 
  * U+FFFD, and a password with it in the user list could then never match, with nothing said. `pem`: see `TextFileLimits`.
  */
 function utf8(bytes: Buffer, pem: boolean): string {
+  if (pem && isDerSequence(bytes)) throw new FileRefused(DER_NOT_PEM);
   if (bytes.includes(0)) throw new FileRefused(NOT_UTF8);
   if (!pem && !isUtf8(bytes)) throw new FileRefused(NOT_UTF8_TEXT);
   return bytes.toString('utf8');

@@ -1,4 +1,5 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { X509Certificate } from 'node:crypto';
 import { mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -101,6 +102,12 @@ describe('the edge reads regular files of a sane size, and pipes that deliver', 
     expect(readTextFileSync(bundle, { pem: true })).toContain('-----BEGIN CERTIFICATE-----');
     const result = parseConfig(['token', '--service-key', '/k.json', '--ca', bundle], {});
     expect(result.kind === 'run' && String(result.config.network.ca)).toContain('-----BEGIN CERTIFICATE-----');
+    // A certificate exported as DER (Windows' default .cer): told to convert it, not that it may be UTF-16.
+    const der = join(dir, 'ca.cer');
+    await writeFile(der, new X509Certificate(leafPem).raw);
+    expect(problemsOf(['--service-key', '/k', '--ca', der])).toEqual([
+      { source: der, field: '--ca', message: 'CA file is DER (binary), not PEM text: convert it with `openssl x509 -inform der -in FILE -out FILE.pem`' },
+    ]);
   });
 
   it('reads --config and --ca from a pipe (process substitution: --config <(envsubst < routes.yaml)), and refuses a device', async () => {
