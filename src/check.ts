@@ -275,10 +275,9 @@ function describeCertificate(chainPem: string, notAfter: Date, now: number): Fin
     // Already validated by service-key; nothing more to say.
   }
   const [leaf] = chain;
-  const chainLength = chain.length;
   if (leaf) {
     findings.push(finding('ok', `client certificate: ${oneLineDn(leaf.subject)}, issued by ${oneLineDn(leaf.issuer)}`));
-    if (chainLength < 2 && leaf.subject !== leaf.issuer) {
+    if (chain.length < 2 && leaf.subject !== leaf.issuer) {
       findings.push(
         finding('warn', 'the certificate chain holds the leaf only', [
           'SAP\'s load balancer passes a client certificate on only with its chain: put the intermediates after the leaf',

@@ -96,9 +96,10 @@ export const NOT_UTF8_TEXT = 'is not UTF-8 text: saved as Windows-1252 ("ANSI") 
  */
 function utf8(bytes: Buffer, pem: boolean): string {
   if (pem && isDerSequence(bytes)) throw new FileRefused(DER_NOT_PEM);
-  if (bytes.includes(0)) throw new FileRefused(NOT_UTF8);
-  if (!pem && !isUtf8(bytes)) throw new FileRefused(NOT_UTF8_TEXT);
-  return bytes.toString('utf8');
+  const text = bytes.toString('utf8');
+  const why = notUtf8(text) ?? (pem || isUtf8(bytes) ? undefined : NOT_UTF8_TEXT);
+  if (why !== undefined) throw new FileRefused(why);
+  return text;
 }
 
 /** Why `what` (e.g. "config file") could not be read, for a configuration problem: never its content. */
