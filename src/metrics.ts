@@ -253,8 +253,10 @@ export class Metrics {
    */
   render(): Promise<{ contentType: string; body: string }> {
     this.#nextRender ??= this.#rendering.then(async () => {
-      const wait = this.#nextStart - performance.now();
-      if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+      // Node's timers count whole milliseconds from a cached loop time and may fire a fraction early: wait again.
+      for (let wait = this.#nextStart - performance.now(); wait > 0; wait = this.#nextStart - performance.now()) {
+        await new Promise((resolve) => setTimeout(resolve, wait));
+      }
       this.#nextRender = undefined; // arriving from here on: the render after this one
       const started = performance.now();
       const rendering = this.registry.metrics();
