@@ -12,9 +12,7 @@
  * one JSON error (see `errors.ts`); failures after it started close the
  * sender's connection, so a truncated body is never passed off as complete.
  */
-import { createServer, type IncomingHttpHeaders, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { Socket } from 'node:net';
-import { setTimeout as delay } from 'node:timers/promises';
+import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import type { Dispatcher } from 'undici';
 import { csrfFromResponse, isCsrfRequired, isModifying, mergeCookies, type CsrfCredentials } from './csrf-session.js';
 import type { ConnectionLimit } from './connection-limit.js';
@@ -22,13 +20,33 @@ import { SidecarError, toHttpFailure, type HttpFailure } from './errors.js';
 import { requestHeadersForUpstream, responseHeadersForSender, type HeaderRecord } from './headers.js';
 import { BASIC_AUTH_CHALLENGE, type InboundControl } from './inbound-control.js';
 import { classifyNetworkError, proxyAdvice, proxyConnectFailureText, trustAdvice } from './network-error.js';
-import { closeWithoutLingering, lingerAfterAnswer } from './lingering-close.js';
+import { lingerAfterAnswer } from './lingering-close.js';
 import { reachedHost, senderLocation } from './redirect-location.js';
 import { ReplayBudget } from './replay-budget.js';
 import { bodyStillComing, RequestBody } from './request-body.js';
 import { requestIdOf } from './request-id.js';
 import { hasDotSegment, upstreamTarget, type Route, type RouteTable } from './routes.js';
 import type { Scavenger } from './scavenger.js';
+import {
+  ANSWERING,
+  CLOSING,
+  DROPPED,
+  FULL,
+  MAX_DROPPED,
+  MAX_PIPELINED,
+  OVER_LIMIT,
+  OWED,
+  refuseRaw,
+  SHED,
+  stopReading,
+  takesNoMore,
+  TURNS,
+  UNREAD,
+  type AnsweringSocket,
+  type MarkedSocket,
+  type Turn,
+  type Turns,
+} from './sender-connection.js';
 import type { AccessToken } from './token-client.js';
 import type { TokenProvider } from './token-provider.js';
 import { UpstreamCall, type AttemptOwner, type Verdict } from './upstream-call.js';
@@ -91,337 +109,24 @@ export interface ProxyOptions {
   connections?: ConnectionLimit;
 }
 
-export interface ServerLimits {
-  /** Time to receive the request head (slowloris). */
-  headersTimeoutMs: number;
-  /** Idle keep-alive connections are closed after this. */
-  keepAliveTimeoutMs: number;
-  /** A socket silent this long is closed (covers stalled uploads). */
-  socketIdleTimeoutMs: number;
-  maxHeaderSize: number;
-}
-
-export const DEFAULT_SERVER_LIMITS: ServerLimits = {
-  headersTimeoutMs: 20_000,
-  // Longer than typical client pools' idle time, so the client closes first (nodejs/node#47130).
-  keepAliveTimeoutMs: 65_000,
-  socketIdleTimeoutMs: 120_000,
-  maxHeaderSize: 16 * 1024,
-};
-
-/** The sidecar's HTTP server, hardened, with the proxy handler attached. */
-export function createProxyServer(options: ProxyOptions, limits: ServerLimits = DEFAULT_SERVER_LIMITS): Server {
-  const handler = createProxyHandler(options);
-  const server = createServer(
-    {
-      headersTimeout: limits.headersTimeoutMs,
-      // Node checks header and request timeouts on this interval (default 30 s): make slowloris cuts timely.
-      connectionsCheckingInterval: Math.max(50, Math.min(1_000, Math.floor(limits.headersTimeoutMs / 4))),
-      // A whole 1 GiB upload may take long; stalls are cut by the socket idle timeout instead.
-      requestTimeout: 0,
-      keepAliveTimeout: limits.keepAliveTimeoutMs,
-      maxHeaderSize: limits.maxHeaderSize,
-      // Old HTTP/1.0 senders omit Host; the sidecar never routes on it.
-      requireHostHeader: false,
-    },
-    handler,
-  );
-  server.timeout = limits.socketIdleTimeoutMs;
-  // node keeps only the first 2000 fields in req.headers (by default) and still frames the body by all of them:
-  // a field behind 2000 short ones (they fit in 16 KiB) would escape every check here — Transfer-Encoding in
-  // HTTP/1.0, a second Host, a Connection-listed field — and a Content-Length there would be dropped from the
-  // forwarded request while node reads the body. maxHeaderSize bounds the head instead.
-  server.maxHeadersCount = 0;
-  // `Expect: 100-continue` (RFC 9110 §10.1.1): node alone would send 100 Continue before the handler runs,
-  // inviting the body of a request the sidecar is about to refuse. The handler decides first; a request it did
-  // not answer at once (forwarded, or waiting for its token) is then told to send its body.
-  server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => handler(req, res, true));
-  // Any other expectation: node alone would answer a bare 417, unlogged; the handler refuses it as it refuses others.
-  server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => handler(req, res, false));
-  // The socket idle timeout is for senders that go silent: a stalled upload, an answer the sender does not read,
-  // an idle connection. While the sidecar itself is waiting (a request received whole, its answer not begun or
-  // coming from the upstream, nothing owed to the sender unread), the route's timeouts bound the wait and end it
-  // with a 504: a long-running flow under a longer --upstream-timeout is not cut without an answer.
-  server.on('timeout', (socket: Socket) => {
-    if ((socket as MarkedSocket)[TURNS]?.current?.waitsOnSidecar()) socket.setTimeout(limits.socketIdleTimeoutMs);
-    else cut(socket);
-  });
-  const connections = options.connections;
-  server.on('connection', (socket: Socket) => {
-    // A sender the address rule refuses takes no place under --max-connections (refused senders holding idle
-    // connections would lock out allowed ones): its request gets its 403 and the connection closes; one that
-    // sends nothing is closed after the time a refusal lingers, not the head timeout.
-    if (!options.inbound.senderAllowed(socket.remoteAddress)) {
-      socket.setTimeout(REFUSAL_LINGER_MS);
-      return;
-    }
-    if (connections !== undefined && !connections.accept(socket)) (socket as MarkedSocket)[OVER_LIMIT] = true;
-  });
-  // Never a tunnel: CONNECT is refused before any upstream is involved. With no 'upgrade' listener node serves
-  // a request asking for `Upgrade` (Java's HttpClient asks for h2c on every http:// request) as a plain
-  // HTTP/1.1 request, which RFC 9110 §7.8 allows, and the header filter drops `Upgrade` and the fields its
-  // `Connection` names: nothing is ever switched to another protocol.
-  // Sockets node let go of for a CONNECT while answers were still owed on them: closed with the others.
-  const detached = new Set<Socket>();
-  // Connections that owe no answer — none begun yet (a client's pre-opened socket, a TCP health check), or half
-  // the head of the next request on a keep-alive one: node counts them as neither idle nor busy, and stops their
-  // head timeout once the server closes, so a stop would wait the whole grace period for them. They go with the
-  // idle ones, as nginx closes them at a stop. (Not one already closing: a lingering close reads a refused body.)
-  const open = new Set<Socket>();
-  OPEN.set(server, open);
-  server.on('connection', (socket: Socket) => {
-    open.add(socket);
-    socket.once('close', () => open.delete(socket));
-  });
-  // A stop's end (or a second signal) cuts what is left, answers under way with a reset as `fail` does.
-  const closeAllConnections = server.closeAllConnections.bind(server);
-  server.closeAllConnections = () => {
-    for (const socket of open) cut(socket);
-    for (const socket of detached) cut(socket);
-    closeAllConnections();
-  };
-  const closeIdleConnections = server.closeIdleConnections.bind(server);
-  server.closeIdleConnections = () => {
-    closeIdleConnections();
-    for (const socket of open) if (((socket as MarkedSocket)[OWED] ?? 0) === 0 && socket.writable) socket.destroy();
-  };
-  server.on('connect', (_req: IncomingMessage, socket: Socket) => {
-    // node takes its own 'error' listener off a socket it hands over: without one, a sender's reset would be an
-    // unhandled 'error', which ends the process — before any inbound control has run.
-    socket.on('error', () => socket.destroy());
-    options.observer.clientError('CONNECT');
-    const marked = socket as AnsweringSocket & MarkedSocket;
-    if ((marked[OWED] ?? 0) > 0) {
-      // node has let go of the socket (its drain, idle timeout and connection tracking went with it) while the
-      // answers owed are still to be written: they go on, then the connection closes.
-      detached.add(socket);
-      socket.once('close', () => detached.delete(socket));
-      socket.on('drain', () => marked[TURNS]?.current?.socketDrained());
-      socket.on('timeout', () => void (server.emit('timeout', socket) || socket.destroy()));
-      return closeAfterAnswersOwed(marked);
-    }
-    refuseRaw(socket, 405, 'CONNECT is not supported: this is not a forward proxy', `allow: ${ALLOWED_METHODS}\r\n`);
-  });
-  server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
-    const code = err.code ?? 'HPE_UNKNOWN';
-    // A reset or broken pipe is the sender going away (counted as an abort when an answer was under way), not
-    // a malformed request: only the parser's and node's HTTP errors are. So is a plain close in the middle of
-    // a request (HPE_INVALID_EOF_STATE: the sender's process ended during its upload).
-    if ((!code.startsWith('HPE_') && !code.startsWith('ERR_HTTP_')) || code === 'HPE_INVALID_EOF_STATE') {
-      socket.destroy();
-      return;
-    }
-    const marked = socket as AnsweringSocket & MarkedSocket;
-    // Already refused: node's parser stays in its error and reports it again for every later read of the bytes
-    // the sender still sends (a head spanning two reads, a sender that writes on regardless). One request, one
-    // count and one warning; the connection closes as the refusal said.
-    if (marked[REFUSED]) return;
-    options.observer.clientError(code);
-    const owed = marked[OWED] ?? 0;
-    const answering = marked[ANSWERING];
-    // An error in the body of the one request being answered concerns that request: it is refused, or cut.
-    const inOwnBody = owed === 1 && answering !== undefined && !answering.req.complete;
-    // Else answers are owed to earlier, complete requests (e.g. anything after a `Connection: close` request,
-    // HPE_CLOSED_CONNECTION, or garbage behind pipelined requests): they go out whole, then the connection closes.
-    if (owed > 0 && !inOwnBody && socket.writable) return closeAfterAnswersOwed(marked);
-    if (answering?.headersSent) {
-      if (inOwnBody) marked[TURNS]?.current?.bodyBroke(undefined);
-      // A reset, not a close: an answer without a length ends at the close and would pass for complete.
-      if (!socket.destroyed) socket.resetAndDestroy();
-      return;
-    }
-    if (!socket.writable) {
-      socket.destroy();
-      return;
-    }
-    const status = code === 'HPE_HEADER_OVERFLOW' ? 431 : code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
-    // A body that broke is its request's refusal: answered with its request id and route, and logged and counted
-    // as a 400 of that request, not as a sender that went away.
-    const own = inOwnBody ? marked[TURNS]?.current : undefined;
-    if (own !== undefined) return own.bodyBroke(status);
-    refuseRaw(socket, status, status === 431 ? 'request headers too large' : status === 408 ? 'request timed out' : 'malformed HTTP request');
-  });
-  return server;
-}
-
-/** The sender connections of each proxy server still open (see `connectionsClosed`). */
-const OPEN = new WeakMap<Server, Set<Socket>>();
-
-/**
- * Resolves once every sender connection of `server` has closed and what each close sets off has run: a request
- * cut by a stop is then reported (its access line written) as the sender's, before the upstream pools go. node
- * emits the server's 'close' as soon as it has counted its connections destroyed, before their 'close' events.
- */
-export async function connectionsClosed(server: Server, boundMs = CLOSE_WAIT_MS): Promise<void> {
-  const open = OPEN.get(server);
-  if (open !== undefined && open.size > 0) {
-    // Not `events.once`: it rejects on an 'error' (a reset), which comes before the 'close'.
-    const closed = Promise.all([...open].map((socket) => (socket.closed ? undefined : new Promise((resolve) => socket.once('close', resolve)))));
-    const bound = new AbortController();
-    const late = await Promise.race([closed.then(() => false), delay(boundMs, true, { signal: bound.signal }).catch(() => false)]);
-    bound.abort();
-    if (late) {
-      // One node no longer counts (a socket it let go of) and that did not close by itself: cut, never waited on.
-      for (const socket of open) cut(socket);
-      await closed;
-    }
-  }
-  await new Promise((resolve) => setImmediate(resolve));
-}
-
-/** How long a stop waits for sender connections to close after the server has closed, before it cuts them. */
-const CLOSE_WAIT_MS = 1_000;
-
-/**
- * Close a connection a sender let sit (idle timeout) or a stop ended. One whose answer being written is half written
- * is reset: a close would pass an answer delimited by it (HTTP/1.0, no length) off as complete (RFC 9112 §6.3, item
- * 8). Any other is closed, so that answers already written whole ahead of one not begun still reach the sender (a
- * reset would drop them from its receive buffer).
- */
-function cut(socket: Socket): void {
-  if (socket.destroyed) return;
-  if ((socket as MarkedSocket)[TURNS]?.current?.answerHalfWritten) socket.resetAndDestroy();
-  else socket.destroy();
-}
-
 /** The `Via` entries the sidecar adds: received protocol and a pseudonym (RFC 9110 §7.6.3). */
 const VIA_1_1 = '1.1 oauth-sidecar';
 const VIA_1_0 = '1.0 oauth-sidecar';
 
 /** What a 405 lists (RFC 9110 §15.5.6): the standard methods the sidecar forwards (all but CONNECT and TRACE). */
-const ALLOWED_METHODS = 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS';
+export const ALLOWED_METHODS = 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS';
 
-/**
- * The response being written on a connection (set and cleared by its `Exchange`). A parser
- * error while it is being written (a malformed chunk after an early answer) must cut the connection,
- * never write a second response into the first.
- */
-const ANSWERING = Symbol('oauth-sidecar.answering');
-type AnsweringSocket = Socket & { [ANSWERING]?: ServerResponse };
-/** Marks a connection accepted while `--max-connections` others were open: its requests are refused. */
-const OVER_LIMIT = Symbol('oauth-sidecar.over-limit');
-/**
- * Marks a connection whose current answer closes it (a refusal that stops reading it, the sender's own
- * `Connection: close`, a drain). node runs the handler of a pipelined request as soon as its head is parsed,
- * but never sends its answer once the connection closes: such a request is not forwarded (RFC 9112 §9.6: no
- * further requests are processed on that connection).
- */
-const CLOSING = Symbol('oauth-sidecar.closing');
 /** `Max-Forwards = 1*DIGIT` (RFC 9110 §7.6.2), node having trimmed it; longer than 9 digits it goes on uncounted. */
 const DIGITS = /^\d{1,9}$/;
-/** How many answers this connection still owes (requests taken on, whose responses have not closed). */
-const OWED = Symbol('oauth-sidecar.owed');
-/**
- * The requests of one connection take turns (RFC 9112 §9.3.2 lets a server process pipelined requests in
- * order): one is forwarded only once the answer ahead of it has closed, as nginx does, so a sender cannot
- * make the sidecar start an upstream exchange per pipelined request (past --max-connections) nor queue them
- * without bound: beyond `MAX_PIPELINED` answers owed the connection takes no more (see `Exchange`).
- */
-const TURNS = Symbol('oauth-sidecar.turns');
-interface Turns {
-  /** The exchange whose turn it is (running, or answering), if any. */
-  current: Exchange | undefined;
-  /** Exchanges waiting their turn, in order: `run` when it comes, `closed` when the connection goes first. */
-  readonly waiting: Array<{ run: () => void; closed: () => void }>;
-}
-/** Answers a connection may owe at once; a request beyond them is not taken and the connection closes after them. */
-export const MAX_PIPELINED = 32;
 
-/**
- * Requests not taken (behind an answer that closes the connection, beyond `MAX_PIPELINED`) that a connection may
- * bring before it is closed at once, answers owed or not. More than one 64 KiB read holds (3,641 of the smallest
- * requests), so only a connection read on after it was stopped (see `stopReading`) ever reaches it: node keeps each
- * request's objects until the connection closes.
- */
-export const MAX_DROPPED = 4_096;
-/** How many requests of the connection were not taken (see `MAX_DROPPED`). */
-const DROPPED = Symbol('oauth-sidecar.dropped');
-/** Marks a connection the sidecar closed for `MAX_DROPPED`: requests cut with it before they went out were refused. */
-const SHED = Symbol('oauth-sidecar.shed');
-/** Marks a connection that owed `MAX_PIPELINED` answers when another request came: it takes no more. */
-const FULL = Symbol('oauth-sidecar.full');
-/** Marks a connection from which nothing more is read: an answer closing it does not wait for a body to end. */
-const UNREAD = Symbol('oauth-sidecar.unread');
-/** Marks a connection answered on the raw socket (`refuseRaw`): what the sender sends after it is not counted again. */
-const REFUSED = Symbol('oauth-sidecar.refused');
-type MarkedSocket = Socket & { [REFUSED]?: true; [OVER_LIMIT]?: true; [CLOSING]?: true; [OWED]?: number; [TURNS]?: Turns; [FULL]?: true; [UNREAD]?: true; [DROPPED]?: number; [SHED]?: true };
-
-/**
- * Bytes that are no request arrived (or a CONNECT) while answers to earlier requests are owed: nothing may be
- * written before or into them, so nothing is answered here. Nothing more is read; the connection closes after
- * the last answer owed.
- */
-function closeAfterAnswersOwed(socket: AnsweringSocket & MarkedSocket): void {
-  socket[CLOSING] = true;
-  stopReading(socket);
-  // Nothing more is read: a lingering close (waiting for a body to end) would wait for nothing.
-  closeWithoutLingering(socket);
-  closeAfterNewestAnswer(socket);
-}
-
-/** The newest answer owed on the connection closes it: one not yet begun says so, one under way is followed by the close. */
-function closeAfterNewestAnswer(socket: AnsweringSocket): void {
-  const newest = socket[ANSWERING];
-  if (newest === undefined) return;
-  if (!newest.headersSent) newest.shouldKeepAlive = false;
-  else if (!newest.writableFinished) newest.once('finish', () => socket.destroySoon());
-  else socket.destroySoon();
-}
-
-/**
- * A request came while the connection owed MAX_PIPELINED answers: it is not taken, nor is any after it; the
- * requests already taken are served in turn, the newest answer owed closing the connection, and nothing more is
- * read meanwhile.
- */
-function takesNoMore(socket: AnsweringSocket & MarkedSocket): void {
-  if (socket[FULL]) return;
-  socket[FULL] = true;
-  stopReading(socket);
-  closeAfterNewestAnswer(socket);
-}
-
-/**
- * Read no more from a connection (every request taken on it has its body by then: bytes are parsed in order). As
- * node's server does under a flood of pipelined requests, its `_paused` flag keeps node from resuming the socket
- * when a request's body is read; node's own resume as answers drain is turned off too. What the read in progress
- * still brings is parsed to its end and not taken; `MAX_DROPPED` bounds that regardless.
- */
-function stopReading(socket: Socket): void {
-  (socket as MarkedSocket)[UNREAD] = true;
-  (socket as Socket & { _paused?: boolean })._paused = true;
-  socket.pause();
-  // For good: node resumes a socket it paused itself as its answers are written (socketOnDrain), and then reads
-  // more of a burst it will never take, however well-behaved the sender.
-  socket.resume = () => socket;
-}
-
-/** Answers `status` on the socket itself (no ServerResponse exists for these) and closes it; returns the bytes of the answer's body. */
-function refuseRaw(socket: Socket, status: number, message: string, extraHeaders = '', route: string | null = null): number {
-  (socket as MarkedSocket)[REFUSED] = true;
-  const body = JSON.stringify({ error: 'REQUEST_REFUSED', message, route });
-  const reason = status === 405 ? 'Method Not Allowed' : status === 431 ? 'Request Header Fields Too Large' : status === 408 ? 'Request Timeout' : 'Bad Request';
-  socket.end(
-    `HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
-      `x-sidecar-error: REQUEST_REFUSED\r\n${extraHeaders}connection: close\r\n\r\n${body}`,
-  );
-  // node's server no longer minds this socket (after CONNECT not even its idle timeout), and a sender may keep
-  // its half open: give it a moment to read the answer, then close, so no refused socket outlives the refusal
-  // or holds up a shutdown.
-  socket.once('end', () => socket.destroy());
-  socket.setTimeout(REFUSAL_LINGER_MS, () => socket.destroy());
-  return Buffer.byteLength(body);
-}
-
-/** How long a refused connection is kept for the sender to read the answer before it is closed. */
-const REFUSAL_LINGER_MS = 2_000;
-
+/** The request handler: one `Exchange` per request, the server's (`proxy-server.ts`) or a test's. */
 export function createProxyHandler(proxyOptions: ProxyOptions): (req: IncomingMessage, res: ServerResponse, expectsContinue?: boolean) => void {
   const options = proxyOptions.replayBudget ? proxyOptions : { ...proxyOptions, replayBudget: new ReplayBudget() };
   return (req, res, expectsContinue = false) => new Exchange(req, res, options, expectsContinue).start();
 }
 
 /** One sender request and everything the sidecar does for it. */
-class Exchange implements AttemptOwner {
+class Exchange implements AttemptOwner, Turn {
   readonly #req: IncomingMessage;
   readonly #res: ServerResponse;
   readonly #options: ProxyOptions;

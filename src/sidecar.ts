@@ -19,7 +19,8 @@ import { ConfigError, shownSource, SidecarError, type ConfigProblem } from './er
 import { boundExposureProblems, createInboundControl, exposureOf, parseAllowlist, readBasicAuthFile, type InboundControl, type InboundControlOptions } from './inbound-control.js';
 import type { Logger, Loggers } from './logger.js';
 import { Metrics } from './metrics.js';
-import { connectionsClosed, createProxyServer, DEFAULT_SERVER_LIMITS, type ProxyObserver, type ServerLimits } from './proxy.js';
+import type { ProxyObserver } from './proxy.js';
+import { connectionsClosed, createProxyServer, DEFAULT_SERVER_LIMITS, type ServerLimits } from './proxy-server.js';
 import { closeRoute, discardRoute, createRoute, RouteTable, type Route } from './routes.js';
 import { ReplayBudget } from './replay-budget.js';
 import { shownUrl } from './service-key.js';

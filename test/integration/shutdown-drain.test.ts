@@ -8,7 +8,7 @@
 import { writeFile } from 'node:fs/promises';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'undici';
-import { connectionsClosed } from '../../src/proxy.js';
+import { connectionsClosed } from '../../src/proxy-server.js';
 import { rawOpen } from '../helpers/raw-http.js';
 import { runSidecar, type RunningSidecar } from '../helpers/sidecar.js';
 import { holdRequests, startWorld, type World } from '../helpers/world.js';
