@@ -121,6 +121,8 @@ export class TokenClient {
 
   /** Fetches under way, retry waits included. */
   readonly #fetches = new Set<Promise<AccessToken>>();
+  /** Fetches now waiting out a wait the token server asked for (a 429's or 503's `Retry-After`). */
+  #serverWaits = 0;
 
   /**
    * Close the connection pool once its fetches are done, retries included (credentials rotated: a fetch that
@@ -178,6 +180,15 @@ export class TokenClient {
     return this.#settings.auth === 'post' ? 'client_secret_post' : 'client_secret_basic';
   }
 
+  /**
+   * Whether a fetch is waiting out a wait the token server asked for (a `Retry-After` of at most
+   * `maxRetryAfterMs`, slept within the fetch): until it ends no new token can be had, which the token provider
+   * needs to know before it retires a token on an upstream 401.
+   */
+  get waitingOnServer(): boolean {
+    return this.#serverWaits > 0;
+  }
+
   /** Obtain a new token, retrying transient failures within the policy. */
   fetchToken(signal?: AbortSignal): Promise<AccessToken> {
     const fetch = this.#fetch(signal);
@@ -198,11 +209,15 @@ export class TokenClient {
         if (abandoned.aborted) throw this.#abandonedError(err);
         const delay = this.#retryDelay(err, attempt);
         if (delay === undefined || stop.aborted) throw err;
+        const serverAsked = (err as SidecarError).retryAfter !== undefined;
+        if (serverAsked) this.#serverWaits++;
         try {
           await this.#sleep(delay, stop);
         } catch {
           // The wait was cut short: by `abandon()`, or by the caller's signal (then the last failure stands).
           throw abandoned.aborted ? this.#abandonedError(err) : err;
+        } finally {
+          if (serverAsked) this.#serverWaits--;
         }
       }
     }

@@ -21,6 +21,8 @@ import type { AccessToken } from './token-client.js';
 export interface TokenSource {
   readonly cacheKey: string;
   fetchToken(): Promise<AccessToken>;
+  /** A fetch is waiting out the token server's `Retry-After` within itself (see `TokenClient.waitingOnServer`). */
+  readonly waitingOnServer?: boolean;
 }
 
 /** Token traffic, for logs and metrics. Cache hits are only counted (`stats.hits`): they happen on every request. */
@@ -162,7 +164,7 @@ export class TokenProvider {
     const now = this.#now();
     const current = this.#cache.peek(key, { allowStale: true });
     if (current !== undefined && current !== rejected && this.#usable(current, now)) return true;
-    return !this.#serverWaiting(key, now) && this.#rejectionAllowed(key, now);
+    return !this.#serverWaiting(source, now) && this.#rejectionAllowed(key, now);
   }
 
   /**
@@ -177,7 +179,7 @@ export class TokenProvider {
     // Inside a wait the token server asked for (a 429 or 503 Retry-After) no new token can be had, so the token is
     // not retired: as when a refresh fails, a token that has not expired serves on (any flow may answer 401 for
     // reasons of its own) rather than one 401 failing every sender with 503 until the wait ends.
-    if (current === rejected && !this.#revoked.has(rejected) && !this.#serverWaiting(key, now) && this.#rejectionAllowed(key, now)) {
+    if (current === rejected && !this.#revoked.has(rejected) && !this.#serverWaiting(source, now) && this.#rejectionAllowed(key, now)) {
       this.#revoked.add(rejected);
       this.#rejectedAt.set(key, now);
       // A rejection is news, not an outage: do not let our own backoff delay the refresh.
@@ -192,10 +194,13 @@ export class TokenProvider {
     return last === undefined || now - last >= REJECTION_INTERVAL_MS;
   }
 
-  /** Whether the token server asked not to be asked before a time still to come (its 429 or 503 Retry-After). */
-  #serverWaiting(key: string, now: number): boolean {
-    const failure = this.#failures.get(key);
-    return failure !== undefined && failure.serverUntil > now;
+  /**
+   * Whether the token server asked not to be asked before a time still to come (its 429 or 503 Retry-After): a
+   * fetch that failed on it, or one waiting it out within itself (a short `Retry-After`, slept by the client).
+   */
+  #serverWaiting(source: TokenSource, now: number): boolean {
+    const failure = this.#failures.get(source.cacheKey);
+    return (failure !== undefined && failure.serverUntil > now) || source.waitingOnServer === true;
   }
 
   /**

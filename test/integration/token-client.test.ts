@@ -421,6 +421,34 @@ describe('token client against a token endpoint that checks credentials', () => 
     }
   });
 
+  it("says it is waiting on the server while it sleeps a Retry-After the server asked for, and only then", async () => {
+    const seen: Array<{ ms: number; waitingOnServer: boolean }> = [];
+    const dispatcher = new Agent({ connect: { ca: pki.ca } });
+    const c: TokenClient = new TokenClient({
+      credentials: secretCredentials(),
+      settings: SETTINGS,
+      dispatcher,
+      attemptTimeoutMs: 2_000,
+      retry: FAST_RETRY,
+      random: () => 1,
+      sleep: async (ms) => void seen.push({ ms, waitingOnServer: c.waitingOnServer }),
+    });
+    clients.push(c);
+    endpoint.fail({ kind: 'status', status: 429, headers: { 'retry-after': '1' } });
+    await c.fetchToken();
+    endpoint.fail({ kind: 'status', status: 503, headers: { 'retry-after': '2' } });
+    await c.fetchToken();
+    // A 500 is retried after the client's own backoff: no wait the server asked for.
+    endpoint.fail({ kind: 'status', status: 500 });
+    await c.fetchToken();
+    expect(seen).toEqual([
+      { ms: 1_000, waitingOnServer: true },
+      { ms: 2_000, waitingOnServer: true },
+      { ms: FAST_RETRY.baseDelayMs, waitingOnServer: false },
+    ]);
+    expect(c.waitingOnServer).toBe(false);
+  });
+
   it('abandon() ends an attempt in flight and a retry wait at once, and refuses later fetches', async () => {
     // Hanging: without abandon() this attempt would run for a minute.
     endpoint.fail({ kind: 'hang' });

@@ -7,6 +7,8 @@ import { REJECTION_INTERVAL_MS, TokenProvider, type TokenEvent, type TokenSource
 class FakeSource implements TokenSource {
   readonly cacheKey = 'key-1';
   calls = 0;
+  /** Set by a test: a fetch is waiting out the token server's Retry-After within itself. */
+  waitingOnServer = false;
   pending: Array<{ resolve: (t: AccessToken) => void; reject: (e: unknown) => void }> = [];
   constructor(private readonly clock: { now: number }) {}
 
@@ -274,6 +276,32 @@ describe('TokenProvider', () => {
     expect(await provider.refreshAfterRejection(source, rejected)).toBe(fresh);
     expect(source.calls).toBe(2);
     expect(events.filter((e) => e.type === 'fetch' && e.reason === 'invalidated')).toHaveLength(1);
+  });
+
+  it("an upstream 401 while a fetch waits out the token server's Retry-After within itself does not retire the token: senders are not held for that wait", async () => {
+    const { clock, provider, source, events } = setup();
+    const first = provider.getToken(source);
+    await flush();
+    const token = await source.issue(100_000);
+    await first;
+    clock.now += 80_000; // past the refresh point: the background refresh starts, meets a 429 and sleeps its Retry-After
+    expect(await provider.getToken(source)).toBe(token);
+    expect(source.calls).toBe(2);
+    source.waitingOnServer = true;
+
+    expect(provider.retryAfterRejection(source, token)).toBe(false);
+    expect(await provider.refreshAfterRejection(source, token)).toBe(token);
+    // Every other sender is served at once with the token, not made to wait for the sleeping fetch.
+    expect(await provider.getToken(source)).toBe(token);
+    expect(provider.peek(source)).toBe(token);
+    expect(events.filter((e) => e.type === 'fetch' && e.reason === 'invalidated')).toHaveLength(0);
+    expect(source.calls).toBe(2);
+
+    // The wait over, the fetch brings a new token; a 401 may retire tokens again.
+    source.waitingOnServer = false;
+    const fresh = await source.issue();
+    expect(await provider.getToken(source)).toBe(fresh);
+    expect(provider.retryAfterRejection(source, fresh)).toBe(true);
   });
 
   it("an upstream 401 inside the token server's Retry-After window does not ask it early, and the token serves on until the wait ends", async () => {
