@@ -223,6 +223,9 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
     const oldKey = old.tokenClient.cacheKey;
     const keptByOther = table.routes.some((r) => r !== fresh && r.tokenClient.cacheKey === oldKey);
     if (fresh.tokenClient.cacheKey === oldKey || !keptByOther) old.tokenClient.abandon('replaced');
+    // The old key's token, backoff and 401 record go too: the cache holds only keys in use, so a route's token,
+    // stored long ago, is never the one dropped to make room for keys that rotations replaced.
+    if (fresh.tokenClient.cacheKey !== oldKey && !keptByOther) tokens.forget(old.tokenClient);
     // The old pools finish their in-flight requests before closing.
     retiring.add(old);
     void closeRoute(old).finally(() => retiring.delete(old));

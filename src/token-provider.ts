@@ -249,8 +249,8 @@ export class TokenProvider {
   }
 
   /**
-   * Drop a key; the next call fetches anew. A test hook (a token request forced while a test holds the token
-   * server): a rotation does not need it, as the new credentials have a key of their own and the old one ages out.
+   * Drop a key, with its backoff and 401 record; the next call fetches anew. A rotation drops the key it replaced
+   * (`sidecar.ts`), so that the cache holds only keys in use.
    */
   forget(source: TokenSource): void {
     this.#cache.delete(source.cacheKey);

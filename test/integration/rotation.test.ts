@@ -166,6 +166,8 @@ describe('credential rotation under load', () => {
     const s = await start(path);
     const traffic = load(s);
     await expect.poll(() => traffic.ok, { interval: 10, timeout: 20_000 }).toBeGreaterThan(20);
+    const oldClient = s.routes.routes[0]!.tokenClient;
+    expect(s.tokens.peek(oldClient)).toBeDefined();
     // Write-then-rename, as editors and config tools do.
     await writeFile(`${path}.tmp`, keyJson(NEW.id, NEW.secret));
     await rename(`${path}.tmp`, path);
@@ -175,6 +177,9 @@ describe('credential rotation under load', () => {
     const { failures } = await traffic.stop();
     expect(failures).toEqual([]);
     expect(clientOfLastUpstreamRequest()).toBe(NEW.id);
+    // The replaced key is out of the token cache: only keys in use compete for its places.
+    expect(s.tokens.peek(oldClient)).toBeUndefined();
+    expect(s.tokens.peek(s.routes.routes[0]!.tokenClient)).toBeDefined();
   });
 
   it('a Kubernetes secret volume rotated as the kubelet does (..data swap): zero failed requests', async () => {
@@ -643,6 +648,8 @@ describe('credential rotation under load', () => {
       await res.body.dump();
       expect(clientOfLastUpstreamRequest()).toBe(OLD.id);
       expect(s.logs.filter((l) => /abandoned/.test(String(l['error'] ?? l['msg'])))).toEqual([]);
+      // Route b still uses the key route a left: its token stays cached.
+      expect(s.tokens.peek(s.routes.match('/b/x')!.tokenClient)).toBeDefined();
     } finally {
       oauth.setInterceptor(undefined);
       for (const res of hung) res.destroy();
