@@ -10,7 +10,13 @@
  * connection is closed (`proxy.ts`), so the sender learns why. Connections
  * within the limit are never affected, and only they take places: a refused
  * one lingering until it is answered does not keep a new sender out.
+ *
+ * The limit only works below the process's open-file limit: past that, node's accept fails with EMFILE and
+ * libuv closes new connections unanswered (the admin port's too, so probes fail), while the ones accepted
+ * cannot connect upstream. The sidecar therefore serves no more connections at once than its descriptors
+ * can carry (`connectionsWithin`), and says so at start.
  */
+import { readFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
 
 export class ConnectionLimit {
@@ -73,4 +79,34 @@ export class ConnectionLimit {
   get refused(): number {
     return this.#refused;
   }
+}
+
+/** Descriptors a served connection needs: the sender's socket and its upstream connection. */
+const FDS_PER_CONNECTION = 2;
+
+/**
+ * Descriptors kept for everything but served connections: the admin port's (at most 64), token and CSRF
+ * requests, listening sockets, credential files read and watched, and node's own (about 25 at idle).
+ */
+export const FD_RESERVE = 128;
+
+/** The most sender connections served at once that `openFiles` descriptors carry, each with its answer (at least 1). */
+export function connectionsWithin(openFiles: number): number {
+  return Math.max(1, Math.floor((openFiles - FD_RESERVE) / FDS_PER_CONNECTION));
+}
+
+/**
+ * The process's open-file limit: the soft RLIMIT_NOFILE, which node raises to the hard one at start. Undefined
+ * where it cannot be read (no `/proc`: macOS) or is unlimited.
+ */
+export function openFileLimit(read: () => string = () => readFileSync('/proc/self/limits', 'latin1')): number | undefined {
+  let limits: string;
+  try {
+    limits = read();
+  } catch {
+    return undefined;
+  }
+  // "Max open files            1048576              1048576              files"
+  const soft = /^Max open files +(\S+)/m.exec(limits)?.[1];
+  return soft !== undefined && /^\d+$/.test(soft) ? Number(soft) : undefined;
 }

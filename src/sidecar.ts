@@ -11,7 +11,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { createAdminServer } from './admin-server.js';
 import { wallTimeOf } from './clock.js';
 import { FLAGS, type Config, type RouteConfig } from './config.js';
-import { ConnectionLimit } from './connection-limit.js';
+import { ConnectionLimit, connectionsWithin, openFileLimit } from './connection-limit.js';
 import { CredentialWatcher } from './credential-watcher.js';
 import { LogPace } from './log-pace.js';
 import { loadCredentials, type LoadedCredentials } from './credentials.js';
@@ -60,6 +60,8 @@ export interface SidecarOptions {
   connectionWarningIntervalMs?: number;
   /** At most one warning this often per route for a failure every request meets (default a minute; tests shorten it). */
   outageWarningIntervalMs?: number;
+  /** The process's open-file limit (default: read from `/proc/self/limits`; `null`: unknown); tests set it. */
+  openFileLimit?: number | null;
 }
 
 /** At most one warning a minute that senders went over `--max-connections`. */
@@ -113,9 +115,9 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
     limitLoggedAt = performance.now();
     const refused = connections.refused - refusedAtLastLog;
     refusedAtLastLog = connections.refused;
-    log.warn({ open, maxConnections: config.maxConnections, refused }, 'sender connections beyond --max-connections: requests on them are answered 503 TOO_MANY_CONNECTIONS');
+    log.warn({ open, maxConnections: connections.max, refused }, 'sender connections beyond --max-connections: requests on them are answered 503 TOO_MANY_CONNECTIONS');
   };
-  const connections = new ConnectionLimit(config.maxConnections, (open) => {
+  const connections = new ConnectionLimit(servedConnections(config.maxConnections, options.openFileLimit === undefined ? openFileLimit() : (options.openFileLimit ?? undefined), log), (open) => {
     const wait = limitLoggedAt + warningIntervalMs - performance.now();
     if (wait <= 0) return warnOverLimit(open);
     laterWarning ??= setTimeout(() => {
@@ -417,6 +419,25 @@ const LISTEN_FAILURES: Readonly<Record<string, string>> = {
   ENOTFOUND: 'the host does not resolve',
   EAI_AGAIN: 'the host does not resolve',
 };
+
+/**
+ * `--max-connections`, or fewer when the process's open-file limit cannot carry that many (see
+ * `connection-limit.ts`): those beyond then get their 503 instead of a reset. `0` (no limit of the sidecar's own)
+ * is as many as the limit carries. A number set above that is said once, at start.
+ */
+function servedConnections(requested: number, fileLimit: number | undefined, log: Logger): number {
+  if (fileLimit === undefined) return requested;
+  const fitting = connectionsWithin(fileLimit);
+  if (requested === 0) return fitting;
+  if (requested <= fitting) return requested;
+  log.warn(
+    { maxConnections: requested, openFileLimit: fileLimit, served: fitting },
+    `the open-file limit (${fileLimit}) does not carry --max-connections ${requested}: ${fitting} sender connections are ` +
+      'served at once, so that those beyond get 503 TOO_MANY_CONNECTIONS, not a reset; raise the limit (ulimit -n, ' +
+      'docker run --ulimit nofile=N) or lower --max-connections',
+  );
+  return fitting;
+}
 
 function routeDeps(config: Readonly<Config>) {
   return { network: config.network, tokenTimeoutMs: config.tokenTimeoutMs };

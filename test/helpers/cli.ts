@@ -67,6 +67,12 @@ export function startCli(args: string[], env: Record<string, string> = {}): Chil
   return killAtTestEnd(spawn(process.execPath, [...CLI, ...args], { cwd: ROOT, env: cleanEnv(env) }));
 }
 
+/** Start the CLI with an open-file limit (soft and hard), set by the shell that then becomes it. */
+export function startCliWithFileLimit(openFiles: number, args: string[], env: Record<string, string> = {}): ChildProcessWithoutNullStreams {
+  const script = `ulimit -n ${openFiles} && exec "$@"`;
+  return killAtTestEnd(spawn('/bin/sh', ['-c', script, 'sh', process.execPath, ...CLI, ...args], { cwd: ROOT, env: cleanEnv(env) }));
+}
+
 /** Run the CLI with its stdout going to the file `path` (e.g. `/dev/full`); the result's `stdout` stays empty. */
 export function collectToFile(args: string[], path: string, env: Record<string, string> = {}): Promise<CliResult> {
   const fd = openSync(path, 'w');

@@ -6,8 +6,9 @@
  */
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { request } from 'undici';
-import { collect, startCli, waitForLog } from '../helpers/cli.js';
+import { collect, startCli, startCliWithFileLimit, waitForLog } from '../helpers/cli.js';
 import { createPki, type Pki } from '../helpers/pki.js';
+import { rawOpen } from '../helpers/raw-http.js';
 import { expectNoSecretOrStack, secretForms } from '../helpers/secrets.js';
 import { scratch } from '../helpers/sidecar.js';
 import { TokenEndpoint } from '../helpers/token-endpoint.js';
@@ -77,6 +78,37 @@ it('serve through token-server and upstream faults at debug level: stdout and st
     expect(output).not.toMatch(/Bearer [A-Za-z0-9]/);
     expect(endpoint.tokensWritten.size).toBeGreaterThan(0);
     for (const token of endpoint.tokensWritten) expect(output).not.toContain(token);
+  } finally {
+    child.kill('SIGKILL');
+  }
+});
+
+it('under a low open-file limit, senders beyond what the descriptors carry get 503 TOO_MANY_CONNECTIONS, none a reset or nothing', { timeout: 40_000 }, async () => {
+  const key = await files.write('fd-key.json', JSON.stringify({ oauth: { clientid: CLIENT_ID, clientsecret: SECRET, tokenurl: endpoint.tokenUrl, url: upstream.url } }));
+  const ca = await files.write('fd-ca.pem', pki.ca);
+  // The limit is read from the process itself: 140 descriptors carry 6 served connections after the reserve (each
+  // may need an upstream connection too). Of 60 senders held open at once, the others get their 503 while
+  // descriptors are left to answer them, instead of resets once accept() meets EMFILE.
+  const child = startCliWithFileLimit(140, ['serve', '--service-key', key, '--ca', ca, '--listen', '127.0.0.1:0', '--admin-listen', 'off', '--log-format', 'json', '--shutdown-delay', '0']);
+  const result = collect(child);
+  try {
+    const listening = await waitForLog(child, (l) => l['msg'] === 'oauth-sidecar listening');
+    const port = Number(String(listening['listen']).split(':').at(-1));
+    const senders: Array<Awaited<ReturnType<typeof rawOpen>>> = [];
+    for (let i = 0; i < 60; i++) senders.push(await rawOpen(port, `GET /http/echo?fd-${i} HTTP/1.1\r\nHost: localhost\r\n\r\n`));
+    // Each gets an answer: its status line, or the close (a reset or nothing) that shows it got none.
+    const answered = (s: (typeof senders)[number]) => /^HTTP\/1\.1 \d{3} /.test(s.received());
+    const outcome = (s: (typeof senders)[number]) => Promise.race([s.closed.then((how) => (answered(s) ? s.received().slice(9, 12) : how)), expect.poll(() => answered(s), { timeout: 15_000 }).toBe(true).then(() => s.received().slice(9, 12))]);
+    const outcomes = await Promise.all(senders.map(outcome));
+    const counts: Record<string, number> = {};
+    for (const o of outcomes) counts[o] = (counts[o] ?? 0) + 1;
+    expect(counts).toEqual({ '200': 6, '503': 54 });
+    for (const sender of senders) sender.socket.destroy();
+    child.kill('SIGTERM');
+    const { code, stdout } = await result;
+    expect(code).toBe(0);
+    const warning = stdout.split('\n').filter((l) => l.includes('the open-file limit')).map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect(warning).toEqual([expect.objectContaining({ level: 'warn', openFileLimit: 140, maxConnections: 1024, served: 6 })]);
   } finally {
     child.kill('SIGKILL');
   }

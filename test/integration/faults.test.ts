@@ -1673,6 +1673,33 @@ describe('sender faults and abuse', () => {
       first.socket.destroy();
     });
 
+    it('an open-file limit that cannot carry --max-connections lowers it, and says so once at start: those beyond get 503, not a reset', async () => {
+      // 132 descriptors carry 2 served connections after the reserve (128): a third would have met EMFILE.
+      const s = await extraSidecar(['--max-connections', '1024'], { openFileLimit: 132 });
+      const started = s.logs.filter((l) => l['level'] === 'warn' && String(l['msg']).startsWith('the open-file limit'));
+      expect(started).toEqual([expect.objectContaining({ maxConnections: 1024, openFileLimit: 132, served: 2 })]);
+      expect(String(started[0]!['msg'])).toContain('ulimit -n');
+      const senders = [await rawOpen(s.address.port, get('fd-1')), await rawOpen(s.address.port, get('fd-2'))];
+      for (const sender of senders) await answered(sender, 1);
+      const beyond = await rawRequest(s.address.port, get('fd-3'), { timeoutMs: RAW_BOUND_MS });
+      expectSidecarError({ status: beyond.status!, headers: beyond.headers, text: beyond.body }, 503, 'TOO_MANY_CONNECTIONS', null);
+      expect(s.logs.find((l) => String(l['msg']).includes('beyond --max-connections'))).toMatchObject({ maxConnections: 2 });
+      for (const sender of senders) sender.socket.destroy();
+      // A number the limit carries is kept, and nothing is said.
+      const fits = await extraSidecar(['--max-connections', '2'], { openFileLimit: 132 });
+      expect(fits.logs.filter((l) => String(l['msg']).startsWith('the open-file limit'))).toEqual([]);
+    });
+
+    it('--max-connections 0 is as many as the open-file limit carries, without a warning', async () => {
+      const s = await extraSidecar(['--max-connections', '0'], { openFileLimit: 130 });
+      expect(s.logs.filter((l) => String(l['msg']).startsWith('the open-file limit'))).toEqual([]);
+      const sender = await rawOpen(s.address.port, get('fd-zero-1'));
+      await answered(sender, 1);
+      const beyond = await rawRequest(s.address.port, get('fd-zero-2'), { timeoutMs: RAW_BOUND_MS });
+      expect(beyond.status).toBe(503);
+      sender.socket.destroy();
+    });
+
     it('with --max-connections 0 nothing is refused, and the gauge still counts', async () => {
       const s = await extraSidecar(['--max-connections', '0']);
       const senders = [await rawOpen(s.address.port, get('unlimited-1')), await rawOpen(s.address.port, get('unlimited-2'))];

@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
 import { describe, expect, it } from 'vitest';
-import { ConnectionLimit } from '../../src/connection-limit.js';
+import { ConnectionLimit, connectionsWithin, FD_RESERVE, openFileLimit } from '../../src/connection-limit.js';
 
 /** Only what the limit uses of a socket: its 'close' event. */
 function socket(): Socket & EventEmitter {
@@ -57,5 +57,39 @@ describe('ConnectionLimit', () => {
     limit.release(c); // a refused connection holds no place to give
     expect(limit.accept(socket())).toBe(false); // b still holds the one place
     expect(limit.open).toBe(3);
+  });
+});
+
+describe('the open-file limit', () => {
+  const limits = (soft: string, hard = soft) =>
+    [
+      'Limit                     Soft Limit           Hard Limit           Units     ',
+      'Max processes             63844                63844                processes ',
+      `Max open files            ${soft.padEnd(21)}${hard.padEnd(21)}files     `,
+      'Max locked memory         8388608              8388608              bytes     ',
+    ].join('\n');
+
+  it("reads the soft limit from /proc/self/limits' text, and nothing where it cannot", () => {
+    expect(openFileLimit(() => limits('1024', '524288'))).toBe(1024);
+    expect(openFileLimit(() => limits('1048576'))).toBe(1_048_576);
+    expect(openFileLimit(() => limits('unlimited'))).toBeUndefined();
+    expect(openFileLimit(() => 'Limit  Soft Limit\n')).toBeUndefined();
+    expect(
+      openFileLimit(() => {
+        throw Object.assign(new Error('no such file'), { code: 'ENOENT' });
+      }),
+    ).toBeUndefined();
+  });
+
+  it('reads this process\'s own limit on Linux', () => {
+    if (process.platform !== 'linux') return;
+    const limit = openFileLimit();
+    expect(limit).toBeGreaterThan(FD_RESERVE);
+  });
+
+  it('serves two descriptors per connection after the reserve, and always at least one', () => {
+    expect(connectionsWithin(1024)).toBe((1024 - FD_RESERVE) / 2);
+    expect(connectionsWithin(FD_RESERVE + 5)).toBe(2);
+    expect(connectionsWithin(64)).toBe(1);
   });
 });
