@@ -654,13 +654,23 @@ function parseListen(text: string, field: string, source: string, problems: Conf
 }
 
 /**
+ * The address a listen host binds. `localhost` is 127.0.0.1: node binds a name's first address only, and where the
+ * resolver puts `::1` first (glibc with both in /etc/hosts: Debian, Docker, the kubelet's) legacy senders calling
+ * `127.0.0.1` would be refused. IPv6 loopback is `[::1]`, said as such.
+ */
+export function bindHost(host: string): string {
+  return host.toLowerCase() === 'localhost' ? '127.0.0.1' : host;
+}
+
+/**
  * Whether two listeners would take the same port: the same host, or a wildcard covering the other (`::` both
  * families; `0.0.0.0` an IPv4 address — a name may resolve to IPv6, and is left to the bind).
  */
 function sharesPort(a: { host: string; port: number }, b: { host: string; port: number }): boolean {
   if (a.port === 0 || a.port !== b.port) return false;
+  const [x, y] = [bindHost(a.host), bindHost(b.host)];
   const covers = (wild: string, other: string) => wild === '::' || (wild === '0.0.0.0' && isIP(other) === 4);
-  return a.host === b.host || covers(a.host, b.host) || covers(b.host, a.host);
+  return x === y || covers(x, y) || covers(y, x);
 }
 
 function validUrl(value: string | undefined, source: string, field: string, problems: ConfigProblem[]): string | undefined {

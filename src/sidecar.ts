@@ -10,7 +10,7 @@ import type { AddressInfo } from 'node:net';
 import { setTimeout as delay } from 'node:timers/promises';
 import { createAdminServer } from './admin-server.js';
 import { wallTimeOf } from './clock.js';
-import { FLAGS, type Config, type RouteConfig } from './config.js';
+import { bindHost, FLAGS, type Config, type RouteConfig } from './config.js';
 import { ConnectionLimit, connectionsWithin, openFileLimit } from './connection-limit.js';
 import { CredentialWatcher } from './credential-watcher.js';
 import { LogPace } from './log-pace.js';
@@ -172,7 +172,8 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
     address = await listen(server, config.listen, 'listen', listenSources(config, 'listen', 'listen'));
     const exposed = boundExposureProblems(config.listen.host, address.host, exposureOf(config.inbound), listenSources(config, 'listen', 'listen'), { configFile: config.routesSource !== 'flags' });
     if (exposed.length > 0) throw new ConfigError(exposed);
-    // Two names for one address (`localhost` and `127.0.0.1`) pass the config's check; the bind then says so.
+    // Two names for one address (an /etc/hosts name and its address, `::ffff:127.0.0.1` and `127.0.0.1`) pass the
+    // config's check; the bind then says so.
     const ownPort = config.adminListen?.port === address.port ? ` (perhaps by this sidecar's own listen address, ${hostPort(config.listen)}, if both name the same address)` : '';
     adminAddress = admin && config.adminListen ? await listen(admin, config.adminListen, 'admin-listen', listenSources(config, 'admin-listen', 'adminListen'), ownPort) : undefined;
   } catch (err) {
@@ -394,7 +395,7 @@ function listen(server: Server, at: { host: string; port: number }, field: strin
       reject(new ConfigError([{ source, field, message: `cannot listen on ${hostPort(at)}: ${why}` }]));
     };
     server.once('error', failed);
-    server.listen(at.port, at.host, () => {
+    server.listen(at.port, bindHost(at.host), () => {
       server.off('error', failed);
       const bound = server.address() as AddressInfo;
       resolve({ host: bound.address, port: bound.port });

@@ -1,4 +1,4 @@
-import { lookup } from 'node:dns/promises';
+import { createRequire } from 'node:module';
 import { mkdir, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import type { ServerResponse } from 'node:http';
 import { createServer as createNetServer } from 'node:net';
@@ -804,21 +804,47 @@ describe('a listener that cannot start', () => {
     });
   });
 
-  it('says the admin address may be the listen address under another name (localhost beside its address)', async () => {
+  it('says the admin address may be the listen address under another name (its IPv4-mapped form beside it)', async () => {
     const path = await files.write('listen-alias.json', keyJson(OLD.id, OLD.secret));
-    // node binds `localhost` to its first address, which the config cannot tell from another text for it.
-    const { address, family } = await lookup('localhost');
-    const listenText = family === 6 ? `[${address}]` : address;
+    // `[::ffff:127.0.0.1]` takes 127.0.0.1's port, which the config cannot tell from the text (nor an /etc/hosts name).
+    const listenText = '[::ffff:127.0.0.1]';
     // A port free a moment ago: the sidecar's own listener is the one that must hold it.
     const port = await closedPort();
-    const err = await startFailure(['--service-key', path, '--listen', `${listenText}:${port}`, '--admin-listen', `localhost:${port}`], {});
+    const err = await startFailure(['--service-key', path, '--listen', `${listenText}:${port}`, '--admin-listen', `127.0.0.1:${port}`], {});
     expect(err.problems).toEqual([
       {
         source: '--admin-listen / SIDECAR_ADMIN_LISTEN',
         field: 'admin-listen',
-        message: `cannot listen on localhost:${port}: the address is in use (EADDRINUSE) (perhaps by this sidecar's own listen address, ${listenText}:${port}, if both name the same address)`,
+        message: `cannot listen on 127.0.0.1:${port}: the address is in use (EADDRINUSE) (perhaps by this sidecar's own listen address, ${listenText}:${port}, if both name the same address)`,
       },
     ]);
+  });
+
+  it('`localhost` listens on 127.0.0.1 also where the resolver puts ::1 first, so senders calling 127.0.0.1 reach it', async () => {
+    const path = await files.write('listen-localhost.json', keyJson(OLD.id, OLD.secret));
+    // As glibc answers with both `127.0.0.1 localhost` and `::1 localhost` in /etc/hosts (Debian, Docker, the kubelet's);
+    // node's `listen` looks a name up through this module object.
+    const dns = createRequire(import.meta.url)('node:dns') as { lookup: (...args: unknown[]) => void };
+    const original = dns.lookup;
+    const sixFirst = (host: unknown, ...rest: unknown[]): void => {
+      const callback = rest.at(-1) as (err: Error | null, address: unknown, family?: number) => void;
+      const options = (typeof rest[0] === 'object' && rest[0] !== null ? rest[0] : {}) as { all?: boolean };
+      if (String(host).toLowerCase() !== 'localhost') return original(host, ...rest);
+      if (options.all) callback(null, [{ address: '::1', family: 6 }, { address: '127.0.0.1', family: 4 }]);
+      else callback(null, '::1', 6);
+    };
+    dns.lookup = sixFirst;
+    let s: RunningSidecar;
+    try {
+      s = await runSidecar(['--service-key', path, '--ca', caPath, '--listen', 'localhost:0', '--admin-listen', 'localhost:0'], {}, { watch: WATCH });
+    } finally {
+      dns.lookup = original;
+    }
+    sidecars.push(s);
+    expect([s.address.host, s.adminAddress?.host]).toEqual(['127.0.0.1', '127.0.0.1']);
+    const res = await request(`http://127.0.0.1:${s.address.port}/http/echo?localhost`);
+    expect(res.statusCode).toBe(200);
+    await res.body.dump();
   });
 
   it('names the config file key too when a config file is in use, here adminListen', async () => {

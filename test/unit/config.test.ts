@@ -249,7 +249,10 @@ describe('parseConfig', () => {
     expect(admin('127.0.0.1:8080', '127.0.0.1:9090')).toEqual({ host: '127.0.0.1', port: 9090 });
     expect(admin('127.0.0.1:0', '127.0.0.1:0')).toEqual({ host: '127.0.0.1', port: 0 });
     expect(admin('0.0.0.0:8080', '[::1]:8080')).toEqual({ host: '::1', port: 8080 });
-    expect(admin('0.0.0.0:8080', 'localhost:8080')).toEqual({ host: 'localhost', port: 8080 }); // may resolve to ::1
+    // `localhost` binds 127.0.0.1, whatever the resolver puts first: beside that address, or 0.0.0.0, it collides.
+    expect(taken('localhost:8080', '127.0.0.1:8080')).toEqual([{ source: '--admin-listen', field: 'admin-listen', message: message('localhost:8080') }]);
+    expect(taken('0.0.0.0:8080', 'LOCALHOST:8080')).toHaveLength(1);
+    expect(admin('[::1]:8080', 'localhost:8080')).toEqual({ host: 'localhost', port: 8080 });
   });
 
   it('refuses upstream URLs that are not https or carry credentials', () => {
