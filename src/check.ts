@@ -813,6 +813,7 @@ export function explainUpstreamError(err: unknown, ctx: UpstreamContext): Findin
     dns: `${host} does not resolve`,
     proxy: 'the HTTPS proxy failed',
     aborted: 'the request was aborted',
+    descriptors: 'this process is out of file descriptors',
     other: 'the request failed',
   };
   const hints = networkHints(failure, host, ctx.network, 'upstream', code);

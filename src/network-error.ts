@@ -17,6 +17,8 @@ export type NetworkFailure =
   /** The corporate proxy refused the CONNECT or failed. */
   | 'proxy'
   | 'aborted'
+  /** The sidecar itself is out of file descriptors (EMFILE, ENFILE): nothing was sent, and the peer is not to blame. */
+  | 'descriptors'
   | 'other';
 
 const TIMEOUT_CODES = new Set([
@@ -161,6 +163,7 @@ function failureOf(code: string, e: { name?: unknown; message?: unknown }): Netw
   if (code === 'ECONNRESET' || code === 'EPIPE' || code === 'UND_ERR_SOCKET' || code === 'UND_ERR_CLOSED') return 'reset';
   if (code === 'ENOTFOUND' || code === 'EAI_AGAIN') return 'dns';
   if (code === 'UND_ERR_ABORTED' || code === 'AbortError' || code === 'ABORT_ERR') return 'aborted';
+  if (code === 'EMFILE' || code === 'ENFILE') return 'descriptors';
   if (code === 'UND_ERR_PRX_TLS' || (e.name === 'ProxyError' || /proxy/i.test(String(e.name ?? '')))) return 'proxy';
   return 'other';
 }
@@ -177,4 +180,9 @@ function innermost(err: unknown): { code?: unknown; name?: unknown; message?: un
     current = c.cause;
   }
   return typeof err === 'object' && err !== null ? (err as { code?: unknown }) : {};
+}
+
+/** What a `descriptors` failure says: the sidecar's own limit, not the peer. */
+export function descriptorsText(code: string): string {
+  return `the sidecar is out of file descriptors (${code}) — raise its open-file limit (ulimit -n, docker run --ulimit nofile=N) or lower --max-connections`;
 }

@@ -19,7 +19,7 @@ import type { ConnectionLimit } from './connection-limit.js';
 import { SidecarError, toHttpFailure, type HttpFailure } from './errors.js';
 import { requestHeadersForUpstream, responseHeadersForSender, type HeaderRecord } from './headers.js';
 import { BASIC_AUTH_CHALLENGE, type InboundControl } from './inbound-control.js';
-import { classifyNetworkError, proxyAdvice, proxyConnectFailureText, trustAdvice } from './network-error.js';
+import { classifyNetworkError, descriptorsText, proxyAdvice, proxyConnectFailureText, trustAdvice } from './network-error.js';
 import { lingerAfterAnswer } from './lingering-close.js';
 import { reachedHost, senderLocation } from './redirect-location.js';
 import { ReplayBudget } from './replay-budget.js';
@@ -1226,6 +1226,8 @@ function upstreamFailure(route: Route, err: unknown, answered = false): unknown 
     case 'reset':
       if (answered) return new SidecarError('UPSTREAM_UNREACHABLE', `upstream ${host} closed the connection in the middle of its answer (${code})`, { cause: err });
       break;
+    case 'descriptors':
+      return new SidecarError('UPSTREAM_UNREACHABLE', `upstream ${host} not reached: ${descriptorsText(code)}`, { cause: err });
   }
   return new SidecarError('UPSTREAM_UNREACHABLE', `upstream ${host} unreachable (${code})`, { cause: err });
 }

@@ -21,7 +21,7 @@ import { createDispatcher, type OutboundNetwork } from './dispatcher.js';
 import { SidecarError, isTransientTokenError } from './errors.js';
 import { decodeJwtClaims, type JwtClaims } from './jwt.js';
 import { withoutBom } from './text-file.js';
-import { classifyNetworkError, proxyAdvice, proxyConnectFailureText, trustAdvice } from './network-error.js';
+import { classifyNetworkError, descriptorsText, proxyAdvice, proxyConnectFailureText, trustAdvice } from './network-error.js';
 
 /** Lifetime assumed when the server gives neither `expires_in` nor a JWT `exp`. */
 export const DEFAULT_TOKEN_LIFETIME_S = 300;
@@ -392,6 +392,8 @@ export class TokenClient {
         return new SidecarError('TOKEN_UNREACHABLE', `token server ${host}: the HTTPS proxy failed (${code}) — ${proxyAdvice(code)}`, {
           cause: err,
         });
+      case 'descriptors':
+        return new SidecarError('TOKEN_UNREACHABLE', `token server ${host} not reached: ${descriptorsText(code)}`, { cause: err });
       default:
         return new SidecarError('TOKEN_UNREACHABLE', `token server ${host} unreachable (${code})`, { cause: err });
     }

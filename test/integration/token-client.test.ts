@@ -421,6 +421,17 @@ describe('token client against a token endpoint that checks credentials', () => 
     }
   });
 
+  it('a connection the sidecar cannot open for want of file descriptors (EMFILE) is said to be its own limit, not the token server', async () => {
+    // The connector fails as net.connect does when the process is out of descriptors.
+    const dispatcher = new Agent({ connect: (_options, callback) => callback(Object.assign(new Error('connect EMFILE'), { code: 'EMFILE', errno: -24, syscall: 'connect' }), null) });
+    const c = new TokenClient({ credentials: secretCredentials(), settings: SETTINGS, dispatcher, attemptTimeoutMs: 2_000, retry: { ...FAST_RETRY, maxAttempts: 1 } });
+    clients.push(c);
+    const err = await failure(c.fetchToken());
+    expect(err.code).toBe('TOKEN_UNREACHABLE');
+    expect(err.message).toBe(`token server ${new URL(endpoint.tokenUrl).host} not reached: the sidecar is out of file descriptors (EMFILE) — raise its open-file limit (ulimit -n, docker run --ulimit nofile=N) or lower --max-connections`);
+    expect(endpoint.requests).toHaveLength(0);
+  });
+
   it("says it is waiting on the server while it sleeps a Retry-After the server asked for, and only then", async () => {
     const seen: Array<{ ms: number; waitingOnServer: boolean }> = [];
     const dispatcher = new Agent({ connect: { ca: pki.ca } });

@@ -16,6 +16,11 @@ describe('network errors', () => {
     expect(trustAdvice('UNABLE_TO_GET_ISSUER_CERT_LOCALLY')).toBe('add the issuing CA with --ca');
   });
 
+  it('tells the sidecar running out of file descriptors from a failure of the peer, also wrapped by undici', () => {
+    expect(classifyNetworkError(failed('EMFILE'))).toEqual({ failure: 'descriptors', code: 'EMFILE' });
+    expect(classifyNetworkError(new Error('fetch failed', { cause: failed('ENFILE') }))).toEqual({ failure: 'descriptors', code: 'ENFILE' });
+  });
+
   it('tells a failed connection to the proxy (as the dispatcher marks it) from one to the target, also wrapped', () => {
     const atProxy = failed('ECONNREFUSED');
     markProxyConnectFailure(atProxy, 'proxy.corp:3128');
