@@ -15,7 +15,7 @@ import { ConnectionLimit, connectionsWithin, openFileLimit } from './connection-
 import { CredentialWatcher } from './credential-watcher.js';
 import { LogPace } from './log-pace.js';
 import { loadCredentials, type LoadedCredentials } from './credentials.js';
-import { ConfigError, shownSource, SidecarError, type ConfigProblem } from './errors.js';
+import { ConfigError, isTransientTokenError, shownSource, SidecarError, type ConfigProblem } from './errors.js';
 import { boundExposureProblems, createInboundControl, exposureOf, parseAllowlist, readBasicAuthFile, type InboundControl, type InboundControlOptions } from './inbound-control.js';
 import type { Logger, Loggers } from './logger.js';
 import { Metrics } from './metrics.js';
@@ -274,7 +274,12 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
       log.error({ route, code, error }, 'the client certificate in use has expired: token requests fail until the service key is replaced');
       return;
     }
-    log.error({ route, code, error }, 'new credentials rejected; the previous credentials stay in use');
+    // An outage, or a wait the token server asked for (then it is not asked again before the wait ends), is no
+    // verdict on the new credentials.
+    const message = isTransientTokenError(err)
+      ? 'new credentials not applied: no token could be obtained with them yet; the previous credentials stay in use, and the change is tried again at the next check'
+      : 'new credentials rejected; the previous credentials stay in use';
+    log.error({ route, code, error }, message);
   }
 
   log.info(

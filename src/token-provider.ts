@@ -206,13 +206,17 @@ export class TokenProvider {
   /**
    * Validate new credentials (a rotation) by fetching a token with them, and cache it. The fetch is made
    * directly, never joined with one already under way for the same key: new credentials may share the old ones'
-   * key (a rotation that changes only the upstream `url`), and that fetch may be using the old ones. A failure changes nothing: the cached token, and
-   * the key's backoff, stay as they were. A fetch under way still answers its callers but no longer writes
-   * to the cache (`ignoreFetchAbort`).
+   * key (a rotation that changes only the upstream `url`), and that fetch may be using the old ones. A failure
+   * changes nothing (the cached token, and the key's backoff, stay as they were) but a wait the token server asked
+   * for (its 429 or 503 `Retry-After`): until it ends the key is not asked again, by a later validation either (the
+   * credential watcher offers a refused change again at its next check). A fetch under way still answers its
+   * callers but no longer writes to the cache (`ignoreFetchAbort`).
    */
   async refresh(source: TokenSource): Promise<AccessToken> {
     const key = source.cacheKey;
     const start = this.#now();
+    const waiting = this.#failures.get(key);
+    if (waiting !== undefined && waiting.serverUntil > start) throw withRetryAfter(waiting.error, waiting.serverUntil - start);
     this.stats.fetches++;
     this.#onEvent({ type: 'fetch', key, reason: 'rotated' });
     let token: AccessToken;
@@ -220,7 +224,14 @@ export class TokenProvider {
       token = this.#usableOnArrival(await source.fetchToken());
     } catch (error) {
       this.stats.failures++;
-      this.#onEvent({ type: 'fetch-failed', key, error, durationMs: this.#now() - start, retryInMs: undefined });
+      const failedAt = this.#now();
+      const serverWait = serverWaitOf(error);
+      if (serverWait > 0) {
+        const prior = this.#failures.get(key);
+        const serverUntil = failedAt + serverWait;
+        this.#failures.set(key, { count: prior?.count ?? 0, until: Math.max(prior?.until ?? 0, serverUntil), serverUntil, error });
+      }
+      this.#onEvent({ type: 'fetch-failed', key, error, durationMs: failedAt - start, retryInMs: undefined });
       throw error;
     }
     this.#failures.delete(key);
@@ -330,7 +341,7 @@ export class TokenProvider {
       const count = (failure?.count ?? 0) + 1;
       const backoff = Math.min(this.#backoff.maxMs, this.#backoff.minMs * 2 ** (count - 1));
       // A server that said when to come back (a 429 or 503 Retry-After) is not asked earlier.
-      const serverWait = error instanceof SidecarError && error.retryAfter !== undefined ? error.retryAfter * 1000 : 0;
+      const serverWait = serverWaitOf(error);
       const delay = Math.max(backoff, serverWait);
       const failedAt = this.#now();
       this.#failures.set(key, { count, until: failedAt + delay, serverUntil: serverWait > 0 ? failedAt + serverWait : 0, error });
@@ -354,6 +365,11 @@ export class TokenProvider {
     this.#onEvent({ type: 'fetched', key, token, durationMs: this.#now() - start });
     return token;
   }
+}
+
+/** Milliseconds the token server asked to be left alone (its 429 or 503 `Retry-After`), or 0. */
+function serverWaitOf(error: unknown): number {
+  return error instanceof SidecarError && error.retryAfter !== undefined ? error.retryAfter * 1000 : 0;
 }
 
 /**

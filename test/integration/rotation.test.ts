@@ -275,7 +275,7 @@ describe('credential rotation under load', () => {
     // A valid-looking key for the new client, but its token URL refuses connections.
     await writeFile(path, JSON.stringify({ oauth: { clientid: NEW.id, clientsecret: NEW.secret, tokenurl: `https://127.0.0.1:${await closedPort()}/oauth/token`, url: upstream.url } }));
     await expect
-      .poll(() => s.logs.some((l) => String(l['msg']).startsWith('new credentials rejected') && l['code'] === 'TOKEN_UNREACHABLE'), { interval: 20, timeout: 10_000 })
+      .poll(() => s.logs.some((l) => String(l['msg']).startsWith('new credentials not applied: no token could be obtained with them yet') && l['code'] === 'TOKEN_UNREACHABLE'), { interval: 20, timeout: 10_000 })
       .toBe(true);
     expect(s.logs.some((l) => l['msg'] === 'credentials rotated')).toBe(false);
     const res = await request(`${s.url}/http/echo`);

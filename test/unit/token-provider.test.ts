@@ -5,7 +5,7 @@ import { REJECTION_INTERVAL_MS, TokenProvider, type TokenEvent, type TokenSource
 
 /** A token source driven by the test: each fetch waits until the test settles it. */
 class FakeSource implements TokenSource {
-  readonly cacheKey = 'key-1';
+  readonly cacheKey: string = 'key-1';
   calls = 0;
   /** Set by a test: a fetch is waiting out the token server's Retry-After within itself. */
   waitingOnServer = false;
@@ -276,6 +276,29 @@ describe('TokenProvider', () => {
     expect(await provider.refreshAfterRejection(source, rejected)).toBe(fresh);
     expect(source.calls).toBe(2);
     expect(events.filter((e) => e.type === 'fetch' && e.reason === 'invalidated')).toHaveLength(1);
+  });
+
+  it("a rotation's validation that meets the token server's Retry-After does not ask it again before the wait ends", async () => {
+    const { clock, provider } = setup();
+    const rotated = new (class extends FakeSource {
+      override readonly cacheKey = 'key-2';
+    })(clock);
+    const first = provider.refresh(rotated);
+    await flush();
+    const refused = expect(first).rejects.toMatchObject({ code: 'TOKEN_RATE_LIMITED' });
+    await rotated.fail(new SidecarError('TOKEN_RATE_LIMITED', 'token server answered 429', { retryAfter: 20 }));
+    await refused;
+    // The credential watcher offers the change again 5 s later: refused at once, with the wait left, the server not asked.
+    clock.now += 5_000;
+    await expect(provider.refresh(rotated)).rejects.toMatchObject({ code: 'TOKEN_RATE_LIMITED', retryAfter: 15 });
+    expect(rotated.calls).toBe(1);
+    // Once the wait is over, it is asked again.
+    clock.now += 15_000;
+    const again = provider.refresh(rotated);
+    await flush();
+    expect(rotated.calls).toBe(2);
+    const token = await rotated.issue();
+    expect(await again).toBe(token);
   });
 
   it("an upstream 401 while a fetch waits out the token server's Retry-After within itself does not retire the token: senders are not held for that wait", async () => {
