@@ -111,9 +111,10 @@ export function createProxyServer(options: ProxyOptions, limits: ServerLimits = 
     for (const socket of detached) cut(socket);
     closeAllConnections();
   };
-  const closeIdleConnections = server.closeIdleConnections.bind(server);
+  // Idle: owing no answer. Not node's own notion, which takes a response as done once it has ended, though its end
+  // may still wait to be written to a slow sender: a stop would cut that answer short (one delimited by the close
+  // passing for complete). An answer is owed until its response closes, after its last byte went to the socket.
   server.closeIdleConnections = () => {
-    closeIdleConnections();
     for (const socket of open) if (((socket as MarkedSocket)[OWED] ?? 0) === 0 && socket.writable) socket.destroy();
   };
   server.on('connect', (_req: IncomingMessage, socket: Socket) => {

@@ -6,6 +6,7 @@
  * waiting for them fails the test.
  */
 import { writeFile } from 'node:fs/promises';
+import { connect, type Socket } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'undici';
 import { connectionsClosed } from '../../src/proxy-server.js';
@@ -164,6 +165,57 @@ describe('shutdown drain', () => {
     sender.socket.resume(); // to see the close behind what the sidecar had sent
     expect(['closed', 'reset']).toContain(await sender.closed);
     expect(sender.received().length).toBeLessThan(20_000_000);
+  });
+
+  it("a stop does not cut an answer the sidecar has whole while its end still waits to be written to a slow sender", async () => {
+    const s = await start(['--shutdown-grace', '60000']);
+    const senders: Array<Socket & { _httpMessage?: { finished: boolean } | null }> = [];
+    s.server.on('connection', (socket: Socket) => senders.push(socket));
+    let sent = 0;
+    world.upstream.setHandler(async (req, res, body) => {
+      if (req.url !== '/http/download') return false;
+      body.resume();
+      res.writeHead(200, { 'content-type': 'application/octet-stream' }); // no length: the close ends it for HTTP/1.0
+      // A piece at a time, each passed on by the sidecar before the next (so that none is held up here), until part
+      // of the answer waits in the sidecar for the sender, which is not reading; then the end.
+      const piece = Buffer.alloc(8_192, 'x');
+      const passedOn = () => (senders[0] ? senders[0].bytesWritten + senders[0].writableLength : 0);
+      while ((senders[0]?.writableLength ?? 0) === 0) {
+        const before = passedOn();
+        sent += piece.length;
+        res.write(piece);
+        while (passedOn() === before) await new Promise((resolve) => setImmediate(resolve));
+      }
+      res.end('TAIL');
+      sent += 4;
+      return true;
+    });
+    const sender = connect(s.address.port, '127.0.0.1');
+    sender.pause(); // reads nothing until the stop has begun
+    sender.write('GET /http/download HTTP/1.0\r\n\r\n');
+    // The sidecar's response has ended (node counts it finished), with its end still queued for the sender.
+    await expect.poll(() => senders[0]?._httpMessage?.finished === true && senders[0].writableLength > 0, { timeout: 10_000 }).toBe(true);
+    const stopping = s.shutdown();
+    let received = 0;
+    let tail = '';
+    sender.on('data', (chunk: Buffer) => {
+      received += chunk.length;
+      tail = (tail + chunk.toString('latin1')).slice(-4);
+    });
+    const ended = new Promise<string>((resolve) => {
+      sender.on('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? 'error'));
+      sender.on('end', () => resolve('end'));
+    });
+    sender.resume();
+    expect(await ended).toBe('end');
+    await stopping;
+    const line = s.logs.find((l) => l['msg'] === 'request' && l['path'] === '/http/download');
+    expect(line).toMatchObject({ status: 200, bytesOut: sent });
+    expect(line).not.toHaveProperty('aborted', true);
+    // The whole body, after its head: nothing cut at the stop.
+    expect(tail).toBe('TAIL');
+    expect(received).toBeGreaterThan(sent);
+    sender.destroy();
   });
 
   it('the grace period ends an answer under way to an HTTP/1.0 sender with a reset, and its access line is written before the stop ends', async () => {
