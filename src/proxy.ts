@@ -695,6 +695,10 @@ class Exchange implements AttemptOwner, Turn {
       forSender['location'] = typeof location === 'string' ? mapped(location) : location.map(mapped);
     }
     if (status === 204) delete forSender['content-length']; // RFC 9110 §8.6: never in a 204
+    // node keeps an HTTP/1.0 sender's connection only for an answer with a length, or one it may chunk: an answer
+    // without a body (RFC 9112 §6.3 items 1–2) needs neither, and its connection stays open. Never set otherwise:
+    // an HTTP/1.0 answer with a body and no length is ended by the close, and must not be chunked.
+    if (this.#req.httpVersion === '1.0' && (status === 204 || status === 304 || this.#req.method === 'HEAD')) this.#res.useChunkedEncodingByDefault = true;
     this.#res.writeHead(status, forSender);
   }
 

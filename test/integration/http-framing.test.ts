@@ -53,6 +53,16 @@ const ANSWERS: Record<string, (socket: TLSSocket, head: string) => void> = {
     for (let i = 0; i < 400; i++) socket.write(`HTTP/1.1 103 Early Hints\r\nlink: ${link}\r\n\r\n`);
     socket.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok');
   },
+  // Answers without a body (RFC 9112 §6.3 items 1–2), none with a length.
+  '/no-content': (socket) => {
+    socket.write('HTTP/1.1 204 No Content\r\n\r\n');
+  },
+  '/not-modified': (socket) => {
+    socket.write('HTTP/1.1 304 Not Modified\r\netag: "v1"\r\n\r\n');
+  },
+  '/head-no-length': (socket) => {
+    socket.write('HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\n');
+  },
   '/hints': (socket) => {
     socket.write('HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload; as=style\r\n\r\n');
     socket.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok');
@@ -239,6 +249,21 @@ describe('requests whose framing or target cannot be trusted: 400, connection cl
     expect(answer.status, answer.text).toBe(400);
     expect((JSON.parse(answer.body) as { message: string }).message).toMatch(/the asterisk-form is for OPTIONS alone/);
     expect(upstreamTargets.slice(before)).toEqual([]);
+  });
+
+  it('an HTTP/1.0 keep-alive sender keeps its connection after answers without a body (204, 304, HEAD), none with a length', async () => {
+    const keepAlive = (method: string, path: string): string => `${method} ${path} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n`;
+    const sender = await rawOpen(
+      sidecar.address.port,
+      keepAlive('GET', '/no-content') + keepAlive('GET', '/not-modified') + keepAlive('HEAD', '/head-no-length') + keepAlive('GET', '/after-bodiless'),
+    );
+    await expect.poll(() => sender.received().match(/HTTP\/1\.1 \d{3} /g)?.length ?? 0, { timeout: BOUND_MS }).toBe(4);
+    const answers = sender.received().split(/(?=HTTP\/1\.1 \d{3} )/);
+    expect(answers.map((a) => a.slice(9, 12))).toEqual(['204', '304', '200', '200']);
+    for (const answer of answers) expect(answer).toMatch(/\r\nconnection: keep-alive\r\n/i);
+    expect(answers[3]).toMatch(/\r\n\r\nok$/);
+    expect(sender.socket.destroyed).toBe(false);
+    sender.socket.destroy();
   });
 
   it('an HTTP/1.0 request without Host is served (old senders omit it)', async () => {
