@@ -85,14 +85,17 @@ export class ConnectionLimit {
 const FDS_PER_CONNECTION = 2;
 
 /**
- * Descriptors kept for everything but served connections: the admin port's (at most 64), token and CSRF
- * requests, listening sockets, credential files read and watched, and node's own (about 25 at idle).
+ * Descriptors kept for everything but served connections: the admin port's (at most 64), listening sockets,
+ * credential files read and watched, and node's own (about 25 at idle).
  */
 export const FD_RESERVE = 128;
 
+/** Descriptors kept for each route besides: its token server connection, and an upstream one left idle in its pool. */
+const FDS_PER_ROUTE = 2;
+
 /** The most sender connections served at once that `openFiles` descriptors carry, each with its answer (at least 1). */
-export function connectionsWithin(openFiles: number): number {
-  return Math.max(1, Math.floor((openFiles - FD_RESERVE) / FDS_PER_CONNECTION));
+export function connectionsWithin(openFiles: number, routes: number): number {
+  return Math.max(1, Math.floor((openFiles - FD_RESERVE - FDS_PER_ROUTE * routes) / FDS_PER_CONNECTION));
 }
 
 /**

@@ -117,7 +117,7 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
     refusedAtLastLog = connections.refused;
     log.warn({ open, maxConnections: connections.max, refused }, 'sender connections beyond --max-connections: requests on them are answered 503 TOO_MANY_CONNECTIONS');
   };
-  const connections = new ConnectionLimit(servedConnections(config.maxConnections, options.openFileLimit === undefined ? openFileLimit() : (options.openFileLimit ?? undefined), log), (open) => {
+  const connections = new ConnectionLimit(servedConnections(config.maxConnections, options.openFileLimit === undefined ? openFileLimit() : (options.openFileLimit ?? undefined), config.routes.length, log), (open) => {
     const wait = limitLoggedAt + warningIntervalMs - performance.now();
     if (wait <= 0) return warnOverLimit(open);
     laterWarning ??= setTimeout(() => {
@@ -431,9 +431,9 @@ const LISTEN_FAILURES: Readonly<Record<string, string>> = {
  * `connection-limit.ts`): those beyond then get their 503 instead of a reset. `0` (no limit of the sidecar's own)
  * is as many as the limit carries. A number set above that is said once, at start.
  */
-function servedConnections(requested: number, fileLimit: number | undefined, log: Logger): number {
+function servedConnections(requested: number, fileLimit: number | undefined, routes: number, log: Logger): number {
   if (fileLimit === undefined) return requested;
-  const fitting = connectionsWithin(fileLimit);
+  const fitting = connectionsWithin(fileLimit, routes);
   if (requested === 0) return fitting;
   if (requested <= fitting) return requested;
   log.warn(

@@ -1674,10 +1674,10 @@ describe('sender faults and abuse', () => {
     });
 
     it('an open-file limit that cannot carry --max-connections lowers it, and says so once at start: those beyond get 503, not a reset', async () => {
-      // 132 descriptors carry 2 served connections after the reserve (128): a third would have met EMFILE.
-      const s = await extraSidecar(['--max-connections', '1024'], { openFileLimit: 132 });
+      // 134 descriptors carry 2 served connections after the reserve (128, and 2 for the route).
+      const s = await extraSidecar(['--max-connections', '1024'], { openFileLimit: 134 });
       const started = s.logs.filter((l) => l['level'] === 'warn' && String(l['msg']).startsWith('the open-file limit'));
-      expect(started).toEqual([expect.objectContaining({ maxConnections: 1024, openFileLimit: 132, served: 2 })]);
+      expect(started).toEqual([expect.objectContaining({ maxConnections: 1024, openFileLimit: 134, served: 2 })]);
       expect(String(started[0]!['msg'])).toContain('ulimit -n');
       const senders = [await rawOpen(s.address.port, get('fd-1')), await rawOpen(s.address.port, get('fd-2'))];
       for (const sender of senders) await answered(sender, 1);
@@ -1686,7 +1686,7 @@ describe('sender faults and abuse', () => {
       expect(s.logs.find((l) => String(l['msg']).includes('beyond --max-connections'))).toMatchObject({ maxConnections: 2 });
       for (const sender of senders) sender.socket.destroy();
       // A number the limit carries is kept, and nothing is said.
-      const fits = await extraSidecar(['--max-connections', '2'], { openFileLimit: 132 });
+      const fits = await extraSidecar(['--max-connections', '2'], { openFileLimit: 134 });
       expect(fits.logs.filter((l) => String(l['msg']).startsWith('the open-file limit'))).toEqual([]);
     });
 

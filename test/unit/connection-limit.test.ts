@@ -87,9 +87,11 @@ describe('the open-file limit', () => {
     expect(limit).toBeGreaterThan(FD_RESERVE);
   });
 
-  it('serves two descriptors per connection after the reserve, and always at least one', () => {
-    expect(connectionsWithin(1024)).toBe((1024 - FD_RESERVE) / 2);
-    expect(connectionsWithin(FD_RESERVE + 5)).toBe(2);
-    expect(connectionsWithin(64)).toBe(1);
+  it('serves two descriptors per connection after the reserve and two per route, and always at least one', () => {
+    expect(connectionsWithin(1024, 0)).toBe((1024 - FD_RESERVE) / 2);
+    expect(connectionsWithin(1024, 1)).toBe((1024 - FD_RESERVE - 2) / 2);
+    expect(connectionsWithin(1024, 100)).toBe((1024 - FD_RESERVE - 200) / 2);
+    expect(connectionsWithin(FD_RESERVE + 7, 1)).toBe(2);
+    expect(connectionsWithin(64, 1)).toBe(1);
   });
 });
