@@ -93,7 +93,7 @@ export interface Config {
   shutdownGraceMs: number;
   /** What all kept request-body copies (for a resend after a 401 or CSRF 403) may hold together. */
   maxReplayMemoryBytes: number;
-  /** Sender connections served at once; one accepted beyond them is answered 503 and closed. 0: no limit. */
+  /** Sender connections served at once; one accepted beyond them is answered 503 and closed. 0: no limit of its own (as many as the open-file limit carries, see `sidecar.ts`). */
   maxConnections: number;
   logFormat: LogFormat;
   inbound: InboundConfig;
@@ -150,7 +150,7 @@ export const FLAGS: Readonly<Record<string, FlagSpec>> = {
   'upstream-timeout': { type: 'string', env: 'SIDECAR_UPSTREAM_TIMEOUT', route: 'timeouts.responseMs', default: String(DEFAULT_RESPONSE_TIMEOUT_MS), description: 'ms to wait for upstream response headers' },
   'max-replay-body': { type: 'string', env: 'SIDECAR_MAX_REPLAY_BODY', route: 'maxReplayBodyBytes', default: String(DEFAULT_MAX_REPLAY_BODY_BYTES), description: 'bytes of request body kept to replay after a 401/CSRF 403' },
   'max-replay-memory': { type: 'string', env: 'SIDECAR_MAX_REPLAY_MEMORY', default: String(DEFAULT_REPLAY_MEMORY_BYTES), description: 'bytes all requests\' kept body copies may hold together (a body that does not fit is not replayable)' },
-  'max-connections': { type: 'string', env: 'SIDECAR_MAX_CONNECTIONS', default: String(DEFAULT_MAX_CONNECTIONS), description: 'sender connections served at once; a request on one beyond them gets 503 and its connection is closed (0: no limit)' },
+  'max-connections': { type: 'string', env: 'SIDECAR_MAX_CONNECTIONS', default: String(DEFAULT_MAX_CONNECTIONS), description: 'sender connections served at once; a request on one beyond them gets 503 and its connection is closed (0: as many as the open-file limit carries)' },
   config: { type: 'string', env: 'SIDECAR_CONFIG', path: true, description: 'routes file (YAML or JSON)' },
   route: { type: 'string', description: 'token, check: the route to use (default: token the first, check all)' },
   'check-path': { type: 'string', description: 'check: upstream path to GET, after the upstream URL\'s own path (default /http/; /api/v1/ on an API host; / when the upstream URL has a path)' },

@@ -696,9 +696,10 @@ class Exchange implements AttemptOwner, Turn {
     }
     if (status === 204) delete forSender['content-length']; // RFC 9110 §8.6: never in a 204
     // node keeps an HTTP/1.0 sender's connection only for an answer with a length, or one it may chunk: an answer
-    // without a body (RFC 9112 §6.3 items 1–2) needs neither, and its connection stays open. Never set otherwise:
-    // an HTTP/1.0 answer with a body and no length is ended by the close, and must not be chunked.
-    if (this.#req.httpVersion === '1.0' && (status === 204 || status === 304 || this.#req.method === 'HEAD')) this.#res.useChunkedEncodingByDefault = true;
+    // without a body (RFC 9112 §6.3 items 1–2) needs neither, and its connection stays open. Any other answer to
+    // HTTP/1.0 without a length is ended by the close and never chunked (RFC 9112 §6.1), though node would chunk it
+    // for a sender that sent `TE: chunked`.
+    if (this.#req.httpVersion === '1.0') this.#res.useChunkedEncodingByDefault = status === 204 || status === 304 || this.#req.method === 'HEAD';
     this.#res.writeHead(status, forSender);
   }
 
@@ -1208,6 +1209,8 @@ function upstreamFailure(route: Route, err: unknown, answered = false): unknown 
   if (UNFORWARDABLE_HEAD.has(code)) {
     return new SidecarError('UPSTREAM_UNREACHABLE', `upstream ${host} answered with a header that cannot be passed on (${code})`, { cause: err });
   }
+  // Out of descriptors is the sidecar's own limit, whichever connection met it (to the upstream or to a proxy).
+  if (failure === 'descriptors') return new SidecarError('UPSTREAM_UNREACHABLE', `upstream ${host} not reached: ${descriptorsText(code)}`, { cause: err });
   if (proxy !== undefined) {
     // The connection to the HTTPS proxy failed: the upstream was never contacted, and its name would mislead.
     const message = `upstream ${host}: ${proxyConnectFailureText(proxy, failure, code)}`;
@@ -1230,8 +1233,6 @@ function upstreamFailure(route: Route, err: unknown, answered = false): unknown 
     case 'reset':
       if (answered) return new SidecarError('UPSTREAM_UNREACHABLE', `upstream ${host} closed the connection in the middle of its answer (${code})`, { cause: err });
       break;
-    case 'descriptors':
-      return new SidecarError('UPSTREAM_UNREACHABLE', `upstream ${host} not reached: ${descriptorsText(code)}`, { cause: err });
   }
   return new SidecarError('UPSTREAM_UNREACHABLE', `upstream ${host} unreachable (${code})`, { cause: err });
 }

@@ -360,6 +360,8 @@ export class TokenClient {
   #networkError(err: unknown, timedOut: boolean): SidecarError {
     const host = this.#url.host;
     const { failure, code, proxy } = classifyNetworkError(err);
+    // Out of descriptors is the sidecar's own limit, whichever connection met it (to the token server or to a proxy).
+    if (failure === 'descriptors') return new SidecarError('TOKEN_UNREACHABLE', `token server ${host} not reached: ${descriptorsText(code)}`, { cause: err });
     if (proxy !== undefined) {
       // The connection to the HTTPS proxy failed (also when the attempt's bound ran out meanwhile: undici does not
       // abort a connection being made): the token server was never contacted, and its name would mislead.
@@ -392,8 +394,6 @@ export class TokenClient {
         return new SidecarError('TOKEN_UNREACHABLE', `token server ${host}: the HTTPS proxy failed (${code}) — ${proxyAdvice(code)}`, {
           cause: err,
         });
-      case 'descriptors':
-        return new SidecarError('TOKEN_UNREACHABLE', `token server ${host} not reached: ${descriptorsText(code)}`, { cause: err });
       default:
         return new SidecarError('TOKEN_UNREACHABLE', `token server ${host} unreachable (${code})`, { cause: err });
     }

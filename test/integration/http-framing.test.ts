@@ -266,6 +266,15 @@ describe('requests whose framing or target cannot be trusted: 400, connection cl
     sender.socket.destroy();
   });
 
+  it('an HTTP/1.0 sender gets no chunked answer, also when it sends TE: chunked (RFC 9112 §6.1): the close ends it', async () => {
+    const answer = await rawRequest(sidecar.address.port, 'GET /trickle?te HTTP/1.0\r\nTE: chunked\r\nConnection: keep-alive\r\n\r\n', { timeoutMs: BOUND_MS });
+    expect(answer.status, answer.text).toBe(200);
+    expect(answer.headers['transfer-encoding']).toBeUndefined();
+    expect(answer.headers['connection']).toBe('close');
+    expect(answer.ended).toBe('closed');
+    expect(answer.body).toBe('abcdef');
+  });
+
   it('an HTTP/1.0 request without Host is served (old senders omit it)', async () => {
     const answer = await rawRequest(sidecar.address.port, 'GET /no-host-1.0 HTTP/1.0\r\n\r\n', { timeoutMs: BOUND_MS });
     expect(answer.status, answer.text).toBe(200);

@@ -12,6 +12,7 @@ import {
   TokenClient,
   type TokenRequestSettings,
 } from '../../src/token-client.js';
+import { markProxyConnectFailure } from '../../src/network-error.js';
 import { TokenProvider } from '../../src/token-provider.js';
 import { createPki, type Pki } from '../helpers/pki.js';
 import { closedPort, listen } from '../helpers/net.js';
@@ -428,7 +429,19 @@ describe('token client against a token endpoint that checks credentials', () => 
     clients.push(c);
     const err = await failure(c.fetchToken());
     expect(err.code).toBe('TOKEN_UNREACHABLE');
-    expect(err.message).toBe(`token server ${new URL(endpoint.tokenUrl).host} not reached: the sidecar is out of file descriptors (EMFILE) — raise its open-file limit (ulimit -n, docker run --ulimit nofile=N) or lower --max-connections`);
+    const descriptors = `token server ${new URL(endpoint.tokenUrl).host} not reached: the sidecar is out of file descriptors (EMFILE) — raise its open-file limit (ulimit -n, docker run --ulimit nofile=N) or lower --max-connections`;
+    expect(err.message).toBe(descriptors);
+    // The same when it was the connection to an HTTPS proxy that could not be opened: the proxy is not to blame.
+    const viaProxy = new Agent({
+      connect: (_options, callback) => {
+        const atProxy = Object.assign(new Error('connect EMFILE'), { code: 'EMFILE' });
+        markProxyConnectFailure(atProxy, 'proxy.corp:3128');
+        callback(atProxy, null);
+      },
+    });
+    const p = new TokenClient({ credentials: secretCredentials(), settings: SETTINGS, dispatcher: viaProxy, attemptTimeoutMs: 2_000, retry: { ...FAST_RETRY, maxAttempts: 1 } });
+    clients.push(p);
+    expect((await failure(p.fetchToken())).message).toBe(descriptors);
     expect(endpoint.requests).toHaveLength(0);
   });
 
