@@ -85,6 +85,8 @@ export class TokenProvider {
   readonly stats: TokenStats = { hits: 0, fetches: 0, failures: 0 };
   readonly #cache: LRUCache<string, AccessToken, TokenSource>;
   readonly #failures = new Map<string, Failure>();
+  /** The source each key's fetch under way runs on: another route's client, when two routes share the key. */
+  readonly #fetching = new Map<string, TokenSource>();
   /** Tokens the upstream rejected: never handed out again. */
   readonly #revoked = new WeakSet<AccessToken>();
   /** When a rejection last caused a token request, per key. */
@@ -200,7 +202,8 @@ export class TokenProvider {
    */
   #serverWaiting(source: TokenSource, now: number): boolean {
     const failure = this.#failures.get(source.cacheKey);
-    return (failure !== undefined && failure.serverUntil > now) || source.waitingOnServer === true;
+    if (failure !== undefined && failure.serverUntil > now) return true;
+    return source.waitingOnServer === true || this.#fetching.get(source.cacheKey)?.waitingOnServer === true;
   }
 
   /**
@@ -330,10 +333,12 @@ export class TokenProvider {
     this.stats.fetches++;
     this.#onEvent({ type: 'fetch', key, reason });
     let token: AccessToken;
+    this.#fetching.set(key, source);
     try {
       // Not aborted by lru-cache's signal: a fetch whose entry was replaced (`refresh`) still answers its callers.
       token = this.#usableOnArrival(await source.fetchToken());
     } catch (error) {
+      if (this.#fetching.get(key) === source) this.#fetching.delete(key);
       // Replaced meanwhile by a validated token (`refresh`, new credentials under this key): the old
       // credentials' failure is theirs, not the key's; its callers get the new token.
       const current = this.#cache.peek(key, { allowStale: true });
@@ -360,6 +365,7 @@ export class TokenProvider {
       // Its Retry-After is the backoff just begun (a transient failure), as for those that fail fast during it.
       throw withRetryAfter(error, delay);
     }
+    if (this.#fetching.get(key) === source) this.#fetching.delete(key);
     this.#failures.delete(key);
     setOptions.ttl = this.#ttlOf(token);
     this.#onEvent({ type: 'fetched', key, token, durationMs: this.#now() - start });

@@ -278,6 +278,25 @@ describe('TokenProvider', () => {
     expect(events.filter((e) => e.type === 'fetch' && e.reason === 'invalidated')).toHaveLength(1);
   });
 
+  it("a 401 on another route with the same key does not retire the token either while the fetch under way waits out the server's Retry-After", async () => {
+    const { clock, provider, source } = setup();
+    const other = new FakeSource(clock); // a second route's client for the same credentials: one cache key
+    const first = provider.getToken(source);
+    await flush();
+    const token = await source.issue(100_000);
+    await first;
+    clock.now += 80_000; // the background refresh runs on the first route's client, and sleeps a Retry-After
+    expect(await provider.getToken(source)).toBe(token);
+    source.waitingOnServer = true;
+    expect(provider.retryAfterRejection(other, token)).toBe(false);
+    expect(await provider.refreshAfterRejection(other, token)).toBe(token);
+    expect(await provider.getToken(other)).toBe(token);
+    expect(source.calls + other.calls).toBe(2);
+    source.waitingOnServer = false;
+    const fresh = await source.issue();
+    expect(await provider.getToken(other)).toBe(fresh);
+  });
+
   it("a rotation's validation that meets the token server's Retry-After does not ask it again before the wait ends", async () => {
     const { clock, provider } = setup();
     const rotated = new (class extends FakeSource {
