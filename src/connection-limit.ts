@@ -81,21 +81,21 @@ export class ConnectionLimit {
   }
 }
 
-/** Descriptors a served connection needs: the sender's socket and its upstream connection. */
-const FDS_PER_CONNECTION = 2;
+/**
+ * Descriptors kept for everything but served connections and routes: the admin port's connections (at most 64),
+ * listening sockets, credential files read and watched, node's own (about 25 at idle), and connections accepted
+ * beyond the limit while they are answered and closed (about 150 at once).
+ */
+export const FD_RESERVE = 256;
 
 /**
- * Descriptors kept for everything but served connections: the admin port's (at most 64), listening sockets,
- * credential files read and watched, and node's own (about 25 at idle).
+ * The most sender connections served at once that `openFiles` descriptors carry, each with its answer (at least
+ * 1). A served connection holds its own socket and an upstream connection, which its route's pool keeps for a
+ * while once idle (30 s): connections served one after another on different routes leave one idle in each route's
+ * pool. So each counts once for itself and once per route, and each route keeps its token server connection.
  */
-export const FD_RESERVE = 128;
-
-/** Descriptors kept for each route besides: its token server connection, and an upstream one left idle in its pool. */
-const FDS_PER_ROUTE = 2;
-
-/** The most sender connections served at once that `openFiles` descriptors carry, each with its answer (at least 1). */
 export function connectionsWithin(openFiles: number, routes: number): number {
-  return Math.max(1, Math.floor((openFiles - FD_RESERVE - FDS_PER_ROUTE * routes) / FDS_PER_CONNECTION));
+  return Math.max(1, Math.floor((openFiles - FD_RESERVE - routes) / (1 + routes)));
 }
 
 /**

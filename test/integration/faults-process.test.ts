@@ -86,10 +86,10 @@ it('serve through token-server and upstream faults at debug level: stdout and st
 it('under a low open-file limit, senders beyond what the descriptors carry get 503 TOO_MANY_CONNECTIONS, none a reset or nothing', { timeout: 40_000 }, async () => {
   const key = await files.write('fd-key.json', JSON.stringify({ oauth: { clientid: CLIENT_ID, clientsecret: SECRET, tokenurl: endpoint.tokenUrl, url: upstream.url } }));
   const ca = await files.write('fd-ca.pem', pki.ca);
-  // The limit is read from the process itself: 140 descriptors carry 5 served connections after the reserve (128,
-  // and 2 for the route; each connection may need an upstream one too). Of 60 senders held open at once, the others get their 503 while
+  // The limit is read from the process itself: 268 descriptors carry 5 served connections after the reserve (256,
+  // and 1 for the route's token connection; each served connection counts for itself and its upstream one). Of 60 senders held open at once, the others get their 503 while
   // descriptors are left to answer them, instead of resets once accept() meets EMFILE.
-  const child = startCliWithFileLimit(140, ['serve', '--service-key', key, '--ca', ca, '--listen', '127.0.0.1:0', '--admin-listen', 'off', '--log-format', 'json', '--shutdown-delay', '0']);
+  const child = startCliWithFileLimit(268, ['serve', '--service-key', key, '--ca', ca, '--listen', '127.0.0.1:0', '--admin-listen', 'off', '--log-format', 'json', '--shutdown-delay', '0']);
   const result = collect(child);
   try {
     const listening = await waitForLog(child, (l) => l['msg'] === 'oauth-sidecar listening');
@@ -108,7 +108,7 @@ it('under a low open-file limit, senders beyond what the descriptors carry get 5
     const { code, stdout } = await result;
     expect(code).toBe(0);
     const warning = stdout.split('\n').filter((l) => l.includes('the open-file limit')).map((l) => JSON.parse(l) as Record<string, unknown>);
-    expect(warning).toEqual([expect.objectContaining({ level: 'warn', openFileLimit: 140, maxConnections: 1024, served: 5 })]);
+    expect(warning).toEqual([expect.objectContaining({ level: 'warn', openFileLimit: 268, maxConnections: 1024, served: 5 })]);
   } finally {
     child.kill('SIGKILL');
   }

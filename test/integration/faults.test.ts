@@ -19,6 +19,7 @@ import { Readable } from 'node:stream';
 import { once } from 'node:events';
 import { request } from 'undici';
 import type { ProxyObserver } from '../../src/proxy.js';
+import { FD_RESERVE } from '../../src/connection-limit.js';
 import { createProxyServer, DEFAULT_SERVER_LIMITS } from '../../src/proxy-server.js';
 import { MAX_PIPELINED } from '../../src/sender-connection.js';
 import { MAX_TOKEN_RESPONSE_BYTES } from '../../src/token-client.js';
@@ -1674,10 +1675,12 @@ describe('sender faults and abuse', () => {
     });
 
     it('an open-file limit that cannot carry --max-connections lowers it, and says so once at start: those beyond get 503, not a reset', async () => {
-      // 134 descriptors carry 2 served connections after the reserve (128, and 2 for the route).
-      const s = await extraSidecar(['--max-connections', '1024'], { openFileLimit: 134 });
+      // FD_RESERVE + 5 descriptors carry 2 served connections (each counts for itself and for the one route, which
+      // keeps its token connection).
+      const fileLimit = FD_RESERVE + 5;
+      const s = await extraSidecar(['--max-connections', '1024'], { openFileLimit: fileLimit });
       const started = s.logs.filter((l) => l['level'] === 'warn' && String(l['msg']).startsWith('the open-file limit'));
-      expect(started).toEqual([expect.objectContaining({ maxConnections: 1024, openFileLimit: 134, served: 2 })]);
+      expect(started).toEqual([expect.objectContaining({ maxConnections: 1024, openFileLimit: fileLimit, served: 2 })]);
       expect(String(started[0]!['msg'])).toContain('ulimit -n');
       const senders = [await rawOpen(s.address.port, get('fd-1')), await rawOpen(s.address.port, get('fd-2'))];
       for (const sender of senders) await answered(sender, 1);
@@ -1686,12 +1689,12 @@ describe('sender faults and abuse', () => {
       expect(s.logs.find((l) => String(l['msg']).includes('beyond --max-connections'))).toMatchObject({ maxConnections: 2 });
       for (const sender of senders) sender.socket.destroy();
       // A number the limit carries is kept, and nothing is said.
-      const fits = await extraSidecar(['--max-connections', '2'], { openFileLimit: 134 });
+      const fits = await extraSidecar(['--max-connections', '2'], { openFileLimit: fileLimit });
       expect(fits.logs.filter((l) => String(l['msg']).startsWith('the open-file limit'))).toEqual([]);
     });
 
     it('--max-connections 0 is as many as the open-file limit carries, without a warning', async () => {
-      const s = await extraSidecar(['--max-connections', '0'], { openFileLimit: 130 });
+      const s = await extraSidecar(['--max-connections', '0'], { openFileLimit: FD_RESERVE + 3 });
       expect(s.logs.filter((l) => String(l['msg']).startsWith('the open-file limit'))).toEqual([]);
       const sender = await rawOpen(s.address.port, get('fd-zero-1'));
       await answered(sender, 1);

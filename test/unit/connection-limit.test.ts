@@ -87,11 +87,11 @@ describe('the open-file limit', () => {
     expect(limit).toBeGreaterThan(FD_RESERVE);
   });
 
-  it('serves two descriptors per connection after the reserve and two per route, and always at least one', () => {
-    expect(connectionsWithin(1024, 0)).toBe((1024 - FD_RESERVE) / 2);
-    expect(connectionsWithin(1024, 1)).toBe((1024 - FD_RESERVE - 2) / 2);
-    expect(connectionsWithin(1024, 100)).toBe((1024 - FD_RESERVE - 200) / 2);
-    expect(connectionsWithin(FD_RESERVE + 7, 1)).toBe(2);
+  it('counts a served connection once for itself and once per route, after the reserve and a token connection per route; always at least one', () => {
+    expect(connectionsWithin(1024, 1)).toBe(Math.floor((1024 - FD_RESERVE - 1) / 2));
+    expect(connectionsWithin(1024, 4)).toBe(Math.floor((1024 - FD_RESERVE - 4) / 5));
+    expect(connectionsWithin(1_048_576, 300)).toBe(Math.floor((1_048_576 - FD_RESERVE - 300) / 301));
+    expect(connectionsWithin(FD_RESERVE + 5, 1)).toBe(2);
     expect(connectionsWithin(64, 1)).toBe(1);
   });
 });
