@@ -59,6 +59,12 @@ export interface CredentialWatcherOptions {
   initial: LoadedCredentials;
   /** Reload at this interval whatever the watches report. Default 30 s. */
   pollIntervalMs?: number;
+  /**
+   * The first poll comes this long after start instead of a whole interval, the later ones an interval apart: the
+   * sidecar spreads its routes' polls over the interval, so that hundreds of keys are not all checked in one tick
+   * (each check parses and validates a key: ~2 ms of the event loop for a certificate key). Default 0.
+   */
+  pollPhaseMs?: number;
   /** Quiet time after the last directory event before reloading. Default 250 ms. */
   debounceMs?: number;
   /**
@@ -129,6 +135,7 @@ export class CredentialWatcher {
   readonly #load: typeof loadCredentials;
   readonly #debounceMs: number;
   readonly #pollIntervalMs: number;
+  readonly #pollPhaseMs: number;
   readonly #watches = new Map<string, Watched>();
   /** The failure last reported per directory (`NO_TARGETS` for the list), so a retry failing alike stays quiet. */
   readonly #failing = new Map<string, string>();
@@ -160,6 +167,7 @@ export class CredentialWatcher {
     this.#load = options.load ?? loadCredentials;
     this.#debounceMs = timerOption('debounceMs', options.debounceMs ?? DEFAULT_DEBOUNCE_MS, 0);
     this.#pollIntervalMs = timerOption('pollIntervalMs', options.pollIntervalMs ?? DEFAULT_POLL_INTERVAL_MS, 1);
+    this.#pollPhaseMs = timerOption('pollPhaseMs', options.pollPhaseMs ?? 0, 0);
     this.#current = options.initial;
     this.#fingerprint = credentialFingerprint(options.initial.credentials);
     this.#noticed = new Set(options.initial.notices.map((n) => n.message));
@@ -224,7 +232,16 @@ export class CredentialWatcher {
     await this.#retarget();
     if (this.#closed) return;
     // Each poll is a reload, and each reload recomputes the targets.
-    this.#pollTimer = setInterval(() => this.#schedule({ offerRefused: true }), this.#pollIntervalMs).unref();
+    const poll = (): void => this.#schedule({ offerRefused: true });
+    if (this.#pollPhaseMs === 0) this.#pollTimer = setInterval(poll, this.#pollIntervalMs).unref();
+    else {
+      // `close` clears either timer (node's clearInterval ends a timeout too).
+      this.#pollTimer = setTimeout(() => {
+        if (this.#closed) return;
+        this.#pollTimer = setInterval(poll, this.#pollIntervalMs).unref();
+        poll();
+      }, this.#pollPhaseMs).unref();
+    }
     // A change written after `initial` was read and before the watches were up raised no event: one reload
     // compares the files as they are now (unchanged, it reports nothing) instead of the first poll. Awaited, so
     // that once `start` resolves the files have been compared with the watches up.

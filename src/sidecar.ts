@@ -12,7 +12,7 @@ import { createAdminServer } from './admin-server.js';
 import { wallTimeOf } from './clock.js';
 import { bindHost, FLAGS, type Config, type RouteConfig } from './config.js';
 import { ConnectionLimit, connectionsWithin, openFileLimit } from './connection-limit.js';
-import { CredentialWatcher } from './credential-watcher.js';
+import { CredentialWatcher, DEFAULT_POLL_INTERVAL_MS } from './credential-watcher.js';
 import { LogPace } from './log-pace.js';
 import { loadCredentials, type LoadedCredentials } from './credentials.js';
 import { ConfigError, isTransientTokenError, shownSource, SidecarError, type ConfigProblem } from './errors.js';
@@ -240,6 +240,8 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
     config.routes.map((route, i) =>
       CredentialWatcher.start(route.credentials, {
         initial: loaded[i]!,
+        // The routes' polls spread over the interval, not all in one tick.
+        pollPhaseMs: Math.floor(((options.watch?.pollIntervalMs ?? DEFAULT_POLL_INTERVAL_MS) * i) / config.routes.length),
         ...options.watch,
         // A change the token server refuses throws: the watcher reports it and offers it again at the next reload.
         onChange: async (next) => {

@@ -272,6 +272,17 @@ describe('CredentialWatcher on a flat service key file', () => {
     expect(counts.started, 'one reload at start, no poll').toBe(1);
   });
 
+  it('with a poll phase, polls first after the phase and then an interval apart (routes spread over the interval)', async () => {
+    const path = await keyFile();
+    const rec = recorder();
+    const { load, counts } = countingLoad(rec);
+    await startWatcher({ source: { kind: 'path', path } }, rec, { load, pollIntervalMs: 600_000, pollPhaseMs: 50 });
+    // The start's reload, then the first poll after the phase: without it, a whole interval (10 min) away.
+    await rec.until(() => counts.finished === 2);
+    expect(rec.changes).toEqual([]);
+    expect(rec.errors).toEqual([]);
+  });
+
   it('reports nothing at start when the files are as they were loaded', async () => {
     const path = await keyFile();
     const rec = recorder();
