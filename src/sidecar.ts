@@ -62,7 +62,12 @@ export interface SidecarOptions {
   outageWarningIntervalMs?: number;
   /** The process's open-file limit (default: read from `/proc/self/limits`; `null`: unknown); tests set it. */
   openFileLimit?: number | null;
+  /** Token requests a second at most when the cache is warmed at start (default 20; tests slow it). */
+  warmUpPerSecond?: number;
 }
+
+/** Token requests a second at most when the cache is warmed at start (one per distinct key). */
+const WARM_UP_PER_SECOND = 20;
 
 /** At most one warning a minute that senders went over `--max-connections`. */
 const CONNECTION_LIMIT_LOG_INTERVAL_MS = 60_000;
@@ -293,11 +298,30 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
     },
     'oauth-sidecar listening',
   );
-  // Warm the cache so that the first request does not wait for a token.
-  for (const route of table.routes) {
+  // Warm the cache so that the first request does not wait for a token. One key after another, at most
+  // WARM_UP_PER_SECOND a second: XSUAA admits ~60 token requests a second per subaccount, and tokens fetched in one
+  // burst would be refreshed in one burst at every lifetime after. (A request that comes first fetches its own.)
+  const warmUps = new Set<NodeJS.Timeout>();
+  const warmUp = (name: string): void => {
+    const route = table.routes.find((r) => r.name === name);
+    if (route === undefined || stopping) return;
     tokens.getToken(route.tokenClient).catch(() => {
       /* logged through the token events; requests will retry */
     });
+  };
+  const warmKeys = new Set<string>();
+  for (const route of table.routes) {
+    if (warmKeys.has(route.tokenClient.cacheKey)) continue; // a key shared by routes is one token
+    const at = (warmKeys.size * 1_000) / (options.warmUpPerSecond ?? WARM_UP_PER_SECOND);
+    warmKeys.add(route.tokenClient.cacheKey);
+    if (at === 0) warmUp(route.name);
+    else {
+      const timer = setTimeout(() => {
+        warmUps.delete(timer);
+        warmUp(route.name);
+      }, at).unref();
+      warmUps.add(timer);
+    }
   }
 
   // Aborted by `close()` during a graceful stop: the delay and the grace period end at once.
@@ -310,6 +334,7 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
     stopping = (async () => {
       draining = true;
       stopBegun.abort();
+      for (const timer of warmUps) clearTimeout(timer);
       for (const w of watchers) w.close();
       if (delayMs > 0) {
         log.info({ delayMs }, 'readiness failed; still serving while endpoints are removed');

@@ -58,6 +58,39 @@ describe('a token server announcing an absurd lifetime', () => {
 });
 
 describe('many routes, each with a key of its own', () => {
+  it('at start the keys are warmed one after another, a key shared by routes once; a route asked first fetches its own', async () => {
+    await sidecar?.close();
+    endpoint.expiresIn = 3600;
+    const caPath = await files.write('ca-warm.pem', pki.ca);
+    const keys: string[] = [];
+    for (const name of ['warm-a', 'warm-b']) {
+      const client = { clientId: `sb-${name}!b7|it-rt-acme!b196`, secret: `${name}$secret` };
+      clients.push(client);
+      keys.push(await files.write(`${name}.json`, JSON.stringify({ oauth: { clientid: client.clientId, clientsecret: client.secret, tokenurl: endpoint.tokenUrl, url: upstream.url } })));
+    }
+    // Route c shares route a's key: one token for both.
+    const config = await files.write(
+      'warm.yaml',
+      ['routes:', ...['a', 'b', 'c'].map((name, i) => `  - { name: ${name}, prefix: /${name}, rewritePrefix: /, serviceKey: ${keys[i % 2]} }`)].join('\n'),
+    );
+    const client = (s: RunningSidecar, prefix: string) => s.routes.match(`${prefix}/x`)!.tokenClient;
+    const before = endpoint.requests.length;
+    // One key every 1000 s: only the first is warmed within this test.
+    const slow = (sidecar = await runSidecar(['--config', config, '--ca', caPath], {}, { warmUpPerSecond: 0.001 }));
+    await expect.poll(() => slow.tokens.peek(client(slow, '/a'))).toBeDefined();
+    expect(slow.tokens.peek(client(slow, '/c'))).toBeDefined();
+    expect(slow.tokens.peek(client(slow, '/b'))).toBeUndefined();
+    const res = await request(`${slow.url}/b/http/echo`);
+    expect(res.statusCode, await res.body.text()).toBe(200);
+    expect(endpoint.requests.length - before).toBe(2);
+    await slow.close();
+    // At the default pace both keys are warm soon after start.
+    const quick = (sidecar = await runSidecar(['--config', config, '--ca', caPath]));
+    await expect.poll(() => quick.tokens.peek(client(quick, '/b'))).toBeDefined();
+    expect(quick.tokens.peek(client(quick, '/a'))).toBeDefined();
+    expect(endpoint.requests.length - before).toBe(4);
+  });
+
   it('more routes than the token cache once held (64): one token request per key, not one per request', async () => {
     await sidecar?.close();
     endpoint.expiresIn = 3600;
