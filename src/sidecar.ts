@@ -60,8 +60,8 @@ export interface SidecarOptions {
   connectionWarningIntervalMs?: number;
   /** At most one warning this often per route for a failure every request meets (default a minute; tests shorten it). */
   outageWarningIntervalMs?: number;
-  /** The process's open-file limit (default: read from `/proc/self/limits`; `null`: unknown); tests set it. */
-  openFileLimit?: number | null;
+  /** The process's open-file limit (default: read from `/proc/self/limits`); tests set it. */
+  openFileLimit?: number;
   /** Token requests a second at most when the cache is warmed at start (default 20; tests slow it). */
   warmUpPerSecond?: number;
 }
@@ -122,7 +122,7 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
     refusedAtLastLog = connections.refused;
     log.warn({ open, maxConnections: connections.max, refused }, 'sender connections beyond --max-connections: requests on them are answered 503 TOO_MANY_CONNECTIONS');
   };
-  const connections = new ConnectionLimit(servedConnections(config.maxConnections, options.openFileLimit === undefined ? openFileLimit() : (options.openFileLimit ?? undefined), config.routes.length, log), (open) => {
+  const connections = new ConnectionLimit(servedConnections(config.maxConnections, options.openFileLimit ?? openFileLimit(), config.routes.length, log), (open) => {
     const wait = limitLoggedAt + warningIntervalMs - performance.now();
     if (wait <= 0) return warnOverLimit(open);
     laterWarning ??= setTimeout(() => {

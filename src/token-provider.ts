@@ -203,7 +203,8 @@ export class TokenProvider {
   #serverWaiting(source: TokenSource, now: number): boolean {
     const failure = this.#failures.get(source.cacheKey);
     if (failure !== undefined && failure.serverUntil > now) return true;
-    return source.waitingOnServer === true || this.#fetching.get(source.cacheKey)?.waitingOnServer === true;
+    // The fetch under way for the key, on whichever route's client started it (two routes may share a key).
+    return this.#fetching.get(source.cacheKey)?.waitingOnServer === true;
   }
 
   /**
@@ -334,11 +335,13 @@ export class TokenProvider {
     this.#onEvent({ type: 'fetch', key, reason });
     let token: AccessToken;
     this.#fetching.set(key, source);
+    const done = (): void => {
+      if (this.#fetching.get(key) === source) this.#fetching.delete(key);
+    };
     try {
       // Not aborted by lru-cache's signal: a fetch whose entry was replaced (`refresh`) still answers its callers.
-      token = this.#usableOnArrival(await source.fetchToken());
+      token = this.#usableOnArrival(await source.fetchToken().finally(done));
     } catch (error) {
-      if (this.#fetching.get(key) === source) this.#fetching.delete(key);
       // Replaced meanwhile by a validated token (`refresh`, new credentials under this key): the old
       // credentials' failure is theirs, not the key's; its callers get the new token.
       const current = this.#cache.peek(key, { allowStale: true });
@@ -365,7 +368,6 @@ export class TokenProvider {
       // Its Retry-After is the backoff just begun (a transient failure), as for those that fail fast during it.
       throw withRetryAfter(error, delay);
     }
-    if (this.#fetching.get(key) === source) this.#fetching.delete(key);
     this.#failures.delete(key);
     setOptions.ttl = this.#ttlOf(token);
     this.#onEvent({ type: 'fetched', key, token, durationMs: this.#now() - start });

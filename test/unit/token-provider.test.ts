@@ -43,6 +43,15 @@ class FakeSource implements TokenSource {
 
 const flush = () => new Promise((resolve) => setImmediate(resolve));
 
+/** A token fetched on a cold cache and cached: lifetime 100 s, so its refresh is due after 75 s. */
+async function warm(provider: TokenProvider, source: FakeSource): Promise<AccessToken> {
+  const first = provider.getToken(source);
+  await flush();
+  const token = await source.issue(100_000);
+  await first;
+  return token;
+}
+
 function setup(options: { backoff?: { minMs: number; maxMs: number } } = {}) {
   const clock = { now: 1_000_000 };
   const events: TokenEvent[] = [];
@@ -85,10 +94,7 @@ describe('TokenProvider', () => {
 
   it('never hands out a token within the safety margin of its expiry', async () => {
     const { clock, provider, source } = setup();
-    const first = provider.getToken(source);
-    await flush();
-    const old = await source.issue(100_000);
-    await first;
+    const old = await warm(provider, source);
     clock.now += 95_000; // margin is 10 % of the lifetime: 10 s
     const waiting = provider.getToken(source);
     await flush();
@@ -101,10 +107,7 @@ describe('TokenProvider', () => {
 
   it('keeps serving a valid token while the token server fails, and backs off', async () => {
     const { clock, provider, source } = setup({ backoff: { minMs: 5_000, maxMs: 20_000 } });
-    const first = provider.getToken(source);
-    await flush();
-    const token = await source.issue(100_000);
-    await first;
+    const token = await warm(provider, source);
     clock.now += 80_000; // refresh due
     expect(await provider.getToken(source)).toBe(token);
     await source.fail(new SidecarError('TOKEN_UNREACHABLE', 'down'));
@@ -281,10 +284,7 @@ describe('TokenProvider', () => {
   it("a 401 on another route with the same key does not retire the token either while the fetch under way waits out the server's Retry-After", async () => {
     const { clock, provider, source } = setup();
     const other = new FakeSource(clock); // a second route's client for the same credentials: one cache key
-    const first = provider.getToken(source);
-    await flush();
-    const token = await source.issue(100_000);
-    await first;
+    const token = await warm(provider, source);
     clock.now += 80_000; // the background refresh runs on the first route's client, and sleeps a Retry-After
     expect(await provider.getToken(source)).toBe(token);
     source.waitingOnServer = true;
@@ -322,10 +322,7 @@ describe('TokenProvider', () => {
 
   it("an upstream 401 while a fetch waits out the token server's Retry-After within itself does not retire the token: senders are not held for that wait", async () => {
     const { clock, provider, source, events } = setup();
-    const first = provider.getToken(source);
-    await flush();
-    const token = await source.issue(100_000);
-    await first;
+    const token = await warm(provider, source);
     clock.now += 80_000; // past the refresh point: the background refresh starts, meets a 429 and sleeps its Retry-After
     expect(await provider.getToken(source)).toBe(token);
     expect(source.calls).toBe(2);
@@ -348,10 +345,7 @@ describe('TokenProvider', () => {
 
   it("an upstream 401 inside the token server's Retry-After window does not ask it early, and the token serves on until the wait ends", async () => {
     const { clock, provider, source, events } = setup({ backoff: { minMs: 1_000, maxMs: 5_000 } });
-    const first = provider.getToken(source);
-    await flush();
-    const rejected = await source.issue(100_000);
-    await first;
+    const rejected = await warm(provider, source);
     clock.now += 80_000; // past the refresh point: the background refresh meets a 429
     expect(await provider.getToken(source)).toBe(rejected);
     await source.fail(new SidecarError('TOKEN_RATE_LIMITED', 'token server answered 429', { retryAfter: 12 }));
@@ -429,10 +423,7 @@ describe('TokenProvider', () => {
     /** A cached token past its refresh point, with the background refresh (old credentials) still pending. */
     async function refreshUnderWay(options: Parameters<typeof setup>[0] = {}) {
       const ctx = setup(options);
-      const first = ctx.provider.getToken(ctx.source);
-      await flush();
-      const old = await ctx.source.issue(100_000);
-      await first;
+      const old = await warm(ctx.provider, ctx.source);
       ctx.clock.now += 80_000;
       expect(await ctx.provider.getToken(ctx.source)).toBe(old);
       expect(ctx.source.pending).toHaveLength(1);
