@@ -5,6 +5,7 @@ import { lstat, readdir, readFile, readlink, realpath, stat } from 'node:fs/prom
 import { basename, dirname, isAbsolute, join, parse, resolve, sep } from 'node:path';
 import type { ClientCertSource, ClientKeyPair, CredentialSource, CredentialSpec } from './credentials.js';
 import { ConfigError, type ConfigProblem } from './errors.js';
+import { descriptorsText } from './network-error.js';
 import { jsonPosition, NOT_UTF8, notUtf8, withoutBom } from './text-file.js';
 
 /** The service key as found, not yet validated, and where it was found. */
@@ -350,7 +351,7 @@ async function realDirectory(path: string): Promise<{ path: string; of: string }
     return { path: await realpath(path), of: path };
   } catch (err) {
     if (errorCode(err) === 'ENOENT' || errorCode(err) === 'ENOTDIR') return undefined;
-    fail(path, describeFsError(err));
+    failRead(path, err);
   }
 }
 
@@ -491,7 +492,7 @@ async function listDir(dir: string): Promise<{ files: string[]; dirs: string[]; 
   try {
     names = (await readdir(dir)).filter((n) => !n.startsWith('..')).sort();
   } catch (err) {
-    fail(dir, describeFsError(err));
+    failRead(dir, err);
   }
   const files: string[] = [];
   const dirs: string[] = [];
@@ -518,7 +519,7 @@ async function statOrAbsent(path: string): Promise<Stats | undefined> {
   } catch (err) {
     const code = errorCode(err);
     if (code === 'ENOENT' || code === 'ELOOP') return undefined;
-    fail(path, describeFsError(err));
+    failRead(path, err);
   }
 }
 
@@ -526,7 +527,7 @@ async function statOrFail(path: string): Promise<Stats> {
   try {
     return await stat(path);
   } catch (err) {
-    fail(path, describeFsError(err));
+    failRead(path, err);
   }
 }
 
@@ -549,7 +550,7 @@ async function readText(path: string, label = path): Promise<string> {
     return await readFile(path, 'utf8');
   } catch (err) {
     if (err instanceof ConfigError) throw err;
-    return fail(label, describeFsError(err));
+    return failRead(label, err);
   }
 }
 
@@ -572,10 +573,21 @@ function parseJson(text: string, source: string): unknown {
   }
 }
 
-function describeFsError(err: unknown): string {
+/**
+ * A file or directory that could not be read. Out of file descriptors (EMFILE, ENFILE) is the process's state, not
+ * the key's: the problem is `transient`, and a reload meeting it says so instead of calling the key rejected.
+ */
+function failRead(source: string, err: unknown): never {
+  const code = errorCode(err);
+  const descriptors = code === 'EMFILE' || code === 'ENFILE';
+  throw new ConfigError([{ source, field: '', message: describeFsError(err), ...(descriptors ? { transient: true } : {}) }]);
+}
+
+export function describeFsError(err: unknown): string {
   const code = errorCode(err);
   if (code === 'ENOENT') return 'does not exist';
   if (code === 'EACCES' || code === 'EPERM') return 'cannot be read: permission denied';
+  if (code === 'EMFILE' || code === 'ENFILE') return `cannot be read now: ${descriptorsText(code)}`;
   return `cannot be read (${code ?? 'unknown error'})`;
 }
 

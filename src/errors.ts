@@ -76,6 +76,8 @@ export interface ConfigProblem {
   /** The field, e.g. `oauth.clientid`, `routes[1].prefix`; empty when the whole source is wrong. */
   field: string;
   message: string;
+  /** A read that may succeed later (the process was out of file descriptors): no fault of what was read. */
+  transient?: true;
 }
 
 /** Port 0 is a listener's "any port", never one to connect to: refused at start, not a 502 on every request. */
@@ -89,6 +91,11 @@ export class ConfigError extends SidecarError {
     super('CONFIG_INVALID', formatProblems(problems));
     this.name = 'ConfigError';
     this.problems = problems;
+  }
+
+  /** Every problem is `transient`: nothing is wrong with the configuration itself, it could not be read now. */
+  get transient(): boolean {
+    return this.problems.length > 0 && this.problems.every((p) => p.transient === true);
   }
 }
 

@@ -281,12 +281,7 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
       log.error({ route, code, error }, 'the client certificate in use has expired: token requests fail until the service key is replaced');
       return;
     }
-    // An outage, or a wait the token server asked for (then it is not asked again before the wait ends), is no
-    // verdict on the new credentials.
-    const message = isTransientTokenError(err)
-      ? 'new credentials not applied: no token could be obtained with them yet; the previous credentials stay in use, and the change is tried again at the next check'
-      : 'new credentials rejected; the previous credentials stay in use';
-    log.error({ route, code, error }, message);
+    log.error({ route, code, error }, reloadFailureMessage(err));
   }
 
   log.info(
@@ -583,4 +578,18 @@ function logTokenEvent(log: Logger, event: TokenEvent, routes: string[]): void {
 function isoTime(ms: number): string | number {
   const date = new Date(ms);
   return Number.isNaN(date.getTime()) ? ms : date.toISOString();
+}
+
+/**
+ * What a failed reload says. An outage, a wait the token server asked for (then it is not asked again before the
+ * wait ends) or a key that could not be read now (out of file descriptors) is no verdict on the new credentials.
+ */
+export function reloadFailureMessage(err: unknown): string {
+  if (err instanceof ConfigError && err.transient) {
+    return 'the service key could not be read now; the previous credentials stay in use, and it is read again at the next check';
+  }
+  if (isTransientTokenError(err)) {
+    return 'new credentials not applied: no token could be obtained with them yet; the previous credentials stay in use, and the change is tried again at the next check';
+  }
+  return 'new credentials rejected; the previous credentials stay in use';
 }

@@ -4,6 +4,9 @@
  * it writes — stdout and stderr, warnings and stray console output included — is scanned for the secret in all
  * its forms, the tokens it was given and the Bearer header.
  */
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { request } from 'undici';
 import { collect, startCli, startCliWithFileLimit, waitForLog } from '../helpers/cli.js';
@@ -14,6 +17,7 @@ import { scratch } from '../helpers/sidecar.js';
 import { TokenEndpoint } from '../helpers/token-endpoint.js';
 import { startUpstream, type Upstream } from '../helpers/upstream.js';
 
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const CLIENT_ID = 'sb-process!b3|it-rt-acme!b196';
 const SECRET = 'pr0cess$Secret=value!|%+:5e';
 
@@ -112,4 +116,34 @@ it('under a low open-file limit, senders beyond what the descriptors carry get 5
   } finally {
     child.kill('SIGKILL');
   }
+});
+
+it('a service key read out of file descriptors says so, and a reload meeting it keeps the credentials without calling them rejected', { timeout: 20_000 }, async () => {
+  const key = await files.write('fd-read-key.json', JSON.stringify({ oauth: { clientid: CLIENT_ID, clientsecret: SECRET, tokenurl: endpoint.tokenUrl, url: upstream.url } }));
+  // A real EMFILE: the child holds every descriptor its limit allows, then reads the key as a reload does.
+  const script = `
+    const { loadCredentials } = await import(${JSON.stringify(pathToFileURL(join(ROOT, 'src/credentials.ts')).href)});
+    const { reloadFailureMessage } = await import(${JSON.stringify(pathToFileURL(join(ROOT, 'src/sidecar.ts')).href)});
+    const { openSync } = await import('node:fs');
+    const held = [];
+    try { for (;;) held.push(openSync('/dev/null', 'r')); } catch (err) { if (err.code !== 'EMFILE') throw err; }
+    try {
+      await loadCredentials({ source: { kind: 'path', path: ${JSON.stringify(key)} } });
+      console.log(JSON.stringify({ loaded: true }));
+    } catch (err) {
+      console.log(JSON.stringify({ code: err.code, transient: err.transient, message: err.message, reload: reloadFailureMessage(err) }));
+    }`;
+  const child = spawn('/bin/sh', ['-c', 'ulimit -n 64 && exec "$@"', 'sh', process.execPath, '--import', 'tsx', '--input-type=module', '-e', script], { cwd: ROOT });
+  const { code, stdout, stderr } = await collect(child);
+  expect(stderr).toBe('');
+  expect(code).toBe(0);
+  const outcome = JSON.parse(stdout) as Record<string, unknown>;
+  expect(outcome).toEqual({
+    code: 'CONFIG_INVALID',
+    transient: true,
+    message: expect.stringContaining(`cannot be read now: the sidecar is out of file descriptors (EMFILE) — raise its open-file limit`) as unknown,
+    reload: 'the service key could not be read now; the previous credentials stay in use, and it is read again at the next check',
+  });
+  expect(String(outcome['message'])).toContain(`(${key})`);
+  expectNoSecretOrStack(stdout, secretForms(CLIENT_ID, SECRET));
 });
