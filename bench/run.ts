@@ -37,7 +37,7 @@ import { machineLine } from './lib/machine.js';
 import { ForeignCpuMeter, PeakTracker, commandVersion, cpuLayout, cpuTimeMs, waitForQuiet } from './lib/proc.js';
 import { fmt, markdown, noise, quieterAttempt, remeasureNote, stallNote, summarize, tokenBounds, verdicts, type RoundRecord, type TargetVerdict, type TokenFigures } from './lib/report.js';
 import { probeStalls } from './lib/stall.js';
-import { histogramPercentile, max, median, mergeHistogram, refreshIntervalMs, rotate, tokenGapsOk } from './lib/stats.js';
+import { histogramPercentile, max, median, mergeHistogram, refreshWindowMs, rotate, tokenGapsOk } from './lib/stats.js';
 import type { RoundFigures } from './lib/types.js';
 import { reachingUpstream, unreachedProblem, type UpstreamCounts } from './lib/upstream-counts.js';
 
@@ -674,17 +674,18 @@ async function measureUpload(loadgen: LoadGenerator, c: RunningContender, bytes:
 
 function tokenFigures(stats: ServersStats, clientId: string, lifetimeS: number, start: number, end: number, metricsText: string | undefined): TokenFigures {
   const times = stats.token.requests.filter((t) => t.clientId === clientId && t.at >= start).map((t) => t.at);
-  const intervalMs = refreshIntervalMs(lifetimeS * 1000);
+  const window = refreshWindowMs(lifetimeS * 1000);
   const first = times[0] ?? start;
   return {
     lifetimeS,
-    refreshIntervalS: intervalMs / 1000,
+    refreshIntervalS: window.middleMs / 1000,
+    refreshWindowS: [window.earliestMs / 1000, window.latestMs / 1000],
     requests: times.length,
     requestTimesS: times.map((t) => (t - start) / 1000),
     metricsFetches: metricsText ? metricValue(metricsText, 'oauth_sidecar_token_fetches_total', 'outcome="success"') : undefined,
     elapsedS: (end - first) / 1000,
-    ...tokenBounds(end - first, intervalMs),
-    gapsOk: tokenGapsOk(times, intervalMs),
+    ...tokenBounds(end - first, window.earliestMs),
+    gapsOk: tokenGapsOk(times, window.earliestMs),
     // Its own tokens' only: another sidecar of the run (a `--variant`) must not decide this one's verdict.
     upstreamRejectedExpired: stats.upstream.rejectedExpiredByClient[clientId] ?? 0,
     upstreamRejectedUnknown: stats.upstream.rejectedUnknown,

@@ -5,8 +5,8 @@
  * (any number of callers on a cold cache cause exactly one token request) and,
  * with `allowStale`, hands out the still-valid token while it refreshes in the
  * background. The cache TTL of an entry is its *refresh point* (75 % of the
- * lifetime), not its expiry; a token is never handed out within a safety
- * margin of its real expiry. Failed fetches back off per key, so an outage of
+ * lifetime, ± 5 % drawn per token), not its expiry; a token is never handed
+ * out within a safety margin of its real expiry. Failed fetches back off per key, so an outage of
  * the token server is not hammered, and a still-valid token keeps serving.
  *
  * Keys come from `TokenClient.cacheKey` (token URL, client id, parameters,
@@ -40,6 +40,17 @@ export function tokenCacheSize(routes: number): number {
   return Math.max(64, 2 * routes);
 }
 
+/** Where in its lifetime a token is refreshed in the background: the middle of its window. */
+export const REFRESH_AHEAD = 0.75;
+
+/**
+ * Each token's refresh point is drawn from `REFRESH_AHEAD` ± this fraction of its lifetime. Tokens fetched
+ * together (the sidecars of one rollout, the routes' keys at an outage's end) then come due apart, and drift
+ * further apart with each refresh, instead of asking the token server in one burst every lifetime (XSUAA admits
+ * ~60 token requests a second per subaccount). Each token is still fetched once per refresh.
+ */
+export const REFRESH_JITTER = 0.05;
+
 export interface TokenProviderOptions {
   /**
    * Distinct tokens kept, least recently used dropped first; bounds memory. Never fewer than the routes' keys:
@@ -47,8 +58,12 @@ export interface TokenProviderOptions {
    * request). See `tokenCacheSize`.
    */
   max?: number;
-  /** Fraction of the lifetime after which a token is refreshed in the background. */
+  /** Fraction of the lifetime after which a token is refreshed in the background (`REFRESH_AHEAD`). */
   refreshAhead?: number;
+  /** Fraction of the lifetime the refresh point is moved by, at random per token, either way (`REFRESH_JITTER`). */
+  refreshJitter?: number;
+  /** Uniform in [0, 1): draws each token's refresh point (`Math.random`); injected in tests. */
+  random?: () => number;
   /** Upper bound of the expiry safety margin (the margin is 10 % of the lifetime, at most this). */
   maxSafetyMarginMs?: number;
   /** Backoff after a failed fetch: doubles from min to max. */
@@ -92,13 +107,17 @@ export class TokenProvider {
   /** When a rejection last caused a token request, per key. */
   readonly #rejectedAt = new Map<string, number>();
   readonly #refreshAhead: number;
+  readonly #refreshJitter: number;
+  readonly #random: () => number;
   readonly #maxMarginMs: number;
   readonly #backoff: { minMs: number; maxMs: number };
   readonly #now: Clock;
   readonly #onEvent: (event: TokenEvent) => void;
 
   constructor(options: TokenProviderOptions = {}) {
-    this.#refreshAhead = options.refreshAhead ?? 0.75;
+    this.#refreshAhead = options.refreshAhead ?? REFRESH_AHEAD;
+    this.#refreshJitter = options.refreshJitter ?? REFRESH_JITTER;
+    this.#random = options.random ?? Math.random;
     this.#maxMarginMs = options.maxSafetyMarginMs ?? 60_000;
     this.#backoff = options.backoff ?? DEFAULT_BACKOFF;
     this.#now = options.now ?? tokenClock;
@@ -292,10 +311,11 @@ export class TokenProvider {
     return !this.#revoked.has(token) && now < token.expiresAt - this.#marginMs(token);
   }
 
-  /** Cache TTL: until the refresh point, which is never inside the safety margin. */
+  /** Cache TTL: until the token's refresh point, drawn once as it is stored, and never inside the safety margin. */
   #ttlOf(token: AccessToken): number {
     const lifetime = token.expiresAt - token.issuedAt;
-    const refreshAt = Math.min(token.issuedAt + lifetime * this.#refreshAhead, token.expiresAt - this.#marginMs(token));
+    const fraction = this.#refreshAhead + this.#refreshJitter * (2 * this.#random() - 1);
+    const refreshAt = Math.min(token.issuedAt + lifetime * fraction, token.expiresAt - this.#marginMs(token));
     return Math.max(1, Math.floor(refreshAt - this.#now()));
   }
 

@@ -155,7 +155,10 @@ export function stallNote(rounds: readonly RoundRecord[], probeS: number): strin
 
 export interface TokenFigures {
   lifetimeS: number;
+  /** The mean refresh period (`REFRESH_AHEAD` of the lifetime). */
   refreshIntervalS: number;
+  /** The earliest and the latest refresh point a token may draw (`REFRESH_JITTER`). */
+  refreshWindowS: readonly [number, number];
   /** Token requests the sidecar's client made (times relative to the sidecar's start, s). */
   requests: number;
   requestTimesS: number[];
@@ -163,7 +166,7 @@ export interface TokenFigures {
   metricsFetches: number | undefined;
   /** From the first token request to the end of the measurements, s. */
   elapsedS: number;
-  /** Whole refresh periods elapsed in `elapsedS`. */
+  /** Whole refresh periods elapsed in `elapsedS`, of the shortest a token may draw. */
   refreshPeriods: number;
   /** The most requests one per refresh period allows: the first plus one per whole period. */
   allowedMax: number;
@@ -176,10 +179,13 @@ export interface TokenFigures {
   upstreamRejectedUnknown: number;
 }
 
-/** Token requests allowed over `elapsedMs` from the first one: see `TokenFigures`. */
-export function tokenBounds(elapsedMs: number, intervalMs: number): { refreshPeriods: number; allowedMin: number; allowedMax: number } {
-  if (!(intervalMs > 0)) throw new RangeError('interval must be positive');
-  const refreshPeriods = Math.floor(Math.max(0, elapsedMs) / intervalMs);
+/**
+ * Token requests allowed over `elapsedMs` from the first one: see `TokenFigures`. `earliestMs`: the earliest refresh
+ * point a token may draw, so the most requests are one per shortest period.
+ */
+export function tokenBounds(elapsedMs: number, earliestMs: number): { refreshPeriods: number; allowedMin: number; allowedMax: number } {
+  if (!(earliestMs > 0)) throw new RangeError('interval must be positive');
+  const refreshPeriods = Math.floor(Math.max(0, elapsedMs) / earliestMs);
   // No stricter floor: the sidecar refreshes when a request finds its token past the refresh point, not on a
   // timer, so while other contenders are measured it fetches later, or not at all if it idles past a lifetime.
   // That tokens were renewed in time shows at the upstream instead: no request with an expired token.
@@ -279,9 +285,9 @@ export function verdicts(s: Summary, id: string, tokens: TokenFigures | undefine
     const refreshPct = t.lifetimeS > 0 ? (t.refreshIntervalS / t.lifetimeS) * 100 : undefined;
     verdict(
       'tokens',
-      `one token request per token lifetime (one per refresh period at ${fmt(refreshPct, 0)} % of it, none early)`,
-      `${t.requests} request(s) in ${fmt(t.elapsedS, 0)} s from the first: ${fmt(t.elapsedS / t.refreshIntervalS, 1)} refresh periods of ${fmt(t.refreshIntervalS, 0)} s ` +
-        `(${t.refreshPeriods} whole), ${fmt(t.elapsedS / t.lifetimeS, 1)} token lifetimes of ${t.lifetimeS} s; ${t.allowedMin}–${t.allowedMax} allowed; ` +
+      `one token request per token lifetime (one per refresh, at ${fmt(refreshPct, 0)} ± 5 % of it, none early)`,
+      `${t.requests} request(s) in ${fmt(t.elapsedS, 0)} s from the first: ${fmt(t.elapsedS / t.refreshIntervalS, 1)} refresh periods of ${fmt(t.refreshIntervalS, 0)} s on average ` +
+        `(${t.refreshPeriods} whole of the shortest, ${fmt(t.refreshWindowS[0], 0)} s), ${fmt(t.elapsedS / t.lifetimeS, 1)} token lifetimes of ${t.lifetimeS} s; ${t.allowedMin}–${t.allowedMax} allowed; ` +
         `${t.gapsOk ? 'no' : 'SOME'} early refreshes; ${t.upstreamRejectedExpired} expired-token rejections`,
       ok,
     );
@@ -376,7 +382,7 @@ export function markdown(
     if (!t) continue;
     lines.push('');
     lines.push(
-      `Token requests by ${c.label} during the run: **${t.requests}** (token lifetime ${t.lifetimeS} s, refreshed at ${fmt(t.refreshIntervalS, 0)} s; ` +
+      `Token requests by ${c.label} during the run: **${t.requests}** (token lifetime ${t.lifetimeS} s, each refreshed at ${fmt(t.refreshWindowS[0], 0)}–${fmt(t.refreshWindowS[1], 0)} s; ` +
         `at ${t.requestTimesS.map((x) => `${fmt(x, 1)} s`).join(', ')}; its metrics count ${t.metricsFetches ?? '–'}); ` +
         `upstream rejections: ${t.upstreamRejectedExpired} with its expired tokens; ${t.upstreamRejectedUnknown} without an accepted token (all contenders).`,
     );

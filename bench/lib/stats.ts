@@ -4,6 +4,7 @@
  * expectations and the "is this series flat" verdict. No I/O, unit-tested in
  * `test/unit/bench-stats.test.ts`.
  */
+import { REFRESH_AHEAD, REFRESH_JITTER } from '../../src/token-provider.js';
 
 /** Median of the finite values; `undefined` when there are none. */
 export function median(values: readonly number[]): number | undefined {
@@ -67,30 +68,38 @@ export function spread(values: readonly number[]): number | undefined {
   return (Math.max(...finite) - Math.min(...finite)) / Math.abs(m);
 }
 
-/**
- * When the sidecar's token cache refreshes a token of `lifetimeMs`: at 75 % of
- * the lifetime, but never later than the safety margin before expiry (10 % of
- * the lifetime, at most 60 s). Mirrors `TokenProvider` defaults.
- */
-export function refreshIntervalMs(lifetimeMs: number, refreshAhead = 0.75, maxMarginMs = 60_000): number {
-  const margin = Math.min(maxMarginMs, lifetimeMs * 0.1);
-  return Math.min(lifetimeMs * refreshAhead, lifetimeMs - margin);
+/** When a token is refreshed, from its issue: drawn per token between the earliest and the latest point. */
+export interface RefreshWindow {
+  earliestMs: number;
+  /** The window's middle (`REFRESH_AHEAD`): the mean refresh period. */
+  middleMs: number;
+  latestMs: number;
 }
 
 /**
- * Token requests a cache with one-request-per-lifetime behaviour makes while
- * serving continuously: one at the start of each segment (start, credential
- * rotation) plus one per refresh interval elapsed within it. A segment ending
- * within `slackMs` of a refresh boundary may or may not have made that
- * request yet, so the answer is a range.
+ * When the sidecar's token cache refreshes a token of `lifetimeMs`: at `REFRESH_AHEAD` ± `REFRESH_JITTER` of the
+ * lifetime, drawn per token, but never later than the safety margin before expiry (10 % of the lifetime, at most
+ * 60 s). The defaults are `TokenProvider`'s own constants.
  */
-export function expectedTokenRequests(segmentsMs: readonly number[], intervalMs: number, slackMs = 1_000): { min: number; max: number } {
-  if (!(intervalMs > 0)) throw new RangeError('interval must be positive');
+export function refreshWindowMs(lifetimeMs: number, refreshAhead = REFRESH_AHEAD, jitter = REFRESH_JITTER, maxMarginMs = 60_000): RefreshWindow {
+  const latestPossible = lifetimeMs - Math.min(maxMarginMs, lifetimeMs * 0.1);
+  const at = (fraction: number) => Math.min(lifetimeMs * fraction, latestPossible);
+  return { earliestMs: at(refreshAhead - jitter), middleMs: at(refreshAhead), latestMs: at(refreshAhead + jitter) };
+}
+
+/**
+ * Token requests a cache with one-request-per-lifetime behaviour makes while serving continuously: one at the
+ * start of each segment (start, credential rotation) plus one per refresh elapsed within it — at most one per
+ * earliest, at least one per latest refresh point of the window. A segment ending within `slackMs` of a boundary
+ * may or may not have made that request yet, so the answer is a range.
+ */
+export function expectedTokenRequests(segmentsMs: readonly number[], window: RefreshWindow, slackMs = 1_000): { min: number; max: number } {
+  if (!(window.earliestMs > 0)) throw new RangeError('interval must be positive');
   let min = 0;
   let maxCount = 0;
   for (const length of segmentsMs) {
-    const low = Math.floor(Math.max(0, length - slackMs) / intervalMs);
-    const high = Math.floor((length + slackMs) / intervalMs);
+    const low = Math.floor(Math.max(0, length - slackMs) / window.latestMs);
+    const high = Math.floor((length + slackMs) / window.earliestMs);
     min += 1 + low;
     maxCount += 1 + high;
   }
@@ -98,20 +107,33 @@ export function expectedTokenRequests(segmentsMs: readonly number[], intervalMs:
 }
 
 /**
- * True when consecutive token requests are never closer than the refresh
- * interval (minus `slackMs`): no token was fetched twice within a lifetime.
- * `resets` are instants (e.g. a credential rotation) after which one early
- * request is expected.
+ * True when consecutive token requests are never closer than the earliest refresh point `earliestMs` (minus
+ * `slackMs`): no token was fetched twice within a lifetime. `resets` are instants (e.g. a credential rotation)
+ * after which one early request is expected.
  */
-export function tokenGapsOk(requestTimesMs: readonly number[], intervalMs: number, resets: readonly number[] = [], slackMs = 250): boolean {
+export function tokenGapsOk(requestTimesMs: readonly number[], earliestMs: number, resets: readonly number[] = [], slackMs = 250): boolean {
+  return gaps(requestTimesMs, resets, slackMs).every((gap) => gap >= earliestMs - slackMs);
+}
+
+/**
+ * Consecutive token requests further apart than the latest refresh point `latestMs` (plus `slackMs`, for the
+ * request that finds the token due and the fetch): a token refreshed late. Meaningful only under continuous
+ * traffic (the soak), since a token is refreshed by the first request past its refresh point.
+ */
+export function lateRefreshes(requestTimesMs: readonly number[], latestMs: number, resets: readonly number[] = [], slackMs = 1_000): number {
+  return gaps(requestTimesMs, resets, slackMs).filter((gap) => gap > latestMs + slackMs).length;
+}
+
+/** The gaps between consecutive requests, but those across a reset. */
+function gaps(requestTimesMs: readonly number[], resets: readonly number[], slackMs: number): number[] {
   const times = [...requestTimesMs].sort((a, b) => a - b);
+  const out: number[] = [];
   for (let i = 1; i < times.length; i++) {
     const prev = times[i - 1]!;
     const cur = times[i]!;
-    const reset = resets.some((r) => r > prev - slackMs && r <= cur + slackMs);
-    if (!reset && cur - prev < intervalMs - slackMs) return false;
+    if (!resets.some((r) => r > prev - slackMs && r <= cur + slackMs)) out.push(cur - prev);
   }
-  return true;
+  return out;
 }
 
 export interface FlatnessVerdict {

@@ -9,7 +9,8 @@ import {
   mergeHistogram,
   percentile,
   ratio,
-  refreshIntervalMs,
+  lateRefreshes,
+  refreshWindowMs,
   rotate,
   round,
   spread,
@@ -51,20 +52,27 @@ describe('bench statistics', () => {
     expect(spread([1])).toBeUndefined();
   });
 
-  it('refresh interval follows the token cache: 75 % of the lifetime, margin capped at 60 s', () => {
-    expect(refreshIntervalMs(20_000)).toBe(15_000);
-    expect(refreshIntervalMs(3_600_000)).toBe(2_700_000);
-    // 75 % would be later than 10 % before expiry only for tiny refreshAhead changes; margin wins when smaller.
-    expect(refreshIntervalMs(100_000, 0.95)).toBe(90_000);
+  it("refresh window follows the token cache's constants: 75 ± 5 % of the lifetime, never inside the margin (10 %, at most 60 s)", () => {
+    const window = refreshWindowMs(20_000);
+    expect(window.earliestMs).toBeCloseTo(14_000);
+    expect(window.middleMs).toBe(15_000);
+    expect(window.latestMs).toBeCloseTo(16_000);
+    expect(refreshWindowMs(3_600_000).middleMs).toBe(2_700_000);
+    // The margin wins when the window reaches into it.
+    expect(refreshWindowMs(100_000, 0.9, 0.05)).toMatchObject({ middleMs: 90_000, latestMs: 90_000 });
+    expect(refreshWindowMs(100_000, 0.9, 0.05).earliestMs).toBeCloseTo(85_000);
   });
 
   it('expected token requests per segment, as a range near boundaries', () => {
     // 60 s of traffic with a 15 s interval: the first request, then at 15, 30, 45 (60 is the boundary).
-    expect(expectedTokenRequests([59_000], 15_000, 500)).toEqual({ min: 4, max: 4 });
-    expect(expectedTokenRequests([60_000], 15_000, 500)).toEqual({ min: 4, max: 5 });
+    const fixed = { earliestMs: 15_000, middleMs: 15_000, latestMs: 15_000 };
+    expect(expectedTokenRequests([59_000], fixed, 500)).toEqual({ min: 4, max: 4 });
+    expect(expectedTokenRequests([60_000], fixed, 500)).toEqual({ min: 4, max: 5 });
     // A rotation in the middle starts a second segment with its own first request.
-    expect(expectedTokenRequests([31_000, 29_000], 15_000, 500)).toEqual({ min: 3 + 2, max: 3 + 2 });
-    expect(() => expectedTokenRequests([1], 0)).toThrow(RangeError);
+    expect(expectedTokenRequests([31_000, 29_000], fixed, 500)).toEqual({ min: 3 + 2, max: 3 + 2 });
+    // Refreshes drawn from 14–16 s: at least one per 16 s, at most one per 14 s.
+    expect(expectedTokenRequests([100_000], { earliestMs: 14_000, middleMs: 15_000, latestMs: 16_000 }, 500)).toEqual({ min: 1 + 6, max: 1 + 7 });
+    expect(() => expectedTokenRequests([1], { earliestMs: 0, middleMs: 0, latestMs: 0 })).toThrow(RangeError);
   });
 
   it('token gaps: no two requests within one refresh interval, except right after a reset', () => {
@@ -72,6 +80,13 @@ describe('bench statistics', () => {
     expect(tokenGapsOk([0, 15_000, 20_000], 15_000)).toBe(false);
     expect(tokenGapsOk([0, 15_000, 20_000], 15_000, [19_990])).toBe(true);
     expect(tokenGapsOk([], 15_000)).toBe(true);
+  });
+
+  it('late refreshes: gaps past the latest refresh point, except across a reset', () => {
+    expect(lateRefreshes([0, 14_000, 30_000], 16_000)).toBe(0);
+    expect(lateRefreshes([0, 14_000, 31_500], 16_000)).toBe(1);
+    expect(lateRefreshes([0, 14_000, 31_500], 16_000, [20_000])).toBe(0);
+    expect(lateRefreshes([], 16_000)).toBe(0);
   });
 
   it('slope is the least-squares trend (MB per minute of a leak), undefined without two distinct x', () => {

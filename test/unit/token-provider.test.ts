@@ -52,10 +52,11 @@ async function warm(provider: TokenProvider, source: FakeSource): Promise<Access
   return token;
 }
 
-function setup(options: { backoff?: { minMs: number; maxMs: number } } = {}) {
+/** `random` 0.5 by default: each token's refresh point in the middle of its window, at 75 % of its lifetime. */
+function setup(options: { backoff?: { minMs: number; maxMs: number }; random?: () => number } = {}) {
   const clock = { now: 1_000_000 };
   const events: TokenEvent[] = [];
-  const provider = new TokenProvider({ now: () => clock.now, onEvent: (e) => events.push(e), ...options });
+  const provider = new TokenProvider({ now: () => clock.now, onEvent: (e) => events.push(e), random: () => 0.5, ...options });
   const source = new FakeSource(clock);
   return { clock, events, provider, source };
 }
@@ -90,6 +91,64 @@ describe('TokenProvider', () => {
     const fresh = await source.issue(100_000);
     expect(await provider.getToken(source)).toBe(fresh);
     expect(source.calls).toBe(2);
+  });
+
+  it("draws each token's refresh point from 75 ± 5 % of its lifetime, once, as the token is stored", async () => {
+    for (const [random, dueAt] of [
+      [0, 70_000],
+      [0.25, 72_500],
+      [0.999_999, 79_999],
+    ] as const) {
+      let draws = 0;
+      const { clock, provider, source } = setup({ random: () => (draws++, random) });
+      const token = await warm(provider, source);
+      // Within a millisecond or two of it (whole milliseconds, and due once past it).
+      clock.now += dueAt - 2;
+      expect(provider.cachedToken(source)).toBe(token);
+      clock.now += 3;
+      expect(provider.cachedToken(source)).toBeUndefined();
+      expect(draws).toBe(1);
+    }
+  });
+
+  it('tokens fetched together come due apart, and each is still fetched once per refresh', async () => {
+    const draws = [0.1, 0.9, 0.9, 0.1];
+    const { clock, provider } = setup({ random: () => draws.shift()! });
+    const a = new FakeSource(clock);
+    const b = Object.assign(new FakeSource(clock), { cacheKey: 'key-2' });
+    await warm(provider, a);
+    await warm(provider, b);
+    // a is due at 71 s, b at 79 s of their lifetimes.
+    clock.now += 71_001;
+    await provider.getToken(a);
+    await provider.getToken(b);
+    expect([a.calls, b.calls]).toEqual([2, 1]);
+    await a.issue(100_000); // a's next refresh point: 79 s after this
+    clock.now += 8_000;
+    await provider.getToken(a);
+    await provider.getToken(b);
+    expect([a.calls, b.calls]).toEqual([2, 2]);
+    await b.issue(100_000); // b's next: 71 s after this
+    clock.now += 70_998;
+    await provider.getToken(a);
+    await provider.getToken(b);
+    expect([a.calls, b.calls]).toEqual([2, 2]);
+    clock.now += 3;
+    await provider.getToken(b);
+    expect(b.calls).toBe(3);
+  });
+
+  it('with the default random source, a token is never due before 70 % of its lifetime and always by 80 %', async () => {
+    for (let i = 0; i < 50; i++) {
+      const clock = { now: 1_000_000 };
+      const provider = new TokenProvider({ now: () => clock.now });
+      const source = new FakeSource(clock);
+      const token = await warm(provider, source);
+      clock.now += 69_999;
+      expect(provider.cachedToken(source)).toBe(token);
+      clock.now += 10_001;
+      expect(provider.cachedToken(source)).toBeUndefined();
+    }
   });
 
   it('never hands out a token within the safety margin of its expiry', async () => {
