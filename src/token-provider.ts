@@ -27,7 +27,8 @@ export interface TokenSource {
 
 /** Token traffic, for logs and metrics. Cache hits are only counted (`stats.hits`): they happen on every request. */
 export type TokenEvent =
-  | { type: 'fetch'; key: string; reason: 'cold' | 'refresh-ahead' | 'invalidated' | 'expired' | 'rotated' }
+  /** `clock-jump`: the token before it arrived unusable only because the token clock jumped forward meanwhile. */
+  | { type: 'fetch'; key: string; reason: 'cold' | 'refresh-ahead' | 'invalidated' | 'expired' | 'rotated' | 'clock-jump' }
   | { type: 'fetched'; key: string; token: AccessToken; durationMs: number }
   /** `retryInMs` is undefined for a rotation's validation fetch: the credential watcher offers the change again. */
   | { type: 'fetch-failed'; key: string; error: unknown; durationMs: number; retryInMs: number | undefined };
@@ -70,6 +71,8 @@ export interface TokenProviderOptions {
   backoff?: { minMs: number; maxMs: number };
   /** The clock the tokens' `issuedAt`/`expiresAt` are on (`clock.ts`'s `tokenClock` by default); injected in tests. */
   now?: Clock;
+  /** A clock that never jumps (`performance.now` by default): how long a fetch really took. Injected in tests. */
+  monotonic?: Clock;
   onEvent?: (event: TokenEvent) => void;
 }
 
@@ -112,6 +115,7 @@ export class TokenProvider {
   readonly #maxMarginMs: number;
   readonly #backoff: { minMs: number; maxMs: number };
   readonly #now: Clock;
+  readonly #monotonic: Clock;
   readonly #onEvent: (event: TokenEvent) => void;
 
   constructor(options: TokenProviderOptions = {}) {
@@ -121,6 +125,7 @@ export class TokenProvider {
     this.#maxMarginMs = options.maxSafetyMarginMs ?? 60_000;
     this.#backoff = options.backoff ?? DEFAULT_BACKOFF;
     this.#now = options.now ?? tokenClock;
+    this.#monotonic = options.monotonic ?? (() => performance.now());
     const onEvent = options.onEvent;
     // An observer that throws (a logger choking on an odd value) must not turn a good token into a failed
     // fetch, nor a failure into another error: the event is lost, the token traffic is not.
@@ -244,7 +249,7 @@ export class TokenProvider {
     this.#onEvent({ type: 'fetch', key, reason: 'rotated' });
     let token: AccessToken;
     try {
-      token = this.#usableOnArrival(await source.fetchToken());
+      token = await this.#fetchUsable(source);
     } catch (error) {
       this.stats.failures++;
       const failedAt = this.#now();
@@ -290,6 +295,24 @@ export class TokenProvider {
     this.#cache.delete(source.cacheKey);
     this.#failures.delete(source.cacheKey);
     this.#rejectedAt.delete(source.cacheKey);
+  }
+
+  /**
+   * One token request, and at most one more at once when its token arrived unusable only because the token clock
+   * jumped forward meanwhile (a VM resumed and its clock stepped, an NTP step: `clock.ts` counts such a jump as
+   * time gone by, so a token issued before it looks old): on the monotonic clock the request took less than the
+   * token's usable lifetime. The token server may have issued it before a pause or after; the next one is issued
+   * after. A lifetime too short on its own stays a failed fetch.
+   */
+  async #fetchUsable(source: TokenSource): Promise<AccessToken> {
+    const started = this.#monotonic();
+    const token = await source.fetchToken();
+    if (this.#usable(token, this.#now())) return token;
+    const usableMs = token.expiresAt - this.#marginMs(token) - token.issuedAt;
+    if (this.#monotonic() - started >= usableMs) return this.#usableOnArrival(token);
+    this.stats.fetches++;
+    this.#onEvent({ type: 'fetch', key: source.cacheKey, reason: 'clock-jump' });
+    return this.#usableOnArrival(await source.fetchToken());
   }
 
   /**
@@ -360,7 +383,7 @@ export class TokenProvider {
     };
     try {
       // Not aborted by lru-cache's signal: a fetch whose entry was replaced (`refresh`) still answers its callers.
-      token = this.#usableOnArrival(await source.fetchToken().finally(done));
+      token = await this.#fetchUsable(source).finally(done);
     } catch (error) {
       // Replaced meanwhile by a validated token (`refresh`, new credentials under this key): the old
       // credentials' failure is theirs, not the key's; its callers get the new token.

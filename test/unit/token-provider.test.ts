@@ -151,6 +151,54 @@ describe('TokenProvider', () => {
     }
   });
 
+  it('a token that arrives unusable only because the token clock jumped during its request is fetched again at once, not failed', async () => {
+    // As the token client does: the token's issue time is read as the request goes out.
+    const clock = { now: 1_000_000, monotonic: 0 };
+    const events: TokenEvent[] = [];
+    const provider = new TokenProvider({ now: () => clock.now, monotonic: () => clock.monotonic, onEvent: (e) => events.push(e), random: () => 0.5 });
+    const answers: Array<() => void> = [];
+    let calls = 0;
+    const source: TokenSource = {
+      cacheKey: 'key-jump',
+      fetchToken: () => {
+        const issuedAt = clock.now;
+        const value = `token-${++calls}`;
+        return new Promise((resolve) => answers.push(() => resolve({ value, issuedAt, expiresAt: issuedAt + 3_600_000, scopes: [], lifetimeSource: 'expires_in' })));
+      },
+    };
+    const waiting = provider.getToken(source);
+    await flush();
+    // The VM is paused for two hours mid-request: the wall clock is stepped on resume, the monotonic one counted 1.5 s.
+    clock.now += 7_200_000 + 1_500;
+    clock.monotonic += 1_500;
+    answers.shift()!();
+    await flush();
+    expect(calls).toBe(2);
+    answers.shift()!();
+    expect((await waiting).value).toBe('token-2');
+    expect(events.filter((e) => e.type === 'fetch').map((e) => e.type === 'fetch' && e.reason)).toEqual(['cold', 'clock-jump']);
+    expect(events.some((e) => e.type === 'fetch-failed')).toBe(false);
+    expect(provider.stats).toMatchObject({ fetches: 2, failures: 0 });
+
+    // A rotation's validation too.
+    const validated = provider.refresh(source);
+    await flush();
+    clock.now += 7_200_000;
+    clock.monotonic += 100;
+    answers.shift()!();
+    await flush();
+    answers.shift()!();
+    expect((await validated).value).toBe('token-4');
+
+    // A lifetime too short for the request as the monotonic clock counted it stays a failed fetch: asked once.
+    const slow = provider.refresh({ ...source, cacheKey: 'key-slow', fetchToken: () => new Promise((resolve) => answers.push(() => resolve({ value: 'short', issuedAt: clock.now - 10_000, expiresAt: clock.now - 10_000 + 5_000, scopes: [], lifetimeSource: 'expires_in' }))) });
+    await flush();
+    clock.monotonic += 10_000;
+    answers.shift()!();
+    await expect(slow).rejects.toMatchObject({ code: 'TOKEN_RESPONSE_INVALID' });
+    expect(answers).toHaveLength(0);
+  });
+
   it('never hands out a token within the safety margin of its expiry', async () => {
     const { clock, provider, source } = setup();
     const old = await warm(provider, source);
