@@ -186,3 +186,19 @@ function innermost(err: unknown): { code?: unknown; name?: unknown; message?: un
 export function descriptorsText(code: string): string {
   return `the sidecar is out of file descriptors (${code}) — raise its open-file limit (ulimit -n, docker run --ulimit nofile=N) or lower --max-connections`;
 }
+
+/**
+ * Codes of a peer that was reached and answered with no HTTP/1.1 answer undici can read (a parser error, a head
+ * over its limit, a body shorter or longer than its length, an impossible status): not the network's fault, and
+ * not cured by asking again.
+ */
+const MALFORMED_ANSWER: ReadonlySet<string> = new Set(['HTTPParserError', 'UND_ERR_HEADERS_OVERFLOW', 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH', 'ERR_ASSERTION']);
+
+export function isMalformedAnswer(code: string | undefined): boolean {
+  return code !== undefined && (MALFORMED_ANSWER.has(code) || code.startsWith('HPE_'));
+}
+
+/** What a malformed answer says, by its code. */
+export function malformedAnswerText(code: string): string {
+  return `answered with a malformed response (${code === 'ERR_ASSERTION' ? 'an impossible status or framing' : code})`;
+}

@@ -19,7 +19,7 @@ import type { ConnectionLimit } from './connection-limit.js';
 import { SidecarError, toHttpFailure, type HttpFailure } from './errors.js';
 import { requestHeadersForUpstream, responseHeadersForSender, type HeaderRecord } from './headers.js';
 import { BASIC_AUTH_CHALLENGE, type InboundControl } from './inbound-control.js';
-import { classifyNetworkError, descriptorsText, proxyAdvice, proxyConnectFailureText, trustAdvice } from './network-error.js';
+import { classifyNetworkError, descriptorsText, isMalformedAnswer, malformedAnswerText, proxyAdvice, proxyConnectFailureText, trustAdvice } from './network-error.js';
 import { lingerAfterAnswer } from './lingering-close.js';
 import { reachedHost, senderLocation } from './redirect-location.js';
 import { ReplayBudget } from './replay-budget.js';
@@ -1135,8 +1135,6 @@ function senderGoneError(): Error {
 const UNFORWARDABLE_HEAD: ReadonlySet<string | undefined> = new Set(['ERR_INVALID_CHAR', 'ERR_INVALID_HTTP_TOKEN', 'ERR_HTTP_INVALID_HEADER_VALUE', 'ERR_HTTP_INVALID_STATUS_CODE']);
 
 /** undici's words for an answer it could not parse (`ERR_ASSERTION`: a status under 100, which its parser asserts against). */
-const MALFORMED_ANSWER: ReadonlySet<string | undefined> = new Set(['HTTPParserError', 'UND_ERR_HEADERS_OVERFLOW', 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH', 'ERR_ASSERTION']);
-
 /** Methods whose repetition has no further effect (RFC 9110 §9.2.2). */
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']);
 
@@ -1153,6 +1151,10 @@ function framingRefusal(req: IncomingMessage, target: string): string | undefine
     if (!onlyChunked(codings)) return 'unsupported Transfer-Encoding';
     if (req.httpVersion === '1.0') return 'Transfer-Encoding in an HTTP/1.0 request: its framing cannot be trusted (RFC 9112 §6.1)';
   }
+  // node's parser takes lengths up to 2^64 − 1, but undici reads and writes one as a JavaScript number: one past
+  // 2^53 − 1 would go upstream rounded, not the message's length (RFC 9110 §8.6).
+  const length = req.headers['content-length'];
+  if (length !== undefined && Number(length) > Number.MAX_SAFE_INTEGER) return `a Content-Length over ${Number.MAX_SAFE_INTEGER} bytes cannot be forwarded exactly`;
   const hosts = hostFields(req.rawHeaders);
   if (hosts > 1) return 'more than one Host header';
   if (hosts === 0 && req.httpVersion !== '1.0') return 'an HTTP/1.1 request must carry a Host header';
@@ -1217,9 +1219,9 @@ function upstreamFailure(route: Route, err: unknown, answered = false): unknown 
     return new SidecarError(failure === 'timeout' ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNREACHABLE', message, { cause: err });
   }
   // After the proxy's own failures: a proxy answering its CONNECT with something not HTTP is the proxy's.
-  if (MALFORMED_ANSWER.has(code) || code?.startsWith('HPE_')) {
+  if (isMalformedAnswer(code)) {
     // Reached, and it answered: what it sent is no HTTP/1.1 answer undici can read. Not the network's fault.
-    return new SidecarError('UPSTREAM_UNREACHABLE', `upstream ${host} answered with a malformed response (${code === 'ERR_ASSERTION' ? 'an impossible status or framing' : code})`, { cause: err });
+    return new SidecarError('UPSTREAM_UNREACHABLE', `upstream ${host} ${malformedAnswerText(code)}`, { cause: err });
   }
   switch (failure) {
     case 'timeout':

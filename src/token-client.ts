@@ -21,7 +21,7 @@ import { createDispatcher, type OutboundNetwork } from './dispatcher.js';
 import { SidecarError, isTransientTokenError } from './errors.js';
 import { decodeJwtClaims, type JwtClaims } from './jwt.js';
 import { withoutBom } from './text-file.js';
-import { classifyNetworkError, descriptorsText, proxyAdvice, proxyConnectFailureText, trustAdvice } from './network-error.js';
+import { classifyNetworkError, descriptorsText, isMalformedAnswer, malformedAnswerText, proxyAdvice, proxyConnectFailureText, trustAdvice } from './network-error.js';
 
 /** Lifetime assumed when the server gives neither `expires_in` nor a JWT `exp`. */
 export const DEFAULT_TOKEN_LIFETIME_S = 300;
@@ -367,6 +367,11 @@ export class TokenClient {
       // abort a connection being made): the token server was never contacted, and its name would mislead.
       const message = `token server ${host}: ${proxyConnectFailureText(proxy, failure, code)}`;
       return new SidecarError(failure === 'timeout' ? 'TOKEN_TIMEOUT' : 'TOKEN_UNREACHABLE', message, { cause: err });
+    }
+    // Reached, and it answered, but with no HTTP/1.1 answer undici can read (a gateway or a TLS-inspecting proxy in
+    // front of it, answering in its place): final, like a body that is no token, not asked again at once.
+    if (!timedOut && isMalformedAnswer(code)) {
+      return new SidecarError('TOKEN_RESPONSE_INVALID', `token server ${host} ${malformedAnswerText(code)} — check tokenurl of ${this.#where()}, and what answers for it`, { cause: err });
     }
     switch (timedOut ? 'timeout' : failure) {
       case 'timeout':

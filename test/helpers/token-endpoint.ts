@@ -36,7 +36,9 @@ export type Fault =
    * 429 with `Retry-After: retryAfterS`, enforced as a real rate limiter would: a request that comes back
    * before half of that wait has passed (half, to allow for clock and scheduling skew) gets another 429.
    */
-  | { kind: 'rate-limit'; retryAfterS: number };
+  | { kind: 'rate-limit'; retryAfterS: number }
+  /** `bytes` written to the connection as the answer, whatever they are (a gateway answering malformed HTTP), then the connection ended. */
+  | { kind: 'raw'; bytes: string };
 
 /** How a `huge` answer went: `finished` resolves true once it was all handed to the connection, false if the client closed first. */
 export interface HugeAnswer {
@@ -235,6 +237,9 @@ export class TokenEndpoint {
         pump();
         return;
       }
+      case 'raw':
+        req.socket.end(fault.bytes);
+        return;
       case 'rate-limit':
         this.#limitedUntil = performance.now() + (fault.retryAfterS * 1000) / 2;
         res.writeHead(429, { 'content-type': 'application/json', 'retry-after': String(fault.retryAfterS) });

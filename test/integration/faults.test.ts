@@ -2128,6 +2128,7 @@ describe('sender faults and abuse', () => {
     ['a space before the colon (Content-Length : 0)', `POST /http/ok HTTP/1.1\r\nHost: localhost\r\nContent-Length : 0\r\n\r\n${SMUGGLED}`],
     ['an obs-fold Transfer-Encoding', `POST /http/ok HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding:\r\n chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n${SMUGGLED}`],
     ['a vertical tab before chunked', `POST /http/ok HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: \x0bchunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n${SMUGGLED}`],
+    ['a Content-Length past 2^53 − 1 (undici would forward it rounded)', `POST /http/ok HTTP/1.1\r\nHost: localhost\r\nContent-Length: 9007199254740993\r\n\r\n${SMUGGLED}`],
   ])('smuggling shape: %s → 400, nothing forwarded', async (_name, bytes) => {
     await expectRefusedRaw(bytes, 400);
   });

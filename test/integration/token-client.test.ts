@@ -571,6 +571,27 @@ describe('token client against a token endpoint that checks credentials', () => 
     }
   });
 
+  it('a malformed answer (a gateway in front of the token server) is a final TOKEN_RESPONSE_INVALID saying so, asked once, not "unreachable"', async () => {
+    const token = JSON.stringify({ access_token: 'tok-9-malformed', token_type: 'bearer', expires_in: 300 });
+    const answers = {
+      'obs-fold': `HTTP/1.1 200 OK\r\nX-Fold: a\r\n b\r\nContent-Length: ${token.length}\r\n\r\n${token}`,
+      'two lengths': `HTTP/1.1 200 OK\r\nContent-Length: ${token.length}\r\nContent-Length: ${token.length + 1}\r\n\r\n${token}`,
+      'bare LF': `HTTP/1.1 200 OK\nContent-Length: ${token.length}\n\n${token}`,
+      'a head over 16 KiB': `HTTP/1.1 200 OK\r\nX-Big: ${'b'.repeat(70_000)}\r\nContent-Length: ${token.length}\r\n\r\n${token}`,
+    };
+    for (const [what, bytes] of Object.entries(answers)) {
+      endpoint.requests.length = 0;
+      // One such answer: a retry would meet a good one and succeed.
+      endpoint.fail({ kind: 'raw', bytes });
+      const err = await failure(client(secretCredentials()).fetchToken());
+      expect({ what, code: err.code }).toEqual({ what, code: 'TOKEN_RESPONSE_INVALID' });
+      expect(err.message).toMatch(new RegExp(`^token server 127\\.0\\.0\\.1:\\d+ answered with a malformed response \\([A-Za-z_]+\\) — check tokenurl of service key /keys/test\\.json, and what answers for it$`));
+      expect(err.retryAfter).toBeUndefined();
+      expect(endpoint.requests).toHaveLength(1);
+      expectNoSecrets(err.message);
+    }
+  });
+
   it('a reset connection is retried', async () => {
     endpoint.fail({ kind: 'reset' });
     await client(secretCredentials()).fetchToken();
