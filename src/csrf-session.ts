@@ -8,6 +8,7 @@
  *
  * One fetch at a time per route, shared by every request that needs it.
  */
+import { serverDate } from './http-date.js';
 
 export interface CsrfCredentials {
   /** Value for the `x-csrf-token` request header. */
@@ -68,13 +69,16 @@ export function isCsrfRequired(status: number, headers: Readonly<Record<string, 
  * sent with the cookies of an earlier session (`sentCookie`) keeps those the server did not replace: a
  * session it still accepts sets no new cookie, and the token is bound to it. A `Set-Cookie` that has already
  * expired (`Max-Age` of 0 or less, or an `Expires` in the past: RFC 6265 §5.3 steps 11–12) removes its cookie,
- * as a browser would: a load balancer clearing its affinity cookie does not get the stale pair back.
+ * as a browser would: a load balancer clearing its affinity cookie does not get the stale pair back. An `Expires`
+ * is read against the response's own `Date` when it has one (`localNow` otherwise): a local clock an hour ahead
+ * must not take a session cookie valid for 30 minutes as expired, and send the token without its session.
  */
 export function csrfFromResponse(
   headers: Readonly<Record<string, string | string[] | undefined>>,
   sentCookie?: string,
-  now: number = Date.now(),
+  localNow: number = Date.now(),
 ): CsrfCredentials | undefined {
+  const now = serverDate(headers['date']) ?? localNow;
   const token = headers['x-csrf-token'];
   if (typeof token !== 'string' || token === '' || token.toLowerCase() === 'required') return undefined;
   const setCookie = headers['set-cookie'];

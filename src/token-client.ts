@@ -19,6 +19,7 @@ import type { Credentials } from './credentials.js';
 import { redact, secretForms } from './redaction.js';
 import { createDispatcher, type OutboundNetwork } from './dispatcher.js';
 import { SidecarError, isTransientTokenError } from './errors.js';
+import { parseHttpDate, serverDate } from './http-date.js';
 import { decodeJwtClaims, type JwtClaims } from './jwt.js';
 import { withoutBom } from './text-file.js';
 import { classifyNetworkError, descriptorsText, isMalformedAnswer, malformedAnswerText, proxyAdvice, proxyConnectFailureText, trustAdvice } from './network-error.js';
@@ -612,26 +613,6 @@ function untilAbandoned(request: Promise<Dispatcher.ResponseData>, abandoned: Ab
       },
     );
   });
-}
-
-/**
- * A response's `Date` as epoch milliseconds, or undefined when absent or not a date: what the server's own dates
- * (a JWT's `exp`, a `Retry-After` date) are measured from, whatever the local calendar clock says.
- */
-function serverDate(value: string | string[] | undefined): number | undefined {
-  const raw = Array.isArray(value) ? value[0] : value;
-  if (raw === undefined || !/[a-z]/i.test(raw)) return undefined; // an HTTP-date names its weekday and month
-  return parseHttpDate(raw);
-}
-
-/**
- * An HTTP-date as epoch milliseconds, or undefined. RFC 9110 §5.6.7: recipients accept the obsolete RFC 850 and
- * asctime forms too, and every HTTP-date is GMT; asctime's names no zone, which Date.parse would read in local time.
- */
-function parseHttpDate(raw: string): number | undefined {
-  const text = /^[a-z]{3} [a-z]{3} [ \d]\d \d\d:\d\d:\d\d \d{4}$/i.test(raw.trim()) ? `${raw.trim()} GMT` : raw;
-  const date = Date.parse(text);
-  return Number.isFinite(date) ? date : undefined;
 }
 
 /** The body as text, or undefined when it is larger than `limit` (then it is not read further). */

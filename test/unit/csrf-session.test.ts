@@ -40,6 +40,20 @@ describe('csrfFromResponse', () => {
     expect(csrfFromResponse({ 'x-csrf-token': 't7', 'set-cookie': 'a=; Max-Age=-1' }, 'a=1', now)).toEqual({ token: 't7', cookie: undefined });
   });
 
+  it("reads a cookie's Expires against the answer's Date, not a local clock that is off", () => {
+    // The local clock an hour ahead of the server's: the session cookie has 30 minutes left by the server's.
+    const localNow = Date.parse('2026-06-01T13:00:00Z');
+    const headers = (date?: string) => ({
+      'x-csrf-token': 't8',
+      'set-cookie': ['JSESSIONID=s8; Path=/; Expires=Mon, 01 Jun 2026 12:30:00 GMT', 'gone=x; Expires=Mon, 01 Jun 2026 11:59:00 GMT'],
+      ...(date === undefined ? {} : { date }),
+    });
+    expect(csrfFromResponse(headers('Mon, 01 Jun 2026 12:00:00 GMT'), undefined, localNow)).toEqual({ token: 't8', cookie: 'JSESSIONID=s8' });
+    // Without a Date (or one that is no date), the local clock is all there is.
+    expect(csrfFromResponse(headers(), undefined, localNow)).toEqual({ token: 't8', cookie: undefined });
+    expect(csrfFromResponse(headers('yesterday'), undefined, localNow)).toEqual({ token: 't8', cookie: undefined });
+  });
+
   it('tells cookies apart by name and path, and removes only the one an expired Set-Cookie names', () => {
     const now = Date.parse('2026-06-01T12:00:00Z');
     const answer = (...setCookie: string[]) => csrfFromResponse({ 'x-csrf-token': 't', 'set-cookie': setCookie }, undefined, now)?.cookie;
