@@ -265,7 +265,7 @@ export class TokenClient {
     // limit, retried and its Retry-After honoured, and a 401 still final; only its body (an OAuth error) is lost.
     const text = await readBounded(response.body, MAX_TOKEN_RESPONSE_BYTES).catch((err: unknown) => {
       if (response.statusCode !== 200) return '';
-      throw this.#networkError(err, timeout.aborted);
+      throw this.#networkError(err, timeout.aborted, 'body');
     });
     if (response.statusCode !== 200) throw this.#statusError(response.statusCode, response.headers, text ?? '');
     if (text === undefined) {
@@ -358,7 +358,8 @@ export class TokenClient {
     );
   }
 
-  #networkError(err: unknown, timedOut: boolean): SidecarError {
+  /** `stage`: where it failed; a body that breaks off (undici's length mismatch or parser error at the close) is a cut, not a malformed answer. */
+  #networkError(err: unknown, timedOut: boolean, stage: 'head' | 'body' = 'head'): SidecarError {
     const host = this.#url.host;
     const { failure, code, proxy } = classifyNetworkError(err);
     // Out of descriptors is the sidecar's own limit, whichever connection met it (to the token server or to a proxy).
@@ -369,9 +370,10 @@ export class TokenClient {
       const message = `token server ${host}: ${proxyConnectFailureText(proxy, failure, code)}`;
       return new SidecarError(failure === 'timeout' ? 'TOKEN_TIMEOUT' : 'TOKEN_UNREACHABLE', message, { cause: err });
     }
-    // Reached, and it answered, but with no HTTP/1.1 answer undici can read (a gateway or a TLS-inspecting proxy in
-    // front of it, answering in its place): final, like a body that is no token, not asked again at once.
-    if (!timedOut && isMalformedAnswer(code)) {
+    // Reached, and it answered, but with a head undici cannot read (a gateway or a TLS-inspecting proxy in front of
+    // it, answering in its place): final, like a body that is no token, not asked again at once. A body that ends
+    // early is a connection cut, retried like a reset.
+    if (!timedOut && stage === 'head' && isMalformedAnswer(code)) {
       return new SidecarError('TOKEN_RESPONSE_INVALID', `token server ${host} ${malformedAnswerText(code)} — check tokenurl of ${this.#where()}, and what answers for it`, { cause: err });
     }
     switch (timedOut ? 'timeout' : failure) {

@@ -592,6 +592,21 @@ describe('token client against a token endpoint that checks credentials', () => 
     }
   });
 
+  it('a 200 whose body the connection cuts short is retried like a reset, not taken for a malformed answer', async () => {
+    const token = JSON.stringify({ access_token: 'tok-9-cut', token_type: 'bearer', expires_in: 300 });
+    const cuts = {
+      'Content-Length, Connection: close': `HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: ${token.length}\r\n\r\n${token.slice(0, 10)}`,
+      'chunked, Connection: close': `HTTP/1.1 200 OK\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n${token.length.toString(16)}\r\n${token.slice(0, 10)}`,
+      'HTTP/1.0 with Content-Length': `HTTP/1.0 200 OK\r\nContent-Length: ${token.length}\r\n\r\n${token.slice(0, 10)}`,
+    };
+    for (const [what, bytes] of Object.entries(cuts)) {
+      endpoint.requests.length = 0;
+      endpoint.fail({ kind: 'raw', bytes });
+      const fetched = await client(secretCredentials()).fetchToken().then((t) => t.value.startsWith('tok-'), (e: unknown) => (e as SidecarError).message);
+      expect({ what, fetched, requests: endpoint.requests.length }).toEqual({ what, fetched: true, requests: 2 });
+    }
+  });
+
   it('a reset connection is retried', async () => {
     endpoint.fail({ kind: 'reset' });
     await client(secretCredentials()).fetchToken();
