@@ -125,7 +125,7 @@ export class Metrics {
     }
     this.#tokenFetches = new Counter({
       name: `${PREFIX}token_fetches_total`,
-      help: 'Token fetches (each up to 3 HTTP attempts; rotation checks included), by outcome (success or error code).',
+      help: 'Token fetches (each up to 3 HTTP attempts, twice that when the clock jumped during one; rotation checks included), by outcome (success or error code).',
       labelNames: ['outcome'],
       registers,
     });
