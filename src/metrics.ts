@@ -94,7 +94,7 @@ export class Metrics {
     });
     this.#upstreamLatency = new FastHistogram({
       name: `${PREFIX}upstream_duration_seconds`,
-      help: 'Time from sending a request upstream to its response headers.',
+      help: "Time from sending a request upstream to its response headers, including the sidecar's own event-loop delay (see nodejs_eventloop_lag_seconds).",
       buckets: LATENCY_BUCKETS,
       registers,
     });
