@@ -188,9 +188,10 @@ export function descriptorsText(code: string): string {
 }
 
 /**
- * Codes of a peer that was reached and answered with no HTTP/1.1 answer undici can read (a parser error, a head
- * over its limit, a body shorter or longer than its length, an impossible status): not the network's fault, and
- * not cured by asking again.
+ * undici's words for an answer it could not read from a peer that was reached (a parser error, a head over its
+ * limit, a body shorter or longer than its length, `ERR_ASSERTION`: a status under 100, which its parser asserts
+ * against): not the network's fault. In a head, asking again would get the same; a body that ends early may be a
+ * connection cut instead (the token client retries those).
  */
 const MALFORMED_ANSWER: ReadonlySet<string> = new Set(['HTTPParserError', 'UND_ERR_HEADERS_OVERFLOW', 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH', 'ERR_ASSERTION']);
 

@@ -1134,7 +1134,6 @@ function senderGoneError(): Error {
 /** node's `writeHead` refusals: the upstream's response head cannot be passed on as it is. */
 const UNFORWARDABLE_HEAD: ReadonlySet<string | undefined> = new Set(['ERR_INVALID_CHAR', 'ERR_INVALID_HTTP_TOKEN', 'ERR_HTTP_INVALID_HEADER_VALUE', 'ERR_HTTP_INVALID_STATUS_CODE']);
 
-/** undici's words for an answer it could not parse (`ERR_ASSERTION`: a status under 100, which its parser asserts against). */
 /** Methods whose repetition has no further effect (RFC 9110 §9.2.2). */
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']);
 

@@ -6,8 +6,9 @@
  * with `allowStale`, hands out the still-valid token while it refreshes in the
  * background. The cache TTL of an entry is its *refresh point* (75 % of the
  * lifetime, ± 5 % drawn per token), not its expiry; a token is never handed
- * out within a safety margin of its real expiry. Failed fetches back off per key, so an outage of
- * the token server is not hammered, and a still-valid token keeps serving.
+ * out within a safety margin of its real expiry. Failed fetches back off per
+ * key, so an outage of the token server is not hammered, and a still-valid
+ * token keeps serving.
  *
  * Keys come from `TokenClient.cacheKey` (token URL, client id, parameters,
  * certificate fingerprint — never the secret).
