@@ -583,7 +583,7 @@ function failRead(source: string, err: unknown): never {
   throw new ConfigError([{ source, field: '', message: describeFsError(err), ...(descriptors ? { transient: true } : {}) }]);
 }
 
-export function describeFsError(err: unknown): string {
+function describeFsError(err: unknown): string {
   const code = errorCode(err);
   if (code === 'ENOENT') return 'does not exist';
   if (code === 'EACCES' || code === 'EPERM') return 'cannot be read: permission denied';

@@ -295,7 +295,8 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
   );
   // Warm the cache so that the first request does not wait for a token. One key after another, at most
   // WARM_UP_PER_SECOND a second: XSUAA admits ~60 token requests a second per subaccount, and tokens fetched in one
-  // burst would be refreshed in one burst at every lifetime after. (A request that comes first fetches its own.)
+  // burst would come due close together (their refresh points spread only ± 5 % of a lifetime). (A request that
+  // comes first fetches its own.)
   const warmUps = new Set<NodeJS.Timeout>();
   const warmUp = (name: string): void => {
     const route = table.routes.find((r) => r.name === name);
