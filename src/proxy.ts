@@ -843,13 +843,18 @@ class Exchange implements AttemptOwner, Turn {
       // connection died before the request was handed to it (e.g. during the TLS handshake).
       // Nor once the upstream has answered anything to it (an interim answer, part of a head): it has the request.
       const sentOnFresh = call.started && !call.reusedConnection;
-      if (!this.#reconnected && !sentOnFresh && !call.answered && IDEMPOTENT.has(this.#method) && this.#body!.replayable() && this.#isReset(err)) {
+      const body = this.#body!;
+      if (this.#reconnected || sentOnFresh || call.answered || !IDEMPOTENT.has(this.#method) || !this.#isReset(err)) return this.fail(err);
+      const reconnect = (): void => {
+        // The race meets a body that is still arriving as often as not (it comes one round trip after the
+        // head): like a cure, the resend waits for the rest, and goes only if it all fit in the copy.
+        if (!body.replayable() || this.#senderGone) return this.fail(err);
         this.#reconnected = true;
         this.#retrying('reconnect');
         this.#resume(this.#route!, this.#token!); // through the new route, with its token, after a rotation
-        return;
-      }
-      this.fail(err);
+      };
+      if (body.pending()) body.whenSettled(() => this.#later(reconnect));
+      else reconnect();
     });
   }
 

@@ -1211,6 +1211,88 @@ describe('upstream faults', () => {
       await expectServing();
     });
 
+    /** Drops the first request with `marker` on a reused connection once the first bytes of its body have arrived. */
+    function dropOnFirstBodyBytes(marker: string): { dropped(): number } {
+      let dropped = 0;
+      upstream.handler = async (req, _res, rec) => {
+        if (!req.url?.includes(marker) || rec.onSocket === 1 || dropped > 0) return false;
+        dropped++;
+        await rec.firstData;
+        req.socket.destroy();
+        return true;
+      };
+      return { dropped: () => dropped };
+    }
+
+    /** A raw PUT of `body` that sends its first 2,000 bytes, then the rest when `rest` is called. */
+    async function putInTwoParts(s: RunningSidecar, marker: string, body: string, framing: 'content-length' | 'chunked') {
+      const frame = (part: string): string => (framing === 'chunked' ? `${part.length.toString(16)}\r\n${part}\r\n` : part);
+      const length = framing === 'chunked' ? 'Transfer-Encoding: chunked' : `Content-Length: ${body.length}`;
+      const sender = await rawOpen(
+        s.address.port,
+        `PUT /http/echo?${marker} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nX-Request-Id: ${marker}\r\n${length}\r\n\r\n${frame(body.slice(0, 2000))}`,
+      );
+      return {
+        sender,
+        rest: () => sender.socket.write(frame(body.slice(2000)) + (framing === 'chunked' ? '0\r\n\r\n' : '')),
+      };
+    }
+
+    // The race meets a body still arriving as often as not: the reset comes one round trip after the head, and
+    // the request goes out with the body's first bytes. The resend waits for the rest, as a 401's cure does.
+    it.each(['content-length', 'chunked'] as const)(
+      'a PUT whose body (%s) is still arriving when its pooled connection dies waits for the rest, then is sent once more → 200, byte-exact',
+      async (framing) => {
+        const marker = `ka-pending-${framing}-${Math.random().toString(36).slice(2)}`;
+        const drop = dropOnFirstBodyBytes(marker);
+        await expectServing(); // leaves an idle pooled connection
+        const body = `<doc id="${marker}">${'x'.repeat(5000)}</doc>`;
+        const { sender, rest } = await putInTwoParts(sidecar, marker, body, framing);
+        try {
+          await expect.poll(() => drop.dropped()).toBe(1);
+          await expectServing(); // a full exchange later, the sidecar has seen that connection die
+          expect(sender.received()).toBe(''); // no 502: it waits for the rest of the body
+          rest();
+          const closed = await sender.closed;
+          const answer = parseAnswer(sender.received(), closed, 0);
+          expect(answer.status, answer.text).toBe(200);
+          const seen = upstream.seen(marker);
+          expect(seen).toHaveLength(2); // dropped, then sent again (on the connection the exchange above left idle)
+          expect(seen[0]!.onSocket).toBeGreaterThan(1);
+          expect(seen[1]!.body().toString()).toBe(body);
+          expect(JSON.parse(answer.body).bodyLength).toBe(body.length);
+          await expect.poll(() => requestLine(sidecar, marker)?.['retried']).toBe('reconnect');
+        } finally {
+          sender.socket.destroy();
+          upstream.handler = undefined;
+        }
+        await expectServing();
+      },
+    );
+
+    it('a PUT whose body outgrows --max-replay-body after its pooled connection died is not sent again → 502, sent once', async () => {
+      const s = await extraSidecar(['--max-replay-body', '4096']);
+      const marker = `ka-pending-large-${Math.random().toString(36).slice(2)}`;
+      const drop = dropOnFirstBodyBytes(marker);
+      await expectServing(s);
+      const { sender, rest } = await putInTwoParts(s, marker, 'y'.repeat(8192), 'content-length');
+      try {
+        await expect.poll(() => drop.dropped()).toBe(1);
+        rest();
+        const closed = await sender.closed;
+        const answer = parseAnswer(sender.received(), closed, 0);
+        expect(answer.status, answer.text).toBe(502);
+        expect(answer.headers['x-sidecar-error']).toBe('UPSTREAM_UNREACHABLE');
+        expect(upstream.seen(marker)).toHaveLength(1);
+        await expect.poll(() => requestLine(s, marker)).toBeDefined();
+        expect(requestLine(s, marker)!['retried']).toBeUndefined();
+      } finally {
+        sender.socket.destroy();
+        upstream.handler = undefined;
+      }
+      await expectServing(s);
+    });
+
     it.each([
       ['part of a head', 'PUT'],
       ['part of a head', 'DELETE'],
