@@ -131,7 +131,7 @@ export class Metrics {
     });
     this.#retries401 = new Counter({
       name: `${PREFIX}upstream_401_retries_total`,
-      help: 'Requests replayed with a refreshed token after an upstream 401.',
+      help: 'Requests sent once more after an upstream 401: with a new token, or with the one they had when the token server could give none.',
       labelNames: ['route'],
       registers,
     });
