@@ -9,7 +9,7 @@ import { ConfigError, shownSource, SidecarError } from './errors.js';
 import { exposureOf, exposureProblems, readBasicAuthFile } from './inbound-control.js';
 import { decodeJwtClaims, type JwtClaims } from './jwt.js';
 import { classifyNetworkError, proxyAdvice, proxyEndpoint, proxyTrustAdvice, trustAdvice, type ClassifiedFailure, type NetworkFailure } from './network-error.js';
-import { parseCertificates } from './pem.js';
+import { chainExpiry, oneLineDn, parseCertificates } from './pem.js';
 import { MIN_REDACT_LENGTH, redact } from './redaction.js';
 import { EXPIRY_WARNING_DAYS, shownUrl } from './service-key.js';
 import { createTokenClient, parseJsonBody, printableAscii, type AccessToken, type RetryPolicy, type TokenClient } from './token-client.js';
@@ -286,14 +286,19 @@ function describeCertificate(chainPem: string, notAfter: Date, now: number): Fin
     }
   }
   // The same window as the service key's own notice (service-key `checkExpiry`), which this finding replaces.
+  const first = leaf ? chainExpiry(chain) : undefined;
   const exactDays = (notAfter.getTime() - now) / DAY_MS;
   const daysLeft = Math.floor(exactDays);
-  const expiry = `client certificate expires ${notAfter.toISOString()} (in ${daysLeft} day${daysLeft === 1 ? '' : 's'})`;
-  findings.push(
-    exactDays <= EXPIRY_WARNING_DAYS
-      ? finding('warn', expiry, ['create a new service key (or renew the External Certificate) before then; the sidecar picks it up without restart'])
-      : finding('ok', expiry),
-  );
+  const inDays = `${notAfter.toISOString()} (in ${daysLeft} day${daysLeft === 1 ? '' : 's'})`;
+  const expiry =
+    first && !first.leaf
+      ? `client certificate chain expires ${inDays}: its intermediate ${oneLineDn(first.certificate.subject)} runs out before the client certificate (${new Date(leaf!.validTo).toISOString()})`
+      : `client certificate expires ${inDays}`;
+  const advice =
+    first && !first.leaf
+      ? 'put the CA\'s renewed intermediate certificate after the leaf (or create a new service key) before then; the sidecar picks it up without restart'
+      : 'create a new service key (or renew the External Certificate) before then; the sidecar picks it up without restart';
+  findings.push(exactDays <= EXPIRY_WARNING_DAYS ? finding('warn', expiry, [advice]) : finding('ok', expiry));
   return findings;
 }
 
@@ -986,11 +991,6 @@ function printable(text: string, max: number, secrets: ReadonlySet<string> = new
 function stringClaim(claims: JwtClaims, name: string): string | undefined {
   const value = claims[name];
   return typeof value === 'string' && value ? printable(value, 200) : undefined;
-}
-
-/** `CN=a\nO=b` (Node) → `CN=a, O=b`. */
-function oneLineDn(dn: string): string {
-  return dn.split('\n').join(', ');
 }
 
 function hostOf(url: string): string {

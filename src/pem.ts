@@ -69,6 +69,37 @@ export function parseCertificateChain(text: string, privateKey?: KeyObject): Cer
   return { leaf, certificates, pem: certificates.map((c) => c.toString()).join('') };
 }
 
+/** The certificate of a chain that runs out first, and when. */
+export interface ChainExpiry {
+  notAfter: Date;
+  /** The leaf, or the intermediate CA certificate that expires before it. */
+  certificate: X509Certificate;
+  leaf: boolean;
+}
+
+/**
+ * When a client certificate chain (leaf first) stops being accepted: the earliest `notAfter` of the leaf and of
+ * the intermediates that issued it, each of which the token server checks (RFC 5280 §6.1.3 (a)(2)). A
+ * self-signed root sent along is left out: the server checks its own trust anchor, which may be another
+ * (a cross-signed or re-issued root), so a root that ran out must not refuse a chain that still works.
+ */
+export function chainExpiry(certificates: readonly X509Certificate[]): ChainExpiry {
+  const [leaf] = certificates;
+  if (!leaf) throw new PemError('no PEM CERTIFICATE block found');
+  let first = leaf;
+  for (let i = 1; i < certificates.length; i++) {
+    const issuer = certificates[i]!;
+    if (!certificates[i - 1]!.checkIssued(issuer) || issuer.checkIssued(issuer)) break;
+    if (Date.parse(issuer.validTo) < Date.parse(first.validTo)) first = issuer;
+  }
+  return { notAfter: new Date(first.validTo), certificate: first, leaf: first === leaf };
+}
+
+/** `CN=a\nO=b` (Node) → `CN=a, O=b`. */
+export function oneLineDn(dn: string): string {
+  return dn.split('\n').join(', ');
+}
+
 function parseCertificate(block: PemBlock, position: number): X509Certificate {
   try {
     return new X509Certificate(formatPemBlock(block));

@@ -10,7 +10,7 @@ import type {
   SecretCredentials,
 } from './credentials.js';
 import { ConfigError, PORT_ZERO_PROBLEM, type ConfigProblem } from './errors.js';
-import { parseCertificateChain, parsePrivateKey, PemError } from './pem.js';
+import { chainExpiry, oneLineDn, parseCertificateChain, parsePrivateKey, PemError, type ChainExpiry } from './pem.js';
 
 /** A certificate this close to `notAfter` earns a warning at load time. */
 export const EXPIRY_WARNING_DAYS = 30;
@@ -325,8 +325,9 @@ function readKeyPair(
     const refusal = tlsRefusal(chain.pem, privateKey.pem);
     if (refusal) found.problem(cert, `cannot be used for TLS: OpenSSL refuses it (${refusal}); a new certificate with a stronger key or signature is needed`);
   }
-  const notAfter = new Date(chain.leaf.validTo);
-  checkExpiry(found, cert, notAfter);
+  const expiry = chainExpiry(chain.certificates);
+  const notAfter = expiry.notAfter;
+  checkExpiry(found, cert, expiry);
   const notBefore = new Date(chain.leaf.validFrom);
   if (notBefore > found.now) {
     // A clock behind, or a certificate issued ahead: the token server's TLS refuses it until then.
@@ -370,14 +371,21 @@ function reportPem(found: Findings, input: PemInput, what: string, err: PemError
   found.problem(input, `is not a PEM ${what} (${err.message})`);
 }
 
-function checkExpiry(found: Findings, cert: PemInput, notAfter: Date): void {
+/** The chain's first expiry: the leaf's, or an intermediate's that runs out before it (the chain is refused then). */
+function checkExpiry(found: Findings, cert: PemInput, { notAfter, certificate, leaf }: ChainExpiry): void {
   const daysLeft = (notAfter.getTime() - found.now.getTime()) / DAY_MS;
+  const intermediate = `its intermediate certificate ${oneLineDn(certificate.subject)}`;
   if (daysLeft <= 0) {
-    found.problem(cert, `expired on ${notAfter.toISOString()}`);
+    found.problem(cert, leaf ? `expired on ${notAfter.toISOString()}` : `${intermediate} expired on ${notAfter.toISOString()}: the token server refuses the chain`);
   } else if (daysLeft <= EXPIRY_WARNING_DAYS) {
     const days = Math.round(daysLeft);
     const when = `${notAfter.toISOString()}, in ${days} day${days === 1 ? '' : 's'}`;
-    found.notice('warn', `the client certificate in ${cert.field} (${cert.source}) expires on ${when}`);
+    found.notice(
+      'warn',
+      leaf
+        ? `the client certificate in ${cert.field} (${cert.source}) expires on ${when}`
+        : `the client certificate chain in ${cert.field} (${cert.source}) expires on ${when}: ${intermediate} runs out before the client certificate`,
+    );
   }
 }
 

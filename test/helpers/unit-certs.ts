@@ -26,6 +26,11 @@ export interface UnitCerts {
   expiredPem: string;
   /** Same key as the leaf; expires in 10 days. */
   expiringPem: string;
+  /** The intermediate re-issued (same key and subject) to expire in 10 days, before the leaf; and one expired yesterday. */
+  expiringIntermediatePem: string;
+  expiredIntermediatePem: string;
+  /** The root re-issued (same key and subject), expired yesterday: a self-signed root sent along. */
+  expiredRootPem: string;
   /** EC P-256 leaf issued by the intermediate, and its key as `EC PRIVATE KEY` (SEC1). */
   ecLeafPem: string;
   ecKeySec1: string;
@@ -92,6 +97,29 @@ async function generate(): Promise<UnitCerts> {
     signingAlgorithm: EC_SIGNATURE,
     extensions: caExtensions(),
   });
+  const reissueIntermediate = (serialNumber: string, notAfter: Date) =>
+    x509.X509CertificateGenerator.create({
+      serialNumber,
+      subject: intermediate.subject,
+      issuer: root.subject,
+      notBefore: days(-30),
+      notAfter,
+      publicKey: intermediateKeys.publicKey,
+      signingKey: rootKeys.privateKey,
+      signingAlgorithm: EC_SIGNATURE,
+      extensions: caExtensions(),
+    });
+  const expiringIntermediate = await reissueIntermediate('03', days(10));
+  const expiredIntermediate = await reissueIntermediate('04', days(-1));
+  const expiredRoot = await x509.X509CertificateGenerator.createSelfSigned({
+    serialNumber: '05',
+    name: root.subject,
+    notBefore: days(-30),
+    notAfter: days(-1),
+    keys: rootKeys,
+    signingAlgorithm: EC_SIGNATURE,
+    extensions: caExtensions(),
+  });
   const issueLeaf = (serialNumber: string, publicKey: CryptoKey, notBefore: Date, notAfter: Date) =>
     x509.X509CertificateGenerator.create({
       serialNumber,
@@ -127,6 +155,9 @@ async function generate(): Promise<UnitCerts> {
     intermediateKeyPkcs8: (await toKeyObject(intermediateKeys.privateKey)).export({ type: 'pkcs8', format: 'pem' }).toString(),
     expiredPem: expired.toString('pem'),
     expiringPem: expiring.toString('pem'),
+    expiringIntermediatePem: expiringIntermediate.toString('pem'),
+    expiredIntermediatePem: expiredIntermediate.toString('pem'),
+    expiredRootPem: expiredRoot.toString('pem'),
     ecLeafPem: ecLeaf.toString('pem'),
     ecKeySec1: (await toKeyObject(ecLeafKeys.privateKey)).export({ type: 'sec1', format: 'pem' }).toString(),
     weakLeafPem: weakLeaf.toString('pem'),

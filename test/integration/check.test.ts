@@ -11,6 +11,7 @@ import { SocketTracker, closeServer, closedPort, listen } from '../helpers/net.j
 import { DEFAULT_SCOPE, startOAuthServer, type OAuthServer } from '../helpers/oauth-server.js';
 import { CLIENT_SUBJECT, createPki, type Pki } from '../helpers/pki.js';
 import { scratch } from '../helpers/sidecar.js';
+import { unitCerts } from '../helpers/unit-certs.js';
 import { startUpstream, type Upstream } from '../helpers/upstream.js';
 
 const CLIENT_ID = 'sb-check!b1|it-rt-acme!b196';
@@ -178,6 +179,21 @@ describe('oauth-sidecar check: the certificate expiry window', () => {
     // serve's own notice for the same moment, which check's finding replaces
     const atServe = await loadCredentials({ source: { kind: 'path', path: certKey } }, { now: new Date(notAfter - 30 * 86_400_000) });
     expect(atServe.notices.some((n) => n.level === 'warn' && /expires on/.test(n.message))).toBe(true);
+  });
+});
+
+describe('oauth-sidecar check: an intermediate that expires first', () => {
+  it('names it and dates the chain by it, with advice for the intermediate', async () => {
+    const certs = await unitCerts();
+    const chain = `${certs.leafPem}${certs.expiringIntermediatePem}`;
+    const certKey = await writeKey('cert-intermediate.json', { clientid: CERT_CLIENT_ID, certificate: chain, key: certs.leafKeyPkcs1, tokenurl: 'https://127.0.0.1:1/oauth/token', url: 'https://127.0.0.1:1' });
+    const loaded = await loadCredentials({ source: { kind: 'path', path: certKey } });
+    const findings = describeCredentials(loaded, Date.now());
+    const expiry = findings.find((f) => f.message.startsWith('client certificate chain expires'));
+    expect(expiry?.level).toBe('warn');
+    expect(expiry?.message).toMatch(/^client certificate chain expires \S+ \(in [89] days\): its intermediate CN=Fake Unit Test Client CA runs out before the client certificate \(\d{4}-/);
+    expect(expiry?.hints[0]).toMatch(/renewed intermediate/);
+    expect(findings.filter((f) => /expires/.test(f.message))).toHaveLength(1); // serve's own notice is replaced
   });
 });
 

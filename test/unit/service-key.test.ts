@@ -384,6 +384,38 @@ describe('parseServiceKey: Certificate keys', () => {
     ]);
   });
 
+  it('an intermediate that runs out before the leaf decides: warned within the window, named, and its date is the chain\'s', () => {
+    const chain = `${certs.leafPem}${certs.expiringIntermediatePem}${certs.rootPem}`;
+    const loaded = parse(certificateKey({ certificate: chain }));
+    const notAfter = new Date(new X509Certificate(certs.expiringIntermediatePem).validTo);
+    expect(loaded.notices).toEqual([
+      {
+        level: 'warn',
+        message:
+          `the client certificate chain in oauth.certificate (${SOURCE}) expires on ${notAfter.toISOString()}, in 10 days: ` +
+          'its intermediate certificate CN=Fake Unit Test Client CA runs out before the client certificate',
+      },
+    ]);
+    expect(loaded.credentials.kind !== 'client-secret' && loaded.credentials.notAfter).toEqual(notAfter);
+  });
+
+  it('refuses a chain whose intermediate has expired, naming it', () => {
+    const expiredOn = new Date(new X509Certificate(certs.expiredIntermediatePem).validTo).toISOString();
+    expect(problemsOf(() => parse(certificateKey({ certificate: `${certs.leafPem}${certs.expiredIntermediatePem}` })))).toEqual([
+      {
+        source: SOURCE,
+        field: 'oauth.certificate',
+        message: `its intermediate certificate CN=Fake Unit Test Client CA expired on ${expiredOn}: the token server refuses the chain`,
+      },
+    ]);
+  });
+
+  it('does not count a self-signed root sent along (the token server checks its own trust anchor)', () => {
+    const loaded = parse(certificateKey({ certificate: `${certs.chainPem}${certs.expiredRootPem}` }));
+    expect(loaded.notices).toEqual([]);
+    expect(loaded.credentials.kind !== 'client-secret' && loaded.credentials.notAfter).toEqual(new Date(leaf.validTo));
+  });
+
   it('warns when the certificate is not valid yet by the injected clock (the token server would refuse it until then)', () => {
     const notBefore = new Date(leaf.validFrom);
     const earlier = new Date(notBefore.getTime() - DAY_MS);
