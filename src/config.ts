@@ -304,6 +304,27 @@ export function parseConfig(argv: readonly string[], env: Env, readFile: (path: 
     }
     if (inbound.allowAnySender) problems.push({ source: cidrSource, field: cidrField, message: 'cannot be combined with allowAnySender (allow-any-sender)' });
   }
+  // The `Host` check guards loopback-only listeners (inbound-control `LoopbackHostCheck`); beside any other sender
+  // rule it does not run, and a name allowed for it would be silently ignored.
+  if (inbound.allowHosts.length > 0) {
+    const given = (flag: string, field: string): string => (read.has(flag) ? read.sourceOf(flag) : field);
+    const opener =
+      inbound.allowCidrs.length > 0
+        ? given('allow-cidr', 'inbound.allowCidrs')
+        : inbound.allowAnySender
+          ? given('allow-any-sender', 'inbound.allowAnySender')
+          : inbound.basicAuthFile
+            ? inbound.basicAuthFileSetting
+            : undefined;
+    if (opener) {
+      const [source, field] = read.has('allow-host') ? [read.sourceOf('allow-host'), 'allow-host'] : [configFile ?? '', 'inbound.allowHosts'];
+      problems.push({
+        source,
+        field,
+        message: `has no effect with ${opener}: the Host check runs only when loopback senders alone are let in (no allowlist, basic auth or allow-any-sender); leave it out`,
+      });
+    }
+  }
   // Only `serve` (and `demo`, which runs it) listens for senders. `token` and `check` must run where the
   // image's 0.0.0.0 listener has no inbound control yet; `check` reports it instead (check.ts `describeInbound`).
   if (command === 'serve' && listen) {

@@ -517,6 +517,23 @@ routes:
     expect(problems(['--config', '/c.yaml'], {}, file).map((p) => p.field)).toEqual(['routes[0].prefix', 'routes[0].rewritePrefix']);
   });
 
+  it('refuses --allow-host beside a sender rule that turns the Host check off, instead of ignoring it', () => {
+    const message = (opener: string) =>
+      `has no effect with ${opener}: the Host check runs only when loopback senders alone are let in (no allowlist, basic auth or allow-any-sender); leave it out`;
+    expect(problems(['--service-key', '/k', '--allow-host', 'erp', '--basic-auth-file', '/users'])).toEqual([
+      { source: '--allow-host', field: 'allow-host', message: message('--basic-auth-file') },
+    ]);
+    expect(problems(['--service-key', '/k', '--allow-cidr', '10.0.0.0/8'], { SIDECAR_ALLOW_HOSTS: 'erp' })).toEqual([
+      { source: 'SIDECAR_ALLOW_HOSTS', field: 'allow-host', message: message('--allow-cidr') },
+    ]);
+    const file = { '/c.yaml': 'inbound:\n  allowHosts: [erp]\n  allowAnySender: true\nroutes:\n  - prefix: /\n    serviceKey: /k.json\n' };
+    expect(problems(['--config', '/c.yaml', '--listen', '0.0.0.0:8080'], {}, file)).toEqual([
+      { source: '/c.yaml', field: 'inbound.allowHosts', message: message('inbound.allowAnySender') },
+    ]);
+    // Loopback senders only: it applies.
+    expect(run(['--service-key', '/k', '--allow-host', 'erp']).inbound.allowHosts).toEqual(['erp']);
+  });
+
   it('names the config file field of an invalid inbound host name, and refuses an empty allowlist given in the file', () => {
     const file = { '/c.yaml': 'inbound:\n  allowHosts: [ok-host, "bad host:80"]\n  allowCidrs: []\nroutes:\n  - prefix: /\n    serviceKey: /k.json\n' };
     const list = problems(['--config', '/c.yaml'], {}, file);
