@@ -817,7 +817,8 @@ function parseNoProxy(env: Readonly<Record<string, string | undefined>>): string
     .filter((entry) => entry !== '')
     .map((entry) => {
       const [address, port] = isIPv6(entry) ? [entry, undefined] : (/^\[([^\]]+)\](?::(\d+))?$/.exec(entry)?.slice(1) ?? []);
-      if (address === undefined || !isIPv6(address)) return entry;
+      // With a zone id (`fe80::1%eth0`, which isIPv6 takes) it is no URL host and can match none: left as given.
+      if (address === undefined || !isIPv6(address) || address.includes('%')) return entry;
       return `${new URL(`http://[${address}]`).hostname}${port === undefined ? '' : `:${port}`}`;
     })
     .join(',');

@@ -144,6 +144,10 @@ describe('parseConfig', () => {
     expect(run(['--service-key', '/k'], { NO_PROXY: '0:0:0:0:0:0:0:1,[0:0::1]:8443,2001:DB8::0001,::ffff:10.0.0.1' }).network.noProxy).toBe(
       '[::1],[::1]:8443,[2001:db8::1],[::ffff:a00:1]',
     );
+    // A zone id (some platforms write link-local addresses with one) is no URL host: kept as given, never a failure.
+    expect(run(['--service-key', '/k'], { NO_PROXY: 'localhost,fe80::1%eth0,[fe80::1%25eth0]:8080,::1' }).network.noProxy).toBe(
+      'localhost,fe80::1%eth0,[fe80::1%25eth0]:8080,[::1]',
+    );
   });
 
   it('reports every problem at once, naming the field and the source', () => {
