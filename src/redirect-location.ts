@@ -96,8 +96,9 @@ function mapped(rest: string, absolute: boolean, unmapped: string, route: Locati
   // an upstream that redirects one to the other would send the sender round for ever).
   const senderPath = routeSegments(route.prefix) + path.slice(upstreamBase.length);
   if (senderPath === '') return unmapped;
-  // `//x/…` names host x: never made out of a path on the upstream. Nor a path another route would take.
-  if (senderPath.startsWith('//') || routeOf(senderPath) !== route.name) return unmapped;
+  // `//x/…` names host x: never made out of a path on the upstream, also not as `/<TAB>/x/…` (URL parsers, WHATWG's
+  // and Python's, drop every TAB, CR and LF first). Nor a path another route would take.
+  if (senderPath.replace(/[\t\n\r]/g, '').startsWith('//') || routeOf(senderPath) !== route.name) return unmapped;
   const relative = senderPath + tail;
   if (!absolute) return relative;
   return senderHost !== undefined && HOST.test(senderHost) && URL.canParse(`http://${senderHost}/`) ? `http://${senderHost}${relative}` : relative;

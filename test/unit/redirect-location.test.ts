@@ -123,6 +123,9 @@ describe('senderLocation', () => {
       ['/http//evil.example/x/', `${UP}/http//evil.example/x/`],
       [`${UP}/http//evil.example/x/`, `${UP}/http//evil.example/x/`],
       ['/http/\\evil.example/x', `${UP}/http//evil.example/x`],
+      // URL parsers drop TAB, CR and LF before parsing: `/<TAB>/evil.example` would name that host.
+      ['/http/\t/evil.example/x', `${UP}/http/\t/evil.example/x`],
+      ['/http/\r\n\t/evil.example/x', `${UP}/http/\r\n\t/evil.example/x`],
     ]) {
       expect(senderLocation(location!, root, '/http/docs', undefined)).toBe(passed);
       expect(senderLocation(location!, root, '/http/docs', 'h')).toBe(passed);
