@@ -9,7 +9,7 @@ import { ConfigError, shownSource, SidecarError } from './errors.js';
 import { exposureOf, exposureProblems, readBasicAuthFile } from './inbound-control.js';
 import { decodeJwtClaims, type JwtClaims } from './jwt.js';
 import { classifyNetworkError, proxyAdvice, proxyEndpoint, proxyTrustAdvice, trustAdvice, type ClassifiedFailure, type NetworkFailure } from './network-error.js';
-import { chainExpiry, oneLineDn, parseCertificates } from './pem.js';
+import { intermediateExpiry, oneLineDn, parseCertificates } from './pem.js';
 import { MIN_REDACT_LENGTH, redact } from './redaction.js';
 import { EXPIRY_WARNING_DAYS, shownUrl } from './service-key.js';
 import { createTokenClient, parseJsonBody, printableAscii, type AccessToken, type RetryPolicy, type TokenClient } from './token-client.js';
@@ -260,7 +260,7 @@ export function describeCredentials(loaded: LoadedCredentials, now: number): Fin
   if (credentials.kind !== 'client-secret') findings.push(...describeCertificate(credentials.certificate, credentials.notAfter, now));
   for (const notice of notices) {
     // Expiry is reported by describeCertificate, with the subject.
-    if (credentials.kind !== 'client-secret' && /expires on/.test(notice.message)) continue;
+    if (credentials.kind !== 'client-secret' && /expires on|expired on/.test(notice.message)) continue;
     findings.push(finding(notice.level === 'warn' ? 'warn' : 'ok', notice.message));
   }
   return findings;
@@ -285,20 +285,25 @@ function describeCertificate(chainPem: string, notAfter: Date, now: number): Fin
       );
     }
   }
-  // The same window as the service key's own notice (service-key `checkExpiry`), which this finding replaces.
-  const first = leaf ? chainExpiry(chain) : undefined;
+  // The same window as the service key's own notices (service-key `checkExpiry`, `checkIntermediates`), which these replace.
   const exactDays = (notAfter.getTime() - now) / DAY_MS;
   const daysLeft = Math.floor(exactDays);
-  const inDays = `${notAfter.toISOString()} (in ${daysLeft} day${daysLeft === 1 ? '' : 's'})`;
-  const expiry =
-    first && !first.leaf
-      ? `client certificate chain expires ${inDays}: its intermediate ${oneLineDn(first.certificate.subject)} runs out before the client certificate (${new Date(leaf!.validTo).toISOString()})`
-      : `client certificate expires ${inDays}`;
-  const advice =
-    first && !first.leaf
-      ? 'put the CA\'s renewed intermediate certificate after the leaf (or create a new service key) before then; the sidecar picks it up without restart'
-      : 'create a new service key (or renew the External Certificate) before then; the sidecar picks it up without restart';
-  findings.push(exactDays <= EXPIRY_WARNING_DAYS ? finding('warn', expiry, [advice]) : finding('ok', expiry));
+  const expiry = `client certificate expires ${notAfter.toISOString()} (in ${daysLeft} day${daysLeft === 1 ? '' : 's'})`;
+  findings.push(
+    exactDays <= EXPIRY_WARNING_DAYS
+      ? finding('warn', expiry, ['create a new service key (or renew the External Certificate) before then; the sidecar picks it up without restart'])
+      : finding('ok', expiry),
+  );
+  const intermediate = leaf ? intermediateExpiry(chain, notAfter) : undefined;
+  if (intermediate && (intermediate.notAfter.getTime() - now) / DAY_MS <= EXPIRY_WARNING_DAYS) {
+    const days = Math.floor((intermediate.notAfter.getTime() - now) / DAY_MS);
+    const when = days < 0 ? `expired ${intermediate.notAfter.toISOString()}` : `expires ${intermediate.notAfter.toISOString()} (in ${days} day${days === 1 ? '' : 's'})`;
+    findings.push(
+      finding('warn', `intermediate certificate ${oneLineDn(intermediate.certificate.subject)} ${when}, before the client certificate`, [
+        'a token server that builds the chain through it refuses the client certificate: put the CA\'s renewed intermediate after the leaf (or create a new service key)',
+      ]),
+    );
+  }
   return findings;
 }
 

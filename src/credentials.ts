@@ -80,7 +80,7 @@ export interface CertificateCredentials extends CredentialsBase {
   key: string;
   /** SHA-256 fingerprint of the leaf, for cache keys and logs. */
   fingerprint: string;
-  /** When the chain stops being accepted: the leaf's `notAfter`, or an earlier one of an intermediate (pem `chainExpiry`). */
+  /** Leaf `notAfter`. */
   notAfter: Date;
 }
 

@@ -69,30 +69,39 @@ export function parseCertificateChain(text: string, privateKey?: KeyObject): Cer
   return { leaf, certificates, pem: certificates.map((c) => c.toString()).join('') };
 }
 
-/** The certificate of a chain that runs out first, and when. */
-export interface ChainExpiry {
-  notAfter: Date;
-  /** The leaf, or the intermediate CA certificate that expires before it. */
-  certificate: X509Certificate;
-  leaf: boolean;
+/**
+ * The intermediate certificates a token server would build the client's path through (RFC 5280 §6.1), as far
+ * as the chain sent can tell, leaf first, leaf excluded. From the leaf, each step takes the issuer sent along
+ * that runs longest (a server prefers a time-valid issuer, OpenSSL among them, and ignores extra certificates:
+ * RFC 8446 §4.4.2), and stops at a self-signed root or at a certificate whose subject such a root sent along
+ * also has (a cross-signed root, which the server may trust as itself). The server's trust anchors are its
+ * own, so its path may end earlier: what this finds may, not must, refuse the chain when it runs out.
+ */
+export function issuerPath(certificates: readonly X509Certificate[]): X509Certificate[] {
+  const selfSigned = (c: X509Certificate): boolean => c.checkIssued(c);
+  const roots = new Set(certificates.filter(selfSigned).map((c) => c.subject));
+  const path: X509Certificate[] = [];
+  let current = certificates[0];
+  while (current) {
+    const from: X509Certificate = current;
+    const issuers = certificates.filter((c) => c !== from && !path.includes(c) && !selfSigned(c) && from.checkIssued(c));
+    const next = issuers.sort((a, b) => Date.parse(b.validTo) - Date.parse(a.validTo))[0];
+    if (!next || roots.has(next.subject)) break;
+    path.push(next);
+    current = next;
+  }
+  return path;
 }
 
 /**
- * When a client certificate chain (leaf first) stops being accepted: the earliest `notAfter` of the leaf and of
- * the intermediates that issued it, each of which the token server checks (RFC 5280 §6.1.3 (a)(2)). A
- * self-signed root sent along is left out: the server checks its own trust anchor, which may be another
- * (a cross-signed or re-issued root), so a root that ran out must not refuse a chain that still works.
+ * The intermediate on the path (`issuerPath`) that runs out first, when that is before the leaf: a server that
+ * builds its path through it refuses the chain from then on (RFC 5280 §6.1.3 (a)(2)).
  */
-export function chainExpiry(certificates: readonly X509Certificate[]): ChainExpiry {
-  const [leaf] = certificates;
-  if (!leaf) throw new PemError('no PEM CERTIFICATE block found');
-  let first = leaf;
-  for (let i = 1; i < certificates.length; i++) {
-    const issuer = certificates[i]!;
-    if (!certificates[i - 1]!.checkIssued(issuer) || issuer.checkIssued(issuer)) break;
-    if (Date.parse(issuer.validTo) < Date.parse(first.validTo)) first = issuer;
-  }
-  return { notAfter: new Date(first.validTo), certificate: first, leaf: first === leaf };
+export function intermediateExpiry(certificates: readonly X509Certificate[], leafNotAfter: Date): { certificate: X509Certificate; notAfter: Date } | undefined {
+  const [first] = issuerPath(certificates).sort((a, b) => Date.parse(a.validTo) - Date.parse(b.validTo));
+  if (!first) return undefined;
+  const notAfter = new Date(first.validTo);
+  return notAfter < leafNotAfter ? { certificate: first, notAfter } : undefined;
 }
 
 /** `CN=a\nO=b` (Node) → `CN=a, O=b`. */

@@ -1,5 +1,6 @@
 /** Service-key validation: every SAP key shape becomes typed Credentials, or one ConfigError listing all problems. */
 
+import type { X509Certificate } from 'node:crypto';
 import { createSecureContext } from 'node:tls';
 import type {
   CertificateCredentials,
@@ -10,7 +11,7 @@ import type {
   SecretCredentials,
 } from './credentials.js';
 import { ConfigError, PORT_ZERO_PROBLEM, type ConfigProblem } from './errors.js';
-import { chainExpiry, oneLineDn, parseCertificateChain, parsePrivateKey, PemError, type ChainExpiry } from './pem.js';
+import { intermediateExpiry, oneLineDn, parseCertificateChain, parsePrivateKey, PemError } from './pem.js';
 
 /** A certificate this close to `notAfter` earns a warning at load time. */
 export const EXPIRY_WARNING_DAYS = 30;
@@ -325,9 +326,9 @@ function readKeyPair(
     const refusal = tlsRefusal(chain.pem, privateKey.pem);
     if (refusal) found.problem(cert, `cannot be used for TLS: OpenSSL refuses it (${refusal}); a new certificate with a stronger key or signature is needed`);
   }
-  const expiry = chainExpiry(chain.certificates);
-  const notAfter = expiry.notAfter;
-  checkExpiry(found, cert, expiry);
+  const notAfter = new Date(chain.leaf.validTo);
+  checkExpiry(found, cert, notAfter);
+  checkIntermediates(found, cert, chain.certificates, notAfter);
   const notBefore = new Date(chain.leaf.validFrom);
   if (notBefore > found.now) {
     // A clock behind, or a certificate issued ahead: the token server's TLS refuses it until then.
@@ -371,22 +372,37 @@ function reportPem(found: Findings, input: PemInput, what: string, err: PemError
   found.problem(input, `is not a PEM ${what} (${err.message})`);
 }
 
-/** The chain's first expiry: the leaf's, or an intermediate's that runs out before it (the chain is refused then). */
-function checkExpiry(found: Findings, cert: PemInput, { notAfter, certificate, leaf }: ChainExpiry): void {
+function checkExpiry(found: Findings, cert: PemInput, notAfter: Date): void {
   const daysLeft = (notAfter.getTime() - found.now.getTime()) / DAY_MS;
-  const intermediate = `its intermediate certificate ${oneLineDn(certificate.subject)}`;
   if (daysLeft <= 0) {
-    found.problem(cert, leaf ? `expired on ${notAfter.toISOString()}` : `${intermediate} expired on ${notAfter.toISOString()}: the token server refuses the chain`);
+    found.problem(cert, `expired on ${notAfter.toISOString()}`);
   } else if (daysLeft <= EXPIRY_WARNING_DAYS) {
-    const days = Math.round(daysLeft);
-    const when = `${notAfter.toISOString()}, in ${days} day${days === 1 ? '' : 's'}`;
-    found.notice(
-      'warn',
-      leaf
-        ? `the client certificate in ${cert.field} (${cert.source}) expires on ${when}`
-        : `the client certificate chain in ${cert.field} (${cert.source}) expires on ${when}: ${intermediate} runs out before the client certificate`,
-    );
+    found.notice('warn', `the client certificate in ${cert.field} (${cert.source}) expires on ${inDays(notAfter, daysLeft)}`);
   }
+}
+
+/**
+ * An intermediate that runs out before the leaf (a customer PKI's, for External Certificate keys): warned like
+ * the leaf, but never refused, as the token server may build its path another way (pem `issuerPath`).
+ */
+function checkIntermediates(found: Findings, cert: PemInput, certificates: readonly X509Certificate[], leafNotAfter: Date): void {
+  const first = intermediateExpiry(certificates, leafNotAfter);
+  if (!first) return;
+  const daysLeft = (first.notAfter.getTime() - found.now.getTime()) / DAY_MS;
+  if (daysLeft > EXPIRY_WARNING_DAYS) return;
+  const which = `the intermediate certificate ${oneLineDn(first.certificate.subject)} in ${cert.field} (${cert.source})`;
+  const effect = 'a token server that builds the chain through it refuses the client certificate';
+  found.notice(
+    'warn',
+    daysLeft <= 0
+      ? `${which} expired on ${first.notAfter.toISOString()}: ${effect}; put its renewed intermediate after the leaf`
+      : `${which} expires on ${inDays(first.notAfter, daysLeft)}, before the client certificate: ${effect} from then on`,
+  );
+}
+
+function inDays(notAfter: Date, daysLeft: number): string {
+  const days = Math.round(daysLeft);
+  return `${notAfter.toISOString()}, in ${days} day${days === 1 ? '' : 's'}`;
 }
 
 /** Switches `<sub>.authentication.<region>…` to `<sub>.authentication.cert.<region>…` for mTLS. */

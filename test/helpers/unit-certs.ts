@@ -31,6 +31,8 @@ export interface UnitCerts {
   expiredIntermediatePem: string;
   /** The root re-issued (same key and subject), expired yesterday: a self-signed root sent along. */
   expiredRootPem: string;
+  /** The root's subject and key, cross-signed by an older root and expired yesterday (as public CAs ship them). */
+  crossSignedRootPem: string;
   /** EC P-256 leaf issued by the intermediate, and its key as `EC PRIVATE KEY` (SEC1). */
   ecLeafPem: string;
   ecKeySec1: string;
@@ -120,6 +122,18 @@ async function generate(): Promise<UnitCerts> {
     signingAlgorithm: EC_SIGNATURE,
     extensions: caExtensions(),
   });
+  const oldRootKeys = await subtle.generateKey(EC_KEY, true, ['sign', 'verify']);
+  const crossSignedRoot = await x509.X509CertificateGenerator.create({
+    serialNumber: '06',
+    subject: root.subject,
+    issuer: 'CN=Fake Unit Test Old Root CA',
+    notBefore: days(-30),
+    notAfter: days(-1),
+    publicKey: rootKeys.publicKey,
+    signingKey: oldRootKeys.privateKey,
+    signingAlgorithm: EC_SIGNATURE,
+    extensions: caExtensions(),
+  });
   const issueLeaf = (serialNumber: string, publicKey: CryptoKey, notBefore: Date, notAfter: Date) =>
     x509.X509CertificateGenerator.create({
       serialNumber,
@@ -158,6 +172,7 @@ async function generate(): Promise<UnitCerts> {
     expiringIntermediatePem: expiringIntermediate.toString('pem'),
     expiredIntermediatePem: expiredIntermediate.toString('pem'),
     expiredRootPem: expiredRoot.toString('pem'),
+    crossSignedRootPem: crossSignedRoot.toString('pem'),
     ecLeafPem: ecLeaf.toString('pem'),
     ecKeySec1: (await toKeyObject(ecLeafKeys.privateKey)).export({ type: 'sec1', format: 'pem' }).toString(),
     weakLeafPem: weakLeaf.toString('pem'),

@@ -183,17 +183,19 @@ describe('oauth-sidecar check: the certificate expiry window', () => {
 });
 
 describe('oauth-sidecar check: an intermediate that expires first', () => {
-  it('names it and dates the chain by it, with advice for the intermediate', async () => {
+  it('names it beside the leaf\'s expiry, with advice for the intermediate, and replaces serve\'s notice', async () => {
     const certs = await unitCerts();
     const chain = `${certs.leafPem}${certs.expiringIntermediatePem}`;
     const certKey = await writeKey('cert-intermediate.json', { clientid: CERT_CLIENT_ID, certificate: chain, key: certs.leafKeyPkcs1, tokenurl: 'https://127.0.0.1:1/oauth/token', url: 'https://127.0.0.1:1' });
     const loaded = await loadCredentials({ source: { kind: 'path', path: certKey } });
+    expect(loaded.notices.map((n) => n.level)).toEqual(['warn']);
     const findings = describeCredentials(loaded, Date.now());
-    const expiry = findings.find((f) => f.message.startsWith('client certificate chain expires'));
-    expect(expiry?.level).toBe('warn');
-    expect(expiry?.message).toMatch(/^client certificate chain expires \S+ \(in [89] days\): its intermediate CN=Fake Unit Test Client CA runs out before the client certificate \(\d{4}-/);
-    expect(expiry?.hints[0]).toMatch(/renewed intermediate/);
-    expect(findings.filter((f) => /expires/.test(f.message))).toHaveLength(1); // serve's own notice is replaced
+    const expiring = findings.filter((f) => / expire[sd] /.test(f.message));
+    expect(expiring.map((f) => [f.level, f.message])).toEqual([
+      ['ok', expect.stringMatching(/^client certificate expires \d{4}-\S+ \(in 36[34] days\)$/)],
+      ['warn', expect.stringMatching(/^intermediate certificate CN=Fake Unit Test Client CA expires \S+ \(in [89] days\), before the client certificate$/)],
+    ]);
+    expect(expiring[1]!.hints[0]).toMatch(/renewed intermediate/);
   });
 });
 
