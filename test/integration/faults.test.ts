@@ -1150,15 +1150,15 @@ describe('upstream faults', () => {
 
     /**
      * The upstream drops the first request with `marker` that arrives on a reused connection, unprocessed:
-     * it reads the whole request (so the sidecar has all of its body), then closes the connection, as when
+     * it reads the whole request (so the sidecar has all of its body; `readUntil` may stop sooner), then closes the connection, as when
      * the server's keep-alive timeout fires as the request arrives.
      */
-    function dropOnReusedConnection(marker: string): { dropped(): number } {
+    function dropOnReusedConnection(marker: string, readUntil: (rec: Received) => Promise<unknown> = (rec) => rec.bodyDone): { dropped(): number } {
       let dropped = 0;
       upstream.handler = async (req, _res, rec) => {
         if (!req.url?.includes(marker) || rec.onSocket === 1 || dropped > 0) return false;
         dropped++;
-        await rec.bodyDone;
+        await readUntil(rec);
         req.socket.destroy();
         return true;
       };
@@ -1211,19 +1211,6 @@ describe('upstream faults', () => {
       await expectServing();
     });
 
-    /** Drops the first request with `marker` on a reused connection once the first bytes of its body have arrived. */
-    function dropOnFirstBodyBytes(marker: string): { dropped(): number } {
-      let dropped = 0;
-      upstream.handler = async (req, _res, rec) => {
-        if (!req.url?.includes(marker) || rec.onSocket === 1 || dropped > 0) return false;
-        dropped++;
-        await rec.firstData;
-        req.socket.destroy();
-        return true;
-      };
-      return { dropped: () => dropped };
-    }
-
     /** A raw PUT of `body` that sends its first 2,000 bytes, then the rest when `rest` is called. */
     async function putInTwoParts(s: RunningSidecar, marker: string, body: string, framing: 'content-length' | 'chunked') {
       const frame = (part: string): string => (framing === 'chunked' ? `${part.length.toString(16)}\r\n${part}\r\n` : part);
@@ -1244,7 +1231,7 @@ describe('upstream faults', () => {
       'a PUT whose body (%s) is still arriving when its pooled connection dies waits for the rest, then is sent once more → 200, byte-exact',
       async (framing) => {
         const marker = `ka-pending-${framing}-${Math.random().toString(36).slice(2)}`;
-        const drop = dropOnFirstBodyBytes(marker);
+        const drop = dropOnReusedConnection(marker, (rec) => rec.firstData);
         await expectServing(); // leaves an idle pooled connection
         const body = `<doc id="${marker}">${'x'.repeat(5000)}</doc>`;
         const { sender, rest } = await putInTwoParts(sidecar, marker, body, framing);
@@ -1273,7 +1260,7 @@ describe('upstream faults', () => {
     it('a PUT whose body outgrows --max-replay-body after its pooled connection died is not sent again → 502, sent once', async () => {
       const s = await extraSidecar(['--max-replay-body', '4096']);
       const marker = `ka-pending-large-${Math.random().toString(36).slice(2)}`;
-      const drop = dropOnFirstBodyBytes(marker);
+      const drop = dropOnReusedConnection(marker, (rec) => rec.firstData);
       await expectServing(s);
       const { sender, rest } = await putInTwoParts(s, marker, 'y'.repeat(8192), 'content-length');
       try {
