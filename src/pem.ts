@@ -71,26 +71,55 @@ export function parseCertificateChain(text: string, privateKey?: KeyObject): Cer
 
 /**
  * The intermediate certificates a token server would build the client's path through (RFC 5280 §6.1), as far
- * as the chain sent can tell, leaf first, leaf excluded. From the leaf, each step takes the issuer sent along
- * that runs longest (a server prefers a time-valid issuer, OpenSSL among them, and ignores extra certificates:
- * RFC 8446 §4.4.2), and stops at a self-signed root or at a certificate whose subject such a root sent along
- * also has (a cross-signed root, which the server may trust as itself). The server's trust anchors are its
- * own, so its path may end earlier: what this finds may, not must, refuse the chain when it runs out.
+ * as the chain sent can tell, leaf first, leaf excluded. From the leaf, each step takes, among the certificates
+ * sent that issued the current one (by name and key identifiers, and by signature where several do: without an
+ * Authority Key Identifier, a re-issue under a new key matches by name alone), one that leads to a self-signed
+ * root sent along if any does, else the one that runs longest (a server prefers a time-valid issuer, OpenSSL
+ * among them, and ignores extra certificates: RFC 8446 §4.4.2). It stops at a self-signed root, or at a
+ * certificate whose subject such a root sent along also has (a cross-signed root, which the server may trust as
+ * itself). The server's trust anchors are its own, so its path may end earlier: what this finds may, not must,
+ * refuse the chain when it runs out.
  */
 export function issuerPath(certificates: readonly X509Certificate[]): X509Certificate[] {
   const selfSigned = (c: X509Certificate): boolean => c.checkIssued(c);
-  const roots = new Set(certificates.filter(selfSigned).map((c) => c.subject));
+  const roots = certificates.filter(selfSigned);
+  const rootNames = new Set(roots.map((c) => c.subject));
+  const issuersOf = (from: X509Certificate, among: readonly X509Certificate[]): X509Certificate[] => {
+    const named = among.filter((c) => c !== from && from.checkIssued(c));
+    return named.length > 1 ? named.filter((c) => signedBy(from, c)) : named;
+  };
+  const reaches = new Map<X509Certificate, boolean>();
+  const reachesRoot = (from: X509Certificate): boolean => {
+    const known = reaches.get(from);
+    if (known !== undefined) return known;
+    reaches.set(from, false); // under way: a loop (A issued B issued A) leads nowhere through itself
+    const result = rootNames.has(from.subject) || issuersOf(from, certificates).some(reachesRoot);
+    reaches.set(from, result);
+    return result;
+  };
   const path: X509Certificate[] = [];
   let current = certificates[0];
   while (current) {
     const from: X509Certificate = current;
-    const issuers = certificates.filter((c) => c !== from && !path.includes(c) && !selfSigned(c) && from.checkIssued(c));
-    const next = issuers.sort((a, b) => Date.parse(b.validTo) - Date.parse(a.validTo))[0];
-    if (!next || roots.has(next.subject)) break;
+    const candidates = issuersOf(
+      from,
+      certificates.filter((c) => !path.includes(c) && !selfSigned(c)),
+    );
+    const rooted = candidates.filter(reachesRoot);
+    const next = (rooted.length > 0 ? rooted : candidates).sort((a, b) => Date.parse(b.validTo) - Date.parse(a.validTo))[0];
+    if (!next || rootNames.has(next.subject)) break;
     path.push(next);
     current = next;
   }
   return path;
+}
+
+function signedBy(certificate: X509Certificate, issuer: X509Certificate): boolean {
+  try {
+    return certificate.verify(issuer.publicKey);
+  } catch {
+    return false;
+  }
 }
 
 /**

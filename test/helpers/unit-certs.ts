@@ -33,6 +33,10 @@ export interface UnitCerts {
   expiredRootPem: string;
   /** The root's subject and key, cross-signed by an older root and expired yesterday (as public CAs ship them). */
   crossSignedRootPem: string;
+  /** The intermediate's subject under a new key, issued by the root for 5 years: it did not sign the leaves. */
+  rekeyedIntermediatePem: string;
+  /** The intermediate's subject and key, cross-signed by a root not in this set, for 5 years. */
+  otherRootIntermediatePem: string;
   /** EC P-256 leaf issued by the intermediate, and its key as `EC PRIVATE KEY` (SEC1). */
   ecLeafPem: string;
   ecKeySec1: string;
@@ -134,6 +138,28 @@ async function generate(): Promise<UnitCerts> {
     signingAlgorithm: EC_SIGNATURE,
     extensions: caExtensions(),
   });
+  const rekeyedIntermediate = await x509.X509CertificateGenerator.create({
+    serialNumber: '07',
+    subject: intermediate.subject,
+    issuer: root.subject,
+    notBefore: days(-30),
+    notAfter: days(1825),
+    publicKey: (await subtle.generateKey(EC_KEY, true, ['sign', 'verify'])).publicKey,
+    signingKey: rootKeys.privateKey,
+    signingAlgorithm: EC_SIGNATURE,
+    extensions: caExtensions(),
+  });
+  const otherRootIntermediate = await x509.X509CertificateGenerator.create({
+    serialNumber: '08',
+    subject: intermediate.subject,
+    issuer: 'CN=Fake Unit Test Other Root CA',
+    notBefore: days(-30),
+    notAfter: days(1825),
+    publicKey: intermediateKeys.publicKey,
+    signingKey: oldRootKeys.privateKey,
+    signingAlgorithm: EC_SIGNATURE,
+    extensions: caExtensions(),
+  });
   const issueLeaf = (serialNumber: string, publicKey: CryptoKey, notBefore: Date, notAfter: Date) =>
     x509.X509CertificateGenerator.create({
       serialNumber,
@@ -173,6 +199,8 @@ async function generate(): Promise<UnitCerts> {
     expiredIntermediatePem: expiredIntermediate.toString('pem'),
     expiredRootPem: expiredRoot.toString('pem'),
     crossSignedRootPem: crossSignedRoot.toString('pem'),
+    rekeyedIntermediatePem: rekeyedIntermediate.toString('pem'),
+    otherRootIntermediatePem: otherRootIntermediate.toString('pem'),
     ecLeafPem: ecLeaf.toString('pem'),
     ecKeySec1: (await toKeyObject(ecLeafKeys.privateKey)).export({ type: 'sec1', format: 'pem' }).toString(),
     weakLeafPem: weakLeaf.toString('pem'),

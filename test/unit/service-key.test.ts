@@ -420,6 +420,17 @@ describe('parseServiceKey: Certificate keys', () => {
       // A cross-signed root that ran out, beside the root itself: the server may trust the root as itself.
       expect(parse(certificateKey({ certificate: `${certs.chainPem}${certs.crossSignedRootPem}${certs.rootPem}` })).notices).toEqual([]);
     });
+
+    it('is not hidden by a longer-running certificate that only looks like its issuer', () => {
+      const warned = (chain: string) => parse(certificateKey({ certificate: chain })).notices.map((n) => n.message);
+      const expiring = expect.stringMatching(/^the intermediate certificate CN=Fake Unit Test Client CA .* expires on .*, in 10 days, before the client certificate/);
+      // Same name under a new key (no Authority Key Identifier tells them apart): it did not sign the leaf.
+      expect(warned(`${certs.leafPem}${certs.expiringIntermediatePem}${certs.rekeyedIntermediatePem}${certs.rootPem}`)).toEqual([expiring]);
+      // Same name and key, cross-signed by a root not sent: the one that leads to the root sent along counts.
+      expect(warned(`${certs.leafPem}${certs.expiringIntermediatePem}${certs.otherRootIntermediatePem}${certs.rootPem}`)).toEqual([expiring]);
+      // Without the root, nothing tells which way the server goes: the longer-running one is taken.
+      expect(warned(`${certs.leafPem}${certs.expiringIntermediatePem}${certs.otherRootIntermediatePem}`)).toEqual([]);
+    });
   });
 
   it('warns when the certificate is not valid yet by the injected clock (the token server would refuse it until then)', () => {
