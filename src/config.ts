@@ -15,7 +15,7 @@ import type { ClientCertSource, CredentialSource, CredentialSpec } from './crede
 import type { OutboundNetwork } from './dispatcher.js';
 import { hasDotSegment } from './dot-segment.js';
 import { ConfigError, PORT_ZERO_PROBLEM, shownAddress, shownSource, type ConfigProblem } from './errors.js';
-import { exposureOf, exposureProblems, parseAllowlist } from './inbound-control.js';
+import { exposureOf, exposureProblems, normalAddress, parseAllowlist } from './inbound-control.js';
 import { parseCertificates, PemError } from './pem.js';
 import { jsonPosition, readFailure, readTextFileSync, withoutBom } from './text-file.js';
 import type { TokenAuthMethod, TokenRequestSettings } from './token-client.js';
@@ -652,12 +652,14 @@ function notNameValue(text: string): string {
   return name ? `"${name}…" is not NAME=VALUE` : 'is not NAME=VALUE';
 }
 
-/** Host names as a Host header carries them: lower case, no port. */
+/** Host names as a Host header carries them: lower case, no port; an IPv6 address, bare or bracketed, in its shortest form. */
 function hostNames(names: readonly string[], source: string, field: string, problems: ConfigProblem[]): string[] {
   return names.flatMap((name, i) => {
     const host = name.trim().toLowerCase();
+    const address = host.replace(/^\[(.*)\]$/, '$1');
+    if (isIP(address) === 6 && !address.includes('%')) return [normalAddress(address)];
     if (/^[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?$/.test(host)) return [host];
-    problems.push({ source, field: `${field}[${i}]`, message: 'must be a host name without port or scheme (e.g. erp-sidecar)' });
+    problems.push({ source, field: `${field}[${i}]`, message: 'must be a host name or address without port or scheme (e.g. erp-sidecar, 10.1.2.3 or fd00::2)' });
     return [];
   });
 }
@@ -964,7 +966,12 @@ function readConfigFile(path: string, from: string, readFile: (p: string) => str
     const why = typeof code === 'string' && /^[A-Z_]+$/.test(code) ? `: ${code}` : '';
     const line = linePos?.[0]?.line;
     const where = path.endsWith('.json') ? jsonPosition(text, err) : line ? ` (line ${line}${why})` : '';
-    problems.push({ source: path, field: from, message: `is not valid ${path.endsWith('.json') ? 'JSON' : 'YAML'}${where}` });
+    // A bracketed IPv6 address unquoted is a YAML list: said with the fix (the line is looked at, not shown).
+    const hint =
+      line !== undefined && /^\s*(?:listen|adminListen)\s*:\s*\[/.test(text.split(/\r?\n/)[line - 1] ?? '')
+        ? ': quote an IPv6 address (listen: "[::1]:8080"), as a bare [ starts a YAML list'
+        : '';
+    problems.push({ source: path, field: from, message: `is not valid ${path.endsWith('.json') ? 'JSON' : 'YAML'}${where}${hint}` });
     return undefined;
   }
   if (path.endsWith('.json')) {

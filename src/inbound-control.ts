@@ -463,6 +463,24 @@ function webPageRefusal(headers: IncomingHttpHeaders, hostCheck: LoopbackHostChe
   return undefined;
 }
 
+/**
+ * A loopback address browsers deem "potentially trustworthy" (Secure Contexts §3.1: 127.0.0.0/8 and ::1) and send
+ * Fetch Metadata to. Not `::ffff:127.0.0.1`, which Linux routes to a 127.0.0.1 listener too: to a browser it is
+ * like 0.0.0.0, and a page's `<img>` GET there carries neither `Origin` nor `Sec-Fetch-Site`.
+ */
+function isTrustworthyAddress(address: string): boolean {
+  if (!isLoopbackHost(address)) return false;
+  if (isIP(address) !== 6) return true;
+  const bytes = ipv6Bytes(address);
+  return !(bytes[10] === 0xff && bytes[11] === 0xff);
+}
+
+/** An IPv6 address in the one form `--allow-host` keeps it in (a URL's, lower case, shortest); anything else as it is. */
+export function normalAddress(host: string): string {
+  if (isIP(host) !== 6 || host.includes('%')) return host;
+  return new URL(`http://[${host}]`).hostname.slice(1, -1);
+}
+
 /** The Host a loopback listener accepts; the last verdict is kept, as a sender sends the same Host every time. */
 class LoopbackHostCheck {
   readonly #allowed: ReadonlySet<string>;
@@ -485,15 +503,15 @@ class LoopbackHostCheck {
 
   #decide(host: string): boolean {
     // An IPv6 address without brackets (not valid syntax, but unambiguous).
-    if (isIP(host) !== 0) return isLoopbackHost(host) || this.#allowed.has(host.toLowerCase());
+    if (isIP(host) !== 0) return isTrustworthyAddress(host) || this.#allowed.has(normalAddress(host));
     // `name:port`, `[v6]:port`, `v4:port`, `name`: drop the port.
     const bracket = host.startsWith('[') ? host.indexOf(']') : -1;
-    let name = (bracket > 0 ? host.slice(1, bracket) : host.replace(/:\d*$/, '')).toLowerCase();
+    let name = (bracket > 0 ? normalAddress(host.slice(1, bracket)) : host.replace(/:\d*$/, '')).toLowerCase();
     if (name.endsWith('.')) name = name.slice(0, -1);
     if (this.#allowed.has(name)) return true; // a name or an address the operator allowed (e.g. behind a redirect)
     // An address is not re-pointed by DNS, but only a loopback one is "potentially trustworthy" to a browser, which
     // sends Fetch Metadata there: `http://0.0.0.0:8080/` (which Linux routes to this machine) gets none.
-    if (isIP(name) !== 0) return isLoopbackHost(name);
+    if (isIP(name) !== 0) return isTrustworthyAddress(name);
     return name === LOCALHOST || name.endsWith(`.${LOCALHOST}`);
   }
 }

@@ -114,5 +114,8 @@ function afterAuthority(text: string): string {
 /** `host:port` of the address a sender reached (`Location` for a sender that sent no `Host`: HTTP/1.0). */
 export function reachedHost(address: string | undefined, port: number | undefined): string | undefined {
   if (address === undefined || port === undefined) return undefined;
+  // An IPv4 sender on a `[::]` listener reached an IPv4 address, which node shows mapped: written as the sender knows it.
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address)?.[1];
+  if (mapped !== undefined) return `${mapped}:${port}`;
   return address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`;
 }

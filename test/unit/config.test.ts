@@ -166,7 +166,9 @@ describe('parseConfig', () => {
     expect(run(['--service-key', '/k'], { SIDECAR_ALLOW_HOSTS: 'a, b' }).inbound.allowHosts).toEqual(['a', 'b']);
     const file = 'inbound:\n  allowHosts: [erp-sidecar]\nroutes:\n  - prefix: /\n    serviceKey: /k\n';
     expect(run(['--config', '/c.yaml'], {}, { '/c.yaml': file }).inbound.allowHosts).toEqual(['erp-sidecar']);
-    for (const bad of ['http://erp', 'erp:8080', 'erp/x', 'erp!']) {
+    // IPv6 addresses, bare or bracketed, in the shortest form a Host is compared in.
+    expect(run(['--service-key', '/k', '--allow-host', 'FD00:0::2', '--allow-host', '[fd00::3]']).inbound.allowHosts).toEqual(['fd00::2', 'fd00::3']);
+    for (const bad of ['http://erp', 'erp:8080', 'erp/x', 'erp!', '[fd00::2]:8080', 'fe80::1%eth0']) {
       expect(problems(['--service-key', '/k', '--allow-host', bad]).map((p) => p.field)).toEqual(['allow-host[0]']);
     }
   });
@@ -536,6 +538,17 @@ routes:
     ]);
     // Loopback senders only: it applies.
     expect(run(['--service-key', '/k', '--allow-host', 'erp']).inbound.allowHosts).toEqual(['erp']);
+  });
+
+  it('says an unquoted IPv6 listen address is a YAML list, with the fix', () => {
+    for (const line of ['listen: [::1]:8080', 'adminListen:  [::1]:9090']) {
+      const file = { '/c.yaml': `${line}\nroutes:\n  - prefix: /\n    serviceKey: /k.json\n` };
+      expect(problems(['--config', '/c.yaml'], {}, file)).toEqual([
+        { source: '/c.yaml', field: '--config', message: expect.stringMatching(/^is not valid YAML \(line 1: [A-Z_]+\): quote an IPv6 address \(listen: "\[::1\]:8080"\), as a bare \[ starts a YAML list$/) },
+      ]);
+    }
+    const quoted = { '/c.yaml': 'listen: "[::1]:8080"\nroutes:\n  - prefix: /\n    serviceKey: /k.json\n' };
+    expect(run(['--config', '/c.yaml'], {}, quoted).listen).toEqual({ host: '::1', port: 8080 });
   });
 
   it('names the config file field of an invalid inbound host name, and refuses an empty allowlist given in the file', () => {

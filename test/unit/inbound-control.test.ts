@@ -425,7 +425,6 @@ describe('createInboundControl', () => {
       ['127.0.0.1', true],
       ['[::1]:8080', true],
       ['127.8.9.10:8080', true],
-      ['[::ffff:127.0.0.1]:8080', true],
       ['localhost:8080', true],
       ['LOCALHOST.:8080', true],
       ['erp.localhost:8080', true],
@@ -436,6 +435,10 @@ describe('createInboundControl', () => {
       // 0.0.0.0 to this machine; a loopback listener is reached by no other address anyway.
       ['0.0.0.0:8080', false],
       ['[::]:8080', false],
+      // IPv4-mapped loopback reaches a 127.0.0.1 listener, but browsers send it no Fetch Metadata either.
+      ['[::ffff:127.0.0.1]:8080', false],
+      ['[::ffff:7f00:1]', false],
+      ['::ffff:127.0.0.1', false],
       ['10.1.2.3:8080', false],
       ['10.1.2.3', false],
       ['2001:db8::1', false],
@@ -458,6 +461,10 @@ describe('createInboundControl', () => {
       expect(control.webPageRefusal({ host: '10.1.2.3:8080' })).toBeUndefined();
       expect(control.webPageRefusal({ host: '[2001:db8::1]:8080' })).toBeUndefined();
       expect(control.webPageRefusal({ host: '2001:db8::1' })).toBeUndefined();
+      // any spelling of the same IPv6 address
+      expect(control.webPageRefusal({ host: '[2001:DB8:0::0001]:8080' })).toBeUndefined();
+      expect(control.webPageRefusal({ host: '2001:db8:0:0::1' })).toBeUndefined();
+      expect(control.webPageRefusal({ host: '[2001:db8::2]:8080' })).toMatch(/refused as a web page/);
       expect(control.webPageRefusal({ host: '10.1.2.4:8080' })).toMatch(/refused as a web page/);
       expect(control.webPageRefusal({ host: 'other:8080' })).toMatch(/refused as a web page/);
     });

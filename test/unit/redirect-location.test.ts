@@ -151,6 +151,8 @@ describe('senderLocation', () => {
   it('names the address a sender without Host reached', () => {
     expect(reachedHost('127.0.0.1', 8080)).toBe('127.0.0.1:8080');
     expect(reachedHost('::1', 8080)).toBe('[::1]:8080');
+    // An IPv4 sender on a `[::]` listener: node shows the address it reached mapped; the sender knows it as IPv4.
+    expect(reachedHost('::ffff:127.0.0.1', 8080)).toBe('127.0.0.1:8080');
     expect(reachedHost(undefined, undefined)).toBeUndefined();
   });
 });
