@@ -20,8 +20,9 @@
  * `Dispatcher.prototype`; doing it twice, should something load the index too,
  * changes nothing.
  */
+import { isIP } from 'node:net';
 import * as tls from 'node:tls';
-import type { Dispatcher, Pool as UndiciPool } from 'undici';
+import type { buildConnector, Dispatcher, Pool as UndiciPool } from 'undici';
 import api from 'undici/lib/api/index.js';
 import Agent from 'undici/lib/dispatcher/agent.js';
 import DispatcherClass from 'undici/lib/dispatcher/dispatcher.js';
@@ -90,12 +91,12 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
     proxyTls: { rejectUnauthorized: true, timeout: options.connectTimeoutMs, checkServerIdentity: checkProxyIdentity },
     // The pool to the proxy (undici's default, a Pool): what fails before the proxy answers a CONNECT is marked, so
     // that it is not taken for a failure of the target, which it never reached; and its CONNECTs are bounded.
-    clientFactory: (origin: URL, poolOptions: object) => {
+    clientFactory: (origin: URL, poolOptions: { connect?: buildConnector.connector }) => {
       const shown = endpoint ?? origin.host;
       // The CONNECT's answer is bounded by the connect limit too (undici's header timer: it starts once the
       // CONNECT is written, and lets pending I/O win over a late timer; it ticks about once a second, so it fires up
       // to ~1 s late).
-      const pool = new Pool(origin, { ...poolOptions, headersTimeout: options.connectTimeoutMs });
+      const pool = new Pool(origin, { ...poolOptions, connect: withoutAddressServername(poolOptions.connect), headersTimeout: options.connectTimeoutMs });
       return markingTunnelFailures(pool, shown);
     },
     httpsProxy: proxy,
@@ -103,6 +104,18 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
     httpProxy: '',
     noProxy: options.network.noProxy ?? '',
   });
+}
+
+/**
+ * undici names an https:// proxy at an IPv6 address by its URL host, `[::1]`, in SNI, which RFC 6066 §3 allows
+ * no address in: for an address, none is sent (undici's connector then sends none, as for a target's address).
+ */
+function withoutAddressServername(connect: buildConnector.connector | undefined): buildConnector.connector | undefined {
+  if (connect === undefined) return undefined;
+  return (opts, callback) => {
+    const name = opts.servername?.replace(/^\[(.*)\]$/, '$1');
+    connect(name !== undefined && name !== null && isIP(name) !== 0 ? { ...opts, servername: '' } : opts, callback);
+  };
 }
 
 /**

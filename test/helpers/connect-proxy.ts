@@ -5,12 +5,15 @@
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import { connect, type Socket } from 'node:net';
+import type { TLSSocket } from 'node:tls';
 import { closeServer, listen, SocketTracker } from './net.js';
 
 export interface ConnectProxy {
   readonly url: string;
   /** host:port of every tunnel opened, in order. */
   readonly tunnels: string[];
+  /** With `tls`: the SNI name of each connection to the proxy, undefined where none was sent. */
+  readonly serverNames: (string | undefined)[];
   close(): Promise<void>;
 }
 
@@ -19,6 +22,9 @@ export async function startConnectProxy(options: { credentials?: string; tls?: {
   const refuse = (_req: IncomingMessage, res: { writeHead(status: number): { end(): void } }) => res.writeHead(405).end();
   const server: Server = options.tls ? createHttpsServer({ cert: options.tls.cert, key: options.tls.key }, refuse) : createServer(refuse);
   const sockets = new SocketTracker(server);
+  // The SNI each TLS connection to an https:// proxy asked for (none: undefined).
+  const serverNames: (string | undefined)[] = [];
+  server.on('secureConnection', (socket: TLSSocket) => serverNames.push(typeof socket.servername === 'string' ? socket.servername : undefined));
   const upstreamSockets = new Set<Socket>();
   server.on('connect', (req: IncomingMessage, client: Socket, head: Buffer) => {
     const expected = options.credentials && `Basic ${Buffer.from(options.credentials).toString('base64')}`;
@@ -48,6 +54,7 @@ export async function startConnectProxy(options: { credentials?: string; tls?: {
   return {
     url: `${options.tls ? 'https' : 'http'}://${host.includes(':') ? `[${host}]` : host}:${port}`,
     tunnels,
+    serverNames,
     async close() {
       for (const s of upstreamSockets) s.destroy();
       await closeServer(server, sockets);

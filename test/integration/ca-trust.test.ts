@@ -102,14 +102,17 @@ describe("node on OpenSSL's store (--use-openssl-ca, as distribution builds of n
 });
 
 describe('an https:// proxy', () => {
-  it('at an IPv6 address is verified against the address its certificate names (undici gives it in brackets)', async () => {
-    // The proxy's certificate (CA A, trusted through NODE_EXTRA_CA_CERTS, as an https:// proxy's must be) names ::1.
-    const proxy = await startConnectProxy({ tls: { cert: proxyTls.cert, key: proxyTls.key }, host: '::1' });
+  it.each(['::1', '127.0.0.1'])('at an address (%s) is verified against the address its certificate names (undici gives IPv6 in brackets), and sent no SNI', async (host) => {
+    // The proxy's certificate (CA A, trusted through NODE_EXTRA_CA_CERTS, as an https:// proxy's must be) names ::1 and 127.0.0.1.
+    const proxy = await startConnectProxy({ tls: { cert: proxyTls.cert, key: proxyTls.key }, host });
     try {
       const key = await serviceKey('via-ipv6-proxy.json', 'B', 'A');
       const result = await runCli(['token', '--service-key', key, '--ca', caBPath], { HTTPS_PROXY: proxy.url, NODE_EXTRA_CA_CERTS: caAPath });
+      // No DEP0123 warning on stderr either: node warns of an address given as a TLS server name.
       expect({ code: result.code, stderr: result.stderr }).toEqual({ code: 0, stderr: '' });
       expect(proxy.tunnels).toEqual([new URL(servers.B.token.tokenUrl).host]);
+      // No SNI for an address (RFC 6066 §3), least of all undici's bracketed `[::1]`.
+      expect(proxy.serverNames).toEqual([undefined]);
     } finally {
       await proxy.close();
     }
