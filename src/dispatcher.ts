@@ -107,8 +107,9 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
 }
 
 /**
- * undici names an https:// proxy at an IPv6 address by its URL host, `[::1]`, in SNI, which RFC 6066 §3 allows
- * no address in: for an address, none is sent (undici's connector then sends none, as for a target's address).
+ * undici names an https:// proxy at an address by its URL host in SNI (`[::1]`, brackets and all, or `10.0.0.5`,
+ * which draws node's DEP0123 warning), where RFC 6066 §3 allows no address: none is sent (undici's connector then
+ * sends none, as for a target at an address).
  */
 function withoutAddressServername(connect: buildConnector.connector | undefined): buildConnector.connector | undefined {
   if (connect === undefined) return undefined;

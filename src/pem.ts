@@ -82,8 +82,7 @@ export function parseCertificateChain(text: string, privateKey?: KeyObject): Cer
  */
 export function issuerPath(certificates: readonly X509Certificate[]): X509Certificate[] {
   const selfSigned = (c: X509Certificate): boolean => c.checkIssued(c);
-  const roots = certificates.filter(selfSigned);
-  const rootNames = new Set(roots.map((c) => c.subject));
+  const rootNames = new Set(certificates.filter(selfSigned).map((c) => c.subject));
   const issuersOf = (from: X509Certificate, among: readonly X509Certificate[]): X509Certificate[] => {
     const named = among.filter((c) => c !== from && from.checkIssued(c));
     return named.length > 1 ? named.filter((c) => signedBy(from, c)) : named;
@@ -101,10 +100,7 @@ export function issuerPath(certificates: readonly X509Certificate[]): X509Certif
   let current = certificates[0];
   while (current) {
     const from: X509Certificate = current;
-    const candidates = issuersOf(
-      from,
-      certificates.filter((c) => !path.includes(c) && !selfSigned(c)),
-    );
+    const candidates = issuersOf(from, certificates.filter((c) => !path.includes(c) && !selfSigned(c)));
     const rooted = candidates.filter(reachesRoot);
     const next = (rooted.length > 0 ? rooted : candidates).sort((a, b) => Date.parse(b.validTo) - Date.parse(a.validTo))[0];
     if (!next || rootNames.has(next.subject)) break;
