@@ -657,7 +657,7 @@ function hostNames(names: readonly string[], source: string, field: string, prob
   return names.flatMap((name, i) => {
     const host = name.trim().toLowerCase();
     const address = host.replace(/^\[(.*)\]$/, '$1');
-    if (isIP(address) === 6 && !address.includes('%')) return [normalAddress(address)];
+    if (isIPv6(address) && !address.includes('%')) return [normalAddress(address)];
     if (/^[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?$/.test(host)) return [host];
     problems.push({ source, field: `${field}[${i}]`, message: 'must be a host name or address without port or scheme (e.g. erp-sidecar, 10.1.2.3 or fd00::2)' });
     return [];
@@ -821,7 +821,7 @@ function parseNoProxy(env: Readonly<Record<string, string | undefined>>): string
       const [address, port] = isIPv6(entry) ? [entry, undefined] : (/^\[([^\]]+)\](?::(\d+))?$/.exec(entry)?.slice(1) ?? []);
       // With a zone id (`fe80::1%eth0`, which isIPv6 takes) it is no URL host and can match none: left as given.
       if (address === undefined || !isIPv6(address) || address.includes('%')) return entry;
-      return `${new URL(`http://[${address}]`).hostname}${port === undefined ? '' : `:${port}`}`;
+      return `[${normalAddress(address)}]${port === undefined ? '' : `:${port}`}`;
     })
     .join(',');
 }

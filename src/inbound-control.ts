@@ -475,7 +475,7 @@ function isTrustworthyAddress(address: string): boolean {
   return !(bytes[10] === 0xff && bytes[11] === 0xff);
 }
 
-/** An IPv6 address in the one form `--allow-host` keeps it in (a URL's, lower case, shortest); anything else as it is. */
+/** An IPv6 address in the one form a URL writes it in (lower case, shortest; no brackets), as `--allow-host` and `NO_PROXY` keep it; anything else as it is. */
 export function normalAddress(host: string): string {
   if (isIP(host) !== 6 || host.includes('%')) return host;
   return new URL(`http://[${host}]`).hostname.slice(1, -1);
