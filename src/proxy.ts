@@ -24,6 +24,7 @@ import { lingerAfterAnswer } from './lingering-close.js';
 import { reachedHost, senderLocation } from './redirect-location.js';
 import { ReplayBudget } from './replay-budget.js';
 import { bodyStillComing, RequestBody } from './request-body.js';
+import { headRefusal, onlyChunked } from './request-head.js';
 import { requestIdOf } from './request-id.js';
 import { hasDotSegment, upstreamTarget, type Route, type RouteTable } from './routes.js';
 import type { Scavenger } from './scavenger.js';
@@ -383,7 +384,7 @@ class Exchange implements AttemptOwner, Turn {
       const refusal = new SidecarError('REQUEST_REFUSED', `HTTP/${req.httpVersion} is not supported: only HTTP/1.0 and HTTP/1.1`, { refusalStatus: 505 });
       return this.#refuseAndClose(refusal);
     }
-    const framing = framingRefusal(req, target);
+    const framing = headRefusal(req, target);
     if (framing !== undefined) {
       // The connection's framing is in doubt (RFC 9112 §6.1): nothing more is read from it.
       this.#framingInDoubt = true;
@@ -1141,44 +1142,6 @@ const UNFORWARDABLE_HEAD: ReadonlySet<string | undefined> = new Set(['ERR_INVALI
 
 /** Methods whose repetition has no further effect (RFC 9110 §9.2.2). */
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']);
-
-/**
- * Why a request's framing or target cannot be trusted, checked before anything else (RFC 9112): a
- * `Transfer-Encoding` other than chunked, or any in an HTTP/1.0 request (§6.1); an HTTP/1.1 request without
- * `Host`, or any request with two (§3.2: node keeps the first and drops the rest, and HTTP/1.0 senders may
- * omit it); a fragment, which no request target carries (§3.2.1).
- */
-function framingRefusal(req: IncomingMessage, target: string): string | undefined {
-  const codings = req.headers['transfer-encoding'];
-  if (codings !== undefined) {
-    // node's parser refuses other codings already: this is defence in depth.
-    if (!onlyChunked(codings)) return 'unsupported Transfer-Encoding';
-    if (req.httpVersion === '1.0') return 'Transfer-Encoding in an HTTP/1.0 request: its framing cannot be trusted (RFC 9112 §6.1)';
-  }
-  // node's parser takes lengths up to 2^64 − 1, but undici reads and writes one as a JavaScript number: one past
-  // 2^53 − 1 would go upstream rounded, not the message's length (RFC 9110 §8.6).
-  const length = req.headers['content-length'];
-  if (length !== undefined && Number(length) > Number.MAX_SAFE_INTEGER) return `a Content-Length over ${Number.MAX_SAFE_INTEGER} bytes cannot be forwarded exactly`;
-  const hosts = hostFields(req.rawHeaders);
-  if (hosts > 1) return 'more than one Host header';
-  if (hosts === 0 && req.httpVersion !== '1.0') return 'an HTTP/1.1 request must carry a Host header';
-  if (target.includes('#')) return 'a fragment (#) is not part of a request target';
-  return undefined;
-}
-
-function hostFields(raw: readonly string[]): number {
-  let count = 0;
-  for (let i = 0; i < raw.length; i += 2) {
-    const name = raw[i]!;
-    if (name.length === 4 && name.toLowerCase() === 'host') count++;
-  }
-  return count;
-}
-
-/** `Transfer-Encoding: chunked` and nothing else, as requests and answers are framed here. */
-function onlyChunked(codings: string | string[]): boolean {
-  return typeof codings === 'string' && codings.trim().toLowerCase() === 'chunked';
-}
 
 /** The path alone, for the log: no query, and no fragment (refused in `run`, but a classic place for a token). */
 function withoutQuery(target: string): string {

@@ -1863,7 +1863,8 @@ describe('sender faults and abuse', () => {
       sender.on('data', (chunk: Buffer) => chunks.push(chunk));
       const closed = new Promise((resolve) => sender.on('close', resolve));
       sender.on('error', () => undefined);
-      sender.write('GET /http/ok?counted-once HTTP/1.1\r\nHost: localhost\r\nBad Name: x\r\n');
+      // A name every parser node has shipped refuses (llhttp 8, in node 20.19.0 and .1, takes `Bad Name`).
+      sender.write('GET /http/ok?counted-once HTTP/1.1\r\nHost: localhost\r\nBad(Name): x\r\n');
       await once(sender, 'data'); // the 400 came: the parser has refused the head
       // Read by the server after its refusal (one read or two), then the end, on which it closes.
       sender.write('X-More: 1\r\n');
@@ -2157,7 +2158,9 @@ describe('sender faults and abuse', () => {
     ['parentheses in the name', 'X(y): x'],
     ['an empty name', ': x'],
     ['a NUL in the value', 'X-A: a\x00b'],
+    ['whitespace before the colon', 'X-A : x'],
   ])('an invalid header (%s) → 400, nothing forwarded', async (_name, field) => {
+    // node 20.19.0 and .1 (llhttp 8) pass on a space in or after a name, and an empty one: the sidecar refuses them.
     await expectRefusedRaw(`GET /http/ok HTTP/1.1\r\nHost: localhost\r\n${field}\r\n\r\n`, 400);
   });
 
@@ -2429,15 +2432,18 @@ describe('sender faults and abuse', () => {
 
   it('raw non-ASCII bytes in the path are refused cleanly (400) and nothing is forwarded', async () => {
     await expectRefusedRaw('GET /http/caf\xc3\xa9/\xff\xfe HTTP/1.1\r\nHost: localhost\r\n\r\n', 400);
+    await expectRefusedRaw('GET /http/a\tb HTTP/1.1\r\nHost: localhost\r\n\r\n', 400);
   });
 
   it('each malformed request is refused with 400 and logged once with its parser code; no log of any sidecar holds a secret', async () => {
     const logged = () => sidecar.logs.filter((l) => l['msg'] === 'malformed request rejected');
     const before = logged().length; // earlier tests' lines on the shared sidecar: only the ones that follow count
+    // Heads every parser node 20.19+ has shipped refuses (what only newer ones refuse, the sidecar refuses itself,
+    // with an access line: see 'raw non-ASCII bytes in the path').
     const malformed: Array<[head: string, code: string]> = [
-      [`GET /http/ok?malformed-name HTTP/1.1\r\nHost: localhost\r\nBad Name: ${SECRET}\r\n\r\n`, 'HPE_INVALID_HEADER_TOKEN'],
+      [`GET /http/ok?malformed-name HTTP/1.1\r\nHost: localhost\r\nBad(Name): ${SECRET}\r\n\r\n`, 'HPE_INVALID_HEADER_TOKEN'],
       ['POST /http/ok?malformed-length HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab', 'HPE_UNEXPECTED_CONTENT_LENGTH'],
-      ['GET /http/malformed-\xff HTTP/1.1\r\nHost: localhost\r\n\r\n', 'HPE_INVALID_URL'],
+      ['GET /http/malformed-\x7f HTTP/1.1\r\nHost: localhost\r\n\r\n', 'HPE_INVALID_URL'],
     ];
     // Each refused, nothing forwarded, and the sidecar still serves after it; the secret in the first head reaches
     // neither the answer nor a log.
