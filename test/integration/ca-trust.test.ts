@@ -275,3 +275,31 @@ describe('NODE_EXTRA_CA_CERTS and --ca together', () => {
     expect(text).toMatch(/^ok {3}summary: 1 route checked, all pass/m);
   });
 });
+
+describe('an https:// proxy is verified like any TLS peer', () => {
+  it('whose certificate is not trusted is refused before any tunnel: the token request never goes through it', async () => {
+    const proxy = await startConnectProxy({ tls: { cert: proxyTls.cert, key: proxyTls.key }, host: '127.0.0.1' });
+    try {
+      const key = await serviceKey('via-untrusted-proxy.json', 'B', 'A');
+      // CA A, which issued the proxy's certificate, is named nowhere this time (no NODE_EXTRA_CA_CERTS).
+      const result = await runCli(['token', '--service-key', key, '--ca', caBPath], { HTTPS_PROXY: proxy.url });
+      expect(result.code).toBe(1);
+      expect(proxy.tunnels).toEqual([]);
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  it('whose trusted certificate does not name the address it is reached at is refused before any tunnel', async () => {
+    // The certificate names localhost, 127.0.0.1 and ::1; 127.0.0.2 is loopback too, but not named.
+    const proxy = await startConnectProxy({ tls: { cert: proxyTls.cert, key: proxyTls.key }, host: '127.0.0.2' });
+    try {
+      const key = await serviceKey('via-misnamed-proxy.json', 'B', 'A');
+      const result = await runCli(['token', '--service-key', key, '--ca', caBPath], { HTTPS_PROXY: proxy.url, NODE_EXTRA_CA_CERTS: caAPath });
+      expect(result.code).toBe(1);
+      expect(proxy.tunnels).toEqual([]);
+    } finally {
+      await proxy.close();
+    }
+  });
+});

@@ -1023,3 +1023,93 @@ describe('credentialFingerprint', () => {
     }
   });
 });
+
+describe('CredentialWatcher: fingerprints and close()', () => {
+  it("a certificate key's fingerprint changes with its url (a rotation that moves the tenant), as a secret key's does", () => {
+    const cert: CertificateCredentials = {
+      kind: 'certificate',
+      clientId: CLIENT_ID,
+      tokenUrl: TOKEN_URL,
+      url: URL_,
+      source: '/a/key.json',
+      certificate: certs.chainPem,
+      key: certs.leafKeyPkcs1,
+      fingerprint: 'leaf',
+      notAfter: new Date(Date.now() + DAY_MS),
+    };
+    const fp = credentialFingerprint(cert);
+    expect(credentialFingerprint({ ...cert, source: '/b/key.json' })).toBe(fp);
+    for (const change of [{ url: `${URL_}2` }, { url: undefined }, { tokenUrl: `${TOKEN_URL}2` }, { clientId: 'other' }, { certificate: certs.leafPem }]) {
+      expect(credentialFingerprint({ ...cert, ...change })).not.toBe(fp);
+    }
+  });
+
+  it('close() closes its directory watches (inotify watches are a per-user limit) and clears its timers', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval'] });
+    try {
+      const path = await keyFile();
+      const rec = recorder();
+      const fake = fakeWatchFactory();
+      const watcher = await startWatcher({ source: { kind: 'path', path } }, rec, { watch: fake.factory });
+      expect(fake.watches.length).toBeGreaterThan(0);
+      fake.watches[0]!.fire(); // a directory event: its reload is debounced
+      expect(vi.getTimerCount()).toBe(2); // the poll and the debounce
+      watcher.close();
+      expect(fake.watches.every((w) => w.closed)).toBe(true);
+      expect(vi.getTimerCount()).toBe(0);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+});
+
+describe('CredentialWatcher: a reload that finds a new directory to watch', () => {
+  it('reads again: a change made between its read and the new watch is not left to the poll', async () => {
+    const root = await tempDir();
+    await mkdir(join(root, 'gen1'));
+    await writeFile(join(root, 'gen1', 'key.json'), secretKey());
+    await mkdir(join(root, 'gen2'));
+    await writeFile(join(root, 'gen2', 'key.json'), secretKey({ clientsecret: NEW_SECRET }));
+    await symlink('gen1', join(root, 'current'));
+    const spec: CredentialSpec = { source: { kind: 'path', path: join(root, 'current', 'key.json') } };
+    const rec = recorder();
+    const fake = fakeWatchFactory();
+    let calls = 0;
+    const load: typeof loadCredentials = async (s, opts) => {
+      const loaded = await loadCredentials(s, opts);
+      if (++calls === 2) {
+        // The link moves on right after this read, before any watch on its new directory exists.
+        await symlink('gen2', join(root, 'current.tmp'));
+        await rename(join(root, 'current.tmp'), join(root, 'current'));
+      }
+      return loaded;
+    };
+    const watcher = await startWatcher(spec, rec, { load, watch: fake.factory, pollIntervalMs: 600_000 });
+    expect(fake.watches.map((w) => w.dir).sort()).toEqual([root, join(root, 'gen1')].sort());
+    await watcher.reloadNow(); // resolves once the reload loop has run dry
+    expect(secretOf(watcher.current)).toBe(NEW_SECRET);
+  });
+});
+
+describe('CredentialWatcher.close: a failing reload in flight', () => {
+  it('reports nothing: the failure of a reload that was in flight when it was closed is dropped too', async () => {
+    const spec: CredentialSpec = { source: { kind: 'inline', json: secretKey(), label: 'test' } };
+    const rec = recorder();
+    const initial = await loadCredentials(spec);
+    const gate = deferred<void>();
+    let calls = 0;
+    const load: typeof loadCredentials = async (s, opts) => {
+      if (calls++ === 0) return loadCredentials(s, opts); // the start's comparison: unchanged
+      await gate.promise;
+      throw new ConfigError([{ source: 'test', field: 'oauth.clientsecret', message: 'is missing' }]);
+    };
+    const watcher = await startWatcher(spec, rec, { initial, load });
+
+    const reload = watcher.reloadNow();
+    watcher.close();
+    gate.resolve();
+    await reload;
+    expect(rec.errors).toEqual([]);
+    expect(watcher.lastError).toBeUndefined();
+  });
+});

@@ -724,3 +724,31 @@ describe('token provider over a real token endpoint', () => {
     }
   });
 });
+
+describe('token lifetime at its edges', () => {
+  it('an expires_in of 0 is no lifetime: the default stands in, not a token already due', async () => {
+    endpoint.fail({ kind: 'body', body: '{"access_token":"tok-0-x","token_type":"bearer","expires_in":0}' });
+    const token = await client(secretCredentials()).fetchToken();
+    expect([token.expiresAt - token.issuedAt, token.lifetimeSource]).toEqual([300_000, 'default']);
+  });
+
+  it("a JWT whose iat equals its exp has no lifetime of its own: its exp against the server's Date counts", async () => {
+    const now = Math.ceil(Date.now() / 1000);
+    const claims = { iat: now + 600, exp: now + 600 };
+    const jwt = [{ alg: 'none' }, claims].map((part) => Buffer.from(JSON.stringify(part)).toString('base64url')).join('.') + '.sig';
+    endpoint.fail({ kind: 'body', body: JSON.stringify({ access_token: jwt, token_type: 'bearer' }), date: new Date(now * 1000).toUTCString() });
+    const token = await client(secretCredentials(), {}, 2_000, { wallClock: () => now * 1000, now: () => now * 1000 }).fetchToken();
+    expect([token.expiresAt - token.issuedAt, token.lifetimeSource]).toEqual([600_000, 'jwt']);
+  });
+});
+
+describe('token cache key', () => {
+  it('tells apart what is asked for: two routes on one service key with different scopes do not share a token', () => {
+    const key = (settings: Partial<TokenRequestSettings> = {}) => client(secretCredentials(), settings).cacheKey;
+    const base = key();
+    expect(key()).toBe(base);
+    for (const settings of [{ scope: 'read' }, { resource: 'urn:r' }, { audience: 'aud' }, { params: { token_format: 'jwt' } }]) {
+      expect(key(settings), JSON.stringify(settings)).not.toBe(base);
+    }
+  });
+});

@@ -3,6 +3,7 @@ import { request as httpRequest } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createAdminServer, MAX_WAITING_READINESS, MAX_WAITING_SCRAPES, readiness, type AdminOptions } from '../../src/admin-server.js';
+import { SidecarError } from '../../src/errors.js';
 import type { Metrics } from '../../src/metrics.js';
 import type { RouteTable } from '../../src/routes.js';
 import type { TokenProvider } from '../../src/token-provider.js';
@@ -113,6 +114,59 @@ describe('scrapes waiting for a metrics render', () => {
       expect((await next).status).toBe(200);
     } finally {
       server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+    }
+  });
+});
+
+describe('readiness with several routes, and probes in a row', () => {
+  /** Routes named by `cached`: whether each has a token cached; an uncached one's fetch fails as `fetch` says. */
+  function routes(cached: Record<string, boolean>, fetch: () => Promise<unknown>, extra: Partial<AdminOptions> = {}): AdminOptions {
+    const tokens = {
+      peek: (client: { name: string }) => (cached[client.name] ? { value: 'token' } : undefined),
+      getToken: fetch,
+    } as unknown as TokenProvider;
+    return {
+      routes: () => ({ routes: Object.keys(cached).map((name) => ({ name, tokenClient: { name } })) }) as unknown as RouteTable,
+      tokens,
+      metrics: undefined as never,
+      draining: () => false,
+      credentialErrors: () => new Map([['b', 'CONFIG_INVALID']]),
+      readinessTimeoutMs: 1_000,
+      ...extra,
+    };
+  }
+  const rejected = () => Promise.reject(new SidecarError('TOKEN_REJECTED', 'token server rejected the client credentials (401)'));
+
+  it('is not ready while any route has no token: one ready route does not make the pod ready', async () => {
+    const answer = await readiness(routes({ a: true, b: false }, rejected));
+    expect(answer).toEqual({
+      status: 503,
+      body: {
+        status: 'not ready',
+        routes: [
+          { route: 'a', ready: true },
+          { route: 'b', ready: false, error: 'TOKEN_REJECTED', message: 'token server rejected the client credentials (401)', credentialWarning: 'CONFIG_INVALID' },
+        ],
+      },
+    });
+  });
+
+  it(`gives a probe's place back when it is answered: more than ${MAX_WAITING_READINESS} probes in a row each wait for the token`, async () => {
+    const server = createAdminServer(routes({ a: false }, async () => ({ value: 'token' })));
+    const port = await new Promise<number>((resolve) => server.listen(0, '127.0.0.1', () => resolve((server.address() as AddressInfo).port)));
+    const status = () =>
+      new Promise<number | undefined>((resolve, reject) => {
+        const req = httpRequest({ host: '127.0.0.1', port, path: '/readyz', agent: false }, (res) => {
+          res.resume();
+          res.once('end', () => resolve(res.statusCode));
+        });
+        req.once('error', reject);
+        req.end();
+      });
+    try {
+      for (let i = 0; i <= MAX_WAITING_READINESS; i++) expect(await status()).toBe(200);
+    } finally {
       await new Promise((resolve) => server.close(resolve));
     }
   });

@@ -983,3 +983,40 @@ describe('content given where a path belongs', () => {
   });
 });
 
+describe('parseConfig: route-file token params, booleans, secrets in errors, no_proxy, one-line PEM', () => {
+  it('refuses what the sidecar sets itself in a route file\'s tokenParams, as it does on --token-param', () => {
+    const yaml = 'routes:\n  - prefix: /\n    serviceKey: /k.json\n    tokenParams: { grant_type: password, client_secret: x }\n';
+    expect(problems(['--config', '/c.yaml'], {}, { '/c.yaml': yaml }).map((p) => [p.field, p.message])).toEqual([
+      ['routes[0].tokenParams.grant_type', 'is set by the sidecar'],
+      ['routes[0].tokenParams.client_secret', 'is set by the sidecar'],
+    ]);
+  });
+
+  it('refuses a boolean variable that is neither true nor false, rather than guessing (SIDECAR_ALLOW_ANY_SENDER=off)', () => {
+    for (const value of ['off', 'on', 'maybe']) {
+      expect(problems(['--service-key', '/k.json'], { SIDECAR_ALLOW_ANY_SENDER: value }).map((p) => [p.source, p.message])).toContainEqual([
+        'SIDECAR_ALLOW_ANY_SENDER',
+        'must be true or false',
+      ]);
+    }
+  });
+
+  it('never shows a long base64 secret that happens to hold a / (openssl rand -base64 45) in a configuration error', () => {
+    const secret = 'k3Jd9x/Qm2LrT8vZp4NwYb6HcEa1GuVfS0oXiR7yWnKqBt5MjCdPh3ZeAlGt';
+    const message = new ConfigError([{ source: secret, field: 'service-key', message: 'does not exist' }]).message;
+    expect(message).not.toContain(secret);
+  });
+
+  it('reads the proxy exceptions from no_proxy as well as NO_PROXY (Kubernetes and most tools write it lower case)', () => {
+    const proxy = { HTTPS_PROXY: 'http://proxy.corp:3128' };
+    expect(run(['--service-key', '/k.json'], { ...proxy, no_proxy: '.internal,10.0.0.1' }).network.noProxy).toBe('.internal,10.0.0.1');
+    expect(run(['--service-key', '/k.json'], { ...proxy, NO_PROXY: '.internal' }).network.noProxy).toBe('.internal');
+  });
+
+  it('takes a one-line PEM given where a path belongs for content, and never shows it', () => {
+    const pem = `-----BEGIN PRIVATE KEY----- MIIEv${SECRET}QIBADANBgkqhkiG9w0BAQEFAASC -----END PRIVATE KEY-----`;
+    const list = problems(['--service-key', '/k.json', '--client-cert', '/c.pem', `--client-key=${pem}`]);
+    expect(list).toContainEqual(expect.objectContaining({ field: 'client-key', message: expect.stringMatching(/^holds file content \(PEM or JSON\), not a path/) }));
+    expect(new ConfigError(list).message).not.toContain(SECRET);
+  });
+});

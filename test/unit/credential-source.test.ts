@@ -672,3 +672,18 @@ describe('watchTargets', () => {
     expect(await watchTargets({ source: inline, clientCert: { kind: 'tls-dir', dir: certs } })).toEqual([certs]);
   });
 });
+
+describe('watchTargets: a client key apart from its certificate', () => {
+  it('watches the directory of the client key too when it lies apart from the certificate', async () => {
+    const dir = await tempDir();
+    await writeFiles(join(dir, 'sk'), { 'key.json': '{}' });
+    await writeFiles(join(dir, 'certs'), { 'client.crt': 'c' });
+    await writeFiles(join(dir, 'keys'), { 'client.key': 'k' });
+    const clientCert = { kind: 'files', certFile: join(dir, 'certs', 'client.crt'), keyFile: join(dir, 'keys', 'client.key') } as const;
+    expect(await watchTargets({ source: { kind: 'path', path: join(dir, 'sk', 'key.json') }, clientCert })).toEqual([
+      join(dir, 'sk'),
+      join(dir, 'certs'),
+      join(dir, 'keys'),
+    ]);
+  });
+});

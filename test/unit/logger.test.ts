@@ -109,3 +109,36 @@ describe('pretty log output that fails', () => {
     rmSync(dir, { recursive: true, force: true });
   });
 });
+
+describe('log redaction', () => {
+  it('censors the rest of its list too: access tokens, tokens, passwords, proxy credentials', () => {
+    const lines: string[] = [];
+    const stream = new Writable({ write: (chunk: Buffer, _encoding, done) => (lines.push(chunk.toString()), done()) });
+    const { log } = createLoggers({ level: 'info', stream });
+    log.info(
+      {
+        access_token: 'FAKE-at',
+        token: 'FAKE-token',
+        password: 'FAKE-password',
+        clientSecret: 'FAKE-client-secret',
+        req: { headers: { 'proxy-authorization': 'Basic FAKE-pa', 'Proxy-Authorization': 'Basic FAKE-PA' } },
+      },
+      'probe',
+    );
+    expect(lines.join('')).toContain('probe');
+    expect(lines.join('')).not.toMatch(/FAKE-/);
+  });
+
+  it('censors in the pretty format (--log-format pretty) as in JSON', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'oauth-sidecar-log-'));
+    try {
+      const file = join(dir, 'out');
+      const { log } = createLoggers({ level: 'info', pretty: true, fd: openSync(file, 'w') });
+      log.info({ clientsecret: 'FAKE-client-secret', req: { headers: { authorization: 'Bearer FAKE-low' } } }, 'probe');
+      await expect.poll(() => readFileSync(file, 'utf8')).toContain('probe'); // an asynchronous destination
+      expect(readFileSync(file, 'utf8')).not.toMatch(/FAKE-/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { SidecarError } from '../../src/errors.js';
 import { Metrics } from '../../src/metrics.js';
 import type { RouteTable } from '../../src/routes.js';
 import type { AccessToken } from '../../src/token-client.js';
@@ -104,5 +105,33 @@ describe('Metrics.render pacing (a flood of scrapes on the admin port)', () => {
     expect(requests((await first).body)).toBe(0);
     expect(requests((await second).body)).toBe(1);
     expect(starts).toHaveLength(2);
+  });
+});
+
+describe('token fetch and certificate expiry metrics', () => {
+  it('token_fetches_total counts outcomes, not attempts: success, or the error code', async () => {
+    const tokens = new TokenProvider();
+    const metrics = new Metrics({ routes: () => ({ routes: [] }) as unknown as RouteTable, tokens, credentialErrors: () => new Map(), defaultMetrics: false });
+    const token = { value: 't', issuedAt: 0, expiresAt: 1, scopes: [], lifetimeSource: 'expires_in' } as AccessToken;
+    metrics.tokenEvent({ type: 'fetch', key: 'k', reason: 'cold' });
+    metrics.tokenEvent({ type: 'fetched', key: 'k', token, durationMs: 1 });
+    metrics.tokenEvent({ type: 'fetch', key: 'k', reason: 'refresh-ahead' });
+    metrics.tokenEvent({ type: 'fetch-failed', key: 'k', error: new SidecarError('TOKEN_RATE_LIMITED', '429'), durationMs: 1, retryInMs: 1_000 });
+    metrics.tokenEvent({ type: 'fetch-failed', key: 'k', error: new Error('bug'), durationMs: 1, retryInMs: 1_000 });
+    const body = (await metrics.render()).body;
+    expect(body).toMatch(/^oauth_sidecar_token_fetches_total\{outcome="success"\} 1$/m);
+    expect(body).toMatch(/^oauth_sidecar_token_fetches_total\{outcome="TOKEN_RATE_LIMITED"\} 1$/m);
+    expect(body).toMatch(/^oauth_sidecar_token_fetches_total\{outcome="INTERNAL"\} 1$/m);
+  });
+
+  it('client_certificate_expiry_seconds covers External Certificate keys as well as Certificate keys', async () => {
+    const now = 1_000_000_000_000;
+    const route = (name: string, kind: string) => ({ name, tokenClient: { cacheKey: name }, credentials: { kind, notAfter: new Date(now + 86_400_000) } });
+    const table = { routes: [route('sap', 'certificate'), route('own', 'external-certificate'), route('plain', 'client-secret')] } as unknown as RouteTable;
+    const metrics = new Metrics({ routes: () => table, tokens: new TokenProvider(), credentialErrors: () => new Map(), now: () => now, defaultMetrics: false });
+    const body = (await metrics.render()).body;
+    expect(body).toMatch(/^oauth_sidecar_client_certificate_expiry_seconds\{route="sap"\} 86400$/m);
+    expect(body).toMatch(/^oauth_sidecar_client_certificate_expiry_seconds\{route="own"\} 86400$/m);
+    expect(body).not.toMatch(/client_certificate_expiry_seconds\{route="plain"\}/);
   });
 });

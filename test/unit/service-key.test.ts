@@ -607,3 +607,40 @@ describe('parseServiceKey: External Certificate keys and supplied key pairs', ()
     expect(problems[0]?.message).toMatch(/^expired on \d{4}-/);
   });
 });
+
+describe('parseServiceKey: expiry boundaries, precedence and wrappers', () => {
+  const leafNotAfter = new Date(new X509Certificate(certs.leafPem).validTo);
+
+  it('refuses a certificate from the second after it expired, not only a day later', () => {
+    const justAfter = new Date(leafNotAfter.getTime() + 1_000);
+    expect(problemsOf(() => parse(certificateKey(), { now: justAfter })).map((p) => p.message)).toEqual([
+      `expired on ${leafNotAfter.toISOString()}`,
+    ]);
+  });
+
+  it(`warns from ${EXPIRY_WARNING_DAYS} days before the expiry on, and not before`, () => {
+    const warned = (daysBefore: number) =>
+      parse(certificateKey(), { now: new Date(leafNotAfter.getTime() - daysBefore * DAY_MS) }).notices.map((n) => n.message);
+    expect(warned(EXPIRY_WARNING_DAYS)).toEqual([expect.stringMatching(new RegExp(`expires on .*, in ${EXPIRY_WARNING_DAYS} days$`))]);
+    expect(warned(EXPIRY_WARNING_DAYS + 0.01)).toEqual([]);
+  });
+
+  it('a key with certificate and key beside a clientsecret is a Certificate key: mTLS, not the secret', () => {
+    expect(parse(certificateKey({ clientsecret: SECRET })).credentials.kind).toBe('certificate');
+  });
+
+  it('decodes oauth encoded twice (a JSON string of a JSON string)', () => {
+    const raw = { oauth: JSON.stringify(JSON.stringify(fixture('client-secret.json').oauth)) };
+    expect(parse(raw).credentials.clientId).toBe(CLIENT_ID);
+  });
+
+  it('unwraps a credentials wrapper around a secretRootKey map (oauth within oauth, three levels)', () => {
+    const map = { oauth: JSON.stringify(fixture('client-secret.json').oauth), instance_name: 'my-instance' };
+    expect(parse({ credentials: { oauth: map } }).credentials.clientId).toBe(CLIENT_ID);
+  });
+
+  it('warns about an intermediate only when it runs out before the leaf, not with it', () => {
+    const loaded = parse(certificateKey({ certificate: `${certs.expiringPem}${certs.expiringIntermediatePem}${certs.rootPem}` }));
+    expect(loaded.notices.map((n) => n.message)).toEqual([expect.stringMatching(/^the client certificate in oauth\.certificate .* expires on .*, in 10 days$/)]);
+  });
+});

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { SidecarError } from '../../src/errors.js';
 import type { AccessToken } from '../../src/token-client.js';
-import { REJECTION_INTERVAL_MS, TokenProvider, type TokenEvent, type TokenSource } from '../../src/token-provider.js';
+import { REJECTION_INTERVAL_MS, TokenProvider, tokenCacheSize, type TokenEvent, type TokenSource } from '../../src/token-provider.js';
 
 /** A token source driven by the test: each fetch waits until the test settles it. */
 class FakeSource implements TokenSource {
@@ -596,5 +596,96 @@ describe('TokenProvider', () => {
       const token = await source.issue(100_000);
       expect(await next).toBe(token);
     });
+  });
+});
+
+describe('TokenProvider: expiry under Retry-After, backoff and 401 refreshes', () => {
+  it("never hands out an expired token, though the token server's Retry-After kept it in the cache past its expiry", async () => {
+    const { clock, provider, source } = setup();
+    const token = await warm(provider, source); // lifetime 100 s: refresh due at 75 s, safety margin from 90 s
+    clock.now += 80_000;
+    expect(await provider.getToken(source)).toBe(token); // refresh in the background…
+    await source.fail(new SidecarError('TOKEN_RATE_LIMITED', 'token server answered 429', { retryAfter: 300 }));
+    clock.now += 5_000;
+    expect(await provider.getToken(source)).toBe(token); // still usable: kept for the wait the server asked for
+    clock.now += 65_000; // 150 s: expired 50 s ago, the server's wait still running
+    expect(provider.cachedToken(source)).toBeUndefined(); // the hot path of every proxied request
+    await expect(provider.getToken(source)).rejects.toMatchObject({ code: 'TOKEN_RATE_LIMITED' });
+    expect(source.calls).toBe(2);
+  });
+
+  it('an upstream 401 refreshes at once, even while a failed refresh-ahead backs off', async () => {
+    const { clock, provider, source } = setup({ backoff: { minMs: 5_000, maxMs: 20_000 } });
+    const token = await warm(provider, source);
+    clock.now += 80_000; // refresh due
+    expect(await provider.getToken(source)).toBe(token);
+    await source.fail(new SidecarError('TOKEN_UNREACHABLE', 'down')); // backoff until +5 s
+    clock.now += 1_000;
+    const retried = provider.refreshAfterRejection(source, token);
+    await flush();
+    expect(source.calls).toBe(3);
+    const fresh = await source.issue();
+    expect(await retried).toBe(fresh);
+  });
+
+  it("rounds a backoff's Retry-After up: senders are never told to come back before the next attempt", async () => {
+    const { clock, provider, source } = setup({ backoff: { minMs: 2_500, maxMs: 20_000 } });
+    const first = expect(provider.getToken(source)).rejects.toMatchObject({ code: 'TOKEN_SERVER_ERROR', retryAfter: 3 });
+    await flush();
+    await source.fail(new SidecarError('TOKEN_SERVER_ERROR', 'token server failed (500)'));
+    await first;
+    clock.now += 1_000; // 1.5 s left
+    await expect(provider.getToken(source)).rejects.toMatchObject({ retryAfter: 2 });
+  });
+
+  it("a rotation's new token gets a 401 refresh of its own, however recent the old token's was", async () => {
+    const { provider, source } = setup();
+    const a = await warm(provider, source);
+    const refreshed = provider.refreshAfterRejection(source, a);
+    await flush();
+    const b = await source.issue();
+    expect(await refreshed).toBe(b);
+    const validation = provider.refresh(source); // new credentials under the same key (only the url changed)
+    await flush();
+    const c = await source.issue();
+    expect(await validation).toBe(c);
+    expect(provider.retryAfterRejection(source, c)).toBe(true);
+  });
+
+  it('a success resets the backoff: the next failure backs off from the minimum again', async () => {
+    const { clock, provider, source } = setup({ backoff: { minMs: 1_000, maxMs: 30_000 } });
+    const first = expect(provider.getToken(source)).rejects.toMatchObject({ retryAfter: 1 });
+    await flush();
+    await source.fail(new SidecarError('TOKEN_SERVER_ERROR', 'token server failed (500)'));
+    await first;
+    clock.now += 1_000;
+    const second = provider.getToken(source);
+    await flush();
+    const token = await source.issue(100_000);
+    expect(await second).toBe(token);
+    clock.now += 80_000; // refresh due
+    expect(await provider.getToken(source)).toBe(token);
+    await source.fail(new SidecarError('TOKEN_SERVER_ERROR', 'token server failed (500)'));
+    clock.now += 1_000; // the minimum backoff has passed: asked again
+    expect(await provider.getToken(source)).toBe(token);
+    await flush();
+    expect(source.calls).toBe(4);
+  });
+
+  it('keeps two tokens per route (one for the key a rotation replaces), never fewer than 64', () => {
+    expect(tokenCacheSize(0)).toBe(64);
+    expect(tokenCacheSize(100)).toBe(200);
+  });
+
+  it('shows no expiry for a token the upstream rejected, while its replacement is fetched', async () => {
+    const { provider, source } = setup();
+    const a = await warm(provider, source);
+    expect(provider.expiresInMs(source)).toBe(100_000);
+    const refreshed = provider.refreshAfterRejection(source, a);
+    await flush();
+    expect(provider.expiresInMs(source)).toBeUndefined();
+    await source.issue();
+    await refreshed;
+    expect(provider.expiresInMs(source)).toBe(100_000);
   });
 });
