@@ -22,6 +22,8 @@ export interface EndpointClient {
 export type Fault =
   | { kind: 'status'; status: number; body?: string; headers?: Record<string, string> }
   | { kind: 'hang' }
+  /** Held: `arrived` is called when the request comes, and it is answered as usual once `released` resolves. */
+  | { kind: 'held'; arrived: () => void; released: Promise<void> }
   | { kind: 'reset' }
   /** `status` with `headers` and the start of a longer body (its Content-Length promises more), then the connection reset. */
   | { kind: 'cut'; status: number; body: string; headers?: Record<string, string> }
@@ -140,7 +142,10 @@ export class TokenEndpoint {
       return;
     }
     const fault = this.#faults.shift();
-    if (fault) return this.#inject(fault, req, res);
+    if (fault?.kind === 'held') {
+      fault.arrived();
+      await fault.released;
+    } else if (fault) return this.#inject(fault, req, res);
 
     if (req.method !== 'POST' || req.headers['content-type'] !== 'application/x-www-form-urlencoded') {
       return json(res, 400, { error: 'invalid_request', error_description: 'POST a form' });

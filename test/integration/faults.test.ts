@@ -573,6 +573,29 @@ describe('token server faults', () => {
     }
   });
 
+  it('a request whose sender left while it waited for its token is not sent when the token comes', async () => {
+    const t = await tokenCase();
+    const held = gate();
+    t.endpoint.fail({ kind: 'held', arrived: held.arrived, released: held.released });
+    try {
+      const s = await t.start();
+      await held.arrival; // the warm-up fetch, held: the request below waits for it
+      const marker = `gone-before-token-${Math.random().toString(36).slice(2)}`;
+      const sender = await rawOpen(s.address.port, `GET /http/ok?${marker} HTTP/1.1\r\nHost: localhost\r\n\r\n`);
+      const metrics = `http://127.0.0.1:${s.adminAddress!.port}/metrics`;
+      await expect.poll(async () => (await fetchText(metrics)).text).toMatch(/^oauth_sidecar_requests_in_flight 1$/m);
+      sender.socket.destroy();
+      await expect.poll(() => s.logs.find((l) => l['msg'] === 'request' && l['requestId'] !== undefined && l['path'] === '/http/ok')).toBeDefined();
+      held.release();
+      await expect.poll(() => s.logs.some((l) => l['msg'] === 'token obtained')).toBe(true);
+      await expectServing(s); // a whole exchange later: what the token set going has gone
+      expect(upstream.seen(marker)).toHaveLength(0);
+    } finally {
+      held.release();
+      await t.close();
+    }
+  });
+
   it('a flow answering 401 while the token server is down does not cost other senders their token', async () => {
     const t = await tokenCase();
     try {
@@ -854,6 +877,37 @@ describe('upstream faults', () => {
     }
   });
 
+  it('resets during a 2xx answer delimited by its close, to a POST whose body went whole → a cut connection, not the end', async () => {
+    const front = await upstreamFront();
+    upstream.handler = (req, _res, rec) => {
+      if (!req.url?.includes('post-close-delimited')) return false;
+      // The whole body read first: the upstream has the request, and its answer ends only with the connection.
+      void rec.bodyDone.then(() => req.socket.write(`HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\n${'p'.repeat(1000)}`));
+      return true;
+    };
+    try {
+      const s = await extraSidecar(['--upstream', `https://127.0.0.1:${front.port}`]);
+      const sender = await rawOpen(s.address.port, 'POST /http/ok?post-close-delimited HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\nhi');
+      let answer: RawAnswer;
+      try {
+        await waitFor(() => (sender.received().includes('p'.repeat(1000)) ? true : undefined), sender.socket);
+        for (const socket of front.passing) socket.resetAndDestroy();
+        let ended: Awaited<typeof sender.closed> | undefined;
+        void sender.closed.then((how) => (ended = how));
+        await waitFor(() => (ended !== undefined || sender.received().endsWith('0\r\n\r\n') ? true : undefined), sender.socket);
+        answer = parseAnswer(sender.received(), ended ?? 'timeout', 0);
+      } finally {
+        sender.socket.destroy();
+      }
+      expect(answer.status).toBe(200);
+      expect(answer.text.endsWith('0\r\n\r\n')).toBe(false); // no terminating chunk: not a complete message
+      await expect.poll(() => s.logs.find((l) => l['msg'] === 'request')?.['error']).toBe('UPSTREAM_UNREACHABLE');
+    } finally {
+      upstream.handler = undefined;
+      await front.close();
+    }
+  });
+
   it.each([1024 * 1024, 8 * 1024 * 1024])('an early answer delimited by its close, reset only because the upstream left the upload unread (%i bytes), reaches the sender whole', async (size) => {
     let answered: Socket | undefined;
     upstream.handler = (req) => {
@@ -1054,6 +1108,19 @@ describe('upstream faults', () => {
     const third = await post('budget-third');
     expect(third.status, third.text).toBe(200);
     expect(upstream.seen('budget-third').filter((r) => r.method === 'POST')).toHaveLength(2);
+  });
+
+  it("a sender that leaves mid-upload before any answer gives its copy's share of --max-replay-memory back", async () => {
+    const s = await extraSidecar();
+    upstream.handler = (req) => req.url?.includes('leave-mid-upload') === true; // never answers
+    const socket = connect(s.address.port, '127.0.0.1');
+    socket.on('error', () => undefined);
+    socket.write(`POST /http/leave-mid-upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n${'a'.repeat(50_000)}`);
+    await expect.poll(() => s.replayBudget.used).toBeGreaterThan(0); // a copy is being kept
+    socket.destroy();
+    await expect.poll(() => s.logs.some((l) => l['msg'] === 'request' && l['path'] === '/http/leave-mid-upload')).toBe(true);
+    expect(s.replayBudget.used).toBe(0);
+    upstream.handler = undefined;
   });
 
   it('a body still arriving after its exchange ended (the upstream reset it mid-upload) takes nothing from --max-replay-memory', async () => {
@@ -2243,6 +2310,13 @@ describe('sender faults and abuse', () => {
     // Its body broke before any of it came: nothing went upstream, not even the head (and nothing was smuggled).
     expect(upstream.requests.slice(before).filter((r) => r.url.includes('bare-lf-chunks'))).toEqual([]);
     expect(upstream.seen('smuggled')).toHaveLength(0);
+  });
+
+  it('Expect: 100-Continue in another case is still the one expectation met: forwarded, not 417 (RFC 9110 §10.1.1)', async () => {
+    const answer = await rawRequest(sidecar.address.port, 'POST /http/ok?expect-mixed-case HTTP/1.1\r\nHost: localhost\r\nExpect: 100-Continue\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi');
+    expect(answer.text).not.toMatch(/^HTTP\/1\.1 417/m);
+    expect(answer.text).toMatch(/^HTTP\/1\.1 200 /m);
+    expect(upstream.seen('expect-mixed-case')).toHaveLength(1);
   });
 
   it.each<[string, Record<string, string>]>([

@@ -478,6 +478,50 @@ describe('tokens on the request path', () => {
     };
   }
 
+  it('a 401 whose body breaks off is still cured: the request is sent again with a new token, not answered 502', async () => {
+    const own = await another(['--service-key', keyPath]);
+    let calls = 0;
+    upstream.setHandler((_req, res, body) => {
+      body.resume();
+      if (++calls === 1) {
+        // The head and part of the body, then the connection dies: the answer being discarded fails.
+        res.writeHead(401, { 'www-authenticate': 'Bearer error="invalid_token"', 'content-length': '100' });
+        res.write('x'.repeat(10), () => res.socket?.destroy());
+        return true;
+      }
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.end('cured');
+      return true;
+    });
+    const res = await request(`${own.url}/http/order`, { method: 'POST', body: 'a' });
+    expect(res.statusCode).toBe(200);
+    expect(await res.body.text()).toBe('cured');
+    expect(calls).toBe(2);
+  });
+
+  it('a CSRF 403 that comes again with the new session goes to the sender: one fetch, sent twice, no loop', async () => {
+    const own = await another(['--service-key', keyPath]);
+    const seen: string[] = [];
+    upstream.setHandler((req, res, body) => {
+      body.resume();
+      if (req.method === 'GET' && req.headers['x-csrf-token'] === 'Fetch') {
+        seen.push('fetch');
+        res.writeHead(200, { 'x-csrf-token': 'csrf-' + randomBytes(8).toString('hex'), 'set-cookie': 'JSESSIONID=never-accepted; Path=/' });
+        res.end();
+        return true;
+      }
+      seen.push('post-403'); // e.g. a session bound to another node of the tenant: every token is refused
+      res.writeHead(403, { 'x-csrf-token': 'Required', 'content-type': 'text/html' });
+      res.end('<html>Forbidden</html>');
+      return true;
+    });
+    const res = await request(`${own.url}/http/order`, { method: 'POST', body: 'a', headersTimeout: 5_000 });
+    expect(res.statusCode).toBe(403);
+    expect(res.headers['x-csrf-token']).toBe('Required');
+    await res.body.dump();
+    expect(seen).toEqual(['post-403', 'fetch', 'post-403']);
+  });
+
   it('a CSRF 403 to a request too long to send again goes to the sender, and the session is fetched at once for the next', async () => {
     const small = await another(['--service-key', keyPath, '--max-replay-body', '16']);
     const csrf = csrfUpstream({ token: 'csrf-' + randomBytes(4).toString('hex'), cookie: 'JSESSIONID=big' });

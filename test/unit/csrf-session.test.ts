@@ -4,7 +4,7 @@
  * whole CSRF exchange against a real upstream.
  */
 import { describe, expect, it } from 'vitest';
-import { CsrfSession, csrfFromResponse, mergeCookies, parseCookieDate, type CsrfCredentials } from '../../src/csrf-session.js';
+import { CsrfSession, csrfFromResponse, isCsrfRequired, isModifying, mergeCookies, parseCookieDate, type CsrfCredentials } from '../../src/csrf-session.js';
 
 describe('csrfFromResponse', () => {
   it('builds the cookie header from the Set-Cookie pairs, byte for byte', () => {
@@ -137,5 +137,19 @@ describe('CsrfSession.renew', () => {
     finish(two);
     expect(await forA).toBe(two);
     expect(await forB).toBe(two);
+  });
+});
+
+describe('which requests carry the session', () => {
+  it('only modifying methods: GET, HEAD, OPTIONS and TRACE never do', () => {
+    expect(['GET', 'HEAD', 'OPTIONS', 'TRACE'].filter(isModifying)).toEqual([]);
+    expect(['POST', 'PUT', 'PATCH', 'DELETE'].every(isModifying)).toBe(true);
+  });
+
+  it('only a 403 with X-CSRF-Token: Required (any case) asks for a session', () => {
+    expect(isCsrfRequired(403, { 'x-csrf-token': 'required' })).toBe(true);
+    expect(isCsrfRequired(401, { 'x-csrf-token': 'Required' })).toBe(false);
+    expect(isCsrfRequired(403, {})).toBe(false);
+    expect(isCsrfRequired(403, { 'x-csrf-token': ['Required', 'Required'] })).toBe(false);
   });
 });

@@ -191,6 +191,18 @@ describe('responseHeadersForSender', () => {
     expect(Buffer.from((out['set-cookie'] as string[]).join('\n'), 'latin1')).toEqual(Buffer.from(NASTY_COOKIES.join('\n'), 'latin1'));
   });
 
+  it('redacts the secrets in every value of a repeated field, not only in single values', () => {
+    const token = 'eyJhbGciOiJSUzI1NiJ9.access-token-value';
+    const out = responseHeadersForSender(
+      { 'set-cookie': ['a=1; Path=/', `echo=${token}; Path=/`], 'www-authenticate': [`Bearer error="invalid_token", token="${token}"`, 'Basic realm="x"'] },
+      { secrets: [token] },
+    );
+    expect(out).toEqual({
+      'set-cookie': ['a=1; Path=/', 'echo=[redacted]; Path=/'],
+      'www-authenticate': ['Bearer error="invalid_token", token="[redacted]"', 'Basic realm="x"'],
+    });
+  });
+
   it('adds extra headers', () => {
     expect(responseHeadersForSender({ 'x-request-id': 'upstream' }, { extra: { 'X-Request-Id': 'ours' } })).toEqual({ 'x-request-id': 'ours' });
   });

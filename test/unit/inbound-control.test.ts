@@ -444,6 +444,7 @@ describe('createInboundControl', () => {
       ['2001:db8::1', false],
       ['rebind.attacker.example:8080', false],
       ['localhost.attacker.example', false],
+      ['attackerlocalhost:8080', false], // ends in "localhost", but is no subdomain of it
       ['erp-sidecar:8080', false],
     ])('loopback only: Host %s is accepted: %s (a re-pointed name is DNS rebinding)', (host, accepted) => {
       const control = createInboundControl({});

@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events';
 import type { IncomingMessage } from 'node:http';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { lingerAfterAnswer } from '../../src/lingering-close.js';
+import { closeWithoutLingering, lingerAfterAnswer } from '../../src/lingering-close.js';
 
 /** A request body as the lingering close sees it: `complete`, and `end` when the last byte was read. */
 class FakeBody extends EventEmitter {
@@ -123,6 +123,57 @@ describe('lingerAfterAnswer', () => {
     lingerAfterAnswer(answering, body as unknown as IncomingMessage, undefined, { totalMs: 60_000, idleMs: 60_000 });
     answering.write('done');
     answering.destroySoon();
+    await closed(answering);
+    sender.destroy();
+  });
+  it('an answer still in the buffers when the body is already complete reaches the sender whole before the close', async () => {
+    const { answering, sender } = await pair();
+    sender.pause(); // not reading yet: the answer waits in the buffers when node asks for the close
+    const body = new FakeBody();
+    body.complete = true;
+    lingerAfterAnswer(answering, body as unknown as IncomingMessage, undefined, { totalMs: 60_000, idleMs: 60_000 });
+    const answer = Buffer.alloc(8 * 1024 * 1024, 0x61); // more than the kernel's socket buffers hold
+    answering.write(answer);
+    expect(answering.writableFinished).toBe(false);
+    answering.destroySoon();
+    let received = 0;
+    sender.on('data', (c: Buffer) => (received += c.length));
+    const ended = new Promise<void>((resolve) => {
+      sender.once('end', () => resolve());
+      sender.once('close', () => resolve());
+    });
+    sender.on('error', () => undefined);
+    sender.resume();
+    await ended;
+    expect(received).toBe(answer.length);
+    await closed(answering);
+    sender.destroy();
+  });
+
+  it('leaves no timer behind once the lingering connection has closed', async () => {
+    const { answering, sender } = await pair();
+    const body = new FakeBody();
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    try {
+      lingerAfterAnswer(answering, body as unknown as IncomingMessage, undefined, { totalMs: 60_000, idleMs: 5_000 });
+      answering.destroySoon();
+      expect(vi.getTimerCount()).toBe(2); // the linger time and the silence
+      const gone = new Promise<void>((resolve) => answering.once('close', () => resolve()));
+      body.finish();
+      await gone;
+      expect(vi.getTimerCount()).toBe(0);
+    } finally {
+      vi.useRealTimers();
+      sender.destroy();
+    }
+  });
+  it("closeWithoutLingering puts node's own close back: no lingering for a body nobody reads any more", async () => {
+    const { answering, sender } = await pair();
+    let lingering = 0;
+    lingerAfterAnswer(answering, new FakeBody() as unknown as IncomingMessage, () => lingering++, { totalMs: 60_000, idleMs: 60_000 });
+    closeWithoutLingering(answering);
+    answering.destroySoon();
+    expect(lingering).toBe(0);
     await closed(answering);
     sender.destroy();
   });

@@ -59,6 +59,26 @@ describe('RequestBody', () => {
     expect(budget.used).toBe(0);
   });
 
+  it.each([
+    ['declared', { 'content-length': String(2 * SOCKET_READ) }],
+    ['chunked', { 'transfer-encoding': 'chunked' }],
+  ])('a %s body of exactly --max-replay-body bytes is kept, one byte more is not', async (_kind, headers) => {
+    for (const extra of [0, 1]) {
+      const source = new Readable({ read() {} });
+      const size = 2 * SOCKET_READ + extra;
+      Object.assign(source, { headers: 'content-length' in headers ? { 'content-length': String(size) } : headers, complete: false });
+      const body = new RequestBody(source as unknown as IncomingMessage, 2 * SOCKET_READ, undefined, new ReplayBudget());
+      const upstream = body.stream()!;
+      upstream.resume();
+      source.push(Buffer.alloc(SOCKET_READ, 1));
+      source.push(Buffer.alloc(SOCKET_READ + extra, 2));
+      source.push(null);
+      await once(upstream, 'end');
+      expect({ size, replayable: body.replayable() }).toEqual({ size, replayable: extra === 0 });
+      body.finish();
+    }
+  });
+
   it('a chunked body of tiny chunks is kept in blocks, charged as allocated, not as thousands of Buffers', async () => {
     const source = new Readable({ read() {} });
     Object.assign(source, { headers: { 'transfer-encoding': 'chunked' }, complete: false });
@@ -108,5 +128,18 @@ describe('RequestBody', () => {
     expect(upstream.readableLength + (upstream as unknown as { writableLength: number }).writableLength).toBeLessThanOrEqual(3 * SOCKET_READ);
     expect(pushed).toBeLessThanOrEqual(4);
     source.destroy();
+  });
+});
+
+describe('ReplayBudget', () => {
+  it('holds copies up to its limit exactly, and takes nothing beyond it', () => {
+    const budget = new ReplayBudget(100);
+    expect(budget.take(60)).toBe(true);
+    expect(budget.take(40)).toBe(true); // 100 of 100: fits
+    expect(budget.used).toBe(100);
+    expect(budget.take(1)).toBe(false);
+    expect(budget.used).toBe(100);
+    budget.give(100);
+    expect(budget.used).toBe(0);
   });
 });
