@@ -2,6 +2,7 @@
  * A preload (`node --import`) for a CLI child that sends the process SIGTERM at exact moments, from inside it (no
  * race with a watcher in another process). `SIGNAL_AT` lists them, comma-separated:
  * - `listening`: the moment the first TCP server listens (serve's proxy port, while the sidecar still starts);
+ * - `listening-twice`: as `listening`, with two signals one after the other (a second Ctrl+C while it starts);
  * - `stopped`: the moment the `stopped` log line has been written (the stop is over, the process about to end).
  */
 import fs from 'node:fs';
@@ -10,13 +11,13 @@ import net from 'node:net';
 const at = new Set((process.env.SIGNAL_AT ?? '').split(','));
 const signal = () => process.kill(process.pid, 'SIGTERM');
 
-if (at.has('listening')) {
+if (at.has('listening') || at.has('listening-twice')) {
   const listen = net.Server.prototype.listen;
   let armed = true;
   net.Server.prototype.listen = function (...args) {
     if (armed) {
       armed = false;
-      this.once('listening', signal);
+      this.once('listening', at.has('listening-twice') ? () => (signal(), signal()) : signal);
     }
     return listen.apply(this, args);
   };

@@ -356,6 +356,32 @@ describe('oauth-sidecar check: the upstream answer', () => {
     expectNoSecrets(run);
   });
 
+  it('an opaque token a 401 quotes without its Bearer prefix, past where the description is cut: no piece of it is shown', async () => {
+    const opaque = 'opaque-7f3a9c1e5b2d4f6a8c0e1b3d5f7a9c2e4b6d8f0a1c3e5b7d';
+    oauth.setInterceptor((_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ access_token: opaque, token_type: 'bearer', expires_in: 300 }));
+      return true;
+    });
+    // A runtime that refuses the opaque token, quoting it; it starts within the 160 characters shown of the
+    // description and ends beyond them.
+    const runtime = createHttpsServer({ cert: pki.server.chain, key: pki.server.key }, (_req, res) => {
+      res.writeHead(401, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ error: 'invalid_token', error_description: `${'a'.repeat(140)} ${opaque} is unknown` }));
+    });
+    const sockets = new SocketTracker(runtime);
+    const port = await listen(runtime);
+    try {
+      const run = await check(healthy('--upstream', `https://127.0.0.1:${port}`), { path: '/http/opaque-401' });
+      expect(run.ok).toBe(false);
+      expect(run.text).toMatch(/^FAIL GET .* answered 401: the token was not accepted \(invalid_token: a+ \[redacted\]/m);
+      expect(run.text).not.toContain(opaque.slice(0, 12));
+      expectNoSecrets(run, opaque);
+    } finally {
+      await closeServer(runtime, sockets);
+    }
+  });
+
   it('a 200 whose body stalls is diagnosed from its head, not as no answer', async () => {
     const stalled: Array<() => void> = [];
     upstream.setHandler((_req, res) => {
@@ -428,6 +454,19 @@ describe('oauth-sidecar check: the upstream answer', () => {
     expect(run.ok).toBe(false);
     expect(run.text).toMatch(/^FAIL GET .* answered 500: the integration flow failed \(MPL ID AGZrdXyZ_abc123-def456\)/m);
     expect(run.text).toContain('Monitor > Message Processing');
+  });
+
+  it('leaves no connection to the upstream open behind it: a CLI run ends when the check does, not at a keep-alive timeout', async () => {
+    const runtime = createHttpsServer({ cert: pki.server.chain, key: pki.server.key, keepAliveTimeout: 60_000 }, (_req, res) => res.end('ok'));
+    const sockets = new SocketTracker(runtime);
+    const port = await listen(runtime);
+    try {
+      const run = await check(healthy('--upstream', `https://127.0.0.1:${port}`), { path: '/http/GetTimestamp' });
+      expect(run.text).toContain('answered 200: the token is accepted');
+      await expect.poll(() => sockets.size, { timeout: 5_000 }).toBe(0);
+    } finally {
+      await closeServer(runtime, sockets);
+    }
   });
 
   it('an untrusted upstream certificate fails with the --ca fix (the token server is trusted)', async () => {

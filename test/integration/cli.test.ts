@@ -259,10 +259,10 @@ describe('oauth-sidecar CLI', () => {
   });
 
   /** `serve` with a preload that sends it SIGTERM from inside at the moments `at` names (see signal-at.mjs). */
-  function signalledAt(at: string) {
+  function signalledAt(at: string, shutdownDelayMs = 0) {
     const preload = pathToFileURL(fileURLToPath(new URL('../helpers/signal-at.mjs', import.meta.url))).href;
     return startCli(
-      ['serve', '--service-key', keyPath, '--ca', caPath, '--listen', '127.0.0.1:0', '--admin-listen', 'off', '--shutdown-delay', '0', '--log-format', 'json'],
+      ['serve', '--service-key', keyPath, '--ca', caPath, '--listen', '127.0.0.1:0', '--admin-listen', 'off', '--shutdown-delay', String(shutdownDelayMs), '--log-format', 'json'],
       { SIGNAL_AT: at, NODE_OPTIONS: `--import=${preload}` },
     );
   }
@@ -273,6 +273,14 @@ describe('oauth-sidecar CLI', () => {
     const messages = stdout.split('\n').filter(Boolean).map((line) => (JSON.parse(line) as { msg: string }).msg);
     expect(messages).toEqual(expect.arrayContaining(['oauth-sidecar listening', 'shutting down', 'stopped']));
     expect(messages.indexOf('shutting down')).toBeGreaterThan(messages.indexOf('oauth-sidecar listening'));
+  });
+
+  it('serve: two stop signals while it starts stop it as soon as it has started, the second ending the shutdown delay: exit 0', async () => {
+    // A 60-s shutdown delay outlasts the test's own timeout: only the second signal ends it.
+    const { code, signal, stdout, stderr } = await collect(signalledAt('listening-twice', 60_000));
+    expect({ code, signal }, stderr).toEqual({ code: 0, signal: null });
+    const messages = stdout.split('\n').filter(Boolean).map((line) => (JSON.parse(line) as { msg: string }).msg);
+    expect(messages).toEqual(expect.arrayContaining(['oauth-sidecar listening', 'shutting down', 'stopped']));
   });
 
   it('serve: a stop signal after the stop, while the process ends, ends it with exit 0, not by the signal', async () => {

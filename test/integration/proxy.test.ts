@@ -596,7 +596,7 @@ describe('tokens on the request path', () => {
     expect(own.logs.find((l) => l['path'] === '/http/order')).toMatchObject({ status: 200, retried: 'csrf' });
   });
 
-  it('a CSRF fetch answered 401 again with the new token: 502 naming the 401, one token request, no loop', async () => {
+  it('a CSRF fetch answered 401 again with the new token: 502 naming the 401, one token request, no loop, and none more for the next request', async () => {
     const own = await another(['--service-key', keyPath]);
     await (await request(`${own.url}/http/warm`)).body.dump(); // its token is cached
     const csrf = csrfUpstream({ token: 'csrf-' + randomBytes(4).toString('hex'), cookie: 'JSESSIONID=never' }, ['401', '401', '401', '401']);
@@ -607,6 +607,12 @@ describe('tokens on the request path', () => {
     expect(body).toMatchObject({ error: 'CSRF_FETCH_FAILED' });
     expect(body.message).toContain('answered its fetch with 401');
     expect(csrf.seen).toEqual(['post-403', 'fetch-401', 'fetch-401']);
+    expect(oauth.tokenRequests - before).toBe(1);
+    // The next request right after meets the same 401: no second token request (one per rejection interval).
+    const again = await request(`${own.url}/http/order`, { method: 'POST', body: 'b' });
+    expect(again.statusCode).toBe(502);
+    await again.body.dump();
+    expect(csrf.seen).toEqual(['post-403', 'fetch-401', 'fetch-401', 'post-403', 'fetch-401']);
     expect(oauth.tokenRequests - before).toBe(1);
   });
 
@@ -918,6 +924,52 @@ describe('tokens on the request path', () => {
       expect(text).toMatch(/^HTTP\/1\.1 200 /);
       expect(text).toMatch(/\r\nconnection: close\r\n/i);
       expect(text).toMatch(/\r\n\r\n5\r\nearly\r\n0\r\n\r\n$/); // the whole answer
+    });
+
+    it('a sender that reads the early answer and then goes on uploading gets its whole body read, then a clean close', async () => {
+      // The answer is complete before most of the body has come: undici then drops the upstream connection (and
+      // the body stream piped into it), so only the sidecar itself can go on reading what the sender still sends.
+      upstream.setHandler((_req, res) => {
+        res.writeHead(200, { 'content-type': 'text/plain' });
+        res.end('early');
+        return true;
+      });
+      const size = 16 * 1024 * 1024;
+      // Half-open like most HTTP clients: the sidecar's FIN after the answer does not end the sender's upload.
+      const socket = connect({ port: sidecar.address.port, host: '127.0.0.1', allowHalfOpen: true });
+      let error: string | undefined;
+      socket.on('error', (err: NodeJS.ErrnoException) => (error ??= err.code ?? err.message));
+      const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+      const chunks: Buffer[] = [];
+      const answered = new Promise<void>((resolve) =>
+        socket.on('data', (c: Buffer) => {
+          chunks.push(c);
+          if (Buffer.concat(chunks).toString('latin1').endsWith('\r\n0\r\n\r\n')) resolve();
+        }),
+      );
+      const chunk = Buffer.alloc(64 * 1024, 'x');
+      socket.write(`POST /http/early-then-more HTTP/1.1\r\nHost: localhost\r\nContent-Length: ${size}\r\n\r\n`);
+      socket.write(chunk);
+      await answered;
+      let sent = chunk.length;
+      await new Promise<void>((resolve) => {
+        const pump = (): void => {
+          while (sent < size && !socket.destroyed) {
+            sent += chunk.length;
+            if (!socket.write(chunk)) return void socket.once('drain', pump);
+          }
+          resolve();
+        };
+        socket.once('close', () => resolve());
+        pump();
+      });
+      socket.end();
+      await closed;
+      expect(error).toBeUndefined(); // not EPIPE/ECONNRESET after the linger gave up on a stalled upload
+      expect(sent).toBe(size);
+      const text = Buffer.concat(chunks).toString('latin1');
+      expect(text).toMatch(/^HTTP\/1\.1 200 /);
+      expect(text).toMatch(/\r\nconnection: close\r\n/i);
     });
   });
 

@@ -70,6 +70,17 @@ describe('access log', () => {
     expect(JSON.parse(chunks[0]!)).toMatchObject({ level: 40, error: 'UPSTREAM_UNREACHABLE', reason });
   });
 
+  it("logs a 500 (the upstream's own, passed on) at warn in both outputs, the pretty one with retried and aborted too", () => {
+    const failed = { ...record, status: 500, upstreamStatus: 500, retried: 'reconnect', aborted: true };
+    const { log, lines } = capture('info');
+    log.write(failed);
+    expect(JSON.parse(lines[0]!)).toMatchObject({ level: 'warn', status: 500, retried: 'reconnect', aborted: true });
+    const chunks: string[] = [];
+    const pretty = pinoAccessLog(pino({ level: 'info' }, { write: (chunk: string) => void chunks.push(chunk) }));
+    pretty.write(failed);
+    expect(JSON.parse(chunks[0]!)).toMatchObject({ level: 40, status: 500, retried: 'reconnect', aborted: true });
+  });
+
   it('logs an answer an upstream failure cut at warn, and a sender refusal at info', () => {
     const { log, lines } = capture('info');
     log.write({ ...record, status: 200, error: 'UPSTREAM_TIMEOUT' });

@@ -32,6 +32,15 @@ describe('check: explaining the upstream answer', () => {
     expect(shown).not.toContain(OPAQUE_TOKEN.slice(0, 8));
   });
 
+  it('shows where a redirect goes without its query or fragment (a signed login URL, a token in a fragment)', () => {
+    const location = 'https://idp.example/saml2/login?SAMLRequest=fZJdT8IwFIb_SnPvYR8SVLIuGUgQhbo&Signature=c2lnbmVk#access_token=tok-9f8e7d6c5b4a';
+    const shown = text({ status: 302, headers: { location }, body: '' });
+    expect(shown).toContain('(redirect to https://idp.example/saml2/login)');
+    expect(shown).not.toContain('SAMLRequest');
+    expect(shown).not.toContain('tok-9f8e7d6c5b4a');
+    expect(text({ status: 303, headers: { location: '/login?ticket=ST-1-abcdef' }, body: '' })).toContain('(redirect to /login)');
+  });
+
   it('names the role asked for in the hint of a role 403, not the default one', () => {
     const shown = text({ status: 403, headers: {}, body: '' });
     expect(shown).toContain("the sender adapter's User Role (Custom.Sender)");

@@ -16,6 +16,19 @@ describe('network errors', () => {
     expect(trustAdvice('UNABLE_TO_GET_ISSUER_CERT_LOCALLY')).toBe('add the issuing CA with --ca');
   });
 
+  it('a broken pipe is a reset like ECONNRESET (the keep-alive race a GET is sent again for), also inside undici\'s wrappers', () => {
+    for (const code of ['ECONNRESET', 'EPIPE']) {
+      expect(classifyNetworkError(failed(code))).toEqual({ failure: 'reset', code });
+      const wrapped = Object.assign(new Error('other side closed'), { code: 'UND_ERR_SOCKET', cause: failed(code) });
+      expect(classifyNetworkError(new Error('fetch failed', { cause: wrapped }))).toEqual({ failure: 'reset', code });
+    }
+  });
+
+  it.each(['CERT_HAS_EXPIRED', 'CERT_NOT_YET_VALID'])('a certificate outside its validity (%s) is a trust failure, with advice about the clock, not a CA', (code) => {
+    expect(classifyNetworkError(failed(code))).toEqual({ failure: 'tls-trust', code });
+    expect(trustAdvice(code)).toContain('clock');
+  });
+
   it('tells the sidecar running out of file descriptors from a failure of the peer, also wrapped by undici', () => {
     expect(classifyNetworkError(failed('EMFILE'))).toEqual({ failure: 'descriptors', code: 'EMFILE' });
     expect(classifyNetworkError(new Error('fetch failed', { cause: failed('ENFILE') }))).toEqual({ failure: 'descriptors', code: 'ENFILE' });

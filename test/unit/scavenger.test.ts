@@ -1,4 +1,5 @@
 import { PerformanceObserver, constants, type PerformanceEntry } from 'node:perf_hooks';
+import { runInNewContext } from 'node:vm';
 import { describe, expect, it } from 'vitest';
 import { createScavenger, youngGenerationCollector } from '../../src/scavenger.js';
 
@@ -83,6 +84,8 @@ describe('youngGenerationCollector', () => {
     const collect = youngGenerationCollector();
     expect(collect).toBeTypeOf('function');
     expect((globalThis as { gc?: unknown }).gc).toBeUndefined();
+    // `--expose-gc` is off again: a context made afterwards (by any other code) gets no `gc` either.
+    expect(runInNewContext('typeof gc')).toBe('undefined');
 
     // The entry of a collection started between `before` and `after`, i.e. by the call.
     let before = Infinity;

@@ -1,5 +1,6 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
+import { readdirSync } from 'node:fs';
 import { mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -88,6 +89,23 @@ describe('the edge reads regular files of a sane size, and pipes that deliver', 
       yes.kill();
       await exited(yes);
     }
+  });
+
+  it('a pipe that pauses between writes is read whole (the silence counts from its last bytes), and closed after, sync and async', async () => {
+    // Five pieces, 0.3 s apart: each pause well within the 0.9 s allowed, all of them together beyond it.
+    const script = 'printf a; sleep 0.3; printf b; sleep 0.3; printf c; sleep 0.3; printf d; sleep 0.3; printf e';
+    const slow = (path: string): ChildProcess => spawn('sh', ['-c', `{ ${script}; } > "$TARGET"`], { env: { ...process.env, TARGET: path }, stdio: 'ignore' });
+    const openFds = (): number => readdirSync('/proc/self/fd').length;
+    const before = openFds();
+    const sync = fifo('slow-sync');
+    const first = slow(sync);
+    expect(readTextFileSync(sync, { silenceMs: 900 })).toBe('abcde');
+    await exited(first);
+    const async = fifo('slow-async');
+    const second = slow(async);
+    expect(await readTextFile(async, { silenceMs: 900 })).toBe('abcde');
+    await exited(second);
+    expect(openFds()).toBe(before);
   });
 
   it('refuses a file in an 8-bit encoding (Windows-1252), but not a CA bundle whose comment is one (PEM text outside its blocks has none)', async () => {
