@@ -2,7 +2,7 @@
  * Request head: why a request's framing, fields or target cannot be trusted, checked before anything else is done
  * with it (RFC 9112).
  *
- * Most of this node's HTTP parser refuses already; what it lets through is checked here. How much it lets through
+ * Most of these, node's HTTP parser refuses already; what it lets through is checked here. How much it lets through
  * depends on node's version: node 20.19.0 and 20.19.1 (llhttp 8) take a field name with a space or nothing in it
  * (`Bad Name: x`, `: x`, `X-A : x`) and a target with raw bytes outside visible ASCII (a TAB, `\xff`), which
  * newer parsers refuse. Such a head is not one HTTP message for certain, so it gets the same answer on every node
