@@ -382,7 +382,7 @@ export function markdown(
     if (!t) continue;
     lines.push('');
     lines.push(
-      `Token requests by ${c.label} during the run: **${t.requests}** (token lifetime ${t.lifetimeS} s, each refreshed at ${fmt(t.refreshWindowS[0], 0)}–${fmt(t.refreshWindowS[1], 0)} s; ` +
+      `Token requests by ${c.label} during the run: **${t.requests}** (token lifetime ${t.lifetimeS} s, each due for refresh at ${fmt(t.refreshWindowS[0], 0)}–${fmt(t.refreshWindowS[1], 0)} s and fetched with the next request after that; ` +
         `at ${t.requestTimesS.map((x) => `${fmt(x, 1)} s`).join(', ')}; its metrics count ${t.metricsFetches ?? '–'}); ` +
         `upstream rejections: ${t.upstreamRejectedExpired} with its expired tokens; ${t.upstreamRejectedUnknown} without an accepted token (all contenders).`,
     );
