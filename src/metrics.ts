@@ -60,7 +60,7 @@ export class Metrics {
    * counter at scrape time: the per-request path then costs three map look-ups instead of a label hash.
    */
   readonly #answered: BySeries<{ count: number }> = new Map();
-  readonly #tokenFetches: Counter<'outcome'>;
+  readonly #tokenFetches: Counter<'route' | 'outcome'>;
   readonly #retries401: Counter<'route'>;
   readonly #csrfFetches: Counter<'route' | 'outcome'>;
   readonly #aborts: Counter<'route'>;
@@ -125,8 +125,8 @@ export class Metrics {
     }
     this.#tokenFetches = new Counter({
       name: `${PREFIX}token_fetches_total`,
-      help: 'Token fetches (each up to 3 HTTP attempts, twice that when the clock jumped during one; rotation checks included), by outcome (success or error code).',
-      labelNames: ['outcome'],
+      help: 'Token fetches (each up to 3 HTTP attempts, twice that when the clock jumped during one; rotation checks included), by route and outcome (success or error code); routes sharing credentials share a fetch, counted under each.',
+      labelNames: ['route', 'outcome'],
       registers,
     });
     this.#retries401 = new Counter({
@@ -232,11 +232,14 @@ export class Metrics {
     this.#rejected.inc({ reason: code.startsWith('HPE_') || code.startsWith('ERR_HTTP_') || code === 'CONNECT' ? code : 'other' });
   }
 
-  tokenEvent(event: TokenEvent): void {
-    if (event.type === 'fetched') this.#tokenFetches.inc({ outcome: 'success' });
-    else if (event.type === 'fetch-failed') {
-      this.#tokenFetches.inc({ outcome: event.error instanceof SidecarError ? event.error.code : 'INTERNAL' });
-    }
+  /**
+   * A token event of the routes whose credentials it was for (`routes`: those sharing one service key share the
+   * fetch, and each counts it; none when every route it served was replaced meanwhile, counted under `none`).
+   */
+  tokenEvent(event: TokenEvent, routes: readonly string[]): void {
+    if (event.type === 'fetch') return;
+    const outcome = event.type === 'fetched' ? 'success' : event.error instanceof SidecarError ? event.error.code : 'INTERNAL';
+    for (const route of routes.length > 0 ? routes : [UNROUTED]) this.#tokenFetches.inc({ route, outcome });
   }
 
   credentialReload(route: string, outcome: string): void {

@@ -95,15 +95,16 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
   const validating = new Set<Route>();
   // A rotation's token request is made under the new credentials' key (a new secret makes a new key): named by
   // the route it is validated for.
-  const routesOfKey = (key: string) => [...table.routes, ...validating].filter((r) => r.tokenClient.cacheKey === key).map((r) => r.name);
+  const routesOfKey = (key: string) => [...new Set([...table.routes, ...validating].filter((r) => r.tokenClient.cacheKey === key).map((r) => r.name))];
   let metrics: Metrics | undefined;
   const tokens = new TokenProvider({
     max: tokenCacheSize(config.routes.length),
     ...options.tokens,
     onEvent: (event) => {
       try {
-        metrics?.tokenEvent(event);
-        logTokenEvent(log, event, routesOfKey(event.key));
+        const routes = routesOfKey(event.key);
+        metrics?.tokenEvent(event, routes);
+        logTokenEvent(log, event, routes);
       } catch (err) {
         // A bug here; the provider carries on regardless. Not the event: it may hold the token.
         log.error({ type: event.type, error: err instanceof Error ? err.name : typeof err }, 'token event not recorded');

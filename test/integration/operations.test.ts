@@ -157,7 +157,7 @@ describe('admin server', () => {
     expect(text).toMatch(/oauth_sidecar_requests_total\{route="default",method="GET",status_class="4xx"\} 1/);
     expect(text).toMatch(/oauth_sidecar_requests_total\{route="default",method="OTHER",status_class="2xx"\} 1/);
     expect(text).toMatch(/oauth_sidecar_upstream_duration_seconds_count\{route="default",method="GET",status_class="2xx"\} 2/);
-    expect(text).toMatch(/oauth_sidecar_token_fetches_total\{outcome="success"\} 1/);
+    expect(text).toMatch(/oauth_sidecar_token_fetches_total\{route="default",outcome="success"\} 1/);
     expect(text).toMatch(/oauth_sidecar_token_expiry_seconds\{route="default"\} \d+/);
     expect(text).toMatch(/oauth_sidecar_requests_in_flight 0/);
     expect(text).not.toContain('/http/');

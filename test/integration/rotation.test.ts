@@ -650,6 +650,10 @@ describe('credential rotation under load', () => {
       expect(s.logs.filter((l) => /abandoned/.test(String(l['error'] ?? l['msg'])))).toEqual([]);
       // Route b still uses the key route a left: its token stays cached.
       expect(s.tokens.peek(s.routes.match('/b/x')!.tokenClient)).toBeDefined();
+      // Counted under the routes each fetch was for when it ended: the new client's (validating a's rotation) under
+      // a; the old client's, begun for a and b, under b alone, as a had left that key by then.
+      const fetches = (await s.metrics.render()).body.match(/^oauth_sidecar_token_fetches_total\{.*$/gm);
+      expect(fetches?.sort()).toEqual(['oauth_sidecar_token_fetches_total{route="a",outcome="success"} 1', 'oauth_sidecar_token_fetches_total{route="b",outcome="success"} 1']);
     } finally {
       oauth.setInterceptor(undefined);
       for (const res of hung) res.destroy();
@@ -719,6 +723,10 @@ describe('credential rotation under load', () => {
     const rejected = () => s.logs.find((l) => l['code'] === 'TOKEN_REJECTED' && Array.isArray(l['routes']));
     await expect.poll(rejected, { interval: 20, timeout: 10_000 }).toBeDefined();
     expect(rejected()!['routes']).toEqual(['default']);
+    // …and so does the metric: the first token's success and the rotation's rejection, both under its route.
+    const fetches = (await s.metrics.render()).body;
+    expect(fetches).toMatch(/^oauth_sidecar_token_fetches_total\{route="default",outcome="success"\} 1$/m);
+    expect(fetches).toMatch(/^oauth_sidecar_token_fetches_total\{route="default",outcome="TOKEN_REJECTED"\} [1-9]\d*$/m);
     expect(s.logText()).not.toContain('not-the-Secret=1');
   });
 

@@ -109,19 +109,27 @@ describe('Metrics.render pacing (a flood of scrapes on the admin port)', () => {
 });
 
 describe('token fetch and certificate expiry metrics', () => {
-  it('token_fetches_total counts outcomes, not attempts: success, or the error code', async () => {
+  it('token_fetches_total counts outcomes, not attempts, per route: success, or the error code', async () => {
     const tokens = new TokenProvider();
     const metrics = new Metrics({ routes: () => ({ routes: [] }) as unknown as RouteTable, tokens, credentialErrors: () => new Map(), defaultMetrics: false });
     const token = { value: 't', issuedAt: 0, expiresAt: 1, scopes: [], lifetimeSource: 'expires_in' } as AccessToken;
-    metrics.tokenEvent({ type: 'fetch', key: 'k', reason: 'cold' });
-    metrics.tokenEvent({ type: 'fetched', key: 'k', token, durationMs: 1 });
-    metrics.tokenEvent({ type: 'fetch', key: 'k', reason: 'refresh-ahead' });
-    metrics.tokenEvent({ type: 'fetch-failed', key: 'k', error: new SidecarError('TOKEN_RATE_LIMITED', '429'), durationMs: 1, retryInMs: 1_000 });
-    metrics.tokenEvent({ type: 'fetch-failed', key: 'k', error: new Error('bug'), durationMs: 1, retryInMs: 1_000 });
+    metrics.tokenEvent({ type: 'fetch', key: 'k', reason: 'cold' }, ['orders']);
+    metrics.tokenEvent({ type: 'fetched', key: 'k', token, durationMs: 1 }, ['orders']);
+    metrics.tokenEvent({ type: 'fetch', key: 'k', reason: 'refresh-ahead' }, ['orders']);
+    metrics.tokenEvent({ type: 'fetch-failed', key: 'k', error: new SidecarError('TOKEN_RATE_LIMITED', '429'), durationMs: 1, retryInMs: 1_000 }, ['orders']);
+    metrics.tokenEvent({ type: 'fetch-failed', key: 'k', error: new Error('bug'), durationMs: 1, retryInMs: 1_000 }, ['orders']);
+    // Two routes with one service key share the fetch; each counts it.
+    metrics.tokenEvent({ type: 'fetched', key: 'shared', token, durationMs: 1 }, ['a', 'b']);
+    // Every route it was for replaced meanwhile (a rotation): still counted.
+    metrics.tokenEvent({ type: 'fetch-failed', key: 'gone', error: new SidecarError('TOKEN_UNREACHABLE', 'down'), durationMs: 1, retryInMs: 1_000 }, []);
     const body = (await metrics.render()).body;
-    expect(body).toMatch(/^oauth_sidecar_token_fetches_total\{outcome="success"\} 1$/m);
-    expect(body).toMatch(/^oauth_sidecar_token_fetches_total\{outcome="TOKEN_RATE_LIMITED"\} 1$/m);
-    expect(body).toMatch(/^oauth_sidecar_token_fetches_total\{outcome="INTERNAL"\} 1$/m);
+    expect(body).toMatch(/^oauth_sidecar_token_fetches_total\{route="orders",outcome="success"\} 1$/m);
+    expect(body).toMatch(/^oauth_sidecar_token_fetches_total\{route="orders",outcome="TOKEN_RATE_LIMITED"\} 1$/m);
+    expect(body).toMatch(/^oauth_sidecar_token_fetches_total\{route="orders",outcome="INTERNAL"\} 1$/m);
+    expect(body).toMatch(/^oauth_sidecar_token_fetches_total\{route="a",outcome="success"\} 1$/m);
+    expect(body).toMatch(/^oauth_sidecar_token_fetches_total\{route="b",outcome="success"\} 1$/m);
+    expect(body).toMatch(/^oauth_sidecar_token_fetches_total\{route="none",outcome="TOKEN_UNREACHABLE"\} 1$/m);
+    expect(body.match(/^oauth_sidecar_token_fetches_total\{/gm)).toHaveLength(6);
   });
 
   it('client_certificate_expiry_seconds covers External Certificate keys as well as Certificate keys', async () => {
