@@ -14,6 +14,7 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import type { ClientCertSource, CredentialSource, CredentialSpec } from './credentials.js';
 import type { OutboundNetwork } from './dispatcher.js';
 import { hasDotSegment } from './dot-segment.js';
+import { endpointUrl } from './endpoint-url.js';
 import { ConfigError, PORT_ZERO_PROBLEM, shownAddress, shownSource, type ConfigProblem } from './errors.js';
 import { exposureOf, exposureProblems, normalAddress, parseAllowlist } from './inbound-control.js';
 import { parseCertificates, PemError } from './pem.js';
@@ -698,23 +699,11 @@ function sharesPort(a: { host: string; port: number }, b: { host: string; port: 
 
 function validUrl(value: string | undefined, source: string, field: string, problems: ConfigProblem[]): string | undefined {
   if (value === undefined) return undefined;
-  // Messages never echo the value: it may carry a password or a signed query.
-  let url: URL;
-  try {
-    url = new URL(value);
-  } catch {
-    problems.push({ source, field, message: 'is not a valid https:// URL' });
+  const { url, problem } = endpointUrl(value, 'upstream');
+  if (url === undefined) {
+    problems.push({ source, field, message: problem });
     return undefined;
   }
-  const loopback = url.hostname === 'localhost' || url.hostname === '127.0.0.1' || url.hostname === '[::1]';
-  if (url.protocol !== 'https:' && !(url.protocol === 'http:' && loopback)) {
-    problems.push({ source, field, message: 'must be an https:// URL (http:// only for loopback hosts)' });
-  }
-  if (url.username || url.password) {
-    problems.push({ source, field, message: 'must not carry a user name or password (credentials come from the service key)' });
-  }
-  if (url.search || url.hash) problems.push({ source, field, message: 'must not carry a query or a fragment' });
-  if (url.port === '0') problems.push({ source, field, message: PORT_ZERO_PROBLEM });
   return url.origin + url.pathname.replace(/\/+$/, '');
 }
 

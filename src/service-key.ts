@@ -10,7 +10,8 @@ import type {
   LoadedCredentials,
   SecretCredentials,
 } from './credentials.js';
-import { ConfigError, PORT_ZERO_PROBLEM, type ConfigProblem } from './errors.js';
+import { endpointUrl } from './endpoint-url.js';
+import { ConfigError, type ConfigProblem } from './errors.js';
 import { intermediateExpiry, oneLineDn, parseCertificateChain, parsePrivateKey, PemError } from './pem.js';
 
 /** A certificate this close to `notAfter` earns a warning at load time. */
@@ -30,8 +31,6 @@ export interface ParseServiceKeyOptions {
 const DAY_MS = 86_400_000;
 /** Fields that mark an object as the credential object itself (flat key, or the content of `oauth`). */
 const CREDENTIAL_FIELDS = ['clientid', 'clientsecret', 'tokenurl', 'url', 'certificate', 'key'];
-/** Plain HTTP is for local test servers only. */
-const LOOPBACK_HOSTS = new Set(['127.0.0.1', 'localhost', '[::1]']);
 /** `credentials` → `oauth` and the secretRootKey map are the deepest wrappings seen; stop soon after. */
 const MAX_WRAPPER_DEPTH = 3;
 /** `<sub>.authentication.<region>…` without `.cert.`: XSUAA only accepts client certificates on the `.cert.` host. */
@@ -183,30 +182,9 @@ function reportNoUrl(found: Findings, value: unknown): void {
 function urlField(found: Findings, fields: Fields, name: string, required: boolean): string | undefined {
   const value = required ? requiredString(found, fields, name) : optionalString(found, fields, name);
   if (value === undefined) return undefined;
-  let parsed: URL;
-  try {
-    parsed = new URL(value);
-  } catch {
-    found.keyProblem(name, 'is not a URL');
-    return undefined;
-  }
-  const loopbackHttp = parsed.protocol === 'http:' && LOOPBACK_HOSTS.has(parsed.hostname);
-  if (parsed.protocol !== 'https:' && !loopbackHttp) {
-    found.keyProblem(name, 'must be an https URL (http only for 127.0.0.1, localhost or ::1)');
-    return undefined;
-  }
-  // Would be dropped silently on the way out, or echoed wherever the URL is shown.
-  if (parsed.username || parsed.password) {
-    found.keyProblem(name, 'must not carry a user name or password');
-    return undefined;
-  }
-  if (parsed.port === '0') {
-    found.keyProblem(name, PORT_ZERO_PROBLEM);
-    return undefined;
-  }
-  // The upstream gets each request's own query; one in the key's `url` would be dropped without a word.
-  if (name === 'url' && (parsed.search || parsed.hash)) {
-    found.keyProblem(name, "must not carry a query or a fragment: each request's own query is what goes upstream");
+  const { problem } = endpointUrl(value, name === 'url' ? 'upstream' : 'token');
+  if (problem !== undefined) {
+    found.keyProblem(name, problem);
     return undefined;
   }
   return value;

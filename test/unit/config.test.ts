@@ -410,15 +410,15 @@ describe('parseConfig', () => {
     expect(bare).toEqual({ source: '--token-param', field: 'token-param', message: 'is not NAME=VALUE' });
   });
 
-  it('says an unparseable upstream is not a valid https URL, and refuses credentials in one', () => {
+  it('says an unparseable upstream is not a URL, and refuses credentials or a query in one, as a service key\'s url', () => {
     expect(problems(['--service-key', '/k', '--upstream', `https://user:${SECRET}@host.example:99999`])).toEqual([
-      { source: '--upstream', field: 'upstream', message: 'is not a valid https:// URL' },
+      { source: '--upstream', field: 'upstream', message: 'is not a URL' },
     ]);
     expect(problems(['--service-key', '/k', '--upstream', `https://user:${SECRET}@host.example`])).toEqual([
-      { source: '--upstream', field: 'upstream', message: 'must not carry a user name or password (credentials come from the service key)' },
+      { source: '--upstream', field: 'upstream', message: "must not carry a user name or password (credentials come from the service key)" },
     ]);
     expect(problems(['--service-key', '/k', '--upstream', 'https://host.example/?a=1'])).toEqual([
-      { source: '--upstream', field: 'upstream', message: 'must not carry a query or a fragment' },
+      { source: '--upstream', field: 'upstream', message: "must not carry a query or a fragment: each request's own query is what goes upstream" },
     ]);
   });
 
@@ -886,7 +886,7 @@ routes:
   it('never echoes a file upstream that may carry a secret', () => {
     const file = { '/c.yaml': `routes:\n  - prefix: /\n    serviceKey: /k\n    upstream: "https://user:${SECRET}@host.example:99999"\n` };
     const list = problems(['--config', '/c.yaml'], {}, file);
-    expect(list).toEqual([{ source: '/c.yaml', field: 'routes[0].upstream', message: 'is not a valid https:// URL' }]);
+    expect(list).toEqual([{ source: '/c.yaml', field: 'routes[0].upstream', message: 'is not a URL' }]);
   });
 
   it('reports a syntax error by position without echoing the file', () => {
