@@ -24,7 +24,7 @@ export function endpointUrl(value: string, use: 'upstream' | 'token'): { url: UR
   if (url.protocol !== 'https:' && !(url.protocol === 'http:' && LOOPBACK_HOSTS.has(url.hostname))) {
     return { problem: 'must be an https URL (http only for 127.0.0.1, localhost or ::1)' };
   }
-  if (url.username || url.password) return { problem: "must not carry a user name or password (credentials come from the service key)" };
+  if (url.username || url.password) return { problem: 'must not carry a user name or password (credentials come from the service key)' };
   if (url.port === '0') return { problem: PORT_ZERO_PROBLEM };
   if (use === 'upstream' && (url.search || url.hash)) {
     return { problem: "must not carry a query or a fragment: each request's own query is what goes upstream" };

@@ -233,7 +233,7 @@ export class Metrics {
   }
 
   /**
-   * A token event of the routes whose credentials it was for (`routes`: those sharing one service key share the
+   * A token event of the routes whose credentials it was for (`routes`: routes with the same client share the
    * fetch, and each counts it; none when every route it served was replaced meanwhile, counted under `none`).
    */
   tokenEvent(event: TokenEvent, routes: readonly string[]): void {

@@ -94,7 +94,7 @@ export async function startSidecar(config: Readonly<Config>, loggers: Loggers, o
   /** New routes whose credentials are being validated (their token request under way). */
   const validating = new Set<Route>();
   // A rotation's token request is made under the new credentials' key (a new secret makes a new key): named by
-  // the route it is validated for.
+  // the route it is validated for. Each name once: new credentials may make the same key as those they replace.
   const routesOfKey = (key: string) => [...new Set([...table.routes, ...validating].filter((r) => r.tokenClient.cacheKey === key).map((r) => r.name))];
   let metrics: Metrics | undefined;
   const tokens = new TokenProvider({

@@ -415,7 +415,7 @@ describe('parseConfig', () => {
       { source: '--upstream', field: 'upstream', message: 'is not a URL' },
     ]);
     expect(problems(['--service-key', '/k', '--upstream', `https://user:${SECRET}@host.example`])).toEqual([
-      { source: '--upstream', field: 'upstream', message: "must not carry a user name or password (credentials come from the service key)" },
+      { source: '--upstream', field: 'upstream', message: 'must not carry a user name or password (credentials come from the service key)' },
     ]);
     expect(problems(['--service-key', '/k', '--upstream', 'https://host.example/?a=1'])).toEqual([
       { source: '--upstream', field: 'upstream', message: "must not carry a query or a fragment: each request's own query is what goes upstream" },

@@ -22,7 +22,7 @@ describe('endpointUrl', () => {
     ['http://host.example/base', 'must be an https URL (http only for 127.0.0.1, localhost or ::1)'],
     ['http://127.0.0.2/base', 'must be an https URL (http only for 127.0.0.1, localhost or ::1)'],
     ['ftp://host.example/base', 'must be an https URL (http only for 127.0.0.1, localhost or ::1)'],
-    ['https://user:TOPSECRET@host.example/', "must not carry a user name or password (credentials come from the service key)"],
+    ['https://user:TOPSECRET@host.example/', 'must not carry a user name or password (credentials come from the service key)'],
     ['https://host.example:0/', PORT_ZERO_PROBLEM],
   ])('refuses %s for either use, without echoing it', (value, message) => {
     for (const use of ['upstream', 'token'] as const) {

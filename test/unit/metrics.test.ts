@@ -118,7 +118,7 @@ describe('token fetch and certificate expiry metrics', () => {
     metrics.tokenEvent({ type: 'fetch', key: 'k', reason: 'refresh-ahead' }, ['orders']);
     metrics.tokenEvent({ type: 'fetch-failed', key: 'k', error: new SidecarError('TOKEN_RATE_LIMITED', '429'), durationMs: 1, retryInMs: 1_000 }, ['orders']);
     metrics.tokenEvent({ type: 'fetch-failed', key: 'k', error: new Error('bug'), durationMs: 1, retryInMs: 1_000 }, ['orders']);
-    // Two routes with one service key share the fetch; each counts it.
+    // Two routes with one client share the fetch; each counts it.
     metrics.tokenEvent({ type: 'fetched', key: 'shared', token, durationMs: 1 }, ['a', 'b']);
     // Every route it was for replaced meanwhile (a rotation): still counted.
     metrics.tokenEvent({ type: 'fetch-failed', key: 'gone', error: new SidecarError('TOKEN_UNREACHABLE', 'down'), durationMs: 1, retryInMs: 1_000 }, []);

@@ -198,7 +198,7 @@ describe('parseServiceKey: problems', () => {
     const raw = { clientid: 'c', clientsecret: 's', tokenurl: TOKEN_URL, [name]: 'https://user:TOPSECRET@acme.example/oauth/token' };
     const problems = problemsOf(() => parse(raw));
     expect(problems).toEqual([
-      { source: SOURCE, field: name, message: "must not carry a user name or password (credentials come from the service key)" },
+      { source: SOURCE, field: name, message: 'must not carry a user name or password (credentials come from the service key)' },
     ]);
     expect(JSON.stringify(problems)).not.toContain('TOPSECRET');
   });
